@@ -1,0 +1,57 @@
+"""Command line of the exporter: ``python -m exporter <command> ...``.
+
+Each sub-command lives in its own module exposing ``HELP`` (one line), ``DESCRIPTION``,
+``add_arguments(parser)`` and ``run(args) -> int``; the module is imported only when needed,
+so ``--help`` stays fast and one broken optional dependency does not take down the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from exporter.errors import ExporterError
+
+COMMANDS: dict[str, str] = {
+    "export": "exporter.commands.export",
+    "serve": "exporter.server",
+    "verify": "exporter.verify",
+    "bench": "exporter.bench",
+    "notebooks": "exporter.notebooks",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter",
+        description=(
+            "Train or load recommendation models (xgb, deepfm, mmoe, two_tower), export them to ONNX "
+            "with Open Inference Protocol metadata into a Triton-style model repository, serve and verify them."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._module.run(args) or 0)
+    except ExporterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
