@@ -1,0 +1,390 @@
+"""``python -m exporter serve``: every exported model behind TorchServe-style routes (contract section 5).
+
+Starlette routing on uvicorn (uvloop + httptools). The prediction route is a bare ASGI endpoint: it reads the
+body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes to
+:meth:`exporter.handler.ModelHandler.handle_request` and sends the bytes back, so the per-request cost is the
+handler's plus a few microseconds. Models are looked up only in an in-memory dict built at startup, never on
+disk, so no request can reach a file.
+
+Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions: ``python -m exporter --help`` imports
+this module.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from exporter.errors import ExporterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from exporter.handler import ModelHandler
+
+HELP = "serve every exported model over HTTP with TorchServe-style routes"
+DESCRIPTION = """\
+Serve every model of an artifacts tree (a Triton-style model repository) over HTTP.
+
+Routes:
+  GET  /ping                                  {"status": "Healthy"} once every model is loaded
+  POST /predictions/{model_name}              latest version
+  POST /predictions/{model_name}/{version}    that version
+  GET  /models                                loaded models and versions
+  GET  /models/{model_name}                   metadata.json of the latest version
+
+Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
+Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]}.
+Errors are 4xx with {"error": "..."}; one log line per request on stderr.
+
+Example:
+  python -m exporter serve --artifacts artifacts --port 8080
+  curl -s localhost:8080/predictions/xgb -d @artifacts/xgb/1/sample_request.json
+"""
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: bodies above this size are answered in a worker thread so that small requests keep flowing meanwhile
+THREAD_OFFLOAD_BYTES = 256 * 1024
+
+log = logging.getLogger("exporter.serve")
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``serve``."""
+    parser.add_argument("--artifacts", default="artifacts", type=Path, help="artifacts tree (default: artifacts)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", default=8080, type=int, help="port (default: 8080; 0 picks a free port)")
+    parser.add_argument(
+        "--max-body-bytes",
+        default=DEFAULT_MAX_BODY_BYTES,
+        type=_positive_int,
+        help=f"largest request body accepted, else 413 (default: {DEFAULT_MAX_BODY_BYTES})",
+    )
+    parser.add_argument(
+        "--max-rows", default=None, type=_positive_int, help="most rows per request, else 413 (default: 10000)"
+    )
+    parser.add_argument(
+        "--threads", default=None, type=_positive_int, help="onnxruntime intra-op threads per model (default: 1)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="'warning' silences the per-request lines (default: info)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass
+class ModelRegistry:
+    """The loaded models: ``versions[name][version] -> handler`` and the latest version per name."""
+
+    versions: dict[str, dict[str, "ModelHandler"]] = field(default_factory=dict)
+    latest: dict[str, "ModelHandler"] = field(default_factory=dict)
+
+    @classmethod
+    def from_artifacts(
+        cls, artifacts: Path, *, max_rows: int | None = None, threads: int | None = None
+    ) -> "ModelRegistry":
+        """Load every version of every model under ``artifacts``; raises ExporterError listing every failure."""
+        from exporter.handler import DEFAULT_MAX_ROWS, HandlerError, ModelHandler
+
+        artifacts = Path(artifacts)
+        if not artifacts.is_dir():
+            raise ExporterError(
+                f"artifacts directory {str(artifacts)!r} does not exist; export a model first "
+                "(python -m exporter export xgb) or pass --artifacts DIR"
+            )
+        registry = cls()
+        problems: list[str] = []
+        for model_dir in sorted(artifacts.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            version_dirs = sorted(
+                (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
+                key=lambda p: int(p.name),
+            )
+            for vdir in version_dirs:
+                try:
+                    handler = ModelHandler.load(vdir, max_rows=max_rows or DEFAULT_MAX_ROWS, threads=threads)
+                except HandlerError as exc:
+                    problems.append(f"{vdir}: {exc.message}")
+                    continue
+                if handler.model_name != model_dir.name:
+                    problems.append(
+                        f"{vdir}: metadata.json names the model {handler.model_name!r}, "
+                        f"but it sits in directory {model_dir.name!r}"
+                    )
+                    continue
+                registry.versions.setdefault(model_dir.name, {})[vdir.name] = handler
+                registry.latest[model_dir.name] = handler  # ascending order: the last one wins
+        if problems:
+            raise ExporterError("cannot serve; some artifacts failed to load:\n  " + "\n  ".join(problems))
+        if not registry.latest:
+            raise ExporterError(
+                f"no model found under {str(artifacts)!r}; expected <model_name>/<version>/metadata.json "
+                "(a Triton-style model repository written by python -m exporter export)"
+            )
+        return registry
+
+    def describe(self) -> dict[str, Any]:
+        """Answer of ``GET /models``."""
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "versions": sorted(versions, key=int),
+                    "latest_version": self.latest[name].version,
+                    "prediction_format": self.latest[name].prediction_format,
+                    "feature_columns": self.latest[name].feature_columns,
+                }
+                for name, versions in sorted(self.versions.items())
+            ]
+        }
+
+
+# ---------------------------------------------------------------------------------------------- app
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error(message: str) -> bytes:
+    import orjson
+
+    return orjson.dumps({"error": message})
+
+
+def _shown(name: str) -> str:
+    """A path parameter quoted for an error message, shortened if huge."""
+    return repr(name if len(name) <= 80 else name[:77] + "...")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (``_TooLarge``) as soon as it is known to exceed ``limit`` bytes."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                if int(value) > limit:
+                    raise _TooLarge(f"Content-Length {int(value)}")
+            except ValueError:
+                pass
+            break
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        if len(body) > limit:
+            raise _TooLarge(f"{len(body)} bytes")
+        return body
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+    """The Starlette application for ``registry`` (routes exactly as in contract section 5)."""
+    import orjson
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    versions = registry.versions
+    latest = registry.latest
+    info = log.info
+    perf = time.perf_counter
+    models_body = orjson.dumps(registry.describe())
+    metadata_bodies = {name: orjson.dumps(h.metadata) for name, h in latest.items()}
+    ping_body = orjson.dumps({"status": "Healthy"})
+    loaded = ", ".join(sorted(latest))
+
+    class Predict:
+        """ASGI endpoint of ``POST /predictions/{model_name}[/{version}]`` (a class: Starlette calls it raw)."""
+
+        async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+            start = perf()
+            params = scope["path_params"]
+            name = params["model_name"]
+            version = params.get("version")
+            rows = 0
+            if version is None:
+                handler = latest.get(name)
+            else:
+                handler = versions.get(name, {}).get(version)
+            if handler is None:
+                status = 404
+                if name not in latest:
+                    answer = _error(f"model {_shown(name)} not found; loaded models: {loaded}")
+                else:
+                    answer = _error(
+                        f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
+                        f"{', '.join(sorted(versions[name], key=int))}"
+                    )
+            else:
+                try:
+                    body = await _read_body(scope, receive, max_body_bytes)
+                except _TooLarge as exc:
+                    status, answer = 413, _error(
+                        f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
+                        "(--max-body-bytes): split the rows over several requests"
+                    )
+                else:
+                    if len(body) > THREAD_OFFLOAD_BYTES:
+                        status, answer, rows = await run_in_threadpool(handler.handle_request, body)
+                    else:
+                        status, answer, rows = handler.handle_request(body)
+            await _send_json(send, status, answer)
+            info(
+                "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f",
+                scope["path"], name, handler.version if handler is not None else version, rows, status,
+                (perf() - start) * 1000.0,
+            )
+
+    def _plain(status: int, body: bytes, path: str, start: float) -> Response:
+        info("GET %s status=%d time_ms=%.2f", path, status, (perf() - start) * 1000.0)
+        return Response(body, status_code=status, media_type="application/json")
+
+    async def ping(request: Request) -> Response:
+        return _plain(200, ping_body, request.url.path, perf())
+
+    async def list_models(request: Request) -> Response:
+        return _plain(200, models_body, request.url.path, perf())
+
+    async def describe_model(request: Request) -> Response:
+        start = perf()
+        name = request.path_params["model_name"]
+        body = metadata_bodies.get(name)
+        if body is None:
+            return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {loaded}"), request.url.path, start)
+        return _plain(200, body, request.url.path, start)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        if status == 404:
+            message = (
+                f"no route for {request.method} {request.url.path}; routes: GET /ping, GET /models, "
+                "GET /models/{model_name}, POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
+            )
+        elif status == 405:
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
+            message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        else:
+            message = str(getattr(exc, "detail", "")) or "bad request"
+        log.info("%s %s status=%d", request.method, request.url.path, status)
+        return Response(_error(message), status_code=status, media_type="application/json",
+                        headers=getattr(exc, "headers", None))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return Response(_error(f"internal server error: {type(exc).__name__}"), status_code=500,
+                        media_type="application/json")
+
+    predict = Predict()
+    routes = [
+        Route("/ping", ping, methods=["GET"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/models/{model_name}", describe_model, methods=["GET"]),
+        Route("/predictions/{model_name}", predict, methods=["POST"]),
+        Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=False)
+    except OSError as exc:
+        raise ExporterError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load every model, then serve until interrupted (SIGINT/SIGTERM)."""
+    import uvicorn
+
+    _configure_logging(args.log_level)
+    started = time.perf_counter()
+    registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)
+    app = create_app(registry, max_body_bytes=args.max_body_bytes)
+    sock = _listen_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    for name, by_version in sorted(registry.versions.items()):
+        log.warning(
+            "loaded %s versions %s (latest %s) from %s",
+            name, ",".join(sorted(by_version, key=int)), registry.latest[name].version,
+            registry.latest[name].directory,
+        )
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
+    print(
+        f"exporter serve: listening on http://{shown_host}:{port} "
+        f"({len(registry.latest)} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()})",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run(sockets=[sock])
+    return 0
