@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # an optional command not present in this build
+            if exc.name != module_name:
+                raise
+            continue
         p = sub.add_parser(
             name,
             help=module.HELP,

@@ -251,7 +251,12 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
                 handler = versions.get(name, {}).get(version)
             if handler is None:
                 status = 404
-                if name not in latest:
+                raw_path = scope.get("raw_path") or b""
+                if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+                    answer = _error(
+                        f"model names cannot contain '/' or '\\' (got {_shown(scope['path'])}); loaded models: {loaded}"
+                    )
+                elif name not in latest:
                     answer = _error(f"model {_shown(name)} not found; loaded models: {loaded}")
                 else:
                     answer = _error(

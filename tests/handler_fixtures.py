@@ -173,3 +173,23 @@ def build_tree(root: Path) -> Path:
     build_artifact(root, "xgb", version="2")
     (root / "xgb" / ".staging-123").mkdir()
     return root
+
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC_PATHS = [
+    REPO.parent / "shared" / "specs" / "open_inference_rest.yaml",
+    REPO / "exporter" / "specs_data" / "open_inference_rest.yaml",
+]
+
+
+def spec_validator(schema_name: str) -> Any:
+    """A jsonschema validator for ``#/components/schemas/<schema_name>`` of the Open Inference REST spec."""
+    import jsonschema
+    import yaml
+
+    path = next((p for p in SPEC_PATHS if p.is_file()), None)
+    assert path is not None, f"open_inference_rest.yaml not found in {SPEC_PATHS}"
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)

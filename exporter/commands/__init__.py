@@ -1,0 +1,1 @@
+"""Sub-commands implemented inside the package (see :mod:`exporter.cli`)."""

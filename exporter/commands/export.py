@@ -1,0 +1,92 @@
+"""``python -m exporter export MODEL``: train or load, export to ONNX, check parity, write the artifact."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from exporter.errors import ExporterError
+
+HELP = "train (or load) a model, export it to ONNX with metadata, and gate on parity"
+DESCRIPTION = """\
+Train a model on built-in synthetic data (or --data), or load one (--mode load --checkpoint ...),
+export it to ONNX with v2 metadata into a Triton-style repository, and check that onnxruntime
+agrees with the native model on held-out rows (exit 3 when it does not; nothing is written then).
+
+models: xgb, deepfm, mmoe, two_tower (writes two_tower and two_tower_item), or all.
+
+examples:
+  python -m exporter export all
+  python -m exporter export xgb --rows 50000 --param n_estimators=300 --param max_depth=6
+  python -m exporter export xgb --mode load --checkpoint model.json --feature-meta feature_meta.json
+  python -m exporter export deepfm --mode load --checkpoint artifacts/deepfm/1/checkpoint.pt
+
+exit codes: 0 ok, 2 bad input (one line says what), 3 parity gate failed."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="xgb, deepfm, mmoe, two_tower or all")
+    p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
+    p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")
+    p.add_argument("--mode", default="train", help="train (default) or load an existing model")
+    p.add_argument("--data", default=None, help="CSV or Parquet file with the feature and label columns (default: synthetic)")
+    p.add_argument("--rows", type=int, default=20_000, help="rows of synthetic data (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for data, split and training (default: %(default)s)")
+    p.add_argument("--checkpoint", default=None, help="load mode: xgboost .json/.ubj model or torch checkpoint.pt")
+    p.add_argument("--feature-meta", default=None, help='JSON file with {"feature_columns": [...]}: sets the input columns')
+    p.add_argument("--feature-columns", default=None, help="comma-separated input columns (default: the contract's schema)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])")
+    p.add_argument("--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are JSON when they parse as JSON (numbers, lists), else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ExporterError(f"--param expects KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from exporter import pipeline, summary
+    from exporter.specs import get_spec, model_names
+
+    if args.model == "all":
+        if args.mode != "train" or args.checkpoint:
+            raise ExporterError("'all' trains every model; export one model at a time in load mode")
+        models = model_names()
+    else:
+        get_spec(args.model)  # unknown names fail here, before any work
+        models = [args.model]
+    columns = [c.strip() for c in args.feature_columns.split(",")] if args.feature_columns else None
+    hparams = parse_params(args.param)
+    start = time.perf_counter()
+    results = []
+    for name in models:
+        params = pipeline.ExportParams(
+            model=name, mode=args.mode, data_path=args.data, rows=args.rows, seed=args.seed,
+            feature_columns=columns, checkpoint=args.checkpoint, feature_meta=args.feature_meta,
+            hparams=hparams if len(models) == 1 else {}, atol=args.atol, artifacts=args.artifacts,
+            version=args.version, progress=not args.quiet,
+        )
+        result = pipeline.run(params)
+        results.append(result)
+        if not args.json:
+            print(summary.format_result(result), flush=True)
+    total = time.perf_counter() - start
+    if args.json:
+        print(json.dumps(summary.as_json(results, total), indent=2))
+    else:
+        print(f"done: {sum(len(r.artifacts) for r in results)} artifact(s) in {total:.1f}s", file=sys.stdout)
+    return 0

@@ -1,0 +1,427 @@
+"""The one export path every model shares: prepare -> fit -> evaluate -> export (ONNX, parity, artifact).
+
+Notebooks call the steps one by one (to plot in between); the command line calls :func:`run`.
+Nothing here is model specific: that lives in the specs (:mod:`exporter.specs`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from exporter import __version__, data as D
+from exporter import repository as repo
+from exporter.errors import ExporterError, ParityError
+from exporter.specs import ExportUnit, ModelSpec, Trained, get_spec
+
+MODES = ("train", "load")
+PARITY_MIN_ROWS = 1000
+SAMPLE_ROWS = 3
+
+
+@dataclass
+class ExportParams:
+    """Everything a run depends on; the notebooks' ``parameters`` cell and the CLI options map onto it."""
+
+    model: str
+    mode: str = "train"
+    data_path: str | Path | None = None
+    rows: int = 20_000
+    seed: int = 0
+    feature_columns: Sequence[str] | None = None
+    checkpoint: str | Path | None = None
+    feature_meta: str | Path | None = None
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    atol: float | None = None
+    artifacts: str | Path = "artifacts"
+    version: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class Prepared:
+    """Validated parameters, resolved columns and the data split, before any training."""
+
+    spec: ModelSpec
+    params: ExportParams
+    columns: list[str]
+    hparams: dict[str, Any]
+    data_source: str
+    train: pd.DataFrame
+    heldout: pd.DataFrame
+    x_train: np.ndarray
+    x_heldout: np.ndarray
+    y_train: dict[str, np.ndarray]
+    y_heldout: dict[str, np.ndarray]
+    loaded: Trained | None = None
+
+    @property
+    def atol(self) -> float:
+        return float(self.params.atol if self.params.atol is not None else self.spec.atol)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    labels: dict[str, np.ndarray]
+    predictions: dict[str, np.ndarray]
+
+
+@dataclass
+class ParityResult:
+    model_name: str
+    rows: int
+    heldout_rows: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    atol: float
+    native: np.ndarray
+    onnx: np.ndarray
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_abs_diff <= self.atol)
+
+    def as_metadata(self, reference: str) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "heldout_rows": self.heldout_rows,
+            "synthetic_rows": self.rows - self.heldout_rows,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "atol": self.atol,
+            "passed": self.passed,
+            "reference": reference,
+            "runtime": "onnxruntime CPUExecutionProvider",
+        }
+
+
+@dataclass
+class ExportedArtifact:
+    model_name: str
+    version: int
+    path: Path
+    metadata: dict[str, Any]
+    parity: ParityResult
+
+
+@dataclass
+class RunResult:
+    prepared: Prepared
+    trained: Trained
+    evaluation: Evaluation
+    artifacts: list[ExportedArtifact]
+    seconds: float
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(overrides) - set(spec.default_hparams) - {"user_columns", "item_columns"})
+    if unknown:
+        raise ExporterError(
+            f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; "
+            f"known: {', '.join(spec.default_hparams)}"
+        )
+    merged = {**spec.default_hparams, **overrides}
+    for key in ("epochs", "batch_size", "n_estimators", "max_depth"):
+        if key in merged and (not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1):
+            raise ExporterError(f"hyper-parameter {key} must be a positive integer, got {merged[key]!r}")
+    if "learning_rate" in merged:
+        lr = merged["learning_rate"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 10:
+            raise ExporterError(f"hyper-parameter learning_rate must be a number in (0, 10), got {lr!r}")
+    return merged
+
+
+def _labels(df: pd.DataFrame, names: Sequence[str], source: str) -> dict[str, np.ndarray]:
+    matrix = D.numeric_matrix(df, names, source=source)
+    return {n: matrix[:, i] for i, n in enumerate(names)}
+
+
+def prepare(params: ExportParams) -> Prepared:
+    """Check every parameter and input before any training, so mistakes fail fast and clearly."""
+    spec = get_spec(params.model)
+    if params.mode not in MODES:
+        raise ExporterError(f"unknown mode '{params.mode}': expected 'train' or 'load'")
+    if params.atol is not None and not (isinstance(params.atol, (int, float)) and params.atol >= 0):
+        raise ExporterError(f"atol must be a non-negative number, got {params.atol!r}")
+    if params.version is not None and (isinstance(params.version, bool) or not isinstance(params.version, int) or params.version < 1):
+        raise ExporterError(f"version must be a positive integer, got {params.version!r}")
+    hparams = resolve_hparams(spec, params.hparams)
+
+    columns: list[str] | None = None
+    if params.feature_columns is not None:
+        columns = D.validate_feature_columns(params.feature_columns, source="feature_columns")
+    if params.feature_meta is not None:
+        meta_columns = D.read_feature_meta(params.feature_meta)
+        if columns is not None and columns != meta_columns:
+            raise ExporterError(
+                f"feature_columns {columns} disagree with feature-meta {params.feature_meta}: {meta_columns}"
+            )
+        columns = meta_columns
+
+    loaded: Trained | None = None
+    if params.mode == "load":
+        if params.checkpoint is None:
+            raise ExporterError(f"load mode needs --checkpoint: {spec.checkpoint_hint}")
+        loaded = spec.load(params.checkpoint, columns, hparams)
+        columns = loaded.feature_columns
+    elif params.checkpoint is not None:
+        raise ExporterError("--checkpoint is only used with --mode load")
+    columns = spec.columns(columns)
+
+    if params.data_path is not None:
+        frame = D.read_table(params.data_path)
+        source = str(params.data_path)
+    else:
+        if not isinstance(params.rows, int) or isinstance(params.rows, bool) or params.rows < 10:
+            raise ExporterError(f"rows must be an integer >= 10, got {params.rows!r}")
+        frame = D.synthetic_dataset(params.rows, params.seed)
+        source = "synthetic"
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise ExporterError(
+                f"columns {', '.join(absent)} are not in the built-in synthetic data "
+                f"({', '.join(D.DEFAULT_FEATURES)}): pass --data with a file that has them"
+            )
+    where = f"data file {params.data_path}" if params.data_path is not None else "synthetic data"
+    D.check_columns(frame, columns, what="feature", source=where)
+    labels_needed = params.mode == "train"
+    has_labels = all(c in frame.columns for c in spec.label_columns)
+    if labels_needed:
+        D.check_columns(frame, spec.label_columns, what="label", source=where)
+    parts = D.split(frame, seed=params.seed)
+    x_train = D.numeric_matrix(parts.train, columns, source=where)
+    x_heldout = D.numeric_matrix(parts.heldout, columns, source=where)
+    y_train = _labels(parts.train, spec.label_columns, where) if has_labels else {}
+    y_heldout = _labels(parts.heldout, spec.label_columns, where) if has_labels else {}
+    if loaded is not None and "user_columns" not in hparams:
+        hparams = {**loaded.hparams}
+    return Prepared(spec, params, columns, hparams, source, parts.train, parts.heldout,
+                    x_train, x_heldout, y_train, y_heldout, loaded)
+
+
+# --------------------------------------------------------------------------- fit / evaluate
+
+
+def fit(prep: Prepared) -> Trained:
+    """Train (with a progress bar) or hand back the model that load mode already read."""
+    if prep.loaded is not None:
+        return prep.loaded
+    from tqdm import tqdm
+
+    total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
+    with tqdm(total=total, desc=f"train {prep.spec.name}", unit="step", file=sys.stderr,
+              disable=not prep.params.progress, mininterval=0.5, leave=False) as bar:
+        return prep.spec.train(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout,
+                               prep.columns, prep.hparams, prep.params.seed, bar)
+
+
+def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
+    """Held-out metrics (empty when a load-mode data file has no labels)."""
+    predictions = trained.predict(prep.x_heldout)
+    metrics = prep.spec.metrics(predictions, prep.y_heldout) if prep.y_heldout else {}
+    return Evaluation(metrics, dict(prep.y_heldout), predictions)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _check_io(unit: ExportUnit, model: Any) -> None:
+    """The graph's own tensors must be exactly the contract's: a Triton user never reads our code."""
+    from onnx import TensorProto
+
+    def dims(value_info: Any) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
+
+    g = model.graph
+    want_out = [unit.output_shape[0]] + unit.output_shape[1:]
+    problems = []
+    if [i.name for i in g.input] != ["features"] or [o.name for o in g.output] != ["predictions"]:
+        problems.append(f"tensors {[i.name for i in g.input]} -> {[o.name for o in g.output]}, expected ['features'] -> ['predictions']")
+    else:
+        for vi, want in ((g.input[0], [-1, len(unit.feature_columns)]), (g.output[0], want_out)):
+            if vi.type.tensor_type.elem_type != TensorProto.DOUBLE:
+                problems.append(f"{vi.name} is not tensor(double)")
+            got = dims(vi)
+            if len(got) != len(want) or not isinstance(got[0], str) or got[1:] != want[1:]:
+                problems.append(f"{vi.name} has shape {got}, expected {want} with a dynamic batch axis")
+    if problems:
+        raise ExporterError(f"exported graph of {unit.model_name} breaks the tensor contract: " + "; ".join(problems))
+
+
+def build_onnx(unit: ExportUnit) -> bytes:
+    """Export, check (full_check) and serialise one unit."""
+    import onnx
+
+    model = unit.build_onnx()
+    _check_io(unit, model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExporterError(f"exported graph of {unit.model_name} fails onnx.checker: {exc}") from exc
+    return model.SerializeToString()
+
+
+def check_parity(unit: ExportUnit, model_bytes: bytes, x: np.ndarray, heldout_rows: int, atol: float) -> ParityResult:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = np.asarray(session.run(["predictions"], {"features": x})[0], dtype=np.float64)
+    native = np.asarray(unit.native_predict(x), dtype=np.float64)
+    if got.shape != native.shape:
+        raise ParityError(
+            f"{unit.model_name}: onnxruntime returned shape {got.shape}, the native model {native.shape}"
+        )
+    diff = np.abs(got - native)
+    max_diff = float(np.max(diff)) if diff.size else 0.0
+    if not np.isfinite(max_diff):
+        max_diff = float("inf")
+    return ParityResult(unit.model_name, len(x), heldout_rows, max_diff,
+                        float(np.mean(diff)) if diff.size else 0.0, atol, native, got)
+
+
+def _producer(unit: ExportUnit) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    out = {"framework": unit.framework, "framework_version": unit.framework_version,
+           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "exporter": __version__}
+    if unit.framework == "xgboost":
+        import onnxmltools
+
+        out["onnxmltools"] = onnxmltools.__version__
+    return out
+
+
+def _opsets(model_bytes: bytes) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    return {(o.domain or ""): int(o.version) for o in model.opset_import}
+
+
+def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, unit: ExportUnit,
+                   version: int, model_bytes: bytes, sha256: str, parity: ParityResult) -> dict[str, Any]:
+    """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
+    opsets = _opsets(model_bytes)
+    meta: dict[str, Any] = {
+        "name": unit.model_name,
+        "versions": [str(version)],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, len(unit.feature_columns)]}],
+        "outputs": [{"name": "predictions", "datatype": "FP64", "shape": unit.output_shape}],
+        "feature_columns": list(unit.feature_columns),
+    }
+    if unit.output_columns:
+        meta["output_columns"] = list(unit.output_columns)
+    if unit.embed_dim is not None:
+        meta["embed_dim"] = unit.embed_dim
+    meta.update({
+        "prediction_format": unit.prediction_format,
+        "description": prep.spec.description,
+        "related_models": list(unit.related_models),
+        "model_file": repo.MODEL_FILE,
+        "sha256": sha256,
+        "opset": opsets.get("", 0),
+        "opset_imports": opsets,
+        "producer": _producer(unit),
+        "parity": parity.as_metadata(unit.reference),
+        "training": {
+            "mode": prep.params.mode,
+            "data_source": prep.data_source,
+            "rows": len(prep.train) + len(prep.heldout),
+            "train_rows": len(prep.train),
+            "heldout_rows": len(prep.heldout),
+            "seed": prep.params.seed,
+            "label_columns": list(prep.spec.label_columns) if prep.y_heldout else [],
+            "hyperparameters": _jsonable(trained.hparams),
+            "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()},
+            "final_loss": trained.history[-1] if trained.history else None,
+        },
+        "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    })
+    return meta
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) -> dict[str, Any]:
+    """A TorchServe-style request built from the first held-out rows, raw values by column name."""
+    frame = prep.heldout[unit.feature_columns].head(rows)
+    return {"data": [{c: float(v) for c, v in zip(unit.feature_columns, row)} for row in frame.itertuples(index=False)]}
+
+
+def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[ExportedArtifact]:
+    """Export every unit; all pass the parity gate and are committed together, or nothing is written."""
+    from exporter.handler import ModelHandler
+
+    units = trained.units()
+    x_parity, n_synthetic = D.parity_rows(prep.x_heldout, prep.x_train, minimum=PARITY_MIN_ROWS, seed=prep.params.seed)
+    built: list[tuple[ExportUnit, bytes, ParityResult]] = []
+    for unit in units:
+        model_bytes = build_onnx(unit)
+        idx = [prep.columns.index(c) for c in unit.feature_columns]
+        parity = check_parity(unit, model_bytes, np.ascontiguousarray(x_parity[:, idx]), len(x_parity) - n_synthetic, prep.atol)
+        built.append((unit, model_bytes, parity))
+    failed = [p for _, _, p in built if not p.passed]
+    if failed:
+        raise ParityError(
+            "parity check failed, nothing was written: "
+            + "; ".join(f"{p.model_name} max |native - onnxruntime| = {p.max_abs_diff:.3g} > atol {p.atol:g} over {p.rows} rows" for p in failed)
+        )
+
+    artifacts = Path(prep.params.artifacts)
+    version = prep.params.version or repo.next_version(artifacts, [u.model_name for u in units])
+    exported: list[ExportedArtifact] = []
+    with repo.VersionWriter(artifacts, version, [u.model_name for u in units]) as writer:
+        metas = {}
+        for unit, model_bytes, parity in built:
+            d = writer.path(unit.model_name)
+            (d / repo.MODEL_FILE).write_bytes(model_bytes)
+            sha = repo.sha256_file(d / repo.MODEL_FILE)
+            meta = build_metadata(prep, trained, evaluation, unit, version, model_bytes, sha, parity)
+            repo.write_json(d / repo.METADATA_FILE, meta)
+            request = sample_request(prep, unit)
+            repo.write_json(d / repo.SAMPLE_REQUEST, request)
+            repo.write_json(d / repo.SAMPLE_RESPONSE, ModelHandler.load(d).predict(request))
+            if unit.write_native_files is not None:
+                unit.write_native_files(d)
+            metas[unit.model_name] = meta
+        committed = writer.commit()
+        for unit, _, parity in built:
+            meta = metas[unit.model_name]
+            repo.write_text_atomic(
+                artifacts / unit.model_name / repo.CONFIG_FILE,
+                repo.config_pbtxt(unit.model_name, meta["inputs"], meta["outputs"]),
+            )
+            exported.append(ExportedArtifact(unit.model_name, version, committed[unit.model_name], meta, parity))
+    return exported
+
+
+def run(params: ExportParams) -> RunResult:
+    """prepare -> fit -> evaluate -> export, timed."""
+    start = time.perf_counter()
+    prep = prepare(params)
+    trained = fit(prep)
+    evaluation = evaluate(prep, trained)
+    artifacts = export(prep, trained, evaluation)
+    return RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start)

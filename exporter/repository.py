@@ -1,0 +1,151 @@
+"""The artifact tree is a Triton model repository: ``<artifacts>/<model>/config.pbtxt`` + ``<version>/``.
+
+Version directories are staged under a hidden name and renamed into place, so a reader (Triton, our
+server, ``verify``) sees a version whole or not at all, and a failed export never touches a good one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from exporter.errors import ExporterError
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+CONFIG_FILE = "config.pbtxt"
+SAMPLE_REQUEST = "sample_request.json"
+SAMPLE_RESPONSE = "sample_response.json"
+REPORT_FILE = "report.ipynb"
+STAGING_PREFIX = ".staging-"
+
+
+def versions(model_dir: Path) -> list[int]:
+    """The committed versions of one model, ascending (staging and other entries are ignored)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def next_version(artifacts: Path, model_names: Iterable[str]) -> int:
+    """One past the highest version of any of ``model_names``: towers of one model share a version."""
+    return 1 + max((max(versions(artifacts / n), default=0) for n in model_names), default=0)
+
+
+def latest_version_dir(artifacts: Path, model_name: str) -> Path:
+    found = versions(artifacts / model_name)
+    if not found:
+        raise ExporterError(f"no exported version of '{model_name}' under {artifacts}")
+    return artifacts / model_name / str(found[-1])
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step (write a temporary sibling, then rename over)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+_TRITON_TYPES = {"FP64": "TYPE_FP64", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
+
+
+def config_pbtxt(name: str, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]) -> str:
+    """Triton ModelConfig for an onnxruntime model with explicit (batch included) shapes."""
+
+    def tensors(kind: str, specs: Sequence[Mapping[str, Any]]) -> str:
+        body = ",\n".join(
+            "  {\n"
+            f'    name: "{t["name"]}"\n'
+            f"    data_type: {_TRITON_TYPES[t['datatype']]}\n"
+            f"    dims: [ {', '.join(str(d) for d in t['shape'])} ]\n"
+            "  }"
+            for t in specs
+        )
+        return f"{kind} [\n{body}\n]\n"
+
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        "# dims include the batch axis (-1); Triton does no implicit batching of its own here.\n"
+        "max_batch_size: 0\n"
+        + tensors("input", inputs)
+        + tensors("output", outputs)
+        + "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+    )
+
+
+class VersionWriter:
+    """Stages several version directories (one per model name) and commits them together.
+
+    Use as a context manager: leaving the block with an exception removes everything staged or
+    committed by this writer, and model directories it created, so no half-written version survives.
+    """
+
+    def __init__(self, artifacts: Path, version: int, model_names: Sequence[str]) -> None:
+        self.artifacts = artifacts
+        self.version = version
+        self.model_names = list(model_names)
+        self.staged: dict[str, Path] = {}
+        self.committed: list[Path] = []
+        self.created_model_dirs: list[Path] = []
+
+    def __enter__(self) -> "VersionWriter":
+        for name in self.model_names:
+            target = self.artifacts / name / str(self.version)
+            if target.exists():
+                raise ExporterError(
+                    f"version {self.version} of '{name}' already exists at {target}; "
+                    "choose another --version or omit it to use the next free one"
+                )
+        for name in self.model_names:
+            model_dir = self.artifacts / name
+            if not model_dir.exists():
+                model_dir.mkdir(parents=True)
+                self.created_model_dirs.append(model_dir)
+            staging = model_dir / f"{STAGING_PREFIX}{self.version}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            self.staged[name] = staging
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.staged[name]
+
+    def commit(self) -> dict[str, Path]:
+        """Rename every staged directory into place; returns model name -> version directory."""
+        out: dict[str, Path] = {}
+        for name, staging in self.staged.items():
+            target = self.artifacts / name / str(self.version)
+            try:
+                os.rename(staging, target)
+            except OSError as exc:
+                raise ExporterError(f"cannot move the new version into place at {target}: {exc}") from exc
+            self.committed.append(target)
+            out[name] = target
+        self.staged = {}
+        return out
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        for staging in self.staged.values():
+            shutil.rmtree(staging, ignore_errors=True)
+        if exc_type is not None:
+            for path in self.committed:
+                shutil.rmtree(path, ignore_errors=True)
+            for model_dir in self.created_model_dirs:
+                shutil.rmtree(model_dir, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""The declarative shape of a model: what it reads, how it trains or loads, what it exports.
+
+A model is one :class:`ModelSpec`. The pipeline (:mod:`exporter.pipeline`) knows nothing model
+specific: it asks the spec to train or load a :class:`Trained` model, evaluates it with the spec's
+metrics and exports every :class:`ExportUnit` the trained model yields (two for the two-tower model)
+through one generic ONNX check, parity gate and artifact writer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+#: How the TorchServe-style answer shapes one output row (contract section 1).
+PREDICTION_FORMATS = ("scalar", "named_columns", "vector")
+
+
+class Progress(Protocol):
+    """What a trainer needs from a progress bar (tqdm satisfies it)."""
+
+    def update(self, n: int = 1) -> Any: ...
+
+    def set_postfix(self, ordered_dict: Mapping[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ExportUnit:
+    """One ONNX artifact: a model name in the repository, its tensors and how to check it."""
+
+    model_name: str
+    feature_columns: list[str]
+    #: ``None`` for a ``[-1]`` output, else the width k of a ``[-1, k]`` output.
+    output_width: int | None
+    prediction_format: str
+    #: float64 ``[n, len(feature_columns)]`` -> float64 predictions, computed by the native framework.
+    native_predict: Callable[[np.ndarray], np.ndarray]
+    #: Builds the ONNX model (input ``features``, output ``predictions``, both tensor(double)).
+    build_onnx: Callable[[], Any]
+    #: Short description of the native reference used by the parity gate.
+    reference: str
+    framework: str
+    framework_version: str
+    output_columns: list[str] | None = None
+    embed_dim: int | None = None
+    #: Writes native files (checkpoint, model.ubj, feature_meta.json) into a version directory.
+    write_native_files: Callable[[Path], None] | None = None
+    related_models: list[str] = field(default_factory=list)
+
+    @property
+    def output_shape(self) -> list[int]:
+        return [-1] if self.output_width is None else [-1, self.output_width]
+
+
+@dataclass
+class Trained:
+    """A trained or loaded model, framework objects included, ready to evaluate and export."""
+
+    spec_name: str
+    feature_columns: list[str]
+    hparams: dict[str, Any]
+    #: Per round/epoch: ``{"step": i, "train_loss": ..., "heldout_loss": ...}``.
+    history: list[dict[str, float]]
+    #: float64 feature matrix -> ``{head: predictions}`` in the units of the labels.
+    predict: Callable[[np.ndarray], dict[str, np.ndarray]]
+    units: Callable[[], list[ExportUnit]]
+    model: Any = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything model specific, declared once. Adding a model means adding one such spec."""
+
+    name: str
+    description: str
+    framework: str
+    #: Label columns the trainer needs; ``label`` first for CTR models.
+    label_columns: tuple[str, ...]
+    default_features: tuple[str, ...]
+    default_hparams: Mapping[str, Any]
+    #: (X_train, y_train, X_heldout, y_heldout, columns, hparams, seed, progress) -> Trained
+    train: Callable[..., Trained]
+    #: (checkpoint path, feature columns or None, hparams) -> Trained
+    load: Callable[..., Trained]
+    #: (predictions by head, labels by name) -> metrics
+    metrics: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], dict[str, float]]
+    #: names of the repository entries this spec writes (two_tower writes two)
+    model_names: tuple[str, ...]
+    #: total training steps for the progress bar, given hparams and number of training rows
+    progress_total: Callable[[Mapping[str, Any], int], int]
+    atol: float = 1e-5
+    checkpoint_hint: str = "checkpoint.pt written by train mode"
+    #: Rebuilds the native predictor of one model name from its version directory (benchmarks).
+    native_from_dir: Callable[[str, Path], Callable[[np.ndarray], np.ndarray]] | None = None
+
+    def columns(self, override: Sequence[str] | None) -> list[str]:
+        return list(override) if override else list(self.default_features)
+
+    def native_predictor(self, version_dir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+        """The native model of an exported version (``<artifacts>/<model_name>/<version>``), for benchmarks."""
+        if self.native_from_dir is None:
+            raise NotImplementedError(f"{self.name} cannot rebuild its native model from an artifact")
+        version_dir = Path(version_dir)
+        return self.native_from_dir(version_dir.parent.name, version_dir)

@@ -1,0 +1,176 @@
+"""Turns a small torch model definition into a :class:`ModelSpec`: train, load, checkpoint, export units.
+
+A torch model file declares only what is its own (network, loss, heads, which serving modules it
+exports); fitting, checkpoints with ``weights_only=True`` and native predictors are shared here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter import torch_common as tc
+from exporter.errors import ExporterError
+from exporter.specs.base import ExportUnit, ModelSpec, Progress, Trained
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class ServedPart:
+    """One exported graph of a torch network (the whole net, or one tower of it)."""
+
+    model_name: str
+    module: nn.Module
+    feature_columns: list[str]
+    #: indices of ``feature_columns`` within the network's full feature list
+    column_index: list[int]
+    output_width: int | None
+    prediction_format: str
+    output_columns: list[str] | None = None
+    embed_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class TorchModelDef:
+    name: str
+    description: str
+    label_columns: tuple[str, ...]
+    default_features: tuple[str, ...]
+    default_hparams: Mapping[str, Any]
+    metrics: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], dict[str, float]]
+    model_names: tuple[str, ...]
+    #: (columns, hparams, x_train, y_train) -> JSON-able architecture config (incl. fitted target stats)
+    make_config: Callable[[list[str], Mapping[str, Any], np.ndarray | None, Mapping[str, np.ndarray] | None], dict[str, Any]]
+    #: config -> network; the network holds its Standardize modules
+    build: Callable[[Mapping[str, Any]], nn.Module]
+    #: (network, x_train) fits the scalers in place
+    fit_scalers: Callable[[nn.Module, np.ndarray], None]
+    #: labels -> training target tensors (after the feature tensor)
+    targets: Callable[[Mapping[str, np.ndarray]], list[torch.Tensor]]
+    #: (network, [x, *targets]) -> scalar loss
+    loss: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+    #: (network, x float64 tensor) -> {label column: prediction}
+    heads: Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
+    #: (network, config, columns) -> exported parts
+    parts: Callable[[nn.Module, Mapping[str, Any], list[str]], list[ServedPart]]
+    atol: float = 1e-5
+
+
+def make_spec(d: TorchModelDef) -> ModelSpec:
+    def train(
+        x_train: np.ndarray,
+        y_train: Mapping[str, np.ndarray],
+        x_heldout: np.ndarray,
+        y_heldout: Mapping[str, np.ndarray],
+        columns: Sequence[str],
+        hparams: Mapping[str, Any],
+        seed: int,
+        progress: Progress | None,
+    ) -> Trained:
+        tc.seed_everything(seed)
+        columns = list(columns)
+        config = d.make_config(columns, hparams, x_train, y_train)
+        net = d.build(config).to(tc.DTYPE)
+        d.fit_scalers(net, x_train)
+        history = tc.fit_loop(
+            model=net,
+            loss_fn=d.loss,
+            train_tensors=[torch.from_numpy(x_train), *d.targets(y_train)],
+            heldout_tensors=[torch.from_numpy(x_heldout), *d.targets(y_heldout)],
+            epochs=int(hparams["epochs"]),
+            batch_size=int(hparams["batch_size"]),
+            learning_rate=float(hparams["learning_rate"]),
+            weight_decay=float(hparams.get("weight_decay", 0.0)),
+            seed=seed,
+            progress=progress,
+        )
+        return _trained(net, config, columns, dict(hparams), history)
+
+    def load(path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
+        ckpt = tc.load_checkpoint(path, model_type=d.name)
+        cols = tc.checkpoint_columns(ckpt, columns, path=path)
+        try:
+            net = d.build(ckpt["config"]).to(tc.DTYPE)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExporterError(f"checkpoint {path} has an unusable {d.name} config: {exc!r}") from exc
+        tc.restore_state(net, ckpt["state_dict"], path=path)
+        used = dict(ckpt.get("hparams") or {})
+        used["source_file"] = str(path)
+        return _trained(net, ckpt["config"], cols, used, [])
+
+    def _trained(
+        net: nn.Module, config: Mapping[str, Any], columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]]
+    ) -> Trained:
+        net.eval()
+
+        def predict(x: np.ndarray) -> dict[str, np.ndarray]:
+            with torch.inference_mode():
+                out = d.heads(net, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)))
+            return {k: v.double().numpy() for k, v in out.items()}
+
+        def write_checkpoint(directory: Path) -> None:
+            tc.save_checkpoint(
+                directory / CHECKPOINT_NAME, model_type=d.name, config=config,
+                feature_columns=columns, hparams=hparams, module=net,
+            )
+
+        def units() -> list[ExportUnit]:
+            parts = d.parts(net, config, columns)
+            names = [p.model_name for p in parts]
+            return [
+                ExportUnit(
+                    model_name=p.model_name,
+                    feature_columns=p.feature_columns,
+                    output_width=p.output_width,
+                    prediction_format=p.prediction_format,
+                    native_predict=tc.eager_predictor(p.module),
+                    build_onnx=(lambda m=p.module, n=len(p.feature_columns): tc.export_onnx(m, n)),
+                    reference="torch eager (inference_mode)",
+                    framework="torch",
+                    framework_version=tc.torch_version(),
+                    output_columns=p.output_columns,
+                    embed_dim=p.embed_dim,
+                    # the first part carries the checkpoint; towers share one network
+                    write_native_files=write_checkpoint if i == 0 else None,
+                    related_models=[n for n in names if n != p.model_name],
+                )
+                for i, p in enumerate(parts)
+            ]
+
+        return Trained(d.name, columns, hparams, history, predict, units, model=net)
+
+    def native_from_dir(model_name: str, version_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+        """Rebuild the eager module of ``model_name`` from the checkpoint of its network."""
+        version_dir = Path(version_dir)
+        ckpt_path = version_dir / CHECKPOINT_NAME
+        if not ckpt_path.exists():  # a tower without its own checkpoint: the first part has it
+            first = version_dir.parent.parent / d.model_names[0] / version_dir.name / CHECKPOINT_NAME
+            ckpt_path = first
+        trained = load(ckpt_path, None, {})
+        unit = next(u for u in trained.units() if u.model_name == model_name)
+        return unit.native_predict
+
+    return ModelSpec(
+        name=d.name,
+        description=d.description,
+        framework="torch",
+        label_columns=d.label_columns,
+        default_features=d.default_features,
+        default_hparams=d.default_hparams,
+        train=train,
+        load=load,
+        metrics=d.metrics,
+        model_names=d.model_names,
+        progress_total=lambda hp, rows: int(hp["epochs"]) * tc.steps_per_epoch(rows, int(hp["batch_size"])),
+        atol=d.atol,
+        native_from_dir=native_from_dir,
+    )
+
+
+def label_tensor(y: Mapping[str, np.ndarray], name: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(y[name], dtype=np.float64))

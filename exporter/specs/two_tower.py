@@ -1,0 +1,99 @@
+"""Two-tower retrieval model: a user tower and an item tower whose dot product scores a pair.
+
+Trained pointwise on clicks (logistic loss on the dot product). Exported as two graphs, the user
+tower (``two_tower``) and the item tower (``two_tower_item``), each ``[-1, embed_dim]`` float64.
+Columns named ``user_*`` feed the user tower and the rest the item tower, unless the hyper-parameters
+``user_columns`` / ``item_columns`` say otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter import torch_common as tc
+from exporter.data import ITEM_FEATURES, LABEL, USER_FEATURES
+from exporter.errors import ExporterError
+from exporter.metrics import retrieval_metrics
+from exporter.specs.torch_spec import ServedPart, TorchModelDef, label_tensor, make_spec
+
+
+class TwoTower(nn.Module):
+    def __init__(self, user_idx: Sequence[int], item_idx: Sequence[int], embed_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.register_buffer("user_idx", torch.tensor(list(user_idx), dtype=torch.long))
+        self.register_buffer("item_idx", torch.tensor(list(item_idx), dtype=torch.long))
+        self.user = tc.ServingModule(tc.Standardize(len(user_idx)), tc.mlp([len(user_idx), hidden, hidden, embed_dim]))
+        self.item = tc.ServingModule(tc.Standardize(len(item_idx)), tc.mlp([len(item_idx), hidden, hidden, embed_dim]))
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.user.core(self.user.scaler(x[:, self.user_idx]))
+        v = self.item.core(self.item.scaler(x[:, self.item_idx]))
+        return (u * v).sum(dim=1)
+
+
+def split_columns(columns: list[str], hp: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    user = list(hp.get("user_columns") or [c for c in columns if c.startswith("user_")])
+    item = list(hp.get("item_columns") or [c for c in columns if c not in user])
+    unknown = [c for c in user + item if c not in columns]
+    if unknown:
+        raise ExporterError(f"two_tower: tower columns {unknown} are not among the feature columns {columns}")
+    if not user or not item:
+        raise ExporterError(
+            f"two_tower needs user and item columns; got user={user} item={item} from {columns} "
+            "(user columns are those named user_*, or set user_columns/item_columns)"
+        )
+    return user, item
+
+
+def _config(columns: list[str], hp: Mapping[str, Any], x: Any, y: Any) -> dict[str, Any]:
+    user, item = split_columns(columns, hp)
+    return {
+        "user_idx": [columns.index(c) for c in user], "item_idx": [columns.index(c) for c in item],
+        "embed_dim": int(hp["embed_dim"]), "hidden": int(hp["hidden"]),
+    }
+
+
+def _build(cfg: Mapping[str, Any]) -> nn.Module:
+    return TwoTower(cfg["user_idx"], cfg["item_idx"], int(cfg["embed_dim"]), int(cfg["hidden"]))
+
+
+def _fit_scalers(net: nn.Module, x: np.ndarray) -> None:
+    net.user.scaler.fit(x[:, net.user_idx.numpy()])
+    net.item.scaler.fit(x[:, net.item_idx.numpy()])
+
+
+def _loss(net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.binary_cross_entropy_with_logits(net.score(x), y)
+
+
+def _parts(net: nn.Module, cfg: Mapping[str, Any], cols: list[str]) -> list[ServedPart]:
+    e = int(cfg["embed_dim"])
+    u, i = list(cfg["user_idx"]), list(cfg["item_idx"])
+    return [
+        ServedPart("two_tower", net.user, [cols[k] for k in u], u, e, "vector", embed_dim=e),
+        ServedPart("two_tower_item", net.item, [cols[k] for k in i], i, e, "vector", embed_dim=e),
+    ]
+
+
+SPEC = make_spec(
+    TorchModelDef(
+        name="two_tower",
+        description="Two-tower retrieval model (user tower two_tower, item tower two_tower_item)",
+        label_columns=(LABEL,),
+        default_features=USER_FEATURES + ITEM_FEATURES,
+        default_hparams={"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 16, "hidden": 32, "weight_decay": 0.0},
+        metrics=retrieval_metrics,
+        model_names=("two_tower", "two_tower_item"),
+        make_config=_config,
+        build=_build,
+        fit_scalers=_fit_scalers,
+        targets=lambda y: [label_tensor(y, LABEL)],
+        loss=_loss,
+        heads=lambda net, x: {LABEL: torch.sigmoid(net.score(x))},
+        parts=_parts,
+    )
+)

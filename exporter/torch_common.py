@@ -1,0 +1,260 @@
+"""Pieces every torch model shares: in-graph standardisation, the training loop, checkpoints, ONNX export.
+
+Serving sends raw float64 features; :class:`ServingModule` standardises them with statistics fitted on
+training data and runs the core, so the exported graph carries its own preprocessing and its tensors
+are exactly the contract's. Networks compute in float64 end to end: these models are small, and
+float32 rounding on outputs in seconds or currency (watch_time, gmv ~ 1e2) alone would exceed the
+parity gate's absolute tolerance of 1e-5.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter.errors import ExporterError
+from exporter.specs.base import Progress
+
+CHECKPOINT_FORMAT = "exporter.torch-checkpoint/1"
+TORCH_OPSET = 18
+DTYPE = torch.float64
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std with statistics fitted on training rows; constant columns pass through."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features, dtype=torch.float64))
+        self.register_buffer("std", torch.ones(n_features, dtype=torch.float64))
+
+    def fit(self, x: np.ndarray) -> "Standardize":
+        std = x.std(axis=0)
+        self.mean.copy_(torch.from_numpy(x.mean(axis=0)))
+        self.std.copy_(torch.from_numpy(np.where(std > 1e-12, std, 1.0)))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ServingModule(nn.Module):
+    """Raw float64 features in, float64 predictions out: what gets exported and parity-checked."""
+
+    def __init__(self, scaler: Standardize, core: nn.Module) -> None:
+        super().__init__()
+        self.scaler = scaler
+        self.core = core
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.core(self.scaler(features)).to(torch.float64)
+
+
+def mlp(sizes: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def fit_loop(
+    *,
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    train_tensors: Sequence[torch.Tensor],
+    heldout_tensors: Sequence[torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+    progress: Progress | None,
+) -> list[dict[str, float]]:
+    """Mini-batch Adam; returns the per-epoch train and held-out loss (the training curve)."""
+    n = len(train_tensors[0])
+    if n == 0:
+        raise ExporterError("no training rows left after holding out evaluation rows")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            batch = [t[idx] for t in train_tensors]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise ExporterError(
+                    f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate"
+                )
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if progress is not None:
+                progress.update(1)
+        model.eval()
+        with torch.inference_mode():
+            heldout = float(loss_fn(model, heldout_tensors)) if len(heldout_tensors[0]) else float("nan")
+        history.append({"step": epoch, "train_loss": total / seen, "heldout_loss": heldout})
+        if progress is not None:
+            progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "heldout": f"{heldout:.4f}"})
+    model.eval()
+    return history
+
+
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    return max(1, -(-rows // batch_size))
+
+
+def eager_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """The native reference: the serving module in torch eager mode, float64 in and out."""
+    module.eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
+
+    return predict
+
+
+def export_onnx(module: nn.Module, n_features: int) -> Any:
+    """torch.export-based ONNX export with a dynamic batch axis; returns an ``onnx.ModelProto``."""
+    import onnx
+
+    module.eval()
+    example = (torch.zeros(4, n_features, dtype=torch.float64),)
+    batch = torch.export.Dim("batch", min=1)
+    buf = io.BytesIO()
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        # torch.onnx prints progress lines to stdout: keep CLI and notebook output readable.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                example,
+                input_names=["features"],
+                output_names=["predictions"],
+                dynamic_shapes={"features": {0: batch}},
+                opset_version=TORCH_OPSET,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        program.save(buf)
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model_type: str,
+    config: Mapping[str, Any],
+    feature_columns: Sequence[str],
+    hparams: Mapping[str, Any],
+    module: nn.Module,
+) -> None:
+    """A checkpoint loadable with ``torch.load(weights_only=True)``: tensors and plain values only."""
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_type": model_type,
+            "config": dict(config),
+            "feature_columns": list(feature_columns),
+            "hparams": {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool, list))},
+            "state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | Path, *, model_type: str) -> dict[str, Any]:
+    """Read and sanity-check a checkpoint; every failure names the file and what was expected."""
+    path = Path(path)
+    if not path.exists():
+        raise ExporterError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExporterError(
+            f"cannot load checkpoint {path} with weights_only=True ({first}); expected a {model_type} "
+            "checkpoint written by `python -m exporter export` in train mode"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ExporterError(
+            f"checkpoint {path} is not an exporter checkpoint (no format '{CHECKPOINT_FORMAT}'); "
+            f"expected a {model_type} checkpoint written by train mode"
+        )
+    if ckpt.get("model_type") != model_type:
+        raise ExporterError(
+            f"checkpoint {path} holds a '{ckpt.get('model_type')}' model, expected '{model_type}'"
+        )
+    for key in ("config", "feature_columns", "state_dict"):
+        if key not in ckpt:
+            raise ExporterError(f"checkpoint {path} lacks '{key}'")
+    return ckpt
+
+
+def restore_state(module: nn.Module, state: Mapping[str, torch.Tensor], *, path: str | Path) -> None:
+    """load_state_dict(strict=True) with a one-line error naming the mismatching tensors."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("wrong shapes: " + ", ".join(wrong[:4]))
+        if missing:
+            parts.append("missing tensors: " + ", ".join(missing[:4]))
+        if unexpected:
+            parts.append("unexpected tensors: " + ", ".join(unexpected[:4]))
+        raise ExporterError(f"checkpoint {path} does not fit the model its config describes: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+    module.eval()
+
+
+def checkpoint_columns(ckpt: Mapping[str, Any], override: Sequence[str] | None, *, path: str | Path) -> list[str]:
+    """Feature columns of a loaded model: the feature-meta override if given, else the checkpoint's."""
+    stored = list(ckpt["feature_columns"])
+    if override is None:
+        return stored
+    if len(override) != len(stored):
+        raise ExporterError(
+            f"feature-meta lists {len(override)} columns but checkpoint {path} was trained on "
+            f"{len(stored)} ({', '.join(stored)})"
+        )
+    return list(override)
+
+
+def torch_version() -> str:
+    return torch.__version__
