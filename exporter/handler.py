@@ -99,9 +99,9 @@ def _type_name(value: Any) -> str:
 
 def _describe_bad_value(value: Any) -> str | None:
     """Why ``value`` is not a finite number (``None`` when it is one)."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return f"a boolean ({'true' if value else 'false'})"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, np.integer, np.floating)):
         try:
             f = float(value)
         except OverflowError:
