@@ -1,0 +1,190 @@
+"""End to end: every model trains, exports, passes the parity gate and agrees with its metadata."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from exporter import data as D
+from exporter.handler import ModelHandler
+from tests.conftest import export_small
+from tests.handler_fixtures import spec_validator
+
+EXPORTED = ["xgb", "deepfm", "mmoe", "two_tower", "two_tower_item"]
+OUTPUT_WIDTH = {"xgb": None, "deepfm": None, "mmoe": 3, "two_tower": 16, "two_tower_item": 16}
+FEATURES = {
+    "xgb": list(D.DEFAULT_FEATURES),
+    "deepfm": list(D.DEFAULT_FEATURES),
+    "mmoe": list(D.DEFAULT_FEATURES),
+    "two_tower": ["user_age", "user_gender"],
+    "two_tower_item": ["item_ctr", "item_cvr", "item_price"],
+}
+REQUIRED_METADATA = [
+    "name", "versions", "platform", "inputs", "outputs", "feature_columns", "model_file", "sha256",
+    "opset", "producer", "parity", "training", "created_at",
+]
+
+
+def _version_dir(root: Path, name: str) -> Path:
+    return root / name / "1"
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_onnx_file_matches_contract_and_metadata(exported_artifacts, name):
+    d = _version_dir(exported_artifacts, name)
+    meta = json.loads((d / "metadata.json").read_text())
+    model = onnx.load(d / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+
+    [inp], [out] = model.graph.input, model.graph.output
+    assert (inp.name, out.name) == ("features", "predictions")
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    in_dims, out_dims = _dims(inp), _dims(out)
+    assert isinstance(in_dims[0], str) and isinstance(out_dims[0], str), "batch axis must be dynamic"
+    assert in_dims[1:] == [len(FEATURES[name])]
+    width = OUTPUT_WIDTH[name]
+    assert out_dims[1:] == ([] if width is None else [width])
+
+    # metadata tensors are the graph's own, with -1 for the batch axis
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP64", "shape": [-1] + in_dims[1:]}]
+    assert meta["outputs"] == [{"name": "predictions", "datatype": "FP64", "shape": [-1] + out_dims[1:]}]
+    assert meta["feature_columns"] == FEATURES[name]
+    assert meta["name"] == name and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
+    assert meta["opset"] == {o.domain: o.version for o in model.opset_import}[""]
+
+    session = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).uniform(1, 50, (5, len(FEATURES[name])))
+    y = session.run(None, {"features": x})[0]
+    assert y.dtype == np.float64 and y.shape == ((5,) if width is None else (5, width))
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_metadata_fields_and_v2_schema(exported_artifacts, name):
+    import hashlib
+
+    d = _version_dir(exported_artifacts, name)
+    meta = json.loads((d / "metadata.json").read_text())
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    assert not missing, f"metadata lacks {missing}"
+    errors = list(spec_validator("metadata_model_response").iter_errors(meta))
+    assert not errors, errors[0].message
+    assert meta["sha256"] == hashlib.sha256((d / meta["model_file"]).read_bytes()).hexdigest()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", meta["created_at"])
+    parity = meta["parity"]
+    assert parity["passed"] is True and parity["rows"] >= 1000
+    assert 0 <= parity["max_abs_diff"] <= parity["atol"] == 1e-5
+    training = meta["training"]
+    assert training["mode"] == "train" and training["data_source"] == "synthetic"
+    assert training["seed"] == 7 and training["rows"] == 3000 and training["hyperparameters"]
+    assert {"framework", "framework_version", "onnx", "onnxruntime"} <= set(meta["producer"])
+    if name == "mmoe":
+        assert meta["output_columns"] == ["ctr", "watch_time", "gmv"]
+    if name.startswith("two_tower"):
+        assert meta["embed_dim"] == 16
+
+
+def _parse_config(text: str) -> dict:
+    """Independent reading of a Triton config.pbtxt: name, platform and each tensor's name/type/dims."""
+    tensors = {}
+    for kind in ("input", "output"):
+        block = re.search(kind + r"\s*\[(.*?)\n\]", text, re.S).group(1)
+        tensors[kind] = [
+            (n, t, [int(v) for v in dims.split(",")])
+            for n, t, dims in re.findall(r'name:\s*"(\w+)"\s*data_type:\s*(\w+)\s*dims:\s*\[([^\]]*)\]', block)
+        ]
+    return {
+        "name": re.search(r'^name:\s*"(\w+)"', text, re.M).group(1),
+        "platform": re.search(r'^platform:\s*"(\w+)"', text, re.M).group(1),
+        **tensors,
+    }
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_config_pbtxt_agrees_with_onnx(exported_artifacts, name):
+    cfg = _parse_config((exported_artifacts / name / "config.pbtxt").read_text())
+    model = onnx.load(_version_dir(exported_artifacts, name) / "model.onnx")
+    assert cfg["name"] == name and cfg["platform"] == "onnxruntime_onnx"
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        expected = [(v.name, "TYPE_FP64", [-1] + _dims(v)[1:]) for v in values]
+        assert cfg[kind] == expected
+
+
+def test_models_reach_sensible_quality(exported_runs):
+    _, runs = exported_runs
+    assert runs["xgb"].evaluation.metrics["auc"] > 0.7
+    assert runs["deepfm"].evaluation.metrics["auc"] > 0.7
+    mmoe = runs["mmoe"].evaluation.metrics
+    assert mmoe["ctr_auc"] > 0.7
+    assert mmoe["watch_time_rmse"] < 0.9 * mmoe["watch_time_rmse_baseline"]
+    assert mmoe["gmv_rmse"] < 0.95 * mmoe["gmv_rmse_baseline"]
+    assert runs["two_tower"].evaluation.metrics["auc"] > 0.7
+    for run in runs.values():
+        stored = run.artifacts[0].metadata["training"]["metrics"]
+        assert set(stored) == set(run.evaluation.metrics)
+
+
+def test_preprocessing_lives_in_the_graph(exported_runs):
+    """Raw feature values in, the trained model's own predictions out: no scaling on the caller's side."""
+    root, runs = exported_runs
+    prep, trained = runs["mmoe"].prepared, runs["mmoe"].trained
+    raw = prep.x_heldout[:50]
+    assert raw[:, 2].mean() > 10, "fixture should hold raw prices, not standardised values"
+    session = ort.InferenceSession(str(_version_dir(root, "mmoe") / "model.onnx"))
+    got = session.run(None, {"features": raw})[0]
+    want = trained.predict(raw)
+    np.testing.assert_allclose(got[:, 0], want["label"], atol=1e-9)
+    np.testing.assert_allclose(got[:, 1], want["watch_time"], atol=1e-9)
+    assert (got[:, 1:] >= 0).all()
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_sample_response_is_the_handlers_answer(exported_artifacts, name):
+    d = _version_dir(exported_artifacts, name)
+    request = json.loads((d / "sample_request.json").read_text())
+    assert len(request["data"]) == 3 and set(request["data"][0]) == set(FEATURES[name])
+    stored = json.loads((d / "sample_response.json").read_text())
+    fresh = ModelHandler.load(d).predict(request)
+    np.testing.assert_allclose(np.asarray(_numbers(fresh)), np.asarray(_numbers(stored)), atol=1e-12)
+
+
+def _numbers(answer: dict) -> list[float]:
+    preds = answer["predictions"]
+    if preds and isinstance(preds[0], dict):
+        return [v for p in preds for v in p.values()]
+    return list(np.ravel(preds))
+
+
+def test_towers_share_a_version_and_the_checkpoint(exported_artifacts):
+    user = json.loads((exported_artifacts / "two_tower" / "1" / "metadata.json").read_text())
+    item = json.loads((exported_artifacts / "two_tower_item" / "1" / "metadata.json").read_text())
+    assert user["related_models"] == ["two_tower_item"] and item["related_models"] == ["two_tower"]
+    assert (exported_artifacts / "two_tower" / "1" / "checkpoint.pt").exists()
+
+
+def test_same_seed_gives_same_model_bytes_and_predictions(tmp_path):
+    for model in ("xgb", "deepfm"):
+        a = export_small(model, tmp_path / "a").artifacts[0]
+        b = export_small(model, tmp_path / "b").artifacts[0]
+        assert a.metadata["sha256"] == b.metadata["sha256"]
+        np.testing.assert_array_equal(a.parity.onnx, b.parity.onnx)
+        c = export_small(model, tmp_path / "c", seed=8).artifacts[0]
+        assert c.metadata["sha256"] != a.metadata["sha256"]
+
+
+def test_next_version_and_small_data_parity_top_up(tmp_path):
+    first = export_small("xgb", tmp_path).artifacts[0]
+    second = export_small("xgb", tmp_path, rows=500).artifacts[0]
+    assert (first.version, second.version) == (1, 2)
+    parity = second.metadata["parity"]
+    assert parity["heldout_rows"] == 100 and parity["rows"] == 1000 and parity["synthetic_rows"] == 900
+    assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt"]
