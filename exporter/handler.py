@@ -383,8 +383,13 @@ class ModelHandler:
     def _answer_v2(self, payload: dict[str, Any]) -> tuple[bytes, int]:
         """Open Inference Protocol form: one ``features`` tensor."""
         request_id = payload.get("id")
-        if request_id is not None and type(request_id) is not str:
-            raise HandlerError(400, f'"id" must be a string, got {_type_name(request_id)}')
+        if request_id is not None:
+            if type(request_id) is not str:
+                raise HandlerError(400, f'"id" must be a string, got {_type_name(request_id)}')
+            try:
+                request_id.encode("utf-8")
+            except UnicodeEncodeError:
+                raise HandlerError(400, '"id" is not valid Unicode text (it holds a lone surrogate)') from None
         params = payload.get("parameters")
         if params is not None and not isinstance(params, Mapping):
             raise HandlerError(400, f'"parameters" must be an object, got {_type_name(params)}')

@@ -257,6 +257,12 @@ def test_v2_nan_literal_names_row_and_column(handlers: dict[str, ModelHandler]) 
     assert_error(*call(handlers["xgb"], body), 400, "row 1", '"item_price"', "NaN")
 
 
+def test_lone_surrogate_id_is_400_not_a_crash(handlers: dict[str, ModelHandler]) -> None:
+    # NaN sends the body through the lenient parser, which accepts lone surrogates that orjson cannot write back
+    body = b'{"id": "\\ud800", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", "data": [1,2,3,4,5,6,7]}], "x": NaN}'
+    assert_error(*call(handlers["xgb"], body), 400, '"id" is not valid Unicode')
+
+
 def test_boolean_among_floats_is_not_coerced(handlers: dict[str, ModelHandler]) -> None:
     # numpy would silently turn true into 1.0: the handler must not
     rows = [dict(GOOD_ROW) for _ in range(50)]
