@@ -183,6 +183,12 @@ def _shown(name: str) -> str:
     return repr(name if len(name) <= 80 else name[:77] + "...")
 
 
+def _encoded_separator(raw_path: bytes) -> bool:
+    """Whether the undecoded path hides a '/' or '\\' inside a segment (%2F, %5C)."""
+    lowered = raw_path.lower()
+    return b"%2f" in lowered or b"%5c" in lowered
+
+
 class _TooLarge(Exception):
     pass
 
@@ -245,14 +251,16 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
             name = params["model_name"]
             version = params.get("version")
             rows = 0
-            if version is None:
+            raw_path = scope.get("raw_path") or b""
+            if b"%" in raw_path and _encoded_separator(raw_path):
+                handler = None  # "xgb%2F1" is the model name "xgb/1", not model xgb version 1
+            elif version is None:
                 handler = latest.get(name)
             else:
                 handler = versions.get(name, {}).get(version)
             if handler is None:
                 status = 404
-                raw_path = scope.get("raw_path") or b""
-                if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+                if b"%" in raw_path and _encoded_separator(raw_path):
                     answer = _error(
                         f"model names cannot contain '/' or '\\' (got {_shown(scope['path'])}); loaded models: {loaded}"
                     )
@@ -296,7 +304,8 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
     async def describe_model(request: Request) -> Response:
         start = perf()
         name = request.path_params["model_name"]
-        body = metadata_bodies.get(name)
+        raw_path = request.scope.get("raw_path") or b""
+        body = None if _encoded_separator(raw_path) else metadata_bodies.get(name)
         if body is None:
             return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {loaded}"), request.url.path, start)
         return _plain(200, body, request.url.path, start)
