@@ -7,7 +7,6 @@ torch or xgboost.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -112,20 +111,22 @@ def check_columns(df: pd.DataFrame, required: Sequence[str], *, what: str, sourc
 def numeric_matrix(df: pd.DataFrame, columns: Sequence[str], *, source: str) -> np.ndarray:
     """The float64 matrix of ``columns``; rejects non-numeric and non-finite values with their row.
 
-    Rows are reported 1-based as a person counts data rows in the file (header excluded).
+    Rows are reported 1-based as a person counts data rows in a file (the header is not a row).
     """
     out = np.empty((len(df), len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
         series = df[col]
-        if series.dtype == bool or not (
-            pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-        ):
+        if pd.api.types.is_bool_dtype(series):
+            raise ExporterError(
+                f"{source}: column '{col}' row 1: value {_show(series.iloc[0])} is a boolean, expected a number"
+            )
+        if not pd.api.types.is_numeric_dtype(series):
             converted = pd.to_numeric(series, errors="coerce")
-            bad = converted.isna() & series.notna()
-            if bool(bad.any()) or pd.api.types.is_bool_dtype(series):
-                i = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+            bad = (converted.isna() & series.notna()).to_numpy() | series.map(lambda v: isinstance(v, bool)).to_numpy()
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
                 raise ExporterError(
-                    f"{source}: column '{col}' row {i + 1}: value {series.iloc[i]!r} is not a number"
+                    f"{source}: column '{col}' row {i + 1}: value {_show(series.iloc[i])} is not a number"
                 )
             series = converted
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -138,6 +139,11 @@ def numeric_matrix(df: pd.DataFrame, columns: Sequence[str], *, source: str) -> 
             )
         out[:, j] = values
     return out
+
+
+def _show(value: object) -> str:
+    item = getattr(value, "item", None)
+    return repr(item() if callable(item) else value)
 
 
 def read_feature_meta(path: str | Path) -> list[str]:
@@ -170,22 +176,13 @@ def validate_feature_columns(columns: object, *, source: str) -> list[str]:
     return list(columns)
 
 
-@dataclass(frozen=True)
-class Split:
-    """Deterministic train / held-out split of a table."""
-
-    train: pd.DataFrame
-    heldout: pd.DataFrame
-
-
-def split(df: pd.DataFrame, *, seed: int, heldout_fraction: float = 0.2) -> Split:
-    """Shuffle with ``seed`` and hold out a fraction (at least one row on each side)."""
-    if len(df) < 10:
-        raise ExporterError(f"need at least 10 rows of data to train and hold out, got {len(df)}")
-    order = np.random.default_rng(seed + 1).permutation(len(df))
-    n_held = min(len(df) - 1, max(1, int(round(len(df) * heldout_fraction))))
-    held, train = order[:n_held], order[n_held:]
-    return Split(train=df.iloc[train].reset_index(drop=True), heldout=df.iloc[held].reset_index(drop=True))
+def split_indices(n_rows: int, *, seed: int, heldout_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic shuffled (train, held-out) row indices; at least one row on each side."""
+    if n_rows < 10:
+        raise ExporterError(f"need at least 10 rows of data to train and hold out, got {n_rows}")
+    order = np.random.default_rng(seed + 1).permutation(n_rows)
+    n_held = min(n_rows - 1, max(1, int(round(n_rows * heldout_fraction))))
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
 def parity_rows(heldout: np.ndarray, train: np.ndarray, *, minimum: int, seed: int) -> tuple[np.ndarray, int]:

@@ -198,15 +198,19 @@ def prepare(params: ExportParams) -> Prepared:
     has_labels = all(c in frame.columns for c in spec.label_columns)
     if labels_needed:
         D.check_columns(frame, spec.label_columns, what="label", source=where)
-    parts = D.split(frame, seed=params.seed)
-    x_train = D.numeric_matrix(parts.train, columns, source=where)
-    x_heldout = D.numeric_matrix(parts.heldout, columns, source=where)
-    y_train = _labels(parts.train, spec.label_columns, where) if has_labels else {}
-    y_heldout = _labels(parts.heldout, spec.label_columns, where) if has_labels else {}
-    if loaded is not None and "user_columns" not in hparams:
-        hparams = {**loaded.hparams}
-    return Prepared(spec, params, columns, hparams, source, parts.train, parts.heldout,
-                    x_train, x_heldout, y_train, y_heldout, loaded)
+    # validate the whole table first, so errors name rows as they are in the file
+    x_all = D.numeric_matrix(frame, columns, source=where)
+    y_all = _labels(frame, spec.label_columns, where) if has_labels else {}
+    train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
+    if loaded is not None:
+        hparams = dict(loaded.hparams)
+    return Prepared(
+        spec, params, columns, hparams, source,
+        frame.iloc[train_idx].reset_index(drop=True), frame.iloc[held_idx].reset_index(drop=True),
+        x_all[train_idx], x_all[held_idx],
+        {k: v[train_idx] for k, v in y_all.items()}, {k: v[held_idx] for k, v in y_all.items()},
+        loaded,
+    )
 
 
 # --------------------------------------------------------------------------- fit / evaluate

@@ -200,9 +200,10 @@ def load_checkpoint(path: str | Path, *, model_type: str) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
         raise ExporterError(
-            f"cannot load checkpoint {path} with weights_only=True ({first}); expected a {model_type} "
+            f"cannot load checkpoint {path} with weights_only=True ({first}): not a torch checkpoint of "
+            f"tensors and plain values; expected a {model_type} "
             "checkpoint written by `python -m exporter export` in train mode"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
