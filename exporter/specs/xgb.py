@@ -201,7 +201,7 @@ SPEC = ModelSpec(
     default_features=DEFAULT_FEATURES,
     default_hparams={
         "n_estimators": 150,
-        "max_depth": 5,
+        "max_depth": 3,
         "learning_rate": 0.1,
         "subsample": 0.9,
         "colsample_bytree": 1.0,
