@@ -111,6 +111,12 @@ def sample_rows(columns: list[str], n: int, seed: int = 1) -> list[dict[str, flo
     return rows
 
 
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def build_artifact(
     root: Path,
     name: str,
@@ -144,7 +150,8 @@ def build_artifact(
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "opset": 18,
         "opset_imports": {"": 18},
-        "producer": {"framework": "tests", "onnx": onnx.__version__, "exporter": "0.1.0"},
+        "producer": {"framework": "numpy", "framework_version": np.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": _ort_version(), "exporter": "0.1.0"},
         "parity": {"rows": 16, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "atol": 1e-05, "passed": True,
                    "reference": "numpy", "runtime": "onnxruntime CPUExecutionProvider"},
         "training": {"mode": "load", "source": "tests", "rows": 0, "seed": 0},

@@ -1,0 +1,540 @@
+"""``python -m exporter verify DIR``: the handoff check a serving team runs before accepting artifacts.
+
+DIR may be a version directory (``artifacts/xgb/1``), a model directory (``artifacts/xgb``) or a whole artifacts
+tree. For every version it checks the Triton layout, the sha256 of the model file, metadata.json against the
+Open Inference Protocol ``metadata_model_response`` schema and contract section 3, the ONNX graph (onnx.checker,
+input/output names, element types and shapes) against metadata.json and config.pbtxt, and that the handler's
+answer to ``sample_request.json`` equals ``sample_response.json`` within the parity tolerance.
+
+Every problem is printed on its own line; the exit code is 0 only when there is none.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import ExporterError
+
+HELP = "check exported artifacts (version, model or whole tree) before a serving team accepts them"
+DESCRIPTION = """\
+Check what a serving team needs before accepting a handoff, for every version found under DIR
+(a version directory such as artifacts/xgb/1, a model directory such as artifacts/xgb, or a whole
+artifacts tree):
+
+  - layout: <model>/config.pbtxt and <model>/<positive integer>/{model.onnx, metadata.json,
+    sample_request.json, sample_response.json}
+  - sha256 of the model file equals metadata.json's
+  - metadata.json is a valid Open Inference Protocol metadata_model_response and carries the
+    fields of contract section 3 (feature_columns, parity, producer, training, created_at, ...)
+  - onnx.checker passes; the graph's single input/output names, element types and shapes match
+    metadata.json and config.pbtxt
+  - the handler's answer to sample_request.json equals sample_response.json within parity.atol
+
+Prints one line per problem; exit code 0 only when every check holds, 1 otherwise.
+"""
+
+REQUIRED_FILES = ("metadata.json", "sample_request.json", "sample_response.json")
+SPEC_FILE = Path(__file__).resolve().parent / "specs_data" / "open_inference_rest.yaml"
+DEFAULT_ATOL = 1e-5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``verify``."""
+    parser.add_argument("path", type=Path, metavar="DIR", help="version directory, model directory or artifacts tree")
+    parser.add_argument("--quiet", action="store_true", help="print only problems and the summary")
+
+
+@dataclass
+class Report:
+    """Outcome of a verification: problems (one line each) and what passed."""
+
+    problems: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify ``args.path`` and print the outcome."""
+    report = verify(args.path)
+    if not args.quiet:
+        for line in report.passed:
+            print(f"ok    {line}")
+    for line in report.problems:
+        print(f"FAIL  {line}")
+    if report.ok:
+        print(f"verify: all checks passed ({len(report.passed)} version(s) under {args.path})")
+        return 0
+    print(f"verify: {len(report.problems)} problem(s) under {args.path}; not ready for handoff")
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------- walking
+def _is_version_name(name: str) -> bool:
+    return name.isdigit() and int(name) > 0 and str(int(name)) == name
+
+
+def verify(path: Path) -> Report:
+    """Verify a version directory, a model directory or an artifacts tree."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExporterError(f"{str(path)!r} is not a directory; expected a version, model or artifacts directory")
+    report = Report()
+    if (path / "metadata.json").is_file() or (path.name.isdigit() and not (path / "config.pbtxt").exists()):
+        _verify_model(path.parent, report, only=path)
+    elif (path / "config.pbtxt").is_file() or any(_is_version_name(p.name) for p in path.iterdir() if p.is_dir()):
+        _verify_model(path, report)
+    else:
+        models = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        if not models:
+            report.problems.append(f"{path}: no model directory found (expected <model_name>/config.pbtxt and "
+                                   "<model_name>/<version>/)")
+        for model_dir in models:
+            _verify_model(model_dir, report)
+    return report
+
+
+def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> None:
+    config, config_problems = None, []
+    config_path = model_dir / "config.pbtxt"
+    label = model_dir.name
+    if not config_path.is_file():
+        config_problems.append(f"{label}: config.pbtxt is missing (Triton needs <model>/config.pbtxt)")
+    else:
+        try:
+            config = parse_pbtxt(config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            config_problems.append(f"{label}: config.pbtxt does not parse: {exc}")
+    report.problems.extend(config_problems)
+
+    if only is not None:
+        versions = [only]
+    else:
+        versions = []
+        for child in sorted(model_dir.iterdir()):
+            if not child.is_dir() or child.name.startswith("."):
+                continue  # files beside config.pbtxt, in-progress exports (.staging-*)
+            if _is_version_name(child.name):
+                versions.append(child)
+            else:
+                report.problems.append(
+                    f"{label}/{child.name}: not a version directory (Triton expects positive integers: 1, 2, ...)"
+                )
+        versions.sort(key=lambda p: int(p.name))
+        if not versions:
+            report.problems.append(f"{label}: no version directory (expected {label}/1/)")
+    for vdir in versions:
+        before = len(report.problems)
+        summary = _verify_version(model_dir, vdir, config, report)
+        if len(report.problems) == before:
+            report.passed.append(f"{label}/{vdir.name}: {summary}")
+
+
+# ---------------------------------------------------------------------------------------------- one version
+def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, report: Report) -> str:
+    label = f"{model_dir.name}/{vdir.name}"
+    problems = report.problems
+
+    def fail(message: str) -> None:
+        problems.append(f"{label}: {message}")
+
+    if not _is_version_name(vdir.name):
+        fail("version directory name must be a positive integer (1, 2, ...)")
+    for name in REQUIRED_FILES:
+        if not (vdir / name).is_file():
+            fail(f"{name} is missing")
+    metadata = _read_json(vdir / "metadata.json", fail)
+    if not isinstance(metadata, dict):
+        if metadata is not None:
+            fail("metadata.json must hold a JSON object")
+        return ""
+    for problem in metadata_problems(metadata, model_dir.name, vdir.name):
+        fail(f"metadata.json: {problem}")
+
+    model_file = metadata.get("model_file") if isinstance(metadata.get("model_file"), str) else "model.onnx"
+    model_path = vdir / model_file
+    sha_ok = False
+    if "/" in model_file or "\\" in model_file or model_file in ("", ".", ".."):
+        fail(f"metadata.json model_file {model_file!r} must be a file name inside the version directory")
+    elif not model_path.is_file():
+        fail(f"{model_file} (metadata.json model_file) is missing")
+    else:
+        actual = _sha256(model_path)
+        if actual != metadata.get("sha256"):
+            fail(f"sha256 of {model_file} is {actual}, metadata.json records {metadata.get('sha256')}")
+        else:
+            sha_ok = True
+
+    graph_ok = False
+    if model_path.is_file():
+        graph_ok = _check_onnx(model_path, metadata, fail)
+    if config is not None:
+        for problem in config_problems(config, metadata, model_dir.name):
+            fail(f"config.pbtxt: {problem}")
+
+    detail = "layout, sha256, metadata schema, ONNX I/O vs metadata and config.pbtxt, onnx.checker"
+    if sha_ok and graph_ok:
+        max_diff = _check_sample(vdir, metadata, fail)
+        if max_diff is not None:
+            atol = _atol(metadata)
+            detail += f", sample response (max |diff| {max_diff:.3g} <= atol {atol:g})"
+    return detail
+
+
+def _read_json(path: Path, fail: Any) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"{path.name} is not valid JSON: {exc}")
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atol(metadata: dict[str, Any]) -> float:
+    parity = metadata.get("parity")
+    atol = parity.get("atol") if isinstance(parity, dict) else None
+    return float(atol) if isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol > 0 else DEFAULT_ATOL
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+_SCHEMA_VALIDATOR: Any = None
+
+
+def metadata_validator() -> Any:
+    """jsonschema validator for ``metadata_model_response`` of the embedded Open Inference REST spec."""
+    global _SCHEMA_VALIDATOR
+    if _SCHEMA_VALIDATOR is None:
+        import jsonschema
+        import yaml
+
+        spec = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
+        schema = {"$ref": "#/components/schemas/metadata_model_response", "components": spec["components"]}
+        _SCHEMA_VALIDATOR = jsonschema.Draft7Validator(schema)
+    return _SCHEMA_VALIDATOR
+
+
+def _expected_output_shape(metadata: dict[str, Any]) -> list[int] | None:
+    fmt = metadata.get("prediction_format")
+    if fmt == "scalar":
+        return [-1]
+    if fmt == "named_columns" and isinstance(metadata.get("output_columns"), list):
+        return [-1, len(metadata["output_columns"])]
+    if fmt == "vector" and isinstance(metadata.get("embed_dim"), int):
+        return [-1, metadata["embed_dim"]]
+    return None
+
+
+def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -> list[str]:
+    """Problems of metadata.json against the spec schema and contract section 3."""
+    problems = []
+    for error in sorted(metadata_validator().iter_errors(metadata), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        problems.append(f"not a valid metadata_model_response at {where}: {error.message}")
+    if metadata.get("name") != model_name:
+        problems.append(f"name is {metadata.get('name')!r}, but the model directory is {model_name!r}")
+    versions = metadata.get("versions")
+    if not (isinstance(versions, list) and version in versions):
+        problems.append(f"versions is {versions!r}; expected it to list this version {version!r}")
+    if metadata.get("platform") != "onnxruntime_onnx":
+        problems.append(f"platform is {metadata.get('platform')!r}; expected 'onnxruntime_onnx'")
+    cols = metadata.get("feature_columns")
+    if not (isinstance(cols, list) and cols and all(isinstance(c, str) and c for c in cols)):
+        problems.append("feature_columns must be a non-empty list of column names")
+        cols = None
+    elif len(set(cols)) != len(cols):
+        problems.append("feature_columns holds duplicates")
+    fmt = metadata.get("prediction_format")
+    if fmt not in ("scalar", "named_columns", "vector"):
+        problems.append(f"prediction_format is {fmt!r}; expected 'scalar', 'named_columns' or 'vector'")
+    if fmt == "named_columns" and not (
+        isinstance(metadata.get("output_columns"), list) and metadata["output_columns"]
+        and all(isinstance(c, str) for c in metadata["output_columns"])
+    ):
+        problems.append("output_columns must list the output's column names when prediction_format is named_columns")
+    if fmt == "vector" and not (isinstance(metadata.get("embed_dim"), int) and metadata["embed_dim"] > 0):
+        problems.append("embed_dim must be a positive integer when prediction_format is vector")
+    for key, tensors, want_name in (("inputs", metadata.get("inputs"), "features"),
+                                    ("outputs", metadata.get("outputs"), "predictions")):
+        if not (isinstance(tensors, list) and len(tensors) == 1 and isinstance(tensors[0], dict)):
+            problems.append(f"{key} must describe exactly one tensor")
+            continue
+        t = tensors[0]
+        if t.get("name") != want_name:
+            problems.append(f"{key}[0].name is {t.get('name')!r}; the contract names it {want_name!r}")
+        if t.get("datatype") != "FP64":
+            problems.append(f"{key}[0].datatype is {t.get('datatype')!r}; expected 'FP64'")
+        expected = [-1, len(cols)] if key == "inputs" and cols else (_expected_output_shape(metadata) if key == "outputs" else None)
+        if expected is not None and t.get("shape") != expected:
+            problems.append(f"{key}[0].shape is {t.get('shape')!r}; expected {expected}")
+    if not isinstance(metadata.get("model_file"), str):
+        problems.append("model_file must name the model file")
+    if not (isinstance(metadata.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", metadata["sha256"])):
+        problems.append("sha256 must be 64 lowercase hex digits")
+    if not (isinstance(metadata.get("opset"), int) and metadata["opset"] > 0):
+        problems.append("opset must be a positive integer")
+    producer = metadata.get("producer")
+    if not isinstance(producer, dict) or not all(isinstance(producer.get(k), str) for k in ("framework", "onnx", "onnxruntime")):
+        problems.append("producer must record framework, onnx and onnxruntime versions")
+    parity = metadata.get("parity")
+    if not isinstance(parity, dict):
+        problems.append("parity is missing")
+    else:
+        for key in ("rows", "max_abs_diff", "atol", "passed"):
+            if key not in parity:
+                problems.append(f"parity.{key} is missing")
+        if parity.get("passed") is not True:
+            problems.append("parity.passed is not true: this export failed its parity check")
+        diff, atol = parity.get("max_abs_diff"), parity.get("atol")
+        if isinstance(diff, (int, float)) and isinstance(atol, (int, float)) and not diff <= atol:
+            problems.append(f"parity.max_abs_diff {diff} exceeds parity.atol {atol}")
+    training = metadata.get("training")
+    if not isinstance(training, dict):
+        problems.append("training is missing")
+    elif training.get("mode") not in ("train", "load"):
+        problems.append(f"training.mode is {training.get('mode')!r}; expected 'train' or 'load'")
+    created = metadata.get("created_at")
+    try:
+        stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        if stamp.utcoffset() is None or stamp.utcoffset().total_seconds() != 0:
+            problems.append(f"created_at {created!r} must be UTC (e.g. 2026-11-21T23:59:00Z)")
+    except ValueError:
+        problems.append(f"created_at {created!r} is not an ISO 8601 UTC timestamp")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+def _check_onnx(model_path: Path, metadata: dict[str, Any], fail: Any) -> bool:
+    """onnx.checker plus graph I/O against metadata; returns whether the graph is usable."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path))
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # onnx raises several exception types for corrupt files
+        fail(f"onnx.checker rejects {model_path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return False
+    ok = True
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    outputs = list(model.graph.output)
+    cols = metadata.get("feature_columns") if isinstance(metadata.get("feature_columns"), list) else None
+    want_out = _expected_output_shape(metadata)
+    for kind, tensors, want_name, want_shape in (
+        ("input", inputs, "features", [-1, len(cols)] if cols else None),
+        ("output", outputs, "predictions", want_out),
+    ):
+        if len(tensors) != 1:
+            fail(f"ONNX graph has {len(tensors)} {kind}s ({', '.join(t.name for t in tensors)}); expected one named {want_name!r}")
+            ok = False
+            continue
+        t = tensors[0]
+        if t.name != want_name:
+            fail(f"ONNX {kind} is named {t.name!r}; metadata and the contract name it {want_name!r}")
+            ok = False
+        elem = t.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.DOUBLE:
+            fail(f"ONNX {kind} {t.name!r} is tensor({onnx.TensorProto.DataType.Name(elem).lower()}); expected tensor(double)")
+            ok = False
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.type.tensor_type.shape.dim]
+        if want_shape is not None:
+            if len(dims) != len(want_shape):
+                fail(f"ONNX {kind} {t.name!r} has rank {len(dims)} (shape {dims}); metadata says shape {want_shape}")
+                ok = False
+            else:
+                for axis, (got, want) in enumerate(zip(dims, want_shape)):
+                    if axis == 0 and got != -1:
+                        fail(f"ONNX {kind} {t.name!r} has a fixed batch axis {got}; expected a dynamic one (-1)")
+                        ok = False
+                    elif axis > 0 and got != -1 and got != want:
+                        fail(f"ONNX {kind} {t.name!r} axis {axis} is {got}; metadata says {want}")
+                        ok = False
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if isinstance(metadata.get("opset"), int) and opset is not None and opset != metadata["opset"]:
+        fail(f"ONNX default-domain opset is {opset}; metadata.json says {metadata['opset']}")
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------- config.pbtxt
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}\[\]:,;<>]|[^\s{}\[\]:,;<>"\'#]+')
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """A small, tolerant protobuf text-format parser: ``{field: [values...]}``, messages as nested dicts.
+
+    Enough for Triton's config.pbtxt (scalars, strings, enums, nested messages, ``[a, b]`` lists).
+    """
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"unexpected character {text[pos]!r} at offset {pos}")
+        tok = m.group(0)
+        pos = m.end()
+        if not tok.strip() or tok.startswith("#"):
+            continue
+        tokens.append(tok)
+    index = 0
+
+    def scalar(tok: str) -> Any:
+        if tok[0] in "\"'":
+            return json.loads('"' + tok[1:-1].replace('"', '\\"').replace("\\'", "'") + '"') if tok[0] == "'" else json.loads(tok)
+        if re.fullmatch(r"[-+]?\d+", tok):
+            return int(tok)
+        try:
+            return float(tok)
+        except ValueError:
+            return tok  # enum identifier or true/false
+
+    def message(closing: str | None) -> dict[str, list[Any]]:
+        nonlocal index
+        fields: dict[str, list[Any]] = {}
+        while index < len(tokens):
+            tok = tokens[index]
+            if closing is not None and tok == closing:
+                index += 1
+                return fields
+            if tok in "{}[]:,;<>":
+                raise ValueError(f"unexpected {tok!r} where a field name was expected")
+            name = tok
+            index += 1
+            if index < len(tokens) and tokens[index] == ":":
+                index += 1
+            if index >= len(tokens):
+                raise ValueError(f"field {name!r} has no value")
+            fields.setdefault(name, []).extend(value())
+            if index < len(tokens) and tokens[index] in (",", ";"):
+                index += 1
+        if closing is not None:
+            raise ValueError(f"missing {closing!r}")
+        return fields
+
+    def value() -> list[Any]:
+        nonlocal index
+        tok = tokens[index]
+        if tok in ("{", "<"):
+            index += 1
+            return [message("}" if tok == "{" else ">")]
+        if tok == "[":
+            index += 1
+            items: list[Any] = []
+            while index < len(tokens) and tokens[index] != "]":
+                items.extend(value())
+                if index < len(tokens) and tokens[index] == ",":
+                    index += 1
+            if index >= len(tokens):
+                raise ValueError("missing ']'")
+            index += 1
+            return items
+        index += 1
+        return [scalar(tok)]
+
+    return message(None)
+
+
+def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str) -> list[str]:
+    """config.pbtxt against the model directory and metadata.json."""
+    problems = []
+
+    def one(fields: dict[str, list[Any]], key: str) -> Any:
+        values = fields.get(key) or [None]
+        return values[0]
+
+    if one(config, "name") != model_name:
+        problems.append(f"name is {one(config, 'name')!r}; Triton requires the model directory name {model_name!r}")
+    if one(config, "platform") != "onnxruntime_onnx" and one(config, "backend") != "onnxruntime":
+        problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
+    max_batch = one(config, "max_batch_size") or 0
+    for key, kind in (("input", "inputs"), ("output", "outputs")):
+        tensors = [t for t in config.get(key, []) if isinstance(t, dict)]
+        meta_tensors = metadata.get(kind) if isinstance(metadata.get(kind), list) else []
+        if len(tensors) != 1:
+            problems.append(f"declares {len(tensors)} {key}s; expected exactly one")
+            continue
+        t = tensors[0]
+        meta = meta_tensors[0] if meta_tensors and isinstance(meta_tensors[0], dict) else {}
+        if one(t, "name") != meta.get("name"):
+            problems.append(f"{key} name is {one(t, 'name')!r}; metadata.json says {meta.get('name')!r}")
+        if one(t, "data_type") != "TYPE_FP64":
+            problems.append(f"{key} data_type is {one(t, 'data_type')!r}; expected TYPE_FP64")
+        dims = list(t.get("dims", []))
+        if max_batch and max_batch > 0:
+            dims = [-1] + dims  # Triton adds the batch axis itself when max_batch_size > 0
+        if dims != meta.get("shape"):
+            problems.append(f"{key} dims {list(t.get('dims', []))} (max_batch_size {max_batch}) do not match metadata.json shape {meta.get('shape')}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- sample
+def _check_sample(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | None:
+    """Handler answer to sample_request.json vs sample_response.json; returns the max |difference| found."""
+    from exporter.handler import HandlerError, ModelHandler
+
+    request = _read_json(vdir / "sample_request.json", fail)
+    expected = _read_json(vdir / "sample_response.json", fail)
+    if request is None or expected is None:
+        return None
+    if not (isinstance(request, dict) and isinstance(request.get("data"), list) and request["data"]):
+        fail('sample_request.json must be a TorchServe request {"data": [<row>, ...]} with at least one row')
+        return None
+    try:
+        handler = ModelHandler.load(vdir)
+        answer = handler.predict(request)
+    except HandlerError as exc:
+        fail(f"the handler cannot answer sample_request.json: {exc.message}")
+        return None
+    atol = _atol(metadata)
+    diffs: list[float] = []
+    mismatch = _compare(expected, answer, atol, "sample_response", diffs)
+    if mismatch:
+        fail(f"handler answer to sample_request.json differs from sample_response.json: {mismatch}")
+        return None
+    return max(diffs, default=0.0)
+
+
+def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float]) -> str | None:
+    """First structural or numeric difference (beyond ``atol``) between two decoded JSON answers."""
+    number = (int, float)
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
+    if isinstance(expected, number) and isinstance(got, number):
+        if not (math.isfinite(expected) and math.isfinite(got)):
+            return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
+        diff = abs(float(expected) - float(got))
+        diffs.append(diff)
+        return None if diff <= atol else f"{where}: expected {expected!r}, got {got!r} (|diff| {diff:.3g} > atol {atol:g})"
+    if isinstance(expected, dict) and isinstance(got, dict):
+        if list(expected) != list(got):
+            return f"{where}: expected keys {list(expected)}, got {list(got)}"
+        for key in expected:
+            problem = _compare(expected[key], got[key], atol, f"{where}.{key}", diffs)
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return f"{where}: expected {len(expected)} items, got {len(got)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            problem = _compare(e, g, atol, f"{where}[{i}]", diffs)
+            if problem:
+                return problem
+        return None
+    return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"

@@ -1,0 +1,166 @@
+"""``python -m exporter verify``: good artifacts pass; every kind of broken handoff is reported, all at once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.verify import SPEC_FILE, parse_pbtxt, verify
+from tests.handler_fixtures import REPO, SPEC_PATHS, build_artifact, build_tree, tiny_model
+
+
+@pytest.fixture(scope="module")
+def good_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tree(tmp_path_factory.mktemp("good"))
+
+
+@pytest.fixture()
+def tree(good_tree: Path, tmp_path: Path) -> Path:
+    """A private copy to break."""
+    return Path(shutil.copytree(good_tree, tmp_path / "artifacts"))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter", "verify", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def edit_metadata(vdir: Path, **changes: object) -> None:
+    meta = json.loads((vdir / "metadata.json").read_text())
+    meta.update(changes)
+    (vdir / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_good_tree_passes_from_the_command_line(good_tree: Path) -> None:
+    proc = cli(str(good_tree))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok    ") == 4  # mmoe/1, two_tower/1, xgb/1, xgb/2 (.staging-123 ignored)
+    assert "all checks passed" in proc.stdout
+
+
+@pytest.mark.parametrize("sub", ["xgb", "xgb/2", "mmoe/1"])
+def test_model_and_version_directories_pass(good_tree: Path, sub: str) -> None:
+    report = verify(good_tree / sub)
+    assert report.ok, report.problems
+    assert len(report.passed) == (2 if sub == "xgb" else 1)
+
+
+def test_every_problem_is_listed_one_per_line(tree: Path) -> None:
+    model = tree / "xgb" / "1" / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")  # sha256 mismatch (and a trailing byte onnx may reject)
+    (tree / "xgb" / "2" / "sample_response.json").unlink()
+    config = tree / "mmoe" / "config.pbtxt"
+    config.write_text(config.read_text().replace("dims: [ -1, 3 ]", "dims: [ -1, 4 ]"))
+    proc = cli(str(tree))
+    assert proc.returncode == 1
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
+    assert any("xgb/1: sha256 of model.onnx is" in line and "metadata.json records" in line for line in fails), fails
+    assert any("xgb/2: sample_response.json is missing" in line for line in fails), fails
+    assert any("mmoe/1: config.pbtxt: output dims [-1, 4]" in line and "[-1, 3]" in line for line in fails), fails
+    assert "ok    two_tower/1" in proc.stdout
+    assert "not ready for handoff" in proc.stdout
+
+
+def test_sample_response_mismatch(tree: Path) -> None:
+    vdir = tree / "mmoe" / "1"
+    response = json.loads((vdir / "sample_response.json").read_text())
+    response["predictions"][1]["gmv"] += 1e-3
+    (vdir / "sample_response.json").write_text(json.dumps(response))
+    (problem,) = verify(vdir).problems
+    assert "sample_response.predictions[1].gmv" in problem and "atol 1e-05" in problem
+    response["predictions"][1]["gmv"] -= 1e-3 - 1e-7  # within atol: fine
+    (vdir / "sample_response.json").write_text(json.dumps(response))
+    assert verify(vdir).ok
+    response["predictions"] = response["predictions"][:2]
+    (vdir / "sample_response.json").write_text(json.dumps(response))
+    assert "expected 2 items, got 3" in verify(vdir).problems[0]
+
+
+def test_metadata_against_the_spec_and_the_contract(tree: Path) -> None:
+    vdir = tree / "xgb" / "1"
+    edit_metadata(vdir, versions="1", inputs=[{"name": "features", "datatype": "FP64", "shape": ["-1", 7]}],
+                  parity={"rows": 10, "max_abs_diff": 0.1, "atol": 1e-5, "passed": False},
+                  created_at="yesterday")
+    # keep sha256 right so that only metadata problems show
+    problems = "\n".join(verify(vdir).problems)
+    assert "not a valid metadata_model_response at versions" in problems
+    assert "not a valid metadata_model_response at inputs/0/shape/0" in problems
+    assert "parity.passed is not true" in problems
+    assert "max_abs_diff 0.1 exceeds parity.atol" in problems
+    assert "created_at 'yesterday'" in problems
+
+
+def test_onnx_io_must_match_metadata_and_config(tree: Path) -> None:
+    vdir = tree / "xgb" / "1"
+    model = tiny_model(7, "scalar", None)
+    model.graph.input[0].name = "x"
+    model.graph.node[0].input[0] = "x"
+    raw = model.SerializeToString()
+    (vdir / "model.onnx").write_bytes(raw)
+    edit_metadata(vdir, sha256=hashlib.sha256(raw).hexdigest())
+    problems = verify(vdir).problems
+    assert any("ONNX input is named 'x'" in p for p in problems), problems
+
+
+def test_layout_problems(tree: Path) -> None:
+    (tree / "xgb" / "latest").mkdir()
+    (tree / "two_tower" / "config.pbtxt").unlink()
+    (tree / "mmoe" / "1" / "metadata.json").write_text("{truncated")
+    problems = "\n".join(verify(tree).problems)
+    assert "xgb/latest: not a version directory" in problems
+    assert "two_tower: config.pbtxt is missing" in problems
+    assert "mmoe/1: metadata.json is not valid JSON" in problems
+
+
+def test_wrong_model_name_in_config_and_metadata(tmp_path: Path) -> None:
+    vdir = build_artifact(tmp_path, "deepfm")
+    edit_metadata(vdir, name="xgb")
+    config = tmp_path / "deepfm" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "deepfm"', 'name: "xgb"'))
+    problems = "\n".join(verify(tmp_path).problems)
+    assert "name is 'xgb', but the model directory is 'deepfm'" in problems
+    assert "Triton requires the model directory name 'deepfm'" in problems
+
+
+def test_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
+    proc = cli(str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "error:" in proc.stderr and "not a directory" in proc.stderr
+
+
+def test_pbtxt_parser_is_tolerant() -> None:
+    text = """
+    # comment
+    name: "m"  platform: 'onnxruntime_onnx'
+    max_batch_size: 8
+    input [ { name: "features", data_type: TYPE_FP64, dims: [ 7 ] } ]
+    output { name: "predictions" data_type: TYPE_FP64 dims: [ -1, 3 ] }
+    instance_group [ { kind: KIND_CPU, count: 1 } ]
+    version_policy: { latest: { num_versions: 1 } }
+    parameters < key: "x" value: { string_value: "a\\"b" } >
+    """
+    config = parse_pbtxt(text)
+    assert config["name"] == ["m"] and config["platform"] == ["onnxruntime_onnx"]
+    assert config["input"][0]["dims"] == [7] and config["input"][0]["data_type"] == ["TYPE_FP64"]
+    assert config["output"][0]["dims"] == [-1, 3]
+    assert config["version_policy"][0]["latest"][0]["num_versions"] == [1]
+    assert config["parameters"][0]["value"][0]["string_value"] == ['a"b']
+    with pytest.raises(ValueError):
+        parse_pbtxt("input [ { name: ")
+
+
+def test_embedded_spec_is_the_shared_one() -> None:
+    shared = SPEC_PATHS[0]
+    if not shared.is_file():
+        pytest.skip("shared/specs not present beside the repository")
+    assert SPEC_FILE.read_bytes() == shared.read_bytes()
+
+
+def test_real_exported_artifacts_verify(exported_artifacts: Path) -> None:
+    report = verify(exported_artifacts)
+    assert report.ok, report.problems
+    assert {line.split("/")[0] for line in report.passed} == {"xgb", "deepfm", "mmoe", "two_tower", "two_tower_item"}
