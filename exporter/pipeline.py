@@ -124,7 +124,7 @@ class RunResult:
 
 
 def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(overrides) - set(spec.default_hparams) - {"user_columns", "item_columns"})
+    unknown = sorted(set(overrides) - set(spec.default_hparams))
     if unknown:
         raise ExporterError(
             f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; "
@@ -247,12 +247,11 @@ def _check_io(unit: ExportUnit, model: Any) -> None:
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
 
     g = model.graph
-    want_out = [unit.output_shape[0]] + unit.output_shape[1:]
     problems = []
     if [i.name for i in g.input] != ["features"] or [o.name for o in g.output] != ["predictions"]:
         problems.append(f"tensors {[i.name for i in g.input]} -> {[o.name for o in g.output]}, expected ['features'] -> ['predictions']")
     else:
-        for vi, want in ((g.input[0], [-1, len(unit.feature_columns)]), (g.output[0], want_out)):
+        for vi, want in ((g.input[0], [-1, len(unit.feature_columns)]), (g.output[0], unit.output_shape)):
             if vi.type.tensor_type.elem_type != TensorProto.DOUBLE:
                 problems.append(f"{vi.name} is not tensor(double)")
             got = dims(vi)

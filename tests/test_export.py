@@ -188,3 +188,19 @@ def test_next_version_and_small_data_parity_top_up(tmp_path):
     parity = second.metadata["parity"]
     assert parity["heldout_rows"] == 100 and parity["rows"] == 1000 and parity["synthetic_rows"] == 900
     assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt"]
+
+
+def test_export_all_from_the_command_line(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("export", "all", "--rows", "1500", "--artifacts", str(tmp_path), "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [m["model"] for m in summary["models"]] == ["xgb", "deepfm", "mmoe", "two_tower"]
+    names = [a["model_name"] for m in summary["models"] for a in m["artifacts"]]
+    assert names == EXPORTED
+    for m in summary["models"]:
+        for a in m["artifacts"]:
+            assert a["parity"]["passed"] and a["version"] == 1
+            assert (tmp_path / a["model_name"] / "1" / "model.onnx").is_file()
+            assert (tmp_path / a["model_name"] / "config.pbtxt").is_file()
