@@ -331,7 +331,7 @@ class ModelHandler:
             raise HandlerError(413, f'"data" has {n} rows; this server accepts at most {self.max_rows} rows per request')
         matrix = None
         try:
-            values = [self._getter(r) for r in rows] if type(rows[0]) is dict else None
+            values = list(map(self._getter, rows)) if type(rows[0]) is dict else None
         except (KeyError, TypeError):
             values = None
         if values is not None:
@@ -341,7 +341,7 @@ class ModelHandler:
                 flat = list(chain.from_iterable(values))
             if set(map(type, flat)) <= _NUMBER_TYPES:
                 try:
-                    matrix = np.array(flat, dtype=np.float64).reshape(n, self.n_features)
+                    matrix = np.fromiter(flat, np.float64, n * self.n_features).reshape(n, self.n_features)
                 except (OverflowError, ValueError):
                     matrix = None
                 if matrix is not None and not np.isfinite(matrix).all():
@@ -480,7 +480,7 @@ class ModelHandler:
         if len(data) == expected and set(map(type, data)) <= _NUMBER_TYPES:
             # flat row-major: the common, fast case
             try:
-                matrix = np.array(data, dtype=np.float64).reshape(n, k)
+                matrix = np.fromiter(data, np.float64, expected).reshape(n, k)
             except (OverflowError, ValueError):
                 matrix = None
             if matrix is not None and np.isfinite(matrix).all():
@@ -499,7 +499,7 @@ class ModelHandler:
             flat = list(chain.from_iterable(data))
             if set(map(type, flat)) <= _NUMBER_TYPES:
                 try:
-                    matrix = np.array(flat, dtype=np.float64).reshape(n, k)
+                    matrix = np.fromiter(flat, np.float64, expected).reshape(n, k)
                 except (OverflowError, ValueError):
                     matrix = None
                 if matrix is not None and np.isfinite(matrix).all():

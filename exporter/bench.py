@@ -1,0 +1,501 @@
+"""``python -m exporter bench``: what the handler and the HTTP server cost, next to raw onnxruntime.
+
+For every model and batch size it measures, in one process and one run:
+
+* the native model's predict (xgboost ``inplace_predict``, torch eager in ``inference_mode``),
+* raw onnxruntime ``session.run`` on a ready float64 array (the same session the handler uses),
+* the handler on a TorchServe body and on an Open Inference Protocol body (bytes in, bytes out),
+
+as rows/s and as a ratio to raw onnxruntime; then, over HTTP on loopback against a live
+``python -m exporter serve``, requests/s and p50/p99 latency at batch 1 with N concurrent keep-alive
+clients (``wrk`` when installed, else a built-in asyncio load generator). Timings are medians of repeated
+runs; nothing here asserts on them: the tables are the result.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from exporter.errors import ExporterError
+
+HELP = "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load"
+DESCRIPTION = """\
+Benchmark every exported model (latest version) in one run and print tables:
+
+  native      the model's own predict (xgboost inplace_predict on model.ubj; torch eager in
+              inference_mode rebuilt from checkpoint.pt)
+  ort         raw onnxruntime session.run on a ready float64 array (the handler's session)
+  torchserve  handler.handle_bytes on a TorchServe body {"data": [{col: value}, ...]}
+  v2          handler.handle_bytes on an Open Inference Protocol body
+  as rows/s, with x = time relative to raw onnxruntime in the same run (lower is better)
+
+and, over HTTP on loopback against `python -m exporter serve`: requests/s, p50 and p99 latency at
+batch 1 with --clients concurrent keep-alive connections for --http-seconds (wrk when installed,
+otherwise a built-in asyncio client; both run on this machine and share its cores).
+
+Example:
+  python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8
+"""
+
+TARGETS = {
+    "v2_at_1024": 1.5,
+    "torchserve_at_1024": 3.0,
+    "http_rps": 3000.0,
+    "http_p99_ms": 5.0,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bench``."""
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts tree (default: artifacts)")
+    parser.add_argument("--models", nargs="+", default=None, help="models to benchmark (default: every model found)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 1024], help="default: 1 64 1024")
+    parser.add_argument("--http-seconds", type=float, default=10.0, help="load duration per model; 0 skips HTTP")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default: 8)")
+    parser.add_argument("--http-models", nargs="+", default=None,
+                        help="models to load-test over HTTP (default: the benchmarked models)")
+    parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto",
+                        help="auto: wrk when installed, else the built-in asyncio client")
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (default: 0.3)")
+    parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def time_call(fn: Callable[[], Any], min_time: float) -> float:
+    """Median seconds per call of ``fn`` over repeated batches of calls lasting at least ``min_time`` in total."""
+    fn()  # warm-up
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= 0.01 or calls >= 1 << 16:
+            break
+        calls *= 2
+    samples = [elapsed / calls]
+    deadline = time.perf_counter() + min_time
+    while len(samples) < 5 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls)
+        if len(samples) >= 200:
+            break
+    return statistics.median(samples)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` plausible rows: sample_request rows resampled, floats jittered, integer columns kept integer."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        base = sample_rows[i % len(sample_rows)]
+        row: dict[str, Any] = {}
+        for c in columns:
+            value = base[c]
+            if isinstance(value, int):
+                row[c] = int(sample_rows[int(rng.integers(len(sample_rows)))][c])
+            else:
+                row[c] = float(value) * float(rng.uniform(0.8, 1.2))
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class Cell:
+    """One model x batch size."""
+
+    model: str
+    batch: int
+    native_s: float | None
+    ort_s: float
+    torchserve_s: float
+    v2_s: float
+    native_note: str = ""
+
+    def rows_per_s(self, seconds: float | None) -> float | None:
+        return None if seconds is None else self.batch / seconds
+
+
+@dataclass
+class HttpResult:
+    model: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    generator: str
+    total: int = 0
+
+
+@dataclass
+class Results:
+    cells: list[Cell] = field(default_factory=list)
+    http: list[HttpResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+def _native(model: str, vdir: Path) -> tuple[Callable[[Any], Any] | None, str]:
+    try:
+        from exporter.specs import get_spec
+
+        spec = get_spec(model)
+        predict = spec.native_predictor(vdir)
+    except Exception as exc:  # noqa: BLE001 - any framework error (XGBoostError, RuntimeError...) means "n/a"
+        first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+        return None, f"{type(exc).__name__}: {first_line}"
+    if spec.framework == "torch":
+        import torch
+
+        def eager(x: Any) -> Any:
+            with torch.inference_mode():
+                return predict(x)
+
+        return eager, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return predict, spec.framework
+
+
+def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float) -> list[Cell]:
+    """In-process measurements of one model version for every batch size."""
+    import numpy as np
+    import orjson
+
+    from exporter.handler import ModelHandler
+
+    handler = ModelHandler.load(vdir, max_rows=max(batch_sizes + [10_000]))
+    columns = handler.feature_columns
+    sample = json.loads((vdir / "sample_request.json").read_text())["data"]
+    native, native_note = _native(model, vdir)
+    cells = []
+    for batch in batch_sizes:
+        rows = make_rows(sample, columns, batch, seed=batch)
+        x = np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float64)
+        ts_body = orjson.dumps({"data": rows})
+        v2_body = orjson.dumps({"inputs": [{"name": handler.input_name, "shape": [batch, len(columns)],
+                                            "datatype": "FP64", "data": x.ravel().tolist()}]})
+        for body in (ts_body, v2_body):
+            status, answer = handler.handle_bytes(body)
+            if status != 200:
+                raise ExporterError(f"bench request for {model} failed with {status}: {answer[:300]!r}")
+        native_s = time_call(lambda: native(x), min_time) if native is not None else None
+        ort_s = time_call(lambda: handler.run(x), min_time)
+        ts_s = time_call(lambda: handler.handle_bytes(ts_body), min_time)
+        v2_s = time_call(lambda: handler.handle_bytes(v2_body), min_time)
+        cells.append(Cell(model, batch, native_s, ort_s, ts_s, v2_s, native_note))
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+class ServerProcess:
+    """``python -m exporter serve`` on a free loopback port; its log goes to a temporary file."""
+
+    def __init__(self, artifacts: Path) -> None:
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="exporter-bench-serve-", delete=False)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "serve", "--artifacts", str(artifacts), "--port", "0",
+             "--max-rows", "10000"],
+            stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        deadline = time.time() + 120
+        self.url = ""
+        while time.time() < deadline:
+            text = Path(self.log.name).read_text()
+            match = re.search(r"listening on (http://\S+)", text)
+            if match:
+                self.url = match.group(1)
+                break
+            if self.proc.poll() is not None:
+                raise ExporterError(f"serve exited with {self.proc.returncode}:\n{text[-2000:]}")
+            time.sleep(0.05)
+        if not self.url:
+            self.stop()
+            raise ExporterError("serve did not start within 120 s")
+        host_port = self.url.removeprefix("http://")
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open(os.getenv("EXPORTER_BENCH_BODY"), "rb"):read("*all")
+"""
+
+
+def _wrk_duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ExporterError(f"cannot read wrk latency {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def run_wrk(url: str, body: bytes, seconds: float, clients: int) -> HttpResult:
+    """Load ``url`` with wrk (POST of ``body``) and read requests/s and latency percentiles."""
+    with tempfile.TemporaryDirectory(prefix="exporter-bench-") as tmp:
+        body_path = Path(tmp) / "body.json"
+        body_path.write_bytes(body)
+        script = Path(tmp) / "post.lua"
+        script.write_text(_WRK_SCRIPT)
+        threads = max(1, min(clients, 2))
+        proc = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
+            capture_output=True, text=True, env=dict(os.environ, EXPORTER_BENCH_BODY=str(body_path)),
+            timeout=seconds + 60,
+        )
+    if proc.returncode != 0 or "Requests/sec" not in proc.stdout:
+        raise ExporterError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return parse_wrk(proc.stdout)
+
+
+def parse_wrk(out: str) -> HttpResult:
+    """Requests/s, p50/p99 (``--latency``), error and request counts from wrk's report."""
+    rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))
+    p50 = _wrk_duration_ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = _wrk_duration_ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return HttpResult("", rps, p50, p99, errors, "wrk", total)
+
+
+async def _python_load(host: str, port: int, path: str, body: bytes, seconds: float, clients: int) -> HttpResult:
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        perf = time.perf_counter
+        try:
+            while True:
+                start = perf()
+                if start >= stop_at:
+                    break
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                        break
+                await reader.readexactly(length)
+                latencies.append(perf() - start)
+                if head[9:12] != b"200":
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return HttpResult("", len(latencies) / elapsed, pct(50), pct(99), errors, "python asyncio", len(latencies))
+
+
+def run_python_load(host: str, port: int, path: str, body: bytes, seconds: float, clients: int) -> HttpResult:
+    """The built-in load generator: ``clients`` keep-alive connections on one event loop (uvloop if present)."""
+    try:
+        import uvloop
+
+        runner = uvloop.run  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        runner = asyncio.run
+    return runner(_python_load(host, port, path, body, seconds, clients))
+
+
+def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int, generator: str) -> list[HttpResult]:
+    """Requests/s and latency at batch 1 for each model against one live server."""
+    import orjson
+
+    use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
+    if generator == "wrk" and shutil.which("wrk") is None:
+        raise ExporterError("--load-generator wrk: wrk is not installed (apt-get install wrk)")
+    server = ServerProcess(artifacts)
+    results = []
+    try:
+        for model in models:
+            model_dir = artifacts / model
+            vdir = max((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+            sample = json.loads((vdir / "sample_request.json").read_text())["data"]
+            body = orjson.dumps({"data": sample[:1]})
+            path = f"/predictions/{model}"
+            if use_wrk:
+                result = run_wrk(server.url + path, body, seconds, clients)
+            else:
+                result = run_python_load(server.host, server.port, path, body, seconds, clients)
+            result.model = model
+            results.append(result)
+    finally:
+        server.stop()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 100_000:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1000:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.0f}"
+
+
+def render(results: Results) -> str:
+    """The tables as Markdown."""
+    lines = [
+        "| model | batch | native rows/s | ORT rows/s | ORT vs native | TorchServe body rows/s (x ORT) | v2 body rows/s (x ORT) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in results.cells:
+        speedup = f"{c.native_s / c.ort_s:.1f}x faster" if c.native_s is not None else "n/a"
+        if c.native_s is not None and c.native_s < c.ort_s:
+            speedup = f"{c.ort_s / c.native_s:.1f}x slower"
+        lines.append(
+            f"| {c.model} | {c.batch} | {_fmt_rate(c.rows_per_s(c.native_s))} | {_fmt_rate(c.rows_per_s(c.ort_s))} | "
+            f"{speedup} | {_fmt_rate(c.rows_per_s(c.torchserve_s))} ({c.torchserve_s / c.ort_s:.2f}x) | "
+            f"{_fmt_rate(c.rows_per_s(c.v2_s))} ({c.v2_s / c.ort_s:.2f}x) |"
+        )
+    if results.http:
+        lines += [
+            "",
+            f"HTTP on loopback, batch 1 (TorchServe body), load generator: {results.http[0].generator}",
+            "",
+            "| model | requests/s | p50 ms | p99 ms | errors | requests |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for h in results.http:
+            lines.append(f"| {h.model} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | {h.errors} | {h.total:,} |")
+    return "\n".join(lines)
+
+
+def targets(results: Results) -> list[str]:
+    """Issue 3's targets, each marked met or missed with the measured value."""
+    out = []
+    big = [c for c in results.cells if c.batch == 1024]
+    for c in big:
+        v2, ts = c.v2_s / c.ort_s, c.torchserve_s / c.ort_s
+        out.append(f"[{'met' if v2 <= TARGETS['v2_at_1024'] else 'MISSED'}] {c.model}: v2 body at batch 1024 is "
+                   f"{v2:.2f}x raw ORT (target <= {TARGETS['v2_at_1024']}x)")
+        out.append(f"[{'met' if ts <= TARGETS['torchserve_at_1024'] else 'MISSED'}] {c.model}: TorchServe body at batch "
+                   f"1024 is {ts:.2f}x raw ORT (target <= {TARGETS['torchserve_at_1024']}x)")
+    for c in (c for c in results.cells if c.batch == 1):
+        if c.native_s is None:
+            out.append(f"[n/a] {c.model}: native model not available ({c.native_note})")
+        else:
+            ok = c.ort_s < c.native_s
+            out.append(f"[{'met' if ok else 'MISSED'}] {c.model}: at batch 1 ORT takes {c.ort_s * 1e6:.1f} us, "
+                       f"native {c.native_s * 1e6:.1f} us (target: ORT faster)")
+    for h in results.http:
+        if h.model == "xgb":
+            ok = h.requests_per_s >= TARGETS["http_rps"] and h.p99_ms < TARGETS["http_p99_ms"] and h.errors == 0
+            out.append(f"[{'met' if ok else 'MISSED'}] xgb over HTTP: {h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
+                       f"{h.errors} errors (target >= 3,000 req/s, p99 < 5 ms)")
+    return out
+
+
+def _environment() -> str:
+    import numpy as np
+    import onnxruntime
+
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    parts = [f"{os.cpu_count()} CPUs (load average {load})", f"Python {sys.version.split()[0]}",
+             f"onnxruntime {onnxruntime.__version__}",
+             f"numpy {np.__version__}", f"ORT intra-op threads {os.environ.get('EXPORTER_ORT_THREADS', '1')}"]
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    except ImportError:
+        pass
+    try:
+        import xgboost
+
+        parts.append(f"xgboost {xgboost.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every measurement and print the tables and the targets."""
+    artifacts = Path(args.artifacts)
+    if not artifacts.is_dir():
+        raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export models first "
+                            "(python -m exporter export all) or pass --artifacts DIR")
+    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
+                   and any(v.is_dir() and v.name.isdigit() for v in p.iterdir()))
+    models = args.models or found
+    unknown = [m for m in models if m not in found]
+    if unknown:
+        raise ExporterError(f"no exported model {', '.join(unknown)} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}")
+    if any(b < 1 for b in args.batch_sizes):
+        raise ExporterError("--batch-sizes must be positive integers")
+    if args.clients < 1:
+        raise ExporterError("--clients must be at least 1")
+    # OpenMP threads of torch/xgboost busy-wait after each call by default; on a small shared machine that
+    # makes the native column measure contention, not the model. Passive waiting is the usual serving setting.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    results = Results()
+    print(f"# exporter bench: {_environment()}", flush=True)
+    for model in models:
+        vdir = max((p for p in (artifacts / model).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        print(f"measuring {model} ({vdir}) ...", file=sys.stderr, flush=True)
+        results.cells.extend(bench_model(model, vdir, list(args.batch_sizes), args.min_time))
+    if args.http_seconds > 0:
+        http_models = args.http_models or models
+        print(f"HTTP load: {', '.join(http_models)}, {args.clients} clients, {args.http_seconds:g} s each ...",
+              file=sys.stderr, flush=True)
+        results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator)
+    print()
+    print(render(results))
+    print()
+    for line in targets(results):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": _environment(),
+                                         "cells": [c.__dict__ for c in results.cells],
+                                         "http": [h.__dict__ for h in results.http]}, indent=2))
+    return 0

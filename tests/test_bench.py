@@ -1,0 +1,67 @@
+"""``python -m exporter bench`` runs end to end and prints its tables (no timing is asserted: tables are the result)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.bench import parse_wrk
+from tests.handler_fixtures import REPO, build_tree
+
+WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/predictions/xgb
+  2 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   573.59us  258.88us   5.34ms   91.77%
+    Req/Sec     7.19k   308.76     8.20k    71.00%
+  Latency Distribution
+     50%  559.00us
+     75%  583.00us
+     90%  617.00us
+     99%    1.37ms
+  71566 requests in 10.00s, 7.30MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   7156.60
+Transfer/sec:      1.46MB
+"""
+
+
+def test_wrk_report_is_parsed() -> None:
+    result = parse_wrk(WRK_OUTPUT)
+    assert result.requests_per_s == pytest.approx(7156.6)
+    assert result.p50_ms == pytest.approx(0.559) and result.p99_ms == pytest.approx(1.37)
+    assert result.errors == 3 and result.total == 71566
+
+
+@pytest.mark.parametrize("generator", ["python", "wrk"])
+def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None:
+    if generator == "wrk" and shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed")
+    artifacts = build_tree(tmp_path / "artifacts")
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "bench", "--artifacts", str(artifacts), "--models", "xgb", "two_tower",
+         "--batch-sizes", "1", "4", "--http-seconds", "1", "--clients", "2", "--http-models", "xgb",
+         "--load-generator", generator, "--min-time", "0.01", "--json", str(out_json)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| model | batch | native rows/s | ORT rows/s |" in out
+    for model, batch in (("xgb", 1), ("xgb", 4), ("two_tower", 1), ("two_tower", 4)):
+        assert f"| {model} | {batch} | n/a |" in out  # hand-built artifacts have no native model files
+    assert "| model | requests/s | p50 ms | p99 ms | errors | requests |" in out
+    assert "xgb over HTTP:" in out and "[n/a] xgb: native model not available" in out
+    report = json.loads(out_json.read_text())
+    assert len(report["cells"]) == 4 and report["http"][0]["model"] == "xgb"
+    assert report["http"][0]["errors"] == 0 and report["http"][0]["total"] > 0
+
+
+def test_bench_rejects_unknown_models(tmp_path: Path) -> None:
+    artifacts = build_tree(tmp_path / "artifacts")
+    proc = subprocess.run([sys.executable, "-m", "exporter", "bench", "--artifacts", str(artifacts), "--models", "nope"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no exported model nope" in proc.stderr
