@@ -301,3 +301,33 @@ def test_broken_artifacts_stop_the_server_with_a_clear_error(tree: Path, tmp_pat
     assert "error:" in proc.stderr and "sha256" in proc.stderr and str(model) in proc.stderr
     proc = run_serve("--artifacts", str(tmp_path / "missing"), "--port", "0")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- real artifacts
+def test_serving_real_exported_artifacts(exported_artifacts: Path) -> None:
+    """Every exported model answers its own sample request with its sample response, in both forms."""
+    live = LiveServer(["--artifacts", str(exported_artifacts), "--port", "0"])
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            assert c.get("/ping").json() == {"status": "Healthy"}
+            names = {m["name"] for m in c.get("/models").json()["models"]}
+            assert names == {"xgb", "deepfm", "mmoe", "two_tower", "two_tower_item"}
+            for name in sorted(names):
+                vdir = exported_artifacts / name / "1"
+                meta = json.loads((vdir / "metadata.json").read_text())
+                request = json.loads((vdir / "sample_request.json").read_text())
+                expected = json.loads((vdir / "sample_response.json").read_text())
+                answer = c.post(f"/predictions/{name}", json=request)
+                assert answer.status_code == 200, answer.text
+                assert answer.json() == expected
+                cols = meta["feature_columns"]
+                flat = [float(row[col]) for row in request["data"] for col in cols]
+                v2 = c.post(f"/predictions/{name}/1", json={"id": name, "inputs": [
+                    {"name": "features", "shape": [len(request["data"]), len(cols)], "datatype": "FP64", "data": flat}]})
+                INFERENCE_RESPONSE.validate(v2.json())
+                out = v2.json()["outputs"][0]
+                assert out["shape"] == [len(request["data"])] + meta["outputs"][0]["shape"][1:]
+                missing = c.post(f"/predictions/{name}", json={"data": [{cols[0]: 1.0}]})
+                assert_json_error(missing, 400, "data[0]", f'"{cols[1]}"' if len(cols) > 1 else "")
+    finally:
+        live.stop()
