@@ -1,0 +1,158 @@
+"""Small matplotlib figures for the model notebooks: training curve, ROC / predicted-vs-true, parity scatter.
+
+Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, any backend), kept small
+(low dpi, few points) so executed notebooks stay light; a notebook shows one by ending a cell with it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from exporter.pipeline import Evaluation, ExportedArtifact
+
+DPI = 64
+PANEL = (3.4, 2.8)  # inches per panel
+MAX_POINTS = 1000
+FONT = 8
+
+#: label column -> how its head is called in the plots
+HEAD_NAMES = {"label": "CTR (click)", "watch_time": "watch_time", "gmv": "gmv"}
+
+
+def _figure(panels: int) -> tuple["Figure", list["Axes"]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PANEL[0] * panels, PANEL[1]), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax in axes:
+        ax.tick_params(labelsize=FONT - 1)
+    return fig, list(axes)
+
+
+def _note(ax: "Axes", text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=FONT, transform=ax.transAxes, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _sample(n: int, seed: int = 0, limit: int = MAX_POINTS) -> np.ndarray:
+    """Indices of at most ``limit`` points, the same every run."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss") -> "Figure":
+    """Train and held-out loss per ``step`` (epoch, boosting round); a note instead when there is no history (load mode)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax,) = _figure(1)
+    ax.set_title(title, fontsize=FONT + 1)
+    if not history:
+        _note(ax, "no training history\n(the model was loaded, not trained)")
+        return fig
+    steps = [h["step"] for h in history]
+    for key, label in (("train_loss", "train"), ("heldout_loss", "held-out")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax.plot(steps, [np.nan if v is None else v for v in values], marker="o" if len(steps) <= 20 else None,
+                    markersize=3, linewidth=1.2, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(step, fontsize=FONT)
+    ax.set_ylabel("loss", fontsize=FONT)
+    ax.legend(fontsize=FONT - 1)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def roc_panel(ax: "Axes", y_true: np.ndarray, score: np.ndarray, name: str) -> None:
+    """ROC curve of one binary head, AUC in the legend (a note when the labels hold one class)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y_true = np.asarray(y_true)
+    ax.set_title(f"ROC: {name}", fontsize=FONT + 1)
+    if len(np.unique(y_true)) < 2:
+        _note(ax, "ROC undefined:\nthe held-out labels hold one class")
+        return
+    fpr, tpr, _ = roc_curve(y_true, score)
+    ax.plot(fpr, tpr, linewidth=1.2, label=f"AUC {roc_auc_score(y_true, score):.3f}")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
+    ax.set_xlabel("false positive rate", fontsize=FONT)
+    ax.set_ylabel("true positive rate", fontsize=FONT)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(fontsize=FONT - 1, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, name: str) -> None:
+    """Scatter of predictions against labels with the y = x line (a subsample when there are many rows)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    idx = _sample(len(y_true))
+    ax.scatter(y_true[idx], y_pred[idx], s=4, alpha=0.35, linewidths=0)
+    lo = float(min(y_true.min(), y_pred.min()))
+    hi = float(max(y_true.max(), y_pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=0.8)
+    ax.set_title(f"{name}: predicted vs true", fontsize=FONT + 1)
+    ax.set_xlabel("true", fontsize=FONT)
+    ax.set_ylabel("predicted", fontsize=FONT)
+    ax.grid(alpha=0.3)
+
+
+def evaluation_plots(evaluation: "Evaluation") -> "Figure":
+    """One panel per head: ROC for the click head (``label``), predicted-vs-true for regression heads."""
+    heads = [h for h in evaluation.predictions if h in evaluation.labels]
+    if not heads:
+        fig, (ax,) = _figure(1)
+        _note(ax, "no held-out labels:\nnothing to evaluate against")
+        return fig
+    fig, axes = _figure(len(heads))
+    for ax, head in zip(axes, heads):
+        name = HEAD_NAMES.get(head, head)
+        if head == "label":
+            roc_panel(ax, evaluation.labels[head], evaluation.predictions[head], name)
+        else:
+            predicted_vs_true_panel(ax, evaluation.labels[head], evaluation.predictions[head], name)
+    return fig
+
+
+def parity_scatter(exported: Sequence["ExportedArtifact"]) -> "Figure":
+    """Native model vs ONNX Runtime on the parity rows, one panel per artifact (all output columns pooled)."""
+    fig, axes = _figure(len(exported))
+    for ax, artifact in zip(axes, exported):
+        p = artifact.parity
+        native = np.asarray(p.native, dtype=np.float64)
+        onnx = np.asarray(p.onnx, dtype=np.float64)
+        columns = artifact.metadata.get("output_columns") or []
+        if native.ndim == 2 and len(columns) == native.shape[1]:  # named outputs: one colour each
+            idx = _sample(len(native), limit=MAX_POINTS // len(columns))
+            for j, col in enumerate(columns):
+                ax.scatter(native[idx, j], onnx[idx, j], s=4, alpha=0.4, linewidths=0, label=col)
+            ax.legend(fontsize=FONT - 1, markerscale=2)
+        else:  # one output, or an embedding: all values pooled
+            native, onnx = native.ravel(), onnx.ravel()
+            idx = _sample(len(native))
+            ax.scatter(native[idx], onnx[idx], s=4, alpha=0.4, linewidths=0)
+        if native.size:
+            lo, hi = float(native.min()), float(native.max())
+            ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{artifact.model_name}: max |diff| {p.max_abs_diff:.1e}", fontsize=FONT + 1)
+        ax.set_xlabel("native model", fontsize=FONT)
+        ax.set_ylabel("ONNX Runtime", fontsize=FONT)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def to_png(fig: "Figure") -> bytes:
+    """The figure as PNG bytes (what a notebook stores), e.g. to check its size."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return buf.getvalue()

@@ -1,0 +1,29 @@
+"""nbval runs of the notebooks (``pytest --nbval-lax notebooks/``) export into a temporary directory.
+
+The notebooks' default ``artifacts_dir`` honours ``EXPORTER_ARTIFACTS_DIR``; nbval starts each kernel
+with this process's environment, so setting it here, before any kernel starts, keeps test runs out of
+the repository's ``artifacts/``. A value set by the caller (e.g. CI) is respected.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_ENV = "EXPORTER_ARTIFACTS_DIR"
+_created: list[str] = []
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001 - pytest hook
+    if not os.environ.get(_ENV):
+        path = tempfile.mkdtemp(prefix="nbval-artifacts-")
+        _created.append(path)
+        os.environ[_ENV] = path
+
+
+def pytest_unconfigure(config) -> None:  # noqa: ANN001 - pytest hook
+    for path in _created:
+        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get(_ENV) == path:
+            del os.environ[_ENV]
+    _created.clear()

@@ -1,0 +1,285 @@
+"""Write the four model notebooks (notebooks/*.ipynb) from one template, execute them, and keep them clean.
+
+    python tools/build_notebooks.py            # write sources, execute, store the checked outputs and plots
+    python tools/build_notebooks.py --no-run   # write sources only (no outputs)
+    python tools/build_notebooks.py xgb        # only some notebooks
+
+The notebooks are the product; this script only keeps the four consistent. After editing it, rebuild and
+commit the notebooks. Execution writes artifacts into a temporary directory, never into artifacts/.
+Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots, with
+their execution counts (nbval refuses stored outputs of a cell without one); every other output, count
+and per-cell execution metadata is removed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from exporter.specs import get_spec  # noqa: E402
+
+CHECK = "# NBVAL_CHECK_OUTPUT"
+
+MODELS: dict[str, dict[str, Any]] = {
+    "xgb": {
+        "title": "XGBoost CTR model → ONNX",
+        "what": "an XGBoost click-through-rate classifier",
+        "native": "XGBoost",
+        "checkpoint": 'load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
+        "knobs": [
+            ("n_estimators", "boosting rounds (trees)"),
+            ("max_depth", "depth of each tree"),
+            ("learning_rate", "shrinkage applied to each tree"),
+        ],
+        "extra": "other XGBoost settings, e.g. {\"subsample\": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs",
+        "step": "boosting round",
+        "eval_md": "ROC curve of the click probability on held-out rows.",
+        "example": "-p rows 50000 -p n_estimators 300 -p max_depth 6",
+    },
+    "deepfm": {
+        "title": "DeepFM CTR model → ONNX",
+        "what": "a DeepFM click-through-rate model (PyTorch)",
+        "native": "PyTorch",
+        "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
+        "knobs": [
+            ("epochs", "passes over the training rows"),
+            ("batch_size", "rows per optimiser step"),
+            ("learning_rate", "Adam learning rate"),
+            ("embed_dim", "size of each feature's embedding (FM and deep part)"),
+            ("hidden", "widths of the deep part's hidden layers"),
+        ],
+        "extra": "other hyper-parameters, e.g. {\"weight_decay\": 1e-5}",
+        "step": "epoch",
+        "eval_md": "ROC curve of the click probability on held-out rows.",
+        "example": "-p epochs 10 -p learning_rate 0.002",
+    },
+    "mmoe": {
+        "title": "MMoE multi-task model (CTR, watch time, GMV) → ONNX",
+        "what": "a multi-gate mixture-of-experts model (PyTorch) with three heads: click probability, watch time and GMV",
+        "native": "PyTorch",
+        "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
+        "knobs": [
+            ("epochs", "passes over the training rows"),
+            ("batch_size", "rows per optimiser step"),
+            ("learning_rate", "Adam learning rate"),
+            ("n_experts", "shared experts the task gates mix"),
+            ("expert_dim", "width of each expert"),
+            ("tower_dim", "width of each task tower"),
+        ],
+        "extra": "other hyper-parameters, e.g. {\"weight_decay\": 1e-5}",
+        "step": "epoch",
+        "eval_md": "ROC curve of the click head; predicted against true watch time and GMV on held-out rows "
+                   "(the dashed line is a perfect prediction).",
+        "example": "-p epochs 10 -p n_experts 6",
+    },
+    "two_tower": {
+        "title": "Two-tower retrieval model (user and item towers) → ONNX",
+        "what": "a two-tower retrieval model (PyTorch) and exports its user tower (`two_tower`) and item tower "
+                "(`two_tower_item`) as two artifacts sharing one version",
+        "native": "PyTorch",
+        "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
+        "knobs": [
+            ("epochs", "passes over the training rows"),
+            ("batch_size", "rows per optimiser step"),
+            ("learning_rate", "Adam learning rate"),
+            ("embed_dim", "size of the user and item embeddings"),
+            ("hidden", "width of each tower's hidden layers"),
+        ],
+        "towers": True,
+        "extra": "other hyper-parameters, e.g. {\"weight_decay\": 1e-5}",
+        "step": "epoch",
+        "eval_md": "ROC curve of the user·item score (sigmoid of the embeddings' dot product) against clicks on "
+                   "held-out pairs.",
+        "example": "-p epochs 10 -p embed_dim 32",
+    },
+}
+
+
+def _value(v: Any) -> str:
+    return repr(v)
+
+
+def parameters_source(model: str, cfg: dict[str, Any]) -> str:
+    """The ``parameters`` cell: every knob with its default and a comment (papermill shows them in --help-notebook)."""
+    spec = get_spec(model)
+    hp = spec.default_hparams
+    lines = [
+        "# Parameters (papermill -p NAME VALUE overrides them). Relative paths are relative to the repository root.",
+        'mode = "train"  # "train" a new model, or "load" an existing one (then set checkpoint_path)',
+        "data_path = None  # CSV or Parquet file with the feature (and label) columns; None: built-in synthetic click log",
+        f"checkpoint_path = None  # {cfg['checkpoint']}",
+        'feature_meta_path = None  # optional: JSON with {"feature_columns": [...]} naming the inputs (feature_meta.json, metadata.json)',
+        'feature_columns = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
+    ]
+    if cfg.get("towers"):
+        lines += [
+            'user_columns = None  # inputs of the user tower; None: the feature columns named user_*',
+            "item_columns = None  # inputs of the item tower; None: the other feature columns",
+        ]
+    lines += ["rows = 20000  # rows of synthetic data (ignored when data_path is set)"]
+    lines += [f"{name} = {_value(hp[name])}  # {comment}" for name, comment in cfg["knobs"]]
+    lines += [
+        f"extra_hparams = {{}}  # {cfg['extra']}",
+        "seed = 0  # seed of the synthetic data, the train/held-out split and training",
+        'artifacts_dir = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
+        "model_version = None  # version directory to write (1, 2, ...); None: the next free one",
+        f"parity_atol = {spec.atol!r}  # max |{cfg['native']} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
+    ]
+    return "\n".join(lines)
+
+
+def hparams_source(model: str, cfg: dict[str, Any]) -> str:
+    names = [n for n, _ in cfg["knobs"]] + (["user_columns", "item_columns"] if cfg.get("towers") else [])
+    return "{" + ", ".join(f'"{n}": {n}' for n in names) + ", **extra_hparams}"
+
+
+def cells(model: str, cfg: dict[str, Any]) -> list[Any]:
+    spec = get_spec(model)
+    names = spec.model_names
+    repo_dirs = " and ".join(f"`artifacts/{n}/<version>/`" for n in names)
+    intro = f"""# {cfg['title']}
+
+This notebook trains (or loads) {cfg['what']}, exports it to ONNX with Open Inference Protocol (KServe v2)
+metadata into a Triton-style model repository ({repo_dirs}), checks ONNX Runtime against {cfg['native']}
+on held-out rows, and smoke-tests the artifact through the same handler the server uses.
+
+**Run it** in JupyterLab (`jupyter lab notebooks/`): edit the *parameters* cell, then *Run All*. Headless, as CI does:
+
+```bash
+papermill notebooks/{model}.ipynb /tmp/{model}-report.ipynb {cfg['example']}
+python -m exporter notebooks {model} {cfg['example']}   # also saves the executed notebook as report.ipynb beside the artifact
+```"""
+    setup = """# Make `import exporter` work wherever the kernel started (notebooks/ in JupyterLab, the repository root in CI).
+import sys
+from pathlib import Path
+
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "exporter" / "__init__.py").is_file()), Path.cwd())
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+%matplotlib inline
+from exporter import notebook_support as nbs, pipeline, plots"""
+    prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
+prep = nbs.prepare(
+    "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
+    feature_columns=feature_columns, rows=rows, seed=seed, artifacts_dir=artifacts_dir, model_version=model_version,
+    parity_atol=parity_atol, hparams={hparams_source(model, cfg)}, root=ROOT,
+)
+print(nbs.describe_run(prep))"""
+    title = f"{model}: loss per {cfg['step']}"
+    out = [
+        new_markdown_cell(intro, id="intro"),
+        new_code_cell(parameters_source(model, cfg), id="parameters", metadata={"tags": ["parameters"]}),
+        new_code_cell(setup, id="setup"),
+        new_code_cell(prepare, id="prepare"),
+        new_markdown_cell("## Data\n\nThe first training rows and a summary of every column "
+                          "(role for this model, type, range).", id="data-md"),
+        new_code_cell("display(nbs.preview(prep))\ndisplay(nbs.column_summary(prep))", id="data"),
+        new_markdown_cell("## Train (or load) and evaluate on held-out rows\n\nThe progress bar shows the "
+                          f"training {cfg['step']}s; in load mode the model is read from `checkpoint_path` instead.",
+                          id="train-md"),
+        new_code_cell("trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
+                      "print(nbs.format_metrics(evaluation))", id="train"),
+        new_code_cell(f'plots.training_curve(trained.history, step="{cfg["step"]}", title="{title}")', id="curve"),
+        new_markdown_cell(cfg["eval_md"], id="eval-md"),
+        new_code_cell("plots.evaluation_plots(evaluation)", id="eval-plots"),
+        new_markdown_cell("## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
+                          "columns, parity and training record), `config.pbtxt` for Triton, and a sample request "
+                          "and response. The export refuses to write anything when ONNX Runtime and the native "
+                          "model disagree beyond `parity_atol`.", id="export-md"),
+        new_code_cell("exported = pipeline.export(prep, trained, evaluation)\nprint(nbs.describe_exports(exported))",
+                      id="export"),
+        new_markdown_cell("The contract a serving team relies on (inputs, outputs, feature columns) "
+                          "and the parity verdict:", id="contract-md"),
+        new_code_cell(f"{CHECK}\nprint(nbs.contract_text(exported))\nprint(nbs.parity_text(exported))", id="contract"),
+        new_code_cell("plots.parity_scatter(exported)", id="parity-plot"),
+        new_markdown_cell("## Smoke test through the serving handler\n\nEach artifact is loaded the way the "
+                          "server loads it (sha256 checked) and asked with a TorchServe-style request and an Open "
+                          "Inference Protocol (v2) request built from held-out rows; the answers must match "
+                          f"the native {cfg['native']} model within `parity_atol`, or this cell fails.",
+                          id="smoke-md"),
+        new_code_cell(f"{CHECK}\nprint(nbs.smoke_test(prep, trained, exported))", id="smoke"),
+        new_markdown_cell(
+            "## Next\n\n"
+            "- Check the artifact: `python -m exporter verify artifacts`\n"
+            "- Serve it: `python -m exporter serve` (TorchServe-style routes), or point Triton at `artifacts/`.\n"
+            "- Run this notebook headless with `python -m exporter notebooks "
+            f"{model}`, which also stores the executed notebook as `report.ipynb` in the version directory.",
+            id="next",
+        ),
+    ]
+    return out
+
+
+def build(model: str) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=cells(model, MODELS[model]))
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    nbformat.validate(nb)
+    return nb
+
+
+def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Keep outputs of checked cells and PNG plots only; no execution counts or execution metadata."""
+    for cell in nb.cells:
+        keep_tags = cell.metadata.get("tags")
+        cell.metadata = {"tags": keep_tags} if keep_tags else {}
+        if cell.cell_type != "code":
+            continue
+        if CHECK in cell.source:
+            kept = [o for o in cell.outputs if o.output_type == "stream"]
+        else:
+            kept = [
+                nbformat.v4.new_output("display_data", data={"image/png": o.data["image/png"]})
+                for o in cell.outputs
+                if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
+            ]
+        cell.outputs = kept
+        # nbval only compares cells that were run, so a cell with stored outputs keeps its count
+        if not kept:
+            cell.execution_count = None
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, workdir: Path) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient
+
+    with tempfile.TemporaryDirectory(prefix="build-notebooks-") as tmp:
+        os.environ["EXPORTER_ARTIFACTS_DIR"] = tmp
+        NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=list(MODELS), help="notebooks to build (default: all)")
+    parser.add_argument("--no-run", action="store_true", help="write sources only, without executing")
+    args = parser.parse_args(argv)
+    out_dir = ROOT / "notebooks"
+    for model in args.models:
+        nb = build(model)
+        if not args.no_run:
+            nb = clean(execute(nb, out_dir))
+        path = out_dir / f"{model}.ipynb"
+        nbformat.write(nb, str(path))
+        print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size // 1024} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
