@@ -183,6 +183,13 @@ def _shown(name: str) -> str:
     return repr(name if len(name) <= 80 else name[:77] + "...")
 
 
+def _log_path(scope: dict[str, Any]) -> str:
+    """The request path as sent (still percent-encoded), safe for a one-line log record."""
+    raw = scope.get("raw_path")
+    text = raw.decode("latin-1") if raw else str(scope.get("path", ""))
+    return text if text.isprintable() else repr(text)
+
+
 def _encoded_separator(raw_path: bytes) -> bool:
     """Whether the undecoded path hides a '/' or '\\' inside a segment (%2F, %5C)."""
     lowered = raw_path.lower()
@@ -285,21 +292,23 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
                     else:
                         status, answer, rows = handler.handle_request(body)
             await _send_json(send, status, answer)
-            info(
-                "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f",
-                scope["path"], name, handler.version if handler is not None else version, rows, status,
-                (perf() - start) * 1000.0,
-            )
+            if handler is not None:
+                info("POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f", _log_path(scope),
+                     handler.model_name, handler.version, rows, status, (perf() - start) * 1000.0)
+            else:
+                info("POST %s model=- version=- rows=0 status=%d time_ms=%.2f", _log_path(scope), status,
+                     (perf() - start) * 1000.0)
 
-    def _plain(status: int, body: bytes, path: str, start: float) -> Response:
-        info("GET %s status=%d time_ms=%.2f", path, status, (perf() - start) * 1000.0)
+    def _plain(status: int, body: bytes, request: Request, start: float) -> Response:
+        info("%s %s status=%d time_ms=%.2f", request.method, _log_path(request.scope), status,
+             (perf() - start) * 1000.0)
         return Response(body, status_code=status, media_type="application/json")
 
     async def ping(request: Request) -> Response:
-        return _plain(200, ping_body, request.url.path, perf())
+        return _plain(200, ping_body, request, perf())
 
     async def list_models(request: Request) -> Response:
-        return _plain(200, models_body, request.url.path, perf())
+        return _plain(200, models_body, request, perf())
 
     async def describe_model(request: Request) -> Response:
         start = perf()
@@ -307,8 +316,8 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
         raw_path = request.scope.get("raw_path") or b""
         body = None if _encoded_separator(raw_path) else metadata_bodies.get(name)
         if body is None:
-            return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {loaded}"), request.url.path, start)
-        return _plain(200, body, request.url.path, start)
+            return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {loaded}"), request, start)
+        return _plain(200, body, request, start)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 500)
@@ -322,12 +331,12 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
             message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
         else:
             message = str(getattr(exc, "detail", "")) or "bad request"
-        log.info("%s %s status=%d", request.method, request.url.path, status)
+        log.info("%s %s status=%d", request.method, _log_path(request.scope), status)
         return Response(_error(message), status_code=status, media_type="application/json",
                         headers=getattr(exc, "headers", None))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        log.exception("internal error on %s %s", request.method, _log_path(request.scope))
         return Response(_error(f"internal server error: {type(exc).__name__}"), status_code=500,
                         media_type="application/json")
 

@@ -153,6 +153,15 @@ def test_one_log_line_per_request(server: LiveServer, client: httpx.Client) -> N
     assert "/ping status=200" in lines[2]
 
 
+def test_log_lines_cannot_be_forged_through_the_path(server: LiveServer, client: httpx.Client) -> None:
+    mark = len(server.lines)
+    status, _ = server.raw(b"POST /predictions/x%0aFORGED HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                           b"Connection: close\r\n\r\n{}")
+    assert status == 404
+    lines = server.log_since(mark)
+    assert len(lines) == 1 and "POST /predictions/x%0aFORGED model=- version=- rows=0 status=404" in lines[0]
+
+
 # ------------------------------------------------------------------------------------------- errors
 def test_client_errors_over_http(client: httpx.Client) -> None:
     assert_json_error(client.post("/predictions/xgb", content=b"{oops"), 400, "not valid JSON", '"data"', '"inputs"')
