@@ -340,3 +340,16 @@ def test_model_directory_loads_the_highest_version(tree: Path, tmp_path: Path) -
         ModelHandler.load(tmp_path)
     with pytest.raises(ArtifactError, match="does not exist"):
         ModelHandler.load(tmp_path / "nope")
+
+
+def test_named_columns_encoding_equals_the_plain_json_encoding(tree: Path, tmp_path: Path) -> None:
+    vdir = copy_version(tree, tmp_path, "mmoe")
+    meta = json.loads((vdir / "metadata.json").read_text())
+    meta["output_columns"] = ['c"1', "watch time", "gmv\u00e9"]  # names that need JSON escaping
+    (vdir / "metadata.json").write_text(json.dumps(meta))
+    handler = ModelHandler.load(vdir)
+    rng = np.random.default_rng(0)
+    for out in (rng.normal(size=(1, 3)), rng.normal(size=(257, 3)) * 1e6,
+                np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]])):
+        plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r)) for r in out.tolist()]})
+        assert handler._encode_named(out) == plain
