@@ -338,5 +338,11 @@ def test_serving_real_exported_artifacts(exported_artifacts: Path) -> None:
                 assert out["shape"] == [len(request["data"])] + meta["outputs"][0]["shape"][1:]
                 missing = c.post(f"/predictions/{name}", json={"data": [{cols[0]: 1.0}]})
                 assert_json_error(missing, 400, "data[0]", f'"{cols[1]}"' if len(cols) > 1 else "")
+            # a body above 256 KiB is answered in a worker thread: same answer as in the event loop
+            rows = json.loads((exported_artifacts / "xgb" / "1" / "sample_request.json").read_text())["data"] * 700
+            big, small = c.post("/predictions/xgb", json={"data": rows}), c.post("/predictions/xgb", json={"data": rows[:3]})
+            assert big.status_code == 200 and len(big.content) > 0 and len(json.dumps({"data": rows})) > 256 * 1024
+            assert big.json()["predictions"][:3] == small.json()["predictions"]
+            assert len(big.json()["predictions"]) == len(rows)
     finally:
         live.stop()
