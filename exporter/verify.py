@@ -396,7 +396,11 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
 
     def scalar(tok: str) -> Any:
         if tok[0] in "\"'":
-            return json.loads('"' + tok[1:-1].replace('"', '\\"').replace("\\'", "'") + '"') if tok[0] == "'" else json.loads(tok)
+            body = tok[1:-1]
+            try:  # protobuf text escapes are mostly JSON's; anything else is kept as written
+                return json.loads('"' + body.replace("\\'", "'").replace('"', '\\"').replace('\\\\"', '\\"') + '"')
+            except ValueError:
+                return body
         if re.fullmatch(r"[-+]?\d+", tok):
             return int(tok)
         try:
