@@ -55,8 +55,12 @@ class LiveServer:
         self.host, port = self.url.removeprefix("http://").rsplit(":", 1)
         self.port = int(port)
 
-    def log_since(self, mark: int) -> list[str]:
-        time.sleep(0.05)
+    def log_since(self, mark: int, expected: int) -> list[str]:
+        """Log lines after ``mark``, once at least ``expected`` arrived (the server logs after answering)."""
+        deadline = time.monotonic() + 10
+        while len(self.lines) - mark < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # and no more than expected
         return self.lines[mark:]
 
     def raw(self, request: bytes) -> tuple[int, bytes]:
@@ -146,7 +150,7 @@ def test_one_log_line_per_request(server: LiveServer, client: httpx.Client) -> N
     client.post("/predictions/two_tower", json={"data": sample_rows(["user_age", "user_gender"], 3)})
     client.post("/predictions/two_tower", content=b"nope")
     client.get("/ping")
-    lines = server.log_since(mark)
+    lines = server.log_since(mark, 3)
     assert len(lines) == 3, lines
     assert re.search(r"model=two_tower version=1 rows=3 status=200 time_ms=\d+\.\d+", lines[0]), lines[0]
     assert re.search(r"model=two_tower version=1 rows=0 status=400 time_ms=", lines[1]), lines[1]
@@ -158,7 +162,7 @@ def test_log_lines_cannot_be_forged_through_the_path(server: LiveServer, client:
     status, _ = server.raw(b"POST /predictions/x%0aFORGED HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
                            b"Connection: close\r\n\r\n{}")
     assert status == 404
-    lines = server.log_since(mark)
+    lines = server.log_since(mark, 1)
     assert len(lines) == 1 and "POST /predictions/x%0aFORGED model=- version=- rows=0 status=404" in lines[0]
 
 
