@@ -348,10 +348,12 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
         Route("/predictions/{model_name}", predict, methods=["POST"]),
         Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
+    app.router.redirect_slashes = False  # "/predictions/xgb/" is a 404 that says so, not a redirect of a POST
+    return app
 
 
 # ---------------------------------------------------------------------------------------------- CLI

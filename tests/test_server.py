@@ -203,6 +203,8 @@ def test_client_errors_over_http(client: httpx.Client) -> None:
         "/predictions/..%2F..%2Fetc%2Fpasswd",
         "/predictions/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
         "/predictions/xgb/1/model.onnx",
+        "/predictions/xgb/",
+        "/predictions/",
         "/predictions/xgb%00",
         "/models/%2e%2e",
         "/models/xgb%2F1",
