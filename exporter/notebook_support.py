@@ -96,6 +96,29 @@ def feature_columns_param(value: Any) -> list[str] | None:
     return list(value)
 
 
+#: command-line options the pipeline's messages mention -> the notebook parameters that set the same thing
+_CLI_TERMS = {
+    "--mode load": 'mode = "load"',
+    "--checkpoint": "checkpoint_path",
+    "--feature-meta": "feature_meta_path",
+    "--feature-columns": "feature_columns",
+    "--data": "data_path",
+    "--rows": "rows",
+    "--version": "model_version",
+    "--atol": "parity_atol",
+    "--param": "the hyper-parameter knobs",
+}
+
+
+def notebook_terms(message: str) -> str:
+    """Say ``checkpoint_path`` where a pipeline message says ``--checkpoint`` (the notebook's own words)."""
+    import re
+
+    for option, parameter in _CLI_TERMS.items():
+        message = re.sub(re.escape(option) + r"(?![\w-])", parameter, message)
+    return message
+
+
 def prepare(
     model: str,
     *,
@@ -120,7 +143,19 @@ def prepare(
     """
     from exporter import pipeline
     from exporter import repository as repo
+    from exporter.specs import get_spec
 
+    try:
+        spec = get_spec(model)
+    except ExporterError as exc:
+        raise ParameterError(str(exc)) from exc
+    if mode == "train" and checkpoint_path is not None:
+        raise ParameterError(
+            f"checkpoint_path is set ({checkpoint_path!r}) but mode is 'train': set mode = \"load\" to export "
+            "that model, or checkpoint_path = None to train a new one"
+        )
+    if mode == "load" and checkpoint_path is None:
+        raise ParameterError(f"mode 'load' needs checkpoint_path: {spec.checkpoint_hint}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
@@ -145,7 +180,7 @@ def prepare(
     except ParameterError:
         raise
     except ExporterError as exc:
-        raise ParameterError(str(exc)) from exc
+        raise ParameterError(notebook_terms(str(exc))) from exc
     if model_version is not None:
         taken = [n for n in prep.spec.model_names if (Path(params.artifacts) / n / str(model_version)).exists()]
         if taken:

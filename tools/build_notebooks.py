@@ -83,8 +83,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
     "two_tower": {
         "title": "Two-tower retrieval model (user and item towers) → ONNX",
-        "what": "a two-tower retrieval model (PyTorch) and exports its user tower (`two_tower`) and item tower "
-                "(`two_tower_item`) as two artifacts sharing one version",
+        "what": "a two-tower retrieval model (PyTorch)",
+        "note": "The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one "
+                "version; a retrieval system embeds users and items with them and ranks by dot product.",
         "native": "PyTorch",
         "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
         "knobs": [
@@ -150,12 +151,12 @@ def cells(model: str, cfg: dict[str, Any]) -> list[Any]:
 
 This notebook trains (or loads) {cfg['what']}, exports it to ONNX with Open Inference Protocol (KServe v2)
 metadata into a Triton-style model repository ({repo_dirs}), checks ONNX Runtime against {cfg['native']}
-on held-out rows, and smoke-tests the artifact through the same handler the server uses.
+on held-out rows, and smoke-tests the artifact through the same handler the server uses.{(" " + cfg["note"]) if cfg.get("note") else ""}
 
 **Run it** in JupyterLab (`jupyter lab notebooks/`): edit the *parameters* cell, then *Run All*. Headless, as CI does:
 
 ```bash
-papermill notebooks/{model}.ipynb /tmp/{model}-report.ipynb {cfg['example']}
+papermill notebooks/{model}.ipynb {model}-report.ipynb {cfg['example']}
 python -m exporter notebooks {model} {cfg['example']}   # also saves the executed notebook as report.ipynb beside the artifact
 ```"""
     setup = """# Make `import exporter` work wherever the kernel started (notebooks/ in JupyterLab, the repository root in CI).

@@ -1,0 +1,292 @@
+"""Notebook glue (exporter.notebook_support) and the runner's planning (exporter.notebooks), without kernels."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter import notebook_support as nbs
+from exporter import notebooks as runner
+from exporter.errors import ExporterError
+from tests.conftest import REPO, run_cli
+
+
+# --------------------------------------------------------------------------- paths and parameters
+
+
+def test_relative_paths_resolve_against_the_repository_root(tmp_path):
+    assert nbs.repo_root() == REPO
+    assert nbs.resolve_path(None, "data_path") is None
+    assert nbs.resolve_path("data/clicks.csv", "data_path") == REPO / "data" / "clicks.csv"
+    assert nbs.resolve_path("x.csv", "data_path", root=tmp_path) == tmp_path / "x.csv"
+    assert nbs.resolve_path(str(tmp_path / "abs.csv"), "data_path") == tmp_path / "abs.csv"
+
+
+@pytest.mark.parametrize("bad", [3, True, "", "  ", ["a.csv"]])
+def test_a_path_parameter_that_is_not_a_path_is_rejected(bad):
+    with pytest.raises(nbs.ParameterError, match="data_path must be a file path"):
+        nbs.resolve_path(bad, "data_path")
+
+
+def test_artifacts_dir_default_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(nbs.ARTIFACTS_ENV, raising=False)
+    assert nbs.resolve_artifacts_dir(None) == REPO / "artifacts"
+    monkeypatch.setenv(nbs.ARTIFACTS_ENV, str(tmp_path / "env"))
+    assert nbs.resolve_artifacts_dir(None) == tmp_path / "env"
+    assert nbs.resolve_artifacts_dir(str(tmp_path / "explicit")) == tmp_path / "explicit"  # an explicit value wins
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(nbs.ParameterError, match="is not a directory"):
+        nbs.resolve_artifacts_dir(str(tmp_path / "file"))
+
+
+def test_feature_columns_accept_a_list_or_a_comma_separated_string():
+    assert nbs.feature_columns_param(None) is None
+    assert nbs.feature_columns_param(["a", "b"]) == ["a", "b"]
+    assert nbs.feature_columns_param("a, b,c") == ["a", "b", "c"]
+    for bad in ([], "", [1, 2], {"a": 1}):
+        with pytest.raises(nbs.ParameterError, match="feature_columns must be"):
+            nbs.feature_columns_param(bad)
+
+
+def test_cli_wording_in_pipeline_messages_becomes_notebook_parameters():
+    msg = "load mode needs --checkpoint; pass --data with a file; --feature-meta lists; --mode load; --database"
+    assert nbs.notebook_terms(msg) == (
+        'load mode needs checkpoint_path; pass data_path with a file; feature_meta_path lists; mode = "load"; --database'
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "sideways"}, "unknown mode 'sideways': expected 'train' or 'load'"),
+        ({"mode": "load"}, "mode 'load' needs checkpoint_path"),
+        ({"checkpoint_path": "m.ubj"}, "checkpoint_path is set ('m.ubj') but mode is 'train'"),
+        ({"data_path": "no/such.csv"}, "data file not found"),
+        ({"feature_columns": ["item_ctr", "nope"]}, "nope"),
+        ({"rows": 5}, "rows must be an integer >= 10"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"hparams": {"n_estimators": 0}}, "n_estimators must be a positive integer"),
+        ({"hparams": {"epochs": 3}}, "unknown hyper-parameter(s) epochs for xgb"),
+        ({"parity_atol": -1.0}, "atol must be a non-negative number"),
+        ({"model_version": 0}, "version must be a positive integer"),
+        ({"mode": "load", "checkpoint_path": "missing.ubj"}, "xgboost model file not found"),
+    ],
+)
+def test_wrong_parameters_raise_parameter_error_before_training(kwargs, message, tmp_path):
+    with pytest.raises(nbs.ParameterError) as info:
+        nbs.prepare("xgb", artifacts_dir=str(tmp_path), root=tmp_path, **kwargs)
+    assert message in str(info.value)
+    assert isinstance(info.value, ExporterError)
+    assert not any(tmp_path.iterdir()) or not (tmp_path / "xgb").exists()
+
+
+def test_unknown_model_is_a_parameter_error(tmp_path):
+    with pytest.raises(nbs.ParameterError, match="unknown model 'gbm'"):
+        nbs.prepare("gbm", artifacts_dir=str(tmp_path))
+
+
+def test_parameter_error_shows_as_two_lines_in_a_notebook():
+    lines = nbs.ParameterError("unknown mode 'x'")._render_traceback_()
+    assert lines[0] == "ParameterError: unknown mode 'x'" and len(lines) == 2 and "parameters cell" in lines[1]
+
+
+def test_an_existing_model_version_is_refused_before_training(tmp_path):
+    (tmp_path / "two_tower_item" / "3").mkdir(parents=True)
+    with pytest.raises(nbs.ParameterError, match=r"model_version 3 already exists for two_tower_item.*next free version \(4\)"):
+        nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), model_version=3)
+
+
+def test_none_hparams_mean_the_model_default(tmp_path):
+    prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), hparams={"n_estimators": 7, "max_depth": None})
+    assert prep.hparams["n_estimators"] == 7 and prep.hparams["max_depth"] == prep.spec.default_hparams["max_depth"]
+    prep = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path),
+                       hparams={"epochs": 1, "user_columns": None, "item_columns": None})
+    assert prep.hparams["epochs"] == 1 and prep.hparams["user_columns"] is None
+    text = nbs.describe_run(prep)
+    assert "two_tower: train on built-in synthetic data" in text and "160 training, 40 held-out" in text
+
+
+def test_data_tables(tmp_path):
+    prep = nbs.prepare("mmoe", rows=200, artifacts_dir=str(tmp_path))
+    head = nbs.preview(prep)
+    assert list(head.columns) == prep.columns + ["label", "watch_time", "gmv"] and len(head) == nbs.PREVIEW_ROWS
+    summary = nbs.column_summary(prep)
+    assert summary.loc["item_price", "role"] == "feature" and summary.loc["gmv", "role"] == "label"
+    assert summary.loc["user_gender", "distinct"] == 3
+    assert list(summary["role"]) == sorted(summary["role"], key=["feature", "label", "unused"].index)
+    xgb_prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), feature_columns="item_ctr,user_age")
+    assert set(nbs.column_summary(xgb_prep)["role"]) == {"feature", "label", "unused"}
+
+
+# --------------------------------------------------------------------------- printouts and smoke test
+
+
+def test_contract_and_parity_text_are_deterministic(exported_runs):
+    _, runs = exported_runs
+    text = nbs.contract_text(runs["mmoe"].artifacts)
+    assert text.splitlines() == [
+        "mmoe  (platform onnxruntime_onnx)",
+        "  input  features  FP64  [-1, 7]",
+        "  output predictions  FP64  [-1, 3]",
+        "  feature_columns: item_ctr, item_cvr, item_price, user_age, user_gender, cross_age_x_ctr, cross_gender_x_price",
+        "  output_columns:  ctr, watch_time, gmv",
+        "  TorchServe-style answer: one object per row with the output columns",
+    ]
+    towers = nbs.contract_text(runs["two_tower"].artifacts)
+    assert "two_tower_item  (platform onnxruntime_onnx)" in towers and "embed_dim:       16" in towers
+    parity = nbs.parity_text(runs["xgb"].artifacts)
+    assert parity == "parity xgb: passed (max |native - onnxruntime| <= atol 1e-05 on 1000 rows (600 held-out, 400 sampled from the data's values))"
+
+
+def test_describe_exports_names_version_and_files(exported_runs):
+    _, runs = exported_runs
+    text = nbs.describe_exports(runs["xgb"].artifacts)
+    assert text.startswith("xgb version 1 -> ") and "model.onnx" in text and "feature_meta.json" in text
+
+
+@pytest.mark.parametrize("model", ["xgb", "deepfm", "mmoe", "two_tower"])
+def test_smoke_test_passes_on_real_artifacts(exported_runs, model):
+    _, runs = exported_runs
+    r = runs[model]
+    text = nbs.smoke_test(r.prepared, r.trained, r.artifacts)
+    assert text.count("smoke test ") == len(r.artifacts)
+    assert f"for {nbs.SMOKE_ROWS} held-out rows agree with the native model (|diff| <= 1e-05)" in text
+    if model == "two_tower":
+        assert "a one-row request gets a flat vector of 16" in text
+
+
+def test_smoke_test_fails_when_handler_and_native_model_disagree(exported_runs):
+    _, runs = exported_runs
+    r = runs["deepfm"]
+    real_units = r.trained.units
+
+    def shifted_units():
+        return [dataclasses.replace(u, native_predict=lambda x, f=u.native_predict: f(x) + 1e-3) for u in real_units()]
+
+    broken = dataclasses.replace(r.trained, units=shifted_units)
+    with pytest.raises(AssertionError, match="deepfm: TorchServe-style answer != native model"):
+        nbs.smoke_test(r.prepared, broken, r.artifacts)
+
+
+def test_torchserve_predictions_checks_the_answer_shape():
+    assert nbs.torchserve_predictions({"predictions": [0.1, 0.2]}, "scalar", [], 2).shape == (2,)
+    named = nbs.torchserve_predictions({"predictions": [{"a": 1.0, "b": 2.0}]}, "named_columns", ["a", "b"], 1)
+    np.testing.assert_array_equal(named, [[1.0, 2.0]])
+    assert nbs.torchserve_predictions({"predictions": [1.0, 2.0, 3.0]}, "vector", [], 1).shape == (1, 3)
+    with pytest.raises(AssertionError, match="vector itself"):
+        nbs.torchserve_predictions({"predictions": [[1.0, 2.0]]}, "vector", [], 1)
+    with pytest.raises(AssertionError, match="expected 3 predictions"):
+        nbs.torchserve_predictions({"predictions": [0.1]}, "scalar", [], 3)
+    with pytest.raises(AssertionError, match="keys"):
+        nbs.torchserve_predictions({"predictions": [{"b": 1.0, "a": 2.0}]}, "named_columns", ["a", "b"], 1)
+    with pytest.raises(AssertionError, match=r"\{'predictions'"):
+        nbs.torchserve_predictions({"error": "x"}, "scalar", [], 1)
+
+
+def test_request_builders():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5], "label": [0, 1]})
+    assert nbs.torchserve_request(frame, ["b", "a"]) == {"data": [{"b": 0.5, "a": 1.0}, {"b": 1.5, "a": 2.0}]}
+    body = nbs.v2_request(np.array([[1.0, 2.0], [3.0, 4.0]]), "r1")
+    assert body["id"] == "r1" and body["inputs"][0] == {"name": "features", "shape": [2, 2], "datatype": "FP64",
+                                                        "data": [1.0, 2.0, 3.0, 4.0]}
+
+
+def test_format_metrics():
+    from exporter.pipeline import Evaluation
+
+    text = nbs.format_metrics(Evaluation({"gmv_rmse": 2.0, "gmv_rmse_baseline": 3.0, "base_rate": 0.25}, {}, {}))
+    assert "gmv_rmse           2.0000  (predicting the mean: 3)" in text and "(share of clicks)" in text
+    assert "_baseline" not in text
+    assert "none" in nbs.format_metrics(Evaluation({}, {}, {}))
+
+
+# --------------------------------------------------------------------------- the runner, before any kernel
+
+
+def test_parse_value_like_papermill_plus_json():
+    assert runner.parse_value("3") == 3 and runner.parse_value("1e-3") == 0.001
+    assert runner.parse_value("True") is True and runner.parse_value("false") is False
+    assert runner.parse_value("None") is None and runner.parse_value("null") is None
+    assert runner.parse_value('["a","b"]') == ["a", "b"] and runner.parse_value("[64, 32]") == [64, 32]
+    assert runner.parse_value("load") == "load" and runner.parse_value("a,b") == "a,b"
+
+
+def test_overrides_make_file_paths_absolute_against_the_callers_directory(tmp_path):
+    out = runner.resolve_overrides([("data_path", "d/x.csv"), ("rows", "5000"), ("checkpoint_path", "/abs/m.ubj")], tmp_path)
+    assert out == {"data_path": str(tmp_path / "d" / "x.csv"), "rows": 5000, "checkpoint_path": "/abs/m.ubj"}
+    with pytest.raises(ExporterError, match="--artifacts"):
+        runner.resolve_overrides([("artifacts_dir", "x")], tmp_path)
+    with pytest.raises(ExporterError, match="given twice"):
+        runner.resolve_overrides([("rows", "1"), ("rows", "2")], tmp_path)
+
+
+def test_select_notebooks():
+    assert runner.select([]) == ["xgb", "deepfm", "mmoe", "two_tower"]
+    assert runner.select(["mmoe", "xgb"]) == ["mmoe", "xgb"]
+    with pytest.raises(ExporterError, match="unknown notebook 'gbm': expected one of xgb, deepfm, mmoe, two_tower"):
+        runner.select(["gbm"])
+    with pytest.raises(ExporterError, match="named twice"):
+        runner.select(["xgb", "xgb"])
+
+
+def test_plan_picks_versions_and_routes_parameters(tmp_path):
+    (tmp_path / "two_tower_item" / "4").mkdir(parents=True)
+    (tmp_path / "xgb" / "1").mkdir(parents=True)
+    plans = runner.plan(["xgb", "two_tower"], {"epochs": 2, "rows": 3000}, tmp_path)
+    xgb, towers = plans
+    assert (xgb.version, towers.version) == (2, 5)  # towers share one version: past the highest of both
+    assert xgb.parameters == {"rows": 3000, "artifacts_dir": str(tmp_path), "model_version": 2}
+    assert xgb.ignored == ["epochs"] and towers.parameters["epochs"] == 2
+    assert towers.model_names == ("two_tower", "two_tower_item")
+    assert runner.plan(["deepfm"], {"model_version": 7}, tmp_path)[0].version == 7
+
+
+def test_plan_rejects_unknown_parameters_and_bad_versions(tmp_path):
+    with pytest.raises(ExporterError, match="unknown parameter 'epoch' for xgb, deepfm: known parameters are"):
+        runner.plan(["xgb", "deepfm"], {"epoch": 2}, tmp_path)
+    with pytest.raises(ExporterError, match="model_version must be a positive integer, got 0"):
+        runner.plan(["xgb"], {"model_version": 0}, tmp_path)
+
+
+def test_plan_reports_a_missing_notebook(tmp_path):
+    with pytest.raises(ExporterError, match="notebook .*xgb.ipynb not found"):
+        runner.plan(["xgb"], {}, tmp_path, directory=tmp_path / "nowhere")
+
+
+def test_copy_report_replaces_atomically(tmp_path):
+    src = tmp_path / "executed.ipynb"
+    src.write_text('{"new": 1}')
+    version_dir = tmp_path / "xgb" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "report.ipynb").write_text('{"old": 1}')
+    target = runner.copy_report(src, version_dir)
+    assert json.loads(target.read_text()) == {"new": 1}
+    assert sorted(p.name for p in version_dir.iterdir()) == ["report.ipynb"]
+
+
+def test_failure_exit_codes_follow_the_error_kind(tmp_path):
+    class Fake(Exception):
+        def __init__(self, ename: str) -> None:
+            super().__init__(ename)
+            self.ename, self.evalue, self.exec_count = ename, "what went wrong", 4
+
+    for ename, code in (("ParameterError", 2), ("ParityError", 3), ("AssertionError", 1), ("ValueError", 1)):
+        err = runner._failure("xgb", Fake(ename), tmp_path / "xgb.ipynb")
+        assert err.exit_code == code
+        assert str(err).startswith(f"notebook xgb failed in cell [4]: {ename}: what went wrong")
+        assert str(tmp_path / "xgb.ipynb") in str(err)
+
+
+def test_cli_errors_before_any_kernel(tmp_path):
+    result = run_cli("notebooks", "gbm", "--artifacts", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown notebook 'gbm'")
+    result = run_cli("notebooks", "xgb", "-p", "epochs", "3", "--artifacts", str(tmp_path))
+    assert result.returncode == 2 and "unknown parameter 'epochs' for xgb" in result.stderr
+    help_text = run_cli("notebooks", "--help").stdout
+    assert "-p NAME VALUE" in help_text and "report.ipynb" in help_text
+    assert not any(Path(tmp_path).iterdir())

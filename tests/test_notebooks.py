@@ -1,0 +1,298 @@
+"""The model notebooks: run headless through papermill and ``python -m exporter notebooks``, artifacts verified.
+
+Every run uses small parameters (3,000 rows, few trees/epochs) and a temporary artifacts directory.
+Static checks (structure, parameters, clean stored outputs) need no kernel.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from exporter import data as D
+from exporter import notebooks as runner
+from exporter.cli import main as cli_main
+from exporter.handler import ModelHandler
+from exporter.specs import get_spec
+from exporter.verify import verify
+from tests.conftest import REPO, run_cli
+
+NOTEBOOKS = REPO / "notebooks"
+MODELS = ["xgb", "deepfm", "mmoe", "two_tower"]
+SMALL = {
+    "xgb": {"rows": 3000, "n_estimators": 30},
+    "deepfm": {"rows": 3000, "epochs": 2},
+    "mmoe": {"rows": 3000, "epochs": 2},
+    "two_tower": {"rows": 3000, "epochs": 2},
+}
+CHECK = "# NBVAL_CHECK_OUTPUT"
+
+
+def execute(name: str, out_dir: Path, artifacts: Path, *, cwd: Path = NOTEBOOKS, **params) -> nbformat.NotebookNode:
+    """Run one notebook through papermill (as a CI job would) and return the executed notebook."""
+    import papermill as pm
+
+    out = out_dir / f"{name}-{len(list(out_dir.glob('*.ipynb')))}.ipynb"
+    pm.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters={"artifacts_dir": str(artifacts), **params},
+        cwd=str(cwd), kernel_name="python3", progress_bar=False, extra_arguments=runner.KERNEL_ARGS,
+    )
+    return nbformat.read(out, as_version=4)
+
+
+def outputs_text(nb: nbformat.NotebookNode, cell_id: str) -> str:
+    cell = next(c for c in nb.cells if c.get("id") == cell_id)
+    return "".join(o.get("text", "") for o in cell.outputs)
+
+
+def assert_verified(path: Path) -> None:
+    report = verify(path)
+    assert report.ok, "\n".join(report.problems)
+
+
+def heldout_like_rows(columns: list[str], n: int = 64) -> np.ndarray:
+    return D.synthetic_dataset(n, seed=1234)[columns].to_numpy(dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- static checks (no kernel)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def stored(request) -> tuple[str, nbformat.NotebookNode, str]:
+    path = NOTEBOOKS / f"{request.param}.ipynb"
+    return request.param, nbformat.read(path, as_version=4), path.read_text(encoding="utf-8")
+
+
+def test_notebook_is_valid_with_python3_kernel(stored):
+    _, nb, _ = stored
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"] == {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored):
+    name, nb, _ = stored
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert code_cells[0] is tagged[0], "the parameters cell must be the first code cell"
+    assignments = [line for line in tagged[0].source.splitlines() if re.match(r"^\w+\s*=", line)]
+    uncommented = [line for line in assignments if "  # " not in line]
+    assert not uncommented, f"parameters without a comment: {uncommented}"
+
+    params = runner.notebook_parameters(NOTEBOOKS / f"{name}.ipynb")
+    required = {"mode", "data_path", "checkpoint_path", "feature_meta_path", "feature_columns", "rows", "seed",
+                "artifacts_dir", "model_version", "parity_atol", "learning_rate", "extra_hparams"}
+    required |= {"n_estimators", "max_depth"} if name == "xgb" else {"epochs", "batch_size"}
+    assert required <= set(params), f"missing: {required - set(params)}"
+    spec = get_spec(name)
+    for key, default in spec.default_hparams.items():
+        if key in params:
+            assert ast.literal_eval(params[key]) == default, f"{key} default differs from the model's"
+    assert ast.literal_eval(params["parity_atol"]) == spec.atol
+    assert ast.literal_eval(params["mode"]) == "train" and ast.literal_eval(params["artifacts_dir"]) is None
+
+
+def test_stored_notebook_is_small_and_clean(stored):
+    name, nb, text = stored
+    assert len(text) < 150_000, f"{name}.ipynb is {len(text)} bytes"
+    for needle in ("/tmp", "/work", "/home/", "/root", "C:\\\\", "Users/"):
+        assert needle not in text, f"{name}.ipynb mentions {needle!r}"
+    checked = 0
+    for cell in nb.cells:
+        assert set(cell.metadata) <= {"tags"}, f"cell {cell.get('id')} carries metadata {dict(cell.metadata)}"
+        if cell.cell_type != "code":
+            continue
+        if CHECK in cell.source:
+            checked += 1
+            assert cell.outputs and all(o.output_type == "stream" for o in cell.outputs)
+        else:
+            for o in cell.outputs:
+                assert o.output_type == "display_data" and set(o.data) == {"image/png"}, (cell.source, o)
+        if not cell.outputs:
+            assert cell.execution_count is None
+    assert checked >= 2
+
+
+def test_cells_stay_thin_glue(stored):
+    _, nb, _ = stored
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+            lines = [line for line in cell.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            assert len(lines) <= 10, f"cell grew past glue ({len(lines)} lines): {cell.source[:80]}"
+
+
+def test_checked_outputs_hold_no_volatile_values(stored):
+    _, nb, _ = stored
+    for cell in nb.cells:
+        if cell.cell_type == "code" and CHECK in cell.source:
+            text = "".join(o.get("text", "") for o in cell.outputs)
+            # no paths, dates, timings or raw float differences
+            assert not re.search(r"/|\d{4}-\d\d-\d\d|\d+\.\d+ ?s\b|\d\.\d{5,}", text), text
+
+
+def test_notebooks_match_their_generator(stored):
+    """tools/build_notebooks.py writes the notebooks; a hand edit that drifts from it is caught here."""
+    name, nb, _ = stored
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "tools" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = module.build(name)
+    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in fresh.cells]
+
+
+# --------------------------------------------------------------------------- headless runs
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """``python -m exporter notebooks xgb two_tower`` with small overrides into a fresh artifacts dir."""
+    artifacts = tmp_path_factory.mktemp("nb-cli-artifacts")
+    argv = ["notebooks", "xgb", "two_tower", "--artifacts", str(artifacts),
+            "-p", "rows", "3000", "-p", "n_estimators", "30", "-p", "epochs", "2"]
+    return artifacts, argv
+
+
+@pytest.fixture(scope="module")
+def cli_result(cli_run):
+    import contextlib
+    import io
+
+    artifacts, argv = cli_run
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(argv)
+    return artifacts, code, out.getvalue()
+
+
+def test_cli_runs_notebooks_and_stores_reports_beside_artifacts(cli_result):
+    artifacts, code, stdout = cli_result
+    assert code == 0, stdout
+    assert re.search(r"^xgb\s+\d+\.\d$", stdout, re.M) and re.search(r"^two_tower\s+\d+\.\d$", stdout, re.M)
+    assert "not a parameter here: epochs" in stdout  # xgb has no epochs: passed to two_tower only
+    for model_name in ("xgb", "two_tower", "two_tower_item"):
+        report = artifacts / model_name / "1" / "report.ipynb"
+        assert report.is_file(), f"no report for {model_name}"
+        assert not list(report.parent.glob(".*.tmp"))
+    reports = {m: (artifacts / m / "1" / "report.ipynb").read_bytes() for m in ("two_tower", "two_tower_item")}
+    assert reports["two_tower"] == reports["two_tower_item"]
+    nb = nbformat.read(artifacts / "xgb" / "1" / "report.ipynb", as_version=4)
+    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "model_version = 1" in injected.source and "n_estimators = 30" in injected.source
+    assert "epochs" not in injected.source
+    assert "smoke test xgb: TorchServe-style and v2 requests" in outputs_text(nb, "smoke")
+
+
+def test_cli_made_artifacts_pass_verify(cli_result):
+    artifacts, code, _ = cli_result
+    assert code == 0
+    result = run_cli("verify", str(artifacts))
+    assert result.returncode == 0, result.stdout + result.stderr
+    meta = json.loads((artifacts / "two_tower_item" / "1" / "metadata.json").read_text())
+    assert meta["training"]["hyperparameters"]["epochs"] == 2 and meta["training"]["rows"] == 3000
+
+
+@pytest.mark.parametrize("name, cwd", [("deepfm", REPO), ("mmoe", NOTEBOOKS)])
+def test_papermill_run_from_repo_root_or_notebooks_dir(name, cwd, tmp_path):
+    """A CI job starting the kernel at the root and JupyterLab starting it in notebooks/ both work."""
+    artifacts = tmp_path / "artifacts"
+    nb = execute(name, tmp_path, artifacts, cwd=cwd, **SMALL[name])
+    assert_verified(artifacts)
+    assert (artifacts / name / "1" / "checkpoint.pt").is_file()
+    assert f"parity {name}: passed" in outputs_text(nb, "contract")
+    assert f"smoke test {name}:" in outputs_text(nb, "smoke")
+    assert not (REPO / "notebooks" / "artifacts").exists()
+
+
+# --------------------------------------------------------------------------- load-mode round trips
+
+
+LOAD_INPUTS = {
+    "xgb": ("xgb", {"checkpoint_path": "model.ubj", "feature_meta_path": "feature_meta.json"}),
+    "two_tower": ("two_tower", {"checkpoint_path": "checkpoint.pt"}),
+}
+
+
+@pytest.mark.parametrize("name", ["xgb", "two_tower"])
+def test_load_mode_round_trip_gives_the_same_predictions(name, cli_result, tmp_path):
+    trained_tree, code, _ = cli_result
+    assert code == 0
+    model_dir, files = LOAD_INPUTS[name]
+    params = {k: str(trained_tree / model_dir / "1" / v) for k, v in files.items()}
+    artifacts = tmp_path / "again"
+    nb = execute(name, tmp_path, artifacts, mode="load", rows=3000, **params)
+    assert_verified(artifacts)
+    assert f"smoke test {name}:" in outputs_text(nb, "smoke")
+    for model_name in get_spec(name).model_names:
+        first = ModelHandler.load(trained_tree / model_name / "1")
+        again = ModelHandler.load(artifacts / model_name / "1")
+        assert again.metadata["training"]["mode"] == "load"
+        assert again.feature_columns == first.feature_columns
+        x = heldout_like_rows(first.feature_columns)
+        np.testing.assert_allclose(again.run(x), first.run(x), rtol=0, atol=1e-12)
+
+
+def test_torch_load_mode_round_trip_mmoe(tmp_path):
+    """Train mmoe, then export its checkpoint.pt again in load mode: the three heads agree."""
+    first_dir, again_dir = tmp_path / "first", tmp_path / "again"
+    execute("mmoe", tmp_path, first_dir, **SMALL["mmoe"])
+    execute("mmoe", tmp_path, again_dir, mode="load", rows=3000,
+            checkpoint_path=str(first_dir / "mmoe" / "1" / "checkpoint.pt"))
+    first, again = ModelHandler.load(first_dir / "mmoe" / "1"), ModelHandler.load(again_dir / "mmoe" / "1")
+    x = heldout_like_rows(first.feature_columns)
+    np.testing.assert_allclose(again.run(x), first.run(x), rtol=0, atol=1e-12)
+    answer = again.predict({"data": [dict(zip(first.feature_columns, map(float, row))) for row in x[:2]]})
+    assert list(answer["predictions"][0]) == ["ctr", "watch_time", "gmv"]
+
+
+# --------------------------------------------------------------------------- bad parameters fail early
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"data_path": "no/such/clicks.csv"}, "data file not found"),
+        ({"feature_columns": ["item_ctr", "no_such_column"]}, "no_such_column"),
+        ({"checkpoint_path": "model.ubj"}, "checkpoint_path is set ('model.ubj') but mode is 'train'"),
+    ],
+    ids=["missing-data-file", "bad-feature-columns", "checkpoint-in-train-mode"],
+)
+def test_bad_parameter_stops_in_the_first_cells(params, message, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    artifacts = tmp_path / "artifacts"
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("xgb", tmp_path, artifacts, **params)
+    err = info.value
+    assert err.ename == "ParameterError"
+    assert message in err.evalue
+    assert "nbs.prepare(" in err.source, "the failure must come from the prepare cell, before any training"
+    assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_cli_stops_on_a_failing_notebook_with_its_error(tmp_path, capsys):
+    artifacts = tmp_path / "artifacts"
+    code = cli_main(["notebooks", "xgb", "deepfm", "--artifacts", str(artifacts), "-p", "mode", "sideways",
+                     "--output-dir", str(tmp_path / "executed")])
+    err = capsys.readouterr()
+    assert code == 2
+    assert "notebook xgb failed in cell" in err.err and "unknown mode 'sideways'" in err.err
+    assert "deepfm: running" not in err.out, "the run must stop at the first failing notebook"
+    executed = nbformat.read(tmp_path / "executed" / "xgb.ipynb", as_version=4)
+    assert any(o.get("ename") == "ParameterError" for c in executed.cells for o in c.get("outputs", []))
+    assert not list(artifacts.glob("*/*/report.ipynb"))
+
+
+def test_cli_parity_failure_exits_3_and_writes_nothing(tmp_path, capsys):
+    artifacts = tmp_path / "artifacts"
+    code = cli_main(["notebooks", "xgb", "--artifacts", str(artifacts), "-p", "rows", "3000",
+                     "-p", "n_estimators", "30", "-p", "parity_atol", "0"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "ParityError" in err and "parity check failed" in err
+    assert not (artifacts / "xgb" / "1").exists()

@@ -1,0 +1,88 @@
+"""Notebook figures (exporter.plots): right panels for each model, notes instead of empty axes, small PNGs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exporter import plots
+from exporter.pipeline import Evaluation
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_training_curve_draws_train_and_heldout_loss():
+    history = [{"step": i, "train_loss": 1.0 / i, "heldout_loss": 1.1 / i} for i in range(1, 7)]
+    fig = plots.training_curve(history, step="epoch", title="deepfm: loss per epoch")
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.get_lines()] == ["train", "held-out"]
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), [1.1 / i for i in range(1, 7)])
+    assert ax.get_xlabel() == "epoch" and ax.get_title() == "deepfm: loss per epoch"
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_training_curve_in_load_mode_is_a_note():
+    fig = plots.training_curve([])
+    assert any("loaded, not trained" in t for t in texts(fig))
+
+
+def _evaluation(heads: list[str], n: int = 400, seed: int = 0) -> Evaluation:
+    rng = np.random.default_rng(seed)
+    labels, preds = {}, {}
+    for h in heads:
+        if h == "label":
+            labels[h] = (rng.random(n) < 0.3).astype(float)
+            preds[h] = np.clip(labels[h] * 0.3 + rng.random(n) * 0.7, 0, 1)
+        else:
+            labels[h] = rng.gamma(2.0, 10.0, n)
+            preds[h] = labels[h] + rng.normal(0, 3, n)
+    return Evaluation({}, labels, preds)
+
+
+def test_ctr_models_get_one_roc_panel():
+    fig = plots.evaluation_plots(_evaluation(["label"]))
+    (ax,) = fig.axes
+    assert ax.get_title() == "ROC: CTR (click)"
+    assert ax.get_legend().get_texts()[0].get_text().startswith("AUC 0.")
+
+
+def test_mmoe_gets_roc_and_predicted_vs_true_panels():
+    fig = plots.evaluation_plots(_evaluation(["label", "watch_time", "gmv"]))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["ROC: CTR (click)", "watch_time: predicted vs true", "gmv: predicted vs true"]
+    assert len(fig.axes[1].collections[0].get_offsets()) == 400
+
+
+def test_scatter_is_subsampled_deterministically():
+    ev = _evaluation(["watch_time"], n=5000)
+    a = plots.evaluation_plots(ev).axes[0].collections[0].get_offsets()
+    b = plots.evaluation_plots(ev).axes[0].collections[0].get_offsets()
+    assert len(a) == plots.MAX_POINTS
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_labels_or_one_class_give_notes_not_errors():
+    assert any("no held-out labels" in t for t in texts(plots.evaluation_plots(Evaluation({}, {}, {"label": np.ones(3)}))))
+    one_class = Evaluation({}, {"label": np.zeros(20)}, {"label": np.linspace(0, 1, 20)})
+    assert any("one class" in t for t in texts(plots.evaluation_plots(one_class)))
+
+
+def test_parity_scatter_has_one_panel_per_artifact(exported_runs):
+    _, runs = exported_runs
+    fig = plots.parity_scatter(runs["two_tower"].artifacts)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["two_tower", "two_tower_item"]
+    fig = plots.parity_scatter(runs["mmoe"].artifacts)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ctr", "watch_time", "gmv"]
+    assert "max |diff|" in ax.get_title()
+
+
+@pytest.mark.parametrize("panels", [1, 3])
+def test_pngs_stay_small(panels):
+    heads = ["label", "watch_time", "gmv"][:panels]
+    png = plots.to_png(plots.evaluation_plots(_evaluation(heads, n=20_000)))
+    assert png.startswith(PNG_SIGNATURE)
+    assert len(png) < 25_000 * panels
