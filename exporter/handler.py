@@ -697,7 +697,8 @@ def _set_response(context: Any, idx: int, status: int) -> None:
     try:
         context.set_response_content_type(idx, "application/json")
         if status != 200:
-            context.set_response_status(status, "Bad Request" if status == 400 else "Error", idx)
+            phrase = {400: "Bad Request", 413: "Payload Too Large", 500: "Internal Server Error"}.get(status, "Error")
+            context.set_response_status(status, phrase, idx)
     except (AttributeError, IndexError, KeyError, TypeError):
         pass
 
