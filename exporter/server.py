@@ -387,10 +387,10 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     for name, by_version in sorted(registry.versions.items()):
-        log.warning(
-            "loaded %s versions %s (latest %s) from %s",
-            name, ",".join(sorted(by_version, key=int)), registry.latest[name].version,
-            registry.latest[name].directory,
+        print(
+            f"exporter serve: loaded {name} versions {','.join(sorted(by_version, key=int))} "
+            f"(latest {registry.latest[name].version}, {registry.latest[name].directory})",
+            file=sys.stderr,
         )
     config = uvicorn.Config(
         app,
