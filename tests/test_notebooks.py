@@ -81,7 +81,8 @@ def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored
     assert len(tagged) == 1
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert code_cells[0] is tagged[0], "the parameters cell must be the first code cell"
-    assignments = [line for line in tagged[0].source.splitlines() if re.match(r"^\w+\s*=", line)]
+    assignments = [line for line in tagged[0].source.splitlines() if re.match(r"^\w+\s*(:[^=]+)?=", line)]
+    assert len(assignments) >= 14
     uncommented = [line for line in assignments if "  # " not in line]
     assert not uncommented, f"parameters without a comment: {uncommented}"
 

@@ -105,35 +105,33 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-def _value(v: Any) -> str:
-    return repr(v)
-
-
 def parameters_source(model: str, cfg: dict[str, Any]) -> str:
-    """The ``parameters`` cell: every knob with its default and a comment (papermill shows them in --help-notebook)."""
+    """The ``parameters`` cell: every knob typed, with its default and a comment (``papermill --help-notebook``)."""
     spec = get_spec(model)
     hp = spec.default_hparams
     lines = [
         "# Parameters (papermill -p NAME VALUE overrides them). Relative paths are relative to the repository root.",
-        'mode = "train"  # "train" a new model, or "load" an existing one (then set checkpoint_path)',
-        "data_path = None  # CSV or Parquet file with the feature (and label) columns; None: built-in synthetic click log",
-        f"checkpoint_path = None  # {cfg['checkpoint']}",
-        'feature_meta_path = None  # optional: JSON with {"feature_columns": [...]} naming the inputs (feature_meta.json, metadata.json)',
-        'feature_columns = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
+        "from typing import Optional",
+        "",
+        'mode: str = "train"  # "train" a new model, or "load" an existing one (then set checkpoint_path)',
+        "data_path: Optional[str] = None  # CSV or Parquet file with the feature (and label) columns; None: built-in synthetic click log",
+        f"checkpoint_path: Optional[str] = None  # {cfg['checkpoint']}",
+        'feature_meta_path: Optional[str] = None  # optional: JSON with {"feature_columns": [...]} naming the inputs (feature_meta.json, metadata.json)',
+        'feature_columns: Optional[list] = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
     ]
     if cfg.get("towers"):
         lines += [
-            'user_columns = None  # inputs of the user tower; None: the feature columns named user_*',
-            "item_columns = None  # inputs of the item tower; None: the other feature columns",
+            "user_columns: Optional[list] = None  # inputs of the user tower; None: the feature columns named user_*",
+            "item_columns: Optional[list] = None  # inputs of the item tower; None: the other feature columns",
         ]
-    lines += ["rows = 20000  # rows of synthetic data (ignored when data_path is set)"]
-    lines += [f"{name} = {_value(hp[name])}  # {comment}" for name, comment in cfg["knobs"]]
+    lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)"]
+    lines += [f"{name}: {type(hp[name]).__name__} = {hp[name]!r}  # {comment}" for name, comment in cfg["knobs"]]
     lines += [
-        f"extra_hparams = {{}}  # {cfg['extra']}",
-        "seed = 0  # seed of the synthetic data, the train/held-out split and training",
-        'artifacts_dir = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
-        "model_version = None  # version directory to write (1, 2, ...); None: the next free one",
-        f"parity_atol = {spec.atol!r}  # max |{cfg['native']} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
+        f"extra_hparams: dict = {{}}  # {cfg['extra']}",
+        "seed: int = 0  # seed of the synthetic data, the train/held-out split and training",
+        'artifacts_dir: Optional[str] = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
+        "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
+        f"parity_atol: float = {spec.atol!r}  # max |{cfg['native']} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
     ]
     return "\n".join(lines)
 
