@@ -208,7 +208,7 @@ def describe_run(prep: "Prepared") -> str:
 
 
 def _short(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items() if k != "source_file")
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k != "source_file" and v is not None)
 
 
 # --------------------------------------------------------------------------- data

@@ -187,8 +187,10 @@ def _failure(name: str, exc: Exception, executed: Path) -> ExporterError:
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
     count = getattr(exc, "exec_count", None)
-    where = f"cell [{count}]" if count is not None else "a cell"
-    err = ExporterError(f"notebook {name} failed in {where}: {ename}: {evalue}\n  executed notebook: {executed}")
+    where = f" in cell [{count}]" if count is not None else ""
+    detail = f"{ename}: {evalue}" if evalue else ename
+    kept = f"\n  executed notebook: {executed}" if executed.exists() else ""
+    err = ExporterError(f"notebook {name} failed{where}: {detail}{kept}")
     err.exit_code = {"ParameterError": 2, "ExporterError": 2, "ParityError": 3}.get(ename, 1)
     return err
 
@@ -231,9 +233,22 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
     return Outcome(p.name, seconds, reports)
 
 
+def check_kernel(name: str) -> None:
+    """Fail before any work when the Jupyter kernel does not exist."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        manager.get_kernel_spec(name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(manager.find_kernel_specs())) or "none"
+        raise ExporterError(f"no Jupyter kernel named {name!r}; installed kernels: {known}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     cwd = Path.cwd()
     names = select(args.names)
+    check_kernel(args.kernel)
     artifacts = (cwd / args.artifacts).resolve() if not Path(args.artifacts).is_absolute() else Path(args.artifacts)
     if artifacts.exists() and not artifacts.is_dir():
         raise ExporterError(f"--artifacts {artifacts} exists and is not a directory")

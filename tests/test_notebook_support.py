@@ -107,6 +107,10 @@ def test_none_hparams_mean_the_model_default(tmp_path):
     assert prep.hparams["epochs"] == 1 and prep.hparams["user_columns"] is None
     text = nbs.describe_run(prep)
     assert "two_tower: train on built-in synthetic data" in text and "160 training, 40 held-out" in text
+    assert "epochs=1" in text and "user_columns" not in text  # None: the default applies, not worth a mention
+    towers = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path),
+                         hparams={"user_columns": ["user_age"], "item_columns": ["item_ctr", "user_gender"]})
+    assert towers.hparams["user_columns"] == ["user_age"] and "user_columns=['user_age']" in nbs.describe_run(towers)
 
 
 def test_data_tables(tmp_path):
@@ -279,7 +283,11 @@ def test_failure_exit_codes_follow_the_error_kind(tmp_path):
         err = runner._failure("xgb", Fake(ename), tmp_path / "xgb.ipynb")
         assert err.exit_code == code
         assert str(err).startswith(f"notebook xgb failed in cell [4]: {ename}: what went wrong")
-        assert str(tmp_path / "xgb.ipynb") in str(err)
+        assert "executed notebook" not in str(err)  # nothing was written: no pointer to it
+    (tmp_path / "xgb.ipynb").write_text("{}")
+    err = runner._failure("xgb", RuntimeError("Kernel died"), tmp_path / "xgb.ipynb")
+    assert str(err) == f"notebook xgb failed: RuntimeError: Kernel died\n  executed notebook: {tmp_path / 'xgb.ipynb'}"
+    assert err.exit_code == 1
 
 
 def test_cli_errors_before_any_kernel(tmp_path):
@@ -287,6 +295,8 @@ def test_cli_errors_before_any_kernel(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: unknown notebook 'gbm'")
     result = run_cli("notebooks", "xgb", "-p", "epochs", "3", "--artifacts", str(tmp_path))
     assert result.returncode == 2 and "unknown parameter 'epochs' for xgb" in result.stderr
+    result = run_cli("notebooks", "xgb", "--kernel", "no-such-kernel", "--artifacts", str(tmp_path))
+    assert result.returncode == 2 and "no Jupyter kernel named 'no-such-kernel'; installed kernels: " in result.stderr
     help_text = run_cli("notebooks", "--help").stdout
     assert "-p NAME VALUE" in help_text and "report.ipynb" in help_text
     assert not any(Path(tmp_path).iterdir())
