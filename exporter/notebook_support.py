@@ -160,7 +160,9 @@ def prepare(
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
         raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
+    overrides = {k: v for k, v in (hparams or {}).items() if v is not None}
     try:
+        pipeline.check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
             model=model,
             mode=mode,
@@ -170,7 +172,7 @@ def prepare(
             feature_columns=feature_columns_param(feature_columns),
             checkpoint=resolve_path(checkpoint_path, "checkpoint_path", root=root),
             feature_meta=resolve_path(feature_meta_path, "feature_meta_path", root=root),
-            hparams={k: v for k, v in (hparams or {}).items() if v is not None},
+            hparams=overrides,
             atol=parity_atol,
             artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
             version=model_version,

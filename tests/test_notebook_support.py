@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,30 @@ def test_wrong_parameters_raise_parameter_error_before_training(kwargs, message,
     assert message in str(info.value)
     assert isinstance(info.value, ExporterError)
     assert not any(tmp_path.iterdir()) or not (tmp_path / "xgb").exists()
+
+
+@pytest.mark.parametrize(
+    "model, hparams, message",
+    [
+        ("deepfm", {"hidden": "abc"}, "hidden of deepfm must be a non-empty list of positive integers"),
+        ("deepfm", {"hidden": [64, 0]}, "hidden of deepfm must be a non-empty list"),
+        ("two_tower", {"hidden": 2.5}, "hidden of two_tower must be a positive integer, got 2.5"),
+        ("deepfm", {"embed_dim": 0}, "embed_dim of deepfm must be a positive integer"),
+        ("mmoe", {"n_experts": -1}, "n_experts of mmoe must be a positive integer"),
+        ("xgb", {"subsample": 3}, "subsample of xgb must be a number in (0, 1]"),
+        ("xgb", {"min_child_weight": float("nan")}, "min_child_weight of xgb must be a non-negative number"),
+        ("mmoe", {"weight_decay": -0.1}, "weight_decay of mmoe must be a non-negative number"),
+        ("two_tower", {"user_columns": "user_age"}, "user_columns of two_tower must be None or a non-empty list"),
+    ],
+)
+def test_architecture_hparams_are_checked_before_training(model, hparams, message, tmp_path):
+    with pytest.raises(nbs.ParameterError, match=re.escape(message)):
+        nbs.prepare(model, rows=200, artifacts_dir=str(tmp_path), hparams=hparams)
+
+
+def test_good_architecture_hparams_pass(tmp_path):
+    prep = nbs.prepare("deepfm", rows=200, artifacts_dir=str(tmp_path), hparams={"hidden": [16], "weight_decay": 0})
+    assert prep.hparams["hidden"] == [16]
 
 
 def test_unknown_model_is_a_parameter_error(tmp_path):
