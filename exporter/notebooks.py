@@ -51,8 +51,12 @@ NOTEBOOKS: dict[str, str] = {
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
 PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path")
 REPORT_FILE = "report.ipynb"
-#: the kernel's own "running over TCP without encryption" notice is noise for a local headless run
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+#: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
+#: start, "KeyboardInterrupt caught" when jupyter_client interrupts it at shutdown) is noise for a local
+#: headless run: cell errors reach us through papermill, start-up crashes as tracebacks on stderr. The kernel
+#: is stopped at once when the last cell has answered (every output is in by then), which spares the
+#: seconds a graceful shutdown of a process holding torch takes.
+KERNEL_OPTIONS: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"], "shutdown_kernel": "immediate"}
 
 
 def notebooks_dir() -> Path:
@@ -216,7 +220,7 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
     try:
         pm.execute_notebook(
             str(p.source), str(executed), parameters=p.parameters, kernel_name=kernel,
-            cwd=str(p.source.parent), progress_bar=False, log_output=False, extra_arguments=KERNEL_ARGS,
+            cwd=str(p.source.parent), progress_bar=False, log_output=False, **KERNEL_OPTIONS,
         )
     except PapermillExecutionError as exc:
         raise _failure(p.name, exc, executed) from exc

@@ -41,7 +41,7 @@ def execute(name: str, out_dir: Path, artifacts: Path, *, cwd: Path = NOTEBOOKS,
     out = out_dir / f"{name}-{len(list(out_dir.glob('*.ipynb')))}.ipynb"
     pm.execute_notebook(
         str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters={"artifacts_dir": str(artifacts), **params},
-        cwd=str(cwd), kernel_name="python3", progress_bar=False, extra_arguments=runner.KERNEL_ARGS,
+        cwd=str(cwd), kernel_name="python3", progress_bar=False, **runner.KERNEL_OPTIONS,
     )
     return nbformat.read(out, as_version=4)
 

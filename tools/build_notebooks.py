@@ -260,7 +260,8 @@ def execute(nb: nbformat.NotebookNode, workdir: Path) -> nbformat.NotebookNode:
 
     with tempfile.TemporaryDirectory(prefix="build-notebooks-") as tmp:
         os.environ["EXPORTER_ARTIFACTS_DIR"] = tmp
-        NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(workdir)}}).execute()
+        NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(workdir)}},
+                       shutdown_kernel="immediate", extra_arguments=["--IPKernelApp.log_level=CRITICAL"]).execute()
     return nb
 
 
