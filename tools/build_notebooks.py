@@ -124,10 +124,12 @@ def parameters_source(model: str, cfg: dict[str, Any]) -> str:
             "user_columns: Optional[list] = None  # inputs of the user tower; None: the feature columns named user_*",
             "item_columns: Optional[list] = None  # inputs of the item tower; None: the other feature columns",
         ]
-    lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)"]
+    lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)", "",
+              "# Training (train mode; load mode keeps the loaded model's own settings)"]
     lines += [f"{name}: {type(hp[name]).__name__} = {hp[name]!r}  # {comment}" for name, comment in cfg["knobs"]]
     lines += [
         f"extra_hparams: dict = {{}}  # {cfg['extra']}",
+        "",
         "seed: int = 0  # seed of the synthetic data, the train/held-out split and training",
         'artifacts_dir: Optional[str] = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
         "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
@@ -137,20 +139,26 @@ def parameters_source(model: str, cfg: dict[str, Any]) -> str:
 
 
 def hparams_source(model: str, cfg: dict[str, Any]) -> str:
+    """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length."""
+    import textwrap
+
     names = [n for n, _ in cfg["knobs"]] + (["user_columns", "item_columns"] if cfg.get("towers") else [])
-    return "{" + ", ".join(f'"{n}": {n}' for n in names) + ", **extra_hparams}"
+    body = ", ".join([f"{n}={n}" for n in names] + ["**extra_hparams"])
+    return "dict(\n" + textwrap.fill(body, width=100, initial_indent=" " * 8, subsequent_indent=" " * 8) + "\n    )"
 
 
 def cells(model: str, cfg: dict[str, Any]) -> list[Any]:
     spec = get_spec(model)
     names = spec.model_names
     repo_dirs = " and ".join(f"`artifacts/{n}/<version>/`" for n in names)
+    note = f"\n{cfg['note']}\n" if cfg.get("note") else ""
     intro = f"""# {cfg['title']}
 
-This notebook trains (or loads) {cfg['what']}, exports it to ONNX with Open Inference Protocol (KServe v2)
-metadata into a Triton-style model repository ({repo_dirs}), checks ONNX Runtime against {cfg['native']}
-on held-out rows, and smoke-tests the artifact through the same handler the server uses.{(" " + cfg["note"]) if cfg.get("note") else ""}
-
+This notebook trains (or loads) {cfg['what']},
+exports it to ONNX with Open Inference Protocol (KServe v2) metadata into a Triton-style model repository
+({repo_dirs}), checks ONNX Runtime against {cfg['native']} on held-out rows,
+and smoke-tests the artifact through the same handler the server uses.
+{note}
 **Run it** in JupyterLab (`jupyter lab notebooks/`): edit the *parameters* cell, then *Run All*. Headless, as CI does:
 
 ```bash
@@ -171,7 +179,8 @@ from exporter import notebook_support as nbs, pipeline, plots"""
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
     feature_columns=feature_columns, rows=rows, seed=seed, artifacts_dir=artifacts_dir, model_version=model_version,
-    parity_atol=parity_atol, hparams={hparams_source(model, cfg)}, root=ROOT,
+    parity_atol=parity_atol, root=ROOT,
+    hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
     title = f"{model}: loss per {cfg['step']}"
