@@ -204,10 +204,26 @@ def test_papermill_run_from_repo_root_or_notebooks_dir(name, cwd, tmp_path):
     artifacts = tmp_path / "artifacts"
     nb = execute(name, tmp_path, artifacts, cwd=cwd, **SMALL[name])
     assert_verified(artifacts)
+    assert json.loads((artifacts / name / "1" / "metadata.json").read_text())["training"]["data_source"] == "synthetic"
     assert (artifacts / name / "1" / "checkpoint.pt").is_file()
     assert f"parity {name}: passed" in outputs_text(nb, "contract")
     assert f"smoke test {name}:" in outputs_text(nb, "smoke")
     assert not (REPO / "notebooks" / "artifacts").exists()
+
+
+def test_own_data_file_and_feature_columns(tmp_path):
+    """data_path (CSV with an extra column) and feature_columns as papermill passes a string: "a,b,c"."""
+    frame = D.synthetic_dataset(3000, seed=5)
+    frame["session_id"] = np.arange(len(frame))
+    frame.to_csv(tmp_path / "clicks.csv", index=False)
+    columns = ["item_ctr", "item_cvr", "item_price", "user_age", "user_gender"]
+    artifacts = tmp_path / "artifacts"
+    execute("deepfm", tmp_path, artifacts, data_path=str(tmp_path / "clicks.csv"), feature_columns=",".join(columns),
+            epochs=2)
+    assert_verified(artifacts)
+    meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
+    assert meta["feature_columns"] == columns and meta["inputs"][0]["shape"] == [-1, 5]
+    assert meta["training"]["data_source"] == str(tmp_path / "clicks.csv")
 
 
 # --------------------------------------------------------------------------- load-mode round trips
