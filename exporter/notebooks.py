@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -214,7 +213,6 @@ def copy_report(executed: Path, version_dir: Path) -> Path:
 def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
     """Execute one notebook into ``executed``, then store it as report.ipynb in every version it wrote."""
     import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
 
     start = time.perf_counter()
     try:
@@ -222,9 +220,7 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
             str(p.source), str(executed), parameters=p.parameters, kernel_name=kernel,
             cwd=str(p.source.parent), progress_bar=False, log_output=False, **KERNEL_OPTIONS,
         )
-    except PapermillExecutionError as exc:
-        raise _failure(p.name, exc, executed) from exc
-    except Exception as exc:  # no such kernel, dead kernel, timeouts: still one readable line
+    except Exception as exc:  # PapermillExecutionError (a cell failed), a dead kernel, ...: one readable line
         raise _failure(p.name, exc, executed) from exc
     seconds = time.perf_counter() - start
     reports = []
@@ -253,18 +249,21 @@ def run(args: argparse.Namespace) -> int:
     cwd = Path.cwd()
     names = select(args.names)
     check_kernel(args.kernel)
-    artifacts = (cwd / args.artifacts).resolve() if not Path(args.artifacts).is_absolute() else Path(args.artifacts)
+    artifacts = (cwd / args.artifacts).resolve()
     if artifacts.exists() and not artifacts.is_dir():
         raise ExporterError(f"--artifacts {artifacts} exists and is not a directory")
     overrides = resolve_overrides(args.parameter, cwd)
     plans = plan(names, overrides, artifacts)
-    keep_dir = Path(args.output_dir).resolve() if args.output_dir else None
+    keep_dir = (cwd / args.output_dir).resolve() if args.output_dir else None
     if keep_dir is not None:
-        keep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            keep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExporterError(f"cannot create --output-dir {keep_dir}: {exc.strerror or exc}") from exc
     work = Path(tempfile.mkdtemp(prefix="exporter-notebooks-"))
+    keep_work = False  # set when a failed notebook's only copy is in ``work``
     outcomes: list[Outcome] = []
     total = time.perf_counter()
-    failed = False
     try:
         for p in plans:
             executed = (keep_dir or work) / f"{p.name}.ipynb"
@@ -273,16 +272,16 @@ def run(args: argparse.Namespace) -> int:
             try:
                 outcome = run_one(p, artifacts, executed, args.kernel)
             except ExporterError:
-                failed = True
+                keep_work = keep_dir is None
                 raise
             outcomes.append(outcome)
             where = ", ".join(str(r.parent) for r in outcome.reports)
             print(f"{p.name}: ok in {outcome.seconds:.1f}s, report.ipynb in {where}", flush=True)
     finally:
-        if not failed:
+        if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
     print(f"{'notebook':<10} {'seconds':>8}")
     for o in outcomes:
         print(f"{o.name:<10} {o.seconds:>8.1f}")
-    print(f"{'total':<10} {time.perf_counter() - total:>8.1f}", file=sys.stdout)
+    print(f"{'total':<10} {time.perf_counter() - total:>8.1f}")
     return 0

@@ -322,6 +322,10 @@ def test_cli_errors_before_any_kernel(tmp_path):
     assert result.returncode == 2 and "unknown parameter 'epochs' for xgb" in result.stderr
     result = run_cli("notebooks", "xgb", "--kernel", "no-such-kernel", "--artifacts", str(tmp_path))
     assert result.returncode == 2 and "no Jupyter kernel named 'no-such-kernel'; installed kernels: " in result.stderr
+    (tmp_path / "a-file").write_text("x")
+    result = run_cli("notebooks", "xgb", "--output-dir", str(tmp_path / "a-file" / "reports"), "--artifacts", str(tmp_path / "art"))
+    assert result.returncode == 2 and "cannot create --output-dir" in result.stderr
+    (tmp_path / "a-file").unlink()
     help_text = run_cli("notebooks", "--help").stdout
     assert "-p NAME VALUE" in help_text and "report.ipynb" in help_text
     assert not any(Path(tmp_path).iterdir())
