@@ -201,7 +201,8 @@ def describe_run(prep: "Prepared") -> str:
     version = f"version {p.version}" if p.version else "the next free version"
     lines = [
         f"{prep.spec.name}: {what} on {data}",
-        f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})",
+        (f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})" if p.mode == "train" else
+         f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} for evaluation and the parity check"),
         f"  features ({len(prep.columns)}): {', '.join(prep.columns)}",
         f"  hyper-parameters: {_short(prep.hparams)}",
         f"  export to {display_path(Path(p.artifacts))}/{{{', '.join(prep.spec.model_names)}}}/ as {version}",

@@ -138,6 +138,14 @@ def test_none_hparams_mean_the_model_default(tmp_path):
     assert towers.hparams["user_columns"] == ["user_age"] and "user_columns=['user_age']" in nbs.describe_run(towers)
 
 
+def test_describe_run_in_load_mode(exported_artifacts, tmp_path):
+    prep = nbs.prepare("deepfm", mode="load", checkpoint_path=str(exported_artifacts / "deepfm" / "1" / "checkpoint.pt"),
+                       rows=500, artifacts_dir=str(tmp_path / "again"), root=tmp_path)
+    text = nbs.describe_run(prep)
+    assert text.startswith("deepfm: load ") and "checkpoint.pt on built-in synthetic data" in text
+    assert "rows: 100 held-out of 500 for evaluation and the parity check" in text and "source_file" not in text
+
+
 def test_data_tables(tmp_path):
     prep = nbs.prepare("mmoe", rows=200, artifacts_dir=str(tmp_path))
     head = nbs.preview(prep)
