@@ -124,6 +124,7 @@ class RunResult:
 
 
 def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's defaults with ``overrides`` applied, every key known and every value checked."""
     unknown = sorted(set(overrides) - set(spec.default_hparams))
     if unknown:
         raise ExporterError(
@@ -131,14 +132,69 @@ def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, 
             f"known: {', '.join(spec.default_hparams)}"
         )
     merged = {**spec.default_hparams, **overrides}
-    for key in ("epochs", "batch_size", "n_estimators", "max_depth"):
-        if key in merged and (not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1):
-            raise ExporterError(f"hyper-parameter {key} must be a positive integer, got {merged[key]!r}")
-    if "learning_rate" in merged:
-        lr = merged["learning_rate"]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 10:
-            raise ExporterError(f"hyper-parameter learning_rate must be a number in (0, 10), got {lr!r}")
+    check_hparam_values(spec, merged)
     return merged
+
+
+#: hyper-parameter -> (rule, what is expected); ints and lists follow the type of the model's default
+_HPARAM_RULES: dict[str, tuple[str, str]] = {
+    "epochs": ("positive_int", "a positive integer"),
+    "batch_size": ("positive_int", "a positive integer"),
+    "n_estimators": ("positive_int", "a positive integer"),
+    "max_depth": ("positive_int", "a positive integer"),
+    "learning_rate": ("learning_rate", "a number in (0, 10)"),
+    "embed_dim": ("positive_int", "a positive integer"),
+    "n_experts": ("positive_int", "a positive integer"),
+    "expert_dim": ("positive_int", "a positive integer"),
+    "tower_dim": ("positive_int", "a positive integer"),
+    "n_jobs": ("positive_int", "a positive integer"),
+    "hidden": ("widths", "a positive integer or a non-empty list of positive integers"),
+    "subsample": ("fraction", "a number in (0, 1]"),
+    "colsample_bytree": ("fraction", "a number in (0, 1]"),
+    "min_child_weight": ("non_negative", "a non-negative number"),
+    "weight_decay": ("non_negative", "a non-negative number"),
+    "user_columns": ("columns", "None or a non-empty list of column names"),
+    "item_columns": ("columns", "None or a non-empty list of column names"),
+}
+
+
+def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
+    """Reject architecture and booster settings that would only fail (or silently misbehave) inside training.
+
+    ``hidden`` must have the shape of the model's default (one width for two_tower, a list for deepfm).
+    """
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    for key, value in hparams.items():
+        rule, expected = _HPARAM_RULES.get(key, ("", ""))
+        default = spec.default_hparams.get(key)
+        if rule == "positive_int":
+            ok = positive_int(value)
+        elif rule == "widths":
+            if isinstance(default, list):
+                ok = isinstance(value, list) and bool(value) and all(positive_int(w) for w in value)
+                expected = "a non-empty list of positive integers, e.g. [64, 32]"
+            else:
+                ok = positive_int(value)
+                expected = "a positive integer"
+        elif rule == "fraction":
+            ok = number(value) and 0 < value <= 1
+        elif rule == "learning_rate":
+            ok = number(value) and 0 < value < 10
+        elif rule == "non_negative":
+            ok = number(value) and value >= 0
+        elif rule == "columns":
+            ok = value is None or (isinstance(value, list) and bool(value)
+                                   and all(isinstance(c, str) and c.strip() for c in value))
+        else:
+            continue
+        if not ok:
+            raise ExporterError(f"hyper-parameter {key} of {spec.name} must be {expected}, got {value!r}")
 
 
 def _labels(df: pd.DataFrame, names: Sequence[str], source: str) -> dict[str, np.ndarray]:
@@ -428,60 +484,3 @@ def run(params: ExportParams) -> RunResult:
     evaluation = evaluate(prep, trained)
     artifacts = export(prep, trained, evaluation)
     return RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start)
-
-
-# --------------------------------------------------------------------------- hyper-parameter values
-# (added by the notebooks helper; meant to be called from resolve_hparams so the CLI gets the same checks)
-
-#: hyper-parameter -> (rule, what is expected); ints and lists follow the type of the model's default
-_HPARAM_RULES: dict[str, tuple[str, str]] = {
-    "embed_dim": ("positive_int", "a positive integer"),
-    "n_experts": ("positive_int", "a positive integer"),
-    "expert_dim": ("positive_int", "a positive integer"),
-    "tower_dim": ("positive_int", "a positive integer"),
-    "n_jobs": ("positive_int", "a positive integer"),
-    "hidden": ("widths", "a positive integer or a non-empty list of positive integers"),
-    "subsample": ("fraction", "a number in (0, 1]"),
-    "colsample_bytree": ("fraction", "a number in (0, 1]"),
-    "min_child_weight": ("non_negative", "a non-negative number"),
-    "weight_decay": ("non_negative", "a non-negative number"),
-    "user_columns": ("columns", "None or a non-empty list of column names"),
-    "item_columns": ("columns", "None or a non-empty list of column names"),
-}
-
-
-def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
-    """Reject architecture and booster settings that would only fail (or silently misbehave) inside training.
-
-    ``hidden`` must have the shape of the model's default (one width for two_tower, a list for deepfm).
-    """
-
-    def positive_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-    for key, value in hparams.items():
-        rule, expected = _HPARAM_RULES.get(key, ("", ""))
-        default = spec.default_hparams.get(key)
-        if rule == "positive_int":
-            ok = positive_int(value)
-        elif rule == "widths":
-            if isinstance(default, list):
-                ok = isinstance(value, list) and bool(value) and all(positive_int(w) for w in value)
-                expected = "a non-empty list of positive integers, e.g. [64, 32]"
-            else:
-                ok = positive_int(value)
-                expected = "a positive integer"
-        elif rule == "fraction":
-            ok = number(value) and 0 < value <= 1
-        elif rule == "non_negative":
-            ok = number(value) and value >= 0
-        elif rule == "columns":
-            ok = value is None or (isinstance(value, list) and bool(value)
-                                   and all(isinstance(c, str) and c.strip() for c in value))
-        else:
-            continue
-        if not ok:
-            raise ExporterError(f"hyper-parameter {key} of {spec.name} must be {expected}, got {value!r}")

@@ -11,7 +11,6 @@ Every problem is printed on its own line; the exit code is 0 only when there is 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
+from exporter.repository import sha256_file
 
 HELP = "check exported artifacts (version, model or whole tree) before a serving team accepts them"
 DESCRIPTION = """\
@@ -168,7 +168,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
     elif not model_path.is_file():
         fail(f"{model_file} (metadata.json model_file) is missing")
     else:
-        actual = _sha256(model_path)
+        actual = sha256_file(model_path)
         if actual != metadata.get("sha256"):
             fail(f"sha256 of {model_file} is {actual}, metadata.json records {metadata.get('sha256')}")
         else:
@@ -198,14 +198,6 @@ def _read_json(path: Path, fail: Any) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         fail(f"{path.name} is not valid JSON: {exc}")
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atol(metadata: dict[str, Any]) -> float:
