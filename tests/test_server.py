@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,6 +55,19 @@ class LiveServer:
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
         self.host, port = self.url.removeprefix("http://").rsplit(":", 1)
         self.port = int(port)
+
+    def settled_mark(self, client: "httpx.Client") -> int:
+        """A log position after every earlier request's line: logs of earlier tests may still be in flight,
+        so send a uniquely named request and wait for its own line (the server logs in request order)."""
+        token = f"sync-{uuid.uuid4().hex}"
+        client.get(f"/models/{token}")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for i in range(len(self.lines) - 1, -1, -1):
+                if token in self.lines[i]:
+                    return i + 1
+            time.sleep(0.01)
+        raise AssertionError(f"the server never logged {token}")
 
     def log_since(self, mark: int, expected: int) -> list[str]:
         """Log lines after ``mark``, once at least ``expected`` arrived (the server logs after answering)."""
@@ -146,7 +160,7 @@ def test_v2_body_and_version_routing(client: httpx.Client) -> None:
 
 
 def test_one_log_line_per_request(server: LiveServer, client: httpx.Client) -> None:
-    mark = len(server.lines)
+    mark = server.settled_mark(client)
     client.post("/predictions/two_tower", json={"data": sample_rows(["user_age", "user_gender"], 3)})
     client.post("/predictions/two_tower", content=b"nope")
     client.get("/ping")
@@ -158,7 +172,7 @@ def test_one_log_line_per_request(server: LiveServer, client: httpx.Client) -> N
 
 
 def test_log_lines_cannot_be_forged_through_the_path(server: LiveServer, client: httpx.Client) -> None:
-    mark = len(server.lines)
+    mark = server.settled_mark(client)
     status, _ = server.raw(b"POST /predictions/x%0aFORGED HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
                            b"Connection: close\r\n\r\n{}")
     assert status == 404
