@@ -232,15 +232,21 @@ class ServerProcess:
         self.port = int(port)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
         os.unlink(self.log.name)
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 10) -> int | None:
+    """Stop a child process politely (SIGTERM), then firmly (SIGKILL) if it lingers; returns its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
 
 
 _WRK_SCRIPT = """

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from exporter.bench import terminate
 from tests.handler_fixtures import DEFAULT_COLUMNS, REPO, TINY_MODELS, build_tree, sample_rows, spec_validator
 
 INFERENCE_RESPONSE = spec_validator("inference_response")
@@ -92,14 +93,7 @@ class LiveServer:
         return int(head.split(b" ", 2)[1]), body
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return terminate(self.proc)
 
 
 @pytest.fixture(scope="module")
