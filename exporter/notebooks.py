@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from exporter.errors import ExporterError
+from exporter.repository import REPORT_FILE, write_text_atomic
 
 HELP = "run the model notebooks headless (papermill) and store each executed notebook beside its artifact"
 DESCRIPTION = """\
@@ -49,7 +48,6 @@ NOTEBOOKS: dict[str, str] = {
 }
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
 PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path")
-REPORT_FILE = "report.ipynb"
 #: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
 #: start, "KeyboardInterrupt caught" when jupyter_client interrupts it at shutdown) is noise for a local
 #: headless run: cell errors reach us through papermill, start-up crashes as tracebacks on stderr. The kernel
@@ -201,12 +199,7 @@ def _failure(name: str, exc: Exception, executed: Path) -> ExporterError:
 def copy_report(executed: Path, version_dir: Path) -> Path:
     """Put the executed notebook into a version directory as report.ipynb in one step (temp file, then rename)."""
     target = version_dir / REPORT_FILE
-    tmp = version_dir / f".{REPORT_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        shutil.copyfile(executed, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(target, executed.read_text(encoding="utf-8"))
     return target
 
 

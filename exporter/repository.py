@@ -36,13 +36,6 @@ def next_version(artifacts: Path, model_names: Iterable[str]) -> int:
     return 1 + max((max(versions(artifacts / n), default=0) for n in model_names), default=0)
 
 
-def latest_version_dir(artifacts: Path, model_name: str) -> Path:
-    found = versions(artifacts / model_name)
-    if not found:
-        raise ExporterError(f"no exported version of '{model_name}' under {artifacts}")
-    return artifacts / model_name / str(found[-1])
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,8 +51,11 @@ def write_json(path: Path, data: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` in one step (write a temporary sibling, then rename over)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 _TRITON_TYPES = {"FP64": "TYPE_FP64", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}

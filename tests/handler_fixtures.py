@@ -15,15 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-DEFAULT_COLUMNS = [
-    "item_ctr",
-    "item_cvr",
-    "item_price",
-    "user_age",
-    "user_gender",
-    "cross_age_x_ctr",
-    "cross_gender_x_price",
-]
+from exporter.data import DEFAULT_FEATURES
+
+DEFAULT_COLUMNS = list(DEFAULT_FEATURES)
 MMOE_OUTPUTS = ["ctr", "watch_time", "gmv"]
 
 #: model name -> (prediction_format, feature columns, output width or None)

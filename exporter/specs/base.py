@@ -13,10 +13,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-#: How the TorchServe-style answer shapes one output row (contract section 1).
-PREDICTION_FORMATS = ("scalar", "named_columns", "vector")
-
-
 class Progress(Protocol):
     """What a trainer needs from a progress bar (tqdm satisfies it)."""
 
