@@ -42,6 +42,9 @@ class ExportParams:
     artifacts: str | Path = "artifacts"
     version: int | None = None
     progress: bool = True
+    #: Triton config.pbtxt: largest batch (issue 11); KServe manifest: where the artifacts tree will live
+    max_batch_size: int = 1024
+    storage_uri: str | None = None
 
 
 @dataclass
@@ -197,6 +200,15 @@ def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} must be {expected}, got {value!r}")
 
 
+def _check_handoff_params(params: ExportParams) -> None:
+    """Options of the Triton config and KServe manifest, checked before any training (issue 11)."""
+    from exporter import kserve, triton
+
+    triton.check_max_batch_size(params.max_batch_size)
+    if params.storage_uri is not None:
+        kserve.check_storage_uri(params.storage_uri)
+
+
 def _labels(df: pd.DataFrame, names: Sequence[str], source: str) -> dict[str, np.ndarray]:
     matrix = D.numeric_matrix(df, names, source=source)
     return {n: matrix[:, i] for i, n in enumerate(names)}
@@ -212,6 +224,7 @@ def prepare(params: ExportParams) -> Prepared:
     if params.version is not None and (isinstance(params.version, bool) or not isinstance(params.version, int) or params.version < 1):
         raise ExporterError(f"version must be a positive integer, got {params.version!r}")
     hparams = resolve_hparams(spec, params.hparams)
+    _check_handoff_params(params)
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -431,6 +444,7 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
 
 def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[ExportedArtifact]:
     """Export every unit; all pass the parity gate and are committed together, or nothing is written."""
+    from exporter import kserve, model_card, triton
     from exporter.handler import ModelHandler
 
     units = trained.units()
@@ -461,17 +475,23 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
             repo.write_json(d / repo.METADATA_FILE, meta)
             request = sample_request(prep, unit)
             repo.write_json(d / repo.SAMPLE_REQUEST, request)
-            repo.write_json(d / repo.SAMPLE_RESPONSE, ModelHandler.load(d).predict(request))
+            handler = ModelHandler.load(d)
+            response = handler.predict(request)
+            repo.write_json(d / repo.SAMPLE_RESPONSE, response)
+            idx = [prep.columns.index(c) for c in unit.feature_columns]
+            model_card.write_version_files(d, meta, request, response, prep.x_heldout[:SAMPLE_ROWS, idx], handler)
             if unit.write_native_files is not None:
                 unit.write_native_files(d)
             metas[unit.model_name] = meta
         committed = writer.commit()
         for unit, _, parity in built:
             meta = metas[unit.model_name]
-            repo.write_text_atomic(
-                artifacts / unit.model_name / repo.CONFIG_FILE,
-                repo.config_pbtxt(unit.model_name, meta["inputs"], meta["outputs"]),
-            )
+            idx = [prep.columns.index(c) for c in unit.feature_columns]
+            finite = prep.x_heldout[np.isfinite(prep.x_heldout[:, idx]).all(axis=1)][:1, idx]
+            triton.write_model_config(artifacts / unit.model_name, meta, finite[0] if len(finite) else None,
+                                      max_batch_size=prep.params.max_batch_size)
+            kserve.write_manifest(artifacts / unit.model_name, meta,
+                                  storage_uri=prep.params.storage_uri or kserve.DEFAULT_STORAGE_URI)
             exported.append(ExportedArtifact(unit.model_name, version, committed[unit.model_name], meta, parity))
     return exported
 
