@@ -22,21 +22,16 @@ SAMPLE_ID = "sample"
 
 
 # ------------------------------------------------------------------------------------------------ v2 sample
-def sample_request_v2(matrix: np.ndarray, input_name: str = "features", output_name: str = "predictions",
-                      request_id: str = SAMPLE_ID) -> dict[str, Any] | None:
+def sample_request_v2(matrix: np.ndarray, request_id: str = SAMPLE_ID) -> dict[str, Any] | None:
     """An Open Inference Protocol request for the finite rows of ``matrix`` (the values the graph takes).
 
     Returns None when no row is finite (v2 JSON cannot carry NaN, and the handler refuses it).
     """
+    from exporter.contract import v2_request
+
     x = np.asarray(matrix, dtype=np.float64)
     x = x[np.isfinite(x).all(axis=1)] if x.ndim == 2 else x[:0]
-    if not len(x):
-        return None
-    return {
-        "id": request_id,
-        "inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP64", "data": x.reshape(-1).tolist()}],
-        "outputs": [{"name": output_name}],
-    }
+    return v2_request(x, request_id) if len(x) else None
 
 
 def write_version_files(version_dir: Path, metadata: Mapping[str, Any], request: Mapping[str, Any],
@@ -46,8 +41,7 @@ def write_version_files(version_dir: Path, metadata: Mapping[str, Any], request:
     ``handler`` is the :class:`exporter.handler.ModelHandler` of the version directory being written.
     """
     version_dir = Path(version_dir)
-    v2_request = sample_request_v2(v2_rows, metadata["inputs"][0]["name"], metadata["outputs"][0]["name"]) \
-        if v2_rows is not None else None
+    v2_request = sample_request_v2(v2_rows) if v2_rows is not None else None
     v2_response = None
     if v2_request is not None:
         v2_response = handler.predict(v2_request)
