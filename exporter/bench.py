@@ -4,7 +4,8 @@ For every model and batch size it measures, in one process and one run:
 
 * the native model's predict (xgboost ``inplace_predict``, torch eager in ``inference_mode``),
 * raw onnxruntime ``session.run`` on a ready float64 array (the same session the handler uses),
-* the handler on a TorchServe body and on an Open Inference Protocol body (bytes in, bytes out),
+* the handler on a TorchServe body and on an Open Inference Protocol body (bytes in, bytes out), the latter
+  also with Triton's binary tensor data extension (raw FP64 bytes in and out),
 
 as rows/s and as a ratio to raw onnxruntime; then, over HTTP on loopback against a live
 ``python -m exporter serve``, requests/s and p50/p99 latency at batch 1 with N concurrent keep-alive
@@ -40,11 +41,14 @@ Benchmark every exported model (latest version) in one run and print tables:
   ort         raw onnxruntime session.run on a ready float64 array (the handler's session)
   torchserve  handler.handle_bytes on a TorchServe body {"data": [{col: value}, ...]}
   v2          handler.handle_bytes on an Open Inference Protocol body
+  v2 binary   handler.handle_http on the same tensor as binary tensor data (Inference-Header-Content-Length),
+              answer requested as binary too
   as rows/s, with x = time relative to raw onnxruntime in the same run (lower is better)
 
 and, over HTTP on loopback against `python -m exporter serve`: requests/s, p50 and p99 latency at
 batch 1 with --clients concurrent keep-alive connections for --http-seconds (wrk when installed,
-otherwise a built-in asyncio client; both run on this machine and share its cores).
+otherwise a built-in asyncio client; both run on this machine and share its cores). --http-log both
+runs the load twice, against a server writing its per-request log line and one at --log-level warning.
 
 Example:
   python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8
@@ -52,6 +56,8 @@ Example:
 
 TARGETS = {
     "v2_at_1024": 1.5,
+    "binary_at_1024": 1.5,
+    "log_cost": 0.15,
     "torchserve_at_1024": 3.0,
     "http_rps": 3000.0,
     "http_p99_ms": 5.0,
@@ -70,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto",
                         help="auto: wrk when installed, else the built-in asyncio client")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (default: 0.3)")
+    parser.add_argument("--http-log", choices=["on", "off", "both"], default="on",
+                        help="serve with its per-request log line (on), at --log-level warning (off), or both "
+                             "side by side (default: on)")
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
 
 
@@ -129,6 +138,7 @@ class Cell:
     torchserve_s: float
     v2_s: float
     native_note: str = ""
+    binary_s: float | None = None
 
     def rows_per_s(self, seconds: float | None) -> float | None:
         return None if seconds is None else self.batch / seconds
@@ -143,6 +153,7 @@ class HttpResult:
     errors: int
     generator: str
     total: int = 0
+    logging: str = "on"
 
 
 @dataclass
@@ -195,23 +206,42 @@ def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float)
             status, answer = handler.handle_bytes(body)
             if status != 200:
                 raise ExporterError(f"bench request for {model} failed with {status}: {answer[:300]!r}")
+        bin_body, bin_header = binary_body(handler.input_name, handler.output_name, x)
+        status, answer, _, answer_header = handler.handle_http(bin_body, bin_header)
+        if status != 200 or answer_header is None:
+            raise ExporterError(f"bench binary request for {model} failed with {status}: {answer[:300]!r}")
         native_s = time_call(lambda: native(x), min_time) if native is not None else None
         ort_s = time_call(lambda: handler.run(x), min_time)
         ts_s = time_call(lambda: handler.handle_bytes(ts_body), min_time)
         v2_s = time_call(lambda: handler.handle_bytes(v2_body), min_time)
-        cells.append(Cell(model, batch, native_s, ort_s, ts_s, v2_s, native_note))
+        binary_s = time_call(lambda: handler.handle_http(bin_body, bin_header), min_time)
+        cells.append(Cell(model, batch, native_s, ort_s, ts_s, v2_s, native_note, binary_s))
     return cells
+
+
+def binary_body(input_name: str, output_name: str, x: Any) -> tuple[bytes, int]:
+    """A v2 request with ``x`` as binary tensor data, asking for a binary answer: (body, JSON header length)."""
+    import numpy as np
+    import orjson
+
+    data = np.ascontiguousarray(x, dtype="<f8").tobytes()
+    header = orjson.dumps({
+        "inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP64",
+                    "parameters": {"binary_data_size": len(data)}}],
+        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+    })
+    return header + data, len(header)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
 class ServerProcess:
     """``python -m exporter serve`` on a free loopback port; its log goes to a temporary file."""
 
-    def __init__(self, artifacts: Path) -> None:
+    def __init__(self, artifacts: Path, log_level: str = "info") -> None:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="exporter-bench-serve-", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "serve", "--artifacts", str(artifacts), "--port", "0",
-             "--max-rows", "10000"],
+             "--max-rows", "10000", "--log-level", log_level],
             stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         deadline = time.time() + 120
@@ -351,14 +381,25 @@ def run_python_load(host: str, port: int, path: str, body: bytes, seconds: float
     return runner(_python_load(host, port, path, body, seconds, clients))
 
 
-def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int, generator: str) -> list[HttpResult]:
-    """Requests/s and latency at batch 1 for each model against one live server."""
-    import orjson
-
+def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int, generator: str,
+               logging_modes: tuple[str, ...] = ("on",)) -> list[HttpResult]:
+    """Requests/s and latency at batch 1 for each model against a live server, per logging mode (on/off)."""
     use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
     if generator == "wrk" and shutil.which("wrk") is None:
         raise ExporterError("--load-generator wrk: wrk is not installed (apt-get install wrk)")
-    server = ServerProcess(artifacts)
+    results = []
+    for mode in logging_modes:
+        for result in _bench_http_server(artifacts, models, seconds, clients, use_wrk, mode):
+            result.logging = mode
+            results.append(result)
+    return results
+
+
+def _bench_http_server(artifacts: Path, models: list[str], seconds: float, clients: int, use_wrk: bool,
+                       mode: str) -> list[HttpResult]:
+    import orjson
+
+    server = ServerProcess(artifacts, "info" if mode == "on" else "warning")
     results = []
     try:
         for model in models:
@@ -392,8 +433,9 @@ def _fmt_rate(value: float | None) -> str:
 def render(results: Results) -> str:
     """The tables as Markdown."""
     lines = [
-        "| model | batch | native rows/s | ORT rows/s | ORT vs native | TorchServe body rows/s (x ORT) | v2 body rows/s (x ORT) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | native rows/s | ORT rows/s | ORT vs native | TorchServe body rows/s (x ORT) | v2 body rows/s (x ORT) "
+        "| v2 binary rows/s (x ORT) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in results.cells:
         speedup = f"{c.native_s / c.ort_s:.1f}x faster" if c.native_s is not None else "n/a"
@@ -402,18 +444,20 @@ def render(results: Results) -> str:
         lines.append(
             f"| {c.model} | {c.batch} | {_fmt_rate(c.rows_per_s(c.native_s))} | {_fmt_rate(c.rows_per_s(c.ort_s))} | "
             f"{speedup} | {_fmt_rate(c.rows_per_s(c.torchserve_s))} ({c.torchserve_s / c.ort_s:.2f}x) | "
-            f"{_fmt_rate(c.rows_per_s(c.v2_s))} ({c.v2_s / c.ort_s:.2f}x) |"
+            f"{_fmt_rate(c.rows_per_s(c.v2_s))} ({c.v2_s / c.ort_s:.2f}x) | "
+            + (f"{_fmt_rate(c.rows_per_s(c.binary_s))} ({c.binary_s / c.ort_s:.2f}x) |" if c.binary_s else "n/a |")
         )
     if results.http:
         lines += [
             "",
             f"HTTP on loopback, batch 1 (TorchServe body), load generator: {results.http[0].generator}",
             "",
-            "| model | requests/s | p50 ms | p99 ms | errors | requests |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| model | request log | requests/s | p50 ms | p99 ms | errors | requests |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for h in results.http:
-            lines.append(f"| {h.model} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | {h.errors} | {h.total:,} |")
+            lines.append(f"| {h.model} | {h.logging} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | "
+                         f"{h.errors} | {h.total:,} |")
     return "\n".join(lines)
 
 
@@ -427,6 +471,10 @@ def targets(results: Results) -> list[str]:
                    f"{v2:.2f}x raw ORT (target <= {TARGETS['v2_at_1024']}x)")
         out.append(f"[{'met' if ts <= TARGETS['torchserve_at_1024'] else 'MISSED'}] {c.model}: TorchServe body at batch "
                    f"1024 is {ts:.2f}x raw ORT (target <= {TARGETS['torchserve_at_1024']}x)")
+        if c.binary_s is not None:
+            b = c.binary_s / c.ort_s
+            out.append(f"[{'met' if b <= TARGETS['binary_at_1024'] else 'MISSED'}] {c.model}: v2 binary at batch 1024 "
+                       f"is {b:.2f}x raw ORT (target <= {TARGETS['binary_at_1024']}x)")
     for c in (c for c in results.cells if c.batch == 1):
         if c.native_s is None:
             out.append(f"[n/a] {c.model}: native model not available ({c.native_note})")
@@ -434,10 +482,19 @@ def targets(results: Results) -> list[str]:
             ok = c.ort_s < c.native_s
             out.append(f"[{'met' if ok else 'MISSED'}] {c.model}: at batch 1 ORT takes {c.ort_s * 1e6:.1f} us, "
                        f"native {c.native_s * 1e6:.1f} us (target: ORT faster)")
+    by_mode = {(h.model, h.logging): h for h in results.http}
+    for model in sorted({h.model for h in results.http}):
+        on, off = by_mode.get((model, "on")), by_mode.get((model, "off"))
+        if on is not None and off is not None and off.requests_per_s > 0:
+            cost = 1 - on.requests_per_s / off.requests_per_s
+            out.append(f"[{'met' if cost <= TARGETS['log_cost'] else 'MISSED'}] {model} over HTTP: per-request log "
+                       f"line costs {cost:.1%} of req/s ({on.requests_per_s:,.0f} on vs {off.requests_per_s:,.0f} off; "
+                       f"target <= {TARGETS['log_cost']:.0%})")
     for h in results.http:
         if h.model == "xgb":
             ok = h.requests_per_s >= TARGETS["http_rps"] and h.p99_ms < TARGETS["http_p99_ms"] and h.errors == 0
-            out.append(f"[{'met' if ok else 'MISSED'}] xgb over HTTP: {h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
+            out.append(f"[{'met' if ok else 'MISSED'}] xgb over HTTP (request log {h.logging}): "
+                       f"{h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
                        f"{h.errors} errors (target >= 3,000 req/s, p99 < 5 ms)")
     return out
 
@@ -495,7 +552,8 @@ def run(args: argparse.Namespace) -> int:
         http_models = args.http_models or models
         print(f"HTTP load: {', '.join(http_models)}, {args.clients} clients, {args.http_seconds:g} s each ...",
               file=sys.stderr, flush=True)
-        results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator)
+        modes = {"on": ("on",), "off": ("off",), "both": ("on", "off")}[args.http_log]
+        results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator, modes)
     print()
     print(render(results))
     print()
