@@ -1,10 +1,12 @@
 """``python -m exporter serve``: every exported model behind TorchServe-style routes (contract section 5).
 
 Starlette routing on uvicorn (uvloop + httptools). The prediction route is a bare ASGI endpoint: it reads the
-body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes to
-:meth:`exporter.handler.ModelHandler.handle_request` and sends the bytes back, so the per-request cost is the
-handler's plus a few microseconds. Models are looked up only in an in-memory dict built at startup, never on
-disk, so no request can reach a file.
+body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes (and
+``Inference-Header-Content-Length`` for binary tensor data) to :meth:`exporter.handler.ModelHandler.handle_http`
+and sends the bytes back, so the per-request cost is the handler's plus a few microseconds. Models are looked
+up only in the in-memory view of :mod:`exporter.live_registry` (replaced whole by ``--poll``/SIGHUP reloads),
+never on disk, so no request can reach a file. The per-request log line is queued and written by a background
+thread (:mod:`exporter.access_log`).
 
 Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions: ``python -m exporter --help`` imports
 this module.
@@ -36,16 +38,24 @@ Routes:
   GET  /ping                                  {"status": "Healthy"} once every model is loaded
   POST /predictions/{model_name}              latest version
   POST /predictions/{model_name}/{version}    that version
-  GET  /models                                loaded models and versions
+  GET  /models                                loaded models and versions, and versions that failed to load
   GET  /models/{model_name}                   metadata.json of the latest version
 
 Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
-Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]}.
+Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]},
+also with Triton's binary tensor data extension (Inference-Header-Content-Length header, binary_data_size
+on the input, binary_data on the requested output; answered as application/octet-stream with the header).
 Errors are 4xx with {"error": "..."}; one log line per request on stderr.
 
+Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
+servable, removed ones go away, requests in flight finish on the version they started with. A new
+version that fails to load is logged and listed under "failed" in GET /models; the versions already
+serving stay. (At startup any broken version stops serve with every problem listed.)
+
 Example:
-  python -m exporter serve --artifacts artifacts --port 8080
+  python -m exporter serve --artifacts artifacts --port 8080 --poll 10
   curl -s localhost:8080/predictions/xgb -d @artifacts/xgb/1/sample_request.json
+  kill -HUP <pid>    # pick up new versions now
 """
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -53,8 +63,6 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 THREAD_OFFLOAD_BYTES = 256 * 1024
 
 log = logging.getLogger("exporter.serve")
-
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
