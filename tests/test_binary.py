@@ -204,3 +204,18 @@ def test_binary_over_http(server: LiveServer) -> None:
                         headers={"Inference-Header-Content-Length": str(len(header))})
         n = int(r.headers["inference-header-content-length"])
         np.testing.assert_allclose(np.frombuffer(r.content[n:], "<f8"), expected_output(np.array([[30.0, 1.0]]), "vector", 4)[0])
+
+
+def test_the_model_cards_python_call_works(server: LiveServer, tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The card's copy-paste tritonclient snippet, run as written against a live server."""
+    from exporter.model_card import render, sample_request_v2
+
+    vdir = tree / "two_tower" / "1"
+    meta = json.loads((vdir / "metadata.json").read_text())
+    x = np.array([[30.0, 1.0], [45.0, 2.0]])
+    card = render(meta, {"data": []}, {"predictions": []}, sample_request_v2(x), {"outputs": []})
+    snippet = card.split("```python\n", 1)[1].split("# Triton and KServe speak", 1)[0]
+    exec(compile(snippet.replace("http://127.0.0.1:8080", server.url), "model-card", "exec"), {})
+    printed = capsys.readouterr().out
+    got = np.array([float(v) for v in printed.replace("[", " ").replace("]", " ").split()])
+    np.testing.assert_allclose(got, expected_output(x[:1], "vector", 4).ravel(), rtol=1e-6)
