@@ -329,16 +329,13 @@ def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: p
     from exporter import pipeline
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ExporterError(f"unknown model(s) {', '.join(unknown)}: expected some of {', '.join(MODELS)}")
-    bad = [m for m in (overrides or {}) if m not in MODELS]
-    if bad:
-        raise ExporterError(f"--param for unknown model(s) {', '.join(bad)}: expected some of {', '.join(MODELS)}")
+    check_options(models, overrides or {}, threads)
     if frame is None:
         frame = synthetic_movielens() if quick else ml.load_ml100k()
     D.check_columns(frame, ml.COLUMNS, what="MovieLens", source=frame.attrs.get("source", "benchmark table"))
-    _set_threads(threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
     train_rows, held_rows = R.split_pairs(frame, seed=SEED)
     if not np.array_equal(held_rows, D.split_indices(len(frame), seed=SEED)[1]):
@@ -414,12 +411,16 @@ def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: p
     return rows + retrieval_rows
 
 
-def _set_threads(threads: int) -> None:
-    if threads < 1:
-        raise ExporterError(f"--threads must be at least 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
+def check_options(models: Sequence[str], overrides: Mapping[str, Any], threads: int) -> None:
+    """Mistakes in the options fail before any data is read or model trained."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ExporterError(f"unknown model(s) {', '.join(unknown)}: expected some of {', '.join(MODELS)}")
+    bad = [m for m in overrides if m not in MODELS]
+    if bad:
+        raise ExporterError(f"--param for unknown model(s) {', '.join(bad)}: expected some of {', '.join(MODELS)}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ExporterError(f"--threads must be a positive integer, got {threads!r}")
 
 
 # --------------------------------------------------------------------------------------------- output
@@ -529,6 +530,7 @@ def run(args: argparse.Namespace) -> int:
     for text in args.param:
         model, key, value = _parse_param(text)
         overrides.setdefault(model, {})[key] = value
+    check_options(args.models, overrides, args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     start = time.perf_counter()
     frame = synthetic_movielens() if args.quick else ml.load_ml100k()

