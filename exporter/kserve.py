@@ -6,15 +6,13 @@ from the same Triton model repository that ``export`` writes: ``storageUri`` is 
 Triton is told to load only this model from it (``--model-control-mode=explicit --load-model=<name>``), so one
 repository can back one InferenceService per model.
 
-Also the ``kserve`` sub-command: ``python -m exporter kserve`` (re)writes the manifests of an artifacts tree,
-or prints them for ``kubectl apply -f -``.
+The ``kserve`` sub-command (:mod:`exporter.commands.kserve`) (re)writes the manifests of an artifacts tree, or
+prints them for ``kubectl apply -f -``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,28 +32,6 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 #: Storage schemes KServe's storage initializer understands.
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "hdfs", "webhdfs", "http", "https", "oci", "hf", "azure")
 ANNOTATION_PREFIX = "recsys-onnx-exporter"
-
-HELP = "write (or print) a KServe InferenceService manifest per exported model"
-DESCRIPTION = f"""\
-Write <artifacts>/<model>/{MANIFEST_FILE} for every model of an artifacts tree (or the models named):
-a KServe InferenceService ({API_VERSION}) whose predictor runs the ONNX model on KServe's Triton
-runtime ({RUNTIME}, protocol {PROTOCOL}) from the model repository at --storage-uri.
-`export` writes the same file; use this command to point the manifests at another storage location.
-
-examples:
-  python -m exporter kserve --storage-uri s3://my-bucket/recsys/artifacts
-  python -m exporter kserve xgb --stdout | kubectl apply -f -
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``kserve``."""
-    parser.add_argument("models", nargs="*", metavar="MODEL", help="model names (default: every model in the tree)")
-    parser.add_argument("--artifacts", default="artifacts", type=Path, help="artifacts tree (default: %(default)s)")
-    parser.add_argument("--storage-uri", default=DEFAULT_STORAGE_URI,
-                        help="where the artifacts tree will live for KServe (default: %(default)s)")
-    parser.add_argument("--stdout", action="store_true", help="print the manifests (YAML documents) instead of writing them")
-
 
 def check_storage_uri(uri: Any) -> str:
     """``uri`` if KServe's storage initializer can fetch from it, else an ExporterError saying what is expected."""
@@ -169,19 +145,3 @@ def manifests(artifacts: Path, models: Sequence[str] = (), *, storage_uri: str =
     if not names:
         raise ExporterError(f"no exported model under {artifacts} (expected <model>/config.pbtxt)")
     return {n: inference_service(_latest_metadata(artifacts / n), storage_uri=storage_uri) for n in names}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write or print the manifests."""
-    check_storage_uri(args.storage_uri)
-    found = manifests(args.artifacts, args.models, storage_uri=args.storage_uri)
-    if args.stdout:
-        sys.stdout.write("---\n".join(to_yaml(m) for m in found.values()))
-        return 0
-    from exporter.repository import write_text_atomic
-
-    for name, manifest in found.items():
-        path = args.artifacts / name / MANIFEST_FILE
-        write_text_atomic(path, to_yaml(manifest))
-        print(f"wrote {path} (InferenceService {manifest['metadata']['name']}, storageUri {args.storage_uri})")
-    return 0
