@@ -30,9 +30,11 @@ class ExportUnit:
     #: ``None`` for a ``[-1]`` output, else the width k of a ``[-1, k]`` output.
     output_width: int | None
     prediction_format: str
-    #: float64 ``[n, len(feature_columns)]`` -> float64 predictions, computed by the native framework.
+    #: *prepared* float64 ``[n, len(feature_columns)]`` (see :mod:`exporter.features`) -> float64 predictions,
+    #: computed by the native framework.
     native_predict: Callable[[np.ndarray], np.ndarray]
-    #: Builds the ONNX model (input ``features``, output ``predictions``, both tensor(double)).
+    #: Builds the ONNX model of the prepared matrix (input ``features``, output ``predictions``, tensor(double));
+    #: the pipeline puts the in-graph preprocessing in front of it.
     build_onnx: Callable[[], Any]
     #: Short description of the native reference used by the parity gate.
     reference: str
@@ -58,10 +60,12 @@ class Trained:
     hparams: dict[str, Any]
     #: Per round/epoch: ``{"step": i, "train_loss": ..., "heldout_loss": ...}``.
     history: list[dict[str, float]]
-    #: float64 feature matrix -> ``{head: predictions}`` in the units of the labels.
+    #: prepared float64 feature matrix -> ``{head: predictions}`` in the units of the labels.
     predict: Callable[[np.ndarray], dict[str, np.ndarray]]
     units: Callable[[], list[ExportUnit]]
     model: Any = None
+    #: the fitted feature plan the model was trained with (``None``: a loaded model that stores none)
+    features: Any = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ class ModelSpec:
     label_columns: tuple[str, ...]
     default_features: tuple[str, ...]
     default_hparams: Mapping[str, Any]
-    #: (X_train, y_train, X_heldout, y_heldout, columns, hparams, seed, progress) -> Trained
+    #: (X_train, y_train, X_heldout, y_heldout, columns, hparams, seed, progress, feature plan) -> Trained,
+    #: X prepared (numeric NaN filled, categorical values replaced by embedding rows)
     train: Callable[..., Trained]
     #: (checkpoint path, feature columns or None, hparams) -> Trained
     load: Callable[..., Trained]

@@ -5,7 +5,7 @@ exports); fitting, checkpoints with ``weights_only=True`` and native predictors 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -15,9 +15,12 @@ from torch import nn
 
 from exporter import torch_common as tc
 from exporter.errors import ExporterError
+from exporter.features import FeaturePlan
 from exporter.specs.base import ExportUnit, ModelSpec, Progress, Trained
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
+FEATURES_KEY = "features"
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,10 @@ class TorchModelDef:
     default_hparams: Mapping[str, Any]
     metrics: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], dict[str, float]]
     model_names: tuple[str, ...]
-    #: (columns, hparams, x_train, y_train) -> JSON-able architecture config (incl. fitted target stats)
-    make_config: Callable[[list[str], Mapping[str, Any], np.ndarray | None, Mapping[str, np.ndarray] | None], dict[str, Any]]
-    #: config -> network; the network holds its Standardize modules
+    #: (columns, hparams, x_train, y_train, feature plan) -> JSON-able architecture config (incl. fitted target
+    #: stats and the embedding rows of each categorical column)
+    make_config: Callable[[list[str], Mapping[str, Any], np.ndarray | None, Mapping[str, np.ndarray] | None, FeaturePlan], dict[str, Any]]
+    #: config -> network; the network reads prepared features and holds its standardisation and embeddings
     build: Callable[[Mapping[str, Any]], nn.Module]
     #: (network, x_train) fits the scalers in place
     fit_scalers: Callable[[nn.Module, np.ndarray], None]
@@ -71,10 +75,12 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
         hparams: Mapping[str, Any],
         seed: int,
         progress: Progress | None,
+        features: FeaturePlan,
     ) -> Trained:
         tc.seed_everything(seed)
         columns = list(columns)
-        config = d.make_config(columns, hparams, x_train, y_train)
+        config = d.make_config(columns, hparams, x_train, y_train, features)
+        config[FEATURES_KEY] = features.to_dict()
         net = d.build(config).to(tc.DTYPE)
         d.fit_scalers(net, x_train)
         history = tc.fit_loop(
@@ -89,7 +95,7 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
             seed=seed,
             progress=progress,
         )
-        return _trained(net, config, columns, dict(hparams), history)
+        return _trained(net, config, columns, dict(hparams), history, features)
 
     def load(path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
         ckpt = tc.load_checkpoint(path, model_type=d.name)
@@ -101,10 +107,15 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
         tc.restore_state(net, ckpt["state_dict"], path=path)
         used = dict(ckpt.get("hparams") or {})
         used["source_file"] = str(path)
-        return _trained(net, ckpt["config"], cols, used, [])
+        stored = ckpt["config"].get(FEATURES_KEY)
+        plan = FeaturePlan.from_dict(stored, source=f"checkpoint {path}") if stored is not None else None
+        if plan is not None:
+            plan = FeaturePlan([replace(f, spec=replace(f.spec, name=c)) for f, c in zip(plan.features, cols)])
+        return _trained(net, ckpt["config"], cols, used, [], plan)
 
     def _trained(
-        net: nn.Module, config: Mapping[str, Any], columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]]
+        net: nn.Module, config: Mapping[str, Any], columns: list[str], hparams: dict[str, Any],
+        history: list[dict[str, float]], features: FeaturePlan | None,
     ) -> Trained:
         net.eval()
 
@@ -142,18 +153,27 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
                 for i, p in enumerate(parts)
             ]
 
-        return Trained(d.name, columns, hparams, history, predict, units, model=net)
+        return Trained(d.name, columns, hparams, history, predict, units, model=net, features=features)
 
     def native_from_dir(model_name: str, version_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
-        """Rebuild the eager module of ``model_name`` from the checkpoint of its network."""
+        """Rebuild the eager module of ``model_name`` from the checkpoint of its network.
+
+        The predictor takes the raw FP64 features (as the ONNX graph does) and prepares them with the
+        checkpoint's feature plan (the numpy twin of the graph's preprocessing).
+        """
         version_dir = Path(version_dir)
         ckpt_path = version_dir / CHECKPOINT_NAME
         if not ckpt_path.exists():  # a tower without its own checkpoint: the first part has it
-            first = version_dir.parent.parent / d.model_names[0] / version_dir.name / CHECKPOINT_NAME
-            ckpt_path = first
+            related = _related_first(version_dir)
+            ckpt_path = version_dir.parent.parent / related / version_dir.name / CHECKPOINT_NAME
         trained = load(ckpt_path, None, {})
-        unit = next(u for u in trained.units() if u.model_name == model_name)
-        return unit.native_predict
+        units = trained.units()
+        unit = next((u for u in units if u.model_name == model_name), None)
+        if unit is None:  # exported under another name (--model-name): same position among the parts
+            unit = units[_part_index(version_dir, len(units))]
+        plan = trained.features.subset(unit.feature_columns) if trained.features is not None else None
+        native = unit.native_predict
+        return (lambda x: native(plan.prepare(x))) if plan is not None else native
 
     return ModelSpec(
         name=d.name,
@@ -170,6 +190,23 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
         atol=d.atol,
         native_from_dir=native_from_dir,
     )
+
+
+def _related_first(version_dir: Path) -> str:
+    """The model name that holds the checkpoint of a tower's network (the first of its related models)."""
+    import json
+
+    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    related = list(meta.get("related_models") or [])
+    return related[0] if related else version_dir.parent.name
+
+
+def _part_index(version_dir: Path, n_parts: int) -> int:
+    import json
+
+    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    index = int(meta.get("part_index", 0))
+    return index if 0 <= index < n_parts else 0
 
 
 def label_tensor(y: Mapping[str, np.ndarray], name: str) -> torch.Tensor:
