@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from exporter.contract import version_dirs
 from exporter.errors import ExporterError
 
 HELP = "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load"
@@ -362,7 +363,7 @@ def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int,
     try:
         for model in models:
             model_dir = artifacts / model
-            vdir = max((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+            vdir = version_dirs(model_dir)[-1]
             sample = json.loads((vdir / "sample_request.json").read_text())["data"]
             body = orjson.dumps({"data": sample[:1]})
             path = f"/predictions/{model}"
@@ -472,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export models first "
                             "(python -m exporter export all) or pass --artifacts DIR")
     found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and any(v.is_dir() and v.name.isdigit() for v in p.iterdir()))
+                   and version_dirs(p))
     models = args.models or found
     unknown = [m for m in models if m not in found]
     if unknown:
@@ -487,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
     results = Results()
     print(f"# exporter bench: {_environment()}", flush=True)
     for model in models:
-        vdir = max((p for p in (artifacts / model).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        vdir = version_dirs(artifacts / model)[-1]
         print(f"measuring {model} ({vdir}) ...", file=sys.stderr, flush=True)
         results.cells.extend(bench_model(model, vdir, list(args.batch_sizes), args.min_time))
     if args.http_seconds > 0:

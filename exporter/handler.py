@@ -51,7 +51,7 @@ __all__ = [
 #: Default limit on rows per request; ``serve --max-rows`` overrides it.
 DEFAULT_MAX_ROWS = 10_000
 
-PREDICTION_FORMATS = ("scalar", "named_columns", "vector")
+_PREDICTION_FORMATS = ("scalar", "named_columns", "vector")
 #: Open Inference Protocol datatypes accepted for the input tensor; all are cast to FP64.
 NUMERIC_DATATYPES = frozenset(
     {"FP64", "FP32", "FP16", "BF16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -125,14 +125,53 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------------- private copies of contract facts
+# (exporter.contract owns them; this module must import nothing from exporter; tests/test_contract.py
+# proves these copies agree with it)
+_INPUT_NAME = "features"
+_OUTPUT_NAME = "predictions"
+_DATATYPE = "FP64"
+_ROWS_KEY = "data"
+_V2_KEY = "inputs"
+_MAX_VERSION = 2**63 - 1
+#: longest piece of client text quoted in an error message
+_QUOTE_CHARS = 40
+
+
+def _is_version_name(name: str) -> bool:
+    """A canonical positive integer in ASCII digits within int64 (Triton's version rule)."""
+    return (name.isascii() and name.isdigit() and not name.startswith("0") and int(name) <= _MAX_VERSION)
+
+
 def _version_dirs(model_dir: Path) -> list[Path]:
-    """Positive-integer version sub-directories of a model directory, lowest first (dot dirs ignored)."""
-    found = []
-    for child in model_dir.iterdir():
-        name = child.name
-        if child.is_dir() and name.isdigit() and not name.startswith(".") and int(name) > 0:
-            found.append(child)
+    """Version sub-directories of a model directory, lowest first; every other entry is ignored."""
+    found = [child for child in model_dir.iterdir() if _is_version_name(child.name) and child.is_dir()]
     return sorted(found, key=lambda p: int(p.name))
+
+
+def _quote(text: Any) -> str:
+    """Client text for an error message: JSON-quoted, shortened to a prefix and its length when long."""
+    text = str(text)
+    if len(text) <= _QUOTE_CHARS:
+        return json.dumps(text)
+    return f"{json.dumps(text[:_QUOTE_CHARS])}... ({len(text)} characters)"
+
+
+def _all_finite(out: np.ndarray) -> bool:
+    return bool(np.isfinite(out).all())
+
+
+def _non_finite_message(out: np.ndarray, matrix: np.ndarray, columns: Sequence[str]) -> str:
+    """Why an answer was refused: the model gave no finite prediction for some rows (extreme inputs)."""
+    bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    rows = np.flatnonzero(bad)
+    first = int(rows[0])
+    x = matrix[first]
+    extreme = [f"{columns[j]}={x[j]:.6g}" for j in np.argsort(-np.abs(x))[:3]]
+    return (
+        f"the model gives no finite prediction for {len(rows)} row(s), first row {first} "
+        f"(largest values: {', '.join(extreme)}); the values are far outside the range the model was trained on"
+    )
 
 
 def _decode_json(body: bytes | bytearray | memoryview | str) -> Any:
@@ -195,10 +234,11 @@ class ModelHandler:
         self.output_name: str = metadata["outputs"][0]["name"]
         self.prediction_format: str = metadata["prediction_format"]
         self.output_columns: list[str] = list(metadata.get("output_columns") or [])
-        self._getter = itemgetter(*self.feature_columns)
-        self._named_parts = _named_key_parts(self.output_columns) if self.output_columns else []
         self._outputs = [self.output_name]
         self._hint = _forms_hint(self.feature_columns, self.input_name)
+        #: one codec per request form, chosen by the body's top-level key
+        self.torchserve = TorchServeCodec(self)
+        self.v2 = V2JsonCodec(self)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -250,7 +290,7 @@ class ModelHandler:
                 "the model file was modified or replaced after export; refusing to load it"
             )
 
-        if directory.name.isdigit() and int(directory.name) > 0:
+        if _is_version_name(directory.name):
             version = directory.name
         else:  # e.g. a TorchServe model_dir: trust the metadata
             versions = metadata.get("versions") or ["1"]
@@ -295,31 +335,56 @@ class ModelHandler:
             f"feature_columns={self.feature_columns!r}, prediction_format={self.prediction_format!r})"
         )
 
-    # ------------------------------------------------------------------ request forms
-    def _answer(self, payload: Any) -> tuple[bytes, int]:
-        """Validate a decoded request of either form, run the model, and encode the answer (bytes, rows)."""
+    # ------------------------------------------------------------------ dispatch
+    def _codec(self, payload: Any) -> tuple["TorchServeCodec | V2JsonCodec", dict[str, Any]]:
+        """The codec of a decoded request's form, told apart by its keys (contract section 4)."""
         if type(payload) is not dict:
             if isinstance(payload, Mapping):
                 payload = dict(payload)
             else:
                 raise HandlerError(400, f"request body must be a JSON object, got {_type_name(payload)}; {self._hint}")
-        if "inputs" in payload:
-            if "data" in payload:
+        if _V2_KEY in payload:
+            if _ROWS_KEY in payload:
                 raise HandlerError(
                     400,
                     'request body has both "data" (TorchServe form) and "inputs" (Open Inference Protocol form); '
                     "send exactly one of them",
                 )
-            return self._answer_v2(payload)
-        if "data" in payload:
-            return self._answer_rows(payload["data"])
-        keys = ", ".join(json.dumps(k) for k in list(payload)[:10]) or "none"
+            return self.v2, payload
+        if _ROWS_KEY in payload:
+            return self.torchserve, payload
+        keys = ", ".join(_quote(k) for k in list(payload)[:10]) or "none"
         raise HandlerError(
             400, f'request body has neither "data" nor "inputs" (keys found: {keys}); {self._hint}'
         )
 
-    def _answer_rows(self, rows: Any) -> tuple[bytes, int]:
-        """TorchServe form: rows of ``{column: value}`` objects."""
+    def _answer(self, payload: Any) -> tuple[bytes, int]:
+        """Decode a request of either form, run the model once, and encode the answer (bytes, rows)."""
+        codec, payload = self._codec(payload)
+        matrix = codec.decode(payload)
+        out = self.run(matrix)
+        if not _all_finite(out):
+            raise HandlerError(400, _non_finite_message(out, matrix, self.feature_columns))
+        return codec.encode(out, payload), len(matrix)
+
+
+# ---------------------------------------------------------------------- request forms (codecs)
+class TorchServeCodec:
+    """The TorchServe form: ``{"data": [{"<column>": <number>, ...}, ...]}`` in, ``{"predictions": [...]}`` out."""
+
+    def __init__(self, model: "ModelHandler") -> None:
+        self.model_name = model.model_name
+        self.max_rows = model.max_rows
+        self.feature_columns = model.feature_columns
+        self.n_features = model.n_features
+        self.prediction_format = model.prediction_format
+        self.output_columns = model.output_columns
+        self._getter = itemgetter(*self.feature_columns)
+        self._named_parts = _named_key_parts(self.output_columns) if self.output_columns else []
+
+    def decode(self, payload: dict[str, Any]) -> np.ndarray:
+        """Rows of ``{column: value}`` objects -> the float64 ``features`` matrix."""
+        rows = payload[_ROWS_KEY]
         if type(rows) is not list:
             raise HandlerError(
                 400, f'"data" must be a list of row objects {{"<feature column>": <number>, ...}}, got {_type_name(rows)}'
@@ -349,8 +414,7 @@ class ModelHandler:
         if matrix is None:
             self._raise_row_problem(rows)  # always raises for invalid input
             matrix = self._rows_slow(rows)
-        out = self.run(matrix)
-        return self._encode_predictions(out), n
+        return matrix
 
     def _raise_row_problem(self, rows: list[Any]) -> None:
         """Find the first invalid row and raise a 400 naming it (returns when every row is valid)."""
@@ -380,8 +444,52 @@ class ModelHandler:
         """Build the matrix value by value (only for valid rows the fast path could not take, e.g. huge ints)."""
         return np.array([[float(row[c]) for c in self.feature_columns] for row in rows], dtype=np.float64)
 
-    def _answer_v2(self, payload: dict[str, Any]) -> tuple[bytes, int]:
-        """Open Inference Protocol form: one ``features`` tensor."""
+    def _encode_named(self, out: np.ndarray) -> bytes:
+        """``{"predictions": [{"<col>": v, ...}, ...]}`` without building one dict per row.
+
+        orjson writes the numbers (shortest round-trip, as for every other answer); the object syntax is
+        interleaved as bytes. Numbers never contain ``,`` so splitting orjson's flat array is exact.
+        """
+        n, k = out.shape[0], len(self.output_columns)
+        if out.ndim != 2 or out.shape[1] != k:
+            raise ArtifactError(f"model output has shape {list(out.shape)}; metadata names {k} output_columns")
+        values = orjson.dumps(np.ascontiguousarray(out).reshape(-1), option=_JSON_OPTIONS)[1:-1].split(b",")
+        parts: list[bytes] = [b""] * (2 * n * k)
+        keys = self._named_parts * n
+        keys[0] = b'{"predictions":[{' + keys[0][3:]
+        parts[0::2] = keys
+        parts[1::2] = values
+        parts.append(b"}]}")
+        return b"".join(parts)
+
+    def encode(self, out: np.ndarray, payload: dict[str, Any]) -> bytes:
+        """TorchServe-style answer for the model's prediction format (contract section 1)."""
+        fmt = self.prediction_format
+        if fmt == "scalar":
+            return orjson.dumps({"predictions": np.ascontiguousarray(out.reshape(-1))}, option=_JSON_OPTIONS)
+        if fmt == "named_columns":
+            return self._encode_named(out)
+        # vector: one row -> the vector itself; several -> list of vectors
+        if out.ndim == 1:
+            out = out.reshape(-1, 1)
+        payload = out[0] if out.shape[0] == 1 else out
+        return orjson.dumps({"predictions": np.ascontiguousarray(payload)}, option=_JSON_OPTIONS)
+
+
+class V2JsonCodec:
+    """The Open Inference Protocol JSON form: ``{"inputs": [{"name": "features", ...}]}`` in, ``inference_response`` out."""
+
+    def __init__(self, model: "ModelHandler") -> None:
+        self.model_name = model.model_name
+        self.version = model.version
+        self.max_rows = model.max_rows
+        self.feature_columns = model.feature_columns
+        self.n_features = model.n_features
+        self.input_name = model.input_name
+        self.output_name = model.output_name
+
+    def decode(self, payload: dict[str, Any]) -> np.ndarray:
+        """One ``features`` tensor (flat or nested ``data``) -> the float64 matrix; checks id, parameters, outputs."""
         request_id = payload.get("id")
         if request_id is not None:
             if type(request_id) is not str:
@@ -457,17 +565,20 @@ class ModelHandler:
                         f"outputs[{j}] requests {shown}: unknown output; model {self.model_name!r} has one output "
                         f'named "{self.output_name}"',
                     )
-        matrix = self._v2_matrix(tensor["data"], n)
-        out = self.run(matrix)
+        return self._v2_matrix(tensor["data"], n)
+
+    def encode(self, out: np.ndarray, payload: dict[str, Any]) -> bytes:
+        """An ``inference_response``: model name and version, the echoed id, one FP64 ``predictions`` tensor."""
         answer: dict[str, Any] = {"model_name": self.model_name, "model_version": self.version}
+        request_id = payload.get("id")
         if request_id is not None:
             answer["id"] = request_id
         if not out.flags.c_contiguous:
             out = np.ascontiguousarray(out)
         answer["outputs"] = [
-            {"name": self.output_name, "shape": list(out.shape), "datatype": "FP64", "data": out.reshape(-1)}
+            {"name": self.output_name, "shape": list(out.shape), "datatype": _DATATYPE, "data": out.reshape(-1)}
         ]
-        return orjson.dumps(answer, option=_JSON_OPTIONS), n
+        return orjson.dumps(answer, option=_JSON_OPTIONS)
 
     def _v2_matrix(self, data: Any, n: int) -> np.ndarray:
         k = self.n_features
@@ -524,38 +635,6 @@ class ModelHandler:
                 )
         return np.array([float(v) for v in flat], dtype=np.float64).reshape(n, k)
 
-    # ------------------------------------------------------------------ answers
-    def _encode_named(self, out: np.ndarray) -> bytes:
-        """``{"predictions": [{"<col>": v, ...}, ...]}`` without building one dict per row.
-
-        orjson writes the numbers (shortest round-trip, as for every other answer); the object syntax is
-        interleaved as bytes. Numbers never contain ``,`` so splitting orjson's flat array is exact.
-        """
-        n, k = out.shape[0], len(self.output_columns)
-        if out.ndim != 2 or out.shape[1] != k:
-            raise ArtifactError(f"model output has shape {list(out.shape)}; metadata names {k} output_columns")
-        values = orjson.dumps(np.ascontiguousarray(out).reshape(-1), option=_JSON_OPTIONS)[1:-1].split(b",")
-        parts: list[bytes] = [b""] * (2 * n * k)
-        keys = self._named_parts * n
-        keys[0] = b'{"predictions":[{' + keys[0][3:]
-        parts[0::2] = keys
-        parts[1::2] = values
-        parts.append(b"}]}")
-        return b"".join(parts)
-
-    def _encode_predictions(self, out: np.ndarray) -> bytes:
-        """TorchServe-style answer for the model's prediction format (contract section 1)."""
-        fmt = self.prediction_format
-        if fmt == "scalar":
-            return orjson.dumps({"predictions": np.ascontiguousarray(out.reshape(-1))}, option=_JSON_OPTIONS)
-        if fmt == "named_columns":
-            return self._encode_named(out)
-        # vector: one row -> the vector itself; several -> list of vectors
-        if out.ndim == 1:
-            out = out.reshape(-1, 1)
-        payload = out[0] if out.shape[0] == 1 else out
-        return orjson.dumps({"predictions": np.ascontiguousarray(payload)}, option=_JSON_OPTIONS)
-
 
 def _named_key_parts(columns: Sequence[str]) -> list[bytes]:
     """JSON fragments that precede each value of one row in ``[{"a": v, "b": v}, ...]``."""
@@ -579,37 +658,44 @@ def _flatten(data: Iterable[Any]) -> Iterable[Any]:
 
 # ---------------------------------------------------------------------- metadata and session checks
 def validate_metadata(metadata: Any) -> list[str]:
-    """Problems that make ``metadata.json`` unusable by the handler (empty list when it is usable)."""
+    """Problems that make ``metadata.json`` unusable by the handler (a copy of exporter.contract.usability_problems)."""
     if not isinstance(metadata, dict):
-        return [f"top level must be an object, got {_type_name(metadata)}"]
+        return ["top level must be an object"]
     problems: list[str] = []
-    for key, kind in (("name", str), ("model_file", str), ("sha256", str), ("prediction_format", str)):
-        if not isinstance(metadata.get(key), kind):
+    for key in ("name", "model_file", "sha256", "prediction_format"):
+        if not isinstance(metadata.get(key), str):
             problems.append(f'"{key}" must be a string')
     cols = metadata.get("feature_columns")
-    if not (isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)):
-        problems.append('"feature_columns" must be a non-empty list of strings')
+    if not (isinstance(cols, list) and cols and all(isinstance(c, str) and c for c in cols)):
+        problems.append('"feature_columns" must be a non-empty list of column names')
     elif len(set(cols)) != len(cols):
         problems.append('"feature_columns" holds duplicate names')
     for key in ("inputs", "outputs"):
         tensors = metadata.get(key)
         if not (isinstance(tensors, list) and len(tensors) == 1 and isinstance(tensors[0], dict)):
-            problems.append(f'"{key}" must hold exactly one tensor description')
+            problems.append(f'"{key}" must describe exactly one tensor')
         elif not isinstance(tensors[0].get("name"), str):
             problems.append(f'"{key}[0].name" must be a string')
     fmt = metadata.get("prediction_format")
-    if isinstance(fmt, str) and fmt not in PREDICTION_FORMATS:
-        problems.append(f'"prediction_format" is {fmt!r}; expected one of {", ".join(PREDICTION_FORMATS)}')
+    if isinstance(fmt, str) and fmt not in _PREDICTION_FORMATS:
+        problems.append(f'"prediction_format" is {fmt!r}; expected one of {", ".join(_PREDICTION_FORMATS)}')
     if fmt == "named_columns":
         oc = metadata.get("output_columns")
         if not (isinstance(oc, list) and oc and all(isinstance(c, str) for c in oc)):
             problems.append('"output_columns" must be a non-empty list of strings when prediction_format is named_columns')
+    if fmt == "vector":
+        ed = metadata.get("embed_dim")
+        if not (isinstance(ed, int) and not isinstance(ed, bool) and ed > 0):
+            problems.append('"embed_dim" must be a positive integer when prediction_format is vector')
     model_file = metadata.get("model_file")
-    if isinstance(model_file, str) and (
-        "/" in model_file or "\\" in model_file or model_file in ("", ".", "..")
-    ):
+    if isinstance(model_file, str) and not _is_plain_file_name(model_file):
         problems.append(f'"model_file" must be a plain file name in the version directory, got {model_file!r}')
     return problems
+
+
+def _is_plain_file_name(name: str) -> bool:
+    """A file name inside the version directory: no separators, no parent or current directory."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\x00" not in name
 
 
 def _create_session(model_path: Path, threads: int | None) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from exporter import contract as C
 from exporter.errors import ExporterError
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
@@ -143,6 +144,7 @@ def prepare(
     """
     from exporter import pipeline
     from exporter import repository as repo
+    from exporter.hparams import check_hparam_values
     from exporter.specs import get_spec
 
     try:
@@ -162,7 +164,7 @@ def prepare(
         raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
     overrides = {k: v for k, v in (hparams or {}).items() if v is not None}
     try:
-        pipeline.check_hparam_values(spec, overrides)
+        check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
             model=model,
             mode=mode,
@@ -294,11 +296,7 @@ def contract_text(exported: Sequence["ExportedArtifact"]) -> str:
     return "\n".join(lines)
 
 
-_FORMATS = {
-    "scalar": "one probability per row",
-    "named_columns": "one object per row with the output columns",
-    "vector": "one vector per row (a single row: the vector itself)",
-}
+_FORMATS = C.PREDICTION_FORMATS
 
 
 def parity_text(exported: Sequence["ExportedArtifact"]) -> str:
@@ -320,25 +318,18 @@ def parity_text(exported: Sequence["ExportedArtifact"]) -> str:
 
 def torchserve_request(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
     """``{"data": [{column: value}, ...]}`` from table rows (raw values, by name)."""
-    return {"data": [{c: float(v) for c, v in zip(columns, row)} for row in frame[list(columns)].itertuples(index=False)]}
+    return C.torchserve_request(frame[list(columns)].to_dict("records"), columns)
 
 
-def v2_request(x: np.ndarray, request_id: str) -> dict[str, Any]:
-    """An Open Inference Protocol request with the rows of ``x`` as one flat FP64 ``features`` tensor."""
-    x = np.asarray(x, dtype=np.float64)
-    return {
-        "id": request_id,
-        "inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP64", "data": x.ravel().tolist()}],
-        "outputs": [{"name": "predictions"}],
-    }
+v2_request = C.v2_request
 
 
 def torchserve_predictions(answer: Mapping[str, Any], prediction_format: str, output_columns: Sequence[str],
                            rows: int) -> np.ndarray:
     """Turn a TorchServe-style answer back into the array the native model returns, checking its shape."""
-    if not isinstance(answer, Mapping) or set(answer) != {"predictions"}:
-        raise AssertionError(f"TorchServe-style answer must be {{'predictions': [...]}}, got keys {list(answer)}")
-    preds = answer["predictions"]
+    if not isinstance(answer, Mapping) or set(answer) != {C.ANSWER_KEY}:
+        raise AssertionError(f"TorchServe-style answer must be {{'{C.ANSWER_KEY}': [...]}}, got keys {list(answer)}")
+    preds = answer[C.ANSWER_KEY]
     if prediction_format == "named_columns":
         if len(preds) != rows or not all(isinstance(p, Mapping) and list(p) == list(output_columns) for p in preds):
             raise AssertionError(f"expected {rows} objects with keys {list(output_columns)}, got {preds[:2]!r}...")
@@ -406,7 +397,7 @@ def smoke_test(prep: "Prepared", trained: "Trained", exported: Sequence["Exporte
             problems.append(f"model_name {response.get('model_name')!r}")
         if response.get("id") != request_id:
             problems.append(f"id {response.get('id')!r} (expected {request_id!r} echoed)")
-        if output.get("name") != "predictions" or output.get("datatype") != "FP64":
+        if output.get("name") != C.OUTPUT_NAME or output.get("datatype") != C.DATATYPE:
             problems.append(f"output {output.get('name')!r} {output.get('datatype')!r}")
         if list(output.get("shape", [])) != list(native.shape):
             problems.append(f"shape {output.get('shape')} (native {list(native.shape)})")

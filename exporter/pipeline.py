@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from exporter import __version__, data as D
+from exporter import __version__, contract as C, data as D
+from exporter import hparams as H
 from exporter import repository as repo
 from exporter.errors import ExporterError, ParityError
 from exporter.specs import ExportUnit, ModelSpec, Trained, get_spec
@@ -123,80 +124,6 @@ class RunResult:
 # --------------------------------------------------------------------------- prepare
 
 
-def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's defaults with ``overrides`` applied, every key known and every value checked."""
-    unknown = sorted(set(overrides) - set(spec.default_hparams))
-    if unknown:
-        raise ExporterError(
-            f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; "
-            f"known: {', '.join(spec.default_hparams)}"
-        )
-    merged = {**spec.default_hparams, **overrides}
-    check_hparam_values(spec, merged)
-    return merged
-
-
-#: hyper-parameter -> (rule, what is expected); ints and lists follow the type of the model's default
-_HPARAM_RULES: dict[str, tuple[str, str]] = {
-    "epochs": ("positive_int", "a positive integer"),
-    "batch_size": ("positive_int", "a positive integer"),
-    "n_estimators": ("positive_int", "a positive integer"),
-    "max_depth": ("positive_int", "a positive integer"),
-    "learning_rate": ("learning_rate", "a number in (0, 10)"),
-    "embed_dim": ("positive_int", "a positive integer"),
-    "n_experts": ("positive_int", "a positive integer"),
-    "expert_dim": ("positive_int", "a positive integer"),
-    "tower_dim": ("positive_int", "a positive integer"),
-    "n_jobs": ("positive_int", "a positive integer"),
-    "hidden": ("widths", "a positive integer or a non-empty list of positive integers"),
-    "subsample": ("fraction", "a number in (0, 1]"),
-    "colsample_bytree": ("fraction", "a number in (0, 1]"),
-    "min_child_weight": ("non_negative", "a non-negative number"),
-    "weight_decay": ("non_negative", "a non-negative number"),
-    "user_columns": ("columns", "None or a non-empty list of column names"),
-    "item_columns": ("columns", "None or a non-empty list of column names"),
-}
-
-
-def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
-    """Reject architecture and booster settings that would only fail (or silently misbehave) inside training.
-
-    ``hidden`` must have the shape of the model's default (one width for two_tower, a list for deepfm).
-    """
-
-    def positive_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
-
-    for key, value in hparams.items():
-        rule, expected = _HPARAM_RULES.get(key, ("", ""))
-        default = spec.default_hparams.get(key)
-        if rule == "positive_int":
-            ok = positive_int(value)
-        elif rule == "widths":
-            if isinstance(default, list):
-                ok = isinstance(value, list) and bool(value) and all(positive_int(w) for w in value)
-                expected = "a non-empty list of positive integers, e.g. [64, 32]"
-            else:
-                ok = positive_int(value)
-                expected = "a positive integer"
-        elif rule == "fraction":
-            ok = number(value) and 0 < value <= 1
-        elif rule == "learning_rate":
-            ok = number(value) and 0 < value < 10
-        elif rule == "non_negative":
-            ok = number(value) and value >= 0
-        elif rule == "columns":
-            ok = value is None or (isinstance(value, list) and bool(value)
-                                   and all(isinstance(c, str) and c.strip() for c in value))
-        else:
-            continue
-        if not ok:
-            raise ExporterError(f"hyper-parameter {key} of {spec.name} must be {expected}, got {value!r}")
-
-
 def _labels(df: pd.DataFrame, names: Sequence[str], source: str) -> dict[str, np.ndarray]:
     matrix = D.numeric_matrix(df, names, source=source)
     return {n: matrix[:, i] for i, n in enumerate(names)}
@@ -209,9 +136,9 @@ def prepare(params: ExportParams) -> Prepared:
         raise ExporterError(f"unknown mode '{params.mode}': expected 'train' or 'load'")
     if params.atol is not None and not (isinstance(params.atol, (int, float)) and params.atol >= 0):
         raise ExporterError(f"atol must be a non-negative number, got {params.atol!r}")
-    if params.version is not None and (isinstance(params.version, bool) or not isinstance(params.version, int) or params.version < 1):
-        raise ExporterError(f"version must be a positive integer, got {params.version!r}")
-    hparams = resolve_hparams(spec, params.hparams)
+    if params.version is not None and C.version_problem(params.version):
+        raise ExporterError(str(C.version_problem(params.version)))
+    hparams = H.resolve_hparams(spec, params.hparams)
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -297,22 +224,7 @@ def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
 
 def _check_io(unit: ExportUnit, model: Any) -> None:
     """The graph's own tensors must be exactly the contract's: a Triton user never reads our code."""
-    from onnx import TensorProto
-
-    def dims(value_info: Any) -> list[int | str]:
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value_info.type.tensor_type.shape.dim]
-
-    g = model.graph
-    problems = []
-    if [i.name for i in g.input] != ["features"] or [o.name for o in g.output] != ["predictions"]:
-        problems.append(f"tensors {[i.name for i in g.input]} -> {[o.name for o in g.output]}, expected ['features'] -> ['predictions']")
-    else:
-        for vi, want in ((g.input[0], [-1, len(unit.feature_columns)]), (g.output[0], unit.output_shape)):
-            if vi.type.tensor_type.elem_type != TensorProto.DOUBLE:
-                problems.append(f"{vi.name} is not tensor(double)")
-            got = dims(vi)
-            if len(got) != len(want) or not isinstance(got[0], str) or got[1:] != want[1:]:
-                problems.append(f"{vi.name} has shape {got}, expected {want} with a dynamic batch axis")
+    problems = C.graph_io_problems(model, len(unit.feature_columns), unit.output_shape)
     if problems:
         raise ExporterError(f"exported graph of {unit.model_name} breaks the tensor contract: " + "; ".join(problems))
 
@@ -334,7 +246,7 @@ def check_parity(unit: ExportUnit, model_bytes: bytes, x: np.ndarray, heldout_ro
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = np.asarray(session.run(["predictions"], {"features": x})[0], dtype=np.float64)
+    got = np.asarray(session.run([C.OUTPUT_NAME], {C.INPUT_NAME: x})[0], dtype=np.float64)
     native = np.asarray(unit.native_predict(x), dtype=np.float64)
     if got.shape != native.shape:
         raise ParityError(
@@ -372,12 +284,13 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
                    version: int, model_bytes: bytes, sha256: str, parity: ParityResult) -> dict[str, Any]:
     """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
     opsets = _opsets(model_bytes)
+    inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
     meta: dict[str, Any] = {
         "name": unit.model_name,
         "versions": [str(version)],
-        "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, len(unit.feature_columns)]}],
-        "outputs": [{"name": "predictions", "datatype": "FP64", "shape": unit.output_shape}],
+        "platform": C.PLATFORM,
+        "inputs": inputs,
+        "outputs": outputs,
         "feature_columns": list(unit.feature_columns),
     }
     if unit.output_columns:
@@ -426,7 +339,7 @@ def _jsonable(value: Any) -> Any:
 def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) -> dict[str, Any]:
     """A TorchServe-style request built from the first held-out rows, raw values by column name."""
     frame = prep.heldout[unit.feature_columns].head(rows)
-    return {"data": [{c: float(v) for c, v in zip(unit.feature_columns, row)} for row in frame.itertuples(index=False)]}
+    return C.torchserve_request(frame.to_dict("records"), unit.feature_columns)
 
 
 def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[ExportedArtifact]:

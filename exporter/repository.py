@@ -13,22 +13,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from exporter.contract import (  # noqa: F401  (re-exported: the artifact file names)
+    CONFIG_FILE, METADATA_FILE, MODEL_FILE, REPORT_FILE, SAMPLE_REQUEST, SAMPLE_RESPONSE, STAGING_PREFIX, version_dirs,
+)
 from exporter.errors import ExporterError
-
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
-CONFIG_FILE = "config.pbtxt"
-SAMPLE_REQUEST = "sample_request.json"
-SAMPLE_RESPONSE = "sample_response.json"
-REPORT_FILE = "report.ipynb"
-STAGING_PREFIX = ".staging-"
 
 
 def versions(model_dir: Path) -> list[int]:
     """The committed versions of one model, ascending (staging and other entries are ignored)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+    return [int(p.name) for p in version_dirs(model_dir)]
 
 
 def next_version(artifacts: Path, model_names: Iterable[str]) -> int:

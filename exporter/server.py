@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from exporter.contract import version_dirs
 from exporter.errors import ExporterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,11 +118,7 @@ class ModelRegistry:
         for model_dir in sorted(artifacts.iterdir()):
             if not model_dir.is_dir() or model_dir.name.startswith("."):
                 continue
-            version_dirs = sorted(
-                (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
-                key=lambda p: int(p.name),
-            )
-            for vdir in version_dirs:
+            for vdir in version_dirs(model_dir):
                 try:
                     handler = ModelHandler.load(vdir, max_rows=max_rows or DEFAULT_MAX_ROWS, threads=threads)
                 except HandlerError as exc:

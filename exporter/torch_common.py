@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.specs.base import Progress
 
@@ -200,9 +201,9 @@ def export_onnx(module: nn.Module, n_features: int) -> Any:
             program = torch.onnx.export(
                 module,
                 example,
-                input_names=["features"],
-                output_names=["predictions"],
-                dynamic_shapes={"features": {0: batch}},
+                input_names=[C.INPUT_NAME],
+                output_names=[C.OUTPUT_NAME],
+                dynamic_shapes={C.INPUT_NAME: {0: batch}},
                 opset_version=TORCH_OPSET,
                 dynamo=True,
                 optimize=True,

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.repository import sha256_file
 
@@ -40,7 +41,7 @@ artifacts tree):
 Prints one line per problem; exit code 0 only when every check holds, 1 otherwise.
 """
 
-REQUIRED_FILES = ("metadata.json", "sample_request.json", "sample_response.json")
+REQUIRED_FILES = C.REQUIRED_VERSION_FILES
 SPEC_FILE = Path(__file__).resolve().parent / "specs_data" / "open_inference_rest.yaml"
 DEFAULT_ATOL = 1e-5
 
@@ -80,18 +81,29 @@ def run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- walking
 def _is_version_name(name: str) -> bool:
-    return name.isdigit() and int(name) > 0 and str(int(name)) == name
+    return C.is_version_name(name)
+
+
+def _looks_like_version(path: Path) -> bool:
+    """A version directory holds metadata.json, or is named like a version inside a model directory."""
+    if (path / C.METADATA_FILE).is_file():
+        return True
+    return C.is_version_name(path.name) and (path.parent / C.CONFIG_FILE).is_file()
+
+
+def _looks_like_model(path: Path) -> bool:
+    return (path / C.CONFIG_FILE).is_file() or bool(C.version_dirs(path))
 
 
 def verify(path: Path) -> Report:
-    """Verify a version directory, a model directory or an artifacts tree."""
+    """Verify a version directory, a model directory or an artifacts tree (told apart by content, not name)."""
     path = Path(path)
     if not path.is_dir():
         raise ExporterError(f"{str(path)!r} is not a directory; expected a version, model or artifacts directory")
     report = Report()
-    if (path / "metadata.json").is_file() or (path.name.isdigit() and not (path / "config.pbtxt").exists()):
+    if _looks_like_version(path):
         _verify_model(path.parent, report, only=path)
-    elif (path / "config.pbtxt").is_file() or any(_is_version_name(p.name) for p in path.iterdir() if p.is_dir()):
+    elif _looks_like_model(path):
         _verify_model(path, report)
     else:
         models = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
@@ -163,7 +175,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
     model_file = metadata.get("model_file") if isinstance(metadata.get("model_file"), str) else "model.onnx"
     model_path = vdir / model_file
     sha_ok = False
-    if "/" in model_file or "\\" in model_file or model_file in ("", ".", ".."):
+    if not C.is_plain_file_name(model_file):
         fail(f"metadata.json model_file {model_file!r} must be a file name inside the version directory")
     elif not model_path.is_file():
         fail(f"{model_file} (metadata.json model_file) is missing")
@@ -175,7 +187,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
             sha_ok = True
 
     graph_ok = False
-    if model_path.is_file():
+    if C.is_plain_file_name(model_file) and model_path.is_file():
         graph_ok = _check_onnx(model_path, metadata, fail)
     if config is not None:
         for problem in config_problems(config, metadata, model_dir.name):
@@ -224,14 +236,7 @@ def metadata_validator() -> Any:
 
 
 def _expected_output_shape(metadata: dict[str, Any]) -> list[int] | None:
-    fmt = metadata.get("prediction_format")
-    if fmt == "scalar":
-        return [-1]
-    if fmt == "named_columns" and isinstance(metadata.get("output_columns"), list):
-        return [-1, len(metadata["output_columns"])]
-    if fmt == "vector" and isinstance(metadata.get("embed_dim"), int):
-        return [-1, metadata["embed_dim"]]
-    return None
+    return C.metadata_output_shape(metadata)
 
 
 def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -> list[str]:
@@ -240,68 +245,7 @@ def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -
     for error in sorted(metadata_validator().iter_errors(metadata), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         problems.append(f"not a valid metadata_model_response at {where}: {error.message}")
-    if metadata.get("name") != model_name:
-        problems.append(f"name is {metadata.get('name')!r}, but the model directory is {model_name!r}")
-    versions = metadata.get("versions")
-    if not (isinstance(versions, list) and version in versions):
-        problems.append(f"versions is {versions!r}; expected it to list this version {version!r}")
-    if metadata.get("platform") != "onnxruntime_onnx":
-        problems.append(f"platform is {metadata.get('platform')!r}; expected 'onnxruntime_onnx'")
-    cols = metadata.get("feature_columns")
-    if not (isinstance(cols, list) and cols and all(isinstance(c, str) and c for c in cols)):
-        problems.append("feature_columns must be a non-empty list of column names")
-        cols = None
-    elif len(set(cols)) != len(cols):
-        problems.append("feature_columns holds duplicates")
-    fmt = metadata.get("prediction_format")
-    if fmt not in ("scalar", "named_columns", "vector"):
-        problems.append(f"prediction_format is {fmt!r}; expected 'scalar', 'named_columns' or 'vector'")
-    if fmt == "named_columns" and not (
-        isinstance(metadata.get("output_columns"), list) and metadata["output_columns"]
-        and all(isinstance(c, str) for c in metadata["output_columns"])
-    ):
-        problems.append("output_columns must list the output's column names when prediction_format is named_columns")
-    if fmt == "vector" and not (isinstance(metadata.get("embed_dim"), int) and metadata["embed_dim"] > 0):
-        problems.append("embed_dim must be a positive integer when prediction_format is vector")
-    for key, tensors, want_name in (("inputs", metadata.get("inputs"), "features"),
-                                    ("outputs", metadata.get("outputs"), "predictions")):
-        if not (isinstance(tensors, list) and len(tensors) == 1 and isinstance(tensors[0], dict)):
-            problems.append(f"{key} must describe exactly one tensor")
-            continue
-        t = tensors[0]
-        if t.get("name") != want_name:
-            problems.append(f"{key}[0].name is {t.get('name')!r}; the contract names it {want_name!r}")
-        if t.get("datatype") != "FP64":
-            problems.append(f"{key}[0].datatype is {t.get('datatype')!r}; expected 'FP64'")
-        expected = [-1, len(cols)] if key == "inputs" and cols else (_expected_output_shape(metadata) if key == "outputs" else None)
-        if expected is not None and t.get("shape") != expected:
-            problems.append(f"{key}[0].shape is {t.get('shape')!r}; expected {expected}")
-    if not isinstance(metadata.get("model_file"), str):
-        problems.append("model_file must name the model file")
-    if not (isinstance(metadata.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", metadata["sha256"])):
-        problems.append("sha256 must be 64 lowercase hex digits")
-    if not (isinstance(metadata.get("opset"), int) and metadata["opset"] > 0):
-        problems.append("opset must be a positive integer")
-    producer = metadata.get("producer")
-    if not isinstance(producer, dict) or not all(isinstance(producer.get(k), str) for k in ("framework", "onnx", "onnxruntime")):
-        problems.append("producer must record framework, onnx and onnxruntime versions")
-    parity = metadata.get("parity")
-    if not isinstance(parity, dict):
-        problems.append("parity is missing")
-    else:
-        for key in ("rows", "max_abs_diff", "atol", "passed"):
-            if key not in parity:
-                problems.append(f"parity.{key} is missing")
-        if parity.get("passed") is not True:
-            problems.append("parity.passed is not true: this export failed its parity check")
-        diff, atol = parity.get("max_abs_diff"), parity.get("atol")
-        if isinstance(diff, (int, float)) and isinstance(atol, (int, float)) and not diff <= atol:
-            problems.append(f"parity.max_abs_diff {diff} exceeds parity.atol {atol}")
-    training = metadata.get("training")
-    if not isinstance(training, dict):
-        problems.append("training is missing")
-    elif training.get("mode") not in ("train", "load"):
-        problems.append(f"training.mode is {training.get('mode')!r}; expected 'train' or 'load'")
+    problems.extend(C.contract_problems(metadata, model_name, version))
     created = metadata.get("created_at")
     try:
         stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
@@ -323,41 +267,11 @@ def _check_onnx(model_path: Path, metadata: dict[str, Any], fail: Any) -> bool:
     except Exception as exc:  # onnx raises several exception types for corrupt files
         fail(f"onnx.checker rejects {model_path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         return False
-    ok = True
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    outputs = list(model.graph.output)
     cols = metadata.get("feature_columns") if isinstance(metadata.get("feature_columns"), list) else None
-    want_out = _expected_output_shape(metadata)
-    for kind, tensors, want_name, want_shape in (
-        ("input", inputs, "features", [-1, len(cols)] if cols else None),
-        ("output", outputs, "predictions", want_out),
-    ):
-        if len(tensors) != 1:
-            fail(f"ONNX graph has {len(tensors)} {kind}s ({', '.join(t.name for t in tensors)}); expected one named {want_name!r}")
-            ok = False
-            continue
-        t = tensors[0]
-        if t.name != want_name:
-            fail(f"ONNX {kind} is named {t.name!r}; metadata and the contract name it {want_name!r}")
-            ok = False
-        elem = t.type.tensor_type.elem_type
-        if elem != onnx.TensorProto.DOUBLE:
-            fail(f"ONNX {kind} {t.name!r} is tensor({onnx.TensorProto.DataType.Name(elem).lower()}); expected tensor(double)")
-            ok = False
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.type.tensor_type.shape.dim]
-        if want_shape is not None:
-            if len(dims) != len(want_shape):
-                fail(f"ONNX {kind} {t.name!r} has rank {len(dims)} (shape {dims}); metadata says shape {want_shape}")
-                ok = False
-            else:
-                for axis, (got, want) in enumerate(zip(dims, want_shape)):
-                    if axis == 0 and got != -1:
-                        fail(f"ONNX {kind} {t.name!r} has a fixed batch axis {got}; expected a dynamic one (-1)")
-                        ok = False
-                    elif axis > 0 and got != -1 and got != want:
-                        fail(f"ONNX {kind} {t.name!r} axis {axis} is {got}; metadata says {want}")
-                        ok = False
+    problems = C.graph_io_problems(model, len(cols) if cols else None, C.metadata_output_shape(metadata))
+    for problem in problems:
+        fail(f"ONNX {problem}")
+    ok = not problems
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if isinstance(metadata.get("opset"), int) and opset is not None and opset != metadata["opset"]:
         fail(f"ONNX default-domain opset is {opset}; metadata.json says {metadata['opset']}")

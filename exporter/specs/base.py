@@ -69,6 +69,32 @@ class Trained:
 
 
 @dataclass(frozen=True)
+class NotebookInfo:
+    """What the generated notebook of a model says about it (``tools/build_notebooks.py`` renders it)."""
+
+    title: str
+    #: "a ... model" completing "This notebook trains (or loads) ..."
+    what: str
+    #: the native framework, as the parity text names it
+    native: str
+    #: help of the checkpoint_path parameter
+    checkpoint: str
+    #: (hyper-parameter, comment) pairs that become typed notebook parameters
+    knobs: tuple[tuple[str, str], ...]
+    #: comment of ``extra_hparams``
+    extra: str
+    #: what one training step is called ("epoch", "boosting round")
+    step: str
+    #: markdown above the evaluation plots
+    eval_md: str
+    #: example ``-p`` overrides for the notebook's intro
+    example: str
+    note: str = ""
+    #: the model has user/item towers (adds user_columns / item_columns parameters)
+    towers: bool = False
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything model specific, declared once. Adding a model means adding one such spec."""
 
@@ -94,6 +120,12 @@ class ModelSpec:
     checkpoint_hint: str = "checkpoint.pt written by train mode"
     #: Rebuilds the native predictor of one model name from its version directory (benchmarks).
     native_from_dir: Callable[[str, Path], Callable[[np.ndarray], np.ndarray]] | None = None
+    #: The model's notebook (``notebooks/<name>.ipynb``, generated from this).
+    notebook: NotebookInfo | None = None
+    #: Small hyper-parameters that train in seconds: what the tests and smoke runs use.
+    test_hparams: Mapping[str, Any] = field(default_factory=dict)
+    #: Rules for hyper-parameters the common table (:data:`exporter.hparams.RULES`) does not know.
+    hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def columns(self, override: Sequence[str] | None) -> list[str]:
         return list(override) if override else list(self.default_features)

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from exporter import contract as C
 from exporter.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
@@ -185,17 +186,17 @@ def booster_to_onnx(booster: Any, n_features: int) -> Any:
     )
     graph = converted.graph
     probabilities = next(o.name for o in graph.output if o.name == "probabilities")
-    nodes = [helper.make_node("Cast", ["features"], ["input_f32"], to=TensorProto.FLOAT, name="features_to_float")]
+    nodes = [helper.make_node("Cast", [C.INPUT_NAME], ["input_f32"], to=TensorProto.FLOAT, name="features_to_float")]
     nodes += list(graph.node)
     nodes += [
         helper.make_node("Gather", [probabilities, "positive_class"], ["p_click_f32"], axis=1, name="take_positive"),
-        helper.make_node("Cast", ["p_click_f32"], ["predictions"], to=TensorProto.DOUBLE, name="to_double"),
+        helper.make_node("Cast", ["p_click_f32"], [C.OUTPUT_NAME], to=TensorProto.DOUBLE, name="to_double"),
     ]
     new_graph = helper.make_graph(
         nodes,
         "xgb_ctr",
-        [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", n_features])],
-        [helper.make_tensor_value_info("predictions", TensorProto.DOUBLE, ["batch"])],
+        [helper.make_tensor_value_info(C.INPUT_NAME, TensorProto.DOUBLE, ["batch", n_features])],
+        [helper.make_tensor_value_info(C.OUTPUT_NAME, TensorProto.DOUBLE, ["batch"])],
         initializer=list(graph.initializer) + [helper.make_tensor("positive_class", TensorProto.INT64, [], [1])],
     )
     opsets = {o.domain: o.version for o in converted.opset_import}
