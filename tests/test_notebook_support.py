@@ -323,6 +323,7 @@ def test_failure_exit_codes_follow_the_error_kind(tmp_path):
     assert err.exit_code == 1
 
 
+@pytest.mark.slow
 def test_cli_errors_before_any_kernel(tmp_path):
     result = run_cli("notebooks", "gbm", "--artifacts", str(tmp_path))
     assert result.returncode == 2 and result.stderr.startswith("error: unknown notebook 'gbm'")

@@ -17,6 +17,7 @@ from exporter import torch_common as tc
 from exporter.data import DEFAULT_FEATURES, LABEL
 from exporter.features import FeaturePlan
 from exporter.metrics import mmoe_metrics
+from exporter.specs.base import NotebookInfo
 from exporter.specs.torch_spec import ServedPart, TorchModelDef, label_tensor, make_spec
 
 OUTPUT_COLUMNS = ["ctr", "watch_time", "gmv"]
@@ -102,5 +103,24 @@ SPEC = make_spec(
         parts=lambda net, cfg, cols: [
             ServedPart("mmoe", net, cols, list(range(len(cols))), 3, "named_columns", output_columns=list(OUTPUT_COLUMNS))
         ],
+        notebook=NotebookInfo(
+            title='MMoE multi-task model (CTR, watch time, GMV) → ONNX',
+            what='a multi-gate mixture-of-experts model (PyTorch) with three heads: click probability, watch time and GMV',
+            native='PyTorch',
+            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
+            knobs=(
+                ('epochs', 'passes over the training rows'),
+                ('batch_size', 'rows per optimiser step'),
+                ('learning_rate', 'Adam learning rate'),
+                ('n_experts', 'shared experts the task gates mix'),
+                ('expert_dim', 'width of each expert'),
+                ('tower_dim', 'width of each task tower'),
+            ),
+            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
+            step='epoch',
+            eval_md='ROC curve of the click head; predicted against true watch time and GMV on held-out rows (the dashed line is a perfect prediction).',
+            example='-p epochs 10 -p n_experts 6',
+        ),
+        test_hparams={'epochs': 3},
     )
 )

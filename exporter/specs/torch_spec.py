@@ -5,7 +5,7 @@ exports); fitting, checkpoints with ``weights_only=True`` and native predictors 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -16,7 +16,7 @@ from torch import nn
 from exporter import torch_common as tc
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
-from exporter.specs.base import ExportUnit, ModelSpec, Progress, Trained
+from exporter.specs.base import ExportUnit, ModelSpec, NotebookInfo, Progress, Trained
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
@@ -63,6 +63,9 @@ class TorchModelDef:
     #: (network, config, columns) -> exported parts
     parts: Callable[[nn.Module, Mapping[str, Any], list[str]], list[ServedPart]]
     atol: float = 1e-5
+    notebook: NotebookInfo | None = None
+    test_hparams: Mapping[str, Any] = field(default_factory=dict)
+    hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def make_spec(d: TorchModelDef) -> ModelSpec:
@@ -189,6 +192,9 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
         progress_total=lambda hp, rows: int(hp["epochs"]) * tc.steps_per_epoch(rows, int(hp["batch_size"])),
         atol=d.atol,
         native_from_dir=native_from_dir,
+        notebook=d.notebook,
+        test_hparams=d.test_hparams,
+        hparam_rules=d.hparam_rules,
     )
 
 

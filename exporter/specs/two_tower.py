@@ -19,6 +19,7 @@ from exporter.data import ITEM_FEATURES, LABEL, USER_FEATURES
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.metrics import retrieval_metrics
+from exporter.specs.base import NotebookInfo
 from exporter.specs.torch_spec import ServedPart, TorchModelDef, label_tensor, make_spec
 
 
@@ -120,5 +121,25 @@ SPEC = make_spec(
         loss=_loss,
         heads=lambda net, x: {LABEL: torch.sigmoid(net.score(x))},
         parts=_parts,
+        notebook=NotebookInfo(
+            title='Two-tower retrieval model (user and item towers) → ONNX',
+            what='a two-tower retrieval model (PyTorch)',
+            native='PyTorch',
+            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
+            knobs=(
+                ('epochs', 'passes over the training rows'),
+                ('batch_size', 'rows per optimiser step'),
+                ('learning_rate', 'Adam learning rate'),
+                ('embed_dim', 'size of the user and item embeddings'),
+                ('hidden', "width of each tower's hidden layers"),
+            ),
+            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
+            step='epoch',
+            eval_md="ROC curve of the user·item score (sigmoid of the embeddings' dot product) against clicks on held-out pairs.",
+            example='-p epochs 10 -p embed_dim 32',
+            note='The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.',
+            towers=True,
+        ),
+        test_hparams={'epochs': 3},
     )
 )
