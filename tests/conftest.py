@@ -15,8 +15,8 @@ SMALL_ROWS = 3000
 SMALL_HPARAMS = {
     "xgb": {"n_estimators": 40},
     "deepfm": {"epochs": 3},
-    "mmoe": {"epochs": 3},
-    "two_tower": {"epochs": 3},
+    "mmoe": {"epochs": 5},
+    "two_tower": {"epochs": 5},
 }
 
 
