@@ -55,8 +55,8 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
     if rows < 1:
         raise ExporterError(f"--rows must be a positive number of rows, got {rows}")
     rng = np.random.default_rng(seed)
-    n_users = max(20, rows // 20)
-    n_items = max(20, rows // 40)
+    n_users = max(20, rows // 50)
+    n_items = max(20, rows // 100)
     n_cat = len(CATEGORIES)
 
     # users: attributes, taste, bias; IDs are arbitrary integers (their order means nothing)
@@ -92,7 +92,7 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
         - 0.010 * (user_gender == 2) * (item_price - 100.0)
         + 3.0 * young * (item_ctr - 0.25)
         - 0.015 * (user_age - 38.0)
-        + 0.9 * np.sum(u_taste[u] * i_taste[i], axis=1) / np.sqrt(_TASTE_DIM)
+        + 1.5 * np.sum(u_taste[u] * i_taste[i], axis=1) / np.sqrt(_TASTE_DIM)
         + u_bias[u]
         + i_bias[i]
     )

@@ -684,3 +684,34 @@ def format_schema(specs: Sequence[FeatureSpec], inferred: Sequence[str], *, note
         tail = f"  ({', '.join(extra)})" if extra else ""
         lines.append(f"  {s.name:<{width}}  {s.kind:<11}{' inferred' if s.name in marks else ' declared'}{tail}")
     return "\n".join(lines)
+
+
+#: raw values the parity gate sends for categorical columns beside the data's own: unseen IDs, unknown codes,
+#: non-integers, NaN, +-inf and integers beyond 2^53 (all must land on the OOV row in graph and twin alike)
+def probe_rows(plan: FeaturePlan, base: np.ndarray, *, rows: int = 64) -> np.ndarray:
+    """Rows for the parity gate that exercise every OOV path and the numeric fill (built from ``base`` rows)."""
+    base = np.asarray(base, dtype=np.float64)
+    if len(base) == 0:
+        base = np.zeros((1, len(plan)), dtype=np.float64)
+    out = base[np.arange(rows) % len(base)].copy()
+    for j, feat in enumerate(plan.features):
+        for r in range(rows):
+            variant = r % 8
+            if not feat.categorical:
+                if variant in (1, 4):
+                    out[r, j] = np.nan
+                elif variant == 6:
+                    out[r, j] = np.inf if r % 16 < 8 else -np.inf
+                continue
+            top = max([abs(k) for k in feat.keys] + [0])
+            out[r, j] = {
+                0: top + 1 + r,                   # an unseen ID / a code beyond the vocabulary
+                1: np.nan,                        # missing
+                2: float(UNKNOWN_CODE),           # the unknown-string code
+                3: (feat.keys[r % len(feat.keys)] if feat.keys else 0) + 0.5,  # not an integer
+                4: float(2**60),                  # beyond 2^53
+                5: -np.inf if r % 16 < 8 else np.inf,
+                6: float(feat.keys[r % len(feat.keys)]) if feat.keys else float(r),  # a known value
+                7: -float(top + 2 + r),           # negative unseen
+            }[variant]
+    return out

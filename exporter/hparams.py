@@ -43,6 +43,7 @@ RULES: dict[str, tuple[str, str]] = {
     "max_depth": ("positive_int", "a positive integer"),
     "learning_rate": ("learning_rate", "a number in (0, 10)"),
     "embed_dim": ("positive_int", "a positive integer"),
+    "field_embed_dim": ("positive_int", "a positive integer"),
     "n_experts": ("positive_int", "a positive integer"),
     "expert_dim": ("positive_int", "a positive integer"),
     "tower_dim": ("positive_int", "a positive integer"),

@@ -121,6 +121,6 @@ SPEC = make_spec(
             eval_md='ROC curve of the click head; predicted against true watch time and GMV on held-out rows (the dashed line is a perfect prediction).',
             example='-p epochs 10 -p n_experts 6',
         ),
-        test_hparams={'epochs': 3},
+        test_hparams={'epochs': 5},
     )
 )

@@ -171,9 +171,8 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
             ckpt_path = version_dir.parent.parent / related / version_dir.name / CHECKPOINT_NAME
         trained = load(ckpt_path, None, {})
         units = trained.units()
-        unit = next((u for u in units if u.model_name == model_name), None)
-        if unit is None:  # exported under another name (--model-name): same position among the parts
-            unit = units[_part_index(version_dir, len(units))]
+        part = _model_part(version_dir, model_name)  # the spec's own name of a model exported under another
+        unit = next(u for u in units if u.model_name == part)
         plan = trained.features.subset(unit.feature_columns) if trained.features is not None else None
         native = unit.native_predict
         return (lambda x: native(plan.prepare(x))) if plan is not None else native
@@ -207,12 +206,11 @@ def _related_first(version_dir: Path) -> str:
     return related[0] if related else version_dir.parent.name
 
 
-def _part_index(version_dir: Path, n_parts: int) -> int:
+def _model_part(version_dir: Path, model_name: str) -> str:
     import json
 
     meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
-    index = int(meta.get("part_index", 0))
-    return index if 0 <= index < n_parts else 0
+    return str(meta.get("model_part") or model_name)
 
 
 def label_tensor(y: Mapping[str, np.ndarray], name: str) -> torch.Tensor:

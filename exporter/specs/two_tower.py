@@ -140,6 +140,6 @@ SPEC = make_spec(
             note='The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.',
             towers=True,
         ),
-        test_hparams={'epochs': 3},
+        test_hparams={'epochs': 5},
     )
 )
