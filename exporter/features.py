@@ -234,22 +234,22 @@ def infer_kind(series: pd.Series, name: str) -> str:
 
 
 def resolve_specs(frame: pd.DataFrame, columns: Sequence[str], schema: Schema | None,
-                  defaults: Sequence[FeatureSpec] = ()) -> tuple[list[FeatureSpec], list[str]]:
+                  defaults: Sequence[FeatureSpec] = ()) -> tuple[list[FeatureSpec], dict[str, str]]:
     """One spec per column: the schema's, else a default's (contract schema), else inferred from the data.
 
-    Returns the specs and the names whose kind was inferred (to print them).
+    Returns the specs and where each came from (``declared``, ``default`` or ``inferred``), to print them.
     """
     by_default = {s.name: s for s in defaults}
-    specs, inferred = [], []
+    specs, origins = [], {}
     for col in columns:
-        declared = schema.get(col) if schema is not None else None
-        if declared is None:
-            declared = by_default.get(col)
-        if declared is None:
-            declared = FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC)
-            inferred.append(col)
-        specs.append(declared)
-    return specs, inferred
+        spec, origin = (schema.get(col) if schema is not None else None), "declared"
+        if spec is None:
+            spec, origin = by_default.get(col), "default"
+        if spec is None:
+            spec, origin = FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC), "inferred"
+        specs.append(spec)
+        origins[col] = origin
+    return specs, origins
 
 
 # --------------------------------------------------------------------------- column values
@@ -665,9 +665,8 @@ def with_towers(specs: Sequence[FeatureSpec], towers: Mapping[str, str]) -> list
     return [replace(s, tower=towers.get(s.name, s.tower)) for s in specs]
 
 
-def format_schema(specs: Sequence[FeatureSpec], inferred: Sequence[str], *, note: str = "") -> str:
-    """A few lines the user sees before training: every feature with its kind, inferred ones marked."""
-    marks = set(inferred)
+def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, note: str = "") -> str:
+    """A few lines the user sees before training: every feature with its kind and where the kind came from."""
     width = max((len(s.name) for s in specs), default=0)
     lines = [f"feature schema ({len(specs)} columns{'; ' + note if note else ''}):"]
     for s in specs:
@@ -682,7 +681,7 @@ def format_schema(specs: Sequence[FeatureSpec], inferred: Sequence[str], *, note
         elif s.fill is not None:
             extra.append(f"fill {s.fill:g}")
         tail = f"  ({', '.join(extra)})" if extra else ""
-        lines.append(f"  {s.name:<{width}}  {s.kind:<11}{' inferred' if s.name in marks else ' declared'}{tail}")
+        lines.append(f"  {s.name:<{width}}  {s.kind:<11} {origins.get(s.name, 'stored'):<8}{tail}")
     return "\n".join(lines)
 
 
