@@ -342,7 +342,8 @@ class FittedFeature:
 
     spec: FeatureSpec
     dtype: str
-    #: numeric: the value a missing cell becomes (the spec's, or the training median)
+    #: numeric: the value a missing cell becomes (the spec's, or the training median); None only for models
+    #: loaded without a plan (trained elsewhere on plain numbers): missing values reach the model as NaN
     fill: float | None = None
     #: categorical with a vocabulary: the raw values (IDs, or string codes) that own rows 1, 2, ... in order
     keys: list[int] = field(default_factory=list)
@@ -420,8 +421,6 @@ class FittedFeature:
             fill = None if raw.get("fill") is None else float(raw["fill"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ExporterError(f"{source}: unusable feature entry {str(raw)[:80]}: {exc!r}") from exc
-        if spec.kind == NUMERIC and fill is None:
-            raise ExporterError(f"{source}: numeric feature {spec.name!r} has no fill")
         if spec.kind == CATEGORICAL and spec.hash_buckets is None and dtype == "string" and vocab is None:
             raise ExporterError(f"{source}: string feature {spec.name!r} has no vocab")
         return cls(spec, dtype, fill, keys, vocab, dict(raw.get("stats") or {}))
@@ -564,7 +563,7 @@ class FeaturePlan:
         for j, feat in enumerate(self.features):
             col = raw[:, j]
             if not feat.categorical:
-                out[~np.isfinite(col), j] = feat.fill
+                out[~np.isfinite(col), j] = np.nan if feat.fill is None else feat.fill
                 continue
             out[:, j] = category_rows(col, feat)
         return out
@@ -654,10 +653,12 @@ def fit(frame: pd.DataFrame, specs: Sequence[FeatureSpec], train_rows: Iterable[
     return FeaturePlan(fitted)
 
 
-def numeric_plan(columns: Sequence[str], fills: Sequence[float] | None = None) -> FeaturePlan:
-    """All-numeric plan for models loaded without one (foreign checkpoints): every column as it is."""
-    fills = list(fills) if fills is not None else [0.0] * len(columns)
-    return FeaturePlan([FittedFeature(FeatureSpec(c), "float64", float(f), [], None, {}) for c, f in zip(columns, fills)])
+def passthrough_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: Iterable[int] | None = None, *,
+                     source: str = "data") -> FeaturePlan:
+    """For a model loaded without a plan (trained elsewhere on plain numbers): every column numeric, and a
+    missing value reaches the model as NaN (XGBoost, for one, learned where missing values go)."""
+    plan = fit(frame, [FeatureSpec(c) for c in columns], train_rows, source=source)
+    return FeaturePlan([replace(f, fill=None) for f in plan.features])
 
 
 def with_towers(specs: Sequence[FeatureSpec], towers: Mapping[str, str]) -> list[FeatureSpec]:

@@ -110,8 +110,9 @@ def fit_plan(frame: pd.DataFrame, columns: Sequence[str], schema: F.Schema | Non
 
 
 def numeric_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: np.ndarray, *, source: str) -> F.FeaturePlan:
-    """For a loaded model that stores no plan (trained elsewhere on plain numbers): every column numeric."""
-    return F.fit(frame, [F.FeatureSpec(c) for c in columns], train_rows, source=source)
+    """For a loaded model that stores no plan (trained elsewhere on plain numbers): every column numeric,
+    missing values passed to the model as NaN."""
+    return F.passthrough_plan(frame, columns, train_rows, source=source)
 
 
 def stored_plan(feature_meta: Any) -> F.FeaturePlan | None:

@@ -225,7 +225,7 @@ def prepare(params: ExportParams) -> Prepared:
         stored = loaded.features or I.stored_plan(params.feature_meta)
         if stored is None:  # a model trained elsewhere on plain numbers
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
-            note = "a loaded model without a feature plan: every column numeric, fill = training median"
+            note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
     plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)

@@ -91,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
     results = []
     shown: set[str] = set()
 
-    def echo(text: str) -> None:  # the feature schema, once per distinct schema
-        if text not in shown:
+    def echo(text: str) -> None:  # the feature schema, once per distinct schema (stdout: stderr is for errors)
+        if text not in shown and not args.json:
             shown.add(text)
-            print(text, file=sys.stderr, flush=True)
+            print(text, flush=True)
 
     for name in models:
         params = pipeline.ExportParams(
