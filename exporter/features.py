@@ -234,22 +234,22 @@ def infer_kind(series: pd.Series, name: str) -> str:
 
 
 def resolve_specs(frame: pd.DataFrame, columns: Sequence[str], schema: Schema | None,
-                  defaults: Sequence[FeatureSpec] = ()) -> tuple[list[FeatureSpec], list[str]]:
+                  defaults: Sequence[FeatureSpec] = ()) -> tuple[list[FeatureSpec], dict[str, str]]:
     """One spec per column: the schema's, else a default's (contract schema), else inferred from the data.
 
-    Returns the specs and the names whose kind was inferred (to print them).
+    Returns the specs and where each came from (``declared``, ``default`` or ``inferred``), to print them.
     """
     by_default = {s.name: s for s in defaults}
-    specs, inferred = [], []
+    specs, origins = [], {}
     for col in columns:
-        declared = schema.get(col) if schema is not None else None
-        if declared is None:
-            declared = by_default.get(col)
-        if declared is None:
-            declared = FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC)
-            inferred.append(col)
-        specs.append(declared)
-    return specs, inferred
+        spec, origin = (schema.get(col) if schema is not None else None), "declared"
+        if spec is None:
+            spec, origin = by_default.get(col), "default"
+        if spec is None:
+            spec, origin = FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC), "inferred"
+        specs.append(spec)
+        origins[col] = origin
+    return specs, origins
 
 
 # --------------------------------------------------------------------------- column values
@@ -342,7 +342,8 @@ class FittedFeature:
 
     spec: FeatureSpec
     dtype: str
-    #: numeric: the value a missing cell becomes (the spec's, or the training median)
+    #: numeric: the value a missing cell becomes (the spec's, or the training median); None only for models
+    #: loaded without a plan (trained elsewhere on plain numbers): missing values reach the model as NaN
     fill: float | None = None
     #: categorical with a vocabulary: the raw values (IDs, or string codes) that own rows 1, 2, ... in order
     keys: list[int] = field(default_factory=list)
@@ -420,8 +421,6 @@ class FittedFeature:
             fill = None if raw.get("fill") is None else float(raw["fill"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ExporterError(f"{source}: unusable feature entry {str(raw)[:80]}: {exc!r}") from exc
-        if spec.kind == NUMERIC and fill is None:
-            raise ExporterError(f"{source}: numeric feature {spec.name!r} has no fill")
         if spec.kind == CATEGORICAL and spec.hash_buckets is None and dtype == "string" and vocab is None:
             raise ExporterError(f"{source}: string feature {spec.name!r} has no vocab")
         return cls(spec, dtype, fill, keys, vocab, dict(raw.get("stats") or {}))
@@ -564,7 +563,7 @@ class FeaturePlan:
         for j, feat in enumerate(self.features):
             col = raw[:, j]
             if not feat.categorical:
-                out[~np.isfinite(col), j] = feat.fill
+                out[~np.isfinite(col), j] = np.nan if feat.fill is None else feat.fill
                 continue
             out[:, j] = category_rows(col, feat)
         return out
@@ -654,10 +653,12 @@ def fit(frame: pd.DataFrame, specs: Sequence[FeatureSpec], train_rows: Iterable[
     return FeaturePlan(fitted)
 
 
-def numeric_plan(columns: Sequence[str], fills: Sequence[float] | None = None) -> FeaturePlan:
-    """All-numeric plan for models loaded without one (foreign checkpoints): every column as it is."""
-    fills = list(fills) if fills is not None else [0.0] * len(columns)
-    return FeaturePlan([FittedFeature(FeatureSpec(c), "float64", float(f), [], None, {}) for c, f in zip(columns, fills)])
+def passthrough_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: Iterable[int] | None = None, *,
+                     source: str = "data") -> FeaturePlan:
+    """For a model loaded without a plan (trained elsewhere on plain numbers): every column numeric, and a
+    missing value reaches the model as NaN (XGBoost, for one, learned where missing values go)."""
+    plan = fit(frame, [FeatureSpec(c) for c in columns], train_rows, source=source)
+    return FeaturePlan([replace(f, fill=None) for f in plan.features])
 
 
 def with_towers(specs: Sequence[FeatureSpec], towers: Mapping[str, str]) -> list[FeatureSpec]:
@@ -665,9 +666,8 @@ def with_towers(specs: Sequence[FeatureSpec], towers: Mapping[str, str]) -> list
     return [replace(s, tower=towers.get(s.name, s.tower)) for s in specs]
 
 
-def format_schema(specs: Sequence[FeatureSpec], inferred: Sequence[str], *, note: str = "") -> str:
-    """A few lines the user sees before training: every feature with its kind, inferred ones marked."""
-    marks = set(inferred)
+def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, note: str = "") -> str:
+    """A few lines the user sees before training: every feature with its kind and where the kind came from."""
     width = max((len(s.name) for s in specs), default=0)
     lines = [f"feature schema ({len(specs)} columns{'; ' + note if note else ''}):"]
     for s in specs:
@@ -682,7 +682,7 @@ def format_schema(specs: Sequence[FeatureSpec], inferred: Sequence[str], *, note
         elif s.fill is not None:
             extra.append(f"fill {s.fill:g}")
         tail = f"  ({', '.join(extra)})" if extra else ""
-        lines.append(f"  {s.name:<{width}}  {s.kind:<11}{' inferred' if s.name in marks else ' declared'}{tail}")
+        lines.append(f"  {s.name:<{width}}  {s.kind:<11} {origins.get(s.name, 'stored'):<8}{tail}")
     return "\n".join(lines)
 
 

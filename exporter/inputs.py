@@ -115,19 +115,20 @@ def read_labels(frame: pd.DataFrame, labels: Mapping[str, str], *, source: str,
 
 
 def fit_plan(frame: pd.DataFrame, columns: Sequence[str], schema: F.Schema | None, train_rows: np.ndarray, *,
-             source: str, stored: F.FeaturePlan | None = None) -> tuple[F.FeaturePlan, list[str]]:
-    """The fitted plan (``stored`` when a loaded model brings one) and the columns whose kind was inferred."""
+             source: str, stored: F.FeaturePlan | None = None) -> tuple[F.FeaturePlan, dict[str, str]]:
+    """The fitted plan (``stored`` when a loaded model brings one) and where each column's kind came from."""
     if stored is not None:
         if stored.columns != list(columns):
             raise ExporterError(f"the loaded model's feature plan has columns {stored.columns}, expected {list(columns)}")
-        return stored, []
-    specs, inferred = F.resolve_specs(frame, columns, schema, default_specs())
-    return F.fit(frame, specs, train_rows, source=source), inferred
+        return stored, {c: "stored" for c in columns}
+    specs, origins = F.resolve_specs(frame, columns, schema, default_specs())
+    return F.fit(frame, specs, train_rows, source=source), origins
 
 
 def numeric_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: np.ndarray, *, source: str) -> F.FeaturePlan:
-    """For a loaded model that stores no plan (trained elsewhere on plain numbers): every column numeric."""
-    return F.fit(frame, [F.FeatureSpec(c) for c in columns], train_rows, source=source)
+    """For a loaded model that stores no plan (trained elsewhere on plain numbers): every column numeric,
+    missing values passed to the model as NaN."""
+    return F.passthrough_plan(frame, columns, train_rows, source=source)
 
 
 def stored_plan(feature_meta: Any) -> F.FeaturePlan | None:

@@ -44,7 +44,8 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
     parts: list[str] = []
     if num:
         cols = const("num_idx", num, np.int64)
-        fills = const("num_fill", [plan.features[j].fill for j in num], np.float64)
+        fills = const("num_fill", [np.nan if plan.features[j].fill is None else plan.features[j].fill for j in num],
+                      np.float64)
         nodes += [
             helper.make_node("Gather", [INPUT, cols], [name("num")], axis=1, name=name("gather_num")),
             helper.make_node("IsNaN", [name("num")], [name("num_nan")], name=name("isnan")),

@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,14 +81,14 @@ class Prepared:
     raw_heldout: np.ndarray | None = None
     #: model label name -> data column (``--label`` renames ``label``)
     label_columns: dict[str, str] = field(default_factory=dict)
-    #: columns whose kind was inferred from the data, and how the columns were chosen
-    inferred: list[str] = field(default_factory=list)
+    #: where each column's kind came from (declared, default, inferred, stored), and how the columns were chosen
+    origins: dict[str, str] = field(default_factory=dict)
     columns_note: str = ""
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""
         assert self.features is not None
-        return F.format_schema([f.spec for f in self.features.features], self.inferred, note=self.columns_note)
+        return F.format_schema([f.spec for f in self.features.features], self.origins, note=self.columns_note)
 
     @property
     def atol(self) -> float:
@@ -118,6 +118,8 @@ class ParityResult:
     atol: float
     native: np.ndarray
     onnx: np.ndarray
+    #: rows built to exercise the OOV and fill paths (unseen IDs, unknown codes, non-integers, NaN, +-inf)
+    probe_rows: int = 0
 
     @property
     def passed(self) -> bool:
@@ -127,7 +129,8 @@ class ParityResult:
         return {
             "rows": self.rows,
             "heldout_rows": self.heldout_rows,
-            "synthetic_rows": self.rows - self.heldout_rows,
+            "synthetic_rows": self.rows - self.heldout_rows - self.probe_rows,
+            "probe_rows": self.probe_rows,
             "max_abs_diff": self.max_abs_diff,
             "mean_abs_diff": self.mean_abs_diff,
             "atol": self.atol,
@@ -237,8 +240,8 @@ def prepare(params: ExportParams) -> Prepared:
         stored = loaded.features or I.stored_plan(params.feature_meta)
         if stored is None:  # a model trained elsewhere on plain numbers
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
-            note = "a loaded model without a feature plan: every column numeric, fill = training median"
-    plan, inferred = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
+            note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
+    plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
     y_all = I.read_labels(frame, labels, source=where, kinds={n.name: n.kind for n in needs}) if has_labels else {}
@@ -250,7 +253,7 @@ def prepare(params: ExportParams) -> Prepared:
         frame.iloc[train_idx].reset_index(drop=True), frame.iloc[held_idx].reset_index(drop=True),
         x_all[train_idx], x_all[held_idx],
         {k: v[train_idx] for k, v in y_all.items()}, {k: v[held_idx] for k, v in y_all.items()},
-        loaded, plan, raw[train_idx], raw[held_idx], labels, inferred, note,
+        loaded, plan, raw[train_idx], raw[held_idx], labels, origins, note,
     )
 
 
@@ -509,16 +512,18 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
     raw_held = prep.raw_heldout if prep.raw_heldout is not None else prep.x_heldout
     raw_train = prep.raw_train if prep.raw_train is not None else prep.x_train
     x_parity, n_synthetic = D.parity_rows(raw_held, raw_train, minimum=PARITY_MIN_ROWS, seed=prep.params.seed)
+    n_probes = 0
     if plan is not None:  # unseen IDs, unknown codes, non-integers, NaN: the OOV paths must agree too
         probes = F.probe_rows(plan, x_parity)
-        x_parity, n_synthetic = np.concatenate([x_parity, probes]), n_synthetic + len(probes)
+        x_parity, n_probes = np.concatenate([x_parity, probes]), len(probes)
     built: list[tuple[ExportUnit, bytes, ParityResult]] = []
     for unit in units:
         sub = plan.subset(unit.feature_columns) if plan is not None else None
         model_bytes = build_onnx(unit, sub)
         idx = [prep.columns.index(c) for c in unit.feature_columns]
-        parity = check_parity(unit, model_bytes, np.ascontiguousarray(x_parity[:, idx]), len(x_parity) - n_synthetic,
-                              prep.atol, sub)
+        parity = check_parity(unit, model_bytes, np.ascontiguousarray(x_parity[:, idx]),
+                              len(x_parity) - n_synthetic - n_probes, prep.atol, sub)
+        parity.probe_rows = n_probes
         built.append((unit, model_bytes, parity))
     failed = [p for _, _, p in built if not p.passed]
     if failed:
@@ -566,10 +571,12 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
     return exported
 
 
-def run(params: ExportParams) -> RunResult:
-    """prepare -> fit -> evaluate -> export, timed."""
+def run(params: ExportParams, echo: Callable[[str], None] | None = None) -> RunResult:
+    """prepare -> fit -> evaluate -> export, timed; ``echo`` receives the feature schema before training."""
     start = time.perf_counter()
     prep = prepare(params)
+    if echo is not None:
+        echo(prep.schema_text())
     trained = fit(prep)
     evaluation = evaluate(prep, trained)
     artifacts = export(prep, trained, evaluation)

@@ -24,6 +24,9 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 def format_result(result: RunResult) -> str:
     """A few lines: where each artifact is, its metrics and its parity figure."""
     lines = [f"{result.prepared.spec.name}: {_fmt_metrics(result.evaluation.metrics)}  ({result.seconds:.1f}s)"]
+    warning = result.evaluation.quality.get("warning")
+    if warning:
+        lines.append(f"  WARNING: {warning}")
     for a in result.artifacts:
         p = a.parity
         lines.append(
@@ -42,6 +45,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "model": r.prepared.spec.name,
                 "seconds": round(r.seconds, 3),
                 "metrics": r.evaluation.metrics,
+                "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
                 "artifacts": [
                     {"model_name": a.model_name, "version": a.version, "path": str(a.path),
                      "sha256": a.metadata["sha256"], "parity": a.metadata["parity"]}

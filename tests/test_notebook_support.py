@@ -166,16 +166,18 @@ def test_contract_and_parity_text_are_deterministic(exported_runs):
     text = nbs.contract_text(runs["mmoe"].artifacts)
     assert text.splitlines() == [
         "mmoe  (platform onnxruntime_onnx)",
-        "  input  features  FP64  [-1, 7]",
+        "  input  features  FP64  [-1, 10]",
         "  output predictions  FP64  [-1, 3]",
-        "  feature_columns: item_ctr, item_cvr, item_price, user_age, user_gender, cross_age_x_ctr, cross_gender_x_price",
+        "  feature_columns: item_ctr, item_cvr, item_price, user_age, user_gender, cross_age_x_ctr, cross_gender_x_price, "
+        "user_id, item_id, item_category",
         "  output_columns:  ctr, watch_time, gmv",
         "  TorchServe-style answer: one object per row with the output columns",
     ]
     towers = nbs.contract_text(runs["two_tower"].artifacts)
     assert "two_tower_item  (platform onnxruntime_onnx)" in towers and "embed_dim:       16" in towers
     parity = nbs.parity_text(runs["xgb"].artifacts)
-    assert parity == "parity xgb: passed (max |native - onnxruntime| <= atol 1e-05 on 1000 rows (600 held-out, 400 sampled from the data's values))"
+    assert parity == ("parity xgb: passed (max |native - onnxruntime| <= atol 1e-05 on 1064 rows (600 held-out, 400 sampled "
+                      "from the data's values, 64 probes with unseen IDs, unknown codes and missing values))")
 
 
 def test_describe_exports_names_version_and_files(exported_runs):
