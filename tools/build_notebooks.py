@@ -63,7 +63,7 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         ]
     lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)", "",
               "# Training (train mode; load mode keeps the loaded model's own settings)"]
-    lines += [f"{name}: {type(hp[name]).__name__} = {hp[name]!r}  # {comment}" for name, comment in cfg.knobs]
+    lines += [f"{name}: {type(hp[name]).__name__} = {_literal(hp[name])}  # {comment}" for name, comment in cfg.knobs]
     lines += [
         f"extra_hparams: dict = {{}}  # {cfg.extra}",
         "",
@@ -73,6 +73,21 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         f"parity_atol: float = {spec.atol!r}  # max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
     ]
     return "\n".join(lines)
+
+
+def _literal(value: Any) -> str:
+    """A knob's default as Python source; lists of objects (mmoe's tasks) as JSON-style text, as users write them."""
+    import ast
+    import json
+
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        text = json.dumps(value)
+        try:
+            if ast.literal_eval(text) == value:  # the same value in Python (no true/false/null inside)
+                return text
+        except ValueError:
+            pass
+    return repr(value)
 
 
 def hparams_source(model: str, cfg: NotebookInfo) -> str:

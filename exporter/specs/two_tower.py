@@ -202,7 +202,7 @@ SPEC = make_spec(
                 ('embed_dim', 'size of the user and item embeddings'),
                 ('hidden', "width of each tower's hidden layers"),
             ),
-            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "logq_correction": false, "field_embed_dim": 16}',
+            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "logq_correction": False, "field_embed_dim": 16}',
             step='epoch',
             eval_md=("Retrieval on held-out user-item pairs: for every user, all items of the catalogue are ranked by the "
                      "towers' dot product (the user's training items removed); recall@K is the share of the user's held-out "
