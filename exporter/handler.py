@@ -137,6 +137,153 @@ _V2_KEY = "inputs"
 _MAX_VERSION = 2**63 - 1
 #: longest piece of client text quoted in an error message
 _QUOTE_CHARS = 40
+# (exporter.features owns these; tests/test_features_handler.py proves the copies agree)
+_MAX_EXACT_INT = 2**53
+_UNKNOWN_CODE = -1
+_VOCAB_FILE = "vocab.json"
+
+
+def _hash_code(text: str) -> int:
+    """The code of a string in a ``hash_buckets`` column (docs/features.md): sha256, first 6 bytes big-endian."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big")
+
+
+class _Missing:
+    """Marks a key absent from a row object (distinct from a JSON null)."""
+
+
+_MISSING = _Missing()
+
+
+class FeatureColumns:
+    """What the handler knows about each input column from ``metadata.json`` ``features`` (docs/features.md).
+
+    Numeric columns take finite numbers. Categorical columns take integer IDs (codes) within +-2^53; a string
+    category also takes its raw string (mapped through ``vocab.json``, unknown strings to the OOV code -1, or
+    hashed), a boolean column true/false. ``optional`` columns may be absent or null: NaN, which the graph
+    turns into the fill or the OOV row. Artifacts without ``features`` (older exports) are all numeric.
+    """
+
+    def __init__(self, metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]] | None) -> None:
+        columns = list(metadata["feature_columns"])
+        entries = metadata.get("features")
+        by_name = {e.get("name"): e for e in entries} if isinstance(entries, list) else {}
+        self.columns = columns
+        self.kinds: list[str] = []
+        self.optional: list[bool] = []
+        #: per column: str -> code for a string vocabulary, "hash" for hashed strings, None otherwise
+        self.strings: list[dict[str, int] | str | None] = []
+        self.booleans: list[bool] = []
+        for c in columns:
+            e = by_name.get(c) or {}
+            kind = e.get("kind", "numeric")
+            self.kinds.append(kind)
+            self.optional.append(bool(e.get("optional", False)))
+            self.booleans.append(kind == "categorical" and e.get("dtype") == "bool")
+            table: dict[str, int] | str | None = None
+            if kind == "categorical" and e.get("dtype") == "string":
+                oov = e.get("oov") or {}
+                if oov.get("policy") == "hash":
+                    table = "hash"
+                else:
+                    words = (vocab or {}).get(c)
+                    if words is None:
+                        raise ArtifactError(f"string feature {c!r} has no vocabulary in {_VOCAB_FILE}")
+                    table = {str(w): i for i, w in enumerate(words)}
+            self.strings.append(table)
+        self.categorical = [j for j, k in enumerate(self.kinds) if k == "categorical"]
+        #: the fast numeric path suffices (no strings, booleans or optional columns to interpret)
+        self.plain = not any(self.optional) and all(t is None for t in self.strings) and not any(self.booleans)
+
+    def takes(self, j: int) -> str:
+        """What column ``j`` takes, for error messages."""
+        table = self.strings[j]
+        if table is not None:
+            return "a string or its integer code"
+        if self.booleans[j]:
+            return "true, false or an integer code"
+        if self.kinds[j] == "categorical":
+            return "an integer ID (at most 2^53 in magnitude)"
+        return "a finite number"
+
+    def check_ids(self, matrix: np.ndarray, where: Any) -> None:
+        """Categorical columns must hold integers within +-2^53 (NaN: an omitted optional value)."""
+        if not self.categorical:
+            return
+        sub = matrix[:, self.categorical]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isnan(sub) & ((np.floor(sub) != sub) | (np.abs(sub) > _MAX_EXACT_INT))
+        if bad.any():
+            i, k = (int(v) for v in np.argwhere(bad)[0])
+            j = self.categorical[k]
+            raise HandlerError(400, f"{where(i, self.columns[j])} is {sub[i, k]!r}, not an integer ID; expected {self.takes(j)}")
+
+    def convert(self, value: Any, j: int, where: str) -> float:
+        """One cell of the TorchServe form -> its FP64 value; a 400 naming ``where`` when it cannot be one."""
+        t = type(value)
+        if value is None or value is _MISSING:
+            if self.optional[j]:
+                return math.nan
+            if value is _MISSING:
+                raise HandlerError(400, f"{where} is missing; the column is not optional")
+            raise HandlerError(400, f"{where} is null; expected {self.takes(j)} (the column is not optional)")
+        table = self.strings[j]
+        if t is str and table is not None:
+            if table == "hash":
+                return float(_hash_code(value))
+            return float(table.get(value, _UNKNOWN_CODE))  # type: ignore[union-attr]
+        if t is bool and self.booleans[j]:
+            return 1.0 if value else 0.0
+        problem = _describe_bad_value(value)
+        if problem is not None:
+            raise HandlerError(400, f"{where} is {problem}; expected {self.takes(j)}")
+        number = float(value)
+        if self.kinds[j] == "categorical" and (number != math.floor(number) or abs(number) > _MAX_EXACT_INT):
+            raise HandlerError(400, f"{where} is {number!r}, not an integer ID; expected {self.takes(j)}")
+        return number
+
+    def column(self, values: Sequence[Any], j: int, n: int) -> np.ndarray | None:
+        """A whole column of one request at once when it is uniform (all numbers, or all strings); else None."""
+        types = set(map(type, values))
+        table = self.strings[j]
+        try:
+            if types <= _NUMBER_TYPES:
+                return np.fromiter(values, np.float64, n)
+            if types == {str} and isinstance(table, dict):
+                get = table.get
+                return np.fromiter((get(v, _UNKNOWN_CODE) for v in values), np.float64, n)
+        except (OverflowError, ValueError):
+            return None
+        return None
+
+
+def _read_vocab(directory: Path, metadata: Mapping[str, Any]) -> dict[str, list[str]] | None:
+    """``vocab.json`` named by ``features[].vocab``, its sha256 checked like the model file's."""
+    entries = metadata.get("features")
+    if not isinstance(entries, list):
+        return None
+    refs = [e.get("vocab") for e in entries if isinstance(e, dict) and isinstance(e.get("vocab"), dict)]
+    if not refs:
+        return None
+    name, digest = refs[0].get("file"), refs[0].get("sha256")
+    if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ArtifactError(f"metadata.json names an unusable vocabulary file {name!r}")
+    path = directory / name
+    if not path.is_file():
+        raise ArtifactError(f"vocabulary file {str(path)!r} named by metadata.json is missing")
+    actual = _sha256(path)
+    if actual != digest:
+        raise ArtifactError(
+            f"sha256 of {str(path)!r} is {actual} but metadata.json records {digest}: the vocabulary was modified "
+            "after export; refusing to load it"
+        )
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"{str(path)!r} is not readable JSON: {exc}") from exc
+    if not isinstance(vocab, dict) or not all(isinstance(v, list) for v in vocab.values()):
+        raise ArtifactError(f"{str(path)!r} must map each string column to its list of values")
+    return vocab
 
 
 def _is_version_name(name: str) -> bool:
@@ -198,9 +345,17 @@ _FORMS_HINT = (
 )
 
 
-def _forms_hint(columns: Sequence[str], input_name: str) -> str:
+def _forms_hint(columns: Sequence[str], input_name: str, features: "FeatureColumns | None" = None) -> str:
     """The accepted request forms, spelled out for one model (appended to form errors)."""
-    shown = ", ".join(f'"{c}": <number>' for c in columns[:3]) + (", ..." if len(columns) > 3 else "")
+
+    def takes(j: int) -> str:
+        if features is not None and features.strings[j] is not None:
+            return "<string>"
+        if features is not None and features.kinds[j] == "categorical":
+            return "<integer ID>"
+        return "<number>"
+
+    shown = ", ".join(f'"{c}": {takes(j)}' for j, c in enumerate(columns[:3])) + (", ..." if len(columns) > 3 else "")
     return (
         f'send a JSON object in one of the accepted forms: TorchServe {{"data": [{{{shown}}}, ...]}} with the '
         f"{len(columns)} feature columns {', '.join(columns)}; or Open Inference Protocol "
@@ -222,6 +377,7 @@ class ModelHandler:
         version: str,
         directory: Path,
         max_rows: int = DEFAULT_MAX_ROWS,
+        vocab: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.session = session
         self.metadata = metadata
@@ -236,7 +392,8 @@ class ModelHandler:
         self.prediction_format: str = metadata["prediction_format"]
         self.output_columns: list[str] = list(metadata.get("output_columns") or [])
         self._outputs = [self.output_name]
-        self._hint = _forms_hint(self.feature_columns, self.input_name)
+        self.features = FeatureColumns(metadata, vocab)
+        self._hint = _forms_hint(self.feature_columns, self.input_name, self.features)
         #: one codec per request form, chosen by the body's top-level key
         self.torchserve = TorchServeCodec(self)
         self.v2 = V2JsonCodec(self)
@@ -298,9 +455,10 @@ class ModelHandler:
             versions = metadata.get("versions") or ["1"]
             version = str(versions[-1])
 
+        vocab = _read_vocab(directory, metadata)
         session = _create_session(model_path, threads)
         _check_session(session, metadata, model_path)
-        return cls(session, metadata, version, directory, max_rows=max_rows)
+        return cls(session, metadata, version, directory, max_rows=max_rows, vocab=vocab)
 
     # ------------------------------------------------------------------ public API
     def predict(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -422,6 +580,7 @@ class TorchServeCodec:
         self.n_features = model.n_features
         self.prediction_format = model.prediction_format
         self.output_columns = model.output_columns
+        self.features = model.features
         self._getter = itemgetter(*self.feature_columns)
         self._named_parts = _named_key_parts(self.output_columns) if self.output_columns else []
 
@@ -454,10 +613,45 @@ class TorchServeCodec:
                     matrix = None
                 if matrix is not None and not np.isfinite(matrix).all():
                     matrix = None
-        if matrix is None:
-            self._raise_row_problem(rows)  # always raises for invalid input
-            matrix = self._rows_slow(rows)
+            elif not self.features.plain:
+                matrix = self._columns_fast(values, n)
+        if matrix is not None:
+            self.features.check_ids(matrix, lambda i, c: f"data[{i}][{json.dumps(c)}]")
+            return matrix
+        if not self.features.plain:
+            return self._rows_typed(rows)  # names the first bad cell
+        self._raise_row_problem(rows)  # always raises for invalid input
+        matrix = self._rows_slow(rows)
+        self.features.check_ids(matrix, lambda i, c: f"data[{i}][{json.dumps(c)}]")
         return matrix
+
+    def _columns_fast(self, values: list[Any], n: int) -> np.ndarray | None:
+        """Column by column when each column is uniform (numbers, or raw strings of a string category)."""
+        k = self.n_features
+        out = np.empty((n, k), dtype=np.float64)
+        columns = [values] if k == 1 else list(zip(*values))
+        for j, col in enumerate(columns):
+            got = self.features.column(col, j, n)
+            if got is None:
+                return None
+            out[:, j] = got
+        return out if np.isfinite(out).all() else None
+
+    def _rows_typed(self, rows: list[Any]) -> np.ndarray:
+        """Cell by cell with each column's rules (strings, booleans, optional columns); 400 at the first bad cell."""
+        columns = self.feature_columns
+        convert = self.features.convert
+        out = np.empty((len(rows), len(columns)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise HandlerError(
+                    400,
+                    f"data[{i}] must be an object mapping feature columns to values, got {_type_name(row)}; "
+                    f"expected keys: {', '.join(columns)}",
+                )
+            for j, c in enumerate(columns):
+                out[i, j] = convert(row.get(c, _MISSING), j, f"data[{i}][{json.dumps(c)}]")
+        return out
 
     def _raise_row_problem(self, rows: list[Any]) -> None:
         """Find the first invalid row and raise a 400 naming it (returns when every row is valid)."""
@@ -530,11 +724,14 @@ class V2JsonCodec:
         self.n_features = model.n_features
         self.input_name = model.input_name
         self.output_name = model.output_name
+        self.features = model.features
 
     def decode(self, payload: dict[str, Any]) -> np.ndarray:
         """One ``features`` tensor (flat or nested ``data``) -> the float64 matrix; checks id, parameters, outputs."""
         tensor, n = self.check(payload)
-        return self._v2_matrix(tensor["data"], n)
+        matrix = self._v2_matrix(tensor["data"], n)
+        self.features.check_ids(matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}")
+        return matrix
 
     def check(self, payload: dict[str, Any], binary: bool = False) -> tuple[Mapping[str, Any], int]:
         """Everything of a v2 request but its numbers: returns the input tensor and its row count.
@@ -739,7 +936,7 @@ class V2BinaryCodec:
             if blob is not None and len(blob):
                 raise HandlerError(400, f"the body holds {len(blob)} bytes after the JSON header, but no input declares "
                                         "parameters.binary_data_size")
-            return self.json._v2_matrix(tensor["data"], n)
+            return self.json.decode(payload)
         if blob is None:
             raise HandlerError(400, "inputs[0].parameters.binary_data_size needs the Inference-Header-Content-Length "
                                     "header (the JSON header's byte length)")
@@ -786,6 +983,7 @@ class V2BinaryCodec:
                 400, f"inputs[0] binary value at row {row}, column {json.dumps(self.feature_columns[col])} "
                 f"(flat index {index}) is {_describe_bad_value(value)}; expected a finite number"
             )
+        self.json.features.check_ids(matrix, lambda i, c: f"inputs[0] binary value at row {i}, column {json.dumps(c)}")
         return matrix
 
     def wants_binary(self, payload: dict[str, Any]) -> bool:

@@ -22,21 +22,24 @@ SAMPLE_ID = "sample"
 
 
 # ------------------------------------------------------------------------------------------------ v2 sample
-def sample_request_v2(matrix: np.ndarray, request_id: str = SAMPLE_ID) -> dict[str, Any] | None:
-    """An Open Inference Protocol request for the finite rows of ``matrix`` (the values the graph takes).
+def sample_request_v2(matrix: np.ndarray, request_id: str = SAMPLE_ID, rows: int = 3) -> dict[str, Any] | None:
+    """An Open Inference Protocol request for the first ``rows`` complete (finite) rows of ``matrix``, the raw
+    values the graph takes (string categories as their codes): the TorchServe sample's rows, as a tensor.
 
     Returns None when no row is finite (v2 JSON cannot carry NaN, and the handler refuses it).
     """
     from exporter.contract import v2_request
 
     x = np.asarray(matrix, dtype=np.float64)
-    x = x[np.isfinite(x).all(axis=1)] if x.ndim == 2 else x[:0]
+    x = x[np.isfinite(x).all(axis=1)][:rows] if x.ndim == 2 else x[:0]
     return v2_request(x, request_id) if len(x) else None
 
 
 def write_version_files(version_dir: Path, metadata: Mapping[str, Any], request: Mapping[str, Any],
                         response: Mapping[str, Any], v2_rows: np.ndarray | None, handler: Any) -> None:
     """Write ``sample_request_v2.json`` + ``sample_response_v2.json`` (``handler``'s answer) and ``README.md``.
+
+    ``v2_rows``: the held-out rows as the graph takes them, in the version's feature column order.
 
     ``handler`` is the :class:`exporter.handler.ModelHandler` of the version directory being written.
     """
@@ -114,8 +117,12 @@ def _feature_table(metadata: Mapping[str, Any]) -> list[str]:
                 size = len(vocab)
             what = f"{_num(size)} values" if size is not None else ("hashed into " + _num(buckets) + " buckets" if buckets else "—")
             oov = _first(f, "oov", "oov_policy") or _first(stats, "oov", "oov_policy")
-            if oov is not None:
-                what += f"; unknown: {oov if isinstance(oov, str) else json.dumps(oov)}"
+            if isinstance(oov, Mapping):
+                if oov.get("hash_buckets") and size is None:
+                    what = f"hashed into {_num(oov['hash_buckets'])} buckets"
+                what += f"; unknown -> row {oov.get('oov_row', '?')}" if "oov_row" in oov else ""
+            elif oov is not None:
+                what += f"; unknown: {oov}"
             top = _first(f, "top_values") or _first(stats, "top_values")
             if isinstance(top, list) and top:
                 shown = [t.get("value", t) if isinstance(t, Mapping) else t for t in top[:3]]
@@ -127,6 +134,8 @@ def _feature_table(metadata: Mapping[str, Any]) -> list[str]:
             if mean is not None:
                 what += f" (mean {_num(mean)}" + (f", std {_num(std)})" if std is not None else ")")
         missing = _first(f, "missing_rate") or _first(stats, "missing_rate")
+        if f.get("tower") and metadata.get("prediction_format") == "vector":
+            kind += f" ({f['tower']} tower)"
         rows.append((i, _code(f.get("name", columns[i] if i < len(columns) else "?")), kind,
                      f.get("dtype", "—"), what, _num(f.get("fill")), _num(missing) if missing is not None else "—",
                      "yes" if f.get("optional") else "no"))
@@ -172,7 +181,7 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
         lines += _table(["metric", "value"], rows)
         extra = {k: v for k, v in quality.items() if k not in ("metrics", "warning")}
         if extra:
-            lines += ["", "Quality notes: " + "; ".join(f"{k} {json.dumps(v)}" for k, v in extra.items())]
+            lines += ["", "Quality check: " + "; ".join(f"{k} {_num(v)}" for k, v in extra.items())]
     else:
         lines.append("No held-out metrics: the data this version was made from had no labels.")
     parity = metadata.get("parity") if isinstance(metadata.get("parity"), Mapping) else {}

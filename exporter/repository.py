@@ -18,6 +18,9 @@ from exporter.contract import (  # noqa: F401  (re-exported: the artifact file n
 )
 from exporter.errors import ExporterError
 
+#: string-category vocabularies beside the model (docs/features.md); metadata records its sha256
+VOCAB_FILE = "vocab.json"
+
 
 def versions(model_dir: Path) -> list[int]:
     """The committed versions of one model, ascending (staging and other entries are ignored)."""

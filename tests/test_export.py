@@ -21,12 +21,15 @@ pytestmark = pytest.mark.slow
 EXPORTED = repository_names()
 #: the contract's expectations per exported model (section 1); a registered model without them fails below
 OUTPUT_WIDTH = {"xgb": None, "deepfm": None, "mmoe": 3, "two_tower": 16, "two_tower_item": 16}
+#: contract section 1: the default schema and the two-tower user / item features, in tensor order
+CONTRACT_COLUMNS = ["item_ctr", "item_cvr", "item_price", "user_age", "user_gender", "cross_age_x_ctr",
+                    "cross_gender_x_price", "user_id", "item_id", "item_category"]
 FEATURES = {
-    "xgb": list(D.DEFAULT_FEATURES),
-    "deepfm": list(D.DEFAULT_FEATURES),
-    "mmoe": list(D.DEFAULT_FEATURES),
-    "two_tower": ["user_age", "user_gender"],
-    "two_tower_item": ["item_ctr", "item_cvr", "item_price"],
+    "xgb": CONTRACT_COLUMNS,
+    "deepfm": CONTRACT_COLUMNS,
+    "mmoe": CONTRACT_COLUMNS,
+    "two_tower": ["user_id", "user_age", "user_gender"],
+    "two_tower_item": ["item_id", "item_category", "item_ctr", "item_cvr", "item_price"],
 }
 REQUIRED_METADATA = [
     "name", "versions", "platform", "inputs", "outputs", "feature_columns", "model_file", "sha256",
@@ -141,11 +144,12 @@ def test_preprocessing_lives_in_the_graph(exported_runs):
     """Raw feature values in, the trained model's own predictions out: no scaling on the caller's side."""
     root, runs = exported_runs
     prep, trained = runs["mmoe"].prepared, runs["mmoe"].trained
-    raw = prep.x_heldout[:50]
-    assert raw[:, 2].mean() > 10, "fixture should hold raw prices, not standardised values"
+    raw = prep.raw_heldout[:50]
+    assert np.nanmean(raw[:, 2]) > 10, "fixture should hold raw prices, not standardised values"
+    assert raw[:, 7].min() >= 100_000, "fixture should hold raw user IDs, not embedding rows"
     session = ort.InferenceSession(str(_version_dir(root, "mmoe") / "model.onnx"))
     got = session.run(None, {"features": raw})[0]
-    want = trained.predict(raw)
+    want = trained.predict(prep.x_heldout[:50])
     np.testing.assert_allclose(got[:, 0], want["label"], atol=1e-9)
     np.testing.assert_allclose(got[:, 1], want["watch_time"], atol=1e-9)
     assert (got[:, 1:] >= 0).all()
@@ -190,7 +194,8 @@ def test_next_version_and_small_data_parity_top_up(tmp_path):
     second = export_small("xgb", tmp_path, rows=500).artifacts[0]
     assert (first.version, second.version) == (1, 2)
     parity = second.metadata["parity"]
-    assert parity["heldout_rows"] == 100 and parity["rows"] == 1000 and parity["synthetic_rows"] == 900
+    assert parity["heldout_rows"] == 100 and parity["synthetic_rows"] == 900 and parity["probe_rows"] >= 8
+    assert parity["rows"] == 1000 + parity["probe_rows"]
     assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt", "kserve.yaml", "warmup"]
 
 

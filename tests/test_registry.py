@@ -48,7 +48,7 @@ def logreg_spec(**overrides) -> object:
         default_hparams={"epochs": 2, "batch_size": 256, "learning_rate": 0.05, "weight_decay": 0.0},
         metrics=ctr_metrics,
         model_names=("logreg",),
-        make_config=lambda cols, hp, x, y: {"n": len(cols)},
+        make_config=lambda cols, hp, x, y, plan: {"n": len(cols)},
         build=_build,
         fit_scalers=lambda net, x: net.scaler.fit(x),
         targets=lambda y: [label_tensor(y, LABEL)],
