@@ -219,3 +219,27 @@ def test_the_model_cards_python_call_works(server: LiveServer, tree: Path, capsy
     printed = capsys.readouterr().out
     got = np.array([float(v) for v in printed.replace("[", " ").replace("]", " ").split()])
     np.testing.assert_allclose(got, expected_output(x[:1], "vector", 4).ravel(), rtol=1e-6)
+
+
+def test_binary_categorical_ids_are_checked_like_json(exported_artifacts: Path) -> None:
+    """An ID column must hold integers: a binary 1.5 is refused exactly as the JSON v2 form refuses it."""
+    vdir = exported_artifacts / "xgb" / "1"
+    handler = ModelHandler.load(vdir)
+    meta = json.loads((vdir / "metadata.json").read_text())
+    ids = [f["name"] for f in meta.get("features", []) if f.get("kind") == "categorical"]
+    if not ids:
+        pytest.skip("this export has no categorical column")
+    v2 = json.loads((vdir / "sample_request_v2.json").read_text())
+    x = np.array(v2["inputs"][0]["data"], dtype=np.float64).reshape(v2["inputs"][0]["shape"])
+    body, header_length = _request(x)
+    status, answer, _, answer_header = handler.handle_http(body, header_length)
+    assert status == 200  # the sample rows themselves are fine
+    expected = json.loads((vdir / "sample_response_v2.json").read_text())["outputs"][0]["data"]
+    np.testing.assert_allclose(Client.parse_response_body(answer, header_length=answer_header).as_numpy("predictions"),
+                               expected, atol=1e-12)
+    col = meta["feature_columns"].index(ids[0])
+    x[1, col] += 0.5
+    body, header_length = _request(x)
+    status, answer, _, _ = handler.handle_http(body, header_length)
+    assert status == 400 and f'row 1, column "{ids[0]}"' in json.loads(answer)["error"], answer
+    assert "not an integer ID" in json.loads(answer)["error"]
