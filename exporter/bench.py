@@ -69,7 +69,8 @@ def time_call(fn: Callable[[], Any], min_time: float) -> float:
 
 # ---------------------------------------------------------------------------------------------- inputs
 def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` plausible rows: sample_request rows resampled, floats jittered, integer columns kept integer."""
+    """``n`` plausible rows: sample_request rows resampled, floats jittered; integral values (IDs, ages, codes sent
+    as 3.0) and strings (categories) are drawn from the sample rows, never jittered into non-IDs."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -79,8 +80,8 @@ def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, see
         row: dict[str, Any] = {}
         for c in columns:
             value = base[c]
-            if isinstance(value, int):
-                row[c] = int(sample_rows[int(rng.integers(len(sample_rows)))][c])
+            if isinstance(value, (int, str)) or value is None or float(value).is_integer():
+                row[c] = sample_rows[int(rng.integers(len(sample_rows)))][c]
             else:
                 row[c] = float(value) * float(rng.uniform(0.8, 1.2))
         rows.append(row)
@@ -148,7 +149,6 @@ def _native(model: str, vdir: Path) -> tuple[Callable[[Any], Any] | None, str]:
 
 def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float) -> list[Cell]:
     """In-process measurements of one model version for every batch size."""
-    import numpy as np
     import orjson
 
     from exporter.handler import ModelHandler
@@ -160,7 +160,7 @@ def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float)
     cells = []
     for batch in batch_sizes:
         rows = make_rows(sample, columns, batch, seed=batch)
-        x = np.array([[float(r[c]) for c in columns] for r in rows], dtype=np.float64)
+        x = handler.torchserve.decode({"data": rows})  # the matrix the graph takes (string categories as codes)
         ts_body = orjson.dumps({"data": rows})
         v2_body = orjson.dumps({"inputs": [{"name": handler.input_name, "shape": [batch, len(columns)],
                                             "datatype": "FP64", "data": x.ravel().tolist()}]})
