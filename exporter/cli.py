@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "verify": "exporter.verify",
     "bench": "exporter.bench",
     "notebooks": "exporter.notebooks",
+    "score": "exporter.commands.score",
 }
 
 
