@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,6 +41,7 @@ OOV_CODE = -1.0
 MAX_EXACT_ID = 2.0**53
 #: Decimal text accepted for a number (after trimming blanks): sign, digits, point, exponent.
 _NUMBER_TEXT = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_NAN_TEXT = r"^[+-]?[nN][aA][nN]$"
 _SHOWN = 40
 
 
@@ -238,7 +240,17 @@ def _describe(value: Any) -> str:
         if value.strip() == "":
             return "empty (a missing value)"
         shown = value if len(value) <= _SHOWN else f"{value[:_SHOWN - 3]}... ({len(value)} characters)"
-        return f"a string ({json.dumps(shown)})"
+        try:
+            number = float(value)
+        except ValueError:
+            return f"a string ({json.dumps(shown)})"
+        if number != number:
+            return f"NaN (text {json.dumps(shown)})"
+        if number in (float("inf"), float("-inf")):
+            return f"{'Infinity' if number > 0 else '-Infinity'} (text {json.dumps(shown)})"
+        if re.match(_NUMBER_TEXT, value.strip()) is None:  # float() also takes "1_000", "infinity"...
+            return f"a string ({json.dumps(shown)})"
+        return f"{json.dumps(shown)} ({'beyond 2^53' if abs(number) > MAX_EXACT_ID else 'not an integer'})"
     if isinstance(value, (int, float)) or hasattr(value, "is_finite"):
         f = float(value)
         if f != f:
@@ -279,7 +291,9 @@ def _encode_column(
         text = pc.utf8_trim_whitespace(array)
         if rule.vocabulary is not None:
             return _encode_categories(text, rule, plan)
-        missing = _null_mask(text) | _as_bool(pc.equal(text, ""))
+        # empty cells and NaN text are missing values, as null and NaN are in typed columns
+        missing = _null_mask(text) | _as_bool(pc.equal(text, "")) | _as_bool(
+            pc.match_substring_regex(text, _NAN_TEXT))
         ok = _as_bool(pc.match_substring_regex(text, _NUMBER_TEXT)) & ~missing
         bad = ~ok & ~missing
         parsed = pc.cast(pc.if_else(pa.array(ok), text, pa.scalar("0")), pa.float64())
