@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "bench": "exporter.bench",
     "notebooks": "exporter.notebooks",
     "score": "exporter.commands.score",
+    "score-bench": "exporter.scoring.bench",
 }
 
 

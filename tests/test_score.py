@@ -358,9 +358,16 @@ def test_spark_engine_matches_the_handler_bit_for_bit(exported_artifacts, inputs
     directory, table = inputs["parquet"]
     for model in ("deepfm", "mmoe", "two_tower_item"):
         out = tmp_path / model
-        result = score(options(exported_artifacts, model, directory, out, engine="spark", batch_rows=500))
+        if model == "deepfm":  # one file per partition: more tasks than Python workers
+            spark.conf.set("spark.sql.files.maxPartitionBytes", "40000")
+        try:
+            result = score(options(exported_artifacts, model, directory, out, engine="spark", batch_rows=500))
+        finally:
+            spark.conf.unset("spark.sql.files.maxPartitionBytes")
         assert (result.rows_read, result.rows_scored, result.rows_rejected) == (2500, 2500, 0)
         assert_matches_handler(read_output(out), ModelHandler.load(exported_artifacts / model), table)
+        if model == "deepfm":  # the artifact is loaded once per Python worker (local[2]: at most 2), not per task
+            assert result.spark["partitions"] >= 3 and 1 <= result.spark["artifact_loads"] <= 2, result.spark
     csv_dir, csv_table = inputs["csv"]
     out = tmp_path / "csv"
     score(options(exported_artifacts, "deepfm", csv_dir, out, engine="spark"))

@@ -71,11 +71,13 @@ class ScoreResult:
     rows_rejected: int
     seconds: float
     rows_per_second: float
+    engine_seconds: float
     part_files: int
     rejects: str | None
     threads: int | None = None
     master: str | None = None
     index: dict[str, Any] | None = None
+    spark: dict[str, int] | None = None  # partitions (tasks per pass) and how often executors loaded the model
     created_at: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -164,13 +166,14 @@ def score(options: ScoreOptions) -> ScoreResult:
         staged = StagedOutput(options.output, options.overwrite)
         threads = options.threads or default_threads()
         with staged:
+            engine_start = time.perf_counter()
             counts = score_local(
                 files, plan, metadata, handler.run, keep, output_schema(keep_schema, metadata),
                 rejects_schema(keep_schema), staged.path, max_rejects=options.max_rejects,
                 batch_rows=options.batch_rows, rows_per_file=options.rows_per_file, threads=threads,
                 progress=progress,
             )
-            return _finish(options, handler, files, staged, counts, start, threads=threads)
+            return _finish(options, handler, files, staged, counts, start, engine_start, threads=threads)
 
     from exporter.scoring import spark as spark_engine
 
@@ -178,6 +181,7 @@ def score(options: ScoreOptions) -> ScoreResult:
     if not remote_output:
         StagedOutput(options.output, options.overwrite).check()  # before the JVM starts
     with spark_engine.SparkJobSession(options, f"exporter score {label}") as spark:
+        engine_start = time.perf_counter()
         master = spark.sparkContext.master
         if remote_output:
             staged = spark_engine.HadoopStagedOutput(spark, options.output, options.overwrite)
@@ -189,26 +193,28 @@ def score(options: ScoreOptions) -> ScoreResult:
             staged = StagedOutput(options.output, options.overwrite)
         with staged:
             counts = spark_engine.score_spark(spark, options, handler, plan, files, keep_schema, staged.uri, progress)
-            return _finish(options, handler, files, staged, counts, start, master=master)
+            return _finish(options, handler, files, staged, counts, start, engine_start, master=master)
 
 
 def _finish(options: ScoreOptions, handler: Any, files: list[InputFile], staged: Any, counts: Any, start: float,
-            threads: int | None = None, master: str | None = None) -> ScoreResult:
+            engine_start: float, threads: int | None = None, master: str | None = None) -> ScoreResult:
     """Index (when asked), summary, ``_SUCCESS``, then the rename that makes the output appear."""
     index_info = None
     if options.index:
         from exporter.scoring.index import build_index
 
         index_info = build_index(staged.path, staged.path / INDEX_DIR, handler, options)
-    seconds = time.perf_counter() - start
+    now = time.perf_counter()
+    seconds = now - start
     result = ScoreResult(
         model=handler.model_name, version=handler.version, sha256=handler.metadata["sha256"], engine=options.engine,
         input=options.input, files=len(files), output=str(staged.output),
         rows_read=counts.rows_read, rows_scored=counts.rows_scored, rows_rejected=counts.rows_rejected,
         seconds=round(seconds, 3), rows_per_second=round(counts.rows_read / seconds, 1) if seconds > 0 else 0.0,
-        part_files=len(counts.part_files),
+        engine_seconds=round(now - engine_start, 3), part_files=len(counts.part_files),
         rejects=f"{staged.output}/{REJECTS_DIR}" if counts.rows_rejected else None,
         threads=threads, master=master, index=index_info,
+        spark={"partitions": counts.partitions, "artifact_loads": counts.artifact_loads} if master else None,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     summary = {**result.as_dict(), "input_files": [f.path for f in files][:1000]}
@@ -233,6 +239,9 @@ def format_result(result: ScoreResult) -> str:
         f"({result.rows_per_second:,.0f} rows/s)",
         f"  {result.rows_scored:,} predictions -> {result.output} ({result.part_files} part file(s))",
     ]
+    if result.spark:
+        lines.append(f"  spark: {result.spark['partitions']} partitions per pass; the model was loaded "
+                     f"{result.spark['artifact_loads']} time(s) on the executors (once per Python worker)")
     if result.rows_rejected:
         lines.append(f"  {result.rows_rejected:,} rows refused -> {result.rejects} (row numbers and reasons)")
     else:

@@ -47,6 +47,8 @@ class SparkCounts:
     rows_scored: int = 0
     rows_rejected: int = 0
     part_files: list[str] = field(default_factory=list)
+    partitions: int = 0
+    artifact_loads: int = 0
 
 
 # pyspark warns that it "does not yet fully support pandas >= 3.0.0" on every pandas-related call; this job
@@ -321,9 +323,11 @@ def score_spark(
         ])
 
         rows_acc = sc.accumulator(0)
+        loads_acc = sc.accumulator(0)
         common = dict(artifact_name=artifact.name, sha256=handler.metadata["sha256"], metadata=handler.metadata,
                       keep=keep, csv=fmt == "csv", output_schema=out_arrow, rejects_schema=rejects_arrow,
-                      threads=int(spark.conf.get("spark.task.cpus", "1")), rows_accumulator=rows_acc)
+                      threads=int(spark.conf.get("spark.task.cpus", "1")), rows_accumulator=rows_acc,
+                      loads_accumulator=loads_acc)
         rejects_dir = _join(output, REJECTS_DIR)
         counts = SparkCounts()
 
@@ -331,7 +335,7 @@ def score_spark(
         watcher.start()
         # pass 1: refused rows only (no model needed)
         progress.label = f"score {handler.model_name}/{handler.version} [spark: checking rows]"
-        df.mapInArrow(BatchTask(score=False, **common), rejects_spark).write.mode("errorifexists").parquet(rejects_dir)
+        _map(df, BatchTask(score=False, **common), rejects_spark).write.mode("errorifexists").parquet(rejects_dir)
         counts.rows_rejected = spark.read.parquet(rejects_dir).count()
         if counts.rows_rejected > options.max_rejects:
             first = spark.read.parquet(rejects_dir).orderBy("source_file", "source_row").first()
@@ -345,11 +349,13 @@ def score_spark(
         # pass 2: scoring
         rows_acc.value = 0
         progress.label = f"score {handler.model_name}/{handler.version} [spark: scoring]"
-        df.mapInArrow(BatchTask(score=True, **common), out_spark).write.mode("append").parquet(output)
+        _map(df, BatchTask(score=True, **common), out_spark).write.mode("append").parquet(output)
         scored = spark.read.parquet(output)
         counts.rows_scored = scored.count()
         counts.part_files = sorted({p.rsplit("/", 1)[-1] for p in scored.inputFiles()})
         counts.rows_read = counts.rows_scored + counts.rows_rejected
+        counts.partitions = df.rdd.getNumPartitions()
+        counts.artifact_loads = int(loads_acc.value)
         stop_progress.set()
         watcher.join(timeout=2)
         progress.update(counts.rows_read, 1.0, counts.rows_rejected, force=True)
@@ -374,6 +380,13 @@ def check_spark_inputs(options: Any, files: Sequence[InputFile]) -> None:
     """Checks that only the Spark engine needs, before its session starts."""
     if files and input_format(options, files) == "csv":
         _check_csv_headers(files)
+
+
+def _map(df: Any, task: BatchTask, schema: Any) -> Any:
+    """``df.mapInArrow(task, schema)`` without pyspark's pandas-version FutureWarning (no pandas is used)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        return df.mapInArrow(task, schema)
 
 
 def _spark_error(exc: BaseException) -> str:

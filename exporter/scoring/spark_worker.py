@@ -31,8 +31,11 @@ _handlers: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
 
 
-def load_once(artifact_name: str, sha256: str, threads: int) -> Any:
-    """The model of this job in this Python worker: loaded (sha256 verified) on first use, then reused."""
+def load_once(artifact_name: str, sha256: str, threads: int, loads: Any = None) -> Any:
+    """The model of this job in this Python worker: loaded (sha256 verified) on first use, then reused.
+
+    ``loads`` (a Spark accumulator) counts actual loads, so the driver can report them.
+    """
     key = (artifact_name, sha256)
     with _lock:
         handler = _handlers.get(key)
@@ -48,6 +51,8 @@ def load_once(artifact_name: str, sha256: str, threads: int) -> Any:
                     f"but the driver checked {sha256}; refusing to score with a different model"
                 )
             _handlers[key] = handler
+            if loads is not None:
+                loads.add(1)
         return handler
 
 
@@ -72,6 +77,7 @@ class BatchTask:
     rejects_schema: pa.Schema
     threads: int = 1
     rows_accumulator: Any = None
+    loads_accumulator: Any = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from exporter.scoring.core import score_batch
@@ -80,7 +86,7 @@ class BatchTask:
         run = None
         directory = None
         if self.score:
-            handler = load_once(self.artifact_name, self.sha256, self.threads)
+            handler = load_once(self.artifact_name, self.sha256, self.threads, self.loads_accumulator)
             run, directory = handler.run, handler.directory
         elif self.metadata.get("vocab_file") or self.metadata.get("vocabulary_file"):
             from pyspark import SparkFiles
