@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,8 @@ def score(options: ScoreOptions) -> ScoreResult:
         raise ExporterError(f"--threads must be >= 1, got {options.threads}")
     if options.master and options.engine != "spark":
         raise ExporterError("--master applies to --engine spark only")
+    if options.threads and options.engine != "local":
+        raise ExporterError("--threads applies to --engine local only (on Spark, spark.task.cpus sets the threads per task)")
     start = time.perf_counter()
 
     handler = load_handler(resolve_artifact(options.model, options.artifacts))
@@ -145,7 +147,7 @@ def score(options: ScoreOptions) -> ScoreResult:
     if options.index:
         from exporter.scoring.index import check_index_options
 
-        options.index_id = check_index_options(metadata, keep, options.index_id, options.index_users)
+        options = replace(options, index_id=check_index_options(metadata, keep, options.index_id, options.index_users))
 
     remote_input = _is_uri(options.input)
     remote_output = _is_uri(options.output)
