@@ -155,7 +155,8 @@ def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -
     nlist = max(1, min(int(round(math.sqrt(n))), n // 39))  # FAISS wants >= 39 training points per cell
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    train = vectors if n <= 256 * nlist else vectors[rng.choice(n, size=256 * nlist, replace=False)]
+    # 64 points per cell train as well as FAISS's default 256 (same recall, measured) in a quarter of the time
+    train = vectors if n <= 64 * nlist else vectors[rng.choice(n, size=64 * nlist, replace=False)]
     index.cp.seed = SEED
     index.train(train)
     index.add(vectors)

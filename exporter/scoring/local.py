@@ -106,8 +106,9 @@ def score_local(
     total = total_rows(files)
     total_bytes = sum(f.size for f in files)
     done_bytes = 0  # CSV progress: bytes of finished files plus the current file's position
-    writer = PartWriter(directory, output_schema, rows_per_file)
-    rejects_writer = PartWriter(directory / REJECTS_DIR, rejects_schema, rows_per_file)
+    writer = PartWriter(directory, output_schema, rows_per_file, dictionary_columns=keep)
+    rejects_writer = PartWriter(directory / REJECTS_DIR, rejects_schema, rows_per_file,
+                                dictionary_columns=["source_file", "reason", *keep])
     columns = list(plan.names) + [c for c in keep if c not in plan.names]
 
     def work(sb: SourceBatch) -> tuple[SourceBatch, pa.RecordBatch | None, pa.RecordBatch | None]:
