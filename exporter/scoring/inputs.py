@@ -202,7 +202,7 @@ def iter_batches(
         first = 0
         if f.format == "parquet":
             try:
-                pf = pq.ParquetFile(f.path, pre_buffer=True)
+                pf = pq.ParquetFile(f.path, pre_buffer=False)
                 for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=True):
                     yield SourceBatch(index, first, batch)
                     first += batch.num_rows
