@@ -1,15 +1,17 @@
 """``score --engine spark``: the same checks and predictions as the local engine, on a Spark cluster.
 
-Driver side. The job runs two ``mapInArrow`` passes over the input (see :mod:`exporter.scoring.spark_worker`
-for the executor side):
+Driver side. The job runs one or two ``mapInArrow`` passes over the input (see
+:mod:`exporter.scoring.spark_worker` for the executor side):
 
-1. validation only (no model): the refused rows with their file, row number and reason are written to
-   ``_rejects/`` and counted; more than ``--max-rejects`` fails the job here, before any scoring;
-2. scoring: the accepted rows, their ``--keep`` columns and the predictions, written as Parquet parts.
+1. scoring: the accepted rows, their ``--keep`` columns and the predictions are written as Parquet parts;
+   refused rows are counted (an accumulator);
+2. only when rows were refused: a validation-only pass (no model) writes them with their file, row number
+   and reason to ``_rejects/`` and counts them exactly; more than ``--max-rejects`` fails the job.
 
-Executors get the code as a zip (``addPyFile``) and the artifact (metadata.json, the model file, the
-vocabulary) with ``addFile``; each Python worker loads and sha256-checks it once. Row numbers: Parquet's
-``_metadata.row_index``; CSV files are read whole per task (``multiLine``), in order, and numbered there.
+Clean input, the common case, is read once. Executors get the code as a zip (``addPyFile``) and the
+artifact (metadata.json, the model file, the vocabulary) with ``addFile``; each Python worker loads and
+sha256-checks it once. Row numbers: Parquet's ``_metadata.row_index``; CSV files are read whole per task
+(``multiLine``), in order, and numbered there.
 
 ``--master`` picks the cluster (default ``local[*]``; under ``spark-submit`` the submitted master is used).
 Local masters bind the driver to 127.0.0.1 and run without the web UI.
@@ -324,35 +326,36 @@ def score_spark(
 
         rows_acc = sc.accumulator(0)
         loads_acc = sc.accumulator(0)
+        refused_acc = sc.accumulator(0)
         common = dict(artifact_name=artifact.name, sha256=handler.metadata["sha256"], metadata=handler.metadata,
                       keep=keep, csv=fmt == "csv", output_schema=out_arrow, rejects_schema=rejects_arrow,
                       threads=int(spark.conf.get("spark.task.cpus", "1")), rows_accumulator=rows_acc,
-                      loads_accumulator=loads_acc)
+                      loads_accumulator=loads_acc, refused_accumulator=refused_acc)
         rejects_dir = _join(output, REJECTS_DIR)
         counts = SparkCounts()
 
         watcher = threading.Thread(target=_watch, args=(sc, progress, rows_acc, stop_progress), daemon=True)
         watcher.start()
-        # pass 1: refused rows only (no model needed)
-        progress.label = f"score {handler.model_name}/{handler.version} [spark: checking rows]"
-        _map(df, BatchTask(score=False, **common), rejects_spark).write.mode("errorifexists").parquet(rejects_dir)
-        counts.rows_rejected = spark.read.parquet(rejects_dir).count()
-        if counts.rows_rejected > options.max_rejects:
-            first = spark.read.parquet(rejects_dir).orderBy("source_file", "source_row").first()
-            raise ExporterError(
-                f"{counts.rows_rejected:,} rows refused, more than --max-rejects {options.max_rejects}; first: "
-                f"{first['source_file']} row {first['source_row']}: {first['reason']}; nothing was written "
-                "(raise --max-rejects to write the good rows and list the bad ones in _rejects/)"
-            )
-        if counts.rows_rejected == 0:
-            _delete(spark, rejects_dir)
-        # pass 2: scoring
-        rows_acc.value = 0
+        # pass 1: score the accepted rows; refused rows are only counted (exactly zero when there are none)
         progress.label = f"score {handler.model_name}/{handler.version} [spark: scoring]"
         _map(df, BatchTask(score=True, **common), out_spark).write.mode("append").parquet(output)
         scored = spark.read.parquet(output)
         counts.rows_scored = scored.count()
         counts.part_files = sorted({p.rsplit("/", 1)[-1] for p in scored.inputFiles()})
+        if refused_acc.value > 0:
+            # pass 2, only when rows were refused: write them with their reasons (no model needed) and count
+            # them exactly (an accumulator may count a retried task twice)
+            rows_acc.value = 0
+            progress.label = f"score {handler.model_name}/{handler.version} [spark: writing rejects]"
+            _map(df, BatchTask(score=False, **common), rejects_spark).write.mode("errorifexists").parquet(rejects_dir)
+            counts.rows_rejected = spark.read.parquet(rejects_dir).count()
+            if counts.rows_rejected > options.max_rejects:
+                first = spark.read.parquet(rejects_dir).orderBy("source_file", "source_row").first()
+                raise ExporterError(
+                    f"{counts.rows_rejected:,} rows refused, more than --max-rejects {options.max_rejects}; first: "
+                    f"{first['source_file']} row {first['source_row']}: {first['reason']}; nothing was written "
+                    "(raise --max-rejects to write the good rows and list the bad ones in _rejects/)"
+                )
         counts.rows_read = counts.rows_scored + counts.rows_rejected
         counts.partitions = df.rdd.getNumPartitions()
         counts.artifact_loads = int(loads_acc.value)

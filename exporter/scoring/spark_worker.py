@@ -65,7 +65,8 @@ def local_path(uri: str) -> str:
 
 @dataclass
 class BatchTask:
-    """The ``mapInArrow`` function of one pass: ``score=False`` yields refused rows, ``True`` scored rows."""
+    """The ``mapInArrow`` function of one pass: ``score=True`` yields scored rows (and counts refused ones),
+    ``False`` yields the refused rows with their reasons."""
 
     artifact_name: str
     sha256: str
@@ -78,6 +79,7 @@ class BatchTask:
     threads: int = 1
     rows_accumulator: Any = None
     loads_accumulator: Any = None
+    refused_accumulator: Any = None
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from exporter.scoring.core import score_batch
@@ -107,6 +109,8 @@ class BatchTask:
             if self.rows_accumulator is not None:
                 self.rows_accumulator.add(batch.num_rows)
             if self.score:
+                if rejects is not None and self.refused_accumulator is not None:
+                    self.refused_accumulator.add(rejects.num_rows)
                 if scored is not None:
                     yield scored
             elif rejects is not None:
