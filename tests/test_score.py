@@ -325,6 +325,22 @@ def test_encoder_categorical_and_optional_rules():
     assert "not an integer" in text_ids.rejects[0][1] and '"age" is a string ("x")' in text_ids.rejects[1][1]
 
 
+def test_encoder_parses_decimal_text_and_refuses_the_rest():
+    plan = EncodingPlan((ColumnRule("x"),))
+    cells = ["+1.5", ".5", "5.", " 7 ", "1E3", "-2e-3", "1_000", "0x10", "inf", "1e999", "NaN", "", "true", "abc"]
+    for text_type in (pa.string(), pa.large_string()):
+        encoded = encode_batch(pa.record_batch({"x": pa.array(cells, text_type)}), plan)
+        assert encoded.matrix[:, 0].tolist() == [1.5, 0.5, 5.0, 7.0, 1000.0, -0.002]
+        assert [reason.split("; ")[0] for _, reason in encoded.rejects] == [
+            '"x" is a string ("1_000")', '"x" is a string ("0x10")', '"x" is Infinity (text "inf")',
+            '"x" is Infinity (text "1e999")', '"x" is NaN (text "NaN")', '"x" is empty (a missing value)',
+            '"x" is a string ("true")', '"x" is a string ("abc")',
+        ]
+    booleans = encode_batch(pa.record_batch({"x": [True, None]}), plan)
+    assert [r for _, r in booleans.rejects] == ['"x" is a boolean (true); expected a finite number',
+                                               '"x" is null (a missing value); expected a finite number']
+
+
 def test_plan_reads_features_and_a_checked_vocabulary_file(tmp_path):
     vocab = json.dumps({"item_category": ["bags", "shoes"]}).encode()
     (tmp_path / "vocab.json").write_bytes(vocab)
@@ -385,3 +401,15 @@ def test_spark_engine_rejects_like_the_local_engine(exported_artifacts, bad_inpu
     with pytest.raises(ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 5"):
         score(options(exported_artifacts, "deepfm", directory, tmp_path / "fail", engine="spark", max_rejects=4))
     assert not (tmp_path / "fail").exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.slow
+def test_spark_engine_stages_uri_outputs_through_hadoop_filesystem(exported_artifacts, inputs, spark, tmp_path):
+    directory, table = inputs["parquet"]
+    out = tmp_path / "out"
+    score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark"))
+    assert_matches_handler(read_output(out), ModelHandler.load(exported_artifacts / "deepfm"), table)
+    assert json.loads((out / "_scoring.json").read_text())["output"] == f"file://{out}"
+    with pytest.raises(ExporterError, match="already exists"):
+        score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
