@@ -194,7 +194,7 @@ def score(options: ScoreOptions) -> ScoreResult:
                       file=sys.stderr)
             staged = StagedOutput(options.output, options.overwrite)
         with staged:
-            counts = spark_engine.score_spark(spark, options, handler, plan, files, keep_schema, staged.uri, progress)
+            counts = spark_engine.score_spark(spark, options, handler, plan, files, staged.uri, progress)
             return _finish(options, handler, files, staged, counts, start, engine_start, master=master)
 
 

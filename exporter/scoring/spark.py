@@ -278,13 +278,15 @@ def score_spark(
     handler: Any,
     plan: EncodingPlan,
     files: Sequence[InputFile],
-    keep_schema: pa.Schema | None,
     output: str,
     progress: Progress,
 ) -> SparkCounts:
-    """Run both passes; ``output`` is the staging directory URI (``file://...``, ``hdfs://...``) the caller commits."""
+    """Run the job; ``output`` is the staging directory URI (``file://...``, ``hdfs://...``) the caller commits.
+
+    ``files`` are the checked local input files, or empty for a URI ``--input`` (read by Spark as it is).
+    """
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+    from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
 
     fmt = input_format(options, files)
@@ -317,11 +319,9 @@ def score_spark(
         out_arrow = pa.schema(list(keep_arrow) + prediction_fields(handler.metadata))
         rejects_spark = StructType([StructField(REJECT_COLUMNS[0], StringType()), StructField(REJECT_COLUMNS[1], LongType()),
                                     StructField(REJECT_COLUMNS[2], StringType())] + keep_spark)
-        out_spark = from_arrow_schema(out_arrow)
-        # list<double> from Arrow may come back as a non-nullable-element array; declare it plainly
-        out_spark = StructType([
-            StructField(f.name, ArrayType(DoubleType()) if isinstance(f.dataType, ArrayType) else f.dataType)
-            for f in out_spark.fields
+        out_spark = StructType(keep_spark + [
+            StructField(f.name, ArrayType(DoubleType()) if pa.types.is_list(f.type) else DoubleType())
+            for f in prediction_fields(handler.metadata)
         ])
 
         rows_acc = sc.accumulator(0)
