@@ -9,8 +9,9 @@ in one run:
              Parquet write, atomic commit; in a child process;
 * ``spark``  the same with ``--engine spark --master local[N]``;
 
-as rows/s (whole command, and without start-up: JVM and session, model load), ratio to raw, and the peak
-resident memory of the whole process tree (the JVM and Python workers included), sampled every 0.1 s.
+as rows/s (whole command, and without start-up: JVM and session, model load), ratio to raw, the CPU seconds
+of the whole process tree (user + system; on a shared machine a steadier measure than wall time) and its
+peak resident memory (the JVM and Python workers included), both sampled every 0.1 s.
 Then, for the item tower, the ``--index`` build (FAISS IVF) and its recall@50.
 
 Nothing here asserts on timings: the table is the result. Data is generated in chunks into a work
@@ -67,6 +68,7 @@ class Row:
     startup: float = 0.0
     peak_mb: float = 0.0
     note: str = ""
+    cpu_seconds: float = 0.0  # user + system CPU of the whole process tree (sampled every 0.1 s)
 
     @property
     def rate(self) -> float:
@@ -102,30 +104,34 @@ def write_rows(path: Path, columns: list[str], rows: int, seed: int, id_name: st
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def _tree_rss_kb(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (Linux /proc), in KiB."""
+def _tree(root: int) -> tuple[int, dict[int, float]]:
+    """Resident memory (KiB) of ``root`` and all its descendants, and each one's CPU seconds so far (Linux /proc)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+    ticks = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                fields = f.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/statm") as f:
                 pages = int(f.read().split()[1])
         except (OSError, ValueError, IndexError):
             continue
         pid = int(entry)
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
-    total, stack = 0, [root]
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = pages * page_kb
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    total, seen, stack = 0, {}, [root]
     while stack:
         pid = stack.pop()
         total += rss.get(pid, 0)
+        seen[pid] = cpu.get(pid, 0.0)
         stack.extend(children.get(pid, []))
-    return total
+    return total, seen
 
 
 def run_score(args: list[str], rows: int, model: str, engine: str, note: str = "") -> Row:
@@ -135,12 +141,16 @@ def run_score(args: list[str], rows: int, model: str, engine: str, note: str = "
     proc = subprocess.Popen([sys.executable, "-m", "exporter", "score", *args, "--json", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     peak = 0
+    cpu: dict[int, float] = {}  # last CPU seconds seen per process of the tree
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.wait(0.1):
-            peak = max(peak, _tree_rss_kb(proc.pid))
+            rss, seen = _tree(proc.pid)
+            peak = max(peak, rss)
+            for pid, value in seen.items():
+                cpu[pid] = max(cpu.get(pid, 0.0), value)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -152,7 +162,7 @@ def run_score(args: list[str], rows: int, model: str, engine: str, note: str = "
         raise ExporterError(f"score {model} --engine {engine} failed (exit {proc.returncode}): {err.strip()[-500:]}")
     result = json.loads(out)
     startup = seconds - float(result.get("engine_seconds") or seconds)
-    return Row(model, rows, engine, seconds, startup, peak / 1024, note)
+    return Row(model, rows, engine, seconds, startup, peak / 1024, note, cpu_seconds=sum(cpu.values()))
 
 
 def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
@@ -168,7 +178,7 @@ def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
     table = pq.read_table(data, columns=meta["feature_columns"])
     matrix = np.column_stack([table.column(c).to_numpy() for c in meta["feature_columns"]])
     del table
-    best, best_threads = float("inf"), 1
+    best, best_threads, best_cpu = float("inf"), 1, 0.0
     for threads in sorted({1, default_threads()}):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -177,14 +187,15 @@ def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
         session = ort.InferenceSession(str(version_dir / meta["model_file"]), opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         session.run(None, {name: matrix[:RUN_ROWS]})
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for i in range(0, rows, RUN_ROWS):
             session.run(None, {name: matrix[i:i + RUN_ROWS]})
-        elapsed = time.perf_counter() - t
+        elapsed, used = time.perf_counter() - t, time.process_time() - c
         if elapsed < best:
-            best, best_threads = elapsed, threads
+            best, best_threads, best_cpu = elapsed, threads, used
     del matrix
-    return Row(model, rows, "raw", best, 0.0, 0.0, f"session.run, {best_threads} intra-op thread(s), data in memory")
+    return Row(model, rows, "raw", best, 0.0, 0.0, f"session.run, {best_threads} intra-op thread(s), data in memory",
+               cpu_seconds=best_cpu)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -202,15 +213,17 @@ def machine() -> str:
 
 
 def format_table(rows: list[Row], raw: dict[tuple[str, int], Row]) -> str:
-    head = ("| model | rows | engine | seconds | rows/s | rows/s w/o start-up | x raw (w/o start-up) | peak RSS MiB | note |\n"
-            "|---|---:|---|---:|---:|---:|---:|---:|---|")
+    head = ("| model | rows | engine | seconds | rows/s | rows/s w/o start-up | x raw (w/o start-up) | CPU s | "
+            "x raw CPU | peak RSS MiB | note |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     lines = [head]
     for r in rows:
         base = raw.get((r.model, r.rows))
-        ratio = f"{base.rate / r.rate_no_startup:.2f}" if base and r.engine != "raw" and r.rate_no_startup else ""
+        other = base is not None and r.engine != "raw"
+        ratio = f"{base.rate / r.rate_no_startup:.2f}" if other and r.rate_no_startup else ""
+        cpu_ratio = f"{r.cpu_seconds / base.cpu_seconds:.2f}" if other and base.cpu_seconds else ""
         lines.append(
             f"| {r.model} | {r.rows:,} | {r.engine} | {r.seconds:.1f} | {r.rate:,.0f} | "
-            f"{r.rate_no_startup:,.0f} | {ratio} | {r.peak_mb:,.0f} | {r.note} |"
+            f"{r.rate_no_startup:,.0f} | {ratio} | {r.cpu_seconds:.1f} | {cpu_ratio} | {r.peak_mb:,.0f} | {r.note} |"
         )
     return "\n".join(lines)
 
