@@ -215,7 +215,8 @@ class FeatureColumns:
         if bad.any():
             i, k = (int(v) for v in np.argwhere(bad)[0])
             j = self.categorical[k]
-            raise HandlerError(400, f"{where(i, self.columns[j])} is {sub[i, k]!r}, not an integer ID; expected {self.takes(j)}")
+            raise HandlerError(
+                400, f"{where(i, self.columns[j])} is {float(sub[i, k])!r}, not an integer ID; expected {self.takes(j)}")
 
     def convert(self, value: Any, j: int, where: str) -> float:
         """One cell of the TorchServe form -> its FP64 value; a 400 naming ``where`` when it cannot be one."""
