@@ -220,3 +220,17 @@ def test_handler_copies_of_feature_facts_agree():
     from exporter.repository import VOCAB_FILE
 
     assert H._VOCAB_FILE == VOCAB_FILE
+
+
+def test_metadata_features_must_describe_the_feature_columns():
+    from exporter import contract as C
+
+    base = {"name": "m", "model_file": "model.onnx", "sha256": "0" * 64, "prediction_format": "scalar",
+            "feature_columns": ["a", "b"], "inputs": [{"name": "features"}], "outputs": [{"name": "predictions"}]}
+    good = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "categorical"}])
+    swapped = dict(base, features=[{"name": "b", "kind": "numeric"}, {"name": "a", "kind": "numeric"}])
+    odd = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "ordinal"}])
+    for check in (C.usability_problems, H.validate_metadata):  # the handler's private copy agrees
+        assert check(good) == [] and check(base) == []
+        assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
+        assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
