@@ -13,7 +13,6 @@ runs; nothing here asserts on them: the tables are the result.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -31,24 +30,6 @@ from typing import Any, Callable
 from exporter.contract import version_dirs
 from exporter.errors import ExporterError
 
-HELP = "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load"
-DESCRIPTION = """\
-Benchmark every exported model (latest version) in one run and print tables:
-
-  native      the model's own predict (xgboost inplace_predict on model.ubj; torch eager in
-              inference_mode rebuilt from checkpoint.pt)
-  ort         raw onnxruntime session.run on a ready float64 array (the handler's session)
-  torchserve  handler.handle_bytes on a TorchServe body {"data": [{col: value}, ...]}
-  v2          handler.handle_bytes on an Open Inference Protocol body
-  as rows/s, with x = time relative to raw onnxruntime in the same run (lower is better)
-
-and, over HTTP on loopback against `python -m exporter serve`: requests/s, p50 and p99 latency at
-batch 1 with --clients concurrent keep-alive connections for --http-seconds (wrk when installed,
-otherwise a built-in asyncio client; both run on this machine and share its cores).
-
-Example:
-  python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8
-"""
 
 TARGETS = {
     "v2_at_1024": 1.5,
@@ -56,21 +37,6 @@ TARGETS = {
     "http_rps": 3000.0,
     "http_p99_ms": 5.0,
 }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``bench``."""
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts tree (default: artifacts)")
-    parser.add_argument("--models", nargs="+", default=None, help="models to benchmark (default: every model found)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 1024], help="default: 1 64 1024")
-    parser.add_argument("--http-seconds", type=float, default=10.0, help="load duration per model; 0 skips HTTP")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default: 8)")
-    parser.add_argument("--http-models", nargs="+", default=None,
-                        help="models to load-test over HTTP (default: the benchmarked models)")
-    parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto",
-                        help="auto: wrk when installed, else the built-in asyncio client")
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (default: 0.3)")
-    parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -469,43 +435,3 @@ def _environment() -> str:
     return ", ".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run every measurement and print the tables and the targets."""
-    artifacts = Path(args.artifacts)
-    if not artifacts.is_dir():
-        raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export models first "
-                            "(python -m exporter export all) or pass --artifacts DIR")
-    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and version_dirs(p))
-    models = args.models or found
-    unknown = [m for m in models if m not in found]
-    if unknown:
-        raise ExporterError(f"no exported model {', '.join(unknown)} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}")
-    if any(b < 1 for b in args.batch_sizes):
-        raise ExporterError("--batch-sizes must be positive integers")
-    if args.clients < 1:
-        raise ExporterError("--clients must be at least 1")
-    # OpenMP threads of torch/xgboost busy-wait after each call by default; on a small shared machine that
-    # makes the native column measure contention, not the model. Passive waiting is the usual serving setting.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    results = Results()
-    print(f"# exporter bench: {_environment()}", flush=True)
-    for model in models:
-        vdir = version_dirs(artifacts / model)[-1]
-        print(f"measuring {model} ({vdir}) ...", file=sys.stderr, flush=True)
-        results.cells.extend(bench_model(model, vdir, list(args.batch_sizes), args.min_time))
-    if args.http_seconds > 0:
-        http_models = args.http_models or models
-        print(f"HTTP load: {', '.join(http_models)}, {args.clients} clients, {args.http_seconds:g} s each ...",
-              file=sys.stderr, flush=True)
-        results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator)
-    print()
-    print(render(results))
-    print()
-    for line in targets(results):
-        print(line)
-    if args.json:
-        args.json.write_text(json.dumps({"environment": _environment(),
-                                         "cells": [c.__dict__ for c in results.cells],
-                                         "http": [h.__dict__ for h in results.http]}, indent=2))
-    return 0

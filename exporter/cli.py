@@ -12,13 +12,11 @@ import sys
 from typing import Sequence
 
 from exporter.errors import ExporterError
+from exporter.specs import model_names
 
+#: sub-command -> its thin CLI module in :mod:`exporter.commands` (the library code lives beside it in exporter.*)
 COMMANDS: dict[str, str] = {
-    "export": "exporter.commands.export",
-    "serve": "exporter.server",
-    "verify": "exporter.verify",
-    "bench": "exporter.bench",
-    "notebooks": "exporter.notebooks",
+    name: f"exporter.commands.{name}" for name in ("export", "serve", "verify", "bench", "notebooks")
 }
 
 
@@ -26,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exporter",
         description=(
-            "Train or load recommendation models (xgb, deepfm, mmoe, two_tower), export them to ONNX "
+            f"Train or load recommendation models ({', '.join(model_names())}), export them to ONNX "
             "with Open Inference Protocol metadata into a Triton-style model repository, serve and verify them."
         ),
     )

@@ -77,7 +77,7 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
     popularity = _zipf(n_items, 1.05)[rng.permutation(n_items)]
 
     u = rng.choice(n_users, rows, p=_zipf(n_users, 0.5)[rng.permutation(n_users)])
-    i = rng.choice(n_items, rows, p=popularity)
+    i = _browse(rng.choice(n_items, rows, p=popularity), u, u_taste, i_taste, popularity, seed)
     item_ctr, item_cvr, item_price = i_ctr[i], i_cvr[i], i_price[i]
     user_age, user_gender = u_age[u], u_gender[u]
     cross_age_x_ctr = user_age * item_ctr
@@ -130,6 +130,29 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
         if col == "item_price":
             frame.loc[gone, "cross_gender_x_price"] = np.nan
     return frame
+
+
+#: users browse by taste: each row's item is chosen among this many popularity-drawn candidates ...
+EXPOSURE_CANDIDATES = 4
+#: ... with probability proportional to exp(this x the user-item taste match)
+EXPOSURE_TASTE = 2.0
+
+
+def _browse(first: np.ndarray, u: np.ndarray, u_taste: np.ndarray, i_taste: np.ndarray, popularity: np.ndarray,
+            seed: int) -> np.ndarray:
+    """Which item each row shows: popular items are seen more, and users pick what matches their taste.
+
+    So what a user interacts with (not only whether they click) carries their taste, as in a real log, and a
+    retrieval model has something to learn beyond popularity. The other candidates come from their own
+    generator, so the rest of the synthetic stream is unchanged.
+    """
+    rng = np.random.default_rng([seed, 7])
+    extra = rng.choice(len(popularity), (len(first), EXPOSURE_CANDIDATES - 1), p=popularity)
+    candidates = np.concatenate([first[:, None], extra], axis=1)
+    match = np.einsum("rd,rkd->rk", u_taste[u], i_taste[candidates]) / np.sqrt(u_taste.shape[1])
+    gumbel = -np.log(-np.log(rng.random(candidates.shape)))
+    pick = np.argmax(EXPOSURE_TASTE * match + gumbel, axis=1)
+    return candidates[np.arange(len(first)), pick]
 
 
 def _zipf(n: int, exponent: float) -> np.ndarray:

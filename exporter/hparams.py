@@ -93,6 +93,19 @@ def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
         elif rule == "columns":
             ok = value is None or (isinstance(value, list) and bool(value)
                                    and all(isinstance(c, str) and c.strip() for c in value))
+        elif rule == "positive_number":
+            ok = number(value) and value > 0
+        elif rule == "bool":
+            ok = isinstance(value, bool)
+        elif rule.startswith("one_of:"):
+            ok = isinstance(value, str) and value in rule[len("one_of:"):].split("|")
+        elif rule == "tasks":  # names the task and key at fault itself (and checks task_weights against them)
+            from exporter import tasks as T
+
+            T.check(value, hparams.get("task_weights"))
+            ok = True
+        elif rule == "task_weights":
+            ok = value is None or isinstance(value, (dict, list))
         else:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} has an unknown rule {rule!r}")
         if not ok:

@@ -87,11 +87,27 @@ def binary_labels(frame: pd.DataFrame, column: str, *, source: str) -> np.ndarra
     return out
 
 
-def read_labels(frame: pd.DataFrame, labels: Mapping[str, str], *, source: str) -> dict[str, np.ndarray]:
-    """Model label name -> values over all rows: binary ones checked as 0/1, the others as finite numbers."""
+def check_labels(frame: pd.DataFrame, needs: Sequence[Any], labels: Mapping[str, str], *, source: str) -> None:
+    """Every required label column is in the data; a missing one is named with what it is for (e.g. its task)."""
+    for need in needs:
+        column = labels.get(need.name, need.name)
+        if need.required and column not in frame.columns:
+            have = ", ".join(map(str, list(frame.columns)[:30]))
+            raise ExporterError(
+                f"{source}: label column '{column}' ({need.role}) is missing; the data has columns: {have}"
+            )
+
+
+def read_labels(frame: pd.DataFrame, labels: Mapping[str, str], *, source: str,
+                kinds: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Model label name -> values over all rows: binary ones checked as 0/1, the others as finite numbers.
+
+    ``kinds`` gives each label's kind (``binary``/``regression``); without it ``label`` is the binary one.
+    """
     out: dict[str, np.ndarray] = {}
     for name, column in labels.items():
-        if name in BINARY_LABELS:
+        binary = kinds[name] == "binary" if kinds is not None and name in kinds else name in BINARY_LABELS
+        if binary:
             out[name] = binary_labels(frame, column, source=source)
         else:
             out[name] = D.numeric_matrix(frame, [column], source=source)[:, 0]

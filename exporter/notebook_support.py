@@ -166,7 +166,7 @@ def prepare(
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
         raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
-    overrides = {k: v for k, v in (hparams or {}).items() if v is not None}
+    overrides = {k: _json_param(k, v, spec.default_hparams.get(k)) for k, v in (hparams or {}).items() if v is not None}
     try:
         check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
@@ -200,6 +200,18 @@ def prepare(
                 f"set model_version = None for the next free version ({repo.next_version(Path(params.artifacts), prep.spec.model_names)})"
             )
     return prep
+
+
+def _json_param(name: str, value: Any, default: Any) -> Any:
+    """A list or dict knob given as JSON text (``papermill -p tasks '[...]'`` passes strings) becomes its value."""
+    import json
+
+    if isinstance(value, str) and isinstance(default, (list, dict)) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ParameterError(f"{name} = {value[:40]!r}... is not valid JSON ({exc.msg}); expected e.g. {default!r}") from exc
+    return value
 
 
 def _schema_param(value: Any, root: Path | None) -> Any:
@@ -247,14 +259,14 @@ def _short(values: Mapping[str, Any]) -> str:
 
 def preview(prep: "Prepared", rows: int = PREVIEW_ROWS) -> pd.DataFrame:
     """The first training rows, model inputs first, then labels."""
-    labels = [c for c in prep.spec.label_columns if c in prep.train.columns]
+    labels = [c for c in dict.fromkeys(prep.label_columns.values()) if c in prep.train.columns]
     return prep.train[list(prep.columns) + labels].head(rows)
 
 
 def column_summary(prep: "Prepared") -> pd.DataFrame:
     """Per column of the data: its role for this model, dtype, range and mean."""
     frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
-    labels = set(prep.spec.label_columns)
+    labels = set(prep.label_columns.values())
     records = []
     for col in frame.columns:
         series = frame[col]
@@ -282,14 +294,19 @@ def format_metrics(evaluation: "Evaluation") -> str:
     lines = ["held-out metrics:"]
     warning = evaluation.quality.get("warning") if evaluation.quality else None
     for key, value in m.items():
-        if key.endswith("_baseline"):
+        if key.endswith("_baseline") or key.startswith("popularity_") or key in ("users_evaluated", "catalogue_items"):
             continue
         extra = ""
         if f"{key}_baseline" in m:
             extra = f"  (predicting the mean: {m[f'{key}_baseline']:.4g})"
-        elif key == "base_rate":
-            extra = "  (share of clicks)"
+        elif f"popularity_{key}" in m:
+            extra = f"  (popularity: {m[f'popularity_{key}']:.4f})"
+        elif key.endswith("base_rate"):
+            extra = "  (share of positives)" if key != "base_rate" else "  (share of clicks)"
         lines.append(f"  {key:<18} {value:.4f}{extra}")
+    if "catalogue_items" in m:
+        lines.append(f"  (retrieval over {int(m['catalogue_items'])} items for {int(m.get('users_evaluated', 0))} users "
+                     "with held-out positives; their training items excluded)")
     if warning:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

@@ -7,10 +7,7 @@ after a successful run it can copy the executed notebook into that version direc
 """
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,33 +16,12 @@ from typing import Any, Sequence
 from exporter.errors import ExporterError
 from exporter.repository import REPORT_FILE, write_text_atomic
 
-HELP = "run the model notebooks headless (papermill) and store each executed notebook beside its artifact"
-DESCRIPTION = """\
-Run notebooks/<model>.ipynb for the named models (default: all four) through papermill in a fresh
-kernel, with the notebook's default parameters plus -p overrides, export into --artifacts and store the
-executed notebook as report.ipynb in each new version directory (two_tower: in two_tower/<v>/ and
-two_tower_item/<v>/). Prints the wall time of each notebook. Stops at the first failing notebook with the
-failing cell's error and keeps that executed notebook for inspection.
 
-Values of -p are read as JSON when they parse (numbers, true/false/null, lists such as '["a","b"]'),
-as True/False/None like papermill, else as strings. Relative paths in -p values and --artifacts are
-relative to the current directory. A parameter only some of the named notebooks have is passed to those.
+def notebook_names() -> dict[str, str]:
+    """model -> notebook file name, in the registry's order (every registered model has ``<name>.ipynb``)."""
+    from exporter.specs import model_names
 
-examples:
-  python -m exporter notebooks
-  python -m exporter notebooks xgb deepfm -p rows 50000
-  python -m exporter notebooks deepfm -p epochs 10 -p learning_rate 0.002 --output-dir reports/
-  python -m exporter notebooks xgb -p mode load -p checkpoint_path artifacts/xgb/1/model.ubj
-
-exit codes: 0 ok, 1 a notebook failed, 2 bad parameters (one line says what), 3 parity gate failed."""
-
-#: model -> notebook file name, in the default run order
-NOTEBOOKS: dict[str, str] = {
-    "xgb": "xgb.ipynb",
-    "deepfm": "deepfm.ipynb",
-    "mmoe": "mmoe.ipynb",
-    "two_tower": "two_tower.ipynb",
-}
+    return {name: f"{name}.ipynb" for name in model_names()}
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
 PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path", "feature_schema")
 #: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
@@ -59,19 +35,6 @@ KERNEL_OPTIONS: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=C
 def notebooks_dir() -> Path:
     """``notebooks/`` of the checkout holding this package."""
     return Path(__file__).resolve().parent.parent / "notebooks"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"notebooks to run: {', '.join(NOTEBOOKS)} (default: all, in this order)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="override a notebook parameter (repeatable), e.g. -p rows 5000")
-    p.add_argument("--artifacts", default="artifacts",
-                   help="model repository the notebooks export into (default: %(default)s)")
-    p.add_argument("--output-dir", default=None,
-                   help="also keep each executed notebook as DIR/<name>.ipynb (default: only report.ipynb "
-                        "beside the artifact; a failed notebook is kept in a temporary directory)")
-    p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: %(default)s)")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -119,11 +82,12 @@ def resolve_overrides(pairs: Sequence[Sequence[str]], cwd: Path) -> dict[str, An
 
 def select(names: Sequence[str]) -> list[str]:
     """Validated notebook names in the order given (all four when none)."""
+    notebooks = notebook_names()
     if not names:
-        return list(NOTEBOOKS)
-    unknown = [n for n in names if n not in NOTEBOOKS]
+        return list(notebooks)
+    unknown = [n for n in names if n not in notebooks]
     if unknown:
-        raise ExporterError(f"unknown notebook {', '.join(repr(n) for n in unknown)}: expected one of {', '.join(NOTEBOOKS)}")
+        raise ExporterError(f"unknown notebook {', '.join(repr(n) for n in unknown)}: expected one of {', '.join(notebooks)}")
     dupes = sorted({n for n in names if list(names).count(n) > 1})
     if dupes:
         raise ExporterError(f"notebook {', '.join(dupes)} named twice")
@@ -151,7 +115,7 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
     plans = []
     declared: dict[str, set[str]] = {}
     for name in names:
-        source = directory / NOTEBOOKS[name]
+        source = directory / notebook_names()[name]
         if not source.is_file():
             raise ExporterError(f"notebook {source} not found: the notebooks ship with the source checkout")
         declared[name] = set(notebook_parameters(source))
@@ -168,7 +132,7 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
         elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ExporterError(f"model_version must be a positive integer, got {version!r}")
         params.update(artifacts_dir=str(artifacts), model_version=version)
-        plans.append(Plan(name, directory / NOTEBOOKS[name], params, tuple(spec.model_names), version,
+        plans.append(Plan(name, directory / notebook_names()[name], params, tuple(spec.model_names), version,
                           sorted(k for k in overrides if k not in declared[name])))
     return plans
 
@@ -236,45 +200,3 @@ def check_kernel(name: str) -> None:
     except NoSuchKernel:
         known = ", ".join(sorted(manager.find_kernel_specs())) or "none"
         raise ExporterError(f"no Jupyter kernel named {name!r}; installed kernels: {known}") from None
-
-
-def run(args: argparse.Namespace) -> int:
-    cwd = Path.cwd()
-    names = select(args.names)
-    check_kernel(args.kernel)
-    artifacts = (cwd / args.artifacts).resolve()
-    if artifacts.exists() and not artifacts.is_dir():
-        raise ExporterError(f"--artifacts {artifacts} exists and is not a directory")
-    overrides = resolve_overrides(args.parameter, cwd)
-    plans = plan(names, overrides, artifacts)
-    keep_dir = (cwd / args.output_dir).resolve() if args.output_dir else None
-    if keep_dir is not None:
-        try:
-            keep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ExporterError(f"cannot create --output-dir {keep_dir}: {exc.strerror or exc}") from exc
-    work = Path(tempfile.mkdtemp(prefix="exporter-notebooks-"))
-    keep_work = False  # set when a failed notebook's only copy is in ``work``
-    outcomes: list[Outcome] = []
-    total = time.perf_counter()
-    try:
-        for p in plans:
-            executed = (keep_dir or work) / f"{p.name}.ipynb"
-            note = f" (not a parameter here: {', '.join(p.ignored)})" if p.ignored else ""
-            print(f"{p.name}: running {p.source.name} -> version {p.version}{note}", flush=True)
-            try:
-                outcome = run_one(p, artifacts, executed, args.kernel)
-            except ExporterError:
-                keep_work = keep_dir is None
-                raise
-            outcomes.append(outcome)
-            where = ", ".join(str(r.parent) for r in outcome.reports)
-            print(f"{p.name}: ok in {outcome.seconds:.1f}s, report.ipynb in {where}", flush=True)
-    finally:
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"{'notebook':<10} {'seconds':>8}")
-    for o in outcomes:
-        print(f"{o.name:<10} {o.seconds:>8.1f}")
-    print(f"{'total':<10} {time.perf_counter() - total:>8.1f}")
-    return 0

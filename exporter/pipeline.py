@@ -19,10 +19,11 @@ from exporter import __version__, contract as C, data as D
 from exporter import features as F
 from exporter import hparams as H
 from exporter import inputs as I
-from exporter import quality as Q
+from exporter import verdict as Q
 from exporter import repository as repo
 from exporter.errors import ExporterError, ParityError
 from exporter.specs import ExportUnit, ModelSpec, Trained, get_spec
+from exporter.specs.base import SideFile
 
 MODES = ("train", "load")
 PARITY_MIN_ROWS = 1000
@@ -101,6 +102,10 @@ class Evaluation:
     predictions: dict[str, np.ndarray]
     #: metrics against baselines, with ``warning`` when the model is no better than chance (metadata ``quality``)
     quality: dict[str, Any] = field(default_factory=dict)
+    #: what the notebook shows beyond the metrics (each head's kind, retrieval curves)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: spec part name -> small files written beside that part (two_tower: the item catalogue)
+    files: dict[str, list[SideFile]] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,7 +177,8 @@ def prepare(params: ExportParams) -> Prepared:
     if params.model_name is not None:
         check_model_name(params.model_name)
     schema = F.load_schema(params.schema, source="schema")
-    labels = I.label_map(spec.label_columns, params.label or (schema.label if schema is not None else None))
+    label_name = params.label or (schema.label if schema is not None else None)
+    I.label_map([], label_name)  # a bad --label fails before any loading
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -193,6 +199,9 @@ def prepare(params: ExportParams) -> Prepared:
         columns = loaded.feature_columns
     elif params.checkpoint is not None:
         raise ExporterError("--checkpoint is only used with --mode load")
+    # the labels this run needs come from the spec (mmoe: its tasks'; load mode: the loaded model's settings)
+    needs = spec.label_needs(loaded.hparams if loaded is not None else hparams)
+    labels = I.label_map([n.name for n in needs], label_name)
 
     if params.data_path is not None:
         frame = D.read_table(params.data_path)
@@ -214,11 +223,17 @@ def prepare(params: ExportParams) -> Prepared:
     clash = sorted(set(columns) & set(labels.values()))
     if clash:
         raise ExporterError(f"column(s) {', '.join(clash)} cannot be both a feature and a label")
-    labels_needed = params.mode == "train"
+    if params.mode == "train":
+        I.check_labels(frame, needs, labels, source=where)
+    optional = {n.name for n in needs if not n.required}
+    labels = {n: c for n, c in labels.items() if n not in optional or c in frame.columns}
     has_labels = all(c in frame.columns for c in labels.values())
-    if labels_needed:
-        D.check_columns(frame, list(labels.values()), what="label", source=where)
-    train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
+    if spec.split is not None:  # e.g. two_tower: by user-item pairs, so no held-out pair was seen in training
+        towers = _towers(frame, columns, schema, loaded)
+        train_idx, held_idx = spec.split(frame, columns, loaded.hparams if loaded is not None else hparams, towers,
+                                         params.seed)
+    else:
+        train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
     # validate the whole table first, so errors name rows as they are in the file
     stored = None
     if loaded is not None:
@@ -229,7 +244,7 @@ def prepare(params: ExportParams) -> Prepared:
     plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
-    y_all = I.read_labels(frame, labels, source=where) if has_labels else {}
+    y_all = I.read_labels(frame, labels, source=where, kinds={n.name: n.kind for n in needs}) if has_labels else {}
     if loaded is not None:
         hparams = dict(loaded.hparams)
         loaded.features = plan
@@ -240,6 +255,15 @@ def prepare(params: ExportParams) -> Prepared:
         {k: v[train_idx] for k, v in y_all.items()}, {k: v[held_idx] for k, v in y_all.items()},
         loaded, plan, raw[train_idx], raw[held_idx], labels, origins, note,
     )
+
+
+def _towers(frame: pd.DataFrame, columns: Sequence[str], schema: F.Schema | None,
+            loaded: Trained | None) -> dict[str, str | None]:
+    """Column -> tower declared for it (the loaded model's plan, else the schema or the contract's defaults)."""
+    if loaded is not None and loaded.features is not None:
+        return {f.name: f.spec.tower for f in loaded.features.features}
+    specs, _ = F.resolve_specs(frame, columns, schema, I.default_specs())
+    return {s.name: s.tower for s in specs}
 
 
 def check_model_name(name: Any) -> str:
@@ -271,7 +295,11 @@ def fit(prep: Prepared) -> Trained:
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
-    """Held-out metrics (empty when a load-mode data file has no labels)."""
+    """Held-out metrics (empty when a load-mode data file has no labels); a spec may evaluate itself."""
+    if prep.spec.evaluate is not None:
+        own = prep.spec.evaluate(prep, trained)
+        return Evaluation(own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels),
+                          own.details, own.files)
     predictions = trained.predict(prep.x_heldout)
     metrics = prep.spec.metrics(predictions, prep.y_heldout) if prep.y_heldout else {}
     return Evaluation(metrics, dict(prep.y_heldout), predictions, Q.assess(metrics, prep.y_heldout))
@@ -346,7 +374,8 @@ def _opsets(model_bytes: bytes) -> dict[str, int]:
 
 def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, unit: ExportUnit,
                    version: int, model_bytes: bytes, sha256: str, parity: ParityResult,
-                   sha256_of: Mapping[str, str] | None = None, model_part: str | None = None) -> dict[str, Any]:
+                   sha256_of: Mapping[str, str] | None = None, model_part: str | None = None,
+                   side_files: Sequence[tuple[SideFile, str]] = ()) -> dict[str, Any]:
     """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
     opsets = _opsets(model_bytes)
     inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
@@ -362,6 +391,12 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
         meta["output_columns"] = list(unit.output_columns)
     if unit.embed_dim is not None:
         meta["embed_dim"] = unit.embed_dim
+    for key, value in unit.metadata.items():
+        if key == "tasks":  # the data's own label columns (``--label`` renames ``label``)
+            value = [{**t, "label": prep.label_columns.get(t["label"], t["label"])} for t in value]
+        meta[key] = _jsonable(value)
+    for side, sha in side_files:
+        meta[side.metadata_key] = {"file": side.name, "sha256": sha, **_jsonable(dict(side.info))}
     if prep.features is not None:
         vocab_sha = sha256_of.get(repo.VOCAB_FILE) if sha256_of else None
         meta["features"] = prep.features.subset(unit.feature_columns).metadata(
@@ -385,7 +420,7 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
             "train_rows": len(prep.train),
             "heldout_rows": len(prep.heldout),
             "seed": prep.params.seed,
-            "label_columns": [prep.label_columns.get(c, c) for c in prep.spec.label_columns] if prep.y_heldout else [],
+            "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
             "hyperparameters": _jsonable(trained.hparams),
             "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()},
             "final_loss": trained.history[-1] if trained.history else None,
@@ -510,8 +545,14 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
             if vocab:
                 repo.write_json(d / repo.VOCAB_FILE, vocab)
                 extra[repo.VOCAB_FILE] = repo.sha256_file(d / repo.VOCAB_FILE)
+            written = []
+            for side in evaluation.files.get(parts[unit.model_name], []):
+                if not C.is_plain_file_name(side.name):
+                    raise ExporterError(f"{unit.model_name}: side file name {side.name!r} is not a plain file name")
+                (d / side.name).write_bytes(side.data)
+                written.append((side, repo.sha256_file(d / side.name)))
             meta = build_metadata(prep, trained, evaluation, unit, version, model_bytes, sha, parity, extra,
-                                  parts[unit.model_name])
+                                  parts[unit.model_name], written)
             repo.write_json(d / repo.METADATA_FILE, meta)
             request = sample_request(prep, unit)
             repo.write_json(d / repo.SAMPLE_REQUEST, request)

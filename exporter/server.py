@@ -11,11 +11,7 @@ this module.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,25 +23,6 @@ from exporter.errors import ExporterError
 if TYPE_CHECKING:  # pragma: no cover
     from exporter.handler import ModelHandler
 
-HELP = "serve every exported model over HTTP with TorchServe-style routes"
-DESCRIPTION = """\
-Serve every model of an artifacts tree (a Triton-style model repository) over HTTP.
-
-Routes:
-  GET  /ping                                  {"status": "Healthy"} once every model is loaded
-  POST /predictions/{model_name}              latest version
-  POST /predictions/{model_name}/{version}    that version
-  GET  /models                                loaded models and versions
-  GET  /models/{model_name}                   metadata.json of the latest version
-
-Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
-Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]}.
-Errors are 4xx with {"error": "..."}; one log line per request on stderr.
-
-Example:
-  python -m exporter serve --artifacts artifacts --port 8080
-  curl -s localhost:8080/predictions/xgb -d @artifacts/xgb/1/sample_request.json
-"""
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: bodies above this size are answered in a worker thread so that small requests keep flowing meanwhile
@@ -57,39 +34,6 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``serve``."""
-    parser.add_argument("--artifacts", default="artifacts", type=Path, help="artifacts tree (default: artifacts)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", default=8080, type=int, help="port (default: 8080; 0 picks a free port)")
-    parser.add_argument(
-        "--max-body-bytes",
-        default=DEFAULT_MAX_BODY_BYTES,
-        type=_positive_int,
-        help=f"largest request body accepted, else 413 (default: {DEFAULT_MAX_BODY_BYTES})",
-    )
-    parser.add_argument(
-        "--max-rows", default=None, type=_positive_int, help="most rows per request, else 413 (default: 10000)"
-    )
-    parser.add_argument(
-        "--threads", default=None, type=_positive_int, help="onnxruntime intra-op threads per model (default: 1)"
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
-        help="'warning' silences the per-request lines (default: info)",
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -354,59 +298,5 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _listen_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=False)
-    except OSError as exc:
-        raise ExporterError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    sock.set_inheritable(True)
-    return sock
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
-
-
-def run(args: argparse.Namespace) -> int:
-    """Load every model, then serve until interrupted (SIGINT/SIGTERM)."""
-    import uvicorn
-
-    _configure_logging(args.log_level)
-    started = time.perf_counter()
-    registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)
-    app = create_app(registry, max_body_bytes=args.max_body_bytes)
-    sock = _listen_socket(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    shown_host = f"[{host}]" if ":" in host else host
-    for name, by_version in sorted(registry.versions.items()):
-        print(
-            f"exporter serve: loaded {name} versions {','.join(sorted(by_version, key=int))} "
-            f"(latest {registry.latest[name].version}, {registry.latest[name].directory})",
-            file=sys.stderr,
-        )
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=30,
-    )
-    server = uvicorn.Server(config)
-    # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
-    print(
-        f"exporter serve: listening on http://{shown_host}:{port} "
-        f"({len(registry.latest)} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()})",
-        file=sys.stderr,
-        flush=True,
-    )
-    server.run(sockets=[sock])
-    return 0

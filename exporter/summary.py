@@ -6,10 +6,19 @@ from typing import Any, Sequence
 from exporter.pipeline import RunResult
 
 
+#: metrics shown beside others rather than on their own (baselines, counts)
+_ASIDE = ("popularity_", "users_evaluated", "catalogue_items")
+
+
 def _fmt_metrics(metrics: dict[str, float]) -> str:
     if not metrics:
         return "no labels: metrics not computed"
-    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("_baseline") and k != "base_rate")
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                     if not k.endswith(("_baseline", "base_rate")) and not k.startswith(_ASIDE))
+    popular = [f"{k[len('popularity_'):]}={v:.4g}" for k, v in metrics.items() if k.startswith("popularity_recall@")]
+    if popular:
+        shown += f"  (popularity: {' '.join(popular)}; {int(metrics.get('catalogue_items', 0))} items)"
+    return shown
 
 
 def format_result(result: RunResult) -> str:

@@ -27,3 +27,12 @@ def pytest_unconfigure(config) -> None:  # noqa: ANN001 - pytest hook
         if os.environ.get(_ENV) == path:
             del os.environ[_ENV]
     _created.clear()
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001 - pytest hook
+    """nbval items run whole notebooks in kernels: they belong to the slow set."""
+    import pytest
+
+    for item in items:
+        if str(getattr(item, "path", "")).endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)

@@ -10,14 +10,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+from exporter.specs import get_spec, model_names
+
 #: Small but real: enough rows for held-out metrics, few epochs/trees so the suite stays fast.
 SMALL_ROWS = 3000
-SMALL_HPARAMS = {
-    "xgb": {"n_estimators": 40},
-    "deepfm": {"epochs": 3},
-    "mmoe": {"epochs": 5},
-    "two_tower": {"epochs": 5},
-}
+#: every registered model with its spec's small test hyper-parameters
+SMALL_HPARAMS = {name: dict(get_spec(name).test_hparams) for name in model_names()}
 
 
 def export_small(model: str, artifacts: Path, **overrides):

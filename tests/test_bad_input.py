@@ -12,6 +12,8 @@ import torch
 from exporter import data as D
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # every case runs the CLI in a child process
+
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file and directory under root with its content hash: any change shows up."""

@@ -12,6 +12,8 @@ import pytest
 from exporter.bench import parse_wrk
 from tests.handler_fixtures import REPO, build_tree
 
+pytestmark = pytest.mark.slow
+
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/predictions/xgb
   2 threads and 8 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev

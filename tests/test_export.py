@@ -12,10 +12,14 @@ import pytest
 
 from exporter import data as D
 from exporter.handler import ModelHandler
+from exporter.specs import model_names, repository_names
 from tests.conftest import export_small
 from tests.handler_fixtures import spec_validator
 
-EXPORTED = ["xgb", "deepfm", "mmoe", "two_tower", "two_tower_item"]
+pytestmark = pytest.mark.slow
+
+EXPORTED = repository_names()
+#: the contract's expectations per exported model (section 1); a registered model without them fails below
 OUTPUT_WIDTH = {"xgb": None, "deepfm": None, "mmoe": 3, "two_tower": 16, "two_tower_item": 16}
 #: contract section 1: the default schema and the two-tower user / item features, in tensor order
 CONTRACT_COLUMNS = ["item_ctr", "item_cvr", "item_price", "user_age", "user_gender", "cross_age_x_ctr",
@@ -31,6 +35,12 @@ REQUIRED_METADATA = [
     "name", "versions", "platform", "inputs", "outputs", "feature_columns", "model_file", "sha256",
     "opset", "producer", "parity", "training", "created_at",
 ]
+
+
+def test_every_registered_model_has_contract_expectations():
+    assert set(OUTPUT_WIDTH) == set(FEATURES) == set(EXPORTED), (
+        "add the expected output width and feature columns of every exported model"
+    )
 
 
 def _version_dir(root: Path, name: str) -> Path:
@@ -201,7 +211,7 @@ def test_export_all_from_the_command_line(tmp_path):
     result = run_cli("export", "all", "--rows", "1500", "--artifacts", str(tmp_path), "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert [m["model"] for m in summary["models"]] == ["xgb", "deepfm", "mmoe", "two_tower"]
+    assert [m["model"] for m in summary["models"]] == model_names()
     names = [a["model_name"] for m in summary["models"] for a in m["artifacts"]]
     assert names == EXPORTED
     for m in summary["models"]:

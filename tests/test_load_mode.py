@@ -12,6 +12,8 @@ from exporter import data as D
 from exporter import pipeline
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def _onnx_predict(version_dir, x):
     return ort.InferenceSession(str(version_dir / "model.onnx")).run(None, {"features": x})[0]

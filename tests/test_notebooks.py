@@ -19,17 +19,19 @@ from exporter import data as D
 from exporter import notebooks as runner
 from exporter.cli import main as cli_main
 from exporter.handler import ModelHandler
-from exporter.specs import get_spec
+from exporter.specs import get_spec, model_names
 from exporter.verify import verify
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = REPO / "notebooks"
-MODELS = ["xgb", "deepfm", "mmoe", "two_tower"]
+MODELS = model_names()
+#: small runs: the spec's test hyper-parameters that are notebook parameters, on 3,000 synthetic rows
 SMALL = {
-    "xgb": {"rows": 3000, "n_estimators": 30},
-    "deepfm": {"rows": 3000, "epochs": 2},
-    "mmoe": {"rows": 3000, "epochs": 2},
-    "two_tower": {"rows": 3000, "epochs": 2},
+    name: {"rows": 3000, **{k: v for k, v in get_spec(name).test_hparams.items()
+                            if k in {knob for knob, _ in get_spec(name).notebook.knobs}}}
+    for name in MODELS
 }
 CHECK = "# NBVAL_CHECK_OUTPUT"
 

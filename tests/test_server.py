@@ -20,6 +20,8 @@ import pytest
 from exporter.bench import terminate
 from tests.handler_fixtures import DEFAULT_COLUMNS, REPO, TINY_MODELS, build_tree, sample_rows, spec_validator
 
+pytestmark = pytest.mark.slow
+
 INFERENCE_RESPONSE = spec_validator("inference_response")
 ERROR_RESPONSE = spec_validator("inference_error_response")
 MAX_ROWS = 50

@@ -26,6 +26,8 @@ import pytest
 
 from tests.handler_fixtures import DEFAULT_COLUMNS, REPO, build_artifact, sample_rows
 
+pytestmark = pytest.mark.slow
+
 HANDLER_FILE = REPO / "exporter" / "handler.py"
 ALLOWED_IMPORTS = {
     "__future__", "hashlib", "json", "math", "os", "threading", "itertools", "operator", "pathlib", "typing",

@@ -36,6 +36,7 @@ def edit_metadata(vdir: Path, **changes: object) -> None:
     (vdir / "metadata.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_good_tree_passes_from_the_command_line(good_tree: Path) -> None:
     proc = cli(str(good_tree))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -127,6 +128,7 @@ def test_wrong_model_name_in_config_and_metadata(tmp_path: Path) -> None:
     assert "Triton requires the model directory name 'deepfm'" in problems
 
 
+@pytest.mark.slow
 def test_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
     proc = cli(str(tmp_path / "nope"))
     assert proc.returncode == 2 and "error:" in proc.stderr and "not a directory" in proc.stderr

@@ -25,87 +25,22 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from exporter.specs import get_spec  # noqa: E402
+from exporter.specs import get_spec, model_names  # noqa: E402
+from exporter.specs.base import NotebookInfo  # noqa: E402
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
 
-MODELS: dict[str, dict[str, Any]] = {
-    "xgb": {
-        "title": "XGBoost CTR model → ONNX",
-        "what": "an XGBoost click-through-rate classifier",
-        "native": "XGBoost",
-        "checkpoint": 'load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
-        "knobs": [
-            ("n_estimators", "boosting rounds (trees)"),
-            ("max_depth", "depth of each tree"),
-            ("learning_rate", "shrinkage applied to each tree"),
-        ],
-        "extra": "other XGBoost settings, e.g. {\"subsample\": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs",
-        "step": "boosting round",
-        "eval_md": "ROC curve of the click probability on held-out rows.",
-        "example": "-p rows 50000 -p n_estimators 300 -p max_depth 6",
-    },
-    "deepfm": {
-        "title": "DeepFM CTR model → ONNX",
-        "what": "a DeepFM click-through-rate model (PyTorch)",
-        "native": "PyTorch",
-        "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
-        "knobs": [
-            ("epochs", "passes over the training rows"),
-            ("batch_size", "rows per optimiser step"),
-            ("learning_rate", "Adam learning rate"),
-            ("embed_dim", "size of each feature's embedding (FM and deep part)"),
-            ("hidden", "widths of the deep part's hidden layers"),
-        ],
-        "extra": "other hyper-parameters, e.g. {\"weight_decay\": 1e-5}",
-        "step": "epoch",
-        "eval_md": "ROC curve of the click probability on held-out rows.",
-        "example": "-p epochs 10 -p learning_rate 0.002",
-    },
-    "mmoe": {
-        "title": "MMoE multi-task model (CTR, watch time, GMV) → ONNX",
-        "what": "a multi-gate mixture-of-experts model (PyTorch) with three heads: click probability, watch time and GMV",
-        "native": "PyTorch",
-        "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
-        "knobs": [
-            ("epochs", "passes over the training rows"),
-            ("batch_size", "rows per optimiser step"),
-            ("learning_rate", "Adam learning rate"),
-            ("n_experts", "shared experts the task gates mix"),
-            ("expert_dim", "width of each expert"),
-            ("tower_dim", "width of each task tower"),
-        ],
-        "extra": "other hyper-parameters, e.g. {\"weight_decay\": 1e-5}",
-        "step": "epoch",
-        "eval_md": "ROC curve of the click head; predicted against true watch time and GMV on held-out rows "
-                   "(the dashed line is a perfect prediction).",
-        "example": "-p epochs 10 -p n_experts 6",
-    },
-    "two_tower": {
-        "title": "Two-tower retrieval model (user and item towers) → ONNX",
-        "what": "a two-tower retrieval model (PyTorch)",
-        "note": "The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one "
-                "version; a retrieval system embeds users and items with them and ranks by dot product.",
-        "native": "PyTorch",
-        "checkpoint": 'load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
-        "knobs": [
-            ("epochs", "passes over the training rows"),
-            ("batch_size", "rows per optimiser step"),
-            ("learning_rate", "Adam learning rate"),
-            ("embed_dim", "size of the user and item embeddings"),
-            ("hidden", "width of each tower's hidden layers"),
-        ],
-        "towers": True,
-        "extra": "other hyper-parameters, e.g. {\"weight_decay\": 1e-5}",
-        "step": "epoch",
-        "eval_md": "ROC curve of the user·item score (sigmoid of the embeddings' dot product) against clicks on "
-                   "held-out pairs.",
-        "example": "-p epochs 10 -p embed_dim 32",
-    },
-}
 
 
-def parameters_source(model: str, cfg: dict[str, Any]) -> str:
+def notebook_info(model: str) -> NotebookInfo:
+    """What a registered model's notebook says, declared on its spec."""
+    info = get_spec(model).notebook
+    if info is None:
+        raise SystemExit(f"model {model!r} declares no notebook (ModelSpec.notebook)")
+    return info
+
+
+def parameters_source(model: str, cfg: NotebookInfo) -> str:
     """The ``parameters`` cell: every knob typed, with its default and a comment (``papermill --help-notebook``)."""
     spec = get_spec(model)
     hp = spec.default_hparams
@@ -115,57 +50,72 @@ def parameters_source(model: str, cfg: dict[str, Any]) -> str:
         "",
         'mode: str = "train"  # "train" a new model, or "load" an existing one (then set checkpoint_path)',
         "data_path: Optional[str] = None  # CSV or Parquet file with the feature (and label) columns; None: built-in synthetic click log",
-        f"checkpoint_path: Optional[str] = None  # {cfg['checkpoint']}",
+        f"checkpoint_path: Optional[str] = None  # {cfg.checkpoint}",
         'feature_meta_path: Optional[str] = None  # optional: JSON with {"feature_columns": [...]} naming the inputs (feature_meta.json, metadata.json)',
         'feature_columns: Optional[list] = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
         'label: Optional[str] = None  # the binary (0/1) label column; None: the schema\'s "label" entry, else "label"',
         'feature_schema: Optional[Union[dict, str]] = None  # per-column kind (numeric/categorical), fill, optional, vocabulary policy: a dict or a JSON file (docs/features.md); None: inferred',
     ]
-    if cfg.get("towers"):
+    if cfg.towers:
         lines += [
             "user_columns: Optional[list] = None  # inputs of the user tower; None: the feature columns named user_*",
             "item_columns: Optional[list] = None  # inputs of the item tower; None: the other feature columns",
         ]
     lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)", "",
               "# Training (train mode; load mode keeps the loaded model's own settings)"]
-    lines += [f"{name}: {type(hp[name]).__name__} = {hp[name]!r}  # {comment}" for name, comment in cfg["knobs"]]
+    lines += [f"{name}: {type(hp[name]).__name__} = {_literal(hp[name])}  # {comment}" for name, comment in cfg.knobs]
     lines += [
-        f"extra_hparams: dict = {{}}  # {cfg['extra']}",
+        f"extra_hparams: dict = {{}}  # {cfg.extra}",
         "",
         "seed: int = 0  # seed of the synthetic data, the train/held-out split and training",
         'artifacts_dir: Optional[str] = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
         "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
-        f"parity_atol: float = {spec.atol!r}  # max |{cfg['native']} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
+        f"parity_atol: float = {spec.atol!r}  # max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
     ]
     return "\n".join(lines)
 
 
-def hparams_source(model: str, cfg: dict[str, Any]) -> str:
+def _literal(value: Any) -> str:
+    """A knob's default as Python source; lists of objects (mmoe's tasks) as JSON-style text, as users write them."""
+    import ast
+    import json
+
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        text = json.dumps(value)
+        try:
+            if ast.literal_eval(text) == value:  # the same value in Python (no true/false/null inside)
+                return text
+        except ValueError:
+            pass
+    return repr(value)
+
+
+def hparams_source(model: str, cfg: NotebookInfo) -> str:
     """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length."""
     import textwrap
 
-    names = [n for n, _ in cfg["knobs"]] + (["user_columns", "item_columns"] if cfg.get("towers") else [])
+    names = [n for n, _ in cfg.knobs] + (["user_columns", "item_columns"] if cfg.towers else [])
     body = ", ".join([f"{n}={n}" for n in names] + ["**extra_hparams"])
     return "dict(\n" + textwrap.fill(body, width=100, initial_indent=" " * 8, subsequent_indent=" " * 8) + "\n    )"
 
 
-def cells(model: str, cfg: dict[str, Any]) -> list[Any]:
+def cells(model: str, cfg: NotebookInfo) -> list[Any]:
     spec = get_spec(model)
     names = spec.model_names
     repo_dirs = " and ".join(f"`artifacts/{n}/<version>/`" for n in names)
-    note = f"\n{cfg['note']}\n" if cfg.get("note") else ""
-    intro = f"""# {cfg['title']}
+    note = f"\n{cfg.note}\n" if cfg.note else ""
+    intro = f"""# {cfg.title}
 
-This notebook trains (or loads) {cfg['what']},
+This notebook trains (or loads) {cfg.what},
 exports it to ONNX with Open Inference Protocol (KServe v2) metadata into a Triton-style model repository
-({repo_dirs}), checks ONNX Runtime against {cfg['native']} on held-out rows,
+({repo_dirs}), checks ONNX Runtime against {cfg.native} on held-out rows,
 and smoke-tests the artifact through the same handler the server uses.
 {note}
 **Run it** in JupyterLab (`jupyter lab notebooks/`): edit the *parameters* cell, then *Run All*. Headless, as CI does:
 
 ```bash
-papermill notebooks/{model}.ipynb {model}-report.ipynb {cfg['example']}
-python -m exporter notebooks {model} {cfg['example']}   # also saves the executed notebook as report.ipynb beside the artifact
+papermill notebooks/{model}.ipynb {model}-report.ipynb {cfg.example}
+python -m exporter notebooks {model} {cfg.example}   # also saves the executed notebook as report.ipynb beside the artifact
 ```"""
     setup = """# Make `import exporter` work wherever the kernel started (notebooks/ in JupyterLab, the repository root in CI).
 import sys
@@ -185,7 +135,7 @@ prep = nbs.prepare(
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
-    title = f"{model}: loss per {cfg['step']}"
+    title = f"{model}: loss per {cfg.step}"
     out = [
         new_markdown_cell(intro, id="intro"),
         new_code_cell(parameters_source(model, cfg), id="parameters", metadata={"tags": ["parameters"]}),
@@ -200,12 +150,12 @@ print(nbs.describe_run(prep))"""
         new_code_cell("display(nbs.preview(prep))\ndisplay(nbs.column_summary(prep))\ndisplay(nbs.feature_table(prep))",
                       id="data"),
         new_markdown_cell("## Train (or load) and evaluate on held-out rows\n\nThe progress bar shows the "
-                          f"training {cfg['step']}s; in load mode the model is read from `checkpoint_path` instead.",
+                          f"training {cfg.step}s; in load mode the model is read from `checkpoint_path` instead.",
                           id="train-md"),
         new_code_cell("trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
                       "print(nbs.format_metrics(evaluation))", id="train"),
-        new_code_cell(f'plots.training_curve(trained.history, step="{cfg["step"]}", title="{title}")', id="curve"),
-        new_markdown_cell(cfg["eval_md"], id="eval-md"),
+        new_code_cell(f'plots.training_curve(trained.history, step="{cfg.step}", title="{title}")', id="curve"),
+        new_markdown_cell(cfg.eval_md, id="eval-md"),
         new_code_cell("plots.evaluation_plots(evaluation)", id="eval-plots"),
         new_markdown_cell("## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
                           "columns, parity and training record), `config.pbtxt` for Triton, and a sample request "
@@ -220,7 +170,7 @@ print(nbs.describe_run(prep))"""
         new_markdown_cell("## Smoke test through the serving handler\n\nEach artifact is loaded the way the "
                           "server loads it (sha256 checked) and asked with a TorchServe-style request and an Open "
                           "Inference Protocol (v2) request built from held-out rows; the answers must match "
-                          f"the native {cfg['native']} model within `parity_atol`, or this cell fails.",
+                          f"the native {cfg.native} model within `parity_atol`, or this cell fails.",
                           id="smoke-md"),
         new_code_cell(f"{CHECK}\nprint(nbs.smoke_test(prep, trained, exported))", id="smoke"),
         new_markdown_cell(
@@ -236,7 +186,7 @@ print(nbs.describe_run(prep))"""
 
 
 def build(model: str) -> nbformat.NotebookNode:
-    nb = new_notebook(cells=cells(model, MODELS[model]))
+    nb = new_notebook(cells=cells(model, notebook_info(model)))
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},
@@ -283,7 +233,7 @@ def execute(nb: nbformat.NotebookNode, workdir: Path) -> nbformat.NotebookNode:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", default=list(MODELS), help="notebooks to build (default: all)")
+    parser.add_argument("models", nargs="*", default=model_names(), help="notebooks to build (default: all)")
     parser.add_argument("--no-run", action="store_true", help="write sources only, without executing")
     args = parser.parse_args(argv)
     out_dir = ROOT / "notebooks"

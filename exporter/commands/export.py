@@ -15,7 +15,7 @@ Train a model on built-in synthetic data (or --data), or load one (--mode load -
 export it to ONNX with v2 metadata into a Triton-style repository, and check that onnxruntime
 agrees with the native model on held-out rows (exit 3 when it does not; nothing is written then).
 
-models: xgb, deepfm, mmoe, two_tower (writes two_tower and two_tower_item), or all.
+models: {models}, or all.
 
 examples:
   python -m exporter export all
@@ -31,8 +31,24 @@ out-of-vocabulary row). See docs/features.md.
 exit codes: 0 ok, 2 bad input (one line says what), 3 parity gate failed, 4 held-out AUC below --min-auc."""
 
 
+def _models_help() -> str:
+    """The registered models, naming what a model with several repository entries writes."""
+    from exporter.specs import get_spec, model_names
+
+    parts = []
+    for name in model_names():
+        written = get_spec(name).model_names
+        parts.append(name if list(written) == [name] else f"{name} (writes {' and '.join(written)})")
+    return ", ".join(parts)
+
+
+DESCRIPTION = DESCRIPTION.replace("{models}", _models_help())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="xgb, deepfm, mmoe, two_tower or all")
+    from exporter.specs import model_names
+
+    p.add_argument("model", help=f"{', '.join(model_names())} or all")
     p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
     p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")
     p.add_argument("--mode", default="train", help="train (default) or load an existing model")

@@ -13,6 +13,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+BINARY = "binary"
+REGRESSION = "regression"
+LABEL_KINDS = (BINARY, REGRESSION)
+
+
 class Progress(Protocol):
     """What a trainer needs from a progress bar (tqdm satisfies it)."""
 
@@ -42,6 +47,8 @@ class ExportUnit:
     framework_version: str
     output_columns: list[str] | None = None
     embed_dim: int | None = None
+    #: further metadata.json keys of this artifact (mmoe: ``tasks``)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     #: Writes native files (checkpoint, model.ubj, feature_meta.json) into a version directory.
     write_native_files: Callable[[Path], None] | None = None
     related_models: list[str] = field(default_factory=list)
@@ -66,6 +73,44 @@ class Trained:
     model: Any = None
     #: the fitted feature plan the model was trained with (``None``: a loaded model that stores none)
     features: Any = None
+
+
+@dataclass(frozen=True)
+class LabelNeed:
+    """One label column a run needs: the model's name for it, its kind, and what it is for (error messages)."""
+
+    name: str
+    #: ``binary`` (0/1, checked) or ``regression`` (finite numbers)
+    kind: str = BINARY
+    #: what the label is for, e.g. "the click label" or "label of task 'rating'"
+    role: str = "the label"
+    #: ``False``: the model trains without it (two_tower on an interactions table); used when present
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SideFile:
+    """A small file written beside one exported part (e.g. the item catalogue beside the item tower)."""
+
+    name: str
+    data: bytes
+    #: metadata.json key that records ``{"file", "sha256", **info}``
+    metadata_key: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluated:
+    """What a spec's own held-out evaluation returns (see :attr:`ModelSpec.evaluate`)."""
+
+    metrics: dict[str, float]
+    #: head -> held-out predictions; ``labels`` holds the matching truth under the same keys
+    predictions: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    #: further results the notebook and metadata show (per-head kinds, retrieval curves, ...)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: spec part name (e.g. ``two_tower_item``) -> files written beside that part
+    files: dict[str, list[SideFile]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +171,20 @@ class ModelSpec:
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     #: Rules for hyper-parameters the common table (:data:`exporter.hparams.RULES`) does not know.
     hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: hparams -> the labels a run needs (mmoe: its tasks'); ``None``: :attr:`label_columns`, ``label`` binary
+    labels_for: Callable[[Mapping[str, Any]], list[LabelNeed]] | None = None
+    #: (frame, feature columns, hparams, column -> schema tower, seed) -> (train rows, held-out rows);
+    #: ``None``: the exporter's seeded 80/20 row split
+    split: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    #: (prepared run, trained) -> :class:`Evaluated`; ``None``: ``metrics(predict(x_heldout), y_heldout)``
+    evaluate: Callable[[Any, Trained], Evaluated] | None = None
+
+    def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
+        """The label columns a run with ``hparams`` needs (the pipeline reads and checks exactly these)."""
+        if self.labels_for is not None:
+            return list(self.labels_for(hparams))
+        return [LabelNeed(c, BINARY if c == "label" else REGRESSION,
+                          "the click label" if c == "label" else f"regression label '{c}'") for c in self.label_columns]
 
     def columns(self, override: Sequence[str] | None) -> list[str]:
         return list(override) if override else list(self.default_features)

@@ -17,6 +17,7 @@ from exporter import torch_common as tc
 from exporter.data import DEFAULT_FEATURES, LABEL
 from exporter.features import FeaturePlan
 from exporter.metrics import ctr_metrics
+from exporter.specs.base import NotebookInfo
 from exporter.specs.torch_spec import ServedPart, TorchModelDef, label_tensor, make_spec
 
 
@@ -88,5 +89,23 @@ SPEC = make_spec(
         parts=lambda net, cfg, cols: [
             ServedPart("deepfm", net, cols, list(range(len(cols))), None, "scalar")
         ],
+        notebook=NotebookInfo(
+            title='DeepFM CTR model → ONNX',
+            what='a DeepFM click-through-rate model (PyTorch)',
+            native='PyTorch',
+            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
+            knobs=(
+                ('epochs', 'passes over the training rows'),
+                ('batch_size', 'rows per optimiser step'),
+                ('learning_rate', 'Adam learning rate'),
+                ('embed_dim', "size of each feature's embedding (FM and deep part)"),
+                ('hidden', "widths of the deep part's hidden layers"),
+            ),
+            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
+            step='epoch',
+            eval_md='ROC curve of the click probability on held-out rows.',
+            example='-p epochs 10 -p learning_rate 0.002',
+        ),
+        test_hparams={'epochs': 3},
     )
 )

@@ -5,7 +5,7 @@ exports); fitting, checkpoints with ``weights_only=True`` and native predictors 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -16,7 +16,7 @@ from torch import nn
 from exporter import torch_common as tc
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
-from exporter.specs.base import ExportUnit, ModelSpec, Progress, Trained
+from exporter.specs.base import Evaluated, ExportUnit, LabelNeed, ModelSpec, NotebookInfo, Progress, Trained
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
@@ -36,6 +36,8 @@ class ServedPart:
     prediction_format: str
     output_columns: list[str] | None = None
     embed_dim: int | None = None
+    #: further metadata.json keys of this part (mmoe: ``tasks``)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,16 @@ class TorchModelDef:
     #: (network, config, columns) -> exported parts
     parts: Callable[[nn.Module, Mapping[str, Any], list[str]], list[ServedPart]]
     atol: float = 1e-5
+    notebook: NotebookInfo | None = None
+    test_hparams: Mapping[str, Any] = field(default_factory=dict)
+    hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: (config, x_train, y_train) -> the training tensors (features first); ``None``: ``[x, *targets(y)]``.
+    #: two_tower keeps only positive pairs and adds item identities and log sampling probabilities.
+    training_tensors: Callable[[Mapping[str, Any], np.ndarray, Mapping[str, np.ndarray]], list[torch.Tensor]] | None = None
+    #: see :class:`ModelSpec`: the labels a run needs, its split, its own evaluation
+    labels_for: Callable[[Mapping[str, Any]], list[LabelNeed]] | None = None
+    split: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    evaluate: Callable[[Any, Trained], Evaluated] | None = None
 
 
 def make_spec(d: TorchModelDef) -> ModelSpec:
@@ -83,11 +95,17 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
         config[FEATURES_KEY] = features.to_dict()
         net = d.build(config).to(tc.DTYPE)
         d.fit_scalers(net, x_train)
+
+        def tensors(x: np.ndarray, y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+            if d.training_tensors is not None:
+                return d.training_tensors(config, x, y)
+            return [torch.from_numpy(x), *d.targets(y)]
+
         history = tc.fit_loop(
             model=net,
             loss_fn=d.loss,
-            train_tensors=[torch.from_numpy(x_train), *d.targets(y_train)],
-            heldout_tensors=[torch.from_numpy(x_heldout), *d.targets(y_heldout)],
+            train_tensors=tensors(x_train, y_train),
+            heldout_tensors=tensors(x_heldout, y_heldout),
             epochs=int(hparams["epochs"]),
             batch_size=int(hparams["batch_size"]),
             learning_rate=float(hparams["learning_rate"]),
@@ -146,6 +164,7 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
                     framework_version=tc.torch_version(),
                     output_columns=p.output_columns,
                     embed_dim=p.embed_dim,
+                    metadata=dict(p.metadata),
                     # the first part carries the checkpoint; towers share one network
                     write_native_files=write_checkpoint if i == 0 else None,
                     related_models=[n for n in names if n != p.model_name],
@@ -188,6 +207,12 @@ def make_spec(d: TorchModelDef) -> ModelSpec:
         progress_total=lambda hp, rows: int(hp["epochs"]) * tc.steps_per_epoch(rows, int(hp["batch_size"])),
         atol=d.atol,
         native_from_dir=native_from_dir,
+        notebook=d.notebook,
+        test_hparams=d.test_hparams,
+        hparam_rules=d.hparam_rules,
+        labels_for=d.labels_for,
+        split=d.split,
+        evaluate=d.evaluate,
     )
 
 

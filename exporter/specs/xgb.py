@@ -17,7 +17,7 @@ from exporter.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.metrics import ctr_metrics
-from exporter.specs.base import ExportUnit, ModelSpec, Progress, Trained
+from exporter.specs.base import ExportUnit, ModelSpec, NotebookInfo, Progress, Trained
 
 XGB_OPSET = 15
 FEATURE_META = "feature_meta.json"
@@ -242,4 +242,20 @@ SPEC = ModelSpec(
     progress_total=lambda hp, rows: int(hp["n_estimators"]),
     checkpoint_hint="an XGBoost model saved as .json or .ubj (Booster.save_model / XGBClassifier.save_model)",
     native_from_dir=_native_from_dir,
+    notebook=NotebookInfo(
+        title='XGBoost CTR model → ONNX',
+        what='an XGBoost click-through-rate classifier',
+        native='XGBoost',
+        checkpoint='load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
+        knobs=(
+            ('n_estimators', 'boosting rounds (trees)'),
+            ('max_depth', 'depth of each tree'),
+            ('learning_rate', 'shrinkage applied to each tree'),
+        ),
+        extra='other XGBoost settings, e.g. {"subsample": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs',
+        step='boosting round',
+        eval_md='ROC curve of the click probability on held-out rows.',
+        example='-p rows 50000 -p n_estimators 300 -p max_depth 6',
+    ),
+    test_hparams={'n_estimators': 40},
 )

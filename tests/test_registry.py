@@ -1,0 +1,143 @@
+"""The registry is the one list of models: everything else derives from it, and a new model is one spec."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from exporter import hparams as H
+from exporter import notebooks as runner
+from exporter import pipeline, torch_common as tc
+from exporter.data import DEFAULT_FEATURES, LABEL
+from exporter.errors import ExporterError
+from exporter.metrics import ctr_metrics
+from exporter.specs import get_spec, model_names, registered, repository_names
+from exporter.specs.base import NotebookInfo
+from exporter.specs.torch_spec import ServedPart, TorchModelDef, label_tensor, make_spec
+from tests.conftest import REPO, SMALL_HPARAMS, run_cli
+
+
+class _LogReg(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n, 1)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z).squeeze(-1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))
+
+
+def _build(cfg):
+    n = int(cfg["n"])
+    return tc.ServingModule(tc.Standardize(n), _LogReg(n))
+
+
+def logreg_spec(**overrides) -> object:
+    """A throw-away sixth model: logistic regression, declared in one spec like the real ones."""
+    fields = dict(
+        name="logreg",
+        description="logistic regression (throw-away test model)",
+        label_columns=(LABEL,),
+        default_features=tuple(DEFAULT_FEATURES),
+        default_hparams={"epochs": 2, "batch_size": 256, "learning_rate": 0.05, "weight_decay": 0.0},
+        metrics=ctr_metrics,
+        model_names=("logreg",),
+        make_config=lambda cols, hp, x, y, plan: {"n": len(cols)},
+        build=_build,
+        fit_scalers=lambda net, x: net.scaler.fit(x),
+        targets=lambda y: [label_tensor(y, LABEL)],
+        loss=lambda net, b: nn.functional.binary_cross_entropy_with_logits(net.core.logits(net.scaler(b[0])), b[1]),
+        heads=lambda net, x: {LABEL: net(x)},
+        parts=lambda net, cfg, cols: [ServedPart("logreg", net, cols, list(range(len(cols))), None, "scalar")],
+        notebook=NotebookInfo(title="Logistic regression", what="a logistic regression", native="PyTorch",
+                              checkpoint="checkpoint.pt", knobs=(("epochs", "passes"),), extra="other", step="epoch",
+                              eval_md="ROC curve.", example="-p epochs 2"),
+        test_hparams={"epochs": 1},
+    )
+    fields.update(overrides)
+    return make_spec(TorchModelDef(**fields))
+
+
+def test_a_sixth_model_is_one_spec_and_exports_verifies_and_serves(tmp_path: Path):
+    from starlette.testclient import TestClient
+
+    from exporter.server import ModelRegistry, create_app
+    from exporter.verify import verify
+
+    with registered(logreg_spec()) as spec:
+        assert "logreg" in model_names() and "logreg" in repository_names()
+        assert get_spec("logreg") is spec
+        assert "logreg" in runner.notebook_names()
+        result = pipeline.run(pipeline.ExportParams(model="logreg", rows=2000, seed=3, artifacts=tmp_path,
+                                                    hparams={"epochs": 1}, progress=False))
+        assert result.evaluation.metrics["auc"] > 0.6
+        report = verify(tmp_path)
+        assert report.ok, report.problems
+        assert [line.split(":")[0] for line in report.passed] == ["logreg/1"]
+        client = TestClient(create_app(ModelRegistry.from_artifacts(tmp_path)))
+        body = json.loads((tmp_path / "logreg" / "1" / "sample_request.json").read_text())
+        answer = client.post("/predictions/logreg", json=body)
+        assert answer.status_code == 200
+        expected = json.loads((tmp_path / "logreg" / "1" / "sample_response.json").read_text())
+        np.testing.assert_allclose(answer.json()["predictions"], expected["predictions"], atol=1e-12)
+        assert [m["name"] for m in client.get("/models").json()["models"]] == ["logreg"]
+    assert "logreg" not in model_names()
+    with pytest.raises(ExporterError, match="unknown model 'logreg'"):
+        get_spec("logreg")
+
+
+def test_a_hyper_parameter_without_a_rule_is_refused(tmp_path: Path):
+    spec = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1})
+    with registered(spec), pytest.raises(ExporterError, match="dropout of logreg has no rule"):
+        H.resolve_hparams(spec, {})
+    ruled = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1},
+                        hparam_rules={"dropout": ("fraction", "a number in (0, 1]")})
+    assert H.resolve_hparams(ruled, {})["dropout"] == 0.1
+    with pytest.raises(ExporterError, match="dropout of logreg must be a number in"):
+        H.resolve_hparams(ruled, {"dropout": 2})
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_registered_model_has_rules_a_notebook_and_test_settings(name):
+    spec = get_spec(name)
+    for key in spec.default_hparams:
+        H.rule_for(spec, key)  # raises for a hyper-parameter without a rule
+    H.resolve_hparams(spec, {})
+    assert spec.notebook is not None, f"{name} declares no notebook"
+    assert spec.test_hparams and set(spec.test_hparams) <= set(spec.default_hparams)
+    assert name in SMALL_HPARAMS
+    notebook = REPO / "notebooks" / f"{name}.ipynb"
+    assert notebook.is_file(), f"run: python tools/build_notebooks.py {name}"
+    params = runner.notebook_parameters(notebook)
+    assert {knob for knob, _ in spec.notebook.knobs} <= set(params)
+
+
+def test_stored_notebooks_are_what_the_generator_writes():
+    """A spec change without `python tools/build_notebooks.py` fails here."""
+    import importlib.util
+
+    import nbformat
+
+    loader = importlib.util.spec_from_file_location("build_notebooks", REPO / "tools" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    for name in model_names():
+        stored = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        generated = module.build(name)
+        assert [c.source for c in stored.cells] == [c.source for c in generated.cells], name
+
+
+@pytest.mark.slow
+def test_help_texts_list_the_registered_models():
+    result = run_cli("export", "--help")
+    assert result.returncode == 0
+    for name in model_names():
+        assert name in result.stdout
+    for name in repository_names():
+        assert name in result.stdout
