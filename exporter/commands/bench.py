@@ -47,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: wrk when installed, else the built-in asyncio client")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (default: 0.3)")
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
+    # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
+    from exporter import quality
+
+    suites = parser.add_subparsers(dest="suite", metavar="SUITE", help="quality: the MovieLens-100k quality benchmark")
+    q = suites.add_parser("quality", help=quality.HELP, description=quality.DESCRIPTION,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    quality.add_arguments(q)
+    q.set_defaults(_module=quality)
 
 
 def run(args: argparse.Namespace) -> int:
