@@ -13,7 +13,7 @@ from exporter import features as F
 from exporter import handler as H
 from exporter import inputs as I
 from exporter import onnx_prep
-from exporter import quality as Q
+from exporter import verdict as Q
 from exporter.errors import ExporterError
 
 
