@@ -18,6 +18,8 @@ import pytest
 from exporter.handler import ModelHandler
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # trains and exports through the CLI in child processes
+
 GENRES = ["rock", "jazz", "pop", "folk", "blues"]
 SMALL = ["--param", "epochs=3"]
 HPARAMS = {"xgb": ["--param", "n_estimators=30"], "deepfm": ["--param", "epochs=5", "--param", "batch_size=64"],
