@@ -160,7 +160,7 @@ def test_handler_rules_for_ids_and_optional_columns(exported, tmp_path):
         assert status == 400, error
         assert 'data[1]["user_id"]' in error and fragment in error
     status, body = handler.handle_bytes(json.dumps({"data": [{k: v for k, v in row.items() if k != "price"}]}))
-    assert status == 400 and 'data[0]["price"] is missing; the column is not optional' in json.loads(body)["error"]
+    assert status == 400 and 'data[0] is missing feature column "price" (not optional)' in json.loads(body)["error"]
     v2 = {"inputs": [{"name": "features", "shape": [1, 5], "datatype": "FP64", "data": [1000.25, 0, 5, 0, 10]}]}
     status, body = handler.handle_bytes(json.dumps(v2))
     error = json.loads(body)["error"]
