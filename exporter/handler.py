@@ -607,6 +607,13 @@ class TorchServeCodec:
                     f"data[{i}] must be an object mapping feature columns to values, got {_type_name(row)}; "
                     f"expected keys: {', '.join(columns)}",
                 )
+            missing = [c for j, c in enumerate(columns) if c not in row and not self.features.optional[j]]
+            if missing:
+                raise HandlerError(
+                    400,
+                    f"data[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(json.dumps(c) for c in missing)} (not optional); expected keys: {', '.join(columns)}",
+                )
             for j, c in enumerate(columns):
                 out[i, j] = convert(row.get(c, _MISSING), j, f"data[{i}][{json.dumps(c)}]")
         return out

@@ -13,7 +13,7 @@ from exporter import features as F
 from exporter import handler as H
 from exporter import inputs as I
 from exporter import onnx_prep
-from exporter import quality as Q
+from exporter import verdict as Q
 from exporter.errors import ExporterError
 
 
@@ -234,3 +234,26 @@ def test_metadata_features_must_describe_the_feature_columns():
         assert check(good) == [] and check(base) == []
         assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
         assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
+
+
+def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, frame):
+    """Offline scoring: metadata.json + vocab.json give the same FP64 features as the plan training fitted."""
+    from exporter.repository import VOCAB_FILE
+
+    plan = F.fit(frame, [F.FeatureSpec("user_id", F.CATEGORICAL), F.FeatureSpec("genre", F.CATEGORICAL),
+                         F.FeatureSpec("price"), F.FeatureSpec("flag", F.CATEGORICAL)])
+    vocab_bytes = json.dumps(plan.vocab_json()).encode()
+    (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes)
+    import hashlib
+
+    meta = {"feature_columns": plan.columns,
+            "features": plan.metadata(VOCAB_FILE, hashlib.sha256(vocab_bytes).hexdigest())}
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    encoder = F.FeaturePlan.from_artifact(tmp_path)
+    new = pd.DataFrame({"user_id": [3, 555], "genre": ["jazz", "disco"], "price": [np.nan, 2.5], "flag": [True, False]})
+    np.testing.assert_array_equal(encoder.encode(new), plan.encode(new))
+    with pytest.raises(ExporterError, match="the mapping to embedding rows lives in the model's graph"):
+        encoder.prepare(encoder.encode(new))
+    (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes.replace(b"jazz", b"jizz"))
+    with pytest.raises(ExporterError, match="does not match the sha256"):
+        F.FeaturePlan.from_artifact(tmp_path)
