@@ -201,3 +201,21 @@ def test_bad_retrieval_settings_are_refused(tmp_path, capsys):
                            ("logq_correction=1", "logq_correction of two_tower must be true or false")):
         assert cli_main(["export", "two_tower", "--rows", "100", "--artifacts", str(tmp_path), "--param", param]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_verify_checks_the_catalogue_beside_the_item_tower(exported_artifacts, tmp_path):
+    import shutil
+
+    from exporter.verify import verify
+
+    tree = tmp_path / "artifacts"
+    shutil.copytree(exported_artifacts / "two_tower_item", tree / "two_tower_item")
+    report = verify(tree)
+    assert report.ok, report.problems
+    assert "items.parquet sha256" in report.passed[0]
+    catalogue = tree / "two_tower_item" / "1" / "items.parquet"
+    pd.read_parquet(catalogue).head(3).to_parquet(catalogue, index=False)  # someone trims the catalogue
+    report = verify(tree)
+    assert not report.ok and any("sha256 of items.parquet" in p for p in report.problems)
+    catalogue.unlink()
+    assert any("items.parquet (metadata.json catalogue) is missing" in p for p in verify(tree).problems)
