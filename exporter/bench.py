@@ -68,9 +68,10 @@ def time_call(fn: Callable[[], Any], min_time: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` plausible rows: sample_request rows resampled, floats jittered; integral values (IDs, ages, codes sent
-    as 3.0) and strings (categories) are drawn from the sample rows, never jittered into non-IDs."""
+def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, seed: int = 0,
+              keep: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """``n`` plausible rows: sample_request rows resampled, floats jittered; integers, strings and the ``keep``
+    columns (categorical: IDs and codes must stay what they are) taken whole from a sample row."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -80,7 +81,7 @@ def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, see
         row: dict[str, Any] = {}
         for c in columns:
             value = base[c]
-            if isinstance(value, (int, str)) or value is None or float(value).is_integer():
+            if isinstance(value, (int, str)) or value is None or c in keep:
                 row[c] = sample_rows[int(rng.integers(len(sample_rows)))][c]
             else:
                 row[c] = float(value) * float(rng.uniform(0.8, 1.2))
@@ -159,8 +160,9 @@ def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float)
     native, native_note = _native(model, vdir)
     cells = []
     for batch in batch_sizes:
-        rows = make_rows(sample, columns, batch, seed=batch)
-        x = handler.torchserve.decode({"data": rows})  # the matrix the graph takes (string categories as codes)
+        categorical = frozenset(c for c, kind in zip(columns, handler.features.kinds) if kind == "categorical")
+        rows = make_rows(sample, columns, batch, seed=batch, keep=categorical)
+        x = handler.torchserve.decode({"data": rows})  # strings as their vocabulary codes, as a v2 client sends
         ts_body = orjson.dumps({"data": rows})
         v2_body = orjson.dumps({"inputs": [{"name": handler.input_name, "shape": [batch, len(columns)],
                                             "datatype": "FP64", "data": x.ravel().tolist()}]})

@@ -497,10 +497,12 @@ def _fit_categorical(column: _Column, train: np.ndarray, spec: FeatureSpec) -> F
 class FeaturePlan:
     """The fitted features of a model, in tensor order: encode raw tables, prepare matrices, describe them."""
 
-    def __init__(self, features: Sequence[FittedFeature]) -> None:
+    def __init__(self, features: Sequence[FittedFeature], *, encode_only: bool = False) -> None:
         self.features = list(features)
         self.columns = [f.name for f in self.features]
         self._by_name = {f.name: f for f in self.features}
+        #: built from metadata.json (no ID keys): can encode raw tables, cannot prepare (the graph does that)
+        self.encode_only = encode_only
 
     def __getitem__(self, name: str) -> FittedFeature:
         return self._by_name[name]
@@ -518,7 +520,45 @@ class FeaturePlan:
         return [f.rows for f in self.features]
 
     def subset(self, columns: Sequence[str]) -> "FeaturePlan":
-        return FeaturePlan([self._by_name[c] for c in columns])
+        return FeaturePlan([self._by_name[c] for c in columns], encode_only=self.encode_only)
+
+    @classmethod
+    def from_artifact(cls, version_dir: str | Path) -> "FeaturePlan":
+        """The encoder of an exported model (offline scoring): ``metadata.json`` ``features`` and ``vocab.json``.
+
+        It turns raw tables into the FP64 ``features`` the model's graph takes (:meth:`encode`); the mapping to
+        embedding rows lives in the graph, so this plan is encode-only. The vocabulary's sha256 is checked.
+        """
+        version_dir = Path(version_dir)
+        meta_path = version_dir / "metadata.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ExporterError(f"cannot read {meta_path}: {exc}") from exc
+        entries = meta.get("features") if isinstance(meta, dict) else None
+        columns = meta.get("feature_columns") if isinstance(meta, dict) else None
+        if not isinstance(columns, list):
+            raise ExporterError(f"{meta_path} has no feature_columns")
+        if not isinstance(entries, list):  # an export from before feature schemas: every column numeric
+            return cls([FittedFeature(FeatureSpec(c), "float64", None) for c in columns], encode_only=True)
+        vocab: dict[str, list[str]] = {}
+        ref = next((e["vocab"] for e in entries if isinstance(e, dict) and isinstance(e.get("vocab"), dict)), None)
+        if ref is not None:
+            path = version_dir / str(ref.get("file"))
+            data = path.read_bytes() if path.is_file() else None
+            if data is None or hashlib.sha256(data).hexdigest() != ref.get("sha256"):
+                raise ExporterError(f"vocabulary {path} is missing or does not match the sha256 in {meta_path}")
+            vocab = json.loads(data.decode("utf-8"))
+        fitted = []
+        for e in entries:
+            raw = {k: v for k, v in e.items() if k in ("name", "kind", "dtype", "fill", "optional", "tower",
+                                                       "min_count", "max_size", "hash_buckets", "stats")}
+            if e.get("kind") == CATEGORICAL and e.get("dtype") == "string" and (e.get("oov") or {}).get("policy") != "hash":
+                raw["vocab"] = vocab.get(e["name"])
+            fitted.append(FittedFeature.from_dict(raw, source=str(meta_path)))
+        if [f.name for f in fitted] != columns:
+            raise ExporterError(f"{meta_path}: features do not match feature_columns")
+        return cls(fitted, encode_only=True)
 
     # ---------------------------------------------------------------- raw table -> FP64 features
     def encode(self, frame: pd.DataFrame, *, source: str = "data") -> np.ndarray:
@@ -556,6 +596,9 @@ class FeaturePlan:
         Numeric: NaN and +-inf become the fill. Categorical: the raw value becomes its embedding row (1..K),
         and unknown, non-integer, NaN or beyond-2^53 values row 0 (OOV). Same shape, float64.
         """
+        if self.encode_only:
+            raise ExporterError("this feature plan was read from an artifact's metadata: it encodes tables; the "
+                                "mapping to embedding rows lives in the model's graph")
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(self.features):
             raise ExporterError(f"expected a [rows, {len(self.features)}] matrix, got shape {list(raw.shape)}")

@@ -216,7 +216,8 @@ class FeatureColumns:
         if bad.any():
             i, k = (int(v) for v in np.argwhere(bad)[0])
             j = self.categorical[k]
-            raise HandlerError(400, f"{where(i, self.columns[j])} is {sub[i, k]!r}, not an integer ID; expected {self.takes(j)}")
+            raise HandlerError(
+                400, f"{where(i, self.columns[j])} is {float(sub[i, k])!r}, not an integer ID; expected {self.takes(j)}")
 
     def convert(self, value: Any, j: int, where: str) -> float:
         """One cell of the TorchServe form -> its FP64 value; a 400 naming ``where`` when it cannot be one."""
@@ -649,6 +650,13 @@ class TorchServeCodec:
                     f"data[{i}] must be an object mapping feature columns to values, got {_type_name(row)}; "
                     f"expected keys: {', '.join(columns)}",
                 )
+            missing = [c for j, c in enumerate(columns) if c not in row and not self.features.optional[j]]
+            if missing:
+                raise HandlerError(
+                    400,
+                    f"data[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(json.dumps(c) for c in missing)} (not optional); expected keys: {', '.join(columns)}",
+                )
             for j, c in enumerate(columns):
                 out[i, j] = convert(row.get(c, _MISSING), j, f"data[{i}][{json.dumps(c)}]")
         return out
@@ -1072,6 +1080,13 @@ def validate_metadata(metadata: Any) -> list[str]:
         ed = metadata.get("embed_dim")
         if not (isinstance(ed, int) and not isinstance(ed, bool) and ed > 0):
             problems.append('"embed_dim" must be a positive integer when prediction_format is vector')
+    feats = metadata.get("features")
+    if feats is not None and isinstance(cols, list):
+        names = [f.get("name") if isinstance(f, dict) else None for f in feats] if isinstance(feats, list) else None
+        if names != cols:
+            problems.append('"features" must describe the feature_columns, one object each, in their order')
+        elif any(f.get("kind") not in ("numeric", "categorical") for f in feats):
+            problems.append('"features[].kind" must be "numeric" or "categorical"')
     model_file = metadata.get("model_file")
     if isinstance(model_file, str) and not _is_plain_file_name(model_file):
         problems.append(f'"model_file" must be a plain file name in the version directory, got {model_file!r}')

@@ -155,6 +155,9 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
             fail(f"config.pbtxt: {problem}")
 
     detail = "layout, sha256, metadata schema, ONNX I/O vs metadata and config.pbtxt, onnx.checker"
+    side = _check_side_files(vdir, metadata, fail)
+    if side:
+        detail += f", {' and '.join(side)} sha256"
     if sha_ok and graph_ok:
         max_diff = _check_sample(vdir, metadata, fail)
         if max_diff is not None:
@@ -164,6 +167,25 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
         if v2_diff is not None:
             detail += f", v2 sample response (max |diff| {v2_diff:.3g})"
     return detail
+
+
+def _check_side_files(vdir: Path, metadata: dict[str, Any], fail: Any) -> list[str]:
+    """Files metadata.json lists beside the model as ``{"file", "sha256", ...}`` (the towers' ``catalogue``):
+    present, inside the version directory, and unchanged. Returns the names checked."""
+    checked = []
+    for key, entry in metadata.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and "sha256" in entry):
+            continue
+        name = entry["file"]
+        if not C.is_plain_file_name(name):
+            fail(f"metadata.json {key}.file {name!r} must be a file name inside the version directory")
+        elif not (vdir / name).is_file():
+            fail(f"{name} (metadata.json {key}) is missing")
+        elif sha256_file(vdir / name) != entry["sha256"]:
+            fail(f"sha256 of {name} is {sha256_file(vdir / name)}, metadata.json {key} records {entry['sha256']}")
+        else:
+            checked.append(name)
+    return checked
 
 
 def _read_json(path: Path, fail: Any) -> Any:

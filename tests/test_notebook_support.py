@@ -12,6 +12,7 @@ import pytest
 from exporter import notebook_support as nbs
 from exporter import notebooks as runner
 from exporter.errors import ExporterError
+from exporter.specs import get_spec
 from tests.conftest import REPO, run_cli
 
 
@@ -177,7 +178,8 @@ def test_contract_and_parity_text_are_deterministic(exported_runs):
         "  TorchServe-style answer: one object per row with the output columns",
     ]
     towers = nbs.contract_text(runs["two_tower"].artifacts)
-    assert "two_tower_item  (platform onnxruntime_onnx)" in towers and "embed_dim:       16" in towers
+    width = get_spec("two_tower").default_hparams["embed_dim"]
+    assert "two_tower_item  (platform onnxruntime_onnx)" in towers and f"embed_dim:       {width}" in towers
     parity = nbs.parity_text(runs["xgb"].artifacts)
     assert parity == ("parity xgb: passed (max |native - onnxruntime| <= atol 1e-05 on 1064 rows (600 held-out, 400 sampled "
                       "from the data's values, 64 probes with unseen IDs, unknown codes and missing values))")
@@ -197,7 +199,7 @@ def test_smoke_test_passes_on_real_artifacts(exported_runs, model):
     assert text.count("smoke test ") == len(r.artifacts)
     assert f"for {nbs.SMOKE_ROWS} held-out rows agree with the native model (|diff| <= 1e-05)" in text
     if model == "two_tower":
-        assert "a one-row request gets a flat vector of 16" in text
+        assert f"a one-row request gets a flat vector of {get_spec('two_tower').default_hparams['embed_dim']}" in text
 
 
 def test_smoke_test_fails_when_handler_and_native_model_disagree(exported_runs):
