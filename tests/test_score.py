@@ -354,12 +354,16 @@ def test_plan_reads_features_and_a_checked_vocabulary_file(tmp_path):
     (tmp_path / "vocab.json").write_bytes(vocab)
     import hashlib
 
-    meta = {"feature_columns": ["x", "item_category"],
+    # the metadata format of docs/features.md: a string column names its vocabulary file, key and sha256
+    meta = {"feature_columns": ["x", "item_category", "item_id"],
             "features": [{"name": "x", "kind": "numeric", "optional": True},
-                         {"name": "item_category", "kind": "categorical"}],
-            "vocab_file": {"file": "vocab.json", "sha256": hashlib.sha256(vocab).hexdigest()}}
+                         {"name": "item_category", "kind": "categorical", "dtype": "string",
+                          "vocab": {"file": "vocab.json", "sha256": hashlib.sha256(vocab).hexdigest(),
+                                    "key": "item_category"}},
+                         {"name": "item_id", "kind": "categorical", "dtype": "int64"}]}
     plan = plan_from_metadata(meta, tmp_path)
     assert plan.columns[0].optional and plan.columns[1].vocabulary == {"bags": 0, "shoes": 1}
+    assert plan.columns[2].is_id and not plan.columns[1].is_id
     (tmp_path / "vocab.json").write_bytes(vocab.replace(b"shoes", b"boots"))
     with pytest.raises(ValueError, match="sha256"):
         plan_from_metadata(meta, tmp_path)
