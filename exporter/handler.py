@@ -12,7 +12,8 @@ This module is deliberately self-contained (standard library, numpy, onnxruntime
 * TorchServe, as a custom handler with module-level entry points :func:`initialize` and :func:`handle`::
 
       torch-model-archiver --model-name xgb --version 1 --handler exporter/handler.py \\
-          --serialized-file artifacts/xgb/1/model.onnx --extra-files artifacts/xgb/1/metadata.json
+          --serialized-file artifacts/xgb/1/model.onnx \\
+          --extra-files artifacts/xgb/1/metadata.json,artifacts/xgb/1/vocab.json   # vocab.json: string categories
 
 Two request forms are accepted (contract section 4), told apart by their keys:
 

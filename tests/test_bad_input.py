@@ -72,7 +72,7 @@ def files(tmp_path_factory, exported_artifacts) -> dict[str, Path]:
 CASES = {
     "missing data file": (["xgb", "--data", "{missing}"], ["data file not found", "missing.csv"]),
     "missing feature column": (["xgb", "--data", "{nofeature}"], ["missing feature column", "item_cvr"]),
-    "missing label column": (["deepfm", "--data", "{nolabel}"], ["missing label column", "label"]),
+    "missing label column": (["deepfm", "--data", "{nolabel}"], ["label column 'label'", "is missing"]),
     "non-numeric value": (["xgb", "--data", "{text}"], ["item_price", "row 6", "'cheap'", "not a number"]),
     "NaN label": (["mmoe", "--data", "{nan}"], ["label column 'label'", "row 8", "empty cell", "expected 0 or 1"]),
     "infinite value": (["xgb", "--data", "{inf}"], ["item_ctr", "row 10", "not a finite number"]),

@@ -258,3 +258,33 @@ def test_model_name_and_tensor_shape_clash(tmp_path, log_csv):
     assert run_cli("verify", str(art)).returncode == 0
     bad = run_cli("export", "xgb", "--rows", "200", "--artifacts", str(art), "--model-name", "../up")
     assert bad.returncode == 2 and "not usable as a repository directory" in bad.stderr
+
+
+def test_torchserve_archive_with_vocab_answers_raw_strings(exported, tmp_path):
+    """A .mar needs vocab.json beside metadata.json; without it the handler refuses to load (no silent OOV)."""
+    import importlib.util
+    import shutil
+    from types import SimpleNamespace
+
+    from exporter import handler as handler_module
+
+    vdir = exported["deepfm"][0] / "deepfm" / "1"
+    model_dir = tmp_path / "model_dir"
+    model_dir.mkdir()
+    for f in (Path(handler_module.__file__), vdir / "model.onnx", vdir / "metadata.json", vdir / "vocab.json"):
+        shutil.copy(f, model_dir / ("handler.py" if f.suffix == ".py" else f.name))
+    context = SimpleNamespace(system_properties={"model_dir": str(model_dir)}, manifest={"model": {"serializedFile": "model.onnx"}})
+
+    def fresh():
+        spec = importlib.util.spec_from_file_location(f"ts_handler_{len(list(tmp_path.iterdir()))}", model_dir / "handler.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    row = {"user_id": 1000, "user_segment": "odd", "item_id": 7, "item_genre": "jazz", "price": 12.5}
+    [answer] = fresh().handle([{"body": json.dumps({"data": [row]}).encode()}], context)
+    assert json.loads(answer) == ModelHandler.load(vdir).predict({"data": [row]})
+    (model_dir / "vocab.json").unlink()
+    module = fresh()
+    with pytest.raises(module.ArtifactError, match="vocab.json' named by metadata.json is missing"):
+        module.initialize(context)

@@ -91,12 +91,12 @@ def _literal(value: Any) -> str:
 
 
 def hparams_source(model: str, cfg: NotebookInfo) -> str:
-    """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length."""
+    """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length (the cell stays glue)."""
     import textwrap
 
     names = [n for n, _ in cfg.knobs] + (["user_columns", "item_columns"] if cfg.towers else [])
     body = ", ".join([f"{n}={n}" for n in names] + ["**extra_hparams"])
-    return "dict(\n" + textwrap.fill(body, width=100, initial_indent=" " * 8, subsequent_indent=" " * 8) + "\n    )"
+    return "dict(\n" + textwrap.fill(body + ")", width=100, initial_indent=" " * 8, subsequent_indent=" " * 8)
 
 
 def cells(model: str, cfg: NotebookInfo) -> list[Any]:
@@ -130,8 +130,8 @@ from exporter import notebook_support as nbs, pipeline, plots"""
     prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
-    feature_columns=feature_columns, rows=rows, seed=seed, artifacts_dir=artifacts_dir, model_version=model_version,
-    parity_atol=parity_atol, root=ROOT, label=label, feature_schema=feature_schema,
+    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed,
+    artifacts_dir=artifacts_dir, model_version=model_version, parity_atol=parity_atol, root=ROOT,
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
