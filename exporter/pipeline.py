@@ -362,9 +362,10 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
         )
 
     artifacts = Path(prep.params.artifacts)
-    version = prep.params.version or repo.next_version(artifacts, [u.model_name for u in units])
     exported: list[ExportedArtifact] = []
-    with repo.VersionWriter(artifacts, version, [u.model_name for u in units]) as writer:
+    # the writer claims the version (the next free one unless given), so concurrent exports never collide
+    with repo.VersionWriter(artifacts, prep.params.version, [u.model_name for u in units]) as writer:
+        version = writer.version
         metas = {}
         for unit, model_bytes, parity in built:
             d = writer.path(unit.model_name)

@@ -34,6 +34,8 @@ class Report:
 
     problems: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    #: facts that are not problems (an export in progress)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -77,6 +79,7 @@ def verify(path: Path) -> Report:
 
 
 def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> None:
+    _report_leftovers(model_dir, report)
     config, config_problems = None, []
     config_path = model_dir / "config.pbtxt"
     label = model_dir.name
@@ -110,6 +113,19 @@ def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> 
         summary = _verify_version(model_dir, vdir, config, report)
         if len(report.problems) == before:
             report.passed.append(f"{label}/{vdir.name}: {summary}")
+
+
+def _report_leftovers(model_dir: Path, report: Report) -> None:
+    """Staging directories of killed exports and kept files of failed ones are problems; live exports notes."""
+    from exporter import repository as repo
+
+    for staging in repo.stagings(model_dir):
+        (report.problems if staging.stale else report.notes).append(f"{model_dir.name}/{staging.describe()}")
+    for kept in repo.kept_dirs(model_dir):
+        report.problems.append(
+            f"{model_dir.name}/{kept.name}: files of an export that could not commit its version, kept for its "
+            "user; export them in load mode or delete the directory"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- one version
