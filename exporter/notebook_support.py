@@ -107,6 +107,8 @@ _CLI_TERMS = {
     "--rows": "rows",
     "--version": "model_version",
     "--atol": "parity_atol",
+    "--artifacts": "artifacts_dir",
+    "--seed": "seed",
     "--param": "the hyper-parameter knobs",
 }
 

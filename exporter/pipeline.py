@@ -6,6 +6,7 @@ Nothing here is model specific: that lives in the specs (:mod:`exporter.specs`).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from exporter.specs import ExportUnit, ModelSpec, Trained, get_spec
 
 MODES = ("train", "load")
 PARITY_MIN_ROWS = 1000
+#: seeds go to numpy, torch and xgboost alike: the range all three accept
+MAX_SEED = 2**32 - 1
 SAMPLE_ROWS = 3
 
 
@@ -129,16 +132,34 @@ def _labels(df: pd.DataFrame, names: Sequence[str], source: str) -> dict[str, np
     return {n: matrix[:, i] for i, n in enumerate(names)}
 
 
+def _check_range(spec: ModelSpec, x: np.ndarray, columns: Sequence[str], where: str) -> None:
+    """Values the model's framework cannot represent (xgboost computes in float32) fail here, naming the cell."""
+    limit = spec.max_abs_feature
+    if limit is None or not x.size:
+        return
+    beyond = np.abs(x) > limit
+    if beyond.any():
+        row, col = (int(i) for i in np.argwhere(beyond)[0])
+        raise ExporterError(
+            f"{where}: column '{columns[col]}' row {row + 1}: value {x[row, col]:.6g} is beyond what "
+            f"{spec.framework} can represent (|value| <= {limit:.4g}); rescale the column or drop the row"
+        )
+
+
 def prepare(params: ExportParams) -> Prepared:
     """Check every parameter and input before any training, so mistakes fail fast and clearly."""
     spec = get_spec(params.model)
     if params.mode not in MODES:
         raise ExporterError(f"unknown mode '{params.mode}': expected 'train' or 'load'")
-    if params.atol is not None and not (isinstance(params.atol, (int, float)) and params.atol >= 0):
-        raise ExporterError(f"atol must be a non-negative number, got {params.atol!r}")
+    if params.atol is not None and not (isinstance(params.atol, (int, float)) and not isinstance(params.atol, bool)
+                                        and math.isfinite(params.atol) and params.atol >= 0):
+        raise ExporterError(f"--atol must be a finite non-negative number, got {params.atol!r}")
+    if isinstance(params.seed, bool) or not isinstance(params.seed, int) or not 0 <= params.seed <= MAX_SEED:
+        raise ExporterError(f"--seed must be an integer from 0 to {MAX_SEED}, got {params.seed!r}")
     if params.version is not None and C.version_problem(params.version):
         raise ExporterError(str(C.version_problem(params.version)))
     hparams = H.resolve_hparams(spec, params.hparams)
+    repo.check_target(Path(params.artifacts), spec.model_names, params.version)
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -183,6 +204,7 @@ def prepare(params: ExportParams) -> Prepared:
         D.check_columns(frame, spec.label_columns, what="label", source=where)
     # validate the whole table first, so errors name rows as they are in the file
     x_all = D.numeric_matrix(frame, columns, source=where)
+    _check_range(spec, x_all, columns, where)
     y_all = _labels(frame, spec.label_columns, where) if has_labels else {}
     train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
     if loaded is not None:

@@ -52,6 +52,11 @@ class ModelRegistry:
         from exporter.handler import DEFAULT_MAX_ROWS, HandlerError, ModelHandler
 
         artifacts = Path(artifacts)
+        if artifacts.exists() and not artifacts.is_dir():
+            raise ExporterError(
+                f"--artifacts {str(artifacts)!r} is a file, not a directory; expected the artifacts tree "
+                "(<model_name>/<version>/) written by python -m exporter export"
+            )
         if not artifacts.is_dir():
             raise ExporterError(
                 f"artifacts directory {str(artifacts)!r} does not exist; export a model first "

@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     """Load every model, then serve until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
+    if not 0 <= args.port <= 65535:  # checked before the models load
+        raise ExporterError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
     _configure_logging(args.log_level)
     started = time.perf_counter()
     registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)

@@ -121,6 +121,8 @@ class ModelSpec:
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     #: Rules for hyper-parameters the common table (:data:`exporter.hparams.RULES`) does not know.
     hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: Largest feature magnitude the framework represents (xgboost: float32); larger values fail before training.
+    max_abs_feature: float | None = None
 
     def columns(self, override: Sequence[str] | None) -> list[str]:
         return list(override) if override else list(self.default_features)
