@@ -182,18 +182,19 @@ def prepare(
             version=model_version,
             progress=progress,
         )
+        if isinstance(model_version, int) and not isinstance(model_version, bool):
+            artifacts = Path(params.artifacts)
+            taken = [n for n in spec.model_names if (artifacts / n / str(model_version)).is_dir()]
+            if taken:
+                raise ParameterError(
+                    f"model_version {model_version} already exists for {', '.join(taken)} under {artifacts}; "
+                    f"set model_version = None for the next free version ({repo.next_version(artifacts, spec.model_names)})"
+                )
         prep = pipeline.prepare(params)
     except ParameterError:
         raise
     except ExporterError as exc:
         raise ParameterError(notebook_terms(str(exc))) from exc
-    if model_version is not None:
-        taken = [n for n in prep.spec.model_names if (Path(params.artifacts) / n / str(model_version)).exists()]
-        if taken:
-            raise ParameterError(
-                f"model_version {model_version} already exists for {', '.join(taken)} under {params.artifacts}; "
-                f"set model_version = None for the next free version ({repo.next_version(Path(params.artifacts), prep.spec.model_names)})"
-            )
     return prep
 
 
