@@ -136,6 +136,26 @@ _V2_KEY = "inputs"
 _MAX_VERSION = 2**63 - 1
 #: longest piece of client text quoted in an error message
 _QUOTE_CHARS = 40
+#: deepest nesting metadata.json may have (exporter.contract.MAX_METADATA_DEPTH)
+_MAX_METADATA_DEPTH = 64
+
+
+_TOO_DEEP = object()
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether decoded JSON nests objects/lists deeper than ``_MAX_METADATA_DEPTH`` (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        if depth + 1 > _MAX_METADATA_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _is_version_name(name: str) -> bool:
@@ -276,6 +296,13 @@ class ModelHandler:
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ArtifactError(f"{str(meta_path)!r} is not readable JSON: {exc}") from exc
+        except RecursionError:  # issue 10: a hostile file must not take the server down
+            metadata = _TOO_DEEP
+        if metadata is _TOO_DEEP or _too_deep(metadata):
+            raise ArtifactError(
+                f"{str(meta_path)!r} nests objects or lists more than {_MAX_METADATA_DEPTH} levels deep; "
+                "an exported metadata.json has 4: the file is corrupt or not ours"
+            )
         problems = validate_metadata(metadata)
         if problems:
             raise ArtifactError(f"{str(meta_path)!r} is not usable: " + "; ".join(problems))
@@ -760,8 +787,8 @@ def initialize(context: Any) -> ModelHandler:
                 try:
                     if json.loads(meta_file.read_text(encoding="utf-8")).get("model_file") != serialized:
                         model_file = serialized
-                except ValueError:
-                    pass
+                except (ValueError, RecursionError, AttributeError):
+                    pass  # ModelHandler.load says what is wrong with the file
             _service = ModelHandler.load(model_dir, model_file=model_file)
         return _service
 
