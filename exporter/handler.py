@@ -112,8 +112,7 @@ def _describe_bad_value(value: Any) -> str | None:
             return "Infinity" if f > 0 else "-Infinity"
         return None
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"a string ({json.dumps(shown)})"
+        return f"a string ({_quote(value)})"
     return _type_name(value)
 
 
@@ -177,6 +176,16 @@ def _quote(text: Any) -> str:
     return f"{json.dumps(text[:_QUOTE_CHARS])}... ({len(text)} characters)"
 
 
+def _shape_text(shape: Any) -> str:
+    """A client's ``shape`` for an error message: the list when it is a few integers, else what it is."""
+    if type(shape) is not list:
+        return _type_name(shape)
+    odd = next((d for d in shape if type(d) is not int), None)
+    if odd is not None:
+        return f"a list holding {_type_name(odd)}" + (f" {_quote(odd)}" if isinstance(odd, str) else "")
+    return json.dumps(shape) if len(shape) < 10 else f"a list of {len(shape)} integers"
+
+
 def _all_finite(out: np.ndarray) -> bool:
     return bool(np.isfinite(out).all())
 
@@ -207,6 +216,8 @@ def _decode_json(body: bytes | bytearray | memoryview | str) -> Any:
         return json.loads(body if isinstance(body, (str, bytes, bytearray)) else bytes(body))
     except (ValueError, RecursionError):
         pass
+    if not isinstance(body, str) and bytes(body[:2]) == b"\x1f\x8b":
+        raise HandlerError(400, "request body is gzip-compressed; send the JSON uncompressed")
     raise HandlerError(400, f"request body is not valid JSON ({first_error})")
 
 
@@ -549,12 +560,12 @@ class V2JsonCodec:
         if name != self.input_name:
             raise HandlerError(
                 400,
-                f"inputs[0].name is {json.dumps(name) if isinstance(name, str) else _type_name(name)}: unknown input; "
+                f"inputs[0].name is {_quote(name) if isinstance(name, str) else _type_name(name)}: unknown input; "
                 f'model {self.model_name!r} has one input named "{self.input_name}"',
             )
         datatype = tensor["datatype"]
         if not (isinstance(datatype, str) and datatype in NUMERIC_DATATYPES):
-            shown = json.dumps(datatype) if isinstance(datatype, str) else _type_name(datatype)
+            shown = _quote(datatype) if isinstance(datatype, str) else _type_name(datatype)
             raise HandlerError(
                 400,
                 f"inputs[0].datatype {shown} is not supported; expected FP64 or another numeric datatype "
@@ -568,7 +579,7 @@ class V2JsonCodec:
             or shape[1] != self.n_features
             or shape[0] < 1
         ):
-            shown = json.dumps(shape) if isinstance(shape, list) and len(shape) < 10 else _type_name(shape)
+            shown = _shape_text(shape)
             raise HandlerError(
                 400,
                 f"inputs[0].shape is {shown}; expected [<rows>, {self.n_features}]: 2-D, at least 1 row, "
@@ -586,7 +597,7 @@ class V2JsonCodec:
             for j, requested in enumerate(outputs):
                 req_name = requested.get("name") if isinstance(requested, Mapping) else None
                 if req_name != self.output_name:
-                    shown = json.dumps(req_name) if isinstance(req_name, str) else _type_name(requested)
+                    shown = _quote(req_name) if isinstance(req_name, str) else _type_name(requested)
                     raise HandlerError(
                         400,
                         f"outputs[{j}] requests {shown}: unknown output; model {self.model_name!r} has one output "

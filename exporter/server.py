@@ -124,9 +124,26 @@ def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+#: longest piece of client text (model name, version, path, header) quoted in an error (as the handler's)
+_QUOTE_CHARS = 40
+
+
 def _shown(name: str) -> str:
-    """A path parameter quoted for an error message, shortened if huge."""
-    return repr(name if len(name) <= 80 else name[:77] + "...")
+    """Client text quoted for an error message: quoted whole when short, else a prefix and its length."""
+    import json
+
+    if len(name) <= _QUOTE_CHARS:
+        return json.dumps(name)
+    return f"{json.dumps(name[:_QUOTE_CHARS])}... ({len(name)} characters)"
+
+
+def _content_encoding(scope: dict[str, Any]) -> str | None:
+    """The request's Content-Encoding when it is not identity (a compressed body), else ``None``."""
+    for key, value in scope["headers"]:
+        if key == b"content-encoding":
+            text = value.decode("latin-1").strip()
+            return None if text.lower() in ("", "identity") else text
+    return None
 
 
 def _log_path(scope: dict[str, Any]) -> str:
@@ -144,6 +161,10 @@ def _encoded_separator(raw_path: bytes) -> bool:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Disconnected(Exception):
+    """The client went away (or was cut off by a timeout) before its body arrived: nobody to answer."""
 
 
 async def _read_body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
@@ -167,7 +188,7 @@ async def _read_body(scope: dict[str, Any], receive: Receive, limit: int) -> byt
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -224,9 +245,18 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
                         f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
                         f"{', '.join(sorted(versions[name], key=int))}"
                     )
+            elif _content_encoding(scope) is not None:  # issue 10: say so instead of failing to decode
+                status, answer = 415, _error(
+                    f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
+                    "accepts only uncompressed JSON bodies (Content-Encoding identity or none): send it uncompressed"
+                )
             else:
                 try:
                     body = await _read_body(scope, receive, max_body_bytes)
+                except _Disconnected:
+                    info("POST %s model=%s version=%s rows=0 status=- client disconnected before sending its body",
+                         _log_path(scope), handler.model_name, handler.version)
+                    return
                 except _TooLarge as exc:
                     status, answer = 413, _error(
                         f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
@@ -269,12 +299,12 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
         status = getattr(exc, "status_code", 500)
         if status == 404:
             message = (
-                f"no route for {request.method} {request.url.path}; routes: GET /ping, GET /models, "
+                f"no route for {request.method} {_shown(request.url.path)}; routes: GET /ping, GET /models, "
                 "GET /models/{model_name}, POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
             )
         elif status == 405:
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
-            message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+            message = f"method {_shown(request.method)} is not allowed on {_shown(request.url.path)}; allowed: {allowed}"
         else:
             message = str(getattr(exc, "detail", "")) or "bad request"
         log.info("%s %s status=%d", request.method, _log_path(request.scope), status)

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.http_limits import (
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, guarded_protocol,
+)
 from exporter.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
 
 
@@ -29,6 +32,10 @@ Routes:
 Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
 Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]}.
 Errors are 4xx with {"error": "..."}; one log line per request on stderr.
+
+Slow or oversized clients: request line and headers must arrive within --header-timeout seconds (10),
+the body within --body-timeout seconds of the headers (30), else 408 and the connection closes; headers
+above --max-header-bytes (65536) get 431; idle keep-alive connections close after --keep-alive-timeout (30).
 
 Example:
   python -m exporter serve --artifacts artifacts --port 8080
@@ -57,6 +64,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="'warning' silences the per-request lines (default: info)",
     )
+    # slow and oversized clients (exporter.http_limits): uvicorn alone would hold such connections forever
+    parser.add_argument("--header-timeout", default=DEFAULT_HEADER_TIMEOUT, type=_positive_float,
+                        help="seconds a client has to send its request line and headers, else 408 and the "
+                             f"connection closes (default: {DEFAULT_HEADER_TIMEOUT:g})")
+    parser.add_argument("--body-timeout", default=DEFAULT_BODY_TIMEOUT, type=_positive_float,
+                        help="seconds a client has to send the whole body after its headers, else 408 and the "
+                             f"connection closes (default: {DEFAULT_BODY_TIMEOUT:g})")
+    parser.add_argument("--keep-alive-timeout", default=DEFAULT_KEEP_ALIVE_TIMEOUT, type=_positive_int,
+                        help="seconds an idle keep-alive connection stays open between requests "
+                             f"(default: {DEFAULT_KEEP_ALIVE_TIMEOUT})")
+    parser.add_argument("--max-header-bytes", default=DEFAULT_MAX_HEADER_BYTES, type=_positive_int,
+                        help=f"largest request line plus headers, else 431 (default: {DEFAULT_MAX_HEADER_BYTES})")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -109,13 +138,15 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        # httptools with header/body timeouts and a header size limit (exporter.http_limits)
+        http=guarded_protocol(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                              max_header_bytes=args.max_header_bytes),
         lifespan="off",
         access_log=False,
         log_level="warning",
         server_header=False,
         date_header=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=args.keep_alive_timeout,
     )
     server = uvicorn.Server(config)
     # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
