@@ -146,6 +146,21 @@ def _check_range(spec: ModelSpec, x: np.ndarray, columns: Sequence[str], where: 
         )
 
 
+def _check_two_classes(labels: np.ndarray, train_idx: np.ndarray, held_idx: np.ndarray, where: str, *,
+                       training: bool) -> None:
+    """A click label with one class trains nothing and makes AUC undefined: say so before any training."""
+    parts = ([("training", train_idx)] if training else []) + [("held-out", held_idx)]
+    for part, idx in parts:
+        classes = np.unique(labels[idx])
+        if len(classes) < 2:
+            value = f"{classes[0]:g}" if len(classes) else "none"
+            raise ExporterError(
+                f"{where}: the {part} labels '{D.LABEL}' hold one class (all {value}, {len(idx)} rows): a click "
+                f"model needs clicks (1) and non-clicks (0) to {'learn' if part == 'training' else 'be evaluated'}; "
+                "use more rows or data with both classes"
+            )
+
+
 def prepare(params: ExportParams) -> Prepared:
     """Check every parameter and input before any training, so mistakes fail fast and clearly."""
     spec = get_spec(params.model)
@@ -207,6 +222,8 @@ def prepare(params: ExportParams) -> Prepared:
     _check_range(spec, x_all, columns, where)
     y_all = _labels(frame, spec.label_columns, where) if has_labels else {}
     train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
+    if D.LABEL in y_all:
+        _check_two_classes(y_all[D.LABEL], train_idx, held_idx, where, training=params.mode == "train")
     if loaded is not None:
         hparams = dict(loaded.hparams)
     return Prepared(

@@ -117,3 +117,26 @@ def test_export_refuses_an_unwritable_artifacts_directory(tmp_path: Path, no_tra
     locked.mkdir(mode=0o500)
     code = cli.main(["export", "xgb", "--rows", "200", "--artifacts", str(locked / "art"), "--quiet"])
     assert code == 2 and "no permission to write" in _one_error_line(capsys)
+
+
+def _labels_csv(tmp_path: Path, name: str, part: str, value: float) -> Path:
+    """Synthetic data whose training or held-out labels (the exporter's own split, seed 0) are all ``value``."""
+    frame = D.synthetic_dataset(300, 0)
+    train_idx, held_idx = D.split_indices(len(frame), seed=0)
+    frame.loc[train_idx if part == "training" else held_idx, D.LABEL] = value
+    assert frame[D.LABEL].nunique() == 2  # the file as a whole has both classes
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("model", ["xgb", "deepfm"])
+@pytest.mark.parametrize("part,value", [("training", 0.0), ("training", 1.0), ("held-out", 0.0)])
+def test_single_class_labels_are_named_before_training(model: str, part: str, value: float, tmp_path: Path,
+                                                       no_training: None, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _labels_csv(tmp_path, "clicks.csv", part, value)
+    code = cli.main(["export", model, "--data", str(data), "--artifacts", str(tmp_path / "art"), "--quiet"])
+    line = _one_error_line(capsys)
+    assert code == 2
+    assert f"the {part} labels 'label' hold one class (all {value:g}" in line, line
+    assert "parity" not in line and "nan" not in line.lower()
