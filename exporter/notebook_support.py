@@ -210,9 +210,14 @@ def describe_run(prep: "Prepared") -> str:
          f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} for evaluation and the parity check"),
         f"  features ({len(prep.columns)}): {', '.join(prep.columns)}",
         f"  hyper-parameters: {_short(prep.hparams)}",
-        f"  export to {display_path(Path(p.artifacts))}/{{{', '.join(prep.spec.model_names)}}}/ as {version}",
+        f"  export to {display_path(Path(p.artifacts))}/{_model_dirs(prep.spec.model_names)}/ as {version}",
     ]
     return "\n".join(lines)
+
+
+def _model_dirs(names: Sequence[str]) -> str:
+    """``xgb`` for one model directory, ``{two_tower,two_tower_item}`` (shell brace style) for several."""
+    return names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
 
 
 def _short(values: Mapping[str, Any]) -> str:

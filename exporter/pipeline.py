@@ -319,11 +319,51 @@ def _opsets(model_bytes: bytes) -> dict[str, int]:
     return {(o.domain or ""): int(o.version) for o in model.opset_import}
 
 
+def repository_root() -> Path | None:
+    """The source checkout this package runs from (``None`` for an installed, non-editable copy)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "exporter").is_dir() else None
+
+
+def portable_source(path: str | Path) -> tuple[str, str | None]:
+    """How metadata names an input file without the machine's layout: its path relative to the repository
+    when it lies inside it, else its file name; with the file's sha256 (``None`` when it cannot be read).
+
+    metadata.json is served as is (``GET /models/{name}``): absolute local paths would leak the machine's
+    directories and differ between machines for the same export.
+    """
+    path = Path(path)
+    root = repository_root()
+    shown = path.name
+    if root is not None:
+        try:
+            shown = path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    try:
+        digest = repo.sha256_file(path) if path.is_file() else None
+    except OSError:
+        digest = None
+    return shown, digest
+
+
+def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``training`` entries for the data file and the hyper-parameters' ``source_file`` (load mode), portable."""
+    data: dict[str, Any] = {"data_source": data_source}
+    if data_source != "synthetic":
+        data["data_source"], data["data_sha256"] = portable_source(data_source)
+    hyper = dict(hparams)
+    if isinstance(hyper.get("source_file"), str):
+        hyper["source_file"], hyper["source_sha256"] = portable_source(hyper["source_file"])
+    return data, hyper
+
+
 def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, unit: ExportUnit,
                    version: int, model_bytes: bytes, sha256: str, parity: ParityResult) -> dict[str, Any]:
     """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
     opsets = _opsets(model_bytes)
     inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
+    sources, hyper = _training_sources(prep.data_source, trained.hparams)
     meta: dict[str, Any] = {
         "name": unit.model_name,
         "versions": [str(version)],
@@ -348,13 +388,13 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
         "parity": parity.as_metadata(unit.reference),
         "training": {
             "mode": prep.params.mode,
-            "data_source": prep.data_source,
+            **sources,
             "rows": len(prep.train) + len(prep.heldout),
             "train_rows": len(prep.train),
             "heldout_rows": len(prep.heldout),
             "seed": prep.params.seed,
             "label_columns": list(prep.spec.label_columns) if prep.y_heldout else [],
-            "hyperparameters": _jsonable(trained.hparams),
+            "hyperparameters": _jsonable(hyper),
             "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()},
             "final_loss": trained.history[-1] if trained.history else None,
         },

@@ -225,7 +225,7 @@ def test_own_data_file_and_feature_columns(tmp_path):
     assert_verified(artifacts)
     meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
     assert meta["feature_columns"] == columns and meta["inputs"][0]["shape"] == [-1, 5]
-    assert meta["training"]["data_source"] == str(tmp_path / "clicks.csv")
+    assert meta["training"]["data_source"] == "clicks.csv"  # the file name, never the machine's path
 
 
 # --------------------------------------------------------------------------- load-mode round trips
