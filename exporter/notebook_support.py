@@ -47,8 +47,10 @@ class ParameterError(ExporterError):
 
 
 def repo_root() -> Path:
-    """The checkout holding the ``exporter`` package (the parent of ``exporter/``)."""
-    return Path(__file__).resolve().parent.parent
+    """The checkout holding the ``exporter`` package (the parent of ``exporter/``); for an installed,
+    non-editable copy (no checkout around it) the current directory."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
 
 
 def resolve_path(value: Any, name: str, *, root: Path | None = None) -> Path | None:

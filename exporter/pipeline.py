@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,11 +241,10 @@ def fit(prep: Prepared) -> Trained:
     """Train (with a progress bar) or hand back the model that load mode already read."""
     if prep.loaded is not None:
         return prep.loaded
-    from tqdm import tqdm
+    from exporter.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
 
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
-    with tqdm(total=total, desc=f"train {prep.spec.name}", unit="step", file=sys.stderr,
-              disable=not prep.params.progress, mininterval=0.5, leave=False) as bar:
+    with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
         return prep.spec.train(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout,
                                prep.columns, prep.hparams, prep.params.seed, bar)
 

@@ -202,3 +202,71 @@ def test_a_kept_executed_notebook_is_named(fake_run: dict[str, object], tmp_path
     [kept] = (tmp_path / "tmp").iterdir()
     assert kept.name.startswith("exporter-notebooks-")
     assert str(kept / "xgb.ipynb") in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- training curve
+def test_torch_history_starts_with_the_loss_before_training() -> None:
+    """Step 0 is the untrained model's loss: the curve has a start instead of opening at epoch 1's average."""
+    import torch
+
+    from exporter import torch_common as tc
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 3, dtype=torch.float64)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) > 0).double()
+    model = torch.nn.Linear(3, 1).double()
+
+    def loss(net: torch.nn.Module, batch: list) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(net(batch[0]).squeeze(1), batch[1])
+
+    with torch.inference_mode():
+        untrained = float(loss(model, [x[400:], y[400:]]))
+    history = tc.fit_loop(model=model, loss_fn=loss, train_tensors=[x[:400], y[:400]],
+                          heldout_tensors=[x[400:], y[400:]], epochs=3, batch_size=64, learning_rate=0.05,
+                          weight_decay=0.0, seed=0, progress=None)
+    assert [h["step"] for h in history] == [0, 1, 2, 3]
+    assert history[0]["heldout_loss"] == pytest.approx(untrained)
+    assert history[-1]["heldout_loss"] < history[0]["heldout_loss"]
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class _Handle:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def update(self, data: dict, raw: bool = False) -> None:
+        self.log.append(data["text/plain"])
+
+
+def test_notebook_progress_is_one_line_updated_in_place() -> None:
+    from exporter.progress_bar import LineProgress
+
+    shown: list[str] = []
+    now = [0.0]
+
+    def display(data: dict, raw: bool = False, display_id: bool = False) -> _Handle:
+        assert raw and display_id  # one output whose content is replaced, not a new output per refresh
+        shown.append(data["text/plain"])
+        return _Handle(shown)
+
+    bar = LineProgress(300, "train deepfm", display=display, clock=lambda: now[0])
+    for step in range(300):
+        now[0] += 0.01
+        bar.update(1)
+        if step % 100 == 99:
+            bar.set_postfix({"epoch": step // 100 + 1, "loss": "0.4512"})
+    bar.close()
+    assert len(shown) < 20  # refreshes are coalesced (every 0.5 s), not one per step
+    assert shown[-1].startswith("train deepfm " + "\u2588" * 24 + " 100% 300/300 steps 3.0s")
+    assert shown[-1].endswith("epoch=3 loss=0.4512") and "\n" not in shown[-1]
+
+
+def test_progress_outside_a_notebook_is_tqdm_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter.progress_bar import in_notebook, progress_bar
+
+    assert not in_notebook()
+    with progress_bar(3, "train xgb", enabled=False) as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""
+    with progress_bar(3, "train xgb") as bar:
+        assert type(bar).__module__.startswith("tqdm")

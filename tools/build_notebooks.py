@@ -100,11 +100,19 @@ and smoke-tests the artifact through the same handler the server uses.
 papermill notebooks/{model}.ipynb {model}-report.ipynb {cfg.example}
 python -m exporter notebooks {model} {cfg.example}   # also saves the executed notebook as report.ipynb beside the artifact
 ```"""
-    setup = """# Make `import exporter` work wherever the kernel started (notebooks/ in JupyterLab, the repository root in CI).
+    setup = """# Find the repository (relative paths in the parameters are relative to it) wherever the kernel started:
+# notebooks/ in JupyterLab, the repository root in CI, or elsewhere once installed with `pip install -e .`.
 import sys
 from pathlib import Path
 
-ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "exporter" / "__init__.py").is_file()), Path.cwd())
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "exporter" / "__init__.py").is_file()), None)
+if ROOT is None:
+    try:
+        import exporter
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("exporter not found: start Jupyter inside the repository, or run "
+                                  "`pip install -e .` in it") from None
+    ROOT = Path(exporter.__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
