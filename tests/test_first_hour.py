@@ -270,3 +270,25 @@ def test_progress_outside_a_notebook_is_tqdm_on_stderr(capsys: pytest.CaptureFix
     assert capsys.readouterr().err == ""
     with progress_bar(3, "train xgb") as bar:
         assert type(bar).__module__.startswith("tqdm")
+
+
+# ---------------------------------------------------------------------------------------------- notebook setup
+def _setup_code() -> str:
+    nb = json.loads((REPO / "notebooks" / "xgb.ipynb").read_text(encoding="utf-8"))
+    source = "".join(next(c for c in nb["cells"] if c.get("id") == "setup")["source"])
+    return source.split("%matplotlib")[0] + "\nprint(ROOT)\n"
+
+
+@pytest.mark.parametrize("where", ["notebooks", "root", "installed elsewhere", "not installed elsewhere"])
+def test_notebook_setup_cell_finds_the_repository(where: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cwd = {"notebooks": REPO / "notebooks", "root": REPO}.get(where, tmp_path)
+    if where == "installed elsewhere":
+        env["PYTHONPATH"] = str(REPO)  # what `pip install -e .` puts on the path
+    result = subprocess.run([sys.executable, "-c", _setup_code()], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=60)
+    if where == "not installed elsewhere":
+        assert result.returncode != 0 and "pip install -e ." in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert Path(result.stdout.strip()) == REPO
