@@ -153,6 +153,13 @@ def usability_problems(metadata: Any) -> list[str]:
         ed = metadata.get("embed_dim")
         if not (isinstance(ed, int) and not isinstance(ed, bool) and ed > 0):
             problems.append('"embed_dim" must be a positive integer when prediction_format is vector')
+    feats = metadata.get("features")
+    if feats is not None and isinstance(cols, list):
+        names = [f.get("name") if isinstance(f, dict) else None for f in feats] if isinstance(feats, list) else None
+        if names != cols:
+            problems.append('"features" must describe the feature_columns, one object each, in their order')
+        elif any(f.get("kind") not in ("numeric", "categorical") for f in feats):
+            problems.append('"features[].kind" must be "numeric" or "categorical"')
     model_file = metadata.get("model_file")
     if isinstance(model_file, str) and not is_plain_file_name(model_file):
         problems.append(f'"model_file" must be a plain file name in the version directory, got {model_file!r}')
@@ -266,6 +273,10 @@ def torchserve_request(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
 
     def value(v: Any) -> Any:
         if isinstance(v, str) or v is None:
+            return v
+        if hasattr(v, "item") and not isinstance(v, (list, tuple)):
+            v = v.item()  # numpy scalars
+        if isinstance(v, (bool, int)):  # booleans and integer IDs as JSON true/false and integers
             return v
         f = float(v)
         return None if f != f else f

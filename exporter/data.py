@@ -24,39 +24,77 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "user_gender",
     "cross_age_x_ctr",
     "cross_gender_x_price",
+    "user_id",
+    "item_id",
+    "item_category",
 )
-USER_FEATURES: tuple[str, ...] = ("user_age", "user_gender")
-ITEM_FEATURES: tuple[str, ...] = ("item_ctr", "item_cvr", "item_price")
+#: the categorical columns of the default schema (integer IDs and a string category)
+CATEGORICAL_FEATURES: tuple[str, ...] = ("user_id", "item_id", "item_category")
+USER_FEATURES: tuple[str, ...] = ("user_id", "user_age", "user_gender")
+ITEM_FEATURES: tuple[str, ...] = ("item_id", "item_category", "item_ctr", "item_cvr", "item_price")
 LABEL = "label"
 REGRESSION_LABELS: tuple[str, ...] = ("watch_time", "gmv")
+CATEGORIES: tuple[str, ...] = (
+    "books", "shoes", "bags", "toys", "garden", "music", "beauty", "sports", "kitchen", "games", "phones", "tools",
+)
+#: share of cells left empty in the synthetic log (a real log has gaps)
+MISSING_RATES = {"user_age": 0.02, "item_price": 0.01, "item_category": 0.01}
+_TASTE_DIM = 4
 
 
 def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
-    """A click log with the default schema and labels ``label``, ``watch_time`` and ``gmv``.
+    """A click log where IDs matter, with the default schema and labels ``label``, ``watch_time`` and ``gmv``.
 
-    The click probability depends on item quality, price sensitivity that differs by gender and an
-    age x ctr interaction, so every model has something real to learn (AUC around 0.75-0.8).
+    Users and items have latent tastes (an item's taste leans towards its category's), items are drawn with
+    Zipf popularity, and every user and item has its own bias: the click probability depends on the
+    user-item match as well as on item quality, price sensitivity that differs by gender and an age x ctr
+    interaction. So embeddings of ``user_id``, ``item_id`` and ``item_category`` carry real signal, while
+    the numeric columns alone still reach a useful AUC. User and item attributes are fixed per user and
+    item, and a few cells are empty (:data:`MISSING_RATES`).
     """
     if rows < 1:
         raise ExporterError(f"--rows must be a positive number of rows, got {rows}")
     rng = np.random.default_rng(seed)
-    item_ctr = rng.uniform(0.01, 0.5, rows)
-    item_cvr = rng.uniform(0.001, 0.1, rows)
-    item_price = rng.uniform(10.0, 200.0, rows)
-    user_age = rng.integers(18, 60, rows).astype(np.float64)
-    user_gender = rng.integers(0, 3, rows).astype(np.float64)
+    n_users = max(20, rows // 50)
+    n_items = max(20, rows // 100)
+    n_cat = len(CATEGORIES)
+
+    # users: attributes, taste, bias; IDs are arbitrary integers (their order means nothing)
+    user_ids = rng.choice(np.arange(100_000, 100_000 + 20 * n_users), n_users, replace=False)
+    u_age = rng.integers(18, 60, n_users).astype(np.float64)
+    u_gender = rng.integers(0, 3, n_users).astype(np.float64)
+    u_taste = rng.normal(0.0, 1.0, (n_users, _TASTE_DIM))
+    u_bias = rng.normal(0.0, 0.4, n_users)
+    # items: category, attributes, taste near the category's, bias, Zipf popularity
+    item_ids = rng.choice(np.arange(1, 1 + 50 * n_items), n_items, replace=False)
+    i_cat = rng.choice(n_cat, n_items, p=_zipf(n_cat, 0.6))
+    cat_taste = rng.normal(0.0, 1.0, (n_cat, _TASTE_DIM))
+    i_taste = 0.8 * cat_taste[i_cat] + 0.6 * rng.normal(0.0, 1.0, (n_items, _TASTE_DIM))
+    i_bias = rng.normal(0.0, 0.4, n_items)
+    i_ctr = rng.uniform(0.01, 0.5, n_items)
+    i_cvr = rng.uniform(0.001, 0.1, n_items)
+    i_price = rng.uniform(10.0, 200.0, n_items)
+    popularity = _zipf(n_items, 1.05)[rng.permutation(n_items)]
+
+    u = rng.choice(n_users, rows, p=_zipf(n_users, 0.5)[rng.permutation(n_users)])
+    i = _browse(rng.choice(n_items, rows, p=popularity), u, u_taste, i_taste, popularity, seed)
+    item_ctr, item_cvr, item_price = i_ctr[i], i_cvr[i], i_price[i]
+    user_age, user_gender = u_age[u], u_gender[u]
     cross_age_x_ctr = user_age * item_ctr
     cross_gender_x_price = user_gender * item_price
 
     young = (user_age < 30).astype(np.float64)
     logit = (
-        -1.1
-        + 7.0 * (item_ctr - 0.25)
-        + 12.0 * (item_cvr - 0.05)
-        - 0.008 * (item_price - 100.0)
-        - 0.012 * (user_gender == 2) * (item_price - 100.0)
+        -1.2
+        + 5.0 * (item_ctr - 0.25)
+        + 8.0 * (item_cvr - 0.05)
+        - 0.006 * (item_price - 100.0)
+        - 0.010 * (user_gender == 2) * (item_price - 100.0)
         + 3.0 * young * (item_ctr - 0.25)
-        - 0.02 * (user_age - 38.0)
+        - 0.015 * (user_age - 38.0)
+        + 1.5 * np.sum(u_taste[u] * i_taste[i], axis=1) / np.sqrt(_TASTE_DIM)
+        + u_bias[u]
+        + i_bias[i]
     )
     p_click = 1.0 / (1.0 + np.exp(-logit))
     label = (rng.random(rows) < p_click).astype(np.float64)
@@ -64,7 +102,9 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
         2.8 + 2.0 * item_ctr + 0.012 * (user_age - 18.0) + 0.5 * label + rng.normal(0.0, 0.25, rows)
     )
     gmv = label * item_price * np.clip(item_cvr * 8.0, 0.0, 1.0) * np.exp(rng.normal(0.0, 0.2, rows))
-    return pd.DataFrame(
+    category = np.asarray(CATEGORIES, dtype=object)[i_cat[i]]
+
+    frame = pd.DataFrame(
         {
             "item_ctr": item_ctr,
             "item_cvr": item_cvr,
@@ -73,11 +113,51 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
             "user_gender": user_gender,
             "cross_age_x_ctr": cross_age_x_ctr,
             "cross_gender_x_price": cross_gender_x_price,
+            "user_id": user_ids[u].astype(np.int64),
+            "item_id": item_ids[i].astype(np.int64),
+            "item_category": category,
             LABEL: label,
             "watch_time": watch_time,
             "gmv": gmv,
         }
     )
+    # a few empty cells, as in a real log; a cross feature is missing when its input is
+    for col, rate in MISSING_RATES.items():
+        gone = rng.random(rows) < rate
+        frame.loc[gone, col] = None
+        if col == "user_age":
+            frame.loc[gone, "cross_age_x_ctr"] = np.nan
+        if col == "item_price":
+            frame.loc[gone, "cross_gender_x_price"] = np.nan
+    return frame
+
+
+#: users browse by taste: each row's item is chosen among this many popularity-drawn candidates ...
+EXPOSURE_CANDIDATES = 4
+#: ... with probability proportional to exp(this x the user-item taste match)
+EXPOSURE_TASTE = 2.0
+
+
+def _browse(first: np.ndarray, u: np.ndarray, u_taste: np.ndarray, i_taste: np.ndarray, popularity: np.ndarray,
+            seed: int) -> np.ndarray:
+    """Which item each row shows: popular items are seen more, and users pick what matches their taste.
+
+    So what a user interacts with (not only whether they click) carries their taste, as in a real log, and a
+    retrieval model has something to learn beyond popularity. The other candidates come from their own
+    generator, so the rest of the synthetic stream is unchanged.
+    """
+    rng = np.random.default_rng([seed, 7])
+    extra = rng.choice(len(popularity), (len(first), EXPOSURE_CANDIDATES - 1), p=popularity)
+    candidates = np.concatenate([first[:, None], extra], axis=1)
+    match = np.einsum("rd,rkd->rk", u_taste[u], i_taste[candidates]) / np.sqrt(u_taste.shape[1])
+    gumbel = -np.log(-np.log(rng.random(candidates.shape)))
+    pick = np.argmax(EXPOSURE_TASTE * match + gumbel, axis=1)
+    return candidates[np.arange(len(first)), pick]
+
+
+def _zipf(n: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** exponent
+    return weights / weights.sum()
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The model handler: one exported artifact version in, JSON request bytes in, JSON answer bytes out.
+"""The model handler: one exported artifact version in, request bytes in, answer bytes out.
 
 This module is deliberately self-contained (standard library, numpy, onnxruntime and orjson only, never
 ``exporter.*``) so that the same file serves three consumers:
@@ -12,13 +12,15 @@ This module is deliberately self-contained (standard library, numpy, onnxruntime
 * TorchServe, as a custom handler with module-level entry points :func:`initialize` and :func:`handle`::
 
       torch-model-archiver --model-name xgb --version 1 --handler exporter/handler.py \\
-          --serialized-file artifacts/xgb/1/model.onnx --extra-files artifacts/xgb/1/metadata.json
+          --serialized-file artifacts/xgb/1/model.onnx \\
+          --extra-files artifacts/xgb/1/metadata.json,artifacts/xgb/1/vocab.json   # vocab.json: string categories
 
 Two request forms are accepted (contract section 4), told apart by their keys:
 
 * TorchServe style ``{"data": [{"<column>": <number>, ...}, ...]}`` answered with ``{"predictions": [...]}``;
 * Open Inference Protocol (KServe v2) ``{"inputs": [{"name": "features", "shape": [B, N], "datatype": "FP64",
-  "data": [...]}]}`` answered with an ``inference_response``.
+  "data": [...]}]}`` answered with an ``inference_response``; with Triton's binary tensor data extension
+  (:meth:`ModelHandler.handle_http`) the numbers may travel as raw bytes after the JSON header, both ways.
 
 Client mistakes raise :class:`HandlerError` (status 400 or 413) with a message saying what was wrong, where,
 and what was expected; :meth:`ModelHandler.handle_bytes` turns them into ``{"error": "..."}`` bodies and never
@@ -156,6 +158,155 @@ def _too_deep(value: Any) -> bool:
         stack.extend((child, depth + 1) for child in item)
     return False
 
+# (exporter.features owns these; tests/test_features_handler.py proves the copies agree)
+_MAX_EXACT_INT = 2**53
+_UNKNOWN_CODE = -1
+_VOCAB_FILE = "vocab.json"
+
+
+def _hash_code(text: str) -> int:
+    """The code of a string in a ``hash_buckets`` column (docs/features.md): sha256, first 6 bytes big-endian."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big")
+
+
+class _Missing:
+    """Marks a key absent from a row object (distinct from a JSON null)."""
+
+
+_MISSING = _Missing()
+
+
+class FeatureColumns:
+    """What the handler knows about each input column from ``metadata.json`` ``features`` (docs/features.md).
+
+    Numeric columns take finite numbers. Categorical columns take integer IDs (codes) within +-2^53; a string
+    category also takes its raw string (mapped through ``vocab.json``, unknown strings to the OOV code -1, or
+    hashed), a boolean column true/false. ``optional`` columns may be absent or null: NaN, which the graph
+    turns into the fill or the OOV row. Artifacts without ``features`` (older exports) are all numeric.
+    """
+
+    def __init__(self, metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]] | None) -> None:
+        columns = list(metadata["feature_columns"])
+        entries = metadata.get("features")
+        by_name = {e.get("name"): e for e in entries} if isinstance(entries, list) else {}
+        self.columns = columns
+        self.kinds: list[str] = []
+        self.optional: list[bool] = []
+        #: per column: str -> code for a string vocabulary, "hash" for hashed strings, None otherwise
+        self.strings: list[dict[str, int] | str | None] = []
+        self.booleans: list[bool] = []
+        for c in columns:
+            e = by_name.get(c) or {}
+            kind = e.get("kind", "numeric")
+            self.kinds.append(kind)
+            self.optional.append(bool(e.get("optional", False)))
+            self.booleans.append(kind == "categorical" and e.get("dtype") == "bool")
+            table: dict[str, int] | str | None = None
+            if kind == "categorical" and e.get("dtype") == "string":
+                oov = e.get("oov") or {}
+                if oov.get("policy") == "hash":
+                    table = "hash"
+                else:
+                    words = (vocab or {}).get(c)
+                    if words is None:
+                        raise ArtifactError(f"string feature {c!r} has no vocabulary in {_VOCAB_FILE}")
+                    table = {str(w): i for i, w in enumerate(words)}
+            self.strings.append(table)
+        self.categorical = [j for j, k in enumerate(self.kinds) if k == "categorical"]
+        #: the fast numeric path suffices (no strings, booleans or optional columns to interpret)
+        self.plain = not any(self.optional) and all(t is None for t in self.strings) and not any(self.booleans)
+
+    def takes(self, j: int) -> str:
+        """What column ``j`` takes, for error messages."""
+        table = self.strings[j]
+        if table is not None:
+            return "a string or its integer code"
+        if self.booleans[j]:
+            return "true, false or an integer code"
+        if self.kinds[j] == "categorical":
+            return "an integer ID (at most 2^53 in magnitude)"
+        return "a finite number"
+
+    def check_ids(self, matrix: np.ndarray, where: Any) -> None:
+        """Categorical columns must hold integers within +-2^53 (NaN: an omitted optional value)."""
+        if not self.categorical:
+            return
+        sub = matrix[:, self.categorical]
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isnan(sub) & ((np.floor(sub) != sub) | (np.abs(sub) > _MAX_EXACT_INT))
+        if bad.any():
+            i, k = (int(v) for v in np.argwhere(bad)[0])
+            j = self.categorical[k]
+            raise HandlerError(
+                400, f"{where(i, self.columns[j])} is {float(sub[i, k])!r}, not an integer ID; expected {self.takes(j)}")
+
+    def convert(self, value: Any, j: int, where: str) -> float:
+        """One cell of the TorchServe form -> its FP64 value; a 400 naming ``where`` when it cannot be one."""
+        t = type(value)
+        if value is None or value is _MISSING:
+            if self.optional[j]:
+                return math.nan
+            if value is _MISSING:
+                raise HandlerError(400, f"{where} is missing; the column is not optional")
+            raise HandlerError(400, f"{where} is null; expected {self.takes(j)} (the column is not optional)")
+        table = self.strings[j]
+        if t is str and table is not None:
+            if table == "hash":
+                return float(_hash_code(value))
+            return float(table.get(value, _UNKNOWN_CODE))  # type: ignore[union-attr]
+        if t is bool and self.booleans[j]:
+            return 1.0 if value else 0.0
+        problem = _describe_bad_value(value)
+        if problem is not None:
+            raise HandlerError(400, f"{where} is {problem}; expected {self.takes(j)}")
+        number = float(value)
+        if self.kinds[j] == "categorical" and (number != math.floor(number) or abs(number) > _MAX_EXACT_INT):
+            raise HandlerError(400, f"{where} is {number!r}, not an integer ID; expected {self.takes(j)}")
+        return number
+
+    def column(self, values: Sequence[Any], j: int, n: int) -> np.ndarray | None:
+        """A whole column of one request at once when it is uniform (all numbers, or all strings); else None."""
+        types = set(map(type, values))
+        table = self.strings[j]
+        try:
+            if types <= _NUMBER_TYPES:
+                return np.fromiter(values, np.float64, n)
+            if types == {str} and isinstance(table, dict):
+                get = table.get
+                return np.fromiter((get(v, _UNKNOWN_CODE) for v in values), np.float64, n)
+        except (OverflowError, ValueError):
+            return None
+        return None
+
+
+def _read_vocab(directory: Path, metadata: Mapping[str, Any]) -> dict[str, list[str]] | None:
+    """``vocab.json`` named by ``features[].vocab``, its sha256 checked like the model file's."""
+    entries = metadata.get("features")
+    if not isinstance(entries, list):
+        return None
+    refs = [e.get("vocab") for e in entries if isinstance(e, dict) and isinstance(e.get("vocab"), dict)]
+    if not refs:
+        return None
+    name, digest = refs[0].get("file"), refs[0].get("sha256")
+    if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise ArtifactError(f"metadata.json names an unusable vocabulary file {name!r}")
+    path = directory / name
+    if not path.is_file():
+        raise ArtifactError(f"vocabulary file {str(path)!r} named by metadata.json is missing")
+    actual = _sha256(path)
+    if actual != digest:
+        raise ArtifactError(
+            f"sha256 of {str(path)!r} is {actual} but metadata.json records {digest}: the vocabulary was modified "
+            "after export; refusing to load it"
+        )
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"{str(path)!r} is not readable JSON: {exc}") from exc
+    if not isinstance(vocab, dict) or not all(isinstance(v, list) for v in vocab.values()):
+        raise ArtifactError(f"{str(path)!r} must map each string column to its list of values")
+    return vocab
+
 
 def _is_version_name(name: str) -> bool:
     """A canonical positive integer in ASCII digits within int64 (Triton's version rule)."""
@@ -228,9 +379,17 @@ _FORMS_HINT = (
 )
 
 
-def _forms_hint(columns: Sequence[str], input_name: str) -> str:
+def _forms_hint(columns: Sequence[str], input_name: str, features: "FeatureColumns | None" = None) -> str:
     """The accepted request forms, spelled out for one model (appended to form errors)."""
-    shown = ", ".join(f'"{c}": <number>' for c in columns[:3]) + (", ..." if len(columns) > 3 else "")
+
+    def takes(j: int) -> str:
+        if features is not None and features.strings[j] is not None:
+            return "<string>"
+        if features is not None and features.kinds[j] == "categorical":
+            return "<integer ID>"
+        return "<number>"
+
+    shown = ", ".join(f'"{c}": {takes(j)}' for j, c in enumerate(columns[:3])) + (", ..." if len(columns) > 3 else "")
     return (
         f'send a JSON object in one of the accepted forms: TorchServe {{"data": [{{{shown}}}, ...]}} with the '
         f"{len(columns)} feature columns {', '.join(columns)}; or Open Inference Protocol "
@@ -252,6 +411,7 @@ class ModelHandler:
         version: str,
         directory: Path,
         max_rows: int = DEFAULT_MAX_ROWS,
+        vocab: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.session = session
         self.metadata = metadata
@@ -266,10 +426,12 @@ class ModelHandler:
         self.prediction_format: str = metadata["prediction_format"]
         self.output_columns: list[str] = list(metadata.get("output_columns") or [])
         self._outputs = [self.output_name]
-        self._hint = _forms_hint(self.feature_columns, self.input_name)
+        self.features = FeatureColumns(metadata, vocab)
+        self._hint = _forms_hint(self.feature_columns, self.input_name, self.features)
         #: one codec per request form, chosen by the body's top-level key
         self.torchserve = TorchServeCodec(self)
         self.v2 = V2JsonCodec(self)
+        self.v2_binary = V2BinaryCodec(self)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -334,9 +496,10 @@ class ModelHandler:
             versions = metadata.get("versions") or ["1"]
             version = str(versions[-1])
 
+        vocab = _read_vocab(directory, metadata)
         session = _create_session(model_path, threads)
         _check_session(session, metadata, model_path)
-        return cls(session, metadata, version, directory, max_rows=max_rows)
+        return cls(session, metadata, version, directory, max_rows=max_rows, vocab=vocab)
 
     # ------------------------------------------------------------------ public API
     def predict(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -362,6 +525,47 @@ class ModelHandler:
             return exc.status, exc.to_bytes(), 0
         except RecursionError:
             return 400, HandlerError(400, f"request body is nested too deeply; {self._hint}").to_bytes(), 0
+
+    def handle_http(self, body: bytes | bytearray | memoryview | str,
+                    header_length: int | None = None) -> tuple[int, bytes, int, int | None]:
+        """Answer an HTTP request body, with Triton's binary tensor data extension (:class:`V2BinaryCodec`).
+
+        ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent). Returns
+        ``(status, answer, rows, answer_header_length)``: the last is the JSON header's byte length when the
+        answer carries binary tensor data (send it as ``Inference-Header-Content-Length``), else None and the
+        answer is plain JSON. Never raises for client input.
+        """
+        blob = None
+        try:
+            if header_length is not None:
+                body, blob = self.v2_binary.split(body, header_length)
+        except HandlerError as exc:
+            return exc.status, exc.to_bytes(), 0, None
+        try:
+            payload = _decode_json(body)
+        except HandlerError as exc:
+            return exc.status, HandlerError(exc.status, f"{exc.message}; {self._hint}").to_bytes(), 0, None
+        try:
+            codec, payload = self._codec(payload)
+            if codec is self.v2:
+                matrix = self.v2_binary.decode(payload, blob)
+            elif blob is not None and len(blob):
+                raise HandlerError(400, "binary tensor data comes only with the Open Inference Protocol form "
+                                        '{"inputs": [...]}, not with "data" rows')
+            else:
+                matrix = codec.decode(payload)
+            binary = codec is self.v2 and self.v2_binary.wants_binary(payload)
+            out = self.run(matrix)
+            if not _all_finite(out):
+                raise HandlerError(400, _non_finite_message(out, matrix, self.feature_columns))
+            if binary:
+                answer, answer_header = self.v2_binary.encode(out, payload)
+                return 200, answer, len(matrix), answer_header
+            return 200, codec.encode(out, payload), len(matrix), None
+        except HandlerError as exc:
+            return exc.status, exc.to_bytes(), 0, None
+        except RecursionError:
+            return 400, HandlerError(400, f"request body is nested too deeply; {self._hint}").to_bytes(), 0, None
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """Run the model on a ready float64 matrix ``[rows, n_features]``."""
@@ -417,6 +621,7 @@ class TorchServeCodec:
         self.n_features = model.n_features
         self.prediction_format = model.prediction_format
         self.output_columns = model.output_columns
+        self.features = model.features
         self._getter = itemgetter(*self.feature_columns)
         self._named_parts = _named_key_parts(self.output_columns) if self.output_columns else []
 
@@ -449,10 +654,52 @@ class TorchServeCodec:
                     matrix = None
                 if matrix is not None and not np.isfinite(matrix).all():
                     matrix = None
-        if matrix is None:
-            self._raise_row_problem(rows)  # always raises for invalid input
-            matrix = self._rows_slow(rows)
+            elif not self.features.plain:
+                matrix = self._columns_fast(values, n)
+        if matrix is not None:
+            self.features.check_ids(matrix, lambda i, c: f"data[{i}][{json.dumps(c)}]")
+            return matrix
+        if not self.features.plain:
+            return self._rows_typed(rows)  # names the first bad cell
+        self._raise_row_problem(rows)  # always raises for invalid input
+        matrix = self._rows_slow(rows)
+        self.features.check_ids(matrix, lambda i, c: f"data[{i}][{json.dumps(c)}]")
         return matrix
+
+    def _columns_fast(self, values: list[Any], n: int) -> np.ndarray | None:
+        """Column by column when each column is uniform (numbers, or raw strings of a string category)."""
+        k = self.n_features
+        out = np.empty((n, k), dtype=np.float64)
+        columns = [values] if k == 1 else list(zip(*values))
+        for j, col in enumerate(columns):
+            got = self.features.column(col, j, n)
+            if got is None:
+                return None
+            out[:, j] = got
+        return out if np.isfinite(out).all() else None
+
+    def _rows_typed(self, rows: list[Any]) -> np.ndarray:
+        """Cell by cell with each column's rules (strings, booleans, optional columns); 400 at the first bad cell."""
+        columns = self.feature_columns
+        convert = self.features.convert
+        out = np.empty((len(rows), len(columns)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise HandlerError(
+                    400,
+                    f"data[{i}] must be an object mapping feature columns to values, got {_type_name(row)}; "
+                    f"expected keys: {', '.join(columns)}",
+                )
+            missing = [c for j, c in enumerate(columns) if c not in row and not self.features.optional[j]]
+            if missing:
+                raise HandlerError(
+                    400,
+                    f"data[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(json.dumps(c) for c in missing)} (not optional); expected keys: {', '.join(columns)}",
+                )
+            for j, c in enumerate(columns):
+                out[i, j] = convert(row.get(c, _MISSING), j, f"data[{i}][{json.dumps(c)}]")
+        return out
 
     def _raise_row_problem(self, rows: list[Any]) -> None:
         """Find the first invalid row and raise a 400 naming it (returns when every row is valid)."""
@@ -525,9 +772,20 @@ class V2JsonCodec:
         self.n_features = model.n_features
         self.input_name = model.input_name
         self.output_name = model.output_name
+        self.features = model.features
 
     def decode(self, payload: dict[str, Any]) -> np.ndarray:
         """One ``features`` tensor (flat or nested ``data``) -> the float64 matrix; checks id, parameters, outputs."""
+        tensor, n = self.check(payload)
+        matrix = self._v2_matrix(tensor["data"], n)
+        self.features.check_ids(matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}")
+        return matrix
+
+    def check(self, payload: dict[str, Any], binary: bool = False) -> tuple[Mapping[str, Any], int]:
+        """Everything of a v2 request but its numbers: returns the input tensor and its row count.
+
+        ``binary``: the tensor's numbers may travel after the JSON header instead of in ``data``.
+        """
         request_id = payload.get("id")
         if request_id is not None:
             if type(request_id) is not str:
@@ -553,7 +811,7 @@ class V2JsonCodec:
         tensor = inputs[0]
         if not isinstance(tensor, Mapping):
             raise HandlerError(400, f"inputs[0] must be an object, {expected_input}; got {_type_name(tensor)}")
-        for key in ("name", "shape", "datatype", "data"):
+        for key in ("name", "shape", "datatype") if binary else ("name", "shape", "datatype", "data"):
             if key not in tensor:
                 raise HandlerError(400, f'inputs[0] is missing "{key}"; expected {expected_input}')
         name = tensor["name"]
@@ -603,7 +861,7 @@ class V2JsonCodec:
                         f"outputs[{j}] requests {shown}: unknown output; model {self.model_name!r} has one output "
                         f'named "{self.output_name}"',
                     )
-        return self._v2_matrix(tensor["data"], n)
+        return tensor, n
 
     def encode(self, out: np.ndarray, payload: dict[str, Any]) -> bytes:
         """An ``inference_response``: model name and version, the echoed id, one FP64 ``predictions`` tensor."""
@@ -674,6 +932,144 @@ class V2JsonCodec:
         return np.array([float(v) for v in flat], dtype=np.float64).reshape(n, k)
 
 
+class V2BinaryCodec:
+    """Triton's binary tensor data extension of the v2 form (HTTP), beside the JSON one.
+
+    A request body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes:
+    an input with ``"parameters": {"binary_data_size": N}`` has no ``data``; its N bytes (little-endian,
+    row-major, in its ``datatype``) follow the header. A requested output with ``"parameters": {"binary_data":
+    true}`` (or every output, with the request parameter ``binary_data_output: true``) is answered the same
+    way: its JSON description carries ``binary_data_size`` and the answer's header length is returned to send
+    as ``Inference-Header-Content-Length``. Validation and errors are the JSON form's (:class:`V2JsonCodec`).
+    """
+
+    #: v2 datatype -> numpy dtype of its little-endian wire form (BF16: the upper half of an FP32)
+    DTYPES = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "BF16": "<u2", "INT8": "i1", "INT16": "<i2",
+              "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
+    #: integers beyond this are not exact in FP64 (contract section 1)
+    MAX_EXACT_INT = 2**53
+
+    def __init__(self, model: "ModelHandler") -> None:
+        self.json = model.v2
+        self.model_name = model.model_name
+        self.version = model.version
+        self.feature_columns = model.feature_columns
+        self.n_features = model.n_features
+        self.output_name = model.output_name
+
+    @staticmethod
+    def split(body: bytes | bytearray | memoryview | str, header_length: Any) -> tuple[memoryview, memoryview]:
+        """(the JSON header's bytes, the bytes after it)."""
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        view = memoryview(body)
+        if type(header_length) is not int or not 0 < header_length <= len(view):
+            shown = _quote(header_length) if not isinstance(header_length, int) else str(header_length)
+            raise HandlerError(
+                400, f"Inference-Header-Content-Length is {shown}; expected the byte length of the JSON header, "
+                f"a positive integer up to the body's {len(view)} bytes"
+            )
+        return view[:header_length], view[header_length:]
+
+    def decode(self, payload: dict[str, Any], blob: memoryview | None) -> np.ndarray:
+        """The float64 matrix from the tensor's binary bytes (``blob``) or, without ``binary_data_size``, its JSON data."""
+        tensor, n = self.json.check(payload, binary=True)
+        params = tensor.get("parameters")
+        if params is not None and type(params) is not dict:
+            raise HandlerError(400, f'inputs[0].parameters must be an object, got {_type_name(params)}')
+        size = params.get("binary_data_size") if params else None
+        if size is None:
+            if "data" not in tensor:
+                raise HandlerError(400, 'inputs[0] has neither "data" nor parameters.binary_data_size; send one of them')
+            if blob is not None and len(blob):
+                raise HandlerError(400, f"the body holds {len(blob)} bytes after the JSON header, but no input declares "
+                                        "parameters.binary_data_size")
+            return self.json.decode(payload)
+        if blob is None:
+            raise HandlerError(400, "inputs[0].parameters.binary_data_size needs the Inference-Header-Content-Length "
+                                    "header (the JSON header's byte length)")
+        if "data" in tensor:
+            raise HandlerError(400, 'inputs[0] has both "data" and parameters.binary_data_size; send its numbers once')
+        datatype = tensor["datatype"]
+        dtype = np.dtype(self.DTYPES[datatype])
+        k = self.n_features
+        expected = n * k * dtype.itemsize
+        if type(size) is not int or size != expected:
+            shown = str(size) if type(size) is int else _quote(size) if isinstance(size, str) else _type_name(size)
+            raise HandlerError(
+                400, f"inputs[0].parameters.binary_data_size is {shown}; shape [{n}, {k}] of {datatype} needs "
+                f"{expected} bytes"
+            )
+        if len(blob) != size:
+            raise HandlerError(
+                400, f"the body holds {len(blob)} bytes after the JSON header; inputs[0].parameters.binary_data_size "
+                f"says {size}"
+            )
+        raw = np.frombuffer(blob, dtype=dtype, count=n * k)
+        if datatype == "BF16":
+            matrix = (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        elif datatype == "FP64" and raw.flags.aligned:
+            matrix = raw  # the request's own bytes, read-only: onnxruntime reads them in place
+        else:
+            matrix = raw.astype(np.float64)
+        matrix = matrix.reshape(n, k)
+        if dtype.kind in "iu" and dtype.itemsize == 8:  # compared as integers: 2^53 + 1 rounds to 2^53 in FP64
+            inexact = (raw > self.MAX_EXACT_INT) | (raw < -self.MAX_EXACT_INT) if dtype.kind == "i" else raw > self.MAX_EXACT_INT
+        else:
+            inexact = None
+        if inexact is not None and inexact.any():
+            index = int(np.flatnonzero(inexact)[0])
+            row, col = divmod(index, k)
+            raise HandlerError(
+                400, f"inputs[0] binary value at row {row}, column {json.dumps(self.feature_columns[col])} is beyond "
+                f"2^53; FP64 holds integers exactly only up to 2^53"
+            )
+        if not np.isfinite(matrix).all():
+            index = int(np.flatnonzero(~np.isfinite(matrix.reshape(-1)))[0])
+            row, col = divmod(index, k)
+            value = float(matrix.reshape(-1)[index])
+            raise HandlerError(
+                400, f"inputs[0] binary value at row {row}, column {json.dumps(self.feature_columns[col])} "
+                f"(flat index {index}) is {_describe_bad_value(value)}; expected a finite number"
+            )
+        self.json.features.check_ids(matrix, lambda i, c: f"inputs[0] binary value at row {i}, column {json.dumps(c)}")
+        return matrix
+
+    def wants_binary(self, payload: dict[str, Any]) -> bool:
+        """Whether the request asks for its output as binary tensor data."""
+        params = payload.get("parameters")
+        default = params.get("binary_data_output", False) if params else False
+        if type(default) is not bool:
+            raise HandlerError(400, f"parameters.binary_data_output must be true or false, got {_type_name(default)}")
+        outputs = payload.get("outputs")
+        if not outputs:
+            return default
+        wanted = default
+        for j, requested in enumerate(outputs):
+            out_params = requested.get("parameters")
+            if out_params is None:
+                continue
+            if type(out_params) is not dict:
+                raise HandlerError(400, f"outputs[{j}].parameters must be an object, got {_type_name(out_params)}")
+            flag = out_params.get("binary_data", default)
+            if type(flag) is not bool:
+                raise HandlerError(400, f"outputs[{j}].parameters.binary_data must be true or false, got {_type_name(flag)}")
+            wanted = flag
+        return wanted
+
+    def encode(self, out: np.ndarray, payload: dict[str, Any]) -> tuple[bytes, int]:
+        """(answer bytes, JSON header length): an ``inference_response`` header, then the output's FP64 bytes."""
+        data = np.ascontiguousarray(out, dtype="<f8")
+        answer: dict[str, Any] = {"model_name": self.model_name, "model_version": self.version}
+        request_id = payload.get("id")
+        if request_id is not None:
+            answer["id"] = request_id
+        answer["outputs"] = [{"name": self.output_name, "shape": list(out.shape), "datatype": _DATATYPE,
+                              "parameters": {"binary_data_size": data.nbytes}}]
+        header = orjson.dumps(answer)
+        return header + memoryview(data).cast("B"), len(header)  # one copy of the numbers
+
+
 def _named_key_parts(columns: Sequence[str]) -> list[bytes]:
     """JSON fragments that precede each value of one row in ``[{"a": v, "b": v}, ...]``."""
     keys = [orjson.dumps(c) for c in columns]
@@ -725,6 +1121,13 @@ def validate_metadata(metadata: Any) -> list[str]:
         ed = metadata.get("embed_dim")
         if not (isinstance(ed, int) and not isinstance(ed, bool) and ed > 0):
             problems.append('"embed_dim" must be a positive integer when prediction_format is vector')
+    feats = metadata.get("features")
+    if feats is not None and isinstance(cols, list):
+        names = [f.get("name") if isinstance(f, dict) else None for f in feats] if isinstance(feats, list) else None
+        if names != cols:
+            problems.append('"features" must describe the feature_columns, one object each, in their order')
+        elif any(f.get("kind") not in ("numeric", "categorical") for f in feats):
+            problems.append('"features[].kind" must be "numeric" or "categorical"')
     model_file = metadata.get("model_file")
     if isinstance(model_file, str) and not _is_plain_file_name(model_file):
         problems.append(f'"model_file" must be a plain file name in the version directory, got {model_file!r}')

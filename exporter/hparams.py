@@ -43,6 +43,7 @@ RULES: dict[str, tuple[str, str]] = {
     "max_depth": ("positive_int", "a positive integer"),
     "learning_rate": ("learning_rate", "a number in (0, 10)"),
     "embed_dim": ("positive_int", "a positive integer"),
+    "field_embed_dim": ("positive_int", "a positive integer"),
     "n_experts": ("positive_int", "a positive integer"),
     "expert_dim": ("positive_int", "a positive integer"),
     "tower_dim": ("positive_int", "a positive integer"),
@@ -92,6 +93,19 @@ def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
         elif rule == "columns":
             ok = value is None or (isinstance(value, list) and bool(value)
                                    and all(isinstance(c, str) and c.strip() for c in value))
+        elif rule == "positive_number":
+            ok = number(value) and value > 0
+        elif rule == "bool":
+            ok = isinstance(value, bool)
+        elif rule.startswith("one_of:"):
+            ok = isinstance(value, str) and value in rule[len("one_of:"):].split("|")
+        elif rule == "tasks":  # names the task and key at fault itself (and checks task_weights against them)
+            from exporter import tasks as T
+
+            T.check(value, hparams.get("task_weights"))
+            ok = True
+        elif rule == "task_weights":
+            ok = value is None or isinstance(value, (dict, list))
         else:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} has an unknown rule {rule!r}")
         if not ok:

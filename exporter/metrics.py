@@ -34,17 +34,6 @@ def ctr_metrics(pred: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
     }
 
 
-def mmoe_metrics(pred: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
-    return {
-        "ctr_auc": auc(labels["label"], pred["label"]),
-        "ctr_logloss": logloss(labels["label"], pred["label"]),
-        "watch_time_rmse": rmse(labels["watch_time"], pred["watch_time"]),
-        "watch_time_rmse_baseline": rmse(labels["watch_time"], np.full(len(labels["watch_time"]), np.mean(labels["watch_time"]))),
-        "gmv_rmse": rmse(labels["gmv"], pred["gmv"]),
-        "gmv_rmse_baseline": rmse(labels["gmv"], np.full(len(labels["gmv"]), np.mean(labels["gmv"]))),
-    }
-
-
 def retrieval_metrics(pred: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
     """AUC of the user-item dot product against clicks, on held-out pairs."""
     return {"auc": auc(labels["label"], pred["label"])}

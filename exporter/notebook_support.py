@@ -140,11 +140,15 @@ def prepare(
     parity_atol: float | None = None,
     progress: bool = True,
     root: Path | None = None,
+    label: str | None = None,
+    feature_schema: Any = None,
+    model_name: str | None = None,
 ) -> "Prepared":
     """Validate every notebook parameter and load the data, before any training.
 
-    ``hparams`` entries whose value is ``None`` are left out (the model's default applies). Any problem
-    raises :class:`ParameterError` naming the parameter and what was expected.
+    ``hparams`` entries whose value is ``None`` are left out (the model's default applies). ``feature_schema``
+    is a dict (or list) as in docs/features.md, or the path of such a JSON file. Any problem raises
+    :class:`ParameterError` naming the parameter and what was expected.
     """
     from exporter import pipeline
     from exporter import repository as repo
@@ -166,7 +170,7 @@ def prepare(
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
         raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
-    overrides = {k: v for k, v in (hparams or {}).items() if v is not None}
+    overrides = {k: _json_param(k, v, spec.default_hparams.get(k)) for k, v in (hparams or {}).items() if v is not None}
     try:
         check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
@@ -183,6 +187,9 @@ def prepare(
             artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
             version=model_version,
             progress=progress,
+            label=label,
+            schema=_schema_param(feature_schema, root),
+            model_name=model_name,
         )
         if isinstance(model_version, int) and not isinstance(model_version, bool):
             artifacts = Path(params.artifacts)
@@ -200,6 +207,35 @@ def prepare(
     return prep
 
 
+def _json_param(name: str, value: Any, default: Any) -> Any:
+    """A list or dict knob given as JSON text (``papermill -p tasks '[...]'`` passes strings) becomes its value."""
+    import json
+
+    if isinstance(value, str) and isinstance(default, (list, dict)) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ParameterError(f"{name} = {value[:40]!r}... is not valid JSON ({exc.msg}); expected e.g. {default!r}") from exc
+    return value
+
+
+def _schema_param(value: Any, root: Path | None) -> Any:
+    """``feature_schema``: None, a dict or list (used as is), or a JSON file path (relative to the repository)."""
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return resolve_path(value, "feature_schema", root=root)
+    raise ParameterError(f"feature_schema must be None, a dict, a list or a JSON file path, got {value!r}")
+
+
+def feature_table(prep: "Prepared") -> pd.DataFrame:
+    """The feature schema as training fitted it: kind, dtype, vocabulary size, missing rate, fill per column."""
+    assert prep.features is not None
+    table = prep.features.describe()
+    table.insert(0, "from", [prep.origins.get(c, "stored") for c in table.index])
+    return table
+
+
 def describe_run(prep: "Prepared") -> str:
     """One paragraph: what will be trained or loaded, on which data, written where."""
     p = prep.params
@@ -210,7 +246,9 @@ def describe_run(prep: "Prepared") -> str:
         f"{prep.spec.name}: {what} on {data}",
         (f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})" if p.mode == "train" else
          f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} for evaluation and the parity check"),
-        f"  features ({len(prep.columns)}): {', '.join(prep.columns)}",
+        f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
+        + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
+        f"  label: {', '.join(prep.label_columns.get(c, c) for c in prep.spec.label_columns)}",
         f"  hyper-parameters: {_short(prep.hparams)}",
         f"  export to {display_path(Path(p.artifacts))}/{_model_dirs(prep.spec.model_names)}/ as {version}",
     ]
@@ -231,14 +269,14 @@ def _short(values: Mapping[str, Any]) -> str:
 
 def preview(prep: "Prepared", rows: int = PREVIEW_ROWS) -> pd.DataFrame:
     """The first training rows, model inputs first, then labels."""
-    labels = [c for c in prep.spec.label_columns if c in prep.train.columns]
+    labels = [c for c in dict.fromkeys(prep.label_columns.values()) if c in prep.train.columns]
     return prep.train[list(prep.columns) + labels].head(rows)
 
 
 def column_summary(prep: "Prepared") -> pd.DataFrame:
     """Per column of the data: its role for this model, dtype, range and mean."""
     frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
-    labels = set(prep.spec.label_columns)
+    labels = set(prep.label_columns.values())
     records = []
     for col in frame.columns:
         series = frame[col]
@@ -264,15 +302,23 @@ def format_metrics(evaluation: "Evaluation") -> str:
     if not m:
         return "held-out metrics: none (the data has no label columns)"
     lines = ["held-out metrics:"]
+    warning = evaluation.quality.get("warning") if evaluation.quality else None
     for key, value in m.items():
-        if key.endswith("_baseline"):
+        if key.endswith("_baseline") or key.startswith("popularity_") or key in ("users_evaluated", "catalogue_items"):
             continue
         extra = ""
         if f"{key}_baseline" in m:
             extra = f"  (predicting the mean: {m[f'{key}_baseline']:.4g})"
-        elif key == "base_rate":
-            extra = "  (share of clicks)"
+        elif f"popularity_{key}" in m:
+            extra = f"  (popularity: {m[f'popularity_{key}']:.4f})"
+        elif key.endswith("base_rate"):
+            extra = "  (share of positives)" if key != "base_rate" else "  (share of clicks)"
         lines.append(f"  {key:<18} {value:.4f}{extra}")
+    if "catalogue_items" in m:
+        lines.append(f"  (retrieval over {int(m['catalogue_items'])} items for {int(m.get('users_evaluated', 0))} users "
+                     "with held-out positives; their training items excluded)")
+    if warning:
+        lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
 
 
@@ -316,9 +362,13 @@ def parity_text(exported: Sequence["ExportedArtifact"]) -> str:
         p = a.parity
         verdict = "passed" if p.passed else "FAILED"
         op = "<=" if p.passed else ">"
-        rows = f"{p.rows} held-out rows"
-        if p.rows != p.heldout_rows:  # small data: the gate tops the held-out rows up with sampled ones
-            rows = f"{p.rows} rows ({p.heldout_rows} held-out, {p.rows - p.heldout_rows} sampled from the data's values)"
+        sampled = p.rows - p.heldout_rows - p.probe_rows
+        parts = [f"{p.heldout_rows} held-out"]
+        if sampled:  # small data: the gate tops the held-out rows up with sampled ones
+            parts.append(f"{sampled} sampled from the data's values")
+        if p.probe_rows:
+            parts.append(f"{p.probe_rows} probes with unseen IDs, unknown codes and missing values")
+        rows = f"{p.rows} rows ({', '.join(parts)})" if len(parts) > 1 else f"{p.rows} held-out rows"
         lines.append(f"parity {a.model_name}: {verdict} (max |native - onnxruntime| {op} atol {p.atol:g} on {rows})")
     return "\n".join(lines)
 
@@ -382,14 +432,18 @@ def smoke_test(prep: "Prepared", trained: "Trained", exported: Sequence["Exporte
     from exporter.handler import ModelHandler
 
     units = {u.model_name: u for u in trained.units()}
-    frame = prep.heldout.head(rows)
+    held = prep.heldout
+    complete = held[held[list(prep.columns)].notna().all(axis=1)]  # a TorchServe null is for optional columns only
+    frame = (complete if len(complete) else held).head(rows)
     n = len(frame)
     results: list[SmokeResult] = []
     for artifact in exported:
-        unit = units[artifact.model_name]
+        unit = units[artifact.metadata.get("model_part") or artifact.model_name]
         handler = ModelHandler.load(artifact.path)
-        x = frame[list(unit.feature_columns)].to_numpy(dtype=np.float64)
-        native = np.asarray(unit.native_predict(x), dtype=np.float64)
+        plan = prep.features.subset(unit.feature_columns) if prep.features is not None else None
+        # raw values as serving sends them (strings as their codes for v2), prepared by the numpy twin for torch/xgb
+        x = plan.encode(frame) if plan is not None else frame[list(unit.feature_columns)].to_numpy(dtype=np.float64)
+        native = np.asarray(unit.native_predict(plan.prepare(x) if plan is not None else x), dtype=np.float64)
         atol = artifact.parity.atol
         fmt = artifact.metadata["prediction_format"]
         out_cols = artifact.metadata.get("output_columns") or []

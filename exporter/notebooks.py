@@ -23,7 +23,7 @@ def notebook_names() -> dict[str, str]:
 
     return {name: f"{name}.ipynb" for name in model_names()}
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
-PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path")
+PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path", "feature_schema")
 #: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
 #: start, "KeyboardInterrupt caught" when jupyter_client interrupts it at shutdown) is noise for a local
 #: headless run: cell errors reach us through papermill, start-up crashes as tracebacks on stderr. The kernel

@@ -1,4 +1,4 @@
-"""Matplotlib figures for the model notebooks: training curve, ROC / predicted-vs-true, parity scatter.
+"""Matplotlib figures for the model notebooks: training curve, ROC / predicted-vs-true, recall@K, parity scatter.
 
 Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, any backend). They are sized to
 be read at notebook width (100 dpi, at most three panels a row, 10 pt text, units on the axes) while
@@ -23,7 +23,7 @@ MAX_POINTS = 1000
 FONT = 10
 
 #: label column -> how its head is called in the plots
-HEAD_NAMES = {"label": "CTR (click)", "watch_time": "watch_time", "gmv": "gmv"}
+HEAD_NAMES = {"label": "CTR (click)", "ctr": "CTR (click)", "watch_time": "watch_time", "gmv": "gmv"}
 #: head or output column -> the unit its values are in (axis labels)
 UNITS = {"label": "click probability", "ctr": "click probability", "watch_time": "seconds", "gmv": "currency units"}
 
@@ -124,17 +124,44 @@ def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, 
     ax.grid(alpha=0.3)
 
 
+def recall_curve_panel(ax: "Axes", curve: Mapping[str, Sequence[float]], items: int | None = None) -> None:
+    """recall@K against K for the model and the popularity baseline (log-scaled K)."""
+    ks = list(curve["k"])
+    ax.set_title("retrieval: recall@K" + (f" over {items} items" if items else ""), fontsize=FONT + 1)
+    if not ks:
+        _note(ax, "no held-out positives:\nrecall@K undefined")
+        return
+    ax.plot(ks, curve["model"], marker="o", markersize=3, linewidth=1.2, label="two-tower model")
+    ax.plot(ks, curve["popularity"], marker="s", markersize=3, linewidth=1.0, linestyle="--", label="popularity")
+    ax.set_xscale("log")
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("K (items recommended)", fontsize=FONT)
+    ax.set_ylabel("recall@K (held-out positives found)", fontsize=FONT)
+    ax.legend(fontsize=FONT - 1, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
 def evaluation_plots(evaluation: "Evaluation") -> "Figure":
-    """One panel per head: ROC for the click head (``label``), predicted-vs-true for regression heads."""
+    """One panel per head: ROC for binary heads, predicted-vs-true for regression heads; recall@K for retrieval.
+
+    A head's kind comes from ``evaluation.details["heads"]`` (mmoe's tasks); without it, ``label`` is binary.
+    """
+    kinds = (evaluation.details or {}).get("heads", {})
+    retrieval = (evaluation.details or {}).get("retrieval")
     heads = [h for h in evaluation.predictions if h in evaluation.labels]
-    if not heads:
+    if not heads and not retrieval:
         fig, (ax,) = _figure(1)
         _note(ax, "no held-out labels:\nnothing to evaluate against")
         return fig
-    fig, axes = _figure(len(heads))
+    fig, axes = _figure(len(heads) + (1 if retrieval else 0))
+    if retrieval:
+        recall_curve_panel(axes[0], retrieval["curve"], retrieval.get("catalogue_items"))
+        axes = axes[1:]
     for ax, head in zip(axes, heads):
         name = HEAD_NAMES.get(head, head)
-        if head == "label":
+        if kinds.get(head, "binary" if head == "label" else "regression") == "binary":
             roc_panel(ax, evaluation.labels[head], evaluation.predictions[head], name)
         else:
             predicted_vs_true_panel(ax, evaluation.labels[head], evaluation.predictions[head], name, unit(head))

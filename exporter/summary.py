@@ -6,15 +6,27 @@ from typing import Any, Sequence
 from exporter.pipeline import RunResult
 
 
+#: metrics shown beside others rather than on their own (baselines, counts)
+_ASIDE = ("popularity_", "users_evaluated", "catalogue_items")
+
+
 def _fmt_metrics(metrics: dict[str, float]) -> str:
     if not metrics:
         return "no labels: metrics not computed"
-    return " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("_baseline") and k != "base_rate")
+    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                     if not k.endswith(("_baseline", "base_rate")) and not k.startswith(_ASIDE))
+    popular = [f"{k[len('popularity_'):]}={v:.4g}" for k, v in metrics.items() if k.startswith("popularity_recall@")]
+    if popular:
+        shown += f"  (popularity: {' '.join(popular)}; {int(metrics.get('catalogue_items', 0))} items)"
+    return shown
 
 
 def format_result(result: RunResult) -> str:
     """A few lines: where each artifact is, its metrics and its parity figure."""
     lines = [f"{result.prepared.spec.name}: {_fmt_metrics(result.evaluation.metrics)}  ({result.seconds:.1f}s)"]
+    warning = result.evaluation.quality.get("warning")
+    if warning:
+        lines.append(f"  WARNING: {warning}")
     for a in result.artifacts:
         p = a.parity
         lines.append(
@@ -33,6 +45,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "model": r.prepared.spec.name,
                 "seconds": round(r.seconds, 3),
                 "metrics": r.evaluation.metrics,
+                "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
                 "artifacts": [
                     {"model_name": a.model_name, "version": a.version, "path": str(a.path),
                      "sha256": a.metadata["sha256"], "parity": a.metadata["parity"]}

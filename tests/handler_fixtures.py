@@ -15,9 +15,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.data import DEFAULT_FEATURES
+from exporter.data import CATEGORICAL_FEATURES, DEFAULT_FEATURES
 
-DEFAULT_COLUMNS = list(DEFAULT_FEATURES)
+#: the contract's seven numeric columns: tiny artifacts without ``features`` metadata are all numeric
+DEFAULT_COLUMNS = [c for c in DEFAULT_FEATURES if c not in CATEGORICAL_FEATURES]
 MMOE_OUTPUTS = ["ctr", "watch_time", "gmv"]
 
 #: model name -> (prediction_format, feature columns, output width or None)

@@ -44,8 +44,8 @@ def files(tmp_path_factory, exported_artifacts) -> dict[str, Path]:
     text["item_price"] = text["item_price"].astype(object)
     text.loc[5, "item_price"] = "cheap"
     text.to_csv(d / "text.csv", index=False)
-    nan = df.copy()
-    nan.loc[7, "user_age"] = float("nan")
+    nan = df.copy()  # an empty feature cell is a missing value now; an empty label cell is not a label
+    nan.loc[7, "label"] = float("nan")
     nan.to_csv(d / "nan.csv", index=False)
     inf = df.copy()
     inf.loc[9, "item_ctr"] = float("inf")
@@ -55,7 +55,7 @@ def files(tmp_path_factory, exported_artifacts) -> dict[str, Path]:
     (d / "garbage.pt").write_bytes(b"definitely not a checkpoint")
     # a checkpoint whose tensors do not fit the architecture its config describes
     ckpt = torch.load(exported_artifacts / "deepfm" / "1" / "checkpoint.pt", weights_only=True)
-    ckpt["state_dict"]["core.embedding"] = torch.zeros(7, 3, dtype=torch.float64)
+    ckpt["state_dict"]["num_embedding"] = torch.zeros(7, 3, dtype=torch.float64)
     torch.save(ckpt, d / "wrong_shapes.pt")
     for name in ("nofeature", "nolabel", "text", "nan"):
         out[name] = d / f"{name}.csv"
@@ -72,12 +72,12 @@ def files(tmp_path_factory, exported_artifacts) -> dict[str, Path]:
 CASES = {
     "missing data file": (["xgb", "--data", "{missing}"], ["data file not found", "missing.csv"]),
     "missing feature column": (["xgb", "--data", "{nofeature}"], ["missing feature column", "item_cvr"]),
-    "missing label column": (["deepfm", "--data", "{nolabel}"], ["missing label column", "label"]),
+    "missing label column": (["deepfm", "--data", "{nolabel}"], ["label column 'label'", "is missing"]),
     "non-numeric value": (["xgb", "--data", "{text}"], ["item_price", "row 6", "'cheap'", "not a number"]),
-    "NaN value": (["mmoe", "--data", "{nan}"], ["user_age", "row 8", "not a finite number"]),
+    "NaN label": (["mmoe", "--data", "{nan}"], ["label column 'label'", "row 8", "empty cell", "expected 0 or 1"]),
     "infinite value": (["xgb", "--data", "{inf}"], ["item_ctr", "row 10", "not a finite number"]),
     "wrong checkpoint type": (["deepfm", "--mode", "load", "--checkpoint", "{mmoe_ckpt}"], ["'mmoe'", "expected 'deepfm'"]),
-    "checkpoint with wrong shapes": (["deepfm", "--mode", "load", "--checkpoint", "{wrong_shapes}"], ["core.embedding", "wrong shapes"]),
+    "checkpoint with wrong shapes": (["deepfm", "--mode", "load", "--checkpoint", "{wrong_shapes}"], ["num_embedding", "wrong shapes"]),
     "not a checkpoint": (["mmoe", "--mode", "load", "--checkpoint", "{garbage}"], ["cannot load checkpoint", "weights_only"]),
     "not an xgboost model": (["xgb", "--mode", "load", "--checkpoint", "{garbage}", "--feature-meta", "{xgb_meta}"], ["cannot load", "XGBoost model"]),
     "feature-meta without feature_columns": (["xgb", "--mode", "load", "--checkpoint", "{xgb_model}", "--feature-meta", "{no_columns_meta}"], ["no 'feature_columns'"]),

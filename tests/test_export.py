@@ -12,7 +12,7 @@ import pytest
 
 from exporter import data as D
 from exporter.handler import ModelHandler
-from exporter.specs import model_names, repository_names
+from exporter.specs import get_spec, model_names, repository_names
 from tests.conftest import export_small
 from tests.handler_fixtures import spec_validator
 
@@ -20,13 +20,18 @@ pytestmark = pytest.mark.slow
 
 EXPORTED = repository_names()
 #: the contract's expectations per exported model (section 1); a registered model without them fails below
-OUTPUT_WIDTH = {"xgb": None, "deepfm": None, "mmoe": 3, "two_tower": 16, "two_tower_item": 16}
+#: (the towers' width is a hyper-parameter, embed_dim: the spec's default here)
+_EMBED = get_spec("two_tower").default_hparams["embed_dim"]
+OUTPUT_WIDTH = {"xgb": None, "deepfm": None, "mmoe": 3, "two_tower": _EMBED, "two_tower_item": _EMBED}
+#: contract section 1: the default schema and the two-tower user / item features, in tensor order
+CONTRACT_COLUMNS = ["item_ctr", "item_cvr", "item_price", "user_age", "user_gender", "cross_age_x_ctr",
+                    "cross_gender_x_price", "user_id", "item_id", "item_category"]
 FEATURES = {
-    "xgb": list(D.DEFAULT_FEATURES),
-    "deepfm": list(D.DEFAULT_FEATURES),
-    "mmoe": list(D.DEFAULT_FEATURES),
-    "two_tower": ["user_age", "user_gender"],
-    "two_tower_item": ["item_ctr", "item_cvr", "item_price"],
+    "xgb": CONTRACT_COLUMNS,
+    "deepfm": CONTRACT_COLUMNS,
+    "mmoe": CONTRACT_COLUMNS,
+    "two_tower": ["user_id", "user_age", "user_gender"],
+    "two_tower_item": ["item_id", "item_category", "item_ctr", "item_cvr", "item_price"],
 }
 REQUIRED_METADATA = [
     "name", "versions", "platform", "inputs", "outputs", "feature_columns", "model_file", "sha256",
@@ -99,34 +104,30 @@ def test_metadata_fields_and_v2_schema(exported_artifacts, name):
     assert {"framework", "framework_version", "onnx", "onnxruntime"} <= set(meta["producer"])
     if name == "mmoe":
         assert meta["output_columns"] == ["ctr", "watch_time", "gmv"]
+        assert [(t["name"], t["label"], t["type"]) for t in meta["tasks"]] == [
+            ("ctr", "label", "binary"), ("watch_time", "watch_time", "regression"), ("gmv", "gmv", "regression")]
     if name.startswith("two_tower"):
-        assert meta["embed_dim"] == 16
-
-
-def _parse_config(text: str) -> dict:
-    """Independent reading of a Triton config.pbtxt: name, platform and each tensor's name/type/dims."""
-    tensors = {}
-    for kind in ("input", "output"):
-        block = re.search(kind + r"\s*\[(.*?)\n\]", text, re.S).group(1)
-        tensors[kind] = [
-            (n, t, [int(v) for v in dims.split(",")])
-            for n, t, dims in re.findall(r'name:\s*"(\w+)"\s*data_type:\s*(\w+)\s*dims:\s*\[([^\]]*)\]', block)
-        ]
-    return {
-        "name": re.search(r'^name:\s*"(\w+)"', text, re.M).group(1),
-        "platform": re.search(r'^platform:\s*"(\w+)"', text, re.M).group(1),
-        **tensors,
-    }
+        assert meta["embed_dim"] == get_spec("two_tower").default_hparams["embed_dim"]
 
 
 @pytest.mark.parametrize("name", EXPORTED)
 def test_config_pbtxt_agrees_with_onnx(exported_artifacts, name):
-    cfg = _parse_config((exported_artifacts / name / "config.pbtxt").read_text())
+    """Parsed by Triton's own ModelConfig proto; batched: dims leave out the ONNX graph's dynamic batch axis."""
+    from tests.triton_proto import model_config_pb2, parse_config
+
+    pb = model_config_pb2()
+    cfg = parse_config((exported_artifacts / name / "config.pbtxt").read_text())
     model = onnx.load(_version_dir(exported_artifacts, name) / "model.onnx")
-    assert cfg["name"] == name and cfg["platform"] == "onnxruntime_onnx"
-    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
-        expected = [(v.name, "TYPE_FP64", [-1] + _dims(v)[1:]) for v in values]
-        assert cfg[kind] == expected
+    assert cfg.name == name and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 1024
+    for declared, values in ((cfg.input, model.graph.input), (cfg.output, model.graph.output)):
+        assert [t.name for t in declared] == [v.name for v in values]
+        for t, v in zip(declared, values):
+            assert t.data_type == pb.TYPE_FP64
+            rest = _dims(v)[1:]  # the graph's shape without its batch axis
+            if rest:
+                assert list(t.dims) == rest and not t.HasField("reshape")
+            else:  # a per-row scalar: Triton needs one dim, reshaped away for the graph
+                assert list(t.dims) == [1] and t.HasField("reshape") and list(t.reshape.shape) == []
 
 
 def test_models_reach_sensible_quality(exported_runs):
@@ -137,7 +138,8 @@ def test_models_reach_sensible_quality(exported_runs):
     assert mmoe["ctr_auc"] > 0.7
     assert mmoe["watch_time_rmse"] < 0.9 * mmoe["watch_time_rmse_baseline"]
     assert mmoe["gmv_rmse"] < 0.95 * mmoe["gmv_rmse_baseline"]
-    assert runs["two_tower"].evaluation.metrics["auc"] > 0.7
+    towers = runs["two_tower"].evaluation.metrics  # 30 items here: beating popularity is tested on 20,000 rows
+    assert 0 < towers["recall@10"] <= towers["recall@50"] <= 1 and "popularity_recall@10" in towers
     for run in runs.values():
         stored = run.artifacts[0].metadata["training"]["metrics"]
         assert set(stored) == set(run.evaluation.metrics)
@@ -147,12 +149,13 @@ def test_preprocessing_lives_in_the_graph(exported_runs):
     """Raw feature values in, the trained model's own predictions out: no scaling on the caller's side."""
     root, runs = exported_runs
     prep, trained = runs["mmoe"].prepared, runs["mmoe"].trained
-    raw = prep.x_heldout[:50]
-    assert raw[:, 2].mean() > 10, "fixture should hold raw prices, not standardised values"
+    raw = prep.raw_heldout[:50]
+    assert np.nanmean(raw[:, 2]) > 10, "fixture should hold raw prices, not standardised values"
+    assert raw[:, 7].min() >= 100_000, "fixture should hold raw user IDs, not embedding rows"
     session = ort.InferenceSession(str(_version_dir(root, "mmoe") / "model.onnx"))
     got = session.run(None, {"features": raw})[0]
-    want = trained.predict(raw)
-    np.testing.assert_allclose(got[:, 0], want["label"], atol=1e-9)
+    want = trained.predict(prep.x_heldout[:50])
+    np.testing.assert_allclose(got[:, 0], want["ctr"], atol=1e-9)
     np.testing.assert_allclose(got[:, 1], want["watch_time"], atol=1e-9)
     assert (got[:, 1:] >= 0).all()
 
@@ -196,8 +199,9 @@ def test_next_version_and_small_data_parity_top_up(tmp_path):
     second = export_small("xgb", tmp_path, rows=500).artifacts[0]
     assert (first.version, second.version) == (1, 2)
     parity = second.metadata["parity"]
-    assert parity["heldout_rows"] == 100 and parity["rows"] == 1000 and parity["synthetic_rows"] == 900
-    assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert parity["heldout_rows"] == 100 and parity["synthetic_rows"] == 900 and parity["probe_rows"] >= 8
+    assert parity["rows"] == 1000 + parity["probe_rows"]
+    assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt", "kserve.yaml", "warmup"]
 
 
 def test_export_all_from_the_command_line(tmp_path):

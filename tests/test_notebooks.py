@@ -58,8 +58,14 @@ def assert_verified(path: Path) -> None:
     assert report.ok, "\n".join(report.problems)
 
 
-def heldout_like_rows(columns: list[str], n: int = 64) -> np.ndarray:
-    return D.synthetic_dataset(n, seed=1234)[columns].to_numpy(dtype=np.float64)
+def heldout_like_rows(handler: ModelHandler, n: int = 64) -> np.ndarray:
+    """Complete synthetic rows as FP64 features: numbers and IDs as they are, strings as their vocabulary code."""
+    frame = D.synthetic_dataset(4 * n, seed=1234)[handler.feature_columns].dropna().head(n)
+    columns = []
+    for j, c in enumerate(handler.feature_columns):
+        table = handler.features.strings[j]
+        columns.append(frame[c].map(lambda v: table.get(v, -1)) if isinstance(table, dict) else frame[c])
+    return np.stack([np.asarray(col, dtype=np.float64) for col in columns], axis=1)
 
 
 # --------------------------------------------------------------------------- static checks (no kernel)
@@ -229,6 +235,41 @@ def test_own_data_file_and_feature_columns(tmp_path):
     assert meta["training"]["data_source"] == "clicks.csv"  # the file name, never the machine's path
 
 
+def test_own_csv_with_strings_ids_empty_cells_label_and_schema(tmp_path):
+    """A team's own log: an integer ID, a string category and empty cells, its own label, a schema as a dict."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    n = 1500
+    shop_id = rng.integers(1, 60, n)
+    genre = rng.choice(["rock", "jazz", "pop", "folk"], n)
+    price = rng.uniform(1, 50, n)
+    logit = 1.5 * (genre == "jazz") - 0.05 * price + 1.0 * (shop_id % 3 == 0)
+    frame = pd.DataFrame({"shop_id": shop_id, "genre": genre, "price": price,
+                          "clicked": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)})
+    frame.loc[::17, "price"] = np.nan
+    frame.loc[::23, "genre"] = None
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    schema = {"features": [{"name": "shop_id", "kind": "categorical"}, {"name": "genre", "kind": "categorical", "optional": True},
+                           {"name": "price", "optional": True}]}
+    artifacts = tmp_path / "artifacts"
+    nb = execute("deepfm", tmp_path, artifacts, data_path=str(tmp_path / "log.csv"), label="clicked",
+                 feature_schema=schema, epochs=3)
+    assert_verified(artifacts)
+    data_cell = next(c for c in nb.cells if c.get("id") == "data")
+    shown = "".join(o.get("data", {}).get("text/plain", "") for o in data_cell.outputs)
+    assert "vocab size" in shown and "missing rate" in shown, "the data section shows the fitted schema table"
+    meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
+    assert meta["feature_columns"] == ["shop_id", "genre", "price"] and meta["training"]["label_columns"] == ["clicked"]
+    kinds = {f["name"]: (f["kind"], f["dtype"]) for f in meta["features"]}
+    assert kinds == {"shop_id": ("categorical", "int64"), "genre": ("categorical", "string"), "price": ("numeric", "float64")}
+    handler = ModelHandler.load(artifacts / "deepfm" / "1")
+    answer = handler.predict({"data": [{"shop_id": 3, "genre": "jazz", "price": 10.0},
+                                       {"shop_id": 123456, "genre": "no such genre"},  # unseen ID, unknown string, no price
+                                       {"shop_id": 3, "genre": None, "price": None}]})
+    assert len(answer["predictions"]) == 3 and all(0 < p < 1 for p in answer["predictions"])
+
+
 # --------------------------------------------------------------------------- load-mode round trips
 
 
@@ -253,7 +294,7 @@ def test_load_mode_round_trip_gives_the_same_predictions(name, cli_result, tmp_p
         again = ModelHandler.load(artifacts / model_name / "1")
         assert again.metadata["training"]["mode"] == "load"
         assert again.feature_columns == first.feature_columns
-        x = heldout_like_rows(first.feature_columns)
+        x = heldout_like_rows(first)
         np.testing.assert_allclose(again.run(x), first.run(x), rtol=0, atol=1e-12)
 
 
@@ -264,9 +305,9 @@ def test_torch_load_mode_round_trip_mmoe(tmp_path):
     execute("mmoe", tmp_path, again_dir, mode="load", rows=3000,
             checkpoint_path=str(first_dir / "mmoe" / "1" / "checkpoint.pt"))
     first, again = ModelHandler.load(first_dir / "mmoe" / "1"), ModelHandler.load(again_dir / "mmoe" / "1")
-    x = heldout_like_rows(first.feature_columns)
+    x = heldout_like_rows(first)
     np.testing.assert_allclose(again.run(x), first.run(x), rtol=0, atol=1e-12)
-    answer = again.predict({"data": [dict(zip(first.feature_columns, map(float, row))) for row in x[:2]]})
+    answer = again.predict({"data": [dict(zip(first.feature_columns, map(float, row))) for row in x[:2]]})  # codes
     assert list(answer["predictions"][0]) == ["ctr", "watch_time", "gmv"]
 
 

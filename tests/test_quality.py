@@ -64,7 +64,7 @@ def test_encode_turns_every_feature_into_a_number():
     assert out["zip_prefix"].tolist() == [1, 0, 2, 1]  # "0", "9", "T"
     assert out["release_year"].tolist() == [1990.0, 1980.0, 1970.0, 2000.0]  # median of training rows 0..2
     assert out["label"].tolist() == [1, 0, 1, 0]
-    assert out["watch_time"].tolist() == [4.0, 2.0, 5.0, 1.0]
+    assert "watch_time" not in out and "gmv" not in out  # mmoe trains on its own tasks, liked and rating
 
 
 def test_pipeline_params_today_pass_neither_label_nor_schema(tmp_path):
@@ -87,17 +87,16 @@ def test_pipeline_params_pass_label_and_schema_once_the_pipeline_takes_them(tmp_
         "item_id": {"kind": "categorical", "tower": "item"}, "genre_war": {"kind": "numeric", "tower": "item"}}}
 
 
-def test_mmoe_gets_its_own_tasks_once_it_takes_them(monkeypatch):
-    import exporter.specs as specs
+def test_mmoe_rows_use_the_tasks_liked_and_rating():
+    assert Q.HPARAMS["mmoe"]["tasks"] == [{"name": "liked", "label": "liked", "type": "binary"},
+                                          {"name": "rating", "label": "rating", "type": "regression"}]
 
-    assert Q.mmoe_setup()[0] == {}  # today: stand-in labels
-    real = specs.get_spec("mmoe")
-    newer = dataclasses.replace(real, default_hparams={**real.default_hparams, "tasks": []})
-    monkeypatch.setattr(specs, "get_spec", lambda name: newer)
-    extra, note = Q.mmoe_setup()
-    assert extra == {"tasks": [{"name": "liked", "label": "liked", "type": "binary"},
-                               {"name": "rating", "label": "rating", "type": "regression"}]}
-    assert "liked + rating" in note
+
+def test_retrieval_rows_check_the_pipelines_own_evaluation():
+    ours = {"recall@10": 0.2, "recall@50": 0.5}
+    assert Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.5, "auc": 0.7}) == ""
+    assert "recall@50 0.4000 vs 0.5000" in Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.4})
+    assert "no retrieval metrics" in Q._agreement(ours, {"auc": 0.7})
 
 
 def test_rows_judge_targets_against_thresholds_and_baselines():

@@ -22,20 +22,22 @@ from tests.conftest import REPO, SMALL_HPARAMS, run_cli
 
 
 class _LogReg(nn.Module):
+    """Standardised prepared columns (categorical ones as their embedding row numbers) into one linear layer."""
+
     def __init__(self, n: int) -> None:
         super().__init__()
+        self.scaler = tc.Standardize(n)
         self.linear = nn.Linear(n, 1)
 
-    def logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.linear(z).squeeze(-1)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.scaler(x)).squeeze(-1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(z))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
 
 
 def _build(cfg):
-    n = int(cfg["n"])
-    return tc.ServingModule(tc.Standardize(n), _LogReg(n))
+    return _LogReg(int(cfg["n"]))
 
 
 def logreg_spec(**overrides) -> object:
@@ -48,11 +50,11 @@ def logreg_spec(**overrides) -> object:
         default_hparams={"epochs": 2, "batch_size": 256, "learning_rate": 0.05, "weight_decay": 0.0},
         metrics=ctr_metrics,
         model_names=("logreg",),
-        make_config=lambda cols, hp, x, y: {"n": len(cols)},
+        make_config=lambda cols, hp, x, y, plan: {"n": len(cols)},
         build=_build,
         fit_scalers=lambda net, x: net.scaler.fit(x),
         targets=lambda y: [label_tensor(y, LABEL)],
-        loss=lambda net, b: nn.functional.binary_cross_entropy_with_logits(net.core.logits(net.scaler(b[0])), b[1]),
+        loss=lambda net, b: nn.functional.binary_cross_entropy_with_logits(net.logits(b[0]), b[1]),
         heads=lambda net, x: {LABEL: net(x)},
         parts=lambda net, cfg, cols: [ServedPart("logreg", net, cols, list(range(len(cols))), None, "scalar")],
         notebook=NotebookInfo(title="Logistic regression", what="a logistic regression", native="PyTorch",

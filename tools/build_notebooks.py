@@ -46,13 +46,15 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
     hp = spec.default_hparams
     lines = [
         "# Parameters (papermill -p NAME VALUE overrides them). Relative paths are relative to the repository root.",
-        "from typing import Optional",
+        "from typing import Optional, Union",
         "",
         'mode: str = "train"  # "train" a new model, or "load" an existing one (then set checkpoint_path)',
         "data_path: Optional[str] = None  # CSV or Parquet file with the feature (and label) columns; None: built-in synthetic click log",
         f"checkpoint_path: Optional[str] = None  # {cfg.checkpoint}",
         'feature_meta_path: Optional[str] = None  # optional: JSON with {"feature_columns": [...]} naming the inputs (feature_meta.json, metadata.json)',
         'feature_columns: Optional[list] = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
+        'label: Optional[str] = None  # the binary (0/1) label column; None: the schema\'s "label" entry, else "label"',
+        'feature_schema: Optional[Union[dict, str]] = None  # per-column kind (numeric/categorical), fill, optional, vocabulary policy: a dict or a JSON file (docs/features.md); None: inferred',
     ]
     if cfg.towers:
         lines += [
@@ -61,7 +63,7 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         ]
     lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)", "",
               "# Training (train mode; load mode keeps the loaded model's own settings)"]
-    lines += [f"{name}: {type(hp[name]).__name__} = {hp[name]!r}  # {comment}" for name, comment in cfg.knobs]
+    lines += [f"{name}: {type(hp[name]).__name__} = {_literal(hp[name])}  # {comment}" for name, comment in cfg.knobs]
     lines += [
         f"extra_hparams: dict = {{}}  # {cfg.extra}",
         "",
@@ -73,13 +75,28 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
     return "\n".join(lines)
 
 
+def _literal(value: Any) -> str:
+    """A knob's default as Python source; lists of objects (mmoe's tasks) as JSON-style text, as users write them."""
+    import ast
+    import json
+
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        text = json.dumps(value)
+        try:
+            if ast.literal_eval(text) == value:  # the same value in Python (no true/false/null inside)
+                return text
+        except ValueError:
+            pass
+    return repr(value)
+
+
 def hparams_source(model: str, cfg: NotebookInfo) -> str:
-    """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length."""
+    """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length (the cell stays glue)."""
     import textwrap
 
     names = [n for n, _ in cfg.knobs] + (["user_columns", "item_columns"] if cfg.towers else [])
     body = ", ".join([f"{n}={n}" for n in names] + ["**extra_hparams"])
-    return "dict(\n" + textwrap.fill(body, width=100, initial_indent=" " * 8, subsequent_indent=" " * 8) + "\n    )"
+    return "dict(\n" + textwrap.fill(body + ")", width=100, initial_indent=" " * 8, subsequent_indent=" " * 8)
 
 
 def cells(model: str, cfg: NotebookInfo) -> list[Any]:
@@ -117,8 +134,8 @@ from exporter import notebook_support as nbs, pipeline, plots"""
     prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
-    feature_columns=feature_columns, rows=rows, seed=seed, artifacts_dir=artifacts_dir, model_version=model_version,
-    parity_atol=parity_atol, root=ROOT,
+    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed,
+    artifacts_dir=artifacts_dir, model_version=model_version, parity_atol=parity_atol, root=ROOT,
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
@@ -128,9 +145,14 @@ print(nbs.describe_run(prep))"""
         new_code_cell(parameters_source(model, cfg), id="parameters", metadata={"tags": ["parameters"]}),
         new_code_cell(setup, id="setup"),
         new_code_cell(prepare, id="prepare"),
-        new_markdown_cell("## Data\n\nThe first training rows and a summary of every column "
-                          "(role for this model, type, range).", id="data-md"),
-        new_code_cell("display(nbs.preview(prep))\ndisplay(nbs.column_summary(prep))", id="data"),
+        new_markdown_cell("## Data\n\nThe first training rows, a summary of every column (role for this model, type, "
+                          "range), and the feature schema training fitted: each input's kind (numeric, or categorical "
+                          "with an embedding row per frequent value and one out-of-vocabulary row), where the kind "
+                          "came from (declared, default, inferred), vocabulary size and missing rate. Missing "
+                          "values become the column's fill (numeric) or the out-of-vocabulary row (categorical), "
+                          "inside the exported graph.", id="data-md"),
+        new_code_cell("display(nbs.preview(prep))\ndisplay(nbs.column_summary(prep))\ndisplay(nbs.feature_table(prep))",
+                      id="data"),
         new_markdown_cell("## Train (or load) and evaluate on held-out rows\n\nThe progress bar shows the "
                           f"training {cfg.step}s; in load mode the model is read from `checkpoint_path` instead.",
                           id="train-md"),

@@ -22,8 +22,13 @@ examples:
   python -m exporter export xgb --rows 50000 --param n_estimators=300 --param max_depth=6
   python -m exporter export xgb --mode load --checkpoint model.json --feature-meta feature_meta.json
   python -m exporter export deepfm --mode load --checkpoint artifacts/deepfm/1/checkpoint.pt
+  python -m exporter export deepfm --data clicks.csv --label clicked --schema schema.json --model-name deepfm_clicks
 
-exit codes: 0 ok, 2 bad input (one line says what), 3 parity gate failed."""
+features: numeric or categorical (integer IDs, strings, booleans), declared with --schema or inferred from the
+data and printed before training; empty cells are allowed (numeric: the training median, categorical: the
+out-of-vocabulary row). See docs/features.md.
+
+exit codes: 0 ok, 2 bad input (one line says what), 3 parity gate failed, 4 held-out AUC below --min-auc."""
 
 
 def _models_help() -> str:
@@ -53,9 +58,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="load mode: xgboost .json/.ubj model or torch checkpoint.pt")
     p.add_argument("--feature-meta", default=None, help='JSON file with {"feature_columns": [...]}: sets the input columns')
     p.add_argument("--feature-columns", default=None, help="comma-separated input columns (default: the contract's schema)")
+    p.add_argument("--label", default=None,
+                   help="the binary (0/1 or true/false) label column (default: the schema's label, else 'label')")
+    p.add_argument("--schema", default=None, metavar="FILE",
+                   help="JSON feature schema: kind (numeric/categorical), fill, optional, vocabulary policy, tower "
+                        "per column, and the label (see docs/features.md); default: inferred from the data")
+    p.add_argument("--min-auc", type=float, default=None, metavar="X",
+                   help="exit 4 and write nothing when the held-out AUC is below X (a warning below 0.55 always)")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="repository name to export under (two_tower: NAME and NAME_item); default: the model's own")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])")
     p.add_argument("--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)")
+    p.add_argument("--max-batch-size", type=int, default=1024,
+                   help="Triton config.pbtxt max_batch_size: largest batch its dynamic batcher forms (default: %(default)s)")
+    p.add_argument("--storage-uri", default=None,
+                   help="where the artifacts tree will live for KServe, written into <model>/kserve.yaml "
+                        "(default: pvc://model-repository/artifacts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -82,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         if args.mode != "train" or args.checkpoint:
             raise ExporterError("'all' trains every model; export one model at a time in load mode")
         models = model_names()
+        if args.model_name:
+            raise ExporterError("--model-name names one model: export one model at a time to rename it")
     else:
         get_spec(args.model)  # unknown names fail here, before any work
         models = [args.model]
@@ -89,14 +110,23 @@ def run(args: argparse.Namespace) -> int:
     hparams = parse_params(args.param)
     start = time.perf_counter()
     results = []
+    shown: set[str] = set()
+
+    def echo(text: str) -> None:  # the feature schema, once per distinct schema (stdout: stderr is for errors)
+        if text not in shown and not args.json:
+            shown.add(text)
+            print(text, flush=True)
+
     for name in models:
         params = pipeline.ExportParams(
             model=name, mode=args.mode, data_path=args.data, rows=args.rows, seed=args.seed,
             feature_columns=columns, checkpoint=args.checkpoint, feature_meta=args.feature_meta,
             hparams=hparams if len(models) == 1 else {}, atol=args.atol, artifacts=args.artifacts,
             version=args.version, progress=not args.quiet,
+            max_batch_size=args.max_batch_size, storage_uri=args.storage_uri,
+            label=args.label, schema=args.schema, min_auc=args.min_auc, model_name=args.model_name,
         )
-        result = pipeline.run(params)
+        result = pipeline.run(params, echo=echo)
         results.append(result)
         if not args.json:
             print(summary.format_result(result), flush=True)

@@ -13,6 +13,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+BINARY = "binary"
+REGRESSION = "regression"
+LABEL_KINDS = (BINARY, REGRESSION)
+
+
 class Progress(Protocol):
     """What a trainer needs from a progress bar (tqdm satisfies it)."""
 
@@ -30,9 +35,11 @@ class ExportUnit:
     #: ``None`` for a ``[-1]`` output, else the width k of a ``[-1, k]`` output.
     output_width: int | None
     prediction_format: str
-    #: float64 ``[n, len(feature_columns)]`` -> float64 predictions, computed by the native framework.
+    #: *prepared* float64 ``[n, len(feature_columns)]`` (see :mod:`exporter.features`) -> float64 predictions,
+    #: computed by the native framework.
     native_predict: Callable[[np.ndarray], np.ndarray]
-    #: Builds the ONNX model (input ``features``, output ``predictions``, both tensor(double)).
+    #: Builds the ONNX model of the prepared matrix (input ``features``, output ``predictions``, tensor(double));
+    #: the pipeline puts the in-graph preprocessing in front of it.
     build_onnx: Callable[[], Any]
     #: Short description of the native reference used by the parity gate.
     reference: str
@@ -40,6 +47,8 @@ class ExportUnit:
     framework_version: str
     output_columns: list[str] | None = None
     embed_dim: int | None = None
+    #: further metadata.json keys of this artifact (mmoe: ``tasks``)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     #: Writes native files (checkpoint, model.ubj, feature_meta.json) into a version directory.
     write_native_files: Callable[[Path], None] | None = None
     related_models: list[str] = field(default_factory=list)
@@ -58,10 +67,50 @@ class Trained:
     hparams: dict[str, Any]
     #: Per round/epoch: ``{"step": i, "train_loss": ..., "heldout_loss": ...}``.
     history: list[dict[str, float]]
-    #: float64 feature matrix -> ``{head: predictions}`` in the units of the labels.
+    #: prepared float64 feature matrix -> ``{head: predictions}`` in the units of the labels.
     predict: Callable[[np.ndarray], dict[str, np.ndarray]]
     units: Callable[[], list[ExportUnit]]
     model: Any = None
+    #: the fitted feature plan the model was trained with (``None``: a loaded model that stores none)
+    features: Any = None
+
+
+@dataclass(frozen=True)
+class LabelNeed:
+    """One label column a run needs: the model's name for it, its kind, and what it is for (error messages)."""
+
+    name: str
+    #: ``binary`` (0/1, checked) or ``regression`` (finite numbers)
+    kind: str = BINARY
+    #: what the label is for, e.g. "the click label" or "label of task 'rating'"
+    role: str = "the label"
+    #: ``False``: the model trains without it (two_tower on an interactions table); used when present
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class SideFile:
+    """A small file written beside one exported part (e.g. the item catalogue beside the item tower)."""
+
+    name: str
+    data: bytes
+    #: metadata.json key that records ``{"file", "sha256", **info}``
+    metadata_key: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluated:
+    """What a spec's own held-out evaluation returns (see :attr:`ModelSpec.evaluate`)."""
+
+    metrics: dict[str, float]
+    #: head -> held-out predictions; ``labels`` holds the matching truth under the same keys
+    predictions: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    #: further results the notebook and metadata show (per-head kinds, retrieval curves, ...)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: spec part name (e.g. ``two_tower_item``) -> files written beside that part
+    files: dict[str, list[SideFile]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,7 +150,8 @@ class ModelSpec:
     label_columns: tuple[str, ...]
     default_features: tuple[str, ...]
     default_hparams: Mapping[str, Any]
-    #: (X_train, y_train, X_heldout, y_heldout, columns, hparams, seed, progress) -> Trained
+    #: (X_train, y_train, X_heldout, y_heldout, columns, hparams, seed, progress, feature plan) -> Trained,
+    #: X prepared (numeric NaN filled, categorical values replaced by embedding rows)
     train: Callable[..., Trained]
     #: (checkpoint path, feature columns or None, hparams) -> Trained
     load: Callable[..., Trained]
@@ -123,6 +173,20 @@ class ModelSpec:
     hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     #: Largest feature magnitude the framework represents (xgboost: float32); larger values fail before training.
     max_abs_feature: float | None = None
+    #: hparams -> the labels a run needs (mmoe: its tasks'); ``None``: :attr:`label_columns`, ``label`` binary
+    labels_for: Callable[[Mapping[str, Any]], list[LabelNeed]] | None = None
+    #: (frame, feature columns, hparams, column -> schema tower, seed) -> (train rows, held-out rows);
+    #: ``None``: the exporter's seeded 80/20 row split
+    split: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    #: (prepared run, trained) -> :class:`Evaluated`; ``None``: ``metrics(predict(x_heldout), y_heldout)``
+    evaluate: Callable[[Any, Trained], Evaluated] | None = None
+
+    def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
+        """The label columns a run with ``hparams`` needs (the pipeline reads and checks exactly these)."""
+        if self.labels_for is not None:
+            return list(self.labels_for(hparams))
+        return [LabelNeed(c, BINARY if c == "label" else REGRESSION,
+                          "the click label" if c == "label" else f"regression label '{c}'") for c in self.label_columns]
 
     def columns(self, override: Sequence[str] | None) -> list[str]:
         return list(override) if override else list(self.default_features)

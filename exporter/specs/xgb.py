@@ -15,10 +15,12 @@ import numpy as np
 from exporter import contract as C
 from exporter.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
+from exporter.features import FeaturePlan
 from exporter.metrics import ctr_metrics
 from exporter.specs.base import ExportUnit, ModelSpec, NotebookInfo, Progress, Trained
 
 XGB_OPSET = 15
+FEATURE_META = "feature_meta.json"
 SUPPORTED_OBJECTIVES = ("binary:logistic",)
 
 
@@ -31,7 +33,9 @@ def _train(
     hparams: Mapping[str, Any],
     seed: int,
     progress: Progress | None,
+    features: FeaturePlan,
 ) -> Trained:
+    """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
     import xgboost as xgb
 
     params = {
@@ -71,7 +75,7 @@ def _train(
         {"step": i + 1, "train_loss": tr, "heldout_loss": he}
         for i, (tr, he) in enumerate(zip(evals_result["train"]["logloss"], evals_result["heldout"]["logloss"]))
     ]
-    return _trained(booster, list(columns), dict(hparams), history)
+    return _trained(booster, list(columns), dict(hparams), history, features)
 
 
 def _load(path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
@@ -116,10 +120,25 @@ def _load(path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str,
         )
     booster.feature_names = columns
     used = {"n_estimators": booster.num_boosted_rounds(), "objective": objective, "source_file": str(path)}
-    return _trained(booster, columns, used, [])
+    return _trained(booster, columns, used, [], _plan_beside(path, columns))
 
 
-def _trained(booster: Any, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]]) -> Trained:
+def _plan_beside(path: Path, columns: list[str]) -> FeaturePlan | None:
+    """The feature plan of a model this exporter wrote (feature_meta.json beside model.ubj), if any."""
+    meta_file = path.parent / FEATURE_META
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("feature_columns") != columns or "features" not in meta:
+        return None
+    return FeaturePlan.from_dict(meta["features"], source=f"feature-meta file {meta_file}")
+
+
+def _trained(booster: Any, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
+             features: FeaturePlan | None) -> Trained:
     import xgboost as xgb
 
     def native(x: np.ndarray) -> np.ndarray:
@@ -130,7 +149,10 @@ def _trained(booster: Any, columns: list[str], hparams: dict[str, Any], history:
 
     def write_native(directory: Path) -> None:
         booster.save_model(str(directory / "model.ubj"))
-        (directory / "feature_meta.json").write_text(json.dumps({"feature_columns": columns}, indent=2) + "\n")
+        meta: dict[str, Any] = {"feature_columns": columns}
+        if features is not None:
+            meta["features"] = features.to_dict()
+        (directory / FEATURE_META).write_text(json.dumps(meta, indent=2) + "\n")
 
     def units() -> list[ExportUnit]:
         return [
@@ -148,7 +170,7 @@ def _trained(booster: Any, columns: list[str], hparams: dict[str, Any], history:
             )
         ]
 
-    return Trained("xgb", columns, hparams, history, predict, units, model=booster)
+    return Trained("xgb", columns, hparams, history, predict, units, model=booster, features=features)
 
 
 def booster_to_onnx(booster: Any, n_features: int) -> Any:
@@ -191,7 +213,11 @@ def _native_from_dir(model_name: str, version_dir: Path) -> Any:
 
     booster = xgb.Booster()
     booster.load_model(str(Path(version_dir) / "model.ubj"))
-    return lambda x: np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    columns = list(booster.feature_names or [])
+    plan = _plan_beside(Path(version_dir) / "model.ubj", columns)
+    if plan is None:
+        return lambda x: np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    return lambda x: np.asarray(booster.inplace_predict(plan.prepare(x)), dtype=np.float64)
 
 
 SPEC = ModelSpec(

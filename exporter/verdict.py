@@ -1,0 +1,129 @@
+"""Is the model any good? Held-out metrics against baselines, a loud warning near chance, and the ``--min-auc`` gate.
+
+A model at AUC 0.5 exports fine and serves fine, and is useless; this module makes that visible in the
+summary, the notebook and ``metadata.json`` (``quality``), and lets CI refuse it (:class:`QualityError`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from exporter.errors import ExporterError
+
+#: a held-out AUC below this is "no better than chance" and gets a warning
+WARN_AUC = 0.55
+#: metric keys holding the click AUC, by model (mmoe's click head is ``ctr_auc``); any ``<task>_auc`` also counts
+AUC_KEYS = ("auc", "ctr_auc")
+#: retrieval metrics (two_tower) are judged against the popularity baseline of the same run: ``popularity_<metric>``
+RETRIEVAL_PREFIXES = ("recall@", "ndcg@")
+POPULARITY = "popularity_"
+
+
+class QualityError(ExporterError):
+    """The held-out AUC is below ``--min-auc``: nothing was written."""
+
+    exit_code = 4
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def assess(metrics: Mapping[str, float], labels: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """metadata.json ``quality``: the main metric, its baselines, and ``warning`` when no better than chance.
+
+    Empty when there are no held-out labels (load mode on unlabelled data).
+    """
+    if not metrics:
+        return {}
+    auc_keys = [k for k in AUC_KEYS if k in metrics] + [k for k in metrics if k.endswith("_auc") and k not in AUC_KEYS]
+    key = auc_keys[0] if auc_keys else None
+    quality: dict[str, Any] = {}
+    warnings: list[str] = []
+    retrieval = _retrieval(metrics, warnings)
+    if retrieval:
+        quality.update(retrieval)
+    elif key is not None:
+        auc = _finite(metrics[key])
+        clicks = np.asarray(labels.get("label", []), dtype=np.float64)
+        base = float(clicks.mean()) if clicks.size else _finite(metrics.get(key[: -len("auc")] + "base_rate"))
+        base_logloss = None
+        if base is not None and 0 < base < 1:
+            base_logloss = -(base * math.log(base) + (1 - base) * math.log(1 - base))
+        quality.update({
+            "metric": key, "value": auc, "warn_below": WARN_AUC,
+            "baselines": {"chance_auc": 0.5, "base_rate": base, "base_rate_logloss": base_logloss},
+        })
+    for k in ([] if retrieval else auc_keys):  # every binary head (mmoe may have several); retrieval: recall@K
+        auc = _finite(metrics[k])
+        if auc is None:
+            warnings.append(f"held-out {k} is undefined (the held-out labels hold a single class)")
+        elif auc < WARN_AUC:
+            warnings.append(
+                f"held-out {k} {auc:.3f} is below {WARN_AUC}: the model is no better than chance; "
+                "check the label column and the features before serving it"
+            )
+    if retrieval and key is not None:
+        quality["auc"] = {"metric": key, "value": _finite(metrics[key])}
+    for name, value in metrics.items():
+        baseline = metrics.get(f"{name}_baseline")
+        if name.endswith("_rmse") and baseline is not None:
+            quality.setdefault("regression", {})[name] = {"value": _finite(value), "predict_the_mean": _finite(baseline)}
+            if _finite(value) is not None and _finite(baseline) is not None and value >= baseline:
+                warnings.append(f"held-out {name} {value:.4g} is no better than predicting the mean ({baseline:.4g})")
+    if warnings:
+        quality["warning"] = "; ".join(warnings)
+    return quality
+
+
+def _retrieval(metrics: Mapping[str, float], warnings: list[str]) -> dict[str, Any]:
+    """Retrieval quality: recall@K/NDCG@K next to popularity, and a warning for each recall@K popularity matches.
+
+    A K that covers the whole catalogue (``catalogue_items``) ranks nothing: it is reported, not judged.
+    """
+    names = [k for k in metrics if k.startswith(RETRIEVAL_PREFIXES) and f"{POPULARITY}{k}" in metrics]
+    if not names:
+        return {}
+    items = _finite(metrics.get("catalogue_items"))
+    judged = [k for k in names if k.startswith("recall@") and (items is None or int(k.split("@")[1]) < items)]
+    judged.sort(key=lambda k: int(k.split("@")[1]))
+    main = judged[-1] if judged else names[0]
+    out: dict[str, Any] = {
+        "metric": main, "value": _finite(metrics[main]),
+        "baselines": {"popularity": {k: _finite(metrics[f"{POPULARITY}{k}"]) for k in names}},
+        "retrieval": {k: _finite(metrics[k]) for k in names},
+    }
+    if items is not None:
+        out["catalogue_items"] = int(items)
+    behind = []
+    for k in judged:
+        value, base = _finite(metrics[k]), _finite(metrics[f"{POPULARITY}{k}"])
+        if value is None or base is None or value <= base:
+            shown = "undefined" if value is None else f"{value:.4f}"
+            behind.append(f"{k} {shown} vs popularity {'undefined' if base is None else f'{base:.4f}'}")
+    if behind:
+        warnings.append(
+            "held-out retrieval is no better than recommending the most popular items (" + ", ".join(behind)
+            + "): check the interactions, the tower columns and the training settings before serving it"
+        )
+    return out
+
+
+def check_min_auc(quality: Mapping[str, Any], min_auc: float | None, model: str) -> None:
+    """Raise :class:`QualityError` when the held-out AUC is below ``min_auc`` (or undefined)."""
+    if min_auc is None:
+        return
+    if "retrieval" in quality:  # a retrieval model's AUC (when its data has negatives) sits beside recall@K
+        auc = quality.get("auc")
+        if auc is None:
+            raise ExporterError(f"{model}: --min-auc needs a held-out AUC, but this run reports recall@K only "
+                                "(trained on positives without negatives to score)")
+        quality = auc
+    value = quality.get("value")
+    if value is None or value < min_auc:
+        shown = "undefined" if value is None else f"{value:.4f}"
+        raise QualityError(
+            f"{model}: held-out {quality.get('metric', 'AUC')} {shown} is below --min-auc {min_auc:g}; nothing was written"
+        )

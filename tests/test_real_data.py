@@ -1,0 +1,290 @@
+"""A team's own click log through the command line: integer IDs, string categories, empty cells, its own label.
+
+Every model exports it with no hand preprocessing; the graph sends unseen, odd and missing values to the
+out-of-vocabulary row; the handler takes raw strings and codes alike; bad labels, --min-auc, --model-name and a
+tensor-shape clash with an existing model behave as documented (docs/features.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from exporter.handler import ModelHandler
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # trains and exports through the CLI in child processes
+
+GENRES = ["rock", "jazz", "pop", "folk", "blues"]
+SMALL = ["--param", "epochs=3"]
+HPARAMS = {"xgb": ["--param", "n_estimators=30"], "deepfm": ["--param", "epochs=5", "--param", "batch_size=64"],
+           "mmoe": SMALL, "two_tower": SMALL}
+COLUMNS = ["user_id", "user_segment", "item_id", "item_genre", "price"]
+
+
+def click_log(n: int, seed: int, *, random_labels: bool = False) -> pd.DataFrame:
+    """Users with a favourite genre; clicks when the genre matches and the price is low. A few empty cells."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1000, 1040, n)
+    favourite = np.array(GENRES)[users % 5]
+    items = rng.integers(1, 80, n)
+    genre = np.array(GENRES)[(items * 7) % 5]
+    price = rng.uniform(1.0, 40.0, n)
+    logit = 3.0 * (genre == favourite) - 0.06 * price - 0.2
+    clicked = rng.random(n) < 1 / (1 + np.exp(-logit))
+    if random_labels:
+        clicked = rng.random(n) < 0.4
+    frame = pd.DataFrame({
+        "user_id": users, "user_segment": np.where(users % 2 == 0, "even", "odd"), "item_id": items,
+        "item_genre": genre, "price": price, "clicked": clicked.astype(int),
+        "watch_time": np.round(rng.uniform(5, 60, n) * (1 + clicked), 2), "gmv": np.round(clicked * price, 2),
+    })
+    frame.loc[::19, "price"] = np.nan
+    frame.loc[::23, "item_genre"] = None
+    frame.loc[::29, "user_id"] = np.nan  # an empty ID cell turns the column into floats: still IDs
+    return frame
+
+
+@pytest.fixture(scope="module")
+def log_csv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("own-log") / "log.csv"
+    click_log(5000, 1).to_csv(path, index=False)
+    text = path.read_text()
+    assert ",," in text, "the file must hold empty cells"
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(log_csv, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """All four models exported from the CSV through the CLI (labels: clicked, watch_time, gmv)."""
+    root = tmp_path_factory.mktemp("own-artifacts")
+    out = {}
+    for model in ("xgb", "deepfm", "mmoe", "two_tower"):
+        result = run_cli("export", model, "--data", str(log_csv), "--label", "clicked", "--artifacts", str(root),
+                         "--quiet", *HPARAMS[model])
+        assert result.returncode == 0, result.stderr
+        out[model] = (root, result.stdout)
+    return out
+
+
+@pytest.mark.parametrize("model", ["xgb", "deepfm", "mmoe", "two_tower"])
+def test_every_model_exports_the_csv_and_says_how_it_read_it(exported, model):
+    root, stdout = exported[model]
+    assert "every column but the label(s)" in stdout and "is a feature" in stdout
+    assert "item_genre" in stdout and "categorical inferred" in stdout
+    names = ["two_tower", "two_tower_item"] if model == "two_tower" else [model]
+    run = run_cli("verify", str(root))
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name in names:
+        meta = json.loads((root / name / "1" / "metadata.json").read_text())
+        assert meta["parity"]["passed"] and meta["parity"]["probe_rows"] > 0
+        assert meta["training"]["label_columns"][0] == "clicked"
+        feats = {f["name"]: f for f in meta["features"]}
+        assert list(feats) == meta["feature_columns"]
+        if "item_genre" in feats:
+            genre = feats["item_genre"]
+            assert (genre["kind"], genre["dtype"], genre["oov"]["unknown_code"]) == ("categorical", "string", -1)
+            vocab_path = root / name / "1" / genre["vocab"]["file"]
+            assert genre["vocab"]["sha256"] == hashlib.sha256(vocab_path.read_bytes()).hexdigest()
+            assert sorted(json.loads(vocab_path.read_text())["item_genre"]) == sorted(GENRES)
+        if "price" in feats:
+            price = feats["price"]
+            assert price["kind"] == "numeric" and 0 < price["stats"]["missing_rate"] < 0.1
+            assert price["fill"] == pytest.approx(price["stats"]["median"])
+        if "user_id" in feats:
+            assert (feats["user_id"]["kind"], feats["user_id"]["dtype"]) == ("categorical", "int64")
+    towers = {n: json.loads((root / n / "1" / "metadata.json").read_text())["feature_columns"] for n in names}
+    if model == "two_tower":
+        assert towers == {"two_tower": ["user_id", "user_segment"], "two_tower_item": ["item_id", "item_genre", "price"]}
+    else:
+        assert towers[model] == COLUMNS
+
+
+def test_ctr_models_learn_the_ids_and_categories(exported):
+    root, _ = exported["deepfm"]
+    auc = json.loads((root / "deepfm" / "1" / "metadata.json").read_text())["training"]["metrics"]["auc"]
+    assert auc > 0.7, "the genre match is only learnable through the user ID and the genre string"
+
+
+@pytest.mark.parametrize("model", ["xgb", "deepfm", "mmoe"])
+def test_graph_sends_unseen_odd_and_missing_ids_to_one_oov_row(exported, model):
+    """Unseen IDs, non-integers, NaN, +-inf and IDs beyond 2^53 all give the same answer (the OOV row), finite."""
+    root, _ = exported[model]
+    session = ort.InferenceSession(str(root / model / "1" / "model.onnx"))
+    base = [1000.0, 0.0, 5.0, 1.0, 10.0]  # a known user and item, genre code 1, price 10
+    odd_ids = [99999.0, -3.0, 1000.5, np.nan, np.inf, -np.inf, 2.0**60, 1e300]
+    x = np.array([base] + [[v, *base[1:]] for v in odd_ids] + [[*base[:3], -1.0, 10.0], [*base[:3], 77.0, 10.0]])
+    out = session.run(None, {"features": x})[0]
+    assert np.isfinite(out).all()
+    oov = out[1:1 + len(odd_ids)]
+    np.testing.assert_allclose(oov, np.repeat(oov[:1], len(odd_ids), axis=0), rtol=0, atol=1e-12)
+    if model != "xgb":  # trees need not split on every ID; an embedding row always differs
+        assert not np.allclose(out[0], oov[0]), "a known ID must not land on the OOV row"
+    np.testing.assert_allclose(out[-2], out[-1], rtol=0, atol=1e-12)  # unknown code -1 and code 77: both OOV
+    # NaN price means the training median
+    meta = json.loads((root / model / "1" / "metadata.json").read_text())
+    median = next(f for f in meta["features"] if f["name"] == "price")["fill"]
+    filled = session.run(None, {"features": np.array([[*base[:4], np.nan], [*base[:4], median]])})[0]
+    np.testing.assert_allclose(filled[0], filled[1], rtol=0, atol=1e-12)
+
+
+def test_handler_takes_raw_strings_and_codes_alike(exported):
+    root, _ = exported["deepfm"]
+    handler = ModelHandler.load(root / "deepfm" / "1")
+    vocab = json.loads((root / "deepfm" / "1" / "vocab.json").read_text())
+    rows = [{"user_id": 1000, "user_segment": "even", "item_id": 5, "item_genre": g, "price": 10.0} for g in vocab["item_genre"]]
+    coded = [dict(r, item_genre=i, user_segment=vocab["user_segment"].index("even")) for i, r in enumerate(rows)]
+    by_string = handler.predict({"data": rows})["predictions"]
+    by_code = handler.predict({"data": coded})["predictions"]
+    assert by_string == by_code and len(set(by_string)) == len(rows), "each genre has its own row"
+    v2 = handler.predict({"inputs": [{"name": "features", "shape": [len(coded), 5], "datatype": "FP64",
+                                      "data": [[float(r[c]) for c in COLUMNS] for r in coded]}]})
+    np.testing.assert_allclose(v2["outputs"][0]["data"], by_code, rtol=0, atol=1e-12)
+    unknown = handler.predict({"data": [dict(rows[0], item_genre="polka"), dict(rows[0], item_genre=-1)]})["predictions"]
+    assert unknown[0] == unknown[1]
+
+
+def test_handler_rules_for_ids_and_optional_columns(exported, tmp_path):
+    root, _ = exported["deepfm"]
+    handler = ModelHandler.load(root / "deepfm" / "1")
+    row = {"user_id": 1000, "user_segment": "even", "item_id": 5, "item_genre": "rock", "price": 10.0}
+    for value, fragment in ((1000.5, "is 1000.5, not an integer ID"), (2**60, "not an integer ID"),
+                            ("1000", 'a string ("1000")'), (True, "a boolean"), (None, "is null")):
+        status, body = handler.handle_bytes(json.dumps({"data": [row, dict(row, user_id=value)]}))
+        error = json.loads(body)["error"]
+        assert status == 400, error
+        assert 'data[1]["user_id"]' in error and fragment in error
+    status, body = handler.handle_bytes(json.dumps({"data": [{k: v for k, v in row.items() if k != "price"}]}))
+    assert status == 400 and 'data[0] is missing feature column "price" (not optional)' in json.loads(body)["error"]
+    v2 = {"inputs": [{"name": "features", "shape": [1, 5], "datatype": "FP64", "data": [1000.25, 0, 5, 0, 10]}]}
+    status, body = handler.handle_bytes(json.dumps(v2))
+    error = json.loads(body)["error"]
+    assert status == 400 and 'row 0, column "user_id" is 1000.25, not an integer ID' in error
+
+    # the same model with price and item_genre declared optional: absent or null means fill / OOV
+    meta_path = root / "deepfm" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    for f in meta["features"]:
+        f["optional"] = f["name"] in ("price", "item_genre")
+    copy = tmp_path / "deepfm" / "1"
+    copy.mkdir(parents=True)
+    for p in meta_path.parent.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    optional = ModelHandler.load(copy)
+    fill = next(f["fill"] for f in meta["features"] if f["name"] == "price")
+    got = optional.predict({"data": [{"user_id": 1000, "user_segment": "even", "item_id": 5},
+                                     dict(row, price=None, item_genre=None),
+                                     dict(row, price=fill, item_genre="no such genre")]})["predictions"]
+    assert got[0] == got[1] == got[2]
+
+
+def test_bad_label_is_exit_2_naming_column_row_and_value(tmp_path):
+    frame = click_log(300, 2)
+    frame.loc[4, "clicked"] = 2
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    result = run_cli("export", "xgb", "--data", str(tmp_path / "bad.csv"), "--label", "clicked",
+                     "--artifacts", str(tmp_path / "art"), "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: data file {tmp_path / 'bad.csv'}: label column 'clicked' row 5: value 2 is not a binary label; "
+        "expected 0 or 1 (or true/false)"
+    ]
+    missing = run_cli("export", "xgb", "--data", str(tmp_path / "bad.csv"), "--artifacts", str(tmp_path / "art"), "--quiet")
+    assert missing.returncode == 2 and "label column 'label'" in missing.stderr and "is missing" in missing.stderr
+    assert not (tmp_path / "art").exists()
+
+
+def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
+    schema = {"label": "clicked", "features": [{"name": "item_id", "kind": "categorical", "min_count": 1},
+                                               {"name": "price", "fill": 0.0, "optional": True},
+                                               {"name": "user_id", "kind": "numeric"}]}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    result = run_cli("export", "xgb", "--data", str(log_csv), "--schema", str(tmp_path / "schema.json"),
+                     "--artifacts", str(tmp_path / "art"), "--quiet", "--param", "n_estimators=10")
+    assert result.returncode == 0, result.stderr
+    assert "columns from schema" in result.stdout and "(optional, fill 0)" in result.stdout
+    meta = json.loads((tmp_path / "art" / "xgb" / "1" / "metadata.json").read_text())
+    feats = {f["name"]: f for f in meta["features"]}
+    assert meta["feature_columns"] == ["item_id", "price", "user_id"] and not (tmp_path / "art" / "xgb" / "1" / "vocab.json").exists()
+    assert feats["price"]["fill"] == 0.0 and feats["price"]["optional"] is True
+    assert feats["user_id"]["kind"] == "numeric" and feats["item_id"]["oov"]["min_count"] == 1
+
+
+def test_chance_level_model_warns_and_min_auc_writes_nothing(tmp_path):
+    click_log(1500, 3, random_labels=True).to_csv(tmp_path / "noise.csv", index=False)
+    art = tmp_path / "art"
+    args = ["export", "xgb", "--data", str(tmp_path / "noise.csv"), "--label", "clicked", "--artifacts", str(art),
+            "--quiet", "--param", "n_estimators=20"]
+    warned = run_cli(*args)
+    assert warned.returncode == 0, warned.stderr
+    assert "WARNING: held-out auc" in warned.stdout and "no better than chance" in warned.stdout
+    meta = json.loads((art / "xgb" / "1" / "metadata.json").read_text())
+    assert meta["quality"]["value"] < 0.55 and "no better than chance" in meta["quality"]["warning"]
+
+    refused = run_cli(*args, "--min-auc", "0.6")
+    assert refused.returncode == 4
+    assert "below --min-auc 0.6; nothing was written" in refused.stderr
+    assert sorted(p.name for p in (art / "xgb").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_model_name_and_tensor_shape_clash(tmp_path, log_csv):
+    art = tmp_path / "art"
+    first = run_cli("export", "deepfm", "--rows", "500", "--artifacts", str(art), "--quiet", *SMALL)
+    assert first.returncode == 0, first.stderr
+    before = (art / "deepfm" / "config.pbtxt").read_text()
+    clash = run_cli("export", "deepfm", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art), "--quiet", *SMALL)
+    assert clash.returncode == 2
+    message = clash.stderr.strip().splitlines()[-1]
+    assert "model 'deepfm'" in message and "[-1, 10]" in message and "[-1, 5]" in message and "--model-name" in message
+    assert (art / "deepfm" / "config.pbtxt").read_text() == before and not (art / "deepfm" / "2").exists()
+
+    renamed = run_cli("export", "deepfm", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art),
+                      "--quiet", "--model-name", "deepfm_shop", *SMALL)
+    assert renamed.returncode == 0, renamed.stderr
+    meta = json.loads((art / "deepfm_shop" / "1" / "metadata.json").read_text())
+    assert meta["name"] == "deepfm_shop" and meta["inputs"][0]["shape"] == [-1, 5] and meta["model_part"] == "deepfm"
+    assert 'name: "deepfm_shop"' in (art / "deepfm_shop" / "config.pbtxt").read_text()
+    towers = run_cli("export", "two_tower", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art),
+                     "--quiet", "--model-name", "tt_shop", *SMALL)
+    assert towers.returncode == 0, towers.stderr
+    item = json.loads((art / "tt_shop_item" / "1" / "metadata.json").read_text())
+    assert item["name"] == "tt_shop_item" and item["related_models"] == ["tt_shop"]
+    assert run_cli("verify", str(art)).returncode == 0
+    bad = run_cli("export", "xgb", "--rows", "200", "--artifacts", str(art), "--model-name", "../up")
+    assert bad.returncode == 2 and "not usable as a repository directory" in bad.stderr
+
+
+def test_torchserve_archive_with_vocab_answers_raw_strings(exported, tmp_path):
+    """A .mar needs vocab.json beside metadata.json; without it the handler refuses to load (no silent OOV)."""
+    import importlib.util
+    import shutil
+    from types import SimpleNamespace
+
+    from exporter import handler as handler_module
+
+    vdir = exported["deepfm"][0] / "deepfm" / "1"
+    model_dir = tmp_path / "model_dir"
+    model_dir.mkdir()
+    for f in (Path(handler_module.__file__), vdir / "model.onnx", vdir / "metadata.json", vdir / "vocab.json"):
+        shutil.copy(f, model_dir / ("handler.py" if f.suffix == ".py" else f.name))
+    context = SimpleNamespace(system_properties={"model_dir": str(model_dir)}, manifest={"model": {"serializedFile": "model.onnx"}})
+
+    def fresh():
+        spec = importlib.util.spec_from_file_location(f"ts_handler_{len(list(tmp_path.iterdir()))}", model_dir / "handler.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    row = {"user_id": 1000, "user_segment": "odd", "item_id": 7, "item_genre": "jazz", "price": 12.5}
+    [answer] = fresh().handle([{"body": json.dumps({"data": [row]}).encode()}], context)
+    assert json.loads(answer) == ModelHandler.load(vdir).predict({"data": [row]})
+    (model_dir / "vocab.json").unlink()
+    module = fresh()
+    with pytest.raises(module.ArtifactError, match="vocab.json' named by metadata.json is missing"):
+        module.initialize(context)
