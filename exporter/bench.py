@@ -4,7 +4,8 @@ For every model and batch size it measures, in one process and one run:
 
 * the native model's predict (xgboost ``inplace_predict``, torch eager in ``inference_mode``),
 * raw onnxruntime ``session.run`` on a ready float64 array (the same session the handler uses),
-* the handler on a TorchServe body and on an Open Inference Protocol body (bytes in, bytes out),
+* the handler on a TorchServe body and on an Open Inference Protocol body (bytes in, bytes out), the latter
+  also with Triton's binary tensor data extension (raw FP64 bytes in and out),
 
 as rows/s and as a ratio to raw onnxruntime; then, over HTTP on loopback against a live
 ``python -m exporter serve``, requests/s and p50/p99 latency at batch 1 with N concurrent keep-alive
@@ -33,6 +34,8 @@ from exporter.errors import ExporterError
 
 TARGETS = {
     "v2_at_1024": 1.5,
+    "binary_at_1024": 1.5,
+    "log_cost": 0.15,
     "torchserve_at_1024": 3.0,
     "http_rps": 3000.0,
     "http_p99_ms": 5.0,
@@ -97,6 +100,7 @@ class Cell:
     torchserve_s: float
     v2_s: float
     native_note: str = ""
+    binary_s: float | None = None
 
     def rows_per_s(self, seconds: float | None) -> float | None:
         return None if seconds is None else self.batch / seconds
@@ -111,6 +115,9 @@ class HttpResult:
     errors: int
     generator: str
     total: int = 0
+    logging: str = "on"
+    #: the server process's CPU time (user + system, all threads) per request answered
+    server_cpu_us: float | None = None
 
 
 @dataclass
@@ -143,7 +150,6 @@ def _native(model: str, vdir: Path) -> tuple[Callable[[Any], Any] | None, str]:
 
 def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float) -> list[Cell]:
     """In-process measurements of one model version for every batch size."""
-    import numpy as np
     import orjson
 
     from exporter.handler import ModelHandler
@@ -164,23 +170,42 @@ def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float)
             status, answer = handler.handle_bytes(body)
             if status != 200:
                 raise ExporterError(f"bench request for {model} failed with {status}: {answer[:300]!r}")
+        bin_body, bin_header = binary_body(handler.input_name, handler.output_name, x)
+        status, answer, _, answer_header = handler.handle_http(bin_body, bin_header)
+        if status != 200 or answer_header is None:
+            raise ExporterError(f"bench binary request for {model} failed with {status}: {answer[:300]!r}")
         native_s = time_call(lambda: native(x), min_time) if native is not None else None
         ort_s = time_call(lambda: handler.run(x), min_time)
         ts_s = time_call(lambda: handler.handle_bytes(ts_body), min_time)
         v2_s = time_call(lambda: handler.handle_bytes(v2_body), min_time)
-        cells.append(Cell(model, batch, native_s, ort_s, ts_s, v2_s, native_note))
+        binary_s = time_call(lambda: handler.handle_http(bin_body, bin_header), min_time)
+        cells.append(Cell(model, batch, native_s, ort_s, ts_s, v2_s, native_note, binary_s))
     return cells
+
+
+def binary_body(input_name: str, output_name: str, x: Any) -> tuple[bytes, int]:
+    """A v2 request with ``x`` as binary tensor data, asking for a binary answer: (body, JSON header length)."""
+    import numpy as np
+    import orjson
+
+    data = np.ascontiguousarray(x, dtype="<f8").tobytes()
+    header = orjson.dumps({
+        "inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP64",
+                    "parameters": {"binary_data_size": len(data)}}],
+        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+    })
+    return header + data, len(header)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
 class ServerProcess:
     """``python -m exporter serve`` on a free loopback port; its log goes to a temporary file."""
 
-    def __init__(self, artifacts: Path) -> None:
+    def __init__(self, artifacts: Path, log_level: str = "info") -> None:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="exporter-bench-serve-", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "serve", "--artifacts", str(artifacts), "--port", "0",
-             "--max-rows", "10000"],
+             "--max-rows", "10000", "--log-level", log_level],
             stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         deadline = time.time() + 120
@@ -205,6 +230,18 @@ class ServerProcess:
         terminate(self.proc)
         self.log.close()
         os.unlink(self.log.name)
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process used so far (Linux /proc; None elsewhere).
+
+    Unlike requests/s, CPU per request hardly depends on what else the machine runs at the same time.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10) -> int | None:
@@ -320,14 +357,25 @@ def run_python_load(host: str, port: int, path: str, body: bytes, seconds: float
     return runner(_python_load(host, port, path, body, seconds, clients))
 
 
-def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int, generator: str) -> list[HttpResult]:
-    """Requests/s and latency at batch 1 for each model against one live server."""
-    import orjson
-
+def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int, generator: str,
+               logging_modes: tuple[str, ...] = ("on",)) -> list[HttpResult]:
+    """Requests/s and latency at batch 1 for each model against a live server, per logging mode (on/off)."""
     use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
     if generator == "wrk" and shutil.which("wrk") is None:
         raise ExporterError("--load-generator wrk: wrk is not installed (apt-get install wrk)")
-    server = ServerProcess(artifacts)
+    results = []
+    for mode in logging_modes:
+        for result in _bench_http_server(artifacts, models, seconds, clients, use_wrk, mode):
+            result.logging = mode
+            results.append(result)
+    return results
+
+
+def _bench_http_server(artifacts: Path, models: list[str], seconds: float, clients: int, use_wrk: bool,
+                       mode: str) -> list[HttpResult]:
+    import orjson
+
+    server = ServerProcess(artifacts, "info" if mode == "on" else "warning")
     results = []
     try:
         for model in models:
@@ -336,10 +384,14 @@ def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int,
             sample = json.loads((vdir / "sample_request.json").read_text())["data"]
             body = orjson.dumps({"data": sample[:1]})
             path = f"/predictions/{model}"
+            cpu_before = process_cpu_seconds(server.proc.pid)
             if use_wrk:
                 result = run_wrk(server.url + path, body, seconds, clients)
             else:
                 result = run_python_load(server.host, server.port, path, body, seconds, clients)
+            cpu_after = process_cpu_seconds(server.proc.pid)
+            if cpu_before is not None and cpu_after is not None and result.total:
+                result.server_cpu_us = (cpu_after - cpu_before) / result.total * 1e6
             result.model = model
             results.append(result)
     finally:
@@ -361,8 +413,9 @@ def _fmt_rate(value: float | None) -> str:
 def render(results: Results) -> str:
     """The tables as Markdown."""
     lines = [
-        "| model | batch | native rows/s | ORT rows/s | ORT vs native | TorchServe body rows/s (x ORT) | v2 body rows/s (x ORT) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | native rows/s | ORT rows/s | ORT vs native | TorchServe body rows/s (x ORT) | v2 body rows/s (x ORT) "
+        "| v2 binary rows/s (x ORT) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in results.cells:
         speedup = f"{c.native_s / c.ort_s:.1f}x faster" if c.native_s is not None else "n/a"
@@ -371,18 +424,21 @@ def render(results: Results) -> str:
         lines.append(
             f"| {c.model} | {c.batch} | {_fmt_rate(c.rows_per_s(c.native_s))} | {_fmt_rate(c.rows_per_s(c.ort_s))} | "
             f"{speedup} | {_fmt_rate(c.rows_per_s(c.torchserve_s))} ({c.torchserve_s / c.ort_s:.2f}x) | "
-            f"{_fmt_rate(c.rows_per_s(c.v2_s))} ({c.v2_s / c.ort_s:.2f}x) |"
+            f"{_fmt_rate(c.rows_per_s(c.v2_s))} ({c.v2_s / c.ort_s:.2f}x) | "
+            + (f"{_fmt_rate(c.rows_per_s(c.binary_s))} ({c.binary_s / c.ort_s:.2f}x) |" if c.binary_s else "n/a |")
         )
     if results.http:
         lines += [
             "",
             f"HTTP on loopback, batch 1 (TorchServe body), load generator: {results.http[0].generator}",
             "",
-            "| model | requests/s | p50 ms | p99 ms | errors | requests |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| model | request log | requests/s | p50 ms | p99 ms | server CPU us/request | errors | requests |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for h in results.http:
-            lines.append(f"| {h.model} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | {h.errors} | {h.total:,} |")
+            cpu = f"{h.server_cpu_us:.1f}" if h.server_cpu_us is not None else "n/a"
+            lines.append(f"| {h.model} | {h.logging} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | "
+                         f"{cpu} | {h.errors} | {h.total:,} |")
     return "\n".join(lines)
 
 
@@ -396,6 +452,10 @@ def targets(results: Results) -> list[str]:
                    f"{v2:.2f}x raw ORT (target <= {TARGETS['v2_at_1024']}x)")
         out.append(f"[{'met' if ts <= TARGETS['torchserve_at_1024'] else 'MISSED'}] {c.model}: TorchServe body at batch "
                    f"1024 is {ts:.2f}x raw ORT (target <= {TARGETS['torchserve_at_1024']}x)")
+        if c.binary_s is not None:
+            b = c.binary_s / c.ort_s
+            out.append(f"[{'met' if b <= TARGETS['binary_at_1024'] else 'MISSED'}] {c.model}: v2 binary at batch 1024 "
+                       f"is {b:.2f}x raw ORT (target <= {TARGETS['binary_at_1024']}x)")
     for c in (c for c in results.cells if c.batch == 1):
         if c.native_s is None:
             out.append(f"[n/a] {c.model}: native model not available ({c.native_note})")
@@ -403,10 +463,22 @@ def targets(results: Results) -> list[str]:
             ok = c.ort_s < c.native_s
             out.append(f"[{'met' if ok else 'MISSED'}] {c.model}: at batch 1 ORT takes {c.ort_s * 1e6:.1f} us, "
                        f"native {c.native_s * 1e6:.1f} us (target: ORT faster)")
+    by_mode = {(h.model, h.logging): h for h in results.http}
+    for model in sorted({h.model for h in results.http}):
+        on, off = by_mode.get((model, "on")), by_mode.get((model, "off"))
+        if on is not None and off is not None and off.requests_per_s > 0:
+            cost = 1 - on.requests_per_s / off.requests_per_s
+            cpu = ""
+            if on.server_cpu_us is not None and off.server_cpu_us is not None:
+                cpu = f"; server CPU {on.server_cpu_us:.1f} vs {off.server_cpu_us:.1f} us/request"
+            out.append(f"[{'met' if cost <= TARGETS['log_cost'] else 'MISSED'}] {model} over HTTP: per-request log "
+                       f"line costs {cost:.1%} of req/s ({on.requests_per_s:,.0f} on vs {off.requests_per_s:,.0f} off{cpu}; "
+                       f"target <= {TARGETS['log_cost']:.0%})")
     for h in results.http:
         if h.model == "xgb":
             ok = h.requests_per_s >= TARGETS["http_rps"] and h.p99_ms < TARGETS["http_p99_ms"] and h.errors == 0
-            out.append(f"[{'met' if ok else 'MISSED'}] xgb over HTTP: {h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
+            out.append(f"[{'met' if ok else 'MISSED'}] xgb over HTTP (request log {h.logging}): "
+                       f"{h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
                        f"{h.errors} errors (target >= 3,000 req/s, p99 < 5 ms)")
     return out
 

@@ -16,7 +16,8 @@ from exporter.specs import model_names
 
 #: sub-command -> its thin CLI module in :mod:`exporter.commands` (the library code lives beside it in exporter.*)
 COMMANDS: dict[str, str] = {
-    name: f"exporter.commands.{name}" for name in ("export", "serve", "verify", "bench", "notebooks")
+    name: f"exporter.commands.{name.replace('-', '_')}"
+    for name in ("export", "serve", "verify", "bench", "notebooks", "kserve", "score", "score-bench")
 }
 
 

@@ -1,4 +1,4 @@
-"""The model handler: one exported artifact version in, JSON request bytes in, JSON answer bytes out.
+"""The model handler: one exported artifact version in, request bytes in, answer bytes out.
 
 This module is deliberately self-contained (standard library, numpy, onnxruntime and orjson only, never
 ``exporter.*``) so that the same file serves three consumers:
@@ -19,7 +19,8 @@ Two request forms are accepted (contract section 4), told apart by their keys:
 
 * TorchServe style ``{"data": [{"<column>": <number>, ...}, ...]}`` answered with ``{"predictions": [...]}``;
 * Open Inference Protocol (KServe v2) ``{"inputs": [{"name": "features", "shape": [B, N], "datatype": "FP64",
-  "data": [...]}]}`` answered with an ``inference_response``.
+  "data": [...]}]}`` answered with an ``inference_response``; with Triton's binary tensor data extension
+  (:meth:`ModelHandler.handle_http`) the numbers may travel as raw bytes after the JSON header, both ways.
 
 Client mistakes raise :class:`HandlerError` (status 400 or 413) with a message saying what was wrong, where,
 and what was expected; :meth:`ModelHandler.handle_bytes` turns them into ``{"error": "..."}`` bodies and never
@@ -398,6 +399,7 @@ class ModelHandler:
         #: one codec per request form, chosen by the body's top-level key
         self.torchserve = TorchServeCodec(self)
         self.v2 = V2JsonCodec(self)
+        self.v2_binary = V2BinaryCodec(self)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -484,6 +486,47 @@ class ModelHandler:
             return exc.status, exc.to_bytes(), 0
         except RecursionError:
             return 400, HandlerError(400, f"request body is nested too deeply; {self._hint}").to_bytes(), 0
+
+    def handle_http(self, body: bytes | bytearray | memoryview | str,
+                    header_length: int | None = None) -> tuple[int, bytes, int, int | None]:
+        """Answer an HTTP request body, with Triton's binary tensor data extension (:class:`V2BinaryCodec`).
+
+        ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent). Returns
+        ``(status, answer, rows, answer_header_length)``: the last is the JSON header's byte length when the
+        answer carries binary tensor data (send it as ``Inference-Header-Content-Length``), else None and the
+        answer is plain JSON. Never raises for client input.
+        """
+        blob = None
+        try:
+            if header_length is not None:
+                body, blob = self.v2_binary.split(body, header_length)
+        except HandlerError as exc:
+            return exc.status, exc.to_bytes(), 0, None
+        try:
+            payload = _decode_json(body)
+        except HandlerError as exc:
+            return exc.status, HandlerError(exc.status, f"{exc.message}; {self._hint}").to_bytes(), 0, None
+        try:
+            codec, payload = self._codec(payload)
+            if codec is self.v2:
+                matrix = self.v2_binary.decode(payload, blob)
+            elif blob is not None and len(blob):
+                raise HandlerError(400, "binary tensor data comes only with the Open Inference Protocol form "
+                                        '{"inputs": [...]}, not with "data" rows')
+            else:
+                matrix = codec.decode(payload)
+            binary = codec is self.v2 and self.v2_binary.wants_binary(payload)
+            out = self.run(matrix)
+            if not _all_finite(out):
+                raise HandlerError(400, _non_finite_message(out, matrix, self.feature_columns))
+            if binary:
+                answer, answer_header = self.v2_binary.encode(out, payload)
+                return 200, answer, len(matrix), answer_header
+            return 200, codec.encode(out, payload), len(matrix), None
+        except HandlerError as exc:
+            return exc.status, exc.to_bytes(), 0, None
+        except RecursionError:
+            return 400, HandlerError(400, f"request body is nested too deeply; {self._hint}").to_bytes(), 0, None
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """Run the model on a ready float64 matrix ``[rows, n_features]``."""
@@ -694,6 +737,16 @@ class V2JsonCodec:
 
     def decode(self, payload: dict[str, Any]) -> np.ndarray:
         """One ``features`` tensor (flat or nested ``data``) -> the float64 matrix; checks id, parameters, outputs."""
+        tensor, n = self.check(payload)
+        matrix = self._v2_matrix(tensor["data"], n)
+        self.features.check_ids(matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}")
+        return matrix
+
+    def check(self, payload: dict[str, Any], binary: bool = False) -> tuple[Mapping[str, Any], int]:
+        """Everything of a v2 request but its numbers: returns the input tensor and its row count.
+
+        ``binary``: the tensor's numbers may travel after the JSON header instead of in ``data``.
+        """
         request_id = payload.get("id")
         if request_id is not None:
             if type(request_id) is not str:
@@ -719,7 +772,7 @@ class V2JsonCodec:
         tensor = inputs[0]
         if not isinstance(tensor, Mapping):
             raise HandlerError(400, f"inputs[0] must be an object, {expected_input}; got {_type_name(tensor)}")
-        for key in ("name", "shape", "datatype", "data"):
+        for key in ("name", "shape", "datatype") if binary else ("name", "shape", "datatype", "data"):
             if key not in tensor:
                 raise HandlerError(400, f'inputs[0] is missing "{key}"; expected {expected_input}')
         name = tensor["name"]
@@ -769,9 +822,7 @@ class V2JsonCodec:
                         f"outputs[{j}] requests {shown}: unknown output; model {self.model_name!r} has one output "
                         f'named "{self.output_name}"',
                     )
-        matrix = self._v2_matrix(tensor["data"], n)
-        self.features.check_ids(matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}")
-        return matrix
+        return tensor, n
 
     def encode(self, out: np.ndarray, payload: dict[str, Any]) -> bytes:
         """An ``inference_response``: model name and version, the echoed id, one FP64 ``predictions`` tensor."""
@@ -840,6 +891,143 @@ class V2JsonCodec:
                     f"(flat index {index}) is {problem}; expected a finite number",
                 )
         return np.array([float(v) for v in flat], dtype=np.float64).reshape(n, k)
+
+
+class V2BinaryCodec:
+    """Triton's binary tensor data extension of the v2 form (HTTP), beside the JSON one.
+
+    A request body is a JSON header of ``Inference-Header-Content-Length`` bytes followed by raw tensor bytes:
+    an input with ``"parameters": {"binary_data_size": N}`` has no ``data``; its N bytes (little-endian,
+    row-major, in its ``datatype``) follow the header. A requested output with ``"parameters": {"binary_data":
+    true}`` (or every output, with the request parameter ``binary_data_output: true``) is answered the same
+    way: its JSON description carries ``binary_data_size`` and the answer's header length is returned to send
+    as ``Inference-Header-Content-Length``. Validation and errors are the JSON form's (:class:`V2JsonCodec`).
+    """
+
+    #: v2 datatype -> numpy dtype of its little-endian wire form (BF16: the upper half of an FP32)
+    DTYPES = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "BF16": "<u2", "INT8": "i1", "INT16": "<i2",
+              "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
+    #: integers beyond this are not exact in FP64 (contract section 1)
+    MAX_EXACT_INT = 2**53
+
+    def __init__(self, model: "ModelHandler") -> None:
+        self.json = model.v2
+        self.model_name = model.model_name
+        self.version = model.version
+        self.feature_columns = model.feature_columns
+        self.n_features = model.n_features
+        self.output_name = model.output_name
+
+    @staticmethod
+    def split(body: bytes | bytearray | memoryview | str, header_length: Any) -> tuple[memoryview, memoryview]:
+        """(the JSON header's bytes, the bytes after it)."""
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        view = memoryview(body)
+        if type(header_length) is not int or not 0 < header_length <= len(view):
+            shown = _quote(header_length) if not isinstance(header_length, int) else str(header_length)
+            raise HandlerError(
+                400, f"Inference-Header-Content-Length is {shown}; expected the byte length of the JSON header, "
+                f"a positive integer up to the body's {len(view)} bytes"
+            )
+        return view[:header_length], view[header_length:]
+
+    def decode(self, payload: dict[str, Any], blob: memoryview | None) -> np.ndarray:
+        """The float64 matrix from the tensor's binary bytes (``blob``) or, without ``binary_data_size``, its JSON data."""
+        tensor, n = self.json.check(payload, binary=True)
+        params = tensor.get("parameters")
+        if params is not None and type(params) is not dict:
+            raise HandlerError(400, f'inputs[0].parameters must be an object, got {_type_name(params)}')
+        size = params.get("binary_data_size") if params else None
+        if size is None:
+            if "data" not in tensor:
+                raise HandlerError(400, 'inputs[0] has neither "data" nor parameters.binary_data_size; send one of them')
+            if blob is not None and len(blob):
+                raise HandlerError(400, f"the body holds {len(blob)} bytes after the JSON header, but no input declares "
+                                        "parameters.binary_data_size")
+            return self.json.decode(payload)
+        if blob is None:
+            raise HandlerError(400, "inputs[0].parameters.binary_data_size needs the Inference-Header-Content-Length "
+                                    "header (the JSON header's byte length)")
+        if "data" in tensor:
+            raise HandlerError(400, 'inputs[0] has both "data" and parameters.binary_data_size; send its numbers once')
+        datatype = tensor["datatype"]
+        dtype = np.dtype(self.DTYPES[datatype])
+        k = self.n_features
+        expected = n * k * dtype.itemsize
+        if type(size) is not int or size != expected:
+            raise HandlerError(
+                400, f"inputs[0].parameters.binary_data_size is {size!r}; shape [{n}, {k}] of {datatype} needs "
+                f"{expected} bytes"
+            )
+        if len(blob) != size:
+            raise HandlerError(
+                400, f"the body holds {len(blob)} bytes after the JSON header; inputs[0].parameters.binary_data_size "
+                f"says {size}"
+            )
+        raw = np.frombuffer(blob, dtype=dtype, count=n * k)
+        if datatype == "BF16":
+            matrix = (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        elif datatype == "FP64" and raw.flags.aligned:
+            matrix = raw  # the request's own bytes, read-only: onnxruntime reads them in place
+        else:
+            matrix = raw.astype(np.float64)
+        matrix = matrix.reshape(n, k)
+        if dtype.kind in "iu" and dtype.itemsize == 8:  # compared as integers: 2^53 + 1 rounds to 2^53 in FP64
+            inexact = (raw > self.MAX_EXACT_INT) | (raw < -self.MAX_EXACT_INT) if dtype.kind == "i" else raw > self.MAX_EXACT_INT
+        else:
+            inexact = None
+        if inexact is not None and inexact.any():
+            index = int(np.flatnonzero(inexact)[0])
+            row, col = divmod(index, k)
+            raise HandlerError(
+                400, f"inputs[0] binary value at row {row}, column {json.dumps(self.feature_columns[col])} is beyond "
+                f"2^53; FP64 holds integers exactly only up to 2^53"
+            )
+        if not np.isfinite(matrix).all():
+            index = int(np.flatnonzero(~np.isfinite(matrix.reshape(-1)))[0])
+            row, col = divmod(index, k)
+            value = float(matrix.reshape(-1)[index])
+            raise HandlerError(
+                400, f"inputs[0] binary value at row {row}, column {json.dumps(self.feature_columns[col])} "
+                f"(flat index {index}) is {_describe_bad_value(value)}; expected a finite number"
+            )
+        self.json.features.check_ids(matrix, lambda i, c: f"inputs[0] binary value at row {i}, column {json.dumps(c)}")
+        return matrix
+
+    def wants_binary(self, payload: dict[str, Any]) -> bool:
+        """Whether the request asks for its output as binary tensor data."""
+        params = payload.get("parameters")
+        default = params.get("binary_data_output", False) if params else False
+        if type(default) is not bool:
+            raise HandlerError(400, f"parameters.binary_data_output must be true or false, got {_type_name(default)}")
+        outputs = payload.get("outputs")
+        if not outputs:
+            return default
+        wanted = default
+        for j, requested in enumerate(outputs):
+            out_params = requested.get("parameters")
+            if out_params is None:
+                continue
+            if type(out_params) is not dict:
+                raise HandlerError(400, f"outputs[{j}].parameters must be an object, got {_type_name(out_params)}")
+            flag = out_params.get("binary_data", default)
+            if type(flag) is not bool:
+                raise HandlerError(400, f"outputs[{j}].parameters.binary_data must be true or false, got {_type_name(flag)}")
+            wanted = flag
+        return wanted
+
+    def encode(self, out: np.ndarray, payload: dict[str, Any]) -> tuple[bytes, int]:
+        """(answer bytes, JSON header length): an ``inference_response`` header, then the output's FP64 bytes."""
+        data = np.ascontiguousarray(out, dtype="<f8")
+        answer: dict[str, Any] = {"model_name": self.model_name, "model_version": self.version}
+        request_id = payload.get("id")
+        if request_id is not None:
+            answer["id"] = request_id
+        answer["outputs"] = [{"name": self.output_name, "shape": list(out.shape), "datatype": _DATATYPE,
+                              "parameters": {"binary_data_size": data.nbytes}}]
+        header = orjson.dumps(answer)
+        return header + memoryview(data).cast("B"), len(header)  # one copy of the numbers
 
 
 def _named_key_parts(columns: Sequence[str]) -> list[bytes]:

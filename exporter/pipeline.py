@@ -47,6 +47,9 @@ class ExportParams:
     artifacts: str | Path = "artifacts"
     version: int | None = None
     progress: bool = True
+    #: Triton config.pbtxt: largest batch (issue 11); KServe manifest: where the artifacts tree will live
+    max_batch_size: int = 1024
+    storage_uri: str | None = None
     #: the binary label column (default: the schema's ``label``, else ``label``)
     label: str | None = None
     #: feature schema: a JSON file path, a dict or a list (see docs/features.md); None: defaults or inferred
@@ -161,6 +164,15 @@ class RunResult:
 # --------------------------------------------------------------------------- prepare
 
 
+def _check_handoff_params(params: ExportParams) -> None:
+    """Options of the Triton config and KServe manifest, checked before any training (issue 11)."""
+    from exporter import kserve, triton
+
+    triton.check_max_batch_size(params.max_batch_size)
+    if params.storage_uri is not None:
+        kserve.check_storage_uri(params.storage_uri)
+
+
 def prepare(params: ExportParams) -> Prepared:
     """Check every parameter and input before any training, so mistakes fail fast and clearly."""
     spec = get_spec(params.model)
@@ -179,6 +191,7 @@ def prepare(params: ExportParams) -> Prepared:
     schema = F.load_schema(params.schema, source="schema")
     label_name = params.label or (schema.label if schema is not None else None)
     I.label_map([], label_name)  # a bad --label fails before any loading
+    _check_handoff_params(params)
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -468,14 +481,20 @@ def _renamed(units: Sequence[ExportUnit], name: str | None) -> list[ExportUnit]:
 
 
 def _config_tensors(text: str) -> str:
-    """The tensor part of a config.pbtxt, e.g. ``max_batch_size 0; input features [-1, 10]; output ...``."""
+    """The tensors of a config.pbtxt as the graph sees them, e.g. ``input features TYPE_FP64 [-1, 10]; output ...``.
+
+    Batched and unbatched configs of the same graph read the same (:func:`exporter.triton.model_shape`), so a
+    new ``--max-batch-size`` or the move from the older unbatched form is not a clash.
+    """
+    from exporter.triton import model_shape
     from exporter.verify import parse_pbtxt
 
     cfg = parse_pbtxt(text)
-    parts = [f"max_batch_size {cfg.get('max_batch_size', [0])[0]}"]
+    max_batch = cfg.get("max_batch_size", [0])[0]
+    parts = []
     for kind in ("input", "output"):
         for t in cfg.get(kind, []):
-            parts.append(f"{kind} {t.get('name', ['?'])[0]} {t.get('data_type', ['?'])[0]} {list(t.get('dims', []))}")
+            parts.append(f"{kind} {t.get('name', ['?'])[0]} {t.get('data_type', ['?'])[0]} {model_shape(t, max_batch)}")
     return "; ".join(parts)
 
 
@@ -498,6 +517,7 @@ def check_config_compatible(artifacts: Path, model_name: str, new_text: str) -> 
 
 def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[ExportedArtifact]:
     """Export every unit; all pass the parity gate and are committed together, or nothing is written."""
+    from exporter import kserve, model_card, triton
     from exporter.handler import ModelHandler
 
     Q.check_min_auc(evaluation.quality, prep.params.min_auc, prep.spec.name)
@@ -507,7 +527,9 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
     artifacts = Path(prep.params.artifacts)
     for unit in units:  # before the slow work: a clash is known from the shapes alone
         inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
-        check_config_compatible(artifacts, unit.model_name, repo.config_pbtxt(unit.model_name, inputs, outputs))
+        new_config = triton.config_pbtxt({"name": unit.model_name, "inputs": inputs, "outputs": outputs},
+                                         max_batch_size=prep.params.max_batch_size, warmup=False)
+        check_config_compatible(artifacts, unit.model_name, new_config)
     plan = prep.features
     raw_held = prep.raw_heldout if prep.raw_heldout is not None else prep.x_heldout
     raw_train = prep.raw_train if prep.raw_train is not None else prep.x_train
@@ -556,17 +578,23 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
             repo.write_json(d / repo.METADATA_FILE, meta)
             request = sample_request(prep, unit)
             repo.write_json(d / repo.SAMPLE_REQUEST, request)
-            repo.write_json(d / repo.SAMPLE_RESPONSE, ModelHandler.load(d).predict(request))
+            handler = ModelHandler.load(d)
+            response = handler.predict(request)
+            repo.write_json(d / repo.SAMPLE_RESPONSE, response)
+            idx = [prep.columns.index(c) for c in unit.feature_columns]
+            model_card.write_version_files(d, meta, request, response, raw_held[:, idx], handler)
             if unit.write_native_files is not None:
                 unit.write_native_files(d)
             metas[unit.model_name] = meta
         committed = writer.commit()
         for unit, _, parity in built:
             meta = metas[unit.model_name]
-            repo.write_text_atomic(
-                artifacts / unit.model_name / repo.CONFIG_FILE,
-                repo.config_pbtxt(unit.model_name, meta["inputs"], meta["outputs"]),
-            )
+            idx = [prep.columns.index(c) for c in unit.feature_columns]
+            finite = raw_held[np.isfinite(raw_held[:, idx]).all(axis=1)][:1, idx]  # what the graph takes
+            triton.write_model_config(artifacts / unit.model_name, meta, finite[0] if len(finite) else None,
+                                      max_batch_size=prep.params.max_batch_size)
+            kserve.write_manifest(artifacts / unit.model_name, meta,
+                                  storage_uri=prep.params.storage_uri or kserve.DEFAULT_STORAGE_URI)
             exported.append(ExportedArtifact(unit.model_name, version, committed[unit.model_name], meta, parity))
     return exported
 

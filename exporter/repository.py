@@ -11,7 +11,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from exporter.contract import (  # noqa: F401  (re-exported: the artifact file names)
     CONFIG_FILE, METADATA_FILE, MODEL_FILE, REPORT_FILE, SAMPLE_REQUEST, SAMPLE_RESPONSE, STAGING_PREFIX, version_dirs,
@@ -54,33 +54,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_TRITON_TYPES = {"FP64": "TYPE_FP64", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
-
-
-def config_pbtxt(name: str, inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]) -> str:
-    """Triton ModelConfig for an onnxruntime model with explicit (batch included) shapes."""
-
-    def tensors(kind: str, specs: Sequence[Mapping[str, Any]]) -> str:
-        body = ",\n".join(
-            "  {\n"
-            f'    name: "{t["name"]}"\n'
-            f"    data_type: {_TRITON_TYPES[t['datatype']]}\n"
-            f"    dims: [ {', '.join(str(d) for d in t['shape'])} ]\n"
-            "  }"
-            for t in specs
-        )
-        return f"{kind} [\n{body}\n]\n"
-
-    return (
-        f'name: "{name}"\n'
-        'platform: "onnxruntime_onnx"\n'
-        "# dims include the batch axis (-1); Triton does no implicit batching of its own here.\n"
-        "max_batch_size: 0\n"
-        + tensors("input", inputs)
-        + tensors("output", outputs)
-        + "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-    )
+# config.pbtxt is written by exporter.triton (batching, warm-up); kserve.yaml by exporter.kserve.
 
 
 class VersionWriter:

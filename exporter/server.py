@@ -1,28 +1,27 @@
 """``python -m exporter serve``: every exported model behind TorchServe-style routes (contract section 5).
 
 Starlette routing on uvicorn (uvloop + httptools). The prediction route is a bare ASGI endpoint: it reads the
-body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes to
-:meth:`exporter.handler.ModelHandler.handle_request` and sends the bytes back, so the per-request cost is the
-handler's plus a few microseconds. Models are looked up only in an in-memory dict built at startup, never on
-disk, so no request can reach a file.
+body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes (and
+``Inference-Header-Content-Length`` for binary tensor data) to :meth:`exporter.handler.ModelHandler.handle_http`
+and sends the bytes back, so the per-request cost is the handler's plus a few microseconds. Models are looked
+up only in the in-memory view of :mod:`exporter.live_registry` (replaced whole by ``--poll``/SIGHUP reloads),
+never on disk, so no request can reach a file. The per-request log line is queued and written by a background
+thread (:mod:`exporter.access_log`).
 
-Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions: ``python -m exporter --help`` imports
-this module.
+Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions. The command line (options, SIGHUP,
+``--poll``) is :mod:`exporter.commands.serve`.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from exporter.contract import version_dirs
-from exporter.errors import ExporterError
+from exporter.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from exporter.handler import ModelHandler
-
+    from exporter.access_log import AccessLog
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: bodies above this size are answered in a worker thread so that small requests keep flowing meanwhile
@@ -30,86 +29,24 @@ THREAD_OFFLOAD_BYTES = 256 * 1024
 
 log = logging.getLogger("exporter.serve")
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 # ---------------------------------------------------------------------------------------------- registry
-@dataclass
-class ModelRegistry:
-    """The loaded models: ``versions[name][version] -> handler`` and the latest version per name."""
-
-    versions: dict[str, dict[str, "ModelHandler"]] = field(default_factory=dict)
-    latest: dict[str, "ModelHandler"] = field(default_factory=dict)
-
-    @classmethod
-    def from_artifacts(
-        cls, artifacts: Path, *, max_rows: int | None = None, threads: int | None = None
-    ) -> "ModelRegistry":
-        """Load every version of every model under ``artifacts``; raises ExporterError listing every failure."""
-        from exporter.handler import DEFAULT_MAX_ROWS, HandlerError, ModelHandler
-
-        artifacts = Path(artifacts)
-        if not artifacts.is_dir():
-            raise ExporterError(
-                f"artifacts directory {str(artifacts)!r} does not exist; export a model first "
-                "(python -m exporter export xgb) or pass --artifacts DIR"
-            )
-        registry = cls()
-        problems: list[str] = []
-        for model_dir in sorted(artifacts.iterdir()):
-            if not model_dir.is_dir() or model_dir.name.startswith("."):
-                continue
-            for vdir in version_dirs(model_dir):
-                try:
-                    handler = ModelHandler.load(vdir, max_rows=max_rows or DEFAULT_MAX_ROWS, threads=threads)
-                except HandlerError as exc:
-                    problems.append(f"{vdir}: {exc.message}")
-                    continue
-                if handler.model_name != model_dir.name:
-                    problems.append(
-                        f"{vdir}: metadata.json names the model {handler.model_name!r}, "
-                        f"but it sits in directory {model_dir.name!r}"
-                    )
-                    continue
-                registry.versions.setdefault(model_dir.name, {})[vdir.name] = handler
-                registry.latest[model_dir.name] = handler  # ascending order: the last one wins
-        if problems:
-            raise ExporterError("cannot serve; some artifacts failed to load:\n  " + "\n  ".join(problems))
-        if not registry.latest:
-            raise ExporterError(
-                f"no model found under {str(artifacts)!r}; expected <model_name>/<version>/metadata.json "
-                "(a Triton-style model repository written by python -m exporter export)"
-            )
-        return registry
-
-    def describe(self) -> dict[str, Any]:
-        """Answer of ``GET /models``."""
-        return {
-            "models": [
-                {
-                    "name": name,
-                    "versions": sorted(versions, key=int),
-                    "latest_version": self.latest[name].version,
-                    "prediction_format": self.latest[name].prediction_format,
-                    "feature_columns": self.latest[name].feature_columns,
-                }
-                for name, versions in sorted(self.versions.items())
-            ]
-        }
+# ModelRegistry (one view of the served models) and its live reloading live in exporter.live_registry.
 
 
 # ---------------------------------------------------------------------------------------------- app
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+async def _send_json(send: Send, status: int, body: bytes, header_length: int | None = None) -> None:
+    """Send an answer: JSON, or (``header_length`` given) a JSON header followed by binary tensor data."""
+    if header_length is None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    else:
+        headers = [(b"content-type", b"application/octet-stream"),
+                   (b"inference-header-content-length", str(header_length).encode()),
+                   (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -141,16 +78,14 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
+async def _read_body(content_length: bytes | None, receive: Receive, limit: int) -> bytes:
     """The request body, refusing (``_TooLarge``) as soon as it is known to exceed ``limit`` bytes."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            try:
-                if int(value) > limit:
-                    raise _TooLarge(f"Content-Length {int(value)}")
-            except ValueError:
-                pass
-            break
+    if content_length is not None:
+        try:
+            if int(content_length) > limit:
+                raise _TooLarge(f"Content-Length {int(content_length)}")
+        except ValueError:
+            pass
     message = await receive()
     body = message.get("body", b"")
     if not message.get("more_body", False):
@@ -171,8 +106,17 @@ async def _read_body(scope: dict[str, Any], receive: Receive, limit: int) -> byt
     return b"".join(chunks)
 
 
-def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
-    """The Starlette application for ``registry`` (routes exactly as in contract section 5)."""
+def create_app(
+    registry: "ModelRegistry | LiveRegistry",
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    access_log: "AccessLog | None" = None,
+) -> Any:
+    """The Starlette application (routes exactly as in contract section 5).
+
+    ``registry`` is a fixed :class:`ModelRegistry` or a :class:`LiveRegistry` whose view reloads replace;
+    every request reads the current view once. ``access_log``: where the per-request lines go (None: none).
+    """
     import orjson
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
@@ -181,47 +125,53 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
     from starlette.responses import Response
     from starlette.routing import Route
 
-    versions = registry.versions
-    latest = registry.latest
-    info = log.info
+    live = registry if isinstance(registry, LiveRegistry) else LiveRegistry(registry, Path("."))
+    add_line = access_log.add if access_log is not None else None
+    now = time.time
     perf = time.perf_counter
-    models_body = orjson.dumps(registry.describe())
-    metadata_bodies = {name: orjson.dumps(h.metadata) for name, h in latest.items()}
     ping_body = orjson.dumps({"status": "Healthy"})
-    loaded = ", ".join(sorted(latest))
 
     class Predict:
         """ASGI endpoint of ``POST /predictions/{model_name}[/{version}]`` (a class: Starlette calls it raw)."""
 
         async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
             start = perf()
+            view = live.current
             params = scope["path_params"]
             name = params["model_name"]
             version = params.get("version")
             rows = 0
+            answer_header = None
             raw_path = scope.get("raw_path") or b""
             if b"%" in raw_path and _encoded_separator(raw_path):
                 handler = None  # "xgb%2F1" is the model name "xgb/1", not model xgb version 1
             elif version is None:
-                handler = latest.get(name)
+                handler = view.latest.get(name)
             else:
-                handler = versions.get(name, {}).get(version)
+                handler = view.versions.get(name, {}).get(version)
             if handler is None:
                 status = 404
                 if b"%" in raw_path and _encoded_separator(raw_path):
                     answer = _error(
-                        f"model names cannot contain '/' or '\\' (got {_shown(scope['path'])}); loaded models: {loaded}"
+                        f"model names cannot contain '/' or '\\' (got {_shown(scope['path'])}); "
+                        f"loaded models: {view.loaded_names}"
                     )
-                elif name not in latest:
-                    answer = _error(f"model {_shown(name)} not found; loaded models: {loaded}")
+                elif name not in view.latest:
+                    answer = _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}")
                 else:
                     answer = _error(
                         f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
-                        f"{', '.join(sorted(versions[name], key=int))}"
+                        f"{', '.join(sorted(view.versions[name], key=int))}"
                     )
             else:
+                content_length = header_length = None
+                for key, value in scope["headers"]:
+                    if key == b"content-length":
+                        content_length = value
+                    elif key == b"inference-header-content-length":
+                        header_length = _header_int(value)
                 try:
-                    body = await _read_body(scope, receive, max_body_bytes)
+                    body = await _read_body(content_length, receive, max_body_bytes)
                 except _TooLarge as exc:
                     status, answer = 413, _error(
                         f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
@@ -229,35 +179,40 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
                     )
                 else:
                     if len(body) > THREAD_OFFLOAD_BYTES:
-                        status, answer, rows = await run_in_threadpool(handler.handle_request, body)
+                        status, answer, rows, answer_header = await run_in_threadpool(
+                            handler.handle_http, body, header_length)
                     else:
-                        status, answer, rows = handler.handle_request(body)
-            await _send_json(send, status, answer)
-            if handler is not None:
-                info("POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f", _log_path(scope),
-                     handler.model_name, handler.version, rows, status, (perf() - start) * 1000.0)
-            else:
-                info("POST %s model=- version=- rows=0 status=%d time_ms=%.2f", _log_path(scope), status,
-                     (perf() - start) * 1000.0)
+                        status, answer, rows, answer_header = handler.handle_http(body, header_length)
+            await _send_json(send, status, answer, answer_header)
+            if add_line is not None:
+                if handler is not None:
+                    add_line((now(), "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f", _log_path(scope),
+                              handler.model_name, handler.version, rows, status, (perf() - start) * 1000.0))
+                else:
+                    add_line((now(), "POST %s model=- version=- rows=0 status=%d time_ms=%.2f", _log_path(scope),
+                              status, (perf() - start) * 1000.0))
 
     def _plain(status: int, body: bytes, request: Request, start: float) -> Response:
-        info("%s %s status=%d time_ms=%.2f", request.method, _log_path(request.scope), status,
-             (perf() - start) * 1000.0)
+        if add_line is not None:
+            add_line((now(), "%s %s status=%d time_ms=%.2f", request.method, _log_path(request.scope), status,
+                      (perf() - start) * 1000.0))
         return Response(body, status_code=status, media_type="application/json")
 
     async def ping(request: Request) -> Response:
         return _plain(200, ping_body, request, perf())
 
     async def list_models(request: Request) -> Response:
-        return _plain(200, models_body, request, perf())
+        return _plain(200, live.current.models_body, request, perf())
 
     async def describe_model(request: Request) -> Response:
         start = perf()
+        view = live.current
         name = request.path_params["model_name"]
         raw_path = request.scope.get("raw_path") or b""
-        body = None if _encoded_separator(raw_path) else metadata_bodies.get(name)
+        body = None if _encoded_separator(raw_path) else view.metadata_bodies.get(name)
         if body is None:
-            return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {loaded}"), request, start)
+            return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"),
+                          request, start)
         return _plain(200, body, request, start)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -272,7 +227,8 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
             message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
         else:
             message = str(getattr(exc, "detail", "")) or "bad request"
-        log.info("%s %s status=%d", request.method, _log_path(request.scope), status)
+        if add_line is not None:
+            add_line((now(), "%s %s status=%d", request.method, _log_path(request.scope), status))
         return Response(_error(message), status_code=status, media_type="application/json",
                         headers=getattr(exc, "headers", None))
 
@@ -297,6 +253,9 @@ def create_app(registry: ModelRegistry, *, max_body_bytes: int = DEFAULT_MAX_BOD
     return app
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-
+def _header_int(value: bytes) -> int | str:
+    """A numeric header as an int, or its text (the handler answers 400 quoting it)."""
+    try:
+        return int(value)
+    except ValueError:
+        return value.decode("latin-1")

@@ -94,8 +94,8 @@ def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> 
     else:
         versions = []
         for child in sorted(model_dir.iterdir()):
-            if not child.is_dir() or child.name.startswith("."):
-                continue  # files beside config.pbtxt, in-progress exports (.staging-*)
+            if not child.is_dir() or child.name.startswith(".") or child.name == "warmup":
+                continue  # files beside config.pbtxt, in-progress exports (.staging-*), Triton's warmup/ data
             if _is_version_name(child.name):
                 versions.append(child)
             else:
@@ -151,7 +151,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
     if C.is_plain_file_name(model_file) and model_path.is_file():
         graph_ok = _check_onnx(model_path, metadata, fail)
     if config is not None:
-        for problem in config_problems(config, metadata, model_dir.name):
+        for problem in config_problems(config, metadata, model_dir.name, model_dir):
             fail(f"config.pbtxt: {problem}")
 
     detail = "layout, sha256, metadata schema, ONNX I/O vs metadata and config.pbtxt, onnx.checker"
@@ -163,6 +163,9 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
         if max_diff is not None:
             atol = _atol(metadata)
             detail += f", sample response (max |diff| {max_diff:.3g} <= atol {atol:g})"
+        v2_diff = _check_sample_v2(vdir, metadata, fail)  # issue 11
+        if v2_diff is not None:
+            detail += f", v2 sample response (max |diff| {v2_diff:.3g})"
     return detail
 
 
@@ -343,8 +346,9 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
     return message(None)
 
 
-def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str) -> list[str]:
-    """config.pbtxt against the model directory and metadata.json."""
+def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str,
+                    model_dir: Path | None = None) -> list[str]:
+    """config.pbtxt against the model directory and metadata.json (``model_dir``: also its warm-up files)."""
     problems = []
 
     def one(fields: dict[str, list[Any]], key: str) -> Any:
@@ -355,24 +359,11 @@ def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], mode
         problems.append(f"name is {one(config, 'name')!r}; Triton requires the model directory name {model_name!r}")
     if one(config, "platform") != "onnxruntime_onnx" and one(config, "backend") != "onnxruntime":
         problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
-    max_batch = one(config, "max_batch_size") or 0
-    for key, kind in (("input", "inputs"), ("output", "outputs")):
-        tensors = [t for t in config.get(key, []) if isinstance(t, dict)]
-        meta_tensors = metadata.get(kind) if isinstance(metadata.get(kind), list) else []
-        if len(tensors) != 1:
-            problems.append(f"declares {len(tensors)} {key}s; expected exactly one")
-            continue
-        t = tensors[0]
-        meta = meta_tensors[0] if meta_tensors and isinstance(meta_tensors[0], dict) else {}
-        if one(t, "name") != meta.get("name"):
-            problems.append(f"{key} name is {one(t, 'name')!r}; metadata.json says {meta.get('name')!r}")
-        if one(t, "data_type") != "TYPE_FP64":
-            problems.append(f"{key} data_type is {one(t, 'data_type')!r}; expected TYPE_FP64")
-        dims = list(t.get("dims", []))
-        if max_batch and max_batch > 0:
-            dims = [-1] + dims  # Triton adds the batch axis itself when max_batch_size > 0
-        if dims != meta.get("shape"):
-            problems.append(f"{key} dims {list(t.get('dims', []))} (max_batch_size {max_batch}) do not match metadata.json shape {meta.get('shape')}")
+    # --- issue 11: tensors, batching and warm-up (batched and unbatched forms) live in exporter.triton
+    from exporter.triton import config_problems as triton_config_problems
+
+    problems += triton_config_problems(config, metadata, model_dir)
+    # --- end issue 11
     return problems
 
 
@@ -401,6 +392,45 @@ def _check_sample(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | No
         fail(f"handler answer to sample_request.json differs from sample_response.json: {mismatch}")
         return None
     return max(diffs, default=0.0)
+
+
+# --- issue 11: the Open Inference Protocol sample beside the TorchServe one
+V2_SAMPLE_FILES = ("sample_request_v2.json", "sample_response_v2.json")
+
+
+def _check_sample_v2(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | None:
+    """Handler answer to sample_request_v2.json vs sample_response_v2.json, when the pair is there.
+
+    Versions exported before the v2 sample existed have neither file; one without the other is a problem.
+    """
+    from exporter.handler import HandlerError, ModelHandler
+
+    present = [(vdir / name).is_file() for name in V2_SAMPLE_FILES]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = V2_SAMPLE_FILES[present.index(False)]
+        fail(f"{missing} is missing (the v2 sample request and its answer go together)")
+        return None
+    request = _read_json(vdir / V2_SAMPLE_FILES[0], fail)
+    expected = _read_json(vdir / V2_SAMPLE_FILES[1], fail)
+    if request is None or expected is None:
+        return None
+    if not (isinstance(request, dict) and isinstance(request.get("inputs"), list)):
+        fail('sample_request_v2.json must be an Open Inference Protocol request {"inputs": [...]}')
+        return None
+    try:
+        answer = ModelHandler.load(vdir).predict(request)
+    except HandlerError as exc:
+        fail(f"the handler cannot answer sample_request_v2.json: {exc.message}")
+        return None
+    diffs: list[float] = []
+    mismatch = _compare(expected, answer, _atol(metadata), "sample_response_v2", diffs)
+    if mismatch:
+        fail(f"handler answer to sample_request_v2.json differs from sample_response_v2.json: {mismatch}")
+        return None
+    return max(diffs, default=0.0)
+# --- end issue 11
 
 
 def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float]) -> str | None:

@@ -47,7 +47,7 @@ def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None
     proc = subprocess.run(
         [sys.executable, "-m", "exporter", "bench", "--artifacts", str(artifacts), "--models", "xgb", "two_tower",
          "--batch-sizes", "1", "4", "--http-seconds", "1", "--clients", "2", "--http-models", "xgb",
-         "--load-generator", generator, "--min-time", "0.01", "--json", str(out_json)],
+         "--load-generator", generator, "--min-time", "0.01", "--json", str(out_json), "--http-log", "both"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -55,11 +55,14 @@ def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None
     assert "| model | batch | native rows/s | ORT rows/s |" in out
     for model, batch in (("xgb", 1), ("xgb", 4), ("two_tower", 1), ("two_tower", 4)):
         assert f"| {model} | {batch} | n/a |" in out  # hand-built artifacts have no native model files
-    assert "| model | requests/s | p50 ms | p99 ms | errors | requests |" in out
-    assert "xgb over HTTP:" in out and "[n/a] xgb: native model not available" in out
+    assert "| model | request log | requests/s | p50 ms | p99 ms | server CPU us/request | errors | requests |" in out
+    assert "xgb over HTTP (request log on):" in out and "xgb over HTTP (request log off):" in out
+    assert "xgb over HTTP: per-request log line costs" in out
+    assert "[n/a] xgb: native model not available" in out
     report = json.loads(out_json.read_text())
-    assert len(report["cells"]) == 4 and report["http"][0]["model"] == "xgb"
-    assert report["http"][0]["errors"] == 0 and report["http"][0]["total"] > 0
+    assert len(report["cells"]) == 4 and all(c["binary_s"] > 0 for c in report["cells"])
+    assert [(h["model"], h["logging"]) for h in report["http"]] == [("xgb", "on"), ("xgb", "off")]
+    assert all(h["errors"] == 0 and h["total"] > 0 and h["server_cpu_us"] > 0 for h in report["http"])
 
 
 def test_bench_rejects_unknown_models(tmp_path: Path) -> None:

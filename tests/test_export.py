@@ -110,30 +110,24 @@ def test_metadata_fields_and_v2_schema(exported_artifacts, name):
         assert meta["embed_dim"] == get_spec("two_tower").default_hparams["embed_dim"]
 
 
-def _parse_config(text: str) -> dict:
-    """Independent reading of a Triton config.pbtxt: name, platform and each tensor's name/type/dims."""
-    tensors = {}
-    for kind in ("input", "output"):
-        block = re.search(kind + r"\s*\[(.*?)\n\]", text, re.S).group(1)
-        tensors[kind] = [
-            (n, t, [int(v) for v in dims.split(",")])
-            for n, t, dims in re.findall(r'name:\s*"(\w+)"\s*data_type:\s*(\w+)\s*dims:\s*\[([^\]]*)\]', block)
-        ]
-    return {
-        "name": re.search(r'^name:\s*"(\w+)"', text, re.M).group(1),
-        "platform": re.search(r'^platform:\s*"(\w+)"', text, re.M).group(1),
-        **tensors,
-    }
-
-
 @pytest.mark.parametrize("name", EXPORTED)
 def test_config_pbtxt_agrees_with_onnx(exported_artifacts, name):
-    cfg = _parse_config((exported_artifacts / name / "config.pbtxt").read_text())
+    """Parsed by Triton's own ModelConfig proto; batched: dims leave out the ONNX graph's dynamic batch axis."""
+    from tests.triton_proto import model_config_pb2, parse_config
+
+    pb = model_config_pb2()
+    cfg = parse_config((exported_artifacts / name / "config.pbtxt").read_text())
     model = onnx.load(_version_dir(exported_artifacts, name) / "model.onnx")
-    assert cfg["name"] == name and cfg["platform"] == "onnxruntime_onnx"
-    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
-        expected = [(v.name, "TYPE_FP64", [-1] + _dims(v)[1:]) for v in values]
-        assert cfg[kind] == expected
+    assert cfg.name == name and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 1024
+    for declared, values in ((cfg.input, model.graph.input), (cfg.output, model.graph.output)):
+        assert [t.name for t in declared] == [v.name for v in values]
+        for t, v in zip(declared, values):
+            assert t.data_type == pb.TYPE_FP64
+            rest = _dims(v)[1:]  # the graph's shape without its batch axis
+            if rest:
+                assert list(t.dims) == rest and not t.HasField("reshape")
+            else:  # a per-row scalar: Triton needs one dim, reshaped away for the graph
+                assert list(t.dims) == [1] and t.HasField("reshape") and list(t.reshape.shape) == []
 
 
 def test_models_reach_sensible_quality(exported_runs):
@@ -207,7 +201,7 @@ def test_next_version_and_small_data_parity_top_up(tmp_path):
     parity = second.metadata["parity"]
     assert parity["heldout_rows"] == 100 and parity["synthetic_rows"] == 900 and parity["probe_rows"] >= 8
     assert parity["rows"] == 1000 + parity["probe_rows"]
-    assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt", "kserve.yaml", "warmup"]
 
 
 def test_export_all_from_the_command_line(tmp_path):

@@ -23,11 +23,15 @@ Benchmark every exported model (latest version) in one run and print tables:
   ort         raw onnxruntime session.run on a ready float64 array (the handler's session)
   torchserve  handler.handle_bytes on a TorchServe body {"data": [{col: value}, ...]}
   v2          handler.handle_bytes on an Open Inference Protocol body
+  v2 binary   handler.handle_http on the same tensor as binary tensor data (Inference-Header-Content-Length),
+              answer requested as binary too
   as rows/s, with x = time relative to raw onnxruntime in the same run (lower is better)
 
 and, over HTTP on loopback against `python -m exporter serve`: requests/s, p50 and p99 latency at
 batch 1 with --clients concurrent keep-alive connections for --http-seconds (wrk when installed,
-otherwise a built-in asyncio client; both run on this machine and share its cores).
+otherwise a built-in asyncio client; both run on this machine and share its cores), with the server
+process's CPU time per request. --http-log both runs the load twice, against a server writing its
+per-request log line and one at --log-level warning.
 
 Example:
   python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8
@@ -46,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto",
                         help="auto: wrk when installed, else the built-in asyncio client")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (default: 0.3)")
+    parser.add_argument("--http-log", choices=["on", "off", "both"], default="on",
+                        help="serve with its per-request log line (on), at --log-level warning (off), or both "
+                             "side by side (default: on)")
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
     # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
     from exporter import quality
@@ -86,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         http_models = args.http_models or models
         print(f"HTTP load: {', '.join(http_models)}, {args.clients} clients, {args.http_seconds:g} s each ...",
               file=sys.stderr, flush=True)
-        results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator)
+        modes = {"on": ("on",), "off": ("off",), "both": ("on", "off")}[args.http_log]
+        results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator, modes)
     print()
     print(render(results))
     print()

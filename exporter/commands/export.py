@@ -70,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])")
     p.add_argument("--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)")
+    p.add_argument("--max-batch-size", type=int, default=1024,
+                   help="Triton config.pbtxt max_batch_size: largest batch its dynamic batcher forms (default: %(default)s)")
+    p.add_argument("--storage-uri", default=None,
+                   help="where the artifacts tree will live for KServe, written into <model>/kserve.yaml "
+                        "(default: pvc://model-repository/artifacts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -118,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             feature_columns=columns, checkpoint=args.checkpoint, feature_meta=args.feature_meta,
             hparams=hparams if len(models) == 1 else {}, atol=args.atol, artifacts=args.artifacts,
             version=args.version, progress=not args.quiet,
+            max_batch_size=args.max_batch_size, storage_uri=args.storage_uri,
             label=args.label, schema=args.schema, min_auc=args.min_auc, model_name=args.model_name,
         )
         result = pipeline.run(params, echo=echo)

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.live_registry import LiveRegistry, Reloader
 from exporter.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
 
 
@@ -23,16 +26,24 @@ Routes:
   GET  /ping                                  {"status": "Healthy"} once every model is loaded
   POST /predictions/{model_name}              latest version
   POST /predictions/{model_name}/{version}    that version
-  GET  /models                                loaded models and versions
+  GET  /models                                loaded models and versions, and versions that failed to load
   GET  /models/{model_name}                   metadata.json of the latest version
 
 Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
-Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]}.
+Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]},
+also with Triton's binary tensor data extension (Inference-Header-Content-Length header, binary_data_size
+on the input, binary_data on the requested output; answered as application/octet-stream with the header).
 Errors are 4xx with {"error": "..."}; one log line per request on stderr.
 
+Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
+servable, removed ones go away, requests in flight finish on the version they started with. A new
+version that fails to load is logged and listed under "failed" in GET /models; the versions already
+serving stay. (At startup any broken version stops serve with every problem listed.)
+
 Example:
-  python -m exporter serve --artifacts artifacts --port 8080
+  python -m exporter serve --artifacts artifacts --port 8080 --poll 10
   curl -s localhost:8080/predictions/xgb -d @artifacts/xgb/1/sample_request.json
+  kill -HUP <pid>    # pick up new versions now
 """
 
 
@@ -57,6 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="'warning' silences the per-request lines (default: info)",
     )
+    parser.add_argument(
+        "--poll", default=0.0, type=_non_negative_float, metavar="SECONDS",
+        help="rescan the artifacts tree every SECONDS: new versions become servable, removed ones go away "
+             "(default: 0, only on SIGHUP)",
+    )
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number of seconds, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -88,13 +114,17 @@ def _configure_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load every model, then serve until interrupted (SIGINT/SIGTERM)."""
+    """Load every model, then serve until interrupted (SIGINT/SIGTERM); reload on SIGHUP and every --poll seconds."""
     import uvicorn
+
+    from exporter.access_log import AccessLog
 
     _configure_logging(args.log_level)
     started = time.perf_counter()
     registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)
-    app = create_app(registry, max_body_bytes=args.max_body_bytes)
+    live = LiveRegistry(registry, args.artifacts, max_rows=args.max_rows, threads=args.threads)
+    access_log = AccessLog(sys.stderr) if log.isEnabledFor(logging.INFO) else None
+    app = create_app(live, max_body_bytes=args.max_body_bytes, access_log=access_log)
     sock = _listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
@@ -116,12 +146,29 @@ def run(args: argparse.Namespace) -> int:
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
-    # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
-    print(
-        f"exporter serve: listening on http://{shown_host}:{port} "
-        f"({len(registry.latest)} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()})",
-        file=sys.stderr,
-        flush=True,
-    )
-    server.run(sockets=[sock])
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        reloader = Reloader(live, args.poll)
+        signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reloader.request, "SIGHUP"))
+        reloads = loop.create_task(reloader.run())
+        # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
+        print(
+            f"exporter serve: listening on http://{shown_host}:{port} "
+            f"({len(registry.latest)} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()}"
+            + (f", polling every {args.poll:g}s" if args.poll else "") + ")",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            reloads.cancel()
+
+    try:
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(serve())
+    finally:
+        if access_log is not None:
+            access_log.close()
     return 0

@@ -22,7 +22,8 @@ artifacts tree):
     fields of contract section 3 (feature_columns, parity, producer, training, created_at, ...)
   - onnx.checker passes; the graph's single input/output names, element types and shapes match
     metadata.json and config.pbtxt
-  - the handler's answer to sample_request.json equals sample_response.json within parity.atol
+  - the handler's answer to sample_request.json equals sample_response.json within parity.atol,
+    and likewise sample_request_v2.json / sample_response_v2.json when the version has them
 
 Prints one line per problem; exit code 0 only when every check holds, 1 otherwise.
 """

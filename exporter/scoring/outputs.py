@@ -1,0 +1,249 @@
+"""What ``score`` writes: prediction columns named by the contract, Parquet parts, rejects, and atomicity.
+
+Layout of ``--output DIR`` (Spark's conventions, so Spark, pyarrow.dataset and pandas read it as a table;
+names starting with ``_`` are not data to them)::
+
+    DIR/part-00000.parquet ...   --keep columns, then the prediction columns
+    DIR/_rejects/part-*.parquet  source_file, source_row, reason, --keep columns   (only when rows were refused)
+    DIR/_index/                  the item index (``score two_tower_item --index``)
+    DIR/_scoring.json            what ran: model, version, sha256, engine, inputs, counts, timings
+    DIR/_SUCCESS                 written last, as Spark does
+
+Prediction columns (contract section 1): ``prediction`` (FP64) for xgb/deepfm; one FP64 column per MMoE
+task, named after it (metadata ``output_columns``); ``embedding`` (list of FP64) for the towers.
+
+The whole directory is built in a hidden sibling (``.DIR.scoring-<host>-<pid>-<random>``) and renamed into
+place when complete: a failed job removes it, a killed one leaves only that hidden sibling (removed by the
+next run on the same output), never a half ``DIR``. An existing ``DIR`` is refused unless ``--overwrite``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from exporter.errors import ExporterError
+
+__all__ = ["prediction_fields", "prediction_arrays", "output_schema", "rejects_schema", "REJECT_COLUMNS",
+           "PartWriter", "StagedOutput", "check_keep_names"]
+
+REJECT_COLUMNS = ("source_file", "source_row", "reason")
+PREDICTION = "prediction"
+EMBEDDING = "embedding"
+REJECTS_DIR = "_rejects"
+INDEX_DIR = "_index"
+SUMMARY_FILE = "_scoring.json"
+SUCCESS_FILE = "_SUCCESS"
+STAGING_MARK = ".scoring-"
+
+
+def prediction_fields(metadata: Mapping[str, Any]) -> list[pa.Field]:
+    """The prediction columns of a model's output table, per the contract."""
+    fmt = metadata["prediction_format"]
+    if fmt == "scalar":
+        return [pa.field(PREDICTION, pa.float64())]
+    if fmt == "named_columns":
+        return [pa.field(str(c), pa.float64()) for c in metadata["output_columns"]]
+    return [pa.field(EMBEDDING, pa.list_(pa.float64()))]
+
+
+def prediction_arrays(out: np.ndarray, metadata: Mapping[str, Any]) -> list[pa.Array]:
+    """Model output ``[rows]`` / ``[rows, k]`` -> Arrow columns matching :func:`prediction_fields`."""
+    fmt = metadata["prediction_format"]
+    if fmt == "scalar":
+        return [pa.array(np.ascontiguousarray(out.reshape(-1)), pa.float64())]
+    if fmt == "named_columns":
+        return [pa.array(np.ascontiguousarray(out[:, j]), pa.float64()) for j in range(out.shape[1])]
+    vectors = out.reshape(out.shape[0], -1)
+    dim = vectors.shape[1]
+    offsets = pa.array(np.arange(0, (vectors.shape[0] + 1) * dim, dim, dtype=np.int32), pa.int32())
+    return [pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors).reshape(-1), pa.float64()))]
+
+
+def check_keep_names(keep: Sequence[str], metadata: Mapping[str, Any]) -> None:
+    """``--keep`` names must not collide with prediction or reject columns, nor repeat."""
+    taken = {f.name for f in prediction_fields(metadata)} | set(REJECT_COLUMNS)
+    clash = [c for c in keep if c in taken]
+    if clash:
+        raise ExporterError(
+            f"--keep column {json.dumps(clash[0])} has the name of an output column of the scorer "
+            f"({', '.join(sorted(taken))}); rename it in the input"
+        )
+    if len(set(keep)) != len(keep):
+        raise ExporterError(f"--keep names a column twice: {', '.join(keep)}")
+
+
+def output_schema(keep: pa.Schema, metadata: Mapping[str, Any]) -> pa.Schema:
+    return pa.schema(list(keep) + prediction_fields(metadata))
+
+
+def rejects_schema(keep: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()),
+                      pa.field("reason", pa.string())] + list(keep))
+
+
+class PartWriter:
+    """Parquet part files ``part-00000.parquet``... in one directory, a new file every ``rows_per_file`` rows."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, rows_per_file: int, compression: str = "snappy",
+                 dictionary_columns: Sequence[str] = ()) -> None:
+        self.directory = directory
+        self.schema = schema
+        self.rows_per_file = max(1, int(rows_per_file))
+        self.compression = compression
+        # Dictionary encoding only where values repeat (IDs, file names, reasons): on predictions, which
+        # never repeat, trying it first costs twice the writing time for nothing (measured).
+        self.dictionary_columns = [c for c in dictionary_columns if c in schema.names]
+        self.files: list[Path] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._in_file = 0
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        offset = 0
+        n = table.num_rows
+        while offset < n:
+            if self._writer is None or self._in_file >= self.rows_per_file:
+                self._open()
+            take = min(n - offset, self.rows_per_file - self._in_file)
+            part = table.slice(offset, take)
+            if isinstance(part, pa.RecordBatch):
+                self._writer.write_batch(part)
+            else:
+                self._writer.write_table(part)
+            self._in_file += take
+            self.rows += take
+            offset += take
+
+    def ensure_file(self) -> None:
+        """Write at least one (possibly empty) part file, so that an output is always a readable table."""
+        if not self.files:
+            self._open()
+
+    def _open(self) -> None:
+        self._close_current()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"part-{len(self.files):05d}.parquet"
+        self._writer = pq.ParquetWriter(path, self.schema, compression=self.compression,
+                                        use_dictionary=self.dictionary_columns or False)
+        self.files.append(path)
+        self._in_file = 0
+
+    def _close_current(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> None:
+        self._close_current()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StagedOutput:
+    """The output directory, built in a hidden sibling and renamed into place by :meth:`commit`.
+
+    Use as a context manager; leaving it with an exception (or without commit) removes the staging directory.
+    """
+
+    def __init__(self, output: str | os.PathLike[str], overwrite: bool = False) -> None:
+        self.output = Path(output).absolute()
+        self.overwrite = overwrite
+        self.staging: Path | None = None
+
+    def check(self) -> None:
+        """Refuse an existing output (unless overwrite) and an unusable parent, before any work."""
+        out = self.output
+        if out.exists() or out.is_symlink():
+            if not self.overwrite:
+                raise ExporterError(
+                    f"--output {str(out)!r} already exists; choose a new directory or pass --overwrite to replace it "
+                    "(it is replaced only once the new output is complete)"
+                )
+            if not out.is_dir():
+                raise ExporterError(f"--output {str(out)!r} exists and is not a directory; refusing to replace it")
+        parent = out.parent
+        if parent.exists() and not parent.is_dir():
+            raise ExporterError(f"--output {str(out)!r}: {str(parent)!r} is not a directory")
+
+    def __enter__(self) -> "StagedOutput":
+        self.check()
+        parent = self.output.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExporterError(f"--output {str(self.output)!r}: cannot create {str(parent)!r} ({exc})") from None
+        self._remove_stale()
+        tag = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staging = parent / f".{self.output.name}{STAGING_MARK}{tag}"
+        try:
+            self.staging.mkdir()
+        except OSError as exc:
+            raise ExporterError(f"--output {str(self.output)!r}: cannot write in {str(parent)!r} ({exc})") from None
+        return self
+
+    def _remove_stale(self) -> None:
+        """Staging directories of killed runs on this host for the same output (their pid is gone)."""
+        host = socket.gethostname()
+        prefix = f".{self.output.name}{STAGING_MARK}{host}-"
+        for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
+            rest = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+            pid = rest.split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                print(f"note: removing {path.name}, the partial output of an interrupted run", file=sys.stderr)
+                shutil.rmtree(path, ignore_errors=True)
+
+    @property
+    def path(self) -> Path:
+        assert self.staging is not None, "use StagedOutput as a context manager"
+        return self.staging
+
+    @property
+    def uri(self) -> str:
+        """The staging directory as a ``file://`` URI for Spark (not percent-encoded: Hadoop's Path escapes it)."""
+        return "file://" + str(self.path)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        (self.path / name).write_bytes(data)
+
+    def commit(self) -> Path:
+        """Move the complete output into place (replacing an old one only now, with ``--overwrite``)."""
+        staging = self.path
+        old = None
+        if self.output.exists():
+            if not self.overwrite:  # appeared while we were working
+                raise ExporterError(f"--output {str(self.output)!r} appeared while scoring; not replacing it")
+            old = self.output.with_name(f".{self.output.name}.replaced-{uuid.uuid4().hex[:8]}")
+            os.rename(self.output, old)
+        try:
+            os.rename(staging, self.output)
+        except OSError as exc:
+            if old is not None:
+                os.rename(old, self.output)
+            raise ExporterError(f"cannot move the finished output into place at {str(self.output)!r}: {exc}") from None
+        self.staging = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.output
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
