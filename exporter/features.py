@@ -704,11 +704,6 @@ def passthrough_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: It
     return FeaturePlan([replace(f, fill=None) for f in plan.features])
 
 
-def with_towers(specs: Sequence[FeatureSpec], towers: Mapping[str, str]) -> list[FeatureSpec]:
-    """Specs with ``tower`` set where ``towers`` names one (used when hyper-parameters choose the towers)."""
-    return [replace(s, tower=towers.get(s.name, s.tower)) for s in specs]
-
-
 def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, note: str = "") -> str:
     """A few lines the user sees before training: every feature with its kind and where the kind came from."""
     width = max((len(s.name) for s in specs), default=0)
@@ -729,10 +724,12 @@ def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, n
     return "\n".join(lines)
 
 
-#: raw values the parity gate sends for categorical columns beside the data's own: unseen IDs, unknown codes,
-#: non-integers, NaN, +-inf and integers beyond 2^53 (all must land on the OOV row in graph and twin alike)
 def probe_rows(plan: FeaturePlan, base: np.ndarray, *, rows: int = 64) -> np.ndarray:
-    """Rows for the parity gate that exercise every OOV path and the numeric fill (built from ``base`` rows)."""
+    """Rows for the parity gate that exercise every OOV path and the numeric fill (built from ``base`` rows).
+
+    Categorical columns get unseen IDs, unknown codes, non-integers, NaN, +-inf and integers beyond 2^53 (all
+    must land on the OOV row in graph and twin alike) besides known values; numeric columns NaN and +-inf.
+    """
     base = np.asarray(base, dtype=np.float64)
     if len(base) == 0:
         base = np.zeros((1, len(plan)), dtype=np.float64)

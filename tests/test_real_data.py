@@ -203,7 +203,8 @@ def test_bad_label_is_exit_2_naming_column_row_and_value(tmp_path):
 def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
     schema = {"label": "clicked", "features": [{"name": "item_id", "kind": "categorical", "min_count": 1},
                                                {"name": "price", "fill": 0.0, "optional": True},
-                                               {"name": "user_id", "kind": "numeric"}]}
+                                               {"name": "user_id", "kind": "numeric"},
+                                               {"name": "item_genre", "kind": "categorical", "hash_buckets": 8}]}
     (tmp_path / "schema.json").write_text(json.dumps(schema))
     result = run_cli("export", "xgb", "--data", str(log_csv), "--schema", str(tmp_path / "schema.json"),
                      "--artifacts", str(tmp_path / "art"), "--quiet", "--param", "n_estimators=10")
@@ -211,9 +212,20 @@ def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
     assert "columns from schema" in result.stdout and "(optional, fill 0)" in result.stdout
     meta = json.loads((tmp_path / "art" / "xgb" / "1" / "metadata.json").read_text())
     feats = {f["name"]: f for f in meta["features"]}
-    assert meta["feature_columns"] == ["item_id", "price", "user_id"] and not (tmp_path / "art" / "xgb" / "1" / "vocab.json").exists()
+    assert meta["feature_columns"] == ["item_id", "price", "user_id", "item_genre"]
+    assert not (tmp_path / "art" / "xgb" / "1" / "vocab.json").exists(), "hashed strings need no vocabulary"
     assert feats["price"]["fill"] == 0.0 and feats["price"]["optional"] is True
     assert feats["user_id"]["kind"] == "numeric" and feats["item_id"]["oov"]["min_count"] == 1
+    assert feats["item_genre"]["oov"] == {"policy": "hash", "hash_buckets": 8, "row": "1 + (value mod hash_buckets)",
+                                          "string_code": "sha256-48", "oov_row": 0,
+                                          "oov_values": "unknown, non-integer, beyond +-2^53 or missing"}
+    from exporter.features import hash_code
+
+    handler = ModelHandler.load(tmp_path / "art" / "xgb" / "1")
+    rows = [{"item_id": 5, "user_id": 1000, "item_genre": g} for g in GENRES]  # price is optional
+    by_string = handler.predict({"data": rows})["predictions"]
+    by_code = handler.predict({"data": [dict(r, item_genre=hash_code(r["item_genre"])) for r in rows]})["predictions"]
+    assert by_string == by_code
 
 
 def test_chance_level_model_warns_and_min_auc_writes_nothing(tmp_path):
@@ -227,10 +239,15 @@ def test_chance_level_model_warns_and_min_auc_writes_nothing(tmp_path):
     meta = json.loads((art / "xgb" / "1" / "metadata.json").read_text())
     assert meta["quality"]["value"] < 0.55 and "no better than chance" in meta["quality"]["warning"]
 
+    def tree() -> dict[str, str]:
+        return {str(p.relative_to(art)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+                for p in sorted(art.rglob("*"))}
+
+    before = tree()
     refused = run_cli(*args, "--min-auc", "0.6")
     assert refused.returncode == 4
     assert "below --min-auc 0.6; nothing was written" in refused.stderr
-    assert sorted(p.name for p in (art / "xgb").iterdir()) == ["1", "config.pbtxt"]
+    assert tree() == before
 
 
 def test_model_name_and_tensor_shape_clash(tmp_path, log_csv):

@@ -346,7 +346,10 @@ def test_serving_real_exported_artifacts(exported_artifacts: Path) -> None:
                 assert answer.status_code == 200, answer.text
                 assert answer.json() == expected
                 cols = meta["feature_columns"]
-                flat = [float(row[col]) for row in request["data"] for col in cols]
+                vocab = json.loads((vdir / "vocab.json").read_text()) if (vdir / "vocab.json").is_file() else {}
+                # the v2 form takes codes: a string category as its position in vocab.json
+                flat = [float(vocab[col].index(row[col]) if col in vocab else row[col])
+                        for row in request["data"] for col in cols]
                 v2 = c.post(f"/predictions/{name}/1", json={"id": name, "inputs": [
                     {"name": "features", "shape": [len(request["data"]), len(cols)], "datatype": "FP64", "data": flat}]})
                 INFERENCE_RESPONSE.validate(v2.json())
