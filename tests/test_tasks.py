@@ -201,3 +201,24 @@ def test_two_task_checkpoint_loads_back_with_its_tasks(two_task_export, tmp_path
     request = json.loads((version / "sample_request.json").read_text())
     first = ModelHandler.load(version)
     assert again.predict(request) == first.predict(request)
+
+
+@pytest.mark.slow
+def test_the_mmoe_notebook_trains_two_tasks_given_as_json_text(tmp_path):
+    """``papermill -p tasks '[...]'`` hands the notebook a string: it becomes the tasks, served by name."""
+    from exporter.handler import ModelHandler
+    from exporter.verify import verify
+    from tests.test_notebooks import execute, outputs_text
+
+    two_task_log(2000, seed=13).to_csv(tmp_path / "log.csv", index=False)
+    artifacts = tmp_path / "artifacts"
+    nb = execute("mmoe", tmp_path, artifacts, data_path=str(tmp_path / "log.csv"), tasks=json.dumps(CLICK_DWELL),
+                 epochs=2)
+    report = verify(artifacts)
+    assert report.ok, report.problems
+    assert "output_columns:  click, dwell" in outputs_text(nb, "contract")
+    assert "smoke test mmoe:" in outputs_text(nb, "smoke")
+    handler = ModelHandler.load(artifacts / "mmoe" / "1")
+    assert [t["name"] for t in handler.metadata["tasks"]] == ["click", "dwell"]
+    request = json.loads((artifacts / "mmoe" / "1" / "sample_request.json").read_text())
+    assert all(list(p) == ["click", "dwell"] for p in handler.predict(request)["predictions"])

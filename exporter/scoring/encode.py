@@ -57,11 +57,16 @@ class ColumnRule:
     kind: str = "numeric"  # "numeric" or "categorical"
     optional: bool = False  # missing/NaN cells allowed (sent as NaN: the graph applies the fill / OOV row)
     vocabulary: Mapping[str, int] | None = None  # string categories -> code (categorical only)
+    hashed: bool = False  # string categories -> exporter.features.hash_code (hash_buckets columns)
+
+    @property
+    def takes_strings(self) -> bool:
+        return self.vocabulary is not None or self.hashed
 
     @property
     def is_id(self) -> bool:
-        """A categorical column without a string vocabulary takes integer IDs."""
-        return self.kind == "categorical" and self.vocabulary is None
+        """A categorical column without string categories takes integer IDs."""
+        return self.kind == "categorical" and not self.takes_strings
 
 
 @dataclass(frozen=True)
@@ -105,14 +110,16 @@ class EncodedBatch:
 
 # ---------------------------------------------------------------------------------------------- plan
 def plan_from_metadata(metadata: Mapping[str, Any], directory: Path | None = None) -> EncodingPlan:
-    """The encoding rules of one artifact version, from its ``metadata.json`` (and ``vocab.json``).
+    """The encoding rules of one artifact version, from its ``metadata.json`` and ``vocab.json``.
 
-    Today's metadata lists only ``feature_columns`` (all numeric). A ``features`` list (issue 8) adds kinds,
-    ``optional`` and vocabularies; a vocabulary file is checked against its recorded sha256.
+    ``features`` (docs/features.md) gives each column's kind and ``optional``; a string column names its
+    vocabulary as ``{"file": "vocab.json", "sha256": ..., "key": <column>}`` (the file's sha256 is checked)
+    or is hashed (``oov.policy == "hash"``: a string's code is :func:`exporter.features.hash_code`).
+    Metadata without ``features`` (older exports) means every column is numeric.
     """
     columns = list(metadata["feature_columns"])
     entries = {e.get("name"): e for e in metadata.get("features") or [] if isinstance(e, Mapping)}
-    vocab_file = _vocabulary_file(metadata, directory)
+    files: dict[str, Any] = {}
     rules = []
     for name in columns:
         entry = entries.get(name, {})
@@ -120,33 +127,41 @@ def plan_from_metadata(metadata: Mapping[str, Any], directory: Path | None = Non
         if kind not in ("numeric", "categorical"):
             raise ValueError(f"metadata feature {name!r} has kind {kind!r}; expected numeric or categorical")
         vocabulary = None
-        if kind == "categorical":
-            raw = entry.get("vocabulary")
-            if raw is None and vocab_file is not None:
-                raw = vocab_file.get(name)
-            if isinstance(raw, Mapping) and not {"values", "codes"} <= set(raw):
-                vocabulary = {str(k): int(v) for k, v in raw.items()}
-            elif isinstance(raw, Mapping):
-                vocabulary = {str(k): int(v) for k, v in zip(raw["values"], raw["codes"])}
-            elif isinstance(raw, list):
-                vocabulary = {str(v): i for i, v in enumerate(raw)}
-        rules.append(ColumnRule(name, kind, bool(entry.get("optional", False)), vocabulary))
+        hashed = False
+        if kind == "categorical" and entry.get("dtype") in ("string", "bool", "category"):
+            ref = entry.get("vocab")
+            oov = entry.get("oov") if isinstance(entry.get("oov"), Mapping) else {}
+            if isinstance(ref, Mapping) and directory is not None:
+                values = _vocabulary_file(directory, str(ref.get("file")), ref.get("sha256"), files).get(
+                    str(ref.get("key", name)))
+                if not isinstance(values, list):
+                    raise ValueError(f"vocabulary of {name!r} is missing from {ref.get('file')}")
+                vocabulary = {str(v): i for i, v in enumerate(values)}
+            elif oov.get("policy") == "hash":
+                hashed = True
+        rules.append(ColumnRule(name, kind, bool(entry.get("optional", False)), vocabulary, hashed))
     return EncodingPlan(tuple(rules))
 
 
-def _vocabulary_file(metadata: Mapping[str, Any], directory: Path | None) -> dict[str, Any] | None:
-    """``vocab.json`` named by metadata (``vocab_file``/``vocabulary_file``), verified by its sha256."""
-    ref = metadata.get("vocab_file") or metadata.get("vocabulary_file")
-    if ref is None or directory is None:
-        return None
-    name, digest = (ref.get("file") or ref.get("name"), ref.get("sha256")) if isinstance(ref, Mapping) else (ref, None)
-    digest = digest or metadata.get("vocab_sha256")
-    path = directory / str(name)
-    data = path.read_bytes()
-    if digest and hashlib.sha256(data).hexdigest() != digest:
-        raise ValueError(f"sha256 of {str(path)!r} does not match metadata; refusing a modified vocabulary")
-    loaded = json.loads(data)
-    return loaded.get("columns", loaded) if isinstance(loaded, dict) else None
+def vocabulary_files(metadata: Mapping[str, Any]) -> list[str]:
+    """The vocabulary files a version's features name (what an executor needs beside the model)."""
+    names = {str(e["vocab"].get("file")) for e in metadata.get("features") or []
+             if isinstance(e, Mapping) and isinstance(e.get("vocab"), Mapping) and e["vocab"].get("file")}
+    return sorted(names)
+
+
+def _vocabulary_file(directory: Path, name: str, digest: Any, cache: dict[str, Any]) -> dict[str, Any]:
+    """A ``vocab.json`` beside the model, verified against the sha256 metadata records (read once)."""
+    if name not in cache:
+        path = directory / name
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ValueError(f"vocabulary file {name!r} must be a file name in the version directory")
+        data = path.read_bytes()
+        if not digest or hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"sha256 of {str(path)!r} does not match metadata; refusing a modified vocabulary")
+        loaded = json.loads(data)
+        cache[name] = loaded if isinstance(loaded, dict) else {}
+    return cache[name]
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -181,7 +196,7 @@ def check_schema(schema: pa.Schema, plan: EncodingPlan) -> list[str]:
         if not (_is_numeric(t) or _is_text(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
             problems.append(
                 f"column {json.dumps(rule.name)} has type {t}; expected numbers"
-                + (" or strings" if rule.vocabulary is not None else " (or their text)")
+                + (" or strings" if rule.takes_strings else " (or their text)")
             )
     return problems
 
@@ -223,7 +238,7 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, plan: EncodingPlan) -> Encode
 
 
 def _expected(rule: ColumnRule) -> str:
-    if rule.vocabulary is not None:
+    if rule.takes_strings:
         return "expected a category string or its code"
     if rule.is_id:
         return "expected an integer ID within 2^53"
@@ -289,7 +304,7 @@ def _encode_column(
         bad = ~missing
     elif _is_text(t):
         text = pc.utf8_trim_whitespace(array)
-        if rule.vocabulary is not None:
+        if rule.takes_strings:
             return _encode_categories(text, rule, plan)
         # empty cells and NaN text are missing values, as null and NaN are in typed columns
         missing = _null_mask(text) | _as_bool(pc.equal(text, "")) | _as_bool(
@@ -328,12 +343,22 @@ def _encode_column(
 
 def _encode_categories(text: pa.Array, rule: ColumnRule, plan: EncodingPlan) -> tuple[np.ndarray, np.ndarray | None]:
     """String categories -> vocabulary codes; unknown strings -> :data:`OOV_CODE`; numeric text is a code."""
-    keys, codes = plan.vocab_arrays(rule)
     missing = _null_mask(text) | _as_bool(pc.equal(text, ""))
-    position = pc.index_in(text, value_set=keys).to_numpy(zero_copy_only=False)
-    known = ~np.isnan(position)
     values = np.full(len(text), OOV_CODE)
-    values[known] = codes[position[known].astype(np.int64)]
+    if rule.hashed:
+        from exporter.features import hash_code
+
+        encoded = pc.dictionary_encode(text)
+        uniques = encoded.dictionary.to_pylist()
+        table = np.array([float(hash_code(u)) for u in uniques] or [OOV_CODE], dtype=np.float64)
+        index = encoded.indices.to_numpy(zero_copy_only=False)
+        known = ~_null_mask(encoded.indices)
+        values[known] = table[index[known].astype(np.int64)]
+    else:
+        keys, codes = plan.vocab_arrays(rule)
+        position = pc.index_in(text, value_set=keys).to_numpy(zero_copy_only=False)
+        known = ~np.isnan(position)
+        values[known] = codes[position[known].astype(np.int64)]
     # a code sent as text ("17") is a code, as in the handler; text that is neither stays OOV
     is_code = ~known & _as_bool(pc.match_substring_regex(text, _NUMBER_TEXT)) & ~missing
     if is_code.any():

@@ -71,11 +71,23 @@ def check_index_options(metadata: Mapping[str, Any], keep: Sequence[str], index_
     return column
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Share of the exact top-k ids that the approximate search also returned (per query, then averaged)."""
+def recall_at_k(found: np.ndarray, exact: np.ndarray, found_scores: np.ndarray | None = None,
+                exact_scores: np.ndarray | None = None, *, tolerance: float = 1e-5) -> float:
+    """Share of the exact top-k that the approximate search also returned (per query, then averaged).
+
+    With scores given, ties count: a returned item whose exact score reaches the k-th exact score (within
+    ``tolerance``, float32) is as good as the one exact search happened to list, so items with equal vectors
+    (e.g. many unseen IDs sharing the out-of-vocabulary row) do not read as misses.
+    """
     hits = 0
-    for a, e in zip(found, exact):
-        hits += len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist()))
+    for i, (a, e) in enumerate(zip(found, exact)):
+        ids = set(e[e >= 0].tolist())
+        if found_scores is None or exact_scores is None:
+            hits += len(set(a[a >= 0].tolist()) & ids)
+            continue
+        kth = float(exact_scores[i][e >= 0].min()) if (e >= 0).any() else float("inf")
+        good = (a >= 0) & ((np.isin(a, list(ids))) | (found_scores[i] >= kth - tolerance))
+        hits += min(int(good.sum()), len(ids))
     return hits / max(1, exact.size)
 
 
@@ -149,7 +161,7 @@ def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -
 
     exact = faiss.IndexFlatIP(dim)
     exact.add(vectors)
-    _, truth = exact.search(queries, k)
+    truth_scores, truth = exact.search(queries, k)
     del exact
 
     nlist = max(1, min(int(round(math.sqrt(n))), n // 39))  # FAISS wants >= 39 training points per cell
@@ -163,8 +175,8 @@ def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -
     nprobe, recall = 1, 0.0
     while True:
         index.nprobe = nprobe
-        _, found = index.search(queries, k)
-        recall = recall_at_k(found, truth)
+        found_scores, found = index.search(queries, k)
+        recall = recall_at_k(found, truth, found_scores, truth_scores)
         if recall >= options.index_recall or nprobe >= nlist:
             break
         nprobe = min(nlist, nprobe * 2)

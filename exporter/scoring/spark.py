@@ -235,12 +235,9 @@ def _artifact_copy(handler: Any, directory: Path) -> Path:
     meta = handler.metadata
     target = directory / f"artifact-{handler.model_name}-{handler.version}-{uuid.uuid4().hex[:8]}"
     target.mkdir()
-    names = ["metadata.json", meta["model_file"]]
-    vocab = meta.get("vocab_file") or meta.get("vocabulary_file")
-    if isinstance(vocab, dict):
-        vocab = vocab.get("file") or vocab.get("name")
-    if vocab:
-        names.append(str(vocab))
+    from exporter.scoring.encode import vocabulary_files
+
+    names = ["metadata.json", meta["model_file"], *vocabulary_files(meta)]
     for name in names:
         shutil.copy2(handler.directory / name, target / name)
     return target

@@ -83,14 +83,14 @@ class BatchTask:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from exporter.scoring.core import score_batch
-        from exporter.scoring.encode import plan_from_metadata
+        from exporter.scoring.encode import plan_from_metadata, vocabulary_files
 
         run = None
         directory = None
         if self.score:
             handler = load_once(self.artifact_name, self.sha256, self.threads, self.loads_accumulator)
             run, directory = handler.run, handler.directory
-        elif self.metadata.get("vocab_file") or self.metadata.get("vocabulary_file"):
+        elif vocabulary_files(self.metadata):
             from pyspark import SparkFiles
 
             directory = Path(SparkFiles.get(self.artifact_name))
