@@ -254,7 +254,9 @@ def format_table(rows: list[Row], raw: dict[tuple[str, int], Row]) -> str:
         cpu_ratio = f"{r.cpu_net / base.cpu_seconds:.2f}" if other and base.cpu_seconds else ""
         lines.append(
             f"| {r.model} | {r.rows:,} | {r.engine} | {r.seconds:.1f} | {r.rate:,.0f} | {r.fixed_seconds:.1f} | "
-            f"{r.rate_net:,.0f} | {ratio} | {r.cpu_seconds:.1f} | {r.cpu_net:.1f} | {cpu_ratio} | {r.peak_mb:,.0f} | "
+            # a run shorter than the fixed cost measured at another moment (a shared machine): no net figure
+            f"{f'{r.rate_net:,.0f}' if r.rate_net else 'n/a'} | {ratio} | {r.cpu_seconds:.1f} | {r.cpu_net:.1f} | "
+            f"{cpu_ratio} | {r.peak_mb:,.0f} | "
             f"{r.note} |"
         )
     return "\n".join(lines)
