@@ -285,7 +285,9 @@ def test_notebook_setup_cell_finds_the_repository(where: str, tmp_path: Path) ->
     cwd = {"notebooks": REPO / "notebooks", "root": REPO}.get(where, tmp_path)
     if where == "installed elsewhere":
         env["PYTHONPATH"] = str(REPO)  # what `pip install -e .` puts on the path
-    result = subprocess.run([sys.executable, "-c", _setup_code()], cwd=cwd, env=env, capture_output=True,
+    # "not installed": -S keeps site-packages (and so an editable install's .pth, as CI has) off the path
+    flags = ["-S"] if where == "not installed elsewhere" else []
+    result = subprocess.run([sys.executable, *flags, "-c", _setup_code()], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=60)
     if where == "not installed elsewhere":
         assert result.returncode != 0 and "pip install -e ." in result.stderr
