@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from exporter.errors import ExporterError
@@ -23,7 +24,8 @@ COMMANDS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m exporter",
+        # "exporter" when run as the installed console script, else as the module
+        prog="exporter" if Path(sys.argv[0]).name == "exporter" else "python -m exporter",
         description=(
             f"Train or load recommendation models ({', '.join(model_names())}), export them to ONNX "
             "with Open Inference Protocol metadata into a Triton-style model repository, serve and verify them."

@@ -100,6 +100,29 @@ def tensor_specs(n_features: int, out_shape: Sequence[int]) -> tuple[list[dict[s
 
 
 # ---------------------------------------------------------------------------------------------- metadata
+#: deepest nesting of objects and lists metadata.json may have (ours has 4; orjson writes at most 254)
+MAX_METADATA_DEPTH = 64
+
+
+def nesting_depth(value: Any, limit: int = MAX_METADATA_DEPTH) -> int:
+    """How deeply objects and lists nest in decoded JSON (a scalar: 0), counted without recursion and
+    stopping once past ``limit``, so a hostile file cannot exhaust the stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth) for child in item)
+    return deepest
+
+
 def usability_problems(metadata: Any) -> list[str]:
     """Problems that make ``metadata.json`` unusable for serving (what the handler itself refuses)."""
     if not isinstance(metadata, dict):

@@ -114,8 +114,7 @@ def _describe_bad_value(value: Any) -> str | None:
             return "Infinity" if f > 0 else "-Infinity"
         return None
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"a string ({json.dumps(shown)})"
+        return f"a string ({_quote(value)})"
     return _type_name(value)
 
 
@@ -138,6 +137,27 @@ _V2_KEY = "inputs"
 _MAX_VERSION = 2**63 - 1
 #: longest piece of client text quoted in an error message
 _QUOTE_CHARS = 40
+#: deepest nesting metadata.json may have (exporter.contract.MAX_METADATA_DEPTH)
+_MAX_METADATA_DEPTH = 64
+
+
+_TOO_DEEP = object()
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether decoded JSON nests objects/lists deeper than ``_MAX_METADATA_DEPTH`` (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        if depth + 1 > _MAX_METADATA_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False
+
 # (exporter.features owns these; tests/test_features_handler.py proves the copies agree)
 _MAX_EXACT_INT = 2**53
 _UNKNOWN_CODE = -1
@@ -307,6 +327,16 @@ def _quote(text: Any) -> str:
     return f"{json.dumps(text[:_QUOTE_CHARS])}... ({len(text)} characters)"
 
 
+def _shape_text(shape: Any) -> str:
+    """A client's ``shape`` for an error message: the list when it is a few integers, else what it is."""
+    if type(shape) is not list:
+        return _type_name(shape)
+    odd = next((d for d in shape if type(d) is not int), None)
+    if odd is not None:
+        return f"a list holding {_type_name(odd)}" + (f" {_quote(odd)}" if isinstance(odd, str) else "")
+    return json.dumps(shape) if len(shape) < 10 else f"a list of {len(shape)} integers"
+
+
 def _all_finite(out: np.ndarray) -> bool:
     return bool(np.isfinite(out).all())
 
@@ -337,6 +367,8 @@ def _decode_json(body: bytes | bytearray | memoryview | str) -> Any:
         return json.loads(body if isinstance(body, (str, bytes, bytearray)) else bytes(body))
     except (ValueError, RecursionError):
         pass
+    if not isinstance(body, str) and bytes(body[:2]) == b"\x1f\x8b":
+        raise HandlerError(400, "request body is gzip-compressed; send the JSON uncompressed")
     raise HandlerError(400, f"request body is not valid JSON ({first_error})")
 
 
@@ -437,6 +469,13 @@ class ModelHandler:
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ArtifactError(f"{str(meta_path)!r} is not readable JSON: {exc}") from exc
+        except RecursionError:  # issue 10: a hostile file must not take the server down
+            metadata = _TOO_DEEP
+        if metadata is _TOO_DEEP or _too_deep(metadata):
+            raise ArtifactError(
+                f"{str(meta_path)!r} nests objects or lists more than {_MAX_METADATA_DEPTH} levels deep; "
+                "an exported metadata.json has 4: the file is corrupt or not ours"
+            )
         problems = validate_metadata(metadata)
         if problems:
             raise ArtifactError(f"{str(meta_path)!r} is not usable: " + "; ".join(problems))
@@ -779,12 +818,12 @@ class V2JsonCodec:
         if name != self.input_name:
             raise HandlerError(
                 400,
-                f"inputs[0].name is {json.dumps(name) if isinstance(name, str) else _type_name(name)}: unknown input; "
+                f"inputs[0].name is {_quote(name) if isinstance(name, str) else _type_name(name)}: unknown input; "
                 f'model {self.model_name!r} has one input named "{self.input_name}"',
             )
         datatype = tensor["datatype"]
         if not (isinstance(datatype, str) and datatype in NUMERIC_DATATYPES):
-            shown = json.dumps(datatype) if isinstance(datatype, str) else _type_name(datatype)
+            shown = _quote(datatype) if isinstance(datatype, str) else _type_name(datatype)
             raise HandlerError(
                 400,
                 f"inputs[0].datatype {shown} is not supported; expected FP64 or another numeric datatype "
@@ -798,7 +837,7 @@ class V2JsonCodec:
             or shape[1] != self.n_features
             or shape[0] < 1
         ):
-            shown = json.dumps(shape) if isinstance(shape, list) and len(shape) < 10 else _type_name(shape)
+            shown = _shape_text(shape)
             raise HandlerError(
                 400,
                 f"inputs[0].shape is {shown}; expected [<rows>, {self.n_features}]: 2-D, at least 1 row, "
@@ -816,7 +855,7 @@ class V2JsonCodec:
             for j, requested in enumerate(outputs):
                 req_name = requested.get("name") if isinstance(requested, Mapping) else None
                 if req_name != self.output_name:
-                    shown = json.dumps(req_name) if isinstance(req_name, str) else _type_name(requested)
+                    shown = _quote(req_name) if isinstance(req_name, str) else _type_name(requested)
                     raise HandlerError(
                         400,
                         f"outputs[{j}] requests {shown}: unknown output; model {self.model_name!r} has one output "
@@ -956,8 +995,9 @@ class V2BinaryCodec:
         k = self.n_features
         expected = n * k * dtype.itemsize
         if type(size) is not int or size != expected:
+            shown = str(size) if type(size) is int else _quote(size) if isinstance(size, str) else _type_name(size)
             raise HandlerError(
-                400, f"inputs[0].parameters.binary_data_size is {size!r}; shape [{n}, {k}] of {datatype} needs "
+                400, f"inputs[0].parameters.binary_data_size is {shown}; shape [{n}, {k}] of {datatype} needs "
                 f"{expected} bytes"
             )
         if len(blob) != size:
@@ -1161,8 +1201,8 @@ def initialize(context: Any) -> ModelHandler:
                 try:
                     if json.loads(meta_file.read_text(encoding="utf-8")).get("model_file") != serialized:
                         model_file = serialized
-                except ValueError:
-                    pass
+                except (ValueError, RecursionError, AttributeError):
+                    pass  # ModelHandler.load says what is wrong with the file
             _service = ModelHandler.load(model_dir, model_file=model_file)
         return _service
 

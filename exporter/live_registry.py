@@ -113,6 +113,11 @@ def scan(artifacts: Path, *, max_rows: int | None = None, threads: int | None = 
     """
     from exporter.handler import DEFAULT_MAX_ROWS, HandlerError, ModelHandler
 
+    if artifacts.exists() and not artifacts.is_dir():
+        raise ExporterError(
+            f"--artifacts {str(artifacts)!r} is a file, not a directory; expected the artifacts tree "
+            "(<model_name>/<version>/) written by python -m exporter export"
+        )
     if not artifacts.is_dir():
         raise ExporterError(
             f"artifacts directory {str(artifacts)!r} does not exist; export a model first "

@@ -47,8 +47,10 @@ class ParameterError(ExporterError):
 
 
 def repo_root() -> Path:
-    """The checkout holding the ``exporter`` package (the parent of ``exporter/``)."""
-    return Path(__file__).resolve().parent.parent
+    """The checkout holding the ``exporter`` package (the parent of ``exporter/``); for an installed,
+    non-editable copy (no checkout around it) the current directory."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
 
 
 def resolve_path(value: Any, name: str, *, root: Path | None = None) -> Path | None:
@@ -107,6 +109,8 @@ _CLI_TERMS = {
     "--rows": "rows",
     "--version": "model_version",
     "--atol": "parity_atol",
+    "--artifacts": "artifacts_dir",
+    "--seed": "seed",
     "--param": "the hyper-parameter knobs",
 }
 
@@ -187,18 +191,19 @@ def prepare(
             schema=_schema_param(feature_schema, root),
             model_name=model_name,
         )
+        if isinstance(model_version, int) and not isinstance(model_version, bool):
+            artifacts = Path(params.artifacts)
+            taken = [n for n in spec.model_names if (artifacts / n / str(model_version)).is_dir()]
+            if taken:
+                raise ParameterError(
+                    f"model_version {model_version} already exists for {', '.join(taken)} under {artifacts}; "
+                    f"set model_version = None for the next free version ({repo.next_version(artifacts, spec.model_names)})"
+                )
         prep = pipeline.prepare(params)
     except ParameterError:
         raise
     except ExporterError as exc:
         raise ParameterError(notebook_terms(str(exc))) from exc
-    if model_version is not None:
-        taken = [n for n in prep.spec.model_names if (Path(params.artifacts) / n / str(model_version)).exists()]
-        if taken:
-            raise ParameterError(
-                f"model_version {model_version} already exists for {', '.join(taken)} under {params.artifacts}; "
-                f"set model_version = None for the next free version ({repo.next_version(Path(params.artifacts), prep.spec.model_names)})"
-            )
     return prep
 
 
@@ -245,9 +250,14 @@ def describe_run(prep: "Prepared") -> str:
         + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
         f"  label: {', '.join(prep.label_columns.get(c, c) for c in prep.spec.label_columns)}",
         f"  hyper-parameters: {_short(prep.hparams)}",
-        f"  export to {display_path(Path(p.artifacts))}/{{{', '.join(prep.spec.model_names)}}}/ as {version}",
+        f"  export to {display_path(Path(p.artifacts))}/{_model_dirs(prep.spec.model_names)}/ as {version}",
     ]
     return "\n".join(lines)
+
+
+def _model_dirs(names: Sequence[str]) -> str:
+    """``xgb`` for one model directory, ``{two_tower,two_tower_item}`` (shell brace style) for several."""
+    return names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
 
 
 def _short(values: Mapping[str, Any]) -> str:

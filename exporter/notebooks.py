@@ -64,13 +64,30 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     return {name: info.get("default") for name, info in found.items()}
 
 
+def artifacts_option(pairs: Sequence[Sequence[str]], artifacts: str,
+                     default: str = "artifacts") -> tuple[list[Sequence[str]], str]:
+    """Take ``-p artifacts_dir DIR`` (what papermill users type) as ``--artifacts DIR``.
+
+    Returns the other ``-p`` pairs and the artifacts directory; the two spellings may not disagree.
+    """
+    rest = [pair for pair in pairs if pair[0] != "artifacts_dir"]
+    given = [pair[1] for pair in pairs if pair[0] == "artifacts_dir"]
+    if len(given) > 1:
+        raise ExporterError("parameter artifacts_dir is given twice")
+    if not given:
+        return rest, artifacts
+    if artifacts != default and Path(artifacts) != Path(given[0]):
+        raise ExporterError(f"--artifacts {artifacts} and -p artifacts_dir {given[0]} disagree: give one of them")
+    return rest, given[0]
+
+
 def resolve_overrides(pairs: Sequence[Sequence[str]], cwd: Path) -> dict[str, Any]:
     """``[(name, raw value), ...]`` -> parameters, file paths made absolute against ``cwd``."""
     out: dict[str, Any] = {}
     for name, raw in pairs:
         if name == "artifacts_dir":
-            raise ExporterError("set the model repository with --artifacts DIR, not -p artifacts_dir "
-                                "(the runner needs it to pick the version and store the report)")
+            raise ExporterError("artifacts_dir is the runner's --artifacts DIR (artifacts_option takes it first: "
+                                "the runner needs it to pick the version and store the report)")
         if name in out:
             raise ExporterError(f"parameter {name} is given twice")
         value = parse_value(raw)

@@ -6,7 +6,7 @@ Nothing here is model specific: that lives in the specs (:mod:`exporter.specs`).
 from __future__ import annotations
 
 import datetime as _dt
-import sys
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,12 @@ from exporter import verdict as Q
 from exporter import repository as repo
 from exporter.errors import ExporterError, ParityError
 from exporter.specs import ExportUnit, ModelSpec, Trained, get_spec
-from exporter.specs.base import SideFile
+from exporter.specs.base import BINARY, SideFile
 
 MODES = ("train", "load")
 PARITY_MIN_ROWS = 1000
+#: seeds go to numpy, torch and xgboost alike: the range all three accept
+MAX_SEED = 2**32 - 1
 SAMPLE_ROWS = 3
 
 
@@ -173,13 +175,45 @@ def _check_handoff_params(params: ExportParams) -> None:
         kserve.check_storage_uri(params.storage_uri)
 
 
+def _check_range(spec: ModelSpec, x: np.ndarray, columns: Sequence[str], where: str) -> None:
+    """Values the model's framework cannot represent (xgboost computes in float32) fail here, naming the cell."""
+    limit = spec.max_abs_feature
+    if limit is None or not x.size:
+        return
+    beyond = np.abs(x) > limit
+    if beyond.any():
+        row, col = (int(i) for i in np.argwhere(beyond)[0])
+        raise ExporterError(
+            f"{where}: column '{columns[col]}' row {row + 1}: value {x[row, col]:.6g} is beyond what "
+            f"{spec.framework} can represent (|value| <= {limit:.4g}); rescale the column or drop the row"
+        )
+
+
+def _check_two_classes(labels: np.ndarray, column: str, train_idx: np.ndarray, held_idx: np.ndarray, where: str, *,
+                       training: bool) -> None:
+    """A click label with one class trains nothing and makes AUC undefined: say so before any training."""
+    parts = ([("training", train_idx)] if training else []) + [("held-out", held_idx)]
+    for part, idx in parts:
+        classes = np.unique(labels[idx])
+        if len(classes) < 2:
+            value = f"{classes[0]:g}" if len(classes) else "none"
+            raise ExporterError(
+                f"{where}: the {part} labels '{column}' hold one class (all {value}, {len(idx)} rows): a click "
+                f"model needs clicks (1) and non-clicks (0) to {'learn' if part == 'training' else 'be evaluated'}; "
+                "use more rows or data with both classes"
+            )
+
+
 def prepare(params: ExportParams) -> Prepared:
     """Check every parameter and input before any training, so mistakes fail fast and clearly."""
     spec = get_spec(params.model)
     if params.mode not in MODES:
         raise ExporterError(f"unknown mode '{params.mode}': expected 'train' or 'load'")
-    if params.atol is not None and not (isinstance(params.atol, (int, float)) and params.atol >= 0):
-        raise ExporterError(f"atol must be a non-negative number, got {params.atol!r}")
+    if params.atol is not None and not (isinstance(params.atol, (int, float)) and not isinstance(params.atol, bool)
+                                        and math.isfinite(params.atol) and params.atol >= 0):
+        raise ExporterError(f"--atol must be a finite non-negative number, got {params.atol!r}")
+    if isinstance(params.seed, bool) or not isinstance(params.seed, int) or not 0 <= params.seed <= MAX_SEED:
+        raise ExporterError(f"--seed must be an integer from 0 to {MAX_SEED}, got {params.seed!r}")
     if params.version is not None and C.version_problem(params.version):
         raise ExporterError(str(C.version_problem(params.version)))
     hparams = H.resolve_hparams(spec, params.hparams)
@@ -192,6 +226,9 @@ def prepare(params: ExportParams) -> Prepared:
     label_name = params.label or (schema.label if schema is not None else None)
     I.label_map([], label_name)  # a bad --label fails before any loading
     _check_handoff_params(params)
+    # before any training: the artifacts tree can take this export (under --model-name's names, if given)
+    repo.check_target(Path(params.artifacts), renamed_model_names(spec.model_names, params.model_name),
+                      params.version)
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -258,6 +295,11 @@ def prepare(params: ExportParams) -> Prepared:
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
     y_all = I.read_labels(frame, labels, source=where, kinds={n.name: n.kind for n in needs}) if has_labels else {}
+    _check_range(spec, x_all, columns, where)
+    for need in needs:  # an optional label (two_tower's positives-only pairs) may hold one class
+        if need.kind == BINARY and need.required and need.name in y_all:
+            _check_two_classes(y_all[need.name], labels[need.name], train_idx, held_idx, where,
+                               training=params.mode == "train")
     if loaded is not None:
         hparams = dict(loaded.hparams)
         loaded.features = plan
@@ -298,11 +340,10 @@ def fit(prep: Prepared) -> Trained:
     """Train (with a progress bar) or hand back the model that load mode already read."""
     if prep.loaded is not None:
         return prep.loaded
-    from tqdm import tqdm
+    from exporter.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
 
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
-    with tqdm(total=total, desc=f"train {prep.spec.name}", unit="step", file=sys.stderr,
-              disable=not prep.params.progress, mininterval=0.5, leave=False) as bar:
+    with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
         return prep.spec.train(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout,
                                prep.columns, prep.hparams, prep.params.seed, bar, prep.features)
 
@@ -385,6 +426,45 @@ def _opsets(model_bytes: bytes) -> dict[str, int]:
     return {(o.domain or ""): int(o.version) for o in model.opset_import}
 
 
+def repository_root() -> Path | None:
+    """The source checkout this package runs from (``None`` for an installed, non-editable copy)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "exporter").is_dir() else None
+
+
+def portable_source(path: str | Path) -> tuple[str, str | None]:
+    """How metadata names an input file without the machine's layout: its path relative to the repository
+    when it lies inside it, else its file name; with the file's sha256 (``None`` when it cannot be read).
+
+    metadata.json is served as is (``GET /models/{name}``): absolute local paths would leak the machine's
+    directories and differ between machines for the same export.
+    """
+    path = Path(path)
+    root = repository_root()
+    shown = path.name
+    if root is not None:
+        try:
+            shown = path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    try:
+        digest = repo.sha256_file(path) if path.is_file() else None
+    except OSError:
+        digest = None
+    return shown, digest
+
+
+def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``training`` entries for the data file and the hyper-parameters' ``source_file`` (load mode), portable."""
+    data: dict[str, Any] = {"data_source": data_source}
+    if data_source != "synthetic":
+        data["data_source"], data["data_sha256"] = portable_source(data_source)
+    hyper = dict(hparams)
+    if isinstance(hyper.get("source_file"), str):
+        hyper["source_file"], hyper["source_sha256"] = portable_source(hyper["source_file"])
+    return data, hyper
+
+
 def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, unit: ExportUnit,
                    version: int, model_bytes: bytes, sha256: str, parity: ParityResult,
                    sha256_of: Mapping[str, str] | None = None, model_part: str | None = None,
@@ -392,6 +472,7 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
     """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
     opsets = _opsets(model_bytes)
     inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
+    sources, hyper = _training_sources(prep.data_source, trained.hparams)
     meta: dict[str, Any] = {
         "name": unit.model_name,
         "versions": [str(version)],
@@ -428,13 +509,13 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
         "quality": _jsonable(evaluation.quality),
         "training": {
             "mode": prep.params.mode,
-            "data_source": prep.data_source,
+            **sources,
             "rows": len(prep.train) + len(prep.heldout),
             "train_rows": len(prep.train),
             "heldout_rows": len(prep.heldout),
             "seed": prep.params.seed,
             "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
-            "hyperparameters": _jsonable(trained.hparams),
+            "hyperparameters": _jsonable(hyper),
             "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()},
             "final_loss": trained.history[-1] if trained.history else None,
         },
@@ -465,17 +546,25 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
     return C.torchserve_request((complete if len(complete) else frame).head(rows).to_dict("records"), unit.feature_columns)
 
 
+def renamed_model_names(names: Sequence[str], name: str | None) -> list[str]:
+    """The repository names of ``names`` under ``--model-name``: the first is NAME, the others NAME plus their
+    own suffix (``_item``); each checked as a directory name."""
+    if name is None:
+        return list(names)
+    first = names[0]
+    renamed = [name + (n[len(first):] if n.startswith(first) else "_" + n) for n in names]
+    for new in renamed:
+        check_model_name(new)
+    return renamed
+
+
 def _renamed(units: Sequence[ExportUnit], name: str | None) -> list[ExportUnit]:
     """Units under ``--model-name``: the first is NAME, the others NAME plus their own suffix (``_item``)."""
     from dataclasses import replace
 
     if name is None:
         return list(units)
-    first = units[0].model_name
-    mapping = {u.model_name: name + (u.model_name[len(first):] if u.model_name.startswith(first) else "_" + u.model_name)
-               for u in units}
-    for new in mapping.values():
-        check_model_name(new)
+    mapping = dict(zip((u.model_name for u in units), renamed_model_names([u.model_name for u in units], name)))
     return [replace(u, model_name=mapping[u.model_name], related_models=[mapping.get(r, r) for r in u.related_models])
             for u in units]
 
@@ -554,9 +643,10 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
             + "; ".join(f"{p.model_name} max |native - onnxruntime| = {p.max_abs_diff:.3g} > atol {p.atol:g} over {p.rows} rows" for p in failed)
         )
 
-    version = prep.params.version or repo.next_version(artifacts, [u.model_name for u in units])
     exported: list[ExportedArtifact] = []
-    with repo.VersionWriter(artifacts, version, [u.model_name for u in units]) as writer:
+    # the writer claims the version (the next free one unless given), so concurrent exports never collide
+    with repo.VersionWriter(artifacts, prep.params.version, [u.model_name for u in units]) as writer:
+        version = writer.version
         metas = {}
         for unit, model_bytes, parity in built:
             d = writer.path(unit.model_name)

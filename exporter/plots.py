@@ -1,7 +1,8 @@
-"""Small matplotlib figures for the model notebooks: training curve, ROC / predicted-vs-true, recall@K, parity.
+"""Matplotlib figures for the model notebooks: training curve, ROC / predicted-vs-true, recall@K, parity scatter.
 
-Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, any backend), kept small
-(low dpi, few points) so executed notebooks stay light; a notebook shows one by ending a cell with it.
+Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, any backend). They are sized to
+be read at notebook width (100 dpi, at most three panels a row, 10 pt text, units on the axes) while
+staying light (few points, subsampled scatters); a notebook shows one by ending a cell with it.
 """
 from __future__ import annotations
 
@@ -15,23 +16,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from exporter.pipeline import Evaluation, ExportedArtifact
 
-DPI = 64
-PANEL = (3.4, 2.8)  # inches per panel
+DPI = 100
+PANEL = (3.6, 3.0)  # inches per panel: three panels a row fill a notebook's width (~1000 px)
+PANELS_PER_ROW = 3
 MAX_POINTS = 1000
-FONT = 8
+FONT = 10
 
 #: label column -> how its head is called in the plots
 HEAD_NAMES = {"label": "CTR (click)", "ctr": "CTR (click)", "watch_time": "watch_time", "gmv": "gmv"}
+#: head or output column -> the unit its values are in (axis labels)
+UNITS = {"label": "click probability", "ctr": "click probability", "watch_time": "seconds", "gmv": "currency units"}
 
 
 def _figure(panels: int) -> tuple["Figure", list["Axes"]]:
+    """``panels`` axes, at most :data:`PANELS_PER_ROW` a row (unused cells of the last row removed)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(PANEL[0] * panels, PANEL[1]), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
+    cols = min(panels, PANELS_PER_ROW)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(PANEL[0] * cols, PANEL[1] * rows), dpi=DPI, layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[panels:]:
+        ax.remove()
+    axes = list(grid[:panels])
     for ax in axes:
         ax.tick_params(labelsize=FONT - 1)
-    return fig, list(axes)
+    return fig, axes
+
+
+def unit(name: str) -> str:
+    """The unit of a head or output column (``value`` when unknown)."""
+    return UNITS.get(name, "value")
 
 
 def _note(ax: "Axes", text: str) -> None:
@@ -48,7 +63,10 @@ def _sample(n: int, seed: int = 0, limit: int = MAX_POINTS) -> np.ndarray:
 
 
 def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss") -> "Figure":
-    """Train and held-out loss per ``step`` (epoch, boosting round); a note instead when there is no history (load mode)."""
+    """Train and held-out loss per ``step`` (epoch, boosting round); a note instead when there is no history (load mode).
+
+    Step 0, when the history has it, is the loss before training: the curve starts where training started.
+    """
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax,) = _figure(1)
@@ -63,8 +81,8 @@ def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch
             ax.plot(steps, [np.nan if v is None else v for v in values], marker="o" if len(steps) <= 20 else None,
                     markersize=3, linewidth=1.2, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(step, fontsize=FONT)
-    ax.set_ylabel("loss", fontsize=FONT)
+    ax.set_xlabel(f"{step} (0: before training)" if steps and steps[0] == 0 else step, fontsize=FONT)
+    ax.set_ylabel("loss per row (training objective)", fontsize=FONT)
     ax.legend(fontsize=FONT - 1)
     ax.grid(alpha=0.3)
     return fig
@@ -82,15 +100,16 @@ def roc_panel(ax: "Axes", y_true: np.ndarray, score: np.ndarray, name: str) -> N
     fpr, tpr, _ = roc_curve(y_true, score)
     ax.plot(fpr, tpr, linewidth=1.2, label=f"AUC {roc_auc_score(y_true, score):.3f}")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
-    ax.set_xlabel("false positive rate", fontsize=FONT)
-    ax.set_ylabel("true positive rate", fontsize=FONT)
+    ax.set_xlabel("false positive rate (share of non-clicks)", fontsize=FONT)
+    ax.set_ylabel("true positive rate (share of clicks)", fontsize=FONT)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=FONT - 1, loc="lower right")
     ax.grid(alpha=0.3)
 
 
-def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, name: str) -> None:
+def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, name: str,
+                            units: str = "value") -> None:
     """Scatter of predictions against labels with the y = x line (a subsample when there are many rows)."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
@@ -100,8 +119,8 @@ def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, 
     hi = float(max(y_true.max(), y_pred.max()))
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=0.8)
     ax.set_title(f"{name}: predicted vs true", fontsize=FONT + 1)
-    ax.set_xlabel("true", fontsize=FONT)
-    ax.set_ylabel("predicted", fontsize=FONT)
+    ax.set_xlabel(f"true ({units})", fontsize=FONT)
+    ax.set_ylabel(f"predicted ({units})", fontsize=FONT)
     ax.grid(alpha=0.3)
 
 
@@ -145,33 +164,41 @@ def evaluation_plots(evaluation: "Evaluation") -> "Figure":
         if kinds.get(head, "binary" if head == "label" else "regression") == "binary":
             roc_panel(ax, evaluation.labels[head], evaluation.predictions[head], name)
         else:
-            predicted_vs_true_panel(ax, evaluation.labels[head], evaluation.predictions[head], name)
+            predicted_vs_true_panel(ax, evaluation.labels[head], evaluation.predictions[head], name, unit(head))
     return fig
 
 
 def parity_scatter(exported: Sequence["ExportedArtifact"]) -> "Figure":
-    """Native model vs ONNX Runtime on the parity rows, one panel per artifact (all output columns pooled)."""
-    fig, axes = _figure(len(exported))
-    for ax, artifact in zip(axes, exported):
+    """Native model vs ONNX Runtime on the parity rows: one panel per artifact, and per output column where
+    the output has named columns (MMoE: ctr, watch_time and gmv each on their own scale)."""
+    panels: list[tuple["ExportedArtifact", str | None, np.ndarray, np.ndarray]] = []
+    for artifact in exported:
         p = artifact.parity
         native = np.asarray(p.native, dtype=np.float64)
         onnx = np.asarray(p.onnx, dtype=np.float64)
         columns = artifact.metadata.get("output_columns") or []
-        if native.ndim == 2 and len(columns) == native.shape[1]:  # named outputs: one colour each
-            idx = _sample(len(native), limit=MAX_POINTS // len(columns))
-            for j, col in enumerate(columns):
-                ax.scatter(native[idx, j], onnx[idx, j], s=4, alpha=0.4, linewidths=0, label=col)
-            ax.legend(fontsize=FONT - 1, markerscale=2)
+        if native.ndim == 2 and len(columns) == native.shape[1]:
+            panels += [(artifact, col, native[:, j], onnx[:, j]) for j, col in enumerate(columns)]
         else:  # one output, or an embedding: all values pooled
-            native, onnx = native.ravel(), onnx.ravel()
-            idx = _sample(len(native))
-            ax.scatter(native[idx], onnx[idx], s=4, alpha=0.4, linewidths=0)
+            panels.append((artifact, None, native.ravel(), onnx.ravel()))
+    fig, axes = _figure(len(panels))
+    for ax, (artifact, column, native, onnx) in zip(axes, panels):
+        idx = _sample(len(native))
+        ax.scatter(native[idx], onnx[idx], s=6, alpha=0.4, linewidths=0)
         if native.size:
             lo, hi = float(native.min()), float(native.max())
             ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=0.8)
-        ax.set_title(f"{artifact.model_name}: max |diff| {p.max_abs_diff:.1e}", fontsize=FONT + 1)
-        ax.set_xlabel("native model", fontsize=FONT)
-        ax.set_ylabel("ONNX Runtime", fontsize=FONT)
+        diff = float(np.max(np.abs(native - onnx))) if native.size else 0.0
+        name = artifact.model_name if column is None else f"{artifact.model_name} {column}"
+        ax.set_title(f"{name}: max |diff| {diff:.1e}", fontsize=FONT + 1)
+        if column is not None:
+            units = unit(column)
+        elif artifact.metadata.get("prediction_format") == "vector":
+            units = "embedding value"
+        else:
+            units = unit("label")
+        ax.set_xlabel(f"native model ({units})", fontsize=FONT)
+        ax.set_ylabel(f"ONNX Runtime ({units})", fontsize=FONT)
         ax.grid(alpha=0.3)
     return fig
 

@@ -56,9 +56,26 @@ def _error(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
+#: longest piece of client text (model name, version, path, header) quoted in an error (as the handler's)
+_QUOTE_CHARS = 40
+
+
 def _shown(name: str) -> str:
-    """A path parameter quoted for an error message, shortened if huge."""
-    return repr(name if len(name) <= 80 else name[:77] + "...")
+    """Client text quoted for an error message: quoted whole when short, else a prefix and its length."""
+    import json
+
+    if len(name) <= _QUOTE_CHARS:
+        return json.dumps(name)
+    return f"{json.dumps(name[:_QUOTE_CHARS])}... ({len(name)} characters)"
+
+
+def _content_encoding(scope: dict[str, Any]) -> str | None:
+    """The request's Content-Encoding when it is not identity (a compressed body), else ``None``."""
+    for key, value in scope["headers"]:
+        if key == b"content-encoding":
+            text = value.decode("latin-1").strip()
+            return None if text.lower() in ("", "identity") else text
+    return None
 
 
 def _log_path(scope: dict[str, Any]) -> str:
@@ -76,6 +93,10 @@ def _encoded_separator(raw_path: bytes) -> bool:
 
 class _TooLarge(Exception):
     pass
+
+
+class _Disconnected(Exception):
+    """The client went away (or was cut off by a timeout) before its body arrived: nobody to answer."""
 
 
 async def _read_body(content_length: bytes | None, receive: Receive, limit: int) -> bytes:
@@ -97,7 +118,7 @@ async def _read_body(content_length: bytes | None, receive: Receive, limit: int)
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -163,6 +184,11 @@ def create_app(
                         f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
                         f"{', '.join(sorted(view.versions[name], key=int))}"
                     )
+            elif _content_encoding(scope) is not None:  # issue 10: say so instead of failing to decode
+                status, answer = 415, _error(
+                    f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
+                    "accepts only uncompressed JSON bodies (Content-Encoding identity or none): send it uncompressed"
+                )
             else:
                 content_length = header_length = None
                 for key, value in scope["headers"]:
@@ -172,6 +198,12 @@ def create_app(
                         header_length = _header_int(value)
                 try:
                     body = await _read_body(content_length, receive, max_body_bytes)
+                except _Disconnected:
+                    if add_line is not None:
+                        add_line((now(), "POST %s model=%s version=%s rows=0 status=- time_ms=%.2f client disconnected "
+                                  "before sending its body", _log_path(scope), handler.model_name, handler.version,
+                                  (perf() - start) * 1000.0))
+                    return
                 except _TooLarge as exc:
                     status, answer = 413, _error(
                         f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
@@ -219,12 +251,12 @@ def create_app(
         status = getattr(exc, "status_code", 500)
         if status == 404:
             message = (
-                f"no route for {request.method} {request.url.path}; routes: GET /ping, GET /models, "
+                f"no route for {request.method} {_shown(request.url.path)}; routes: GET /ping, GET /models, "
                 "GET /models/{model_name}, POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
             )
         elif status == 405:
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
-            message = f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+            message = f"method {_shown(request.method)} is not allowed on {_shown(request.url.path)}; allowed: {allowed}"
         else:
             message = str(getattr(exc, "detail", "")) or "bad request"
         if add_line is not None:

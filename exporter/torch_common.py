@@ -160,6 +160,7 @@ def _fit_epochs(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.T
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     history: list[dict[str, float]] = []
+    history.append(_losses_before_training(model, loss_fn, train_tensors, heldout_tensors))  # the curve's start
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator)
@@ -187,6 +188,29 @@ def _fit_epochs(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.T
             progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "heldout": f"{heldout:.4f}"})
     model.eval()
     return history
+
+
+def _losses_before_training(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+                            train_tensors: Sequence[torch.Tensor], heldout_tensors: Sequence[torch.Tensor],
+                            chunk: int = 65536) -> dict[str, float]:
+    """Step 0 of the training curve: train and held-out loss of the untrained model (per row, in chunks).
+
+    Without it the curve starts at epoch 1, whose train loss averages the whole first epoch, and every
+    torch model's curve looks like a cliff."""
+    model.eval()
+
+    def mean_loss(tensors: Sequence[torch.Tensor]) -> float:
+        n = len(tensors[0])
+        if not n:
+            return float("nan")
+        total = 0.0
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                part = [t[start:start + chunk] for t in tensors]
+                total += float(loss_fn(model, part)) * len(part[0])
+        return total / n
+
+    return {"step": 0, "train_loss": mean_loss(train_tensors), "heldout_loss": mean_loss(heldout_tensors)}
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:

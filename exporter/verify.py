@@ -34,6 +34,8 @@ class Report:
 
     problems: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    #: facts that are not problems (an export in progress)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -77,6 +79,7 @@ def verify(path: Path) -> Report:
 
 
 def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> None:
+    _report_leftovers(model_dir, report)
     config, config_problems = None, []
     config_path = model_dir / "config.pbtxt"
     label = model_dir.name
@@ -107,9 +110,26 @@ def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> 
             report.problems.append(f"{label}: no version directory (expected {label}/1/)")
     for vdir in versions:
         before = len(report.problems)
-        summary = _verify_version(model_dir, vdir, config, report)
+        try:
+            summary = _verify_version(model_dir, vdir, config, report)
+        except RecursionError:  # last line of defence: one version's hostile file never loses the others
+            report.problems.append(f"{label}/{vdir.name}: a file nests too deeply to be checked")
+            continue
         if len(report.problems) == before:
             report.passed.append(f"{label}/{vdir.name}: {summary}")
+
+
+def _report_leftovers(model_dir: Path, report: Report) -> None:
+    """Staging directories of killed exports and kept files of failed ones are problems; live exports notes."""
+    from exporter import repository as repo
+
+    for staging in repo.stagings(model_dir):
+        (report.problems if staging.stale else report.notes).append(f"{model_dir.name}/{staging.describe()}")
+    for kept in repo.kept_dirs(model_dir):
+        report.problems.append(
+            f"{model_dir.name}/{kept.name}: files of an export that could not commit its version, kept for its "
+            "user; export them in load mode or delete the directory"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- one version
@@ -192,10 +212,20 @@ def _read_json(path: Path, fail: Any) -> Any:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         fail(f"{path.name} is not valid JSON: {exc}")
         return None
+    except RecursionError:
+        value = None
+        depth = C.MAX_METADATA_DEPTH + 1
+    else:
+        depth = C.nesting_depth(value)
+    if depth > C.MAX_METADATA_DEPTH:
+        fail(f"{path.name} nests objects or lists more than {C.MAX_METADATA_DEPTH} levels deep; "
+             "an exported file has a handful: it is corrupt or not ours")
+        return None
+    return value
 
 
 def _atol(metadata: dict[str, Any]) -> float:
@@ -268,10 +298,15 @@ def _check_onnx(model_path: Path, metadata: dict[str, Any], fail: Any) -> bool:
 _TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}\[\]:,;<>]|[^\s{}\[\]:,;<>"\'#]+')
 
 
+#: deepest nesting of messages and lists parse_pbtxt accepts (Triton configs nest about 4 levels)
+MAX_PBTXT_DEPTH = 32
+
+
 def parse_pbtxt(text: str) -> dict[str, list[Any]]:
     """A small, tolerant protobuf text-format parser: ``{field: [values...]}``, messages as nested dicts.
 
-    Enough for Triton's config.pbtxt (scalars, strings, enums, nested messages, ``[a, b]`` lists).
+    Enough for Triton's config.pbtxt (scalars, strings, enums, nested messages, ``[a, b]`` lists). Nesting
+    deeper than :data:`MAX_PBTXT_DEPTH` is a ValueError, never a RecursionError.
     """
     tokens: list[str] = []
     pos = 0
@@ -300,6 +335,15 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
         except ValueError:
             return tok  # enum identifier or true/false
 
+    depth = 0
+
+    def deeper() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_PBTXT_DEPTH:
+            raise ValueError(f"messages and lists nest more than {MAX_PBTXT_DEPTH} levels deep "
+                             f"(a Triton config needs a handful); near token {index} of {len(tokens)}")
+
     def message(closing: str | None) -> dict[str, list[Any]]:
         nonlocal index
         fields: dict[str, list[Any]] = {}
@@ -324,13 +368,17 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
         return fields
 
     def value() -> list[Any]:
-        nonlocal index
+        nonlocal index, depth
         tok = tokens[index]
         if tok in ("{", "<"):
             index += 1
-            return [message("}" if tok == "{" else ">")]
+            deeper()
+            found = message("}" if tok == "{" else ">")
+            depth -= 1
+            return [found]
         if tok == "[":
             index += 1
+            deeper()
             items: list[Any] = []
             while index < len(tokens) and tokens[index] != "]":
                 items.extend(value())
@@ -339,6 +387,7 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
             if index >= len(tokens):
                 raise ValueError("missing ']'")
             index += 1
+            depth -= 1
             return items
         index += 1
         return [scalar(tok)]

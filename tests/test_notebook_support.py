@@ -72,7 +72,7 @@ def test_cli_wording_in_pipeline_messages_becomes_notebook_parameters():
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"hparams": {"n_estimators": 0}}, "n_estimators of xgb must be a positive integer, got 0"),
         ({"hparams": {"epochs": 3}}, "unknown hyper-parameter(s) epochs for xgb"),
-        ({"parity_atol": -1.0}, "atol must be a non-negative number"),
+        ({"parity_atol": -1.0}, "parity_atol must be a finite non-negative number"),
         ({"model_version": 0}, "version must be a positive integer"),
         ({"mode": "load", "checkpoint_path": "missing.ubj"}, "xgboost model file not found"),
     ],

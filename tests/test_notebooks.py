@@ -109,7 +109,8 @@ def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored
 
 def test_stored_notebook_is_small_and_clean(stored):
     name, nb, text = stored
-    assert len(text) < 150_000, f"{name}.ipynb is {len(text)} bytes"
+    # readable plots (100 dpi, issue 10) weigh ~25 KB a panel; mmoe's two three-panel figures are the largest
+    assert len(text) < 300_000, f"{name}.ipynb is {len(text)} bytes"
     for needle in ("/tmp", "/work", "/home/", "/root", "C:\\\\", "Users/"):
         assert needle not in text, f"{name}.ipynb mentions {needle!r}"
     checked = 0
@@ -231,7 +232,7 @@ def test_own_data_file_and_feature_columns(tmp_path):
     assert_verified(artifacts)
     meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
     assert meta["feature_columns"] == columns and meta["inputs"][0]["shape"] == [-1, 5]
-    assert meta["training"]["data_source"] == str(tmp_path / "clicks.csv")
+    assert meta["training"]["data_source"] == "clicks.csv"  # the file name, never the machine's path
 
 
 def test_own_csv_with_strings_ids_empty_cells_label_and_schema(tmp_path):

@@ -70,14 +70,18 @@ def test_no_labels_or_one_class_give_notes_not_errors():
     assert any("one class" in t for t in texts(plots.evaluation_plots(one_class)))
 
 
-def test_parity_scatter_has_one_panel_per_artifact(exported_runs):
+def test_parity_scatter_has_one_panel_per_artifact_and_per_mmoe_head(exported_runs):
     _, runs = exported_runs
     fig = plots.parity_scatter(runs["two_tower"].artifacts)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["two_tower", "two_tower_item"]
+    assert fig.axes[0].get_xlabel() == "native model (embedding value)"
     fig = plots.parity_scatter(runs["mmoe"].artifacts)
-    (ax,) = fig.axes
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ctr", "watch_time", "gmv"]
-    assert "max |diff|" in ax.get_title()
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["mmoe ctr", "mmoe watch_time", "mmoe gmv"]
+    assert [ax.get_xlabel() for ax in fig.axes] == [
+        "native model (click probability)", "native model (seconds)", "native model (currency units)"]
+    ctr_axis = fig.axes[0]
+    # each head on its own scale: ctr stays within 0..1 instead of sharing gmv's axis
+    assert ctr_axis.get_xlim()[1] < 1.5 and "max |diff|" in ctr_axis.get_title()
 
 
 @pytest.mark.parametrize("panels", [1, 3])
@@ -85,4 +89,28 @@ def test_pngs_stay_small(panels):
     heads = ["label", "watch_time", "gmv"][:panels]
     png = plots.to_png(plots.evaluation_plots(_evaluation(heads, n=20_000)))
     assert png.startswith(PNG_SIGNATURE)
-    assert len(png) < 25_000 * panels
+    assert len(png) < 40_000 * panels
+
+
+def test_figures_are_readable_at_notebook_width():
+    fig = plots.evaluation_plots(_evaluation(["label", "watch_time", "gmv"]))
+    assert fig.dpi >= 100
+    width_px = fig.get_size_inches()[0] * fig.dpi
+    assert 900 <= width_px <= 1200  # three panels fill a notebook's output width
+    for ax in fig.axes:
+        assert ax.xaxis.label.get_fontsize() >= 9 and ax.title.get_fontsize() >= 10
+        assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 8
+        assert "(" in ax.get_xlabel() and "(" in ax.get_ylabel(), "axes name their units"
+
+
+def test_more_than_three_panels_wrap_onto_rows():
+    fig, axes = plots._figure(5)
+    assert len(axes) == 5 and len(fig.axes) == 5
+    assert fig.get_size_inches()[0] == plots.PANEL[0] * plots.PANELS_PER_ROW
+
+
+def test_training_curve_starts_before_training():
+    history = [{"step": i, "train_loss": 1.0 / (i + 1), "heldout_loss": 1.1 / (i + 1)} for i in range(0, 4)]
+    (ax,) = plots.training_curve(history).axes
+    assert list(ax.get_lines()[0].get_xdata()) == [0, 1, 2, 3]
+    assert ax.get_xlabel() == "epoch (0: before training)" and "loss per row" in ax.get_ylabel()

@@ -150,8 +150,9 @@ def test_two_tasks_give_two_named_outputs_metadata_and_metrics(two_task_export):
     assert meta["quality"]["metric"] == "click_auc" and "dwell_rmse" in meta["quality"]["regression"]
     assert "click_auc=" in stdout and "dwell_rmse=" in stdout
     config = (version.parent / "config.pbtxt").read_text()
-    # two output columns, whether the config is batched (dims without the batch axis) or not
-    assert re.search(r'name: "predictions"\s+data_type: TYPE_FP64\s+dims: \[ (-1, )?2 \]', config), config
+    # batched Triton config: dims leave out the batch axis, which max_batch_size adds
+    assert re.search(r'name: "predictions"\s+data_type: TYPE_FP64\s+dims: \[\s*2\s*\]', config), config
+    assert re.search(r"max_batch_size: [1-9]", config), config
 
 
 @pytest.mark.slow

@@ -117,11 +117,15 @@ and smoke-tests the artifact through the same handler the server uses.
 papermill notebooks/{model}.ipynb {model}-report.ipynb {cfg.example}
 python -m exporter notebooks {model} {cfg.example}   # also saves the executed notebook as report.ipynb beside the artifact
 ```"""
-    setup = """# Make `import exporter` work wherever the kernel started (notebooks/ in JupyterLab, the repository root in CI).
-import sys
+    setup = """# Find the repository (relative paths in the parameters are relative to it) wherever the kernel started:
+# notebooks/ in JupyterLab, the repository root in CI, or elsewhere once installed with `pip install -e .`.
+import importlib.util, sys
 from pathlib import Path
 
-ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "exporter" / "__init__.py").is_file()), Path.cwd())
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "exporter" / "__init__.py").is_file()), None)
+if ROOT is None and importlib.util.find_spec("exporter") is not None:  # an installed checkout
+    ROOT = Path(importlib.util.find_spec("exporter").origin).resolve().parents[1]
+assert ROOT is not None, "exporter not found: start Jupyter inside the repository, or run `pip install -e .` in it"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -42,12 +42,23 @@ def _models_help() -> str:
     return ", ".join(parts)
 
 
-DESCRIPTION = DESCRIPTION.replace("{models}", _models_help())
+
+def _describe_on_demand(p: argparse.ArgumentParser) -> None:
+    """Fill in the models line only when help is shown: naming what each spec writes imports the specs
+    (and torch), which every other command would otherwise pay for at start-up."""
+    plain = p.format_help
+
+    def format_help() -> str:
+        p.description = DESCRIPTION.replace("{models}", _models_help())
+        return plain()
+
+    p.format_help = format_help  # type: ignore[method-assign]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from exporter.specs import model_names
 
+    _describe_on_demand(p)
     p.add_argument("model", help=f"{', '.join(model_names())} or all")
     p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
     p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.notebooks import Outcome, check_kernel, notebook_names, plan, resolve_overrides, run_one, select
+from exporter.notebooks import (
+    Outcome, artifacts_option, check_kernel, notebook_names, plan, resolve_overrides, run_one, select,
+)
 
 
 HELP = "run the model notebooks headless (papermill) and store each executed notebook beside its artifact"
@@ -30,6 +32,7 @@ examples:
   python -m exporter notebooks xgb deepfm -p rows 50000
   python -m exporter notebooks deepfm -p epochs 10 -p learning_rate 0.002 --output-dir reports/
   python -m exporter notebooks xgb -p mode load -p checkpoint_path artifacts/xgb/1/model.ubj
+  python -m exporter notebooks xgb -p artifacts_dir /tmp/repo   # the same as --artifacts /tmp/repo
 
 exit codes: 0 ok, 1 a notebook failed, 2 bad parameters (one line says what), 3 parity gate failed."""
 
@@ -51,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
     cwd = Path.cwd()
     names = select(args.names)
     check_kernel(args.kernel)
-    artifacts = (cwd / args.artifacts).resolve()
+    pairs, artifacts_arg = artifacts_option(args.parameter, args.artifacts)  # -p artifacts_dir X = --artifacts X
+    artifacts = (cwd / artifacts_arg).resolve()
     if artifacts.exists() and not artifacts.is_dir():
         raise ExporterError(f"--artifacts {artifacts} exists and is not a directory")
-    overrides = resolve_overrides(args.parameter, cwd)
+    overrides = resolve_overrides(pairs, cwd)
     plans = plan(names, overrides, artifacts)
     keep_dir = (cwd / args.output_dir).resolve() if args.output_dir else None
     if keep_dir is not None:
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 outcome = run_one(p, artifacts, executed, args.kernel)
             except ExporterError:
-                keep_work = keep_dir is None
+                # keep the temporary directory only when it holds the executed notebook the error names
+                keep_work = keep_dir is None and executed.exists()
                 raise
             outcomes.append(outcome)
             where = ", ".join(str(r.parent) for r in outcome.reports)

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.http_limits import (
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, guarded_protocol,
+)
 from exporter.live_registry import LiveRegistry, Reloader
 from exporter.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
 
@@ -34,6 +37,10 @@ Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "dataty
 also with Triton's binary tensor data extension (Inference-Header-Content-Length header, binary_data_size
 on the input, binary_data on the requested output; answered as application/octet-stream with the header).
 Errors are 4xx with {"error": "..."}; one log line per request on stderr.
+
+Slow or oversized clients: request line and headers must arrive within --header-timeout seconds (10),
+the body within --body-timeout seconds of the headers (30), else 408 and the connection closes; headers
+above --max-header-bytes (65536) get 431; idle keep-alive connections close after --keep-alive-timeout (30).
 
 Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
 servable, removed ones go away, requests in flight finish on the version they started with. A new
@@ -68,11 +75,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="'warning' silences the per-request lines (default: info)",
     )
+    # slow and oversized clients (exporter.http_limits): uvicorn alone would hold such connections forever
+    parser.add_argument("--header-timeout", default=DEFAULT_HEADER_TIMEOUT, type=_positive_float,
+                        help="seconds a client has to send its request line and headers, else 408 and the "
+                             f"connection closes (default: {DEFAULT_HEADER_TIMEOUT:g})")
+    parser.add_argument("--body-timeout", default=DEFAULT_BODY_TIMEOUT, type=_positive_float,
+                        help="seconds a client has to send the whole body after its headers, else 408 and the "
+                             f"connection closes (default: {DEFAULT_BODY_TIMEOUT:g})")
+    parser.add_argument("--keep-alive-timeout", default=DEFAULT_KEEP_ALIVE_TIMEOUT, type=_positive_int,
+                        help="seconds an idle keep-alive connection stays open between requests "
+                             f"(default: {DEFAULT_KEEP_ALIVE_TIMEOUT})")
+    parser.add_argument("--max-header-bytes", default=DEFAULT_MAX_HEADER_BYTES, type=_positive_int,
+                        help=f"largest request line plus headers, else 431 (default: {DEFAULT_MAX_HEADER_BYTES})")
     parser.add_argument(
         "--poll", default=0.0, type=_non_negative_float, metavar="SECONDS",
         help="rescan the artifacts tree every SECONDS: new versions become servable, removed ones go away "
              "(default: 0, only on SIGHUP)",
     )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -117,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
     """Load every model, then serve until interrupted (SIGINT/SIGTERM); reload on SIGHUP and every --poll seconds."""
     import uvicorn
 
+    if not 0 <= args.port <= 65535:  # checked before the models load
+        raise ExporterError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
+
     from exporter.access_log import AccessLog
 
     _configure_logging(args.log_level)
@@ -137,13 +169,15 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        # httptools with header/body timeouts and a header size limit (exporter.http_limits)
+        http=guarded_protocol(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                              max_header_bytes=args.max_header_bytes),
         lifespan="off",
         access_log=False,
         log_level="warning",
         server_header=False,
         date_header=False,
-        timeout_keep_alive=30,
+        timeout_keep_alive=args.keep_alive_timeout,
     )
     server = uvicorn.Server(config)
 

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         for line in report.passed:
             print(f"ok    {line}")
+    for line in report.notes:
+        print(f"note  {line}")
     for line in report.problems:
         print(f"FAIL  {line}")
     if report.ok:

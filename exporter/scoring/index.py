@@ -19,7 +19,6 @@ index.json) — a check of the index, not of the users' distribution.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -32,6 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from exporter.errors import ExporterError
+from exporter.repository import sha256_file
 
 __all__ = ["check_index_options", "build_index", "recall_at_k"]
 
@@ -136,14 +136,6 @@ def _user_vectors(handler: Any, users_path: str, sample: int) -> np.ndarray:
     return np.ascontiguousarray(run_in_chunks(user.run, rows[np.sort(pick)]), dtype=np.float32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -> dict[str, Any]:
     """Build, tune and write the index of the vectors in ``scored_dir``; returns what ``index.json`` holds."""
     faiss = _faiss()
@@ -194,7 +186,7 @@ def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -
         "id_column": options.index_id, "build_seconds": round(build_seconds, 3),
         "model": handler.model_name, "version": handler.version, "model_sha256": handler.metadata["sha256"],
         "faiss": faiss.__version__,
-        "files": {INDEX_FILE: _sha256(index_dir / INDEX_FILE), IDS_FILE: _sha256(index_dir / IDS_FILE)},
+        "files": {INDEX_FILE: sha256_file(index_dir / INDEX_FILE), IDS_FILE: sha256_file(index_dir / IDS_FILE)},
         "usage": "index = faiss.read_index('items.faiss'); scores, rows = index.search(user_vectors.astype('float32'), 50); "
                  "item ids = pyarrow.parquet.read_table('ids.parquet')['id'].take(rows)",
     }

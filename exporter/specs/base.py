@@ -171,6 +171,8 @@ class ModelSpec:
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     #: Rules for hyper-parameters the common table (:data:`exporter.hparams.RULES`) does not know.
     hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: Largest feature magnitude the framework represents (xgboost: float32); larger values fail before training.
+    max_abs_feature: float | None = None
     #: hparams -> the labels a run needs (mmoe: its tasks'); ``None``: :attr:`label_columns`, ``label`` binary
     labels_for: Callable[[Mapping[str, Any]], list[LabelNeed]] | None = None
     #: (frame, feature columns, hparams, column -> schema tower, seed) -> (train rows, held-out rows);

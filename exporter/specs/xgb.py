@@ -88,8 +88,8 @@ def _load(path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str,
     booster = xgb.Booster()
     try:
         booster.load_model(str(path))
-    except xgb.core.XGBoostError as exc:
-        first = str(exc).strip().splitlines()[0]
+    except Exception as exc:  # XGBoostError, or UnicodeDecodeError when its message quotes foreign bytes
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExporterError(
             f"cannot load {path} as an XGBoost model ({first[:200]}); expected a JSON or UBJ file written by "
             "Booster.save_model / XGBClassifier.save_model"
@@ -258,4 +258,5 @@ SPEC = ModelSpec(
         example='-p rows 50000 -p n_estimators 300 -p max_depth 6',
     ),
     test_hparams={'n_estimators': 40},
+    max_abs_feature=float(np.finfo(np.float32).max),
 )

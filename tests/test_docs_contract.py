@@ -1,0 +1,154 @@
+"""docs/contract.md is the users' contract: every fact it states that the code owns is checked against the code."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from exporter import contract as C
+from exporter import http_limits
+from exporter.data import DEFAULT_FEATURES
+from exporter.handler import DEFAULT_MAX_ROWS
+from exporter.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app
+from tests.conftest import REPO
+from tests.handler_fixtures import build_tree
+
+DOC = (REPO / "docs" / "contract.md").read_text(encoding="utf-8")
+
+
+def section(number: int) -> str:
+    """The text of ``## <number>. ...`` up to the next ``## `` heading."""
+    match = re.search(rf"^## {number}\. .*?(?=^## |\Z)", DOC, re.S | re.M)
+    assert match, f"docs/contract.md has no section {number}"
+    return match.group(0)
+
+
+def table(text: str, first_header: str) -> list[list[str]]:
+    """Rows (cells stripped) of the markdown table whose first header cell is ``first_header``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"\|\s*{re.escape(first_header)}\s*\|", line))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def ticked(text: str) -> set[str]:
+    return set(re.findall(r"`([^`]+)`", text))
+
+
+def test_tensor_names_types_and_platform() -> None:
+    models = section(1)
+    for fact in (C.INPUT_NAME, C.OUTPUT_NAME, C.DATATYPE, C.ONNX_TYPE):
+        assert fact in models, fact
+    assert f'"{C.PLATFORM}"' in DOC
+    assert f'{{"{C.REQUEST_ROWS_KEY}": [' in section(4) and f'{{"{C.ANSWER_KEY}": [...]}}' in section(4)
+
+
+def test_prediction_formats_are_the_codes() -> None:
+    rows = table(section(1), "model_name")
+    documented = {row[4].strip("`") for row in rows}
+    assert documented == set(C.PREDICTION_FORMATS)
+    assert all(f"`{fmt}`" in section(3) for fmt in C.PREDICTION_FORMATS)
+
+
+def test_models_table_matches_exported_metadata(exported_runs) -> None:
+    """Each exported model's output rank and prediction format are the ones its row states."""
+    root, _ = exported_runs
+    rows = {row[0].strip("`"): row for row in table(section(1), "model_name")}
+    exported = sorted(p.parent.parent.name for p in root.glob(f"*/1/{C.METADATA_FILE}"))
+    assert sorted(rows) == exported
+    for name in exported:
+        meta = json.loads((root / name / "1" / C.METADATA_FILE).read_text())
+        row = rows[name]
+        assert f"`{C.INPUT_NAME}` {C.DATATYPE}" in row[2]
+        shape = re.search(r"`(\[-1(?:, \w+)?\])`", row[3]).group(1)
+        assert shape.count(",") + 1 == len(meta["outputs"][0]["shape"]), (name, shape, meta["outputs"])
+        assert row[4].strip("`") == meta["prediction_format"]
+        if meta.get("output_columns"):
+            assert all(f"`{c}`" in row[3] for c in meta["output_columns"])
+
+
+def test_default_schema_lists_the_codes_columns() -> None:
+    schema = section(1)
+    for column in DEFAULT_FEATURES:
+        assert f"`{column}`" in schema or f"{column}," in schema, column
+
+
+def test_artifact_file_names_and_version_rule() -> None:
+    layout = section(2)
+    for name in (C.CONFIG_FILE, C.MODEL_FILE, C.METADATA_FILE, C.SAMPLE_REQUEST, C.SAMPLE_RESPONSE, C.REPORT_FILE):
+        assert re.search(rf"^\s+{re.escape(name)}\s", layout, re.M), name
+    assert f"`{C.STAGING_PREFIX}" in layout
+    assert str(C.MAX_VERSION) in layout
+
+
+def test_metadata_keys_of_real_exports_are_documented(exported_runs) -> None:
+    """Every key an export writes (top level and training) is explained in section 3."""
+    root, _ = exported_runs
+    documented = {key for cell in ticked(section(3)) for key in re.split(r"[,\s]+", cell) if key}
+    for path in root.glob(f"*/1/{C.METADATA_FILE}"):
+        meta = json.loads(path.read_text())
+        missing = [k for k in list(meta) + list(meta["training"]) if k not in documented]
+        assert not missing, f"{path.parent.parent.name}: {missing} not in docs/contract.md section 3"
+    assert str(C.MAX_METADATA_DEPTH) in section(3)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory):
+    return create_app(ModelRegistry.from_artifacts(build_tree(tmp_path_factory.mktemp("tree"))))
+
+
+def test_routes_are_the_servers(app) -> None:
+    documented = set()
+    for row in table(section(5), "route"):
+        method, path = row[0].strip("`").split(" ", 1)
+        documented.add((method, path))
+    served = {(m, r.path) for r in app.routes for m in r.methods if m != "HEAD"}
+    assert documented == served
+
+
+def test_error_statuses_are_the_ones_the_code_answers() -> None:
+    documented = {int(row[0]) for row in table(section(4), "status")}
+    code = "".join((REPO / "exporter" / f).read_text() for f in ("handler.py", "server.py", "http_limits.py"))
+    answered = {int(s) for s in re.findall(r"\b4\d\d\b", code)}
+    assert documented == answered
+
+
+def test_limits_are_the_defaults() -> None:
+    limits = {row[0]: row[1] for row in table(section(4), "limit")}
+
+    def value(option: str) -> str:
+        return next(v for k, v in limits.items() if f"(`{option}`)" in k).split()[0]
+
+    assert value("--max-body-bytes") == str(DEFAULT_MAX_BODY_BYTES)
+    assert value("--max-rows") == str(DEFAULT_MAX_ROWS)
+    assert value("--max-header-bytes") == str(http_limits.DEFAULT_MAX_HEADER_BYTES)
+    assert float(value("--header-timeout")) == http_limits.DEFAULT_HEADER_TIMEOUT
+    assert float(value("--body-timeout")) == http_limits.DEFAULT_BODY_TIMEOUT
+    assert float(value("--keep-alive-timeout")) == http_limits.DEFAULT_KEEP_ALIVE_TIMEOUT
+
+
+def test_quoted_client_text_length_is_the_handlers() -> None:
+    from exporter import handler, server
+
+    assert f"up to {handler._QUOTE_CHARS} characters" in section(4)
+    assert f"first {handler._QUOTE_CHARS} characters followed by its length" in section(4)
+    assert handler._QUOTE_CHARS == server._QUOTE_CHARS
+
+
+def test_exit_codes_are_the_errors() -> None:
+    from exporter.errors import ExporterError, ParityError
+
+    codes = {int(row[0]) for row in table(section(6), "code")}
+    assert {0, 1, ExporterError.exit_code, ParityError.exit_code} == codes
+
+
+def test_the_page_stands_on_its_own_in_a_clone() -> None:
+    """A clone has no ../shared: the page cites only what the repository holds."""
+    assert "../shared" not in DOC and "shared/contract.md" not in DOC
+    for path in re.findall(r"`((?:exporter|tests)/[\w/.]+\.py)`", DOC):
+        assert (REPO / path).is_file(), path
