@@ -29,6 +29,8 @@ from exporter.data import LABEL
 from exporter.specs.base import Evaluated, SideFile, Trained
 
 CATALOGUE_FILE = "items.parquet"
+#: users ranked against the whole catalogue at most (a seeded sample beyond it keeps a big log's export fast)
+MAX_EVAL_USERS = 20_000
 CATALOGUE_KEY = "catalogue"
 #: K of the recall@K curve the notebook plots (those above the catalogue size are dropped)
 CURVE_KS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -83,6 +85,15 @@ def _prepared(plan: Any, table: pd.DataFrame) -> np.ndarray:
     return sub.prepare(sub.encode(table, source="catalogue"))
 
 
+def _evaluated_users(held: pd.DataFrame, labelled: bool, n_users: int, seed: int) -> np.ndarray | None:
+    """``None`` (every user), or a seeded sample of :data:`MAX_EVAL_USERS` users with held-out positives."""
+    positive = held[held["positive"]] if labelled else held
+    candidates = np.unique(positive["user"].to_numpy())
+    if len(candidates) <= MAX_EVAL_USERS:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(candidates, MAX_EVAL_USERS, replace=False))
+
+
 def _embed(module: torch.nn.Module, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
     with torch.inference_mode():
         parts = [module(torch.from_numpy(np.ascontiguousarray(x[i:i + chunk]))).double().numpy()
@@ -105,21 +116,32 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
 
     users, user_codes = entity_table(frame, user, "user_id")
     catalogue, item_codes = entity_table(frame, item, "item_id")
-    plan = prep.features
-    user_emb = _embed(net.user, _prepared(plan, users))
-    item_emb = _embed(net.item, _prepared(plan, catalogue))
     n_users, n_items = len(users), len(catalogue)
-
     pairs = pd.DataFrame({"user": user_codes, "item": item_codes})
     y = prep.y_heldout
     held = pairs.iloc[n_train:]
     if label in y:
         held = held.assign(positive=np.asarray(y[label]) == 1)
-    sets = R.eval_sets(pairs.iloc[:n_train], held, users=np.arange(n_users), items=np.arange(n_items),
+    train = pairs.iloc[:n_train]
+    # popularity counts every training interaction, also of users left out of a sampled evaluation
+    popularity = R.popularity_counts(R.UserItems.from_pairs(train["user"], train["item"], n_users), n_items)
+    chosen = _evaluated_users(held, label in y, n_users, prep.params.seed)
+    if chosen is not None:
+        keep = np.zeros(n_users, dtype=bool)
+        keep[chosen] = True
+        renumber = np.cumsum(keep) - 1
+        train = train[keep[train["user"].to_numpy()]].assign(user=lambda d: renumber[d["user"].to_numpy()])
+        held = held[keep[held["user"].to_numpy()]].assign(user=lambda d: renumber[d["user"].to_numpy()])
+        users = users.iloc[np.flatnonzero(keep)].reset_index(drop=True)
+    plan = prep.features
+    user_emb = _embed(net.user, _prepared(plan, users))
+    item_emb = _embed(net.item, _prepared(plan, catalogue))
+    sets = R.eval_sets(train, held, users=np.arange(len(users)), items=np.arange(n_items),
                        user_col="user", item_col="item", positive="positive" if label in y else None)
     ks = sorted({*R.KS, *(k for k in CURVE_KS if k <= n_items)})
     model = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout, ks)
-    popular = R.evaluate_popularity(sets.train, sets.heldout, n_items, ks)
+    popular = R.evaluate_scores(lambda a, b: np.broadcast_to(popularity, (b - a, n_items)), len(users), n_items,
+                                sets.train, sets.heldout, ks)
 
     metrics: dict[str, float] = {}
     for name in R.metric_names():
@@ -142,7 +164,8 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
         "popularity": [popular.metrics[f"recall@{k}"] for k in ks],
     }
     details = {"retrieval": {"curve": curve, "users_evaluated": model.users_evaluated,
-                             "users_without_heldout": model.users_without_heldout, "catalogue_items": n_items}}
+                             "users_without_heldout": model.users_without_heldout, "catalogue_items": n_items,
+                             "users_sampled": chosen is not None}}
     info = {"rows": len(catalogue), "columns": list(item), "key": key_columns(item, "item_id"),
             "description": "the item catalogue of the held-out evaluation: one row per item, the item tower's raw columns"}
     files = {"two_tower_item": [SideFile(CATALOGUE_FILE, parquet_bytes(catalogue), CATALOGUE_KEY, info)]}

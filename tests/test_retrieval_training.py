@@ -219,3 +219,18 @@ def test_verify_checks_the_catalogue_beside_the_item_tower(exported_artifacts, t
     assert not report.ok and any("sha256 of items.parquet" in p for p in report.problems)
     catalogue.unlink()
     assert any("items.parquet (metadata.json catalogue) is missing" in p for p in verify(tree).problems)
+
+
+def test_a_big_log_is_evaluated_on_a_sample_of_users_against_full_popularity(monkeypatch):
+    prep = pipeline.prepare(pipeline.ExportParams(model="two_tower", rows=4000, seed=2, hparams={"epochs": 1},
+                                                  progress=False))
+    trained = pipeline.fit(prep)
+    everyone = TW.evaluate_two_tower(prep, trained)
+    n = int(everyone.metrics["users_evaluated"])
+    monkeypatch.setattr(TW, "MAX_EVAL_USERS", n // 2)
+    sampled = TW.evaluate_two_tower(prep, trained)
+    assert sampled.metrics["users_evaluated"] == n // 2 and sampled.details["retrieval"]["users_sampled"] is True
+    assert everyone.details["retrieval"]["users_sampled"] is False
+    monkeypatch.setattr(TW, "MAX_EVAL_USERS", n)  # every user with held-out positives: the same figures
+    again = TW.evaluate_two_tower(prep, trained)
+    assert again.metrics == everyone.metrics
