@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from exporter.errors import ExporterError
-from exporter.specs import model_names
+from exporter.models import model_names
 
 #: sub-command -> its thin CLI module in :mod:`exporter.commands` (the library code lives beside it in exporter.*)
 COMMANDS: dict[str, str] = {

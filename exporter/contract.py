@@ -3,7 +3,7 @@
 Tensor names and datatype, prediction formats and their output shapes, the artifact file names, the
 version-directory rule, the metadata rules and the ONNX graph I/O rule. ``pipeline``, ``verify``,
 ``server``, ``repository``, ``notebook_support`` and the tests import these facts instead of restating
-them. :mod:`exporter.handler` keeps private copies of the few it needs (it must stay importable on its
+them. :mod:`exporter.runtime.handler` keeps private copies of the few it needs (it must stay importable on its
 own inside a TorchServe archive); ``tests/test_contract.py`` proves those copies agree with this module.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-from exporter.specs import get_spec, model_names
+from exporter.models import get_spec, model_names
 
 #: Small but real: enough rows for held-out metrics, few epochs/trees so the suite stays fast.
 SMALL_ROWS = 3000
@@ -19,7 +19,7 @@ SMALL_HPARAMS = {name: dict(get_spec(name).test_hparams) for name in model_names
 
 
 def export_small(model: str, artifacts: Path, **overrides):
-    from exporter import pipeline
+    from exporter.export import pipeline
 
     params = pipeline.ExportParams(
         model=model, rows=SMALL_ROWS, seed=7, hparams=SMALL_HPARAMS[model],

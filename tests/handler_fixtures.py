@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.data import CATEGORICAL_FEATURES, DEFAULT_FEATURES
+from exporter.training.data import CATEGORICAL_FEATURES, DEFAULT_FEATURES
 
 #: the contract's seven numeric columns: tiny artifacts without ``features`` metadata are all numeric
 DEFAULT_COLUMNS = [c for c in DEFAULT_FEATURES if c not in CATEGORICAL_FEATURES]
@@ -161,7 +161,7 @@ def build_artifact(
     request = {"data": sample_rows(columns, 3)}
     (vdir / "sample_request.json").write_text(json.dumps(request, indent=2))
     if write_sample_response:
-        from exporter.handler import ModelHandler
+        from exporter.runtime.handler import ModelHandler
 
         answer = ModelHandler.load(vdir).predict(request)
         (vdir / "sample_response.json").write_text(json.dumps(answer, indent=2))

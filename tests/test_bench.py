@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.bench import parse_wrk
+from exporter.tools.serve_bench import parse_wrk
 from tests.handler_fixtures import REPO, build_tree
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as tc
 
-from exporter.handler import ModelHandler
+from exporter.runtime.handler import ModelHandler
 from tests.handler_fixtures import TINY_MODELS, build_tree, expected_output
 from tests.test_server import MAX_BODY, MAX_ROWS, LiveServer, assert_json_error
 
@@ -208,7 +208,7 @@ def test_binary_over_http(server: LiveServer) -> None:
 
 def test_the_model_cards_python_call_works(server: LiveServer, tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The card's copy-paste tritonclient snippet, run as written against a live server."""
-    from exporter.model_card import render, sample_request_v2
+    from exporter.export.model_card import render, sample_request_v2
 
     vdir = tree / "two_tower" / "1"
     meta = json.loads((vdir / "metadata.json").read_text())

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter import cli, pipeline
-from exporter import data as D
+from exporter import cli
+from exporter.export import pipeline
+from exporter.training import data as D
 
 
 @pytest.fixture()

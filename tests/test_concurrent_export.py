@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter import repository as repo
+from exporter.export import repository as repo
 from exporter.errors import ExporterError
-from exporter.verify import verify
+from exporter.tools.verify import verify
 from tests.conftest import REPO
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from exporter import contract as C
-from exporter import handler as H
-from exporter import repository as repo
-from exporter.server import ModelRegistry
-from exporter.verify import verify
+from exporter.runtime import handler as H
+from exporter.export import repository as repo
+from exporter.serving.server import ModelRegistry
+from exporter.tools.verify import verify
 from tests.handler_fixtures import build_artifact, build_tree
 
 VERSION_NAMES = {

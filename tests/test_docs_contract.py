@@ -7,10 +7,10 @@ import re
 import pytest
 
 from exporter import contract as C
-from exporter import http_limits
-from exporter.data import DEFAULT_FEATURES
-from exporter.handler import DEFAULT_MAX_ROWS
-from exporter.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app
+from exporter.serving import http_limits
+from exporter.training.data import DEFAULT_FEATURES
+from exporter.runtime.handler import DEFAULT_MAX_ROWS
+from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app
 from tests.conftest import REPO
 from tests.handler_fixtures import build_tree
 
@@ -113,7 +113,9 @@ def test_routes_are_the_servers(app) -> None:
 
 def test_error_statuses_are_the_ones_the_code_answers() -> None:
     documented = {int(row[0]) for row in table(section(4), "status")}
-    code = "".join((REPO / "exporter" / f).read_text() for f in ("handler.py", "server.py", "http_limits.py"))
+    files = [*sorted((REPO / "exporter" / "runtime").rglob("*.py")),
+             *(REPO / "exporter" / "serving" / f for f in ("server.py", "http_limits.py"))]
+    code = "".join(f.read_text() for f in files)
     answered = {int(s) for s in re.findall(r"\b4\d\d\b", code)}
     assert documented == answered
 
@@ -133,7 +135,8 @@ def test_limits_are_the_defaults() -> None:
 
 
 def test_quoted_client_text_length_is_the_handlers() -> None:
-    from exporter import handler, server
+    from exporter.runtime import handler
+    from exporter.serving import server
 
     assert f"up to {handler._QUOTE_CHARS} characters" in section(4)
     assert f"first {handler._QUOTE_CHARS} characters followed by its length" in section(4)

@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from exporter import data as D
-from exporter.handler import ModelHandler
-from exporter.specs import get_spec, model_names, repository_names
+from exporter.training import data as D
+from exporter.runtime.handler import ModelHandler
+from exporter.models import get_spec, model_names, repository_names
 from tests.conftest import export_small
 from tests.handler_fixtures import spec_validator
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from exporter import features as F
-from exporter import handler as H
-from exporter import inputs as I
-from exporter import onnx_prep
-from exporter import verdict as Q
+from exporter.runtime import handler as H
+from exporter.training import inputs as I
+from exporter.features import onnx_prep
+from exporter.training import quality_gate as Q
 from exporter.errors import ExporterError
 
 
@@ -213,11 +213,11 @@ def test_quality_warns_near_chance_and_min_auc_refuses():
 
 
 def test_handler_copies_of_feature_facts_agree():
-    """exporter.handler stays self-contained: its private copies must equal exporter.features'."""
+    """exporter.runtime.handler stays self-contained: its private copies must equal exporter.features'."""
     for text in ("", "rock", "ünïcode", "x" * 1000):
         assert H._hash_code(text) == F.hash_code(text)
     assert (H._MAX_EXACT_INT, H._UNKNOWN_CODE) == (F.MAX_EXACT_INT, F.UNKNOWN_CODE)
-    from exporter.repository import VOCAB_FILE
+    from exporter.export.repository import VOCAB_FILE
 
     assert H._VOCAB_FILE == VOCAB_FILE
 
@@ -238,7 +238,7 @@ def test_metadata_features_must_describe_the_feature_columns():
 
 def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, frame):
     """Offline scoring: metadata.json + vocab.json give the same FP64 features as the plan training fitted."""
-    from exporter.repository import VOCAB_FILE
+    from exporter.export.repository import VOCAB_FILE
 
     plan = F.fit(frame, [F.FeatureSpec("user_id", F.CATEGORICAL), F.FeatureSpec("genre", F.CATEGORICAL),
                          F.FeatureSpec("price"), F.FeatureSpec("flag", F.CATEGORICAL)])

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter import cli, pipeline
-from exporter import data as D
-from exporter import notebook_support as nbs
-from exporter import notebooks as runner
+from exporter import cli
+from exporter.export import pipeline
+from exporter.training import data as D
+from exporter.tools import notebook_support as nbs
+from exporter.tools import notebooks as runner
 from exporter.errors import ExporterError
 from tests.conftest import REPO
 
@@ -71,7 +72,7 @@ def test_editable_install_gives_an_exporter_command_that_works_anywhere(tmp_path
                             timeout=120, cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: exporter ") and "export" in result.stdout and "verify" in result.stdout
-    where = subprocess.run([str(python), "-c", "import exporter.verify as v; print(v.SPEC_FILE.is_file())"],
+    where = subprocess.run([str(python), "-c", "import exporter.tools.verify as v; print(v.SPEC_FILE.is_file())"],
                            capture_output=True, text=True, timeout=120, cwd=elsewhere, env=env)
     assert where.stdout.strip() == "True", where.stderr
 
@@ -209,7 +210,7 @@ def test_torch_history_starts_with_the_loss_before_training() -> None:
     """Step 0 is the untrained model's loss: the curve has a start instead of opening at epoch 1's average."""
     import torch
 
-    from exporter import torch_common as tc
+    from exporter.models import torch_common as tc
 
     torch.manual_seed(0)
     x = torch.randn(512, 3, dtype=torch.float64)
@@ -239,7 +240,7 @@ class _Handle:
 
 
 def test_notebook_progress_is_one_line_updated_in_place() -> None:
-    from exporter.progress_bar import LineProgress
+    from exporter.training.progress_bar import LineProgress
 
     shown: list[str] = []
     now = [0.0]
@@ -262,7 +263,7 @@ def test_notebook_progress_is_one_line_updated_in_place() -> None:
 
 
 def test_progress_outside_a_notebook_is_tqdm_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    from exporter.progress_bar import in_notebook, progress_bar
+    from exporter.training.progress_bar import in_notebook, progress_bar
 
     assert not in_notebook()
     with progress_bar(3, "train xgb", enabled=False) as bar:
@@ -275,22 +276,24 @@ def test_progress_outside_a_notebook_is_tqdm_on_stderr(capsys: pytest.CaptureFix
 # ---------------------------------------------------------------------------------------------- notebook setup
 def _setup_code() -> str:
     nb = json.loads((REPO / "notebooks" / "xgb.ipynb").read_text(encoding="utf-8"))
-    source = "".join(next(c for c in nb["cells"] if c.get("id") == "setup")["source"])
-    return source.split("%matplotlib")[0] + "\nprint(ROOT)\n"
+    return "".join(next(c for c in nb["cells"] if c.get("id") == "setup")["source"])
 
 
-@pytest.mark.parametrize("where", ["notebooks", "root", "installed elsewhere", "not installed elsewhere"])
-def test_notebook_setup_cell_finds_the_repository(where: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def test_notebook_setup_cell_is_one_import_and_says_what_to_run() -> None:
+    """The package is installed by the README's set-up: the cell imports it and edits no sys.path."""
+    code = _setup_code()
+    assert "sys.path" not in code and "importlib" not in code
+    assert "pip install -e ." in code  # what to run when the import fails
+    imports = [line for line in code.splitlines() if line.startswith(("import ", "from "))]
+    assert imports and all(line.startswith("from exporter") for line in imports)
+
+
+@pytest.mark.parametrize("where", ["notebooks", "root", "elsewhere"])
+def test_notebook_setup_imports_resolve_to_this_checkout(where: str, tmp_path: Path) -> None:
     cwd = {"notebooks": REPO / "notebooks", "root": REPO}.get(where, tmp_path)
-    if where == "installed elsewhere":
-        env["PYTHONPATH"] = str(REPO)  # what `pip install -e .` puts on the path
-    # "not installed": -S keeps site-packages (and so an editable install's .pth, as CI has) off the path
-    flags = ["-S"] if where == "not installed elsewhere" else []
-    result = subprocess.run([sys.executable, *flags, "-c", _setup_code()], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=60)
-    if where == "not installed elsewhere":
-        assert result.returncode != 0 and "pip install -e ." in result.stderr
-    else:
-        assert result.returncode == 0, result.stderr
-        assert Path(result.stdout.strip()) == REPO
+    code = _setup_code().replace("%matplotlib inline", "") + "\nprint(nbs.repo_root())\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip().splitlines()[-1]) == REPO

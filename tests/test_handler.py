@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from exporter.handler import ArtifactError, HandlerError, ModelHandler
+from exporter.runtime.handler import ArtifactError, HandlerError, ModelHandler
 from tests.handler_fixtures import (
     DEFAULT_COLUMNS,
     MMOE_OUTPUTS,

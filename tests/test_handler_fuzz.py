@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.handler import HandlerError, ModelHandler
+from exporter.runtime.handler import HandlerError, ModelHandler
 from tests.handler_fixtures import DEFAULT_COLUMNS, TINY_MODELS, build_artifact, spec_validator
 
 INFERENCE_RESPONSE = spec_validator("inference_response")

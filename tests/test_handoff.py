@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from exporter import triton
-from exporter.verify import parse_pbtxt, verify
+from exporter.export import triton
+from exporter.tools.verify import parse_pbtxt, verify
 from tests.conftest import run_cli
 from tests.handler_fixtures import build_artifact
 from tests.kserve_sdk import sdk_object, sdk_problems
@@ -238,7 +238,7 @@ def test_v2_sample_holds_the_torchserve_sample_rows(exported_artifacts, name):
 
 
 def test_card_renders_the_features_list_when_metadata_has_one():
-    from exporter.model_card import render
+    from exporter.export.model_card import render
 
     meta = {
         "name": "deepfm", "versions": ["3"], "prediction_format": "scalar", "description": "DeepFM",

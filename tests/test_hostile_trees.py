@@ -8,11 +8,11 @@ import pytest
 
 from exporter import cli
 from exporter import contract as C
-from exporter import handler as H
+from exporter.runtime import handler as H
 from exporter.errors import ExporterError
-from exporter.handler import ArtifactError, ModelHandler
-from exporter.server import ModelRegistry
-from exporter.verify import MAX_PBTXT_DEPTH, parse_pbtxt, verify
+from exporter.runtime.handler import ArtifactError, ModelHandler
+from exporter.serving.server import ModelRegistry
+from exporter.tools.verify import MAX_PBTXT_DEPTH, parse_pbtxt, verify
 from tests.handler_fixtures import build_tree
 
 DEEP = 10**5

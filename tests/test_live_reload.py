@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.live_registry import LiveRegistry, ModelRegistry, scan
+from exporter.serving.live_registry import LiveRegistry, ModelRegistry, scan
 from tests.handler_fixtures import build_artifact, build_tree, sample_rows
 from tests.test_server import LiveServer
 

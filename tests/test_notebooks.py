@@ -15,12 +15,12 @@ import nbformat
 import numpy as np
 import pytest
 
-from exporter import data as D
-from exporter import notebooks as runner
+from exporter.training import data as D
+from exporter.tools import notebooks as runner
 from exporter.cli import main as cli_main
-from exporter.handler import ModelHandler
-from exporter.specs import get_spec, model_names
-from exporter.verify import verify
+from exporter.runtime.handler import ModelHandler
+from exporter.models import get_spec, model_names
+from exporter.tools.verify import verify
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow

@@ -1,11 +1,11 @@
-"""Notebook figures (exporter.plots): right panels for each model, notes instead of empty axes, small PNGs."""
+"""Notebook figures (exporter.tools.plots): right panels for each model, notes instead of empty axes, small PNGs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from exporter import plots
-from exporter.pipeline import Evaluation
+from exporter.tools import plots
+from exporter.export.pipeline import Evaluation
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

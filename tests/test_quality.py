@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter import movielens as ml
-from exporter import pipeline
-from exporter import quality as Q
+from exporter.tools import movielens as ml
+from exporter.export import pipeline
+from exporter.tools import quality_bench as Q
 from tests.conftest import REPO
 
 

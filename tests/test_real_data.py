@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from exporter.handler import ModelHandler
+from exporter.runtime.handler import ModelHandler
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow  # trains and exports through the CLI in child processes
@@ -283,7 +283,7 @@ def test_torchserve_archive_with_vocab_answers_raw_strings(exported, tmp_path):
     import shutil
     from types import SimpleNamespace
 
-    from exporter import handler as handler_module
+    from exporter.runtime import handler as handler_module
 
     vdir = exported["deepfm"][0] / "deepfm" / "1"
     model_dir = tmp_path / "model_dir"

@@ -9,15 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from exporter import hparams as H
-from exporter import notebooks as runner
-from exporter import pipeline, torch_common as tc
-from exporter.data import DEFAULT_FEATURES, LABEL
+from exporter.training import hparams as H
+from exporter.tools import notebooks as runner
+from exporter.export import pipeline
+from exporter.models import torch_common as tc
+from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
-from exporter.metrics import ctr_metrics
-from exporter.specs import get_spec, model_names, registered, repository_names
-from exporter.specs.base import NotebookInfo
-from exporter.specs.torch_spec import ServedPart, TorchModelDef, label_tensor, make_spec
+from exporter.training.metrics import ctr_metrics
+from exporter.models import get_spec, model_names, registered, repository_names
+from exporter.models.base import NotebookInfo
+from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
 from tests.conftest import REPO, SMALL_HPARAMS, run_cli
 
 
@@ -69,8 +70,8 @@ def logreg_spec(**overrides) -> object:
 def test_a_sixth_model_is_one_spec_and_exports_verifies_and_serves(tmp_path: Path):
     from starlette.testclient import TestClient
 
-    from exporter.server import ModelRegistry, create_app
-    from exporter.verify import verify
+    from exporter.serving.server import ModelRegistry, create_app
+    from exporter.tools.verify import verify
 
     with registered(logreg_spec()) as spec:
         assert "logreg" in model_names() and "logreg" in repository_names()

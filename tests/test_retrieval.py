@@ -1,4 +1,4 @@
-"""exporter.retrieval: recall@K / NDCG@K over the whole catalogue, on cases small enough to rank by hand."""
+"""exporter.models.two_tower.retrieval: recall@K / NDCG@K over the whole catalogue, on cases small enough to rank by hand."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter import data as D
-from exporter import retrieval as R
+from exporter.training import data as D
+from exporter.models.two_tower import retrieval as R
 from exporter.errors import ExporterError
 
 # 5 items in 2 dimensions and 3 users: the scores u . v are read off directly.

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from exporter import data as D
-from exporter import pipeline
-from exporter import sampled_softmax as S
-from exporter import towers as TW
-from exporter import verdict as V
+from exporter.training import data as D
+from exporter.export import pipeline
+from exporter.models.two_tower import sampled_softmax as S
+from exporter.models.two_tower import towers as TW
+from exporter.training import quality_gate as V
 from exporter.cli import main as cli_main
 from exporter.errors import ExporterError
 
@@ -135,7 +135,7 @@ def test_items_parquet_is_the_item_towers_catalogue(exported_runs):
     assert items["item_id"].is_unique and set(items["item_id"]) == set(every["item_id"])
     assert pd.api.types.is_string_dtype(items["item_category"])  # raw strings, as the data holds them
     # the item tower embeds it: every row through the graph, complete rows through the serving handler too
-    from exporter.handler import ModelHandler
+    from exporter.runtime.handler import ModelHandler
 
     raw = prep.features.subset(meta["feature_columns"]).encode(items)
     session = ort.InferenceSession(str(version / "model.onnx"))
@@ -206,7 +206,7 @@ def test_bad_retrieval_settings_are_refused(tmp_path, capsys):
 def test_verify_checks_the_catalogue_beside_the_item_tower(exported_artifacts, tmp_path):
     import shutil
 
-    from exporter.verify import verify
+    from exporter.tools.verify import verify
 
     tree = tmp_path / "artifacts"
     shutil.copytree(exported_artifacts / "two_tower_item", tree / "two_tower_item")

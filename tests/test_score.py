@@ -21,9 +21,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.data import synthetic_dataset
+from exporter.training.data import synthetic_dataset
 from exporter.errors import ExporterError
-from exporter.handler import ModelHandler
+from exporter.runtime.handler import ModelHandler
 from exporter.scoring import ScoreOptions, score
 from exporter.scoring.encode import OOV_CODE, ColumnRule, EncodingPlan, encode_batch, plan_from_metadata
 from tests.conftest import REPO, run_cli

@@ -11,9 +11,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from exporter.handler import ModelHandler
-from exporter.http_limits import guarded_protocol
-from exporter.server import ModelRegistry, create_app
+from exporter.runtime.handler import ModelHandler
+from exporter.serving.http_limits import guarded_protocol
+from exporter.serving.server import ModelRegistry, create_app
 from tests.handler_fixtures import DEFAULT_COLUMNS, build_tree, sample_rows
 
 HUGE = "k" * 200_000  # a client string far longer than any error should quote

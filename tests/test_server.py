@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from exporter.bench import terminate
+from exporter.tools.serve_bench import terminate
 from tests.handler_fixtures import DEFAULT_COLUMNS, REPO, TINY_MODELS, build_tree, sample_rows, spec_validator
 
 pytestmark = pytest.mark.slow

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter import data as D
-from exporter import hparams as H
-from exporter import tasks as T
+from exporter.training import data as D
+from exporter.training import hparams as H
+from exporter.models.mmoe import tasks as T
 from exporter.cli import main as cli_main
 from exporter.errors import ExporterError
-from exporter.specs import get_spec
+from exporter.models import get_spec
 
 #: a team's pair of tasks on the synthetic log, with its own column names
 CLICK_DWELL = [{"name": "click", "label": "clicked", "type": "binary"},
@@ -159,7 +159,7 @@ def test_two_tasks_give_two_named_outputs_metadata_and_metrics(two_task_export):
 def test_two_tasks_are_served_by_name(two_task_export):
     from starlette.testclient import TestClient
 
-    from exporter.server import ModelRegistry, create_app
+    from exporter.serving.server import ModelRegistry, create_app
 
     version, _ = two_task_export
     request = json.loads((version / "sample_request.json").read_text())
@@ -187,7 +187,7 @@ def _codes(version: Path, row: dict) -> list[float]:
 
 @pytest.mark.slow
 def test_two_task_checkpoint_loads_back_with_its_tasks(two_task_export, tmp_path, capsys):
-    from exporter.handler import ModelHandler
+    from exporter.runtime.handler import ModelHandler
 
     version, _ = two_task_export
     data = tmp_path / "eval.csv"
@@ -208,8 +208,8 @@ def test_two_task_checkpoint_loads_back_with_its_tasks(two_task_export, tmp_path
 @pytest.mark.slow
 def test_the_mmoe_notebook_trains_two_tasks_given_as_json_text(tmp_path):
     """``papermill -p tasks '[...]'`` hands the notebook a string: it becomes the tasks, served by name."""
-    from exporter.handler import ModelHandler
-    from exporter.verify import verify
+    from exporter.runtime.handler import ModelHandler
+    from exporter.tools.verify import verify
     from tests.test_notebooks import execute, outputs_text
 
     two_task_log(2000, seed=13).to_csv(tmp_path / "log.csv", index=False)

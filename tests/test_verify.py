@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.verify import SPEC_FILE, parse_pbtxt, verify
+from exporter.tools.verify import SPEC_FILE, parse_pbtxt, verify
 from tests.handler_fixtures import REPO, SPEC_PATHS, build_artifact, build_tree, tiny_model
 
 

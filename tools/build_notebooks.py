@@ -25,8 +25,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from exporter.specs import get_spec, model_names  # noqa: E402
-from exporter.specs.base import NotebookInfo  # noqa: E402
+from exporter.models import get_spec, model_names  # noqa: E402
+from exporter.models.base import NotebookInfo  # noqa: E402
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
 
@@ -117,25 +117,16 @@ and smoke-tests the artifact through the same handler the server uses.
 papermill notebooks/{model}.ipynb {model}-report.ipynb {cfg.example}
 python -m exporter notebooks {model} {cfg.example}   # also saves the executed notebook as report.ipynb beside the artifact
 ```"""
-    setup = """# Find the repository (relative paths in the parameters are relative to it) wherever the kernel started:
-# notebooks/ in JupyterLab, the repository root in CI, or elsewhere once installed with `pip install -e .`.
-import importlib.util, sys
-from pathlib import Path
-
-ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "exporter" / "__init__.py").is_file()), None)
-if ROOT is None and importlib.util.find_spec("exporter") is not None:  # an installed checkout
-    ROOT = Path(importlib.util.find_spec("exporter").origin).resolve().parents[1]
-assert ROOT is not None, "exporter not found: start Jupyter inside the repository, or run `pip install -e .` in it"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
+    setup = """# The README's set-up installs the `exporter` package (`pip install -e .` in the repository);
+# if this import fails, run that in the repository with the kernel's Python.
 %matplotlib inline
-from exporter import notebook_support as nbs, pipeline, plots"""
+from exporter.export import pipeline
+from exporter.tools import notebook_support as nbs, plots"""
     prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
     feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed,
-    artifacts_dir=artifacts_dir, model_version=model_version, parity_atol=parity_atol, root=ROOT,
+    artifacts_dir=artifacts_dir, model_version=model_version, parity_atol=parity_atol, root=nbs.repo_root(),
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""

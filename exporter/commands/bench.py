@@ -1,4 +1,4 @@
-"""``python -m exporter bench``: the CLI over :mod:`exporter.bench` (measure, print the tables and targets)."""
+"""``python -m exporter bench``: the CLI over :mod:`exporter.tools.serve_bench` (measure, print the tables and targets)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from exporter.bench import Results, _environment, bench_http, bench_model, render, targets
+from exporter.tools.serve_bench import Results, _environment, bench_http, bench_model, render, targets
 from exporter.contract import version_dirs
 from exporter.errors import ExporterError
 
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "side by side (default: on)")
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
     # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
-    from exporter import quality
+    from exporter.tools import quality_bench as quality
 
     suites = parser.add_subparsers(dest="suite", metavar="SUITE", help="quality: the MovieLens-100k quality benchmark")
     q = suites.add_parser("quality", help=quality.HELP, description=quality.DESCRIPTION,

@@ -33,7 +33,7 @@ exit codes: 0 ok, 2 bad input (one line says what), 3 parity gate failed, 4 held
 
 def _models_help() -> str:
     """The registered models, naming what a model with several repository entries writes."""
-    from exporter.specs import get_spec, model_names
+    from exporter.models import get_spec, model_names
 
     parts = []
     for name in model_names():
@@ -56,7 +56,7 @@ def _describe_on_demand(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from exporter.specs import model_names
+    from exporter.models import model_names
 
     _describe_on_demand(p)
     p.add_argument("model", help=f"{', '.join(model_names())} or all")
@@ -105,8 +105,9 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from exporter import pipeline, summary
-    from exporter.specs import get_spec, model_names
+    from exporter.export import pipeline
+    from exporter.tools import summary
+    from exporter.models import get_spec, model_names
 
     if args.model == "all":
         if args.mode != "train" or args.checkpoint:

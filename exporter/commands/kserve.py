@@ -1,11 +1,11 @@
-"""``python -m exporter kserve``: the CLI over :mod:`exporter.kserve` (write or print the InferenceService manifests)."""
+"""``python -m exporter kserve``: the CLI over :mod:`exporter.export.kserve` (write or print the InferenceService manifests)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from exporter.kserve import (API_VERSION, DEFAULT_STORAGE_URI, MANIFEST_FILE, PROTOCOL, RUNTIME, check_storage_uri,
+from exporter.export.kserve import (API_VERSION, DEFAULT_STORAGE_URI, MANIFEST_FILE, PROTOCOL, RUNTIME, check_storage_uri,
                              manifests, to_yaml)
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stdout:
         sys.stdout.write("---\n".join(to_yaml(m) for m in found.values()))
         return 0
-    from exporter.repository import write_text_atomic
+    from exporter.export.repository import write_text_atomic
 
     for name, manifest in found.items():
         path = args.artifacts / name / MANIFEST_FILE

@@ -1,4 +1,4 @@
-"""``python -m exporter notebooks``: the CLI over :mod:`exporter.notebooks` (plan, run each notebook, keep reports)."""
+"""``python -m exporter notebooks``: the CLI over :mod:`exporter.tools.notebooks` (plan, run each notebook, keep reports)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.notebooks import (
+from exporter.tools.notebooks import (
     Outcome, artifacts_option, check_kernel, notebook_names, plan, resolve_overrides, run_one, select,
 )
 

@@ -1,4 +1,4 @@
-"""``python -m exporter serve``: the CLI over :mod:`exporter.server` (load the tree, listen, serve until stopped)."""
+"""``python -m exporter serve``: the CLI over :mod:`exporter.serving.server` (load the tree, listen, serve until stopped)."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.http_limits import (
+from exporter.serving.http_limits import (
     DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, guarded_protocol,
 )
-from exporter.live_registry import LiveRegistry, Reloader
-from exporter.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
+from exporter.serving.live_registry import LiveRegistry, Reloader
+from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
 
 
 HELP = "serve every exported model over HTTP with TorchServe-style routes"
@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="'warning' silences the per-request lines (default: info)",
     )
-    # slow and oversized clients (exporter.http_limits): uvicorn alone would hold such connections forever
+    # slow and oversized clients (exporter.serving.http_limits): uvicorn alone would hold such connections forever
     parser.add_argument("--header-timeout", default=DEFAULT_HEADER_TIMEOUT, type=_positive_float,
                         help="seconds a client has to send its request line and headers, else 408 and the "
                              f"connection closes (default: {DEFAULT_HEADER_TIMEOUT:g})")
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:  # checked before the models load
         raise ExporterError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
 
-    from exporter.access_log import AccessLog
+    from exporter.serving.access_log import AccessLog
 
     _configure_logging(args.log_level)
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        # httptools with header/body timeouts and a header size limit (exporter.http_limits)
+        # httptools with header/body timeouts and a header size limit (exporter.serving.http_limits)
         http=guarded_protocol(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                               max_header_bytes=args.max_header_bytes),
         lifespan="off",

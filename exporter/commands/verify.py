@@ -1,10 +1,10 @@
-"""``python -m exporter verify DIR``: the CLI over :func:`exporter.verify.verify` (one line per problem)."""
+"""``python -m exporter verify DIR``: the CLI over :func:`exporter.tools.verify.verify` (one line per problem)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from exporter.verify import verify
+from exporter.tools.verify import verify
 
 
 HELP = "check exported artifacts (version, model or whole tree) before a serving team accepts them"

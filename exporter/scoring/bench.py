@@ -110,7 +110,7 @@ def write_rows(path: Path, columns: list[str], rows: int, seed: int) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from exporter.data import synthetic_dataset
+    from exporter.training.data import synthetic_dataset
 
     writer = None
     try:

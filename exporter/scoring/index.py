@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from exporter.errors import ExporterError
-from exporter.repository import sha256_file
+from exporter.export.repository import sha256_file
 
 __all__ = ["check_index_options", "build_index", "recall_at_k"]
 

@@ -108,7 +108,7 @@ def resolve_artifact(model: str, artifacts: str | os.PathLike[str]) -> Path:
 
 def load_handler(path: Path, threads: int = 1) -> Any:
     """The artifact as the handler loads it: metadata checked, sha256 verified before the session exists."""
-    from exporter.handler import ArtifactError, ModelHandler
+    from exporter.runtime.handler import ArtifactError, ModelHandler
 
     try:
         return ModelHandler.load(path, threads=threads)

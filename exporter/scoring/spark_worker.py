@@ -3,7 +3,7 @@
 A :class:`BatchTask` is pickled by the driver (by reference to this module, which reaches the executors in
 the zip that the driver ships with ``addPyFile``) and called by Spark once per partition with an iterator of
 Arrow record batches. It loads the artifact the first time a Python worker needs it, through
-:meth:`exporter.handler.ModelHandler.load`, so the sha256 of the model file is verified on the executor
+:meth:`exporter.runtime.handler.ModelHandler.load`, so the sha256 of the model file is verified on the executor
 before any session exists, and keeps it for every later partition that worker runs (Spark reuses Python
 workers). Each batch goes through :func:`exporter.scoring.core.score_batch`, the same code as the local
 engine: Python never loops over rows, except to word the reasons of refused rows.
@@ -42,7 +42,7 @@ def load_once(artifact_name: str, sha256: str, threads: int, loads: Any = None) 
         if handler is None:
             from pyspark import SparkFiles
 
-            from exporter.handler import ArtifactError, ModelHandler
+            from exporter.runtime.handler import ArtifactError, ModelHandler
 
             handler = ModelHandler.load(Path(SparkFiles.get(artifact_name)), threads=threads)
             if handler.metadata["sha256"] != sha256:

@@ -1,0 +1,355 @@
+"""The feature schema: which input columns are numeric or categorical, and what training learned about them.
+
+A model reads one FP64 ``features`` tensor (contract section 1). Numeric columns travel as they are (NaN for a
+missing value); categorical columns travel as numbers too: an integer ID as it is, a boolean as 0/1, a string as
+its *code* in the vocabulary training learned (its position in that list; -1 for a string not in it). The graph
+turns a raw value into an embedding row itself (:mod:`exporter.features.onnx_prep`), and :meth:`FeaturePlan.prepare` is
+the numpy twin of that mapping, so the parity gate tests the in-graph lookup.
+
+Three steps, used by the pipeline, the notebooks and the offline ``score`` command alike:
+
+* :func:`load_schema` / :func:`resolve_specs`: a :class:`FeatureSpec` per column, declared (JSON file or dict)
+  or inferred from the data;
+* :func:`fit`: per-column vocabularies and statistics from the training rows (a :class:`FeaturePlan`);
+* :meth:`FeaturePlan.encode`: a raw table -> the FP64 matrix the graph takes.
+
+The exact format is documented in ``docs/features.md``; errors name the column and the row (1-based, as a
+person counts data rows in a file).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from exporter.errors import ExporterError
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+KINDS = (NUMERIC, CATEGORICAL)
+TOWERS = ("user", "item")
+#: largest integer every FP64 value up to which is exact: IDs beyond it are not IDs the tensor can carry
+MAX_EXACT_INT = 2**53
+#: the code of a string that is not in the vocabulary (the graph sends it to the OOV row)
+UNKNOWN_CODE = -1
+#: the embedding row every unknown, rare, non-integer or missing categorical value maps to
+OOV_ROW = 0
+#: default vocabulary policy: a value must be seen this often in training to get its own row, so the OOV row
+#: is trained on rare values (what an unseen ID at serving time most resembles)
+DEFAULT_MIN_COUNT = 2
+#: string hashing for ``hash_buckets`` string columns: the first 6 bytes of sha256(utf-8), big-endian
+HASH_ENCODING = "sha256-48"
+#: dtypes as metadata reports them ("dtype seen")
+DTYPES = ("float64", "int64", "bool", "string")
+TOP_VALUES = 5
+SPEC_KEYS = ("name", "kind", "tower", "fill", "optional", "min_count", "max_size", "hash_buckets")
+
+
+# --------------------------------------------------------------------------- declared schema
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a user declares about one input column (everything but ``name`` has a default)."""
+
+    name: str
+    kind: str = NUMERIC
+    #: two_tower: the tower this column feeds (``user``/``item``); None: decided by name (``user_*``)
+    tower: str | None = None
+    #: numeric: the value a missing cell (NaN) stands for; None: the training median
+    fill: float | None = None
+    #: serving may omit this column (or send null): it then means ``fill`` / the OOV row
+    optional: bool = False
+    #: categorical: values seen fewer times in training share the OOV row
+    min_count: int = DEFAULT_MIN_COUNT
+    #: categorical: at most this many values get their own row (the most frequent)
+    max_size: int | None = None
+    #: categorical: hash values into this many rows instead of learning a vocabulary
+    hash_buckets: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str) -> "FeatureSpec":
+        """A spec from its JSON form; every unknown key or bad value is an error naming it."""
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if not isinstance(raw, Mapping):
+            raise ExporterError(f"{source}: each feature must be an object like {{\"name\": ..., \"kind\": ...}}, got {raw!r}")
+        unknown = sorted(set(raw) - set(SPEC_KEYS))
+        name = raw.get("name")
+        where = f"{source}: feature {name!r}" if isinstance(name, str) else f"{source}: feature {raw!r}"
+        if unknown:
+            raise ExporterError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(SPEC_KEYS)}")
+        if not isinstance(name, str) or not name.strip():
+            raise ExporterError(f"{where}: 'name' must be a non-empty column name")
+        kind = raw.get("kind", NUMERIC)
+        if kind not in KINDS:
+            raise ExporterError(f"{where}: kind must be 'numeric' or 'categorical', got {kind!r}")
+        tower = raw.get("tower")
+        if tower is not None and tower not in TOWERS:
+            raise ExporterError(f"{where}: tower must be 'user', 'item' or null, got {tower!r}")
+        fill = raw.get("fill")
+        if fill is not None:
+            if kind != NUMERIC:
+                raise ExporterError(f"{where}: 'fill' is for numeric features; a missing categorical value maps to the OOV row")
+            if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+                raise ExporterError(f"{where}: fill must be a finite number or null (the training median), got {fill!r}")
+            fill = float(fill)
+        optional = raw.get("optional", False)
+        if not isinstance(optional, bool):
+            raise ExporterError(f"{where}: optional must be true or false, got {optional!r}")
+        ints = {}
+        for key, low in (("min_count", 1), ("max_size", 1), ("hash_buckets", 1)):
+            value = raw.get(key)
+            if value is None:
+                continue
+            if kind != CATEGORICAL:
+                raise ExporterError(f"{where}: '{key}' is a vocabulary policy of categorical features")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= MAX_EXACT_INT:
+                raise ExporterError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
+            ints[key] = value
+        if "hash_buckets" in ints and ({"min_count", "max_size"} & set(ints)):
+            raise ExporterError(f"{where}: hash_buckets replaces the vocabulary; drop min_count/max_size")
+        return cls(name=name, kind=kind, tower=tower, fill=fill, optional=optional,
+                   min_count=ints.get("min_count", DEFAULT_MIN_COUNT), max_size=ints.get("max_size"),
+                   hash_buckets=ints.get("hash_buckets"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "tower": self.tower, "optional": self.optional}
+        if self.kind == NUMERIC:
+            out["fill"] = self.fill
+        elif self.hash_buckets is not None:
+            out["hash_buckets"] = self.hash_buckets
+        else:
+            out.update(min_count=self.min_count, max_size=self.max_size)
+        return out
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A declared schema: features in tensor order (may be empty: infer them) and optionally the label."""
+
+    features: tuple[FeatureSpec, ...] = ()
+    label: str | None = None
+    source: str = "schema"
+
+    def get(self, name: str) -> FeatureSpec | None:
+        return next((f for f in self.features if f.name == name), None)
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
+    """A schema from a JSON file path, a dict, or a list of features (``None`` stays ``None``).
+
+    Accepted shapes: ``{"label": "clicked", "features": [{"name": ..., "kind": ...}, ...]}``, the features as an
+    object ``{"user_id": {"kind": "categorical"}, ...}``, or just the list.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        source = f"schema file {path}"
+        if not path.is_file():
+            raise ExporterError(f"{source} not found (expected a JSON file, see docs/features.md)")
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ExporterError(f"{source} is not valid JSON: {exc}") from exc
+    label = None
+    if isinstance(value, Mapping) and ("features" in value or "label" in value):
+        unknown = sorted(set(value) - {"features", "label"})
+        if unknown:
+            raise ExporterError(f"{source}: unknown key(s) {', '.join(unknown)}; a schema has 'features' and 'label'")
+        label = value.get("label")
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise ExporterError(f"{source}: label must be a column name, got {label!r}")
+        value = value.get("features", [])
+    if isinstance(value, Mapping):
+        items = []
+        for name, options in value.items():
+            if options is None:
+                options = {}
+            if not isinstance(options, Mapping):
+                raise ExporterError(f"{source}: feature {name!r} must map to an object of options, got {options!r}")
+            items.append({"name": name, **options})
+        value = items
+    if not isinstance(value, (list, tuple)):
+        raise ExporterError(
+            f"{source}: expected {{\"label\": ..., \"features\": [{{\"name\": ..., \"kind\": \"numeric\"|\"categorical\"}}, ...]}}, "
+            f"got {type(value).__name__}"
+        )
+    specs = tuple(FeatureSpec.from_dict(item, source=source) for item in value)
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ExporterError(f"{source}: features listed twice: {', '.join(dupes)}")
+    return Schema(specs, label, source)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def _is_bool_series(series: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(series):
+        return True
+    if series.dtype == object:
+        present = series.dropna()
+        return len(present) > 0 and all(isinstance(v, (bool, np.bool_)) for v in present)
+    return False
+
+
+def _integer_valued(series: pd.Series) -> bool:
+    if pd.api.types.is_integer_dtype(series):
+        return True
+    if not pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return False
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = values[~np.isnan(values)]
+    return len(values) > 0 and bool(np.all(np.isfinite(values))) and bool(np.all(values == np.floor(values)))
+
+
+def infer_kind(series: pd.Series, name: str) -> str:
+    """String, bool and pandas category columns, and integer columns named ``*id``, are categorical.
+
+    An object column whose values are nearly all numbers (at least 90%) is numeric: it is a numeric column
+    with a few bad cells, which the encoder then reports by row instead of learning them as categories.
+    """
+    if isinstance(series.dtype, pd.CategoricalDtype) or _is_bool_series(series):
+        return CATEGORICAL
+    if pd.api.types.is_string_dtype(series) or series.dtype == object:
+        present = series.dropna()
+        numeric = pd.to_numeric(present, errors="coerce").notna().mean() if len(present) else 0.0
+        return NUMERIC if numeric >= 0.9 and not any(isinstance(v, (bool, np.bool_)) for v in present) else CATEGORICAL
+    if _integer_valued(series) and name.lower().endswith("id"):
+        return CATEGORICAL
+    return NUMERIC
+
+
+def resolve_specs(frame: pd.DataFrame, columns: Sequence[str], schema: Schema | None,
+                  defaults: Sequence[FeatureSpec] = ()) -> tuple[list[FeatureSpec], dict[str, str]]:
+    """One spec per column: the schema's, else a default's (contract schema), else inferred from the data.
+
+    Returns the specs and where each came from (``declared``, ``default`` or ``inferred``), to print them.
+    """
+    by_default = {s.name: s for s in defaults}
+    specs, origins = [], {}
+    for col in columns:
+        spec, origin = (schema.get(col) if schema is not None else None), "declared"
+        if spec is None:
+            spec, origin = by_default.get(col), "default"
+        if spec is None:
+            spec, origin = FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC), "inferred"
+        specs.append(spec)
+        origins[col] = origin
+    return specs, origins
+
+
+# --------------------------------------------------------------------------- column values
+
+
+def show_value(value: Any) -> str:
+    item = getattr(value, "item", None)
+    value = item() if callable(item) and not isinstance(value, (str, bytes)) else value
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def hash_code(text: str) -> int:
+    """The code of a string in a ``hash_buckets`` column: sha256 of its UTF-8 bytes, first 6 bytes big-endian."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big")
+
+
+@dataclass
+class Column:
+    """One column's values as the encoder sees them: float64 (NaN = missing), or strings (None = missing)."""
+
+    dtype: str
+    numbers: np.ndarray | None = None
+    strings: list[str | None] | None = None
+
+    def missing(self) -> np.ndarray:
+        if self.numbers is not None:
+            return np.isnan(self.numbers)
+        return np.array([s is None for s in self.strings or []], dtype=bool)
+
+
+def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
+    """Validate one column and return its values; errors name the column, the row and the value."""
+    col = spec.name
+    if spec.kind == CATEGORICAL and (isinstance(series.dtype, pd.CategoricalDtype) or not (
+            pd.api.types.is_numeric_dtype(series) or _is_bool_series(series))):
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            series = series.astype(object)
+        present = series.notna().to_numpy()
+        values = series.to_numpy(dtype=object)
+        if any(isinstance(v, (bool, np.bool_)) for v in values[present]):
+            bad = next(i for i in np.flatnonzero(present) if isinstance(values[i], (bool, np.bool_)))
+            raise ExporterError(
+                f"{source}: column '{col}' row {bad + 1}: value {show_value(values[bad])} is a boolean in a column of "
+                "strings; expected strings only (or booleans only)"
+            )
+        return Column("string", strings=[str(v) if p else None for v, p in zip(values, present)])
+    if _is_bool_series(series):
+        if spec.kind == NUMERIC:
+            raise ExporterError(
+                f"{source}: column '{col}' row 1: value {show_value(series.dropna().iloc[0])} is a boolean, expected a number "
+                "(declare the column categorical to use booleans)"
+            )
+        numbers = series.map(lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v)))
+        return Column("bool", numbers=numbers.to_numpy(dtype=np.float64))
+    if not pd.api.types.is_numeric_dtype(series):
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = (converted.isna() & series.notna()).to_numpy() | series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ExporterError(f"{source}: column '{col}' row {i + 1}: value {show_value(series.iloc[i])} is not a number")
+        series = converted
+    numbers = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        i = int(np.flatnonzero(infinite)[0])
+        raise ExporterError(
+            f"{source}: column '{col}' row {i + 1}: value {numbers[i]} is not a finite number "
+            "(an empty cell or NaN is a missing value; infinite values are not allowed)"
+        )
+    if spec.kind == CATEGORICAL:
+        present = ~np.isnan(numbers)
+        bad = present & ((numbers != np.floor(numbers)) | (np.abs(numbers) > MAX_EXACT_INT))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ExporterError(
+                f"{source}: column '{col}' row {i + 1}: value {numbers[i]!r} is not an integer ID within +-2^53; "
+                "a categorical column of numbers holds integer IDs (declare it numeric, or store it as strings)"
+            )
+        return Column("int64", numbers=numbers)
+    return Column("int64" if _integer_valued(series) else "float64", numbers=numbers)
+
+
+
+
+def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, note: str = "") -> str:
+    """A few lines the user sees before training: every feature with its kind and where the kind came from."""
+    width = max((len(s.name) for s in specs), default=0)
+    lines = [f"feature schema ({len(specs)} columns{'; ' + note if note else ''}):"]
+    for s in specs:
+        extra = []
+        if s.tower:
+            extra.append(f"tower {s.tower}")
+        if s.optional:
+            extra.append("optional")
+        if s.kind == CATEGORICAL:
+            extra.append(f"hash_buckets {s.hash_buckets}" if s.hash_buckets else f"min_count {s.min_count}"
+                         + (f", max_size {s.max_size}" if s.max_size else ""))
+        elif s.fill is not None:
+            extra.append(f"fill {s.fill:g}")
+        tail = f"  ({', '.join(extra)})" if extra else ""
+        lines.append(f"  {s.name:<{width}}  {s.kind:<11} {origins.get(s.name, 'stored'):<8}{tail}")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""DeepFM binary CTR model over numeric and categorical fields.
+
+Every field owns a k-dimensional embedding: a categorical field looks up its value's row (the OOV row for
+unknown values), a numeric field scales one learned vector by its standardised value. A linear term (one
+weight per numeric field, one per categorical value), the FM second-order interactions
+0.5 * ((sum e_i)^2 - sum e_i^2) and a deep MLP over the concatenated field embeddings add up to the click logit.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter.models import torch_common as tc
+from exporter.training.data import DEFAULT_FEATURES, LABEL
+from exporter.features import FeaturePlan
+from exporter.training.metrics import ctr_metrics
+from exporter.models.base import NotebookInfo
+from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+
+
+class DeepFM(nn.Module):
+    """Prepared features in (see :mod:`exporter.features`), click probability out."""
+
+    def __init__(self, cardinalities: Sequence[int], embed_dim: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.fields = tc.FieldInput(cardinalities, embed_dim)
+        n_num, n_cat = self.fields.n_num, self.fields.n_cat
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.linear = nn.Linear(max(1, n_num), 1, bias=False)
+        self.num_embedding = nn.Parameter(torch.randn(max(1, n_num), embed_dim) * 0.05)
+        self.cat_weight = nn.Embedding(self.fields.embedding.num_embeddings, 1)
+        nn.init.zeros_(self.cat_weight.weight)
+        self.deep = tc.mlp([(n_num + n_cat) * embed_dim, *hidden, 1])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.fields
+        linear = self.bias.expand(x.shape[0])
+        embs = []
+        if f.n_num:
+            z = f.numeric(x)
+            embs.append(z.unsqueeze(-1) * self.num_embedding)  # [B, n_num, k]
+            linear = linear + self.linear(z).squeeze(-1)
+        if f.n_cat:
+            rows = f.rows(x)
+            embs.append(f.embedding(rows))  # [B, n_cat, k]
+            linear = linear + self.cat_weight(rows).squeeze(-1).sum(dim=1)
+        emb = embs[0] if len(embs) == 1 else torch.cat(embs, dim=1)
+        fm = 0.5 * (emb.sum(dim=1).pow(2) - emb.pow(2).sum(dim=1)).sum(dim=1)
+        return linear + fm + self.deep(emb.flatten(1)).squeeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x))
+
+
+def _config(columns: list[str], hp: Mapping[str, Any], x: np.ndarray | None, y: Any,
+            plan: FeaturePlan) -> dict[str, Any]:
+    return {"cardinalities": plan.cardinalities, "embed_dim": int(hp["embed_dim"]),
+            "hidden": [int(h) for h in hp["hidden"]]}
+
+
+def _build(cfg: Mapping[str, Any]) -> nn.Module:
+    return DeepFM(list(cfg["cardinalities"]), int(cfg["embed_dim"]), list(cfg["hidden"]))
+
+
+def _loss(net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.binary_cross_entropy_with_logits(net.logits(x), y)
+
+
+SPEC = make_spec(
+    TorchModelDef(
+        name="deepfm",
+        description="DeepFM (torch) binary CTR model",
+        label_columns=(LABEL,),
+        default_features=DEFAULT_FEATURES,
+        default_hparams={"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "hidden": [64, 32],
+                         "weight_decay": 0.0},
+        metrics=ctr_metrics,
+        model_names=("deepfm",),
+        make_config=_config,
+        build=_build,
+        fit_scalers=lambda net, x: net.fields.fit(x),
+        targets=lambda y: [label_tensor(y, LABEL)],
+        loss=_loss,
+        heads=lambda net, x: {LABEL: net(x)},
+        parts=lambda net, cfg, cols: [
+            ServedPart("deepfm", net, cols, list(range(len(cols))), None, "scalar")
+        ],
+        notebook=NotebookInfo(
+            title='DeepFM CTR model → ONNX',
+            what='a DeepFM click-through-rate model (PyTorch)',
+            native='PyTorch',
+            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
+            knobs=(
+                ('epochs', 'passes over the training rows'),
+                ('batch_size', 'rows per optimiser step'),
+                ('learning_rate', 'Adam learning rate'),
+                ('embed_dim', "size of each feature's embedding (FM and deep part)"),
+                ('hidden', "widths of the deep part's hidden layers"),
+            ),
+            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
+            step='epoch',
+            eval_md='ROC curve of the click probability on held-out rows.',
+            example='-p epochs 10 -p learning_rate 0.002',
+        ),
+        test_hparams={'epochs': 3},
+    )
+)

@@ -1,0 +1,217 @@
+"""Two-tower retrieval model: a user tower and an item tower whose dot product scores a pair.
+
+Both towers end in an L2 normalisation, so the dot product of their vectors is a cosine. Trained as
+retrieval models are (``loss: softmax``, the default): on positive pairs (rows whose label is 1, or every
+row of an interactions table without a label) with an in-batch sampled softmax over ``cosine / temperature``
+and the log-popularity correction (:mod:`exporter.models.two_tower.sampled_softmax`); ``loss: bce`` trains pointwise on
+clicks instead. Judged by recall@K and NDCG@K over the whole item catalogue next to popularity
+(:mod:`exporter.models.two_tower.towers`), on a held-out set split by user-item pairs. Exported as two graphs, the user
+tower (``two_tower``) and the item tower (``two_tower_item``, with the catalogue ``items.parquet`` beside
+it), each ``[-1, embed_dim]`` float64.
+Columns named ``user_*`` (or with ``tower: user`` in the feature schema) feed the user tower and the rest
+the item tower, unless the hyper-parameters ``user_columns`` / ``item_columns`` say otherwise. Each tower
+embeds its categorical columns (``field_embed_dim``) beside its standardised numeric ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from exporter.models.two_tower import sampled_softmax as S
+from exporter.models import torch_common as tc
+from exporter.models.two_tower import towers as TW
+from exporter.training.data import ITEM_FEATURES, LABEL, USER_FEATURES
+from exporter.errors import ExporterError
+from exporter.features import FeaturePlan
+from exporter.training.metrics import retrieval_metrics
+from exporter.models.base import BINARY, LabelNeed, NotebookInfo
+from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+
+LOSSES = ("softmax", "bce")
+
+
+class Tower(nn.Module):
+    """One tower: its prepared columns in (numeric standardised, categorical embedded), a (unit) vector out."""
+
+    def __init__(self, cardinalities: Sequence[int], field_dim: int, hidden: int, embed_dim: int,
+                 normalize: bool = False) -> None:
+        super().__init__()
+        self.fields = tc.FieldInput(cardinalities, field_dim)
+        self.mlp = tc.mlp([self.fields.width, hidden, hidden, embed_dim])
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.mlp(self.fields(x))
+        return nn.functional.normalize(v, dim=1) if self.normalize else v
+
+
+class TwoTower(nn.Module):
+    """Checkpoints from before retrieval training (no ``normalize`` in their config) keep their plain dot product."""
+
+    def __init__(self, cardinalities: Sequence[int], user_idx: Sequence[int], item_idx: Sequence[int],
+                 embed_dim: int, hidden: int, field_dim: int, normalize: bool = False, loss: str = "bce",
+                 temperature: float = 1.0, logq: bool = True, chunk: int = 1024) -> None:
+        super().__init__()
+        self.register_buffer("user_idx", torch.tensor(list(user_idx), dtype=torch.long))
+        self.register_buffer("item_idx", torch.tensor(list(item_idx), dtype=torch.long))
+        self.user = Tower([cardinalities[j] for j in user_idx], field_dim, hidden, embed_dim, normalize)
+        self.item = Tower([cardinalities[j] for j in item_idx], field_dim, hidden, embed_dim, normalize)
+        #: pointwise loss only: the click logit's offset (cosines are centred on zero, click rates are not)
+        self.bias = nn.Parameter(torch.zeros(1)) if normalize else None
+        self.loss_kind, self.temperature, self.logq, self.chunk = loss, float(temperature), bool(logq), int(chunk)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The click logit of each row's pair: dot product (/ temperature, + bias for normalised towers)."""
+        dot = (self.user(x[:, self.user_idx]) * self.item(x[:, self.item_idx])).sum(dim=1)
+        return dot if self.bias is None else dot / self.temperature + self.bias
+
+
+def split_columns(columns: list[str], hp: Mapping[str, Any],
+                  towers: Mapping[str, str | None] | None = None) -> tuple[list[str], list[str]]:
+    """User and item columns: the hyper-parameters' lists, else the schema's ``tower``, else ``user_*`` by name."""
+    towers = towers or {}
+
+    def default_user(c: str) -> bool:
+        tower = towers.get(c)
+        return tower == "user" if tower else c.startswith("user_")
+
+    user = list(hp.get("user_columns") or [c for c in columns if default_user(c)])
+    item = list(hp.get("item_columns") or [c for c in columns if c not in user])
+    unknown = [c for c in user + item if c not in columns]
+    if unknown:
+        raise ExporterError(f"two_tower: tower columns {unknown} are not among the feature columns {columns}")
+    if not user or not item:
+        raise ExporterError(
+            f"two_tower needs user and item columns; got user={user} item={item} from {columns} "
+            "(user columns are those with tower 'user' in the schema or named user_*, or set user_columns/item_columns)"
+        )
+    return user, item
+
+
+def _config(columns: list[str], hp: Mapping[str, Any], x: Any, y: Any, plan: FeaturePlan) -> dict[str, Any]:
+    user, item = split_columns(columns, hp, {f.name: f.spec.tower for f in plan.features})
+    if hp["loss"] == "softmax" and y is not None:
+        S.check_positives(int(np.sum(y[LABEL] == 1)) if LABEL in y else len(x), LABEL, LABEL in y)
+    return {
+        "cardinalities": plan.cardinalities,
+        "user_idx": [columns.index(c) for c in user], "item_idx": [columns.index(c) for c in item],
+        "embed_dim": int(hp["embed_dim"]), "hidden": int(hp["hidden"]), "field_embed_dim": int(hp["field_embed_dim"]),
+        "normalize": True, "loss": str(hp["loss"]), "temperature": float(hp["temperature"]),
+        "logq_correction": bool(hp["logq_correction"]), "batch_size": int(hp["batch_size"]),
+    }
+
+
+def _build(cfg: Mapping[str, Any]) -> nn.Module:
+    return TwoTower(list(cfg["cardinalities"]), cfg["user_idx"], cfg["item_idx"], int(cfg["embed_dim"]),
+                    int(cfg["hidden"]), int(cfg["field_embed_dim"]), bool(cfg.get("normalize", False)),
+                    str(cfg.get("loss", "bce")), float(cfg.get("temperature", 1.0)),
+                    bool(cfg.get("logq_correction", True)), int(cfg.get("batch_size", 1024)))
+
+
+def _fit_scalers(net: nn.Module, x: np.ndarray) -> None:
+    net.user.fields.fit(x[:, net.user_idx.numpy()])
+    net.item.fields.fit(x[:, net.item_idx.numpy()])
+
+
+def _loss(net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    if net.loss_kind == "bce":
+        x, y = batch
+        return nn.functional.binary_cross_entropy_with_logits(net.score(x), y)
+    x, ids, log_q = batch
+    if not torch.is_grad_enabled() and len(x) > net.chunk:  # held-out loss: batches of the training size
+        sizes = [min(net.chunk, len(x) - i) for i in range(0, len(x), net.chunk)]
+        parts = [_loss(net, [x[i:i + net.chunk], ids[i:i + net.chunk], log_q[i:i + net.chunk]])
+                 for i in range(0, len(x), net.chunk)]
+        return sum(p * n for p, n in zip(parts, sizes)) / len(x)
+    return S.in_batch_softmax_loss(net.user(x[:, net.user_idx]), net.item(x[:, net.item_idx]), ids,
+                                   log_q if net.logq else None, net.temperature)
+
+
+def _training_tensors(cfg: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+    """bce: every row and its click; softmax: the positive pairs, their item identities and log sampling probabilities."""
+    if cfg.get("loss", "bce") == "bce":
+        return [torch.from_numpy(x), label_tensor(y, LABEL)]
+    pos, ids, log_q = S.positive_pairs(x, y, LABEL, np.asarray(cfg["item_idx"]))
+    return [torch.from_numpy(pos), torch.from_numpy(ids), torch.from_numpy(log_q)]
+
+
+def _labels_for(hp: Mapping[str, Any]) -> list[LabelNeed]:
+    """bce needs clicks; softmax reads positives from the label when the data has one, else every row is one."""
+    if hp.get("loss", "softmax") == "bce":
+        return [LabelNeed(LABEL, BINARY, "the click label the pointwise loss (loss bce) learns")]
+    return [LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)]
+
+
+def _split(frame: Any, columns: Sequence[str], hp: Mapping[str, Any], towers: Mapping[str, str | None],
+           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    user, item = split_columns(list(columns), hp, towers)
+    return TW.split_by_pairs(frame, user, item, seed)
+
+
+def _parts(net: nn.Module, cfg: Mapping[str, Any], cols: list[str]) -> list[ServedPart]:
+    e = int(cfg["embed_dim"])
+    u, i = list(cfg["user_idx"]), list(cfg["item_idx"])
+    return [
+        ServedPart("two_tower", net.user, [cols[k] for k in u], u, e, "vector", embed_dim=e),
+        ServedPart("two_tower_item", net.item, [cols[k] for k in i], i, e, "vector", embed_dim=e),
+    ]
+
+
+SPEC = make_spec(
+    TorchModelDef(
+        name="two_tower",
+        description="Two-tower retrieval model (user tower two_tower, item tower two_tower_item)",
+        label_columns=(LABEL,),
+        default_features=USER_FEATURES + ITEM_FEATURES,
+        default_hparams={"epochs": 8, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 32, "hidden": 64,
+                         "field_embed_dim": 16, "weight_decay": 0.0,
+                         "user_columns": None, "item_columns": None,
+                         "loss": "softmax", "temperature": 0.05, "logq_correction": True},
+        metrics=retrieval_metrics,
+        model_names=("two_tower", "two_tower_item"),
+        make_config=_config,
+        build=_build,
+        fit_scalers=_fit_scalers,
+        targets=lambda y: [label_tensor(y, LABEL)],
+        loss=_loss,
+        heads=lambda net, x: {LABEL: torch.sigmoid(net.score(x))},
+        parts=_parts,
+        training_tensors=_training_tensors,
+        labels_for=_labels_for,
+        split=_split,
+        evaluate=TW.evaluate_two_tower,
+        hparam_rules={
+            "loss": ("one_of:" + "|".join(LOSSES), "softmax (in-batch sampled softmax on positive pairs) or bce (pointwise on clicks)"),
+            "temperature": ("positive_number", "a positive number (the softmax divides cosines by it)"),
+            "logq_correction": ("bool", "true or false"),
+        },
+        notebook=NotebookInfo(
+            title='Two-tower retrieval model (user and item towers) → ONNX',
+            what='a two-tower retrieval model (PyTorch)',
+            native='PyTorch',
+            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
+            knobs=(
+                ('loss', '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); "bce": pointwise on clicks'),
+                ('temperature', 'the softmax divides the towers\' cosines by it'),
+                ('epochs', 'passes over the training rows'),
+                ('batch_size', 'positive pairs per optimiser step (the other items of a batch are the negatives)'),
+                ('learning_rate', 'Adam learning rate'),
+                ('embed_dim', 'size of the user and item embeddings'),
+                ('hidden', "width of each tower's hidden layers"),
+            ),
+            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "logq_correction": False, "field_embed_dim": 16}',
+            step='epoch',
+            eval_md=("Retrieval on held-out user-item pairs: for every user, all items of the catalogue are ranked by the "
+                     "towers' dot product (the user's training items removed); recall@K is the share of the user's held-out "
+                     "positives found in the top K, for the model and for recommending the most popular items. "
+                     "With 0/1 labels, the ROC curve of the score against them is beside it."),
+            example='-p epochs 10 -p embed_dim 32',
+            note='The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.',
+            towers=True,
+        ),
+        test_hparams={'epochs': 5},
+    )
+)

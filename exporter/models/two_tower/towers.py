@@ -1,0 +1,173 @@
+"""Users, items and their catalogue for the two-tower model: the pair split, retrieval evaluation, items.parquet.
+
+A retrieval model is judged the way it is used: for every user with held-out positives, every item of the
+catalogue is scored (dot product of the towers' vectors), the user's training items are removed, and the
+held-out positives are looked for in the top K (:mod:`exporter.models.two_tower.retrieval`: recall@K, NDCG@K), next to a
+popularity baseline computed on the same split.
+
+* A user (an item) is identified by its tower's ID column when it has one (``user_id``/``item_id``, else a
+  column named ``*_id``), else by all of its tower's columns together.
+* The held-out set is split by distinct user-item pairs (:func:`split_by_pairs`), so no held-out pair was
+  seen in training, whatever the log repeats.
+* The catalogue is every item of the data, one row each with the item tower's raw columns (each column's
+  first non-missing value among the item's rows; training rows come first). It is written beside the item
+  tower as ``items.parquet``, and the evaluation embeds exactly it, so offline scoring and an ANN index
+  rank the items the evaluation ranked. Users are embedded from one row each, built the same way.
+"""
+from __future__ import annotations
+
+import io
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from exporter.models.two_tower import retrieval as R
+from exporter.training.data import LABEL
+from exporter.models.base import Evaluated, SideFile, Trained
+
+CATALOGUE_FILE = "items.parquet"
+#: users ranked against the whole catalogue at most (a seeded sample beyond it keeps a big log's export fast)
+MAX_EVAL_USERS = 20_000
+CATALOGUE_KEY = "catalogue"
+#: K of the recall@K curve the notebook plots (those above the catalogue size are dropped)
+CURVE_KS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+_ID = re.compile(r"(?i:(^|_)id)$|[a-z0-9](Id|ID)$")  # user_id, ID, movieId, itemID; not "paid"
+
+
+def key_columns(tower: Sequence[str], preferred: str) -> list[str]:
+    """The column(s) that identify an entity of a tower: ``preferred`` (``user_id``), else a ``*_id`` column, else all."""
+    if preferred in tower:
+        return [preferred]
+    ids = [c for c in tower if _ID.search(c)]
+    return ids[:1] if ids else list(tower)
+
+
+def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """0..n-1 per distinct value (tuple) of ``columns``, numbered by first appearance; NaN is a value too."""
+    return frame.groupby(list(columns), sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
+
+
+def split_by_pairs(frame: pd.DataFrame, user: Sequence[str], item: Sequence[str], seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) by distinct user-item pairs; equal to the exporter's row split when no pair repeats."""
+    keys = pd.DataFrame({"u": entity_codes(frame, key_columns(user, "user_id")),
+                         "i": entity_codes(frame, key_columns(item, "item_id"))})
+    return R.split_pairs(keys, user_col="u", item_col="i", seed=seed)
+
+
+def entity_table(frame: pd.DataFrame, columns: Sequence[str], preferred: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """(one raw row per entity with ``columns``, each row's entity code), entities in order of first appearance.
+
+    A column's value is its first non-missing one among the entity's rows (a gap in one row is not the item's).
+    """
+    codes = entity_codes(frame, key_columns(columns, preferred))
+    table = frame[list(columns)].groupby(codes, sort=True).first()  # GroupBy.first skips missing values
+    return table.reset_index(drop=True), codes
+
+
+def catalogue_frame(frame: pd.DataFrame, item: Sequence[str]) -> pd.DataFrame:
+    """One raw row per item with the item tower's columns (see :func:`entity_table`)."""
+    return entity_table(frame, item, "item_id")[0]
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _prepared(plan: Any, table: pd.DataFrame) -> np.ndarray:
+    """The tower's prepared input of a raw table: encoded as serving sends it, then prepared as the graph does."""
+    sub = plan.subset(list(table.columns))
+    return sub.prepare(sub.encode(table, source="catalogue"))
+
+
+def _evaluated_users(held: pd.DataFrame, labelled: bool, n_users: int, seed: int) -> np.ndarray | None:
+    """``None`` (every user), or a seeded sample of :data:`MAX_EVAL_USERS` users with held-out positives."""
+    positive = held[held["positive"]] if labelled else held
+    candidates = np.unique(positive["user"].to_numpy())
+    if len(candidates) <= MAX_EVAL_USERS:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(candidates, MAX_EVAL_USERS, replace=False))
+
+
+def _embed(module: torch.nn.Module, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    with torch.inference_mode():
+        parts = [module(torch.from_numpy(np.ascontiguousarray(x[i:i + chunk]))).double().numpy()
+                 for i in range(0, len(x), chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0))
+
+
+def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evaluated:
+    """Retrieval metrics of a trained two-tower model on the pair split, popularity beside them, and the catalogue.
+
+    Metrics: ``recall@K``/``ndcg@K`` (K = 10, 50) and ``popularity_recall@K``/``popularity_ndcg@K``, the users
+    scored and the catalogue size; ``auc`` of the score as well when the held-out rows carry 0/1 labels.
+    """
+    net = trained.model
+    columns = list(trained.feature_columns)
+    user = [columns[j] for j in net.user_idx.tolist()]
+    item = [columns[j] for j in net.item_idx.tolist()]
+    frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
+    n_train = len(prep.train)
+
+    users, user_codes = entity_table(frame, user, "user_id")
+    catalogue, item_codes = entity_table(frame, item, "item_id")
+    n_users, n_items = len(users), len(catalogue)
+    pairs = pd.DataFrame({"user": user_codes, "item": item_codes})
+    y = prep.y_heldout
+    held = pairs.iloc[n_train:]
+    if label in y:
+        held = held.assign(positive=np.asarray(y[label]) == 1)
+    train = pairs.iloc[:n_train]
+    # popularity counts every training interaction, also of users left out of a sampled evaluation
+    popularity = R.popularity_counts(R.UserItems.from_pairs(train["user"], train["item"], n_users), n_items)
+    chosen = _evaluated_users(held, label in y, n_users, prep.params.seed)
+    if chosen is not None:
+        keep = np.zeros(n_users, dtype=bool)
+        keep[chosen] = True
+        renumber = np.cumsum(keep) - 1
+        train = train[keep[train["user"].to_numpy()]].assign(user=lambda d: renumber[d["user"].to_numpy()])
+        held = held[keep[held["user"].to_numpy()]].assign(user=lambda d: renumber[d["user"].to_numpy()])
+        users = users.iloc[np.flatnonzero(keep)].reset_index(drop=True)
+    plan = prep.features
+    user_emb = _embed(net.user, _prepared(plan, users))
+    item_emb = _embed(net.item, _prepared(plan, catalogue))
+    sets = R.eval_sets(train, held, users=np.arange(len(users)), items=np.arange(n_items),
+                       user_col="user", item_col="item", positive="positive" if label in y else None)
+    ks = sorted({*R.KS, *(k for k in CURVE_KS if k <= n_items)})
+    model = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout, ks)
+    popular = R.evaluate_scores(lambda a, b: np.broadcast_to(popularity, (b - a, n_items)), len(users), n_items,
+                                sets.train, sets.heldout, ks)
+
+    metrics: dict[str, float] = {}
+    for name in R.metric_names():
+        metrics[name] = model.metrics[name]
+    for name in R.metric_names():
+        metrics[f"popularity_{name}"] = popular.metrics[name]
+    metrics["users_evaluated"] = float(model.users_evaluated)
+    metrics["catalogue_items"] = float(n_items)
+    predictions: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    if label in y and len(np.unique(y[label])) == 2:  # click logs: the score against clicks too
+        from exporter.training.metrics import auc
+
+        predictions = {label: trained.predict(prep.x_heldout)[label]}
+        labels = {label: np.asarray(y[label], dtype=np.float64)}
+        metrics["auc"] = auc(labels[label], predictions[label])
+    curve = {
+        "k": [k for k in ks],
+        "model": [model.metrics[f"recall@{k}"] for k in ks],
+        "popularity": [popular.metrics[f"recall@{k}"] for k in ks],
+    }
+    details = {"retrieval": {"curve": curve, "users_evaluated": model.users_evaluated,
+                             "users_without_heldout": model.users_without_heldout, "catalogue_items": n_items,
+                             "users_sampled": chosen is not None}}
+    info = {"rows": len(catalogue), "columns": list(item), "key": key_columns(item, "item_id"),
+            "description": "the item catalogue of the held-out evaluation: one row per item, the item tower's raw columns"}
+    files = {"two_tower_item": [SideFile(CATALOGUE_FILE, parquet_bytes(catalogue), CATALOGUE_KEY, info)]}
+    return Evaluated(metrics, predictions, labels, details, files)
+

@@ -1,0 +1,482 @@
+"""Glue the model notebooks share: parameters -> validated run, data tables, printouts, handler smoke test.
+
+The notebooks (``notebooks/*.ipynb``) stay thin: each cell calls one function here, in
+:mod:`exporter.export.pipeline` or in :mod:`exporter.tools.plots`. Everything a notebook prints in a cell marked
+``# NBVAL_CHECK_OUTPUT`` comes from this module and is deterministic (no paths, times or raw float
+differences), so nbval can compare it with the stored output.
+
+Relative paths in notebook parameters resolve against the repository root, so a kernel started in
+``notebooks/`` (JupyterLab) and one started at the root (CI) read and write the same files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from exporter import contract as C
+from exporter.errors import ExporterError
+
+if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
+    from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
+    from exporter.models import Trained
+
+#: Environment variable that sets the default ``artifacts_dir`` of the notebooks (nbval runs use a temp dir).
+ARTIFACTS_ENV = "EXPORTER_ARTIFACTS_DIR"
+DEFAULT_ARTIFACTS = "artifacts"
+#: Held-out rows sent to the handler by :func:`smoke_test`.
+SMOKE_ROWS = 8
+PREVIEW_ROWS = 5
+
+
+class ParameterError(ExporterError):
+    """A notebook parameter is wrong. Shown in a notebook as two lines instead of a long traceback."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython hook: what the failing cell displays
+        return [
+            f"ParameterError: {self}",
+            "Fix the parameters cell (or the -p overrides) and run the notebook again.",
+        ]
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def repo_root() -> Path:
+    """The checkout holding the ``exporter`` package (the parent of ``exporter/``); for an installed,
+    non-editable copy (no checkout around it) the current directory."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def resolve_path(value: Any, name: str, *, root: Path | None = None) -> Path | None:
+    """``None`` stays ``None``; a relative path is taken relative to the repository root."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ParameterError(f"{name} must be a file path (string) or None, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (root or repo_root()) / path
+
+
+def resolve_artifacts_dir(value: Any = None, *, root: Path | None = None) -> Path:
+    """The model repository a notebook writes to: ``value``, else ``$EXPORTER_ARTIFACTS_DIR``, else ``artifacts``."""
+    if value is None:
+        value = os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS
+    resolved = resolve_path(value, "artifacts_dir", root=root)
+    assert resolved is not None
+    if resolved.exists() and not resolved.is_dir():
+        raise ParameterError(f"artifacts_dir {resolved} exists and is not a directory")
+    return resolved
+
+
+def display_path(path: Path, *, root: Path | None = None) -> str:
+    """A path relative to the repository root when it lies inside it (shorter, and the same on every machine)."""
+    root = root or repo_root()
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def feature_columns_param(value: Any) -> list[str] | None:
+    """``None``, a list of names, or one comma-separated string (handy with ``papermill -p``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [c.strip() for c in value.split(",") if c.strip()]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c.strip() for c in value):
+        raise ParameterError(
+            f"feature_columns must be None, a list of column names or a comma-separated string, got {value!r}"
+        )
+    return list(value)
+
+
+#: command-line options the pipeline's messages mention -> the notebook parameters that set the same thing
+_CLI_TERMS = {
+    "--mode load": 'mode = "load"',
+    "--checkpoint": "checkpoint_path",
+    "--feature-meta": "feature_meta_path",
+    "--feature-columns": "feature_columns",
+    "--data": "data_path",
+    "--rows": "rows",
+    "--version": "model_version",
+    "--atol": "parity_atol",
+    "--artifacts": "artifacts_dir",
+    "--seed": "seed",
+    "--param": "the hyper-parameter knobs",
+}
+
+
+def notebook_terms(message: str) -> str:
+    """Say ``checkpoint_path`` where a pipeline message says ``--checkpoint`` (the notebook's own words)."""
+    import re
+
+    for option, parameter in _CLI_TERMS.items():
+        message = re.sub(re.escape(option) + r"(?![\w-])", parameter, message)
+    return message
+
+
+def prepare(
+    model: str,
+    *,
+    mode: str = "train",
+    data_path: Any = None,
+    checkpoint_path: Any = None,
+    feature_meta_path: Any = None,
+    feature_columns: Any = None,
+    rows: int = 20_000,
+    seed: int = 0,
+    hparams: Mapping[str, Any] | None = None,
+    artifacts_dir: Any = None,
+    model_version: int | None = None,
+    parity_atol: float | None = None,
+    progress: bool = True,
+    root: Path | None = None,
+    label: str | None = None,
+    feature_schema: Any = None,
+    model_name: str | None = None,
+) -> "Prepared":
+    """Validate every notebook parameter and load the data, before any training.
+
+    ``hparams`` entries whose value is ``None`` are left out (the model's default applies). ``feature_schema``
+    is a dict (or list) as in docs/features.md, or the path of such a JSON file. Any problem raises
+    :class:`ParameterError` naming the parameter and what was expected.
+    """
+    from exporter.export import pipeline
+    from exporter.export import repository as repo
+    from exporter.training.hparams import check_hparam_values
+    from exporter.models import get_spec
+
+    try:
+        spec = get_spec(model)
+    except ExporterError as exc:
+        raise ParameterError(str(exc)) from exc
+    if mode == "train" and checkpoint_path is not None:
+        raise ParameterError(
+            f"checkpoint_path is set ({checkpoint_path!r}) but mode is 'train': set mode = \"load\" to export "
+            "that model, or checkpoint_path = None to train a new one"
+        )
+    if mode == "load" and checkpoint_path is None:
+        raise ParameterError(f"mode 'load' needs checkpoint_path: {spec.checkpoint_hint}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
+    overrides = {k: _json_param(k, v, spec.default_hparams.get(k)) for k, v in (hparams or {}).items() if v is not None}
+    try:
+        check_hparam_values(spec, overrides)
+        params = pipeline.ExportParams(
+            model=model,
+            mode=mode,
+            data_path=resolve_path(data_path, "data_path", root=root),
+            rows=rows,
+            seed=seed,
+            feature_columns=feature_columns_param(feature_columns),
+            checkpoint=resolve_path(checkpoint_path, "checkpoint_path", root=root),
+            feature_meta=resolve_path(feature_meta_path, "feature_meta_path", root=root),
+            hparams=overrides,
+            atol=parity_atol,
+            artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
+            version=model_version,
+            progress=progress,
+            label=label,
+            schema=_schema_param(feature_schema, root),
+            model_name=model_name,
+        )
+        if isinstance(model_version, int) and not isinstance(model_version, bool):
+            artifacts = Path(params.artifacts)
+            taken = [n for n in spec.model_names if (artifacts / n / str(model_version)).is_dir()]
+            if taken:
+                raise ParameterError(
+                    f"model_version {model_version} already exists for {', '.join(taken)} under {artifacts}; "
+                    f"set model_version = None for the next free version ({repo.next_version(artifacts, spec.model_names)})"
+                )
+        prep = pipeline.prepare(params)
+    except ParameterError:
+        raise
+    except ExporterError as exc:
+        raise ParameterError(notebook_terms(str(exc))) from exc
+    return prep
+
+
+def _json_param(name: str, value: Any, default: Any) -> Any:
+    """A list or dict knob given as JSON text (``papermill -p tasks '[...]'`` passes strings) becomes its value."""
+    import json
+
+    if isinstance(value, str) and isinstance(default, (list, dict)) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ParameterError(f"{name} = {value[:40]!r}... is not valid JSON ({exc.msg}); expected e.g. {default!r}") from exc
+    return value
+
+
+def _schema_param(value: Any, root: Path | None) -> Any:
+    """``feature_schema``: None, a dict or list (used as is), or a JSON file path (relative to the repository)."""
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return resolve_path(value, "feature_schema", root=root)
+    raise ParameterError(f"feature_schema must be None, a dict, a list or a JSON file path, got {value!r}")
+
+
+def feature_table(prep: "Prepared") -> pd.DataFrame:
+    """The feature schema as training fitted it: kind, dtype, vocabulary size, missing rate, fill per column."""
+    assert prep.features is not None
+    table = prep.features.describe()
+    table.insert(0, "from", [prep.origins.get(c, "stored") for c in table.index])
+    return table
+
+
+def describe_run(prep: "Prepared") -> str:
+    """One paragraph: what will be trained or loaded, on which data, written where."""
+    p = prep.params
+    what = f"load {display_path(Path(p.checkpoint))}" if p.mode == "load" else "train"
+    data = "built-in synthetic data" if p.data_path is None else f"data file {display_path(Path(p.data_path))}"
+    version = f"version {p.version}" if p.version else "the next free version"
+    lines = [
+        f"{prep.spec.name}: {what} on {data}",
+        (f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})" if p.mode == "train" else
+         f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} for evaluation and the parity check"),
+        f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
+        + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
+        f"  label: {', '.join(prep.label_columns.get(c, c) for c in prep.spec.label_columns)}",
+        f"  hyper-parameters: {_short(prep.hparams)}",
+        f"  export to {display_path(Path(p.artifacts))}/{_model_dirs(prep.spec.model_names)}/ as {version}",
+    ]
+    return "\n".join(lines)
+
+
+def _model_dirs(names: Sequence[str]) -> str:
+    """``xgb`` for one model directory, ``{two_tower,two_tower_item}`` (shell brace style) for several."""
+    return names[0] if len(names) == 1 else "{" + ",".join(names) + "}"
+
+
+def _short(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k != "source_file" and v is not None)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def preview(prep: "Prepared", rows: int = PREVIEW_ROWS) -> pd.DataFrame:
+    """The first training rows, model inputs first, then labels."""
+    labels = [c for c in dict.fromkeys(prep.label_columns.values()) if c in prep.train.columns]
+    return prep.train[list(prep.columns) + labels].head(rows)
+
+
+def column_summary(prep: "Prepared") -> pd.DataFrame:
+    """Per column of the data: its role for this model, dtype, range and mean."""
+    frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
+    labels = set(prep.label_columns.values())
+    records = []
+    for col in frame.columns:
+        series = frame[col]
+        role = "feature" if col in prep.columns else "label" if col in labels else "unused"
+        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        records.append({
+            "column": col,
+            "role": role,
+            "dtype": str(series.dtype),
+            "min": series.min() if numeric else None,
+            "mean": series.mean() if numeric else None,
+            "max": series.max() if numeric else None,
+            "distinct": int(series.nunique()),
+        })
+    order = {"feature": 0, "label": 1, "unused": 2}
+    out = pd.DataFrame.from_records(records).set_index("column")
+    return out.sort_values("role", key=lambda s: s.map(order), kind="stable")
+
+
+def format_metrics(evaluation: "Evaluation") -> str:
+    """Held-out metrics, one per line (baselines beside the RMSEs they are compared with)."""
+    m = evaluation.metrics
+    if not m:
+        return "held-out metrics: none (the data has no label columns)"
+    lines = ["held-out metrics:"]
+    warning = evaluation.quality.get("warning") if evaluation.quality else None
+    for key, value in m.items():
+        if key.endswith("_baseline") or key.startswith("popularity_") or key in ("users_evaluated", "catalogue_items"):
+            continue
+        extra = ""
+        if f"{key}_baseline" in m:
+            extra = f"  (predicting the mean: {m[f'{key}_baseline']:.4g})"
+        elif f"popularity_{key}" in m:
+            extra = f"  (popularity: {m[f'popularity_{key}']:.4f})"
+        elif key.endswith("base_rate"):
+            extra = "  (share of positives)" if key != "base_rate" else "  (share of clicks)"
+        lines.append(f"  {key:<18} {value:.4f}{extra}")
+    if "catalogue_items" in m:
+        lines.append(f"  (retrieval over {int(m['catalogue_items'])} items for {int(m.get('users_evaluated', 0))} users "
+                     "with held-out positives; their training items excluded)")
+    if warning:
+        lines.append(f"WARNING: {warning}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- export printouts
+
+
+def describe_exports(exported: Sequence["ExportedArtifact"]) -> str:
+    """Where each artifact went (volatile: version and path), for people, not for nbval."""
+    lines = []
+    for a in exported:
+        files = sorted(p.name for p in Path(a.path).iterdir())
+        lines.append(f"{a.model_name} version {a.version} -> {display_path(Path(a.path))}/  ({', '.join(files)})")
+    return "\n".join(lines)
+
+
+def contract_text(exported: Sequence["ExportedArtifact"]) -> str:
+    """The v2 model-metadata contract of each artifact: deterministic for given columns and model."""
+    lines = []
+    for a in exported:
+        m = a.metadata
+        lines.append(f"{m['name']}  (platform {m['platform']})")
+        for kind in ("inputs", "outputs"):
+            for t in m[kind]:
+                lines.append(f"  {kind[:-1]:<7}{t['name']}  {t['datatype']}  {t['shape']}")
+        lines.append(f"  feature_columns: {', '.join(m['feature_columns'])}")
+        if m.get("output_columns"):
+            lines.append(f"  output_columns:  {', '.join(m['output_columns'])}")
+        if m.get("embed_dim") is not None:
+            lines.append(f"  embed_dim:       {m['embed_dim']}")
+        lines.append(f"  TorchServe-style answer: {_FORMATS.get(m['prediction_format'], m['prediction_format'])}")
+    return "\n".join(lines)
+
+
+_FORMATS = C.PREDICTION_FORMATS
+
+
+def parity_text(exported: Sequence["ExportedArtifact"]) -> str:
+    """The parity verdict without the raw difference (which may vary across platforms)."""
+    lines = []
+    for a in exported:
+        p = a.parity
+        verdict = "passed" if p.passed else "FAILED"
+        op = "<=" if p.passed else ">"
+        sampled = p.rows - p.heldout_rows - p.probe_rows
+        parts = [f"{p.heldout_rows} held-out"]
+        if sampled:  # small data: the gate tops the held-out rows up with sampled ones
+            parts.append(f"{sampled} sampled from the data's values")
+        if p.probe_rows:
+            parts.append(f"{p.probe_rows} probes with unseen IDs, unknown codes and missing values")
+        rows = f"{p.rows} rows ({', '.join(parts)})" if len(parts) > 1 else f"{p.rows} held-out rows"
+        lines.append(f"parity {a.model_name}: {verdict} (max |native - onnxruntime| {op} atol {p.atol:g} on {rows})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- smoke test
+
+
+def torchserve_request(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, Any]:
+    """``{"data": [{column: value}, ...]}`` from table rows (raw values, by name)."""
+    return C.torchserve_request(frame[list(columns)].to_dict("records"), columns)
+
+
+v2_request = C.v2_request
+
+
+def torchserve_predictions(answer: Mapping[str, Any], prediction_format: str, output_columns: Sequence[str],
+                           rows: int) -> np.ndarray:
+    """Turn a TorchServe-style answer back into the array the native model returns, checking its shape."""
+    if not isinstance(answer, Mapping) or set(answer) != {C.ANSWER_KEY}:
+        raise AssertionError(f"TorchServe-style answer must be {{'{C.ANSWER_KEY}': [...]}}, got keys {list(answer)}")
+    preds = answer[C.ANSWER_KEY]
+    if prediction_format == "named_columns":
+        if len(preds) != rows or not all(isinstance(p, Mapping) and list(p) == list(output_columns) for p in preds):
+            raise AssertionError(f"expected {rows} objects with keys {list(output_columns)}, got {preds[:2]!r}...")
+        return np.array([[p[c] for c in output_columns] for p in preds], dtype=np.float64)
+    if prediction_format == "vector" and rows == 1:
+        if not preds or isinstance(preds[0], list):
+            raise AssertionError(f"a one-row request must be answered with the vector itself, got {preds!r}")
+        return np.array([preds], dtype=np.float64)
+    out = np.array(preds, dtype=np.float64)
+    if len(out) != rows:
+        raise AssertionError(f"expected {rows} predictions, got {len(out)}")
+    return out
+
+
+@dataclass
+class SmokeResult:
+    model_name: str
+    rows: int
+    atol: float
+    prediction_format: str
+    width: int | None
+
+    def __str__(self) -> str:
+        text = (
+            f"smoke test {self.model_name}: TorchServe-style and v2 requests for {self.rows} held-out rows "
+            f"agree with the native model (|diff| <= {self.atol:g})"
+        )
+        if self.prediction_format == "vector":
+            text += f"; a one-row request gets a flat vector of {self.width}"
+        return text
+
+
+def smoke_test(prep: "Prepared", trained: "Trained", exported: Sequence["ExportedArtifact"],
+               rows: int = SMOKE_ROWS) -> str:
+    """Load each artifact with the serving handler, ask it in both request forms, compare with the native model.
+
+    Requests are built from held-out rows (TorchServe style with every model column by name, so a tower
+    must pick its own; v2 with the artifact's own columns). Raises ``AssertionError`` on any disagreement.
+    """
+    from exporter.runtime.handler import ModelHandler
+
+    units = {u.model_name: u for u in trained.units()}
+    held = prep.heldout
+    complete = held[held[list(prep.columns)].notna().all(axis=1)]  # a TorchServe null is for optional columns only
+    frame = (complete if len(complete) else held).head(rows)
+    n = len(frame)
+    results: list[SmokeResult] = []
+    for artifact in exported:
+        unit = units[artifact.metadata.get("model_part") or artifact.model_name]
+        handler = ModelHandler.load(artifact.path)
+        plan = prep.features.subset(unit.feature_columns) if prep.features is not None else None
+        # raw values as serving sends them (strings as their codes for v2), prepared by the numpy twin for torch/xgb
+        x = plan.encode(frame) if plan is not None else frame[list(unit.feature_columns)].to_numpy(dtype=np.float64)
+        native = np.asarray(unit.native_predict(plan.prepare(x) if plan is not None else x), dtype=np.float64)
+        atol = artifact.parity.atol
+        fmt = artifact.metadata["prediction_format"]
+        out_cols = artifact.metadata.get("output_columns") or []
+
+        answer = handler.predict(torchserve_request(frame, prep.columns))
+        got = torchserve_predictions(answer, fmt, out_cols, n)
+        np.testing.assert_allclose(got.reshape(native.shape), native, rtol=0, atol=atol,
+                                   err_msg=f"{artifact.model_name}: TorchServe-style answer != native model")
+
+        request_id = f"smoke-{artifact.model_name}"
+        response = handler.predict(v2_request(x, request_id))
+        output = response["outputs"][0]
+        problems = []
+        if response.get("model_name") != artifact.model_name:
+            problems.append(f"model_name {response.get('model_name')!r}")
+        if response.get("id") != request_id:
+            problems.append(f"id {response.get('id')!r} (expected {request_id!r} echoed)")
+        if output.get("name") != C.OUTPUT_NAME or output.get("datatype") != C.DATATYPE:
+            problems.append(f"output {output.get('name')!r} {output.get('datatype')!r}")
+        if list(output.get("shape", [])) != list(native.shape):
+            problems.append(f"shape {output.get('shape')} (native {list(native.shape)})")
+        if problems:
+            raise AssertionError(f"{artifact.model_name}: v2 response has " + "; ".join(problems))
+        v2 = np.asarray(output["data"], dtype=np.float64).reshape(native.shape)
+        np.testing.assert_allclose(v2, native, rtol=0, atol=atol,
+                                   err_msg=f"{artifact.model_name}: v2 answer != native model")
+
+        width = None
+        if fmt == "vector":
+            one = handler.predict(torchserve_request(frame.head(1), prep.columns))
+            vec = torchserve_predictions(one, fmt, out_cols, 1)
+            np.testing.assert_allclose(vec, native[:1], rtol=0, atol=atol,
+                                       err_msg=f"{artifact.model_name}: one-row answer != native model")
+            width = vec.shape[1]
+        results.append(SmokeResult(artifact.model_name, n, atol, fmt, width))
+    return "\n".join(str(r) for r in results)

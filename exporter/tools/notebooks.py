@@ -1,0 +1,219 @@
+"""``python -m exporter notebooks``: run the model notebooks headless with papermill, keep each report beside its artifact.
+
+Every notebook runs in a fresh kernel with its default parameters plus ``-p NAME VALUE`` overrides. The
+runner picks the version to write (the next free one unless ``-p model_version N``) and passes it in, so
+after a successful run it can copy the executed notebook into that version directory as ``report.ipynb``
+(contract section 2). The first failing notebook stops the run with its failing cell's error.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from exporter.errors import ExporterError
+from exporter.export.repository import REPORT_FILE, write_text_atomic
+
+
+def notebook_names() -> dict[str, str]:
+    """model -> notebook file name, in the registry's order (every registered model has ``<name>.ipynb``)."""
+    from exporter.models import model_names
+
+    return {name: f"{name}.ipynb" for name in model_names()}
+#: notebook parameters that name files: relative values are made absolute against the caller's directory
+PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path", "feature_schema")
+#: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
+#: start, "KeyboardInterrupt caught" when jupyter_client interrupts it at shutdown) is noise for a local
+#: headless run: cell errors reach us through papermill, start-up crashes as tracebacks on stderr. The kernel
+#: is stopped at once when the last cell has answered (every output is in by then), which spares the
+#: seconds a graceful shutdown of a process holding torch takes.
+KERNEL_OPTIONS: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"], "shutdown_kernel": "immediate"}
+
+
+def notebooks_dir() -> Path:
+    """``notebooks/`` of the checkout holding this package."""
+    return Path(__file__).resolve().parents[2] / "notebooks"
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def parse_value(raw: str) -> Any:
+    """A ``-p`` value: JSON when it parses, papermill's True/False/None, else the string itself."""
+    literals = {"True": True, "False": False, "None": None}
+    if raw in literals:
+        return literals[raw]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """Name -> default of the notebook's ``parameters`` cell (as papermill sees it)."""
+    import papermill as pm
+
+    try:
+        found = pm.inspect_notebook(str(path))
+    except Exception as exc:  # papermill raises several types for unreadable notebooks
+        raise ExporterError(f"cannot read the parameters of notebook {path}: {exc}") from exc
+    if not found:
+        raise ExporterError(f"notebook {path} has no cell tagged 'parameters'")
+    return {name: info.get("default") for name, info in found.items()}
+
+
+def artifacts_option(pairs: Sequence[Sequence[str]], artifacts: str,
+                     default: str = "artifacts") -> tuple[list[Sequence[str]], str]:
+    """Take ``-p artifacts_dir DIR`` (what papermill users type) as ``--artifacts DIR``.
+
+    Returns the other ``-p`` pairs and the artifacts directory; the two spellings may not disagree.
+    """
+    rest = [pair for pair in pairs if pair[0] != "artifacts_dir"]
+    given = [pair[1] for pair in pairs if pair[0] == "artifacts_dir"]
+    if len(given) > 1:
+        raise ExporterError("parameter artifacts_dir is given twice")
+    if not given:
+        return rest, artifacts
+    if artifacts != default and Path(artifacts) != Path(given[0]):
+        raise ExporterError(f"--artifacts {artifacts} and -p artifacts_dir {given[0]} disagree: give one of them")
+    return rest, given[0]
+
+
+def resolve_overrides(pairs: Sequence[Sequence[str]], cwd: Path) -> dict[str, Any]:
+    """``[(name, raw value), ...]`` -> parameters, file paths made absolute against ``cwd``."""
+    out: dict[str, Any] = {}
+    for name, raw in pairs:
+        if name == "artifacts_dir":
+            raise ExporterError("artifacts_dir is the runner's --artifacts DIR (artifacts_option takes it first: "
+                                "the runner needs it to pick the version and store the report)")
+        if name in out:
+            raise ExporterError(f"parameter {name} is given twice")
+        value = parse_value(raw)
+        if name in PATH_PARAMETERS and isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            value = str((cwd / value).resolve())
+        out[name] = value
+    return out
+
+
+def select(names: Sequence[str]) -> list[str]:
+    """Validated notebook names in the order given (all four when none)."""
+    notebooks = notebook_names()
+    if not names:
+        return list(notebooks)
+    unknown = [n for n in names if n not in notebooks]
+    if unknown:
+        raise ExporterError(f"unknown notebook {', '.join(repr(n) for n in unknown)}: expected one of {', '.join(notebooks)}")
+    dupes = sorted({n for n in names if list(names).count(n) > 1})
+    if dupes:
+        raise ExporterError(f"notebook {', '.join(dupes)} named twice")
+    return list(names)
+
+
+@dataclass
+class Plan:
+    """One notebook run: where it is, its parameters, the version it will write."""
+
+    name: str
+    source: Path
+    parameters: dict[str, Any]
+    model_names: tuple[str, ...]
+    version: int
+    ignored: list[str] = field(default_factory=list)
+
+
+def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, directory: Path | None = None) -> list[Plan]:
+    """Check every notebook and parameter before running any kernel; pick each notebook's version."""
+    from exporter.export import repository as repo
+    from exporter.models import get_spec
+
+    directory = directory or notebooks_dir()
+    plans = []
+    declared: dict[str, set[str]] = {}
+    for name in names:
+        source = directory / notebook_names()[name]
+        if not source.is_file():
+            raise ExporterError(f"notebook {source} not found: the notebooks ship with the source checkout")
+        declared[name] = set(notebook_parameters(source))
+    for key in overrides:
+        if not any(key in d for d in declared.values()):
+            known = sorted(set().union(*declared.values()))
+            raise ExporterError(f"unknown parameter {key!r} for {', '.join(names)}: known parameters are {', '.join(known)}")
+    for name in names:
+        spec = get_spec(name)
+        params = {k: v for k, v in overrides.items() if k in declared[name]}
+        version = params.get("model_version")
+        if version is None:
+            version = repo.next_version(artifacts, spec.model_names)
+        elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ExporterError(f"model_version must be a positive integer, got {version!r}")
+        params.update(artifacts_dir=str(artifacts), model_version=version)
+        plans.append(Plan(name, directory / notebook_names()[name], params, tuple(spec.model_names), version,
+                          sorted(k for k in overrides if k not in declared[name])))
+    return plans
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Outcome:
+    name: str
+    seconds: float
+    reports: list[Path]
+
+
+def _failure(name: str, exc: Exception, executed: Path) -> ExporterError:
+    """The failing cell's error as one ExporterError (exit code by kind: 2 parameters, 3 parity, 1 other)."""
+    ename = getattr(exc, "ename", type(exc).__name__)
+    evalue = getattr(exc, "evalue", str(exc))
+    count = getattr(exc, "exec_count", None)
+    where = f" in cell [{count}]" if count is not None else ""
+    detail = f"{ename}: {evalue}" if evalue else ename
+    kept = f"\n  executed notebook: {executed}" if executed.exists() else ""
+    err = ExporterError(f"notebook {name} failed{where}: {detail}{kept}")
+    err.exit_code = {"ParameterError": 2, "ExporterError": 2, "ParityError": 3}.get(ename, 1)
+    return err
+
+
+def copy_report(executed: Path, version_dir: Path) -> Path:
+    """Put the executed notebook into a version directory as report.ipynb in one step (temp file, then rename)."""
+    target = version_dir / REPORT_FILE
+    write_text_atomic(target, executed.read_text(encoding="utf-8"))
+    return target
+
+
+def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
+    """Execute one notebook into ``executed``, then store it as report.ipynb in every version it wrote."""
+    import papermill as pm
+
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(p.source), str(executed), parameters=p.parameters, kernel_name=kernel,
+            cwd=str(p.source.parent), progress_bar=False, log_output=False, **KERNEL_OPTIONS,
+        )
+    except Exception as exc:  # PapermillExecutionError (a cell failed), a dead kernel, ...: one readable line
+        raise _failure(p.name, exc, executed) from exc
+    seconds = time.perf_counter() - start
+    reports = []
+    for model_name in p.model_names:
+        version_dir = artifacts / model_name / str(p.version)
+        if not (version_dir / "metadata.json").is_file():
+            raise ExporterError(f"notebook {p.name} finished but wrote no version {p.version} of {model_name} "
+                                f"under {artifacts}; executed notebook: {executed}")
+        reports.append(copy_report(executed, version_dir))
+    return Outcome(p.name, seconds, reports)
+
+
+def check_kernel(name: str) -> None:
+    """Fail before any work when the Jupyter kernel does not exist."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        manager.get_kernel_spec(name)
+    except NoSuchKernel:
+        known = ", ".join(sorted(manager.find_kernel_specs())) or "none"
+        raise ExporterError(f"no Jupyter kernel named {name!r}; installed kernels: {known}") from None

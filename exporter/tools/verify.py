@@ -1,0 +1,512 @@
+"""``python -m exporter verify DIR``: the handoff check a serving team runs before accepting artifacts.
+
+DIR may be a version directory (``artifacts/xgb/1``), a model directory (``artifacts/xgb``) or a whole artifacts
+tree. For every version it checks the Triton layout, the sha256 of the model file, metadata.json against the
+Open Inference Protocol ``metadata_model_response`` schema and contract section 3, the ONNX graph (onnx.checker,
+input/output names, element types and shapes) against metadata.json and config.pbtxt, and that the handler's
+answer to ``sample_request.json`` equals ``sample_response.json`` within the parity tolerance.
+
+Every problem is printed on its own line; the exit code is 0 only when there is none.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from exporter import contract as C
+from exporter.errors import ExporterError
+from exporter.export.repository import sha256_file
+
+
+REQUIRED_FILES = C.REQUIRED_VERSION_FILES
+SPEC_FILE = Path(__file__).resolve().parent.parent / "specs_data" / "open_inference_rest.yaml"
+DEFAULT_ATOL = 1e-5
+
+
+@dataclass
+class Report:
+    """Outcome of a verification: problems (one line each) and what passed."""
+
+    problems: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    #: facts that are not problems (an export in progress)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---------------------------------------------------------------------------------------------- walking
+def _is_version_name(name: str) -> bool:
+    return C.is_version_name(name)
+
+
+def _looks_like_version(path: Path) -> bool:
+    """A version directory holds metadata.json, or is named like a version inside a model directory."""
+    if (path / C.METADATA_FILE).is_file():
+        return True
+    return C.is_version_name(path.name) and (path.parent / C.CONFIG_FILE).is_file()
+
+
+def _looks_like_model(path: Path) -> bool:
+    return (path / C.CONFIG_FILE).is_file() or bool(C.version_dirs(path))
+
+
+def verify(path: Path) -> Report:
+    """Verify a version directory, a model directory or an artifacts tree (told apart by content, not name)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExporterError(f"{str(path)!r} is not a directory; expected a version, model or artifacts directory")
+    report = Report()
+    if _looks_like_version(path):
+        _verify_model(path.parent, report, only=path)
+    elif _looks_like_model(path):
+        _verify_model(path, report)
+    else:
+        models = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        if not models:
+            report.problems.append(f"{path}: no model directory found (expected <model_name>/config.pbtxt and "
+                                   "<model_name>/<version>/)")
+        for model_dir in models:
+            _verify_model(model_dir, report)
+    return report
+
+
+def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> None:
+    _report_leftovers(model_dir, report)
+    config, config_problems = None, []
+    config_path = model_dir / "config.pbtxt"
+    label = model_dir.name
+    if not config_path.is_file():
+        config_problems.append(f"{label}: config.pbtxt is missing (Triton needs <model>/config.pbtxt)")
+    else:
+        try:
+            config = parse_pbtxt(config_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            config_problems.append(f"{label}: config.pbtxt does not parse: {exc}")
+    report.problems.extend(config_problems)
+
+    if only is not None:
+        versions = [only]
+    else:
+        versions = []
+        for child in sorted(model_dir.iterdir()):
+            if not child.is_dir() or child.name.startswith(".") or child.name == "warmup":
+                continue  # files beside config.pbtxt, in-progress exports (.staging-*), Triton's warmup/ data
+            if _is_version_name(child.name):
+                versions.append(child)
+            else:
+                report.problems.append(
+                    f"{label}/{child.name}: not a version directory (Triton expects positive integers: 1, 2, ...)"
+                )
+        versions.sort(key=lambda p: int(p.name))
+        if not versions:
+            report.problems.append(f"{label}: no version directory (expected {label}/1/)")
+    for vdir in versions:
+        before = len(report.problems)
+        try:
+            summary = _verify_version(model_dir, vdir, config, report)
+        except RecursionError:  # last line of defence: one version's hostile file never loses the others
+            report.problems.append(f"{label}/{vdir.name}: a file nests too deeply to be checked")
+            continue
+        if len(report.problems) == before:
+            report.passed.append(f"{label}/{vdir.name}: {summary}")
+
+
+def _report_leftovers(model_dir: Path, report: Report) -> None:
+    """Staging directories of killed exports and kept files of failed ones are problems; live exports notes."""
+    from exporter.export import repository as repo
+
+    for staging in repo.stagings(model_dir):
+        (report.problems if staging.stale else report.notes).append(f"{model_dir.name}/{staging.describe()}")
+    for kept in repo.kept_dirs(model_dir):
+        report.problems.append(
+            f"{model_dir.name}/{kept.name}: files of an export that could not commit its version, kept for its "
+            "user; export them in load mode or delete the directory"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- one version
+def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, report: Report) -> str:
+    label = f"{model_dir.name}/{vdir.name}"
+    problems = report.problems
+
+    def fail(message: str) -> None:
+        problems.append(f"{label}: {message}")
+
+    if not _is_version_name(vdir.name):
+        fail("version directory name must be a positive integer (1, 2, ...)")
+    for name in REQUIRED_FILES:
+        if not (vdir / name).is_file():
+            fail(f"{name} is missing")
+    metadata = _read_json(vdir / "metadata.json", fail)
+    if not isinstance(metadata, dict):
+        if metadata is not None:
+            fail("metadata.json must hold a JSON object")
+        return ""
+    for problem in metadata_problems(metadata, model_dir.name, vdir.name):
+        fail(f"metadata.json: {problem}")
+
+    model_file = metadata.get("model_file") if isinstance(metadata.get("model_file"), str) else "model.onnx"
+    model_path = vdir / model_file
+    sha_ok = False
+    if not C.is_plain_file_name(model_file):
+        fail(f"metadata.json model_file {model_file!r} must be a file name inside the version directory")
+    elif not model_path.is_file():
+        fail(f"{model_file} (metadata.json model_file) is missing")
+    else:
+        actual = sha256_file(model_path)
+        if actual != metadata.get("sha256"):
+            fail(f"sha256 of {model_file} is {actual}, metadata.json records {metadata.get('sha256')}")
+        else:
+            sha_ok = True
+
+    graph_ok = False
+    if C.is_plain_file_name(model_file) and model_path.is_file():
+        graph_ok = _check_onnx(model_path, metadata, fail)
+    if config is not None:
+        for problem in config_problems(config, metadata, model_dir.name, model_dir):
+            fail(f"config.pbtxt: {problem}")
+
+    detail = "layout, sha256, metadata schema, ONNX I/O vs metadata and config.pbtxt, onnx.checker"
+    side = _check_side_files(vdir, metadata, fail)
+    if side:
+        detail += f", {' and '.join(side)} sha256"
+    if sha_ok and graph_ok:
+        max_diff = _check_sample(vdir, metadata, fail)
+        if max_diff is not None:
+            atol = _atol(metadata)
+            detail += f", sample response (max |diff| {max_diff:.3g} <= atol {atol:g})"
+        v2_diff = _check_sample_v2(vdir, metadata, fail)  # issue 11
+        if v2_diff is not None:
+            detail += f", v2 sample response (max |diff| {v2_diff:.3g})"
+    return detail
+
+
+def _check_side_files(vdir: Path, metadata: dict[str, Any], fail: Any) -> list[str]:
+    """Files metadata.json lists beside the model as ``{"file", "sha256", ...}`` (the towers' ``catalogue``):
+    present, inside the version directory, and unchanged. Returns the names checked."""
+    checked = []
+    for key, entry in metadata.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and "sha256" in entry):
+            continue
+        name = entry["file"]
+        if not C.is_plain_file_name(name):
+            fail(f"metadata.json {key}.file {name!r} must be a file name inside the version directory")
+        elif not (vdir / name).is_file():
+            fail(f"{name} (metadata.json {key}) is missing")
+        elif sha256_file(vdir / name) != entry["sha256"]:
+            fail(f"sha256 of {name} is {sha256_file(vdir / name)}, metadata.json {key} records {entry['sha256']}")
+        else:
+            checked.append(name)
+    return checked
+
+
+def _read_json(path: Path, fail: Any) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"{path.name} is not valid JSON: {exc}")
+        return None
+    except RecursionError:
+        value = None
+        depth = C.MAX_METADATA_DEPTH + 1
+    else:
+        depth = C.nesting_depth(value)
+    if depth > C.MAX_METADATA_DEPTH:
+        fail(f"{path.name} nests objects or lists more than {C.MAX_METADATA_DEPTH} levels deep; "
+             "an exported file has a handful: it is corrupt or not ours")
+        return None
+    return value
+
+
+def _atol(metadata: dict[str, Any]) -> float:
+    parity = metadata.get("parity")
+    atol = parity.get("atol") if isinstance(parity, dict) else None
+    return float(atol) if isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol > 0 else DEFAULT_ATOL
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+_SCHEMA_VALIDATOR: Any = None
+
+
+def metadata_validator() -> Any:
+    """jsonschema validator for ``metadata_model_response`` of the embedded Open Inference REST spec."""
+    global _SCHEMA_VALIDATOR
+    if _SCHEMA_VALIDATOR is None:
+        import jsonschema
+        import yaml
+
+        spec = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
+        schema = {"$ref": "#/components/schemas/metadata_model_response", "components": spec["components"]}
+        _SCHEMA_VALIDATOR = jsonschema.Draft7Validator(schema)
+    return _SCHEMA_VALIDATOR
+
+
+def _expected_output_shape(metadata: dict[str, Any]) -> list[int] | None:
+    return C.metadata_output_shape(metadata)
+
+
+def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -> list[str]:
+    """Problems of metadata.json against the spec schema and contract section 3."""
+    problems = []
+    for error in sorted(metadata_validator().iter_errors(metadata), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        problems.append(f"not a valid metadata_model_response at {where}: {error.message}")
+    problems.extend(C.contract_problems(metadata, model_name, version))
+    created = metadata.get("created_at")
+    try:
+        stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        if stamp.utcoffset() is None or stamp.utcoffset().total_seconds() != 0:
+            problems.append(f"created_at {created!r} must be UTC (e.g. 2026-11-21T23:59:00Z)")
+    except ValueError:
+        problems.append(f"created_at {created!r} is not an ISO 8601 UTC timestamp")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+def _check_onnx(model_path: Path, metadata: dict[str, Any], fail: Any) -> bool:
+    """onnx.checker plus graph I/O against metadata; returns whether the graph is usable."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path))
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # onnx raises several exception types for corrupt files
+        fail(f"onnx.checker rejects {model_path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return False
+    cols = metadata.get("feature_columns") if isinstance(metadata.get("feature_columns"), list) else None
+    problems = C.graph_io_problems(model, len(cols) if cols else None, C.metadata_output_shape(metadata))
+    for problem in problems:
+        fail(f"ONNX {problem}")
+    ok = not problems
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if isinstance(metadata.get("opset"), int) and opset is not None and opset != metadata["opset"]:
+        fail(f"ONNX default-domain opset is {opset}; metadata.json says {metadata['opset']}")
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------- config.pbtxt
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}\[\]:,;<>]|[^\s{}\[\]:,;<>"\'#]+')
+
+
+#: deepest nesting of messages and lists parse_pbtxt accepts (Triton configs nest about 4 levels)
+MAX_PBTXT_DEPTH = 32
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """A small, tolerant protobuf text-format parser: ``{field: [values...]}``, messages as nested dicts.
+
+    Enough for Triton's config.pbtxt (scalars, strings, enums, nested messages, ``[a, b]`` lists). Nesting
+    deeper than :data:`MAX_PBTXT_DEPTH` is a ValueError, never a RecursionError.
+    """
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"unexpected character {text[pos]!r} at offset {pos}")
+        tok = m.group(0)
+        pos = m.end()
+        if not tok.strip() or tok.startswith("#"):
+            continue
+        tokens.append(tok)
+    index = 0
+
+    def scalar(tok: str) -> Any:
+        if tok[0] in "\"'":
+            body = tok[1:-1]
+            try:  # protobuf text escapes are mostly JSON's; anything else is kept as written
+                return json.loads('"' + body.replace("\\'", "'").replace('"', '\\"').replace('\\\\"', '\\"') + '"')
+            except ValueError:
+                return body
+        if re.fullmatch(r"[-+]?\d+", tok):
+            return int(tok)
+        try:
+            return float(tok)
+        except ValueError:
+            return tok  # enum identifier or true/false
+
+    depth = 0
+
+    def deeper() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_PBTXT_DEPTH:
+            raise ValueError(f"messages and lists nest more than {MAX_PBTXT_DEPTH} levels deep "
+                             f"(a Triton config needs a handful); near token {index} of {len(tokens)}")
+
+    def message(closing: str | None) -> dict[str, list[Any]]:
+        nonlocal index
+        fields: dict[str, list[Any]] = {}
+        while index < len(tokens):
+            tok = tokens[index]
+            if closing is not None and tok == closing:
+                index += 1
+                return fields
+            if tok in "{}[]:,;<>":
+                raise ValueError(f"unexpected {tok!r} where a field name was expected")
+            name = tok
+            index += 1
+            if index < len(tokens) and tokens[index] == ":":
+                index += 1
+            if index >= len(tokens):
+                raise ValueError(f"field {name!r} has no value")
+            fields.setdefault(name, []).extend(value())
+            if index < len(tokens) and tokens[index] in (",", ";"):
+                index += 1
+        if closing is not None:
+            raise ValueError(f"missing {closing!r}")
+        return fields
+
+    def value() -> list[Any]:
+        nonlocal index, depth
+        tok = tokens[index]
+        if tok in ("{", "<"):
+            index += 1
+            deeper()
+            found = message("}" if tok == "{" else ">")
+            depth -= 1
+            return [found]
+        if tok == "[":
+            index += 1
+            deeper()
+            items: list[Any] = []
+            while index < len(tokens) and tokens[index] != "]":
+                items.extend(value())
+                if index < len(tokens) and tokens[index] == ",":
+                    index += 1
+            if index >= len(tokens):
+                raise ValueError("missing ']'")
+            index += 1
+            depth -= 1
+            return items
+        index += 1
+        return [scalar(tok)]
+
+    return message(None)
+
+
+def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str,
+                    model_dir: Path | None = None) -> list[str]:
+    """config.pbtxt against the model directory and metadata.json (``model_dir``: also its warm-up files)."""
+    problems = []
+
+    def one(fields: dict[str, list[Any]], key: str) -> Any:
+        values = fields.get(key) or [None]
+        return values[0]
+
+    if one(config, "name") != model_name:
+        problems.append(f"name is {one(config, 'name')!r}; Triton requires the model directory name {model_name!r}")
+    if one(config, "platform") != "onnxruntime_onnx" and one(config, "backend") != "onnxruntime":
+        problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
+    # --- issue 11: tensors, batching and warm-up (batched and unbatched forms) live in exporter.export.triton
+    from exporter.export.triton import config_problems as triton_config_problems
+
+    problems += triton_config_problems(config, metadata, model_dir)
+    # --- end issue 11
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- sample
+def _check_sample(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | None:
+    """Handler answer to sample_request.json vs sample_response.json; returns the max |difference| found."""
+    from exporter.runtime.handler import HandlerError, ModelHandler
+
+    request = _read_json(vdir / "sample_request.json", fail)
+    expected = _read_json(vdir / "sample_response.json", fail)
+    if request is None or expected is None:
+        return None
+    if not (isinstance(request, dict) and isinstance(request.get("data"), list) and request["data"]):
+        fail('sample_request.json must be a TorchServe request {"data": [<row>, ...]} with at least one row')
+        return None
+    try:
+        handler = ModelHandler.load(vdir)
+        answer = handler.predict(request)
+    except HandlerError as exc:
+        fail(f"the handler cannot answer sample_request.json: {exc.message}")
+        return None
+    atol = _atol(metadata)
+    diffs: list[float] = []
+    mismatch = _compare(expected, answer, atol, "sample_response", diffs)
+    if mismatch:
+        fail(f"handler answer to sample_request.json differs from sample_response.json: {mismatch}")
+        return None
+    return max(diffs, default=0.0)
+
+
+# --- issue 11: the Open Inference Protocol sample beside the TorchServe one
+V2_SAMPLE_FILES = ("sample_request_v2.json", "sample_response_v2.json")
+
+
+def _check_sample_v2(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | None:
+    """Handler answer to sample_request_v2.json vs sample_response_v2.json, when the pair is there.
+
+    Versions exported before the v2 sample existed have neither file; one without the other is a problem.
+    """
+    from exporter.runtime.handler import HandlerError, ModelHandler
+
+    present = [(vdir / name).is_file() for name in V2_SAMPLE_FILES]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = V2_SAMPLE_FILES[present.index(False)]
+        fail(f"{missing} is missing (the v2 sample request and its answer go together)")
+        return None
+    request = _read_json(vdir / V2_SAMPLE_FILES[0], fail)
+    expected = _read_json(vdir / V2_SAMPLE_FILES[1], fail)
+    if request is None or expected is None:
+        return None
+    if not (isinstance(request, dict) and isinstance(request.get("inputs"), list)):
+        fail('sample_request_v2.json must be an Open Inference Protocol request {"inputs": [...]}')
+        return None
+    try:
+        answer = ModelHandler.load(vdir).predict(request)
+    except HandlerError as exc:
+        fail(f"the handler cannot answer sample_request_v2.json: {exc.message}")
+        return None
+    diffs: list[float] = []
+    mismatch = _compare(expected, answer, _atol(metadata), "sample_response_v2", diffs)
+    if mismatch:
+        fail(f"handler answer to sample_request_v2.json differs from sample_response_v2.json: {mismatch}")
+        return None
+    return max(diffs, default=0.0)
+# --- end issue 11
+
+
+def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float]) -> str | None:
+    """First structural or numeric difference (beyond ``atol``) between two decoded JSON answers."""
+    number = (int, float)
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
+    if isinstance(expected, number) and isinstance(got, number):
+        if not (math.isfinite(expected) and math.isfinite(got)):
+            return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
+        diff = abs(float(expected) - float(got))
+        diffs.append(diff)
+        return None if diff <= atol else f"{where}: expected {expected!r}, got {got!r} (|diff| {diff:.3g} > atol {atol:g})"
+    if isinstance(expected, dict) and isinstance(got, dict):
+        if list(expected) != list(got):
+            return f"{where}: expected keys {list(expected)}, got {list(got)}"
+        for key in expected:
+            problem = _compare(expected[key], got[key], atol, f"{where}.{key}", diffs)
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, list) and isinstance(got, list):
+        if len(expected) != len(got):
+            return f"{where}: expected {len(expected)} items, got {len(got)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            problem = _compare(e, g, atol, f"{where}[{i}]", diffs)
+            if problem:
+                return problem
+        return None
+    return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"

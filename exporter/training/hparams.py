@@ -1,0 +1,112 @@
+"""Hyper-parameters: the rules their values must follow, checked before any training.
+
+A model declares its defaults on its spec; every default must have a rule, from the common table
+:data:`RULES` or the spec's own ``hparam_rules`` (a test fails for a registered model that has one
+without a rule), so no setting reaches a trainer unchecked.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from exporter.errors import ExporterError
+from exporter.models.base import ModelSpec
+
+
+def rule_for(spec: ModelSpec, key: str) -> tuple[str, str]:
+    """(rule, what is expected) of one hyper-parameter of ``spec``."""
+    rule = spec.hparam_rules.get(key) or RULES.get(key)
+    if rule is None:
+        raise ExporterError(f"hyper-parameter {key} of {spec.name} has no rule: add one to its spec's hparam_rules")
+    return rule
+
+
+def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's defaults with ``overrides`` applied, every key known and every value checked."""
+    unknown = sorted(set(overrides) - set(spec.default_hparams))
+    if unknown:
+        raise ExporterError(
+            f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; "
+            f"known: {', '.join(spec.default_hparams)}"
+        )
+    merged = {**spec.default_hparams, **overrides}
+    check_hparam_values(spec, merged)
+    return merged
+
+
+#: hyper-parameter -> (rule, what is expected); ints and lists follow the type of the model's default
+RULES: dict[str, tuple[str, str]] = {
+    "epochs": ("positive_int", "a positive integer"),
+    "batch_size": ("positive_int", "a positive integer"),
+    "n_estimators": ("positive_int", "a positive integer"),
+    "max_depth": ("positive_int", "a positive integer"),
+    "learning_rate": ("learning_rate", "a number in (0, 10)"),
+    "embed_dim": ("positive_int", "a positive integer"),
+    "field_embed_dim": ("positive_int", "a positive integer"),
+    "n_experts": ("positive_int", "a positive integer"),
+    "expert_dim": ("positive_int", "a positive integer"),
+    "tower_dim": ("positive_int", "a positive integer"),
+    "n_jobs": ("positive_int", "a positive integer"),
+    "hidden": ("widths", "a positive integer or a non-empty list of positive integers"),
+    "subsample": ("fraction", "a number in (0, 1]"),
+    "colsample_bytree": ("fraction", "a number in (0, 1]"),
+    "min_child_weight": ("non_negative", "a non-negative number"),
+    "weight_decay": ("non_negative", "a non-negative number"),
+    "user_columns": ("columns", "None or a non-empty list of column names"),
+    "item_columns": ("columns", "None or a non-empty list of column names"),
+}
+
+
+def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
+    """Reject architecture and booster settings that would only fail (or silently misbehave) inside training.
+
+    ``hidden`` must have the shape of the model's default (one width for two_tower, a list for deepfm).
+    """
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    for key, value in hparams.items():
+        if key not in spec.default_hparams:
+            continue  # unknown names are resolve_hparams' to report
+        rule, expected = rule_for(spec, key)
+        default = spec.default_hparams.get(key)
+        if rule == "positive_int":
+            ok = positive_int(value)
+        elif rule == "widths":
+            if isinstance(default, list):
+                ok = isinstance(value, list) and bool(value) and all(positive_int(w) for w in value)
+                expected = "a non-empty list of positive integers, e.g. [64, 32]"
+            else:
+                ok = positive_int(value)
+                expected = "a positive integer"
+        elif rule == "fraction":
+            ok = number(value) and 0 < value <= 1
+        elif rule == "learning_rate":
+            ok = number(value) and 0 < value < 10
+        elif rule == "non_negative":
+            ok = number(value) and value >= 0
+        elif rule == "columns":
+            ok = value is None or (isinstance(value, list) and bool(value)
+                                   and all(isinstance(c, str) and c.strip() for c in value))
+        elif rule == "positive_number":
+            ok = number(value) and value > 0
+        elif rule == "bool":
+            ok = isinstance(value, bool)
+        elif rule.startswith("one_of:"):
+            ok = isinstance(value, str) and value in rule[len("one_of:"):].split("|")
+        elif rule == "tasks":  # names the task and key at fault itself (and checks task_weights against them)
+            from exporter.models.mmoe import tasks as T
+
+            T.check(value, hparams.get("task_weights"))
+            ok = True
+        elif rule == "task_weights":
+            ok = value is None or isinstance(value, (dict, list))
+        else:
+            raise ExporterError(f"hyper-parameter {key} of {spec.name} has an unknown rule {rule!r}")
+        if not ok:
+            raise ExporterError(f"hyper-parameter {key} of {spec.name} must be {expected}, got {value!r}")
