@@ -1,78 +1,44 @@
 """The contract every exported model keeps, owned here once (see ``docs/contract.md``).
 
 Tensor names and datatype, prediction formats and their output shapes, the artifact file names, the
-version-directory rule, the metadata rules and the ONNX graph I/O rule. ``pipeline``, ``verify``,
-``server``, ``repository``, ``notebook_support`` and the tests import these facts instead of restating
-them. :mod:`exporter.runtime.handler` keeps private copies of the few it needs (it must stay importable on its
-own inside a TorchServe archive); ``tests/test_contract.py`` proves those copies agree with this module.
+version-directory rule, the metadata rules and the ONNX graph I/O rule. The rules a served artifact needs
+(names, versions, reading and checking ``metadata.json``) are owned by :mod:`exporter.runtime.rules` and
+re-exported here; this module adds the export-time checks (``contract_problems``, ``graph_io_problems``) and
+the request builders.
 """
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-# ---------------------------------------------------------------------------------------------- tensors
-INPUT_NAME = "features"
-OUTPUT_NAME = "predictions"
-DATATYPE = "FP64"
-ONNX_TYPE = "tensor(double)"
-PLATFORM = "onnxruntime_onnx"
-#: the TorchServe-style request and answer keys (contract section 4)
-REQUEST_ROWS_KEY = "data"
-ANSWER_KEY = "predictions"
-
-#: prediction format -> what a TorchServe-style answer holds per row (contract section 1)
-PREDICTION_FORMATS: dict[str, str] = {
-    "scalar": "one probability per row",
-    "named_columns": "one object per row with the output columns",
-    "vector": "one vector per row (a single row: the vector itself)",
-}
-
-# ---------------------------------------------------------------------------------------------- files
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
-CONFIG_FILE = "config.pbtxt"
-SAMPLE_REQUEST = "sample_request.json"
-SAMPLE_RESPONSE = "sample_response.json"
-REPORT_FILE = "report.ipynb"
-STAGING_PREFIX = ".staging-"
-#: files every version directory must hold besides the model file
-REQUIRED_VERSION_FILES = (METADATA_FILE, SAMPLE_REQUEST, SAMPLE_RESPONSE)
-
-# ---------------------------------------------------------------------------------------------- versions
-#: Triton model versions are int64: the largest version a repository may hold.
-MAX_VERSION = 2**63 - 1
-_VERSION_NAME = re.compile(r"[1-9][0-9]*")
-
-
-def is_version_name(name: str) -> bool:
-    """A canonical positive integer in ASCII digits within int64 ("1", "2", ...; not "01", "١", "²", "0")."""
-    return bool(_VERSION_NAME.fullmatch(name)) and name.isascii() and int(name) <= MAX_VERSION
-
-
-def version_dirs(model_dir: Path) -> list[Path]:
-    """The version directories of a model directory, lowest first; every other entry is ignored."""
-    if not model_dir.is_dir():
-        return []
-    found = [p for p in model_dir.iterdir() if is_version_name(p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name))
-
-
-def non_version_entries(model_dir: Path) -> list[Path]:
-    """Directories beside the versions that are not versions (hidden ones such as staging are skipped)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(p for p in model_dir.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and not is_version_name(p.name))
-
-
-def version_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a version number (``None`` when it can)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VERSION:
-        return f"version must be a positive integer up to {MAX_VERSION} (Triton's int64), got {value!r}"
-    return None
-
+from exporter.runtime.rules import (  # the rules are owned by exporter.runtime.rules; re-exported here
+    ANSWER_KEY,
+    CONFIG_FILE,
+    DATATYPE,
+    INPUT_NAME,
+    MAX_METADATA_DEPTH,
+    MAX_VERSION,
+    METADATA_FILE,
+    MODEL_FILE,
+    ONNX_TYPE,
+    OUTPUT_NAME,
+    PLATFORM,
+    PREDICTION_FORMATS,
+    REPORT_FILE,
+    REQUEST_ROWS_KEY,
+    REQUIRED_VERSION_FILES,
+    SAMPLE_REQUEST,
+    SAMPLE_RESPONSE,
+    STAGING_PREFIX,
+    MetadataError,
+    is_plain_file_name,
+    is_version_name,
+    nesting_depth,
+    read_metadata,
+    usability_problems,
+    version_dirs,
+    version_problem,
+)
 
 # ---------------------------------------------------------------------------------------------- shapes
 def output_shape(prediction_format: str, output_columns: Sequence[str] | None = None,
@@ -97,78 +63,6 @@ def tensor_specs(n_features: int, out_shape: Sequence[int]) -> tuple[list[dict[s
     """The v2 ``inputs`` and ``outputs`` descriptions of a model."""
     return ([{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, int(n_features)]}],
             [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": list(out_shape)}])
-
-
-# ---------------------------------------------------------------------------------------------- metadata
-#: deepest nesting of objects and lists metadata.json may have (ours has 4; orjson writes at most 254)
-MAX_METADATA_DEPTH = 64
-
-
-def nesting_depth(value: Any, limit: int = MAX_METADATA_DEPTH) -> int:
-    """How deeply objects and lists nest in decoded JSON (a scalar: 0), counted without recursion and
-    stopping once past ``limit``, so a hostile file cannot exhaust the stack."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        elif not isinstance(item, list):
-            continue
-        depth += 1
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, depth) for child in item)
-    return deepest
-
-
-def usability_problems(metadata: Any) -> list[str]:
-    """Problems that make ``metadata.json`` unusable for serving (what the handler itself refuses)."""
-    if not isinstance(metadata, dict):
-        return ["top level must be an object"]
-    problems: list[str] = []
-    for key in ("name", "model_file", "sha256", "prediction_format"):
-        if not isinstance(metadata.get(key), str):
-            problems.append(f'"{key}" must be a string')
-    cols = metadata.get("feature_columns")
-    if not (isinstance(cols, list) and cols and all(isinstance(c, str) and c for c in cols)):
-        problems.append('"feature_columns" must be a non-empty list of column names')
-    elif len(set(cols)) != len(cols):
-        problems.append('"feature_columns" holds duplicate names')
-    for key in ("inputs", "outputs"):
-        tensors = metadata.get(key)
-        if not (isinstance(tensors, list) and len(tensors) == 1 and isinstance(tensors[0], dict)):
-            problems.append(f'"{key}" must describe exactly one tensor')
-        elif not isinstance(tensors[0].get("name"), str):
-            problems.append(f'"{key}[0].name" must be a string')
-    fmt = metadata.get("prediction_format")
-    if isinstance(fmt, str) and fmt not in PREDICTION_FORMATS:
-        problems.append(f'"prediction_format" is {fmt!r}; expected one of {", ".join(PREDICTION_FORMATS)}')
-    if fmt == "named_columns":
-        oc = metadata.get("output_columns")
-        if not (isinstance(oc, list) and oc and all(isinstance(c, str) for c in oc)):
-            problems.append('"output_columns" must be a non-empty list of strings when prediction_format is named_columns')
-    if fmt == "vector":
-        ed = metadata.get("embed_dim")
-        if not (isinstance(ed, int) and not isinstance(ed, bool) and ed > 0):
-            problems.append('"embed_dim" must be a positive integer when prediction_format is vector')
-    feats = metadata.get("features")
-    if feats is not None and isinstance(cols, list):
-        names = [f.get("name") if isinstance(f, dict) else None for f in feats] if isinstance(feats, list) else None
-        if names != cols:
-            problems.append('"features" must describe the feature_columns, one object each, in their order')
-        elif any(f.get("kind") not in ("numeric", "categorical") for f in feats):
-            problems.append('"features[].kind" must be "numeric" or "categorical"')
-    model_file = metadata.get("model_file")
-    if isinstance(model_file, str) and not is_plain_file_name(model_file):
-        problems.append(f'"model_file" must be a plain file name in the version directory, got {model_file!r}')
-    return problems
-
-
-def is_plain_file_name(name: str) -> bool:
-    """A file name inside the version directory: no separators, no parent or current directory."""
-    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\x00" not in name
 
 
 def contract_problems(metadata: dict[str, Any], model_name: str | None = None, version: str | None = None) -> list[str]:
@@ -295,3 +189,39 @@ def v2_request(x: Any, request_id: str | None = None) -> dict[str, Any]:
     body["inputs"] = [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": DATATYPE, "data": x.ravel().tolist()}]
     body["outputs"] = [{"name": OUTPUT_NAME}]
     return body
+
+__all__ = [
+    "ANSWER_KEY",
+    "CONFIG_FILE",
+    "DATATYPE",
+    "INPUT_NAME",
+    "MAX_METADATA_DEPTH",
+    "MAX_VERSION",
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "ONNX_TYPE",
+    "OUTPUT_NAME",
+    "PLATFORM",
+    "PREDICTION_FORMATS",
+    "REPORT_FILE",
+    "REQUEST_ROWS_KEY",
+    "REQUIRED_VERSION_FILES",
+    "SAMPLE_REQUEST",
+    "SAMPLE_RESPONSE",
+    "STAGING_PREFIX",
+    "MetadataError",
+    "is_plain_file_name",
+    "is_version_name",
+    "nesting_depth",
+    "read_metadata",
+    "usability_problems",
+    "version_dirs",
+    "version_problem",
+    "contract_problems",
+    "graph_io_problems",
+    "metadata_output_shape",
+    "output_shape",
+    "tensor_specs",
+    "torchserve_request",
+    "v2_request",
+]
