@@ -1,4 +1,7 @@
-"""Real-data quality benchmark: ``python benchmarks/quality.py [--models ...] [--quick]`` (see exporter.tools.quality_bench)."""
+"""Real-data quality benchmark: ``python benchmarks/quality.py [--models ...] [--quick]``.
+
+See :mod:`exporter.tools.quality_bench`.
+"""
 from __future__ import annotations
 
 import sys

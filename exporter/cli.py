@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from exporter.errors import ExporterError
 from exporter.models import model_names

@@ -27,8 +27,8 @@ ML_OPSET = 2
 
 def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
     """Nodes and initializers mapping ``features`` to ``PREPARED``; also whether ai.onnx.ml is used."""
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     def name(s: str) -> str:
         return PREFIX + s
@@ -82,8 +82,9 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
         for k, j in enumerate(cat):
             feat = plan.features[j]
             out = name(f"cat_rows_{k}")
-            if feat.hashed:
-                buckets = const(f"buckets_{k}", int(feat.spec.hash_buckets), np.int64)
+            hash_buckets = feat.spec.hash_buckets
+            if hash_buckets is not None:  # feat.hashed
+                buckets = const(f"buckets_{k}", int(hash_buckets), np.int64)
                 one = const(f"one_{k}", 1, np.int64)
                 nodes += [
                     helper.make_node("Mod", [split_outs[k], buckets], [name(f"cat_mod_{k}")], fmod=0, name=name(f"mod_{k}")),

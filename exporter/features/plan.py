@@ -2,18 +2,33 @@
 and the raw-table encoder that turns a table into the FP64 matrix the graph takes (see ``docs/features.md``).
 """
 from __future__ import annotations
+
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from exporter.errors import ExporterError
 from exporter.features.schema import (
-    CATEGORICAL, DTYPES, HASH_ENCODING, MAX_EXACT_INT, NUMERIC, OOV_ROW, SPEC_KEYS, TOP_VALUES, UNKNOWN_CODE,
-    Column, FeatureSpec, hash_code, read_column,
+    CATEGORICAL,
+    DTYPES,
+    HASH_ENCODING,
+    MAX_EXACT_INT,
+    NUMERIC,
+    OOV_ROW,
+    SPEC_KEYS,
+    TOP_VALUES,
+    UNKNOWN_CODE,
+    Column,
+    FeatureSpec,
+    hash_code,
+    read_column,
 )
 
 # --------------------------------------------------------------------------- fitted plan
@@ -55,7 +70,8 @@ class FittedFeature:
         """Embedding rows including the OOV row 0 (0 for a numeric column)."""
         if not self.categorical:
             return 0
-        return 1 + (int(self.spec.hash_buckets) if self.hashed else len(self.keys))
+        buckets = self.spec.hash_buckets
+        return 1 + (int(buckets) if buckets is not None else len(self.keys))
 
     @property
     def oov_policy(self) -> dict[str, Any]:
@@ -91,7 +107,7 @@ class FittedFeature:
         return out
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any], *, source: str) -> "FittedFeature":
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str) -> FittedFeature:
         try:
             spec = FeatureSpec.from_dict({k: raw[k] for k in SPEC_KEYS if k in raw and k != "fill"}
                                          | ({"fill": raw.get("fill")} if raw.get("kind", NUMERIC) == NUMERIC else {}),
@@ -202,11 +218,11 @@ class FeaturePlan:
         """Per column: embedding rows (incl. the OOV row) of a categorical column, 0 for a numeric one."""
         return [f.rows for f in self.features]
 
-    def subset(self, columns: Sequence[str]) -> "FeaturePlan":
+    def subset(self, columns: Sequence[str]) -> FeaturePlan:
         return FeaturePlan([self._by_name[c] for c in columns], encode_only=self.encode_only)
 
     @classmethod
-    def from_artifact(cls, version_dir: str | Path) -> "FeaturePlan":
+    def from_artifact(cls, version_dir: str | Path) -> FeaturePlan:
         """The encoder of an exported model (offline scoring): ``metadata.json`` ``features`` and ``vocab.json``.
 
         It turns raw tables into the FP64 ``features`` the model's graph takes (:meth:`encode`); the mapping to
@@ -300,7 +316,7 @@ class FeaturePlan:
         return {"format": PLAN_FORMAT, "features": [f.to_dict(full=True) for f in self.features]}
 
     @classmethod
-    def from_dict(cls, raw: Any, *, source: str) -> "FeaturePlan":
+    def from_dict(cls, raw: Any, *, source: str) -> FeaturePlan:
         if not isinstance(raw, Mapping) or raw.get("format") != PLAN_FORMAT or not isinstance(raw.get("features"), list):
             raise ExporterError(f"{source}: no fitted feature plan (format '{PLAN_FORMAT}')")
         return cls([FittedFeature.from_dict(f, source=source) for f in raw["features"]])
@@ -344,8 +360,9 @@ def category_rows(col: np.ndarray, feat: FittedFeature) -> np.ndarray:
     """Raw categorical values -> embedding rows (float64), row 0 for anything without its own row."""
     valid = (np.floor(col) == col) & (np.abs(col) <= MAX_EXACT_INT)
     ints = np.where(valid, col, 0.0).astype(np.int64)
-    if feat.hashed:
-        rows = ints % int(feat.spec.hash_buckets) + 1
+    buckets = feat.spec.hash_buckets
+    if buckets is not None:  # feat.hashed
+        rows = ints % int(buckets) + 1
     elif feat.keys:
         keys = np.asarray(feat.keys, dtype=np.int64)
         order = np.argsort(keys, kind="stable")

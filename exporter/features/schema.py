@@ -21,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,7 +75,7 @@ class FeatureSpec:
     hash_buckets: int | None = None
 
     @classmethod
-    def from_dict(cls, raw: Any, *, source: str) -> "FeatureSpec":
+    def from_dict(cls, raw: Any, *, source: str) -> FeatureSpec:
         """A spec from its JSON form; every unknown key or bad value is an error naming it."""
         if isinstance(raw, str):
             raw = {"name": raw}
@@ -183,7 +184,8 @@ def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
         value = items
     if not isinstance(value, (list, tuple)):
         raise ExporterError(
-            f"{source}: expected {{\"label\": ..., \"features\": [{{\"name\": ..., \"kind\": \"numeric\"|\"categorical\"}}, ...]}}, "
+            f"{source}: expected {{\"label\": ..., "
+            f"\"features\": [{{\"name\": ..., \"kind\": \"numeric\"|\"categorical\"}}, ...]}}, "
             f"got {type(value).__name__}"
         )
     specs = tuple(FeatureSpec.from_dict(item, source=source) for item in value)
@@ -296,11 +298,12 @@ def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
                 f"{source}: column '{col}' row {bad + 1}: value {show_value(values[bad])} is a boolean in a column of "
                 "strings; expected strings only (or booleans only)"
             )
-        return Column("string", strings=[str(v) if p else None for v, p in zip(values, present)])
+        return Column("string", strings=[str(v) if p else None for v, p in zip(values, present, strict=True)])
     if _is_bool_series(series):
         if spec.kind == NUMERIC:
             raise ExporterError(
-                f"{source}: column '{col}' row 1: value {show_value(series.dropna().iloc[0])} is a boolean, expected a number "
+                f"{source}: column '{col}' row 1: value {show_value(series.dropna().iloc[0])} is a boolean, "
+                "expected a number "
                 "(declare the column categorical to use booleans)"
             )
         numbers = series.map(lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v)))

@@ -12,7 +12,8 @@ import collections
 import sys
 import threading
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 LOGGER_NAME = "exporter.serve"
 

@@ -43,7 +43,7 @@ def guarded_protocol(*, header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_tim
     """uvicorn's httptools protocol class with the limits above (pass it as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:
             self._timer: Any = None
             self._waiting = True  # for the headers of a request

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
 
@@ -78,7 +79,7 @@ def _content_encoding(scope: dict[str, Any]) -> str | None:
     return None
 
 
-def _log_path(scope: dict[str, Any]) -> str:
+def _log_path(scope: Mapping[str, Any]) -> str:
     """The request path as sent (still percent-encoded), safe for a one-line log record."""
     raw = scope.get("raw_path")
     text = raw.decode("latin-1") if raw else str(scope.get("path", ""))
@@ -108,7 +109,7 @@ async def _read_body(content_length: bytes | None, receive: Receive, limit: int)
         except ValueError:
             pass
     message = await receive()
-    body = message.get("body", b"")
+    body: bytes = message.get("body", b"")
     if not message.get("more_body", False):
         if len(body) > limit:
             raise _TooLarge(f"{len(body)} bytes")
@@ -128,10 +129,10 @@ async def _read_body(content_length: bytes | None, receive: Receive, limit: int)
 
 
 def create_app(
-    registry: "ModelRegistry | LiveRegistry",
+    registry: ModelRegistry | LiveRegistry,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    access_log: "AccessLog | None" = None,
+    access_log: AccessLog | None = None,
 ) -> Any:
     """The Starlette application (routes exactly as in contract section 5).
 
@@ -184,10 +185,11 @@ def create_app(
                         f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
                         f"{', '.join(sorted(view.versions[name], key=int))}"
                     )
-            elif _content_encoding(scope) is not None:  # issue 10: say so instead of failing to decode
+            elif _content_encoding(scope) is not None:  # say so instead of failing to decode
                 status, answer = 415, _error(
                     f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
-                    "accepts only uncompressed JSON bodies (Content-Encoding identity or none): send it uncompressed"
+                    "accepts only uncompressed JSON bodies (Content-Encoding identity or none): "
+                    "send it uncompressed"
                 )
             else:
                 content_length = header_length = None

@@ -16,9 +16,9 @@ import csv
 import importlib.metadata
 import re
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -132,7 +132,7 @@ def _read_recbole(paths: Mapping[str, Path]) -> Tables:
     if unknown:
         raise ExporterError(f"{paths['items']}: unknown genre(s) {', '.join(unknown)}; expected some of {', '.join(GENRES)}")
     table = {"item_id": _integers(items["item_id"], paths["items"], "item_id"), "release_year": _year(items["release_year"])}
-    for g, col in zip(GENRES, GENRE_COLUMNS):
+    for g, col in zip(GENRES, GENRE_COLUMNS, strict=True):
         table[col] = genres.map(lambda gs, g=g: int(g in gs)).astype(np.int64)
     return ratings, users, pd.DataFrame(table)
 
@@ -158,7 +158,7 @@ def _read_widedeep(paths: Mapping[str, Path]) -> Tables:
     # the year of the title, "Toy Story (1995)", as RecBole's release_year (release_date is the video's date)
     year = items["movie_title"].astype(str).str.extract(r"\((\d{4})\)\s*$")[0]
     table = {"item_id": _integers(items["movie_id"], paths["items"], "movie_id"), "release_year": _year(year)}
-    for g, col in zip(GENRES, GENRE_COLUMNS):
+    for g, col in zip(GENRES, GENRE_COLUMNS, strict=True):
         table[col] = _integers(items[g], paths["items"], g)
     return ratings, users, pd.DataFrame(table)
 

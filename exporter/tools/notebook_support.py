@@ -11,9 +11,10 @@ Relative paths in notebook parameters resolve against the repository root, so a 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -143,7 +144,7 @@ def prepare(
     label: str | None = None,
     feature_schema: Any = None,
     model_name: str | None = None,
-) -> "Prepared":
+) -> Prepared:
     """Validate every notebook parameter and load the data, before any training.
 
     ``hparams`` entries whose value is ``None`` are left out (the model's default applies). ``feature_schema``
@@ -152,8 +153,8 @@ def prepare(
     """
     from exporter.export import pipeline
     from exporter.export import repository as repo
-    from exporter.training.hparams import check_hparam_values
     from exporter.models import get_spec
+    from exporter.training.hparams import check_hparam_values
 
     try:
         spec = get_spec(model)
@@ -197,7 +198,8 @@ def prepare(
             if taken:
                 raise ParameterError(
                     f"model_version {model_version} already exists for {', '.join(taken)} under {artifacts}; "
-                    f"set model_version = None for the next free version ({repo.next_version(artifacts, spec.model_names)})"
+                    "set model_version = None for the next free version "
+                    f"({repo.next_version(artifacts, spec.model_names)})"
                 )
         prep = pipeline.prepare(params)
     except ParameterError:
@@ -228,7 +230,7 @@ def _schema_param(value: Any, root: Path | None) -> Any:
     raise ParameterError(f"feature_schema must be None, a dict, a list or a JSON file path, got {value!r}")
 
 
-def feature_table(prep: "Prepared") -> pd.DataFrame:
+def feature_table(prep: Prepared) -> pd.DataFrame:
     """The feature schema as training fitted it: kind, dtype, vocabulary size, missing rate, fill per column."""
     assert prep.features is not None
     table = prep.features.describe()
@@ -236,16 +238,17 @@ def feature_table(prep: "Prepared") -> pd.DataFrame:
     return table
 
 
-def describe_run(prep: "Prepared") -> str:
+def describe_run(prep: Prepared) -> str:
     """One paragraph: what will be trained or loaded, on which data, written where."""
     p = prep.params
-    what = f"load {display_path(Path(p.checkpoint))}" if p.mode == "load" else "train"
+    what = f"load {display_path(Path(p.checkpoint))}" if p.mode == "load" and p.checkpoint is not None else "train"
     data = "built-in synthetic data" if p.data_path is None else f"data file {display_path(Path(p.data_path))}"
     version = f"version {p.version}" if p.version else "the next free version"
     lines = [
         f"{prep.spec.name}: {what} on {data}",
         (f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})" if p.mode == "train" else
-         f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} for evaluation and the parity check"),
+         f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} "
+         "for evaluation and the parity check"),
         f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
         + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
         f"  label: {', '.join(prep.label_columns.get(c, c) for c in prep.spec.label_columns)}",
@@ -267,13 +270,13 @@ def _short(values: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- data
 
 
-def preview(prep: "Prepared", rows: int = PREVIEW_ROWS) -> pd.DataFrame:
+def preview(prep: Prepared, rows: int = PREVIEW_ROWS) -> pd.DataFrame:
     """The first training rows, model inputs first, then labels."""
     labels = [c for c in dict.fromkeys(prep.label_columns.values()) if c in prep.train.columns]
     return prep.train[list(prep.columns) + labels].head(rows)
 
 
-def column_summary(prep: "Prepared") -> pd.DataFrame:
+def column_summary(prep: Prepared) -> pd.DataFrame:
     """Per column of the data: its role for this model, dtype, range and mean."""
     frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
     labels = set(prep.label_columns.values())
@@ -296,7 +299,7 @@ def column_summary(prep: "Prepared") -> pd.DataFrame:
     return out.sort_values("role", key=lambda s: s.map(order), kind="stable")
 
 
-def format_metrics(evaluation: "Evaluation") -> str:
+def format_metrics(evaluation: Evaluation) -> str:
     """Held-out metrics, one per line (baselines beside the RMSEs they are compared with)."""
     m = evaluation.metrics
     if not m:
@@ -325,7 +328,7 @@ def format_metrics(evaluation: "Evaluation") -> str:
 # --------------------------------------------------------------------------- export printouts
 
 
-def describe_exports(exported: Sequence["ExportedArtifact"]) -> str:
+def describe_exports(exported: Sequence[ExportedArtifact]) -> str:
     """Where each artifact went (volatile: version and path), for people, not for nbval."""
     lines = []
     for a in exported:
@@ -334,7 +337,7 @@ def describe_exports(exported: Sequence["ExportedArtifact"]) -> str:
     return "\n".join(lines)
 
 
-def contract_text(exported: Sequence["ExportedArtifact"]) -> str:
+def contract_text(exported: Sequence[ExportedArtifact]) -> str:
     """The v2 model-metadata contract of each artifact: deterministic for given columns and model."""
     lines = []
     for a in exported:
@@ -355,7 +358,7 @@ def contract_text(exported: Sequence["ExportedArtifact"]) -> str:
 _FORMATS = C.PREDICTION_FORMATS
 
 
-def parity_text(exported: Sequence["ExportedArtifact"]) -> str:
+def parity_text(exported: Sequence[ExportedArtifact]) -> str:
     """The parity verdict without the raw difference (which may vary across platforms)."""
     lines = []
     for a in exported:
@@ -422,7 +425,7 @@ class SmokeResult:
         return text
 
 
-def smoke_test(prep: "Prepared", trained: "Trained", exported: Sequence["ExportedArtifact"],
+def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArtifact],
                rows: int = SMOKE_ROWS) -> str:
     """Load each artifact with the serving handler, ask it in both request forms, compare with the native model.
 

@@ -1,4 +1,6 @@
-"""``python -m exporter notebooks``: run the model notebooks headless with papermill, keep each report beside its artifact.
+"""``python -m exporter notebooks``: run the model notebooks headless with papermill.
+
+Each executed notebook is kept as the report beside its artifact.
 
 Every notebook runs in a fresh kernel with its default parameters plus ``-p NAME VALUE`` overrides. The
 runner picks the version to write (the next free one unless ``-p model_version N``) and passes it in, so
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from exporter.errors import ExporterError
 from exporter.export.repository import REPORT_FILE, write_text_atomic

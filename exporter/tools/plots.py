@@ -6,7 +6,8 @@ staying light (few points, subsampled scatters); a notebook shows one by ending 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,7 +29,7 @@ HEAD_NAMES = {"label": "CTR (click)", "ctr": "CTR (click)", "watch_time": "watch
 UNITS = {"label": "click probability", "ctr": "click probability", "watch_time": "seconds", "gmv": "currency units"}
 
 
-def _figure(panels: int) -> tuple["Figure", list["Axes"]]:
+def _figure(panels: int) -> tuple[Figure, list[Axes]]:
     """``panels`` axes, at most :data:`PANELS_PER_ROW` a row (unused cells of the last row removed)."""
     from matplotlib.figure import Figure
 
@@ -49,7 +50,7 @@ def unit(name: str) -> str:
     return UNITS.get(name, "value")
 
 
-def _note(ax: "Axes", text: str) -> None:
+def _note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=FONT, transform=ax.transAxes, wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -62,8 +63,10 @@ def _sample(n: int, seed: int = 0, limit: int = MAX_POINTS) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss") -> "Figure":
-    """Train and held-out loss per ``step`` (epoch, boosting round); a note instead when there is no history (load mode).
+def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss") -> Figure:
+    """Train and held-out loss per ``step`` (epoch, boosting round).
+
+    A note instead when there is no history (load mode).
 
     Step 0, when the history has it, is the loss before training: the curve starts where training started.
     """
@@ -88,7 +91,7 @@ def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch
     return fig
 
 
-def roc_panel(ax: "Axes", y_true: np.ndarray, score: np.ndarray, name: str) -> None:
+def roc_panel(ax: Axes, y_true: np.ndarray, score: np.ndarray, name: str) -> None:
     """ROC curve of one binary head, AUC in the legend (a note when the labels hold one class)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -108,7 +111,7 @@ def roc_panel(ax: "Axes", y_true: np.ndarray, score: np.ndarray, name: str) -> N
     ax.grid(alpha=0.3)
 
 
-def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, name: str,
+def predicted_vs_true_panel(ax: Axes, y_true: np.ndarray, y_pred: np.ndarray, name: str,
                             units: str = "value") -> None:
     """Scatter of predictions against labels with the y = x line (a subsample when there are many rows)."""
     y_true = np.asarray(y_true, dtype=np.float64)
@@ -124,7 +127,7 @@ def predicted_vs_true_panel(ax: "Axes", y_true: np.ndarray, y_pred: np.ndarray, 
     ax.grid(alpha=0.3)
 
 
-def recall_curve_panel(ax: "Axes", curve: Mapping[str, Sequence[float]], items: int | None = None) -> None:
+def recall_curve_panel(ax: Axes, curve: Mapping[str, Sequence[float]], items: int | None = None) -> None:
     """recall@K against K for the model and the popularity baseline (log-scaled K)."""
     ks = list(curve["k"])
     ax.set_title("retrieval: recall@K" + (f" over {items} items" if items else ""), fontsize=FONT + 1)
@@ -143,7 +146,7 @@ def recall_curve_panel(ax: "Axes", curve: Mapping[str, Sequence[float]], items: 
     ax.grid(alpha=0.3)
 
 
-def evaluation_plots(evaluation: "Evaluation") -> "Figure":
+def evaluation_plots(evaluation: Evaluation) -> Figure:
     """One panel per head: ROC for binary heads, predicted-vs-true for regression heads; recall@K for retrieval.
 
     A head's kind comes from ``evaluation.details["heads"]`` (mmoe's tasks); without it, ``label`` is binary.
@@ -159,7 +162,7 @@ def evaluation_plots(evaluation: "Evaluation") -> "Figure":
     if retrieval:
         recall_curve_panel(axes[0], retrieval["curve"], retrieval.get("catalogue_items"))
         axes = axes[1:]
-    for ax, head in zip(axes, heads):
+    for ax, head in zip(axes, heads, strict=True):
         name = HEAD_NAMES.get(head, head)
         if kinds.get(head, "binary" if head == "label" else "regression") == "binary":
             roc_panel(ax, evaluation.labels[head], evaluation.predictions[head], name)
@@ -168,10 +171,10 @@ def evaluation_plots(evaluation: "Evaluation") -> "Figure":
     return fig
 
 
-def parity_scatter(exported: Sequence["ExportedArtifact"]) -> "Figure":
+def parity_scatter(exported: Sequence[ExportedArtifact]) -> Figure:
     """Native model vs ONNX Runtime on the parity rows: one panel per artifact, and per output column where
     the output has named columns (MMoE: ctr, watch_time and gmv each on their own scale)."""
-    panels: list[tuple["ExportedArtifact", str | None, np.ndarray, np.ndarray]] = []
+    panels: list[tuple[ExportedArtifact, str | None, np.ndarray, np.ndarray]] = []
     for artifact in exported:
         p = artifact.parity
         native = np.asarray(p.native, dtype=np.float64)
@@ -182,7 +185,7 @@ def parity_scatter(exported: Sequence["ExportedArtifact"]) -> "Figure":
         else:  # one output, or an embedding: all values pooled
             panels.append((artifact, None, native.ravel(), onnx.ravel()))
     fig, axes = _figure(len(panels))
-    for ax, (artifact, column, native, onnx) in zip(axes, panels):
+    for ax, (artifact, column, native, onnx) in zip(axes, panels, strict=True):
         idx = _sample(len(native))
         ax.scatter(native[idx], onnx[idx], s=6, alpha=0.4, linewidths=0)
         if native.size:
@@ -203,7 +206,7 @@ def parity_scatter(exported: Sequence["ExportedArtifact"]) -> "Figure":
     return fig
 
 
-def to_png(fig: "Figure") -> bytes:
+def to_png(fig: Figure) -> bytes:
     """The figure as PNG bytes (what a notebook stores), e.g. to check its size."""
     import io
 

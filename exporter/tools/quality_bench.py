@@ -9,8 +9,8 @@ on MovieLens every user-item pair occurs once, so it is also a split by pairs):
 * multi-task rows: mmoe trained on its own tasks ``liked`` (binary) and ``rating`` (regression): the like
   head's AUC and the rating head's RMSE against predicting the mean;
 * retrieval rows: recall@K and NDCG@K (K = 10, 50) over the whole catalogue, each user's training items
-  excluded (:mod:`exporter.models.two_tower.retrieval`), for a popularity baseline and for the two-tower model trained on
-  the liked pairs (in-batch sampled softmax), whose user tower and item tower are run from the exported
+  excluded (:mod:`exporter.models.two_tower.retrieval`), for a popularity baseline and for the two-tower model
+  trained on the liked pairs (in-batch sampled softmax), whose user tower and item tower are run from the exported
   ONNX files with onnxruntime (what serving and an ANN index would embed), so the row moves when the
   exported model improves; the pipeline's own retrieval metrics (metadata ``quality``) must agree with it.
 
@@ -30,17 +30,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from exporter.training import data as D
-from exporter.tools import movielens as ml
-from exporter.models.two_tower import retrieval as R
 from exporter.errors import ExporterError
+from exporter.models.two_tower import retrieval as R
+from exporter.tools import movielens as ml
+from exporter.training import data as D
 
 HELP = "real-data quality benchmark: held-out AUC and recall@K on MovieLens-100k next to baselines"
 DESCRIPTION = """\
@@ -255,7 +256,10 @@ def _split_check(result: Any, frame: pd.DataFrame, held: np.ndarray) -> str:
     prepared = getattr(result, "prepared", None)
     if prepared is None or not {"user_id", "item_id"} <= set(getattr(prepared, "heldout", pd.DataFrame()).columns):
         return "split not checked"
-    key = lambda df: set(zip(df["user_id"].tolist(), df["item_id"].tolist()))
+
+    def key(df: pd.DataFrame) -> set[tuple[Any, Any]]:
+        return set(zip(df["user_id"].tolist(), df["item_id"].tolist(), strict=True))
+
     ours = key(frame.iloc[held])
     trained_on = key(prepared.train) & ours
     if trained_on:
@@ -321,8 +325,8 @@ def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: p
     are per-model hyper-parameters on top of :data:`HPARAMS`; ``workdir`` keeps the temp parquet and
     artifacts (default: a temporary directory, removed afterwards).
     """
-    from exporter.training import metrics as M
     from exporter.export import pipeline
+    from exporter.training import metrics as M
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_options(models, overrides or {}, threads)
@@ -465,7 +469,7 @@ def environment(source: str = "") -> list[str]:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     lines = [
-        f"date: {_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}"
+        f"date: {_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()}"
         + (f", exporter commit {commit}" if commit else ""),
         f"machine: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), load average {load}",
         f"software: Python {platform.python_version()}, numpy {numpy.__version__}, torch {torch.__version__} "
@@ -536,7 +540,8 @@ def run(args: argparse.Namespace) -> int:
     print("# quality benchmark" + (" (--quick: synthetic smoke run, not a measurement)" if args.quick else ""))
     for line in env:
         print(f"# {line}")
-    print(f"# split: exporter.training.data.split_indices(n={len(frame)}, seed={SEED}) (80/20 by rows = by user-item pairs); "
+    print(f"# split: exporter.training.data.split_indices(n={len(frame)}, seed={SEED}) "
+          "(80/20 by rows = by user-item pairs); "
           f"label {LABEL} = rating >= 4")
     print()
     print(render(rows))

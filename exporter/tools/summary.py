@@ -1,10 +1,10 @@
 """Short human and JSON summaries of export runs (CLI and notebooks)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from exporter.export.pipeline import RunResult
-
 
 #: metrics shown beside others rather than on their own (baselines, counts)
 _ASIDE = ("popularity_", "users_evaluated", "catalogue_items")

@@ -11,14 +11,15 @@ The pipeline calls these before any training, so a wrong column, label or schema
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from exporter.training import data as D
 from exporter import features as F
 from exporter.errors import ExporterError
+from exporter.training import data as D
 
 #: label columns of the specs that are binary (0/1); the others are regression targets
 BINARY_LABELS = (D.LABEL,)
@@ -32,7 +33,10 @@ def default_specs() -> list[F.FeatureSpec]:
 
 
 def label_map(label_columns: Sequence[str], label: str | None) -> dict[str, str]:
-    """The model's label names -> the data's columns: ``label`` is renamed by ``--label``, the others keep their name."""
+    """The model's label names -> the data's columns.
+
+    ``label`` is renamed by ``--label``, the others keep their name.
+    """
     if label is not None and (not isinstance(label, str) or not label.strip()):
         raise ExporterError(f"label must be a column name, got {label!r}")
     return {name: (label or name) if name == D.LABEL else name for name in label_columns}

@@ -1,7 +1,7 @@
 """Evaluation metrics recorded in metadata.json ``training.metrics``."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 #: seconds between two refreshes of the notebook line (the last update always shows)
 MIN_INTERVAL = 0.5

@@ -6,7 +6,8 @@ summary, the notebook and ``metadata.json`` (``quality``), and lets CI refuse it
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -125,5 +126,6 @@ def check_min_auc(quality: Mapping[str, Any], min_auc: float | None, model: str)
     if value is None or value < min_auc:
         shown = "undefined" if value is None else f"{value:.4f}"
         raise QualityError(
-            f"{model}: held-out {quality.get('metric', 'AUC')} {shown} is below --min-auc {min_auc:g}; nothing was written"
+            f"{model}: held-out {quality.get('metric', 'AUC')} {shown} is below --min-auc {min_auc:g}; "
+            "nothing was written"
         )
