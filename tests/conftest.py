@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 from exporter.models import get_spec, model_names
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: Small but real: enough rows for held-out metrics, few epochs/trees so the suite stays fast.
 SMALL_ROWS = 3000

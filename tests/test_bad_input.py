@@ -116,8 +116,8 @@ def test_parity_failure_exits_non_zero_and_writes_nothing(good_tree):
 
 
 def test_parity_failure_in_a_fresh_tree_leaves_no_directory(tmp_path):
-    from exporter.export import pipeline
     from exporter.errors import ParityError
+    from exporter.export import pipeline
 
     params = pipeline.ExportParams(model="two_tower", rows=1000, hparams={"epochs": 1}, artifacts=tmp_path / "art",
                                    progress=False, atol=0.0)
@@ -140,8 +140,7 @@ def test_parity_failure_in_a_fresh_tree_leaves_no_directory(tmp_path):
 
 def test_failure_while_writing_rolls_back_both_towers(tmp_path, monkeypatch):
     """A crash after the first tower is committed must not leave a lone two_tower version behind."""
-    from exporter.export import pipeline
-    from exporter.export import repository
+    from exporter.export import pipeline, repository
 
     params = pipeline.ExportParams(model="two_tower", rows=1000, hparams={"epochs": 1}, artifacts=tmp_path, progress=False)
     prep = pipeline.prepare(params)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.export import repository as repo
 from exporter.errors import ExporterError
+from exporter.export import repository as repo
 from exporter.tools.verify import verify
 from tests.conftest import REPO
 

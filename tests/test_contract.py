@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from exporter import contract as C
-from exporter.runtime import handler as H
 from exporter.export import repository as repo
+from exporter.runtime import handler as H
 from exporter.serving.server import ModelRegistry
 from exporter.tools.verify import verify
 from tests.handler_fixtures import build_artifact, build_tree
@@ -125,7 +125,6 @@ def _squares_artifact(root: Path) -> Path:
     """A scalar model computing sum(x^2): finite for ordinary inputs, +inf for |x| ~ 1e200."""
     import hashlib
 
-    import onnx
     from onnx import TensorProto, helper
 
     vdir = build_artifact(root, "xgb")

@@ -7,10 +7,10 @@ import re
 import pytest
 
 from exporter import contract as C
-from exporter.serving import http_limits
-from exporter.training.data import DEFAULT_FEATURES
 from exporter.runtime.handler import DEFAULT_MAX_ROWS
+from exporter.serving import http_limits
 from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app
+from exporter.training.data import DEFAULT_FEATURES
 from tests.conftest import REPO
 from tests.handler_fixtures import build_tree
 

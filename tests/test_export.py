@@ -10,9 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from exporter.training import data as D
-from exporter.runtime.handler import ModelHandler
 from exporter.models import get_spec, model_names, repository_names
+from exporter.runtime.handler import ModelHandler
 from tests.conftest import export_small
 from tests.handler_fixtures import spec_validator
 
@@ -121,7 +120,7 @@ def test_config_pbtxt_agrees_with_onnx(exported_artifacts, name):
     assert cfg.name == name and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 1024
     for declared, values in ((cfg.input, model.graph.input), (cfg.output, model.graph.output)):
         assert [t.name for t in declared] == [v.name for v in values]
-        for t, v in zip(declared, values):
+        for t, v in zip(declared, values, strict=True):
             assert t.data_type == pb.TYPE_FP64
             rest = _dims(v)[1:]  # the graph's shape without its batch axis
             if rest:

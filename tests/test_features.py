@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from exporter import features as F
+from exporter.errors import ExporterError
+from exporter.features import onnx_prep
 from exporter.runtime import handler as H
 from exporter.training import inputs as I
-from exporter.features import onnx_prep
 from exporter.training import quality_gate as Q
-from exporter.errors import ExporterError
 
 
 def run_prep(plan: F.FeaturePlan, raw: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from exporter import cli
+from exporter.errors import ExporterError
 from exporter.export import pipeline
-from exporter.training import data as D
 from exporter.tools import notebook_support as nbs
 from exporter.tools import notebooks as runner
-from exporter.errors import ExporterError
+from exporter.training import data as D
 from tests.conftest import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))

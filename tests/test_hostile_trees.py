@@ -8,8 +8,8 @@ import pytest
 
 from exporter import cli
 from exporter import contract as C
-from exporter.runtime import handler as H
 from exporter.errors import ExporterError
+from exporter.runtime import handler as H
 from exporter.runtime.handler import ArtifactError, ModelHandler
 from exporter.serving.server import ModelRegistry
 from exporter.tools.verify import MAX_PBTXT_DEPTH, parse_pbtxt, verify

@@ -98,7 +98,7 @@ async def _load(host: str, port: int, stop_at: float, counts: dict[str, int], st
                 length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:"))
                 body = await asyncio.wait_for(reader.readexactly(length), 10)
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
                 failures.append(f"{path}: no answer ({type(exc).__name__})")
                 return
             status = int(head.split(b" ", 2)[1])

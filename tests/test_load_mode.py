@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 import xgboost as xgb
 
-from exporter.training import data as D
 from exporter.export import pipeline
+from exporter.training import data as D
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

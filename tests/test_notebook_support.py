@@ -1,4 +1,7 @@
-"""Notebook glue (exporter.tools.notebook_support) and the runner's planning (exporter.tools.notebooks), without kernels."""
+"""Notebook glue (exporter.tools.notebook_support) and the runner's planning (exporter.tools.notebooks).
+
+All without kernels.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.tools import notebook_support as nbs
-from exporter.tools import notebooks as runner
 from exporter.errors import ExporterError
 from exporter.models import get_spec
+from exporter.tools import notebook_support as nbs
+from exporter.tools import notebooks as runner
 from tests.conftest import REPO, run_cli
-
 
 # --------------------------------------------------------------------------- paths and parameters
 
@@ -56,7 +58,8 @@ def test_feature_columns_accept_a_list_or_a_comma_separated_string():
 def test_cli_wording_in_pipeline_messages_becomes_notebook_parameters():
     msg = "load mode needs --checkpoint; pass --data with a file; --feature-meta lists; --mode load; --database"
     assert nbs.notebook_terms(msg) == (
-        'load mode needs checkpoint_path; pass data_path with a file; feature_meta_path lists; mode = "load"; --database'
+        "load mode needs checkpoint_path; pass data_path with a file; feature_meta_path lists; "
+        'mode = "load"; --database'
     )
 
 
@@ -172,7 +175,8 @@ def test_contract_and_parity_text_are_deterministic(exported_runs):
         "mmoe  (platform onnxruntime_onnx)",
         "  input  features  FP64  [-1, 10]",
         "  output predictions  FP64  [-1, 3]",
-        "  feature_columns: item_ctr, item_cvr, item_price, user_age, user_gender, cross_age_x_ctr, cross_gender_x_price, "
+        "  feature_columns: item_ctr, item_cvr, item_price, user_age, user_gender, cross_age_x_ctr, "
+        "cross_gender_x_price, "
         "user_id, item_id, item_category",
         "  output_columns:  ctr, watch_time, gmv",
         "  TorchServe-style answer: one object per row with the output columns",

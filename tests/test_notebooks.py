@@ -15,12 +15,12 @@ import nbformat
 import numpy as np
 import pytest
 
-from exporter.training import data as D
-from exporter.tools import notebooks as runner
 from exporter.cli import main as cli_main
-from exporter.runtime.handler import ModelHandler
 from exporter.models import get_spec, model_names
+from exporter.runtime.handler import ModelHandler
+from exporter.tools import notebooks as runner
 from exporter.tools.verify import verify
+from exporter.training import data as D
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def heldout_like_rows(handler: ModelHandler, n: int = 64) -> np.ndarray:
     columns = []
     for j, c in enumerate(handler.feature_columns):
         table = handler.features.strings[j]
-        columns.append(frame[c].map(lambda v: table.get(v, -1)) if isinstance(table, dict) else frame[c])
+        columns.append(frame[c].map(lambda v, table=table: table.get(v, -1)) if isinstance(table, dict) else frame[c])
     return np.stack([np.asarray(col, dtype=np.float64) for col in columns], axis=1)
 
 
@@ -307,7 +307,7 @@ def test_torch_load_mode_round_trip_mmoe(tmp_path):
     first, again = ModelHandler.load(first_dir / "mmoe" / "1"), ModelHandler.load(again_dir / "mmoe" / "1")
     x = heldout_like_rows(first)
     np.testing.assert_allclose(again.run(x), first.run(x), rtol=0, atol=1e-12)
-    answer = again.predict({"data": [dict(zip(first.feature_columns, map(float, row))) for row in x[:2]]})  # codes
+    answer = again.predict({"data": [dict(zip(first.feature_columns, map(float, row), strict=True)) for row in x[:2]]})  # codes
     assert list(answer["predictions"][0]) == ["ctr", "watch_time", "gmv"]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exporter.tools import plots
 from exporter.export.pipeline import Evaluation
+from exporter.tools import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -20,8 +20,11 @@ def test_readme_opens_with_setup_and_test_commands():
 
 
 def test_ci_runs_the_readme_test_command_after_installing_requirements():
-    lines = [l.strip() for l in (REPO / ".ci" / "run").read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
-    install = next(i for i, l in enumerate(lines) if "pip install" in l and "-r requirements.txt" in l)
+    lines = [
+        line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    install = next(i for i, line in enumerate(lines) if "pip install" in line and "-r requirements.txt" in line)
     readme_test = _readme_commands()[1].split("&&")[-1].strip()
     assert lines[-1] == readme_test and install < len(lines) - 1
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter.tools import movielens as ml
 from exporter.export import pipeline
+from exporter.tools import movielens as ml
 from exporter.tools import quality_bench as Q
 from tests.conftest import REPO
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.training import hparams as H
-from exporter.tools import notebooks as runner
-from exporter.export import pipeline
-from exporter.models import torch_common as tc
-from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
-from exporter.training.metrics import ctr_metrics
+from exporter.export import pipeline
 from exporter.models import get_spec, model_names, registered, repository_names
+from exporter.models import torch_common as tc
 from exporter.models.base import NotebookInfo
 from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+from exporter.tools import notebooks as runner
+from exporter.training import hparams as H
+from exporter.training.data import DEFAULT_FEATURES, LABEL
+from exporter.training.metrics import ctr_metrics
 from tests.conftest import REPO, SMALL_HPARAMS, run_cli
 
 

@@ -1,4 +1,7 @@
-"""exporter.models.two_tower.retrieval: recall@K / NDCG@K over the whole catalogue, on cases small enough to rank by hand."""
+"""exporter.models.two_tower.retrieval: recall@K / NDCG@K over the whole catalogue.
+
+On cases small enough to rank by hand.
+"""
 from __future__ import annotations
 
 import math
@@ -7,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter.training import data as D
-from exporter.models.two_tower import retrieval as R
 from exporter.errors import ExporterError
+from exporter.models.two_tower import retrieval as R
+from exporter.training import data as D
 
 # 5 items in 2 dimensions and 3 users: the scores u . v are read off directly.
 ITEMS = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
@@ -146,7 +149,10 @@ def test_split_pairs_keeps_every_row_of_a_pair_on_one_side():
     frame = pd.DataFrame({"user_id": rng.integers(0, 5, 200), "item_id": rng.integers(0, 6, 200)})
     train, held = R.split_pairs(frame, seed=0)
     assert len(train) + len(held) == 200 and not set(train) & set(held)
-    pairs = lambda rows: set(map(tuple, frame.iloc[rows][["user_id", "item_id"]].to_numpy().tolist()))
+
+    def pairs(rows: np.ndarray) -> set[tuple[int, ...]]:
+        return set(map(tuple, frame.iloc[rows][["user_id", "item_id"]].to_numpy().tolist()))
+
     assert pairs(held) and not pairs(train) & pairs(held)
 
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from exporter.training import data as D
+from exporter.cli import main as cli_main
+from exporter.errors import ExporterError
 from exporter.export import pipeline
 from exporter.models.two_tower import sampled_softmax as S
 from exporter.models.two_tower import towers as TW
+from exporter.training import data as D
 from exporter.training import quality_gate as V
-from exporter.cli import main as cli_main
-from exporter.errors import ExporterError
 
 
 def _ce(logits: list[float], own: int) -> float:
@@ -76,7 +76,10 @@ def test_pair_split_keeps_every_repeat_of_a_pair_on_one_side():
     frame = pd.DataFrame({"user_id": rng.integers(0, 30, 2000), "item_id": rng.integers(0, 40, 2000)})
     train, held = TW.split_by_pairs(frame, ["user_id"], ["item_id"], seed=3)
     assert len(train) + len(held) == 2000 and not set(train) & set(held)
-    pairs = lambda rows: set(map(tuple, frame.iloc[rows].to_numpy()))
+
+    def pairs(rows: np.ndarray) -> set[tuple[int, ...]]:
+        return set(map(tuple, frame.iloc[rows].to_numpy()))
+
     assert not pairs(train) & pairs(held)
     assert 0.15 < len(pairs(held)) / len(pairs(train) | pairs(held)) < 0.25
 

@@ -21,13 +21,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.training.data import synthetic_dataset
 from exporter.errors import ExporterError
 from exporter.runtime.handler import ModelHandler
 from exporter.scoring import ScoreOptions, score
 from exporter.scoring.encode import OOV_CODE, ColumnRule, EncodingPlan, encode_batch, plan_from_metadata
+from exporter.training.data import synthetic_dataset
 from tests.conftest import REPO, run_cli
-
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -71,7 +70,10 @@ def assert_same_bits(actual: np.ndarray, expected: np.ndarray) -> None:
     expected = np.ascontiguousarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape
     differ = np.flatnonzero(actual.view(np.int64).ravel() != expected.view(np.int64).ravel())
-    assert differ.size == 0, f"{differ.size} values differ, first at {differ[0]}: {actual.ravel()[differ[0]]!r} vs {expected.ravel()[differ[0]]!r}"
+    assert differ.size == 0, (
+        f"{differ.size} values differ, first at {differ[0]}: "
+        f"{actual.ravel()[differ[0]]!r} vs {expected.ravel()[differ[0]]!r}"
+    )
 
 
 def assert_matches_handler(output: pa.Table, handler: ModelHandler, inputs: pa.Table) -> None:
@@ -142,7 +144,7 @@ def read_rejects(output: Path) -> dict:
     assert rejects.column_names == ["source_file", "source_row", "reason", "row_id"]
     return {(Path(f).name, r): reason for f, r, reason in zip(
         rejects.column("source_file").to_pylist(), rejects.column("source_row").to_pylist(),
-        rejects.column("reason").to_pylist())}
+        rejects.column("reason").to_pylist(), strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------- local engine
@@ -243,7 +245,10 @@ def test_sigkill_mid_job_leaves_no_output_and_the_next_run_cleans_up(exported_ar
         if staged:
             break
         time.sleep(0.01)
-    assert staged, f"the job never got mid-way (exit {proc.poll()}): {proc.stderr.read().decode() if proc.poll() is not None else ''}"
+    assert staged, (
+        f"the job never got mid-way (exit {proc.poll()}): "
+        f"{proc.stderr.read().decode() if proc.poll() is not None else ''}"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL

@@ -6,8 +6,9 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]
     while time.monotonic() - start < limit:
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except ConnectionResetError:
             break
@@ -179,7 +180,7 @@ def _slowloris(port: int, payload: bytes, interval: float, max_steps: int) -> tu
                 return answer, sent, time.monotonic() - start
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except ConnectionResetError:
                 return answer, sent, time.monotonic() - start

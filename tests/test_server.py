@@ -11,8 +11,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -59,7 +60,7 @@ class LiveServer:
         self.host, port = self.url.removeprefix("http://").rsplit(":", 1)
         self.port = int(port)
 
-    def settled_mark(self, client: "httpx.Client") -> int:
+    def settled_mark(self, client: httpx.Client) -> int:
         """A log position after every earlier request's line: logs of earlier tests may still be in flight,
         so send a uniquely named request and wait for its own line (the server logs in request order)."""
         token = f"sync-{uuid.uuid4().hex}"

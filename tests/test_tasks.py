@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exporter.training import data as D
-from exporter.training import hparams as H
-from exporter.models.mmoe import tasks as T
 from exporter.cli import main as cli_main
 from exporter.errors import ExporterError
 from exporter.models import get_spec
+from exporter.models.mmoe import tasks as T
+from exporter.training import data as D
+from exporter.training import hparams as H
 
 #: a team's pair of tasks on the synthetic log, with its own column names
 CLICK_DWELL = [{"name": "click", "label": "clicked", "type": "binary"},
