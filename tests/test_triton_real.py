@@ -12,9 +12,10 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,8 +26,10 @@ from exporter.models import repository_names
 from exporter.runtime.handler import TorchServeCodec
 from exporter.tools import triton_python as tp
 from exporter.training.data import synthetic_dataset
+from tests.triton_proto import parse_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+#: the tests that build the side environment and run tritonserver (the pure functions' tests are fast)
+slow = pytest.mark.slow
 
 MODELS = repository_names()
 #: Triton's answers against the handler's, the same onnxruntime on the same rows
@@ -55,9 +58,15 @@ def repository(exported_artifacts: Path, tmp_path_factory: pytest.TempPathFactor
     return dst
 
 
+#: model -> (inference_count, execution_count) right after the server became ready: its warm-up runs
+STARTUP_STATS: dict[str, tuple[int, int]] = {}
+
+
 @pytest.fixture(scope="module")
 def server(side_env: tp.SideEnv, repository: Path) -> Iterator[tp.TritonProcess]:
     with tp.running_server(side_env, repository, repository.parent / "tritonserver.log") as live:
+        STARTUP_STATS.clear()
+        STARTUP_STATS.update({name: _stats(live, name) for name in MODELS})
         yield live
     # the server exited on SIGTERM after unloading; a crash on shutdown would show here
     assert live.process.returncode == 0, live.log()[-3000:]
@@ -118,6 +127,41 @@ def test_triton_view_reads_what_config_implies() -> None:
     assert tp.triton_view(unbatched)["outputs"][0]["shape"] == [1]
 
 
+def test_triton_view_of_exported_configs() -> None:
+    """What the exporter writes: a per-row scalar and a vector output, batched up to max_batch_size."""
+    from exporter.export.triton import config_pbtxt
+
+    def meta(out_shape: list[int]) -> dict[str, Any]:
+        return {"name": "m", "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 7]}],
+                "outputs": [{"name": "predictions", "datatype": "FP64", "shape": out_shape}]}
+
+    assert tp.triton_view(config_pbtxt(meta([-1]), max_batch_size=4))["outputs"][0]["shape"] == [-1, 1]
+    assert tp.triton_view(config_pbtxt(meta([-1, 3])))["outputs"][0]["shape"] == [-1, 3]
+    assert tp.triton_view(config_pbtxt(meta([-1, 3])))["inputs"] == [
+        {"name": "features", "datatype": "FP64", "shape": [-1, 7]}]
+
+
+def test_python_backend_config_changes_the_platform_line_only() -> None:
+    text = 'name: "m"\n  platform: "onnxruntime_onnx"  \nmax_batch_size: 4\n# platform: "onnxruntime_onnx" said\n'
+    assert tp.python_backend_config(text) == text.replace('  platform: "onnxruntime_onnx"  ', '  backend: "python"  ')
+    for bad in ('name: "m"\nbackend: "python"\n', 'platform: "onnxruntime_onnx"\nplatform: "onnxruntime_onnx"\n'):
+        with pytest.raises(ValueError, match="exactly one line"):
+            tp.python_backend_config(bad)
+
+
+@slow
+def test_a_model_that_cannot_load_stops_the_server_with_its_log(
+    side_env: tp.SideEnv, exported_artifacts: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repository"
+    tp.to_python_backend(exported_artifacts, repo)
+    (repo / "xgb" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(tp.TritonStartError, match="exited with code") as caught:
+        tp.start_server(side_env, repo, tmp_path / "log.txt", ready_timeout=120)
+    assert "failed to load 'xgb' version 1" in str(caught.value)
+
+
+@slow
 def test_conversion_changes_only_the_platform_line(exported_artifacts: Path, repository: Path) -> None:
     for name in MODELS:
         before = (exported_artifacts / name / "config.pbtxt").read_text().splitlines()
@@ -129,17 +173,20 @@ def test_conversion_changes_only_the_platform_line(exported_artifacts: Path, rep
             sorted(p.name for p in (exported_artifacts / name / "warmup").iterdir())
 
 
+@slow
 @pytest.mark.parametrize("name", MODELS)
-def test_model_loads_and_warms_up(server: tp.TritonProcess, name: str) -> None:
+def test_model_loads_and_warms_up(server: tp.TritonProcess, repository: Path, name: str) -> None:
     status, body = _get(f"{server.url}/v2/models/{name}/ready")
     assert status == 200, body
-    log = server.log()
     # the stub ran in the side environment (numpy 1), not the project's numpy 2
-    assert f"exporter-python-model: {name} numpy 1." in log
-    for sample in ("sample_row_batch_1", "sample_row_batch_1024"):
-        assert f"model '{name}' instance {name}_0_0 is running warmup sample '{sample}'" in log
+    assert f"exporter-python-model: {name} numpy 1." in server.log()
+    # Triton runs a warm-up sample of batch_size B as B one-row requests in one execution, and counts them
+    samples = parse_config((repository / name / "config.pbtxt").read_text()).model_warmup
+    assert [s.batch_size for s in samples] == [1, 1024]
+    assert STARTUP_STATS[name] == (sum(s.batch_size for s in samples), len(samples))
 
 
+@slow
 @pytest.mark.parametrize("name", MODELS)
 def test_metadata_is_what_the_config_implies(server: tp.TritonProcess, exported_artifacts: Path, name: str) -> None:
     status, body = _get(f"{server.url}/v2/models/{name}")
@@ -149,6 +196,7 @@ def test_metadata_is_what_the_config_implies(server: tp.TritonProcess, exported_
     assert body["name"] == name and body["versions"] == ["1"] and body["platform"] == "python"
 
 
+@slow
 @pytest.mark.parametrize("name", MODELS)
 def test_json_inference_matches_the_handler(server: tp.TritonProcess, exported_artifacts: Path, name: str) -> None:
     handler, x = _features(exported_artifacts, name)
@@ -164,6 +212,7 @@ def test_json_inference_matches_the_handler(server: tp.TritonProcess, exported_a
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=ATOL)
 
 
+@slow
 @pytest.mark.parametrize("name", MODELS)
 def test_binary_inference_matches_the_handler(server: tp.TritonProcess, exported_artifacts: Path, name: str) -> None:
     handler, x = _features(exported_artifacts, name, rows=50)
@@ -184,10 +233,7 @@ def test_binary_inference_matches_the_handler(server: tp.TritonProcess, exported
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=ATOL)
 
 
-#: model -> max |Triton (dynamically batched) - handler (one row at a time)|, printed at the end of the module
-BATCHED_DIFFS: dict[str, float] = {}
-
-
+@slow
 @pytest.mark.parametrize("name", MODELS)
 def test_dynamic_batching_merges_concurrent_requests(
     server: tp.TritonProcess, exported_artifacts: Path, name: str
@@ -215,7 +261,6 @@ def test_dynamic_batching_merges_concurrent_requests(
     # Triton ran the rows merged into larger onnxruntime calls; the handler one row per call
     one_by_one = np.stack([handler.run(x[i:i + 1]).reshape(-1) for i in range(CONCURRENT)])
     diff = float(np.max(np.abs(got - one_by_one)))
-    BATCHED_DIFFS[name] = diff
     print(f"{name}: {CONCURRENT} requests in {executions - executions_before} executions, "
           f"max |triton batched - handler batch-1| = {diff:.3e}")
     assert diff <= ATOL

@@ -24,7 +24,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,10 +34,11 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from exporter.tools.verify import parse_pbtxt
 
@@ -144,7 +147,7 @@ def _locate(root: Path, python: Path) -> SideEnv:
 def _pip(python: Path, args: list[str], timeout: float) -> None:
     cmd = [str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check", *args]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise SideEnvError(f"pip did not finish within {timeout:.0f} s: {' '.join(cmd)}",
                            registry_unreachable=True) from exc
@@ -328,19 +331,25 @@ class TritonProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM (Triton unloads models and exits), SIGKILL after ``timeout``; returns the exit code."""
+        """SIGTERM (Triton unloads models, ends its stubs and exits); after ``timeout`` SIGKILL to the server's
+        own process group (started as a new session: the server and its stubs only). Returns the exit code."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout)
         return int(self.process.returncode)
 
 
-def server_command(env: SideEnv, repository: Path, http_port: int) -> list[str]:
-    """tritonserver serving ``repository`` over HTTP on 127.0.0.1 only (gRPC and metrics off)."""
+def server_command(env: SideEnv, repository: Path, http_port: int, log_verbose: int = 0) -> list[str]:
+    """tritonserver serving ``repository`` over HTTP on 127.0.0.1 only (gRPC and metrics off).
+
+    ``log_verbose=1`` also logs each warm-up sample Triton runs, and every request (megabytes for a warm-up
+    of 1024 rows); the statistics endpoint counts warm-up runs either way.
+    """
     return [
         str(env.tritonserver),
         f"--model-repository={repository}",
@@ -348,7 +357,7 @@ def server_command(env: SideEnv, repository: Path, http_port: int) -> list[str]:
         "--allow-grpc=false", "--allow-metrics=false",
         f"--backend-directory={env.backend_directory}", f"--cache-directory={env.cache_directory}",
         "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=10",
-        "--log-verbose=1",
+        f"--log-verbose={int(log_verbose)}",
     ]
 
 
@@ -362,12 +371,13 @@ def _ready(url: str) -> bool:
 
 def start_server(
     env: SideEnv, repository: str | os.PathLike[str], log_path: str | os.PathLike[str], *,
-    ready_timeout: float = 180.0, extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 180.0, extra_env: dict[str, str] | None = None, log_verbose: int = 0,
 ) -> TritonProcess:
     """Start tritonserver and wait until ``/v2/health/ready`` (every model loaded and warmed up).
 
-    Raises :class:`TritonStartError` with the end of the log if it exits or is not ready within
-    ``ready_timeout`` seconds; the process is stopped then.
+    ``extra_env`` reaches the stubs too (``EXPORTER_ORT_THREADS`` sets model.py's onnxruntime threads). Raises
+    :class:`TritonStartError` with the log's errors if it exits or is not ready within ``ready_timeout`` seconds;
+    the process is stopped then.
     """
     port = free_port()
     log = Path(log_path)
@@ -375,7 +385,7 @@ def start_server(
     proc_env.update(extra_env or {})
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            server_command(env, Path(repository).resolve(), port), stdout=sink, stderr=subprocess.STDOUT,
+            server_command(env, Path(repository).resolve(), port, log_verbose), stdout=sink, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=proc_env, start_new_session=True,
         )
     server = TritonProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log)
@@ -386,11 +396,21 @@ def start_server(
         if _ready(server.url):
             return server
         time.sleep(0.25)
+    exited = process.poll() is not None
     code = server.stop()
-    tail = "\n".join(server.log().splitlines()[-40:])
-    state = f"exited with code {code}" if process.returncode is not None and time.monotonic() < deadline else \
-        f"was not ready within {ready_timeout:.0f} s"
-    raise TritonStartError(f"tritonserver {state}; end of its log ({log}):\n{tail}")
+    state = f"exited with code {code}" if exited else f"was not ready within {ready_timeout:.0f} s"
+    raise TritonStartError(f"tritonserver {state}; its errors and last lines ({log}):\n{log_summary(server.log())}")
+
+
+def log_summary(text: str, tail: int = 5, width: int = 600) -> str:
+    """The error lines of a (verbose) Triton log and its last lines, each cut to ``width`` characters.
+
+    Triton prefixes errors with ``E<month><day>``; the CUDA notice of a machine without a GPU is left out.
+    """
+    lines = text.splitlines()
+    errors = [ln for ln in lines if re.match(r"E\d{4} ", ln) and "CudaDriverHelper" not in ln]
+    picked = errors + [ln for ln in lines[-tail:] if ln not in errors]
+    return "\n".join(ln if len(ln) <= width else ln[:width] + " ..." for ln in picked)
 
 
 @contextlib.contextmanager
