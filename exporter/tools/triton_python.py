@@ -15,6 +15,13 @@ Python backend, whose stub needs ``numpy<2`` while the project uses numpy 2. So 
 The binary is launched the way pytriton launches it: its libraries from ``nvidia_pytriton.libs`` on
 ``LD_LIBRARY_PATH``, the stub for the environment's Python copied beside ``libtriton_python.so``, and the side
 environment's ``bin`` first on ``PATH`` so the stub's embedded interpreter finds that environment.
+
+Use::
+
+    env = ensure_side_env()                       # about 20 s the first time, then reused
+    to_python_backend("artifacts", "/tmp/triton-repo")
+    with running_server(env, "/tmp/triton-repo", "/tmp/triton.log") as server:
+        ...                                       # server.url: http://127.0.0.1:<port>/v2/...
 """
 from __future__ import annotations
 
@@ -54,11 +61,12 @@ MODEL_FILE = "model.py"
 _COMPLETE = "complete.json"
 _PLATFORM_LINE = 'platform: "onnxruntime_onnx"'
 _BACKEND_LINE = 'backend: "python"'
-#: pip messages that mean the registry could not be reached (as opposed to a broken requirement)
+#: pip messages that mean the registry could not be reached; without one of them, "no matching distribution"
+#: is a wrong requirement, not a network problem
 _UNREACHABLE = (
     "Failed to establish a new connection", "Temporary failure in name resolution", "Network is unreachable",
     "Connection refused", "NewConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyError",
-    "SSLError", "No matching distribution found", "Could not find a version that satisfies",
+    "SSLError",
 )
 
 
@@ -121,6 +129,7 @@ def onnxruntime_requirement() -> str:
 
 
 def side_requirements() -> list[str]:
+    """What the side environment installs (the wheel itself without its proxy-only dependencies)."""
     return [PYTRITON_REQUIREMENT, NUMPY_REQUIREMENT, onnxruntime_requirement()]
 
 
@@ -162,7 +171,12 @@ def _pip(python: Path, args: list[str], timeout: float) -> None:
 def _build(root: Path, timeout: float) -> SideEnv:
     """Create the venv at ``root``, install the requirements and put the stub beside the Python backend."""
     deadline = time.monotonic() + timeout
-    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, timeout=timeout)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True,
+                       timeout=timeout)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = exc.stderr if isinstance(exc.stderr, str) else ""
+        raise SideEnvError(f"{sys.executable} -m venv {root} failed: {exc}\n{detail}".rstrip()) from exc
     python = root / "bin" / "python"
     # the wheel's own dependencies (tritonclient, grpcio, pyzmq, ...) serve pytriton's proxy, not the binary
     _pip(python, ["--no-deps", PYTRITON_REQUIREMENT], max(1.0, deadline - time.monotonic()))
