@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from exporter.tools.serve_bench import Results, _environment, bench_http, bench_model, render, targets
-from exporter.contract import version_dirs
+from exporter.runtime.rules import version_dirs
 from exporter.errors import ExporterError
 
 

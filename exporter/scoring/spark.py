@@ -403,12 +403,6 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def _delete(spark: Any, path: str) -> None:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
-
-
 def _watch(sc: Any, progress: Progress, rows_acc: Any, stop: threading.Event) -> None:
     """Progress from the status tracker: rows of finished tasks, tasks done/total, ETA by tasks."""
     tracker = sc.statusTracker()
