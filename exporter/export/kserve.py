@@ -109,10 +109,15 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
     return header + yaml.safe_dump(json.loads(json.dumps(manifest)), sort_keys=False, default_flow_style=False)
 
 
+def manifest_text(metadata: Mapping[str, Any], *, storage_uri: str = DEFAULT_STORAGE_URI) -> str:
+    """The ``kserve.yaml`` of ``metadata`` (what :func:`write_manifest` writes and ``export`` stages)."""
+    return to_yaml(inference_service(metadata, storage_uri=storage_uri))
+
+
 def write_manifest(model_dir: Path, metadata: Mapping[str, Any], *, storage_uri: str = DEFAULT_STORAGE_URI) -> Path:
     """Write ``<model_dir>/kserve.yaml`` for ``metadata`` in one step; returns its path."""
     path = Path(model_dir) / MANIFEST_FILE
-    write_text_atomic(path, to_yaml(inference_service(metadata, storage_uri=storage_uri)))
+    write_text_atomic(path, manifest_text(metadata, storage_uri=storage_uri))
     return path
 
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from exporter.errors import ExporterError
+from exporter.export.repository import write_bytes_atomic
 
 CONFIG_FILE = "config.pbtxt"
 WARMUP_DIR = "warmup"
@@ -143,13 +142,22 @@ def warmup_bytes(row: np.ndarray, n_features: int) -> bytes:
     return values.astype("<f8").tobytes()
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def model_config_files(
+    metadata: Mapping[str, Any],
+    sample_row: np.ndarray | None,
+    *,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> dict[str, bytes]:
+    """The model directory's Triton files for ``metadata``: ``config.pbtxt`` and, when a finite sample row is
+    given, ``warmup/<input>_sample_row.bin`` (paths relative to the model directory -> contents)."""
+    inputs = list(metadata["inputs"])
+    warm = sample_row is not None and len(inputs) == 1 and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
+    files: dict[str, bytes] = {}
+    if warm:
+        n = int(np.prod(inputs[0]["shape"][1:]))
+        files[f"{WARMUP_DIR}/{warmup_file_name(inputs[0]['name'])}"] = warmup_bytes(sample_row, n)
+    files[CONFIG_FILE] = config_pbtxt(metadata, max_batch_size=max_batch_size, warmup=warm).encode("utf-8")
+    return files
 
 
 def write_model_config(
@@ -162,19 +170,14 @@ def write_model_config(
     """Write ``warmup/<input>_sample_row.bin`` (when a finite sample row is given) and then ``config.pbtxt``.
 
     Each file is replaced in one step; the config only mentions warm-up data that is already in place.
-    Returns the config path.
+    Returns the config path. (``export`` stages the same files inside the version instead: see
+    :mod:`exporter.export.repository`.)
     """
     model_dir = Path(model_dir)
-    inputs = list(metadata["inputs"])
-    warm = sample_row is not None and len(inputs) == 1 and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
-    if warm:
-        (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
-        n = int(np.prod(inputs[0]["shape"][1:]))
-        _write_bytes_atomic(model_dir / WARMUP_DIR / warmup_file_name(inputs[0]["name"]), warmup_bytes(sample_row, n))
-    text = config_pbtxt(metadata, max_batch_size=max_batch_size, warmup=warm)
-    path = model_dir / CONFIG_FILE
-    _write_bytes_atomic(path, text.encode("utf-8"))
-    return path
+    for relative, data in model_config_files(metadata, sample_row, max_batch_size=max_batch_size).items():
+        (model_dir / relative).parent.mkdir(exist_ok=True)
+        write_bytes_atomic(model_dir / relative, data)
+    return model_dir / CONFIG_FILE
 
 
 # ------------------------------------------------------------------------------------------------ parsing
