@@ -60,9 +60,13 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
+#: ``.<name>.<pid>-<token>.tmp``: a temporary sibling of a file being replaced, and the process writing it
+_TEMPORARY_NAME = re.compile(r"\..+\.(\d+)-[0-9a-f]{8}\.tmp")
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` in one step (write a temporary sibling, then rename over)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -90,6 +94,21 @@ def _publish_rank(relative: Path) -> tuple[int, str]:
 def pending_publishes(model_dir: Path) -> list[Path]:
     """Committed versions whose model files were not copied into the model directory yet (a killed export)."""
     return [v for v in version_dirs(model_dir) if (v / PUBLISH_DIR).is_dir()]
+
+
+def stale_temporaries(directory: Path) -> list[Path]:
+    """Temporary siblings left by a process killed while it replaced a file (see :func:`write_bytes_atomic`)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        m = _TEMPORARY_NAME.fullmatch(entry.name)
+        try:
+            if m and entry.is_file() and not owner_alive(int(m.group(1)), entry.stat().st_mtime):
+                found.append(entry)
+        except OSError:
+            continue  # renamed into place or removed meanwhile
+    return sorted(found)
 
 
 def publish_pending(model_dir: Path) -> list[Path]:
@@ -245,14 +264,16 @@ def repository_lock(artifacts: Path) -> Iterator[None]:
 
 def recover(model_dir: Path) -> list[Path]:
     """What a killed export left in ``model_dir``, cleaned up (call it under :func:`repository_lock`): stale
-    staging directories are removed and a committed version's unpublished model files published. Returns
-    the staging directories removed."""
+    staging directories and temporary files are removed and a committed version's unpublished model files
+    published. Returns the staging directories removed."""
     removed = []
     for s in stagings(model_dir):
         if s.stale:
             shutil.rmtree(s.path, ignore_errors=True)
             removed.append(s.path)
             log.info("removed %s", s.describe())
+    for path in stale_temporaries(model_dir) + stale_temporaries(model_dir / "warmup"):
+        path.unlink(missing_ok=True)
     for path in publish_pending(model_dir):
         log.info("published %s (its export was killed after committing the version)", path)
     return removed

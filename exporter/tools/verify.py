@@ -125,6 +125,11 @@ def _report_leftovers(model_dir: Path, report: Report) -> None:
     """Staging directories of killed exports and kept files of failed ones are problems; live exports notes."""
     for staging in repo.stagings(model_dir):
         (report.problems if staging.stale else report.notes).append(f"{model_dir.name}/{staging.describe()}")
+    for version in repo.pending_publishes(model_dir):
+        report.problems.append(
+            f"{model_dir.name}/{version.name}: its config.pbtxt, kserve.yaml and warm-up data were committed but not "
+            f"copied into {model_dir.name}/ (its export was killed); the next export of this model copies them"
+        )
     for kept in repo.kept_dirs(model_dir):
         report.problems.append(
             f"{model_dir.name}/{kept.name}: files of an export that could not commit its version, kept for its "
