@@ -39,6 +39,9 @@ import numpy as np
 
 from exporter.errors import ExporterError
 from exporter.runtime import rules
+from exporter.scoring.core import RUN_ROWS
+from exporter.scoring.encode import encode_batch, plan_from_metadata
+from exporter.scoring.local import default_threads
 
 HELP = "benchmark batch scoring: local and Spark engines vs raw onnxruntime, rows/s and peak memory"
 DESCRIPTION = __doc__.split("\n", 2)[2] + """
@@ -210,11 +213,6 @@ def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
     """Raw onnxruntime over the rows in memory: the better of 1 and all intra-op threads."""
     import onnxruntime as ort
     import pyarrow.parquet as pq
-
-    from exporter.scoring.core import RUN_ROWS
-    from exporter.scoring.local import default_threads
-
-    from exporter.scoring.encode import encode_batch, plan_from_metadata
 
     version_dir = latest_version(artifacts, model)
     meta = latest_metadata(artifacts, model)
