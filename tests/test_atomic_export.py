@@ -122,3 +122,69 @@ def test_a_kill_between_any_two_writes_leaves_the_tree_as_before_or_complete(tmp
                 assert warmup and all(after[n] == complete[n] for n in warmup), f"step {k}"
                 outcomes["complete"] += 1
     assert outcomes["before"] and outcomes["complete"], outcomes  # both sides of the commit were exercised
+
+
+# ---------------------------------------------------------------------------------------------- in process
+def _stage(writer: repo.VersionWriter, name: str, text: str) -> None:
+    (writer.path(name) / "model.onnx").write_text(text)
+    writer.stage_model_file(name, "config.pbtxt", f"config {text}".encode())
+    writer.stage_model_file(name, "warmup/features_sample_row.bin", text.encode())
+
+
+def test_model_files_are_published_with_the_commit_and_the_staged_copies_removed(tmp_path: Path) -> None:
+    art = tmp_path / "artifacts"
+    with repo.VersionWriter(art, None, ["xgb"]) as w:
+        _stage(w, "xgb", "one")
+        assert not (art / "xgb" / "config.pbtxt").exists()  # nothing beside the versions before the commit
+        w.commit()
+    assert (art / "xgb" / "config.pbtxt").read_text() == "config one"
+    assert (art / "xgb" / "warmup" / "features_sample_row.bin").read_text() == "one"
+    assert not (art / "xgb" / "1" / repo.PUBLISH_DIR).exists() and not repo.pending_publishes(art / "xgb")
+
+
+def test_an_older_version_committed_last_does_not_overwrite_the_newer_ones_files(tmp_path: Path) -> None:
+    art = tmp_path / "artifacts"
+    with repo.VersionWriter(art, None, ["xgb"]) as a:
+        with repo.VersionWriter(art, None, ["xgb"]) as b:
+            assert (a.version, b.version) == (1, 2)
+            _stage(b, "xgb", "two")
+            b.commit()
+        _stage(a, "xgb", "one")
+        a.commit()
+    assert repo.versions(art / "xgb") == [1, 2]
+    assert (art / "xgb" / "config.pbtxt").read_text() == "config two"
+    assert not repo.pending_publishes(art / "xgb")
+
+
+def test_a_staged_model_file_stays_inside_the_model_directory(tmp_path: Path) -> None:
+    with repo.VersionWriter(tmp_path / "artifacts", None, ["xgb"]) as w:
+        for bad in ("../config.pbtxt", "/etc/passwd", "", "warmup/../../x"):
+            with pytest.raises(Exception, match="not a path inside the model directory"):
+                w.stage_model_file("xgb", bad, b"x")
+
+
+def test_verify_reports_an_unpublished_version_until_the_next_export_publishes_it(tmp_path: Path) -> None:
+    from tests.handler_fixtures import build_tree
+
+    tree = build_tree(tmp_path / "artifacts")
+    shutil.rmtree(tree / "xgb" / ".staging-123")
+    config = (tree / "xgb" / "config.pbtxt").read_text()
+    pending = tree / "xgb" / "2" / repo.PUBLISH_DIR
+    pending.mkdir()
+    (pending / "config.pbtxt").write_text(config + "# published\n")
+    (pending / "kserve.yaml").write_text("kind: InferenceService\n")
+    report = verify(tree)
+    assert any(p.startswith("xgb/2: its config.pbtxt, kserve.yaml and warm-up data were committed but not copied")
+               for p in report.problems), report.problems
+    dead = tree / "xgb" / f".kserve.yaml.{_dead_pid()}-0123abcd.tmp"
+    dead.write_text("half")
+    _recover(tree)
+    assert (tree / "xgb" / "config.pbtxt").read_text().endswith("# published\n")
+    assert (tree / "xgb" / "kserve.yaml").read_text() == "kind: InferenceService\n"
+    assert not pending.exists() and not dead.exists()
+    assert verify(tree).ok, verify(tree).problems
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
