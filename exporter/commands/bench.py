@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from exporter.tools.serve_bench import Results, _environment, bench_http, bench_model, render, targets
-from exporter.contract import version_dirs
+from exporter.runtime.rules import version_dirs
+from exporter.scoring.bench import latest_version
 from exporter.errors import ExporterError
 
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     results = Results()
     print(f"# exporter bench: {_environment()}", flush=True)
     for model in models:
-        vdir = version_dirs(artifacts / model)[-1]
+        vdir = latest_version(artifacts, model)
         print(f"measuring {model} ({vdir}) ...", file=sys.stderr, flush=True)
         results.cells.extend(bench_model(model, vdir, list(args.batch_sizes), args.min_time))
     if args.http_seconds > 0:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from exporter.export.kserve import (API_VERSION, DEFAULT_STORAGE_URI, MANIFEST_FILE, PROTOCOL, RUNTIME, check_storage_uri,
                              manifests, to_yaml)
+from exporter.export.repository import repository_lock, write_text_atomic
 
 
 HELP = "write (or print) a KServe InferenceService manifest per exported model"
@@ -38,10 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stdout:
         sys.stdout.write("---\n".join(to_yaml(m) for m in found.values()))
         return 0
-    from exporter.export.repository import write_text_atomic
-
     for name, manifest in found.items():
         path = args.artifacts / name / MANIFEST_FILE
-        write_text_atomic(path, to_yaml(manifest))
+        with repository_lock(args.artifacts):  # exports publish their kserve.yaml under the same lock
+            write_text_atomic(path, to_yaml(manifest))
         print(f"wrote {path} (InferenceService {manifest['metadata']['name']}, storageUri {args.storage_uri})")
     return 0

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from exporter.errors import ExporterError
+from exporter.export.repository import write_text_atomic
+from exporter.runtime import rules
 
 MANIFEST_FILE = "kserve.yaml"
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -107,26 +109,29 @@ def to_yaml(manifest: Mapping[str, Any]) -> str:
     return header + yaml.safe_dump(json.loads(json.dumps(manifest)), sort_keys=False, default_flow_style=False)
 
 
+def manifest_text(metadata: Mapping[str, Any], *, storage_uri: str = DEFAULT_STORAGE_URI) -> str:
+    """The ``kserve.yaml`` of ``metadata`` (what :func:`write_manifest` writes and ``export`` stages)."""
+    return to_yaml(inference_service(metadata, storage_uri=storage_uri))
+
+
 def write_manifest(model_dir: Path, metadata: Mapping[str, Any], *, storage_uri: str = DEFAULT_STORAGE_URI) -> Path:
     """Write ``<model_dir>/kserve.yaml`` for ``metadata`` in one step; returns its path."""
-    from exporter.export.repository import write_text_atomic
-
     path = Path(model_dir) / MANIFEST_FILE
-    write_text_atomic(path, to_yaml(inference_service(metadata, storage_uri=storage_uri)))
+    write_text_atomic(path, manifest_text(metadata, storage_uri=storage_uri))
     return path
 
 
 def _latest_metadata(model_dir: Path) -> dict[str, Any]:
-    versions = sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
-                      key=lambda p: int(p.name))
+    """The checked metadata of the latest version (the version rule of :mod:`exporter.runtime.rules`)."""
+    versions = rules.version_dirs(model_dir)
     if not versions:
         raise ExporterError(f"{model_dir} holds no version directory (1, 2, ...); export the model first")
-    path = versions[-1] / "metadata.json"
+    path = versions[-1] / rules.METADATA_FILE
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        metadata = rules.read_metadata(path)
+    except rules.MetadataError as exc:
         raise ExporterError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("name") != model_dir.name:
+    if metadata.get("name") != model_dir.name:
         raise ExporterError(f"{path} does not describe model {model_dir.name!r}")
     return metadata
 
@@ -137,7 +142,7 @@ def manifests(artifacts: Path, models: Sequence[str] = (), *, storage_uri: str =
     if not artifacts.is_dir():
         raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export a model first")
     found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and (p / "config.pbtxt").is_file())
+                   and (p / rules.CONFIG_FILE).is_file())
     names = list(models) or found
     unknown = [n for n in names if n not in found]
     if unknown:

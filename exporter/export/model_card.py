@@ -15,6 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from exporter.contract import v2_request
+from exporter.export.kserve import service_name
+
 CARD_FILE = "README.md"
 SAMPLE_REQUEST_V2 = "sample_request_v2.json"
 SAMPLE_RESPONSE_V2 = "sample_response_v2.json"
@@ -28,8 +31,6 @@ def sample_request_v2(matrix: np.ndarray, request_id: str = SAMPLE_ID, rows: int
 
     Returns None when no row is finite (v2 JSON cannot carry NaN, and the handler refuses it).
     """
-    from exporter.contract import v2_request
-
     x = np.asarray(matrix, dtype=np.float64)
     x = x[np.isfinite(x).all(axis=1)][:rows] if x.ndim == 2 else x[:0]
     return v2_request(x, request_id) if len(x) else None
@@ -329,8 +330,6 @@ def _calls(metadata: Mapping[str, Any], request: Mapping[str, Any], response: Ma
 
 
 def _service(name: str) -> str:
-    from exporter.export.kserve import service_name
-
     return service_name(name)
 
 

@@ -2,6 +2,15 @@
 
 Version directories are staged under a hidden name and renamed into place, so a reader (Triton, our
 server, ``verify``) sees a version whole or not at all, and a failed export never touches a good one.
+
+The files of the model directory that belong to a version (``config.pbtxt``, ``kserve.yaml``, the warm-up
+data under ``warmup/``) are staged inside the version too, under :data:`PUBLISH_DIR`, so they are part of
+its one atomic rename. Right after it they are copied beside the versions, each file replaced in one step
+(warm-up data before the config that names it), and the staged copies removed. A process killed between
+the rename and the end of that copy leaves a committed version that still holds its :data:`PUBLISH_DIR`:
+the next export of the model finishes the copy first (:func:`recover`), and ``verify`` reports it until
+then. A kill at any other point leaves the tree as it was (plus a stale staging directory the next export
+removes) or complete.
 """
 from __future__ import annotations
 
@@ -51,17 +60,77 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+#: ``.<name>.<pid>-<token>.tmp``: a temporary sibling of a file being replaced, and the process writing it
+_TEMPORARY_NAME = re.compile(r"\..+\.(\d+)-[0-9a-f]{8}\.tmp")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` in one step (write a temporary sibling, then rename over)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-# config.pbtxt is written by exporter.export.triton (batching, warm-up); kserve.yaml by exporter.export.kserve.
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` in one step (write a temporary sibling, then rename over)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- model files
+#: inside a staged version: the model directory's files this version publishes (config.pbtxt, kserve.yaml,
+#: warmup/...), committed with the version and copied beside it by :func:`publish_pending`
+PUBLISH_DIR = ".publish"
+
+
+def _publish_rank(relative: Path) -> tuple[int, str]:
+    """Warm-up data first (the config names it), then config.pbtxt (what Triton reads), then the rest."""
+    first = relative.parts[0]
+    return (0 if first == "warmup" else 1 if first == CONFIG_FILE else 2), relative.as_posix()
+
+
+def pending_publishes(model_dir: Path) -> list[Path]:
+    """Committed versions whose model files were not copied into the model directory yet (a killed export)."""
+    return [v for v in version_dirs(model_dir) if (v / PUBLISH_DIR).is_dir()]
+
+
+def stale_temporaries(directory: Path) -> list[Path]:
+    """Temporary siblings left by a process killed while it replaced a file (see :func:`write_bytes_atomic`)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        m = _TEMPORARY_NAME.fullmatch(entry.name)
+        try:
+            if m and entry.is_file() and not owner_alive(int(m.group(1)), entry.stat().st_mtime):
+                found.append(entry)
+        except OSError:
+            continue  # renamed into place or removed meanwhile
+    return sorted(found)
+
+
+def publish_pending(model_dir: Path) -> list[Path]:
+    """Copy the staged model files of the latest version into ``model_dir`` (each replaced in one step), then
+    drop every version's staged copies; returns the files written. Idempotent, so a killed run is finished by
+    calling it again; call it under :func:`repository_lock` so concurrent exports publish in turn."""
+    pending = pending_publishes(model_dir)
+    if not pending:
+        return []
+    written: list[Path] = []
+    latest = version_dirs(model_dir)[-1]
+    source = latest / PUBLISH_DIR
+    if source.is_dir():  # an older version's files are stale once a newer one is committed
+        files = sorted((p.relative_to(source) for p in source.rglob("*") if p.is_file()), key=_publish_rank)
+        for relative in files:
+            target = model_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(target, (source / relative).read_bytes())
+            written.append(target)
+    for version in pending:
+        shutil.rmtree(version / PUBLISH_DIR, ignore_errors=True)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------- staging
@@ -193,6 +262,23 @@ def repository_lock(artifacts: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def recover(model_dir: Path) -> list[Path]:
+    """What a killed export left in ``model_dir``, cleaned up (call it under :func:`repository_lock`): stale
+    staging directories and temporary files are removed and a committed version's unpublished model files
+    published. Returns the staging directories removed."""
+    removed = []
+    for s in stagings(model_dir):
+        if s.stale:
+            shutil.rmtree(s.path, ignore_errors=True)
+            removed.append(s.path)
+            log.info("removed %s", s.describe())
+    for path in stale_temporaries(model_dir) + stale_temporaries(model_dir / "warmup"):
+        path.unlink(missing_ok=True)
+    for path in publish_pending(model_dir):
+        log.info("published %s (its export was killed after committing the version)", path)
+    return removed
+
+
 def check_target(artifacts: Path, model_names: Sequence[str], version: int | None = None,
                  option: str = "--artifacts") -> None:
     """Fail before any training when the export could not be written: ``artifacts`` (or a parent of it)
@@ -258,11 +344,7 @@ class VersionWriter:
     def _claim(self) -> None:
         """Pick the version and create the staging directories (under the repository lock)."""
         for name in self.model_names:
-            for s in stagings(self.artifacts / name):
-                if s.stale:
-                    shutil.rmtree(s.path, ignore_errors=True)
-                    self.removed_leftovers.append(s.path)
-                    log.info("removed %s", s.describe())
+            self.removed_leftovers += recover(self.artifacts / name)
         taken = {v for n in self.model_names
                  for v in versions(self.artifacts / n) + claimed_versions(self.artifacts / n)}
         if self.requested is not None:
@@ -289,6 +371,16 @@ class VersionWriter:
     def path(self, name: str) -> Path:
         return self.staged[name]
 
+    def stage_model_file(self, name: str, relative: str, data: bytes) -> None:
+        """Stage a file of the model directory (``config.pbtxt``, ``kserve.yaml``, ``warmup/...``) that this
+        version publishes: it is written inside the staged version, so it is committed with it."""
+        parts = Path(relative).parts
+        if not parts or any(p in ("", ".", "..") for p in parts) or Path(relative).is_absolute():
+            raise ExporterError(f"{relative!r} is not a path inside the model directory")
+        path = self.staged[name] / PUBLISH_DIR / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
     def commit(self) -> dict[str, Path]:
         """Rename every staged directory into place; returns model name -> version directory.
 
@@ -308,7 +400,24 @@ class VersionWriter:
             del self.staged[name]
             self.committed.append(target)
             out[name] = target
+        self._publish(out)
         return out
+
+    def _publish(self, committed: dict[str, Path]) -> None:
+        """Copy the committed versions' model files beside them (under the lock: concurrent exports in turn).
+
+        The versions are final from here: a failure leaves their staged files for the next export to publish.
+        """
+        self.committed = []
+        try:
+            with repository_lock(self.artifacts):
+                for target in committed.values():
+                    publish_pending(target.parent)
+        except OSError as exc:
+            raise ExporterError(
+                f"version {self.version} is committed but its config.pbtxt/kserve.yaml could not be written ({exc}); "
+                "the next export of the model writes them"
+            ) from exc
 
     def _keep(self, name: str, target: Path) -> ExporterError:
         """Move this run's files (staged and committed) to ``.kept-*`` names; the error to raise."""

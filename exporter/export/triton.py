@@ -11,21 +11,21 @@ batch-1 requests into one onnxruntime call. Two rules follow (Triton's model_con
   model directory's ``warmup/`` folder (Triton skips that folder when it lists versions) holding one row,
   row-major, little-endian FP64. Triton repeats the row ``batch_size`` times.
 
-:func:`config_problems` checks a config (as parsed by :func:`exporter.tools.verify.parse_pbtxt`) against metadata
+:func:`config_problems` checks a config (as parsed by :func:`parse_pbtxt`) against metadata
 for both the batched form and the older unbatched one (``max_batch_size: 0``, dims with ``-1``).
 """
 from __future__ import annotations
 
+import json
 import math
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from exporter.errors import ExporterError
+from exporter.export.repository import write_bytes_atomic
 
 CONFIG_FILE = "config.pbtxt"
 WARMUP_DIR = "warmup"
@@ -142,13 +142,22 @@ def warmup_bytes(row: np.ndarray, n_features: int) -> bytes:
     return values.astype("<f8").tobytes()
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def model_config_files(
+    metadata: Mapping[str, Any],
+    sample_row: np.ndarray | None,
+    *,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> dict[str, bytes]:
+    """The model directory's Triton files for ``metadata``: ``config.pbtxt`` and, when a finite sample row is
+    given, ``warmup/<input>_sample_row.bin`` (paths relative to the model directory -> contents)."""
+    inputs = list(metadata["inputs"])
+    warm = sample_row is not None and len(inputs) == 1 and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
+    files: dict[str, bytes] = {}
+    if warm:
+        n = int(np.prod(inputs[0]["shape"][1:]))
+        files[f"{WARMUP_DIR}/{warmup_file_name(inputs[0]['name'])}"] = warmup_bytes(sample_row, n)
+    files[CONFIG_FILE] = config_pbtxt(metadata, max_batch_size=max_batch_size, warmup=warm).encode("utf-8")
+    return files
 
 
 def write_model_config(
@@ -161,19 +170,116 @@ def write_model_config(
     """Write ``warmup/<input>_sample_row.bin`` (when a finite sample row is given) and then ``config.pbtxt``.
 
     Each file is replaced in one step; the config only mentions warm-up data that is already in place.
-    Returns the config path.
+    Returns the config path. (``export`` stages the same files inside the version instead: see
+    :mod:`exporter.export.repository`.)
     """
     model_dir = Path(model_dir)
-    inputs = list(metadata["inputs"])
-    warm = sample_row is not None and len(inputs) == 1 and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
-    if warm:
-        (model_dir / WARMUP_DIR).mkdir(exist_ok=True)
-        n = int(np.prod(inputs[0]["shape"][1:]))
-        _write_bytes_atomic(model_dir / WARMUP_DIR / warmup_file_name(inputs[0]["name"]), warmup_bytes(sample_row, n))
-    text = config_pbtxt(metadata, max_batch_size=max_batch_size, warmup=warm)
-    path = model_dir / CONFIG_FILE
-    _write_bytes_atomic(path, text.encode("utf-8"))
-    return path
+    for relative, data in model_config_files(metadata, sample_row, max_batch_size=max_batch_size).items():
+        (model_dir / relative).parent.mkdir(exist_ok=True)
+        write_bytes_atomic(model_dir / relative, data)
+    return model_dir / CONFIG_FILE
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}\[\]:,;<>]|[^\s{}\[\]:,;<>"\'#]+')
+
+
+#: deepest nesting of messages and lists parse_pbtxt accepts (Triton configs nest about 4 levels)
+MAX_PBTXT_DEPTH = 32
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """A small, tolerant protobuf text-format parser: ``{field: [values...]}``, messages as nested dicts.
+
+    Enough for Triton's config.pbtxt (scalars, strings, enums, nested messages, ``[a, b]`` lists). Nesting
+    deeper than :data:`MAX_PBTXT_DEPTH` is a ValueError, never a RecursionError.
+    """
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise ValueError(f"unexpected character {text[pos]!r} at offset {pos}")
+        tok = m.group(0)
+        pos = m.end()
+        if not tok.strip() or tok.startswith("#"):
+            continue
+        tokens.append(tok)
+    index = 0
+
+    def scalar(tok: str) -> Any:
+        if tok[0] in "\"'":
+            body = tok[1:-1]
+            try:  # protobuf text escapes are mostly JSON's; anything else is kept as written
+                return json.loads('"' + body.replace("\\'", "'").replace('"', '\\"').replace('\\\\"', '\\"') + '"')
+            except ValueError:
+                return body
+        if re.fullmatch(r"[-+]?\d+", tok):
+            return int(tok)
+        try:
+            return float(tok)
+        except ValueError:
+            return tok  # enum identifier or true/false
+
+    depth = 0
+
+    def deeper() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_PBTXT_DEPTH:
+            raise ValueError(f"messages and lists nest more than {MAX_PBTXT_DEPTH} levels deep "
+                             f"(a Triton config needs a handful); near token {index} of {len(tokens)}")
+
+    def message(closing: str | None) -> dict[str, list[Any]]:
+        nonlocal index
+        fields: dict[str, list[Any]] = {}
+        while index < len(tokens):
+            tok = tokens[index]
+            if closing is not None and tok == closing:
+                index += 1
+                return fields
+            if tok in "{}[]:,;<>":
+                raise ValueError(f"unexpected {tok!r} where a field name was expected")
+            name = tok
+            index += 1
+            if index < len(tokens) and tokens[index] == ":":
+                index += 1
+            if index >= len(tokens):
+                raise ValueError(f"field {name!r} has no value")
+            fields.setdefault(name, []).extend(value())
+            if index < len(tokens) and tokens[index] in (",", ";"):
+                index += 1
+        if closing is not None:
+            raise ValueError(f"missing {closing!r}")
+        return fields
+
+    def value() -> list[Any]:
+        nonlocal index, depth
+        tok = tokens[index]
+        if tok in ("{", "<"):
+            index += 1
+            deeper()
+            found = message("}" if tok == "{" else ">")
+            depth -= 1
+            return [found]
+        if tok == "[":
+            index += 1
+            deeper()
+            items: list[Any] = []
+            while index < len(tokens) and tokens[index] != "]":
+                items.extend(value())
+                if index < len(tokens) and tokens[index] == ",":
+                    index += 1
+            if index >= len(tokens):
+                raise ValueError("missing ']'")
+            index += 1
+            depth -= 1
+            return items
+        index += 1
+        return [scalar(tok)]
+
+    return message(None)
+
 
 
 # ------------------------------------------------------------------------------------------------ checks

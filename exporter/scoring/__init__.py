@@ -1,8 +1,9 @@
-"""Batch scoring of exported models over Parquet/CSV: ``python -m exporter score`` (issue 12).
+"""Batch scoring of exported models over Parquet/CSV: ``python -m exporter score``.
 
 Modules, in the order a job uses them:
 
 * :mod:`~exporter.scoring.job`      the job: resolve, check before any work, run an engine, commit atomically;
+* :mod:`~exporter.scoring.artifact` ``MODEL[/VERSION]`` -> the version directory, its checked metadata, its handler;
 * :mod:`~exporter.scoring.inputs`   input files (file, directory, glob), up-front schema checks, batch reading;
 * :mod:`~exporter.scoring.encode`   record batch -> FP64 ``features`` matrix + a reason per refused row;
 * :mod:`~exporter.scoring.core`     one batch -> scored rows + refused rows (shared by both engines);

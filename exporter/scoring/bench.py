@@ -38,6 +38,10 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import ExporterError
+from exporter.runtime import rules
+from exporter.scoring.core import RUN_ROWS
+from exporter.scoring.encode import encode_batch, plan_from_metadata
+from exporter.scoring.local import default_threads
 
 HELP = "benchmark batch scoring: local and Spark engines vs raw onnxruntime, rows/s and peak memory"
 DESCRIPTION = __doc__.split("\n", 2)[2] + """
@@ -92,12 +96,25 @@ KEY = "row_id"  # a unique int64 key added to every generated file: the --keep c
 
 
 def latest_version(artifacts: Path, model: str) -> Path:
-    return max((p for p in (artifacts / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    """The latest version directory of ``model`` (the version rule of :mod:`exporter.runtime.rules`)."""
+    versions = rules.version_dirs(artifacts / model)
+    if not versions:
+        raise ExporterError(f"no version of {model!r} under {str(artifacts)!r}; export it first")
+    return versions[-1]
+
+
+def latest_metadata(artifacts: Path, model: str) -> dict[str, Any]:
+    """The checked metadata.json of a model's latest version."""
+    path = latest_version(artifacts, model)
+    try:
+        return rules.read_metadata(path)
+    except rules.MetadataError as exc:
+        raise ExporterError(str(exc)) from None
 
 
 def model_columns(artifacts: Path, model: str) -> list[str]:
     """The feature columns of a model's latest version, as its metadata lists them."""
-    return list(json.loads((latest_version(artifacts, model) / "metadata.json").read_text())["feature_columns"])
+    return list(latest_metadata(artifacts, model)["feature_columns"])
 
 
 def write_rows(path: Path, columns: list[str], rows: int, seed: int) -> None:
@@ -197,13 +214,8 @@ def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
     import onnxruntime as ort
     import pyarrow.parquet as pq
 
-    from exporter.scoring.core import RUN_ROWS
-    from exporter.scoring.local import default_threads
-
-    from exporter.scoring.encode import encode_batch, plan_from_metadata
-
     version_dir = latest_version(artifacts, model)
-    meta = json.loads((version_dir / "metadata.json").read_text())
+    meta = latest_metadata(artifacts, model)
     # the FP64 matrix the graph takes, built outside the timing by the scoring encoder (vocabularies included)
     matrix = encode_batch(pq.read_table(data, columns=meta["feature_columns"]),
                           plan_from_metadata(meta, version_dir)).matrix

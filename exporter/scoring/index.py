@@ -32,6 +32,10 @@ import pyarrow.parquet as pq
 
 from exporter.errors import ExporterError
 from exporter.export.repository import sha256_file
+from exporter.scoring.artifact import encoding_plan, load_handler
+from exporter.scoring.core import run_in_chunks
+from exporter.scoring.encode import encode_batch
+from exporter.scoring.inputs import check_inputs, iter_batches, resolve_inputs
 
 __all__ = ["check_index_options", "build_index", "recall_at_k"]
 
@@ -107,11 +111,6 @@ def _read_vectors(directory: Path, id_column: str) -> tuple[pa.Array, np.ndarray
 
 def _user_vectors(handler: Any, users_path: str, sample: int) -> np.ndarray:
     """Vectors of a random sample of ``--index-users`` rows from the related user tower (same version)."""
-    from exporter.scoring.core import run_in_chunks
-    from exporter.scoring.encode import encode_batch
-    from exporter.scoring.inputs import check_inputs, iter_batches, resolve_inputs
-    from exporter.scoring.job import encoding_plan, load_handler
-
     user_model = str(handler.metadata["related_models"][0])
     user_dir = handler.directory.parent.parent / user_model / handler.version
     if not user_dir.is_dir():

@@ -7,16 +7,15 @@ once everything, index included, is written.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
-from exporter.scoring.encode import EncodingPlan, plan_from_metadata
+from exporter.scoring.artifact import encoding_plan, load_handler, resolve_artifact, resolve_version
+from exporter.scoring.index import build_index, check_index_options
 from exporter.scoring.inputs import InputFile, check_inputs, resolve_inputs
 from exporter.scoring.outputs import (
     INDEX_DIR, REJECTS_DIR, SUCCESS_FILE, SUMMARY_FILE, StagedOutput, check_keep_names, output_schema,
@@ -24,7 +23,7 @@ from exporter.scoring.outputs import (
 )
 from exporter.scoring.progress import Progress
 
-__all__ = ["ScoreOptions", "ScoreResult", "score", "resolve_artifact"]
+__all__ = ["ScoreOptions", "ScoreResult", "score", "resolve_artifact", "load_handler", "encoding_plan"]
 
 ENGINES = ("local", "spark")
 
@@ -84,45 +83,6 @@ class ScoreResult:
         return asdict(self)
 
 
-def resolve_artifact(model: str, artifacts: str | os.PathLike[str]) -> Path:
-    """``MODEL`` (latest version) or ``MODEL/VERSION`` under the artifacts root -> an existing directory."""
-    root = Path(artifacts)
-    name, _, version = model.partition("/")
-    if not name or (version and not (version.isdigit() and int(version) > 0)) or "/" in version:
-        raise ExporterError(f"model {model!r}: expected MODEL or MODEL/VERSION with a positive integer version")
-    model_dir = root / name
-    if not model_dir.is_dir():
-        available = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "config.pbtxt").exists()) if root.is_dir() else []
-        raise ExporterError(
-            f"no model {name!r} in {str(root)!r}"
-            + (f"; models there: {', '.join(available)}" if available else " (no models there; pass --artifacts DIR)")
-        )
-    if version:
-        path = model_dir / version
-        if not path.is_dir():
-            have = sorted((p.name for p in model_dir.iterdir() if p.name.isdigit()), key=int)
-            raise ExporterError(f"model {name!r} has no version {version} (versions: {', '.join(have) or 'none'})")
-        return path
-    return model_dir
-
-
-def load_handler(path: Path, threads: int = 1) -> Any:
-    """The artifact as the handler loads it: metadata checked, sha256 verified before the session exists."""
-    from exporter.runtime.handler import ArtifactError, ModelHandler
-
-    try:
-        return ModelHandler.load(path, threads=threads)
-    except ArtifactError as exc:
-        raise ExporterError(f"cannot score with {str(path)!r}: {exc.message}") from None
-
-
-def encoding_plan(handler: Any) -> EncodingPlan:
-    try:
-        return plan_from_metadata(handler.metadata, handler.directory)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ExporterError(f"{str(handler.directory)!r}: feature metadata is unusable for scoring ({exc})") from None
-
-
 def score(options: ScoreOptions) -> ScoreResult:
     """Run one scoring job; raises :class:`ExporterError` (exit 2) for anything the user can fix."""
     if options.engine not in ENGINES:
@@ -139,14 +99,12 @@ def score(options: ScoreOptions) -> ScoreResult:
         raise ExporterError("--threads applies to --engine local only (on Spark, spark.task.cpus sets the threads per task)")
     start = time.perf_counter()
 
-    handler = load_handler(resolve_artifact(options.model, options.artifacts))
+    handler = load_handler(resolve_version(options.model, options.artifacts).path)
     metadata = handler.metadata
     plan = encoding_plan(handler)
     keep = list(options.keep)
     check_keep_names(keep, metadata)
     if options.index:
-        from exporter.scoring.index import check_index_options
-
         options = replace(options, index_id=check_index_options(metadata, keep, options.index_id, options.index_users))
 
     remote_input = _is_uri(options.input)
@@ -203,8 +161,6 @@ def _finish(options: ScoreOptions, handler: Any, files: list[InputFile], staged:
     """Index (when asked), summary, ``_SUCCESS``, then the rename that makes the output appear."""
     index_info = None
     if options.index:
-        from exporter.scoring.index import build_index
-
         index_info = build_index(staged.path, staged.path / INDEX_DIR, handler, options)
     now = time.perf_counter()
     seconds = now - start

@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from exporter.errors import ExporterError
-from exporter.scoring.encode import EncodingPlan
-from exporter.scoring.inputs import InputFile
+from exporter.scoring.encode import EncodingPlan, vocabulary_files
+from exporter.scoring.inputs import InputFile, file_schema
 from exporter.scoring.outputs import REJECT_COLUMNS, REJECTS_DIR, STAGING_MARK, prediction_fields
 from exporter.scoring.progress import Progress
 from exporter.scoring.spark_worker import FILE_COLUMN, ROW_COLUMN, BatchTask
@@ -235,8 +235,6 @@ def _artifact_copy(handler: Any, directory: Path) -> Path:
     meta = handler.metadata
     target = directory / f"artifact-{handler.model_name}-{handler.version}-{uuid.uuid4().hex[:8]}"
     target.mkdir()
-    from exporter.scoring.encode import vocabulary_files
-
     names = ["metadata.json", meta["model_file"], *vocabulary_files(meta)]
     for name in names:
         shutil.copy2(handler.directory / name, target / name)
@@ -255,8 +253,6 @@ def _spark_read(spark: Any, files: Sequence[InputFile], uri: str | None, fmt: st
 
 def _check_csv_headers(files: Sequence[InputFile]) -> None:
     """Spark maps CSV columns by position from one header: every file must have the same header."""
-    from exporter.scoring.inputs import file_schema
-
     first = None
     for f in files:
         names = file_schema(f).names
@@ -401,12 +397,6 @@ def _spark_error(exc: BaseException) -> str:
 
 def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
-
-
-def _delete(spark: Any, path: str) -> None:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hpath, True)
 
 
 def _watch(sc: Any, progress: Progress, rows_acc: Any, stop: threading.Event) -> None:

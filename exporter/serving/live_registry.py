@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.contract import version_dirs
+from exporter.runtime.rules import version_dirs
 from exporter.errors import ExporterError
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from exporter.contract import version_dirs
+from exporter.runtime.rules import version_dirs
 from exporter.errors import ExporterError
 
 

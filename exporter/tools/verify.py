@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +19,10 @@ from typing import Any
 
 from exporter import contract as C
 from exporter.errors import ExporterError
+from exporter.export import repository as repo
 from exporter.export.repository import sha256_file
+from exporter.export.triton import MAX_PBTXT_DEPTH, parse_pbtxt  # noqa: F401  (re-exported: verify's parser)
+from exporter.export.triton import config_problems as triton_config_problems
 
 
 REQUIRED_FILES = C.REQUIRED_VERSION_FILES
@@ -121,10 +123,13 @@ def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> 
 
 def _report_leftovers(model_dir: Path, report: Report) -> None:
     """Staging directories of killed exports and kept files of failed ones are problems; live exports notes."""
-    from exporter.export import repository as repo
-
     for staging in repo.stagings(model_dir):
         (report.problems if staging.stale else report.notes).append(f"{model_dir.name}/{staging.describe()}")
+    for version in repo.pending_publishes(model_dir):
+        report.problems.append(
+            f"{model_dir.name}/{version.name}: its config.pbtxt, kserve.yaml and warm-up data were committed but not "
+            f"copied into {model_dir.name}/ (its export was killed); the next export of this model copies them"
+        )
     for kept in repo.kept_dirs(model_dir):
         report.problems.append(
             f"{model_dir.name}/{kept.name}: files of an export that could not commit its version, kept for its "
@@ -183,7 +188,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
         if max_diff is not None:
             atol = _atol(metadata)
             detail += f", sample response (max |diff| {max_diff:.3g} <= atol {atol:g})"
-        v2_diff = _check_sample_v2(vdir, metadata, fail)  # issue 11
+        v2_diff = _check_sample_v2(vdir, metadata, fail)
         if v2_diff is not None:
             detail += f", v2 sample response (max |diff| {v2_diff:.3g})"
     return detail
@@ -251,10 +256,6 @@ def metadata_validator() -> Any:
     return _SCHEMA_VALIDATOR
 
 
-def _expected_output_shape(metadata: dict[str, Any]) -> list[int] | None:
-    return C.metadata_output_shape(metadata)
-
-
 def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -> list[str]:
     """Problems of metadata.json against the spec schema and contract section 3."""
     problems = []
@@ -295,106 +296,6 @@ def _check_onnx(model_path: Path, metadata: dict[str, Any], fail: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- config.pbtxt
-_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|[{}\[\]:,;<>]|[^\s{}\[\]:,;<>"\'#]+')
-
-
-#: deepest nesting of messages and lists parse_pbtxt accepts (Triton configs nest about 4 levels)
-MAX_PBTXT_DEPTH = 32
-
-
-def parse_pbtxt(text: str) -> dict[str, list[Any]]:
-    """A small, tolerant protobuf text-format parser: ``{field: [values...]}``, messages as nested dicts.
-
-    Enough for Triton's config.pbtxt (scalars, strings, enums, nested messages, ``[a, b]`` lists). Nesting
-    deeper than :data:`MAX_PBTXT_DEPTH` is a ValueError, never a RecursionError.
-    """
-    tokens: list[str] = []
-    pos = 0
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if not m:
-            raise ValueError(f"unexpected character {text[pos]!r} at offset {pos}")
-        tok = m.group(0)
-        pos = m.end()
-        if not tok.strip() or tok.startswith("#"):
-            continue
-        tokens.append(tok)
-    index = 0
-
-    def scalar(tok: str) -> Any:
-        if tok[0] in "\"'":
-            body = tok[1:-1]
-            try:  # protobuf text escapes are mostly JSON's; anything else is kept as written
-                return json.loads('"' + body.replace("\\'", "'").replace('"', '\\"').replace('\\\\"', '\\"') + '"')
-            except ValueError:
-                return body
-        if re.fullmatch(r"[-+]?\d+", tok):
-            return int(tok)
-        try:
-            return float(tok)
-        except ValueError:
-            return tok  # enum identifier or true/false
-
-    depth = 0
-
-    def deeper() -> None:
-        nonlocal depth
-        depth += 1
-        if depth > MAX_PBTXT_DEPTH:
-            raise ValueError(f"messages and lists nest more than {MAX_PBTXT_DEPTH} levels deep "
-                             f"(a Triton config needs a handful); near token {index} of {len(tokens)}")
-
-    def message(closing: str | None) -> dict[str, list[Any]]:
-        nonlocal index
-        fields: dict[str, list[Any]] = {}
-        while index < len(tokens):
-            tok = tokens[index]
-            if closing is not None and tok == closing:
-                index += 1
-                return fields
-            if tok in "{}[]:,;<>":
-                raise ValueError(f"unexpected {tok!r} where a field name was expected")
-            name = tok
-            index += 1
-            if index < len(tokens) and tokens[index] == ":":
-                index += 1
-            if index >= len(tokens):
-                raise ValueError(f"field {name!r} has no value")
-            fields.setdefault(name, []).extend(value())
-            if index < len(tokens) and tokens[index] in (",", ";"):
-                index += 1
-        if closing is not None:
-            raise ValueError(f"missing {closing!r}")
-        return fields
-
-    def value() -> list[Any]:
-        nonlocal index, depth
-        tok = tokens[index]
-        if tok in ("{", "<"):
-            index += 1
-            deeper()
-            found = message("}" if tok == "{" else ">")
-            depth -= 1
-            return [found]
-        if tok == "[":
-            index += 1
-            deeper()
-            items: list[Any] = []
-            while index < len(tokens) and tokens[index] != "]":
-                items.extend(value())
-                if index < len(tokens) and tokens[index] == ",":
-                    index += 1
-            if index >= len(tokens):
-                raise ValueError("missing ']'")
-            index += 1
-            depth -= 1
-            return items
-        index += 1
-        return [scalar(tok)]
-
-    return message(None)
-
-
 def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str,
                     model_dir: Path | None = None) -> list[str]:
     """config.pbtxt against the model directory and metadata.json (``model_dir``: also its warm-up files)."""
@@ -408,11 +309,8 @@ def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], mode
         problems.append(f"name is {one(config, 'name')!r}; Triton requires the model directory name {model_name!r}")
     if one(config, "platform") != "onnxruntime_onnx" and one(config, "backend") != "onnxruntime":
         problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
-    # --- issue 11: tensors, batching and warm-up (batched and unbatched forms) live in exporter.export.triton
-    from exporter.export.triton import config_problems as triton_config_problems
-
+    # tensors, batching and warm-up (batched and unbatched forms) are checked by exporter.export.triton
     problems += triton_config_problems(config, metadata, model_dir)
-    # --- end issue 11
     return problems
 
 
@@ -443,7 +341,7 @@ def _check_sample(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | No
     return max(diffs, default=0.0)
 
 
-# --- issue 11: the Open Inference Protocol sample beside the TorchServe one
+# the Open Inference Protocol sample beside the TorchServe one
 V2_SAMPLE_FILES = ("sample_request_v2.json", "sample_response_v2.json")
 
 
@@ -479,7 +377,6 @@ def _check_sample_v2(vdir: Path, metadata: dict[str, Any], fail: Any) -> float |
         fail(f"handler answer to sample_request_v2.json differs from sample_response_v2.json: {mismatch}")
         return None
     return max(diffs, default=0.0)
-# --- end issue 11
 
 
 def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float]) -> str | None:

@@ -1,0 +1,164 @@
+"""What an export writes about itself: ``metadata.json`` (contract section 3), the sample request, the producer.
+
+metadata.json is a v2 model-metadata response plus what downstream teams need: features, parity, quality,
+training provenance (portable: no local paths), producer versions and opsets.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from exporter import __version__, contract as C
+from exporter.export import repository as repo
+from exporter.export.convert import ParityResult
+from exporter.models import ExportUnit, Trained
+from exporter.models.base import SideFile
+
+if TYPE_CHECKING:  # annotations only: the pipeline imports this module
+    from exporter.export.pipeline import Evaluation, Prepared
+
+#: rows in sample_request.json
+SAMPLE_ROWS = 3
+
+
+def _producer(unit: ExportUnit) -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    out = {"framework": unit.framework, "framework_version": unit.framework_version,
+           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "exporter": __version__}
+    if unit.framework == "xgboost":
+        import onnxmltools
+
+        out["onnxmltools"] = onnxmltools.__version__
+    return out
+
+
+def _opsets(model_bytes: bytes) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    return {(o.domain or ""): int(o.version) for o in model.opset_import}
+
+
+def repository_root() -> Path | None:
+    """The source checkout this package runs from (``None`` for an installed, non-editable copy)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "exporter").is_dir() else None
+
+
+def portable_source(path: str | Path) -> tuple[str, str | None]:
+    """How metadata names an input file without the machine's layout: its path relative to the repository
+    when it lies inside it, else its file name; with the file's sha256 (``None`` when it cannot be read).
+
+    metadata.json is served as is (``GET /models/{name}``): absolute local paths would leak the machine's
+    directories and differ between machines for the same export.
+    """
+    path = Path(path)
+    root = repository_root()
+    shown = path.name
+    if root is not None:
+        try:
+            shown = path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    try:
+        digest = repo.sha256_file(path) if path.is_file() else None
+    except OSError:
+        digest = None
+    return shown, digest
+
+
+def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``training`` entries for the data file and the hyper-parameters' ``source_file`` (load mode), portable."""
+    data: dict[str, Any] = {"data_source": data_source}
+    if data_source != "synthetic":
+        data["data_source"], data["data_sha256"] = portable_source(data_source)
+    hyper = dict(hparams)
+    if isinstance(hyper.get("source_file"), str):
+        hyper["source_file"], hyper["source_sha256"] = portable_source(hyper["source_file"])
+    return data, hyper
+
+
+def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, unit: ExportUnit,
+                   version: int, model_bytes: bytes, sha256: str, parity: ParityResult,
+                   sha256_of: Mapping[str, str] | None = None, model_part: str | None = None,
+                   side_files: Sequence[tuple[SideFile, str]] = ()) -> dict[str, Any]:
+    """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
+    opsets = _opsets(model_bytes)
+    inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
+    sources, hyper = _training_sources(prep.data_source, trained.hparams)
+    meta: dict[str, Any] = {
+        "name": unit.model_name,
+        "versions": [str(version)],
+        "platform": C.PLATFORM,
+        "inputs": inputs,
+        "outputs": outputs,
+        "feature_columns": list(unit.feature_columns),
+    }
+    if unit.output_columns:
+        meta["output_columns"] = list(unit.output_columns)
+    if unit.embed_dim is not None:
+        meta["embed_dim"] = unit.embed_dim
+    for key, value in unit.metadata.items():
+        if key == "tasks":  # the data's own label columns (``--label`` renames ``label``)
+            value = [{**t, "label": prep.label_columns.get(t["label"], t["label"])} for t in value]
+        meta[key] = _jsonable(value)
+    for side, sha in side_files:
+        meta[side.metadata_key] = {"file": side.name, "sha256": sha, **_jsonable(dict(side.info))}
+    if prep.features is not None:
+        vocab_sha = sha256_of.get(repo.VOCAB_FILE) if sha256_of else None
+        meta["features"] = prep.features.subset(unit.feature_columns).metadata(
+            repo.VOCAB_FILE if vocab_sha else None, vocab_sha)
+    meta.update({
+        "prediction_format": unit.prediction_format,
+        "model_part": model_part or unit.model_name,
+        "description": prep.spec.description,
+        "related_models": list(unit.related_models),
+        "model_file": repo.MODEL_FILE,
+        "sha256": sha256,
+        "opset": opsets.get("", 0),
+        "opset_imports": opsets,
+        "producer": _producer(unit),
+        "parity": parity.as_metadata(unit.reference),
+        "quality": _jsonable(evaluation.quality),
+        "training": {
+            "mode": prep.params.mode,
+            **sources,
+            "rows": len(prep.train) + len(prep.heldout),
+            "train_rows": len(prep.train),
+            "heldout_rows": len(prep.heldout),
+            "seed": prep.params.seed,
+            "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
+            "hyperparameters": _jsonable(hyper),
+            "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()},
+            "final_loss": trained.history[-1] if trained.history else None,
+        },
+        "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    })
+    return meta
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) -> dict[str, Any]:
+    """A TorchServe-style request built from the first complete held-out rows, raw values by column name.
+
+    Raw means as the data holds them: strings for string categories, integer IDs, numbers.
+    """
+    frame = prep.heldout[unit.feature_columns]
+    complete = frame[frame.notna().all(axis=1)]
+    return C.torchserve_request((complete if len(complete) else frame).head(rows).to_dict("records"), unit.feature_columns)
