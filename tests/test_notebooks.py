@@ -109,7 +109,7 @@ def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored
 
 def test_stored_notebook_is_small_and_clean(stored):
     name, nb, text = stored
-    # readable plots (100 dpi, issue 10) weigh ~25 KB a panel; mmoe's two three-panel figures are the largest
+    # readable plots (100 dpi) weigh ~25 KB a panel; mmoe's two three-panel figures are the largest
     assert len(text) < 300_000, f"{name}.ipynb is {len(text)} bytes"
     for needle in ("/tmp", "/work", "/home/", "/root", "C:\\\\", "Users/"):
         assert needle not in text, f"{name}.ipynb mentions {needle!r}"

@@ -50,7 +50,7 @@ class ExportParams:
     artifacts: str | Path = "artifacts"
     version: int | None = None
     progress: bool = True
-    #: Triton config.pbtxt: largest batch (issue 11); KServe manifest: where the artifacts tree will live
+    #: Triton config.pbtxt: largest batch; KServe manifest: where the artifacts tree will live
     max_batch_size: int = 1024
     storage_uri: str | None = None
     #: the binary label column (default: the schema's ``label``, else ``label``)
@@ -168,7 +168,7 @@ class RunResult:
 
 
 def _check_handoff_params(params: ExportParams) -> None:
-    """Options of the Triton config and KServe manifest, checked before any training (issue 11)."""
+    """Options of the Triton config and KServe manifest, checked before any training."""
     from exporter.export import kserve
     from exporter.export import triton
 

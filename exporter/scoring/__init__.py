@@ -1,4 +1,4 @@
-"""Batch scoring of exported models over Parquet/CSV: ``python -m exporter score`` (issue 12).
+"""Batch scoring of exported models over Parquet/CSV: ``python -m exporter score``.
 
 Modules, in the order a job uses them:
 

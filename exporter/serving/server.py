@@ -184,7 +184,7 @@ def create_app(
                         f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
                         f"{', '.join(sorted(view.versions[name], key=int))}"
                     )
-            elif _content_encoding(scope) is not None:  # issue 10: say so instead of failing to decode
+            elif _content_encoding(scope) is not None:  # say so instead of failing to decode
                 status, answer = 415, _error(
                     f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
                     "accepts only uncompressed JSON bodies (Content-Encoding identity or none): send it uncompressed"

@@ -183,7 +183,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
         if max_diff is not None:
             atol = _atol(metadata)
             detail += f", sample response (max |diff| {max_diff:.3g} <= atol {atol:g})"
-        v2_diff = _check_sample_v2(vdir, metadata, fail)  # issue 11
+        v2_diff = _check_sample_v2(vdir, metadata, fail)  # the Open Inference Protocol sample, when present
         if v2_diff is not None:
             detail += f", v2 sample response (max |diff| {v2_diff:.3g})"
     return detail
@@ -408,11 +408,10 @@ def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], mode
         problems.append(f"name is {one(config, 'name')!r}; Triton requires the model directory name {model_name!r}")
     if one(config, "platform") != "onnxruntime_onnx" and one(config, "backend") != "onnxruntime":
         problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
-    # --- issue 11: tensors, batching and warm-up (batched and unbatched forms) live in exporter.export.triton
+    # tensors, batching and warm-up (batched and unbatched forms) are checked by exporter.export.triton
     from exporter.export.triton import config_problems as triton_config_problems
 
     problems += triton_config_problems(config, metadata, model_dir)
-    # --- end issue 11
     return problems
 
 
@@ -443,7 +442,6 @@ def _check_sample(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | No
     return max(diffs, default=0.0)
 
 
-# --- issue 11: the Open Inference Protocol sample beside the TorchServe one
 V2_SAMPLE_FILES = ("sample_request_v2.json", "sample_response_v2.json")
 
 
@@ -479,7 +477,6 @@ def _check_sample_v2(vdir: Path, metadata: dict[str, Any], fail: Any) -> float |
         fail(f"handler answer to sample_request_v2.json differs from sample_response_v2.json: {mismatch}")
         return None
     return max(diffs, default=0.0)
-# --- end issue 11
 
 
 def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float]) -> str | None:
