@@ -11,6 +11,7 @@ Relative paths in notebook parameters resolve against the repository root, so a 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -108,7 +109,7 @@ _CLI_TERMS = {
     "--data": "data_path",
     "--rows": "rows",
     "--version": "model_version",
-    "--atol": "parity_atol",
+    "--atol": "atol",
     "--artifacts": "artifacts_dir",
     "--seed": "seed",
     "--param": "the hyper-parameter knobs",
@@ -137,17 +138,20 @@ def prepare(
     hparams: Mapping[str, Any] | None = None,
     artifacts_dir: Any = None,
     model_version: int | None = None,
-    parity_atol: float | None = None,
+    atol: float | None = None,
     progress: bool = True,
     root: Path | None = None,
     label: str | None = None,
     feature_schema: Any = None,
     model_name: str | None = None,
+    parity_atol: float | None = None,
 ) -> "Prepared":
     """Validate every notebook parameter and load the data, before any training.
 
     ``hparams`` entries whose value is ``None`` are left out (the model's default applies). ``feature_schema``
-    is a dict (or list) as in docs/features.md, or the path of such a JSON file. Any problem raises
+    is a dict (or list) as in docs/features.md, or the path of such a JSON file. ``atol`` is the parity
+    tolerance (``--atol`` of the CLI); ``parity_atol`` is its old name, still honoured with a
+    :class:`FutureWarning` so that ``papermill -p parity_atol X`` keeps working. Any problem raises
     :class:`ParameterError` naming the parameter and what was expected.
     """
     from exporter.export import pipeline
@@ -170,6 +174,7 @@ def prepare(
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
         raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
+    atol = _atol_param(atol, parity_atol, spec.atol)
     overrides = {k: _json_param(k, v, spec.default_hparams.get(k)) for k, v in (hparams or {}).items() if v is not None}
     try:
         check_hparam_values(spec, overrides)
@@ -183,7 +188,7 @@ def prepare(
             checkpoint=resolve_path(checkpoint_path, "checkpoint_path", root=root),
             feature_meta=resolve_path(feature_meta_path, "feature_meta_path", root=root),
             hparams=overrides,
-            atol=parity_atol,
+            atol=atol,
             artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
             version=model_version,
             progress=progress,
@@ -205,6 +210,26 @@ def prepare(
     except ExporterError as exc:
         raise ParameterError(notebook_terms(str(exc))) from exc
     return prep
+
+
+#: The notebook parameter's old name (before it matched ``--atol`` and metadata ``parity.atol``).
+DEPRECATED_ATOL = "parity_atol"
+
+
+def _atol_param(atol: Any, parity_atol: Any, default: float) -> Any:
+    """The parity tolerance from ``atol`` or its deprecated alias ``parity_atol``.
+
+    Notebooks pass ``atol`` always (its default is the model's tolerance), so the alias wins unless ``atol``
+    was changed too and says something else.
+    """
+    if parity_atol is None:
+        return atol
+    warnings.warn(f"the notebook parameter {DEPRECATED_ATOL} is deprecated: use atol (same meaning)",
+                  FutureWarning, stacklevel=3)
+    if atol is not None and atol != default and atol != parity_atol:
+        raise ParameterError(f"atol = {atol!r} and {DEPRECATED_ATOL} = {parity_atol!r} (its old name) disagree: "
+                             "set only atol")
+    return parity_atol
 
 
 def _json_param(name: str, value: Any, default: Any) -> Any:
