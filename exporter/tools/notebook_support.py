@@ -179,22 +179,13 @@ def prepare(
     try:
         check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
-            model=model,
-            mode=mode,
+            model=model, mode=mode, rows=rows, seed=seed, hparams=overrides, atol=atol,
             data_path=resolve_path(data_path, "data_path", root=root),
-            rows=rows,
-            seed=seed,
             feature_columns=feature_columns_param(feature_columns),
             checkpoint=resolve_path(checkpoint_path, "checkpoint_path", root=root),
             feature_meta=resolve_path(feature_meta_path, "feature_meta_path", root=root),
-            hparams=overrides,
-            atol=atol,
-            artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
-            version=model_version,
-            progress=progress,
-            label=label,
-            schema=_schema_param(feature_schema, root),
-            model_name=model_name,
+            artifacts=resolve_artifacts_dir(artifacts_dir, root=root), version=model_version,
+            progress=progress, label=label, schema=_schema_param(feature_schema, root), model_name=model_name,
         )
         if isinstance(model_version, int) and not isinstance(model_version, bool):
             artifacts = Path(params.artifacts)
