@@ -1,4 +1,4 @@
-"""Issue 10, break 4: mistakes the CLI can see before training give one line and exit 2, never a traceback.
+"""Mistakes the CLI can see before training give one line and exit 2, never a traceback.
 
 Each case runs the real command line in this process (``exporter.cli.main``) with training forbidden, so
 a case that only failed after training (or in it) fails here.

@@ -1,4 +1,4 @@
-"""Concurrent and killed exports (issue 10, break 1 and the leftover staging directories).
+"""Concurrent and killed exports (a failed run must not delete another's version; leftover staging directories).
 
 A failed or slower export must never remove what another export committed; the loser of a race for a
 version takes the next free one; a killed export's ``.staging-*`` is reported by ``verify`` and removed
@@ -196,7 +196,7 @@ def _pause_when_staging(proc: subprocess.Popen[str], art: Path, timeout: float =
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX signals")
 def test_run_paused_in_staging_does_not_destroy_the_version_another_run_committed(tmp_path: Path) -> None:
-    """The issue's reproduction: pause A when its .staging-* appears, let B finish, resume A."""
+    """The original failure, reproduced: pause A when its .staging-* appears, let B finish, resume A."""
     for attempt in range(3):
         art = tmp_path / f"artifacts{attempt}"
         a = _export(art)

@@ -1,4 +1,4 @@
-"""Issue 10, first hour of a new user: an installable package, portable metadata, the notebook runner's
+"""The first hour of a new user: an installable package, portable metadata, the notebook runner's
 papermill spelling and its temporary files, and run descriptions without stray braces."""
 from __future__ import annotations
 

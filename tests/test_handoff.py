@@ -1,4 +1,4 @@
-"""Issue 11 handoff files: Triton configs that batch, KServe manifests, model cards and the v2 sample.
+"""Handoff files: Triton configs that batch, KServe manifests, model cards and the v2 sample.
 
 Configs are read with Triton's own ModelConfig proto, manifests with KServe's own SDK models; expectations
 come from metadata.json and the ONNX graphs, never from the code that wrote the files.

@@ -75,7 +75,8 @@ def test_cli_wording_in_pipeline_messages_becomes_notebook_parameters():
         ({"seed": -1}, "seed must be a non-negative integer"),
         ({"hparams": {"n_estimators": 0}}, "n_estimators of xgb must be a positive integer, got 0"),
         ({"hparams": {"epochs": 3}}, "unknown hyper-parameter(s) epochs for xgb"),
-        ({"parity_atol": -1.0}, "parity_atol must be a finite non-negative number"),
+        ({"atol": -1.0}, "atol must be a finite non-negative number"),
+        ({"atol": float("inf")}, "atol must be a finite non-negative number, got inf"),
         ({"model_version": 0}, "version must be a positive integer"),
         ({"mode": "load", "checkpoint_path": "missing.ubj"}, "xgboost model file not found"),
     ],
@@ -110,6 +111,37 @@ def test_architecture_hparams_are_checked_before_training(model, hparams, messag
 def test_good_architecture_hparams_pass(tmp_path):
     prep = nbs.prepare("deepfm", rows=200, artifacts_dir=str(tmp_path), hparams={"hidden": [16], "weight_decay": 0})
     assert prep.hparams["hidden"] == [16]
+
+
+def test_atol_sets_the_parity_tolerance_without_a_warning(tmp_path, recwarn):
+    prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=0.25)
+    assert prep.atol == 0.25 and prep.params.atol == 0.25
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    assert nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path)).atol == get_spec("xgb").atol
+
+
+def test_parity_atol_is_a_deprecated_alias_of_atol(tmp_path):
+    spec_atol = get_spec("xgb").atol
+    # a notebook always passes atol (its default is the model's tolerance) next to the alias
+    with pytest.warns(FutureWarning, match="parity_atol is deprecated: use atol"):
+        prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=spec_atol, parity_atol=0.25)
+    assert prep.atol == 0.25
+    with pytest.warns(FutureWarning):
+        assert nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=0.25, parity_atol=0.25).atol == 0.25
+    with pytest.warns(FutureWarning), pytest.raises(nbs.ParameterError, match=r"atol = 0\.1 and parity_atol = 0\.2 .* disagree"):
+        nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=0.1, parity_atol=0.2)
+    with pytest.warns(FutureWarning), pytest.raises(nbs.ParameterError, match="atol must be a finite non-negative number"):
+        nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=spec_atol, parity_atol=-1.0)
+
+
+def test_runner_passes_the_deprecated_parity_atol_as_atol(tmp_path):
+    pairs, notes = runner.rename_deprecated([("rows", "500"), ("parity_atol", "0.5")])
+    assert pairs == [("rows", "500"), ("atol", "0.5")]
+    assert notes == ["note: -p parity_atol is deprecated, taken as -p atol 0.5"]
+    plans = runner.plan(["xgb"], runner.resolve_overrides(pairs, tmp_path), tmp_path / "artifacts")
+    assert plans[0].parameters["atol"] == 0.5 and "parity_atol" not in plans[0].parameters
+    with pytest.raises(ExporterError, match="parameter atol is given twice"):
+        runner.resolve_overrides(runner.rename_deprecated([("atol", "0"), ("parity_atol", "0")])[0], tmp_path)
 
 
 def test_unknown_model_is_a_parameter_error(tmp_path):

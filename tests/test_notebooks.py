@@ -96,20 +96,21 @@ def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored
 
     params = runner.notebook_parameters(NOTEBOOKS / f"{name}.ipynb")
     required = {"mode", "data_path", "checkpoint_path", "feature_meta_path", "feature_columns", "rows", "seed",
-                "artifacts_dir", "model_version", "parity_atol", "learning_rate", "extra_hparams"}
+                "artifacts_dir", "model_version", "atol", "parity_atol", "learning_rate", "extra_hparams"}
     required |= {"n_estimators", "max_depth"} if name == "xgb" else {"epochs", "batch_size"}
     assert required <= set(params), f"missing: {required - set(params)}"
     spec = get_spec(name)
     for key, default in spec.default_hparams.items():
         if key in params:
             assert ast.literal_eval(params[key]) == default, f"{key} default differs from the model's"
-    assert ast.literal_eval(params["parity_atol"]) == spec.atol
+    assert ast.literal_eval(params["atol"]) == spec.atol
+    assert ast.literal_eval(params["parity_atol"]) is None, "the deprecated alias must not override atol by default"
     assert ast.literal_eval(params["mode"]) == "train" and ast.literal_eval(params["artifacts_dir"]) is None
 
 
 def test_stored_notebook_is_small_and_clean(stored):
     name, nb, text = stored
-    # readable plots (100 dpi, issue 10) weigh ~25 KB a panel; mmoe's two three-panel figures are the largest
+    # readable plots (100 dpi) weigh ~25 KB a panel; mmoe's two three-panel figures are the largest
     assert len(text) < 300_000, f"{name}.ipynb is {len(text)} bytes"
     for needle in ("/tmp", "/work", "/home/", "/root", "C:\\\\", "Users/"):
         assert needle not in text, f"{name}.ipynb mentions {needle!r}"
@@ -336,6 +337,17 @@ def test_bad_parameter_stops_in_the_first_cells(params, message, tmp_path):
     assert not artifacts.exists() or not any(artifacts.iterdir())
 
 
+def test_papermill_parity_atol_still_reaches_the_export_with_a_warning(tmp_path):
+    """``papermill -p parity_atol X`` (the old name of ``atol``) is honoured and warns instead of being ignored."""
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as info:
+        execute("xgb", tmp_path, tmp_path / "artifacts", parity_atol=-1.0)
+    assert info.value.ename == "ParameterError" and "atol must be a finite non-negative number" in info.value.evalue
+    executed = nbformat.read(next(tmp_path.glob("xgb-*.ipynb")), as_version=4)
+    assert "parity_atol is deprecated: use atol" in outputs_text(executed, "prepare")
+
+
 def test_cli_stops_on_a_failing_notebook_with_its_error(tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
     code = cli_main(["notebooks", "xgb", "deepfm", "--artifacts", str(artifacts), "-p", "mode", "sideways",
@@ -352,7 +364,7 @@ def test_cli_stops_on_a_failing_notebook_with_its_error(tmp_path, capsys):
 def test_cli_parity_failure_exits_3_and_writes_nothing(tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
     code = cli_main(["notebooks", "xgb", "--artifacts", str(artifacts), "-p", "rows", "3000",
-                     "-p", "n_estimators", "30", "-p", "parity_atol", "0"])
+                     "-p", "n_estimators", "30", "-p", "atol", "0"])
     err = capsys.readouterr().err
     assert code == 3, err
     assert "ParityError" in err and "parity check failed" in err

@@ -70,7 +70,8 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         "seed: int = 0  # seed of the synthetic data, the train/held-out split and training",
         'artifacts_dir: Optional[str] = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
         "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
-        f"parity_atol: float = {spec.atol!r}  # max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
+        f"atol: float = {spec.atol!r}  # parity tolerance: max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
+        "parity_atol: Optional[float] = None  # deprecated old name of atol: still honoured, with a warning",
     ]
     return "\n".join(lines)
 
@@ -126,7 +127,7 @@ from exporter.tools import notebook_support as nbs, plots"""
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
     feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed,
-    artifacts_dir=artifacts_dir, model_version=model_version, parity_atol=parity_atol, root=nbs.repo_root(),
+    artifacts_dir=artifacts_dir, model_version=model_version, atol=atol, parity_atol=parity_atol, root=nbs.repo_root(),
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
@@ -155,7 +156,7 @@ print(nbs.describe_run(prep))"""
         new_markdown_cell("## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
                           "columns, parity and training record), `config.pbtxt` for Triton, and a sample request "
                           "and response. The export refuses to write anything when ONNX Runtime and the native "
-                          "model disagree beyond `parity_atol`.", id="export-md"),
+                          "model disagree beyond `atol`.", id="export-md"),
         new_code_cell("exported = pipeline.export(prep, trained, evaluation)\nprint(nbs.describe_exports(exported))",
                       id="export"),
         new_markdown_cell("The contract a serving team relies on (inputs, outputs, feature columns) "
@@ -165,7 +166,7 @@ print(nbs.describe_run(prep))"""
         new_markdown_cell("## Smoke test through the serving handler\n\nEach artifact is loaded the way the "
                           "server loads it (sha256 checked) and asked with a TorchServe-style request and an Open "
                           "Inference Protocol (v2) request built from held-out rows; the answers must match "
-                          f"the native {cfg.native} model within `parity_atol`, or this cell fails.",
+                          f"the native {cfg.native} model within `atol`, or this cell fails.",
                           id="smoke-md"),
         new_code_cell(f"{CHECK}\nprint(nbs.smoke_test(prep, trained, exported))", id="smoke"),
         new_markdown_cell(

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
 from exporter.tools.notebooks import (
-    Outcome, artifacts_option, check_kernel, notebook_names, plan, resolve_overrides, run_one, select,
+    Outcome, artifacts_option, check_kernel, notebook_names, plan, rename_deprecated, resolve_overrides, run_one,
+    select,
 )
 
 
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     artifacts = (cwd / artifacts_arg).resolve()
     if artifacts.exists() and not artifacts.is_dir():
         raise ExporterError(f"--artifacts {artifacts} exists and is not a directory")
+    pairs, notes = rename_deprecated(pairs)
+    for note in notes:
+        print(note, file=sys.stderr)
     overrides = resolve_overrides(pairs, cwd)
     plans = plan(names, overrides, artifacts)
     keep_dir = (cwd / args.output_dir).resolve() if args.output_dir else None

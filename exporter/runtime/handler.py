@@ -158,7 +158,7 @@ def _too_deep(value: Any) -> bool:
         stack.extend((child, depth + 1) for child in item)
     return False
 
-# (exporter.features owns these; tests/test_features_handler.py proves the copies agree)
+# (exporter.features owns these; tests/test_features.py::test_handler_copies_of_feature_facts_agree proves the copies agree)
 _MAX_EXACT_INT = 2**53
 _UNKNOWN_CODE = -1
 _VOCAB_FILE = "vocab.json"
@@ -469,7 +469,7 @@ class ModelHandler:
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ArtifactError(f"{str(meta_path)!r} is not readable JSON: {exc}") from exc
-        except RecursionError:  # issue 10: a hostile file must not take the server down
+        except RecursionError:  # a hostile file must not take the server down
             metadata = _TOO_DEEP
         if metadata is _TOO_DEEP or _too_deep(metadata):
             raise ArtifactError(

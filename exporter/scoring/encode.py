@@ -10,7 +10,7 @@ per row and vectorised instead of per request:
   column's fill) only when metadata marks the column ``optional``;
 * text cells (CSV, or string columns in Parquet) are parsed as decimal numbers, so a CSV behaves like the
   same numbers in Parquet;
-* categorical columns (issue 8, when metadata has a ``features`` list): a string category is mapped to its
+* categorical columns (when metadata has a ``features`` list): a string category is mapped to its
   code through the training vocabulary, unknown strings to :data:`OOV_CODE` (the graph's out-of-vocabulary
   row); an integer ID must be an integer within 2^53.
 

@@ -11,6 +11,7 @@ Relative paths in notebook parameters resolve against the repository root, so a 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ _CLI_TERMS = {
     "--data": "data_path",
     "--rows": "rows",
     "--version": "model_version",
-    "--atol": "parity_atol",
+    "--atol": "atol",
     "--artifacts": "artifacts_dir",
     "--seed": "seed",
     "--param": "the hyper-parameter knobs",
@@ -138,17 +139,20 @@ def prepare(
     hparams: Mapping[str, Any] | None = None,
     artifacts_dir: Any = None,
     model_version: int | None = None,
-    parity_atol: float | None = None,
+    atol: float | None = None,
     progress: bool = True,
     root: Path | None = None,
     label: str | None = None,
     feature_schema: Any = None,
     model_name: str | None = None,
+    parity_atol: float | None = None,
 ) -> Prepared:
     """Validate every notebook parameter and load the data, before any training.
 
     ``hparams`` entries whose value is ``None`` are left out (the model's default applies). ``feature_schema``
-    is a dict (or list) as in docs/features.md, or the path of such a JSON file. Any problem raises
+    is a dict (or list) as in docs/features.md, or the path of such a JSON file. ``atol`` is the parity
+    tolerance (``--atol`` of the CLI); ``parity_atol`` is its old name, still honoured with a
+    :class:`FutureWarning` so that ``papermill -p parity_atol X`` keeps working. Any problem raises
     :class:`ParameterError` naming the parameter and what was expected.
     """
     from exporter.export import pipeline
@@ -171,26 +175,18 @@ def prepare(
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
         raise ParameterError(f"hyper-parameters must be a dict, got {hparams!r}")
+    atol = _atol_param(atol, parity_atol, spec.atol)
     overrides = {k: _json_param(k, v, spec.default_hparams.get(k)) for k, v in (hparams or {}).items() if v is not None}
     try:
         check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
-            model=model,
-            mode=mode,
+            model=model, mode=mode, rows=rows, seed=seed, hparams=overrides, atol=atol,
             data_path=resolve_path(data_path, "data_path", root=root),
-            rows=rows,
-            seed=seed,
             feature_columns=feature_columns_param(feature_columns),
             checkpoint=resolve_path(checkpoint_path, "checkpoint_path", root=root),
             feature_meta=resolve_path(feature_meta_path, "feature_meta_path", root=root),
-            hparams=overrides,
-            atol=parity_atol,
-            artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
-            version=model_version,
-            progress=progress,
-            label=label,
-            schema=_schema_param(feature_schema, root),
-            model_name=model_name,
+            artifacts=resolve_artifacts_dir(artifacts_dir, root=root), version=model_version,
+            progress=progress, label=label, schema=_schema_param(feature_schema, root), model_name=model_name,
         )
         if isinstance(model_version, int) and not isinstance(model_version, bool):
             artifacts = Path(params.artifacts)
@@ -207,6 +203,26 @@ def prepare(
     except ExporterError as exc:
         raise ParameterError(notebook_terms(str(exc))) from exc
     return prep
+
+
+#: The notebook parameter's old name (before it matched ``--atol`` and metadata ``parity.atol``).
+DEPRECATED_ATOL = "parity_atol"
+
+
+def _atol_param(atol: Any, parity_atol: Any, default: float) -> Any:
+    """The parity tolerance from ``atol`` or its deprecated alias ``parity_atol``.
+
+    Notebooks pass ``atol`` always (its default is the model's tolerance), so the alias wins unless ``atol``
+    was changed too and says something else.
+    """
+    if parity_atol is None:
+        return atol
+    warnings.warn(f"the notebook parameter {DEPRECATED_ATOL} is deprecated: use atol (same meaning)",
+                  FutureWarning, stacklevel=3)
+    if atol is not None and atol != default and atol != parity_atol:
+        raise ParameterError(f"atol = {atol!r} and {DEPRECATED_ATOL} = {parity_atol!r} (its old name) disagree: "
+                             "set only atol")
+    return parity_atol
 
 
 def _json_param(name: str, value: Any, default: Any) -> Any:

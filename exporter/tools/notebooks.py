@@ -25,6 +25,8 @@ def notebook_names() -> dict[str, str]:
     from exporter.models import model_names
 
     return {name: f"{name}.ipynb" for name in model_names()}
+#: old parameter name -> its name now; the runner passes the new name and says so
+DEPRECATED_PARAMETERS = {"parity_atol": "atol"}
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
 PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path", "feature_schema")
 #: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
@@ -82,6 +84,19 @@ def artifacts_option(pairs: Sequence[Sequence[str]], artifacts: str,
     if artifacts != default and Path(artifacts) != Path(given[0]):
         raise ExporterError(f"--artifacts {artifacts} and -p artifacts_dir {given[0]} disagree: give one of them")
     return rest, given[0]
+
+
+def rename_deprecated(pairs: Sequence[Sequence[str]]) -> tuple[list[Sequence[str]], list[str]]:
+    """``-p parity_atol X`` becomes ``-p atol X``; returns the pairs and one note per renamed parameter."""
+    renamed, notes = [], []
+    for pair in pairs:
+        new = DEPRECATED_PARAMETERS.get(pair[0])
+        if new is None:
+            renamed.append(pair)
+            continue
+        renamed.append((new, pair[1]))
+        notes.append(f"note: -p {pair[0]} is deprecated, taken as -p {new} {pair[1]}")
+    return renamed, notes
 
 
 def resolve_overrides(pairs: Sequence[Sequence[str]], cwd: Path) -> dict[str, Any]:

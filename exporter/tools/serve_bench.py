@@ -443,7 +443,7 @@ def render(results: Results) -> str:
 
 
 def targets(results: Results) -> list[str]:
-    """Issue 3's targets, each marked met or missed with the measured value."""
+    """The speed targets (:data:`TARGETS`), each marked met or missed with the measured value."""
     out = []
     big = [c for c in results.cells if c.batch == 1024]
     for c in big:
