@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from exporter import features as F
-from exporter.runtime import handler as H
+from exporter.runtime import rules
 from exporter.training import inputs as I
 from exporter.features import onnx_prep
 from exporter.training import quality_gate as Q
@@ -212,14 +212,17 @@ def test_quality_warns_near_chance_and_min_auc_refuses():
     assert "gmv_rmse 3 is no better than predicting the mean" in reg["warning"]
 
 
-def test_handler_copies_of_feature_facts_agree():
-    """exporter.runtime.handler stays self-contained: its private copies must equal exporter.features'."""
-    for text in ("", "rock", "ünïcode", "x" * 1000):
-        assert H._hash_code(text) == F.hash_code(text)
-    assert (H._MAX_EXACT_INT, H._UNKNOWN_CODE) == (F.MAX_EXACT_INT, F.UNKNOWN_CODE)
-    from exporter.export.repository import VOCAB_FILE
+def test_feature_facts_are_the_runtime_rules():
+    """One owner: the features package, the repository and the handler share the runtime rules' values."""
+    import hashlib
 
-    assert H._VOCAB_FILE == VOCAB_FILE
+    from exporter.export.repository import VOCAB_FILE
+    from exporter.runtime import columns
+
+    assert F.hash_code is rules.hash_code and columns.hash_code is rules.hash_code
+    assert (F.MAX_EXACT_INT, F.UNKNOWN_CODE, VOCAB_FILE) == (2**53, -1, "vocab.json")
+    for text in ("", "rock", "ünïcode", "x" * 1000):  # docs/features.md: sha256 of the UTF-8 bytes, 6 bytes big-endian
+        assert F.hash_code(text) == int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big") < 2**48
 
 
 def test_metadata_features_must_describe_the_feature_columns():
@@ -230,10 +233,10 @@ def test_metadata_features_must_describe_the_feature_columns():
     good = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "categorical"}])
     swapped = dict(base, features=[{"name": "b", "kind": "numeric"}, {"name": "a", "kind": "numeric"}])
     odd = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "ordinal"}])
-    for check in (C.usability_problems, H.validate_metadata):  # the handler's private copy agrees
-        assert check(good) == [] and check(base) == []
-        assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
-        assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
+    check = C.usability_problems
+    assert check(good) == [] and check(base) == []
+    assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
+    assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
 
 
 def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, frame):

@@ -352,4 +352,4 @@ def test_named_columns_encoding_equals_the_plain_json_encoding(tree: Path, tmp_p
     for out in (rng.normal(size=(1, 3)), rng.normal(size=(257, 3)) * 1e6,
                 np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]])):
         plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r)) for r in out.tolist()]})
-        assert handler.torchserve._encode_named(out) == plain
+        assert handler.torchserve.encode_named(out) == plain
