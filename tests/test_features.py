@@ -249,7 +249,8 @@ def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, fra
     (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes)
     import hashlib
 
-    meta = {"feature_columns": plan.columns,
+    meta = {"name": "m", "model_file": "model.onnx", "sha256": "0" * 64, "prediction_format": "scalar",
+            "inputs": [{"name": "features"}], "outputs": [{"name": "predictions"}], "feature_columns": plan.columns,
             "features": plan.metadata(VOCAB_FILE, hashlib.sha256(vocab_bytes).hexdigest())}
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     encoder = F.FeaturePlan.from_artifact(tmp_path)
@@ -260,3 +261,6 @@ def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, fra
     (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes.replace(b"jazz", b"jizz"))
     with pytest.raises(ExporterError, match="does not match the sha256"):
         F.FeaturePlan.from_artifact(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps(dict(meta, feature_columns=plan.columns[::-1])))
+    with pytest.raises(ExporterError, match="metadata.json' is not usable.*must describe the feature_columns"):
+        F.FeaturePlan.from_artifact(tmp_path)  # read and checked by the runtime rules, as the handler reads it

@@ -25,7 +25,7 @@ from exporter.runtime.errors import ArtifactError, HandlerError
 from exporter.runtime.messages import describe_bad_value, type_name
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, VOCAB_FILE, hash_code, is_plain_file_name, sha256_file
 
-__all__ = ["MISSING", "ColumnSpec", "FeatureColumns", "column_specs", "read_vocab"]
+__all__ = ["MISSING", "ColumnSpec", "FeatureColumns", "column_specs", "read_vocab", "vocab_files"]
 
 _NUMBER_TYPES = frozenset({float, int})
 KINDS = ("numeric", "categorical")
@@ -71,10 +71,20 @@ def _entries(metadata: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
 
 
+def _vocab_refs(metadata: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """column -> its ``features[].vocab`` reference ``{"file", "sha256", "key"}``."""
+    return {str(e.get("name")): e["vocab"] for e in _entries(metadata) if isinstance(e.get("vocab"), Mapping)}
+
+
+def vocab_files(metadata: Mapping[str, Any]) -> list[str]:
+    """The vocabulary files a version's features name (what a copy of the version needs beside the model)."""
+    return sorted({str(ref["file"]) for ref in _vocab_refs(metadata).values() if ref.get("file")})
+
+
 def read_vocab(directory: Path, metadata: Mapping[str, Any]) -> dict[str, list[str]] | None:
     """Each string column's vocabulary, from the file its ``features[].vocab`` names (``{"file", "sha256",
     "key"}``), the file's sha256 checked like the model file's; ``None`` when no column names one."""
-    refs = {str(e.get("name")): e["vocab"] for e in _entries(metadata) if isinstance(e.get("vocab"), Mapping)}
+    refs = _vocab_refs(metadata)
     if not refs:
         return None
     files: dict[str, dict[str, Any]] = {}
