@@ -1,38 +1,36 @@
-"""exporter/handler.py as a TorchServe custom handler, driven the way TorchServe drives it.
+"""The TorchServe archive (``python -m exporter archive``) driven the way TorchServe drives it, and in a real TorchServe.
 
-TorchServe (ts/model_loader.py) imports the ``--handler`` file by module name from the extracted archive
-directory; because the module has a ``handle`` function it calls ``handle(None, context)`` once at load time, then
-``handle(batch, context)`` with one dict per request holding the body under ``body`` (or ``data``): bytes, or an
-already-decoded JSON object for ``application/json``. Per-request statuses go through
+TorchServe (ts/model_loader.py) imports the archive's ``--handler`` (``torchserve_entry.py``) by module name from
+the extracted archive directory; because the module has a ``handle`` function it calls ``handle(None, context)``
+once at load time, then ``handle(batch, context)`` with one dict per request holding the body under ``body`` (or
+``data``): bytes, or an already-decoded JSON object for ``application/json``. Per-request statuses go through
 ``context.set_response_status(code, phrase, idx)``. The fake context below mirrors ts/context.py.
 """
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Iterator
 
+import httpx
 import orjson
 import pytest
 
-from tests.handler_fixtures import DEFAULT_COLUMNS, REPO, build_artifact, sample_rows
+from exporter import cli
+from exporter.runtime.handler import ModelHandler
+from tests.handler_fixtures import DEFAULT_COLUMNS, build_artifact, sample_rows
 
 pytestmark = pytest.mark.slow
-
-HANDLER_FILE = REPO / "exporter" / "handler.py"
-ALLOWED_IMPORTS = {
-    "__future__", "hashlib", "json", "math", "os", "threading", "itertools", "operator", "pathlib", "typing",
-    "numpy", "orjson", "onnxruntime",
-}
 
 FAKE_TS = '''
 class RequestProcessor:
@@ -78,51 +76,39 @@ fake_ts = ModuleType("fake_ts")
 exec(FAKE_TS, fake_ts.__dict__)
 
 
-def test_handler_file_imports_nothing_from_the_exporter_package() -> None:
-    tree = ast.parse(HANDLER_FILE.read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import in handler.py"
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= ALLOWED_IMPORTS, imported - ALLOWED_IMPORTS
+@pytest.fixture(scope="module")
+def archived(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the version directory, the model store holding mmoe.mar built by ``python -m exporter archive``)."""
+    root = tmp_path_factory.mktemp("ts")
+    vdir = build_artifact(root / "artifacts", "mmoe")
+    store = root / "model_store"
+    assert cli.main(["archive", "mmoe/1", "--artifacts", str(root / "artifacts"), "--export-path", str(store)]) == 0
+    return vdir, store
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An extracted .mar: torch-model-archiver's output when installed, else the same flat layout by hand."""
-    root = tmp_path_factory.mktemp("ts")
-    vdir = build_artifact(root / "artifacts", "mmoe")
-    extracted = root / "model_dir"
-    archiver = shutil.which("torch-model-archiver")
-    if archiver:
-        subprocess.run(
-            [archiver, "--model-name", "mmoe", "--version", "1", "--handler", str(HANDLER_FILE),
-             "--serialized-file", str(vdir / "model.onnx"), "--extra-files", str(vdir / "metadata.json"),
-             "--export-path", str(root)],
-            check=True, capture_output=True, timeout=60,
-        )
-        with zipfile.ZipFile(root / "mmoe.mar") as mar:
-            mar.extractall(extracted)
-        manifest = json.loads((extracted / "MAR-INF" / "MANIFEST.json").read_text())
-        assert manifest["model"]["handler"] == "handler.py"
-        assert manifest["model"]["serializedFile"] == "model.onnx"
-    else:
-        (extracted / "MAR-INF").mkdir(parents=True)
-        for f in (HANDLER_FILE, vdir / "model.onnx", vdir / "metadata.json"):
-            shutil.copy(f, extracted / f.name)
-        manifest = {"model": {"modelName": "mmoe", "serializedFile": "model.onnx", "handler": "handler.py",
-                              "modelVersion": "1"}, "runtime": "python"}
-        (extracted / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
-    assert sorted(p.name for p in extracted.iterdir()) == ["MAR-INF", "handler.py", "metadata.json", "model.onnx"]
+def model_dir(archived: tuple[Path, Path]) -> Path:
+    """The extracted .mar, as TorchServe unpacks it for its workers."""
+    _, store = archived
+    extracted = store.parent / "model_dir"
+    with zipfile.ZipFile(store / "mmoe.mar") as mar:
+        mar.extractall(extracted)
+    manifest = json.loads((extracted / "MAR-INF" / "MANIFEST.json").read_text())
+    assert manifest["model"]["handler"] == "torchserve_entry.py"
+    assert manifest["model"]["serializedFile"] == "model.onnx"
+    assert (manifest["model"]["modelName"], manifest["model"]["modelVersion"]) == ("mmoe", "1")
+    assert sorted(p.name for p in extracted.iterdir()) == [
+        "MAR-INF", "exporter", "metadata.json", "model.onnx", "torchserve_entry.py"]
+    shipped = sorted(p.relative_to(extracted).as_posix() for p in (extracted / "exporter").rglob("*.py"))
+    runtime = Path(sys.modules["exporter.runtime.handler"].__file__).parent
+    assert shipped == sorted(["exporter/__init__.py"] + [
+        f"exporter/runtime/{p.relative_to(runtime).as_posix()}" for p in runtime.rglob("*.py")])
     return extracted
 
 
 def fresh_handler_module(model_dir: Path) -> ModuleType:
-    """Import the archived handler.py as a fresh module (TorchServe imports it once per worker)."""
-    spec = importlib.util.spec_from_file_location("ts_handler_under_test", model_dir / "handler.py")
+    """Import the archive's entry point as a fresh module (TorchServe imports it once per worker)."""
+    spec = importlib.util.spec_from_file_location("ts_entry_under_test", model_dir / "torchserve_entry.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -181,11 +167,19 @@ def test_initialize_entry_point_and_missing_model_dir(model_dir: Path) -> None:
         bare.initialize(fake_ts.Context("mmoe", "", {}))
 
 
-def test_archive_runs_without_the_exporter_package(model_dir: Path, tmp_path: Path) -> None:
-    """In a clean process whose only code is the extracted archive, load it the way ts/model_loader.py does."""
+def test_archive_runs_without_the_exporter_package(archived: tuple[Path, Path], model_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """In a clean process where the exporter package is not importable, load the extracted archive the way
+    ts/model_loader.py does: only the archive's own exporter/runtime may be imported."""
     script = tmp_path / "load_like_torchserve.py"
     script.write_text(FAKE_TS + textwrap.dedent(f'''
-        import importlib, json, os, sys
+        import importlib, importlib.util, json, os, sys
+        # hide the installed (editable) exporter package: its finder and path hook, and any path holding it
+        sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+        sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+        sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "exporter"))]
+        sys.path_importer_cache.clear()
+        assert importlib.util.find_spec("exporter") is None, "the exporter package is still importable"
         model_dir = {str(model_dir)!r}
         sys.path.insert(0, model_dir)
         manifest = json.load(open(os.path.join(model_dir, "MAR-INF", "MANIFEST.json")))
@@ -193,17 +187,146 @@ def test_archive_runs_without_the_exporter_package(model_dir: Path, tmp_path: Pa
         entry = getattr(module, "handle")
         ctx = Context("mmoe", model_dir, manifest)
         entry(None, ctx)
-        ctx.request_processor = [RequestProcessor({{}})]
-        out = entry([{{"body": bytearray(open(sys.argv[1], "rb").read())}}], ctx)
-        assert not [m for m in sys.modules if m == "exporter" or m.startswith("exporter.")], "imported exporter"
-        print(out[0].decode())
+        ctx.request_processor = [RequestProcessor({{}}), RequestProcessor({{}})]
+        body = bytearray(open(sys.argv[1], "rb").read())
+        out = entry([{{"body": body}}, {{"body": b"{{}}"}}], ctx)
+        loaded = {{m: getattr(sys.modules[m], "__file__", None) for m in sys.modules if m.split(".")[0] == "exporter"}}
+        outside = [m for m, f in loaded.items() if not (f or "").startswith(model_dir + os.sep)]
+        assert not outside, f"imported from outside the archive: {{outside}}"
+        assert not [m for m in loaded if m not in ("exporter", "exporter.runtime")
+                    and not m.startswith("exporter.runtime.")], sorted(loaded)
+        assert "exporter.runtime.handler" in loaded
+        print(json.dumps({{"answers": [o.decode() for o in out],
+                          "statuses": [rp._status_code for rp in ctx.request_processor]}}))
     '''))
+    rows = sample_rows(DEFAULT_COLUMNS, 3)
     request = tmp_path / "request.json"
-    request.write_text(json.dumps({"data": sample_rows(DEFAULT_COLUMNS, 1)}))
+    request.write_text(json.dumps({"data": rows}))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
         [sys.executable, str(script), str(request)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    answer = json.loads(proc.stdout)
-    assert list(answer["predictions"][0]) == ["ctr", "watch_time", "gmv"]
+    result = json.loads(proc.stdout)
+    assert result["statuses"] == [200, 400]
+    vdir, _ = archived
+    assert json.loads(result["answers"][0]) == ModelHandler.load(vdir).predict({"data": rows})
+    assert 'neither "data" nor "inputs"' in json.loads(result["answers"][1])["error"]
+
+
+# ---------------------------------------------------------------------------------------------- real TorchServe
+#: how long TorchServe may take to start its frontend and load the model (a bound, not a measurement)
+TORCHSERVE_READY_WITHIN = 240.0
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (bound together, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class TorchServe:
+    """``torchserve --start`` on loopback ports with a private TMPDIR (its pid file and worker sockets live there)."""
+
+    def __init__(self, store: Path, model: str, root: Path) -> None:
+        self.root = root
+        self.inference, self.management, self.metrics = free_ports(3)
+        (root / "tmp").mkdir()
+        (root / "logs").mkdir()
+        self.config = root / "config.properties"
+        self.config.write_text(
+            f"inference_address=http://127.0.0.1:{self.inference}\n"
+            f"management_address=http://127.0.0.1:{self.management}\n"
+            f"metrics_address=http://127.0.0.1:{self.metrics}\n"
+            "default_workers_per_model=1\ninstall_py_dep_per_model=false\ndisable_system_metrics=true\n"
+        )
+        self.env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TMPDIR": str(root / "tmp"),
+                    "TEMP": str(root / "tmp"), "LOG_LOCATION": str(root / "logs"),
+                    "METRICS_LOCATION": str(root / "logs")}
+        self.command = ["torchserve", "--start", "--ncs", "--model-store", str(store), "--models",
+                        f"{model}={model}.mar", "--disable-token-auth", "--ts-config", str(self.config)]
+
+    def start(self) -> None:
+        """Start the frontend (it keeps running after the command returns; its output goes to a file, since
+        it holds on to whatever stdout it inherits)."""
+        with open(self.root / "logs" / "torchserve.out", "wb") as out:
+            subprocess.run(self.command, cwd=self.root, env=self.env, check=True, stdout=out,
+                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
+
+    def stop(self) -> None:
+        """``torchserve --stop``; then end whatever of this instance's process tree is left (by its pid file)."""
+        subprocess.run(["torchserve", "--stop"], cwd=self.root, env=self.env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
+        pid_file = self.root / "tmp" / ".model_server.pid"
+        if pid_file.is_file():
+            import psutil
+
+            try:
+                frontend = psutil.Process(int(pid_file.read_text().strip()))
+                for proc in [*frontend.children(recursive=True), frontend]:
+                    proc.kill()
+            except (psutil.Error, ValueError):
+                pass
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+                         for p in sorted((self.root / "logs").glob("*.*")))
+
+
+@pytest.fixture()
+def torchserve(archived: tuple[Path, Path], tmp_path: Path) -> Iterator[TorchServe]:
+    if shutil.which("java") is None:
+        pytest.skip("java is not installed (TorchServe's frontend needs Java 11+)")
+    if shutil.which("torchserve") is None:
+        pytest.skip("the torchserve binary is not installed (pip install torchserve==0.12.0)")
+    _, store = archived
+    server = TorchServe(store, "mmoe", tmp_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_until_ready(server: TorchServe, client: httpx.Client) -> None:
+    """Poll the management API until the model's worker is READY (bounded)."""
+    deadline = time.monotonic() + TORCHSERVE_READY_WITHIN
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            response = client.get(f"http://127.0.0.1:{server.management}/models/mmoe")
+            workers = response.json()[0].get("workers", []) if response.status_code == 200 else []
+            status = [w.get("status") for w in workers]
+            if "READY" in status:
+                return
+        except (httpx.HTTPError, ValueError, IndexError, KeyError):
+            pass
+        time.sleep(1.0)
+    pytest.fail(f"TorchServe did not report mmoe READY within {TORCHSERVE_READY_WITHIN:.0f} s "
+                f"(workers: {status})\n{server.logs()}")
+
+
+def test_real_torchserve_serves_the_archive(torchserve: TorchServe, archived: tuple[Path, Path]) -> None:
+    """torchserve --start with the .mar: its answers are the handler's, errors keep their status."""
+    vdir, _ = archived
+    handler = ModelHandler.load(vdir)
+    rows = sample_rows(DEFAULT_COLUMNS, 4, seed=5)
+    v2 = {"id": "r1", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64",
+                                  "data": [rows[0][c] for c in DEFAULT_COLUMNS]}]}
+    url = f"http://127.0.0.1:{torchserve.inference}/predictions/mmoe"
+    with httpx.Client(timeout=60) as client:
+        wait_until_ready(torchserve, client)
+        for request in ({"data": rows}, v2):
+            response = client.post(url, content=json.dumps(request), headers={"Content-Type": "application/json"})
+            assert response.status_code == 200, (response.text, torchserve.logs())
+            assert response.json() == handler.predict(request)
+        bad = client.post(url, content=json.dumps({"data": [{"item_ctr": 0.1}]}),
+                          headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400, bad.text
+    assert 'data[0] is missing feature columns "item_cvr"' in bad.json()["error"]
