@@ -148,6 +148,11 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
 Where = Callable[[int, str], str]
 
 
+def _as_dict(vocabulary: Mapping[str, int] | None) -> dict[str, int] | None:
+    """The vocabulary as a dict (the one :func:`column_specs` built, not a copy)."""
+    return vocabulary if vocabulary is None or isinstance(vocabulary, dict) else dict(vocabulary)
+
+
 class FeatureColumns:
     """The columns of one model applied to request values: cells and rows -> the float64 ``features`` matrix."""
 
@@ -159,7 +164,7 @@ class FeatureColumns:
         self.booleans = [s.boolean for s in self.specs]
         #: per column: str -> code for a string vocabulary, "hash" for hashed strings, None otherwise
         self.strings: list[dict[str, int] | str | None] = [
-            "hash" if s.hashed else (dict(s.vocabulary) if s.vocabulary is not None else None) for s in self.specs]
+            "hash" if s.hashed else _as_dict(s.vocabulary) for s in self.specs]
         self.categorical = [j for j, k in enumerate(self.kinds) if k == "categorical"]
         #: the fast numeric path suffices (no strings, booleans or optional columns to interpret)
         self.plain = not any(self.optional) and all(t is None for t in self.strings) and not any(self.booleans)

@@ -159,6 +159,8 @@ class ModelHandler:
         ``header_length`` is its ``Inference-Header-Content-Length`` (None when absent). The request is
         validated once by its form's envelope, the model runs once, the envelope encodes the answer.
         """
+        if body is None and payload is _NO_PAYLOAD:
+            raise TypeError("answer() needs the request body or its decoded payload")
         try:
             blob = None
             if payload is _NO_PAYLOAD:

@@ -353,3 +353,52 @@ def test_named_columns_encoding_equals_the_plain_json_encoding(tree: Path, tmp_p
                 np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]])):
         plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r)) for r in out.tolist()]})
         assert handler.torchserve.encode_named(out) == plain
+
+
+# ------------------------------------------------------------------------------------------- one path
+def test_every_entry_point_answers_through_answer(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict, handle_bytes, handle_request, handle_http and TorchServe's handle all take ModelHandler.answer."""
+    from exporter.runtime import torchserve_entry
+
+    handler = ModelHandler.load(tree / "xgb")
+    calls: list[str] = []
+    real = handler.answer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append("answer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handler, "answer", counting)
+    monkeypatch.setattr(torchserve_entry, "_service", handler)
+    body = json.dumps({"data": sample_rows(DEFAULT_COLUMNS, 2)})
+    expected = handler.predict(json.loads(body))
+    assert orjson.loads(handler.handle_bytes(body)[1]) == expected
+    assert orjson.loads(handler.handle_request(body)[1]) == expected
+    assert orjson.loads(handler.handle_http(body.encode(), None)[1]) == expected
+    answers = torchserve_entry.handle([{"body": body.encode()}, {"body": json.loads(body)}], None)
+    assert [orjson.loads(a) for a in answers] == [expected, expected]
+    assert calls == ["answer"] * 6
+
+
+@pytest.mark.parametrize("entry", ["handle_bytes", "handle_http", "handle_http binary"])
+def test_a_v2_request_is_validated_once(tree: Path, monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    handler = ModelHandler.load(tree / "xgb")
+    checks: list[bool] = []
+    real = handler.v2.check
+
+    def counting(payload: Any, binary: bool = False) -> Any:
+        checks.append(binary)
+        return real(payload, binary)
+
+    monkeypatch.setattr(handler.v2, "check", counting)
+    x = np.arange(14, dtype=np.float64).reshape(2, 7) / 10
+    tensor = {"name": "features", "shape": [2, 7], "datatype": "FP64"}
+    if entry == "handle_http binary":
+        header = json.dumps({"inputs": [dict(tensor, parameters={"binary_data_size": x.nbytes})]}).encode()
+        status, answer, rows, _ = handler.handle_http(header + x.tobytes(), len(header))
+    else:
+        body = json.dumps({"inputs": [dict(tensor, data=x.ravel().tolist())]})
+        status, answer = handler.handle_bytes(body) if entry == "handle_bytes" else handler.handle_http(body)[:2]
+    assert status == 200, answer
+    np.testing.assert_allclose(orjson.loads(answer)["outputs"][0]["data"], expected_output(x, "scalar", None))
+    assert len(checks) == 1
