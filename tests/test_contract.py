@@ -1,9 +1,7 @@
-"""The contract module owns each rule once; the handler's private copies agree with it; every consumer
-(serve, verify, export) gives the same answer for the same tree."""
+"""The contract module owns each rule once (the runtime rules re-exported); every consumer (serve, verify,
+export, the handler) gives the same answer for the same tree."""
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -12,8 +10,8 @@ import numpy as np
 import pytest
 
 from exporter import contract as C
+from exporter.runtime.handler import ModelHandler
 from exporter.export import repository as repo
-from exporter.runtime import handler as H
 from exporter.serving.server import ModelRegistry
 from exporter.tools.verify import verify
 from tests.handler_fixtures import build_artifact, build_tree
@@ -27,42 +25,14 @@ VERSION_NAMES = {
 
 
 @pytest.mark.parametrize("name, expected", sorted(VERSION_NAMES.items()))
-def test_version_rule_is_canonical_int64_and_the_handler_copy_agrees(name, expected):
+def test_version_rule_is_canonical_int64(name, expected):
     assert C.is_version_name(name) is expected
-    assert H._is_version_name(name) is expected
 
 
 def test_version_number_bounds():
     assert C.version_problem(1) is None and C.version_problem(2**63 - 1) is None
     for bad in (0, -1, 2**63, 10**30, True, 1.0, "1", None):
         assert C.version_problem(bad), bad
-
-
-def test_handler_constants_are_the_contracts():
-    assert (H._INPUT_NAME, H._OUTPUT_NAME, H._DATATYPE, H._ROWS_KEY, H._MAX_VERSION) == (
-        C.INPUT_NAME, C.OUTPUT_NAME, C.DATATYPE, C.REQUEST_ROWS_KEY, C.MAX_VERSION)
-    assert tuple(H._PREDICTION_FORMATS) == tuple(C.PREDICTION_FORMATS)
-
-
-def test_handler_metadata_check_is_a_copy_of_the_contracts():
-    """Same code, renamed: the handler must stay importable alone inside a TorchServe archive."""
-    def body(fn) -> str:
-        tree = ast.parse(inspect.getsource(fn))
-        node = tree.body[0]
-        node.name = "f"
-        node.body = node.body[1:]  # the docstring differs
-        text = ast.unparse(node)
-        return text.replace("_PREDICTION_FORMATS", "PREDICTION_FORMATS").replace("_is_plain_file_name", "is_plain_file_name")
-
-    assert body(H.validate_metadata) == body(C.usability_problems)
-    assert body(H._is_plain_file_name) == body(C.is_plain_file_name)
-
-
-def test_handler_imports_nothing_from_exporter():
-    tree = ast.parse(Path(H.__file__).read_text())
-    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if m and m.startswith("exporter")]
 
 
 @pytest.fixture()
@@ -80,7 +50,8 @@ def test_serve_verify_and_export_agree_on_odd_version_names(odd_tree: Path):
     assert sorted(registry.versions["xgb"]) == real
     assert repo.versions(odd_tree / "xgb") == [int(v) for v in real]
     assert repo.next_version(odd_tree, ["xgb"]) == int(real[-1]) + 1
-    assert [p.name for p in H._version_dirs(odd_tree / "xgb")] == real
+    assert [p.name for p in C.version_dirs(odd_tree / "xgb")] == real
+    assert ModelHandler.load(odd_tree / "xgb").version == real[-1]
     report = verify(odd_tree)
     odd_lines = [p for p in report.problems if "not a version directory" in p]
     assert len(odd_lines) == 5, report.problems
@@ -125,6 +96,7 @@ def _squares_artifact(root: Path) -> Path:
     """A scalar model computing sum(x^2): finite for ordinary inputs, +inf for |x| ~ 1e200."""
     import hashlib
 
+    import onnx
     from onnx import TensorProto, helper
 
     vdir = build_artifact(root, "xgb")
@@ -145,7 +117,7 @@ def _squares_artifact(root: Path) -> Path:
 
 def test_non_finite_model_output_is_a_400_not_a_null(tmp_path: Path):
     """Finite but extreme inputs that overflow the graph must not answer 200 with null predictions."""
-    handler = H.ModelHandler.load(_squares_artifact(tmp_path / "art"))
+    handler = ModelHandler.load(_squares_artifact(tmp_path / "art"))
     ok = {c: 1.0 for c in handler.feature_columns}
     assert handler.handle_bytes(json.dumps({"data": [ok]}))[0] == 200
     extreme = dict(ok, item_price=1e200)

@@ -135,12 +135,12 @@ def test_limits_are_the_defaults() -> None:
 
 
 def test_quoted_client_text_length_is_the_handlers() -> None:
-    from exporter.runtime import handler
+    from exporter.runtime import messages
     from exporter.serving import server
 
-    assert f"up to {handler._QUOTE_CHARS} characters" in section(4)
-    assert f"first {handler._QUOTE_CHARS} characters followed by its length" in section(4)
-    assert handler._QUOTE_CHARS == server._QUOTE_CHARS
+    assert f"up to {messages.QUOTE_CHARS} characters" in section(4)
+    assert f"first {messages.QUOTE_CHARS} characters followed by its length" in section(4)
+    assert messages.QUOTE_CHARS == server._QUOTE_CHARS
 
 
 def test_exit_codes_are_the_errors() -> None:

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from exporter import features as F
-from exporter.errors import ExporterError
-from exporter.features import onnx_prep
-from exporter.runtime import handler as H
+from exporter.runtime import rules
 from exporter.training import inputs as I
+from exporter.features import onnx_prep
 from exporter.training import quality_gate as Q
+from exporter.errors import ExporterError
 
 
 def run_prep(plan: F.FeaturePlan, raw: np.ndarray) -> np.ndarray:
@@ -212,14 +212,17 @@ def test_quality_warns_near_chance_and_min_auc_refuses():
     assert "gmv_rmse 3 is no better than predicting the mean" in reg["warning"]
 
 
-def test_handler_copies_of_feature_facts_agree():
-    """exporter.runtime.handler stays self-contained: its private copies must equal exporter.features'."""
-    for text in ("", "rock", "ünïcode", "x" * 1000):
-        assert H._hash_code(text) == F.hash_code(text)
-    assert (H._MAX_EXACT_INT, H._UNKNOWN_CODE) == (F.MAX_EXACT_INT, F.UNKNOWN_CODE)
-    from exporter.export.repository import VOCAB_FILE
+def test_feature_facts_are_the_runtime_rules():
+    """One owner: the features package, the repository and the handler share the runtime rules' values."""
+    import hashlib
 
-    assert H._VOCAB_FILE == VOCAB_FILE
+    from exporter.export.repository import VOCAB_FILE
+    from exporter.runtime import columns
+
+    assert F.hash_code is rules.hash_code and columns.hash_code is rules.hash_code
+    assert (F.MAX_EXACT_INT, F.UNKNOWN_CODE, VOCAB_FILE) == (2**53, -1, "vocab.json")
+    for text in ("", "rock", "ünïcode", "x" * 1000):  # docs/features.md: sha256 of the UTF-8 bytes, 6 bytes big-endian
+        assert F.hash_code(text) == int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big") < 2**48
 
 
 def test_metadata_features_must_describe_the_feature_columns():
@@ -230,10 +233,10 @@ def test_metadata_features_must_describe_the_feature_columns():
     good = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "categorical"}])
     swapped = dict(base, features=[{"name": "b", "kind": "numeric"}, {"name": "a", "kind": "numeric"}])
     odd = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "ordinal"}])
-    for check in (C.usability_problems, H.validate_metadata):  # the handler's private copy agrees
-        assert check(good) == [] and check(base) == []
-        assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
-        assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
+    check = C.usability_problems
+    assert check(good) == [] and check(base) == []
+    assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
+    assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
 
 
 def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, frame):
@@ -246,7 +249,8 @@ def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, fra
     (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes)
     import hashlib
 
-    meta = {"feature_columns": plan.columns,
+    meta = {"name": "m", "model_file": "model.onnx", "sha256": "0" * 64, "prediction_format": "scalar",
+            "inputs": [{"name": "features"}], "outputs": [{"name": "predictions"}], "feature_columns": plan.columns,
             "features": plan.metadata(VOCAB_FILE, hashlib.sha256(vocab_bytes).hexdigest())}
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     encoder = F.FeaturePlan.from_artifact(tmp_path)
@@ -257,3 +261,6 @@ def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, fra
     (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes.replace(b"jazz", b"jizz"))
     with pytest.raises(ExporterError, match="does not match the sha256"):
         F.FeaturePlan.from_artifact(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps(dict(meta, feature_columns=plan.columns[::-1])))
+    with pytest.raises(ExporterError, match="metadata.json' is not usable.*must describe the feature_columns"):
+        F.FeaturePlan.from_artifact(tmp_path)  # read and checked by the runtime rules, as the handler reads it

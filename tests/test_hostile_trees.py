@@ -1,4 +1,4 @@
-"""Artifact trees built to crash the reader give FAIL lines / exit 2, never a RecursionError."""
+"""Issue 10, break 5: artifact trees built to crash the reader give FAIL lines / exit 2, never a RecursionError."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import pytest
 
 from exporter import cli
 from exporter import contract as C
+from exporter.runtime import torchserve_entry as TS
 from exporter.errors import ExporterError
-from exporter.runtime import handler as H
 from exporter.runtime.handler import ArtifactError, ModelHandler
 from exporter.serving.server import ModelRegistry
 from exporter.tools.verify import MAX_PBTXT_DEPTH, parse_pbtxt, verify
@@ -60,11 +60,10 @@ def _lists(depth: int) -> list:
     return nested
 
 
-def test_handler_depth_limit_is_the_contracts() -> None:
+def test_metadata_depth_limit() -> None:
     limit = C.MAX_METADATA_DEPTH
-    assert H._MAX_METADATA_DEPTH == limit
-    assert C.nesting_depth(_lists(limit)) == limit and not H._too_deep(_lists(limit))
-    assert C.nesting_depth(_lists(limit + 1)) == limit + 1 and H._too_deep(_lists(limit + 1))
+    assert C.nesting_depth(_lists(limit)) == limit
+    assert C.nesting_depth(_lists(limit + 1)) == limit + 1
     assert C.nesting_depth({"a": {"b": [1, {"c": 2}]}}) == 4 and C.nesting_depth(3) == 0
     assert C.nesting_depth(_lists(10**5)) == limit + 1  # stops early
 
@@ -117,12 +116,12 @@ def test_torchserve_initialize_survives_a_deep_metadata(tree: Path) -> None:
         system_properties = {"model_dir": str(tree / "xgb" / "1")}
         manifest = {"model": {"serializedFile": "model.onnx"}}
 
-    H._service = None
+    TS._service = None
     try:
         with pytest.raises(ArtifactError, match="levels deep"):
-            H.initialize(Context())
+            TS.initialize(Context())
     finally:
-        H._service = None
+        TS._service = None
 
 
 def test_deep_json_is_not_accepted_as_metadata_by_json_module_anyway() -> None:

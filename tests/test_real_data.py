@@ -278,22 +278,26 @@ def test_model_name_and_tensor_shape_clash(tmp_path, log_csv):
 
 
 def test_torchserve_archive_with_vocab_answers_raw_strings(exported, tmp_path):
-    """A .mar needs vocab.json beside metadata.json; without it the handler refuses to load (no silent OOV)."""
+    """A .mar needs vocab.json beside metadata.json (``archive`` ships it); without it the handler refuses to
+    load (no silent OOV)."""
     import importlib.util
-    import shutil
+    import zipfile
     from types import SimpleNamespace
 
-    from exporter.runtime import handler as handler_module
+    from exporter.export.archive import build_archive
 
-    vdir = exported["deepfm"][0] / "deepfm" / "1"
+    root, _ = exported["deepfm"]
+    vdir = root / "deepfm" / "1"
+    result = build_archive("deepfm/1", tmp_path / "store", root)
+    assert result.files == ("model.onnx", "metadata.json", "vocab.json")
     model_dir = tmp_path / "model_dir"
-    model_dir.mkdir()
-    for f in (Path(handler_module.__file__), vdir / "model.onnx", vdir / "metadata.json", vdir / "vocab.json"):
-        shutil.copy(f, model_dir / ("handler.py" if f.suffix == ".py" else f.name))
+    with zipfile.ZipFile(result.path) as mar:
+        mar.extractall(model_dir)
     context = SimpleNamespace(system_properties={"model_dir": str(model_dir)}, manifest={"model": {"serializedFile": "model.onnx"}})
 
     def fresh():
-        spec = importlib.util.spec_from_file_location(f"ts_handler_{len(list(tmp_path.iterdir()))}", model_dir / "handler.py")
+        spec = importlib.util.spec_from_file_location(f"ts_entry_{len(list(tmp_path.iterdir()))}",
+                                                      model_dir / "torchserve_entry.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -15,7 +15,6 @@ removes) or complete.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -31,9 +30,8 @@ from exporter.contract import (  # noqa: F401  (re-exported: the artifact file n
     CONFIG_FILE, METADATA_FILE, MODEL_FILE, REPORT_FILE, SAMPLE_REQUEST, SAMPLE_RESPONSE, STAGING_PREFIX, version_dirs,
 )
 from exporter.errors import ExporterError
-
-#: string-category vocabularies beside the model (docs/features.md); metadata records its sha256
-VOCAB_FILE = "vocab.json"
+# the vocabulary file name and the file digest are the runtime rules' (the handler checks the same sha256)
+from exporter.runtime.rules import VOCAB_FILE, sha256_file  # noqa: F401
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -46,14 +44,6 @@ def next_version(artifacts: Path, model_names: Iterable[str]) -> int:
     towers of one model share a version."""
     return 1 + max((max(versions(artifacts / n) + claimed_versions(artifacts / n), default=0)
                     for n in model_names), default=0)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

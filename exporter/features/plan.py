@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
+from exporter.runtime.rules import METADATA_FILE, MetadataError, read_metadata
 from exporter.features.schema import (
     CATEGORICAL,
     DTYPES,
@@ -229,15 +230,13 @@ class FeaturePlan:
         embedding rows lives in the graph, so this plan is encode-only. The vocabulary's sha256 is checked.
         """
         version_dir = Path(version_dir)
-        meta_path = version_dir / "metadata.json"
+        meta_path = version_dir / METADATA_FILE
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ExporterError(f"cannot read {meta_path}: {exc}") from exc
-        entries = meta.get("features") if isinstance(meta, dict) else None
-        columns = meta.get("feature_columns") if isinstance(meta, dict) else None
-        if not isinstance(columns, list):
-            raise ExporterError(f"{meta_path} has no feature_columns")
+            meta = read_metadata(meta_path)
+        except MetadataError as exc:
+            raise ExporterError(f"cannot read {meta_path}: {exc}") from None
+        entries = meta.get("features")
+        columns = meta["feature_columns"]
         if not isinstance(entries, list):  # an export from before feature schemas: every column numeric
             return cls([FittedFeature(FeatureSpec(c), "float64", None) for c in columns], encode_only=True)
         vocab: dict[str, list[str]] = {}

@@ -18,7 +18,6 @@ person counts data rows in a file).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -30,15 +29,13 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
+# owned by the runtime rules (the handler applies them to requests); re-exported for the features package
+from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code  # noqa: F401
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 KINDS = (NUMERIC, CATEGORICAL)
 TOWERS = ("user", "item")
-#: largest integer every FP64 value up to which is exact: IDs beyond it are not IDs the tensor can carry
-MAX_EXACT_INT = 2**53
-#: the code of a string that is not in the vocabulary (the graph sends it to the OOV row)
-UNKNOWN_CODE = -1
 #: the embedding row every unknown, rare, non-integer or missing categorical value maps to
 OOV_ROW = 0
 #: default vocabulary policy: a value must be seen this often in training to get its own row, so the OOV row
@@ -262,11 +259,6 @@ def show_value(value: Any) -> str:
     value = item() if callable(item) and not isinstance(value, (str, bytes)) else value
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def hash_code(text: str) -> int:
-    """The code of a string in a ``hash_buckets`` column: sha256 of its UTF-8 bytes, first 6 bytes big-endian."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big")
 
 
 @dataclass

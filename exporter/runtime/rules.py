@@ -7,6 +7,7 @@ TorchServe archive, the server, ``verify``, ``score`` and ``export`` all import 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -35,10 +36,34 @@ METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.pbtxt"
 SAMPLE_REQUEST = "sample_request.json"
 SAMPLE_RESPONSE = "sample_response.json"
+#: the string vocabularies of a version's categorical columns (named by ``features[].vocab``)
+VOCAB_FILE = "vocab.json"
 REPORT_FILE = "report.ipynb"
 STAGING_PREFIX = ".staging-"
 #: files every version directory must hold besides the model file
 REQUIRED_VERSION_FILES = (METADATA_FILE, SAMPLE_REQUEST, SAMPLE_RESPONSE)
+
+# ---------------------------------------------------------------------------------------------- values
+#: largest integer up to which every FP64 value is exact: categorical IDs beyond it cannot travel in the tensor
+MAX_EXACT_INT = 2**53
+#: the code of a string that is not in its column's vocabulary (the graph sends it to the OOV row)
+UNKNOWN_CODE = -1
+
+
+def hash_code(text: str) -> int:
+    """The code of a string in a ``hash_buckets`` column (docs/features.md): sha256 of its UTF-8 bytes, first
+    6 bytes big-endian (48 bits, so every code is an exact FP64 integer)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:6], "big")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (model files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 # ---------------------------------------------------------------------------------------------- versions
 #: Triton model versions are int64: the largest version a repository may hold.
@@ -136,8 +161,6 @@ def usability_problems(metadata: Any) -> list[str]:
 def is_plain_file_name(name: str) -> bool:
     """A file name inside the version directory: no separators, no parent or current directory."""
     return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\x00" not in name
-
-
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -10,17 +10,15 @@ per row and vectorised instead of per request:
   column's fill) only when metadata marks the column ``optional``;
 * text cells (CSV, or string columns in Parquet) are parsed as decimal numbers, so a CSV behaves like the
   same numbers in Parquet;
-* categorical columns (when metadata has a ``features`` list): a string category is mapped to its
-  code through the training vocabulary, unknown strings to :data:`OOV_CODE` (the graph's out-of-vocabulary
-  row); an integer ID must be an integer within 2^53.
+* categorical columns (when metadata has a ``features`` list): a string category is mapped to its code through
+  the training vocabulary, unknown strings to :data:`OOV_CODE` (the graph's out-of-vocabulary row), a hashed
+  one to its hash code; an integer ID must be an integer within 2^53.
 
-The categorical part reads the ``features`` entries of metadata provisionally (``name``, ``kind``,
-``optional``, ``vocabulary`` inline or in ``vocab.json``): when the features module lands, swap
-:func:`plan_from_metadata` / :func:`encode_batch` for its encoder; nothing else here depends on the format.
+The columns' rules come from :mod:`exporter.runtime.columns`, the one reader of metadata ``features`` and
+``vocab.json`` (the handler's); this module applies them to whole Arrow columns at once.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,14 +29,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exporter.runtime.columns import ColumnSpec, column_specs, read_vocab, vocab_files
+from exporter.runtime.errors import ArtifactError
+from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code
+
 __all__ = ["OOV_CODE", "ColumnRule", "EncodingPlan", "EncodedBatch", "SchemaProblem",
            "plan_from_metadata", "check_schema", "encode_batch"]
 
 #: Code sent for a string category that is not in the vocabulary: not a vocabulary code, so the graph
 #: maps it to its out-of-vocabulary row (contract section 1).
-OOV_CODE = -1.0
+OOV_CODE = float(UNKNOWN_CODE)
 #: Integer IDs are exact in FP64 up to 2^53 (contract section 1).
-MAX_EXACT_ID = 2.0**53
+MAX_EXACT_ID = float(MAX_EXACT_INT)
 #: Decimal text accepted for a number (after trimming blanks): sign, digits, point, exponent.
 _NUMBER_TEXT = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _NAN_TEXT = r"^[+-]?[nN][aA][nN]$"
@@ -49,24 +51,9 @@ class SchemaProblem(ValueError):
     """A column whose Arrow type can never hold a usable value (a schema error, not a row error)."""
 
 
-@dataclass(frozen=True)
-class ColumnRule:
-    """How one feature column becomes one column of the FP64 tensor."""
-
-    name: str
-    kind: str = "numeric"  # "numeric" or "categorical"
-    optional: bool = False  # missing/NaN cells allowed (sent as NaN: the graph applies the fill / OOV row)
-    vocabulary: Mapping[str, int] | None = None  # string categories -> code (categorical only)
-    hashed: bool = False  # string categories -> exporter.features.hash_code (hash_buckets columns)
-
-    @property
-    def takes_strings(self) -> bool:
-        return self.vocabulary is not None or self.hashed
-
-    @property
-    def is_id(self) -> bool:
-        """A categorical column without string categories takes integer IDs."""
-        return self.kind == "categorical" and not self.takes_strings
+#: How one feature column becomes one column of the FP64 tensor: the runtime's column spec (name, kind,
+#: optional, vocabulary or hashed strings; ``takes_strings`` and ``is_id`` say which rules apply).
+ColumnRule = ColumnSpec
 
 
 @dataclass(frozen=True)
@@ -112,56 +99,21 @@ class EncodedBatch:
 def plan_from_metadata(metadata: Mapping[str, Any], directory: Path | None = None) -> EncodingPlan:
     """The encoding rules of one artifact version, from its ``metadata.json`` and ``vocab.json``.
 
-    ``features`` (docs/features.md) gives each column's kind and ``optional``; a string column names its
-    vocabulary as ``{"file": "vocab.json", "sha256": ..., "key": <column>}`` (the file's sha256 is checked)
-    or is hashed (``oov.policy == "hash"``: a string's code is :func:`exporter.features.hash_code`).
-    Metadata without ``features`` (older exports) means every column is numeric.
+    Read by :func:`exporter.runtime.columns.column_specs`, as the handler reads them: ``features``
+    (docs/features.md) gives each column's kind and ``optional``; a string column names its vocabulary as
+    ``{"file": "vocab.json", "sha256": ..., "key": <column>}`` (the file's sha256 is checked) or is hashed.
+    Metadata without ``features`` (older exports) means every column is numeric. ``directory`` holds the
+    vocabulary file (None: the metadata names none). Raises ``ValueError`` for unusable feature metadata.
     """
-    columns = list(metadata["feature_columns"])
-    entries = {e.get("name"): e for e in metadata.get("features") or [] if isinstance(e, Mapping)}
-    files: dict[str, Any] = {}
-    rules = []
-    for name in columns:
-        entry = entries.get(name, {})
-        kind = str(entry.get("kind", "numeric"))
-        if kind not in ("numeric", "categorical"):
-            raise ValueError(f"metadata feature {name!r} has kind {kind!r}; expected numeric or categorical")
-        vocabulary = None
-        hashed = False
-        if kind == "categorical" and entry.get("dtype") in ("string", "bool", "category"):
-            ref = entry.get("vocab")
-            oov = entry.get("oov") if isinstance(entry.get("oov"), Mapping) else {}
-            if isinstance(ref, Mapping) and directory is not None:
-                values = _vocabulary_file(directory, str(ref.get("file")), ref.get("sha256"), files).get(
-                    str(ref.get("key", name)))
-                if not isinstance(values, list):
-                    raise ValueError(f"vocabulary of {name!r} is missing from {ref.get('file')}")
-                vocabulary = {str(v): i for i, v in enumerate(values)}
-            elif oov.get("policy") == "hash":
-                hashed = True
-        rules.append(ColumnRule(name, kind, bool(entry.get("optional", False)), vocabulary, hashed))
-    return EncodingPlan(tuple(rules))
+    try:
+        vocab = read_vocab(directory, metadata) if directory is not None else None
+        return EncodingPlan(tuple(column_specs(metadata, vocab)))
+    except ArtifactError as exc:
+        raise ValueError(exc.message) from None
 
 
-def vocabulary_files(metadata: Mapping[str, Any]) -> list[str]:
-    """The vocabulary files a version's features name (what an executor needs beside the model)."""
-    names = {str(e["vocab"].get("file")) for e in metadata.get("features") or []
-             if isinstance(e, Mapping) and isinstance(e.get("vocab"), Mapping) and e["vocab"].get("file")}
-    return sorted(names)
-
-
-def _vocabulary_file(directory: Path, name: str, digest: Any, cache: dict[str, Any]) -> dict[str, Any]:
-    """A ``vocab.json`` beside the model, verified against the sha256 metadata records (read once)."""
-    if name not in cache:
-        path = directory / name
-        if "/" in name or "\\" in name or name in ("", ".", ".."):
-            raise ValueError(f"vocabulary file {name!r} must be a file name in the version directory")
-        data = path.read_bytes()
-        if not digest or hashlib.sha256(data).hexdigest() != digest:
-            raise ValueError(f"sha256 of {str(path)!r} does not match metadata; refusing a modified vocabulary")
-        loaded = json.loads(data)
-        cache[name] = loaded if isinstance(loaded, dict) else {}
-    return cache[name]
+#: The vocabulary files a version's features name (what an executor needs beside the model).
+vocabulary_files = vocab_files
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -346,8 +298,6 @@ def _encode_categories(text: pa.Array, rule: ColumnRule, plan: EncodingPlan) -> 
     missing = _null_mask(text) | _as_bool(pc.equal(text, ""))
     values = np.full(len(text), OOV_CODE)
     if rule.hashed:
-        from exporter.features import hash_code
-
         encoded = pc.dictionary_encode(text)
         uniques = encoded.dictionary.to_pylist()
         table = np.array([float(hash_code(u)) for u in uniques] or [OOV_CODE], dtype=np.float64)

@@ -1,4 +1,4 @@
-"""The embedded handler: both request forms, every prediction format, every handler error of docs/contract.md, loading checks."""
+"""The embedded handler: both request forms, every prediction format, every error of issue 3, loading checks."""
 from __future__ import annotations
 
 import hashlib
@@ -143,7 +143,7 @@ def test_both_forms_give_the_same_numbers(handlers: dict[str, ModelHandler]) -> 
 def test_notebook_two_lines_and_sample_response(tree: Path) -> None:
     vdir = tree / "mmoe" / "1"
     request = json.loads((vdir / "sample_request.json").read_text())
-    answer = ModelHandler.load(str(vdir)).predict(request)
+    answer = ModelHandler.load("%s" % vdir).predict(request)
     assert answer == json.loads((vdir / "sample_response.json").read_text())
 
 
@@ -165,7 +165,7 @@ def test_handle_bytes_accepts_bytes_like_and_str(handlers: dict[str, ModelHandle
 
 
 # ------------------------------------------------------------------------------------------- errors
-GOOD_ROW = dict(zip(DEFAULT_COLUMNS, [0.1, 0.01, 50.0, 30, 1, 3.0, 50.0], strict=True))
+GOOD_ROW = dict(zip(DEFAULT_COLUMNS, [0.1, 0.01, 50.0, 30, 1, 3.0, 50.0]))
 
 
 def with_value(row_index: int, column: str, raw_value: str) -> bytes:
@@ -253,15 +253,13 @@ def test_error_table(handlers: dict[str, ModelHandler], payload: Any, status: in
 
 
 def test_v2_nan_literal_names_row_and_column(handlers: dict[str, ModelHandler]) -> None:
-    body = (b'{"inputs": [{"name": "features", "shape": [2, 7], "datatype": "FP64", '
-            b'"data": [1,2,3,4,5,6,7,1,2,NaN,4,5,6,7]}]}')
+    body = b'{"inputs": [{"name": "features", "shape": [2, 7], "datatype": "FP64", "data": [1,2,3,4,5,6,7,1,2,NaN,4,5,6,7]}]}'
     assert_error(*call(handlers["xgb"], body), 400, "row 1", '"item_price"', "NaN")
 
 
 def test_lone_surrogate_id_is_400_not_a_crash(handlers: dict[str, ModelHandler]) -> None:
     # NaN sends the body through the lenient parser, which accepts lone surrogates that orjson cannot write back
-    body = (b'{"id": "\\ud800", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", '
-            b'"data": [1,2,3,4,5,6,7]}], "x": NaN}')
+    body = b'{"id": "\\ud800", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", "data": [1,2,3,4,5,6,7]}], "x": NaN}'
     assert_error(*call(handlers["xgb"], body), 400, '"id" is not valid Unicode')
 
 
@@ -353,5 +351,54 @@ def test_named_columns_encoding_equals_the_plain_json_encoding(tree: Path, tmp_p
     rng = np.random.default_rng(0)
     for out in (rng.normal(size=(1, 3)), rng.normal(size=(257, 3)) * 1e6,
                 np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]])):
-        plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r, strict=True)) for r in out.tolist()]})
-        assert handler.torchserve._encode_named(out) == plain
+        plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r)) for r in out.tolist()]})
+        assert handler.torchserve.encode_named(out) == plain
+
+
+# ------------------------------------------------------------------------------------------- one path
+def test_every_entry_point_answers_through_answer(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict, handle_bytes, handle_request, handle_http and TorchServe's handle all take ModelHandler.answer."""
+    from exporter.runtime import torchserve_entry
+
+    handler = ModelHandler.load(tree / "xgb")
+    calls: list[str] = []
+    real = handler.answer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append("answer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handler, "answer", counting)
+    monkeypatch.setattr(torchserve_entry, "_service", handler)
+    body = json.dumps({"data": sample_rows(DEFAULT_COLUMNS, 2)})
+    expected = handler.predict(json.loads(body))
+    assert orjson.loads(handler.handle_bytes(body)[1]) == expected
+    assert orjson.loads(handler.handle_request(body)[1]) == expected
+    assert orjson.loads(handler.handle_http(body.encode(), None)[1]) == expected
+    answers = torchserve_entry.handle([{"body": body.encode()}, {"body": json.loads(body)}], None)
+    assert [orjson.loads(a) for a in answers] == [expected, expected]
+    assert calls == ["answer"] * 6
+
+
+@pytest.mark.parametrize("entry", ["handle_bytes", "handle_http", "handle_http binary"])
+def test_a_v2_request_is_validated_once(tree: Path, monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    handler = ModelHandler.load(tree / "xgb")
+    checks: list[bool] = []
+    real = handler.v2.check
+
+    def counting(payload: Any, binary: bool = False) -> Any:
+        checks.append(binary)
+        return real(payload, binary)
+
+    monkeypatch.setattr(handler.v2, "check", counting)
+    x = np.arange(14, dtype=np.float64).reshape(2, 7) / 10
+    tensor = {"name": "features", "shape": [2, 7], "datatype": "FP64"}
+    if entry == "handle_http binary":
+        header = json.dumps({"inputs": [dict(tensor, parameters={"binary_data_size": x.nbytes})]}).encode()
+        status, answer, rows, _ = handler.handle_http(header + x.tobytes(), len(header))
+    else:
+        body = json.dumps({"inputs": [dict(tensor, data=x.ravel().tolist())]})
+        status, answer = handler.handle_bytes(body) if entry == "handle_bytes" else handler.handle_http(body)[:2]
+    assert status == 200, answer
+    np.testing.assert_allclose(orjson.loads(answer)["outputs"][0]["data"], expected_output(x, "scalar", None))
+    assert len(checks) == 1
