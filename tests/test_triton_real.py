@@ -23,7 +23,7 @@ import tritonclient.http as tc
 
 from exporter.handler import ModelHandler
 from exporter.models import repository_names
-from exporter.runtime.handler import TorchServeCodec
+
 from exporter.tools import triton_python as tp
 from exporter.training.data import synthetic_dataset
 from tests.triton_proto import parse_config
@@ -94,7 +94,7 @@ def _features(exported_artifacts: Path, name: str, rows: int = 64) -> tuple[Mode
     """The handler of ``name`` and a realistic feature matrix (synthetic rows without missing values)."""
     handler = ModelHandler.load(exported_artifacts / name / "1")
     frame = synthetic_dataset(rows * 2, 11)[handler.feature_columns].dropna().head(rows)
-    matrix = TorchServeCodec(handler).decode({"data": frame.to_dict("records")})
+    matrix = handler.torchserve.decode({"data": frame.to_dict("records")})
     assert matrix.shape == (rows, handler.n_features)
     return handler, matrix
 
