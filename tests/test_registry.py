@@ -1,4 +1,4 @@
-"""The registry is the one list of models: everything else derives from it, and a new model is one spec."""
+"""The registry is the one list of models: everything else derives from it, and a new model is one class."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ from exporter.errors import ExporterError
 from exporter.training.metrics import ctr_metrics
 from exporter.models import get_spec, model_names, registered, repository_names
 from exporter.models.base import NotebookInfo
-from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+from exporter.models.torch_base import TorchModel
 from tests.conftest import REPO, SMALL_HPARAMS, run_cli
 
 
@@ -37,37 +37,42 @@ class _LogReg(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-def _build(cfg):
-    return _LogReg(int(cfg["n"]))
+class LogReg(TorchModel):
+    """A throw-away sixth model: logistic regression, declared in one class like the real ones."""
+
+    name = "logreg"
+    description = "logistic regression (throw-away test model)"
+    label_columns = (LABEL,)
+    default_features = tuple(DEFAULT_FEATURES)
+    default_hparams = {"epochs": 2, "batch_size": 256, "learning_rate": 0.05, "weight_decay": 0.0}
+    model_names = ("logreg",)
+    notebook = NotebookInfo(title="Logistic regression", what="a logistic regression", native="PyTorch",
+                            checkpoint="checkpoint.pt", knobs=(("epochs", "passes"),), extra="other", step="epoch",
+                            eval_md="ROC curve.", example="-p epochs 2")
+    test_hparams = {"epochs": 1}
+
+    def metrics(self, predictions, labels):
+        return ctr_metrics(predictions, labels)
+
+    def make_config(self, data):
+        return {"n": len(data.columns)}
+
+    def build(self, config):
+        return _LogReg(int(config["n"]))
+
+    def fit_scalers(self, net, x):
+        net.scaler.fit(x)
+
+    def loss(self, net, batch):
+        return nn.functional.binary_cross_entropy_with_logits(net.logits(batch[0]), batch[1])
 
 
-def logreg_spec(**overrides) -> object:
-    """A throw-away sixth model: logistic regression, declared in one spec like the real ones."""
-    fields = dict(
-        name="logreg",
-        description="logistic regression (throw-away test model)",
-        label_columns=(LABEL,),
-        default_features=tuple(DEFAULT_FEATURES),
-        default_hparams={"epochs": 2, "batch_size": 256, "learning_rate": 0.05, "weight_decay": 0.0},
-        metrics=ctr_metrics,
-        model_names=("logreg",),
-        make_config=lambda cols, hp, x, y, plan: {"n": len(cols)},
-        build=_build,
-        fit_scalers=lambda net, x: net.scaler.fit(x),
-        targets=lambda y: [label_tensor(y, LABEL)],
-        loss=lambda net, b: nn.functional.binary_cross_entropy_with_logits(net.logits(b[0]), b[1]),
-        heads=lambda net, x: {LABEL: net(x)},
-        parts=lambda net, cfg, cols: [ServedPart("logreg", net, cols, list(range(len(cols))), None, "scalar")],
-        notebook=NotebookInfo(title="Logistic regression", what="a logistic regression", native="PyTorch",
-                              checkpoint="checkpoint.pt", knobs=(("epochs", "passes"),), extra="other", step="epoch",
-                              eval_md="ROC curve.", example="-p epochs 2"),
-        test_hparams={"epochs": 1},
-    )
-    fields.update(overrides)
-    return make_spec(TorchModelDef(**fields))
+def logreg_spec(**overrides) -> LogReg:
+    """The sixth model, with some class attributes overridden (a subclass, as a variant of a model would be)."""
+    return type("LogRegVariant", (LogReg,), overrides)() if overrides else LogReg()
 
 
-def test_a_sixth_model_is_one_spec_and_exports_verifies_and_serves(tmp_path: Path):
+def test_a_sixth_model_is_one_class_and_exports_verifies_and_serves(tmp_path: Path):
     from starlette.testclient import TestClient
 
     from exporter.serving.server import ModelRegistry, create_app

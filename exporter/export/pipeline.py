@@ -23,7 +23,7 @@ from exporter.training import inputs as I
 from exporter.training import quality_gate as Q
 from exporter.export import repository as repo
 from exporter.errors import ExporterError, ParityError
-from exporter.models import ExportUnit, ModelSpec, Trained, get_spec
+from exporter.models import ExportUnit, ModelSpec, TrainData, Trained, get_spec
 from exporter.models.base import BINARY, SideFile
 
 MODES = ("train", "load")
@@ -280,12 +280,9 @@ def prepare(params: ExportParams) -> Prepared:
     optional = {n.name for n in needs if not n.required}
     labels = {n: c for n, c in labels.items() if n not in optional or c in frame.columns}
     has_labels = all(c in frame.columns for c in labels.values())
-    if spec.split is not None:  # e.g. two_tower: by user-item pairs, so no held-out pair was seen in training
-        towers = _towers(frame, columns, schema, loaded)
-        train_idx, held_idx = spec.split(frame, columns, loaded.hparams if loaded is not None else hparams, towers,
-                                         params.seed)
-    else:
-        train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
+    # the seeded 80/20 row split, or the model's own (two_tower: by user-item pairs, none seen in training)
+    train_idx, held_idx = spec.split(frame, columns, loaded.hparams if loaded is not None else hparams,
+                                     lambda: _towers(frame, columns, schema, loaded), params.seed)
     # validate the whole table first, so errors name rows as they are in the file
     stored = None
     if loaded is not None:
@@ -346,19 +343,15 @@ def fit(prep: Prepared) -> Trained:
 
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        return prep.spec.train(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout,
-                               prep.columns, prep.hparams, prep.params.seed, bar, prep.features)
+        return prep.spec.train(TrainData(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout, prep.columns,
+                                         prep.hparams, prep.params.seed, prep.features, bar))
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
-    """Held-out metrics (empty when a load-mode data file has no labels); a spec may evaluate itself."""
-    if prep.spec.evaluate is not None:
-        own = prep.spec.evaluate(prep, trained)
-        return Evaluation(own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels),
-                          own.details, own.files)
-    predictions = trained.predict(prep.x_heldout)
-    metrics = prep.spec.metrics(predictions, prep.y_heldout) if prep.y_heldout else {}
-    return Evaluation(metrics, dict(prep.y_heldout), predictions, Q.assess(metrics, prep.y_heldout))
+    """Held-out metrics (empty when a load-mode data file has no labels), as the model evaluates itself."""
+    own = prep.spec.evaluate(prep, trained)
+    return Evaluation(own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels),
+                      own.details, own.files)
 
 
 # --------------------------------------------------------------------------- export
