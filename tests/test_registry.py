@@ -109,6 +109,54 @@ def test_a_hyper_parameter_without_a_rule_is_refused(tmp_path: Path):
     assert H.resolve_hparams(ruled, {})["dropout"] == 0.1
     with pytest.raises(ExporterError, match="dropout of logreg must be a number in"):
         H.resolve_hparams(ruled, {"dropout": 2})
+    own = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1},
+                      hparam_rules={"dropout": (lambda v, hp: v < hp["learning_rate"], "below the learning rate")})
+    assert H.resolve_hparams(own, {"dropout": 0.01})["dropout"] == 0.01
+    with pytest.raises(ExporterError, match="dropout of logreg must be below the learning rate, got 0.1"):
+        H.resolve_hparams(own, {})
+
+
+def _imports(package_dirs: list[Path]) -> dict[str, set[str]]:
+    """Module -> the modules of ``package_dirs`` it imports (anywhere in it, function bodies included)."""
+    import ast
+
+    modules = {}
+    for d in package_dirs:
+        for f in d.rglob("*.py"):
+            parts = f.relative_to(REPO).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for m, f in modules.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names]
+            edges[m] |= {n for n in names if n in modules and n != m}
+    return edges
+
+
+def test_training_imports_no_model_and_models_and_training_have_no_import_cycle():
+    edges = _imports([REPO / "exporter" / "models", REPO / "exporter" / "training"])
+    assert "exporter.training.hparams" in edges and "exporter.models.mmoe.tasks" in edges
+    upward = sorted((a, b) for a, targets in edges.items() for b in targets
+                    if a.startswith("exporter.training") and b.startswith("exporter.models"))
+    assert not upward, upward
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(edges[path[-1]]):
+            if nxt == start:
+                return path + [start]
+            if nxt not in path:
+                found = cycle_from(start, path + [nxt])
+                if found:
+                    return found
+        return None
+
+    for module in edges:
+        assert cycle_from(module, [module]) is None, " -> ".join(cycle_from(module, [module]))
 
 
 @pytest.mark.parametrize("name", model_names())
