@@ -100,6 +100,18 @@ def test_a_sixth_model_is_one_class_and_exports_verifies_and_serves(tmp_path: Pa
         get_spec("logreg")
 
 
+def test_an_incomplete_model_class_cannot_be_instantiated():
+    """A forgotten fact or method fails when the model is first looked up, naming what is missing."""
+    facts = {k: getattr(LogReg, k) for k in ("description", "label_columns", "default_features", "default_hparams",
+                                             "model_names")}
+    methods = {k: getattr(LogReg, k) for k in ("metrics", "make_config", "build")}
+    with pytest.raises(TypeError, match="Nameless declares no name"):
+        type("Nameless", (TorchModel,), {**facts, **methods, "loss": LogReg.loss})()
+    with pytest.raises(TypeError, match="abstract method.*loss"):
+        type("NoLoss", (TorchModel,), {**facts, **methods, "name": "noloss"})()
+    assert type("Complete", (TorchModel,), {**facts, **methods, "name": "x", "loss": LogReg.loss})().name == "x"
+
+
 def test_a_hyper_parameter_without_a_rule_is_refused(tmp_path: Path):
     spec = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1})
     with registered(spec), pytest.raises(ExporterError, match="dropout of logreg has no rule"):

@@ -10,6 +10,7 @@ generic ONNX check, parity gate and artifact writer.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -173,12 +174,18 @@ Towers = Callable[[], Mapping[str, "str | None"]]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class Model:
+class Model(ABC):
     """A model, declared once: facts as class attributes, behaviour as methods. Adding a model means one subclass.
 
     Instances hold no state (the registry keeps one of each); everything a run produces lives in the
-    :class:`Trained` value that :meth:`train` and :meth:`load` return.
+    :class:`Trained` value that :meth:`train` and :meth:`load` return. A subclass that misses a fact or
+    one of the abstract methods cannot be instantiated, so an incomplete model fails when it is first
+    looked up, not half-way through an export.
     """
+
+    #: the facts every model declares (the others have defaults)
+    REQUIRED: ClassVar[tuple[str, ...]] = ("name", "description", "framework", "label_columns", "default_features",
+                                           "default_hparams", "model_names")
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -207,22 +214,27 @@ class Model:
 
     # ------------------------------------------------------------------ what every model implements
 
+    @abstractmethod
     def train(self, data: TrainData) -> Trained:
         """Fit on ``data`` (seeded by ``data.seed``: the same data and seed give the same model)."""
         raise NotImplementedError
 
+    @abstractmethod
     def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
         """Read a model saved by this exporter or the native framework (load mode)."""
         raise NotImplementedError
 
+    @abstractmethod
     def export_units(self, trained: Trained) -> list[ExportUnit]:
         """The ONNX artifacts of a trained model (``Trained.units`` calls this)."""
         raise NotImplementedError
 
+    @abstractmethod
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Held-out metrics of predictions by head against labels by name."""
         raise NotImplementedError
 
+    @abstractmethod
     def progress_total(self, hparams: Mapping[str, Any], rows: int) -> int:
         """Total training steps for the progress bar."""
         raise NotImplementedError
@@ -253,8 +265,10 @@ class Model:
 
     # ------------------------------------------------------------------ shared
 
-    def columns(self, override: Sequence[str] | None) -> list[str]:
-        return list(override) if override else list(self.default_features)
+    def __init__(self) -> None:
+        missing = [a for a in self.REQUIRED if not hasattr(type(self), a)]
+        if missing:
+            raise TypeError(f"model class {type(self).__name__} declares no {', '.join(missing)}")
 
     def trained(self, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
                 predict: Callable[[np.ndarray], dict[str, np.ndarray]], *, model: Any, features: Any,

@@ -2,11 +2,12 @@
 
 A torch model subclasses :class:`TorchModel` and declares only what is its own: its facts (class
 attributes) and its network (:meth:`~TorchModel.make_config`, :meth:`~TorchModel.build`,
-:meth:`~TorchModel.loss`; heads, targets and exported parts when the defaults do not fit). Fitting,
+:meth:`~TorchModel.loss`; heads, training tensors and exported parts when the defaults do not fit). Fitting,
 checkpoints with ``weights_only=True`` and native predictors are shared here.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -49,15 +50,18 @@ class TorchModel(Model):
 
     # ------------------------------------------------------------------ what a torch model declares
 
+    @abstractmethod
     def make_config(self, data: TrainData) -> dict[str, Any]:
         """The JSON-able architecture config (incl. fitted target statistics and each categorical column's
         embedding rows); it is stored in the checkpoint and :meth:`build` rebuilds the network from it."""
         raise NotImplementedError
 
+    @abstractmethod
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         """The network of ``config``; it reads prepared features and holds its standardisation and embeddings."""
         raise NotImplementedError
 
+    @abstractmethod
     def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Scalar loss of one batch of the :meth:`training_tensors`."""
         raise NotImplementedError
@@ -66,14 +70,11 @@ class TorchModel(Model):
         """Fit the network's standardisation on the training matrix, in place."""
         net.fields.fit(x)
 
-    def targets(self, y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
-        """The training target tensors (after the feature tensor): one per label column."""
-        return [label_tensor(y, c) for c in self.label_columns]
-
     def training_tensors(self, config: Mapping[str, Any], x: np.ndarray,
                          y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
-        """The training tensors, features first (two_tower keeps only positive pairs and adds item identities)."""
-        return [torch.from_numpy(x), *self.targets(y)]
+        """The training tensors: the features, then one target per label column (mmoe: per task; two_tower
+        keeps only positive pairs and adds item identities)."""
+        return [torch.from_numpy(x), *(label_tensor(y, c) for c in self.label_columns)]
 
     def heads(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """label column -> prediction of a float64 feature tensor."""

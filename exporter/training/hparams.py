@@ -26,15 +26,15 @@ class HasHparams(Protocol):
 
 
 def rule_for(spec: HasHparams, key: str) -> tuple[Rule, str]:
-    """(rule, what is expected) of one hyper-parameter of ``spec``."""
+    """(rule, what is expected) of one hyper-parameter of the model ``spec``."""
     rule = spec.hparam_rules.get(key) or RULES.get(key)
     if rule is None:
-        raise ExporterError(f"hyper-parameter {key} of {spec.name} has no rule: add one to its spec's hparam_rules")
+        raise ExporterError(f"hyper-parameter {key} of {spec.name} has no rule: add one to its class's hparam_rules")
     return rule
 
 
 def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's defaults with ``overrides`` applied, every key known and every value checked."""
+    """The model's defaults with ``overrides`` applied, every key known and every value checked."""
     unknown = sorted(set(overrides) - set(spec.default_hparams))
     if unknown:
         raise ExporterError(
