@@ -343,8 +343,10 @@ def fit(prep: Prepared) -> Trained:
 
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        return prep.spec.train(TrainData(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout, prep.columns,
-                                         prep.hparams, prep.params.seed, prep.features, bar))
+        return prep.spec.train(TrainData(
+            x_train=prep.x_train, y_train=prep.y_train, x_heldout=prep.x_heldout, y_heldout=prep.y_heldout,
+            columns=prep.columns, hparams=prep.hparams, seed=prep.params.seed, features=prep.features, progress=bar,
+        ))
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
