@@ -217,3 +217,15 @@ def test_export_all_from_the_command_line(tmp_path):
             assert a["parity"]["passed"] and a["version"] == 1
             assert (tmp_path / a["model_name"] / "1" / "model.onnx").is_file()
             assert (tmp_path / a["model_name"] / "config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_the_model_rebuilds_its_native_predictor_from_an_artifact(exported_artifacts, name):
+    """What the serving benchmark compares against: the native model of a version agrees with its ONNX graph."""
+    d = _version_dir(exported_artifacts, name)
+    n = len(json.loads((d / "metadata.json").read_text())["feature_columns"])
+    x = np.random.default_rng(0).integers(0, 5, size=(16, n)).astype(np.float64)  # raw codes, unseen ones included
+    expected = ort.InferenceSession(str(d / "model.onnx")).run(None, {"features": x})[0]
+    native = np.asarray(get_spec(name).native_predictor(d)(x), dtype=np.float64).reshape(expected.shape)
+    atol = 1e-6 if name == "xgb" else 1e-9  # xgboost predicts in float32
+    np.testing.assert_allclose(native, expected, rtol=0, atol=atol)

@@ -30,7 +30,7 @@ from exporter.export.metadata import (
 from exporter.export.write import (
     ExportedArtifact, check_config_compatible, check_model_name, renamed_model_names,
 )
-from exporter.models import ExportUnit, ModelSpec, Trained, get_spec
+from exporter.models import ExportUnit, ModelSpec, TrainData, Trained, get_spec
 from exporter.models.base import BINARY, SideFile
 from exporter.training import data as D
 from exporter.training import hparams as H
@@ -252,12 +252,9 @@ def prepare(params: ExportParams) -> Prepared:
     optional = {n.name for n in needs if not n.required}
     labels = {n: c for n, c in labels.items() if n not in optional or c in frame.columns}
     has_labels = all(c in frame.columns for c in labels.values())
-    if spec.split is not None:  # e.g. two_tower: by user-item pairs, so no held-out pair was seen in training
-        towers = _towers(frame, columns, schema, loaded)
-        train_idx, held_idx = spec.split(frame, columns, loaded.hparams if loaded is not None else hparams, towers,
-                                         params.seed)
-    else:
-        train_idx, held_idx = D.split_indices(len(frame), seed=params.seed)
+    # the seeded 80/20 row split, or the model's own (two_tower: by user-item pairs, none seen in training)
+    train_idx, held_idx = spec.split(frame, columns, loaded.hparams if loaded is not None else hparams,
+                                     lambda: _towers(frame, columns, schema, loaded), params.seed)
     # validate the whole table first, so errors name rows as they are in the file
     stored = None
     if loaded is not None:
@@ -306,19 +303,17 @@ def fit(prep: Prepared) -> Trained:
 
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        return prep.spec.train(prep.x_train, prep.y_train, prep.x_heldout, prep.y_heldout,
-                               prep.columns, prep.hparams, prep.params.seed, bar, prep.features)
+        return prep.spec.train(TrainData(
+            x_train=prep.x_train, y_train=prep.y_train, x_heldout=prep.x_heldout, y_heldout=prep.y_heldout,
+            columns=prep.columns, hparams=prep.hparams, seed=prep.params.seed, features=prep.features, progress=bar,
+        ))
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
-    """Held-out metrics (empty when a load-mode data file has no labels); a spec may evaluate itself."""
-    if prep.spec.evaluate is not None:
-        own = prep.spec.evaluate(prep, trained)
-        return Evaluation(own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels),
-                          own.details, own.files)
-    predictions = trained.predict(prep.x_heldout)
-    metrics = prep.spec.metrics(predictions, prep.y_heldout) if prep.y_heldout else {}
-    return Evaluation(metrics, dict(prep.y_heldout), predictions, Q.assess(metrics, prep.y_heldout))
+    """Held-out metrics (empty when a load-mode data file has no labels), as the model evaluates itself."""
+    own = prep.spec.evaluate(prep, trained)
+    return Evaluation(own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels),
+                      own.details, own.files)
 
 
 # --------------------------------------------------------------------------- export

@@ -1,17 +1,25 @@
-"""The declarative shape of a model: what it reads, how it trains or loads, what it exports.
+"""The shape of a model: one class that declares what it reads, how it trains or loads, what it exports.
 
-A model is one :class:`ModelSpec`. The pipeline (:mod:`exporter.export.pipeline`) knows nothing model
-specific: it asks the spec to train or load a :class:`Trained` model, evaluates it with the spec's
-metrics and exports every :class:`ExportUnit` the trained model yields (two for the two-tower model)
-through one generic ONNX check, parity gate and artifact writer.
+A model is a subclass of :class:`Model` (torch models: of :class:`exporter.models.torch_base.TorchModel`):
+the declarative facts are class attributes (name, repository names, defaults, rules, tolerance, notebook),
+the behaviour is methods (:meth:`Model.train` on one :class:`TrainData`, :meth:`Model.load`,
+:meth:`Model.export_units`, :meth:`Model.metrics`). The pipeline (:mod:`exporter.export.pipeline`) knows
+nothing model specific: it asks the model to train or load a :class:`Trained` model, to evaluate it, and
+exports every :class:`ExportUnit` the trained model yields (two for the two-tower model) through one
+generic ONNX check, parity gate and artifact writer.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # the registry imports this module: it stays free of pandas and the frameworks
+    from exporter.features import FeaturePlan
 
 BINARY = "binary"
 REGRESSION = "regression"
@@ -73,6 +81,9 @@ class Trained:
     model: Any = None
     #: the fitted feature plan the model was trained with (``None``: a loaded model that stores none)
     features: Any = None
+    #: what the native files store beside the framework object (torch: the network config of the checkpoint;
+    #: xgb: the feature-meta), fixed when the model is trained or loaded
+    config: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class SideFile:
 
 @dataclass
 class Evaluated:
-    """What a spec's own held-out evaluation returns (see :attr:`ModelSpec.evaluate`)."""
+    """What a model's held-out evaluation returns (see :meth:`Model.evaluate`)."""
 
     metrics: dict[str, float]
     #: head -> held-out predictions; ``labels`` holds the matching truth under the same keys
@@ -109,7 +120,7 @@ class Evaluated:
     labels: dict[str, np.ndarray]
     #: further results the notebook and metadata show (per-head kinds, retrieval curves, ...)
     details: dict[str, Any] = field(default_factory=dict)
-    #: spec part name (e.g. ``two_tower_item``) -> files written beside that part
+    #: the model's part name (e.g. ``two_tower_item``) -> files written beside that part
     files: dict[str, list[SideFile]] = field(default_factory=dict)
 
 
@@ -140,60 +151,136 @@ class NotebookInfo:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Everything model specific, declared once. Adding a model means adding one such spec."""
+class TrainData:
+    """Everything a trainer reads, as one value: the prepared split, the run's settings and its progress bar.
 
-    name: str
-    description: str
-    framework: str
+    The matrices are *prepared* (numeric NaN filled, categorical values replaced by embedding rows; see
+    :mod:`exporter.features`); ``features`` is the fitted plan that prepared them.
+    """
+
+    x_train: np.ndarray
+    y_train: Mapping[str, np.ndarray]
+    x_heldout: np.ndarray
+    y_heldout: Mapping[str, np.ndarray]
+    columns: Sequence[str]
+    hparams: Mapping[str, Any]
+    seed: int
+    features: FeaturePlan
+    progress: Progress | None = None
+
+
+#: column -> tower declared for it, computed only for a model that splits by towers (see :meth:`Model.split`)
+Towers = Callable[[], Mapping[str, "str | None"]]
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Model(ABC):
+    """A model, declared once: facts as class attributes, behaviour as methods. Adding a model means one subclass.
+
+    Instances hold no state (the registry keeps one of each); everything a run produces lives in the
+    :class:`Trained` value that :meth:`train` and :meth:`load` return. A subclass that misses a fact or
+    one of the abstract methods cannot be instantiated, so an incomplete model fails when it is first
+    looked up, not half-way through an export.
+    """
+
+    #: the facts every model declares (the others have defaults)
+    REQUIRED: ClassVar[tuple[str, ...]] = ("name", "description", "framework", "label_columns", "default_features",
+                                           "default_hparams", "model_names")
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    framework: ClassVar[str]
     #: Label columns the trainer needs; ``label`` first for CTR models.
-    label_columns: tuple[str, ...]
-    default_features: tuple[str, ...]
-    default_hparams: Mapping[str, Any]
-    #: (X_train, y_train, X_heldout, y_heldout, columns, hparams, seed, progress, feature plan) -> Trained,
-    #: X prepared (numeric NaN filled, categorical values replaced by embedding rows)
-    train: Callable[..., Trained]
-    #: (checkpoint path, feature columns or None, hparams) -> Trained
-    load: Callable[..., Trained]
-    #: (predictions by head, labels by name) -> metrics
-    metrics: Callable[[Mapping[str, np.ndarray], Mapping[str, np.ndarray]], dict[str, float]]
-    #: names of the repository entries this spec writes (two_tower writes two)
-    model_names: tuple[str, ...]
-    #: total training steps for the progress bar, given hparams and number of training rows
-    progress_total: Callable[[Mapping[str, Any], int], int]
-    atol: float = 1e-5
-    checkpoint_hint: str = "checkpoint.pt written by train mode"
-    #: Rebuilds the native predictor of one model name from its version directory (benchmarks).
-    native_from_dir: Callable[[str, Path], Callable[[np.ndarray], np.ndarray]] | None = None
+    label_columns: ClassVar[tuple[str, ...]]
+    default_features: ClassVar[tuple[str, ...]]
+    default_hparams: ClassVar[Mapping[str, Any]]
+    #: names of the repository entries this model writes (two_tower writes two)
+    model_names: ClassVar[tuple[str, ...]]
+    #: what its exported graphs answer (see ``PREDICTION_FORMATS`` in :mod:`exporter.runtime.rules`)
+    prediction_format: ClassVar[str] = "scalar"
+    #: parity tolerance between the native model and onnxruntime
+    atol: ClassVar[float] = 1e-5
+    checkpoint_hint: ClassVar[str] = "checkpoint.pt written by train mode"
     #: The model's notebook (``notebooks/<name>.ipynb``, generated from this).
-    notebook: NotebookInfo | None = None
+    notebook: ClassVar[NotebookInfo | None] = None
     #: Small hyper-parameters that train in seconds: what the tests and smoke runs use.
-    test_hparams: Mapping[str, Any] = field(default_factory=dict)
-    #: Rules for hyper-parameters the common table (:data:`exporter.training.hparams.RULES`) does not know.
-    hparam_rules: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    test_hparams: ClassVar[Mapping[str, Any]] = _EMPTY
+    #: hyper-parameter -> (rule, what is expected) for those the common table
+    #: (:data:`exporter.training.hparams.RULES`) does not know; a rule is a rule name of that module or a
+    #: callable ``(value, all hparams) -> bool`` that may raise its own :class:`ExporterError`
+    hparam_rules: ClassVar[Mapping[str, tuple[Any, str]]] = _EMPTY
     #: Largest feature magnitude the framework represents (xgboost: float32); larger values fail before training.
-    max_abs_feature: float | None = None
-    #: hparams -> the labels a run needs (mmoe: its tasks'); ``None``: :attr:`label_columns`, ``label`` binary
-    labels_for: Callable[[Mapping[str, Any]], list[LabelNeed]] | None = None
-    #: (frame, feature columns, hparams, column -> schema tower, seed) -> (train rows, held-out rows);
-    #: ``None``: the exporter's seeded 80/20 row split
-    split: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
-    #: (prepared run, trained) -> :class:`Evaluated`; ``None``: ``metrics(predict(x_heldout), y_heldout)``
-    evaluate: Callable[[Any, Trained], Evaluated] | None = None
+    max_abs_feature: ClassVar[float | None] = None
+
+    # ------------------------------------------------------------------ what every model implements
+
+    @abstractmethod
+    def train(self, data: TrainData) -> Trained:
+        """Fit on ``data`` (seeded by ``data.seed``: the same data and seed give the same model)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
+        """Read a model saved by this exporter or the native framework (load mode)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def export_units(self, trained: Trained) -> list[ExportUnit]:
+        """The ONNX artifacts of a trained model (``Trained.units`` calls this)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Held-out metrics of predictions by head against labels by name."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def progress_total(self, hparams: Mapping[str, Any], rows: int) -> int:
+        """Total training steps for the progress bar."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ what a model may override
 
     def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
         """The label columns a run with ``hparams`` needs (the pipeline reads and checks exactly these)."""
-        if self.labels_for is not None:
-            return list(self.labels_for(hparams))
         return [LabelNeed(c, BINARY if c == "label" else REGRESSION,
                           "the click label" if c == "label" else f"regression label '{c}'") for c in self.label_columns]
 
-    def columns(self, override: Sequence[str] | None) -> list[str]:
-        return list(override) if override else list(self.default_features)
+    def split(self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, held-out rows) of ``frame``: the exporter's seeded 80/20 row split unless overridden."""
+        from exporter.training.data import split_indices
+
+        return split_indices(len(frame), seed=seed)
+
+    def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
+        """Held-out evaluation of a prepared run (empty metrics when a load-mode data file has no labels)."""
+        predictions = trained.predict(prep.x_heldout)
+        metrics = self.metrics(predictions, prep.y_heldout) if prep.y_heldout else {}
+        return Evaluated(metrics, predictions, dict(prep.y_heldout))
 
     def native_predictor(self, version_dir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
         """The native model of an exported version (``<artifacts>/<model_name>/<version>``), for benchmarks."""
-        if self.native_from_dir is None:
-            raise NotImplementedError(f"{self.name} cannot rebuild its native model from an artifact")
-        version_dir = Path(version_dir)
-        return self.native_from_dir(version_dir.parent.name, version_dir)
+        raise NotImplementedError(f"{self.name} cannot rebuild its native model from an artifact")
+
+    # ------------------------------------------------------------------ shared
+
+    def __init__(self) -> None:
+        missing = [a for a in self.REQUIRED if not hasattr(type(self), a)]
+        if missing:
+            raise TypeError(f"model class {type(self).__name__} declares no {', '.join(missing)}")
+
+    def trained(self, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
+                predict: Callable[[np.ndarray], dict[str, np.ndarray]], *, model: Any, features: Any,
+                config: Mapping[str, Any] | None) -> Trained:
+        """A :class:`Trained` of this model whose ``units`` are :meth:`export_units` of it."""
+        result = Trained(self.name, columns, hparams, history, predict, lambda: self.export_units(result),
+                         model=model, features=features, config=config)
+        return result
+
+    def __repr__(self) -> str:
+        return f"<model {self.name} ({type(self).__name__})>"
+
+
+#: The name callers type against (``get_spec`` returns a :class:`Model`).
+ModelSpec = Model

@@ -4,6 +4,7 @@ Every field owns a k-dimensional embedding: a categorical field looks up its val
 unknown values), a numeric field scales one learned vector by its standardised value. A linear term (one
 weight per numeric field, one per categorical value), the FM second-order interactions
 0.5 * ((sum e_i)^2 - sum e_i^2) and a deep MLP over the concatenated field embeddings add up to the click logit.
+The network is :class:`DeepFM`; the model (facts, config, loss) is :class:`DeepFMModel`.
 """
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from torch import nn
 
 from exporter.models import torch_common as tc
 from exporter.training.data import DEFAULT_FEATURES, LABEL
-from exporter.features import FeaturePlan
 from exporter.training.metrics import ctr_metrics
-from exporter.models.base import NotebookInfo
-from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+from exporter.models.base import NotebookInfo, TrainData
+from exporter.models.torch_base import TorchModel
 
 
 class DeepFM(nn.Module):
@@ -55,57 +55,46 @@ class DeepFM(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-def _config(columns: list[str], hp: Mapping[str, Any], x: np.ndarray | None, y: Any,
-            plan: FeaturePlan) -> dict[str, Any]:
-    return {"cardinalities": plan.cardinalities, "embed_dim": int(hp["embed_dim"]),
-            "hidden": [int(h) for h in hp["hidden"]]}
+class DeepFMModel(TorchModel):
+    """DeepFM as a model: its facts, its network config and its loss (the rest is :class:`TorchModel`'s)."""
 
-
-def _build(cfg: Mapping[str, Any]) -> nn.Module:
-    return DeepFM(list(cfg["cardinalities"]), int(cfg["embed_dim"]), list(cfg["hidden"]))
-
-
-def _loss(net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    x, y = batch
-    return nn.functional.binary_cross_entropy_with_logits(net.logits(x), y)
-
-
-SPEC = make_spec(
-    TorchModelDef(
-        name="deepfm",
-        description="DeepFM (torch) binary CTR model",
-        label_columns=(LABEL,),
-        default_features=DEFAULT_FEATURES,
-        default_hparams={"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "hidden": [64, 32],
-                         "weight_decay": 0.0},
-        metrics=ctr_metrics,
-        model_names=("deepfm",),
-        make_config=_config,
-        build=_build,
-        fit_scalers=lambda net, x: net.fields.fit(x),
-        targets=lambda y: [label_tensor(y, LABEL)],
-        loss=_loss,
-        heads=lambda net, x: {LABEL: net(x)},
-        parts=lambda net, cfg, cols: [
-            ServedPart("deepfm", net, cols, list(range(len(cols))), None, "scalar")
-        ],
-        notebook=NotebookInfo(
-            title='DeepFM CTR model → ONNX',
-            what='a DeepFM click-through-rate model (PyTorch)',
-            native='PyTorch',
-            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
-            knobs=(
-                ('epochs', 'passes over the training rows'),
-                ('batch_size', 'rows per optimiser step'),
-                ('learning_rate', 'Adam learning rate'),
-                ('embed_dim', "size of each feature's embedding (FM and deep part)"),
-                ('hidden', "widths of the deep part's hidden layers"),
-            ),
-            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
-            step='epoch',
-            eval_md='ROC curve of the click probability on held-out rows.',
-            example='-p epochs 10 -p learning_rate 0.002',
+    name = "deepfm"
+    description = "DeepFM (torch) binary CTR model"
+    label_columns = (LABEL,)
+    default_features = DEFAULT_FEATURES
+    default_hparams = {"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "hidden": [64, 32],
+                       "weight_decay": 0.0}
+    model_names = ("deepfm",)
+    notebook = NotebookInfo(
+        title='DeepFM CTR model → ONNX',
+        what='a DeepFM click-through-rate model (PyTorch)',
+        native='PyTorch',
+        checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
+        knobs=(
+            ('epochs', 'passes over the training rows'),
+            ('batch_size', 'rows per optimiser step'),
+            ('learning_rate', 'Adam learning rate'),
+            ('embed_dim', "size of each feature's embedding (FM and deep part)"),
+            ('hidden', "widths of the deep part's hidden layers"),
         ),
-        test_hparams={'epochs': 3},
+        extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
+        step='epoch',
+        eval_md='ROC curve of the click probability on held-out rows.',
+        example='-p epochs 10 -p learning_rate 0.002',
     )
-)
+    test_hparams = {'epochs': 3}
+
+    def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return ctr_metrics(predictions, labels)
+
+    def make_config(self, data: TrainData) -> dict[str, Any]:
+        hp = data.hparams
+        return {"cardinalities": data.features.cardinalities, "embed_dim": int(hp["embed_dim"]),
+                "hidden": [int(h) for h in hp["hidden"]]}
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        return DeepFM(list(config["cardinalities"]), int(config["embed_dim"]), list(config["hidden"]))
+
+    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.binary_cross_entropy_with_logits(net.logits(x), y)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,110 +17,200 @@ from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.training.metrics import ctr_metrics
-from exporter.models.base import ExportUnit, ModelSpec, NotebookInfo, Progress, Trained
+from exporter.models.base import ExportUnit, Model, NotebookInfo, TrainData, Trained
 
 XGB_OPSET = 15
 FEATURE_META = "feature_meta.json"
 SUPPORTED_OBJECTIVES = ("binary:logistic",)
 
 
-def _train(
-    x_train: np.ndarray,
-    y_train: Mapping[str, np.ndarray],
-    x_heldout: np.ndarray,
-    y_heldout: Mapping[str, np.ndarray],
-    columns: Sequence[str],
-    hparams: Mapping[str, Any],
-    seed: int,
-    progress: Progress | None,
-    features: FeaturePlan,
-) -> Trained:
-    """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
-    import xgboost as xgb
+class XGBoostModel(Model):
+    """The XGBoost CTR classifier as a model: boosted on the prepared matrix, saved as ``model.ubj``."""
 
-    params = {
-        "objective": "binary:logistic",
-        "eval_metric": "logloss",
-        "tree_method": "hist",
-        "max_depth": int(hparams["max_depth"]),
-        "eta": float(hparams["learning_rate"]),
-        "subsample": float(hparams["subsample"]),
-        "colsample_bytree": float(hparams["colsample_bytree"]),
-        "min_child_weight": float(hparams["min_child_weight"]),
-        "seed": int(seed),
-        "nthread": int(hparams["n_jobs"]),
+    name = "xgb"
+    description = "XGBoost binary CTR classifier"
+    framework = "xgboost"
+    label_columns = (LABEL,)
+    default_features = DEFAULT_FEATURES
+    default_hparams = {
+        "n_estimators": 150,
+        "max_depth": 3,
+        "learning_rate": 0.1,
+        "subsample": 0.9,
+        "colsample_bytree": 1.0,
+        "min_child_weight": 1.0,
+        "n_jobs": 2,
     }
-    dtrain = xgb.DMatrix(x_train, label=y_train[LABEL], feature_names=list(columns))
-    dheld = xgb.DMatrix(x_heldout, label=y_heldout[LABEL], feature_names=list(columns))
-    evals_result: dict[str, dict[str, list[float]]] = {}
-
-    class _Bar(xgb.callback.TrainingCallback):
-        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-            if progress is not None:
-                progress.update(1)
-                if epoch % 10 == 0:
-                    progress.set_postfix({"heldout_logloss": f"{evals_log['heldout']['logloss'][-1]:.4f}"})
-            return False
-
-    booster = xgb.train(
-        params,
-        dtrain,
-        num_boost_round=int(hparams["n_estimators"]),
-        evals=[(dtrain, "train"), (dheld, "heldout")],
-        evals_result=evals_result,
-        verbose_eval=False,
-        callbacks=[_Bar()],
+    model_names = ("xgb",)
+    checkpoint_hint = "an XGBoost model saved as .json or .ubj (Booster.save_model / XGBClassifier.save_model)"
+    notebook = NotebookInfo(
+        title='XGBoost CTR model → ONNX',
+        what='an XGBoost click-through-rate classifier',
+        native='XGBoost',
+        checkpoint='load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
+        knobs=(
+            ('n_estimators', 'boosting rounds (trees)'),
+            ('max_depth', 'depth of each tree'),
+            ('learning_rate', 'shrinkage applied to each tree'),
+        ),
+        extra='other XGBoost settings, e.g. {"subsample": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs',
+        step='boosting round',
+        eval_md='ROC curve of the click probability on held-out rows.',
+        example='-p rows 50000 -p n_estimators 300 -p max_depth 6',
     )
-    history = [
-        {"step": i + 1, "train_loss": tr, "heldout_loss": he}
-        for i, (tr, he) in enumerate(zip(evals_result["train"]["logloss"], evals_result["heldout"]["logloss"]))
-    ]
-    return _trained(booster, list(columns), dict(hparams), history, features)
+    test_hparams = {'n_estimators': 40}
+    max_abs_feature = float(np.finfo(np.float32).max)
 
+    def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return ctr_metrics(predictions, labels)
 
-def _load(path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
-    """Any binary:logistic model saved as JSON or UBJ; the columns come from feature-meta or the model."""
-    import xgboost as xgb
+    def progress_total(self, hparams: Mapping[str, Any], rows: int) -> int:
+        return int(hparams["n_estimators"])
 
-    path = Path(path)
-    if not path.exists():
-        raise ExporterError(f"xgboost model file not found: {path}")
-    booster = xgb.Booster()
-    try:
-        booster.load_model(str(path))
-    except Exception as exc:  # XGBoostError, or UnicodeDecodeError when its message quotes foreign bytes
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExporterError(
-            f"cannot load {path} as an XGBoost model ({first[:200]}); expected a JSON or UBJ file written by "
-            "Booster.save_model / XGBClassifier.save_model"
-        ) from exc
-    config = json.loads(booster.save_config())
-    objective = config["learner"]["objective"]["name"]
-    if objective not in SUPPORTED_OBJECTIVES:
-        raise ExporterError(
-            f"xgboost model {path} has objective '{objective}'; the xgb CTR export expects "
-            f"{' or '.join(SUPPORTED_OBJECTIVES)}"
+    def train(self, data: TrainData) -> Trained:
+        """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
+        import xgboost as xgb
+
+        hparams, columns, progress = data.hparams, list(data.columns), data.progress
+        params = {
+            "objective": "binary:logistic",
+            "eval_metric": "logloss",
+            "tree_method": "hist",
+            "max_depth": int(hparams["max_depth"]),
+            "eta": float(hparams["learning_rate"]),
+            "subsample": float(hparams["subsample"]),
+            "colsample_bytree": float(hparams["colsample_bytree"]),
+            "min_child_weight": float(hparams["min_child_weight"]),
+            "seed": int(data.seed),
+            "nthread": int(hparams["n_jobs"]),
+        }
+        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
+        dheld = xgb.DMatrix(data.x_heldout, label=data.y_heldout[LABEL], feature_names=columns)
+        evals_result: dict[str, dict[str, list[float]]] = {}
+
+        class _Bar(xgb.callback.TrainingCallback):
+            def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+                if progress is not None:
+                    progress.update(1)
+                    if epoch % 10 == 0:
+                        progress.set_postfix({"heldout_logloss": f"{evals_log['heldout']['logloss'][-1]:.4f}"})
+                return False
+
+        booster = xgb.train(
+            params,
+            dtrain,
+            num_boost_round=int(hparams["n_estimators"]),
+            evals=[(dtrain, "train"), (dheld, "heldout")],
+            evals_result=evals_result,
+            verbose_eval=False,
+            callbacks=[_Bar()],
         )
-    n = booster.num_features()
-    stored = list(booster.feature_names) if booster.feature_names else None
-    if columns is None:
-        if stored is None:
+        history = [
+            {"step": i + 1, "train_loss": tr, "heldout_loss": he}
+            for i, (tr, he) in enumerate(zip(evals_result["train"]["logloss"], evals_result["heldout"]["logloss"]))
+        ]
+        return self._trained(booster, columns, dict(hparams), history, data.features)
+
+    def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
+        """Any binary:logistic model saved as JSON or UBJ; the columns come from feature-meta or the model."""
+        import xgboost as xgb
+
+        path = Path(path)
+        if not path.exists():
+            raise ExporterError(f"xgboost model file not found: {path}")
+        booster = xgb.Booster()
+        try:
+            booster.load_model(str(path))
+        except Exception as exc:  # XGBoostError, or UnicodeDecodeError when its message quotes foreign bytes
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ExporterError(
-                f"xgboost model {path} stores no feature names: pass --feature-meta with its feature_columns"
+                f"cannot load {path} as an XGBoost model ({first[:200]}); expected a JSON or UBJ file written by "
+                "Booster.save_model / XGBClassifier.save_model"
+            ) from exc
+        config = json.loads(booster.save_config())
+        objective = config["learner"]["objective"]["name"]
+        if objective not in SUPPORTED_OBJECTIVES:
+            raise ExporterError(
+                f"xgboost model {path} has objective '{objective}'; the xgb CTR export expects "
+                f"{' or '.join(SUPPORTED_OBJECTIVES)}"
             )
-        columns = stored
-    columns = list(columns)
-    if len(columns) != n:
-        raise ExporterError(
-            f"feature-meta lists {len(columns)} columns but xgboost model {path} expects {n} features"
-        )
-    if stored is not None and stored != columns:
-        raise ExporterError(
-            f"feature-meta columns {columns} differ from the names stored in xgboost model {path}: {stored}"
-        )
-    booster.feature_names = columns
-    used = {"n_estimators": booster.num_boosted_rounds(), "objective": objective, "source_file": str(path)}
-    return _trained(booster, columns, used, [], _plan_beside(path, columns))
+        n = booster.num_features()
+        stored = list(booster.feature_names) if booster.feature_names else None
+        if columns is None:
+            if stored is None:
+                raise ExporterError(
+                    f"xgboost model {path} stores no feature names: pass --feature-meta with its feature_columns"
+                )
+            columns = stored
+        columns = list(columns)
+        if len(columns) != n:
+            raise ExporterError(
+                f"feature-meta lists {len(columns)} columns but xgboost model {path} expects {n} features"
+            )
+        if stored is not None and stored != columns:
+            raise ExporterError(
+                f"feature-meta columns {columns} differ from the names stored in xgboost model {path}: {stored}"
+            )
+        booster.feature_names = columns
+        used = {"n_estimators": booster.num_boosted_rounds(), "objective": objective, "source_file": str(path)}
+        return self._trained(booster, columns, used, [], _plan_beside(path, columns))
+
+    def _trained(self, booster: Any, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
+                 features: FeaturePlan | None) -> Trained:
+        native = _native(booster)
+
+        def predict(x: np.ndarray) -> dict[str, np.ndarray]:
+            return {LABEL: native(x)}
+
+        # feature_meta.json: the columns, and the plan the model was trained with (or found beside it)
+        meta: dict[str, Any] = {"feature_columns": columns}
+        if features is not None:
+            meta["features"] = features.to_dict()
+        return self.trained(columns, hparams, history, predict, model=booster, features=features, config=meta)
+
+    def export_units(self, trained: Trained) -> list[ExportUnit]:
+        import xgboost as xgb
+
+        booster, columns, meta = trained.model, trained.feature_columns, trained.config
+
+        def write_native(directory: Path) -> None:
+            booster.save_model(str(directory / "model.ubj"))
+            (directory / FEATURE_META).write_text(json.dumps(meta, indent=2) + "\n")
+
+        return [
+            ExportUnit(
+                model_name=self.name,
+                feature_columns=columns,
+                output_width=None,
+                prediction_format=self.prediction_format,
+                native_predict=_native(booster),
+                build_onnx=lambda: booster_to_onnx(booster, len(columns)),
+                reference="xgboost Booster.inplace_predict",
+                framework=self.framework,
+                framework_version=xgb.__version__,
+                write_native_files=write_native,
+            )
+        ]
+
+    def native_predictor(self, version_dir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        booster.load_model(str(Path(version_dir) / "model.ubj"))
+        columns = list(booster.feature_names or [])
+        plan = _plan_beside(Path(version_dir) / "model.ubj", columns)
+        if plan is None:
+            return lambda x: np.asarray(booster.inplace_predict(x), dtype=np.float64)
+        return lambda x: np.asarray(booster.inplace_predict(plan.prepare(x)), dtype=np.float64)
+
+
+def _native(booster: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The booster's click probability of a prepared float64 matrix."""
+
+    def native(x: np.ndarray) -> np.ndarray:
+        return np.asarray(booster.inplace_predict(np.ascontiguousarray(x, dtype=np.float64)), dtype=np.float64)
+
+    return native
 
 
 def _plan_beside(path: Path, columns: list[str]) -> FeaturePlan | None:
@@ -135,42 +225,6 @@ def _plan_beside(path: Path, columns: list[str]) -> FeaturePlan | None:
     if not isinstance(meta, dict) or meta.get("feature_columns") != columns or "features" not in meta:
         return None
     return FeaturePlan.from_dict(meta["features"], source=f"feature-meta file {meta_file}")
-
-
-def _trained(booster: Any, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
-             features: FeaturePlan | None) -> Trained:
-    import xgboost as xgb
-
-    def native(x: np.ndarray) -> np.ndarray:
-        return np.asarray(booster.inplace_predict(np.ascontiguousarray(x, dtype=np.float64)), dtype=np.float64)
-
-    def predict(x: np.ndarray) -> dict[str, np.ndarray]:
-        return {LABEL: native(x)}
-
-    def write_native(directory: Path) -> None:
-        booster.save_model(str(directory / "model.ubj"))
-        meta: dict[str, Any] = {"feature_columns": columns}
-        if features is not None:
-            meta["features"] = features.to_dict()
-        (directory / FEATURE_META).write_text(json.dumps(meta, indent=2) + "\n")
-
-    def units() -> list[ExportUnit]:
-        return [
-            ExportUnit(
-                model_name="xgb",
-                feature_columns=columns,
-                output_width=None,
-                prediction_format="scalar",
-                native_predict=native,
-                build_onnx=lambda: booster_to_onnx(booster, len(columns)),
-                reference="xgboost Booster.inplace_predict",
-                framework="xgboost",
-                framework_version=xgb.__version__,
-                write_native_files=write_native,
-            )
-        ]
-
-    return Trained("xgb", columns, hparams, history, predict, units, model=booster, features=features)
 
 
 def booster_to_onnx(booster: Any, n_features: int) -> Any:
@@ -206,57 +260,3 @@ def booster_to_onnx(booster: Any, n_features: int) -> Any:
     )
     model.ir_version = converted.ir_version
     return model
-
-
-def _native_from_dir(model_name: str, version_dir: Path) -> Any:
-    import xgboost as xgb
-
-    booster = xgb.Booster()
-    booster.load_model(str(Path(version_dir) / "model.ubj"))
-    columns = list(booster.feature_names or [])
-    plan = _plan_beside(Path(version_dir) / "model.ubj", columns)
-    if plan is None:
-        return lambda x: np.asarray(booster.inplace_predict(x), dtype=np.float64)
-    return lambda x: np.asarray(booster.inplace_predict(plan.prepare(x)), dtype=np.float64)
-
-
-SPEC = ModelSpec(
-    name="xgb",
-    description="XGBoost binary CTR classifier",
-    framework="xgboost",
-    label_columns=(LABEL,),
-    default_features=DEFAULT_FEATURES,
-    default_hparams={
-        "n_estimators": 150,
-        "max_depth": 3,
-        "learning_rate": 0.1,
-        "subsample": 0.9,
-        "colsample_bytree": 1.0,
-        "min_child_weight": 1.0,
-        "n_jobs": 2,
-    },
-    train=_train,
-    load=_load,
-    metrics=ctr_metrics,
-    model_names=("xgb",),
-    progress_total=lambda hp, rows: int(hp["n_estimators"]),
-    checkpoint_hint="an XGBoost model saved as .json or .ubj (Booster.save_model / XGBClassifier.save_model)",
-    native_from_dir=_native_from_dir,
-    notebook=NotebookInfo(
-        title='XGBoost CTR model → ONNX',
-        what='an XGBoost click-through-rate classifier',
-        native='XGBoost',
-        checkpoint='load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
-        knobs=(
-            ('n_estimators', 'boosting rounds (trees)'),
-            ('max_depth', 'depth of each tree'),
-            ('learning_rate', 'shrinkage applied to each tree'),
-        ),
-        extra='other XGBoost settings, e.g. {"subsample": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs',
-        step='boosting round',
-        eval_md='ROC curve of the click probability on held-out rows.',
-        example='-p rows 50000 -p n_estimators 300 -p max_depth 6',
-    ),
-    test_hparams={'n_estimators': 40},
-    max_abs_feature=float(np.finfo(np.float32).max),
-)

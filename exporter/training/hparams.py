@@ -1,29 +1,40 @@
 """Hyper-parameters: the rules their values must follow, checked before any training.
 
-A model declares its defaults on its spec; every default must have a rule, from the common table
-:data:`RULES` or the spec's own ``hparam_rules`` (a test fails for a registered model that has one
-without a rule), so no setting reaches a trainer unchecked.
+A model declares its defaults on its class; every default must have a rule, from the common table
+:data:`RULES` or the model's own ``hparam_rules`` (a test fails for a registered model that has one
+without a rule), so no setting reaches a trainer unchecked. A model's own rule may be a callable
+``(value, all hparams) -> bool`` (mmoe's ``tasks``), so this module knows no model.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Protocol, Union
 
 import numpy as np
 
 from exporter.errors import ExporterError
-from exporter.models.base import ModelSpec
+
+#: a rule name of :func:`check_hparam_values`, or a model's own check (it may raise a more precise error)
+Rule = Union[str, Callable[[Any, Mapping[str, Any]], bool]]
 
 
-def rule_for(spec: ModelSpec, key: str) -> tuple[str, str]:
-    """(rule, what is expected) of one hyper-parameter of ``spec``."""
+class HasHparams(Protocol):
+    """What the rules read of a model (:class:`exporter.models.base.Model` has it)."""
+
+    name: str
+    default_hparams: Mapping[str, Any]
+    hparam_rules: Mapping[str, tuple[Rule, str]]
+
+
+def rule_for(spec: HasHparams, key: str) -> tuple[Rule, str]:
+    """(rule, what is expected) of one hyper-parameter of the model ``spec``."""
     rule = spec.hparam_rules.get(key) or RULES.get(key)
     if rule is None:
-        raise ExporterError(f"hyper-parameter {key} of {spec.name} has no rule: add one to its spec's hparam_rules")
+        raise ExporterError(f"hyper-parameter {key} of {spec.name} has no rule: add one to its class's hparam_rules")
     return rule
 
 
-def resolve_hparams(spec: ModelSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's defaults with ``overrides`` applied, every key known and every value checked."""
+def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's defaults with ``overrides`` applied, every key known and every value checked."""
     unknown = sorted(set(overrides) - set(spec.default_hparams))
     if unknown:
         raise ExporterError(
@@ -58,7 +69,7 @@ RULES: dict[str, tuple[str, str]] = {
 }
 
 
-def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
+def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
     """Reject architecture and booster settings that would only fail (or silently misbehave) inside training.
 
     ``hidden`` must have the shape of the model's default (one width for two_tower, a list for deepfm).
@@ -75,7 +86,9 @@ def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
             continue  # unknown names are resolve_hparams' to report
         rule, expected = rule_for(spec, key)
         default = spec.default_hparams.get(key)
-        if rule == "positive_int":
+        if callable(rule):
+            ok = bool(rule(value, hparams))
+        elif rule == "positive_int":
             ok = positive_int(value)
         elif rule == "widths":
             if isinstance(default, list):
@@ -99,13 +112,6 @@ def check_hparam_values(spec: ModelSpec, hparams: Mapping[str, Any]) -> None:
             ok = isinstance(value, bool)
         elif rule.startswith("one_of:"):
             ok = isinstance(value, str) and value in rule[len("one_of:"):].split("|")
-        elif rule == "tasks":  # names the task and key at fault itself (and checks task_weights against them)
-            from exporter.models.mmoe import tasks as T
-
-            T.check(value, hparams.get("task_weights"))
-            ok = True
-        elif rule == "task_weights":
-            ok = value is None or isinstance(value, (dict, list))
         else:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} has an unknown rule {rule!r}")
         if not ok:

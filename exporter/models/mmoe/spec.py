@@ -5,6 +5,8 @@ gate and one tower per task. A binary head answers a probability (sigmoid in the
 learns its standardised target; the de-standardisation lives in the graph (and, for a target that was never
 negative in training, the clamp at zero), so the ONNX output is in the labels' own units:
 ``predictions`` [-1, n_tasks] with the task names as columns. The default tasks are ctr, watch_time, gmv.
+The network is :class:`MMoE`; the model (facts, the ``tasks`` rules, config, loss, per-task evaluation) is
+:class:`MMoEModel`.
 """
 from __future__ import annotations
 
@@ -17,11 +19,9 @@ from torch import nn
 from exporter.models.mmoe import tasks as T
 from exporter.models import torch_common as tc
 from exporter.training.data import DEFAULT_FEATURES
-from exporter.features import FeaturePlan
-from exporter.models.base import Evaluated, NotebookInfo, Trained
-from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+from exporter.models.base import Evaluated, LabelNeed, NotebookInfo, TrainData, Trained
+from exporter.models.torch_base import ServedPart, TorchModel, label_tensor
 
-OUTPUT_COLUMNS = [t["name"] for t in T.DEFAULT_TASKS]
 LABELS = tuple(t["label"] for t in T.DEFAULT_TASKS)
 
 
@@ -74,128 +74,121 @@ class MMoE(nn.Module):
         return torch.cat(cols, dim=1)
 
 
-def _config(columns: list[str], hp: Mapping[str, Any], x: np.ndarray | None, y: Mapping[str, np.ndarray] | None,
-            plan: FeaturePlan) -> dict[str, Any]:
-    assert y is not None
-    tasks = T.from_hparams(hp)
-    reg = [t for t in tasks if not t.binary]
-    return {
-        "cardinalities": plan.cardinalities, "embed_dim": int(hp["embed_dim"]),
-        "n_experts": int(hp["n_experts"]), "expert_dim": int(hp["expert_dim"]), "tower_dim": int(hp["tower_dim"]),
-        "tasks": [t.to_dict() for t in tasks],
-        "target_mean": [float(np.mean(y[t.label])) for t in reg],
-        "target_std": [float(max(np.std(y[t.label]), 1e-6)) for t in reg],
-        # a target never negative in training (seconds, money, ratings) is never predicted negative
-        "floors": [0.0 if float(np.min(y[t.label])) >= 0 else None for t in reg],
-    }
-
-
 def _tasks_of(cfg: Mapping[str, Any]) -> list[T.Task]:
     """The config's tasks; checkpoints from before tasks existed hold the default three heads."""
     return T.parse_tasks(cfg.get("tasks") or T.DEFAULT_TASKS)
 
 
-def _build(cfg: Mapping[str, Any]) -> nn.Module:
-    tasks = _tasks_of(cfg)
-    n_reg = sum(not t.binary for t in tasks)
-    floors = cfg.get("floors", [0.0] * n_reg)  # older checkpoints clamped every regression head at zero
-    return MMoE(list(cfg["cardinalities"]), int(cfg["embed_dim"]), int(cfg["n_experts"]), int(cfg["expert_dim"]),
-                int(cfg["tower_dim"]), tasks, cfg["target_mean"], cfg["target_std"], floors)
+def _check_tasks(value: Any, hparams: Mapping[str, Any]) -> bool:
+    """The rule of ``tasks``: names the task and key at fault itself (and checks ``task_weights`` against them)."""
+    T.check(value, hparams.get("task_weights"))
+    return True
 
 
-def _loss(net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Weighted sum over tasks: logistic loss of binary heads, squared error of standardised regression heads."""
-    x, targets = batch[0], batch[1:]
-    r = net.raw(x)
-    total = r.new_zeros(())
-    for i, (task, k, y) in enumerate(zip(net.tasks, net.reg_pos, targets)):
-        if task.weight == 0:
-            continue
-        if k is None:
-            term = nn.functional.binary_cross_entropy_with_logits(r[:, i], y)
-        else:
-            term = nn.functional.mse_loss(r[:, i], (y - net.target_mean[k]) / net.target_std[k])
-        total = total + task.weight * term
-    return total
+class MMoEModel(TorchModel):
+    """MMoE as a model: one head per task of its ``tasks`` hyper-parameter."""
 
-
-def _targets(net_tasks: Sequence[T.Task], y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
-    return [label_tensor(y, t.label) for t in net_tasks]
-
-
-def _heads(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    out = net(x)
-    return {t.name: out[:, i] for i, t in enumerate(net.tasks)}
-
-
-def _evaluate(prep: Any, trained: Trained) -> Evaluated:
-    """Held-out metrics per task (AUC/logloss or RMSE against predicting the mean), keyed by task name."""
-    tasks: list[T.Task] = trained.model.tasks
-    predictions = trained.predict(prep.x_heldout)
-    y = prep.y_heldout
-    if not y or not all(t.label in y for t in tasks):
-        return Evaluated({}, predictions, {}, {"heads": {t.name: t.type for t in tasks}})
-    labels = {t.name: np.asarray(y[t.label], dtype=np.float64) for t in tasks}
-    return Evaluated(T.task_metrics(tasks, predictions, labels), predictions, labels,
-                     {"heads": {t.name: t.type for t in tasks}})
-
-
-def _training_tensors(cfg: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
-    return [torch.from_numpy(x), *_targets(_tasks_of(cfg), y)]
-
-
-def _parts(net: nn.Module, cfg: Mapping[str, Any], cols: list[str]) -> list[ServedPart]:
-    tasks = net.tasks
-    return [ServedPart("mmoe", net, cols, list(range(len(cols))), len(tasks), "named_columns",
-                       output_columns=[t.name for t in tasks],
-                       metadata={"tasks": [{"name": t.name, "label": t.label, "type": t.type} for t in tasks]})]
-
-
-SPEC = make_spec(
-    TorchModelDef(
-        name="mmoe",
-        description="MMoE (torch) multi-task model, one head per task (default: ctr, watch_time, gmv)",
-        label_columns=LABELS,
-        default_features=DEFAULT_FEATURES,
-        default_hparams={"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "n_experts": 4,
-                         "expert_dim": 32, "tower_dim": 16, "weight_decay": 0.0,
-                         "tasks": [dict(t) for t in T.DEFAULT_TASKS], "task_weights": None},
-        # the default heads' metrics; a run uses its own tasks' (``evaluate``)
-        metrics=lambda pred, labels: T.task_metrics(T.from_hparams({}), pred, labels),
-        model_names=("mmoe",),
-        make_config=_config,
-        build=_build,
-        fit_scalers=lambda net, x: net.fields.fit(x),
-        targets=lambda y: [label_tensor(y, c) for c in LABELS],  # the default heads' (``training_tensors`` rules)
-        loss=_loss,
-        heads=_heads,
-        parts=_parts,
-        notebook=NotebookInfo(
-            title='MMoE multi-task model (one head per task) → ONNX',
-            what='a multi-gate mixture-of-experts model (PyTorch) with one head per task (by default click probability, watch time and GMV)',
-            native='PyTorch',
-            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
-            knobs=(
-                ('tasks', 'one head per task: name (output column), label (data column), type binary|regression; optional weight'),
-                ('epochs', 'passes over the training rows'),
-                ('batch_size', 'rows per optimiser step'),
-                ('learning_rate', 'Adam learning rate'),
-                ('n_experts', 'shared experts the task gates mix'),
-                ('expert_dim', 'width of each expert'),
-                ('tower_dim', 'width of each task tower'),
-            ),
-            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "task_weights": {"ctr": 2.0}}',
-            step='epoch',
-            eval_md='Per task on held-out rows: the ROC curve of each binary head, predicted against true values for each regression head (the dashed line is a perfect prediction).',
-            example="-p epochs 10 -p n_experts 6",
+    name = "mmoe"
+    description = "MMoE (torch) multi-task model, one head per task (default: ctr, watch_time, gmv)"
+    label_columns = LABELS
+    default_features = DEFAULT_FEATURES
+    default_hparams = {"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "n_experts": 4,
+                       "expert_dim": 32, "tower_dim": 16, "weight_decay": 0.0,
+                       "tasks": [dict(t) for t in T.DEFAULT_TASKS], "task_weights": None}
+    model_names = ("mmoe",)
+    prediction_format = "named_columns"
+    notebook = NotebookInfo(
+        title='MMoE multi-task model (one head per task) → ONNX',
+        what='a multi-gate mixture-of-experts model (PyTorch) with one head per task (by default click probability, watch time and GMV)',
+        native='PyTorch',
+        checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
+        knobs=(
+            ('tasks', 'one head per task: name (output column), label (data column), type binary|regression; optional weight'),
+            ('epochs', 'passes over the training rows'),
+            ('batch_size', 'rows per optimiser step'),
+            ('learning_rate', 'Adam learning rate'),
+            ('n_experts', 'shared experts the task gates mix'),
+            ('expert_dim', 'width of each expert'),
+            ('tower_dim', 'width of each task tower'),
         ),
-        test_hparams={'epochs': 5},
-        hparam_rules={
-            "tasks": ("tasks", "a non-empty list of {name, label, type: binary|regression} objects"),
-            "task_weights": ("task_weights", "None, {task name: weight} or a list of weights in task order"),
-        },
-        training_tensors=_training_tensors,
-        labels_for=lambda hp: T.label_needs(T.from_hparams(hp)),
-        evaluate=_evaluate,
+        extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "task_weights": {"ctr": 2.0}}',
+        step='epoch',
+        eval_md='Per task on held-out rows: the ROC curve of each binary head, predicted against true values for each regression head (the dashed line is a perfect prediction).',
+        example="-p epochs 10 -p n_experts 6",
     )
-)
+    test_hparams = {'epochs': 5}
+    hparam_rules = {
+        "tasks": (_check_tasks, "a non-empty list of {name, label, type: binary|regression} objects"),
+        "task_weights": (lambda value, hparams: value is None or isinstance(value, (dict, list)),
+                         "None, {task name: weight} or a list of weights in task order"),
+    }
+
+    def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
+        return T.label_needs(T.from_hparams(hparams))
+
+    def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """The default heads' metrics; a run uses its own tasks' (:meth:`evaluate`)."""
+        return T.task_metrics(T.from_hparams({}), predictions, labels)
+
+    def make_config(self, data: TrainData) -> dict[str, Any]:
+        hp, y = data.hparams, data.y_train
+        tasks = T.from_hparams(hp)
+        reg = [t for t in tasks if not t.binary]
+        return {
+            "cardinalities": data.features.cardinalities, "embed_dim": int(hp["embed_dim"]),
+            "n_experts": int(hp["n_experts"]), "expert_dim": int(hp["expert_dim"]), "tower_dim": int(hp["tower_dim"]),
+            "tasks": [t.to_dict() for t in tasks],
+            "target_mean": [float(np.mean(y[t.label])) for t in reg],
+            "target_std": [float(max(np.std(y[t.label]), 1e-6)) for t in reg],
+            # a target never negative in training (seconds, money, ratings) is never predicted negative
+            "floors": [0.0 if float(np.min(y[t.label])) >= 0 else None for t in reg],
+        }
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        tasks = _tasks_of(config)
+        n_reg = sum(not t.binary for t in tasks)
+        floors = config.get("floors", [0.0] * n_reg)  # older checkpoints clamped every regression head at zero
+        return MMoE(list(config["cardinalities"]), int(config["embed_dim"]), int(config["n_experts"]),
+                    int(config["expert_dim"]), int(config["tower_dim"]), tasks, config["target_mean"],
+                    config["target_std"], floors)
+
+    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Weighted sum over tasks: logistic loss of binary heads, squared error of standardised regression heads."""
+        x, targets = batch[0], batch[1:]
+        r = net.raw(x)
+        total = r.new_zeros(())
+        for i, (task, k, y) in enumerate(zip(net.tasks, net.reg_pos, targets)):
+            if task.weight == 0:
+                continue
+            if k is None:
+                term = nn.functional.binary_cross_entropy_with_logits(r[:, i], y)
+            else:
+                term = nn.functional.mse_loss(r[:, i], (y - net.target_mean[k]) / net.target_std[k])
+            total = total + task.weight * term
+        return total
+
+    def training_tensors(self, config: Mapping[str, Any], x: np.ndarray,
+                         y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+        """The features and one target per task of the config, in task order."""
+        return [torch.from_numpy(x), *(label_tensor(y, t.label) for t in _tasks_of(config))]
+
+    def heads(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = net(x)
+        return {t.name: out[:, i] for i, t in enumerate(net.tasks)}
+
+    def parts(self, net: nn.Module, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
+        tasks = net.tasks
+        return [ServedPart(self.name, net, columns, list(range(len(columns))), len(tasks), self.prediction_format,
+                           output_columns=[t.name for t in tasks],
+                           metadata={"tasks": [{"name": t.name, "label": t.label, "type": t.type} for t in tasks]})]
+
+    def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
+        """Held-out metrics per task (AUC/logloss or RMSE against predicting the mean), keyed by task name."""
+        tasks: list[T.Task] = trained.model.tasks
+        predictions = trained.predict(prep.x_heldout)
+        y = prep.y_heldout
+        if not y or not all(t.label in y for t in tasks):
+            return Evaluated({}, predictions, {}, {"heads": {t.name: t.type for t in tasks}})
+        labels = {t.name: np.asarray(y[t.label], dtype=np.float64) for t in tasks}
+        return Evaluated(T.task_metrics(tasks, predictions, labels), predictions, labels,
+                         {"heads": {t.name: t.type for t in tasks}})

@@ -16,7 +16,7 @@ budget, so 10^4 users x 10^5 items runs in tens of MB.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -259,9 +259,3 @@ def eval_sets(train: pd.DataFrame, heldout: pd.DataFrame, *, users: Sequence | p
 
 def metric_names(ks: Sequence[int] = KS) -> list[str]:
     return [f"{m}@{k}" for m in ("recall", "ndcg") for k in sorted(ks)]
-
-
-def as_row(result: RetrievalResult) -> Mapping[str, float]:
-    """Metrics plus the user counts, flat (for JSON and tables)."""
-    return {**result.metrics, "users_evaluated": result.users_evaluated,
-            "users_without_heldout": result.users_without_heldout, "n_items": result.n_items}

@@ -11,6 +11,7 @@ it), each ``[-1, embed_dim]`` float64.
 Columns named ``user_*`` (or with ``tower: user`` in the feature schema) feed the user tower and the rest
 the item tower, unless the hyper-parameters ``user_columns`` / ``item_columns`` say otherwise. Each tower
 embeds its categorical columns (``field_embed_dim``) beside its standardised numeric ones.
+The networks are :class:`Tower` and :class:`TwoTower`; the model is :class:`TwoTowerModel`.
 """
 from __future__ import annotations
 
@@ -25,10 +26,9 @@ from exporter.models import torch_common as tc
 from exporter.models.two_tower import towers as TW
 from exporter.training.data import ITEM_FEATURES, LABEL, USER_FEATURES
 from exporter.errors import ExporterError
-from exporter.features import FeaturePlan
 from exporter.training.metrics import retrieval_metrics
-from exporter.models.base import BINARY, LabelNeed, NotebookInfo
-from exporter.models.torch_base import ServedPart, TorchModelDef, label_tensor, make_spec
+from exporter.models.base import BINARY, Evaluated, LabelNeed, NotebookInfo, Towers, TrainData, Trained
+from exporter.models.torch_base import ServedPart, TorchModel, label_tensor
 
 LOSSES = ("softmax", "bce")
 
@@ -91,127 +91,120 @@ def split_columns(columns: list[str], hp: Mapping[str, Any],
     return user, item
 
 
-def _config(columns: list[str], hp: Mapping[str, Any], x: Any, y: Any, plan: FeaturePlan) -> dict[str, Any]:
-    user, item = split_columns(columns, hp, {f.name: f.spec.tower for f in plan.features})
-    if hp["loss"] == "softmax" and y is not None:
-        S.check_positives(int(np.sum(y[LABEL] == 1)) if LABEL in y else len(x), LABEL, LABEL in y)
-    return {
-        "cardinalities": plan.cardinalities,
-        "user_idx": [columns.index(c) for c in user], "item_idx": [columns.index(c) for c in item],
-        "embed_dim": int(hp["embed_dim"]), "hidden": int(hp["hidden"]), "field_embed_dim": int(hp["field_embed_dim"]),
-        "normalize": True, "loss": str(hp["loss"]), "temperature": float(hp["temperature"]),
-        "logq_correction": bool(hp["logq_correction"]), "batch_size": int(hp["batch_size"]),
+class TwoTowerModel(TorchModel):
+    """The two-tower model: two exported towers, a pair split, retrieval evaluation against the catalogue."""
+
+    name = "two_tower"
+    description = "Two-tower retrieval model (user tower two_tower, item tower two_tower_item)"
+    label_columns = (LABEL,)
+    default_features = USER_FEATURES + ITEM_FEATURES
+    default_hparams = {"epochs": 8, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 32, "hidden": 64,
+                       "field_embed_dim": 16, "weight_decay": 0.0,
+                       "user_columns": None, "item_columns": None,
+                       "loss": "softmax", "temperature": 0.05, "logq_correction": True}
+    model_names = ("two_tower", "two_tower_item")
+    prediction_format = "vector"
+    hparam_rules = {
+        "loss": ("one_of:" + "|".join(LOSSES), "softmax (in-batch sampled softmax on positive pairs) or bce (pointwise on clicks)"),
+        "temperature": ("positive_number", "a positive number (the softmax divides cosines by it)"),
+        "logq_correction": ("bool", "true or false"),
     }
-
-
-def _build(cfg: Mapping[str, Any]) -> nn.Module:
-    return TwoTower(list(cfg["cardinalities"]), cfg["user_idx"], cfg["item_idx"], int(cfg["embed_dim"]),
-                    int(cfg["hidden"]), int(cfg["field_embed_dim"]), bool(cfg.get("normalize", False)),
-                    str(cfg.get("loss", "bce")), float(cfg.get("temperature", 1.0)),
-                    bool(cfg.get("logq_correction", True)), int(cfg.get("batch_size", 1024)))
-
-
-def _fit_scalers(net: nn.Module, x: np.ndarray) -> None:
-    net.user.fields.fit(x[:, net.user_idx.numpy()])
-    net.item.fields.fit(x[:, net.item_idx.numpy()])
-
-
-def _loss(net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    if net.loss_kind == "bce":
-        x, y = batch
-        return nn.functional.binary_cross_entropy_with_logits(net.score(x), y)
-    x, ids, log_q = batch
-    if not torch.is_grad_enabled() and len(x) > net.chunk:  # held-out loss: batches of the training size
-        sizes = [min(net.chunk, len(x) - i) for i in range(0, len(x), net.chunk)]
-        parts = [_loss(net, [x[i:i + net.chunk], ids[i:i + net.chunk], log_q[i:i + net.chunk]])
-                 for i in range(0, len(x), net.chunk)]
-        return sum(p * n for p, n in zip(parts, sizes)) / len(x)
-    return S.in_batch_softmax_loss(net.user(x[:, net.user_idx]), net.item(x[:, net.item_idx]), ids,
-                                   log_q if net.logq else None, net.temperature)
-
-
-def _training_tensors(cfg: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
-    """bce: every row and its click; softmax: the positive pairs, their item identities and log sampling probabilities."""
-    if cfg.get("loss", "bce") == "bce":
-        return [torch.from_numpy(x), label_tensor(y, LABEL)]
-    pos, ids, log_q = S.positive_pairs(x, y, LABEL, np.asarray(cfg["item_idx"]))
-    return [torch.from_numpy(pos), torch.from_numpy(ids), torch.from_numpy(log_q)]
-
-
-def _labels_for(hp: Mapping[str, Any]) -> list[LabelNeed]:
-    """bce needs clicks; softmax reads positives from the label when the data has one, else every row is one."""
-    if hp.get("loss", "softmax") == "bce":
-        return [LabelNeed(LABEL, BINARY, "the click label the pointwise loss (loss bce) learns")]
-    return [LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)]
-
-
-def _split(frame: Any, columns: Sequence[str], hp: Mapping[str, Any], towers: Mapping[str, str | None],
-           seed: int) -> tuple[np.ndarray, np.ndarray]:
-    user, item = split_columns(list(columns), hp, towers)
-    return TW.split_by_pairs(frame, user, item, seed)
-
-
-def _parts(net: nn.Module, cfg: Mapping[str, Any], cols: list[str]) -> list[ServedPart]:
-    e = int(cfg["embed_dim"])
-    u, i = list(cfg["user_idx"]), list(cfg["item_idx"])
-    return [
-        ServedPart("two_tower", net.user, [cols[k] for k in u], u, e, "vector", embed_dim=e),
-        ServedPart("two_tower_item", net.item, [cols[k] for k in i], i, e, "vector", embed_dim=e),
-    ]
-
-
-SPEC = make_spec(
-    TorchModelDef(
-        name="two_tower",
-        description="Two-tower retrieval model (user tower two_tower, item tower two_tower_item)",
-        label_columns=(LABEL,),
-        default_features=USER_FEATURES + ITEM_FEATURES,
-        default_hparams={"epochs": 8, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 32, "hidden": 64,
-                         "field_embed_dim": 16, "weight_decay": 0.0,
-                         "user_columns": None, "item_columns": None,
-                         "loss": "softmax", "temperature": 0.05, "logq_correction": True},
-        metrics=retrieval_metrics,
-        model_names=("two_tower", "two_tower_item"),
-        make_config=_config,
-        build=_build,
-        fit_scalers=_fit_scalers,
-        targets=lambda y: [label_tensor(y, LABEL)],
-        loss=_loss,
-        heads=lambda net, x: {LABEL: torch.sigmoid(net.score(x))},
-        parts=_parts,
-        training_tensors=_training_tensors,
-        labels_for=_labels_for,
-        split=_split,
-        evaluate=TW.evaluate_two_tower,
-        hparam_rules={
-            "loss": ("one_of:" + "|".join(LOSSES), "softmax (in-batch sampled softmax on positive pairs) or bce (pointwise on clicks)"),
-            "temperature": ("positive_number", "a positive number (the softmax divides cosines by it)"),
-            "logq_correction": ("bool", "true or false"),
-        },
-        notebook=NotebookInfo(
-            title='Two-tower retrieval model (user and item towers) → ONNX',
-            what='a two-tower retrieval model (PyTorch)',
-            native='PyTorch',
-            checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
-            knobs=(
-                ('loss', '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); "bce": pointwise on clicks'),
-                ('temperature', 'the softmax divides the towers\' cosines by it'),
-                ('epochs', 'passes over the training rows'),
-                ('batch_size', 'positive pairs per optimiser step (the other items of a batch are the negatives)'),
-                ('learning_rate', 'Adam learning rate'),
-                ('embed_dim', 'size of the user and item embeddings'),
-                ('hidden', "width of each tower's hidden layers"),
-            ),
-            extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "logq_correction": False, "field_embed_dim": 16}',
-            step='epoch',
-            eval_md=("Retrieval on held-out user-item pairs: for every user, all items of the catalogue are ranked by the "
-                     "towers' dot product (the user's training items removed); recall@K is the share of the user's held-out "
-                     "positives found in the top K, for the model and for recommending the most popular items. "
-                     "With 0/1 labels, the ROC curve of the score against them is beside it."),
-            example='-p epochs 10 -p embed_dim 32',
-            note='The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.',
-            towers=True,
+    notebook = NotebookInfo(
+        title='Two-tower retrieval model (user and item towers) → ONNX',
+        what='a two-tower retrieval model (PyTorch)',
+        native='PyTorch',
+        checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
+        knobs=(
+            ('loss', '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); "bce": pointwise on clicks'),
+            ('temperature', 'the softmax divides the towers\' cosines by it'),
+            ('epochs', 'passes over the training rows'),
+            ('batch_size', 'positive pairs per optimiser step (the other items of a batch are the negatives)'),
+            ('learning_rate', 'Adam learning rate'),
+            ('embed_dim', 'size of the user and item embeddings'),
+            ('hidden', "width of each tower's hidden layers"),
         ),
-        test_hparams={'epochs': 5},
+        extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "logq_correction": False, "field_embed_dim": 16}',
+        step='epoch',
+        eval_md=("Retrieval on held-out user-item pairs: for every user, all items of the catalogue are ranked by the "
+                 "towers' dot product (the user's training items removed); recall@K is the share of the user's held-out "
+                 "positives found in the top K, for the model and for recommending the most popular items. "
+                 "With 0/1 labels, the ROC curve of the score against them is beside it."),
+        example='-p epochs 10 -p embed_dim 32',
+        note='The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.',
+        towers=True,
     )
-)
+    test_hparams = {'epochs': 5}
+
+    def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+        return retrieval_metrics(predictions, labels)
+
+    def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
+        """bce needs clicks; softmax reads positives from the label when the data has one, else every row is one."""
+        if hparams.get("loss", "softmax") == "bce":
+            return [LabelNeed(LABEL, BINARY, "the click label the pointwise loss (loss bce) learns")]
+        return [LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)]
+
+    def split(self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """By user-item pairs, so no held-out pair was seen in training."""
+        user, item = split_columns(list(columns), hparams, towers())
+        return TW.split_by_pairs(frame, user, item, seed)
+
+    def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
+        return TW.evaluate_two_tower(prep, trained)
+
+    def make_config(self, data: TrainData) -> dict[str, Any]:
+        columns, hp, x, y, plan = list(data.columns), data.hparams, data.x_train, data.y_train, data.features
+        user, item = split_columns(columns, hp, {f.name: f.spec.tower for f in plan.features})
+        if hp["loss"] == "softmax" and y is not None:
+            S.check_positives(int(np.sum(y[LABEL] == 1)) if LABEL in y else len(x), LABEL, LABEL in y)
+        return {
+            "cardinalities": plan.cardinalities,
+            "user_idx": [columns.index(c) for c in user], "item_idx": [columns.index(c) for c in item],
+            "embed_dim": int(hp["embed_dim"]), "hidden": int(hp["hidden"]), "field_embed_dim": int(hp["field_embed_dim"]),
+            "normalize": True, "loss": str(hp["loss"]), "temperature": float(hp["temperature"]),
+            "logq_correction": bool(hp["logq_correction"]), "batch_size": int(hp["batch_size"]),
+        }
+
+    def build(self, config: Mapping[str, Any]) -> nn.Module:
+        c = config
+        return TwoTower(list(c["cardinalities"]), c["user_idx"], c["item_idx"], int(c["embed_dim"]),
+                        int(c["hidden"]), int(c["field_embed_dim"]), bool(c.get("normalize", False)),
+                        str(c.get("loss", "bce")), float(c.get("temperature", 1.0)),
+                        bool(c.get("logq_correction", True)), int(c.get("batch_size", 1024)))
+
+    def fit_scalers(self, net: nn.Module, x: np.ndarray) -> None:
+        net.user.fields.fit(x[:, net.user_idx.numpy()])
+        net.item.fields.fit(x[:, net.item_idx.numpy()])
+
+    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        if net.loss_kind == "bce":
+            x, y = batch
+            return nn.functional.binary_cross_entropy_with_logits(net.score(x), y)
+        x, ids, log_q = batch
+        if not torch.is_grad_enabled() and len(x) > net.chunk:  # held-out loss: batches of the training size
+            sizes = [min(net.chunk, len(x) - i) for i in range(0, len(x), net.chunk)]
+            parts = [self.loss(net, [x[i:i + net.chunk], ids[i:i + net.chunk], log_q[i:i + net.chunk]])
+                     for i in range(0, len(x), net.chunk)]
+            return sum(p * n for p, n in zip(parts, sizes)) / len(x)
+        return S.in_batch_softmax_loss(net.user(x[:, net.user_idx]), net.item(x[:, net.item_idx]), ids,
+                                       log_q if net.logq else None, net.temperature)
+
+    def training_tensors(self, config: Mapping[str, Any], x: np.ndarray,
+                         y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+        """bce: every row and its click; softmax: the positive pairs, their item identities and log sampling probabilities."""
+        if config.get("loss", "bce") == "bce":
+            return [torch.from_numpy(x), label_tensor(y, LABEL)]
+        pos, ids, log_q = S.positive_pairs(x, y, LABEL, np.asarray(config["item_idx"]))
+        return [torch.from_numpy(pos), torch.from_numpy(ids), torch.from_numpy(log_q)]
+
+    def heads(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {LABEL: torch.sigmoid(net.score(x))}
+
+    def parts(self, net: nn.Module, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
+        e = int(config["embed_dim"])
+        u, i = list(config["user_idx"]), list(config["item_idx"])
+        return [
+            ServedPart("two_tower", net.user, [columns[k] for k in u], u, e, self.prediction_format, embed_dim=e),
+            ServedPart("two_tower_item", net.item, [columns[k] for k in i], i, e, self.prediction_format, embed_dim=e),
+        ]
