@@ -1,4 +1,4 @@
-"""Issue 10, break 5: artifact trees built to crash the reader give FAIL lines / exit 2, never a RecursionError."""
+"""Artifact trees built to crash the reader give FAIL lines or exit 2, never a RecursionError."""
 from __future__ import annotations
 
 import json

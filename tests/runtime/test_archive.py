@@ -1,5 +1,5 @@
 """``python -m exporter archive``: which version it archives, what it refuses (exit 2), and that the .mar
-appears whole or not at all. (Loading and serving the archive: test_torchserve_entry.py.)"""
+appears whole or not at all. (Loading and serving the archive: tests/runtime/test_torchserve_entry.py.)"""
 from __future__ import annotations
 
 import json

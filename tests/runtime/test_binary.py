@@ -17,7 +17,7 @@ import tritonclient.http as tc
 
 from exporter.runtime.handler import ModelHandler
 from tests.handler_fixtures import TINY_MODELS, build_tree, expected_output
-from tests.test_server import MAX_BODY, MAX_ROWS, LiveServer, assert_json_error
+from tests.serving.test_server import MAX_BODY, MAX_ROWS, LiveServer, assert_json_error
 
 Client = tc.InferenceServerClient
 

@@ -1,4 +1,4 @@
-"""The embedded handler: both request forms, every prediction format, every error of issue 3, loading checks."""
+"""The embedded handler: both request forms, every prediction format, every documented error, loading checks."""
 from __future__ import annotations
 
 import hashlib

@@ -14,7 +14,7 @@ import pytest
 
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry, scan
 from tests.handler_fixtures import build_artifact, build_tree, sample_rows
-from tests.test_server import LiveServer
+from tests.serving.test_server import LiveServer
 
 CLIENTS = 8
 LOAD_SECONDS = 6.0

@@ -251,7 +251,7 @@ def test_normal_and_keep_alive_requests_still_work(limited: ThreadServer) -> Non
 @pytest.mark.slow
 def test_serve_command_cuts_off_a_slowloris_client(tree: Path) -> None:
     """The real ``serve`` command, defaults but a 1 s header timeout: a byte every 0.2 s is cut off."""
-    from tests.test_server import LiveServer
+    from tests.serving.test_server import LiveServer
 
     server = LiveServer(["--artifacts", str(tree), "--port", "0", "--header-timeout", "1", "--log-level", "warning"])
     try:

@@ -210,7 +210,7 @@ def test_the_mmoe_notebook_trains_two_tasks_given_as_json_text(tmp_path):
     """``papermill -p tasks '[...]'`` hands the notebook a string: it becomes the tasks, served by name."""
     from exporter.runtime.handler import ModelHandler
     from exporter.tools.verify import verify
-    from tests.test_notebooks import execute, outputs_text
+    from tests.tools.test_notebooks import execute, outputs_text
 
     two_task_log(2000, seed=13).to_csv(tmp_path / "log.csv", index=False)
     artifacts = tmp_path / "artifacts"
