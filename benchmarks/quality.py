@@ -2,6 +2,7 @@
 
 See :mod:`exporter.tools.quality_bench`.
 """
+
 from __future__ import annotations
 
 import sys

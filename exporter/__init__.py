@@ -3,4 +3,5 @@
 The command line is ``python -m exporter``; notebooks use :mod:`exporter.export.pipeline` step by step and
 :class:`exporter.runtime.handler.ModelHandler` for smoke tests.
 """
+
 __version__ = "0.1.0"

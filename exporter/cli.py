@@ -4,6 +4,7 @@ Each sub-command lives in its own module exposing ``HELP`` (one line), ``DESCRIP
 ``add_arguments(parser)`` and ``run(args) -> int``; the module is imported only when needed,
 so ``--help`` stays fast and one broken optional dependency does not take down the others.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,10 +6,12 @@ version-directory rule, the metadata rules and the ONNX graph I/O rule. The rule
 re-exported here; this module adds the export-time checks (``contract_problems``, ``graph_io_problems``) and
 the request builders.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from exporter.runtime.rules import (  # the rules are owned by exporter.runtime.rules; re-exported here
     ANSWER_KEY,
@@ -40,29 +42,39 @@ from exporter.runtime.rules import (  # the rules are owned by exporter.runtime.
     version_problem,
 )
 
+
 # ---------------------------------------------------------------------------------------------- shapes
-def output_shape(prediction_format: str, output_columns: Sequence[str] | None = None,
-                 embed_dim: int | None = None) -> list[int] | None:
+def output_shape(
+    prediction_format: str, output_columns: Sequence[str] | None = None, embed_dim: int | None = None
+) -> list[int] | None:
     """The ``predictions`` shape a prediction format implies (``None`` when the metadata lacks what it needs)."""
     if prediction_format == "scalar":
         return [-1]
     if prediction_format == "named_columns" and output_columns:
         return [-1, len(output_columns)]
-    if prediction_format == "vector" and isinstance(embed_dim, int) and not isinstance(embed_dim, bool) and embed_dim > 0:
+    if (
+        prediction_format == "vector"
+        and isinstance(embed_dim, int)
+        and not isinstance(embed_dim, bool)
+        and embed_dim > 0
+    ):
         return [-1, embed_dim]
     return None
 
 
 def metadata_output_shape(metadata: Mapping[str, Any]) -> list[int] | None:
     cols = metadata.get("output_columns")
-    return output_shape(str(metadata.get("prediction_format")), cols if isinstance(cols, list) else None,
-                        metadata.get("embed_dim"))
+    return output_shape(
+        str(metadata.get("prediction_format")), cols if isinstance(cols, list) else None, metadata.get("embed_dim")
+    )
 
 
 def tensor_specs(n_features: int, out_shape: Sequence[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The v2 ``inputs`` and ``outputs`` descriptions of a model."""
-    return ([{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, int(n_features)]}],
-            [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": list(out_shape)}])
+    return (
+        [{"name": INPUT_NAME, "datatype": DATATYPE, "shape": [-1, int(n_features)]}],
+        [{"name": OUTPUT_NAME, "datatype": DATATYPE, "shape": list(out_shape)}],
+    )
 
 
 def contract_problems(metadata: dict[str, Any], model_name: str | None = None, version: str | None = None) -> list[str]:
@@ -79,8 +91,10 @@ def contract_problems(metadata: dict[str, Any], model_name: str | None = None, v
         problems.append(f"platform is {metadata.get('platform')!r}; expected {PLATFORM!r}")
     cols = metadata.get("feature_columns")
     n = len(cols) if isinstance(cols, list) and cols else None
-    for key, want_name, want_shape in (("inputs", INPUT_NAME, [-1, n] if n else None),
-                                       ("outputs", OUTPUT_NAME, metadata_output_shape(metadata))):
+    for key, want_name, want_shape in (
+        ("inputs", INPUT_NAME, [-1, n] if n else None),
+        ("outputs", OUTPUT_NAME, metadata_output_shape(metadata)),
+    ):
         tensors = metadata.get(key)
         if not (isinstance(tensors, list) and len(tensors) == 1 and isinstance(tensors[0], dict)):
             continue  # reported by usability_problems
@@ -97,7 +111,9 @@ def contract_problems(metadata: dict[str, Any], model_name: str | None = None, v
     if not (isinstance(metadata.get("opset"), int) and metadata["opset"] > 0):
         problems.append("opset must be a positive integer")
     producer = metadata.get("producer")
-    if not isinstance(producer, dict) or not all(isinstance(producer.get(k), str) for k in ("framework", "onnx", "onnxruntime")):
+    if not isinstance(producer, dict) or not all(
+        isinstance(producer.get(k), str) for k in ("framework", "onnx", "onnxruntime")
+    ):
         problems.append("producer must record framework, onnx and onnxruntime versions")
     parity = metadata.get("parity")
     if not isinstance(parity, dict):
@@ -137,16 +153,19 @@ def graph_io_problems(model: Any, n_features: int | None, out_shape: Sequence[in
         ("output", list(g.output), OUTPUT_NAME, list(out_shape) if out_shape is not None else None),
     ):
         if len(tensors) != 1:
-            problems.append(f"graph has {len(tensors)} {kind}s ({', '.join(t.name for t in tensors)}); "
-                            f"expected one named {want_name!r}")
+            problems.append(
+                f"graph has {len(tensors)} {kind}s ({', '.join(t.name for t in tensors)}); "
+                f"expected one named {want_name!r}"
+            )
             continue
         t = tensors[0]
         if t.name != want_name:
             problems.append(f"{kind} is named {t.name!r}; the contract names it {want_name!r}")
         elem = t.type.tensor_type.elem_type
         if elem != TensorProto.DOUBLE:
-            problems.append(f"{kind} {t.name!r} is tensor({TensorProto.DataType.Name(elem).lower()}); "
-                            "expected tensor(double)")
+            problems.append(
+                f"{kind} {t.name!r} is tensor({TensorProto.DataType.Name(elem).lower()}); expected tensor(double)"
+            )
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.type.tensor_type.shape.dim]
         if want_shape is None:
             continue
@@ -189,6 +208,7 @@ def v2_request(x: Any, request_id: str | None = None) -> dict[str, Any]:
     body["inputs"] = [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": DATATYPE, "data": x.ravel().tolist()}]
     body["outputs"] = [{"name": OUTPUT_NAME}]
     return body
+
 
 __all__ = [
     "ANSWER_KEY",

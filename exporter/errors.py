@@ -3,6 +3,7 @@
 The command line turns an :class:`ExporterError` into one line on stderr and exit code 2
 (``ParityError``: exit code 3), never a traceback: anything else is a bug in the exporter.
 """
+
 from __future__ import annotations
 
 

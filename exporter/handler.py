@@ -3,6 +3,7 @@
 The handler lives in :mod:`exporter.runtime` (the package a TorchServe archive ships); this module keeps the
 documented import path and the TorchServe module-level entry points working.
 """
+
 from exporter.runtime.errors import ArtifactError, HandlerError
 from exporter.runtime.handler import DEFAULT_MAX_ROWS, ModelHandler
 from exporter.runtime.torchserve_entry import handle, initialize

@@ -1,4 +1,5 @@
 """Shared fixtures: a real artifacts tree with every model exported at small sizes."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,12 @@ def export_small(model: str, artifacts: Path, **overrides):
     from exporter.export import pipeline
 
     params = pipeline.ExportParams(
-        model=model, rows=SMALL_ROWS, seed=7, hparams=SMALL_HPARAMS[model],
-        artifacts=artifacts, progress=False,
+        model=model,
+        rows=SMALL_ROWS,
+        seed=7,
+        hparams=SMALL_HPARAMS[model],
+        artifacts=artifacts,
+        progress=False,
     )
     for key, value in overrides.items():
         setattr(params, key, value)
@@ -47,6 +52,10 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     """``python -m exporter ARGS`` in a child process, as a user or CI job runs it."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args], cwd=cwd or REPO, env=env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "exporter", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -4,6 +4,7 @@ They follow contract sections 2 and 3 exactly (Triton layout, metadata.json, con
 response) but need no training: each graph is one MatMul with fixed weights, so expected answers are computable
 with numpy.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,9 +79,9 @@ def config_pbtxt(name: str, n_features: int, width: int | None) -> str:
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
         "max_batch_size: 0\n"
-        "input [\n  {\n    name: \"features\"\n    data_type: TYPE_FP64\n"
+        'input [\n  {\n    name: "features"\n    data_type: TYPE_FP64\n'
         f"    dims: [ -1, {n_features} ]\n  }}\n]\n"
-        "output [\n  {\n    name: \"predictions\"\n    data_type: TYPE_FP64\n"
+        'output [\n  {\n    name: "predictions"\n    data_type: TYPE_FP64\n'
         f"    dims: [ {out_dims} ]\n  }}\n]\n"
         "instance_group [ { kind: KIND_CPU, count: 1 } ]\n"
         "version_policy: { latest: { num_versions: 1 } }\n"
@@ -145,10 +146,22 @@ def build_artifact(
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "opset": 18,
         "opset_imports": {"": 18},
-        "producer": {"framework": "numpy", "framework_version": np.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": _ort_version(), "exporter": "0.1.0"},
-        "parity": {"rows": 16, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "atol": 1e-05, "passed": True,
-                   "reference": "numpy", "runtime": "onnxruntime CPUExecutionProvider"},
+        "producer": {
+            "framework": "numpy",
+            "framework_version": np.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": _ort_version(),
+            "exporter": "0.1.0",
+        },
+        "parity": {
+            "rows": 16,
+            "max_abs_diff": 0.0,
+            "mean_abs_diff": 0.0,
+            "atol": 1e-05,
+            "passed": True,
+            "reference": "numpy",
+            "runtime": "onnxruntime CPUExecutionProvider",
+        },
         "training": {"mode": "load", "source": "tests", "rows": 0, "seed": 0},
         "created_at": "2026-11-21T23:59:00Z",
     }

@@ -9,6 +9,7 @@ the YAML key of each attribute, ``openapi_types`` for its type), but strictly: a
 know, a value of the wrong type, or a required field the model's own setter refuses is a problem, not silently
 dropped.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -3,6 +3,7 @@
 Each case runs the real command line in this process (``exporter.cli.main``) with training forbidden, so
 a case that only failed after training (or in it) fails here.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,15 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     byte_json.write_bytes(b'{"learner": {"attributes": {}, "feature_names": ["\x80"]}, "version": [3, 2, 0]}')
     first_byte_json = tmp_path / "first.json"
     first_byte_json.write_bytes(b"\x80" + b'{"learner": {}}')
-    return {"a_file": a_file, "model_is_file": model_is_file, "huge": huge, "random_ubj": random_ubj,
-            "byte_json": byte_json, "first_byte_json": first_byte_json, "fresh": tmp_path / "fresh"}
+    return {
+        "a_file": a_file,
+        "model_is_file": model_is_file,
+        "huge": huge,
+        "random_ubj": random_ubj,
+        "byte_json": byte_json,
+        "first_byte_json": first_byte_json,
+        "fresh": tmp_path / "fresh",
+    }
 
 
 EXPORT_CASES = {
@@ -51,14 +59,19 @@ EXPORT_CASES = {
     "artifacts inside a file": (["--artifacts", "{a_file}/sub"], ["cannot be created", "a_file is a file"]),
     "model directory is a file": (["--artifacts", "{model_is_file}"], ["xgb is a file", "must be a directory"]),
     "value beyond float32": (["--data", "{huge}"], ["item_price", "row 6", "1e+308", "xgboost can represent"]),
-    "version 10**30": (["--version", str(10**30)], ["version must be a positive integer up to 9223372036854775807",
-                                                   str(10**30)]),
+    "version 10**30": (
+        ["--version", str(10**30)],
+        ["version must be a positive integer up to 9223372036854775807", str(10**30)],
+    ),
     "version 0": (["--version", "0"], ["version must be a positive integer", "got 0"]),
     "atol inf": (["--atol", "inf"], ["--atol", "finite", "inf"]),
     "atol nan": (["--atol", "nan"], ["--atol", "finite"]),
     "negative seed": (["--seed", "-1"], ["--seed", "from 0 to 4294967295", "-1"]),
     "huge seed": (["--seed", str(2**70)], ["--seed", str(2**70)]),
-    "random bytes named .ubj": (["--mode", "load", "--checkpoint", "{random_ubj}"], ["cannot load", "as an XGBoost model"]),
+    "random bytes named .ubj": (
+        ["--mode", "load", "--checkpoint", "{random_ubj}"],
+        ["cannot load", "as an XGBoost model"],
+    ),
     "json with a 0x80 byte": (["--mode", "load", "--checkpoint", "{byte_json}"], ["model.json"]),
     "json starting with 0x80": (["--mode", "load", "--checkpoint", "{first_byte_json}"], ["cannot load", "first.json"]),
 }
@@ -71,8 +84,9 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("case", list(EXPORT_CASES))
-def test_export_refuses_before_training(case: str, inputs: dict[str, Path], no_training: None,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_before_training(
+    case: str, inputs: dict[str, Path], no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     args, expected = EXPORT_CASES[case]
     args = [a.format(**{k: str(v) for k, v in inputs.items()}) for a in args]
     if "--artifacts" not in args:
@@ -85,16 +99,18 @@ def test_export_refuses_before_training(case: str, inputs: dict[str, Path], no_t
     assert not inputs["fresh"].exists() or not any(inputs["fresh"].rglob("*"))
 
 
-def test_an_existing_explicit_version_is_refused_before_training(tmp_path: Path, no_training: None,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_existing_explicit_version_is_refused_before_training(
+    tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "xgb" / "4").mkdir(parents=True)
     code = cli.main(["export", "xgb", "--rows", "200", "--version", "4", "--artifacts", str(tmp_path), "--quiet"])
     assert code == 2 and "version 4 of 'xgb' already exists" in _one_error_line(capsys)
 
 
 def test_the_largest_seed_is_usable(tmp_path: Path) -> None:
-    params = pipeline.ExportParams(model="xgb", rows=200, seed=pipeline.MAX_SEED, hparams={"n_estimators": 2},
-                                   artifacts=tmp_path, progress=False)
+    params = pipeline.ExportParams(
+        model="xgb", rows=200, seed=pipeline.MAX_SEED, hparams={"n_estimators": 2}, artifacts=tmp_path, progress=False
+    )
     prep = pipeline.prepare(params)
     assert len(pipeline.fit(prep).history) == 2
 
@@ -115,8 +131,9 @@ def test_serve_says_artifacts_is_not_a_directory(tmp_path: Path, capsys: pytest.
 
 
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes anywhere")
-def test_export_refuses_an_unwritable_artifacts_directory(tmp_path: Path, no_training: None,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_an_unwritable_artifacts_directory(
+    tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     code = cli.main(["export", "xgb", "--rows", "200", "--artifacts", str(locked / "art"), "--quiet"])
@@ -136,8 +153,9 @@ def _labels_csv(tmp_path: Path, name: str, part: str, value: float) -> Path:
 
 @pytest.mark.parametrize("model", ["xgb", "deepfm"])
 @pytest.mark.parametrize("part,value", [("training", 0.0), ("training", 1.0), ("held-out", 0.0)])
-def test_single_class_labels_are_named_before_training(model: str, part: str, value: float, tmp_path: Path,
-                                                       no_training: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_single_class_labels_are_named_before_training(
+    model: str, part: str, value: float, tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = _labels_csv(tmp_path, "clicks.csv", part, value)
     code = cli.main(["export", model, "--data", str(data), "--artifacts", str(tmp_path / "art"), "--quiet"])
     line = _one_error_line(capsys)

@@ -1,5 +1,6 @@
 """The contract module owns each rule once (the runtime rules re-exported); every consumer (serve, verify,
 export, the handler) gives the same answer for the same tree."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,35 @@ import numpy as np
 import pytest
 
 from exporter import contract as C
-from exporter.runtime.handler import ModelHandler
 from exporter.export import repository as repo
+from exporter.runtime.handler import ModelHandler
 from exporter.serving.server import ModelRegistry
 from exporter.tools.verify import verify
 from tests.handler_fixtures import build_artifact, build_tree
 
 VERSION_NAMES = {
     # name: is it a version?
-    "1": True, "2": True, "10": True, "123456": True, str(2**63 - 1): True,
-    "0": False, "00": False, "01": False, "-1": False, "+1": False, "1.0": False, " 1": False, "1 ": False,
-    str(2**63): False, "١": False, "²": False, "一": False, "１": False, "": False, "abc": False, ".staging-1": False,
+    "1": True,
+    "2": True,
+    "10": True,
+    "123456": True,
+    str(2**63 - 1): True,
+    "0": False,
+    "00": False,
+    "01": False,
+    "-1": False,
+    "+1": False,
+    "1.0": False,
+    " 1": False,
+    "1 ": False,
+    str(2**63): False,
+    "١": False,
+    "²": False,
+    "一": False,
+    "１": False,
+    "": False,
+    "abc": False,
+    ".staging-1": False,
 }
 
 
@@ -96,17 +115,21 @@ def _squares_artifact(root: Path) -> Path:
     """A scalar model computing sum(x^2): finite for ordinary inputs, +inf for |x| ~ 1e200."""
     import hashlib
 
-    import onnx
     from onnx import TensorProto, helper
 
     vdir = build_artifact(root, "xgb")
-    nodes = [helper.make_node("Mul", ["features", "features"], ["sq"]),
-             helper.make_node("ReduceSum", ["sq", "axes"], ["predictions"], keepdims=0)]
+    nodes = [
+        helper.make_node("Mul", ["features", "features"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "axes"], ["predictions"], keepdims=0),
+    ]
     n = len(json.loads((vdir / "metadata.json").read_text())["feature_columns"])
     graph = helper.make_graph(
-        nodes, "squares", [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", n])],
+        nodes,
+        "squares",
+        [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", n])],
         [helper.make_tensor_value_info("predictions", TensorProto.DOUBLE, ["batch"])],
-        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
     raw = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9).SerializeToString()
     (vdir / "model.onnx").write_bytes(raw)
     meta = json.loads((vdir / "metadata.json").read_text())

@@ -1,4 +1,5 @@
 """docs/contract.md is the users' contract: every fact it states that the code owns is checked against the code."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def table(text: str, first_header: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if re.match(rf"\|\s*{re.escape(first_header)}\s*\|", line))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
@@ -113,8 +114,10 @@ def test_routes_are_the_servers(app) -> None:
 
 def test_error_statuses_are_the_ones_the_code_answers() -> None:
     documented = {int(row[0]) for row in table(section(4), "status")}
-    files = [*sorted((REPO / "exporter" / "runtime").rglob("*.py")),
-             *(REPO / "exporter" / "serving" / f for f in ("server.py", "http_limits.py"))]
+    files = [
+        *sorted((REPO / "exporter" / "runtime").rglob("*.py")),
+        *(REPO / "exporter" / "serving" / f for f in ("server.py", "http_limits.py")),
+    ]
     code = "".join(f.read_text() for f in files)
     answered = {int(s) for s in re.findall(r"\b4\d\d\b", code)}
     assert documented == answered

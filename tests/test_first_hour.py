@@ -1,5 +1,6 @@
 """The first hour of a new user: an installable package, portable metadata, the notebook runner's
 papermill spelling and its temporary files, and run descriptions without stray braces."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,18 +63,30 @@ def _pip_venv(tmp_path: Path) -> Path:
 def test_editable_install_gives_an_exporter_command_that_works_anywhere(tmp_path: Path) -> None:
     venv = _pip_venv(tmp_path)
     python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                              "-e", str(REPO)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert install.returncode == 0, install.stdout + install.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(venv / "bin" / "exporter"), "--help"], capture_output=True, text=True,
-                            timeout=120, cwd=elsewhere, env=env)
+    result = subprocess.run(
+        [str(venv / "bin" / "exporter"), "--help"], capture_output=True, text=True, timeout=120, cwd=elsewhere, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: exporter ") and "export" in result.stdout and "verify" in result.stdout
-    where = subprocess.run([str(python), "-c", "import exporter.tools.verify as v; print(v.SPEC_FILE.is_file())"],
-                           capture_output=True, text=True, timeout=120, cwd=elsewhere, env=env)
+    where = subprocess.run(
+        [str(python), "-c", "import exporter.tools.verify as v; print(v.SPEC_FILE.is_file())"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=elsewhere,
+        env=env,
+    )
     assert where.stdout.strip() == "True", where.stderr
 
 
@@ -86,8 +99,23 @@ def test_the_wheel_ships_the_spec_data_and_the_script(tmp_path: Path) -> None:
     import shutil
 
     shutil.copytree(REPO / "exporter", source / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     [wheel] = (tmp_path / "dist").glob("recsys_onnx_exporter-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -114,16 +142,27 @@ def test_metadata_records_no_absolute_local_paths(tmp_path: Path) -> None:
     data = tmp_path / "private" / "clicks.csv"
     data.parent.mkdir()
     D.synthetic_dataset(400, 3).to_csv(data, index=False)
-    trained = pipeline.run(pipeline.ExportParams(model="xgb", data_path=data, hparams={"n_estimators": 3},
-                                                 artifacts=tmp_path / "art", progress=False))
+    trained = pipeline.run(
+        pipeline.ExportParams(
+            model="xgb", data_path=data, hparams={"n_estimators": 3}, artifacts=tmp_path / "art", progress=False
+        )
+    )
     vdir = trained.artifacts[0].path
     text = (vdir / "metadata.json").read_text()
     training = json.loads(text)["training"]
     assert training["data_source"] == "clicks.csv" and training["data_sha256"] == _sha(data)
     assert str(tmp_path) not in text and "/private/" not in text
 
-    loaded = pipeline.run(pipeline.ExportParams(model="xgb", mode="load", checkpoint=vdir / "model.ubj",
-                                                data_path=data, artifacts=tmp_path / "art", progress=False))
+    loaded = pipeline.run(
+        pipeline.ExportParams(
+            model="xgb",
+            mode="load",
+            checkpoint=vdir / "model.ubj",
+            data_path=data,
+            artifacts=tmp_path / "art",
+            progress=False,
+        )
+    )
     text = (loaded.artifacts[0].path / "metadata.json").read_text()
     hyper = json.loads(text)["training"]["hyperparameters"]
     assert hyper["source_file"] == "model.ubj" and hyper["source_sha256"] == _sha(vdir / "model.ubj")
@@ -181,23 +220,26 @@ def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, objec
     return seen
 
 
-def test_notebooks_accept_artifacts_dir_as_a_parameter(fake_run: dict[str, object], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_notebooks_accept_artifacts_dir_as_a_parameter(
+    fake_run: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "repo"
     assert cli.main(["notebooks", "xgb", "-p", "artifacts_dir", str(target), "-p", "rows", "300"]) == 0
     assert fake_run["artifacts"] == target
     assert fake_run["parameters"] == {"rows": 300, "artifacts_dir": str(target), "model_version": 1}
 
 
-def test_a_failed_notebook_run_leaves_no_temporary_directory(fake_run: dict[str, object], tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failed_notebook_run_leaves_no_temporary_directory(
+    fake_run: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_run["fail"] = "before writing"
     assert cli.main(["notebooks", "xgb", "--artifacts", str(tmp_path / "a")]) == 2
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_a_kept_executed_notebook_is_named(fake_run: dict[str, object], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_kept_executed_notebook_is_named(
+    fake_run: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_run["fail"] = "after writing"
     assert cli.main(["notebooks", "xgb", "--artifacts", str(tmp_path / "a")]) == 2
     [kept] = (tmp_path / "tmp").iterdir()
@@ -222,9 +264,18 @@ def test_torch_history_starts_with_the_loss_before_training() -> None:
 
     with torch.inference_mode():
         untrained = float(loss(model, [x[400:], y[400:]]))
-    history = tc.fit_loop(model=model, loss_fn=loss, train_tensors=[x[:400], y[:400]],
-                          heldout_tensors=[x[400:], y[400:]], epochs=3, batch_size=64, learning_rate=0.05,
-                          weight_decay=0.0, seed=0, progress=None)
+    history = tc.fit_loop(
+        model=model,
+        loss_fn=loss,
+        train_tensors=[x[:400], y[:400]],
+        heldout_tensors=[x[400:], y[400:]],
+        epochs=3,
+        batch_size=64,
+        learning_rate=0.05,
+        weight_decay=0.0,
+        seed=0,
+        progress=None,
+    )
     assert [h["step"] for h in history] == [0, 1, 2, 3]
     assert history[0]["heldout_loss"] == pytest.approx(untrained)
     assert history[-1]["heldout_loss"] < history[0]["heldout_loss"]
@@ -293,7 +344,6 @@ def test_notebook_setup_imports_resolve_to_this_checkout(where: str, tmp_path: P
     cwd = {"notebooks": REPO / "notebooks", "root": REPO}.get(where, tmp_path)
     code = _setup_code().replace("%matplotlib inline", "") + "\nprint(nbs.repo_root())\n"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip().splitlines()[-1]) == REPO

@@ -1,4 +1,5 @@
 """Artifact trees built to crash the reader give FAIL lines or exit 2, never a RecursionError."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 
 from exporter import cli
 from exporter import contract as C
-from exporter.runtime import torchserve_entry as TS
 from exporter.errors import ExporterError
+from exporter.runtime import torchserve_entry as TS
 from exporter.runtime.handler import ArtifactError, ModelHandler
 from exporter.serving.server import ModelRegistry
 from exporter.tools.verify import MAX_PBTXT_DEPTH, parse_pbtxt, verify

@@ -4,6 +4,7 @@ every file they cite exists.
 Scanned: ``exporter/``, ``tools/``, ``tests/``, ``benchmarks/``, ``docs/``, ``notebooks/`` and ``README.md``
 (Python, Markdown, notebooks, config text).
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,14 @@ def scanned_files() -> list[Path]:
     """Every scanned file but this one (its examples must show what the patterns catch)."""
     files = [REPO / "README.md"]
     for name in SCANNED_DIRS:
-        files += [p for p in sorted((REPO / name).rglob("*")) if p.is_file() and p.suffix in SUFFIXES
-                  and "__pycache__" not in p.parts and ".ipynb_checkpoints" not in p.parts]
+        files += [
+            p
+            for p in sorted((REPO / name).rglob("*"))
+            if p.is_file()
+            and p.suffix in SUFFIXES
+            and "__pycache__" not in p.parts
+            and ".ipynb_checkpoints" not in p.parts
+        ]
     return [p for p in files if p.resolve() != Path(__file__).resolve()]
 
 
@@ -47,11 +54,18 @@ def _hits(pattern: re.Pattern[str]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("# --- issue 11: the v2 sample", ISSUE_NUMBER), ('"""Issue 10, break 4: ..."""', ISSUE_NUMBER),
-    ("(issue #3)", ISSUE_NUMBER), ("before issues 8 and 9", ISSUE_NUMBER), ("git merge issue8-features", ISSUE_NUMBER),
-    ("## Notes for the lead", PROCESS_NOTE), ("see the merge notes", PROCESS_NOTE),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("# --- issue 11: the v2 sample", ISSUE_NUMBER),
+        ('"""Issue 10, break 4: ..."""', ISSUE_NUMBER),
+        ("(issue #3)", ISSUE_NUMBER),
+        ("before issues 8 and 9", ISSUE_NUMBER),
+        ("git merge issue8-features", ISSUE_NUMBER),
+        ("## Notes for the lead", PROCESS_NOTE),
+        ("see the merge notes", PROCESS_NOTE),
+    ],
+)
 def test_the_patterns_catch_what_they_are_for(text: str, pattern: re.Pattern[str]) -> None:
     assert pattern.search(text)
 

@@ -1,4 +1,5 @@
 """The README's promises about the project itself: its two commands, and CI running the same test command."""
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,8 @@ def test_readme_opens_with_setup_and_test_commands():
 
 def test_ci_runs_the_readme_test_command_after_installing_requirements():
     lines = [
-        line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+        line.strip()
+        for line in (REPO / ".ci" / "run").read_text().splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
     install = next(i for i, line in enumerate(lines) if "pip install" in line and "-r requirements.txt" in line)

@@ -4,6 +4,7 @@
 :mod:`exporter.runtime.rules`: each command below ignores such directories (verify names them as a layout
 problem) and picks the real latest version; none crashes.
 """
+
 from __future__ import annotations
 
 import shutil

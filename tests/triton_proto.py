@@ -4,6 +4,7 @@
 generated ``model_config_pb2.py`` itself needs only protobuf, so it is loaded from its file when the package
 import fails.
 """
+
 from __future__ import annotations
 
 import functools

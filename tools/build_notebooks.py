@@ -10,6 +10,7 @@ Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) an
 their execution counts (nbval refuses stored outputs of a cell without one); every other output, count
 and per-cell execution metadata is removed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,6 @@ from exporter.models import get_spec, model_names  # noqa: E402
 from exporter.models.base import NotebookInfo  # noqa: E402
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
-
 
 
 def notebook_info(model: str) -> NotebookInfo:
@@ -54,15 +54,18 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         'feature_meta_path: Optional[str] = None  # optional: JSON with {"feature_columns": [...]} naming the inputs (feature_meta.json, metadata.json)',
         'feature_columns: Optional[list] = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
         'label: Optional[str] = None  # the binary (0/1) label column; None: the schema\'s "label" entry, else "label"',
-        'feature_schema: Optional[Union[dict, str]] = None  # per-column kind (numeric/categorical), fill, optional, vocabulary policy: a dict or a JSON file (docs/features.md); None: inferred',
+        "feature_schema: Optional[Union[dict, str]] = None  # per-column kind (numeric/categorical), fill, optional, vocabulary policy: a dict or a JSON file (docs/features.md); None: inferred",
     ]
     if cfg.towers:
         lines += [
             "user_columns: Optional[list] = None  # inputs of the user tower; None: the feature columns named user_*",
             "item_columns: Optional[list] = None  # inputs of the item tower; None: the other feature columns",
         ]
-    lines += ["rows: int = 20000  # rows of synthetic data (ignored when data_path is set)", "",
-              "# Training (train mode; load mode keeps the loaded model's own settings)"]
+    lines += [
+        "rows: int = 20000  # rows of synthetic data (ignored when data_path is set)",
+        "",
+        "# Training (train mode; load mode keeps the loaded model's own settings)",
+    ]
     lines += [f"{name}: {type(hp[name]).__name__} = {_literal(hp[name])}  # {comment}" for name, comment in cfg.knobs]
     lines += [
         f"extra_hparams: dict = {{}}  # {cfg.extra}",
@@ -137,37 +140,54 @@ print(nbs.describe_run(prep))"""
         new_code_cell(parameters_source(model, cfg), id="parameters", metadata={"tags": ["parameters"]}),
         new_code_cell(setup, id="setup"),
         new_code_cell(prepare, id="prepare"),
-        new_markdown_cell("## Data\n\nThe first training rows, a summary of every column (role for this model, type, "
-                          "range), and the feature schema training fitted: each input's kind (numeric, or categorical "
-                          "with an embedding row per frequent value and one out-of-vocabulary row), where the kind "
-                          "came from (declared, default, inferred), vocabulary size and missing rate. Missing "
-                          "values become the column's fill (numeric) or the out-of-vocabulary row (categorical), "
-                          "inside the exported graph.", id="data-md"),
-        new_code_cell("display(nbs.preview(prep))\ndisplay(nbs.column_summary(prep))\ndisplay(nbs.feature_table(prep))",
-                      id="data"),
-        new_markdown_cell("## Train (or load) and evaluate on held-out rows\n\nThe progress bar shows the "
-                          f"training {cfg.step}s; in load mode the model is read from `checkpoint_path` instead.",
-                          id="train-md"),
-        new_code_cell("trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
-                      "print(nbs.format_metrics(evaluation))", id="train"),
+        new_markdown_cell(
+            "## Data\n\nThe first training rows, a summary of every column (role for this model, type, "
+            "range), and the feature schema training fitted: each input's kind (numeric, or categorical "
+            "with an embedding row per frequent value and one out-of-vocabulary row), where the kind "
+            "came from (declared, default, inferred), vocabulary size and missing rate. Missing "
+            "values become the column's fill (numeric) or the out-of-vocabulary row (categorical), "
+            "inside the exported graph.",
+            id="data-md",
+        ),
+        new_code_cell(
+            "display(nbs.preview(prep))\ndisplay(nbs.column_summary(prep))\ndisplay(nbs.feature_table(prep))", id="data"
+        ),
+        new_markdown_cell(
+            "## Train (or load) and evaluate on held-out rows\n\nThe progress bar shows the "
+            f"training {cfg.step}s; in load mode the model is read from `checkpoint_path` instead.",
+            id="train-md",
+        ),
+        new_code_cell(
+            "trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
+            "print(nbs.format_metrics(evaluation))",
+            id="train",
+        ),
         new_code_cell(f'plots.training_curve(trained.history, step="{cfg.step}", title="{title}")', id="curve"),
         new_markdown_cell(cfg.eval_md, id="eval-md"),
         new_code_cell("plots.evaluation_plots(evaluation)", id="eval-plots"),
-        new_markdown_cell("## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
-                          "columns, parity and training record), `config.pbtxt` for Triton, and a sample request "
-                          "and response. The export refuses to write anything when ONNX Runtime and the native "
-                          "model disagree beyond `atol`.", id="export-md"),
-        new_code_cell("exported = pipeline.export(prep, trained, evaluation)\nprint(nbs.describe_exports(exported))",
-                      id="export"),
-        new_markdown_cell("The contract a serving team relies on (inputs, outputs, feature columns) "
-                          "and the parity verdict:", id="contract-md"),
+        new_markdown_cell(
+            "## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
+            "columns, parity and training record), `config.pbtxt` for Triton, and a sample request "
+            "and response. The export refuses to write anything when ONNX Runtime and the native "
+            "model disagree beyond `atol`.",
+            id="export-md",
+        ),
+        new_code_cell(
+            "exported = pipeline.export(prep, trained, evaluation)\nprint(nbs.describe_exports(exported))", id="export"
+        ),
+        new_markdown_cell(
+            "The contract a serving team relies on (inputs, outputs, feature columns) and the parity verdict:",
+            id="contract-md",
+        ),
         new_code_cell(f"{CHECK}\nprint(nbs.contract_text(exported))\nprint(nbs.parity_text(exported))", id="contract"),
         new_code_cell("plots.parity_scatter(exported)", id="parity-plot"),
-        new_markdown_cell("## Smoke test through the serving handler\n\nEach artifact is loaded the way the "
-                          "server loads it (sha256 checked) and asked with a TorchServe-style request and an Open "
-                          "Inference Protocol (v2) request built from held-out rows; the answers must match "
-                          f"the native {cfg.native} model within `atol`, or this cell fails.",
-                          id="smoke-md"),
+        new_markdown_cell(
+            "## Smoke test through the serving handler\n\nEach artifact is loaded the way the "
+            "server loads it (sha256 checked) and asked with a TorchServe-style request and an Open "
+            "Inference Protocol (v2) request built from held-out rows; the answers must match "
+            f"the native {cfg.native} model within `atol`, or this cell fails.",
+            id="smoke-md",
+        ),
         new_code_cell(f"{CHECK}\nprint(nbs.smoke_test(prep, trained, exported))", id="smoke"),
         new_markdown_cell(
             "## Next\n\n"
@@ -222,8 +242,14 @@ def execute(nb: nbformat.NotebookNode, workdir: Path) -> nbformat.NotebookNode:
 
     with tempfile.TemporaryDirectory(prefix="build-notebooks-") as tmp:
         os.environ["EXPORTER_ARTIFACTS_DIR"] = tmp
-        NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(workdir)}},
-                       shutdown_kernel="immediate", extra_arguments=["--IPKernelApp.log_level=CRITICAL"]).execute()
+        NotebookClient(
+            nb,
+            kernel_name="python3",
+            timeout=600,
+            resources={"metadata": {"path": str(workdir)}},
+            shutdown_kernel="immediate",
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+        ).execute()
     return nb
 
 

@@ -1,4 +1,5 @@
 """``python -m exporter archive``: the CLI over :mod:`exporter.export.archive` (a TorchServe ``.mar`` of one version)."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``archive``."""
     parser.add_argument("model", metavar="MODEL[/VERSION]", help="model directory name, optionally with a version")
-    parser.add_argument("--export-path", required=True, type=Path, metavar="DIR",
-                        help="directory to write <model>.mar into (TorchServe's --model-store); created if missing")
+    parser.add_argument(
+        "--export-path",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="directory to write <model>.mar into (TorchServe's --model-store); created if missing",
+    )
     parser.add_argument("--artifacts", default="artifacts", type=Path, help="artifacts tree (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace an existing <model>.mar")
 
@@ -34,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
     result = build_archive(args.model, args.export_path, args.artifacts, force=args.force)
     name = result.model_name
-    print(f"wrote {result.path} ({name} version {result.version}: {', '.join(result.files)}, exporter/runtime; "
-          f"handler torchserve_entry.py)")
-    print(f"serve it: torchserve --start --ncs --model-store {args.export_path} --models {name}={name}.mar "
-          "--disable-token-auth")
+    print(
+        f"wrote {result.path} ({name} version {result.version}: {', '.join(result.files)}, exporter/runtime; "
+        f"handler torchserve_entry.py)"
+    )
+    print(
+        f"serve it: torchserve --start --ncs --model-store {args.export_path} --models {name}={name}.mar "
+        "--disable-token-auth"
+    )
     return 0

@@ -1,4 +1,5 @@
 """``python -m exporter bench``: the CLI over :mod:`exporter.tools.serve_bench` (measure, print the tables and targets)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from exporter.tools.serve_bench import Results, _environment, bench_http, bench_model, render, targets
+from exporter.errors import ExporterError
 from exporter.runtime.rules import version_dirs
 from exporter.scoring.bench import latest_version
-from exporter.errors import ExporterError
-
+from exporter.tools.serve_bench import Results, _environment, bench_http, bench_model, render, targets
 
 HELP = "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load"
 
@@ -46,21 +46,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64, 1024], help="default: 1 64 1024")
     parser.add_argument("--http-seconds", type=float, default=10.0, help="load duration per model; 0 skips HTTP")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default: 8)")
-    parser.add_argument("--http-models", nargs="+", default=None,
-                        help="models to load-test over HTTP (default: the benchmarked models)")
-    parser.add_argument("--load-generator", choices=["auto", "wrk", "python"], default="auto",
-                        help="auto: wrk when installed, else the built-in asyncio client")
+    parser.add_argument(
+        "--http-models", nargs="+", default=None, help="models to load-test over HTTP (default: the benchmarked models)"
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="auto: wrk when installed, else the built-in asyncio client",
+    )
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per cell (default: 0.3)")
-    parser.add_argument("--http-log", choices=["on", "off", "both"], default="on",
-                        help="serve with its per-request log line (on), at --log-level warning (off), or both "
-                             "side by side (default: on)")
+    parser.add_argument(
+        "--http-log",
+        choices=["on", "off", "both"],
+        default="on",
+        help="serve with its per-request log line (on), at --log-level warning (off), or both "
+        "side by side (default: on)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
     # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
     from exporter.tools import quality_bench as quality
 
     suites = parser.add_subparsers(dest="suite", metavar="SUITE", help="quality: the MovieLens-100k quality benchmark")
-    q = suites.add_parser("quality", help=quality.HELP, description=quality.DESCRIPTION,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    q = suites.add_parser(
+        "quality",
+        help=quality.HELP,
+        description=quality.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     quality.add_arguments(q)
     q.set_defaults(_module=quality)
 
@@ -69,14 +82,17 @@ def run(args: argparse.Namespace) -> int:
     """Run every measurement and print the tables and the targets."""
     artifacts = Path(args.artifacts)
     if not artifacts.is_dir():
-        raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export models first "
-                            "(python -m exporter export all) or pass --artifacts DIR")
-    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and version_dirs(p))
+        raise ExporterError(
+            f"artifacts directory {str(artifacts)!r} does not exist; export models first "
+            "(python -m exporter export all) or pass --artifacts DIR"
+        )
+    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
     models = args.models or found
     unknown = [m for m in models if m not in found]
     if unknown:
-        raise ExporterError(f"no exported model {', '.join(unknown)} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}")
+        raise ExporterError(
+            f"no exported model {', '.join(unknown)} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}"
+        )
     if any(b < 1 for b in args.batch_sizes):
         raise ExporterError("--batch-sizes must be positive integers")
     if args.clients < 1:
@@ -92,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
         results.cells.extend(bench_model(model, vdir, list(args.batch_sizes), args.min_time))
     if args.http_seconds > 0:
         http_models = args.http_models or models
-        print(f"HTTP load: {', '.join(http_models)}, {args.clients} clients, {args.http_seconds:g} s each ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"HTTP load: {', '.join(http_models)}, {args.clients} clients, {args.http_seconds:g} s each ...",
+            file=sys.stderr,
+            flush=True,
+        )
         modes = {"on": ("on",), "off": ("off",), "both": ("on", "off")}[args.http_log]
         results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator, modes)
     print()
@@ -102,7 +121,14 @@ def run(args: argparse.Namespace) -> int:
     for line in targets(results):
         print(line)
     if args.json:
-        args.json.write_text(json.dumps({"environment": _environment(),
-                                         "cells": [c.__dict__ for c in results.cells],
-                                         "http": [h.__dict__ for h in results.http]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": _environment(),
+                    "cells": [c.__dict__ for c in results.cells],
+                    "http": [h.__dict__ for h in results.http],
+                },
+                indent=2,
+            )
+        )
     return 0

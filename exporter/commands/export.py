@@ -1,4 +1,5 @@
 """``python -m exporter export MODEL``: train or load, export to ONNX, check parity, write the artifact."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,6 @@ def _models_help() -> str:
     return ", ".join(parts)
 
 
-
 def _describe_on_demand(p: argparse.ArgumentParser) -> None:
     """Fill in the models line only when help is shown: naming what each spec writes imports the specs
     (and torch), which every other command would otherwise pay for at start-up."""
@@ -63,29 +63,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
     p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")
     p.add_argument("--mode", default="train", help="train (default) or load an existing model")
-    p.add_argument("--data", default=None, help="CSV or Parquet file with the feature and label columns (default: synthetic)")
+    p.add_argument(
+        "--data", default=None, help="CSV or Parquet file with the feature and label columns (default: synthetic)"
+    )
     p.add_argument("--rows", type=int, default=20_000, help="rows of synthetic data (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for data, split and training (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed for data, split and training (default: %(default)s)"
+    )
     p.add_argument("--checkpoint", default=None, help="load mode: xgboost .json/.ubj model or torch checkpoint.pt")
-    p.add_argument("--feature-meta", default=None, help='JSON file with {"feature_columns": [...]}: sets the input columns')
-    p.add_argument("--feature-columns", default=None, help="comma-separated input columns (default: the contract's schema)")
-    p.add_argument("--label", default=None,
-                   help="the binary (0/1 or true/false) label column (default: the schema's label, else 'label')")
-    p.add_argument("--schema", default=None, metavar="FILE",
-                   help="JSON feature schema: kind (numeric/categorical), fill, optional, vocabulary policy, tower "
-                        "per column, and the label (see docs/features.md); default: inferred from the data")
-    p.add_argument("--min-auc", type=float, default=None, metavar="X",
-                   help="exit 4 and write nothing when the held-out AUC is below X (a warning below 0.55 always)")
-    p.add_argument("--model-name", default=None, metavar="NAME",
-                   help="repository name to export under (two_tower: NAME and NAME_item); default: the model's own")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])")
-    p.add_argument("--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)")
-    p.add_argument("--max-batch-size", type=int, default=1024,
-                   help="Triton config.pbtxt max_batch_size: largest batch its dynamic batcher forms (default: %(default)s)")
-    p.add_argument("--storage-uri", default=None,
-                   help="where the artifacts tree will live for KServe, written into <model>/kserve.yaml "
-                        "(default: pvc://model-repository/artifacts)")
+    p.add_argument(
+        "--feature-meta", default=None, help='JSON file with {"feature_columns": [...]}: sets the input columns'
+    )
+    p.add_argument(
+        "--feature-columns", default=None, help="comma-separated input columns (default: the contract's schema)"
+    )
+    p.add_argument(
+        "--label",
+        default=None,
+        help="the binary (0/1 or true/false) label column (default: the schema's label, else 'label')",
+    )
+    p.add_argument(
+        "--schema",
+        default=None,
+        metavar="FILE",
+        help="JSON feature schema: kind (numeric/categorical), fill, optional, vocabulary policy, tower "
+        "per column, and the label (see docs/features.md); default: inferred from the data",
+    )
+    p.add_argument(
+        "--min-auc",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 4 and write nothing when the held-out AUC is below X (a warning below 0.55 always)",
+    )
+    p.add_argument(
+        "--model-name",
+        default=None,
+        metavar="NAME",
+        help="repository name to export under (two_tower: NAME and NAME_item); default: the model's own",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])",
+    )
+    p.add_argument(
+        "--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)"
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=1024,
+        help="Triton config.pbtxt max_batch_size: largest batch its dynamic batcher forms (default: %(default)s)",
+    )
+    p.add_argument(
+        "--storage-uri",
+        default=None,
+        help="where the artifacts tree will live for KServe, written into <model>/kserve.yaml "
+        "(default: pvc://model-repository/artifacts)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -106,8 +144,8 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from exporter.export import pipeline
-    from exporter.tools import summary
     from exporter.models import get_spec, model_names
+    from exporter.tools import summary
 
     if args.model == "all":
         if args.mode != "train" or args.checkpoint:
@@ -131,12 +169,25 @@ def run(args: argparse.Namespace) -> int:
 
     for name in models:
         params = pipeline.ExportParams(
-            model=name, mode=args.mode, data_path=args.data, rows=args.rows, seed=args.seed,
-            feature_columns=columns, checkpoint=args.checkpoint, feature_meta=args.feature_meta,
-            hparams=hparams if len(models) == 1 else {}, atol=args.atol, artifacts=args.artifacts,
-            version=args.version, progress=not args.quiet,
-            max_batch_size=args.max_batch_size, storage_uri=args.storage_uri,
-            label=args.label, schema=args.schema, min_auc=args.min_auc, model_name=args.model_name,
+            model=name,
+            mode=args.mode,
+            data_path=args.data,
+            rows=args.rows,
+            seed=args.seed,
+            feature_columns=columns,
+            checkpoint=args.checkpoint,
+            feature_meta=args.feature_meta,
+            hparams=hparams if len(models) == 1 else {},
+            atol=args.atol,
+            artifacts=args.artifacts,
+            version=args.version,
+            progress=not args.quiet,
+            max_batch_size=args.max_batch_size,
+            storage_uri=args.storage_uri,
+            label=args.label,
+            schema=args.schema,
+            min_auc=args.min_auc,
+            model_name=args.model_name,
         )
         result = pipeline.run(params, echo=echo)
         results.append(result)

@@ -1,14 +1,22 @@
 """``python -m exporter kserve``: the CLI over :mod:`exporter.export.kserve` (write or print the InferenceService manifests)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from exporter.export.kserve import (API_VERSION, DEFAULT_STORAGE_URI, MANIFEST_FILE, PROTOCOL, RUNTIME, check_storage_uri,
-                             manifests, to_yaml)
+from exporter.export.kserve import (
+    API_VERSION,
+    DEFAULT_STORAGE_URI,
+    MANIFEST_FILE,
+    PROTOCOL,
+    RUNTIME,
+    check_storage_uri,
+    manifests,
+    to_yaml,
+)
 from exporter.export.repository import repository_lock, write_text_atomic
-
 
 HELP = "write (or print) a KServe InferenceService manifest per exported model"
 DESCRIPTION = f"""\
@@ -27,9 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``kserve``."""
     parser.add_argument("models", nargs="*", metavar="MODEL", help="model names (default: every model in the tree)")
     parser.add_argument("--artifacts", default="artifacts", type=Path, help="artifacts tree (default: %(default)s)")
-    parser.add_argument("--storage-uri", default=DEFAULT_STORAGE_URI,
-                        help="where the artifacts tree will live for KServe (default: %(default)s)")
-    parser.add_argument("--stdout", action="store_true", help="print the manifests (YAML documents) instead of writing them")
+    parser.add_argument(
+        "--storage-uri",
+        default=DEFAULT_STORAGE_URI,
+        help="where the artifacts tree will live for KServe (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stdout", action="store_true", help="print the manifests (YAML documents) instead of writing them"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
 """``python -m exporter notebooks``: the CLI over :mod:`exporter.tools.notebooks` (plan, run each notebook, keep reports)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,16 @@ from pathlib import Path
 
 from exporter.errors import ExporterError
 from exporter.tools.notebooks import (
-    Outcome, artifacts_option, check_kernel, notebook_names, plan, rename_deprecated, resolve_overrides, run_one,
+    Outcome,
+    artifacts_option,
+    check_kernel,
+    notebook_names,
+    plan,
+    rename_deprecated,
+    resolve_overrides,
+    run_one,
     select,
 )
-
 
 HELP = "run the model notebooks headless (papermill) and store each executed notebook beside its artifact"
 
@@ -40,15 +47,30 @@ exit codes: 0 ok, 1 a notebook failed, 2 bad parameters (one line says what), 3 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"notebooks to run: {', '.join(notebook_names())} (default: all, in this order)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="override a notebook parameter (repeatable), e.g. -p rows 5000")
-    p.add_argument("--artifacts", default="artifacts",
-                   help="model repository the notebooks export into (default: %(default)s)")
-    p.add_argument("--output-dir", default=None,
-                   help="also keep each executed notebook as DIR/<name>.ipynb (default: only report.ipynb "
-                        "beside the artifact; a failed notebook is kept in a temporary directory)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help=f"notebooks to run: {', '.join(notebook_names())} (default: all, in this order)",
+    )
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="override a notebook parameter (repeatable), e.g. -p rows 5000",
+    )
+    p.add_argument(
+        "--artifacts", default="artifacts", help="model repository the notebooks export into (default: %(default)s)"
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="also keep each executed notebook as DIR/<name>.ipynb (default: only report.ipynb "
+        "beside the artifact; a failed notebook is kept in a temporary directory)",
+    )
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: %(default)s)")
 
 

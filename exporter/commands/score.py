@@ -1,4 +1,5 @@
 """``python -m exporter score MODEL[/VERSION] --input PATH --output DIR``: batch scoring over Parquet/CSV."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,29 +43,66 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="output directory (Parquet parts); must not exist")
     p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
     p.add_argument("--engine", default="local", choices=("local", "spark"), help="default: %(default)s")
-    p.add_argument("--keep", type=_columns, default=[], metavar="COLUMNS",
-                   help="comma-separated input columns (IDs) copied into the output and the rejects")
-    p.add_argument("--max-rejects", type=int, default=0, metavar="N",
-                   help="fail when more than N rows are refused (default: %(default)s)")
+    p.add_argument(
+        "--keep",
+        type=_columns,
+        default=[],
+        metavar="COLUMNS",
+        help="comma-separated input columns (IDs) copied into the output and the rejects",
+    )
+    p.add_argument(
+        "--max-rejects",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fail when more than N rows are refused (default: %(default)s)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output once the new one is complete")
-    p.add_argument("--format", dest="input_format", choices=("parquet", "csv"), default=None,
-                   help="input format when file names do not tell (default: from the extension)")
+    p.add_argument(
+        "--format",
+        dest="input_format",
+        choices=("parquet", "csv"),
+        default=None,
+        help="input format when file names do not tell (default: from the extension)",
+    )
     p.add_argument("--batch-rows", type=int, default=65536, help="rows per record batch (default: %(default)s)")
-    p.add_argument("--rows-per-file", type=int, default=2_000_000,
-                   help="local engine: rows per output part file (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="local engine: scoring threads (default: every core)")
+    p.add_argument(
+        "--rows-per-file",
+        type=int,
+        default=2_000_000,
+        help="local engine: rows per output part file (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="local engine: scoring threads (default: every core)")
     p.add_argument("--master", default=None, metavar="URL", help="spark engine: master URL (default: local[*])")
-    p.add_argument("--conf", dest="spark_conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="spark engine: extra Spark configuration, repeatable")
-    p.add_argument("--index", action="store_true",
-                   help="two_tower_item: also build an ANN index (FAISS IVF, inner product) in OUTPUT/_index/")
-    p.add_argument("--index-id", default=None, metavar="COLUMN",
-                   help="the --keep column that identifies an item in the index (default: the first --keep column)")
-    p.add_argument("--index-users", default=None, metavar="PATH",
-                   help="user features scored by the related user tower as recall queries "
-                        "(default: a sample of the item vectors themselves)")
-    p.add_argument("--index-queries", type=int, default=1000, help="queries for the recall check (default: %(default)s)")
+    p.add_argument(
+        "--conf",
+        dest="spark_conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="spark engine: extra Spark configuration, repeatable",
+    )
+    p.add_argument(
+        "--index",
+        action="store_true",
+        help="two_tower_item: also build an ANN index (FAISS IVF, inner product) in OUTPUT/_index/",
+    )
+    p.add_argument(
+        "--index-id",
+        default=None,
+        metavar="COLUMN",
+        help="the --keep column that identifies an item in the index (default: the first --keep column)",
+    )
+    p.add_argument(
+        "--index-users",
+        default=None,
+        metavar="PATH",
+        help="user features scored by the related user tower as recall queries "
+        "(default: a sample of the item vectors themselves)",
+    )
+    p.add_argument(
+        "--index-queries", type=int, default=1000, help="queries for the recall check (default: %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -79,11 +117,25 @@ def run(args: argparse.Namespace) -> int:
             raise ExporterError(f"--conf expects KEY=VALUE, got {item!r}")
         conf[key.strip()] = value
     options = ScoreOptions(
-        model=args.model, input=args.input, output=args.output, artifacts=args.artifacts, engine=args.engine,
-        keep=args.keep, max_rejects=args.max_rejects, overwrite=args.overwrite, input_format=args.input_format,
-        batch_rows=args.batch_rows, rows_per_file=args.rows_per_file, threads=args.threads, master=args.master,
-        spark_conf=conf, progress=not args.quiet, index=args.index, index_id=args.index_id,
-        index_users=args.index_users, index_queries=args.index_queries,
+        model=args.model,
+        input=args.input,
+        output=args.output,
+        artifacts=args.artifacts,
+        engine=args.engine,
+        keep=args.keep,
+        max_rejects=args.max_rejects,
+        overwrite=args.overwrite,
+        input_format=args.input_format,
+        batch_rows=args.batch_rows,
+        rows_per_file=args.rows_per_file,
+        threads=args.threads,
+        master=args.master,
+        spark_conf=conf,
+        progress=not args.quiet,
+        index=args.index,
+        index_id=args.index_id,
+        index_users=args.index_users,
+        index_queries=args.index_queries,
     )
     result = score(options)
     print(result_json(result) if args.json else format_result(result), file=sys.stdout, flush=True)

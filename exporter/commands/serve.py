@@ -1,4 +1,5 @@
 """``python -m exporter serve``: the CLI over :mod:`exporter.serving.server` (load the tree, listen, serve until stopped)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,14 @@ from pathlib import Path
 
 from exporter.errors import ExporterError
 from exporter.serving.http_limits import (
-    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, guarded_protocol,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES,
+    guarded_protocol,
 )
 from exporter.serving.live_registry import LiveRegistry, Reloader
 from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
-
 
 HELP = "serve every exported model over HTTP with TorchServe-style routes"
 
@@ -72,25 +76,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", default=None, type=_positive_int, help="onnxruntime intra-op threads per model (default: 1)"
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"],
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
         help="'warning' silences the per-request lines (default: info)",
     )
     # slow and oversized clients (exporter.serving.http_limits): uvicorn alone would hold such connections forever
-    parser.add_argument("--header-timeout", default=DEFAULT_HEADER_TIMEOUT, type=_positive_float,
-                        help="seconds a client has to send its request line and headers, else 408 and the "
-                             f"connection closes (default: {DEFAULT_HEADER_TIMEOUT:g})")
-    parser.add_argument("--body-timeout", default=DEFAULT_BODY_TIMEOUT, type=_positive_float,
-                        help="seconds a client has to send the whole body after its headers, else 408 and the "
-                             f"connection closes (default: {DEFAULT_BODY_TIMEOUT:g})")
-    parser.add_argument("--keep-alive-timeout", default=DEFAULT_KEEP_ALIVE_TIMEOUT, type=_positive_int,
-                        help="seconds an idle keep-alive connection stays open between requests "
-                             f"(default: {DEFAULT_KEEP_ALIVE_TIMEOUT})")
-    parser.add_argument("--max-header-bytes", default=DEFAULT_MAX_HEADER_BYTES, type=_positive_int,
-                        help=f"largest request line plus headers, else 431 (default: {DEFAULT_MAX_HEADER_BYTES})")
     parser.add_argument(
-        "--poll", default=0.0, type=_non_negative_float, metavar="SECONDS",
+        "--header-timeout",
+        default=DEFAULT_HEADER_TIMEOUT,
+        type=_positive_float,
+        help="seconds a client has to send its request line and headers, else 408 and the "
+        f"connection closes (default: {DEFAULT_HEADER_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        default=DEFAULT_BODY_TIMEOUT,
+        type=_positive_float,
+        help="seconds a client has to send the whole body after its headers, else 408 and the "
+        f"connection closes (default: {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+        type=_positive_int,
+        help="seconds an idle keep-alive connection stays open between requests "
+        f"(default: {DEFAULT_KEEP_ALIVE_TIMEOUT})",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        default=DEFAULT_MAX_HEADER_BYTES,
+        type=_positive_int,
+        help=f"largest request line plus headers, else 431 (default: {DEFAULT_MAX_HEADER_BYTES})",
+    )
+    parser.add_argument(
+        "--poll",
+        default=0.0,
+        type=_non_negative_float,
+        metavar="SECONDS",
         help="rescan the artifacts tree every SECONDS: new versions become servable, removed ones go away "
-             "(default: 0, only on SIGHUP)",
+        "(default: 0, only on SIGHUP)",
     )
 
 
@@ -170,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
         app,
         loop="uvloop",
         # httptools with header/body timeouts and a header size limit (exporter.serving.http_limits)
-        http=guarded_protocol(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                              max_header_bytes=args.max_header_bytes),
+        http=guarded_protocol(
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_header_bytes=args.max_header_bytes
+        ),
         lifespan="off",
         access_log=False,
         log_level="warning",
@@ -190,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"exporter serve: listening on http://{shown_host}:{port} "
             f"({len(registry.latest)} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()}"
-            + (f", polling every {args.poll:g}s" if args.poll else "") + ")",
+            + (f", polling every {args.poll:g}s" if args.poll else "")
+            + ")",
             file=sys.stderr,
             flush=True,
         )

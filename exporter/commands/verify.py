@@ -1,11 +1,11 @@
 """``python -m exporter verify DIR``: the CLI over :func:`exporter.tools.verify.verify` (one line per problem)."""
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from exporter.tools.verify import verify
-
 
 HELP = "check exported artifacts (version, model or whole tree) before a serving team accepts them"
 

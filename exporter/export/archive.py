@@ -10,6 +10,7 @@ numpy, onnxruntime and orjson, never this package.
 The ``.mar`` is built in a hidden staging directory beside the target and renamed into place, so a reader
 never sees half an archive; an existing file is replaced only when asked (``force``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,7 +33,9 @@ ENTRY_FILE = "torchserve_entry.py"
 #: the package every archive ships as code
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
 #: ``exporter/__init__.py`` inside the archive: the package marker only (the rest of exporter is not shipped)
-PACKAGE_INIT = '"""Only exporter.runtime ships in this TorchServe archive: the handler\'s code (python -m exporter archive)."""\n'
+PACKAGE_INIT = (
+    '"""Only exporter.runtime ships in this TorchServe archive: the handler\'s code (python -m exporter archive)."""\n'
+)
 ARCHIVER_TIMEOUT = 600
 
 
@@ -52,18 +55,25 @@ def resolve_version(artifacts: Path, model: str) -> Path:
     name, _, version = model.strip("/").partition("/")
     model_dir = artifacts / name
     if not name or name in (".", "..") or not model_dir.is_dir():
-        have = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if artifacts.is_dir() else []
-        raise ExporterError(f"model {name!r} not found in {str(artifacts)!r} "
-                            f"(models: {', '.join(have) or 'none'}); expected MODEL or MODEL/VERSION, e.g. xgb/1")
+        have = (
+            sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if artifacts.is_dir()
+            else []
+        )
+        raise ExporterError(
+            f"model {name!r} not found in {str(artifacts)!r} "
+            f"(models: {', '.join(have) or 'none'}); expected MODEL or MODEL/VERSION, e.g. xgb/1"
+        )
     versions = [p.name for p in version_dirs(model_dir)]
     if not version:
         if not versions:
             raise ExporterError(f"model {name!r} in {str(artifacts)!r} has no version directory (1, 2, ...)")
         return model_dir / versions[-1]
     if "/" in version or not is_version_name(version):
-        raise ExporterError(f"{version!r} is not a version directory name: versions are positive integers without "
-                            f"leading zeros (model {name!r} has: {', '.join(versions) or 'none'})")
+        raise ExporterError(
+            f"{version!r} is not a version directory name: versions are positive integers without "
+            f"leading zeros (model {name!r} has: {', '.join(versions) or 'none'})"
+        )
     if version not in versions:
         raise ExporterError(f"model {name!r} has no version {version} (versions: {', '.join(versions) or 'none'})")
     return model_dir / version
@@ -71,8 +81,10 @@ def resolve_version(artifacts: Path, model: str) -> Path:
 
 def _check_archiver() -> None:
     if importlib.util.find_spec("model_archiver") is None:
-        raise ExporterError("torch-model-archiver is not installed in this Python; "
-                            "pip install torch-model-archiver==0.12.0 (it is in requirements.txt)")
+        raise ExporterError(
+            "torch-model-archiver is not installed in this Python; "
+            "pip install torch-model-archiver==0.12.0 (it is in requirements.txt)"
+        )
 
 
 def _stage_code(code: Path) -> None:
@@ -86,9 +98,23 @@ def _run_archiver(name: str, version: str, vdir: Path, model_file: str, extra: l
     """torch-model-archiver in a child process whose temporary directory is private to this build."""
     tmp = staging / "tmp"
     tmp.mkdir()
-    command = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", version,
-               "--handler", str(RUNTIME_DIR / ENTRY_FILE), "--serialized-file", str(vdir / model_file),
-               "--extra-files", ",".join(str(p) for p in extra), "--export-path", str(staging)]
+    command = [
+        sys.executable,
+        "-m",
+        "model_archiver.model_packaging",
+        "--model-name",
+        name,
+        "--version",
+        version,
+        "--handler",
+        str(RUNTIME_DIR / ENTRY_FILE),
+        "--serialized-file",
+        str(vdir / model_file),
+        "--extra-files",
+        ",".join(str(p) for p in extra),
+        "--export-path",
+        str(staging),
+    ]
     # the archiver copies into <tempdir>/<model name> and deletes it first: a private TMPDIR keeps two
     # builds of the same model apart
     env = {**os.environ, "TMPDIR": str(tmp)}
@@ -110,12 +136,15 @@ def _check_archive(path: Path, expected: list[str]) -> None:
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
     missing = [n for n in expected if n not in names]
     if missing or manifest.get("model", {}).get("handler") != ENTRY_FILE:
-        raise ExporterError(f"torch-model-archiver wrote an unexpected archive (missing: {', '.join(missing) or 'none'}; "
-                            f"handler {manifest.get('model', {}).get('handler')!r})")
+        raise ExporterError(
+            f"torch-model-archiver wrote an unexpected archive (missing: {', '.join(missing) or 'none'}; "
+            f"handler {manifest.get('model', {}).get('handler')!r})"
+        )
 
 
-def build_archive(model: str, export_path: Path, artifacts: Path = Path("artifacts"), *,
-                  force: bool = False) -> ArchiveResult:
+def build_archive(
+    model: str, export_path: Path, artifacts: Path = Path("artifacts"), *, force: bool = False
+) -> ArchiveResult:
     """Write ``<export_path>/<model name>.mar`` for ``MODEL[/VERSION]`` of ``artifacts``; returns what was written.
 
     The version is loaded first as the handler will load it (metadata checked, sha256 verified), so a broken
@@ -146,8 +175,10 @@ def build_archive(model: str, export_path: Path, artifacts: Path = Path("artifac
         _stage_code(staging / "code")
         extra = [vdir / f for f in files[1:]] + [staging / "code"]
         built = _run_archiver(name, version, vdir, metadata["model_file"], extra, staging)
-        runtime_files = sorted(f"exporter/{p.relative_to(staging / 'code' / 'exporter').as_posix()}"
-                               for p in (staging / "code" / "exporter").rglob("*.py"))
+        runtime_files = sorted(
+            f"exporter/{p.relative_to(staging / 'code' / 'exporter').as_posix()}"
+            for p in (staging / "code" / "exporter").rglob("*.py")
+        )
         _check_archive(built, [ENTRY_FILE, *files, *runtime_files])
         os.replace(built, target)
     finally:

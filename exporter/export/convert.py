@@ -3,6 +3,7 @@
 The graph must carry exactly the contract's tensors and pass ``onnx.checker`` (full check); parity runs the
 raw rows through the graph (in-graph preprocessing included) and the prepared rows through the native model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,14 @@ def build_onnx(unit: ExportUnit, plan: F.FeaturePlan | None = None) -> bytes:
     return model.SerializeToString()
 
 
-def check_parity(unit: ExportUnit, model_bytes: bytes, x: np.ndarray, heldout_rows: int, atol: float,
-                 plan: F.FeaturePlan | None = None) -> ParityResult:
+def check_parity(
+    unit: ExportUnit,
+    model_bytes: bytes,
+    x: np.ndarray,
+    heldout_rows: int,
+    atol: float,
+    plan: F.FeaturePlan | None = None,
+) -> ParityResult:
     """onnxruntime on raw rows ``x`` against the native model on the same rows prepared by the numpy twin."""
     import onnxruntime as ort
 
@@ -84,12 +91,11 @@ def check_parity(unit: ExportUnit, model_bytes: bytes, x: np.ndarray, heldout_ro
     got = np.asarray(session.run([C.OUTPUT_NAME], {C.INPUT_NAME: x})[0], dtype=np.float64)
     native = np.asarray(unit.native_predict(plan.prepare(x) if plan is not None else x), dtype=np.float64)
     if got.shape != native.shape:
-        raise ParityError(
-            f"{unit.model_name}: onnxruntime returned shape {got.shape}, the native model {native.shape}"
-        )
+        raise ParityError(f"{unit.model_name}: onnxruntime returned shape {got.shape}, the native model {native.shape}")
     diff = np.abs(got - native)
     max_diff = float(np.max(diff)) if diff.size else 0.0
     if not np.isfinite(max_diff):
         max_diff = float("inf")
-    return ParityResult(unit.model_name, len(x), heldout_rows, max_diff,
-                        float(np.mean(diff)) if diff.size else 0.0, atol, native, got)
+    return ParityResult(
+        unit.model_name, len(x), heldout_rows, max_diff, float(np.mean(diff)) if diff.size else 0.0, atol, native, got
+    )

@@ -9,12 +9,14 @@ repository can back one InferenceService per model.
 The ``kserve`` sub-command (:mod:`exporter.commands.kserve`) (re)writes the manifests of an artifacts tree, or
 prints them for ``kubectl apply -f -``.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from exporter.errors import ExporterError
 from exporter.export.repository import write_text_atomic
@@ -35,6 +37,7 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "hdfs", "webhdfs", "http", "https", "oci", "hf", "azure")
 ANNOTATION_PREFIX = "recsys-onnx-exporter"
 
+
 def check_storage_uri(uri: Any) -> str:
     """``uri`` if KServe's storage initializer can fetch from it, else an ExporterError saying what is expected."""
     if not isinstance(uri, str) or not re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", uri):
@@ -44,8 +47,10 @@ def check_storage_uri(uri: Any) -> str:
         )
     scheme = uri.split("://", 1)[0]
     if scheme not in STORAGE_SCHEMES:
-        raise ExporterError(f"--storage-uri scheme {scheme!r} is not one KServe fetches from; "
-                            f"expected one of {', '.join(STORAGE_SCHEMES)}")
+        raise ExporterError(
+            f"--storage-uri scheme {scheme!r} is not one KServe fetches from; "
+            f"expected one of {', '.join(STORAGE_SCHEMES)}"
+        )
     return uri.rstrip("/")
 
 
@@ -74,8 +79,10 @@ def inference_service(
         "kind": "InferenceService",
         "metadata": {
             "name": service_name(model_name),
-            "labels": {"app.kubernetes.io/name": service_name(model_name),
-                       "app.kubernetes.io/part-of": ANNOTATION_PREFIX},
+            "labels": {
+                "app.kubernetes.io/name": service_name(model_name),
+                "app.kubernetes.io/part-of": ANNOTATION_PREFIX,
+            },
             "annotations": annotations,
         },
         "spec": {
@@ -136,17 +143,24 @@ def _latest_metadata(model_dir: Path) -> dict[str, Any]:
     return metadata
 
 
-def manifests(artifacts: Path, models: Sequence[str] = (), *, storage_uri: str = DEFAULT_STORAGE_URI) -> dict[str, dict[str, Any]]:
+def manifests(
+    artifacts: Path, models: Sequence[str] = (), *, storage_uri: str = DEFAULT_STORAGE_URI
+) -> dict[str, dict[str, Any]]:
     """model name -> InferenceService for the latest version of each (named) model under ``artifacts``."""
     artifacts = Path(artifacts)
     if not artifacts.is_dir():
         raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export a model first")
-    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and (p / rules.CONFIG_FILE).is_file())
+    found = sorted(
+        p.name
+        for p in artifacts.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / rules.CONFIG_FILE).is_file()
+    )
     names = list(models) or found
     unknown = [n for n in names if n not in found]
     if unknown:
-        raise ExporterError(f"no exported model {', '.join(map(repr, unknown))} under {artifacts}; found: {', '.join(found) or 'none'}")
+        raise ExporterError(
+            f"no exported model {', '.join(map(repr, unknown))} under {artifacts}; found: {', '.join(found) or 'none'}"
+        )
     if not names:
         raise ExporterError(f"no exported model under {artifacts} (expected <model>/config.pbtxt)")
     return {n: inference_service(_latest_metadata(artifacts / n), storage_uri=storage_uri) for n in names}

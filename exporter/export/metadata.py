@@ -3,15 +3,18 @@
 metadata.json is a v2 model-metadata response plus what downstream teams need: features, parity, quality,
 training provenance (portable: no local paths), producer versions and opsets.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exporter import __version__, contract as C
+from exporter import __version__
+from exporter import contract as C
 from exporter.export import repository as repo
 from exporter.export.convert import ParityResult
 from exporter.models import ExportUnit, Trained
@@ -28,8 +31,13 @@ def _producer(unit: ExportUnit) -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    out = {"framework": unit.framework, "framework_version": unit.framework_version,
-           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "exporter": __version__}
+    out = {
+        "framework": unit.framework,
+        "framework_version": unit.framework_version,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "exporter": __version__,
+    }
     if unit.framework == "xgboost":
         import onnxmltools
 
@@ -83,10 +91,19 @@ def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dic
     return data, hyper
 
 
-def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, unit: ExportUnit,
-                   version: int, model_bytes: bytes, sha256: str, parity: ParityResult,
-                   sha256_of: Mapping[str, str] | None = None, model_part: str | None = None,
-                   side_files: Sequence[tuple[SideFile, str]] = ()) -> dict[str, Any]:
+def build_metadata(
+    prep: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    unit: ExportUnit,
+    version: int,
+    model_bytes: bytes,
+    sha256: str,
+    parity: ParityResult,
+    sha256_of: Mapping[str, str] | None = None,
+    model_part: str | None = None,
+    side_files: Sequence[tuple[SideFile, str]] = (),
+) -> dict[str, Any]:
     """metadata.json: a v2 model-metadata response plus what downstream teams need (contract section 3)."""
     opsets = _opsets(model_bytes)
     inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
@@ -112,33 +129,38 @@ def build_metadata(prep: Prepared, trained: Trained, evaluation: Evaluation, uni
     if prep.features is not None:
         vocab_sha = sha256_of.get(repo.VOCAB_FILE) if sha256_of else None
         meta["features"] = prep.features.subset(unit.feature_columns).metadata(
-            repo.VOCAB_FILE if vocab_sha else None, vocab_sha)
-    meta.update({
-        "prediction_format": unit.prediction_format,
-        "model_part": model_part or unit.model_name,
-        "description": prep.spec.description,
-        "related_models": list(unit.related_models),
-        "model_file": repo.MODEL_FILE,
-        "sha256": sha256,
-        "opset": opsets.get("", 0),
-        "opset_imports": opsets,
-        "producer": _producer(unit),
-        "parity": parity.as_metadata(unit.reference),
-        "quality": _jsonable(evaluation.quality),
-        "training": {
-            "mode": prep.params.mode,
-            **sources,
-            "rows": len(prep.train) + len(prep.heldout),
-            "train_rows": len(prep.train),
-            "heldout_rows": len(prep.heldout),
-            "seed": prep.params.seed,
-            "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
-            "hyperparameters": _jsonable(hyper),
-            "metrics": {k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()},
-            "final_loss": trained.history[-1] if trained.history else None,
-        },
-        "created_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-    })
+            repo.VOCAB_FILE if vocab_sha else None, vocab_sha
+        )
+    meta.update(
+        {
+            "prediction_format": unit.prediction_format,
+            "model_part": model_part or unit.model_name,
+            "description": prep.spec.description,
+            "related_models": list(unit.related_models),
+            "model_file": repo.MODEL_FILE,
+            "sha256": sha256,
+            "opset": opsets.get("", 0),
+            "opset_imports": opsets,
+            "producer": _producer(unit),
+            "parity": parity.as_metadata(unit.reference),
+            "quality": _jsonable(evaluation.quality),
+            "training": {
+                "mode": prep.params.mode,
+                **sources,
+                "rows": len(prep.train) + len(prep.heldout),
+                "train_rows": len(prep.train),
+                "heldout_rows": len(prep.heldout),
+                "seed": prep.params.seed,
+                "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
+                "hyperparameters": _jsonable(hyper),
+                "metrics": {
+                    k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()
+                },
+                "final_loss": trained.history[-1] if trained.history else None,
+            },
+            "created_at": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        }
+    )
     return meta
 
 
@@ -161,4 +183,6 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
     """
     frame = prep.heldout[unit.feature_columns]
     complete = frame[frame.notna().all(axis=1)]
-    return C.torchserve_request((complete if len(complete) else frame).head(rows).to_dict("records"), unit.feature_columns)
+    return C.torchserve_request(
+        (complete if len(complete) else frame).head(rows).to_dict("records"), unit.feature_columns
+    )

@@ -6,12 +6,14 @@ else ``feature_columns``), its outputs, held-out quality and parity, the trainin
 made it, and calls to copy and paste for every way of serving it (``python -m exporter serve`` or TorchServe
 in both request forms and with binary tensors, Triton, KServe).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +38,14 @@ def sample_request_v2(matrix: np.ndarray, request_id: str = SAMPLE_ID, rows: int
     return v2_request(x, request_id) if len(x) else None
 
 
-def write_version_files(version_dir: Path, metadata: Mapping[str, Any], request: Mapping[str, Any],
-                        response: Mapping[str, Any], v2_rows: np.ndarray | None, handler: Any) -> None:
+def write_version_files(
+    version_dir: Path,
+    metadata: Mapping[str, Any],
+    request: Mapping[str, Any],
+    response: Mapping[str, Any],
+    v2_rows: np.ndarray | None,
+    handler: Any,
+) -> None:
     """Write ``sample_request_v2.json`` + ``sample_response_v2.json`` (``handler``'s answer) and ``README.md``.
 
     ``v2_rows``: the held-out rows as the graph takes them, in the version's feature column order.
@@ -103,20 +111,29 @@ def _feature_table(metadata: Mapping[str, Any]) -> list[str]:
     features = metadata.get("features")
     columns = list(metadata.get("feature_columns") or [])
     if not (isinstance(features, list) and features and all(isinstance(f, Mapping) for f in features)):
-        lines = [f"The `{metadata['inputs'][0]['name']}` tensor holds these columns in this order, as raw numbers "
-                 "(any scaling learned in training is inside the graph):", ""]
+        lines = [
+            f"The `{metadata['inputs'][0]['name']}` tensor holds these columns in this order, as raw numbers "
+            "(any scaling learned in training is inside the graph):",
+            "",
+        ]
         return lines + _table(["#", "column", "kind"], [(i, _code(c), "numeric") for i, c in enumerate(columns)])
     rows = []
     for i, f in enumerate(features):
         stats = _first(f, "stats", "statistics", "training_stats") or {}
         kind = str(f.get("kind", "numeric"))
         if kind == "categorical":
-            size = _first(f, "vocab_size", "vocabulary_size", "cardinality") or _first(stats, "vocab_size", "vocabulary_size", "cardinality")
+            size = _first(f, "vocab_size", "vocabulary_size", "cardinality") or _first(
+                stats, "vocab_size", "vocabulary_size", "cardinality"
+            )
             vocab = f.get("vocabulary") if isinstance(f.get("vocabulary"), list) else None
             buckets = _first(f, "hash_buckets") or _first(stats, "hash_buckets")
             if size is None and vocab is not None:
                 size = len(vocab)
-            what = f"{_num(size)} values" if size is not None else ("hashed into " + _num(buckets) + " buckets" if buckets else "—")
+            what = (
+                f"{_num(size)} values"
+                if size is not None
+                else ("hashed into " + _num(buckets) + " buckets" if buckets else "—")
+            )
             oov = _first(f, "oov", "oov_policy") or _first(stats, "oov", "oov_policy")
             if isinstance(oov, Mapping):
                 if oov.get("hash_buckets") and size is None:
@@ -137,13 +154,26 @@ def _feature_table(metadata: Mapping[str, Any]) -> list[str]:
         missing = _first(f, "missing_rate") or _first(stats, "missing_rate")
         if f.get("tower") and metadata.get("prediction_format") == "vector":
             kind += f" ({f['tower']} tower)"
-        rows.append((i, _code(f.get("name", columns[i] if i < len(columns) else "?")), kind,
-                     f.get("dtype", "—"), what, _num(f.get("fill")), _num(missing) if missing is not None else "—",
-                     "yes" if f.get("optional") else "no"))
-    lines = [f"The `{metadata['inputs'][0]['name']}` tensor holds these columns in this order (raw values; string "
-             "categories as their vocabulary code in the v2 form):", ""]
-    return lines + _table(["#", "column", "kind", "dtype", "range / vocabulary (training)", "fill", "missing",
-                           "optional"], rows)
+        rows.append(
+            (
+                i,
+                _code(f.get("name", columns[i] if i < len(columns) else "?")),
+                kind,
+                f.get("dtype", "—"),
+                what,
+                _num(f.get("fill")),
+                _num(missing) if missing is not None else "—",
+                "yes" if f.get("optional") else "no",
+            )
+        )
+    lines = [
+        f"The `{metadata['inputs'][0]['name']}` tensor holds these columns in this order (raw values; string "
+        "categories as their vocabulary code in the v2 form):",
+        "",
+    ]
+    return lines + _table(
+        ["#", "column", "kind", "dtype", "range / vocabulary (training)", "fill", "missing", "optional"], rows
+    )
 
 
 def _outputs(metadata: Mapping[str, Any]) -> list[str]:
@@ -151,21 +181,27 @@ def _outputs(metadata: Mapping[str, Any]) -> list[str]:
     fmt = metadata.get("prediction_format")
     head = f"`{out['name']}` {out.get('datatype', 'FP64')} {_shape(out)}"
     if fmt == "scalar":
-        return [f"{head}: one score per row (for a binary label, the predicted probability). "
-                'TorchServe form answers `{"predictions": [p0, p1, ...]}`.']
+        return [
+            f"{head}: one score per row (for a binary label, the predicted probability). "
+            'TorchServe form answers `{"predictions": [p0, p1, ...]}`.'
+        ]
     if fmt == "named_columns":
         tasks = {t.get("name"): t for t in metadata.get("tasks", []) if isinstance(t, Mapping)}
         rows = []
         for i, col in enumerate(metadata.get("output_columns", [])):
             task = tasks.get(col, {})
             rows.append((i, _code(col), task.get("label", "—"), task.get("type", task.get("kind", "—"))))
-        return [f"{head}, one column per task. TorchServe form answers one object per row, keyed by column:", ""] + \
-            _table(["column", "name", "label", "task"], rows)
+        return [
+            f"{head}, one column per task. TorchServe form answers one object per row, keyed by column:",
+            "",
+        ] + _table(["column", "name", "label", "task"], rows)
     if fmt == "vector":
         related = ", ".join(_code(r) for r in metadata.get("related_models", [])) or "—"
-        return [f"{head}: an embedding of {metadata.get('embed_dim', '?')} numbers per row. Score a pair by the dot "
-                f"product with the embedding of the related model ({related}). TorchServe form answers the vector "
-                "itself for one row, a list of vectors for several."]
+        return [
+            f"{head}: an embedding of {metadata.get('embed_dim', '?')} numbers per row. Score a pair by the dot "
+            f"product with the embedding of the related model ({related}). TorchServe form answers the vector "
+            "itself for one row, a list of vectors for several."
+        ]
     return [head]
 
 
@@ -187,10 +223,15 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
         lines.append("No held-out metrics: the data this version was made from had no labels.")
     parity = metadata.get("parity") if isinstance(metadata.get("parity"), Mapping) else {}
     if parity:
-        lines += ["", (f"Parity: ONNX Runtime vs {parity.get('reference', 'the native model')} on "
-                       f"{_num(parity.get('rows'))} rows ({_num(parity.get('heldout_rows'))} held-out): max |diff| "
-                       f"{_num(parity.get('max_abs_diff'), 3)}, mean {_num(parity.get('mean_abs_diff'), 3)}, "
-                       f"tolerance {_num(parity.get('atol'))}: **{'passed' if parity.get('passed') else 'FAILED'}**.")]
+        lines += [
+            "",
+            (
+                f"Parity: ONNX Runtime vs {parity.get('reference', 'the native model')} on "
+                f"{_num(parity.get('rows'))} rows ({_num(parity.get('heldout_rows'))} held-out): max |diff| "
+                f"{_num(parity.get('max_abs_diff'), 3)}, mean {_num(parity.get('mean_abs_diff'), 3)}, "
+                f"tolerance {_num(parity.get('atol'))}: **{'passed' if parity.get('passed') else 'FAILED'}**."
+            ),
+        ]
     return lines
 
 
@@ -215,14 +256,24 @@ def _provenance(metadata: Mapping[str, Any]) -> list[str]:
 
 
 def _binary_header(n: int, k: int, input_name: str, output_name: str) -> str:
-    return json.dumps({"inputs": [{"name": input_name, "shape": [n, k], "datatype": "FP64",
-                                   "parameters": {"binary_data_size": n * k * 8}}],
-                       "outputs": [{"name": output_name, "parameters": {"binary_data": True}}]},
-                      separators=(",", ":"))
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": input_name, "shape": [n, k], "datatype": "FP64", "parameters": {"binary_data_size": n * k * 8}}
+            ],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+        },
+        separators=(",", ":"),
+    )
 
 
-def _calls(metadata: Mapping[str, Any], request: Mapping[str, Any], response: Mapping[str, Any],
-           v2_request: Mapping[str, Any] | None, v2_response: Mapping[str, Any] | None) -> list[str]:
+def _calls(
+    metadata: Mapping[str, Any],
+    request: Mapping[str, Any],
+    response: Mapping[str, Any],
+    v2_request: Mapping[str, Any] | None,
+    v2_response: Mapping[str, Any] | None,
+) -> list[str]:
     name, version = metadata["name"], str(metadata["versions"][-1])
     inp, out = metadata["inputs"][0]["name"], metadata["outputs"][0]["name"]
     k = len(metadata.get("feature_columns", []))
@@ -230,7 +281,7 @@ def _calls(metadata: Mapping[str, Any], request: Mapping[str, Any], response: Ma
     rows = None
     if v2_request is not None:
         flat = v2_request["inputs"][0]["data"]
-        rows = [flat[i:i + k] for i in range(0, len(flat), k)][:1]
+        rows = [flat[i : i + k] for i in range(0, len(flat), k)][:1]
     row_args = " ".join(repr(float(v)) for v in rows[0]) if rows else " ".join(["0.0"] * k)
     lines = [
         "Run these from this version directory. `python -m exporter serve --artifacts ../..` serves it on "
@@ -266,12 +317,12 @@ def _calls(metadata: Mapping[str, Any], request: Mapping[str, Any], response: Ma
         "```bash",
         f"HEADER='{header}'",
         "python3 -c 'import struct,sys; v=[float(a) for a in sys.argv[2:]]; "
-        "sys.stdout.buffer.write(sys.argv[1].encode()+struct.pack(\"<%dd\" % len(v), *v))' "
-        f"\"$HEADER\" {row_args} > body.bin",
-        f"curl -s {route} -H \"Inference-Header-Content-Length: ${{#HEADER}}\" "
+        'sys.stdout.buffer.write(sys.argv[1].encode()+struct.pack("<%dd" % len(v), *v))\' '
+        f'"$HEADER" {row_args} > body.bin',
+        f'curl -s {route} -H "Inference-Header-Content-Length: ${{#HEADER}}" '
         "-H 'Content-Type: application/octet-stream' --data-binary @body.bin -D headers.txt -o answer.bin",
         "N=$(grep -i '^inference-header-content-length' headers.txt | tr -dc 0-9)",
-        "head -c \"$N\" answer.bin; echo; tail -c +$((N + 1)) answer.bin | od -A n -t f8",
+        'head -c "$N" answer.bin; echo; tail -c +$((N + 1)) answer.bin | od -A n -t f8',
         "```",
         "",
         "Python, with Triton's own client codec (`pip install tritonclient[http]`):",
@@ -310,8 +361,11 @@ def _calls(metadata: Mapping[str, Any], request: Mapping[str, Any], response: Ma
         "```",
     ]
     if metadata["outputs"][0].get("shape") == [-1]:
-        lines += ["", f"Triton answers `{out}` with shape `[rows, 1]` (its config declares the per-row score as "
-                      "`dims: [1]`); the numbers are the same."]
+        lines += [
+            "",
+            f"Triton answers `{out}` with shape `[rows, 1]` (its config declares the per-row score as "
+            "`dims: [1]`); the numbers are the same.",
+        ]
     lines += [
         "",
         "### KServe",
@@ -333,8 +387,13 @@ def _service(name: str) -> str:
     return service_name(name)
 
 
-def render(metadata: Mapping[str, Any], request: Mapping[str, Any], response: Mapping[str, Any],
-           v2_request: Mapping[str, Any] | None = None, v2_response: Mapping[str, Any] | None = None) -> str:
+def render(
+    metadata: Mapping[str, Any],
+    request: Mapping[str, Any],
+    response: Mapping[str, Any],
+    v2_request: Mapping[str, Any] | None = None,
+    v2_response: Mapping[str, Any] | None = None,
+) -> str:
     """The model card (Markdown) of one version."""
     name, version = metadata["name"], str(metadata["versions"][-1])
     inp, out = metadata["inputs"][0], metadata["outputs"][0]

@@ -6,13 +6,15 @@ live beside this module: :mod:`~exporter.export.convert` (ONNX build, parity),
 :mod:`~exporter.export.metadata` (metadata.json, sample request) and :mod:`~exporter.export.write`
 (repository names, the config clash check, the atomic versions); their public names are re-exported here.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,10 +27,17 @@ from exporter.export import repository as repo
 from exporter.export import write as W
 from exporter.export.convert import PARITY_MIN_ROWS, ParityResult, build_onnx, check_parity
 from exporter.export.metadata import (
-    SAMPLE_ROWS, build_metadata, portable_source, repository_root, sample_request,
+    SAMPLE_ROWS,
+    build_metadata,
+    portable_source,
+    repository_root,
+    sample_request,
 )
 from exporter.export.write import (
-    ExportedArtifact, check_config_compatible, check_model_name, renamed_model_names,
+    ExportedArtifact,
+    check_config_compatible,
+    check_model_name,
+    renamed_model_names,
 )
 from exporter.models import ExportUnit, ModelSpec, TrainData, Trained, get_spec
 from exporter.models.base import BINARY, SideFile
@@ -38,10 +47,30 @@ from exporter.training import inputs as I
 from exporter.training import quality_gate as Q
 
 __all__ = [
-    "MODES", "MAX_SEED", "PARITY_MIN_ROWS", "SAMPLE_ROWS", "ExportParams", "Prepared", "Evaluation",
-    "ParityResult", "ExportedArtifact", "RunResult", "prepare", "fit", "evaluate", "export", "run",
-    "build_onnx", "check_parity", "build_metadata", "sample_request", "portable_source", "repository_root",
-    "check_model_name", "renamed_model_names", "check_config_compatible",
+    "MODES",
+    "MAX_SEED",
+    "PARITY_MIN_ROWS",
+    "SAMPLE_ROWS",
+    "ExportParams",
+    "Prepared",
+    "Evaluation",
+    "ParityResult",
+    "ExportedArtifact",
+    "RunResult",
+    "prepare",
+    "fit",
+    "evaluate",
+    "export",
+    "run",
+    "build_onnx",
+    "check_parity",
+    "build_metadata",
+    "sample_request",
+    "portable_source",
+    "repository_root",
+    "check_model_name",
+    "renamed_model_names",
+    "check_config_compatible",
 ]
 
 MODES = ("train", "load")
@@ -163,8 +192,9 @@ def _check_range(spec: ModelSpec, x: np.ndarray, columns: Sequence[str], where: 
         )
 
 
-def _check_two_classes(labels: np.ndarray, column: str, train_idx: np.ndarray, held_idx: np.ndarray, where: str, *,
-                       training: bool) -> None:
+def _check_two_classes(
+    labels: np.ndarray, column: str, train_idx: np.ndarray, held_idx: np.ndarray, where: str, *, training: bool
+) -> None:
     """A click label with one class trains nothing and makes AUC undefined: say so before any training."""
     parts = ([("training", train_idx)] if training else []) + [("held-out", held_idx)]
     for part, idx in parts:
@@ -183,16 +213,21 @@ def prepare(params: ExportParams) -> Prepared:
     spec = get_spec(params.model)
     if params.mode not in MODES:
         raise ExporterError(f"unknown mode '{params.mode}': expected 'train' or 'load'")
-    if params.atol is not None and not (isinstance(params.atol, (int, float)) and not isinstance(params.atol, bool)
-                                        and math.isfinite(params.atol) and params.atol >= 0):
+    if params.atol is not None and not (
+        isinstance(params.atol, (int, float))
+        and not isinstance(params.atol, bool)
+        and math.isfinite(params.atol)
+        and params.atol >= 0
+    ):
         raise ExporterError(f"--atol must be a finite non-negative number, got {params.atol!r}")
     if isinstance(params.seed, bool) or not isinstance(params.seed, int) or not 0 <= params.seed <= MAX_SEED:
         raise ExporterError(f"--seed must be an integer from 0 to {MAX_SEED}, got {params.seed!r}")
     if params.version is not None and C.version_problem(params.version):
         raise ExporterError(str(C.version_problem(params.version)))
     hparams = H.resolve_hparams(spec, params.hparams)
-    if params.min_auc is not None and (isinstance(params.min_auc, bool) or not isinstance(params.min_auc, (int, float))
-                                       or not 0 <= params.min_auc <= 1):
+    if params.min_auc is not None and (
+        isinstance(params.min_auc, bool) or not isinstance(params.min_auc, (int, float)) or not 0 <= params.min_auc <= 1
+    ):
         raise ExporterError(f"min_auc must be a number in [0, 1], got {params.min_auc!r}")
     if params.model_name is not None:
         check_model_name(params.model_name)
@@ -201,8 +236,7 @@ def prepare(params: ExportParams) -> Prepared:
     I.label_map([], label_name)  # a bad --label fails before any loading
     _check_handoff_params(params)
     # before any training: the artifacts tree can take this export (under --model-name's names, if given)
-    repo.check_target(Path(params.artifacts), renamed_model_names(spec.model_names, params.model_name),
-                      params.version)
+    repo.check_target(Path(params.artifacts), renamed_model_names(spec.model_names, params.model_name), params.version)
 
     columns: list[str] | None = None
     if params.feature_columns is not None:
@@ -253,8 +287,13 @@ def prepare(params: ExportParams) -> Prepared:
     labels = {n: c for n, c in labels.items() if n not in optional or c in frame.columns}
     has_labels = all(c in frame.columns for c in labels.values())
     # the seeded 80/20 row split, or the model's own (two_tower: by user-item pairs, none seen in training)
-    train_idx, held_idx = spec.split(frame, columns, loaded.hparams if loaded is not None else hparams,
-                                     lambda: _towers(frame, columns, schema, loaded), params.seed)
+    train_idx, held_idx = spec.split(
+        frame,
+        columns,
+        loaded.hparams if loaded is not None else hparams,
+        lambda: _towers(frame, columns, schema, loaded),
+        params.seed,
+    )
     # validate the whole table first, so errors name rows as they are in the file
     stored = None
     if loaded is not None:
@@ -269,22 +308,37 @@ def prepare(params: ExportParams) -> Prepared:
     _check_range(spec, x_all, columns, where)
     for need in needs:  # an optional label (two_tower's positives-only pairs) may hold one class
         if need.kind == BINARY and need.required and need.name in y_all:
-            _check_two_classes(y_all[need.name], labels[need.name], train_idx, held_idx, where,
-                               training=params.mode == "train")
+            _check_two_classes(
+                y_all[need.name], labels[need.name], train_idx, held_idx, where, training=params.mode == "train"
+            )
     if loaded is not None:
         hparams = dict(loaded.hparams)
         loaded.features = plan
     return Prepared(
-        spec, params, columns, hparams, source,
-        frame.iloc[train_idx].reset_index(drop=True), frame.iloc[held_idx].reset_index(drop=True),
-        x_all[train_idx], x_all[held_idx],
-        {k: v[train_idx] for k, v in y_all.items()}, {k: v[held_idx] for k, v in y_all.items()},
-        loaded, plan, raw[train_idx], raw[held_idx], labels, origins, note,
+        spec,
+        params,
+        columns,
+        hparams,
+        source,
+        frame.iloc[train_idx].reset_index(drop=True),
+        frame.iloc[held_idx].reset_index(drop=True),
+        x_all[train_idx],
+        x_all[held_idx],
+        {k: v[train_idx] for k, v in y_all.items()},
+        {k: v[held_idx] for k, v in y_all.items()},
+        loaded,
+        plan,
+        raw[train_idx],
+        raw[held_idx],
+        labels,
+        origins,
+        note,
     )
 
 
-def _towers(frame: pd.DataFrame, columns: Sequence[str], schema: F.Schema | None,
-            loaded: Trained | None) -> dict[str, str | None]:
+def _towers(
+    frame: pd.DataFrame, columns: Sequence[str], schema: F.Schema | None, loaded: Trained | None
+) -> dict[str, str | None]:
     """Column -> tower declared for it (the loaded model's plan, else the schema or the contract's defaults)."""
     if loaded is not None and loaded.features is not None:
         return {f.name: f.spec.tower for f in loaded.features.features}
@@ -303,17 +357,27 @@ def fit(prep: Prepared) -> Trained:
 
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        return prep.spec.train(TrainData(
-            x_train=prep.x_train, y_train=prep.y_train, x_heldout=prep.x_heldout, y_heldout=prep.y_heldout,
-            columns=prep.columns, hparams=prep.hparams, seed=prep.params.seed, features=prep.features, progress=bar,
-        ))
+        return prep.spec.train(
+            TrainData(
+                x_train=prep.x_train,
+                y_train=prep.y_train,
+                x_heldout=prep.x_heldout,
+                y_heldout=prep.y_heldout,
+                columns=prep.columns,
+                hparams=prep.hparams,
+                seed=prep.params.seed,
+                features=prep.features,
+                progress=bar,
+            )
+        )
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
     """Held-out metrics (empty when a load-mode data file has no labels), as the model evaluates itself."""
     own = prep.spec.evaluate(prep, trained)
-    return Evaluation(own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels),
-                      own.details, own.files)
+    return Evaluation(
+        own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels), own.details, own.files
+    )
 
 
 # --------------------------------------------------------------------------- export
@@ -339,15 +403,24 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
         sub = plan.subset(unit.feature_columns) if plan is not None else None
         model_bytes = build_onnx(unit, sub)
         idx = [prep.columns.index(c) for c in unit.feature_columns]
-        parity = check_parity(unit, model_bytes, np.ascontiguousarray(x_parity[:, idx]),
-                              len(x_parity) - n_synthetic - n_probes, prep.atol, sub)
+        parity = check_parity(
+            unit,
+            model_bytes,
+            np.ascontiguousarray(x_parity[:, idx]),
+            len(x_parity) - n_synthetic - n_probes,
+            prep.atol,
+            sub,
+        )
         parity.probe_rows = n_probes
         built.append((unit, model_bytes, parity))
     failed = [p for _, _, p in built if not p.passed]
     if failed:
         raise ParityError(
             "parity check failed, nothing was written: "
-            + "; ".join(f"{p.model_name} max |native - onnxruntime| = {p.max_abs_diff:.3g} > atol {p.atol:g} over {p.rows} rows" for p in failed)
+            + "; ".join(
+                f"{p.model_name} max |native - onnxruntime| = {p.max_abs_diff:.3g} > atol {p.atol:g} over {p.rows} rows"
+                for p in failed
+            )
         )
     return W.write_versions(prep, trained, evaluation, built, parts, raw_held)
 

@@ -12,6 +12,7 @@ the next export of the model finishes the copy first (:func:`recover`), and ``ve
 then. A kill at any other point leaves the tree as it was (plus a stale staging directory the next export
 removes) or complete.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,14 +23,23 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from exporter.contract import (  # noqa: F401  (re-exported: the artifact file names)
-    CONFIG_FILE, METADATA_FILE, MODEL_FILE, REPORT_FILE, SAMPLE_REQUEST, SAMPLE_RESPONSE, STAGING_PREFIX, version_dirs,
+    CONFIG_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    REPORT_FILE,
+    SAMPLE_REQUEST,
+    SAMPLE_RESPONSE,
+    STAGING_PREFIX,
+    version_dirs,
 )
 from exporter.errors import ExporterError
+
 # the vocabulary file name and the file digest are the runtime rules' (the handler checks the same sha256)
 from exporter.runtime.rules import VOCAB_FILE, sha256_file  # noqa: F401
 
@@ -42,8 +52,9 @@ def versions(model_dir: Path) -> list[int]:
 def next_version(artifacts: Path, model_names: Iterable[str]) -> int:
     """One past the highest version of any of ``model_names`` (committed, or being written by a live export):
     towers of one model share a version."""
-    return 1 + max((max(versions(artifacts / n) + claimed_versions(artifacts / n), default=0)
-                    for n in model_names), default=0)
+    return 1 + max(
+        (max(versions(artifacts / n) + claimed_versions(artifacts / n), default=0) for n in model_names), default=0
+    )
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -148,11 +159,14 @@ class Staging:
     def describe(self) -> str:
         """Why it is there, for ``verify`` and error messages."""
         if self.pid is None:
-            return (f"{self.path.name}: an export's staging directory of unknown owner"
-                    + (" (older than an hour: left by a killed export)" if self.stale else ""))
+            return f"{self.path.name}: an export's staging directory of unknown owner" + (
+                " (older than an hour: left by a killed export)" if self.stale else ""
+            )
         if self.stale:
-            return (f"{self.path.name}: left behind by an export that was killed (pid {self.pid} is no longer "
-                    "running); the next export of this model removes it")
+            return (
+                f"{self.path.name}: left behind by an export that was killed (pid {self.pid} is no longer "
+                "running); the next export of this model removes it"
+            )
         return f"{self.path.name}: an export in progress (pid {self.pid}) is writing version {self.version}"
 
 
@@ -160,9 +174,10 @@ def _process_start(pid: int) -> float | None:
     """Start time of a process (seconds since the epoch) from /proc, or ``None`` where there is no /proc."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, counted after "pid (comm)"
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, counted after "pid (comm)"
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -269,8 +284,9 @@ def recover(model_dir: Path) -> list[Path]:
     return removed
 
 
-def check_target(artifacts: Path, model_names: Sequence[str], version: int | None = None,
-                 option: str = "--artifacts") -> None:
+def check_target(
+    artifacts: Path, model_names: Sequence[str], version: int | None = None, option: str = "--artifacts"
+) -> None:
     """Fail before any training when the export could not be written: ``artifacts`` (or a parent of it)
     is a file, a model directory is a file, the place is not writable, or an explicit version exists."""
     artifacts = Path(artifacts)
@@ -321,12 +337,14 @@ class VersionWriter:
         self.created_model_dirs: list[Path] = []
         self.removed_leftovers: list[Path] = []
 
-    def __enter__(self) -> "VersionWriter":
+    def __enter__(self) -> VersionWriter:
         check_target(self.artifacts, self.model_names, self.requested)
         try:
             self.artifacts.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ExporterError(f"cannot create the artifacts directory {self.artifacts}: {exc.strerror or exc}") from exc
+            raise ExporterError(
+                f"cannot create the artifacts directory {self.artifacts}: {exc.strerror or exc}"
+            ) from exc
         with repository_lock(self.artifacts):
             self._claim()
         return self
@@ -335,8 +353,9 @@ class VersionWriter:
         """Pick the version and create the staging directories (under the repository lock)."""
         for name in self.model_names:
             self.removed_leftovers += recover(self.artifacts / name)
-        taken = {v for n in self.model_names
-                 for v in versions(self.artifacts / n) + claimed_versions(self.artifacts / n)}
+        taken = {
+            v for n in self.model_names for v in versions(self.artifacts / n) + claimed_versions(self.artifacts / n)
+        }
         if self.requested is not None:
             busy = [n for n in self.model_names if self.requested in claimed_versions(self.artifacts / n)]
             if busy:

@@ -14,13 +14,15 @@ batch-1 requests into one onnxruntime call. Two rules follow (Triton's model_con
 :func:`config_problems` checks a config (as parsed by :func:`parse_pbtxt`) against metadata
 for both the batched form and the older unbatched one (``max_batch_size: 0``, dims with ``-1``).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,9 +47,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 def check_max_batch_size(value: Any) -> int:
     """``value`` as a batch limit Triton accepts (a positive integer), else an ExporterError saying so."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE_LIMIT:
-        raise ExporterError(
-            f"max_batch_size must be an integer from 1 to {MAX_BATCH_SIZE_LIMIT}, got {value!r}"
-        )
+        raise ExporterError(f"max_batch_size must be an integer from 1 to {MAX_BATCH_SIZE_LIMIT}, got {value!r}")
     return value
 
 
@@ -60,7 +60,9 @@ def _triton_type(datatype: str) -> tuple[str, int]:
     try:
         return _TRITON_TYPES[datatype]
     except KeyError:
-        raise ExporterError(f"datatype {datatype!r} has no Triton type here; expected one of {sorted(_TRITON_TYPES)}") from None
+        raise ExporterError(
+            f"datatype {datatype!r} has no Triton type here; expected one of {sorted(_TRITON_TYPES)}"
+        ) from None
 
 
 def _dims(values: Sequence[int]) -> str:
@@ -151,7 +153,11 @@ def model_config_files(
     """The model directory's Triton files for ``metadata``: ``config.pbtxt`` and, when a finite sample row is
     given, ``warmup/<input>_sample_row.bin`` (paths relative to the model directory -> contents)."""
     inputs = list(metadata["inputs"])
-    warm = sample_row is not None and len(inputs) == 1 and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
+    warm = (
+        sample_row is not None
+        and len(inputs) == 1
+        and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
+    )
     files: dict[str, bytes] = {}
     if warm:
         n = int(np.prod(inputs[0]["shape"][1:]))
@@ -227,8 +233,10 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
         nonlocal depth
         depth += 1
         if depth > MAX_PBTXT_DEPTH:
-            raise ValueError(f"messages and lists nest more than {MAX_PBTXT_DEPTH} levels deep "
-                             f"(a Triton config needs a handful); near token {index} of {len(tokens)}")
+            raise ValueError(
+                f"messages and lists nest more than {MAX_PBTXT_DEPTH} levels deep "
+                f"(a Triton config needs a handful); near token {index} of {len(tokens)}"
+            )
 
     def message(closing: str | None) -> dict[str, list[Any]]:
         nonlocal index
@@ -281,7 +289,6 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
     return message(None)
 
 
-
 # ------------------------------------------------------------------------------------------------ checks
 def _one(fields: Mapping[str, list[Any]], key: str, default: Any = None) -> Any:
     values = fields.get(key) or [default]
@@ -295,8 +302,9 @@ def model_shape(tensor: Mapping[str, list[Any]], max_batch_size: int) -> list[An
     return [-1] + shape if max_batch_size > 0 else shape
 
 
-def config_problems(config: Mapping[str, list[Any]], metadata: Mapping[str, Any],
-                    model_dir: Path | None = None) -> list[str]:
+def config_problems(
+    config: Mapping[str, list[Any]], metadata: Mapping[str, Any], model_dir: Path | None = None
+) -> list[str]:
     """Tensor shapes, batching and warm-up of a parsed config.pbtxt against metadata.json (v2 shapes).
 
     Accepts the unbatched form (``max_batch_size: 0``, dims with the batch axis) and the batched one (dims
@@ -325,12 +333,16 @@ def config_problems(config: Mapping[str, list[Any]], metadata: Mapping[str, Any]
                 problems.append(f"{key} name is {name!r}; metadata.json says {meta.get('name')!r}")
             want_type = _TRITON_TYPES.get(str(meta.get("datatype")), (None,))[0]
             if _one(t, "data_type") != want_type:
-                problems.append(f"{key} {name!r} data_type is {_one(t, 'data_type')!r}; metadata.json implies {want_type}")
+                problems.append(
+                    f"{key} {name!r} data_type is {_one(t, 'data_type')!r}; metadata.json implies {want_type}"
+                )
             shape = meta.get("shape")
             dims = list(t.get("dims", []))
             if max_batch > 0 and isinstance(shape, list) and (not shape or shape[0] != -1):
-                problems.append(f"{key} {name!r}: max_batch_size {max_batch} needs a dynamic batch axis, but "
-                                f"metadata.json shape is {shape}")
+                problems.append(
+                    f"{key} {name!r}: max_batch_size {max_batch} needs a dynamic batch axis, but "
+                    f"metadata.json shape is {shape}"
+                )
             elif model_shape(t, max_batch) != shape:
                 how = "reshape" if _one(t, "reshape") is not None else "dims"
                 problems.append(
@@ -344,8 +356,9 @@ def config_problems(config: Mapping[str, list[Any]], metadata: Mapping[str, Any]
     return problems
 
 
-def _warmup_problems(i: int, sample: Any, declared: Mapping[str, Mapping[str, list[Any]]], max_batch: int,
-                     model_dir: Path | None) -> list[str]:
+def _warmup_problems(
+    i: int, sample: Any, declared: Mapping[str, Mapping[str, list[Any]]], max_batch: int, model_dir: Path | None
+) -> list[str]:
     if not isinstance(sample, dict):
         return [f"model_warmup[{i}] is not a message"]
     where = f"model_warmup[{i}] ({_one(sample, 'name', '')!s})"
@@ -362,12 +375,16 @@ def _warmup_problems(i: int, sample: Any, declared: Mapping[str, Mapping[str, li
             continue
         tensor = declared[name]
         if _one(value, "data_type") != _one(tensor, "data_type"):
-            problems.append(f"{where}: input {name!r} data_type {_one(value, 'data_type')!r} differs from the "
-                            f"config's {_one(tensor, 'data_type')!r}")
+            problems.append(
+                f"{where}: input {name!r} data_type {_one(value, 'data_type')!r} differs from the "
+                f"config's {_one(tensor, 'data_type')!r}"
+            )
         dims = list(value.get("dims", []))
         if dims != list(tensor.get("dims", [])) or any(not isinstance(d, int) or d < 1 for d in dims):
-            problems.append(f"{where}: input {name!r} dims {dims}; expected the config's dims "
-                            f"{list(tensor.get('dims', []))} without the batch axis")
+            problems.append(
+                f"{where}: input {name!r} dims {dims}; expected the config's dims "
+                f"{list(tensor.get('dims', []))} without the batch axis"
+            )
             continue
         file_name = _one(value, "input_data_file")
         if file_name is None:
@@ -384,6 +401,8 @@ def _warmup_problems(i: int, sample: Any, declared: Mapping[str, Mapping[str, li
             if not path.is_file():
                 problems.append(f"{where}: warm-up file {WARMUP_DIR}/{file_name} is missing")
             elif want and path.stat().st_size != want:
-                problems.append(f"{where}: warm-up file {WARMUP_DIR}/{file_name} holds {path.stat().st_size} bytes; "
-                                f"one row of dims {dims} is {want}")
+                problems.append(
+                    f"{where}: warm-up file {WARMUP_DIR}/{file_name} holds {path.stat().st_size} bytes; "
+                    f"one row of dims {dims} is {want}"
+                )
     return problems

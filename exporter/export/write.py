@@ -4,12 +4,14 @@ Every file of a version, and the model directory's files that go with it (``conf
 warm-up data), is written into the staged version before the one rename that commits it
 (:class:`exporter.export.repository.VersionWriter`); nothing of the model directory is touched before.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,7 +53,7 @@ def renamed_model_names(names: Sequence[str], name: str | None) -> list[str]:
     if name is None:
         return list(names)
     first = names[0]
-    renamed = [name + (n[len(first):] if n.startswith(first) else "_" + n) for n in names]
+    renamed = [name + (n[len(first) :] if n.startswith(first) else "_" + n) for n in names]
     for new in renamed:
         check_model_name(new)
     return renamed
@@ -62,8 +64,10 @@ def renamed_units(units: Sequence[ExportUnit], name: str | None) -> list[ExportU
     if name is None:
         return list(units)
     mapping = dict(zip((u.model_name for u in units), renamed_model_names([u.model_name for u in units], name)))
-    return [replace(u, model_name=mapping[u.model_name], related_models=[mapping.get(r, r) for r in u.related_models])
-            for u in units]
+    return [
+        replace(u, model_name=mapping[u.model_name], related_models=[mapping.get(r, r) for r in u.related_models])
+        for u in units
+    ]
 
 
 def _config_tensors(text: str) -> str:
@@ -77,7 +81,9 @@ def _config_tensors(text: str) -> str:
     parts = []
     for kind in ("input", "output"):
         for t in cfg.get(kind, []):
-            parts.append(f"{kind} {t.get('name', ['?'])[0]} {t.get('data_type', ['?'])[0]} {triton.model_shape(t, max_batch)}")
+            parts.append(
+                f"{kind} {t.get('name', ['?'])[0]} {t.get('data_type', ['?'])[0]} {triton.model_shape(t, max_batch)}"
+            )
     return "; ".join(parts)
 
 
@@ -89,7 +95,9 @@ def check_config_compatible(artifacts: Path, model_name: str, new_text: str) -> 
     try:
         old = _config_tensors(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ExporterError(f"cannot read the existing {path} ({exc}); fix or remove it, or export with --model-name") from exc
+        raise ExporterError(
+            f"cannot read the existing {path} ({exc}); fix or remove it, or export with --model-name"
+        ) from exc
     new = _config_tensors(new_text)
     if old != new:
         raise ExporterError(
@@ -102,14 +110,20 @@ def check_configs(artifacts: Path, units: Sequence[ExportUnit], max_batch_size: 
     """Before the slow work: a clash with an existing model's tensors is known from the shapes alone."""
     for unit in units:
         inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
-        new_config = triton.config_pbtxt({"name": unit.model_name, "inputs": inputs, "outputs": outputs},
-                                         max_batch_size=max_batch_size, warmup=False)
+        new_config = triton.config_pbtxt(
+            {"name": unit.model_name, "inputs": inputs, "outputs": outputs}, max_batch_size=max_batch_size, warmup=False
+        )
         check_config_compatible(artifacts, unit.model_name, new_config)
 
 
-def write_versions(prep: Prepared, trained: Trained, evaluation: Evaluation,
-                   built: Sequence[tuple[ExportUnit, bytes, ParityResult]], parts: dict[str, str],
-                   raw_held: np.ndarray) -> list[ExportedArtifact]:
+def write_versions(
+    prep: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    built: Sequence[tuple[ExportUnit, bytes, ParityResult]],
+    parts: dict[str, str],
+    raw_held: np.ndarray,
+) -> list[ExportedArtifact]:
     """Stage one version per unit (model directory files included) and commit them together.
 
     ``parts`` maps each repository name to the spec's own part name; ``raw_held`` is the held-out data as the
@@ -121,16 +135,27 @@ def write_versions(prep: Prepared, trained: Trained, evaluation: Evaluation,
         metas = {}
         for unit, model_bytes, parity in built:
             idx = [prep.columns.index(c) for c in unit.feature_columns]
-            metas[unit.model_name] = _stage_version(writer, prep, trained, evaluation, unit, model_bytes, parity,
-                                                    parts[unit.model_name], raw_held[:, idx])
+            metas[unit.model_name] = _stage_version(
+                writer, prep, trained, evaluation, unit, model_bytes, parity, parts[unit.model_name], raw_held[:, idx]
+            )
         committed = writer.commit()
-    return [ExportedArtifact(unit.model_name, writer.version, committed[unit.model_name], metas[unit.model_name], parity)
-            for unit, _, parity in built]
+    return [
+        ExportedArtifact(unit.model_name, writer.version, committed[unit.model_name], metas[unit.model_name], parity)
+        for unit, _, parity in built
+    ]
 
 
-def _stage_version(writer: repo.VersionWriter, prep: Prepared, trained: Trained, evaluation: Evaluation,
-                   unit: ExportUnit, model_bytes: bytes, parity: ParityResult, part: str,
-                   raw_held: np.ndarray) -> dict[str, Any]:
+def _stage_version(
+    writer: repo.VersionWriter,
+    prep: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    unit: ExportUnit,
+    model_bytes: bytes,
+    parity: ParityResult,
+    part: str,
+    raw_held: np.ndarray,
+) -> dict[str, Any]:
     """Every file of one unit's version, and its model directory files, into the staging directory; its metadata."""
     d = writer.path(unit.model_name)
     plan = prep.features
@@ -147,8 +172,9 @@ def _stage_version(writer: repo.VersionWriter, prep: Prepared, trained: Trained,
             raise ExporterError(f"{unit.model_name}: side file name {side.name!r} is not a plain file name")
         (d / side.name).write_bytes(side.data)
         written.append((side, repo.sha256_file(d / side.name)))
-    meta = build_metadata(prep, trained, evaluation, unit, writer.version, model_bytes, sha, parity, extra, part,
-                          written)
+    meta = build_metadata(
+        prep, trained, evaluation, unit, writer.version, model_bytes, sha, parity, extra, part, written
+    )
     repo.write_json(d / repo.METADATA_FILE, meta)
     request = sample_request(prep, unit)
     repo.write_json(d / repo.SAMPLE_REQUEST, request)
@@ -159,8 +185,9 @@ def _stage_version(writer: repo.VersionWriter, prep: Prepared, trained: Trained,
     if unit.write_native_files is not None:
         unit.write_native_files(d)
     finite = raw_held[np.isfinite(raw_held).all(axis=1)][:1]  # what the graph takes
-    config_files = triton.model_config_files(meta, finite[0] if len(finite) else None,
-                                             max_batch_size=prep.params.max_batch_size)
+    config_files = triton.model_config_files(
+        meta, finite[0] if len(finite) else None, max_batch_size=prep.params.max_batch_size
+    )
     for relative, data in config_files.items():
         writer.stage_model_file(unit.model_name, relative, data)
     manifest = kserve.manifest_text(meta, storage_uri=prep.params.storage_uri or kserve.DEFAULT_STORAGE_URI)

@@ -4,6 +4,7 @@
 :class:`FeaturePlan`) and encodes raw tables; ``onnx_prep`` builds the same mapping inside the ONNX graph.
 ``from exporter.features import FeaturePlan`` is the public face; the names below are re-exported for it.
 """
+
 from exporter.features.plan import (
     PLAN_FORMAT,
     FeaturePlan,
@@ -36,8 +37,30 @@ from exporter.features.schema import (
 )
 
 __all__ = [
-    "CATEGORICAL", "DEFAULT_MIN_COUNT", "DTYPES", "HASH_ENCODING", "KINDS", "MAX_EXACT_INT", "NUMERIC", "OOV_ROW",
-    "PLAN_FORMAT", "TOP_VALUES", "TOWERS", "UNKNOWN_CODE", "FeaturePlan", "FeatureSpec", "FittedFeature", "Schema",
-    "category_rows", "fit", "format_schema", "hash_code", "infer_kind", "load_schema", "passthrough_plan",
-    "probe_rows", "resolve_specs", "show_value",
+    "CATEGORICAL",
+    "DEFAULT_MIN_COUNT",
+    "DTYPES",
+    "HASH_ENCODING",
+    "KINDS",
+    "MAX_EXACT_INT",
+    "NUMERIC",
+    "OOV_ROW",
+    "PLAN_FORMAT",
+    "TOP_VALUES",
+    "TOWERS",
+    "UNKNOWN_CODE",
+    "FeaturePlan",
+    "FeatureSpec",
+    "FittedFeature",
+    "Schema",
+    "category_rows",
+    "fit",
+    "format_schema",
+    "hash_code",
+    "infer_kind",
+    "load_schema",
+    "passthrough_plan",
+    "probe_rows",
+    "resolve_specs",
+    "show_value",
 ]

@@ -9,6 +9,7 @@ before the cast to int64, so no input can make onnxruntime fail or index out of 
 model keeps exactly one input ``features`` FP64 ``[-1, n]`` and its one output (contract section 1).
 :meth:`exporter.features.FeaturePlan.prepare` is the numpy twin the parity gate compares against.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,8 +46,9 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
     parts: list[str] = []
     if num:
         cols = const("num_idx", num, np.int64)
-        fills = const("num_fill", [np.nan if plan.features[j].fill is None else plan.features[j].fill for j in num],
-                      np.float64)
+        fills = const(
+            "num_fill", [np.nan if plan.features[j].fill is None else plan.features[j].fill for j in num], np.float64
+        )
         nodes += [
             helper.make_node("Gather", [INPUT, cols], [name("num")], axis=1, name=name("gather_num")),
             helper.make_node("IsNaN", [name("num")], [name("num_nan")], name=name("isnan")),
@@ -87,16 +89,25 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
                 buckets = const(f"buckets_{k}", int(hash_buckets), np.int64)
                 one = const(f"one_{k}", 1, np.int64)
                 nodes += [
-                    helper.make_node("Mod", [split_outs[k], buckets], [name(f"cat_mod_{k}")], fmod=0, name=name(f"mod_{k}")),
+                    helper.make_node(
+                        "Mod", [split_outs[k], buckets], [name(f"cat_mod_{k}")], fmod=0, name=name(f"mod_{k}")
+                    ),
                     helper.make_node("Add", [name(f"cat_mod_{k}"), one], [out], name=name(f"shift_{k}")),
                 ]
             elif feat.keys:
                 uses_ml = True
-                nodes.append(helper.make_node(
-                    "LabelEncoder", [split_outs[k]], [out], domain=ML_DOMAIN, name=name(f"lookup_{k}"),
-                    keys_int64s=[int(v) for v in feat.keys], values_int64s=list(range(1, len(feat.keys) + 1)),
-                    default_int64=OOV_ROW,
-                ))
+                nodes.append(
+                    helper.make_node(
+                        "LabelEncoder",
+                        [split_outs[k]],
+                        [out],
+                        domain=ML_DOMAIN,
+                        name=name(f"lookup_{k}"),
+                        keys_int64s=[int(v) for v in feat.keys],
+                        values_int64s=list(range(1, len(feat.keys) + 1)),
+                        default_int64=OOV_ROW,
+                    )
+                )
             else:  # an empty vocabulary: everything is OOV
                 zeros = const(f"zeros_{k}", 0, np.int64)
                 nodes.append(helper.make_node("Mul", [split_outs[k], zeros], [out], name=name(f"all_oov_{k}")))
@@ -106,8 +117,12 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
         else:
             nodes.append(helper.make_node("Identity", rows_outs, [name("cat_rows")], name=name("rows")))
         nodes += [
-            helper.make_node("Where", [name("cat_valid"), name("cat_rows"), oov], [name("cat_rows_ok")], name=name("oov")),
-            helper.make_node("Cast", [name("cat_rows_ok")], [name("cat_rows_d")], to=TensorProto.DOUBLE, name=name("to_double")),
+            helper.make_node(
+                "Where", [name("cat_valid"), name("cat_rows"), oov], [name("cat_rows_ok")], name=name("oov")
+            ),
+            helper.make_node(
+                "Cast", [name("cat_rows_ok")], [name("cat_rows_d")], to=TensorProto.DOUBLE, name=name("to_double")
+            ),
         ]
         parts.append(name("cat_rows_d"))
     # back to the original column order
@@ -133,7 +148,8 @@ def prep_model(plan: FeaturePlan, opset: int = 15) -> Any:
     nodes, inits, uses_ml = build_nodes(plan)
     n = len(plan)
     graph = helper.make_graph(
-        nodes + [helper.make_node("Identity", [PREPARED], ["prepared"], name=PREFIX + "out")], "feature_prep",
+        nodes + [helper.make_node("Identity", [PREPARED], ["prepared"], name=PREFIX + "out")],
+        "feature_prep",
         [helper.make_tensor_value_info(INPUT, TensorProto.DOUBLE, ["batch", n])],
         [helper.make_tensor_value_info("prepared", TensorProto.DOUBLE, ["batch", n])],
         initializer=inits,
@@ -153,7 +169,9 @@ def compose(plan: FeaturePlan, core: Any) -> Any:
 
     g = core.graph
     if [i.name for i in g.input] != [INPUT]:
-        raise ExporterError(f"cannot add preprocessing: the model graph's inputs are {[i.name for i in g.input]}, expected ['features']")
+        raise ExporterError(
+            f"cannot add preprocessing: the model graph's inputs are {[i.name for i in g.input]}, expected ['features']"
+        )
     used = {n for node in g.node for n in (*node.input, *node.output)} | {i.name for i in g.initializer}
     clash = sorted(n for n in used if n.startswith(PREFIX))
     if clash:
@@ -166,16 +184,22 @@ def compose(plan: FeaturePlan, core: Any) -> Any:
         _rename_in_subgraphs(node, INPUT, PREPARED)
     new_input = helper.make_tensor_value_info(INPUT, TensorProto.DOUBLE, ["batch", len(plan)])
     merged = helper.make_graph(
-        nodes + list(g.node), g.name or "model", [new_input], list(g.output),
-        initializer=inits + list(g.initializer), value_info=list(g.value_info),
+        nodes + list(g.node),
+        g.name or "model",
+        [new_input],
+        list(g.output),
+        initializer=inits + list(g.initializer),
+        value_info=list(g.value_info),
     )
     opsets = {o.domain: o.version for o in core.opset_import}
     if uses_ml:
         opsets[ML_DOMAIN] = max(opsets.get(ML_DOMAIN, 0), ML_OPSET)
     opsets.setdefault("", 15)
     model = helper.make_model(
-        merged, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
-        producer_name=core.producer_name or "exporter", functions=list(core.functions),
+        merged,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name=core.producer_name or "exporter",
+        functions=list(core.functions),
     )
     model.ir_version = core.ir_version
     for prop in core.metadata_props:
@@ -188,7 +212,13 @@ def _rename_in_subgraphs(node: Any, old: str, new: str) -> None:
     from onnx import AttributeProto
 
     for attr in node.attribute:
-        graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
+        graphs = (
+            [attr.g]
+            if attr.type == AttributeProto.GRAPH
+            else list(attr.graphs)
+            if attr.type == AttributeProto.GRAPHS
+            else []
+        )
         for sub in graphs:
             for inner in sub.node:
                 for k, name in enumerate(inner.input):

@@ -1,6 +1,7 @@
 """What training learned about each feature column: vocabularies, fills and statistics (a :class:`FeaturePlan`),
 and the raw-table encoder that turns a table into the FP64 matrix the graph takes (see ``docs/features.md``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
-from exporter.runtime.rules import METADATA_FILE, MetadataError, read_metadata
 from exporter.features.schema import (
     CATEGORICAL,
     DTYPES,
@@ -31,6 +31,7 @@ from exporter.features.schema import (
     hash_code,
     read_column,
 )
+from exporter.runtime.rules import METADATA_FILE, MetadataError, read_metadata
 
 # --------------------------------------------------------------------------- fitted plan
 
@@ -77,8 +78,11 @@ class FittedFeature:
     @property
     def oov_policy(self) -> dict[str, Any]:
         if self.hashed:
-            policy: dict[str, Any] = {"policy": "hash", "hash_buckets": self.spec.hash_buckets,
-                                      "row": "1 + (value mod hash_buckets)"}
+            policy: dict[str, Any] = {
+                "policy": "hash",
+                "hash_buckets": self.spec.hash_buckets,
+                "row": "1 + (value mod hash_buckets)",
+            }
             if self.dtype == "string":
                 policy["string_code"] = HASH_ENCODING
         else:
@@ -110,9 +114,11 @@ class FittedFeature:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str) -> FittedFeature:
         try:
-            spec = FeatureSpec.from_dict({k: raw[k] for k in SPEC_KEYS if k in raw and k != "fill"}
-                                         | ({"fill": raw.get("fill")} if raw.get("kind", NUMERIC) == NUMERIC else {}),
-                                         source=source)
+            spec = FeatureSpec.from_dict(
+                {k: raw[k] for k in SPEC_KEYS if k in raw and k != "fill"}
+                | ({"fill": raw.get("fill")} if raw.get("kind", NUMERIC) == NUMERIC else {}),
+                source=source,
+            )
             dtype = str(raw["dtype"])
             if dtype not in DTYPES:
                 raise ExporterError(f"{source}: feature {spec.name!r} has dtype {dtype!r}; expected one of {DTYPES}")
@@ -126,7 +132,9 @@ class FittedFeature:
         return cls(spec, dtype, fill, keys, vocab, dict(raw.get("stats") or {}))
 
 
-def _numeric_stats(values: np.ndarray, rows: np.ndarray, spec: FeatureSpec, *, source: str) -> tuple[float, dict[str, Any]]:
+def _numeric_stats(
+    values: np.ndarray, rows: np.ndarray, spec: FeatureSpec, *, source: str
+) -> tuple[float, dict[str, Any]]:
     """fill and statistics of a numeric column over the training rows; insane values are an error."""
     present = values[~np.isnan(values)]
     missing_rate = float((len(values) - len(present)) / len(values)) if len(values) else 0.0
@@ -147,8 +155,14 @@ def _numeric_stats(values: np.ndarray, rows: np.ndarray, spec: FeatureSpec, *, s
         )
     median = float(np.median(present))
     fill = spec.fill if spec.fill is not None else median
-    stats = {"mean": mean, "std": std, "min": float(present.min()), "max": float(present.max()),
-             "median": median, "missing_rate": missing_rate}
+    stats = {
+        "mean": mean,
+        "std": std,
+        "min": float(present.min()),
+        "max": float(present.max()),
+        "median": median,
+        "missing_rate": missing_rate,
+    }
     return float(fill), stats
 
 
@@ -249,9 +263,28 @@ class FeaturePlan:
             vocab = json.loads(data.decode("utf-8"))
         fitted = []
         for e in entries:
-            raw = {k: v for k, v in e.items() if k in ("name", "kind", "dtype", "fill", "optional", "tower",
-                                                       "min_count", "max_size", "hash_buckets", "stats")}
-            if e.get("kind") == CATEGORICAL and e.get("dtype") == "string" and (e.get("oov") or {}).get("policy") != "hash":
+            raw = {
+                k: v
+                for k, v in e.items()
+                if k
+                in (
+                    "name",
+                    "kind",
+                    "dtype",
+                    "fill",
+                    "optional",
+                    "tower",
+                    "min_count",
+                    "max_size",
+                    "hash_buckets",
+                    "stats",
+                )
+            }
+            if (
+                e.get("kind") == CATEGORICAL
+                and e.get("dtype") == "string"
+                and (e.get("oov") or {}).get("policy") != "hash"
+            ):
                 raw["vocab"] = vocab.get(e["name"])
             fitted.append(FittedFeature.from_dict(raw, source=str(meta_path)))
         if [f.name for f in fitted] != columns:
@@ -295,8 +328,10 @@ class FeaturePlan:
         and unknown, non-integer, NaN or beyond-2^53 values row 0 (OOV). Same shape, float64.
         """
         if self.encode_only:
-            raise ExporterError("this feature plan was read from an artifact's metadata: it encodes tables; the "
-                                "mapping to embedding rows lives in the model's graph")
+            raise ExporterError(
+                "this feature plan was read from an artifact's metadata: it encodes tables; the "
+                "mapping to embedding rows lives in the model's graph"
+            )
         raw = np.asarray(raw, dtype=np.float64)
         if raw.ndim != 2 or raw.shape[1] != len(self.features):
             raise ExporterError(f"expected a [rows, {len(self.features)}] matrix, got shape {list(raw.shape)}")
@@ -316,7 +351,11 @@ class FeaturePlan:
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str) -> FeaturePlan:
-        if not isinstance(raw, Mapping) or raw.get("format") != PLAN_FORMAT or not isinstance(raw.get("features"), list):
+        if (
+            not isinstance(raw, Mapping)
+            or raw.get("format") != PLAN_FORMAT
+            or not isinstance(raw.get("features"), list)
+        ):
             raise ExporterError(f"{source}: no fitted feature plan (format '{PLAN_FORMAT}')")
         return cls([FittedFeature.from_dict(f, source=source) for f in raw["features"]])
 
@@ -338,17 +377,20 @@ class FeaturePlan:
         """The schema table notebooks show: kind, dtype, vocabulary size, missing rate, fill."""
         records = []
         for f in self.features:
-            records.append({
-                "column": f.name,
-                "kind": f.kind,
-                "dtype": f.dtype,
-                "vocab size": (f.rows - 1) if f.categorical else None,
-                "OOV policy": (f"hash {f.spec.hash_buckets}" if f.hashed else f"min_count {f.spec.min_count}")
-                if f.categorical else "",
-                "missing rate": round(float(f.stats.get("missing_rate") or 0.0), 4),
-                "fill": f.fill,
-                "optional": f.spec.optional,
-            })
+            records.append(
+                {
+                    "column": f.name,
+                    "kind": f.kind,
+                    "dtype": f.dtype,
+                    "vocab size": (f.rows - 1) if f.categorical else None,
+                    "OOV policy": (f"hash {f.spec.hash_buckets}" if f.hashed else f"min_count {f.spec.min_count}")
+                    if f.categorical
+                    else "",
+                    "missing rate": round(float(f.stats.get("missing_rate") or 0.0), 4),
+                    "fill": f.fill,
+                    "optional": f.spec.optional,
+                }
+            )
         return pd.DataFrame.from_records(records).set_index("column")
 
 
@@ -375,8 +417,9 @@ def category_rows(col: np.ndarray, feat: FittedFeature) -> np.ndarray:
     return np.where(valid, rows, OOV_ROW).astype(np.float64)
 
 
-def fit(frame: pd.DataFrame, specs: Sequence[FeatureSpec], train_rows: Iterable[int] | None = None, *,
-        source: str = "data") -> FeaturePlan:
+def fit(
+    frame: pd.DataFrame, specs: Sequence[FeatureSpec], train_rows: Iterable[int] | None = None, *, source: str = "data"
+) -> FeaturePlan:
     """Validate every row of ``frame`` and fit vocabularies and statistics on ``train_rows`` (default: all)."""
     train = np.arange(len(frame)) if train_rows is None else np.asarray(list(train_rows), dtype=np.int64)
     missing = [s.name for s in specs if s.name not in frame.columns]
@@ -395,8 +438,9 @@ def fit(frame: pd.DataFrame, specs: Sequence[FeatureSpec], train_rows: Iterable[
     return FeaturePlan(fitted)
 
 
-def passthrough_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: Iterable[int] | None = None, *,
-                     source: str = "data") -> FeaturePlan:
+def passthrough_plan(
+    frame: pd.DataFrame, columns: Sequence[str], train_rows: Iterable[int] | None = None, *, source: str = "data"
+) -> FeaturePlan:
     """For a model loaded without a plan (trained elsewhere on plain numbers): every column numeric, and a
     missing value reaches the model as NaN (XGBoost, for one, learned where missing values go)."""
     plan = fit(frame, [FeatureSpec(c) for c in columns], train_rows, source=source)
@@ -424,13 +468,13 @@ def probe_rows(plan: FeaturePlan, base: np.ndarray, *, rows: int = 64) -> np.nda
                 continue
             top = max([abs(k) for k in feat.keys] + [0])
             out[r, j] = {
-                0: top + 1 + r,                   # an unseen ID / a code beyond the vocabulary
-                1: np.nan,                        # missing
-                2: float(UNKNOWN_CODE),           # the unknown-string code
+                0: top + 1 + r,  # an unseen ID / a code beyond the vocabulary
+                1: np.nan,  # missing
+                2: float(UNKNOWN_CODE),  # the unknown-string code
                 3: (feat.keys[r % len(feat.keys)] if feat.keys else 0) + 0.5,  # not an integer
-                4: float(2**60),                  # beyond 2^53
+                4: float(2**60),  # beyond 2^53
                 5: -np.inf if r % 16 < 8 else np.inf,
                 6: float(feat.keys[r % len(feat.keys)]) if feat.keys else float(r),  # a known value
-                7: -float(top + 2 + r),           # negative unseen
+                7: -float(top + 2 + r),  # negative unseen
             }[variant]
     return out

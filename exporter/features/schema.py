@@ -16,6 +16,7 @@ Three steps, used by the pipeline, the notebooks and the offline ``score`` comma
 The exact format is documented in ``docs/features.md``; errors name the column and the row (1-based, as a
 person counts data rows in a file).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
+
 # owned by the runtime rules (the handler applies them to requests); re-exported for the features package
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code  # noqa: F401
 
@@ -77,7 +79,9 @@ class FeatureSpec:
         if isinstance(raw, str):
             raw = {"name": raw}
         if not isinstance(raw, Mapping):
-            raise ExporterError(f"{source}: each feature must be an object like {{\"name\": ..., \"kind\": ...}}, got {raw!r}")
+            raise ExporterError(
+                f'{source}: each feature must be an object like {{"name": ..., "kind": ...}}, got {raw!r}'
+            )
         unknown = sorted(set(raw) - set(SPEC_KEYS))
         name = raw.get("name")
         where = f"{source}: feature {name!r}" if isinstance(name, str) else f"{source}: feature {raw!r}"
@@ -94,9 +98,13 @@ class FeatureSpec:
         fill = raw.get("fill")
         if fill is not None:
             if kind != NUMERIC:
-                raise ExporterError(f"{where}: 'fill' is for numeric features; a missing categorical value maps to the OOV row")
+                raise ExporterError(
+                    f"{where}: 'fill' is for numeric features; a missing categorical value maps to the OOV row"
+                )
             if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-                raise ExporterError(f"{where}: fill must be a finite number or null (the training median), got {fill!r}")
+                raise ExporterError(
+                    f"{where}: fill must be a finite number or null (the training median), got {fill!r}"
+                )
             fill = float(fill)
         optional = raw.get("optional", False)
         if not isinstance(optional, bool):
@@ -113,9 +121,16 @@ class FeatureSpec:
             ints[key] = value
         if "hash_buckets" in ints and ({"min_count", "max_size"} & set(ints)):
             raise ExporterError(f"{where}: hash_buckets replaces the vocabulary; drop min_count/max_size")
-        return cls(name=name, kind=kind, tower=tower, fill=fill, optional=optional,
-                   min_count=ints.get("min_count", DEFAULT_MIN_COUNT), max_size=ints.get("max_size"),
-                   hash_buckets=ints.get("hash_buckets"))
+        return cls(
+            name=name,
+            kind=kind,
+            tower=tower,
+            fill=fill,
+            optional=optional,
+            min_count=ints.get("min_count", DEFAULT_MIN_COUNT),
+            max_size=ints.get("max_size"),
+            hash_buckets=ints.get("hash_buckets"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "tower": self.tower, "optional": self.optional}
@@ -181,8 +196,8 @@ def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
         value = items
     if not isinstance(value, (list, tuple)):
         raise ExporterError(
-            f"{source}: expected {{\"label\": ..., "
-            f"\"features\": [{{\"name\": ..., \"kind\": \"numeric\"|\"categorical\"}}, ...]}}, "
+            f'{source}: expected {{"label": ..., '
+            f'"features": [{{"name": ..., "kind": "numeric"|"categorical"}}, ...]}}, '
             f"got {type(value).__name__}"
         )
     specs = tuple(FeatureSpec.from_dict(item, source=source) for item in value)
@@ -232,8 +247,9 @@ def infer_kind(series: pd.Series, name: str) -> str:
     return NUMERIC
 
 
-def resolve_specs(frame: pd.DataFrame, columns: Sequence[str], schema: Schema | None,
-                  defaults: Sequence[FeatureSpec] = ()) -> tuple[list[FeatureSpec], dict[str, str]]:
+def resolve_specs(
+    frame: pd.DataFrame, columns: Sequence[str], schema: Schema | None, defaults: Sequence[FeatureSpec] = ()
+) -> tuple[list[FeatureSpec], dict[str, str]]:
     """One spec per column: the schema's, else a default's (contract schema), else inferred from the data.
 
     Returns the specs and where each came from (``declared``, ``default`` or ``inferred``), to print them.
@@ -245,7 +261,10 @@ def resolve_specs(frame: pd.DataFrame, columns: Sequence[str], schema: Schema | 
         if spec is None:
             spec, origin = by_default.get(col), "default"
         if spec is None:
-            spec, origin = FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC), "inferred"
+            spec, origin = (
+                FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC),
+                "inferred",
+            )
         specs.append(spec)
         origins[col] = origin
     return specs, origins
@@ -278,8 +297,10 @@ class Column:
 def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
     """Validate one column and return its values; errors name the column, the row and the value."""
     col = spec.name
-    if spec.kind == CATEGORICAL and (isinstance(series.dtype, pd.CategoricalDtype) or not (
-            pd.api.types.is_numeric_dtype(series) or _is_bool_series(series))):
+    if spec.kind == CATEGORICAL and (
+        isinstance(series.dtype, pd.CategoricalDtype)
+        or not (pd.api.types.is_numeric_dtype(series) or _is_bool_series(series))
+    ):
         if isinstance(series.dtype, pd.CategoricalDtype):
             series = series.astype(object)
         present = series.notna().to_numpy()
@@ -298,14 +319,20 @@ def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
                 "expected a number "
                 "(declare the column categorical to use booleans)"
             )
-        numbers = series.map(lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v)))
+        numbers = series.map(
+            lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v))
+        )
         return Column("bool", numbers=numbers.to_numpy(dtype=np.float64))
     if not pd.api.types.is_numeric_dtype(series):
         converted = pd.to_numeric(series, errors="coerce")
-        bad = (converted.isna() & series.notna()).to_numpy() | series.map(lambda v: isinstance(v, (bool, np.bool_))).to_numpy()
+        bad = (converted.isna() & series.notna()).to_numpy() | series.map(
+            lambda v: isinstance(v, (bool, np.bool_))
+        ).to_numpy()
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ExporterError(f"{source}: column '{col}' row {i + 1}: value {show_value(series.iloc[i])} is not a number")
+            raise ExporterError(
+                f"{source}: column '{col}' row {i + 1}: value {show_value(series.iloc[i])} is not a number"
+            )
         series = converted
     numbers = series.to_numpy(dtype=np.float64, na_value=np.nan)
     infinite = np.isinf(numbers)
@@ -328,8 +355,6 @@ def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
     return Column("int64" if _integer_valued(series) else "float64", numbers=numbers)
 
 
-
-
 def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, note: str = "") -> str:
     """A few lines the user sees before training: every feature with its kind and where the kind came from."""
     width = max((len(s.name) for s in specs), default=0)
@@ -341,8 +366,11 @@ def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, n
         if s.optional:
             extra.append("optional")
         if s.kind == CATEGORICAL:
-            extra.append(f"hash_buckets {s.hash_buckets}" if s.hash_buckets else f"min_count {s.min_count}"
-                         + (f", max_size {s.max_size}" if s.max_size else ""))
+            extra.append(
+                f"hash_buckets {s.hash_buckets}"
+                if s.hash_buckets
+                else f"min_count {s.min_count}" + (f", max_size {s.max_size}" if s.max_size else "")
+            )
         elif s.fill is not None:
             extra.append(f"fill {s.fill:g}")
         tail = f"  ({', '.join(extra)})" if extra else ""

@@ -6,11 +6,12 @@ means one module with its :class:`~exporter.models.base.Model` subclass, one lin
 and ``python tools/build_notebooks.py NAME`` for its notebook (a test fails until that notebook exists).
 Model modules are imported on first use, so listing the models imports no framework.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from exporter.errors import ExporterError
 from exporter.models.base import ExportUnit, Model, ModelSpec, NotebookInfo, TrainData, Trained
@@ -73,5 +74,16 @@ def registered(model: Model) -> Iterator[Model]:
         REGISTRY.pop(model.name, None)
 
 
-__all__ = ["ExportUnit", "Model", "ModelSpec", "NotebookInfo", "TrainData", "Trained", "get_spec", "model_names",
-           "registered", "repository_names", "REGISTRY"]
+__all__ = [
+    "ExportUnit",
+    "Model",
+    "ModelSpec",
+    "NotebookInfo",
+    "TrainData",
+    "Trained",
+    "get_spec",
+    "model_names",
+    "registered",
+    "repository_names",
+    "REGISTRY",
+]

@@ -8,13 +8,15 @@ nothing model specific: it asks the model to train or load a :class:`Trained` mo
 exports every :class:`ExportUnit` the trained model yields (two for the two-tower model) through one
 generic ONNX check, parity gate and artifact writer.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -31,7 +33,9 @@ class Progress(Protocol):
 
     def update(self, n: int = 1) -> Any: ...
 
-    def set_postfix(self, ordered_dict: Mapping[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> Any: ...
+    def set_postfix(
+        self, ordered_dict: Mapping[str, Any] | None = None, refresh: bool = True, **kwargs: Any
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,15 @@ class Model(ABC):
     """
 
     #: the facts every model declares (the others have defaults)
-    REQUIRED: ClassVar[tuple[str, ...]] = ("name", "description", "framework", "label_columns", "default_features",
-                                           "default_hparams", "model_names")
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "name",
+        "description",
+        "framework",
+        "label_columns",
+        "default_features",
+        "default_hparams",
+        "model_names",
+    )
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -243,11 +254,18 @@ class Model(ABC):
 
     def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
         """The label columns a run with ``hparams`` needs (the pipeline reads and checks exactly these)."""
-        return [LabelNeed(c, BINARY if c == "label" else REGRESSION,
-                          "the click label" if c == "label" else f"regression label '{c}'") for c in self.label_columns]
+        return [
+            LabelNeed(
+                c,
+                BINARY if c == "label" else REGRESSION,
+                "the click label" if c == "label" else f"regression label '{c}'",
+            )
+            for c in self.label_columns
+        ]
 
-    def split(self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers,
-              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def split(
+        self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(train rows, held-out rows) of ``frame``: the exporter's seeded 80/20 row split unless overridden."""
         from exporter.training.data import split_indices
 
@@ -270,12 +288,29 @@ class Model(ABC):
         if missing:
             raise TypeError(f"model class {type(self).__name__} declares no {', '.join(missing)}")
 
-    def trained(self, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
-                predict: Callable[[np.ndarray], dict[str, np.ndarray]], *, model: Any, features: Any,
-                config: Mapping[str, Any] | None) -> Trained:
+    def trained(
+        self,
+        columns: list[str],
+        hparams: dict[str, Any],
+        history: list[dict[str, float]],
+        predict: Callable[[np.ndarray], dict[str, np.ndarray]],
+        *,
+        model: Any,
+        features: Any,
+        config: Mapping[str, Any] | None,
+    ) -> Trained:
         """A :class:`Trained` of this model whose ``units`` are :meth:`export_units` of it."""
-        result = Trained(self.name, columns, hparams, history, predict, lambda: self.export_units(result),
-                         model=model, features=features, config=config)
+        result = Trained(
+            self.name,
+            columns,
+            hparams,
+            history,
+            predict,
+            lambda: self.export_units(result),
+            model=model,
+            features=features,
+            config=config,
+        )
         return result
 
     def __repr__(self) -> str:

@@ -6,19 +6,21 @@ weight per numeric field, one per categorical value), the FM second-order intera
 0.5 * ((sum e_i)^2 - sum e_i^2) and a deep MLP over the concatenated field embeddings add up to the click logit.
 The network is :class:`DeepFM`; the model (facts, config, loss) is :class:`DeepFMModel`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from exporter.models import torch_common as tc
-from exporter.training.data import DEFAULT_FEATURES, LABEL
-from exporter.training.metrics import ctr_metrics
 from exporter.models.base import NotebookInfo, TrainData
 from exporter.models.torch_base import TorchModel
+from exporter.training.data import DEFAULT_FEATURES, LABEL
+from exporter.training.metrics import ctr_metrics
 
 
 class DeepFM(nn.Module):
@@ -62,35 +64,44 @@ class DeepFMModel(TorchModel):
     description = "DeepFM (torch) binary CTR model"
     label_columns = (LABEL,)
     default_features = DEFAULT_FEATURES
-    default_hparams = {"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "hidden": [64, 32],
-                       "weight_decay": 0.0}
+    default_hparams = {
+        "epochs": 6,
+        "batch_size": 256,
+        "learning_rate": 0.005,
+        "embed_dim": 8,
+        "hidden": [64, 32],
+        "weight_decay": 0.0,
+    }
     model_names = ("deepfm",)
     notebook = NotebookInfo(
-        title='DeepFM CTR model → ONNX',
-        what='a DeepFM click-through-rate model (PyTorch)',
-        native='PyTorch',
+        title="DeepFM CTR model → ONNX",
+        what="a DeepFM click-through-rate model (PyTorch)",
+        native="PyTorch",
         checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
         knobs=(
-            ('epochs', 'passes over the training rows'),
-            ('batch_size', 'rows per optimiser step'),
-            ('learning_rate', 'Adam learning rate'),
-            ('embed_dim', "size of each feature's embedding (FM and deep part)"),
-            ('hidden', "widths of the deep part's hidden layers"),
+            ("epochs", "passes over the training rows"),
+            ("batch_size", "rows per optimiser step"),
+            ("learning_rate", "Adam learning rate"),
+            ("embed_dim", "size of each feature's embedding (FM and deep part)"),
+            ("hidden", "widths of the deep part's hidden layers"),
         ),
         extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
-        step='epoch',
-        eval_md='ROC curve of the click probability on held-out rows.',
-        example='-p epochs 10 -p learning_rate 0.002',
+        step="epoch",
+        eval_md="ROC curve of the click probability on held-out rows.",
+        example="-p epochs 10 -p learning_rate 0.002",
     )
-    test_hparams = {'epochs': 3}
+    test_hparams = {"epochs": 3}
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
         return ctr_metrics(predictions, labels)
 
     def make_config(self, data: TrainData) -> dict[str, Any]:
         hp = data.hparams
-        return {"cardinalities": data.features.cardinalities, "embed_dim": int(hp["embed_dim"]),
-                "hidden": [int(h) for h in hp["hidden"]]}
+        return {
+            "cardinalities": data.features.cardinalities,
+            "embed_dim": int(hp["embed_dim"]),
+            "hidden": [int(h) for h in hp["hidden"]],
+        }
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         return DeepFM(list(config["cardinalities"]), int(config["embed_dim"]), list(config["hidden"]))

@@ -5,20 +5,22 @@ attributes) and its network (:meth:`~TorchModel.make_config`, :meth:`~TorchModel
 :meth:`~TorchModel.loss`; heads, training tensors and exported parts when the defaults do not fit). Fitting,
 checkpoints with ``weights_only=True`` and native predictors are shared here.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from exporter.models import torch_common as tc
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
+from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -70,8 +72,9 @@ class TorchModel(Model):
         """Fit the network's standardisation on the training matrix, in place."""
         net.fields.fit(x)
 
-    def training_tensors(self, config: Mapping[str, Any], x: np.ndarray,
-                         y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+    def training_tensors(
+        self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]
+    ) -> list[torch.Tensor]:
         """The training tensors: the features, then one target per label column (mmoe: per task; two_tower
         keeps only positive pairs and adds item identities)."""
         return [torch.from_numpy(x), *(label_tensor(y, c) for c in self.label_columns)]
@@ -127,8 +130,15 @@ class TorchModel(Model):
             plan = FeaturePlan([replace(f, spec=replace(f.spec, name=c)) for f, c in zip(plan.features, cols)])
         return self._trained(net, ckpt["config"], cols, used, [], plan)
 
-    def _trained(self, net: nn.Module, config: Mapping[str, Any], columns: list[str], hparams: dict[str, Any],
-                 history: list[dict[str, float]], features: FeaturePlan | None) -> Trained:
+    def _trained(
+        self,
+        net: nn.Module,
+        config: Mapping[str, Any],
+        columns: list[str],
+        hparams: dict[str, Any],
+        history: list[dict[str, float]],
+        features: FeaturePlan | None,
+    ) -> Trained:
         net.eval()
 
         def predict(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,8 +153,12 @@ class TorchModel(Model):
 
         def write_checkpoint(directory: Path) -> None:
             tc.save_checkpoint(
-                directory / CHECKPOINT_NAME, model_type=self.name, config=config,
-                feature_columns=columns, hparams=hparams, module=net,
+                directory / CHECKPOINT_NAME,
+                model_type=self.name,
+                config=config,
+                feature_columns=columns,
+                hparams=hparams,
+                module=net,
             )
 
         parts = self.parts(net, config, columns)
@@ -182,7 +196,9 @@ class TorchModel(Model):
             related = _related_first(version_dir)
             ckpt_path = version_dir.parent.parent / related / version_dir.name / CHECKPOINT_NAME
         trained = self.load(ckpt_path, None, {})
-        part = _model_part(version_dir, version_dir.parent.name)  # the model's own name of a part exported under another
+        part = _model_part(
+            version_dir, version_dir.parent.name
+        )  # the model's own name of a part exported under another
         unit = next(u for u in trained.units() if u.model_name == part)
         plan = trained.features.subset(unit.feature_columns) if trained.features is not None else None
         native = unit.native_predict

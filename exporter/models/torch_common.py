@@ -7,14 +7,16 @@ training data and embeds the categorical ones, so the exported graph (preprocess
 float32 rounding on outputs in seconds or currency (watch_time, gmv ~ 1e2) alone would exceed the
 parity gate's absolute tolerance of 1e-5.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(n_features, dtype=torch.float64))
         self.register_buffer("std", torch.ones(n_features, dtype=torch.float64))
 
-    def fit(self, x: np.ndarray) -> "Standardize":
+    def fit(self, x: np.ndarray) -> Standardize:
         if x.shape[1] == 0:
             return self
         std = x.std(axis=0)
@@ -64,7 +66,11 @@ class FieldInput(nn.Module):
         num = [j for j, c in enumerate(cards) if c == 0]
         cat = [j for j, c in enumerate(cards) if c > 0]
         self.n_num, self.n_cat, self.embed_dim = len(num), len(cat), int(embed_dim)
-        offsets = np.concatenate([[0], np.cumsum([cards[j] for j in cat])[:-1]]).astype(np.int64) if cat else np.zeros(0, np.int64)
+        offsets = (
+            np.concatenate([[0], np.cumsum([cards[j] for j in cat])[:-1]]).astype(np.int64)
+            if cat
+            else np.zeros(0, np.int64)
+        )
         self.register_buffer("num_idx", torch.tensor(num, dtype=torch.long))
         self.register_buffer("cat_idx", torch.tensor(cat, dtype=torch.long))
         self.register_buffer("offsets", torch.from_numpy(offsets))
@@ -136,8 +142,18 @@ def fit_loop(
     if n == 0:
         raise ExporterError("no training rows left after holding out evaluation rows")
     with single_thread():
-        return _fit_epochs(model, loss_fn, train_tensors, heldout_tensors, epochs, batch_size, learning_rate,
-                           weight_decay, seed, progress)
+        return _fit_epochs(
+            model,
+            loss_fn,
+            train_tensors,
+            heldout_tensors,
+            epochs,
+            batch_size,
+            learning_rate,
+            weight_decay,
+            seed,
+            progress,
+        )
 
 
 @contextlib.contextmanager
@@ -152,10 +168,18 @@ def single_thread() -> Any:
         torch.set_num_threads(before)
 
 
-def _fit_epochs(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
-                train_tensors: Sequence[torch.Tensor], heldout_tensors: Sequence[torch.Tensor], epochs: int,
-                batch_size: int, learning_rate: float, weight_decay: float, seed: int,
-                progress: Progress | None) -> list[dict[str, float]]:
+def _fit_epochs(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    train_tensors: Sequence[torch.Tensor],
+    heldout_tensors: Sequence[torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+    progress: Progress | None,
+) -> list[dict[str, float]]:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -171,9 +195,7 @@ def _fit_epochs(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.T
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
-                raise ExporterError(
-                    f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate"
-                )
+                raise ExporterError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate")
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(idx)
@@ -190,9 +212,13 @@ def _fit_epochs(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.T
     return history
 
 
-def _losses_before_training(model: nn.Module, loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
-                            train_tensors: Sequence[torch.Tensor], heldout_tensors: Sequence[torch.Tensor],
-                            chunk: int = 65536) -> dict[str, float]:
+def _losses_before_training(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    train_tensors: Sequence[torch.Tensor],
+    heldout_tensors: Sequence[torch.Tensor],
+    chunk: int = 65536,
+) -> dict[str, float]:
     """Step 0 of the training curve: train and held-out loss of the untrained model (per row, in chunks).
 
     Without it the curve starts at epoch 1, whose train loss averages the whole first epoch, and every
@@ -206,7 +232,7 @@ def _losses_before_training(model: nn.Module, loss_fn: Callable[[nn.Module, Sequ
         total = 0.0
         with torch.inference_mode():
             for start in range(0, n, chunk):
-                part = [t[start:start + chunk] for t in tensors]
+                part = [t[start : start + chunk] for t in tensors]
                 total += float(loss_fn(model, part)) * len(part[0])
         return total / n
 
@@ -305,9 +331,7 @@ def load_checkpoint(path: str | Path, *, model_type: str) -> dict[str, Any]:
             f"expected a {model_type} checkpoint written by train mode"
         )
     if ckpt.get("model_type") != model_type:
-        raise ExporterError(
-            f"checkpoint {path} holds a '{ckpt.get('model_type')}' model, expected '{model_type}'"
-        )
+        raise ExporterError(f"checkpoint {path} holds a '{ckpt.get('model_type')}' model, expected '{model_type}'")
     for key in ("config", "feature_columns", "state_dict"):
         if key not in ckpt:
             raise ExporterError(f"checkpoint {path} lacks '{key}'")

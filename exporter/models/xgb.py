@@ -4,20 +4,22 @@ Converted with onnxmltools (ai.onnx.ml TreeEnsembleClassifier, opset 15), then w
 graph speaks the contract: ``features`` tensor(double) in, ``predictions`` tensor(double) [-1] out
 (the click probability). Load mode takes any JSON/UBJ model saved by ``save_model``.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from exporter import contract as C
-from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
-from exporter.training.metrics import ctr_metrics
 from exporter.models.base import ExportUnit, Model, NotebookInfo, TrainData, Trained
+from exporter.training.data import DEFAULT_FEATURES, LABEL
+from exporter.training.metrics import ctr_metrics
 
 XGB_OPSET = 15
 FEATURE_META = "feature_meta.json"
@@ -44,21 +46,21 @@ class XGBoostModel(Model):
     model_names = ("xgb",)
     checkpoint_hint = "an XGBoost model saved as .json or .ubj (Booster.save_model / XGBClassifier.save_model)"
     notebook = NotebookInfo(
-        title='XGBoost CTR model → ONNX',
-        what='an XGBoost click-through-rate classifier',
-        native='XGBoost',
+        title="XGBoost CTR model → ONNX",
+        what="an XGBoost click-through-rate classifier",
+        native="XGBoost",
         checkpoint='load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
         knobs=(
-            ('n_estimators', 'boosting rounds (trees)'),
-            ('max_depth', 'depth of each tree'),
-            ('learning_rate', 'shrinkage applied to each tree'),
+            ("n_estimators", "boosting rounds (trees)"),
+            ("max_depth", "depth of each tree"),
+            ("learning_rate", "shrinkage applied to each tree"),
         ),
         extra='other XGBoost settings, e.g. {"subsample": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs',
-        step='boosting round',
-        eval_md='ROC curve of the click probability on held-out rows.',
-        example='-p rows 50000 -p n_estimators 300 -p max_depth 6',
+        step="boosting round",
+        eval_md="ROC curve of the click probability on held-out rows.",
+        example="-p rows 50000 -p n_estimators 300 -p max_depth 6",
     )
-    test_hparams = {'n_estimators': 40}
+    test_hparams = {"n_estimators": 40}
     max_abs_feature = float(np.finfo(np.float32).max)
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -155,8 +157,14 @@ class XGBoostModel(Model):
         used = {"n_estimators": booster.num_boosted_rounds(), "objective": objective, "source_file": str(path)}
         return self._trained(booster, columns, used, [], _plan_beside(path, columns))
 
-    def _trained(self, booster: Any, columns: list[str], hparams: dict[str, Any], history: list[dict[str, float]],
-                 features: FeaturePlan | None) -> Trained:
+    def _trained(
+        self,
+        booster: Any,
+        columns: list[str],
+        hparams: dict[str, Any],
+        history: list[dict[str, float]],
+        features: FeaturePlan | None,
+    ) -> Trained:
         native = _native(booster)
 
         def predict(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -256,7 +264,9 @@ def booster_to_onnx(booster: Any, n_features: int) -> Any:
     opsets = {o.domain: o.version for o in converted.opset_import}
     opsets.setdefault("", XGB_OPSET)  # the wrapper's Cast and Gather live in the default domain
     model = helper.make_model(
-        new_graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())], producer_name="exporter"
+        new_graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="exporter",
     )
     model.ir_version = converted.ir_version
     return model

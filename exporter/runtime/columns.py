@@ -9,15 +9,17 @@ fill or the OOV row. Artifacts without ``features`` (older exports) are all nume
 :func:`column_specs` is what batch scoring reads too (:mod:`exporter.scoring.encode` vectorises the same
 rules over Arrow tables); :class:`FeatureColumns` applies them to request rows.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -140,8 +142,16 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
                 if words is None:
                     raise ArtifactError(f"string feature {name!r} has no vocabulary in {VOCAB_FILE}")
                 vocabulary = {str(w): i for i, w in enumerate(words)}
-        specs.append(ColumnSpec(str(name), kind, bool(e.get("optional", False)),
-                                categorical and e.get("dtype") == "bool", vocabulary, hashed))
+        specs.append(
+            ColumnSpec(
+                str(name),
+                kind,
+                bool(e.get("optional", False)),
+                categorical and e.get("dtype") == "bool",
+                vocabulary,
+                hashed,
+            )
+        )
     return specs
 
 
@@ -164,14 +174,15 @@ class FeatureColumns:
         self.booleans = [s.boolean for s in self.specs]
         #: per column: str -> code for a string vocabulary, "hash" for hashed strings, None otherwise
         self.strings: list[dict[str, int] | str | None] = [
-            "hash" if s.hashed else _as_dict(s.vocabulary) for s in self.specs]
+            "hash" if s.hashed else _as_dict(s.vocabulary) for s in self.specs
+        ]
         self.categorical = [j for j, k in enumerate(self.kinds) if k == "categorical"]
         #: the fast numeric path suffices (no strings, booleans or optional columns to interpret)
         self.plain = not any(self.optional) and all(t is None for t in self.strings) and not any(self.booleans)
         self._getter = itemgetter(*self.columns)
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]] | None) -> "FeatureColumns":
+    def from_metadata(cls, metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]] | None) -> FeatureColumns:
         return cls(column_specs(metadata, vocab))
 
     # ------------------------------------------------------------------ wording
@@ -203,7 +214,8 @@ class FeatureColumns:
             i, k = (int(v) for v in np.argwhere(bad)[0])
             j = self.categorical[k]
             raise HandlerError(
-                400, f"{where(i, self.columns[j])} is {float(sub[i, k])!r}, not an integer ID; expected {self.takes(j)}")
+                400, f"{where(i, self.columns[j])} is {float(sub[i, k])!r}, not an integer ID; expected {self.takes(j)}"
+            )
 
     def convert(self, value: Any, j: int, where: str) -> float:
         """One cell -> its FP64 value; a 400 naming ``where`` when it cannot be one (``MISSING``: key absent)."""
@@ -296,13 +308,18 @@ class FeatureColumns:
         out = np.empty((len(rows), len(columns)), dtype=np.float64)
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
-                raise HandlerError(400, f"{name}[{i}] must be an object mapping feature columns to values, got "
-                                        f"{type_name(row)}; expected keys: {', '.join(columns)}")
+                raise HandlerError(
+                    400,
+                    f"{name}[{i}] must be an object mapping feature columns to values, got "
+                    f"{type_name(row)}; expected keys: {', '.join(columns)}",
+                )
             missing = [c for j, c in enumerate(columns) if c not in row and not self.optional[j]]
             if missing:
                 raise HandlerError(
-                    400, f"{name}[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
-                    f"{', '.join(json.dumps(c) for c in missing)} (not optional); expected keys: {', '.join(columns)}")
+                    400,
+                    f"{name}[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(json.dumps(c) for c in missing)} (not optional); expected keys: {', '.join(columns)}",
+                )
             for j, c in enumerate(columns):
                 out[i, j] = convert(row.get(c, MISSING), j, f"{name}[{i}][{json.dumps(c)}]")
         return out
@@ -312,13 +329,18 @@ class FeatureColumns:
         columns = self.columns
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
-                raise HandlerError(400, f"{name}[{i}] must be an object mapping feature columns to numbers, got "
-                                        f"{type_name(row)}; expected keys: {', '.join(columns)}")
+                raise HandlerError(
+                    400,
+                    f"{name}[{i}] must be an object mapping feature columns to numbers, got "
+                    f"{type_name(row)}; expected keys: {', '.join(columns)}",
+                )
             missing = [c for c in columns if c not in row]
             if missing:
                 raise HandlerError(
-                    400, f"{name}[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
-                    f"{', '.join(json.dumps(c) for c in missing)}; expected keys: {', '.join(columns)}")
+                    400,
+                    f"{name}[{i}] is missing feature column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(json.dumps(c) for c in missing)}; expected keys: {', '.join(columns)}",
+                )
             for c in columns:
                 problem = describe_bad_value(row[c])
                 if problem is not None:

@@ -4,6 +4,7 @@ A client mistake is a :class:`HandlerError` (400 or 413) whose message says what
 was expected; an unusable artifact is an :class:`ArtifactError` (500). Every entry point turns them into an
 ``{"error": "..."}`` body, so they never escape to a server for client input.
 """
+
 from __future__ import annotations
 
 import orjson

@@ -18,12 +18,14 @@ over HTTP also with Triton's binary tensor data extension (:mod:`exporter.runtim
 goes through :meth:`ModelHandler.answer`. Client mistakes become ``{"error": "..."}`` answers with status 400 or
 413 saying what was wrong, where, and what was expected; only :meth:`ModelHandler.predict` raises them.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -98,11 +100,20 @@ class ModelHandler:
         self.output_columns: list[str] = list(metadata.get("output_columns") or [])
         self._outputs = [self.output_name]
         self.features = FeatureColumns.from_metadata(metadata, vocab)
-        self._hint = forms_hint(self.feature_columns, self.input_name,
-                                [self.features.placeholder(j) for j in range(self.n_features)])
-        signature = Signature(self.model_name, self.version, tuple(self.feature_columns), self.input_name,
-                              self.output_name, self.prediction_format, tuple(self.output_columns), self.max_rows,
-                              self.features)
+        self._hint = forms_hint(
+            self.feature_columns, self.input_name, [self.features.placeholder(j) for j in range(self.n_features)]
+        )
+        signature = Signature(
+            self.model_name,
+            self.version,
+            tuple(self.feature_columns),
+            self.input_name,
+            self.output_name,
+            self.prediction_format,
+            tuple(self.output_columns),
+            self.max_rows,
+            self.features,
+        )
         #: one envelope per request form, chosen by the body's top-level key (v2_binary: over HTTP)
         self.torchserve = TorchServeEnvelope(signature)
         self.v2 = V2JsonEnvelope(signature)
@@ -117,7 +128,7 @@ class ModelHandler:
         max_rows: int = DEFAULT_MAX_ROWS,
         threads: int | None = None,
         model_file: str | None = None,
-    ) -> "ModelHandler":
+    ) -> ModelHandler:
         """Load an artifact version directory (or a model directory: its highest version).
 
         Checks that ``metadata.json`` is usable and that the sha256 of the model file matches it *before*
@@ -151,8 +162,14 @@ class ModelHandler:
         return cls(session, metadata, version, directory, max_rows=max_rows, vocab=vocab)
 
     # ------------------------------------------------------------------ the one path
-    def answer(self, body: Body | None = None, *, payload: Any = _NO_PAYLOAD, header_length: int | None = None,
-               http: bool = False) -> Answer:
+    def answer(
+        self,
+        body: Body | None = None,
+        *,
+        payload: Any = _NO_PAYLOAD,
+        header_length: int | None = None,
+        http: bool = False,
+    ) -> Answer:
         """Answer one request: raw ``body`` bytes, or an already-decoded ``payload``. Never raises for client input.
 
         ``http``: the request came over HTTP, where Triton's binary tensor data extension applies;
@@ -238,8 +255,10 @@ class ModelHandler:
         if _V2_KEY in payload:
             if REQUEST_ROWS_KEY in payload:
                 raise HandlerError(
-                    400, 'request body has both "data" (TorchServe form) and "inputs" (Open Inference Protocol form); '
-                    "send exactly one of them")
+                    400,
+                    'request body has both "data" (TorchServe form) and "inputs" (Open Inference Protocol form); '
+                    "send exactly one of them",
+                )
             return (self.v2_binary if http else self.v2), payload
         if REQUEST_ROWS_KEY in payload:
             return self.torchserve, payload
@@ -309,7 +328,9 @@ def _check_session(session: Any, metadata: dict[str, Any], model_path: Path) -> 
     n = len(metadata["feature_columns"])
     if len(inputs) != 1 or inputs[0].name != want_in or inputs[0].type != ONNX_TYPE:
         got = ", ".join(f"{i.name} {i.type}" for i in inputs)
-        raise ArtifactError(f"{str(model_path)!r} inputs are [{got}]; metadata expects one input {want_in!r} {ONNX_TYPE}")
+        raise ArtifactError(
+            f"{str(model_path)!r} inputs are [{got}]; metadata expects one input {want_in!r} {ONNX_TYPE}"
+        )
     shape = inputs[0].shape
     if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != n):
         raise ArtifactError(

@@ -1,10 +1,12 @@
 """How the handler words what it refuses: client values named by JSON type, client text quoted and shortened,
 and the accepted request forms spelled out for one model (docs/contract.md section 4)."""
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,8 @@ def forms_hint(columns: Sequence[str], input_name: str, placeholders: Sequence[s
     ``placeholders`` says per column what it takes (``<number>``, ``<integer ID>``, ``<string>``).
     """
     shown = ", ".join(f'"{c}": {placeholders[j]}' for j, c in enumerate(columns[:3])) + (
-        ", ..." if len(columns) > 3 else "")
+        ", ..." if len(columns) > 3 else ""
+    )
     return (
         f'send a JSON object in one of the accepted forms: TorchServe {{"data": [{{{shown}}}, ...]}} with the '
         f"{len(columns)} feature columns {', '.join(columns)}; or Open Inference Protocol "

@@ -5,6 +5,7 @@ This module is part of :mod:`exporter.runtime` (standard library, numpy, orjson 
 TorchServe archive, the server, ``verify``, ``score`` and ``export`` all import the same rules;
 :mod:`exporter.contract` adds what only export-time checks need.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -140,7 +141,9 @@ def usability_problems(metadata: Any) -> list[str]:
     if fmt == "named_columns":
         oc = metadata.get("output_columns")
         if not (isinstance(oc, list) and oc and all(isinstance(c, str) for c in oc)):
-            problems.append('"output_columns" must be a non-empty list of strings when prediction_format is named_columns')
+            problems.append(
+                '"output_columns" must be a non-empty list of strings when prediction_format is named_columns'
+            )
     if fmt == "vector":
         ed = metadata.get("embed_dim")
         if not (isinstance(ed, int) and not isinstance(ed, bool) and ed > 0):
@@ -195,7 +198,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if too_deep:
         raise MetadataError(
             f"{str(path)!r} nests objects or lists more than {MAX_METADATA_DEPTH} levels deep; an exported "
-            "metadata.json has a handful: the file is corrupt or not ours")
+            "metadata.json has a handful: the file is corrupt or not ours"
+        )
     problems = usability_problems(metadata)
     if problems:
         raise MetadataError(f"{str(path)!r} is not usable: " + "; ".join(problems))

@@ -9,11 +9,13 @@ Per-request statuses go through ``context.set_response_status(code, phrase, idx)
 Absolute imports only: the file runs both as ``exporter.runtime.torchserve_entry`` and as the top-level module
 ``torchserve_entry`` of an archive.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from exporter.runtime.errors import ArtifactError, HandlerError
 from exporter.runtime.handler import ModelHandler

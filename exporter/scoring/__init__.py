@@ -14,6 +14,7 @@ Modules, in the order a job uses them:
 * :mod:`~exporter.scoring.index`    the item ANN index and its recall check;
 * :mod:`~exporter.scoring.bench`    ``python -m exporter score-bench``.
 """
+
 from exporter.scoring.job import ScoreOptions, ScoreResult, score
 
 __all__ = ["ScoreOptions", "ScoreResult", "score"]

@@ -5,6 +5,7 @@ related user tower) resolve artifacts here, with the version rule and the metada
 :mod:`exporter.runtime.rules`, so a directory such as ``01`` or ``²`` beside the versions is ignored the same
 way the server and ``verify`` ignore it.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,9 @@ def resolve_artifact(model: str, artifacts: str | os.PathLike[str]) -> Path:
             raise ExporterError(f"model {name!r} has no version {version} (versions: {names or 'none'})")
         return path
     if not have:
-        raise ExporterError(f"cannot score with {str(model_dir)!r}: it holds no version directory (1, 2, ...); "
-                            "export the model first")
+        raise ExporterError(
+            f"cannot score with {str(model_dir)!r}: it holds no version directory (1, 2, ...); export the model first"
+        )
     return have[-1]
 
 

@@ -18,6 +18,7 @@ Then, for the item tower, the ``--index`` build (FAISS IVF) and its recall@50.
 Nothing here asserts on timings: the table is the result. Data is generated in chunks into a work
 directory (deleted at the end unless ``--keep-data``), so generating 10M rows needs little memory too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,23 @@ from exporter.scoring.encode import encode_batch, plan_from_metadata
 from exporter.scoring.local import default_threads
 
 HELP = "benchmark batch scoring: local and Spark engines vs raw onnxruntime, rows/s and peak memory"
-DESCRIPTION = __doc__.split("\n", 2)[2] + """
+DESCRIPTION = (
+    __doc__.split("\n", 2)[2]
+    + """
 example:
   python -m exporter export all && python -m exporter score-bench --rows 10000000 --items 1000000
 """
+)
 
 CHUNK = 500_000  # rows generated and written at a time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--artifacts", default="artifacts", help="model repository with deepfm and two_tower[_item] (default: %(default)s)")
+    p.add_argument(
+        "--artifacts",
+        default="artifacts",
+        help="model repository with deepfm and two_tower[_item] (default: %(default)s)",
+    )
     p.add_argument("--rows", type=int, default=10_000_000, help="deepfm rows, large size (default: %(default)s)")
     p.add_argument("--small-rows", type=int, default=1_000_000, help="deepfm rows, small size (default: %(default)s)")
     p.add_argument("--items", type=int, default=1_000_000, help="two_tower_item items (default: %(default)s)")
@@ -181,10 +189,18 @@ def _tree(root: int) -> tuple[int, dict[int, float]]:
 
 def run_score(args: list[str], rows: int, model: str, engine: str, note: str = "") -> Row:
     """One ``python -m exporter score`` child process: wall time, start-up time, peak tree RSS."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "score", *args, "--json", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "score", *args, "--json", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     peak = 0
     cpu: dict[int, float] = {}  # last CPU seconds seen per process of the tree
     stop = threading.Event()
@@ -217,10 +233,13 @@ def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
     version_dir = latest_version(artifacts, model)
     meta = latest_metadata(artifacts, model)
     # the FP64 matrix the graph takes, built outside the timing by the scoring encoder (vocabularies included)
-    matrix = encode_batch(pq.read_table(data, columns=meta["feature_columns"]),
-                          plan_from_metadata(meta, version_dir)).matrix
+    matrix = encode_batch(
+        pq.read_table(data, columns=meta["feature_columns"]), plan_from_metadata(meta, version_dir)
+    ).matrix
     if matrix.shape[0] != rows:
-        raise ExporterError(f"{data}: {rows - matrix.shape[0]} generated rows are not scoreable; the benchmark needs clean rows")
+        raise ExporterError(
+            f"{data}: {rows - matrix.shape[0]} generated rows are not scoreable; the benchmark needs clean rows"
+        )
     best, best_threads, best_cpu = float("inf"), 1, 0.0
     for threads in sorted({1, default_threads()}):
         opts = ort.SessionOptions()
@@ -232,13 +251,20 @@ def raw_ort(artifacts: Path, model: str, data: Path, rows: int) -> Row:
         session.run(None, {name: matrix[:RUN_ROWS]})
         t, c = time.perf_counter(), time.process_time()
         for i in range(0, rows, RUN_ROWS):
-            session.run(None, {name: matrix[i:i + RUN_ROWS]})
+            session.run(None, {name: matrix[i : i + RUN_ROWS]})
         elapsed, used = time.perf_counter() - t, time.process_time() - c
         if elapsed < best:
             best, best_threads, best_cpu = elapsed, threads, used
     del matrix
-    return Row(model, rows, "raw", best, 0.0, f"session.run, {best_threads} intra-op thread(s), data in memory",
-               cpu_seconds=best_cpu)
+    return Row(
+        model,
+        rows,
+        "raw",
+        best,
+        0.0,
+        f"session.run, {best_threads} intra-op thread(s), data in memory",
+        cpu_seconds=best_cpu,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -252,12 +278,16 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu or platform.processor()}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu or platform.processor()}), {mem:.0f} GiB RAM, Python {platform.python_version()}"
+    )
 
 
 def format_table(rows: list[Row], raw: dict[tuple[str, int], Row]) -> str:
-    head = ("| model | rows | engine | seconds | rows/s | fixed s | rows/s net | x raw (net) | CPU s | CPU s net | "
-            "x raw CPU (net) | peak RSS MiB | note |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    head = (
+        "| model | rows | engine | seconds | rows/s | fixed s | rows/s net | x raw (net) | CPU s | CPU s net | "
+        "x raw CPU (net) | peak RSS MiB | note |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
     lines = [head]
     for r in rows:
         base = raw.get((r.model, r.rows))
@@ -283,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     load_before = os.getloadavg()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     rows_out: list[Row] = []
     raw: dict[tuple[str, int], Row] = {}
     index_info: dict[str, Any] | None = None
@@ -312,8 +342,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"fixed cost of --engine {engine}: 100 rows", file=sys.stderr, flush=True)
             out = work / f"out-fixed-{engine.split()[0]}"
             extra = ["--engine", "spark", "--master", args.spark_master] if engine != "local" else []
-            fixed[engine] = run_score(["deepfm", "--artifacts", str(artifacts), "--input", str(tiny), "--keep", KEY,
-                                       "--output", str(out), *extra], 100, "deepfm", engine)
+            fixed[engine] = run_score(
+                [
+                    "deepfm",
+                    "--artifacts",
+                    str(artifacts),
+                    "--input",
+                    str(tiny),
+                    "--keep",
+                    KEY,
+                    "--output",
+                    str(out),
+                    *extra,
+                ],
+                100,
+                "deepfm",
+                engine,
+            )
             shutil.rmtree(out, ignore_errors=True)
 
         def with_fixed(row: Row, engine: str) -> Row:
@@ -334,33 +379,72 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{model} {n:,} rows: --engine spark --master {args.spark_master}", file=sys.stderr, flush=True)
                 out = work / f"out-{model}-{n}-spark"
                 engine = f"spark {args.spark_master}"
-                rows_out.append(with_fixed(run_score([*common, "--output", str(out), "--engine", "spark", "--master",
-                                                      args.spark_master], n, model, engine), engine))
+                rows_out.append(
+                    with_fixed(
+                        run_score(
+                            [*common, "--output", str(out), "--engine", "spark", "--master", args.spark_master],
+                            n,
+                            model,
+                            engine,
+                        ),
+                        engine,
+                    )
+                )
                 shutil.rmtree(out, ignore_errors=True)
         print(f"two_tower_item {args.items:,} items: --engine local --index", file=sys.stderr, flush=True)
         out = work / "out-index"
-        r = run_score(["two_tower_item", "--artifacts", str(artifacts), "--input", str(items), "--keep", KEY,
-                       "--output", str(out), "--index", "--index-users", str(users)], args.items, "two_tower_item",
-                      "local + --index")
+        r = run_score(
+            [
+                "two_tower_item",
+                "--artifacts",
+                str(artifacts),
+                "--input",
+                str(items),
+                "--keep",
+                KEY,
+                "--output",
+                str(out),
+                "--index",
+                "--index-users",
+                str(users),
+            ],
+            args.items,
+            "two_tower_item",
+            "local + --index",
+        )
         with_fixed(r, "local")
         index_info = json.loads((out / "_index" / "index.json").read_text())
-        r.note = (f"{index_info['type']}, nprobe {index_info['search_value']}, recall@50 {index_info['recall']:.4f} "
-                  f"on {index_info['queries']} users; index built in {index_info['build_seconds']:.1f}s")
+        r.note = (
+            f"{index_info['type']}, nprobe {index_info['search_value']}, recall@50 {index_info['recall']:.4f} "
+            f"on {index_info['queries']} users; index built in {index_info['build_seconds']:.1f}s"
+        )
         rows_out.append(r)
     finally:
         if not args.keep_data:
             shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
     print(f"\nscore-bench {started.isoformat(timespec='seconds')} on {machine()}")
-    print(f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}\n")
+    print(
+        f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+        f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}\n"
+    )
     print(format_table(rows_out, raw))
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "started": started.isoformat(timespec="seconds"), "machine": machine(),
-            "load_before": load_before, "load_after": load_after,
-            "rows": [{**r.__dict__, "rows_per_s": r.rate, "rows_per_s_net": r.rate_net, "cpu_net": r.cpu_net}
-                     for r in rows_out],
-            "index": index_info,
-        }, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "started": started.isoformat(timespec="seconds"),
+                    "machine": machine(),
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "rows": [
+                        {**r.__dict__, "rows_per_s": r.rate, "rows_per_s_net": r.rate_net, "cpu_net": r.cpu_net}
+                        for r in rows_out
+                    ],
+                    "index": index_info,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0

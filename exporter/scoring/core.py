@@ -4,9 +4,11 @@ The local engine calls :func:`score_batch` from its worker threads; Spark calls 
 the executors. Keeping it in one function is what makes the two engines give the same rows, the same
 predictions and the same reject reasons.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +28,7 @@ def run_in_chunks(run: Callable[[np.ndarray], np.ndarray], matrix: np.ndarray, r
     n = matrix.shape[0]
     if n <= rows:
         return run(matrix)
-    parts = [run(matrix[i:i + rows]) for i in range(0, n, rows)]
+    parts = [run(matrix[i : i + rows]) for i in range(0, n, rows)]
     return np.concatenate(parts, axis=0)
 
 
@@ -55,7 +57,11 @@ def score_batch(
             files = pa.array([source_file] * len(index), pa.string())
         else:
             files = source_file.take(pa.array(index))
-        arrays = [files, pa.array(source_row[index], pa.int64()), pa.array([r for _, r in encoded.rejects], pa.string())]
+        arrays = [
+            files,
+            pa.array(source_row[index], pa.int64()),
+            pa.array([r for _, r in encoded.rejects], pa.string()),
+        ]
         arrays += [_column(batch, name, rejects_schema.field(name).type).take(pa.array(index)) for name in keep]
         rejects = pa.RecordBatch.from_arrays(arrays, schema=rejects_schema)
     if run is None or encoded.matrix.shape[0] == 0:

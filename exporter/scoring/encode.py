@@ -17,13 +17,15 @@ per row and vectorised instead of per request:
 The columns' rules come from :mod:`exporter.runtime.columns`, the one reader of metadata ``features`` and
 ``vocab.json`` (the handler's); this module applies them to whole Arrow columns at once.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +35,16 @@ from exporter.runtime.columns import ColumnSpec, column_specs, read_vocab, vocab
 from exporter.runtime.errors import ArtifactError
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code
 
-__all__ = ["OOV_CODE", "ColumnRule", "EncodingPlan", "EncodedBatch", "SchemaProblem",
-           "plan_from_metadata", "check_schema", "encode_batch"]
+__all__ = [
+    "OOV_CODE",
+    "ColumnRule",
+    "EncodingPlan",
+    "EncodedBatch",
+    "SchemaProblem",
+    "plan_from_metadata",
+    "check_schema",
+    "encode_batch",
+]
 
 #: Code sent for a string category that is not in the vocabulary: not a vocabulary code, so the graph
 #: maps it to its out-of-vocabulary row (contract section 1).
@@ -122,7 +132,9 @@ def _is_numeric(t: pa.DataType) -> bool:
 
 
 def _is_text(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)
+    return (
+        pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)
+    )
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
@@ -182,7 +194,7 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, plan: EncodingPlan) -> Encode
     for row in rejected.tolist():
         j = int(first_bad[row])
         rule = plan.columns[j]
-        more = sum(1 for b in problems[j + 1:] if b is not None and b[row])
+        more = sum(1 for b in problems[j + 1 :] if b is not None and b[row])
         reason = f"{json.dumps(rule.name)} is {_describe(batch.column(rule.name)[row].as_py())}; {_expected(rule)}"
         reasons.append((row, reason + (f" (and {more} more column{'s' if more > 1 else ''})" if more else "")))
     accepted = first_bad < 0
@@ -206,7 +218,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         if value.strip() == "":
             return "empty (a missing value)"
-        shown = value if len(value) <= _SHOWN else f"{value[:_SHOWN - 3]}... ({len(value)} characters)"
+        shown = value if len(value) <= _SHOWN else f"{value[: _SHOWN - 3]}... ({len(value)} characters)"
         try:
             number = float(value)
         except ValueError:
@@ -259,8 +271,7 @@ def _encode_column(
         if rule.takes_strings:
             return _encode_categories(text, rule, plan)
         # empty cells and NaN text are missing values, as null and NaN are in typed columns
-        missing = _null_mask(text) | _as_bool(pc.equal(text, "")) | _as_bool(
-            pc.match_substring_regex(text, _NAN_TEXT))
+        missing = _null_mask(text) | _as_bool(pc.equal(text, "")) | _as_bool(pc.match_substring_regex(text, _NAN_TEXT))
         ok = _as_bool(pc.match_substring_regex(text, _NUMBER_TEXT)) & ~missing
         bad = ~ok & ~missing
         parsed = pc.cast(pc.if_else(pa.array(ok), text, pa.scalar("0")), pa.float64())
@@ -312,7 +323,9 @@ def _encode_categories(text: pa.Array, rule: ColumnRule, plan: EncodingPlan) -> 
     # a code sent as text ("17") is a code, as in the handler; text that is neither stays OOV
     is_code = ~known & _as_bool(pc.match_substring_regex(text, _NUMBER_TEXT)) & ~missing
     if is_code.any():
-        parsed = pc.cast(pc.if_else(pa.array(is_code), text, pa.scalar("0")), pa.float64()).to_numpy(zero_copy_only=False)
+        parsed = pc.cast(pc.if_else(pa.array(is_code), text, pa.scalar("0")), pa.float64()).to_numpy(
+            zero_copy_only=False
+        )
         values[is_code] = parsed[is_code]
     bad = None
     if missing.any():

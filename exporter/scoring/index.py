@@ -17,13 +17,15 @@ Recall queries: user vectors from the related user tower (metadata ``related_mod
 ``--index-users`` rows; without that file, a random sample of the item vectors themselves (said so in
 index.json) — a check of the index, not of the users' distribution.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,8 +56,9 @@ def _faiss() -> Any:
     return faiss
 
 
-def check_index_options(metadata: Mapping[str, Any], keep: Sequence[str], index_id: str | None,
-                        index_users: str | None) -> str:
+def check_index_options(
+    metadata: Mapping[str, Any], keep: Sequence[str], index_id: str | None, index_users: str | None
+) -> str:
     """Before any work: the model must output vectors, and the item id must be a ``--keep`` column."""
     if metadata.get("prediction_format") != "vector":
         raise ExporterError(
@@ -75,8 +78,14 @@ def check_index_options(metadata: Mapping[str, Any], keep: Sequence[str], index_
     return column
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray, found_scores: np.ndarray | None = None,
-                exact_scores: np.ndarray | None = None, *, tolerance: float = 1e-5) -> float:
+def recall_at_k(
+    found: np.ndarray,
+    exact: np.ndarray,
+    found_scores: np.ndarray | None = None,
+    exact_scores: np.ndarray | None = None,
+    *,
+    tolerance: float = 1e-5,
+) -> float:
     """Share of the exact top-k that the approximate search also returned (per query, then averaged).
 
     With scores given, ties count: a returned item whose exact score reaches the k-th exact score (within
@@ -114,7 +123,9 @@ def _user_vectors(handler: Any, users_path: str, sample: int) -> np.ndarray:
     user_model = str(handler.metadata["related_models"][0])
     user_dir = handler.directory.parent.parent / user_model / handler.version
     if not user_dir.is_dir():
-        raise ExporterError(f"--index-users: the user tower {user_model!r} version {handler.version} is not at {user_dir}")
+        raise ExporterError(
+            f"--index-users: the user tower {user_model!r} version {handler.version} is not at {user_dir}"
+        )
     user = load_handler(user_dir)
     plan = encoding_plan(user)
     files = resolve_inputs(users_path)
@@ -172,22 +183,36 @@ def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -
             break
         nprobe = min(nlist, nprobe * 2)
     if recall < options.index_recall:  # nprobe == nlist searches every cell: exact, so this is a bug
-        raise ExporterError(f"--index: recall@{k} {recall:.4f} below {options.index_recall} even with every cell searched")
+        raise ExporterError(
+            f"--index: recall@{k} {recall:.4f} below {options.index_recall} even with every cell searched"
+        )
     build_seconds = time.perf_counter() - started
 
     index_dir.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(index_dir / INDEX_FILE))
     pq.write_table(pa.table({"id": ids}), index_dir / IDS_FILE)
     info = {
-        "type": f"IVF{nlist},Flat", "metric": "inner_product", "dim": int(dim), "items": int(n), "k": int(k),
-        "nlist": int(nlist), "search_param": "nprobe", "search_value": int(nprobe), "recall": round(float(recall), 6),
-        "recall_target": options.index_recall, "queries": int(queries.shape[0]), "query_source": source,
-        "id_column": options.index_id, "build_seconds": round(build_seconds, 3),
-        "model": handler.model_name, "version": handler.version, "model_sha256": handler.metadata["sha256"],
+        "type": f"IVF{nlist},Flat",
+        "metric": "inner_product",
+        "dim": int(dim),
+        "items": int(n),
+        "k": int(k),
+        "nlist": int(nlist),
+        "search_param": "nprobe",
+        "search_value": int(nprobe),
+        "recall": round(float(recall), 6),
+        "recall_target": options.index_recall,
+        "queries": int(queries.shape[0]),
+        "query_source": source,
+        "id_column": options.index_id,
+        "build_seconds": round(build_seconds, 3),
+        "model": handler.model_name,
+        "version": handler.version,
+        "model_sha256": handler.metadata["sha256"],
         "faiss": faiss.__version__,
         "files": {INDEX_FILE: sha256_file(index_dir / INDEX_FILE), IDS_FILE: sha256_file(index_dir / IDS_FILE)},
         "usage": "index = faiss.read_index('items.faiss'); scores, rows = index.search(user_vectors.astype('float32'), 50); "
-                 "item ids = pyarrow.parquet.read_table('ids.parquet')['id'].take(rows)",
+        "item ids = pyarrow.parquet.read_table('ids.parquet')['id'].take(rows)",
     }
     (index_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info

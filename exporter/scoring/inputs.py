@@ -9,13 +9,14 @@ CSV is text: every needed column is read as strings (empty cell = missing value)
 numbers, so a value that is bad in row 9,000,000 is a reject of that row, not a failed job, and a CSV
 behaves like the same numbers in Parquet. ``--keep`` columns from CSV stay text.
 """
+
 from __future__ import annotations
 
 import glob
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -193,9 +194,7 @@ class _CountingFile:
         return False
 
 
-def iter_batches(
-    files: Sequence[InputFile], columns: Sequence[str], batch_rows: int
-) -> Iterator[SourceBatch]:
+def iter_batches(files: Sequence[InputFile], columns: Sequence[str], batch_rows: int) -> Iterator[SourceBatch]:
     """Record batches of at most ``batch_rows`` rows holding ``columns``, file after file, in order."""
     wanted = list(dict.fromkeys(columns))
     for index, f in enumerate(files):
@@ -219,8 +218,11 @@ def iter_batches(
                     read_options=pacsv.ReadOptions(block_size=max(1 << 20, batch_rows * 64)),
                     parse_options=pacsv.ParseOptions(newlines_in_values=True),
                     convert_options=pacsv.ConvertOptions(
-                        column_types={c: pa.string() for c in wanted}, include_columns=wanted,
-                        strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=True,
+                        column_types={c: pa.string() for c in wanted},
+                        include_columns=wanted,
+                        strings_can_be_null=True,
+                        null_values=[""],
+                        quoted_strings_can_be_null=True,
                     ),
                 )
                 for batch in reader:

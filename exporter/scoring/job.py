@@ -4,13 +4,14 @@ Order matters for the guarantees: every check that can fail on user input (unkno
 missing column, existing output) runs before any row is scored, and the output directory appears only
 once everything, index included, is written.
 """
+
 from __future__ import annotations
 
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from exporter.errors import ExporterError
@@ -18,7 +19,13 @@ from exporter.scoring.artifact import encoding_plan, load_handler, resolve_artif
 from exporter.scoring.index import build_index, check_index_options
 from exporter.scoring.inputs import InputFile, check_inputs, resolve_inputs
 from exporter.scoring.outputs import (
-    INDEX_DIR, REJECTS_DIR, SUCCESS_FILE, SUMMARY_FILE, StagedOutput, check_keep_names, output_schema,
+    INDEX_DIR,
+    REJECTS_DIR,
+    SUCCESS_FILE,
+    SUMMARY_FILE,
+    StagedOutput,
+    check_keep_names,
+    output_schema,
     rejects_schema,
 )
 from exporter.scoring.progress import Progress
@@ -96,7 +103,9 @@ def score(options: ScoreOptions) -> ScoreResult:
     if options.master and options.engine != "spark":
         raise ExporterError("--master applies to --engine spark only")
     if options.threads and options.engine != "local":
-        raise ExporterError("--threads applies to --engine local only (on Spark, spark.task.cpus sets the threads per task)")
+        raise ExporterError(
+            "--threads applies to --engine local only (on Spark, spark.task.cpus sets the threads per task)"
+        )
     start = time.perf_counter()
 
     handler = load_handler(resolve_version(options.model, options.artifacts).path)
@@ -110,8 +119,10 @@ def score(options: ScoreOptions) -> ScoreResult:
     remote_input = _is_uri(options.input)
     remote_output = _is_uri(options.output)
     if (remote_input or remote_output) and options.engine != "spark":
-        raise ExporterError("URIs (hdfs://, s3a://, file://) for --input/--output need --engine spark; "
-                            "the local engine reads and writes local paths")
+        raise ExporterError(
+            "URIs (hdfs://, s3a://, file://) for --input/--output need --engine spark; "
+            "the local engine reads and writes local paths"
+        )
     if remote_output and options.index:
         raise ExporterError("--index writes the index next to the vectors on this machine: give a local --output")
     files: list[InputFile] = [] if remote_input else resolve_inputs(options.input, options.input_format)
@@ -128,9 +139,18 @@ def score(options: ScoreOptions) -> ScoreResult:
         with staged:
             engine_start = time.perf_counter()
             counts = score_local(
-                files, plan, metadata, handler.run, keep, output_schema(keep_schema, metadata),
-                rejects_schema(keep_schema), staged.path, max_rejects=options.max_rejects,
-                batch_rows=options.batch_rows, rows_per_file=options.rows_per_file, threads=threads,
+                files,
+                plan,
+                metadata,
+                handler.run,
+                keep,
+                output_schema(keep_schema, metadata),
+                rejects_schema(keep_schema),
+                staged.path,
+                max_rejects=options.max_rejects,
+                batch_rows=options.batch_rows,
+                rows_per_file=options.rows_per_file,
+                threads=threads,
                 progress=progress,
             )
             return _finish(options, handler, files, staged, counts, start, engine_start, threads=threads)
@@ -147,17 +167,28 @@ def score(options: ScoreOptions) -> ScoreResult:
             staged = spark_engine.HadoopStagedOutput(spark, options.output, options.overwrite)
         else:
             if not master.startswith("local"):
-                print(f"note: --output {options.output} is a local path and the master is {master}: executors "
-                      "write it on their own disks unless it is a shared mount; prefer a hdfs:// or s3a:// URI",
-                      file=sys.stderr)
+                print(
+                    f"note: --output {options.output} is a local path and the master is {master}: executors "
+                    "write it on their own disks unless it is a shared mount; prefer a hdfs:// or s3a:// URI",
+                    file=sys.stderr,
+                )
             staged = StagedOutput(options.output, options.overwrite)
         with staged:
             counts = spark_engine.score_spark(spark, options, handler, plan, files, staged.uri, progress)
             return _finish(options, handler, files, staged, counts, start, engine_start, master=master)
 
 
-def _finish(options: ScoreOptions, handler: Any, files: list[InputFile], staged: Any, counts: Any, start: float,
-            engine_start: float, threads: int | None = None, master: str | None = None) -> ScoreResult:
+def _finish(
+    options: ScoreOptions,
+    handler: Any,
+    files: list[InputFile],
+    staged: Any,
+    counts: Any,
+    start: float,
+    engine_start: float,
+    threads: int | None = None,
+    master: str | None = None,
+) -> ScoreResult:
     """Index (when asked), summary, ``_SUCCESS``, then the rename that makes the output appear."""
     index_info = None
     if options.index:
@@ -165,15 +196,26 @@ def _finish(options: ScoreOptions, handler: Any, files: list[InputFile], staged:
     now = time.perf_counter()
     seconds = now - start
     result = ScoreResult(
-        model=handler.model_name, version=handler.version, sha256=handler.metadata["sha256"], engine=options.engine,
-        input=options.input, files=len(files), output=str(staged.output),
-        rows_read=counts.rows_read, rows_scored=counts.rows_scored, rows_rejected=counts.rows_rejected,
-        seconds=round(seconds, 3), rows_per_second=round(counts.rows_read / seconds, 1) if seconds > 0 else 0.0,
-        engine_seconds=round(now - engine_start, 3), part_files=len(counts.part_files),
+        model=handler.model_name,
+        version=handler.version,
+        sha256=handler.metadata["sha256"],
+        engine=options.engine,
+        input=options.input,
+        files=len(files),
+        output=str(staged.output),
+        rows_read=counts.rows_read,
+        rows_scored=counts.rows_scored,
+        rows_rejected=counts.rows_rejected,
+        seconds=round(seconds, 3),
+        rows_per_second=round(counts.rows_read / seconds, 1) if seconds > 0 else 0.0,
+        engine_seconds=round(now - engine_start, 3),
+        part_files=len(counts.part_files),
         rejects=f"{staged.output}/{REJECTS_DIR}" if counts.rows_rejected else None,
-        threads=threads, master=master, index=index_info,
+        threads=threads,
+        master=master,
+        index=index_info,
         spark={"partitions": counts.partitions, "artifact_loads": counts.artifact_loads} if master else None,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     summary = {**result.as_dict(), "input_files": [f.path for f in files][:1000]}
     staged.write_bytes(SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
@@ -198,8 +240,10 @@ def format_result(result: ScoreResult) -> str:
         f"  {result.rows_scored:,} predictions -> {result.output} ({result.part_files} part file(s))",
     ]
     if result.spark:
-        lines.append(f"  spark: {result.spark['partitions']} partitions per pass; the model was loaded "
-                     f"{result.spark['artifact_loads']} time(s) on the executors (once per Python worker)")
+        lines.append(
+            f"  spark: {result.spark['partitions']} partitions per pass; the model was loaded "
+            f"{result.spark['artifact_loads']} time(s) on the executors (once per Python worker)"
+        )
     if result.rows_rejected:
         lines.append(f"  {result.rows_rejected:,} rows refused -> {result.rejects} (row numbers and reasons)")
     else:

@@ -6,16 +6,18 @@ GIL; one intra-op thread per session call, so workers never oversubscribe the co
 writes the results in input order. Queues between the stages are bounded, so at most a few batches are
 in memory whatever the size of the input.
 """
+
 from __future__ import annotations
 
 import os
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,14 +109,16 @@ def score_local(
     total_bytes = sum(f.size for f in files)
     done_bytes = 0  # CSV progress: bytes of finished files plus the current file's position
     writer = PartWriter(directory, output_schema, rows_per_file, dictionary_columns=keep)
-    rejects_writer = PartWriter(directory / REJECTS_DIR, rejects_schema, rows_per_file,
-                                dictionary_columns=["source_file", "reason", *keep])
+    rejects_writer = PartWriter(
+        directory / REJECTS_DIR, rejects_schema, rows_per_file, dictionary_columns=["source_file", "reason", *keep]
+    )
     columns = list(plan.names) + [c for c in keep if c not in plan.names]
 
     def work(sb: SourceBatch) -> tuple[SourceBatch, pa.RecordBatch | None, pa.RecordBatch | None]:
         rows = np.arange(sb.first_row, sb.first_row + sb.batch.num_rows, dtype=np.int64)
-        scored, rejects = score_batch(sb.batch, plan, metadata, run, keep, output_schema, rejects_schema,
-                                      files[sb.file_index].path, rows)
+        scored, rejects = score_batch(
+            sb.batch, plan, metadata, run, keep, output_schema, rejects_schema, files[sb.file_index].path, rows
+        )
         return sb, scored, rejects
 
     inflight: deque[Future[Any]] = deque()
@@ -150,7 +154,7 @@ def score_local(
                     fraction = counts.rows_read / total
                 else:
                     if sb.file_index != last_file:
-                        done_bytes += sum(f.size for f in files[last_file:sb.file_index])
+                        done_bytes += sum(f.size for f in files[last_file : sb.file_index])
                         last_file = sb.file_index
                     fraction = (done_bytes + sb.bytes_read) / total_bytes if total_bytes else None
                 progress.update(counts.rows_read, fraction, counts.rows_rejected)

@@ -16,6 +16,7 @@ The whole directory is built in a hidden sibling (``.DIR.scoring-<host>-<pid>-<r
 place when complete: a failed job removes it, a killed one leaves only that hidden sibling (removed by the
 next run on the same output), never a half ``DIR``. An existing ``DIR`` is refused unless ``--overwrite``.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ import shutil
 import socket
 import sys
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +35,16 @@ import pyarrow.parquet as pq
 
 from exporter.errors import ExporterError
 
-__all__ = ["prediction_fields", "prediction_arrays", "output_schema", "rejects_schema", "REJECT_COLUMNS",
-           "PartWriter", "StagedOutput", "check_keep_names"]
+__all__ = [
+    "prediction_fields",
+    "prediction_arrays",
+    "output_schema",
+    "rejects_schema",
+    "REJECT_COLUMNS",
+    "PartWriter",
+    "StagedOutput",
+    "check_keep_names",
+]
 
 REJECT_COLUMNS = ("source_file", "source_row", "reason")
 PREDICTION = "prediction"
@@ -87,15 +97,23 @@ def output_schema(keep: pa.Schema, metadata: Mapping[str, Any]) -> pa.Schema:
 
 
 def rejects_schema(keep: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()),
-                      pa.field("reason", pa.string())] + list(keep))
+    return pa.schema(
+        [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()), pa.field("reason", pa.string())]
+        + list(keep)
+    )
 
 
 class PartWriter:
     """Parquet part files ``part-00000.parquet``... in one directory, a new file every ``rows_per_file`` rows."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, rows_per_file: int, compression: str = "snappy",
-                 dictionary_columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        schema: pa.Schema,
+        rows_per_file: int,
+        compression: str = "snappy",
+        dictionary_columns: Sequence[str] = (),
+    ) -> None:
         self.directory = directory
         self.schema = schema
         self.rows_per_file = max(1, int(rows_per_file))
@@ -133,8 +151,9 @@ class PartWriter:
         self._close_current()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"part-{len(self.files):05d}.parquet"
-        self._writer = pq.ParquetWriter(path, self.schema, compression=self.compression,
-                                        use_dictionary=self.dictionary_columns or False)
+        self._writer = pq.ParquetWriter(
+            path, self.schema, compression=self.compression, use_dictionary=self.dictionary_columns or False
+        )
         self.files.append(path)
         self._in_file = 0
 
@@ -183,7 +202,7 @@ class StagedOutput:
         if parent.exists() and not parent.is_dir():
             raise ExporterError(f"--output {str(out)!r}: {str(parent)!r} is not a directory")
 
-    def __enter__(self) -> "StagedOutput":
+    def __enter__(self) -> StagedOutput:
         self.check()
         parent = self.output.parent
         try:
@@ -204,7 +223,7 @@ class StagedOutput:
         host = socket.gethostname()
         prefix = f".{self.output.name}{STAGING_MARK}{host}-"
         for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
-            rest = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+            rest = path.name[len(prefix) :] if path.name.startswith(prefix) else ""
             pid = rest.split("-", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 print(f"note: removing {path.name}, the partial output of an interrupted run", file=sys.stderr)

@@ -3,6 +3,7 @@
 On a terminal one line is redrawn a few times a second; otherwise (a log file, CI) a plain line is
 printed every ``interval`` seconds, so logs stay readable.
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,9 @@ def _fmt_seconds(seconds: float) -> str:
 class Progress:
     """Call :meth:`update` with rows done (and the fraction done when the total is known); :meth:`close` at the end."""
 
-    def __init__(self, label: str, enabled: bool = True, stream: TextIO | None = None,
-                 interval: float | None = None) -> None:
+    def __init__(
+        self, label: str, enabled: bool = True, stream: TextIO | None = None, interval: float | None = None
+    ) -> None:
         self.label = label
         self.enabled = enabled
         self.stream = stream or sys.stderr
@@ -41,8 +43,9 @@ class Progress:
             text += f"  {rejected:,} rejected"
         return text + (f"  {extra}" if extra else "")
 
-    def update(self, rows: int, fraction: float | None = None, rejected: int = 0, extra: str = "",
-               force: bool = False) -> None:
+    def update(
+        self, rows: int, fraction: float | None = None, rejected: int = 0, extra: str = "", force: bool = False
+    ) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()

@@ -16,6 +16,7 @@ sha256-checks it once. Row numbers: Parquet's ``_metadata.row_index``; CSV files
 ``--master`` picks the cluster (default ``local[*]``; under ``spark-submit`` the submitted master is used).
 Local masters bind the driver to 127.0.0.1 and run without the web UI.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,10 @@ import threading
 import uuid
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -80,8 +82,9 @@ appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
 """
 
 
-def spark_session(master: str | None, conf: dict[str, str], app_name: str, batch_rows: int,
-                  workdir: Path | None = None) -> tuple[Any, bool]:
+def spark_session(
+    master: str | None, conf: dict[str, str], app_name: str, batch_rows: int, workdir: Path | None = None
+) -> tuple[Any, bool]:
     """An active Spark session (reused when one exists, e.g. under spark-submit) and whether we created it."""
     SparkSession = _import_pyspark()
     active = SparkSession.getActiveSession()
@@ -139,8 +142,9 @@ class SparkJobSession:
     def __enter__(self) -> Any:
         self.workdir = Path(tempfile.mkdtemp(prefix="exporter-spark-session-"))
         try:
-            self.spark, self.created = spark_session(self.options.master, self.options.spark_conf, self.app_name,
-                                                     self.options.batch_rows, self.workdir)
+            self.spark, self.created = spark_session(
+                self.options.master, self.options.spark_conf, self.app_name, self.options.batch_rows, self.workdir
+            )
         except BaseException:
             shutil.rmtree(self.workdir, ignore_errors=True)
             raise
@@ -176,11 +180,13 @@ class HadoopStagedOutput:
                 "(it is replaced only once the new output is complete)"
             )
 
-    def __enter__(self) -> "HadoopStagedOutput":
+    def __enter__(self) -> HadoopStagedOutput:
         self.check()
         parent = self._target.getParent()
         name = self._target.getName()
-        self.staging = f"{parent.toString()}/.{name}{STAGING_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staging = (
+            f"{parent.toString()}/.{name}{STAGING_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
         self.fs.mkdirs(self._Path(self.staging))
         return self
 
@@ -201,7 +207,9 @@ class HadoopStagedOutput:
         if self.fs.exists(self._target):
             if not self.overwrite:
                 raise ExporterError(f"--output {self.output!r} appeared while scoring; not replacing it")
-            old = self._Path(f"{self._target.getParent().toString()}/.{self._target.getName()}.replaced-{uuid.uuid4().hex[:8]}")
+            old = self._Path(
+                f"{self._target.getParent().toString()}/.{self._target.getName()}.replaced-{uuid.uuid4().hex[:8]}"
+            )
             self.fs.rename(self._target, old)
         if not self.fs.rename(self._Path(self.uri), self._target):
             if old is not None:
@@ -245,8 +253,13 @@ def _spark_read(spark: Any, files: Sequence[InputFile], uri: str | None, fmt: st
     reader = spark.read
     if fmt == "csv":
         # every column as text (no inference) like the local engine; whole files per task for row numbers
-        reader = reader.option("header", True).option("multiLine", True).option("inferSchema", False) \
-            .option("enforceSchema", False).option("mode", "PERMISSIVE")
+        reader = (
+            reader.option("header", True)
+            .option("multiLine", True)
+            .option("inferSchema", False)
+            .option("enforceSchema", False)
+            .option("mode", "PERMISSIVE")
+        )
         return reader.csv([f"file://{f.path}" for f in files] if files else uri)
     return reader.parquet(*([f"file://{f.path}" for f in files] if files else [uri]))  # not percent-encoded: see uri
 
@@ -307,23 +320,43 @@ def score_spark(
 
         keep_spark = [df.schema[c] for c in keep]
         keep_arrow = to_arrow_schema(StructType(keep_spark)) if keep else pa.schema([])
-        rejects_arrow = pa.schema([pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()),
-                                   pa.field("reason", pa.string())] + list(keep_arrow))
+        rejects_arrow = pa.schema(
+            [pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()), pa.field("reason", pa.string())]
+            + list(keep_arrow)
+        )
         out_arrow = pa.schema(list(keep_arrow) + prediction_fields(handler.metadata))
-        rejects_spark = StructType([StructField(REJECT_COLUMNS[0], StringType()), StructField(REJECT_COLUMNS[1], LongType()),
-                                    StructField(REJECT_COLUMNS[2], StringType())] + keep_spark)
-        out_spark = StructType(keep_spark + [
-            StructField(f.name, ArrayType(DoubleType()) if pa.types.is_list(f.type) else DoubleType())
-            for f in prediction_fields(handler.metadata)
-        ])
+        rejects_spark = StructType(
+            [
+                StructField(REJECT_COLUMNS[0], StringType()),
+                StructField(REJECT_COLUMNS[1], LongType()),
+                StructField(REJECT_COLUMNS[2], StringType()),
+            ]
+            + keep_spark
+        )
+        out_spark = StructType(
+            keep_spark
+            + [
+                StructField(f.name, ArrayType(DoubleType()) if pa.types.is_list(f.type) else DoubleType())
+                for f in prediction_fields(handler.metadata)
+            ]
+        )
 
         rows_acc = sc.accumulator(0)
         loads_acc = sc.accumulator(0)
         refused_acc = sc.accumulator(0)
-        common = dict(artifact_name=artifact.name, sha256=handler.metadata["sha256"], metadata=handler.metadata,
-                      keep=keep, csv=fmt == "csv", output_schema=out_arrow, rejects_schema=rejects_arrow,
-                      threads=int(spark.conf.get("spark.task.cpus", "1")), rows_accumulator=rows_acc,
-                      loads_accumulator=loads_acc, refused_accumulator=refused_acc)
+        common = dict(
+            artifact_name=artifact.name,
+            sha256=handler.metadata["sha256"],
+            metadata=handler.metadata,
+            keep=keep,
+            csv=fmt == "csv",
+            output_schema=out_arrow,
+            rejects_schema=rejects_arrow,
+            threads=int(spark.conf.get("spark.task.cpus", "1")),
+            rows_accumulator=rows_acc,
+            loads_accumulator=loads_acc,
+            refused_accumulator=refused_acc,
+        )
         rejects_dir = _join(output, REJECTS_DIR)
         counts = SparkCounts()
 
@@ -411,7 +444,6 @@ def _watch(sc: Any, progress: Progress, rows_acc: Any, stop: threading.Event) ->
                     done += info.numCompletedTasks
                     total += info.numTasks
             if total:
-                progress.update(int(rows_acc.value), done / total if done else None,
-                                extra=f"tasks {done}/{total}")
+                progress.update(int(rows_acc.value), done / total if done else None, extra=f"tasks {done}/{total}")
         except Exception:  # the context may be stopping; progress is best effort
             return

@@ -8,12 +8,14 @@ before any session exists, and keeps it for every later partition that worker ru
 workers). Each batch goes through :func:`exporter.scoring.core.score_batch`, the same code as the local
 engine: Python never loops over rows, except to word the reasons of refused rows.
 """
+
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -103,8 +105,15 @@ class BatchTask:
             files = batch.column(FILE_COLUMN)
             rows = self._rows(batch, files, csv_rows)
             scored, rejects = score_batch(
-                batch, plan, self.metadata, run, self.keep, self.output_schema if self.score else None,
-                self.rejects_schema, files, rows,
+                batch,
+                plan,
+                self.metadata,
+                run,
+                self.keep,
+                self.output_schema if self.score else None,
+                self.rejects_schema,
+                files,
+                rows,
             )
             if self.rows_accumulator is not None:
                 self.rows_accumulator.add(batch.num_rows)

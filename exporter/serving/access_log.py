@@ -6,6 +6,7 @@ formatting); a background thread wakes every ``interval`` seconds, formats what 
 one ``write`` and one ``flush``. Lines keep request order and the ``logging`` layout of every other line
 (``<asctime> INFO exporter.serve: <message>``); :meth:`AccessLog.close` writes what is left at shutdown.
 """
+
 from __future__ import annotations
 
 import collections

@@ -14,6 +14,7 @@ any size. :func:`guarded_protocol` returns uvicorn's ``HttpToolsProtocol`` with 
 Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``. Answers are JSON ``{"error": ...}``
 bodies like every other error of the server.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,18 @@ class _Refused(Exception):
 
 def _raw_error(status: int, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, _REASONS[status], len(body))) + body
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        % (status, _REASONS[status], len(body))
+    ) + body
 
 
-def guarded_protocol(*, header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-                     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> type:
+def guarded_protocol(
+    *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> type:
     """uvicorn's httptools protocol class with the limits above (pass it as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -88,8 +95,9 @@ def guarded_protocol(*, header_timeout: float = DEFAULT_HEADER_TIMEOUT, body_tim
             if not cycle.response_started:
                 cycle.disconnected = True  # the application's late answer goes nowhere
                 cycle.message_event.set()
-                self._refuse(408, f"request body not received within {body_timeout:g}s of the headers; "
-                                  "connection closed")
+                self._refuse(
+                    408, f"request body not received within {body_timeout:g}s of the headers; connection closed"
+                )
             else:
                 self._refused = True
                 self.transport.close()

@@ -10,6 +10,7 @@ meanwhile: nothing in flight is dropped. A new version that fails to load (bad s
 inconsistent metadata) is logged and listed under ``failed`` in ``GET /models``; the versions already
 serving stay. At startup, by contrast, any failure stops ``serve`` with every problem listed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exporter.runtime.rules import version_dirs
 from exporter.errors import ExporterError
+from exporter.runtime.rules import version_dirs
 
 if TYPE_CHECKING:  # pragma: no cover
     from exporter.runtime.handler import ModelHandler
@@ -43,8 +44,8 @@ def _dir_key(path: Path) -> DirKey | None:
 class ModelRegistry:
     """One view of the served models: ``versions[name][version] -> handler``, the latest per name, failures."""
 
-    versions: dict[str, dict[str, "ModelHandler"]] = field(default_factory=dict)
-    latest: dict[str, "ModelHandler"] = field(default_factory=dict)
+    versions: dict[str, dict[str, ModelHandler]] = field(default_factory=dict)
+    latest: dict[str, ModelHandler] = field(default_factory=dict)
     #: (model, version) -> why it is not served
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (model, version) -> directory identity when it was loaded or failed
@@ -57,7 +58,7 @@ class ModelRegistry:
     @classmethod
     def from_artifacts(
         cls, artifacts: Path, *, max_rows: int | None = None, threads: int | None = None
-    ) -> "ModelRegistry":
+    ) -> ModelRegistry:
         """Load every version of every model under ``artifacts``; raises ExporterError listing every failure."""
         registry = scan(Path(artifacts), max_rows=max_rows, threads=threads)
         if registry.failed:
@@ -89,7 +90,7 @@ class ModelRegistry:
             ],
         }
 
-    def finish(self) -> "ModelRegistry":
+    def finish(self) -> ModelRegistry:
         """Compute the latest version per model and the precomputed answers; returns self."""
         import orjson
 
@@ -104,8 +105,9 @@ class ModelRegistry:
         return "; ".join(f"{n} {','.join(sorted(v, key=int))}" for n, v in sorted(self.versions.items())) or "nothing"
 
 
-def scan(artifacts: Path, *, max_rows: int | None = None, threads: int | None = None,
-         previous: ModelRegistry | None = None) -> ModelRegistry:
+def scan(
+    artifacts: Path, *, max_rows: int | None = None, threads: int | None = None, previous: ModelRegistry | None = None
+) -> ModelRegistry:
     """A new view of ``artifacts``: versions of ``previous`` still on disk keep their handler, new ones load.
 
     A version that failed before is tried again only when its directory changed. Never raises for a broken
@@ -151,8 +153,9 @@ def scan(artifacts: Path, *, max_rows: int | None = None, threads: int | None = 
                 registry.failed[ident] = f"{vdir}: {type(exc).__name__}: {exc}"
                 continue
             if handler.model_name != name:
-                registry.failed[ident] = (f"{vdir}: metadata.json names the model {handler.model_name!r}, "
-                                          f"but it sits in directory {name!r}")
+                registry.failed[ident] = (
+                    f"{vdir}: metadata.json names the model {handler.model_name!r}, but it sits in directory {name!r}"
+                )
                 continue
             registry.versions.setdefault(name, {})[vdir.name] = handler
     return registry.finish()
@@ -161,8 +164,9 @@ def scan(artifacts: Path, *, max_rows: int | None = None, threads: int | None = 
 class LiveRegistry:
     """The current :class:`ModelRegistry` of a running server, replaced whole by :meth:`reload`."""
 
-    def __init__(self, registry: ModelRegistry, artifacts: Path, *, max_rows: int | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, artifacts: Path, *, max_rows: int | None = None, threads: int | None = None
+    ) -> None:
         self.current = registry
         self.artifacts = Path(artifacts)
         self.max_rows = max_rows
@@ -190,7 +194,8 @@ class LiveRegistry:
             log.warning("reload (%s): %s/%s failed to load and is not served: %s", reason, *ident, why)
         if added or removed or fresh_failures or reason != "poll":
             log.warning(
-                "reload (%s): %s%s%snow serving %s", reason,
+                "reload (%s): %s%s%snow serving %s",
+                reason,
                 f"loaded {', '.join('/'.join(i) for i in added)}; " if added else "",
                 f"removed {', '.join('/'.join(i) for i in removed)}; " if removed else "",
                 f"{len(after.failed)} failed; " if after.failed else "",
@@ -219,7 +224,7 @@ class Reloader:
         while True:
             try:
                 await asyncio.wait_for(self._wanted.wait(), timeout=self.poll if self.poll > 0 else None)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             reason, self._reason = self._reason, "poll"
             if self._wanted.is_set():

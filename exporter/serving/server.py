@@ -11,6 +11,7 @@ thread (:mod:`exporter.serving.access_log`).
 Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions. The command line (options, SIGHUP,
 ``--poll``) is :mod:`exporter.commands.serve`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,11 @@ async def _send_json(send: Send, status: int, body: bytes, header_length: int | 
     if header_length is None:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     else:
-        headers = [(b"content-type", b"application/octet-stream"),
-                   (b"inference-header-content-length", str(header_length).encode()),
-                   (b"content-length", str(len(body)).encode())]
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(header_length).encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -186,10 +189,13 @@ def create_app(
                         f"{', '.join(sorted(view.versions[name], key=int))}"
                     )
             elif _content_encoding(scope) is not None:  # say so instead of failing to decode
-                status, answer = 415, _error(
-                    f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
-                    "accepts only uncompressed JSON bodies (Content-Encoding identity or none): "
-                    "send it uncompressed"
+                status, answer = (
+                    415,
+                    _error(
+                        f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
+                        "accepts only uncompressed JSON bodies (Content-Encoding identity or none): "
+                        "send it uncompressed"
+                    ),
                 )
             else:
                 content_length = header_length = None
@@ -202,34 +208,71 @@ def create_app(
                     body = await _read_body(content_length, receive, max_body_bytes)
                 except _Disconnected:
                     if add_line is not None:
-                        add_line((now(), "POST %s model=%s version=%s rows=0 status=- time_ms=%.2f client disconnected "
-                                  "before sending its body", _log_path(scope), handler.model_name, handler.version,
-                                  (perf() - start) * 1000.0))
+                        add_line(
+                            (
+                                now(),
+                                "POST %s model=%s version=%s rows=0 status=- time_ms=%.2f client disconnected "
+                                "before sending its body",
+                                _log_path(scope),
+                                handler.model_name,
+                                handler.version,
+                                (perf() - start) * 1000.0,
+                            )
+                        )
                     return
                 except _TooLarge as exc:
-                    status, answer = 413, _error(
-                        f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
-                        "(--max-body-bytes): split the rows over several requests"
+                    status, answer = (
+                        413,
+                        _error(
+                            f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
+                            "(--max-body-bytes): split the rows over several requests"
+                        ),
                     )
                 else:
                     if len(body) > THREAD_OFFLOAD_BYTES:
                         status, answer, rows, answer_header = await run_in_threadpool(
-                            handler.handle_http, body, header_length)
+                            handler.handle_http, body, header_length
+                        )
                     else:
                         status, answer, rows, answer_header = handler.handle_http(body, header_length)
             await _send_json(send, status, answer, answer_header)
             if add_line is not None:
                 if handler is not None:
-                    add_line((now(), "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f", _log_path(scope),
-                              handler.model_name, handler.version, rows, status, (perf() - start) * 1000.0))
+                    add_line(
+                        (
+                            now(),
+                            "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f",
+                            _log_path(scope),
+                            handler.model_name,
+                            handler.version,
+                            rows,
+                            status,
+                            (perf() - start) * 1000.0,
+                        )
+                    )
                 else:
-                    add_line((now(), "POST %s model=- version=- rows=0 status=%d time_ms=%.2f", _log_path(scope),
-                              status, (perf() - start) * 1000.0))
+                    add_line(
+                        (
+                            now(),
+                            "POST %s model=- version=- rows=0 status=%d time_ms=%.2f",
+                            _log_path(scope),
+                            status,
+                            (perf() - start) * 1000.0,
+                        )
+                    )
 
     def _plain(status: int, body: bytes, request: Request, start: float) -> Response:
         if add_line is not None:
-            add_line((now(), "%s %s status=%d time_ms=%.2f", request.method, _log_path(request.scope), status,
-                      (perf() - start) * 1000.0))
+            add_line(
+                (
+                    now(),
+                    "%s %s status=%d time_ms=%.2f",
+                    request.method,
+                    _log_path(request.scope),
+                    status,
+                    (perf() - start) * 1000.0,
+                )
+            )
         return Response(body, status_code=status, media_type="application/json")
 
     async def ping(request: Request) -> Response:
@@ -245,8 +288,9 @@ def create_app(
         raw_path = request.scope.get("raw_path") or b""
         body = None if _encoded_separator(raw_path) else view.metadata_bodies.get(name)
         if body is None:
-            return _plain(404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"),
-                          request, start)
+            return _plain(
+                404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"), request, start
+            )
         return _plain(200, body, request, start)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -258,18 +302,22 @@ def create_app(
             )
         elif status == 405:
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
-            message = f"method {_shown(request.method)} is not allowed on {_shown(request.url.path)}; allowed: {allowed}"
+            message = (
+                f"method {_shown(request.method)} is not allowed on {_shown(request.url.path)}; allowed: {allowed}"
+            )
         else:
             message = str(getattr(exc, "detail", "")) or "bad request"
         if add_line is not None:
             add_line((now(), "%s %s status=%d", request.method, _log_path(request.scope), status))
-        return Response(_error(message), status_code=status, media_type="application/json",
-                        headers=getattr(exc, "headers", None))
+        return Response(
+            _error(message), status_code=status, media_type="application/json", headers=getattr(exc, "headers", None)
+        )
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, _log_path(request.scope))
-        return Response(_error(f"internal server error: {type(exc).__name__}"), status_code=500,
-                        media_type="application/json")
+        return Response(
+            _error(f"internal server error: {type(exc).__name__}"), status_code=500, media_type="application/json"
+        )
 
     predict = Predict()
     routes = [

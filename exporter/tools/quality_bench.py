@@ -18,6 +18,7 @@ The pipeline is driven through :class:`exporter.export.pipeline.ExportParams`; :
 label and a feature schema only when ``ExportParams`` declares those fields, so the harness also runs on older pipelines.
 Categorical columns travel as integer codes either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,14 @@ LABEL = ml.LIKED
 
 #: The CTR models' inputs: every ML-100k feature as one number (categoricals as integer codes).
 FEATURES: tuple[str, ...] = (
-    "user_id", "item_id", "age", "gender", "occupation", "zip_prefix", "release_year", *ml.GENRE_COLUMNS,
+    "user_id",
+    "item_id",
+    "age",
+    "gender",
+    "occupation",
+    "zip_prefix",
+    "release_year",
+    *ml.GENRE_COLUMNS,
 )
 CATEGORICAL: tuple[str, ...] = ("user_id", "item_id", "gender", "occupation", "zip_prefix")
 USER_TOWER: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_prefix")
@@ -84,7 +92,10 @@ XGB_BASELINE: dict[str, Any] = {"n_estimators": 600, "max_depth": 6, "learning_r
 HPARAMS: dict[str, dict[str, Any]] = {
     "xgb": {"n_estimators": 600, "max_depth": 6},
     "deepfm": {},
-    "mmoe": {"tasks": MMOE_TASKS, "embed_dim": 16},  # wider ID embeddings than the synthetic default: 0.796 vs 0.788 AUC
+    "mmoe": {
+        "tasks": MMOE_TASKS,
+        "embed_dim": 16,
+    },  # wider ID embeddings than the synthetic default: 0.796 vs 0.788 AUC
     "two_tower": {"user_columns": list(USER_TOWER), "item_columns": list(ITEM_TOWER)},
 }
 QUICK_HPARAMS: dict[str, dict[str, Any]] = {
@@ -162,14 +173,18 @@ def synthetic_movielens(n_users: int = 150, n_items: int = 100, per_user: int = 
     genres = (rng.random((n_items, len(ml.GENRES))) < 0.15).astype(np.int64)
     year = rng.integers(1930, 1999, n_items).astype(np.float64)
     year[0] = np.nan
-    frame = pd.DataFrame({
-        "user_id": users + 1, "item_id": items + 1, "rating": rating,
-        "timestamp": 880_000_000 + np.arange(len(users)),
-        "age": rng.integers(7, 74, n_users)[users],
-        "gender": np.where(rng.random(n_users) < 0.7, "M", "F")[users],
-        "occupation": occupations[rng.integers(0, len(occupations), n_users)][users],
-        "zip_code": np.array([f"{z:05d}" for z in rng.integers(0, 99999, n_users)])[users],
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": users + 1,
+            "item_id": items + 1,
+            "rating": rating,
+            "timestamp": 880_000_000 + np.arange(len(users)),
+            "age": rng.integers(7, 74, n_users)[users],
+            "gender": np.where(rng.random(n_users) < 0.7, "M", "F")[users],
+            "occupation": occupations[rng.integers(0, len(occupations), n_users)][users],
+            "zip_code": np.array([f"{z:05d}" for z in rng.integers(0, 99999, n_users)])[users],
+        }
+    )
     frame["zip_prefix"] = frame["zip_code"].str[:1]
     frame["release_year"] = year[items]
     for j, col in enumerate(ml.GENRE_COLUMNS):
@@ -215,14 +230,22 @@ def feature_schema(columns: Sequence[str], model: str) -> dict[str, Any]:
     return {"label": LABEL, "features": features}
 
 
-def pipeline_params(model: str, data_path: Path, columns: Sequence[str], hparams: Mapping[str, Any],
-                    artifacts: Path) -> Any:
+def pipeline_params(
+    model: str, data_path: Path, columns: Sequence[str], hparams: Mapping[str, Any], artifacts: Path
+) -> Any:
     """The one place that builds ExportParams: label and schema are passed only when the pipeline has them."""
     from exporter.export.pipeline import ExportParams
 
     fields = _param_fields()
-    kwargs: dict[str, Any] = dict(model=model, data_path=data_path, seed=SEED, feature_columns=list(columns),
-                                  hparams=dict(hparams), artifacts=artifacts, progress=False)
+    kwargs: dict[str, Any] = dict(
+        model=model,
+        data_path=data_path,
+        seed=SEED,
+        feature_columns=list(columns),
+        hparams=dict(hparams),
+        artifacts=artifacts,
+        progress=False,
+    )
     if "label" in fields:  # else the frame's `label` column, a copy of `liked`, is the label
         kwargs["label"] = LABEL
     for name in ("schema", "feature_schema"):
@@ -244,8 +267,11 @@ def _first(metrics: Mapping[str, float], names: Sequence[str], suffix: str = "")
 
 def _agreement(ours: Mapping[str, float], pipeline_metrics: Mapping[str, float]) -> str:
     """'' when the pipeline's own retrieval metrics (its metadata) equal ours from the ONNX towers; else the gap."""
-    gaps = [f"{k} {pipeline_metrics[k]:.4f} vs {v:.4f}" for k, v in ours.items()
-            if k in pipeline_metrics and abs(pipeline_metrics[k] - v) > 1e-6]
+    gaps = [
+        f"{k} {pipeline_metrics[k]:.4f} vs {v:.4f}"
+        for k, v in ours.items()
+        if k in pipeline_metrics and abs(pipeline_metrics[k] - v) > 1e-6
+    ]
     if not any(k in pipeline_metrics for k in ours):
         return "the pipeline reports no retrieval metrics"
     return f"WARNING: the pipeline's own evaluation differs ({', '.join(gaps)})" if gaps else ""
@@ -272,15 +298,23 @@ def _split_check(result: Any, frame: pd.DataFrame, held: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------- baselines
 
 
-def xgb_baseline(x_train: np.ndarray, y_train: np.ndarray, x_held: np.ndarray, params: Mapping[str, Any],
-                 threads: int) -> np.ndarray:
+def xgb_baseline(
+    x_train: np.ndarray, y_train: np.ndarray, x_held: np.ndarray, params: Mapping[str, Any], threads: int
+) -> np.ndarray:
     """Plain XGBoost (xgboost defaults but for ``params``) on the raw numeric columns: held-out probabilities."""
     import xgboost as xgb
 
     booster = xgb.train(
-        {"objective": "binary:logistic", "tree_method": "hist", "max_depth": int(params["max_depth"]),
-         "eta": float(params["learning_rate"]), "nthread": threads, "seed": SEED},
-        xgb.DMatrix(x_train, label=y_train), num_boost_round=int(params["n_estimators"]),
+        {
+            "objective": "binary:logistic",
+            "tree_method": "hist",
+            "max_depth": int(params["max_depth"]),
+            "eta": float(params["learning_rate"]),
+            "nthread": threads,
+            "seed": SEED,
+        },
+        xgb.DMatrix(x_train, label=y_train),
+        num_boost_round=int(params["n_estimators"]),
     )
     return np.asarray(booster.predict(xgb.DMatrix(x_held)), dtype=np.float64)
 
@@ -296,29 +330,52 @@ def tower_embeddings(version_dir: Path, table: pd.DataFrame, threads: int) -> np
         raise ExporterError(f"{version_dir}: the tower reads {', '.join(missing)}, which the benchmark table lacks")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(version_dir / meta.get("model_file", "model.onnx")), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(version_dir / meta.get("model_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
+    )
     x = np.ascontiguousarray(table[columns].to_numpy(dtype=np.float64))
-    parts = [session.run(["predictions"], {"features": x[i:i + 8192]})[0] for i in range(0, len(x), 8192)]
+    parts = [session.run(["predictions"], {"features": x[i : i + 8192]})[0] for i in range(0, len(x), 8192)]
     return np.concatenate(parts).astype(np.float64)
 
 
-def _retrieval_rows(model: str, result: R.RetrievalResult, baseline: Mapping[str, float] | None,
-                    seconds: float | None, note: str, judge: bool) -> list[Row]:
+def _retrieval_rows(
+    model: str,
+    result: R.RetrievalResult,
+    baseline: Mapping[str, float] | None,
+    seconds: float | None,
+    note: str,
+    judge: bool,
+) -> list[Row]:
     rows = []
     for i, name in enumerate(R.metric_names()):
-        rows.append(Row(model, name, result.metrics[name], "popularity" if baseline else "",
-                        baseline[name] if baseline else None, seconds if i == 0 else None, note if i == 0 else "",
-                        judge=judge))
+        rows.append(
+            Row(
+                model,
+                name,
+                result.metrics[name],
+                "popularity" if baseline else "",
+                baseline[name] if baseline else None,
+                seconds if i == 0 else None,
+                note if i == 0 else "",
+                judge=judge,
+            )
+        )
     return rows
 
 
 # --------------------------------------------------------------------------------------------- the run
 
 
-def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: pd.DataFrame | None = None,
-                overrides: Mapping[str, Mapping[str, Any]] | None = None, threads: int = 2,
-                workdir: Path | None = None, log: Callable[[str], None] | None = None) -> list[Row]:
+def run_quality(
+    models: Sequence[str] = MODELS,
+    *,
+    quick: bool = False,
+    frame: pd.DataFrame | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    threads: int = 2,
+    workdir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[Row]:
     """Train every model in ``models`` on one split and return the table's rows (baselines included).
 
     ``frame`` defaults to MovieLens-100k (or, with ``quick``, :func:`synthetic_movielens`); ``overrides``
@@ -352,18 +409,26 @@ def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: p
     log(f"training plain XGBoost ({base_params['n_estimators']} trees, depth {base_params['max_depth']}) ...")
     t0 = time.perf_counter()
     base_auc = M.auc(y[held_rows], xgb_baseline(x[train_rows], y[train_rows], x[held_rows], base_params, threads))
-    rows.append(Row("xgb baseline", "AUC", base_auc, seconds=time.perf_counter() - t0,
-                    note=f"plain xgboost, {base_params['n_estimators']} trees, depth {base_params['max_depth']}, "
-                         f"eta {base_params['learning_rate']}", judge=judge))
+    rows.append(
+        Row(
+            "xgb baseline",
+            "AUC",
+            base_auc,
+            seconds=time.perf_counter() - t0,
+            note=f"plain xgboost, {base_params['n_estimators']} trees, depth {base_params['max_depth']}, "
+            f"eta {base_params['learning_rate']}",
+            judge=judge,
+        )
+    )
 
     # popularity, on the same split
     users, items = ml.users_table(table), ml.items_table(table)
-    sets = R.eval_sets(table.iloc[train_rows], table.iloc[held_rows], users=users["user_id"], items=items["item_id"],
-                       positive=LABEL)
+    sets = R.eval_sets(
+        table.iloc[train_rows], table.iloc[held_rows], users=users["user_id"], items=items["item_id"], positive=LABEL
+    )
     t0 = time.perf_counter()
     popularity = R.evaluate_popularity(sets.train, sets.heldout, len(items))
-    pop_note = (f"{popularity.users_evaluated} users with held-out likes, {len(items)} items; "
-                "training items excluded")
+    pop_note = f"{popularity.users_evaluated} users with held-out likes, {len(items)} items; training items excluded"
     retrieval_rows += _retrieval_rows("popularity", popularity, None, time.perf_counter() - t0, pop_note, judge)
 
     scratch = tempfile.TemporaryDirectory(prefix="quality-bench-") if workdir is None else None
@@ -401,8 +466,13 @@ def run_quality(models: Sequence[str] = MODELS, *, quick: bool = False, frame: p
                 found = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout)
                 agree = _agreement(found.metrics, metrics)
                 retrieval_rows += _retrieval_rows(
-                    model, found, popularity.metrics, seconds,
-                    "; ".join(n for n in ("exported ONNX towers, exact dot-product top K", note, agree) if n), judge)
+                    model,
+                    found,
+                    popularity.metrics,
+                    seconds,
+                    "; ".join(n for n in ("exported ONNX towers, exact dot-product top K", note, agree) if n),
+                    judge,
+                )
     finally:
         if scratch is not None:
             scratch.cleanup()
@@ -464,8 +534,13 @@ def environment(source: str = "") -> list[str]:
         usable = os.cpu_count() or 0
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     lines = [
@@ -512,13 +587,23 @@ def _parse_param(text: str) -> tuple[str, str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the quality benchmark (usable as a ``bench quality`` sub-command as they are)."""
     parser.add_argument("--models", nargs="+", default=list(MODELS), help=f"default: {' '.join(MODELS)}")
-    parser.add_argument("--quick", action="store_true",
-                        help="small synthetic MovieLens-like table and few epochs/trees: a smoke test")
-    parser.add_argument("--param", action="append", default=[], metavar="MODEL.KEY=VALUE",
-                        help="hyper-parameter override for one model (VALUE parsed as JSON), repeatable")
+    parser.add_argument(
+        "--quick", action="store_true", help="small synthetic MovieLens-like table and few epochs/trees: a smoke test"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="MODEL.KEY=VALUE",
+        help="hyper-parameter override for one model (VALUE parsed as JSON), repeatable",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch, xgboost and onnxruntime threads (default: 2)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the temporary parquet and artifacts here (default: a temp dir, deleted)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the temporary parquet and artifacts here (default: a temp dir, deleted)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and environment to this file")
 
 
@@ -533,16 +618,19 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     frame = synthetic_movielens() if args.quick else ml.load_ml100k()
     source = frame.attrs.get("source", "")
-    rows = run_quality(args.models, quick=args.quick, frame=frame, overrides=overrides, threads=args.threads,
-                       workdir=args.workdir)
+    rows = run_quality(
+        args.models, quick=args.quick, frame=frame, overrides=overrides, threads=args.threads, workdir=args.workdir
+    )
     total = time.perf_counter() - start
     env = environment(source)
     print("# quality benchmark" + (" (--quick: synthetic smoke run, not a measurement)" if args.quick else ""))
     for line in env:
         print(f"# {line}")
-    print(f"# split: exporter.training.data.split_indices(n={len(frame)}, seed={SEED}) "
-          "(80/20 by rows = by user-item pairs); "
-          f"label {LABEL} = rating >= 4")
+    print(
+        f"# split: exporter.training.data.split_indices(n={len(frame)}, seed={SEED}) "
+        "(80/20 by rows = by user-item pairs); "
+        f"label {LABEL} = rating >= 4"
+    )
     print()
     print(render(rows))
     print()
@@ -550,15 +638,19 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     print(f"\ntotal {total:.1f} s", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "seconds": total,
-                                         "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        args.json.write_text(
+            json.dumps({"environment": env, "seconds": total, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2)
+        )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python benchmarks/quality.py``: errors are one line on stderr, exit 2, as the CLI does."""
-    parser = argparse.ArgumentParser(prog="python benchmarks/quality.py", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/quality.py",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -12,6 +12,7 @@ as rows/s and as a ratio to raw onnxruntime; then, over HTTP on loopback against
 clients (``wrk`` when installed, else a built-in asyncio load generator). Timings are medians of repeated
 runs; nothing here asserts on them: the tables are the result.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,13 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from exporter.runtime.rules import version_dirs
 from exporter.errors import ExporterError
-
+from exporter.runtime.rules import version_dirs
 
 TARGETS = {
     "v2_at_1024": 1.5,
@@ -68,8 +69,9 @@ def time_call(fn: Callable[[], Any], min_time: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def make_rows(sample_rows: list[dict[str, Any]], columns: list[str], n: int, seed: int = 0,
-              keep: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+def make_rows(
+    sample_rows: list[dict[str, Any]], columns: list[str], n: int, seed: int = 0, keep: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """``n`` plausible rows: sample_request rows resampled, floats jittered; integers, strings and the ``keep``
     columns (categorical: IDs and codes must stay what they are) taken whole from a sample row."""
     import numpy as np
@@ -164,8 +166,18 @@ def bench_model(model: str, vdir: Path, batch_sizes: list[int], min_time: float)
         rows = make_rows(sample, columns, batch, seed=batch, keep=categorical)
         x = handler.torchserve.decode({"data": rows})  # strings as their vocabulary codes, as a v2 client sends
         ts_body = orjson.dumps({"data": rows})
-        v2_body = orjson.dumps({"inputs": [{"name": handler.input_name, "shape": [batch, len(columns)],
-                                            "datatype": "FP64", "data": x.ravel().tolist()}]})
+        v2_body = orjson.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": handler.input_name,
+                        "shape": [batch, len(columns)],
+                        "datatype": "FP64",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            }
+        )
         for body in (ts_body, v2_body):
             status, answer = handler.handle_bytes(body)
             if status != 200:
@@ -189,11 +201,19 @@ def binary_body(input_name: str, output_name: str, x: Any) -> tuple[bytes, int]:
     import orjson
 
     data = np.ascontiguousarray(x, dtype="<f8").tobytes()
-    header = orjson.dumps({
-        "inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP64",
-                    "parameters": {"binary_data_size": len(data)}}],
-        "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
-    })
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(x.shape),
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+        }
+    )
     return header + data, len(header)
 
 
@@ -204,9 +224,23 @@ class ServerProcess:
     def __init__(self, artifacts: Path, log_level: str = "info") -> None:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="exporter-bench-serve-", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "serve", "--artifacts", str(artifacts), "--port", "0",
-             "--max-rows", "10000", "--log-level", log_level],
-            stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "serve",
+                "--artifacts",
+                str(artifacts),
+                "--port",
+                "0",
+                "--max-rows",
+                "10000",
+                "--log-level",
+                log_level,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         deadline = time.time() + 120
         self.url = ""
@@ -280,8 +314,19 @@ def run_wrk(url: str, body: bytes, seconds: float, clients: int) -> HttpResult:
         script.write_text(_WRK_SCRIPT)
         threads = max(1, min(clients, 2))
         proc = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url],
-            capture_output=True, text=True, env=dict(os.environ, EXPORTER_BENCH_BODY=str(body_path)),
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{clients}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, EXPORTER_BENCH_BODY=str(body_path)),
             timeout=seconds + 60,
         )
     if proc.returncode != 0 or "Requests/sec" not in proc.stdout:
@@ -357,8 +402,14 @@ def run_python_load(host: str, port: int, path: str, body: bytes, seconds: float
     return runner(_python_load(host, port, path, body, seconds, clients))
 
 
-def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int, generator: str,
-               logging_modes: tuple[str, ...] = ("on",)) -> list[HttpResult]:
+def bench_http(
+    artifacts: Path,
+    models: list[str],
+    seconds: float,
+    clients: int,
+    generator: str,
+    logging_modes: tuple[str, ...] = ("on",),
+) -> list[HttpResult]:
     """Requests/s and latency at batch 1 for each model against a live server, per logging mode (on/off)."""
     use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
     if generator == "wrk" and shutil.which("wrk") is None:
@@ -371,8 +422,9 @@ def bench_http(artifacts: Path, models: list[str], seconds: float, clients: int,
     return results
 
 
-def _bench_http_server(artifacts: Path, models: list[str], seconds: float, clients: int, use_wrk: bool,
-                       mode: str) -> list[HttpResult]:
+def _bench_http_server(
+    artifacts: Path, models: list[str], seconds: float, clients: int, use_wrk: bool, mode: str
+) -> list[HttpResult]:
     import orjson
 
     server = ServerProcess(artifacts, "info" if mode == "on" else "warning")
@@ -437,8 +489,10 @@ def render(results: Results) -> str:
         ]
         for h in results.http:
             cpu = f"{h.server_cpu_us:.1f}" if h.server_cpu_us is not None else "n/a"
-            lines.append(f"| {h.model} | {h.logging} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | "
-                         f"{cpu} | {h.errors} | {h.total:,} |")
+            lines.append(
+                f"| {h.model} | {h.logging} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | "
+                f"{cpu} | {h.errors} | {h.total:,} |"
+            )
     return "\n".join(lines)
 
 
@@ -448,21 +502,29 @@ def targets(results: Results) -> list[str]:
     big = [c for c in results.cells if c.batch == 1024]
     for c in big:
         v2, ts = c.v2_s / c.ort_s, c.torchserve_s / c.ort_s
-        out.append(f"[{'met' if v2 <= TARGETS['v2_at_1024'] else 'MISSED'}] {c.model}: v2 body at batch 1024 is "
-                   f"{v2:.2f}x raw ORT (target <= {TARGETS['v2_at_1024']}x)")
-        out.append(f"[{'met' if ts <= TARGETS['torchserve_at_1024'] else 'MISSED'}] {c.model}: TorchServe body at batch "
-                   f"1024 is {ts:.2f}x raw ORT (target <= {TARGETS['torchserve_at_1024']}x)")
+        out.append(
+            f"[{'met' if v2 <= TARGETS['v2_at_1024'] else 'MISSED'}] {c.model}: v2 body at batch 1024 is "
+            f"{v2:.2f}x raw ORT (target <= {TARGETS['v2_at_1024']}x)"
+        )
+        out.append(
+            f"[{'met' if ts <= TARGETS['torchserve_at_1024'] else 'MISSED'}] {c.model}: TorchServe body at batch "
+            f"1024 is {ts:.2f}x raw ORT (target <= {TARGETS['torchserve_at_1024']}x)"
+        )
         if c.binary_s is not None:
             b = c.binary_s / c.ort_s
-            out.append(f"[{'met' if b <= TARGETS['binary_at_1024'] else 'MISSED'}] {c.model}: v2 binary at batch 1024 "
-                       f"is {b:.2f}x raw ORT (target <= {TARGETS['binary_at_1024']}x)")
+            out.append(
+                f"[{'met' if b <= TARGETS['binary_at_1024'] else 'MISSED'}] {c.model}: v2 binary at batch 1024 "
+                f"is {b:.2f}x raw ORT (target <= {TARGETS['binary_at_1024']}x)"
+            )
     for c in (c for c in results.cells if c.batch == 1):
         if c.native_s is None:
             out.append(f"[n/a] {c.model}: native model not available ({c.native_note})")
         else:
             ok = c.ort_s < c.native_s
-            out.append(f"[{'met' if ok else 'MISSED'}] {c.model}: at batch 1 ORT takes {c.ort_s * 1e6:.1f} us, "
-                       f"native {c.native_s * 1e6:.1f} us (target: ORT faster)")
+            out.append(
+                f"[{'met' if ok else 'MISSED'}] {c.model}: at batch 1 ORT takes {c.ort_s * 1e6:.1f} us, "
+                f"native {c.native_s * 1e6:.1f} us (target: ORT faster)"
+            )
     by_mode = {(h.model, h.logging): h for h in results.http}
     for model in sorted({h.model for h in results.http}):
         on, off = by_mode.get((model, "on")), by_mode.get((model, "off"))
@@ -471,15 +533,19 @@ def targets(results: Results) -> list[str]:
             cpu = ""
             if on.server_cpu_us is not None and off.server_cpu_us is not None:
                 cpu = f"; server CPU {on.server_cpu_us:.1f} vs {off.server_cpu_us:.1f} us/request"
-            out.append(f"[{'met' if cost <= TARGETS['log_cost'] else 'MISSED'}] {model} over HTTP: per-request log "
-                       f"line costs {cost:.1%} of req/s ({on.requests_per_s:,.0f} on vs {off.requests_per_s:,.0f} off{cpu}; "
-                       f"target <= {TARGETS['log_cost']:.0%})")
+            out.append(
+                f"[{'met' if cost <= TARGETS['log_cost'] else 'MISSED'}] {model} over HTTP: per-request log "
+                f"line costs {cost:.1%} of req/s ({on.requests_per_s:,.0f} on vs {off.requests_per_s:,.0f} off{cpu}; "
+                f"target <= {TARGETS['log_cost']:.0%})"
+            )
     for h in results.http:
         if h.model == "xgb":
             ok = h.requests_per_s >= TARGETS["http_rps"] and h.p99_ms < TARGETS["http_p99_ms"] and h.errors == 0
-            out.append(f"[{'met' if ok else 'MISSED'}] xgb over HTTP (request log {h.logging}): "
-                       f"{h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
-                       f"{h.errors} errors (target >= 3,000 req/s, p99 < 5 ms)")
+            out.append(
+                f"[{'met' if ok else 'MISSED'}] xgb over HTTP (request log {h.logging}): "
+                f"{h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
+                f"{h.errors} errors (target >= 3,000 req/s, p99 < 5 ms)"
+            )
     return out
 
 
@@ -488,14 +554,20 @@ def _environment() -> str:
     import onnxruntime
 
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    parts = [f"{os.cpu_count()} CPUs (load average {load})", f"Python {sys.version.split()[0]}",
-             f"onnxruntime {onnxruntime.__version__}",
-             f"numpy {np.__version__}", f"ORT intra-op threads {os.environ.get('EXPORTER_ORT_THREADS', '1')}"]
+    parts = [
+        f"{os.cpu_count()} CPUs (load average {load})",
+        f"Python {sys.version.split()[0]}",
+        f"onnxruntime {onnxruntime.__version__}",
+        f"numpy {np.__version__}",
+        f"ORT intra-op threads {os.environ.get('EXPORTER_ORT_THREADS', '1')}",
+    ]
     try:
         import torch
 
-        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
-                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+        parts.append(
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"
+        )
     except ImportError:
         pass
     try:
@@ -505,5 +577,3 @@ def _environment() -> str:
     except ImportError:
         pass
     return ", ".join(parts)
-
-

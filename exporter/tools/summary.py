@@ -1,4 +1,5 @@
 """Short human and JSON summaries of export runs (CLI and notebooks)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,9 +14,12 @@ _ASIDE = ("popularity_", "users_evaluated", "catalogue_items")
 def _fmt_metrics(metrics: dict[str, float]) -> str:
     if not metrics:
         return "no labels: metrics not computed"
-    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                     if not k.endswith(("_baseline", "base_rate")) and not k.startswith(_ASIDE))
-    popular = [f"{k[len('popularity_'):]}={v:.4g}" for k, v in metrics.items() if k.startswith("popularity_recall@")]
+    shown = " ".join(
+        f"{k}={v:.4g}"
+        for k, v in metrics.items()
+        if not k.endswith(("_baseline", "base_rate")) and not k.startswith(_ASIDE)
+    )
+    popular = [f"{k[len('popularity_') :]}={v:.4g}" for k, v in metrics.items() if k.startswith("popularity_recall@")]
     if popular:
         shown += f"  (popularity: {' '.join(popular)}; {int(metrics.get('catalogue_items', 0))} items)"
     return shown
@@ -47,8 +51,13 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "metrics": r.evaluation.metrics,
                 "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
                 "artifacts": [
-                    {"model_name": a.model_name, "version": a.version, "path": str(a.path),
-                     "sha256": a.metadata["sha256"], "parity": a.metadata["parity"]}
+                    {
+                        "model_name": a.model_name,
+                        "version": a.version,
+                        "path": str(a.path),
+                        "sha256": a.metadata["sha256"],
+                        "parity": a.metadata["parity"],
+                    }
                     for a in r.artifacts
                 ],
             }

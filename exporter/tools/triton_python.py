@@ -23,6 +23,7 @@ Use::
     with running_server(env, "/tmp/triton-repo", "/tmp/triton.log") as server:
         ...                                       # server.url: http://127.0.0.1:<port>/v2/...
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,14 @@ _BACKEND_LINE = 'backend: "python"'
 #: pip messages that mean the registry could not be reached; without one of them, "no matching distribution"
 #: is a wrong requirement, not a network problem
 _UNREACHABLE = (
-    "Failed to establish a new connection", "Temporary failure in name resolution", "Network is unreachable",
-    "Connection refused", "NewConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyError",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Connection refused",
+    "NewConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ProxyError",
     "SSLError",
 )
 
@@ -99,7 +106,11 @@ class SideEnv:
         for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"):
             env.pop(name, None)  # the stub must see the side env only, never the project's numpy 2
         libpython = sysconfig.get_config_var("LIBDIR") or ""
-        paths = [str(self.libs)] + ([libpython] if libpython else []) + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
+        paths = (
+            [str(self.libs)]
+            + ([libpython] if libpython else [])
+            + [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
+        )
         env["LD_LIBRARY_PATH"] = ":".join(paths)
         env["PATH"] = f"{self.python.parent}:{env.get('PATH', '')}"
         return env
@@ -108,7 +119,9 @@ class SideEnv:
 def platform_problem() -> str | None:
     """Why this machine cannot run the wheel's binary (not x86-64 Linux with glibc >= 2.35), else None."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"tritonserver from {PYTRITON_REQUIREMENT} needs x86-64 Linux, this is {sys.platform}/{platform.machine()}"
+        return (
+            f"tritonserver from {PYTRITON_REQUIREMENT} needs x86-64 Linux, this is {sys.platform}/{platform.machine()}"
+        )
     libc, version = platform.libc_ver()
     try:
         found = tuple(int(p) for p in version.split(".")[:2])
@@ -141,14 +154,22 @@ def _env_key() -> str:
 
 
 def _locate(root: Path, python: Path) -> SideEnv:
-    site = Path(subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+    )
     server = site / "pytriton" / "tritonserver"
     return SideEnv(
-        root=root, python=python, tritonserver=server / "bin" / "tritonserver",
-        backend_directory=server / "backends", cache_directory=server / "caches",
+        root=root,
+        python=python,
+        tritonserver=server / "bin" / "tritonserver",
+        backend_directory=server / "backends",
+        cache_directory=server / "caches",
         libs=site / "nvidia_pytriton.libs",
     )
 
@@ -158,8 +179,9 @@ def _pip(python: Path, args: list[str], timeout: float) -> None:
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise SideEnvError(f"pip did not finish within {timeout:.0f} s: {' '.join(cmd)}",
-                           registry_unreachable=True) from exc
+        raise SideEnvError(
+            f"pip did not finish within {timeout:.0f} s: {' '.join(cmd)}", registry_unreachable=True
+        ) from exc
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise SideEnvError(
@@ -172,8 +194,9 @@ def _build(root: Path, timeout: float) -> SideEnv:
     """Create the venv at ``root``, install the requirements and put the stub beside the Python backend."""
     deadline = time.monotonic() + timeout
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True,
-                       timeout=timeout)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(root)], check=True, capture_output=True, text=True, timeout=timeout
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         detail = exc.stderr if isinstance(exc.stderr, str) else ""
         raise SideEnvError(f"{sys.executable} -m venv {root} failed: {exc}\n{detail}".rstrip()) from exc
@@ -210,7 +233,10 @@ def ensure_side_env(cache_dir: str | os.PathLike[str] | None = None, *, timeout:
         marker = root / _COMPLETE
         if marker.is_file():
             env = _locate(root, root / "bin" / "python")
-            if env.tritonserver.is_file() and (env.backend_directory / "python" / "triton_python_backend_stub").is_file():
+            if (
+                env.tritonserver.is_file()
+                and (env.backend_directory / "python" / "triton_python_backend_stub").is_file()
+            ):
                 return env
         shutil.rmtree(root, ignore_errors=True)
         env = _build(root, timeout)
@@ -290,10 +316,20 @@ def to_python_backend(src_repo: str | os.PathLike[str], dst_repo: str | os.PathL
 
 # ------------------------------------------------------------------------------------- Triton's view
 _DATATYPES = {
-    "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16", "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES", "TYPE_BF16": "BF16",
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+    "TYPE_BF16": "BF16",
 }
 
 
@@ -318,11 +354,16 @@ def triton_view(config_text: str) -> dict[str, list[dict[str, Any]]]:
         dims: list[int] = []
         for value in entry.get("dims", []):
             dims.extend(int(v) for v in (value if isinstance(value, list) else [value]))
-        return {"name": entry["name"][0], "datatype": _DATATYPES[entry["data_type"][0]],
-                "shape": ([-1] if batched else []) + dims}
+        return {
+            "name": entry["name"][0],
+            "datatype": _DATATYPES[entry["data_type"][0]],
+            "shape": ([-1] if batched else []) + dims,
+        }
 
-    return {"inputs": [tensor(e) for e in _entries(parsed, "input")],
-            "outputs": [tensor(e) for e in _entries(parsed, "output")]}
+    return {
+        "inputs": [tensor(e) for e in _entries(parsed, "input")],
+        "outputs": [tensor(e) for e in _entries(parsed, "output")],
+    }
 
 
 # ------------------------------------------------------------------------------------- the server process
@@ -367,10 +408,15 @@ def server_command(env: SideEnv, repository: Path, http_port: int, log_verbose: 
     return [
         str(env.tritonserver),
         f"--model-repository={repository}",
-        "--http-address=127.0.0.1", f"--http-port={http_port}",
-        "--allow-grpc=false", "--allow-metrics=false",
-        f"--backend-directory={env.backend_directory}", f"--cache-directory={env.cache_directory}",
-        "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=10",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--allow-grpc=false",
+        "--allow-metrics=false",
+        f"--backend-directory={env.backend_directory}",
+        f"--cache-directory={env.cache_directory}",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--exit-timeout-secs=10",
         f"--log-verbose={int(log_verbose)}",
     ]
 
@@ -384,8 +430,13 @@ def _ready(url: str) -> bool:
 
 
 def start_server(
-    env: SideEnv, repository: str | os.PathLike[str], log_path: str | os.PathLike[str], *,
-    ready_timeout: float = 180.0, extra_env: dict[str, str] | None = None, log_verbose: int = 0,
+    env: SideEnv,
+    repository: str | os.PathLike[str],
+    log_path: str | os.PathLike[str],
+    *,
+    ready_timeout: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+    log_verbose: int = 0,
 ) -> TritonProcess:
     """Start tritonserver and wait until ``/v2/health/ready`` (every model loaded and warmed up).
 
@@ -399,8 +450,12 @@ def start_server(
     proc_env.update(extra_env or {})
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            server_command(env, Path(repository).resolve(), port, log_verbose), stdout=sink, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=proc_env, start_new_session=True,
+            server_command(env, Path(repository).resolve(), port, log_verbose),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=proc_env,
+            start_new_session=True,
         )
     server = TritonProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log)
     deadline = time.monotonic() + ready_timeout

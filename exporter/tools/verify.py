@@ -8,6 +8,7 @@ answer to ``sample_request.json`` equals ``sample_response.json`` within the par
 
 Every problem is printed on its own line; the exit code is 0 only when there is none.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ from exporter.export import repository as repo
 from exporter.export.repository import sha256_file
 from exporter.export.triton import MAX_PBTXT_DEPTH, parse_pbtxt  # noqa: F401  (re-exported: verify's parser)
 from exporter.export.triton import config_problems as triton_config_problems
-
 
 REQUIRED_FILES = C.REQUIRED_VERSION_FILES
 SPEC_FILE = Path(__file__).resolve().parent.parent / "specs_data" / "open_inference_rest.yaml"
@@ -73,8 +73,9 @@ def verify(path: Path) -> Report:
     else:
         models = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
         if not models:
-            report.problems.append(f"{path}: no model directory found (expected <model_name>/config.pbtxt and "
-                                   "<model_name>/<version>/)")
+            report.problems.append(
+                f"{path}: no model directory found (expected <model_name>/config.pbtxt and <model_name>/<version>/)"
+            )
         for model_dir in models:
             _verify_model(model_dir, report)
     return report
@@ -227,8 +228,10 @@ def _read_json(path: Path, fail: Any) -> Any:
     else:
         depth = C.nesting_depth(value)
     if depth > C.MAX_METADATA_DEPTH:
-        fail(f"{path.name} nests objects or lists more than {C.MAX_METADATA_DEPTH} levels deep; "
-             "an exported file has a handful: it is corrupt or not ours")
+        fail(
+            f"{path.name} nests objects or lists more than {C.MAX_METADATA_DEPTH} levels deep; "
+            "an exported file has a handful: it is corrupt or not ours"
+        )
         return None
     return value
 
@@ -296,8 +299,9 @@ def _check_onnx(model_path: Path, metadata: dict[str, Any], fail: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- config.pbtxt
-def config_problems(config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str,
-                    model_dir: Path | None = None) -> list[str]:
+def config_problems(
+    config: dict[str, list[Any]], metadata: dict[str, Any], model_name: str, model_dir: Path | None = None
+) -> list[str]:
     """config.pbtxt against the model directory and metadata.json (``model_dir``: also its warm-up files)."""
     problems = []
 
@@ -389,7 +393,9 @@ def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float
             return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
         diff = abs(float(expected) - float(got))
         diffs.append(diff)
-        return None if diff <= atol else f"{where}: expected {expected!r}, got {got!r} (|diff| {diff:.3g} > atol {atol:g})"
+        return (
+            None if diff <= atol else f"{where}: expected {expected!r}, got {got!r} (|diff| {diff:.3g} > atol {atol:g})"
+        )
     if isinstance(expected, dict) and isinstance(got, dict):
         if list(expected) != list(got):
             return f"{where}: expected keys {list(expected)}, got {list(got)}"

@@ -4,6 +4,7 @@ Every check here raises :class:`ExporterError` with the file, column and row at 
 data scientist should learn what is wrong with a file from one line, not from a traceback deep in
 torch or xgboost.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,18 @@ ITEM_FEATURES: tuple[str, ...] = ("item_id", "item_category", "item_ctr", "item_
 LABEL = "label"
 REGRESSION_LABELS: tuple[str, ...] = ("watch_time", "gmv")
 CATEGORIES: tuple[str, ...] = (
-    "books", "shoes", "bags", "toys", "garden", "music", "beauty", "sports", "kitchen", "games", "phones", "tools",
+    "books",
+    "shoes",
+    "bags",
+    "toys",
+    "garden",
+    "music",
+    "beauty",
+    "sports",
+    "kitchen",
+    "games",
+    "phones",
+    "tools",
 )
 #: share of cells left empty in the synthetic log (a real log has gaps)
 MISSING_RATES = {"user_age": 0.02, "item_price": 0.01, "item_category": 0.01}
@@ -98,9 +110,7 @@ def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
     )
     p_click = 1.0 / (1.0 + np.exp(-logit))
     label = (rng.random(rows) < p_click).astype(np.float64)
-    watch_time = np.exp(
-        2.8 + 2.0 * item_ctr + 0.012 * (user_age - 18.0) + 0.5 * label + rng.normal(0.0, 0.25, rows)
-    )
+    watch_time = np.exp(2.8 + 2.0 * item_ctr + 0.012 * (user_age - 18.0) + 0.5 * label + rng.normal(0.0, 0.25, rows))
     gmv = label * item_price * np.clip(item_cvr * 8.0, 0.0, 1.0) * np.exp(rng.normal(0.0, 0.2, rows))
     category = np.asarray(CATEGORIES, dtype=object)[i_cat[i]]
 
@@ -138,8 +148,9 @@ EXPOSURE_CANDIDATES = 4
 EXPOSURE_TASTE = 2.0
 
 
-def _browse(first: np.ndarray, u: np.ndarray, u_taste: np.ndarray, i_taste: np.ndarray, popularity: np.ndarray,
-            seed: int) -> np.ndarray:
+def _browse(
+    first: np.ndarray, u: np.ndarray, u_taste: np.ndarray, i_taste: np.ndarray, popularity: np.ndarray, seed: int
+) -> np.ndarray:
     """Which item each row shows: popular items are seen more, and users pick what matches their taste.
 
     So what a user interacts with (not only whether they click) carries their taste, as in a real log, and a
@@ -183,9 +194,7 @@ def check_columns(df: pd.DataFrame, required: Sequence[str], *, what: str, sourc
     missing = [c for c in required if c not in df.columns]
     if missing:
         have = ", ".join(map(str, df.columns[:20]))
-        raise ExporterError(
-            f"{source}: missing {what} column(s) {', '.join(missing)}; the file has: {have}"
-        )
+        raise ExporterError(f"{source}: missing {what} column(s) {', '.join(missing)}; the file has: {have}")
 
 
 def numeric_matrix(df: pd.DataFrame, columns: Sequence[str], *, source: str) -> np.ndarray:

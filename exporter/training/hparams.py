@@ -5,9 +5,11 @@ A model declares its defaults on its class; every default must have a rule, from
 without a rule), so no setting reaches a trainer unchecked. A model's own rule may be a callable
 ``(value, all hparams) -> bool`` (mmoe's ``tasks``), so this module knows no model.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, Union
 
 import numpy as np
 
@@ -38,8 +40,7 @@ def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str,
     unknown = sorted(set(overrides) - set(spec.default_hparams))
     if unknown:
         raise ExporterError(
-            f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; "
-            f"known: {', '.join(spec.default_hparams)}"
+            f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; known: {', '.join(spec.default_hparams)}"
         )
     merged = {**spec.default_hparams, **overrides}
     check_hparam_values(spec, merged)
@@ -104,14 +105,15 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
         elif rule == "non_negative":
             ok = number(value) and value >= 0
         elif rule == "columns":
-            ok = value is None or (isinstance(value, list) and bool(value)
-                                   and all(isinstance(c, str) and c.strip() for c in value))
+            ok = value is None or (
+                isinstance(value, list) and bool(value) and all(isinstance(c, str) and c.strip() for c in value)
+            )
         elif rule == "positive_number":
             ok = number(value) and value > 0
         elif rule == "bool":
             ok = isinstance(value, bool)
         elif rule.startswith("one_of:"):
-            ok = isinstance(value, str) and value in rule[len("one_of:"):].split("|")
+            ok = isinstance(value, str) and value in rule[len("one_of:") :].split("|")
         else:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} has an unknown rule {rule!r}")
         if not ok:

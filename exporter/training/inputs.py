@@ -9,6 +9,7 @@ The pipeline calls these before any training, so a wrong column, label or schema
 * :func:`fit_plan`: one :class:`~exporter.features.FeatureSpec` per column (declared, default or inferred) fitted
   on the training rows, or the plan a loaded model carries.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,10 @@ BINARY_LABELS = (D.LABEL,)
 def default_specs() -> list[F.FeatureSpec]:
     """The contract's default schema: integer IDs and the string category are categorical, towers by name."""
     towers = {c: "user" for c in D.USER_FEATURES} | {c: "item" for c in D.ITEM_FEATURES}
-    return [F.FeatureSpec(c, F.CATEGORICAL if c in D.CATEGORICAL_FEATURES else F.NUMERIC, tower=towers.get(c))
-            for c in D.DEFAULT_FEATURES]
+    return [
+        F.FeatureSpec(c, F.CATEGORICAL if c in D.CATEGORICAL_FEATURES else F.NUMERIC, tower=towers.get(c))
+        for c in D.DEFAULT_FEATURES
+    ]
 
 
 def label_map(label_columns: Sequence[str], label: str | None) -> dict[str, str]:
@@ -42,8 +45,15 @@ def label_map(label_columns: Sequence[str], label: str | None) -> dict[str, str]
     return {name: (label or name) if name == D.LABEL else name for name in label_columns}
 
 
-def choose_columns(frame: pd.DataFrame, default_features: Sequence[str], explicit: Sequence[str] | None,
-                   schema: F.Schema | None, labels: Sequence[str], *, source: str) -> tuple[list[str], str]:
+def choose_columns(
+    frame: pd.DataFrame,
+    default_features: Sequence[str],
+    explicit: Sequence[str] | None,
+    schema: F.Schema | None,
+    labels: Sequence[str],
+    *,
+    source: str,
+) -> tuple[list[str], str]:
     """The feature columns and a note on how they were chosen.
 
     A table that holds most (at least half) but not all of the default columns is taken as a mistake (the
@@ -60,9 +70,13 @@ def choose_columns(frame: pd.DataFrame, default_features: Sequence[str], explici
     excluded = set(labels) | {D.LABEL, *D.REGRESSION_LABELS}
     columns = [str(c) for c in frame.columns if str(c) not in excluded]
     if not columns:
-        raise ExporterError(f"{source}: no feature columns: the table holds only label columns ({', '.join(map(str, frame.columns))})")
-    return columns, (f"the data has none of the default columns: every column but the label(s) "
-                     f"{', '.join(sorted(set(labels)))} is a feature")
+        raise ExporterError(
+            f"{source}: no feature columns: the table holds only label columns ({', '.join(map(str, frame.columns))})"
+        )
+    return columns, (
+        f"the data has none of the default columns: every column but the label(s) "
+        f"{', '.join(sorted(set(labels)))} is a feature"
+    )
 
 
 def binary_labels(frame: pd.DataFrame, column: str, *, source: str) -> np.ndarray:
@@ -102,8 +116,9 @@ def check_labels(frame: pd.DataFrame, needs: Sequence[Any], labels: Mapping[str,
             )
 
 
-def read_labels(frame: pd.DataFrame, labels: Mapping[str, str], *, source: str,
-                kinds: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+def read_labels(
+    frame: pd.DataFrame, labels: Mapping[str, str], *, source: str, kinds: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
     """Model label name -> values over all rows: binary ones checked as 0/1, the others as finite numbers.
 
     ``kinds`` gives each label's kind (``binary``/``regression``); without it ``label`` is the binary one.
@@ -118,12 +133,21 @@ def read_labels(frame: pd.DataFrame, labels: Mapping[str, str], *, source: str,
     return out
 
 
-def fit_plan(frame: pd.DataFrame, columns: Sequence[str], schema: F.Schema | None, train_rows: np.ndarray, *,
-             source: str, stored: F.FeaturePlan | None = None) -> tuple[F.FeaturePlan, dict[str, str]]:
+def fit_plan(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    schema: F.Schema | None,
+    train_rows: np.ndarray,
+    *,
+    source: str,
+    stored: F.FeaturePlan | None = None,
+) -> tuple[F.FeaturePlan, dict[str, str]]:
     """The fitted plan (``stored`` when a loaded model brings one) and where each column's kind came from."""
     if stored is not None:
         if stored.columns != list(columns):
-            raise ExporterError(f"the loaded model's feature plan has columns {stored.columns}, expected {list(columns)}")
+            raise ExporterError(
+                f"the loaded model's feature plan has columns {stored.columns}, expected {list(columns)}"
+            )
         return stored, {c: "stored" for c in columns}
     specs, origins = F.resolve_specs(frame, columns, schema, default_specs())
     return F.fit(frame, specs, train_rows, source=source), origins

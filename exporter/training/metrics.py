@@ -1,4 +1,5 @@
 """Evaluation metrics recorded in metadata.json ``training.metrics``."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -5,6 +5,7 @@ carriage return on a terminal becomes a new line); its widget display needs ipyw
 does not install. :class:`LineProgress` shows the same facts in one ``text/plain`` output that is
 updated in place (an IPython display handle), and in an executed report it is one final line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,16 @@ def in_notebook() -> bool:
 class LineProgress:
     """A progress bar for notebooks: ``desc ████░░ 45% 135/300 steps 2.1s epoch=3 loss=0.4512``, one line."""
 
-    def __init__(self, total: int, desc: str, unit: str = "step", *, display: Any = None,
-                 clock: Any = time.monotonic, min_interval: float = MIN_INTERVAL) -> None:
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "step",
+        *,
+        display: Any = None,
+        clock: Any = time.monotonic,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
         if display is None:
             from IPython.display import display
         self.total = max(int(total), 0)
@@ -52,8 +61,7 @@ class LineProgress:
         share = self.n / self.total if self.total else 1.0
         filled = int(round(share * BAR_WIDTH))
         bar = "\u2588" * filled + "\u2591" * (BAR_WIDTH - filled)
-        line = (f"{self.desc} {bar} {share:4.0%} {self.n}/{self.total} {self.unit}s "
-                f"{self._clock() - self._start:.1f}s")
+        line = f"{self.desc} {bar} {share:4.0%} {self.n}/{self.total} {self.unit}s {self._clock() - self._start:.1f}s"
         return f"{line}  {self.postfix}" if self.postfix else line
 
     def refresh(self) -> None:
@@ -88,6 +96,7 @@ def progress_bar(total: int, desc: str, *, enabled: bool = True, unit: str = "st
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, mininterval=0.5,
-              leave=False) as bar:
+    with tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, mininterval=0.5, leave=False
+    ) as bar:
         yield bar

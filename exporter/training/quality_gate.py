@@ -3,6 +3,7 @@
 A model at AUC 0.5 exports fine and serves fine, and is useless; this module makes that visible in the
 summary, the notebook and ``metadata.json`` (``quality``), and lets CI refuse it (:class:`QualityError`).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,11 +54,15 @@ def assess(metrics: Mapping[str, float], labels: Mapping[str, np.ndarray]) -> di
         base_logloss = None
         if base is not None and 0 < base < 1:
             base_logloss = -(base * math.log(base) + (1 - base) * math.log(1 - base))
-        quality.update({
-            "metric": key, "value": auc, "warn_below": WARN_AUC,
-            "baselines": {"chance_auc": 0.5, "base_rate": base, "base_rate_logloss": base_logloss},
-        })
-    for k in ([] if retrieval else auc_keys):  # every binary head (mmoe may have several); retrieval: recall@K
+        quality.update(
+            {
+                "metric": key,
+                "value": auc,
+                "warn_below": WARN_AUC,
+                "baselines": {"chance_auc": 0.5, "base_rate": base, "base_rate_logloss": base_logloss},
+            }
+        )
+    for k in [] if retrieval else auc_keys:  # every binary head (mmoe may have several); retrieval: recall@K
         auc = _finite(metrics[k])
         if auc is None:
             warnings.append(f"held-out {k} is undefined (the held-out labels hold a single class)")
@@ -71,7 +76,10 @@ def assess(metrics: Mapping[str, float], labels: Mapping[str, np.ndarray]) -> di
     for name, value in metrics.items():
         baseline = metrics.get(f"{name}_baseline")
         if name.endswith("_rmse") and baseline is not None:
-            quality.setdefault("regression", {})[name] = {"value": _finite(value), "predict_the_mean": _finite(baseline)}
+            quality.setdefault("regression", {})[name] = {
+                "value": _finite(value),
+                "predict_the_mean": _finite(baseline),
+            }
             if _finite(value) is not None and _finite(baseline) is not None and value >= baseline:
                 warnings.append(f"held-out {name} {value:.4g} is no better than predicting the mean ({baseline:.4g})")
     if warnings:
@@ -92,7 +100,8 @@ def _retrieval(metrics: Mapping[str, float], warnings: list[str]) -> dict[str, A
     judged.sort(key=lambda k: int(k.split("@")[1]))
     main = judged[-1] if judged else names[0]
     out: dict[str, Any] = {
-        "metric": main, "value": _finite(metrics[main]),
+        "metric": main,
+        "value": _finite(metrics[main]),
         "baselines": {"popularity": {k: _finite(metrics[f"{POPULARITY}{k}"]) for k in names}},
         "retrieval": {k: _finite(metrics[k]) for k in names},
     }
@@ -106,7 +115,8 @@ def _retrieval(metrics: Mapping[str, float], warnings: list[str]) -> dict[str, A
             behind.append(f"{k} {shown} vs popularity {'undefined' if base is None else f'{base:.4f}'}")
     if behind:
         warnings.append(
-            "held-out retrieval is no better than recommending the most popular items (" + ", ".join(behind)
+            "held-out retrieval is no better than recommending the most popular items ("
+            + ", ".join(behind)
             + "): check the interactions, the tower columns and the training settings before serving it"
         )
     return out
@@ -119,8 +129,10 @@ def check_min_auc(quality: Mapping[str, Any], min_auc: float | None, model: str)
     if "retrieval" in quality:  # a retrieval model's AUC (when its data has negatives) sits beside recall@K
         auc = quality.get("auc")
         if auc is None:
-            raise ExporterError(f"{model}: --min-auc needs a held-out AUC, but this run reports recall@K only "
-                                "(trained on positives without negatives to score)")
+            raise ExporterError(
+                f"{model}: --min-auc needs a held-out AUC, but this run reports recall@K only "
+                "(trained on positives without negatives to score)"
+            )
         quality = auc
     value = quality.get("value")
     if value is None or value < min_auc:

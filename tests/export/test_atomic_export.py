@@ -5,6 +5,7 @@ A driver process exports xgb into a tree that already holds version 1 (written w
 storage URI, so old and new model files differ) and ends itself with ``os._exit`` just before its k-th file
 system write (write, mkdir, rename, replace, unlink, rmtree), for every k of a full export.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,14 +54,23 @@ print(count)
 
 def _drive(artifacts: Path, kill_at: int, max_batch: int, uri: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-c", DRIVER, str(artifacts), str(kill_at), str(max_batch), uri],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, str(artifacts), str(kill_at), str(max_batch), uri],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative path, staging directories of exports left out."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(repo.STAGING_PREFIX) for part in p.relative_to(root).parts)}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part.startswith(repo.STAGING_PREFIX) for part in p.relative_to(root).parts)
+    }
 
 
 def _recover(artifacts: Path) -> None:
@@ -174,8 +184,10 @@ def test_verify_reports_an_unpublished_version_until_the_next_export_publishes_i
     (pending / "config.pbtxt").write_text(config + "# published\n")
     (pending / "kserve.yaml").write_text("kind: InferenceService\n")
     report = verify(tree)
-    assert any(p.startswith("xgb/2: its config.pbtxt, kserve.yaml and warm-up data were committed but not copied")
-               for p in report.problems), report.problems
+    assert any(
+        p.startswith("xgb/2: its config.pbtxt, kserve.yaml and warm-up data were committed but not copied")
+        for p in report.problems
+    ), report.problems
     dead = tree / "xgb" / f".kserve.yaml.{_dead_pid()}-0123abcd.tmp"
     dead.write_text("half")
     _recover(tree)

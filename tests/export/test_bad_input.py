@@ -1,4 +1,5 @@
 """Bad input: one clear line on stderr, exit code 2 (3 for the parity gate), no traceback, artifacts untouched."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,7 +28,9 @@ def snapshot(root: Path) -> dict[str, str]:
 def good_tree(tmp_path_factory) -> Path:
     """A repository holding one good xgb version that every bad run must leave alone."""
     root = tmp_path_factory.mktemp("good") / "artifacts"
-    result = run_cli("export", "xgb", "--rows", "2000", "--param", "n_estimators=20", "--artifacts", str(root), "--quiet")
+    result = run_cli(
+        "export", "xgb", "--rows", "2000", "--param", "n_estimators=20", "--artifacts", str(root), "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     return root
 
@@ -60,8 +63,11 @@ def files(tmp_path_factory, exported_artifacts) -> dict[str, Path]:
     for name in ("nofeature", "nolabel", "text", "nan"):
         out[name] = d / f"{name}.csv"
     out.update(
-        inf=d / "inf.parquet", no_columns_meta=d / "no_columns_meta.json", not_json_meta=d / "not_json_meta.json",
-        garbage=d / "garbage.pt", wrong_shapes=d / "wrong_shapes.pt",
+        inf=d / "inf.parquet",
+        no_columns_meta=d / "no_columns_meta.json",
+        not_json_meta=d / "not_json_meta.json",
+        garbage=d / "garbage.pt",
+        wrong_shapes=d / "wrong_shapes.pt",
         mmoe_ckpt=exported_artifacts / "mmoe" / "1" / "checkpoint.pt",
         xgb_model=exported_artifacts / "xgb" / "1" / "model.ubj",
         xgb_meta=exported_artifacts / "xgb" / "1" / "feature_meta.json",
@@ -76,11 +82,26 @@ CASES = {
     "non-numeric value": (["xgb", "--data", "{text}"], ["item_price", "row 6", "'cheap'", "not a number"]),
     "NaN label": (["mmoe", "--data", "{nan}"], ["label column 'label'", "row 8", "empty cell", "expected 0 or 1"]),
     "infinite value": (["xgb", "--data", "{inf}"], ["item_ctr", "row 10", "not a finite number"]),
-    "wrong checkpoint type": (["deepfm", "--mode", "load", "--checkpoint", "{mmoe_ckpt}"], ["'mmoe'", "expected 'deepfm'"]),
-    "checkpoint with wrong shapes": (["deepfm", "--mode", "load", "--checkpoint", "{wrong_shapes}"], ["num_embedding", "wrong shapes"]),
-    "not a checkpoint": (["mmoe", "--mode", "load", "--checkpoint", "{garbage}"], ["cannot load checkpoint", "weights_only"]),
-    "not an xgboost model": (["xgb", "--mode", "load", "--checkpoint", "{garbage}", "--feature-meta", "{xgb_meta}"], ["cannot load", "XGBoost model"]),
-    "feature-meta without feature_columns": (["xgb", "--mode", "load", "--checkpoint", "{xgb_model}", "--feature-meta", "{no_columns_meta}"], ["no 'feature_columns'"]),
+    "wrong checkpoint type": (
+        ["deepfm", "--mode", "load", "--checkpoint", "{mmoe_ckpt}"],
+        ["'mmoe'", "expected 'deepfm'"],
+    ),
+    "checkpoint with wrong shapes": (
+        ["deepfm", "--mode", "load", "--checkpoint", "{wrong_shapes}"],
+        ["num_embedding", "wrong shapes"],
+    ),
+    "not a checkpoint": (
+        ["mmoe", "--mode", "load", "--checkpoint", "{garbage}"],
+        ["cannot load checkpoint", "weights_only"],
+    ),
+    "not an xgboost model": (
+        ["xgb", "--mode", "load", "--checkpoint", "{garbage}", "--feature-meta", "{xgb_meta}"],
+        ["cannot load", "XGBoost model"],
+    ),
+    "feature-meta without feature_columns": (
+        ["xgb", "--mode", "load", "--checkpoint", "{xgb_model}", "--feature-meta", "{no_columns_meta}"],
+        ["no 'feature_columns'"],
+    ),
     "feature-meta not JSON": (["xgb", "--feature-meta", "{not_json_meta}"], ["not valid JSON"]),
     "unknown model name": (["lightgbm"], ["unknown model 'lightgbm'", "xgb, deepfm, mmoe, two_tower"]),
     "unknown mode": (["xgb", "--mode", "finetune"], ["unknown mode 'finetune'"]),
@@ -107,8 +128,19 @@ def test_bad_input_gives_one_clear_line_and_leaves_artifacts_alone(case, files, 
 
 def test_parity_failure_exits_non_zero_and_writes_nothing(good_tree):
     before = snapshot(good_tree)
-    result = run_cli("export", "xgb", "--rows", "2000", "--param", "n_estimators=20", "--atol", "1e-12",
-                     "--artifacts", str(good_tree), "--quiet")
+    result = run_cli(
+        "export",
+        "xgb",
+        "--rows",
+        "2000",
+        "--param",
+        "n_estimators=20",
+        "--atol",
+        "1e-12",
+        "--artifacts",
+        str(good_tree),
+        "--quiet",
+    )
     assert result.returncode == 3, result.stderr
     assert "parity check failed" in result.stderr and "atol 1e-12" in result.stderr
     assert "Traceback" not in result.stderr
@@ -119,8 +151,9 @@ def test_parity_failure_in_a_fresh_tree_leaves_no_directory(tmp_path):
     from exporter.errors import ParityError
     from exporter.export import pipeline
 
-    params = pipeline.ExportParams(model="two_tower", rows=1000, hparams={"epochs": 1}, artifacts=tmp_path / "art",
-                                   progress=False, atol=0.0)
+    params = pipeline.ExportParams(
+        model="two_tower", rows=1000, hparams={"epochs": 1}, artifacts=tmp_path / "art", progress=False, atol=0.0
+    )
     # float64 torch vs onnxruntime can agree exactly; perturb the native side so the gate must trip
     prep = pipeline.prepare(params)
     trained = pipeline.fit(prep)
@@ -142,7 +175,9 @@ def test_failure_while_writing_rolls_back_both_towers(tmp_path, monkeypatch):
     """A crash after the first tower is committed must not leave a lone two_tower version behind."""
     from exporter.export import pipeline, repository
 
-    params = pipeline.ExportParams(model="two_tower", rows=1000, hparams={"epochs": 1}, artifacts=tmp_path, progress=False)
+    params = pipeline.ExportParams(
+        model="two_tower", rows=1000, hparams={"epochs": 1}, artifacts=tmp_path, progress=False
+    )
     prep = pipeline.prepare(params)
     trained = pipeline.fit(prep)
     evaluation = pipeline.evaluate(prep, trained)
@@ -166,7 +201,17 @@ def test_failure_while_writing_rolls_back_both_towers(tmp_path, monkeypatch):
 def test_cli_help_explains_every_option():
     result = run_cli("export", "--help")
     assert result.returncode == 0
-    for option in ("--artifacts", "--version", "--data", "--rows", "--seed", "--mode", "--checkpoint", "--feature-meta", "--atol"):
+    for option in (
+        "--artifacts",
+        "--version",
+        "--data",
+        "--rows",
+        "--seed",
+        "--mode",
+        "--checkpoint",
+        "--feature-meta",
+        "--atol",
+    ):
         assert option in result.stdout
     top = run_cli("--help")
     assert top.returncode == 0 and "export" in top.stdout

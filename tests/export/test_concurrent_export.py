@@ -4,6 +4,7 @@ A failed or slower export must never remove what another export committed; the l
 version takes the next free one; a killed export's ``.staging-*`` is reported by ``verify`` and removed
 by the next export of that model.
 """
+
 from __future__ import annotations
 
 import json
@@ -150,9 +151,26 @@ def test_a_recycled_pid_does_not_keep_a_staging_directory_alive(tmp_path: Path) 
 def _export(art: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(
-        [sys.executable, "-m", "exporter", "export", "xgb", "--artifacts", str(art), "--rows", "400",
-         "--param", "n_estimators=5", "--quiet", "--json"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "export",
+            "xgb",
+            "--artifacts",
+            str(art),
+            "--rows",
+            "400",
+            "--param",
+            "n_estimators=5",
+            "--quiet",
+            "--json",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -238,8 +256,9 @@ def test_killed_export_leftover_is_reported_then_cleaned(tmp_path: Path) -> None
     a.communicate(timeout=60)
     [left] = repo.stagings(art / "xgb")
     assert left.stale and left.pid == a.pid
-    proc = subprocess.run([sys.executable, "-m", "exporter", "verify", str(art)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "verify", str(art)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1 and f"pid {a.pid} is no longer running" in proc.stdout, proc.stdout
     b = _export(art)
     out, err = b.communicate(timeout=240)

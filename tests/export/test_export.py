@@ -1,4 +1,5 @@
 """End to end: every model trains, exports, passes the parity gate and agrees with its metadata."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,18 @@ EXPORTED = repository_names()
 _EMBED = get_spec("two_tower").default_hparams["embed_dim"]
 OUTPUT_WIDTH = {"xgb": None, "deepfm": None, "mmoe": 3, "two_tower": _EMBED, "two_tower_item": _EMBED}
 #: contract section 1: the default schema and the two-tower user / item features, in tensor order
-CONTRACT_COLUMNS = ["item_ctr", "item_cvr", "item_price", "user_age", "user_gender", "cross_age_x_ctr",
-                    "cross_gender_x_price", "user_id", "item_id", "item_category"]
+CONTRACT_COLUMNS = [
+    "item_ctr",
+    "item_cvr",
+    "item_price",
+    "user_age",
+    "user_gender",
+    "cross_age_x_ctr",
+    "cross_gender_x_price",
+    "user_id",
+    "item_id",
+    "item_category",
+]
 FEATURES = {
     "xgb": CONTRACT_COLUMNS,
     "deepfm": CONTRACT_COLUMNS,
@@ -33,8 +44,19 @@ FEATURES = {
     "two_tower_item": ["item_id", "item_category", "item_ctr", "item_cvr", "item_price"],
 }
 REQUIRED_METADATA = [
-    "name", "versions", "platform", "inputs", "outputs", "feature_columns", "model_file", "sha256",
-    "opset", "producer", "parity", "training", "created_at",
+    "name",
+    "versions",
+    "platform",
+    "inputs",
+    "outputs",
+    "feature_columns",
+    "model_file",
+    "sha256",
+    "opset",
+    "producer",
+    "parity",
+    "training",
+    "created_at",
 ]
 
 
@@ -104,7 +126,10 @@ def test_metadata_fields_and_v2_schema(exported_artifacts, name):
     if name == "mmoe":
         assert meta["output_columns"] == ["ctr", "watch_time", "gmv"]
         assert [(t["name"], t["label"], t["type"]) for t in meta["tasks"]] == [
-            ("ctr", "label", "binary"), ("watch_time", "watch_time", "regression"), ("gmv", "gmv", "regression")]
+            ("ctr", "label", "binary"),
+            ("watch_time", "watch_time", "regression"),
+            ("gmv", "gmv", "regression"),
+        ]
     if name.startswith("two_tower"):
         assert meta["embed_dim"] == get_spec("two_tower").default_hparams["embed_dim"]
 

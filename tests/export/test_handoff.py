@@ -3,6 +3,7 @@
 Configs are read with Triton's own ModelConfig proto, manifests with KServe's own SDK models; expectations
 come from metadata.json and the ONNX graphs, never from the code that wrote the files.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def test_config_batches_and_warms_up_as_triton_reads_it(exported_artifacts, name
     assert sorted(w.batch_size for w in cfg.model_warmup) == [1, 1024]
     n = len(meta["feature_columns"])
     for w in cfg.model_warmup:
-        (key, spec), = w.inputs.items()
+        ((key, spec),) = w.inputs.items()
         assert key == "features" and spec.data_type == pb.TYPE_FP64 and list(spec.dims) == [n]
         raw = (exported_artifacts / name / "warmup" / spec.input_data_file).read_bytes()
         assert len(raw) == 8 * n
@@ -58,12 +59,18 @@ def test_config_batches_and_warms_up_as_triton_reads_it(exported_artifacts, name
     # the warm-up row is the first sample row, and the graph answers it at the largest batch
     v2 = json.loads((exported_artifacts / name / "1" / "sample_request_v2.json").read_text())
     np.testing.assert_array_equal(row, v2["inputs"][0]["data"][:n])
-    session = ort.InferenceSession(str(exported_artifacts / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(exported_artifacts / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     out = session.run(None, {"features": np.tile(row, (1024, 1))})[0]
     assert out.shape[0] == 1024 and np.isfinite(out).all()
     # and the project's own check agrees
-    assert triton.config_problems(parse_pbtxt((exported_artifacts / name / "config.pbtxt").read_text()), meta,
-                                  exported_artifacts / name) == []
+    assert (
+        triton.config_problems(
+            parse_pbtxt((exported_artifacts / name / "config.pbtxt").read_text()), meta, exported_artifacts / name
+        )
+        == []
+    )
 
 
 def test_the_old_unbatched_form_still_parses_and_checks(tmp_path):
@@ -90,7 +97,9 @@ def test_batch_semantics_are_checked():
     good = triton.config_pbtxt(META, max_batch_size=8, warmup=False)
     assert _problems(good) == ""
     with_batch_axis = good.replace("dims: [ 4 ]", "dims: [ -1, 4 ]")
-    assert "input dims [-1, 4]" in _problems(with_batch_axis) and "leave out the batch axis" in _problems(with_batch_axis)
+    assert "input dims [-1, 4]" in _problems(with_batch_axis) and "leave out the batch axis" in _problems(
+        with_batch_axis
+    )
     no_reshape = good.replace("    reshape { shape: [ ] }\n", "")
     assert "output dims [1]" in _problems(no_reshape) and "[-1]" in _problems(no_reshape)
     unbatched = good.replace("max_batch_size: 8", "max_batch_size: 0")
@@ -113,21 +122,38 @@ def test_warmup_files_are_checked(tmp_path):
     assert "batch_size is 17; expected 1..16" in _problems(text.replace("    batch_size: 16", "    batch_size: 17"))
     assert "must be a plain file name" in _problems(text.replace('"features_sample_row.bin"', '"../x"'))
     # no finite row to warm up with: the config simply has no model_warmup
-    assert not parse_config(triton.write_model_config(tmp_path, META, np.array([np.nan, 1, 2, 3])).read_text()).model_warmup
+    assert not parse_config(
+        triton.write_model_config(tmp_path, META, np.array([np.nan, 1, 2, 3])).read_text()
+    ).model_warmup
 
 
 def test_max_batch_size_option(tmp_path):
-    result = run_cli("export", "xgb", "--rows", "600", "--param", "n_estimators=5", "--artifacts", str(tmp_path),
-                     "--quiet", "--max-batch-size", "64", "--storage-uri", "s3://bucket/recsys/artifacts")
+    result = run_cli(
+        "export",
+        "xgb",
+        "--rows",
+        "600",
+        "--param",
+        "n_estimators=5",
+        "--artifacts",
+        str(tmp_path),
+        "--quiet",
+        "--max-batch-size",
+        "64",
+        "--storage-uri",
+        "s3://bucket/recsys/artifacts",
+    )
     assert result.returncode == 0, result.stderr
     cfg = parse_config((tmp_path / "xgb" / "config.pbtxt").read_text())
     assert cfg.max_batch_size == 64 and sorted(w.batch_size for w in cfg.model_warmup) == [1, 64]
     manifest = yaml.safe_load((tmp_path / "xgb" / "kserve.yaml").read_text())
     assert manifest["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/recsys/artifacts"
     assert verify(tmp_path).ok
-    for bad, says in ((["--max-batch-size", "0"], "max_batch_size must be an integer from 1"),
-                      (["--storage-uri", "bucket/x"], "is not a URI"),
-                      (["--storage-uri", "ftp://host/x"], "scheme 'ftp' is not one KServe fetches from")):
+    for bad, says in (
+        (["--max-batch-size", "0"], "max_batch_size must be an integer from 1"),
+        (["--storage-uri", "bucket/x"], "is not a URI"),
+        (["--storage-uri", "ftp://host/x"], "scheme 'ftp' is not one KServe fetches from"),
+    ):
         result = run_cli("export", "xgb", "--rows", "600", "--artifacts", str(tmp_path / "bad"), "--quiet", *bad)
         assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert not (tmp_path / "bad").exists()
@@ -165,7 +191,7 @@ def test_sdk_check_can_fail():
     assert "V1ResourceRequirements has no field 'request'" in problems
 
 
-BAD_MANIFEST = '''
+BAD_MANIFEST = """
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 metadata: {name: m}
@@ -176,7 +202,7 @@ spec:
       modelFormat: {name: onnx}
       storageURI: s3://x
       resources: {request: {cpu: "1"}}
-'''
+"""
 
 
 def test_kserve_command_rewrites_and_prints(exported_artifacts, tmp_path):
@@ -210,9 +236,17 @@ def test_model_card_tells_what_metadata_holds(exported_artifacts, name):
     for col in meta.get("output_columns", []):
         assert f"`{col}`" in card
     # copy-paste calls for every serving path
-    for text in (f"/predictions/{name}/1", "-d @sample_request.json", "-d @sample_request_v2.json",
-                 "Inference-Header-Content-Length", "generate_request_body", "parse_response_body",
-                 f"/v2/models/{name}/versions/1/infer", "kubectl apply -f ../kserve.yaml", f"/v2/models/{name}/infer"):
+    for text in (
+        f"/predictions/{name}/1",
+        "-d @sample_request.json",
+        "-d @sample_request_v2.json",
+        "Inference-Header-Content-Length",
+        "generate_request_body",
+        "parse_response_body",
+        f"/v2/models/{name}/versions/1/infer",
+        "kubectl apply -f ../kserve.yaml",
+        f"/v2/models/{name}/infer",
+    ):
         assert text in card, text
 
 
@@ -240,15 +274,30 @@ def test_card_renders_the_features_list_when_metadata_has_one():
     from exporter.export.model_card import render
 
     meta = {
-        "name": "deepfm", "versions": ["3"], "prediction_format": "scalar", "description": "DeepFM",
+        "name": "deepfm",
+        "versions": ["3"],
+        "prediction_format": "scalar",
+        "description": "DeepFM",
         "feature_columns": ["item_price", "item_category"],
         "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 2]}],
         "outputs": [{"name": "predictions", "datatype": "FP64", "shape": [-1]}],
         "features": [
-            {"name": "item_price", "kind": "numeric", "fill": 42.5, "optional": True,
-             "stats": {"mean": 100.0, "std": 20.0, "min": 10.0, "max": 199.5, "missing_rate": 0.01}},
-            {"name": "item_category", "kind": "categorical", "dtype": "string", "vocab_size": 37, "fill": 0,
-             "oov": "row 0", "top_values": [{"value": "bags", "count": 9}]},
+            {
+                "name": "item_price",
+                "kind": "numeric",
+                "fill": 42.5,
+                "optional": True,
+                "stats": {"mean": 100.0, "std": 20.0, "min": 10.0, "max": 199.5, "missing_rate": 0.01},
+            },
+            {
+                "name": "item_category",
+                "kind": "categorical",
+                "dtype": "string",
+                "vocab_size": 37,
+                "fill": 0,
+                "oov": "row 0",
+                "top_values": [{"value": "bags", "count": 9}],
+            },
         ],
         "quality": {"warning": "held-out AUC 0.51: no better than chance", "metrics": {"auc": 0.51}},
         "training": {"mode": "train", "heldout_rows": 100, "metrics": {"auc": 0.51}},

@@ -1,4 +1,5 @@
 """Load mode: models trained elsewhere (XGBoost JSON/UBJ) and our own torch checkpoints export again."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,19 @@ def test_xgbclassifier_json_with_stored_feature_names(outside_data, tmp_path):
     cols = [c for c in D.DEFAULT_FEATURES if c not in D.CATEGORICAL_FEATURES]  # another team's numeric columns
     clf = xgb.XGBClassifier(n_estimators=25, max_depth=3, random_state=3).fit(df[cols], df["label"])
     clf.save_model(d / "clf.json")
-    result = run_cli("export", "xgb", "--mode", "load", "--checkpoint", str(d / "clf.json"),
-                     "--data", str(d / "clicks.csv"), "--artifacts", str(tmp_path), "--quiet")
+    result = run_cli(
+        "export",
+        "xgb",
+        "--mode",
+        "load",
+        "--checkpoint",
+        str(d / "clf.json"),
+        "--data",
+        str(d / "clicks.csv"),
+        "--artifacts",
+        str(tmp_path),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     meta = json.loads((tmp_path / "xgb" / "1" / "metadata.json").read_text())
     assert meta["training"]["mode"] == "load" and meta["training"]["metrics"]["auc"] > 0.7
@@ -47,16 +59,40 @@ def test_xgbclassifier_json_with_stored_feature_names(outside_data, tmp_path):
 def test_booster_ubj_without_names_needs_and_uses_feature_meta(outside_data, tmp_path):
     d, df = outside_data
     cols = ["user_age", "item_price", "item_ctr"]  # a different schema, in its own order
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(df[cols].to_numpy(), label=df["label"]), 15)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(df[cols].to_numpy(), label=df["label"]), 15
+    )
     booster.save_model(str(d / "booster.ubj"))
     (d / "meta.json").write_text(json.dumps({"feature_columns": cols, "trained_by": "another project"}))
 
-    missing = run_cli("export", "xgb", "--mode", "load", "--checkpoint", str(d / "booster.ubj"),
-                      "--artifacts", str(tmp_path), "--quiet")
+    missing = run_cli(
+        "export",
+        "xgb",
+        "--mode",
+        "load",
+        "--checkpoint",
+        str(d / "booster.ubj"),
+        "--artifacts",
+        str(tmp_path),
+        "--quiet",
+    )
     assert missing.returncode == 2 and "pass --feature-meta" in missing.stderr
 
-    ok = run_cli("export", "xgb", "--mode", "load", "--checkpoint", str(d / "booster.ubj"), "--feature-meta",
-                 str(d / "meta.json"), "--data", str(d / "clicks.csv"), "--artifacts", str(tmp_path), "--quiet")
+    ok = run_cli(
+        "export",
+        "xgb",
+        "--mode",
+        "load",
+        "--checkpoint",
+        str(d / "booster.ubj"),
+        "--feature-meta",
+        str(d / "meta.json"),
+        "--data",
+        str(d / "clicks.csv"),
+        "--artifacts",
+        str(tmp_path),
+        "--quiet",
+    )
     assert ok.returncode == 0, ok.stderr
     meta = json.loads((tmp_path / "xgb" / "1" / "metadata.json").read_text())
     assert meta["feature_columns"] == cols and meta["inputs"][0]["shape"] == [-1, 3]
@@ -69,16 +105,34 @@ def test_wrong_objective_is_refused(outside_data, tmp_path):
     booster = xgb.train({"objective": "reg:squarederror"}, xgb.DMatrix(df[["item_ctr"]].to_numpy(), label=df["gmv"]), 3)
     booster.save_model(str(d / "reg.json"))
     (d / "one.json").write_text(json.dumps({"feature_columns": ["item_ctr"]}))
-    result = run_cli("export", "xgb", "--mode", "load", "--checkpoint", str(d / "reg.json"), "--feature-meta",
-                     str(d / "one.json"), "--artifacts", str(tmp_path), "--quiet")
+    result = run_cli(
+        "export",
+        "xgb",
+        "--mode",
+        "load",
+        "--checkpoint",
+        str(d / "reg.json"),
+        "--feature-meta",
+        str(d / "one.json"),
+        "--artifacts",
+        str(tmp_path),
+        "--quiet",
+    )
     assert result.returncode == 2 and "reg:squarederror" in result.stderr
 
 
 @pytest.mark.parametrize("model", ["deepfm", "mmoe", "two_tower"])
 def test_torch_checkpoint_round_trip_gives_the_same_predictions(model, exported_artifacts, tmp_path):
     first = exported_artifacts / model / "1"
-    params = pipeline.ExportParams(model=model, mode="load", checkpoint=first / "checkpoint.pt", rows=3000, seed=7,
-                                   artifacts=tmp_path, progress=False)
+    params = pipeline.ExportParams(
+        model=model,
+        mode="load",
+        checkpoint=first / "checkpoint.pt",
+        rows=3000,
+        seed=7,
+        artifacts=tmp_path,
+        progress=False,
+    )
     result = pipeline.run(params)
     names = ["two_tower", "two_tower_item"] if model == "two_tower" else [model]
     assert [a.model_name for a in result.artifacts] == names
@@ -96,8 +150,14 @@ def test_torch_checkpoint_round_trip_gives_the_same_predictions(model, exported_
 def test_load_mode_on_unlabelled_data_skips_metrics(outside_data, exported_artifacts, tmp_path):
     d, df = outside_data
     df.drop(columns=["label", "watch_time", "gmv"]).to_csv(d / "unlabelled.csv", index=False)
-    params = pipeline.ExportParams(model="mmoe", mode="load", checkpoint=exported_artifacts / "mmoe" / "1" / "checkpoint.pt",
-                                   data_path=d / "unlabelled.csv", artifacts=tmp_path, progress=False)
+    params = pipeline.ExportParams(
+        model="mmoe",
+        mode="load",
+        checkpoint=exported_artifacts / "mmoe" / "1" / "checkpoint.pt",
+        data_path=d / "unlabelled.csv",
+        artifacts=tmp_path,
+        progress=False,
+    )
     result = pipeline.run(params)
     assert result.evaluation.metrics == {}
     assert result.artifacts[0].metadata["parity"]["passed"]
@@ -110,9 +170,15 @@ def test_feature_meta_renames_columns_of_a_torch_checkpoint(exported_artifacts, 
     df = D.synthetic_dataset(500, 2)
     df.columns = renamed + list(df.columns[10:])
     df.to_csv(tmp_path / "renamed.csv", index=False)
-    params = pipeline.ExportParams(model="deepfm", mode="load", checkpoint=exported_artifacts / "deepfm" / "1" / "checkpoint.pt",
-                                   feature_meta=tmp_path / "meta.json", data_path=tmp_path / "renamed.csv",
-                                   artifacts=tmp_path / "art", progress=False)
+    params = pipeline.ExportParams(
+        model="deepfm",
+        mode="load",
+        checkpoint=exported_artifacts / "deepfm" / "1" / "checkpoint.pt",
+        feature_meta=tmp_path / "meta.json",
+        data_path=tmp_path / "renamed.csv",
+        artifacts=tmp_path / "art",
+        progress=False,
+    )
     meta = pipeline.run(params).artifacts[0].metadata
     assert meta["feature_columns"] == renamed
 

@@ -21,6 +21,7 @@ layout move gave the same xgb bytes and the same deepfm graph. Another library v
 legitimately change them; when a change of the pinned libraries or of training is intended, take the new
 value from the failure message.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,9 +72,12 @@ def test_graph_bytes_drop_only_node_metadata(tmp_path: Path) -> None:
         prop = node.metadata_props.add()
         prop.key, prop.value = "pkg.torch.onnx.stack_trace", where
         graph = helper.make_graph(
-            [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [None, 1])],
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.DOUBLE, [None, 1])],
             [helper.make_tensor_value_info("y", onnx.TensorProto.DOUBLE, [None, 1])],
-            [numpy_helper.from_array(np.array([weight]), "w")])
+            [numpy_helper.from_array(np.array([weight]), "w")],
+        )
         return helper.make_model(graph)
 
     def canonical(m: onnx.ModelProto, tmp: Path) -> bytes:
@@ -99,8 +103,9 @@ def test_seeded_export_writes_the_pinned_model(model: str, tmp_path: Path) -> No
         hashed = path.read_bytes()
     else:
         hashed = graph_bytes(path)
-        assert b"exporter/" not in hashed and str(tmp_path).encode() not in hashed, \
+        assert b"exporter/" not in hashed and str(tmp_path).encode() not in hashed, (
             "a source or artifacts path is left in the hashed bytes"
+        )
     actual = hashlib.sha256(hashed).hexdigest()
     assert actual == expected, (
         f"seeded export of {model} (--rows {ROWS}, default seed) changed: sha256 of the {kind} is {actual}, "

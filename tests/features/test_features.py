@@ -1,4 +1,5 @@
 """The feature schema, its fitted plan, the raw-table encoder and the in-graph preprocessing against its numpy twin."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ import pandas as pd
 import pytest
 
 from exporter import features as F
+from exporter.errors import ExporterError
+from exporter.features import onnx_prep
 from exporter.runtime import rules
 from exporter.training import inputs as I
-from exporter.features import onnx_prep
 from exporter.training import quality_gate as Q
-from exporter.errors import ExporterError
 
 
 def run_prep(plan: F.FeaturePlan, raw: np.ndarray) -> np.ndarray:
@@ -25,12 +26,14 @@ def run_prep(plan: F.FeaturePlan, raw: np.ndarray) -> np.ndarray:
 
 @pytest.fixture
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({
-        "user_id": [7, 7, 7, 3, 3, 9, 11, 7],       # 7 x4, 3 x2, 9 and 11 once
-        "genre": ["rock", "jazz", "rock", None, "rock", "jazz", "folk", "rock"],
-        "price": [1.0, 2.0, np.nan, 4.0, 10.0, 6.0, 7.0, 8.0],
-        "flag": [True, False, True, True, False, True, True, True],
-    })
+    return pd.DataFrame(
+        {
+            "user_id": [7, 7, 7, 3, 3, 9, 11, 7],  # 7 x4, 3 x2, 9 and 11 once
+            "genre": ["rock", "jazz", "rock", None, "rock", "jazz", "folk", "rock"],
+            "price": [1.0, 2.0, np.nan, 4.0, 10.0, 6.0, 7.0, 8.0],
+            "flag": [True, False, True, True, False, True, True, True],
+        }
+    )
 
 
 # --------------------------------------------------------------------------- schema: declared and inferred
@@ -41,7 +44,9 @@ def test_inference_rules():
     assert F.infer_kind(pd.Series([True, False]), "is_new") == F.CATEGORICAL
     assert F.infer_kind(pd.Series(["x", "y"], dtype="category"), "c") == F.CATEGORICAL
     assert F.infer_kind(pd.Series([1, 2, 3]), "movieId") == F.CATEGORICAL
-    assert F.infer_kind(pd.Series([1.0, np.nan, 3.0]), "user_id") == F.CATEGORICAL, "IDs with empty cells read as floats"
+    assert F.infer_kind(pd.Series([1.0, np.nan, 3.0]), "user_id") == F.CATEGORICAL, (
+        "IDs with empty cells read as floats"
+    )
     assert F.infer_kind(pd.Series([1, 2, 3]), "age") == F.NUMERIC
     assert F.infer_kind(pd.Series([1.5, 2.0]), "score_id") == F.NUMERIC, "not integers: not an ID"
     # a numeric column with a stray bad cell stays numeric, so the encoder can name the cell
@@ -49,8 +54,15 @@ def test_inference_rules():
 
 
 def test_schema_from_dict_list_and_file(tmp_path):
-    schema = F.load_schema({"label": "clicked", "features": [{"name": "user_id", "kind": "categorical", "min_count": 1},
-                                                             {"name": "price", "fill": 0, "optional": True}]})
+    schema = F.load_schema(
+        {
+            "label": "clicked",
+            "features": [
+                {"name": "user_id", "kind": "categorical", "min_count": 1},
+                {"name": "price", "fill": 0, "optional": True},
+            ],
+        }
+    )
     assert schema.label == "clicked" and schema.columns == ["user_id", "price"]
     assert schema.get("user_id").min_count == 1 and schema.get("price").fill == 0.0 and schema.get("price").optional
     as_object = F.load_schema({"user_id": {"kind": "categorical", "hash_buckets": 100}, "price": None})
@@ -61,17 +73,26 @@ def test_schema_from_dict_list_and_file(tmp_path):
     assert from_file.columns == ["a", "b"] and from_file.get("b").tower == "item" and from_file.label is None
 
 
-@pytest.mark.parametrize("schema, message", [
-    ({"features": [{"name": "a", "kind": "ordinal"}]}, "kind must be 'numeric' or 'categorical'"),
-    ({"features": [{"name": "a", "colour": 1}]}, "unknown key(s) colour"),
-    ({"features": [{"name": "a", "kind": "categorical", "fill": 1}]}, "'fill' is for numeric features"),
-    ({"features": [{"name": "a", "min_count": 2}]}, "vocabulary policy of categorical"),
-    ({"features": [{"name": "a", "kind": "categorical", "hash_buckets": 0}]}, "hash_buckets must be an integer >= 1"),
-    ({"features": [{"name": "a", "kind": "categorical", "hash_buckets": 8, "max_size": 3}]}, "hash_buckets replaces"),
-    ({"features": ["a", "a"]}, "listed twice: a"),
-    ({"features": [{"name": "a", "tower": "left"}]}, "tower must be 'user', 'item'"),
-    ({"label": 3, "features": []}, "label must be a column name"),
-])
+@pytest.mark.parametrize(
+    "schema, message",
+    [
+        ({"features": [{"name": "a", "kind": "ordinal"}]}, "kind must be 'numeric' or 'categorical'"),
+        ({"features": [{"name": "a", "colour": 1}]}, "unknown key(s) colour"),
+        ({"features": [{"name": "a", "kind": "categorical", "fill": 1}]}, "'fill' is for numeric features"),
+        ({"features": [{"name": "a", "min_count": 2}]}, "vocabulary policy of categorical"),
+        (
+            {"features": [{"name": "a", "kind": "categorical", "hash_buckets": 0}]},
+            "hash_buckets must be an integer >= 1",
+        ),
+        (
+            {"features": [{"name": "a", "kind": "categorical", "hash_buckets": 8, "max_size": 3}]},
+            "hash_buckets replaces",
+        ),
+        ({"features": ["a", "a"]}, "listed twice: a"),
+        ({"features": [{"name": "a", "tower": "left"}]}, "tower must be 'user', 'item'"),
+        ({"label": 3, "features": []}, "label must be a column name"),
+    ],
+)
 def test_bad_schema_says_what_is_wrong(schema, message):
     with pytest.raises(ExporterError) as info:
         F.load_schema(schema)
@@ -87,8 +108,12 @@ def test_missing_schema_file_is_named(tmp_path):
 
 
 def test_vocabulary_is_frequency_ordered_with_min_count_and_max_size(frame):
-    specs = [F.FeatureSpec("user_id", F.CATEGORICAL, min_count=1), F.FeatureSpec("genre", F.CATEGORICAL),
-             F.FeatureSpec("price"), F.FeatureSpec("flag", F.CATEGORICAL, min_count=1)]
+    specs = [
+        F.FeatureSpec("user_id", F.CATEGORICAL, min_count=1),
+        F.FeatureSpec("genre", F.CATEGORICAL),
+        F.FeatureSpec("price"),
+        F.FeatureSpec("flag", F.CATEGORICAL, min_count=1),
+    ]
     plan = F.fit(frame, specs)
     assert plan["user_id"].keys == [7, 3, 9, 11] and plan["user_id"].rows == 5  # ties (9, 11) by value
     assert plan["genre"].vocab == ["rock", "jazz"]  # "folk" seen once: below min_count 2, shares the OOV row
@@ -98,11 +123,12 @@ def test_vocabulary_is_frequency_ordered_with_min_count_and_max_size(frame):
     capped = F.fit(frame, [F.FeatureSpec("user_id", F.CATEGORICAL, min_count=1, max_size=2)])
     assert capped["user_id"].keys == [7, 3]
 
-    raw = plan.encode(pd.DataFrame({"user_id": [3, 12345], "genre": ["jazz", "folk"], "price": [np.nan, 5.0],
-                                    "flag": [False, True]}))
-    np.testing.assert_array_equal(raw[:, 0], [3, 12345])           # IDs as they are
-    np.testing.assert_array_equal(raw[:, 1], [1, F.UNKNOWN_CODE])   # strings as their code; unknown -> -1
-    assert np.isnan(raw[0, 2]) and raw[1, 2] == 5.0                 # missing stays NaN for the graph
+    raw = plan.encode(
+        pd.DataFrame({"user_id": [3, 12345], "genre": ["jazz", "folk"], "price": [np.nan, 5.0], "flag": [False, True]})
+    )
+    np.testing.assert_array_equal(raw[:, 0], [3, 12345])  # IDs as they are
+    np.testing.assert_array_equal(raw[:, 1], [1, F.UNKNOWN_CODE])  # strings as their code; unknown -> -1
+    assert np.isnan(raw[0, 2]) and raw[1, 2] == 5.0  # missing stays NaN for the graph
     np.testing.assert_array_equal(raw[:, 3], [0, 1])
     prepared = plan.prepare(raw)
     np.testing.assert_array_equal(prepared, [[2, 2, 6.0, 2], [0, 0, 5.0, 1]])
@@ -113,11 +139,14 @@ def test_training_rows_only_decide_the_vocabulary(frame):
     assert plan["user_id"].keys == [7, 3]
 
 
-@pytest.mark.parametrize("column, value, message", [
-    ("price", np.inf, ["column 'price' row 3", "inf", "not a finite number"]),
-    ("user_id", 2.5, ["column 'user_id' row 3", "2.5", "not an integer ID"]),
-    ("user_id", 2.0**60, ["column 'user_id' row 3", "2^53"]),
-])
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("price", np.inf, ["column 'price' row 3", "inf", "not a finite number"]),
+        ("user_id", 2.5, ["column 'user_id' row 3", "2.5", "not an integer ID"]),
+        ("user_id", 2.0**60, ["column 'user_id' row 3", "2^53"]),
+    ],
+)
 def test_bad_cells_are_named_by_column_and_row(frame, column, value, message):
     bad = frame.copy()
     bad[column] = bad[column].astype(float)
@@ -137,8 +166,15 @@ def test_an_all_empty_numeric_column_needs_a_declared_fill():
 
 
 def test_plan_round_trips_through_json(frame):
-    plan = F.fit(frame, [F.FeatureSpec("user_id", F.CATEGORICAL), F.FeatureSpec("genre", F.CATEGORICAL, optional=True),
-                         F.FeatureSpec("price", fill=3.0), F.FeatureSpec("flag", F.CATEGORICAL, hash_buckets=4)])
+    plan = F.fit(
+        frame,
+        [
+            F.FeatureSpec("user_id", F.CATEGORICAL),
+            F.FeatureSpec("genre", F.CATEGORICAL, optional=True),
+            F.FeatureSpec("price", fill=3.0),
+            F.FeatureSpec("flag", F.CATEGORICAL, hash_buckets=4),
+        ],
+    )
     again = F.FeaturePlan.from_dict(json.loads(json.dumps(plan.to_dict())), source="test")
     raw = F.probe_rows(plan, plan.encode(frame))
     np.testing.assert_array_equal(again.prepare(raw), plan.prepare(raw))
@@ -149,18 +185,42 @@ def test_plan_round_trips_through_json(frame):
 
 
 def test_in_graph_lookup_sends_every_odd_value_to_the_oov_row():
-    plan = F.FeaturePlan([
-        F.FittedFeature(F.FeatureSpec("id", F.CATEGORICAL), "int64", keys=[7, 3, 2**53]),
-        F.FittedFeature(F.FeatureSpec("x"), "float64", fill=42.0),
-    ])
-    raw = np.array([
-        [7, 1.0], [3, np.nan], [2**53, np.inf], [4, -np.inf],   # known, known, known at the limit, unseen
-        [7.5, 2.0], [np.nan, 3.0], [-7, 4.0], [2.0**60, 5.0], [np.inf, 6.0], [-np.inf, 7.0], [1e300, 8.0],
-    ])
-    want = np.array([
-        [1, 1.0], [2, 42.0], [3, 42.0], [0, 42.0],
-        [0, 2.0], [0, 3.0], [0, 4.0], [0, 5.0], [0, 6.0], [0, 7.0], [0, 8.0],
-    ])
+    plan = F.FeaturePlan(
+        [
+            F.FittedFeature(F.FeatureSpec("id", F.CATEGORICAL), "int64", keys=[7, 3, 2**53]),
+            F.FittedFeature(F.FeatureSpec("x"), "float64", fill=42.0),
+        ]
+    )
+    raw = np.array(
+        [
+            [7, 1.0],
+            [3, np.nan],
+            [2**53, np.inf],
+            [4, -np.inf],  # known, known, known at the limit, unseen
+            [7.5, 2.0],
+            [np.nan, 3.0],
+            [-7, 4.0],
+            [2.0**60, 5.0],
+            [np.inf, 6.0],
+            [-np.inf, 7.0],
+            [1e300, 8.0],
+        ]
+    )
+    want = np.array(
+        [
+            [1, 1.0],
+            [2, 42.0],
+            [3, 42.0],
+            [0, 42.0],
+            [0, 2.0],
+            [0, 3.0],
+            [0, 4.0],
+            [0, 5.0],
+            [0, 6.0],
+            [0, 7.0],
+            [0, 8.0],
+        ]
+    )
     np.testing.assert_array_equal(plan.prepare(raw), want)
     np.testing.assert_array_equal(run_prep(plan, raw), want)
 
@@ -174,8 +234,15 @@ def test_hash_buckets_rows_match_between_graph_and_twin():
 
 
 def test_probe_rows_pass_identically_through_graph_and_twin(frame):
-    plan = F.fit(frame, [F.FeatureSpec("price"), F.FeatureSpec("user_id", F.CATEGORICAL, min_count=1),
-                         F.FeatureSpec("genre", F.CATEGORICAL), F.FeatureSpec("flag", F.CATEGORICAL)])
+    plan = F.fit(
+        frame,
+        [
+            F.FeatureSpec("price"),
+            F.FeatureSpec("user_id", F.CATEGORICAL, min_count=1),
+            F.FeatureSpec("genre", F.CATEGORICAL),
+            F.FeatureSpec("flag", F.CATEGORICAL),
+        ],
+    )
     raw = np.concatenate([plan.encode(frame), F.probe_rows(plan, plan.encode(frame))])
     got = run_prep(plan, raw)
     np.testing.assert_array_equal(got, plan.prepare(raw))
@@ -191,7 +258,9 @@ def test_binary_labels_accept_0_1_and_booleans_and_name_the_bad_row():
     frame = pd.DataFrame({"a": [0, 1, 1], "b": [True, False, True], "c": [0, 1, 2], "d": [0.0, np.nan, 1.0]})
     np.testing.assert_array_equal(I.binary_labels(frame, "a", source="t"), [0, 1, 1])
     np.testing.assert_array_equal(I.binary_labels(frame, "b", source="t"), [1, 0, 1])
-    with pytest.raises(ExporterError, match=r"t: label column 'c' row 3: value 2 is not a binary label; expected 0 or 1"):
+    with pytest.raises(
+        ExporterError, match=r"t: label column 'c' row 3: value 2 is not a binary label; expected 0 or 1"
+    ):
         I.binary_labels(frame, "c", source="t")
     with pytest.raises(ExporterError, match=r"label column 'd' row 2: value an empty cell"):
         I.binary_labels(frame, "d", source="t")
@@ -228,8 +297,15 @@ def test_feature_facts_are_the_runtime_rules():
 def test_metadata_features_must_describe_the_feature_columns():
     from exporter import contract as C
 
-    base = {"name": "m", "model_file": "model.onnx", "sha256": "0" * 64, "prediction_format": "scalar",
-            "feature_columns": ["a", "b"], "inputs": [{"name": "features"}], "outputs": [{"name": "predictions"}]}
+    base = {
+        "name": "m",
+        "model_file": "model.onnx",
+        "sha256": "0" * 64,
+        "prediction_format": "scalar",
+        "feature_columns": ["a", "b"],
+        "inputs": [{"name": "features"}],
+        "outputs": [{"name": "predictions"}],
+    }
     good = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "categorical"}])
     swapped = dict(base, features=[{"name": "b", "kind": "numeric"}, {"name": "a", "kind": "numeric"}])
     odd = dict(base, features=[{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "ordinal"}])
@@ -243,15 +319,29 @@ def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, fra
     """Offline scoring: metadata.json + vocab.json give the same FP64 features as the plan training fitted."""
     from exporter.export.repository import VOCAB_FILE
 
-    plan = F.fit(frame, [F.FeatureSpec("user_id", F.CATEGORICAL), F.FeatureSpec("genre", F.CATEGORICAL),
-                         F.FeatureSpec("price"), F.FeatureSpec("flag", F.CATEGORICAL)])
+    plan = F.fit(
+        frame,
+        [
+            F.FeatureSpec("user_id", F.CATEGORICAL),
+            F.FeatureSpec("genre", F.CATEGORICAL),
+            F.FeatureSpec("price"),
+            F.FeatureSpec("flag", F.CATEGORICAL),
+        ],
+    )
     vocab_bytes = json.dumps(plan.vocab_json()).encode()
     (tmp_path / VOCAB_FILE).write_bytes(vocab_bytes)
     import hashlib
 
-    meta = {"name": "m", "model_file": "model.onnx", "sha256": "0" * 64, "prediction_format": "scalar",
-            "inputs": [{"name": "features"}], "outputs": [{"name": "predictions"}], "feature_columns": plan.columns,
-            "features": plan.metadata(VOCAB_FILE, hashlib.sha256(vocab_bytes).hexdigest())}
+    meta = {
+        "name": "m",
+        "model_file": "model.onnx",
+        "sha256": "0" * 64,
+        "prediction_format": "scalar",
+        "inputs": [{"name": "features"}],
+        "outputs": [{"name": "predictions"}],
+        "feature_columns": plan.columns,
+        "features": plan.metadata(VOCAB_FILE, hashlib.sha256(vocab_bytes).hexdigest()),
+    }
     (tmp_path / "metadata.json").write_text(json.dumps(meta))
     encoder = F.FeaturePlan.from_artifact(tmp_path)
     new = pd.DataFrame({"user_id": [3, 555], "genre": ["jazz", "disco"], "price": [np.nan, 2.5], "flag": [True, False]})

@@ -4,6 +4,7 @@ Every model exports it with no hand preprocessing; the graph sends unseen, odd a
 out-of-vocabulary row; the handler takes raw strings and codes alike; bad labels, --min-auc, --model-name and a
 tensor-shape clash with an existing model behave as documented (docs/features.md).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,12 @@ pytestmark = pytest.mark.slow  # trains and exports through the CLI in child pro
 
 GENRES = ["rock", "jazz", "pop", "folk", "blues"]
 SMALL = ["--param", "epochs=3"]
-HPARAMS = {"xgb": ["--param", "n_estimators=30"], "deepfm": ["--param", "epochs=5", "--param", "batch_size=64"],
-           "mmoe": SMALL, "two_tower": SMALL}
+HPARAMS = {
+    "xgb": ["--param", "n_estimators=30"],
+    "deepfm": ["--param", "epochs=5", "--param", "batch_size=64"],
+    "mmoe": SMALL,
+    "two_tower": SMALL,
+}
 COLUMNS = ["user_id", "user_segment", "item_id", "item_genre", "price"]
 
 
@@ -39,11 +44,18 @@ def click_log(n: int, seed: int, *, random_labels: bool = False) -> pd.DataFrame
     clicked = rng.random(n) < 1 / (1 + np.exp(-logit))
     if random_labels:
         clicked = rng.random(n) < 0.4
-    frame = pd.DataFrame({
-        "user_id": users, "user_segment": np.where(users % 2 == 0, "even", "odd"), "item_id": items,
-        "item_genre": genre, "price": price, "clicked": clicked.astype(int),
-        "watch_time": np.round(rng.uniform(5, 60, n) * (1 + clicked), 2), "gmv": np.round(clicked * price, 2),
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": users,
+            "user_segment": np.where(users % 2 == 0, "even", "odd"),
+            "item_id": items,
+            "item_genre": genre,
+            "price": price,
+            "clicked": clicked.astype(int),
+            "watch_time": np.round(rng.uniform(5, 60, n) * (1 + clicked), 2),
+            "gmv": np.round(clicked * price, 2),
+        }
+    )
     frame.loc[::19, "price"] = np.nan
     frame.loc[::23, "item_genre"] = None
     frame.loc[::29, "user_id"] = np.nan  # an empty ID cell turns the column into floats: still IDs
@@ -65,8 +77,18 @@ def exported(log_csv, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     root = tmp_path_factory.mktemp("own-artifacts")
     out = {}
     for model in ("xgb", "deepfm", "mmoe", "two_tower"):
-        result = run_cli("export", model, "--data", str(log_csv), "--label", "clicked", "--artifacts", str(root),
-                         "--quiet", *HPARAMS[model])
+        result = run_cli(
+            "export",
+            model,
+            "--data",
+            str(log_csv),
+            "--label",
+            "clicked",
+            "--artifacts",
+            str(root),
+            "--quiet",
+            *HPARAMS[model],
+        )
         assert result.returncode == 0, result.stderr
         out[model] = (root, result.stdout)
     return out
@@ -100,7 +122,10 @@ def test_every_model_exports_the_csv_and_says_how_it_read_it(exported, model):
             assert (feats["user_id"]["kind"], feats["user_id"]["dtype"]) == ("categorical", "int64")
     towers = {n: json.loads((root / n / "1" / "metadata.json").read_text())["feature_columns"] for n in names}
     if model == "two_tower":
-        assert towers == {"two_tower": ["user_id", "user_segment"], "two_tower_item": ["item_id", "item_genre", "price"]}
+        assert towers == {
+            "two_tower": ["user_id", "user_segment"],
+            "two_tower_item": ["item_id", "item_genre", "price"],
+        }
     else:
         assert towers[model] == COLUMNS
 
@@ -121,7 +146,7 @@ def test_graph_sends_unseen_odd_and_missing_ids_to_one_oov_row(exported, model):
     x = np.array([base] + [[v, *base[1:]] for v in odd_ids] + [[*base[:3], -1.0, 10.0], [*base[:3], 77.0, 10.0]])
     out = session.run(None, {"features": x})[0]
     assert np.isfinite(out).all()
-    oov = out[1:1 + len(odd_ids)]
+    oov = out[1 : 1 + len(odd_ids)]
     np.testing.assert_allclose(oov, np.repeat(oov[:1], len(odd_ids), axis=0), rtol=0, atol=1e-12)
     if model != "xgb":  # trees need not split on every ID; an embedding row always differs
         assert not np.allclose(out[0], oov[0]), "a known ID must not land on the OOV row"
@@ -137,15 +162,30 @@ def test_handler_takes_raw_strings_and_codes_alike(exported):
     root, _ = exported["deepfm"]
     handler = ModelHandler.load(root / "deepfm" / "1")
     vocab = json.loads((root / "deepfm" / "1" / "vocab.json").read_text())
-    rows = [{"user_id": 1000, "user_segment": "even", "item_id": 5, "item_genre": g, "price": 10.0} for g in vocab["item_genre"]]
+    rows = [
+        {"user_id": 1000, "user_segment": "even", "item_id": 5, "item_genre": g, "price": 10.0}
+        for g in vocab["item_genre"]
+    ]
     coded = [dict(r, item_genre=i, user_segment=vocab["user_segment"].index("even")) for i, r in enumerate(rows)]
     by_string = handler.predict({"data": rows})["predictions"]
     by_code = handler.predict({"data": coded})["predictions"]
     assert by_string == by_code and len(set(by_string)) == len(rows), "each genre has its own row"
-    v2 = handler.predict({"inputs": [{"name": "features", "shape": [len(coded), 5], "datatype": "FP64",
-                                      "data": [[float(r[c]) for c in COLUMNS] for r in coded]}]})
+    v2 = handler.predict(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": [len(coded), 5],
+                    "datatype": "FP64",
+                    "data": [[float(r[c]) for c in COLUMNS] for r in coded],
+                }
+            ]
+        }
+    )
     np.testing.assert_allclose(v2["outputs"][0]["data"], by_code, rtol=0, atol=1e-12)
-    unknown = handler.predict({"data": [dict(rows[0], item_genre="polka"), dict(rows[0], item_genre=-1)]})["predictions"]
+    unknown = handler.predict({"data": [dict(rows[0], item_genre="polka"), dict(rows[0], item_genre=-1)]})[
+        "predictions"
+    ]
     assert unknown[0] == unknown[1]
 
 
@@ -153,8 +193,13 @@ def test_handler_rules_for_ids_and_optional_columns(exported, tmp_path):
     root, _ = exported["deepfm"]
     handler = ModelHandler.load(root / "deepfm" / "1")
     row = {"user_id": 1000, "user_segment": "even", "item_id": 5, "item_genre": "rock", "price": 10.0}
-    for value, fragment in ((1000.5, "is 1000.5, not an integer ID"), (2**60, "not an integer ID"),
-                            ("1000", 'a string ("1000")'), (True, "a boolean"), (None, "is null")):
+    for value, fragment in (
+        (1000.5, "is 1000.5, not an integer ID"),
+        (2**60, "not an integer ID"),
+        ("1000", 'a string ("1000")'),
+        (True, "a boolean"),
+        (None, "is null"),
+    ):
         status, body = handler.handle_bytes(json.dumps({"data": [row, dict(row, user_id=value)]}))
         error = json.loads(body)["error"]
         assert status == 400, error
@@ -178,9 +223,15 @@ def test_handler_rules_for_ids_and_optional_columns(exported, tmp_path):
     (copy / "metadata.json").write_text(json.dumps(meta))
     optional = ModelHandler.load(copy)
     fill = next(f["fill"] for f in meta["features"] if f["name"] == "price")
-    got = optional.predict({"data": [{"user_id": 1000, "user_segment": "even", "item_id": 5},
-                                     dict(row, price=None, item_genre=None),
-                                     dict(row, price=fill, item_genre="no such genre")]})["predictions"]
+    got = optional.predict(
+        {
+            "data": [
+                {"user_id": 1000, "user_segment": "even", "item_id": 5},
+                dict(row, price=None, item_genre=None),
+                dict(row, price=fill, item_genre="no such genre"),
+            ]
+        }
+    )["predictions"]
     assert got[0] == got[1] == got[2]
 
 
@@ -188,26 +239,53 @@ def test_bad_label_is_exit_2_naming_column_row_and_value(tmp_path):
     frame = click_log(300, 2)
     frame.loc[4, "clicked"] = 2
     frame.to_csv(tmp_path / "bad.csv", index=False)
-    result = run_cli("export", "xgb", "--data", str(tmp_path / "bad.csv"), "--label", "clicked",
-                     "--artifacts", str(tmp_path / "art"), "--quiet")
+    result = run_cli(
+        "export",
+        "xgb",
+        "--data",
+        str(tmp_path / "bad.csv"),
+        "--label",
+        "clicked",
+        "--artifacts",
+        str(tmp_path / "art"),
+        "--quiet",
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: data file {tmp_path / 'bad.csv'}: label column 'clicked' row 5: value 2 is not a binary label; "
         "expected 0 or 1 (or true/false)"
     ]
-    missing = run_cli("export", "xgb", "--data", str(tmp_path / "bad.csv"), "--artifacts", str(tmp_path / "art"), "--quiet")
+    missing = run_cli(
+        "export", "xgb", "--data", str(tmp_path / "bad.csv"), "--artifacts", str(tmp_path / "art"), "--quiet"
+    )
     assert missing.returncode == 2 and "label column 'label'" in missing.stderr and "is missing" in missing.stderr
     assert not (tmp_path / "art").exists()
 
 
 def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
-    schema = {"label": "clicked", "features": [{"name": "item_id", "kind": "categorical", "min_count": 1},
-                                               {"name": "price", "fill": 0.0, "optional": True},
-                                               {"name": "user_id", "kind": "numeric"},
-                                               {"name": "item_genre", "kind": "categorical", "hash_buckets": 8}]}
+    schema = {
+        "label": "clicked",
+        "features": [
+            {"name": "item_id", "kind": "categorical", "min_count": 1},
+            {"name": "price", "fill": 0.0, "optional": True},
+            {"name": "user_id", "kind": "numeric"},
+            {"name": "item_genre", "kind": "categorical", "hash_buckets": 8},
+        ],
+    }
     (tmp_path / "schema.json").write_text(json.dumps(schema))
-    result = run_cli("export", "xgb", "--data", str(log_csv), "--schema", str(tmp_path / "schema.json"),
-                     "--artifacts", str(tmp_path / "art"), "--quiet", "--param", "n_estimators=10")
+    result = run_cli(
+        "export",
+        "xgb",
+        "--data",
+        str(log_csv),
+        "--schema",
+        str(tmp_path / "schema.json"),
+        "--artifacts",
+        str(tmp_path / "art"),
+        "--quiet",
+        "--param",
+        "n_estimators=10",
+    )
     assert result.returncode == 0, result.stderr
     assert "columns from schema" in result.stdout and "(optional, fill 0)" in result.stdout
     meta = json.loads((tmp_path / "art" / "xgb" / "1" / "metadata.json").read_text())
@@ -216,9 +294,14 @@ def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
     assert not (tmp_path / "art" / "xgb" / "1" / "vocab.json").exists(), "hashed strings need no vocabulary"
     assert feats["price"]["fill"] == 0.0 and feats["price"]["optional"] is True
     assert feats["user_id"]["kind"] == "numeric" and feats["item_id"]["oov"]["min_count"] == 1
-    assert feats["item_genre"]["oov"] == {"policy": "hash", "hash_buckets": 8, "row": "1 + (value mod hash_buckets)",
-                                          "string_code": "sha256-48", "oov_row": 0,
-                                          "oov_values": "unknown, non-integer, beyond +-2^53 or missing"}
+    assert feats["item_genre"]["oov"] == {
+        "policy": "hash",
+        "hash_buckets": 8,
+        "row": "1 + (value mod hash_buckets)",
+        "string_code": "sha256-48",
+        "oov_row": 0,
+        "oov_values": "unknown, non-integer, beyond +-2^53 or missing",
+    }
     from exporter.features import hash_code
 
     handler = ModelHandler.load(tmp_path / "art" / "xgb" / "1")
@@ -231,8 +314,19 @@ def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
 def test_chance_level_model_warns_and_min_auc_writes_nothing(tmp_path):
     click_log(1500, 3, random_labels=True).to_csv(tmp_path / "noise.csv", index=False)
     art = tmp_path / "art"
-    args = ["export", "xgb", "--data", str(tmp_path / "noise.csv"), "--label", "clicked", "--artifacts", str(art),
-            "--quiet", "--param", "n_estimators=20"]
+    args = [
+        "export",
+        "xgb",
+        "--data",
+        str(tmp_path / "noise.csv"),
+        "--label",
+        "clicked",
+        "--artifacts",
+        str(art),
+        "--quiet",
+        "--param",
+        "n_estimators=20",
+    ]
     warned = run_cli(*args)
     assert warned.returncode == 0, warned.stderr
     assert "WARNING: held-out auc" in warned.stdout and "no better than chance" in warned.stdout
@@ -240,8 +334,10 @@ def test_chance_level_model_warns_and_min_auc_writes_nothing(tmp_path):
     assert meta["quality"]["value"] < 0.55 and "no better than chance" in meta["quality"]["warning"]
 
     def tree() -> dict[str, str]:
-        return {str(p.relative_to(art)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-                for p in sorted(art.rglob("*"))}
+        return {
+            str(p.relative_to(art)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(art.rglob("*"))
+        }
 
     before = tree()
     refused = run_cli(*args, "--min-auc", "0.6")
@@ -255,20 +351,46 @@ def test_model_name_and_tensor_shape_clash(tmp_path, log_csv):
     first = run_cli("export", "deepfm", "--rows", "500", "--artifacts", str(art), "--quiet", *SMALL)
     assert first.returncode == 0, first.stderr
     before = (art / "deepfm" / "config.pbtxt").read_text()
-    clash = run_cli("export", "deepfm", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art), "--quiet", *SMALL)
+    clash = run_cli(
+        "export", "deepfm", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art), "--quiet", *SMALL
+    )
     assert clash.returncode == 2
     message = clash.stderr.strip().splitlines()[-1]
     assert "model 'deepfm'" in message and "[-1, 10]" in message and "[-1, 5]" in message and "--model-name" in message
     assert (art / "deepfm" / "config.pbtxt").read_text() == before and not (art / "deepfm" / "2").exists()
 
-    renamed = run_cli("export", "deepfm", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art),
-                      "--quiet", "--model-name", "deepfm_shop", *SMALL)
+    renamed = run_cli(
+        "export",
+        "deepfm",
+        "--data",
+        str(log_csv),
+        "--label",
+        "clicked",
+        "--artifacts",
+        str(art),
+        "--quiet",
+        "--model-name",
+        "deepfm_shop",
+        *SMALL,
+    )
     assert renamed.returncode == 0, renamed.stderr
     meta = json.loads((art / "deepfm_shop" / "1" / "metadata.json").read_text())
     assert meta["name"] == "deepfm_shop" and meta["inputs"][0]["shape"] == [-1, 5] and meta["model_part"] == "deepfm"
     assert 'name: "deepfm_shop"' in (art / "deepfm_shop" / "config.pbtxt").read_text()
-    towers = run_cli("export", "two_tower", "--data", str(log_csv), "--label", "clicked", "--artifacts", str(art),
-                     "--quiet", "--model-name", "tt_shop", *SMALL)
+    towers = run_cli(
+        "export",
+        "two_tower",
+        "--data",
+        str(log_csv),
+        "--label",
+        "clicked",
+        "--artifacts",
+        str(art),
+        "--quiet",
+        "--model-name",
+        "tt_shop",
+        *SMALL,
+    )
     assert towers.returncode == 0, towers.stderr
     item = json.loads((art / "tt_shop_item" / "1" / "metadata.json").read_text())
     assert item["name"] == "tt_shop_item" and item["related_models"] == ["tt_shop"]
@@ -293,11 +415,14 @@ def test_torchserve_archive_with_vocab_answers_raw_strings(exported, tmp_path):
     model_dir = tmp_path / "model_dir"
     with zipfile.ZipFile(result.path) as mar:
         mar.extractall(model_dir)
-    context = SimpleNamespace(system_properties={"model_dir": str(model_dir)}, manifest={"model": {"serializedFile": "model.onnx"}})
+    context = SimpleNamespace(
+        system_properties={"model_dir": str(model_dir)}, manifest={"model": {"serializedFile": "model.onnx"}}
+    )
 
     def fresh():
-        spec = importlib.util.spec_from_file_location(f"ts_entry_{len(list(tmp_path.iterdir()))}",
-                                                      model_dir / "torchserve_entry.py")
+        spec = importlib.util.spec_from_file_location(
+            f"ts_entry_{len(list(tmp_path.iterdir()))}", model_dir / "torchserve_entry.py"
+        )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -1,4 +1,5 @@
 """The registry is the one list of models: everything else derives from it, and a new model is one class."""
+
 from __future__ import annotations
 
 import json
@@ -9,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.training import hparams as H
-from exporter.tools import notebooks as runner
-from exporter.export import pipeline
-from exporter.models import torch_common as tc
-from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.errors import ExporterError
-from exporter.training.metrics import ctr_metrics
+from exporter.export import pipeline
 from exporter.models import get_spec, model_names, registered, repository_names
+from exporter.models import torch_common as tc
 from exporter.models.base import NotebookInfo
 from exporter.models.torch_base import TorchModel
+from exporter.tools import notebooks as runner
+from exporter.training import hparams as H
+from exporter.training.data import DEFAULT_FEATURES, LABEL
+from exporter.training.metrics import ctr_metrics
 from tests.conftest import REPO, SMALL_HPARAMS, run_cli
 
 
@@ -46,9 +47,17 @@ class LogReg(TorchModel):
     default_features = tuple(DEFAULT_FEATURES)
     default_hparams = {"epochs": 2, "batch_size": 256, "learning_rate": 0.05, "weight_decay": 0.0}
     model_names = ("logreg",)
-    notebook = NotebookInfo(title="Logistic regression", what="a logistic regression", native="PyTorch",
-                            checkpoint="checkpoint.pt", knobs=(("epochs", "passes"),), extra="other", step="epoch",
-                            eval_md="ROC curve.", example="-p epochs 2")
+    notebook = NotebookInfo(
+        title="Logistic regression",
+        what="a logistic regression",
+        native="PyTorch",
+        checkpoint="checkpoint.pt",
+        knobs=(("epochs", "passes"),),
+        extra="other",
+        step="epoch",
+        eval_md="ROC curve.",
+        example="-p epochs 2",
+    )
     test_hparams = {"epochs": 1}
 
     def metrics(self, predictions, labels):
@@ -82,8 +91,11 @@ def test_a_sixth_model_is_one_class_and_exports_verifies_and_serves(tmp_path: Pa
         assert "logreg" in model_names() and "logreg" in repository_names()
         assert get_spec("logreg") is spec
         assert "logreg" in runner.notebook_names()
-        result = pipeline.run(pipeline.ExportParams(model="logreg", rows=2000, seed=3, artifacts=tmp_path,
-                                                    hparams={"epochs": 1}, progress=False))
+        result = pipeline.run(
+            pipeline.ExportParams(
+                model="logreg", rows=2000, seed=3, artifacts=tmp_path, hparams={"epochs": 1}, progress=False
+            )
+        )
         assert result.evaluation.metrics["auc"] > 0.6
         report = verify(tmp_path)
         assert report.ok, report.problems
@@ -102,8 +114,10 @@ def test_a_sixth_model_is_one_class_and_exports_verifies_and_serves(tmp_path: Pa
 
 def test_an_incomplete_model_class_cannot_be_instantiated():
     """A forgotten fact or method fails when the model is first looked up, naming what is missing."""
-    facts = {k: getattr(LogReg, k) for k in ("description", "label_columns", "default_features", "default_hparams",
-                                             "model_names")}
+    facts = {
+        k: getattr(LogReg, k)
+        for k in ("description", "label_columns", "default_features", "default_hparams", "model_names")
+    }
     methods = {k: getattr(LogReg, k) for k in ("metrics", "make_config", "build")}
     with pytest.raises(TypeError, match="Nameless declares no name"):
         type("Nameless", (TorchModel,), {**facts, **methods, "loss": LogReg.loss})()
@@ -116,13 +130,17 @@ def test_a_hyper_parameter_without_a_rule_is_refused(tmp_path: Path):
     spec = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1})
     with registered(spec), pytest.raises(ExporterError, match="dropout of logreg has no rule"):
         H.resolve_hparams(spec, {})
-    ruled = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1},
-                        hparam_rules={"dropout": ("fraction", "a number in (0, 1]")})
+    ruled = logreg_spec(
+        default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1},
+        hparam_rules={"dropout": ("fraction", "a number in (0, 1]")},
+    )
     assert H.resolve_hparams(ruled, {})["dropout"] == 0.1
     with pytest.raises(ExporterError, match="dropout of logreg must be a number in"):
         H.resolve_hparams(ruled, {"dropout": 2})
-    own = logreg_spec(default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1},
-                      hparam_rules={"dropout": (lambda v, hp: v < hp["learning_rate"], "below the learning rate")})
+    own = logreg_spec(
+        default_hparams={"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "dropout": 0.1},
+        hparam_rules={"dropout": (lambda v, hp: v < hp["learning_rate"], "below the learning rate")},
+    )
     assert H.resolve_hparams(own, {"dropout": 0.01})["dropout"] == 0.01
     with pytest.raises(ExporterError, match="dropout of logreg must be below the learning rate, got 0.1"):
         H.resolve_hparams(own, {})
@@ -144,8 +162,10 @@ def _imports(package_dirs: list[Path]) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                         for a in node.names]
+                names = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
             edges[m] |= {n for n in names if n in modules and n != m}
     return edges
 
@@ -153,8 +173,12 @@ def _imports(package_dirs: list[Path]) -> dict[str, set[str]]:
 def test_training_imports_no_model_and_models_and_training_have_no_import_cycle():
     edges = _imports([REPO / "exporter" / "models", REPO / "exporter" / "training"])
     assert "exporter.training.hparams" in edges and "exporter.models.mmoe.tasks" in edges
-    upward = sorted((a, b) for a, targets in edges.items() for b in targets
-                    if a.startswith("exporter.training") and b.startswith("exporter.models"))
+    upward = sorted(
+        (a, b)
+        for a, targets in edges.items()
+        for b in targets
+        if a.startswith("exporter.training") and b.startswith("exporter.models")
+    )
     assert not upward, upward
 
     def cycle_from(start: str, path: list[str]) -> list[str] | None:

@@ -2,6 +2,7 @@
 
 On cases small enough to rank by hand.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,9 @@ def test_a_heldout_item_that_is_also_a_training_item_is_not_counted():
 
 def test_excluded_items_never_take_a_top_place():
     # user 2 scores [1, 1, 2, 2, 2]; excluding 2, 3, 4 leaves 0 and 1: held-out {1} is at rank 2, not 5
-    res = R.evaluate_embeddings(USERS[2:], ITEMS, R.UserItems.from_lists([[2, 3, 4]]), R.UserItems.from_lists([[1]]), ks=(2,))
+    res = R.evaluate_embeddings(
+        USERS[2:], ITEMS, R.UserItems.from_lists([[2, 3, 4]]), R.UserItems.from_lists([[1]]), ks=(2,)
+    )
     assert res.metrics["recall@2"] == 1.0
 
 

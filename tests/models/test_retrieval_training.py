@@ -1,4 +1,5 @@
 """Two-tower retrieval: in-batch sampled softmax, the pair split, recall@K against popularity, items.parquet."""
+
 from __future__ import annotations
 
 import hashlib
@@ -85,8 +86,14 @@ def test_pair_split_keeps_every_repeat_of_a_pair_on_one_side():
 
 
 def test_catalogue_is_one_row_per_item_with_its_first_known_values():
-    frame = pd.DataFrame({"item_id": [7, 3, 7, 9, 3], "item_category": [None, "b", "c", "d", "e"],
-                          "price": [1.0, 2.0, 3.0, np.nan, 5.0], "user_id": [1, 1, 2, 2, 3]})
+    frame = pd.DataFrame(
+        {
+            "item_id": [7, 3, 7, 9, 3],
+            "item_category": [None, "b", "c", "d", "e"],
+            "price": [1.0, 2.0, 3.0, np.nan, 5.0],
+            "user_id": [1, 1, 2, 2, 3],
+        }
+    )
     catalogue = TW.catalogue_frame(frame, ["item_id", "item_category", "price"])
     # item 7's first row has no category: its second row's is the item's; item 9 never had a price
     assert catalogue["item_id"].tolist() == [7, 3, 9] and catalogue["item_category"].tolist() == ["c", "b", "d"]
@@ -97,8 +104,13 @@ def test_catalogue_is_one_row_per_item_with_its_first_known_values():
 
 
 def _retrieval_metrics(model: tuple[float, float], popular: tuple[float, float], items: int = 200) -> dict:
-    return {"recall@10": model[0], "recall@50": model[1], "popularity_recall@10": popular[0],
-            "popularity_recall@50": popular[1], "catalogue_items": float(items)}
+    return {
+        "recall@10": model[0],
+        "recall@50": model[1],
+        "popularity_recall@10": popular[0],
+        "popularity_recall@50": popular[1],
+        "catalogue_items": float(items),
+    }
 
 
 def test_a_model_that_does_not_beat_popularity_is_flagged():
@@ -106,7 +118,9 @@ def test_a_model_that_does_not_beat_popularity_is_flagged():
     assert good["metric"] == "recall@50" and good["value"] == 0.6 and "warning" not in good
     assert good["baselines"]["popularity"]["recall@10"] == 0.2
     bad = V.assess(_retrieval_metrics((0.19, 0.6), (0.2, 0.5)), {})
-    assert "no better than recommending the most popular items" in bad["warning"] and "recall@10 0.1900" in bad["warning"]
+    assert (
+        "no better than recommending the most popular items" in bad["warning"] and "recall@10 0.1900" in bad["warning"]
+    )
     # K = 50 over a 40-item catalogue ranks nothing: reported, not judged
     small = V.assess(_retrieval_metrics((0.5, 1.0), (0.4, 1.0), items=40), {})
     assert small["metric"] == "recall@10" and "warning" not in small
@@ -166,8 +180,9 @@ def test_two_tower_metadata_records_retrieval_against_popularity(exported_runs):
 
 @pytest.mark.slow
 def test_trained_on_positives_it_beats_popularity_on_the_synthetic_log(tmp_path):
-    result = pipeline.run(pipeline.ExportParams(model="two_tower", rows=20_000, seed=0, artifacts=tmp_path,
-                                                progress=False))
+    result = pipeline.run(
+        pipeline.ExportParams(model="two_tower", rows=20_000, seed=0, artifacts=tmp_path, progress=False)
+    )
     m = result.evaluation.metrics
     assert m["catalogue_items"] > 50 and m["users_evaluated"] > 100
     for k in (10, 50):
@@ -185,23 +200,47 @@ def test_trained_on_positives_it_beats_popularity_on_the_synthetic_log(tmp_path)
 def test_an_interactions_table_without_a_label_trains_on_every_row(tmp_path, capsys):
     log = D.synthetic_dataset(3000, seed=4)
     log[log["label"] == 1].drop(columns=["label", "watch_time", "gmv"]).to_csv(tmp_path / "views.csv", index=False)
-    code = cli_main(["export", "two_tower", "--data", str(tmp_path / "views.csv"), "--artifacts", str(tmp_path / "a"),
-                     "--quiet", "--param", "epochs=2"])
+    code = cli_main(
+        [
+            "export",
+            "two_tower",
+            "--data",
+            str(tmp_path / "views.csv"),
+            "--artifacts",
+            str(tmp_path / "a"),
+            "--quiet",
+            "--param",
+            "epochs=2",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     meta = json.loads((tmp_path / "a" / "two_tower_item" / "1" / "metadata.json").read_text())
     assert meta["training"]["label_columns"] == [] and "recall@10" in meta["training"]["metrics"]
     assert "auc" not in meta["training"]["metrics"]  # no negatives to score
-    code = cli_main(["export", "two_tower", "--data", str(tmp_path / "views.csv"), "--artifacts", str(tmp_path / "b"),
-                     "--quiet", "--param", "loss=bce"])
+    code = cli_main(
+        [
+            "export",
+            "two_tower",
+            "--data",
+            str(tmp_path / "views.csv"),
+            "--artifacts",
+            str(tmp_path / "b"),
+            "--quiet",
+            "--param",
+            "loss=bce",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "label column 'label'" in err and "loss bce" in err
 
 
 def test_bad_retrieval_settings_are_refused(tmp_path, capsys):
-    for param, message in (("loss=listwise", "loss of two_tower must be softmax"),
-                           ("temperature=0", "temperature of two_tower must be a positive number"),
-                           ("logq_correction=1", "logq_correction of two_tower must be true or false")):
+    for param, message in (
+        ("loss=listwise", "loss of two_tower must be softmax"),
+        ("temperature=0", "temperature of two_tower must be a positive number"),
+        ("logq_correction=1", "logq_correction of two_tower must be true or false"),
+    ):
         assert cli_main(["export", "two_tower", "--rows", "100", "--artifacts", str(tmp_path), "--param", param]) == 2
         assert message in capsys.readouterr().err
 
@@ -225,8 +264,9 @@ def test_verify_checks_the_catalogue_beside_the_item_tower(exported_artifacts, t
 
 
 def test_a_big_log_is_evaluated_on_a_sample_of_users_against_full_popularity(monkeypatch):
-    prep = pipeline.prepare(pipeline.ExportParams(model="two_tower", rows=4000, seed=2, hparams={"epochs": 1},
-                                                  progress=False))
+    prep = pipeline.prepare(
+        pipeline.ExportParams(model="two_tower", rows=4000, seed=2, hparams={"epochs": 1}, progress=False)
+    )
     trained = pipeline.fit(prep)
     everyone = TW.evaluate_two_tower(prep, trained)
     n = int(everyone.metrics["users_evaluated"])

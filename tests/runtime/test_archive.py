@@ -1,5 +1,6 @@
 """``python -m exporter archive``: which version it archives, what it refuses (exit 2), and that the .mar
 appears whole or not at all. (Loading and serving the archive: tests/runtime/test_torchserve_entry.py.)"""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ def manifest(mar: Path) -> dict:
 
 
 def test_archive_builds_the_highest_version_by_default_and_refuses_to_overwrite(
-        tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = tmp_path / "store"  # created by the command
     assert cli.main(["archive", "xgb", "--artifacts", str(tree), "--export-path", str(store)]) == 0
     out = capsys.readouterr().out
@@ -45,16 +47,20 @@ def test_archive_builds_the_highest_version_by_default_and_refuses_to_overwrite(
     assert sorted(p.name for p in store.iterdir()) == ["xgb.mar"]  # no staging directory left behind
 
 
-@pytest.mark.parametrize("model, message", [
-    ("nope", "model 'nope' not found in"),
-    ("xgb/7", "model 'xgb' has no version 7 (versions: 1, 2)"),
-    ("xgb/01", "'01' is not a version directory name"),
-    ("xgb/config.pbtxt", "'config.pbtxt' is not a version directory name"),
-    ("xgb/1/model.onnx", "'1/model.onnx' is not a version directory name"),
-    ("../xgb", "model '..' not found in"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("nope", "model 'nope' not found in"),
+        ("xgb/7", "model 'xgb' has no version 7 (versions: 1, 2)"),
+        ("xgb/01", "'01' is not a version directory name"),
+        ("xgb/config.pbtxt", "'config.pbtxt' is not a version directory name"),
+        ("xgb/1/model.onnx", "'1/model.onnx' is not a version directory name"),
+        ("../xgb", "model '..' not found in"),
+    ],
+)
 def test_archive_names_what_is_wrong_with_the_model_argument(
-        tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, message: str) -> None:
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, message: str
+) -> None:
     assert cli.main(["archive", model, "--artifacts", str(tree), "--export-path", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 Requests are built by ``tritonclient.http.InferenceServerClient.generate_request_body`` and answers read by
 ``parse_response_body``, in the handler and over HTTP against ``python -m exporter serve``.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def _x(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 2.0, (n, k))
 
 
-def _request(x: np.ndarray, datatype: str = "FP64", binary_in: bool = True, binary_out: bool | None = True,
-             request_id: str = "") -> tuple[bytes, int | None]:
+def _request(
+    x: np.ndarray, datatype: str = "FP64", binary_in: bool = True, binary_out: bool | None = True, request_id: str = ""
+) -> tuple[bytes, int | None]:
     inp = tc.InferInput("features", list(x.shape), datatype)
     inp.set_data_from_numpy(x.astype(tc.triton_to_np_dtype(datatype)), binary_data=binary_in)
     outputs = None if binary_out is None else [tc.InferRequestedOutput("predictions", binary_data=binary_out)]
@@ -77,7 +79,9 @@ def test_mixed_json_and_binary_forms(tree: Path) -> None:
     assert header_length is None
     status, answer, _, answer_header = handler.handle_http(body, None)
     assert status == 200 and answer_header is not None
-    np.testing.assert_allclose(Client.parse_response_body(answer, header_length=answer_header).as_numpy("predictions"), want, atol=1e-12)
+    np.testing.assert_allclose(
+        Client.parse_response_body(answer, header_length=answer_header).as_numpy("predictions"), want, atol=1e-12
+    )
     # binary in, JSON out
     body, header_length = _request(x, binary_out=False)
     status, answer, _, answer_header = handler.handle_http(body, header_length)
@@ -99,26 +103,38 @@ def _binary_body(header: dict, payload: bytes) -> tuple[bytes, int]:
 
 
 def _tensor(shape: list[int], size: int, datatype: str = "FP64", **extra: object) -> dict:
-    return {"inputs": [{"name": "features", "shape": shape, "datatype": datatype,
-                        "parameters": {"binary_data_size": size}, **extra}]}
+    return {
+        "inputs": [
+            {
+                "name": "features",
+                "shape": shape,
+                "datatype": datatype,
+                "parameters": {"binary_data_size": size},
+                **extra,
+            }
+        ]
+    }
 
 
-@pytest.mark.parametrize("case, status, fragments", [
-    ("short", 400, ["holds 48 bytes after the JSON header", "binary_data_size says 56"]),
-    ("long", 400, ["holds 64 bytes after the JSON header"]),
-    ("size", 400, ["binary_data_size is 48", "shape [1, 7] of FP64 needs 56 bytes"]),
-    ("nan", 400, ["row 0, column \"item_price\"", "NaN"]),
-    ("inf", 400, ["row 0, column \"item_ctr\"", "Infinity"]),
-    ("big_id", 400, ["beyond 2^53"]),
-    ("both", 400, ['both "data" and parameters.binary_data_size']),
-    ("header_too_long", 400, ["Inference-Header-Content-Length is 100000", "up to the body's"]),
-    ("header_not_a_number", 400, ["Inference-Header-Content-Length is \"ten\""]),
-    ("torchserve", 400, ["binary tensor data comes only with the Open Inference Protocol form"]),
-    ("flag", 400, ["outputs[0].parameters.binary_data must be true or false"]),
-    ("rows", 413, ["accepts at most 50 rows"]),
-    ("no_header", 400, ["binary_data_size needs the Inference-Header-Content-Length header"]),
-    ("bad_json", 400, ["not valid JSON"]),
-])
+@pytest.mark.parametrize(
+    "case, status, fragments",
+    [
+        ("short", 400, ["holds 48 bytes after the JSON header", "binary_data_size says 56"]),
+        ("long", 400, ["holds 64 bytes after the JSON header"]),
+        ("size", 400, ["binary_data_size is 48", "shape [1, 7] of FP64 needs 56 bytes"]),
+        ("nan", 400, ['row 0, column "item_price"', "NaN"]),
+        ("inf", 400, ['row 0, column "item_ctr"', "Infinity"]),
+        ("big_id", 400, ["beyond 2^53"]),
+        ("both", 400, ['both "data" and parameters.binary_data_size']),
+        ("header_too_long", 400, ["Inference-Header-Content-Length is 100000", "up to the body's"]),
+        ("header_not_a_number", 400, ['Inference-Header-Content-Length is "ten"']),
+        ("torchserve", 400, ["binary tensor data comes only with the Open Inference Protocol form"]),
+        ("flag", 400, ["outputs[0].parameters.binary_data must be true or false"]),
+        ("rows", 413, ["accepts at most 50 rows"]),
+        ("no_header", 400, ["binary_data_size needs the Inference-Header-Content-Length header"]),
+        ("bad_json", 400, ["not valid JSON"]),
+    ],
+)
 def test_binary_errors(tree: Path, case: str, status: int, fragments: list[str]) -> None:
     handler = ModelHandler.load(tree / "xgb" / "1", max_rows=MAX_ROWS)
     row = struct.pack("<7d", *([0.5] * 7))
@@ -134,7 +150,9 @@ def test_binary_errors(tree: Path, case: str, status: int, fragments: list[str])
     elif case == "inf":
         body, header_length = _binary_body(_tensor([1, 7], 56), struct.pack("<7d", float("inf"), 0.1, 1, 1, 1, 1, 1))
     elif case == "big_id":
-        body, header_length = _binary_body(_tensor([1, 7], 56, "INT64"), struct.pack("<7q", 1, 2, 3, 2**53 + 1, 1, 1, 1))
+        body, header_length = _binary_body(
+            _tensor([1, 7], 56, "INT64"), struct.pack("<7q", 1, 2, 3, 2**53 + 1, 1, 1, 1)
+        )
     elif case == "both":
         body, header_length = _binary_body(_tensor([1, 7], 56, data=[0.5] * 7), row)
     elif case == "header_too_long":
@@ -166,8 +184,9 @@ def test_binary_errors(tree: Path, case: str, status: int, fragments: list[str])
 # ------------------------------------------------------------------------------------------------ over HTTP
 @pytest.fixture(scope="module")
 def server(tree: Path) -> Iterator[LiveServer]:
-    live = LiveServer(["--artifacts", str(tree), "--port", "0", "--max-rows", str(MAX_ROWS),
-                       "--max-body-bytes", str(MAX_BODY)])
+    live = LiveServer(
+        ["--artifacts", str(tree), "--port", "0", "--max-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY)]
+    )
     yield live
     live.stop()
 
@@ -176,34 +195,58 @@ def test_binary_over_http(server: LiveServer) -> None:
     x = _x(6, 2, seed=5)
     body, header_length = _request(x, request_id="http")
     with httpx.Client(base_url=server.url, timeout=10) as client:
-        r = client.post("/predictions/two_tower/1", content=body,
-                        headers={"Inference-Header-Content-Length": str(header_length),
-                                 "Content-Type": "application/octet-stream"})
+        r = client.post(
+            "/predictions/two_tower/1",
+            content=body,
+            headers={"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"},
+        )
         assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
         result = Client.parse_response_body(r.content, header_length=int(r.headers["inference-header-content-length"]))
         np.testing.assert_allclose(result.as_numpy("predictions"), expected_output(x, "vector", 4), atol=1e-12)
         assert result.get_response()["id"] == "http"
         # errors keep the JSON error table
-        assert_json_error(client.post("/predictions/two_tower", content=body[:-8],
-                                      headers={"Inference-Header-Content-Length": str(header_length)}),
-                          400, "bytes after the JSON header")
-        assert_json_error(client.post("/predictions/two_tower", content=body,
-                                      headers={"Inference-Header-Content-Length": "-3"}),
-                          400, "Inference-Header-Content-Length is -3")
+        assert_json_error(
+            client.post(
+                "/predictions/two_tower",
+                content=body[:-8],
+                headers={"Inference-Header-Content-Length": str(header_length)},
+            ),
+            400,
+            "bytes after the JSON header",
+        )
+        assert_json_error(
+            client.post("/predictions/two_tower", content=body, headers={"Inference-Header-Content-Length": "-3"}),
+            400,
+            "Inference-Header-Content-Length is -3",
+        )
         big = np.zeros((MAX_BODY // 16 + 1, 2))
         body, header_length = _request(big)
-        assert_json_error(client.post("/predictions/two_tower", content=body,
-                                      headers={"Inference-Header-Content-Length": str(header_length)}),
-                          413, "too large")
+        assert_json_error(
+            client.post(
+                "/predictions/two_tower", content=body, headers={"Inference-Header-Content-Length": str(header_length)}
+            ),
+            413,
+            "too large",
+        )
         # the model card's curl recipe, byte for byte: header, then struct-packed doubles
-        header = json.dumps({"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64",
-                                         "parameters": {"binary_data_size": 16}}],
-                             "outputs": [{"name": "predictions", "parameters": {"binary_data": True}}]},
-                            separators=(",", ":"))
-        r = client.post("/predictions/two_tower", content=header.encode() + struct.pack("<2d", 30.0, 1.0),
-                        headers={"Inference-Header-Content-Length": str(len(header))})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {"name": "features", "shape": [1, 2], "datatype": "FP64", "parameters": {"binary_data_size": 16}}
+                ],
+                "outputs": [{"name": "predictions", "parameters": {"binary_data": True}}],
+            },
+            separators=(",", ":"),
+        )
+        r = client.post(
+            "/predictions/two_tower",
+            content=header.encode() + struct.pack("<2d", 30.0, 1.0),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
         n = int(r.headers["inference-header-content-length"])
-        np.testing.assert_allclose(np.frombuffer(r.content[n:], "<f8"), expected_output(np.array([[30.0, 1.0]]), "vector", 4)[0])
+        np.testing.assert_allclose(
+            np.frombuffer(r.content[n:], "<f8"), expected_output(np.array([[30.0, 1.0]]), "vector", 4)[0]
+        )
 
 
 def test_the_model_cards_python_call_works(server: LiveServer, tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,8 +278,9 @@ def test_binary_categorical_ids_are_checked_like_json(exported_artifacts: Path) 
     status, answer, _, answer_header = handler.handle_http(body, header_length)
     assert status == 200  # the sample rows themselves are fine
     expected = json.loads((vdir / "sample_response_v2.json").read_text())["outputs"][0]["data"]
-    np.testing.assert_allclose(Client.parse_response_body(answer, header_length=answer_header).as_numpy("predictions"),
-                               expected, atol=1e-12)
+    np.testing.assert_allclose(
+        Client.parse_response_body(answer, header_length=answer_header).as_numpy("predictions"), expected, atol=1e-12
+    )
     col = meta["feature_columns"].index(ids[0])
     x[1, col] += 0.5
     body, header_length = _request(x)

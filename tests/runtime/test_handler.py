@@ -1,4 +1,5 @@
 """The embedded handler: both request forms, every prediction format, every documented error, loading checks."""
+
 from __future__ import annotations
 
 import hashlib
@@ -60,7 +61,9 @@ def assert_error(status: int, answer: Any, expected_status: int, *fragments: str
 # ------------------------------------------------------------------------------------------- success
 @pytest.mark.parametrize("name", list(TINY_MODELS))
 @pytest.mark.parametrize("n_rows", [1, 3, 257])
-def test_torchserve_form_answers_per_prediction_format(handlers: dict[str, ModelHandler], name: str, n_rows: int) -> None:
+def test_torchserve_form_answers_per_prediction_format(
+    handlers: dict[str, ModelHandler], name: str, n_rows: int
+) -> None:
     handler = handlers[name]
     fmt, columns, width = TINY_MODELS[name]
     rows = sample_rows(columns, n_rows, seed=n_rows)
@@ -135,7 +138,9 @@ def test_both_forms_give_the_same_numbers(handlers: dict[str, ModelHandler]) -> 
     rows = sample_rows(DEFAULT_COLUMNS, 4)
     _, ts = call(handler, {"data": rows})
     x = rows_matrix(rows, DEFAULT_COLUMNS)
-    _, v2 = call(handler, {"inputs": [{"name": "features", "shape": [4, 7], "datatype": "FP64", "data": x.ravel().tolist()}]})
+    _, v2 = call(
+        handler, {"inputs": [{"name": "features", "shape": [4, 7], "datatype": "FP64", "data": x.ravel().tolist()}]}
+    )
     from_ts = [p[c] for p in ts["predictions"] for c in MMOE_OUTPUTS]
     assert from_ts == v2["outputs"][0]["data"]
 
@@ -160,7 +165,9 @@ def test_predict_accepts_numpy_and_big_python_numbers(handlers: dict[str, ModelH
 def test_handle_bytes_accepts_bytes_like_and_str(handlers: dict[str, ModelHandler]) -> None:
     handler = handlers["two_tower"]
     body = json.dumps({"data": [{"user_age": 30, "user_gender": 1}]})
-    answers = {handler.handle_bytes(b) for b in (body, body.encode(), bytearray(body.encode()), memoryview(body.encode()))}
+    answers = {
+        handler.handle_bytes(b) for b in (body, body.encode(), bytearray(body.encode()), memoryview(body.encode()))
+    }
     assert len(answers) == 1 and answers.pop()[0] == 200
 
 
@@ -199,8 +206,12 @@ ERROR_CASES: list[tuple[str, Any, int, tuple[str, ...]]] = [
     ("first row not object", {"data": ["x"]}, 400, ("data[0]", "got a string")),
     ("empty data", {"data": []}, 400, ('"data" is empty', "data[0]")),
     # missing feature: names the column(s) and the row
-    ("missing feature", {"data": [GOOD_ROW, GOOD_ROW, {k: v for k, v in GOOD_ROW.items() if k != "user_age"}]},
-     400, ("data[2]", '"user_age"', "missing")),
+    (
+        "missing feature",
+        {"data": [GOOD_ROW, GOOD_ROW, {k: v for k, v in GOOD_ROW.items() if k != "user_age"}]},
+        400,
+        ("data[2]", '"user_age"', "missing"),
+    ),
     ("missing features", {"data": [{"item_ctr": 0.1}]}, 400, ("data[0]", '"item_cvr"', '"cross_gender_x_price"')),
     # value NaN, Infinity, string, boolean, null: names the column and the row
     ("nan", with_value(1, "item_cvr", "NaN"), 400, ('data[1]["item_cvr"]', "NaN")),
@@ -215,8 +226,12 @@ ERROR_CASES: list[tuple[str, Any, int, tuple[str, ...]]] = [
     ("v2 inputs not list", {"inputs": {"name": "features"}}, 400, ('"inputs" must be a list', '"features"')),
     ("v2 two inputs", {"inputs": [v2()["inputs"][0]] * 2}, 400, ("2 tensors", '"features"')),
     ("v2 input not object", {"inputs": [[0.5] * 7]}, 400, ("inputs[0] must be an object",)),
-    ("v2 missing datatype", {"inputs": [{"name": "features", "shape": [1, 7], "data": [0.5] * 7}]}, 400,
-     ('missing "datatype"',)),
+    (
+        "v2 missing datatype",
+        {"inputs": [{"name": "features", "shape": [1, 7], "data": [0.5] * 7}]},
+        400,
+        ('missing "datatype"',),
+    ),
     ("v2 unknown input", v2(name="input0"), 400, ('"input0"', "unknown input", '"features"')),
     ("v2 shape 1-D", v2(shape=[7]), 400, ("inputs[0].shape is [7]", "2-D", "[<rows>, 7]")),
     ("v2 shape 3-D", v2(shape=[1, 1, 7]), 400, ("inputs[0].shape", "2-D")),
@@ -230,12 +245,15 @@ ERROR_CASES: list[tuple[str, Any, int, tuple[str, ...]]] = [
     ("v2 BYTES", v2(datatype="BYTES", data=["a"] * 7), 400, ('"BYTES"', "not supported", "FP64")),
     ("v2 BOOL", v2(datatype="BOOL", data=[True] * 7), 400, ('"BOOL"', "not supported", "FP64")),
     ("v2 unknown datatype", v2(datatype="FP128"), 400, ('"FP128"', "not supported")),
-    ("v2 string value", v2(shape=[2, 7], data=[0.5] * 8 + ["x"] + [0.5] * 5), 400,
-     ("row 1", '"item_cvr"', "string")),
+    ("v2 string value", v2(shape=[2, 7], data=[0.5] * 8 + ["x"] + [0.5] * 5), 400, ("row 1", '"item_cvr"', "string")),
     ("v2 null value", v2(data=[0.5] * 6 + [None]), 400, ("row 0", '"cross_gender_x_price"', "null")),
     ("v2 bool value", v2(data=[0.5] * 3 + [True] + [0.5] * 3), 400, ("row 0", '"user_age"', "boolean")),
-    ("v2 unknown output", dict(v2(), outputs=[{"name": "probabilities"}]), 400,
-     ('"probabilities"', "unknown output", '"predictions"')),
+    (
+        "v2 unknown output",
+        dict(v2(), outputs=[{"name": "probabilities"}]),
+        400,
+        ('"probabilities"', "unknown output", '"predictions"'),
+    ),
     ("v2 output not object", dict(v2(), outputs=["predictions"]), 400, ("outputs[0]", '"predictions"')),
     ("v2 id not string", dict(v2(), id=42), 400, ('"id" must be a string',)),
     ("v2 parameters not object", dict(v2(), parameters=[1]), 400, ('"parameters" must be an object',)),
@@ -349,8 +367,11 @@ def test_named_columns_encoding_equals_the_plain_json_encoding(tree: Path, tmp_p
     (vdir / "metadata.json").write_text(json.dumps(meta))
     handler = ModelHandler.load(vdir)
     rng = np.random.default_rng(0)
-    for out in (rng.normal(size=(1, 3)), rng.normal(size=(257, 3)) * 1e6,
-                np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]])):
+    for out in (
+        rng.normal(size=(1, 3)),
+        rng.normal(size=(257, 3)) * 1e6,
+        np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]]),
+    ):
         plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r)) for r in out.tolist()]})
         assert handler.torchserve.encode_named(out) == plain
 

@@ -1,4 +1,5 @@
 """Property tests: whatever a client sends, the handler answers 200 or a 4xx with an ``error`` string."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,8 @@ scalars = (
     | st.text(max_size=8)
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=5),
     max_leaves=30,
 )
 numbers = st.integers(-(10**6), 10**6) | st.floats(-1e6, 1e6) | st.floats(allow_nan=True, allow_infinity=True)
@@ -81,9 +83,12 @@ requests = (
     | st.fixed_dictionaries({"data": rows})
     | st.fixed_dictionaries(
         {"inputs": st.lists(tensor, max_size=2) | json_values},
-        optional={"id": json_values, "parameters": json_values,
-                  "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["predictions", "x"])}), max_size=2)
-                  | json_values},
+        optional={
+            "id": json_values,
+            "parameters": json_values,
+            "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["predictions", "x"])}), max_size=2)
+            | json_values,
+        },
     )
 )
 
@@ -132,16 +137,24 @@ def test_random_bytes(handlers: list[ModelHandler], body: bytes) -> None:
 
 
 @FUZZ
-@given(prefix=st.sampled_from([b'{"data": [', b'{"inputs": [{"name": "features", "shape": [1, 7], "data": [']),
-       junk=st.binary(max_size=80))
+@given(
+    prefix=st.sampled_from([b'{"data": [', b'{"inputs": [{"name": "features", "shape": [1, 7], "data": [']),
+    junk=st.binary(max_size=80),
+)
 def test_truncated_and_corrupted_bodies(handlers: list[ModelHandler], prefix: bytes, junk: bytes) -> None:
     check_answer(*handlers[0].handle_bytes(prefix + junk))
 
 
 def test_deeply_nested_bodies_are_400(handlers: list[ModelHandler]) -> None:
-    for body in (b"[" * 100_000, b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-                 b'{"inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", "data": '
-                 + b"[" * 900 + b"1" + b"]" * 900 + b"}]}"):
+    for body in (
+        b"[" * 100_000,
+        b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", "data": '
+        + b"[" * 900
+        + b"1"
+        + b"]" * 900
+        + b"}]}",
+    ):
         status, answer = handlers[0].handle_bytes(body)
         check_answer(status, answer)
         assert status == 400

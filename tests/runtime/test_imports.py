@@ -1,5 +1,6 @@
 """exporter.runtime is shipped alone inside TorchServe archives: it imports nothing of ``exporter`` outside
 itself, and no third-party module but numpy, orjson and onnxruntime."""
+
 from __future__ import annotations
 
 import ast
@@ -49,9 +50,11 @@ def problems(source: str, module: str, is_package: bool = False) -> list[str]:
 
 
 def test_the_checker_catches_what_it_should() -> None:
-    sample = ("import json\nimport pandas\nfrom exporter.features import hash_code\nfrom exporter import contract\n"
-              "from exporter.runtime.rules import VOCAB_FILE\nfrom . import rules\nfrom .. import errors\n"
-              "import numpy as np\n")
+    sample = (
+        "import json\nimport pandas\nfrom exporter.features import hash_code\nfrom exporter import contract\n"
+        "from exporter.runtime.rules import VOCAB_FILE\nfrom . import rules\nfrom .. import errors\n"
+        "import numpy as np\n"
+    )
     assert problems(sample, "exporter.runtime.handler") == [
         "exporter.runtime.handler imports pandas",
         "exporter.runtime.handler imports exporter.features",
@@ -67,5 +70,13 @@ def test_runtime_module_imports_only_runtime_stdlib_numpy_orjson_onnxruntime(pat
 
 def test_every_runtime_module_is_checked() -> None:
     names = {p.relative_to(RUNTIME).as_posix() for p in RUNTIME.rglob("*.py")}
-    assert {"rules.py", "handler.py", "columns.py", "errors.py", "torchserve_entry.py", "envelopes/torchserve.py",
-            "envelopes/v2_json.py", "envelopes/v2_binary.py"} <= names
+    assert {
+        "rules.py",
+        "handler.py",
+        "columns.py",
+        "errors.py",
+        "torchserve_entry.py",
+        "envelopes/torchserve.py",
+        "envelopes/v2_json.py",
+        "envelopes/v2_binary.py",
+    } <= names

@@ -6,6 +6,7 @@ once at load time, then ``handle(batch, context)`` with one dict per request hol
 ``data``): bytes, or an already-decoded JSON object for ``application/json``. Per-request statuses go through
 ``context.set_response_status(code, phrase, idx)``. The fake context below mirrors ts/context.py.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,9 +19,10 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -98,11 +100,18 @@ def model_dir(archived: tuple[Path, Path]) -> Path:
     assert manifest["model"]["serializedFile"] == "model.onnx"
     assert (manifest["model"]["modelName"], manifest["model"]["modelVersion"]) == ("mmoe", "1")
     assert sorted(p.name for p in extracted.iterdir()) == [
-        "MAR-INF", "exporter", "metadata.json", "model.onnx", "torchserve_entry.py"]
+        "MAR-INF",
+        "exporter",
+        "metadata.json",
+        "model.onnx",
+        "torchserve_entry.py",
+    ]
     shipped = sorted(p.relative_to(extracted).as_posix() for p in (extracted / "exporter").rglob("*.py"))
     runtime = Path(sys.modules["exporter.runtime.handler"].__file__).parent
-    assert shipped == sorted(["exporter/__init__.py"] + [
-        f"exporter/runtime/{p.relative_to(runtime).as_posix()}" for p in runtime.rglob("*.py")])
+    assert shipped == sorted(
+        ["exporter/__init__.py"]
+        + [f"exporter/runtime/{p.relative_to(runtime).as_posix()}" for p in runtime.rglob("*.py")]
+    )
     return extracted
 
 
@@ -126,8 +135,12 @@ def test_torchserve_batch_with_every_body_kind(model_dir: Path) -> None:
     module = fresh_handler_module(model_dir)
     rows = sample_rows(DEFAULT_COLUMNS, 2)
     body = json.dumps({"data": rows})
-    v2 = {"id": "7", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64",
-                                 "data": [rows[0][c] for c in DEFAULT_COLUMNS]}]}
+    v2 = {
+        "id": "7",
+        "inputs": [
+            {"name": "features", "shape": [1, 7], "datatype": "FP64", "data": [rows[0][c] for c in DEFAULT_COLUMNS]}
+        ],
+    }
     batch = [
         {"body": bytearray(body.encode())},  # TorchServe hands raw bodies over as bytearray
         {"data": body.encode()},
@@ -167,12 +180,15 @@ def test_initialize_entry_point_and_missing_model_dir(model_dir: Path) -> None:
         bare.initialize(fake_ts.Context("mmoe", "", {}))
 
 
-def test_archive_runs_without_the_exporter_package(archived: tuple[Path, Path], model_dir: Path,
-                                                   tmp_path: Path) -> None:
+def test_archive_runs_without_the_exporter_package(
+    archived: tuple[Path, Path], model_dir: Path, tmp_path: Path
+) -> None:
     """In a clean process where the exporter package is not importable, load the extracted archive the way
     ts/model_loader.py does: only the archive's own exporter/runtime may be imported."""
     script = tmp_path / "load_like_torchserve.py"
-    script.write_text(FAKE_TS + textwrap.dedent(f'''
+    script.write_text(
+        FAKE_TS
+        + textwrap.dedent(f"""
         import importlib, importlib.util, json, os, sys
         # hide the installed (editable) exporter package: its finder and path hook, and any path holding it
         sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
@@ -198,7 +214,8 @@ def test_archive_runs_without_the_exporter_package(archived: tuple[Path, Path], 
         assert "exporter.runtime.handler" in loaded
         print(json.dumps({{"answers": [o.decode() for o in out],
                           "statuses": [rp._status_code for rp in ctx.request_processor]}}))
-    '''))
+    """)
+    )
     rows = sample_rows(DEFAULT_COLUMNS, 3)
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"data": rows}))
@@ -246,23 +263,52 @@ class TorchServe:
             f"metrics_address=http://127.0.0.1:{self.metrics}\n"
             "default_workers_per_model=1\ninstall_py_dep_per_model=false\ndisable_system_metrics=true\n"
         )
-        self.env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "TMPDIR": str(root / "tmp"),
-                    "TEMP": str(root / "tmp"), "LOG_LOCATION": str(root / "logs"),
-                    "METRICS_LOCATION": str(root / "logs")}
-        self.command = ["torchserve", "--start", "--ncs", "--model-store", str(store), "--models",
-                        f"{model}={model}.mar", "--disable-token-auth", "--ts-config", str(self.config)]
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            "TMPDIR": str(root / "tmp"),
+            "TEMP": str(root / "tmp"),
+            "LOG_LOCATION": str(root / "logs"),
+            "METRICS_LOCATION": str(root / "logs"),
+        }
+        self.command = [
+            "torchserve",
+            "--start",
+            "--ncs",
+            "--model-store",
+            str(store),
+            "--models",
+            f"{model}={model}.mar",
+            "--disable-token-auth",
+            "--ts-config",
+            str(self.config),
+        ]
 
     def start(self) -> None:
         """Start the frontend (it keeps running after the command returns; its output goes to a file, since
         it holds on to whatever stdout it inherits)."""
         with open(self.root / "logs" / "torchserve.out", "wb") as out:
-            subprocess.run(self.command, cwd=self.root, env=self.env, check=True, stdout=out,
-                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60)
+            subprocess.run(
+                self.command,
+                cwd=self.root,
+                env=self.env,
+                check=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=60,
+            )
 
     def stop(self) -> None:
         """``torchserve --stop``; then end whatever of this instance's process tree is left (by its pid file)."""
-        subprocess.run(["torchserve", "--stop"], cwd=self.root, env=self.env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            ["torchserve", "--stop"],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
         pid_file = self.root / "tmp" / ".model_server.pid"
         if pid_file.is_file():
             import psutil
@@ -275,8 +321,10 @@ class TorchServe:
                 pass
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
-                         for p in sorted((self.root / "logs").glob("*.*")))
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+            for p in sorted((self.root / "logs").glob("*.*"))
+        )
 
 
 @pytest.fixture()
@@ -308,8 +356,10 @@ def wait_until_ready(server: TorchServe, client: httpx.Client) -> None:
         except (httpx.HTTPError, ValueError, IndexError, KeyError):
             pass
         time.sleep(1.0)
-    pytest.fail(f"TorchServe did not report mmoe READY within {TORCHSERVE_READY_WITHIN:.0f} s "
-                f"(workers: {status})\n{server.logs()}")
+    pytest.fail(
+        f"TorchServe did not report mmoe READY within {TORCHSERVE_READY_WITHIN:.0f} s "
+        f"(workers: {status})\n{server.logs()}"
+    )
 
 
 def test_real_torchserve_serves_the_archive(torchserve: TorchServe, archived: tuple[Path, Path]) -> None:
@@ -317,8 +367,12 @@ def test_real_torchserve_serves_the_archive(torchserve: TorchServe, archived: tu
     vdir, _ = archived
     handler = ModelHandler.load(vdir)
     rows = sample_rows(DEFAULT_COLUMNS, 4, seed=5)
-    v2 = {"id": "r1", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64",
-                                  "data": [rows[0][c] for c in DEFAULT_COLUMNS]}]}
+    v2 = {
+        "id": "r1",
+        "inputs": [
+            {"name": "features", "shape": [1, 7], "datatype": "FP64", "data": [rows[0][c] for c in DEFAULT_COLUMNS]}
+        ],
+    }
     url = f"http://127.0.0.1:{torchserve.inference}/predictions/mmoe"
     with httpx.Client(timeout=60) as client:
         wait_until_ready(torchserve, client)
@@ -326,7 +380,8 @@ def test_real_torchserve_serves_the_archive(torchserve: TorchServe, archived: tu
             response = client.post(url, content=json.dumps(request), headers={"Content-Type": "application/json"})
             assert response.status_code == 200, (response.text, torchserve.logs())
             assert response.json() == handler.predict(request)
-        bad = client.post(url, content=json.dumps({"data": [{"item_ctr": 0.1}]}),
-                          headers={"Content-Type": "application/json"})
+        bad = client.post(
+            url, content=json.dumps({"data": [{"item_ctr": 0.1}]}), headers={"Content-Type": "application/json"}
+        )
     assert bad.status_code == 400, bad.text
     assert 'data[0] is missing feature columns "item_cvr"' in bad.json()["error"]

@@ -3,6 +3,7 @@
 Expected predictions always come from :meth:`ModelHandler.predict` on the same rows (the serving path), and
 are compared bit for bit with what the Parquet output holds. Spark tests share one ``local[2]`` session.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,8 @@ def handler_predictions(handler: ModelHandler, table: pa.Table) -> list:
     rows = table.select(handler.feature_columns).to_pylist()
     out: list = []
     for i in range(0, len(rows), 1000):
-        answer = handler.predict({"data": rows[i:i + 1000]})["predictions"]
-        out.extend(answer if len(rows[i:i + 1000]) > 1 else [answer])
+        answer = handler.predict({"data": rows[i : i + 1000]})["predictions"]
+        out.extend(answer if len(rows[i : i + 1000]) > 1 else [answer])
     return out
 
 
@@ -142,9 +143,15 @@ def bad_input(tmp_path_factory):
 def read_rejects(output: Path) -> dict:
     rejects = pads.dataset(str(output / "_rejects"), format="parquet").to_table()
     assert rejects.column_names == ["source_file", "source_row", "reason", "row_id"]
-    return {(Path(f).name, r): reason for f, r, reason in zip(
-        rejects.column("source_file").to_pylist(), rejects.column("source_row").to_pylist(),
-        rejects.column("reason").to_pylist(), strict=True)}
+    return {
+        (Path(f).name, r): reason
+        for f, r, reason in zip(
+            rejects.column("source_file").to_pylist(),
+            rejects.column("source_row").to_pylist(),
+            rejects.column("reason").to_pylist(),
+            strict=True,
+        )
+    }
 
 
 # ---------------------------------------------------------------------------------------------- local engine
@@ -184,7 +191,9 @@ def test_bad_rows_go_to_rejects_with_file_row_and_reason(exported_artifacts, bad
 def test_more_rejects_than_allowed_fails_and_writes_nothing(exported_artifacts, bad_input, tmp_path):
     directory, _, _ = bad_input
     out = tmp_path / "out"
-    with pytest.raises(ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 5: \"item_ctr\" is NaN"):
+    with pytest.raises(
+        ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 5: \"item_ctr\" is NaN"
+    ):
         score(options(exported_artifacts, "deepfm", directory, out, max_rejects=4))
     assert not out.exists() and os.listdir(tmp_path) == []
 
@@ -194,14 +203,34 @@ def test_missing_column_is_exit_2_before_any_work(exported_artifacts, inputs, tm
     partial = tmp_path / "partial.parquet"
     pq.write_table(table.drop_columns(["item_cvr"]), partial)
     out = tmp_path / "out"
-    proc = run_cli("score", "deepfm", "--artifacts", str(exported_artifacts), "--input", str(partial),
-                   "--output", str(out), "--keep", "row_id")
+    proc = run_cli(
+        "score",
+        "deepfm",
+        "--artifacts",
+        str(exported_artifacts),
+        "--input",
+        str(partial),
+        "--output",
+        str(out),
+        "--keep",
+        "row_id",
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert 'missing feature column "item_cvr"' in proc.stderr and "partial.parquet" in proc.stderr
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["partial.parquet"]
-    proc = run_cli("score", "deepfm", "--artifacts", str(exported_artifacts), "--input", str(directory),
-                   "--output", str(out), "--keep", "user_id_typo")
+    proc = run_cli(
+        "score",
+        "deepfm",
+        "--artifacts",
+        str(exported_artifacts),
+        "--input",
+        str(directory),
+        "--output",
+        str(out),
+        "--keep",
+        "user_id_typo",
+    )
     assert proc.returncode == 2 and 'missing --keep column "user_id_typo"' in proc.stderr
 
 
@@ -234,9 +263,28 @@ def test_sigkill_mid_job_leaves_no_output_and_the_next_run_cleans_up(exported_ar
     pq.write_table(make_rows(1_500_000, 4), big, row_group_size=50_000)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [sys.executable, "-m", "exporter", "score", "deepfm", "--artifacts", str(exported_artifacts),
-            "--input", str(big), "--output", str(out), "--keep", "row_id", "--batch-rows", "8192",
-            "--rows-per-file", "50000", "--threads", "1", "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "exporter",
+        "score",
+        "deepfm",
+        "--artifacts",
+        str(exported_artifacts),
+        "--input",
+        str(big),
+        "--output",
+        str(out),
+        "--keep",
+        "row_id",
+        "--batch-rows",
+        "8192",
+        "--rows-per-file",
+        "50000",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     staged = []
@@ -256,8 +304,18 @@ def test_sigkill_mid_job_leaves_no_output_and_the_next_run_cleans_up(exported_ar
     assert staged[0].exists()  # only its hidden staging sibling, which the next run removes
     small = tmp_path / "small.parquet"
     pq.write_table(make_rows(100, 5), small)
-    done = run_cli("score", "deepfm", "--artifacts", str(exported_artifacts), "--input", str(small),
-                   "--output", str(out), "--keep", "row_id")
+    done = run_cli(
+        "score",
+        "deepfm",
+        "--artifacts",
+        str(exported_artifacts),
+        "--input",
+        str(small),
+        "--output",
+        str(out),
+        "--keep",
+        "row_id",
+    )
     assert done.returncode == 0, done.stderr
     assert "removing .out.scoring-" in done.stderr and not staged[0].exists()
     assert read_output(out).num_rows == 100
@@ -265,8 +323,20 @@ def test_sigkill_mid_job_leaves_no_output_and_the_next_run_cleans_up(exported_ar
 
 def test_cli_summary_and_json(exported_artifacts, inputs, tmp_path):
     directory, _ = inputs["parquet"]
-    proc = run_cli("score", "mmoe", "--artifacts", str(exported_artifacts), "--input", f"{directory}/part-*.parquet",
-                   "--output", str(tmp_path / "out"), "--keep", "row_id", "--json", "--quiet")
+    proc = run_cli(
+        "score",
+        "mmoe",
+        "--artifacts",
+        str(exported_artifacts),
+        "--input",
+        f"{directory}/part-*.parquet",
+        "--output",
+        str(tmp_path / "out"),
+        "--keep",
+        "row_id",
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert (summary["files"], summary["rows_scored"], summary["rows_rejected"]) == (3, 2500, 0)
@@ -288,15 +358,27 @@ def test_item_index_recall_against_exact_search(exported_artifacts, tmp_path):
     users_df = synthetic_dataset(10_000, 12).dropna(subset=user_cols).head(5000).reset_index(drop=True)
     pq.write_table(pa.Table.from_pandas(users_df[user_cols], preserve_index=False), tmp_path / "users.parquet")
     out = tmp_path / "out"
-    result = score(options(exported_artifacts, "two_tower_item", tmp_path / "items.parquet", out, keep=["item_id"],
-                           index=True, index_users=str(tmp_path / "users.parquet"), index_queries=300))
+    result = score(
+        options(
+            exported_artifacts,
+            "two_tower_item",
+            tmp_path / "items.parquet",
+            out,
+            keep=["item_id"],
+            index=True,
+            index_users=str(tmp_path / "users.parquet"),
+            index_queries=300,
+        )
+    )
     info = json.loads((out / "_index" / "index.json").read_text())
     assert info["recall"] >= 0.95 and result.index["recall"] == info["recall"] and info["items"] == n_items
 
     # independent check: brute force in numpy over the vectors as the towers compute them
     index = faiss.read_index(str(out / "_index" / "items.faiss"))
     ids = pq.read_table(out / "_index" / "ids.parquet").column("id").to_numpy()
-    item_vectors = np.array(ModelHandler.load(item_dir).run(FeaturePlan.from_artifact(item_dir).encode(items_df[item_cols])))
+    item_vectors = np.array(
+        ModelHandler.load(item_dir).run(FeaturePlan.from_artifact(item_dir).encode(items_df[item_cols]))
+    )
     user_rows = FeaturePlan.from_artifact(user_dir).encode(users_df[user_cols])
     rng = np.random.default_rng(99)
     users = ModelHandler.load(user_dir).run(user_rows[rng.choice(len(user_rows), 200, replace=False)])
@@ -311,18 +393,22 @@ def test_item_index_recall_against_exact_search(exported_artifacts, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- encoder rules
 def test_encoder_categorical_and_optional_rules():
-    plan = EncodingPlan((
-        ColumnRule("price"),
-        ColumnRule("age", optional=True),
-        ColumnRule("item_id", kind="categorical"),
-        ColumnRule("category", kind="categorical", vocabulary={"bags": 0, "shoes": 1}),
-    ))
-    batch = pa.record_batch({
-        "price": [1.5, 2.0, 3.0, 4.0, 5.0, 6.0],
-        "age": [30.0, None, float("nan"), 40.0, 41.0, 42.0],
-        "item_id": [7, 8, 9, 2**53 + 2, 10, 11],
-        "category": ["shoes", "hats", None, "bags", "1", "bags"],
-    })
+    plan = EncodingPlan(
+        (
+            ColumnRule("price"),
+            ColumnRule("age", optional=True),
+            ColumnRule("item_id", kind="categorical"),
+            ColumnRule("category", kind="categorical", vocabulary={"bags": 0, "shoes": 1}),
+        )
+    )
+    batch = pa.record_batch(
+        {
+            "price": [1.5, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "age": [30.0, None, float("nan"), 40.0, 41.0, 42.0],
+            "item_id": [7, 8, 9, 2**53 + 2, 10, 11],
+            "category": ["shoes", "hats", None, "bags", "1", "bags"],
+        }
+    )
     encoded = encode_batch(batch, plan)
     assert encoded.rejects == [
         (2, '"category" is null (a missing value); expected a category string or its code'),
@@ -332,8 +418,17 @@ def test_encoder_categorical_and_optional_rules():
     assert m.shape == (4, 4)
     assert m[:, 3].tolist() == [1.0, OOV_CODE, 1.0, 0.0]  # shoes, unknown -> OOV, code "1", bags
     assert np.isnan(m[1, 1]) and m[:, 2].tolist() == [7.0, 8.0, 10.0, 11.0]
-    text_ids = encode_batch(pa.record_batch({"price": ["1", "2", "3"], "age": ["", "nan", "x"],
-                                             "item_id": ["5", "5.5", "6.0"], "category": ["bags"] * 3}), plan)
+    text_ids = encode_batch(
+        pa.record_batch(
+            {
+                "price": ["1", "2", "3"],
+                "age": ["", "nan", "x"],
+                "item_id": ["5", "5.5", "6.0"],
+                "category": ["bags"] * 3,
+            }
+        ),
+        plan,
+    )
     assert [r for r, _ in text_ids.rejects] == [1, 2]
     assert "not an integer" in text_ids.rejects[0][1] and '"age" is a string ("x")' in text_ids.rejects[1][1]
 
@@ -345,13 +440,20 @@ def test_encoder_parses_decimal_text_and_refuses_the_rest():
         encoded = encode_batch(pa.record_batch({"x": pa.array(cells, text_type)}), plan)
         assert encoded.matrix[:, 0].tolist() == [1.5, 0.5, 5.0, 7.0, 1000.0, -0.002]
         assert [reason.split("; ")[0] for _, reason in encoded.rejects] == [
-            '"x" is a string ("1_000")', '"x" is a string ("0x10")', '"x" is Infinity (text "inf")',
-            '"x" is Infinity (text "1e999")', '"x" is NaN (text "NaN")', '"x" is empty (a missing value)',
-            '"x" is a string ("true")', '"x" is a string ("abc")',
+            '"x" is a string ("1_000")',
+            '"x" is a string ("0x10")',
+            '"x" is Infinity (text "inf")',
+            '"x" is Infinity (text "1e999")',
+            '"x" is NaN (text "NaN")',
+            '"x" is empty (a missing value)',
+            '"x" is a string ("true")',
+            '"x" is a string ("abc")',
         ]
     booleans = encode_batch(pa.record_batch({"x": [True, None]}), plan)
-    assert [r for _, r in booleans.rejects] == ['"x" is a boolean (true); expected a finite number',
-                                               '"x" is null (a missing value); expected a finite number']
+    assert [r for _, r in booleans.rejects] == [
+        '"x" is a boolean (true); expected a finite number',
+        '"x" is null (a missing value); expected a finite number',
+    ]
 
 
 def test_plan_reads_features_and_a_checked_vocabulary_file(tmp_path):
@@ -360,12 +462,19 @@ def test_plan_reads_features_and_a_checked_vocabulary_file(tmp_path):
     import hashlib
 
     # the metadata format of docs/features.md: a string column names its vocabulary file, key and sha256
-    meta = {"feature_columns": ["x", "item_category", "item_id"],
-            "features": [{"name": "x", "kind": "numeric", "optional": True},
-                         {"name": "item_category", "kind": "categorical", "dtype": "string",
-                          "vocab": {"file": "vocab.json", "sha256": hashlib.sha256(vocab).hexdigest(),
-                                    "key": "item_category"}},
-                         {"name": "item_id", "kind": "categorical", "dtype": "int64"}]}
+    meta = {
+        "feature_columns": ["x", "item_category", "item_id"],
+        "features": [
+            {"name": "x", "kind": "numeric", "optional": True},
+            {
+                "name": "item_category",
+                "kind": "categorical",
+                "dtype": "string",
+                "vocab": {"file": "vocab.json", "sha256": hashlib.sha256(vocab).hexdigest(), "key": "item_category"},
+            },
+            {"name": "item_id", "kind": "categorical", "dtype": "int64"},
+        ],
+    }
     plan = plan_from_metadata(meta, tmp_path)
     assert plan.columns[0].optional and plan.columns[1].vocabulary == {"bags": 0, "shoes": 1}
     assert plan.columns[2].is_id and not plan.columns[1].is_id

@@ -1,5 +1,6 @@
 """``serve --poll`` and SIGHUP: versions come and go while the server answers, and a broken one never
 takes down what is serving. Under load: 8 keep-alive clients on loopback, bounded in time and count."""
+
 from __future__ import annotations
 
 import asyncio
@@ -76,15 +77,24 @@ def test_scan_reuses_loaded_versions_and_isolates_failures(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------------------------ under load
-async def _load(host: str, port: int, stop_at: float, counts: dict[str, int], statuses: dict[int, int],
-                versions_seen: set[str], failures: list[str]) -> None:
+async def _load(
+    host: str,
+    port: int,
+    stop_at: float,
+    counts: dict[str, int],
+    statuses: dict[int, int],
+    versions_seen: set[str],
+    failures: list[str],
+) -> None:
     """One keep-alive client alternating latest-version and pinned-version v2 requests until ``stop_at``."""
     x = [0.5] * 7
     bodies = {}
     for path in ("/predictions/xgb", "/predictions/xgb/2"):
         body = json.dumps({"inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", "data": x}]}).encode()
-        bodies[path] = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        bodies[path] = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
     reader, writer = await asyncio.open_connection(host, port)
     try:
         i = 0
@@ -95,8 +105,11 @@ async def _load(host: str, port: int, stop_at: float, counts: dict[str, int], st
             writer.write(bodies[path])
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
                 body = await asyncio.wait_for(reader.readexactly(length), 10)
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
                 failures.append(f"{path}: no answer ({type(exc).__name__})")
@@ -122,8 +135,10 @@ def test_reload_under_load_drops_nothing(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         stop_at = time.monotonic() + LOAD_SECONDS
-        clients = [asyncio.create_task(_load(server.host, server.port, stop_at, counts, statuses, versions_seen,
-                                             failures)) for _ in range(CLIENTS)]
+        clients = [
+            asyncio.create_task(_load(server.host, server.port, stop_at, counts, statuses, versions_seen, failures))
+            for _ in range(CLIENTS)
+        ]
         loop = asyncio.get_running_loop()
         await asyncio.sleep(0.5)
         # a new version (picked up by polling), a broken one, then removal of a version in use, by SIGHUP
@@ -134,8 +149,7 @@ def test_reload_under_load_drops_nothing(tmp_path: Path) -> None:
         await loop.run_in_executor(None, wait_for, lambda: models(server)["failed"] != [])
         await loop.run_in_executor(None, shutil.rmtree, tree / "xgb" / "2")
         os.kill(server.proc.pid, signal.SIGHUP)
-        await loop.run_in_executor(None, wait_for,
-                                   lambda: served(server, "xgb")["versions"] == ["1", "3"])
+        await loop.run_in_executor(None, wait_for, lambda: served(server, "xgb")["versions"] == ["1", "3"])
         await asyncio.gather(*clients)
 
     try:
@@ -170,7 +184,9 @@ def test_sighup_without_poll_and_mmoe_answers_during_reload(tmp_path: Path) -> N
         assert served(server, "two_tower")["versions"] == ["1"]  # no polling: nothing changes by itself
         os.kill(server.proc.pid, signal.SIGHUP)
         wait_for(lambda: served(server, "two_tower")["versions"] == ["1", "2"])
-        r = httpx.post(f"{server.url}/predictions/two_tower", json={"data": sample_rows(["user_age", "user_gender"], 1)})
+        r = httpx.post(
+            f"{server.url}/predictions/two_tower", json={"data": sample_rows(["user_age", "user_gender"], 1)}
+        )
         assert r.status_code == 200 and len(r.json()["predictions"]) == 4
         assert server.proc.poll() is None  # SIGHUP reloads, it does not end the process
     finally:

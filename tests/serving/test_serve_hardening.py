@@ -1,4 +1,5 @@
 """Client input the server survived but answered badly: short error quotes, compressed bodies, slow and oversized clients."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,8 +33,12 @@ def handler(tree: Path) -> ModelHandler:
 
 
 def _v2(**tensor: Any) -> dict[str, Any]:
-    base = {"name": "features", "shape": [1, len(DEFAULT_COLUMNS)], "datatype": "FP64",
-            "data": [0.1] * len(DEFAULT_COLUMNS)}
+    base = {
+        "name": "features",
+        "shape": [1, len(DEFAULT_COLUMNS)],
+        "datatype": "FP64",
+        "data": [0.1] * len(DEFAULT_COLUMNS),
+    }
     base.update(tensor)
     return {"inputs": [base]}
 
@@ -84,8 +89,13 @@ def app_client(tree: Path) -> Iterator[Any]:
 
 
 LONG = "p" * 20_000  # a path segment (URLs are capped near 64 KiB by clients)
-PATHS = {"model": f"/predictions/{LONG}", "version": f"/predictions/xgb/{LONG}", "metadata": f"/models/{LONG}",
-         "route": f"/{LONG}", "encoded slash": f"/predictions/xgb%2F{LONG}"}
+PATHS = {
+    "model": f"/predictions/{LONG}",
+    "version": f"/predictions/xgb/{LONG}",
+    "metadata": f"/models/{LONG}",
+    "route": f"/{LONG}",
+    "encoded slash": f"/predictions/xgb%2F{LONG}",
+}
 
 
 @pytest.mark.parametrize("case", list(PATHS))
@@ -112,8 +122,9 @@ def test_compressed_bodies_get_415_naming_the_encoding(app_client: Any, encoding
 
 
 def test_identity_encoding_is_accepted(app_client: Any) -> None:
-    response = app_client.post("/predictions/xgb", content=json.dumps({"data": [_row()]}),
-                               headers={"Content-Encoding": "identity"})
+    response = app_client.post(
+        "/predictions/xgb", content=json.dumps({"data": [_row()]}), headers={"Content-Encoding": "identity"}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -126,9 +137,14 @@ class ThreadServer:
 
         sock = socket.create_server(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(ModelRegistry.from_artifacts(tree)), loop="uvloop",
-                                http=guarded_protocol(**limits), lifespan="off", log_level="critical",
-                                timeout_keep_alive=2)
+        config = uvicorn.Config(
+            create_app(ModelRegistry.from_artifacts(tree)),
+            loop="uvloop",
+            http=guarded_protocol(**limits),
+            lifespan="off",
+            log_level="critical",
+            timeout_keep_alive=2,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
@@ -207,8 +223,10 @@ def test_a_silent_connection_is_closed(limited: ThreadServer) -> None:
 
 def test_a_trickled_body_is_cut_off_with_408(limited: ThreadServer) -> None:
     body = json.dumps({"data": [_row()]}).encode()
-    head = (b"POST /predictions/xgb HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body))
+    head = (
+        b"POST /predictions/xgb HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
     with socket.create_connection(("127.0.0.1", limited.port)) as sock:
         sock.sendall(head)
         sent = 0
@@ -216,7 +234,7 @@ def test_a_trickled_body_is_cut_off_with_408(limited: ThreadServer) -> None:
         closed = False
         while sent < len(body) and time.monotonic() - start < 5:
             try:
-                sock.sendall(body[sent:sent + 1])
+                sock.sendall(body[sent : sent + 1])
             except (BrokenPipeError, ConnectionResetError):
                 closed = True
                 break

@@ -1,4 +1,5 @@
 """``python -m exporter serve`` as a live process, driven over real HTTP on a loopback port."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,11 @@ class LiveServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "serve", *args],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         self.url = ""
@@ -106,8 +111,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tree: Path) -> Iterator[LiveServer]:
-    live = LiveServer(["--artifacts", str(tree), "--port", "0", "--max-rows", str(MAX_ROWS),
-                       "--max-body-bytes", str(MAX_BODY)])
+    live = LiveServer(
+        ["--artifacts", str(tree), "--port", "0", "--max-rows", str(MAX_ROWS), "--max-body-bytes", str(MAX_BODY)]
+    )
     yield live
     live.stop()
 
@@ -170,8 +176,9 @@ def test_one_log_line_per_request(server: LiveServer, client: httpx.Client) -> N
 
 def test_log_lines_cannot_be_forged_through_the_path(server: LiveServer, client: httpx.Client) -> None:
     mark = server.settled_mark(client)
-    status, _ = server.raw(b"POST /predictions/x%0aFORGED HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-                           b"Connection: close\r\n\r\n{}")
+    status, _ = server.raw(
+        b"POST /predictions/x%0aFORGED HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
     assert status == 404
     lines = server.log_since(mark, 1)
     assert len(lines) == 1 and "POST /predictions/x%0aFORGED model=- version=- rows=0 status=404" in lines[0]
@@ -240,8 +247,15 @@ def test_nothing_under_v2(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "method, path", [("GET", "/predictions/xgb"), ("PUT", "/predictions/xgb/1"), ("DELETE", "/predictions/xgb"),
-                     ("POST", "/ping"), ("POST", "/models"), ("DELETE", "/models/xgb")]
+    "method, path",
+    [
+        ("GET", "/predictions/xgb"),
+        ("PUT", "/predictions/xgb/1"),
+        ("DELETE", "/predictions/xgb"),
+        ("POST", "/ping"),
+        ("POST", "/models"),
+        ("DELETE", "/models/xgb"),
+    ],
 )
 def test_wrong_method_is_405(client: httpx.Client, method: str, path: str) -> None:
     response = client.request(method, path)
@@ -252,7 +266,11 @@ def test_wrong_method_is_405(client: httpx.Client, method: str, path: str) -> No
 def test_bodies_and_row_counts_above_the_limits_are_413(server: LiveServer, client: httpx.Client) -> None:
     rows = sample_rows(DEFAULT_COLUMNS, MAX_ROWS + 1)
     assert_json_error(client.post("/predictions/xgb", json={"data": rows}), 413, f"at most {MAX_ROWS} rows")
-    v2 = {"inputs": [{"name": "features", "shape": [MAX_ROWS + 1, 7], "datatype": "FP64", "data": [0.5] * 7 * (MAX_ROWS + 1)}]}
+    v2 = {
+        "inputs": [
+            {"name": "features", "shape": [MAX_ROWS + 1, 7], "datatype": "FP64", "data": [0.5] * 7 * (MAX_ROWS + 1)}
+        ]
+    }
     assert_json_error(client.post("/predictions/xgb", json=v2), 413, "rows")
     big = b'{"data": [' + b" " * MAX_BODY + b"]}"
     assert_json_error(client.post("/predictions/xgb", content=big), 413, "too large", str(MAX_BODY))
@@ -282,10 +300,12 @@ def test_server_keeps_answering_whatever_clients_send(server: LiveServer, client
         status, _ = server.raw(junk)  # not HTTP: uvicorn answers 400 and closes the connection
         assert status == 400
     # a client that stalls mid-request (or mid-body) does not hold up anyone else
-    with socket.create_connection((server.host, server.port), timeout=5) as stalled_headers, \
-            socket.create_connection((server.host, server.port), timeout=5) as stalled_body:
+    with (
+        socket.create_connection((server.host, server.port), timeout=5) as stalled_headers,
+        socket.create_connection((server.host, server.port), timeout=5) as stalled_body,
+    ):
         stalled_headers.sendall(b"POST /predictions/xgb HTTP/1.1\r\n" + b"X" * 70000)
-        stalled_body.sendall(b"POST /predictions/xgb HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"data\"")
+        stalled_body.sendall(b'POST /predictions/xgb HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"data"')
         assert client.get("/ping").json() == {"status": "Healthy"}
         assert client.post("/predictions/xgb", json={"data": sample_rows(DEFAULT_COLUMNS, 1)}).status_code == 200
     assert server.proc.poll() is None
@@ -312,8 +332,9 @@ def test_concurrent_clients(client: httpx.Client, server: LiveServer) -> None:
 
 # ------------------------------------------------------------------------------------------- startup
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", "serve", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "serve", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_broken_artifacts_stop_the_server_with_a_clear_error(tree: Path, tmp_path: Path) -> None:
@@ -349,10 +370,25 @@ def test_serving_real_exported_artifacts(exported_artifacts: Path) -> None:
                 cols = meta["feature_columns"]
                 vocab = json.loads((vdir / "vocab.json").read_text()) if (vdir / "vocab.json").is_file() else {}
                 # the v2 form takes codes: a string category as its position in vocab.json
-                flat = [float(vocab[col].index(row[col]) if col in vocab else row[col])
-                        for row in request["data"] for col in cols]
-                v2 = c.post(f"/predictions/{name}/1", json={"id": name, "inputs": [
-                    {"name": "features", "shape": [len(request["data"]), len(cols)], "datatype": "FP64", "data": flat}]})
+                flat = [
+                    float(vocab[col].index(row[col]) if col in vocab else row[col])
+                    for row in request["data"]
+                    for col in cols
+                ]
+                v2 = c.post(
+                    f"/predictions/{name}/1",
+                    json={
+                        "id": name,
+                        "inputs": [
+                            {
+                                "name": "features",
+                                "shape": [len(request["data"]), len(cols)],
+                                "datatype": "FP64",
+                                "data": flat,
+                            }
+                        ],
+                    },
+                )
                 INFERENCE_RESPONSE.validate(v2.json())
                 out = v2.json()["outputs"][0]
                 assert out["shape"] == [len(request["data"])] + meta["outputs"][0]["shape"][1:]
@@ -360,7 +396,10 @@ def test_serving_real_exported_artifacts(exported_artifacts: Path) -> None:
                 assert_json_error(missing, 400, "data[0]", f'"{cols[1]}"' if len(cols) > 1 else "")
             # a body above 256 KiB is answered in a worker thread: same answer as in the event loop
             rows = json.loads((exported_artifacts / "xgb" / "1" / "sample_request.json").read_text())["data"] * 700
-            big, small = c.post("/predictions/xgb", json={"data": rows}), c.post("/predictions/xgb", json={"data": rows[:3]})
+            big, small = (
+                c.post("/predictions/xgb", json={"data": rows}),
+                c.post("/predictions/xgb", json={"data": rows[:3]}),
+            )
             assert big.status_code == 200 and len(big.content) > 0 and len(json.dumps({"data": rows})) > 256 * 1024
             assert big.json()["predictions"][:3] == small.json()["predictions"]
             assert len(big.json()["predictions"]) == len(rows)

@@ -1,4 +1,5 @@
 """``python -m exporter bench`` runs end to end and prints its tables (no timing is asserted: tables are the result)."""
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,38 @@ def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None
     artifacts = build_tree(tmp_path / "artifacts")
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter", "bench", "--artifacts", str(artifacts), "--models", "xgb", "two_tower",
-         "--batch-sizes", "1", "4", "--http-seconds", "1", "--clients", "2", "--http-models", "xgb",
-         "--load-generator", generator, "--min-time", "0.01", "--json", str(out_json), "--http-log", "both"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "bench",
+            "--artifacts",
+            str(artifacts),
+            "--models",
+            "xgb",
+            "two_tower",
+            "--batch-sizes",
+            "1",
+            "4",
+            "--http-seconds",
+            "1",
+            "--clients",
+            "2",
+            "--http-models",
+            "xgb",
+            "--load-generator",
+            generator,
+            "--min-time",
+            "0.01",
+            "--json",
+            str(out_json),
+            "--http-log",
+            "both",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -67,6 +96,11 @@ def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None
 
 def test_bench_rejects_unknown_models(tmp_path: Path) -> None:
     artifacts = build_tree(tmp_path / "artifacts")
-    proc = subprocess.run([sys.executable, "-m", "exporter", "bench", "--artifacts", str(artifacts), "--models", "nope"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "bench", "--artifacts", str(artifacts), "--models", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "no exported model nope" in proc.stderr

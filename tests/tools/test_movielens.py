@@ -1,4 +1,5 @@
 """exporter.tools.movielens without the real data: fake site-packages in tmp_path laid out as the two wheels are."""
+
 from __future__ import annotations
 
 import sys
@@ -54,11 +55,18 @@ def fake_widedeep(root: Path) -> Path:
     d = root / WIDEDEEP_DIR
     d.mkdir(parents=True)
     pd.DataFrame(RATINGS, columns=["user_id", "movie_id", "rating", "timestamp"]).to_parquet(
-        d / "MovieLens100k_data.parquet.brotli", compression="brotli")
+        d / "MovieLens100k_data.parquet.brotli", compression="brotli"
+    )
     pd.DataFrame(USERS, columns=["user_id", "age", "gender", "occupation", "zip_code"]).to_parquet(
-        d / "MovieLens100k_users.parquet.brotli", compression="brotli")
-    items = pd.DataFrame({"movie_id": [i[0] for i in ITEMS], "movie_title": [i[1] for i in ITEMS],
-                          "release_date": ["01-Jan-1995", "01-Jan-1954", None]})
+        d / "MovieLens100k_users.parquet.brotli", compression="brotli"
+    )
+    items = pd.DataFrame(
+        {
+            "movie_id": [i[0] for i in ITEMS],
+            "movie_title": [i[1] for i in ITEMS],
+            "release_date": ["01-Jan-1995", "01-Jan-1954", None],
+        }
+    )
     for g in ml.GENRES:
         items[g] = [int(g in i[3]) for i in ITEMS]
     items.to_parquet(d / "MovieLens100k_items.parquet.brotli", compression="brotli")

@@ -2,6 +2,7 @@
 
 All without kernels.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -128,9 +129,15 @@ def test_parity_atol_is_a_deprecated_alias_of_atol(tmp_path):
     assert prep.atol == 0.25
     with pytest.warns(FutureWarning):
         assert nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=0.25, parity_atol=0.25).atol == 0.25
-    with pytest.warns(FutureWarning), pytest.raises(nbs.ParameterError, match=r"atol = 0\.1 and parity_atol = 0\.2 .* disagree"):
+    with (
+        pytest.warns(FutureWarning),
+        pytest.raises(nbs.ParameterError, match=r"atol = 0\.1 and parity_atol = 0\.2 .* disagree"),
+    ):
         nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=0.1, parity_atol=0.2)
-    with pytest.warns(FutureWarning), pytest.raises(nbs.ParameterError, match="atol must be a finite non-negative number"):
+    with (
+        pytest.warns(FutureWarning),
+        pytest.raises(nbs.ParameterError, match="atol must be a finite non-negative number"),
+    ):
         nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), atol=spec_atol, parity_atol=-1.0)
 
 
@@ -156,15 +163,21 @@ def test_parameter_error_shows_as_two_lines_in_a_notebook():
 
 def test_an_existing_model_version_is_refused_before_training(tmp_path):
     (tmp_path / "two_tower_item" / "3").mkdir(parents=True)
-    with pytest.raises(nbs.ParameterError, match=r"model_version 3 already exists for two_tower_item.*next free version \(4\)"):
+    with pytest.raises(
+        nbs.ParameterError, match=r"model_version 3 already exists for two_tower_item.*next free version \(4\)"
+    ):
         nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), model_version=3)
 
 
 def test_none_hparams_mean_the_model_default(tmp_path):
     prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), hparams={"n_estimators": 7, "max_depth": None})
     assert prep.hparams["n_estimators"] == 7 and prep.hparams["max_depth"] == prep.spec.default_hparams["max_depth"]
-    prep = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path),
-                       hparams={"epochs": 1, "user_columns": None, "item_columns": None})
+    prep = nbs.prepare(
+        "two_tower",
+        rows=200,
+        artifacts_dir=str(tmp_path),
+        hparams={"epochs": 1, "user_columns": None, "item_columns": None},
+    )
     assert prep.hparams["epochs"] == 1 and prep.hparams["user_columns"] is None
     text = nbs.describe_run(prep)
     assert "two_tower: train on built-in synthetic data" in text
@@ -172,14 +185,24 @@ def test_none_hparams_mean_the_model_default(tmp_path):
     train, held = map(int, re.search(r"rows: (\d+) training, (\d+) held-out", text).groups())
     assert train + held == 200 and 30 <= held <= 50
     assert "epochs=1" in text and "user_columns" not in text  # None: the default applies, not worth a mention
-    towers = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path),
-                         hparams={"user_columns": ["user_age"], "item_columns": ["item_ctr", "user_gender"]})
+    towers = nbs.prepare(
+        "two_tower",
+        rows=200,
+        artifacts_dir=str(tmp_path),
+        hparams={"user_columns": ["user_age"], "item_columns": ["item_ctr", "user_gender"]},
+    )
     assert towers.hparams["user_columns"] == ["user_age"] and "user_columns=['user_age']" in nbs.describe_run(towers)
 
 
 def test_describe_run_in_load_mode(exported_artifacts, tmp_path):
-    prep = nbs.prepare("deepfm", mode="load", checkpoint_path=str(exported_artifacts / "deepfm" / "1" / "checkpoint.pt"),
-                       rows=500, artifacts_dir=str(tmp_path / "again"), root=tmp_path)
+    prep = nbs.prepare(
+        "deepfm",
+        mode="load",
+        checkpoint_path=str(exported_artifacts / "deepfm" / "1" / "checkpoint.pt"),
+        rows=500,
+        artifacts_dir=str(tmp_path / "again"),
+        root=tmp_path,
+    )
     text = nbs.describe_run(prep)
     assert text.startswith("deepfm: load ") and "checkpoint.pt on built-in synthetic data" in text
     assert "rows: 100 held-out of 500 for evaluation and the parity check" in text and "source_file" not in text
@@ -217,8 +240,10 @@ def test_contract_and_parity_text_are_deterministic(exported_runs):
     width = get_spec("two_tower").default_hparams["embed_dim"]
     assert "two_tower_item  (platform onnxruntime_onnx)" in towers and f"embed_dim:       {width}" in towers
     parity = nbs.parity_text(runs["xgb"].artifacts)
-    assert parity == ("parity xgb: passed (max |native - onnxruntime| <= atol 1e-05 on 1064 rows (600 held-out, 400 sampled "
-                      "from the data's values, 64 probes with unseen IDs, unknown codes and missing values))")
+    assert parity == (
+        "parity xgb: passed (max |native - onnxruntime| <= atol 1e-05 on 1064 rows (600 held-out, 400 sampled "
+        "from the data's values, 64 probes with unseen IDs, unknown codes and missing values))"
+    )
 
 
 def test_describe_exports_names_version_and_files(exported_runs):
@@ -272,8 +297,12 @@ def test_request_builders():
     frame = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5], "label": [0, 1]})
     assert nbs.torchserve_request(frame, ["b", "a"]) == {"data": [{"b": 0.5, "a": 1.0}, {"b": 1.5, "a": 2.0}]}
     body = nbs.v2_request(np.array([[1.0, 2.0], [3.0, 4.0]]), "r1")
-    assert body["id"] == "r1" and body["inputs"][0] == {"name": "features", "shape": [2, 2], "datatype": "FP64",
-                                                        "data": [1.0, 2.0, 3.0, 4.0]}
+    assert body["id"] == "r1" and body["inputs"][0] == {
+        "name": "features",
+        "shape": [2, 2],
+        "datatype": "FP64",
+        "data": [1.0, 2.0, 3.0, 4.0],
+    }
 
 
 def test_format_metrics():
@@ -297,7 +326,9 @@ def test_parse_value_like_papermill_plus_json():
 
 
 def test_overrides_make_file_paths_absolute_against_the_callers_directory(tmp_path):
-    out = runner.resolve_overrides([("data_path", "d/x.csv"), ("rows", "5000"), ("checkpoint_path", "/abs/m.ubj")], tmp_path)
+    out = runner.resolve_overrides(
+        [("data_path", "d/x.csv"), ("rows", "5000"), ("checkpoint_path", "/abs/m.ubj")], tmp_path
+    )
     assert out == {"data_path": str(tmp_path / "d" / "x.csv"), "rows": 5000, "checkpoint_path": "/abs/m.ubj"}
     with pytest.raises(ExporterError, match="--artifacts"):
         runner.resolve_overrides([("artifacts_dir", "x")], tmp_path)
@@ -375,7 +406,9 @@ def test_cli_errors_before_any_kernel(tmp_path):
     result = run_cli("notebooks", "xgb", "--kernel", "no-such-kernel", "--artifacts", str(tmp_path))
     assert result.returncode == 2 and "no Jupyter kernel named 'no-such-kernel'; installed kernels: " in result.stderr
     (tmp_path / "a-file").write_text("x")
-    result = run_cli("notebooks", "xgb", "--output-dir", str(tmp_path / "a-file" / "reports"), "--artifacts", str(tmp_path / "art"))
+    result = run_cli(
+        "notebooks", "xgb", "--output-dir", str(tmp_path / "a-file" / "reports"), "--artifacts", str(tmp_path / "art")
+    )
     assert result.returncode == 2 and "cannot create --output-dir" in result.stderr
     (tmp_path / "a-file").unlink()
     help_text = run_cli("notebooks", "--help").stdout

@@ -3,6 +3,7 @@
 Every run uses small parameters (3,000 rows, few trees/epochs) and a temporary artifacts directory.
 Static checks (structure, parameters, clean stored outputs) need no kernel.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,8 +30,14 @@ NOTEBOOKS = REPO / "notebooks"
 MODELS = model_names()
 #: small runs: the spec's test hyper-parameters that are notebook parameters, on 3,000 synthetic rows
 SMALL = {
-    name: {"rows": 3000, **{k: v for k, v in get_spec(name).test_hparams.items()
-                            if k in {knob for knob, _ in get_spec(name).notebook.knobs}}}
+    name: {
+        "rows": 3000,
+        **{
+            k: v
+            for k, v in get_spec(name).test_hparams.items()
+            if k in {knob for knob, _ in get_spec(name).notebook.knobs}
+        },
+    }
     for name in MODELS
 }
 CHECK = "# NBVAL_CHECK_OUTPUT"
@@ -42,8 +49,13 @@ def execute(name: str, out_dir: Path, artifacts: Path, *, cwd: Path = NOTEBOOKS,
 
     out = out_dir / f"{name}-{len(list(out_dir.glob('*.ipynb')))}.ipynb"
     pm.execute_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters={"artifacts_dir": str(artifacts), **params},
-        cwd=str(cwd), kernel_name="python3", progress_bar=False, **runner.KERNEL_OPTIONS,
+        str(NOTEBOOKS / f"{name}.ipynb"),
+        str(out),
+        parameters={"artifacts_dir": str(artifacts), **params},
+        cwd=str(cwd),
+        kernel_name="python3",
+        progress_bar=False,
+        **runner.KERNEL_OPTIONS,
     )
     return nbformat.read(out, as_version=4)
 
@@ -95,8 +107,21 @@ def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored
     assert not uncommented, f"parameters without a comment: {uncommented}"
 
     params = runner.notebook_parameters(NOTEBOOKS / f"{name}.ipynb")
-    required = {"mode", "data_path", "checkpoint_path", "feature_meta_path", "feature_columns", "rows", "seed",
-                "artifacts_dir", "model_version", "atol", "parity_atol", "learning_rate", "extra_hparams"}
+    required = {
+        "mode",
+        "data_path",
+        "checkpoint_path",
+        "feature_meta_path",
+        "feature_columns",
+        "rows",
+        "seed",
+        "artifacts_dir",
+        "model_version",
+        "atol",
+        "parity_atol",
+        "learning_rate",
+        "extra_hparams",
+    }
     required |= {"n_estimators", "max_depth"} if name == "xgb" else {"epochs", "batch_size"}
     assert required <= set(params), f"missing: {required - set(params)}"
     spec = get_spec(name)
@@ -164,8 +189,22 @@ def test_notebooks_match_their_generator(stored):
 def cli_run(tmp_path_factory):
     """``python -m exporter notebooks xgb two_tower`` with small overrides into a fresh artifacts dir."""
     artifacts = tmp_path_factory.mktemp("nb-cli-artifacts")
-    argv = ["notebooks", "xgb", "two_tower", "--artifacts", str(artifacts),
-            "-p", "rows", "3000", "-p", "n_estimators", "30", "-p", "epochs", "2"]
+    argv = [
+        "notebooks",
+        "xgb",
+        "two_tower",
+        "--artifacts",
+        str(artifacts),
+        "-p",
+        "rows",
+        "3000",
+        "-p",
+        "n_estimators",
+        "30",
+        "-p",
+        "epochs",
+        "2",
+    ]
     return artifacts, argv
 
 
@@ -228,8 +267,14 @@ def test_own_data_file_and_feature_columns(tmp_path):
     frame.to_csv(tmp_path / "clicks.csv", index=False)
     columns = ["item_ctr", "item_cvr", "item_price", "user_age", "user_gender"]
     artifacts = tmp_path / "artifacts"
-    execute("deepfm", tmp_path, artifacts, data_path=str(tmp_path / "clicks.csv"), feature_columns=",".join(columns),
-            epochs=2)
+    execute(
+        "deepfm",
+        tmp_path,
+        artifacts,
+        data_path=str(tmp_path / "clicks.csv"),
+        feature_columns=",".join(columns),
+        epochs=2,
+    )
     assert_verified(artifacts)
     meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
     assert meta["feature_columns"] == columns and meta["inputs"][0]["shape"] == [-1, 5]
@@ -246,16 +291,34 @@ def test_own_csv_with_strings_ids_empty_cells_label_and_schema(tmp_path):
     genre = rng.choice(["rock", "jazz", "pop", "folk"], n)
     price = rng.uniform(1, 50, n)
     logit = 1.5 * (genre == "jazz") - 0.05 * price + 1.0 * (shop_id % 3 == 0)
-    frame = pd.DataFrame({"shop_id": shop_id, "genre": genre, "price": price,
-                          "clicked": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)})
+    frame = pd.DataFrame(
+        {
+            "shop_id": shop_id,
+            "genre": genre,
+            "price": price,
+            "clicked": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int),
+        }
+    )
     frame.loc[::17, "price"] = np.nan
     frame.loc[::23, "genre"] = None
     frame.to_csv(tmp_path / "log.csv", index=False)
-    schema = {"features": [{"name": "shop_id", "kind": "categorical"}, {"name": "genre", "kind": "categorical", "optional": True},
-                           {"name": "price", "optional": True}]}
+    schema = {
+        "features": [
+            {"name": "shop_id", "kind": "categorical"},
+            {"name": "genre", "kind": "categorical", "optional": True},
+            {"name": "price", "optional": True},
+        ]
+    }
     artifacts = tmp_path / "artifacts"
-    nb = execute("deepfm", tmp_path, artifacts, data_path=str(tmp_path / "log.csv"), label="clicked",
-                 feature_schema=schema, epochs=3)
+    nb = execute(
+        "deepfm",
+        tmp_path,
+        artifacts,
+        data_path=str(tmp_path / "log.csv"),
+        label="clicked",
+        feature_schema=schema,
+        epochs=3,
+    )
     assert_verified(artifacts)
     data_cell = next(c for c in nb.cells if c.get("id") == "data")
     shown = "".join(o.get("data", {}).get("text/plain", "") for o in data_cell.outputs)
@@ -263,11 +326,21 @@ def test_own_csv_with_strings_ids_empty_cells_label_and_schema(tmp_path):
     meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
     assert meta["feature_columns"] == ["shop_id", "genre", "price"] and meta["training"]["label_columns"] == ["clicked"]
     kinds = {f["name"]: (f["kind"], f["dtype"]) for f in meta["features"]}
-    assert kinds == {"shop_id": ("categorical", "int64"), "genre": ("categorical", "string"), "price": ("numeric", "float64")}
+    assert kinds == {
+        "shop_id": ("categorical", "int64"),
+        "genre": ("categorical", "string"),
+        "price": ("numeric", "float64"),
+    }
     handler = ModelHandler.load(artifacts / "deepfm" / "1")
-    answer = handler.predict({"data": [{"shop_id": 3, "genre": "jazz", "price": 10.0},
-                                       {"shop_id": 123456, "genre": "no such genre"},  # unseen ID, unknown string, no price
-                                       {"shop_id": 3, "genre": None, "price": None}]})
+    answer = handler.predict(
+        {
+            "data": [
+                {"shop_id": 3, "genre": "jazz", "price": 10.0},
+                {"shop_id": 123456, "genre": "no such genre"},  # unseen ID, unknown string, no price
+                {"shop_id": 3, "genre": None, "price": None},
+            ]
+        }
+    )
     assert len(answer["predictions"]) == 3 and all(0 < p < 1 for p in answer["predictions"])
 
 
@@ -303,12 +376,20 @@ def test_torch_load_mode_round_trip_mmoe(tmp_path):
     """Train mmoe, then export its checkpoint.pt again in load mode: the three heads agree."""
     first_dir, again_dir = tmp_path / "first", tmp_path / "again"
     execute("mmoe", tmp_path, first_dir, **SMALL["mmoe"])
-    execute("mmoe", tmp_path, again_dir, mode="load", rows=3000,
-            checkpoint_path=str(first_dir / "mmoe" / "1" / "checkpoint.pt"))
+    execute(
+        "mmoe",
+        tmp_path,
+        again_dir,
+        mode="load",
+        rows=3000,
+        checkpoint_path=str(first_dir / "mmoe" / "1" / "checkpoint.pt"),
+    )
     first, again = ModelHandler.load(first_dir / "mmoe" / "1"), ModelHandler.load(again_dir / "mmoe" / "1")
     x = heldout_like_rows(first)
     np.testing.assert_allclose(again.run(x), first.run(x), rtol=0, atol=1e-12)
-    answer = again.predict({"data": [dict(zip(first.feature_columns, map(float, row), strict=True)) for row in x[:2]]})  # codes
+    answer = again.predict(
+        {"data": [dict(zip(first.feature_columns, map(float, row), strict=True)) for row in x[:2]]}
+    )  # codes
     assert list(answer["predictions"][0]) == ["ctr", "watch_time", "gmv"]
 
 
@@ -350,8 +431,20 @@ def test_papermill_parity_atol_still_reaches_the_export_with_a_warning(tmp_path)
 
 def test_cli_stops_on_a_failing_notebook_with_its_error(tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
-    code = cli_main(["notebooks", "xgb", "deepfm", "--artifacts", str(artifacts), "-p", "mode", "sideways",
-                     "--output-dir", str(tmp_path / "executed")])
+    code = cli_main(
+        [
+            "notebooks",
+            "xgb",
+            "deepfm",
+            "--artifacts",
+            str(artifacts),
+            "-p",
+            "mode",
+            "sideways",
+            "--output-dir",
+            str(tmp_path / "executed"),
+        ]
+    )
     err = capsys.readouterr()
     assert code == 2
     assert "notebook xgb failed in cell" in err.err and "unknown mode 'sideways'" in err.err
@@ -363,8 +456,23 @@ def test_cli_stops_on_a_failing_notebook_with_its_error(tmp_path, capsys):
 
 def test_cli_parity_failure_exits_3_and_writes_nothing(tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
-    code = cli_main(["notebooks", "xgb", "--artifacts", str(artifacts), "-p", "rows", "3000",
-                     "-p", "n_estimators", "30", "-p", "atol", "0"])
+    code = cli_main(
+        [
+            "notebooks",
+            "xgb",
+            "--artifacts",
+            str(artifacts),
+            "-p",
+            "rows",
+            "3000",
+            "-p",
+            "n_estimators",
+            "30",
+            "-p",
+            "atol",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 3, err
     assert "ParityError" in err and "parity check failed" in err

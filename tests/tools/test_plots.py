@@ -1,4 +1,5 @@
 """Notebook figures (exporter.tools.plots): right panels for each model, notes instead of empty axes, small PNGs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -65,7 +66,9 @@ def test_scatter_is_subsampled_deterministically():
 
 
 def test_no_labels_or_one_class_give_notes_not_errors():
-    assert any("no held-out labels" in t for t in texts(plots.evaluation_plots(Evaluation({}, {}, {"label": np.ones(3)}))))
+    assert any(
+        "no held-out labels" in t for t in texts(plots.evaluation_plots(Evaluation({}, {}, {"label": np.ones(3)})))
+    )
     one_class = Evaluation({}, {"label": np.zeros(20)}, {"label": np.linspace(0, 1, 20)})
     assert any("one class" in t for t in texts(plots.evaluation_plots(one_class)))
 
@@ -78,7 +81,10 @@ def test_parity_scatter_has_one_panel_per_artifact_and_per_mmoe_head(exported_ru
     fig = plots.parity_scatter(runs["mmoe"].artifacts)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["mmoe ctr", "mmoe watch_time", "mmoe gmv"]
     assert [ax.get_xlabel() for ax in fig.axes] == [
-        "native model (click probability)", "native model (seconds)", "native model (currency units)"]
+        "native model (click probability)",
+        "native model (seconds)",
+        "native model (currency units)",
+    ]
     ctr_axis = fig.axes[0]
     # each head on its own scale: ctr stays within 0..1 instead of sharing gmv's axis
     assert ctr_axis.get_xlim()[1] < 1.5 and "max |diff|" in ctr_axis.get_title()

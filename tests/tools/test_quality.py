@@ -1,4 +1,5 @@
 """The quality benchmark harness: its pieces on hand-made inputs, and one --quick smoke run of the script."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,10 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
     out_json = tmp_path / "rows.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--threads", "1", "--json", str(out_json)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| model | metric | value | baseline (same run) |" in proc.stdout
@@ -29,8 +33,13 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
     rows = json.loads(out_json.read_text())["rows"]
     got = [(r["model"], r["metric"]) for r in rows]
     retrieval = ["recall@10", "recall@50", "ndcg@10", "ndcg@50"]
-    assert got == [("xgb baseline", "AUC"), ("xgb", "AUC"), ("deepfm", "AUC"), ("mmoe", "AUC (liked head)"),
-                   ("mmoe", "RMSE (rating head)")] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval]
+    assert got == [
+        ("xgb baseline", "AUC"),
+        ("xgb", "AUC"),
+        ("deepfm", "AUC"),
+        ("mmoe", "AUC (liked head)"),
+        ("mmoe", "RMSE (rating head)"),
+    ] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval]
     by = {(r["model"], r["metric"]): r for r in rows}
     for key in got:
         assert np.isfinite(by[key]["value"]), key
@@ -53,11 +62,16 @@ def test_synthetic_table_has_movielens_columns_and_unique_pairs():
 
 
 def test_encode_turns_every_feature_into_a_number():
-    frame = pd.DataFrame({
-        "gender": ["M", "F", "M", "X"], "occupation": ["writer", "artist", "writer", "doctor"],
-        "zip_prefix": ["9", "0", "T", "9"], "release_year": [1990.0, np.nan, 1970.0, 2000.0],
-        "liked": [1, 0, 1, 0], "rating": [4, 2, 5, 1],
-    })
+    frame = pd.DataFrame(
+        {
+            "gender": ["M", "F", "M", "X"],
+            "occupation": ["writer", "artist", "writer", "doctor"],
+            "zip_prefix": ["9", "0", "T", "9"],
+            "release_year": [1990.0, np.nan, 1970.0, 2000.0],
+            "liked": [1, 0, 1, 0],
+            "rating": [4, 2, 5, 1],
+        }
+    )
     out = Q.encode(frame, train_rows=np.array([0, 1, 2]))
     assert out["gender"].tolist() == [1, 2, 1, 0]
     assert out["occupation"].tolist() == [2, 0, 2, 1]  # artist, doctor, writer
@@ -80,16 +94,26 @@ def test_pipeline_params_pass_label_and_schema_once_the_pipeline_takes_them(tmp_
         schema: Any = None
 
     monkeypatch.setattr(pipeline, "ExportParams", Newer)
-    params = Q.pipeline_params("two_tower", tmp_path / "d.parquet", ["user_id", "age", "item_id", "genre_war"], {}, tmp_path)
+    params = Q.pipeline_params(
+        "two_tower", tmp_path / "d.parquet", ["user_id", "age", "item_id", "genre_war"], {}, tmp_path
+    )
     assert params.label == "liked"
-    assert params.schema == {"label": "liked", "features": {
-        "user_id": {"kind": "categorical", "tower": "user"}, "age": {"kind": "numeric", "tower": "user"},
-        "item_id": {"kind": "categorical", "tower": "item"}, "genre_war": {"kind": "numeric", "tower": "item"}}}
+    assert params.schema == {
+        "label": "liked",
+        "features": {
+            "user_id": {"kind": "categorical", "tower": "user"},
+            "age": {"kind": "numeric", "tower": "user"},
+            "item_id": {"kind": "categorical", "tower": "item"},
+            "genre_war": {"kind": "numeric", "tower": "item"},
+        },
+    }
 
 
 def test_mmoe_rows_use_the_tasks_liked_and_rating():
-    assert Q.HPARAMS["mmoe"]["tasks"] == [{"name": "liked", "label": "liked", "type": "binary"},
-                                          {"name": "rating", "label": "rating", "type": "regression"}]
+    assert Q.HPARAMS["mmoe"]["tasks"] == [
+        {"name": "liked", "label": "liked", "type": "binary"},
+        {"name": "rating", "label": "rating", "type": "regression"},
+    ]
 
 
 def test_retrieval_rows_check_the_pipelines_own_evaluation():
@@ -129,12 +153,15 @@ def test_split_check_warns_when_the_pipeline_trained_on_heldout_pairs():
     assert "trained on 1 of our held-out pairs" in Q._split_check(Result(), frame, held)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--models", "bogus"], "unknown model(s) bogus"),
-    (["--param", "deepfm-epochs"], "expected MODEL.KEY=VALUE"),
-    (["--param", "lgbm.depth=3"], "--param for unknown model(s) lgbm"),
-    (["--threads", "0"], "--threads must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "bogus"], "unknown model(s) bogus"),
+        (["--param", "deepfm-epochs"], "expected MODEL.KEY=VALUE"),
+        (["--param", "lgbm.depth=3"], "--param for unknown model(s) lgbm"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+    ],
+)
 def test_command_line_mistakes_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
     def no_data():
         raise AssertionError("options must be checked before any data is read")

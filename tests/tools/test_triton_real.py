@@ -6,6 +6,7 @@ every model loads and warms up, the metadata Triton reports, JSON and binary-ten
 project's handler, and dynamic batching. Skipped only when this machine cannot run the binary or pip cannot
 reach the registry to build the side environment.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,6 @@ import tritonclient.http as tc
 
 from exporter.handler import ModelHandler
 from exporter.models import repository_names
-
 from exporter.tools import triton_python as tp
 from exporter.training.data import synthetic_dataset
 from tests.triton_proto import parse_config
@@ -132,13 +132,17 @@ def test_triton_view_of_exported_configs() -> None:
     from exporter.export.triton import config_pbtxt
 
     def meta(out_shape: list[int]) -> dict[str, Any]:
-        return {"name": "m", "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 7]}],
-                "outputs": [{"name": "predictions", "datatype": "FP64", "shape": out_shape}]}
+        return {
+            "name": "m",
+            "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 7]}],
+            "outputs": [{"name": "predictions", "datatype": "FP64", "shape": out_shape}],
+        }
 
     assert tp.triton_view(config_pbtxt(meta([-1]), max_batch_size=4))["outputs"][0]["shape"] == [-1, 1]
     assert tp.triton_view(config_pbtxt(meta([-1, 3])))["outputs"][0]["shape"] == [-1, 3]
     assert tp.triton_view(config_pbtxt(meta([-1, 3])))["inputs"] == [
-        {"name": "features", "datatype": "FP64", "shape": [-1, 7]}]
+        {"name": "features", "datatype": "FP64", "shape": [-1, 7]}
+    ]
 
 
 def test_python_backend_config_changes_the_platform_line_only() -> None:
@@ -169,8 +173,9 @@ def test_conversion_changes_only_the_platform_line(exported_artifacts: Path, rep
         changed = [(a, b) for a, b in zip(before, after) if a != b]
         assert len(before) == len(after) and changed == [('platform: "onnxruntime_onnx"', 'backend: "python"')]
         assert (repository / name / "1" / "model.py").is_file()
-        assert sorted(p.name for p in (repository / name / "warmup").iterdir()) == \
-            sorted(p.name for p in (exported_artifacts / name / "warmup").iterdir())
+        assert sorted(p.name for p in (repository / name / "warmup").iterdir()) == sorted(
+            p.name for p in (exported_artifacts / name / "warmup").iterdir()
+        )
 
 
 @slow
@@ -201,10 +206,13 @@ def test_metadata_is_what_the_config_implies(server: tp.TritonProcess, exported_
 def test_json_inference_matches_the_handler(server: tp.TritonProcess, exported_artifacts: Path, name: str) -> None:
     handler, x = _features(exported_artifacts, name)
     want = handler.run(x)
-    request = {"id": "j", "inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP64",
-                                      "data": x.reshape(-1).tolist()}]}
-    status, answer, _ = _post(f"{server.url}/v2/models/{name}/infer", json.dumps(request).encode(),
-                              {"Content-Type": "application/json"})
+    request = {
+        "id": "j",
+        "inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP64", "data": x.reshape(-1).tolist()}],
+    }
+    status, answer, _ = _post(
+        f"{server.url}/v2/models/{name}/infer", json.dumps(request).encode(), {"Content-Type": "application/json"}
+    )
     assert status == 200, answer[:2000]
     [out] = json.loads(answer)["outputs"]
     assert (out["name"], out["datatype"], out["shape"]) == ("predictions", "FP64", list(_batched_shape(want)))
@@ -220,11 +228,14 @@ def test_binary_inference_matches_the_handler(server: tp.TritonProcess, exported
     inp = tc.InferInput("features", list(x.shape), "FP64")
     inp.set_data_from_numpy(x, binary_data=True)
     body, header_length = Client.generate_request_body(
-        [inp], outputs=[tc.InferRequestedOutput("predictions", binary_data=True)], request_id="b")
+        [inp], outputs=[tc.InferRequestedOutput("predictions", binary_data=True)], request_id="b"
+    )
     assert header_length is not None
     status, answer, headers = _post(
-        f"{server.url}/v2/models/{name}/infer", body,
-        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)})
+        f"{server.url}/v2/models/{name}/infer",
+        body,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)},
+    )
     assert status == 200, answer[:2000]
     result = Client.parse_response_body(answer, header_length=int(headers["inference-header-content-length"]))
     got = result.as_numpy("predictions")
@@ -243,8 +254,9 @@ def test_dynamic_batching_merges_concurrent_requests(
     start = threading.Barrier(CONCURRENT)
 
     def one(i: int) -> np.ndarray:
-        request = json.dumps({"inputs": [{"name": "features", "shape": [1, x.shape[1]], "datatype": "FP64",
-                                          "data": x[i].tolist()}]}).encode()
+        request = json.dumps(
+            {"inputs": [{"name": "features", "shape": [1, x.shape[1]], "datatype": "FP64", "data": x[i].tolist()}]}
+        ).encode()
         start.wait(timeout=60)
         status, answer, _ = _post(f"{server.url}/v2/models/{name}/infer", request, {"Content-Type": "application/json"})
         assert status == 200, answer[:2000]
@@ -256,11 +268,14 @@ def test_dynamic_batching_merges_concurrent_requests(
     inferences, executions = _stats(server, name)
     assert inferences - inferences_before == CONCURRENT
     assert 0 < executions - executions_before < CONCURRENT, (
-        f"{name}: {CONCURRENT} concurrent requests ran in {executions - executions_before} executions")
+        f"{name}: {CONCURRENT} concurrent requests ran in {executions - executions_before} executions"
+    )
 
     # Triton ran the rows merged into larger onnxruntime calls; the handler one row per call
-    one_by_one = np.stack([handler.run(x[i:i + 1]).reshape(-1) for i in range(CONCURRENT)])
+    one_by_one = np.stack([handler.run(x[i : i + 1]).reshape(-1) for i in range(CONCURRENT)])
     diff = float(np.max(np.abs(got - one_by_one)))
-    print(f"{name}: {CONCURRENT} requests in {executions - executions_before} executions, "
-          f"max |triton batched - handler batch-1| = {diff:.3e}")
+    print(
+        f"{name}: {CONCURRENT} requests in {executions - executions_before} executions, "
+        f"max |triton batched - handler batch-1| = {diff:.3e}"
+    )
     assert diff <= ATOL

@@ -1,4 +1,5 @@
 """``python -m exporter verify``: good artifacts pass; every kind of broken handoff is reported, all at once."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,9 @@ def tree(good_tree: Path, tmp_path: Path) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exporter", "verify", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "verify", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def edit_metadata(vdir: Path, **changes: object) -> None:
@@ -84,9 +86,13 @@ def test_sample_response_mismatch(tree: Path) -> None:
 
 def test_metadata_against_the_spec_and_the_contract(tree: Path) -> None:
     vdir = tree / "xgb" / "1"
-    edit_metadata(vdir, versions="1", inputs=[{"name": "features", "datatype": "FP64", "shape": ["-1", 7]}],
-                  parity={"rows": 10, "max_abs_diff": 0.1, "atol": 1e-5, "passed": False},
-                  created_at="yesterday")
+    edit_metadata(
+        vdir,
+        versions="1",
+        inputs=[{"name": "features", "datatype": "FP64", "shape": ["-1", 7]}],
+        parity={"rows": 10, "max_abs_diff": 0.1, "atol": 1e-5, "passed": False},
+        created_at="yesterday",
+    )
     # keep sha256 right so that only metadata problems show
     problems = "\n".join(verify(vdir).problems)
     assert "not a valid metadata_model_response at versions" in problems

@@ -8,19 +8,21 @@ negative in training, the clamp at zero), so the ONNX output is in the labels' o
 The network is :class:`MMoE`; the model (facts, the ``tasks`` rules, config, loss, per-task evaluation) is
 :class:`MMoEModel`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from exporter.models.mmoe import tasks as T
 from exporter.models import torch_common as tc
-from exporter.training.data import DEFAULT_FEATURES
 from exporter.models.base import Evaluated, LabelNeed, NotebookInfo, TrainData, Trained
+from exporter.models.mmoe import tasks as T
 from exporter.models.torch_base import ServedPart, TorchModel, label_tensor
+from exporter.training.data import DEFAULT_FEATURES
 
 LABELS = tuple(t["label"] for t in T.DEFAULT_TASKS)
 
@@ -28,15 +30,26 @@ LABELS = tuple(t["label"] for t in T.DEFAULT_TASKS)
 class MMoE(nn.Module):
     """Prepared features in (see :mod:`exporter.features`); [B, n_tasks] out, one column per task, in task order."""
 
-    def __init__(self, cardinalities: Sequence[int], embed_dim: int, n_experts: int, expert_dim: int, tower_dim: int,
-                 tasks: Sequence[T.Task], target_mean: Sequence[float], target_std: Sequence[float],
-                 floors: Sequence[float | None]) -> None:
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        embed_dim: int,
+        n_experts: int,
+        expert_dim: int,
+        tower_dim: int,
+        tasks: Sequence[T.Task],
+        target_mean: Sequence[float],
+        target_std: Sequence[float],
+        floors: Sequence[float | None],
+    ) -> None:
         super().__init__()
         self.tasks = list(tasks)
         n = len(self.tasks)
         self.fields = tc.FieldInput(cardinalities, embed_dim)
         width = self.fields.width
-        self.experts = nn.ModuleList(tc.mlp([width, expert_dim, expert_dim], final_activation=True) for _ in range(n_experts))
+        self.experts = nn.ModuleList(
+            tc.mlp([width, expert_dim, expert_dim], final_activation=True) for _ in range(n_experts)
+        )
         self.gates = nn.ModuleList(nn.Linear(width, n_experts) for _ in range(n))
         self.towers = nn.ModuleList(tc.mlp([expert_dim, tower_dim, 1]) for _ in range(n))
         # statistics of the regression targets only, in task order (the layout older checkpoints have)
@@ -92,35 +105,49 @@ class MMoEModel(TorchModel):
     description = "MMoE (torch) multi-task model, one head per task (default: ctr, watch_time, gmv)"
     label_columns = LABELS
     default_features = DEFAULT_FEATURES
-    default_hparams = {"epochs": 6, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 8, "n_experts": 4,
-                       "expert_dim": 32, "tower_dim": 16, "weight_decay": 0.0,
-                       "tasks": [dict(t) for t in T.DEFAULT_TASKS], "task_weights": None}
+    default_hparams = {
+        "epochs": 6,
+        "batch_size": 256,
+        "learning_rate": 0.005,
+        "embed_dim": 8,
+        "n_experts": 4,
+        "expert_dim": 32,
+        "tower_dim": 16,
+        "weight_decay": 0.0,
+        "tasks": [dict(t) for t in T.DEFAULT_TASKS],
+        "task_weights": None,
+    }
     model_names = ("mmoe",)
     prediction_format = "named_columns"
     notebook = NotebookInfo(
-        title='MMoE multi-task model (one head per task) → ONNX',
-        what='a multi-gate mixture-of-experts model (PyTorch) with one head per task (by default click probability, watch time and GMV)',
-        native='PyTorch',
+        title="MMoE multi-task model (one head per task) → ONNX",
+        what="a multi-gate mixture-of-experts model (PyTorch) with one head per task (by default click probability, watch time and GMV)",
+        native="PyTorch",
         checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
         knobs=(
-            ('tasks', 'one head per task: name (output column), label (data column), type binary|regression; optional weight'),
-            ('epochs', 'passes over the training rows'),
-            ('batch_size', 'rows per optimiser step'),
-            ('learning_rate', 'Adam learning rate'),
-            ('n_experts', 'shared experts the task gates mix'),
-            ('expert_dim', 'width of each expert'),
-            ('tower_dim', 'width of each task tower'),
+            (
+                "tasks",
+                "one head per task: name (output column), label (data column), type binary|regression; optional weight",
+            ),
+            ("epochs", "passes over the training rows"),
+            ("batch_size", "rows per optimiser step"),
+            ("learning_rate", "Adam learning rate"),
+            ("n_experts", "shared experts the task gates mix"),
+            ("expert_dim", "width of each expert"),
+            ("tower_dim", "width of each task tower"),
         ),
         extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "task_weights": {"ctr": 2.0}}',
-        step='epoch',
-        eval_md='Per task on held-out rows: the ROC curve of each binary head, predicted against true values for each regression head (the dashed line is a perfect prediction).',
+        step="epoch",
+        eval_md="Per task on held-out rows: the ROC curve of each binary head, predicted against true values for each regression head (the dashed line is a perfect prediction).",
         example="-p epochs 10 -p n_experts 6",
     )
-    test_hparams = {'epochs': 5}
+    test_hparams = {"epochs": 5}
     hparam_rules = {
         "tasks": (_check_tasks, "a non-empty list of {name, label, type: binary|regression} objects"),
-        "task_weights": (lambda value, hparams: value is None or isinstance(value, (dict, list)),
-                         "None, {task name: weight} or a list of weights in task order"),
+        "task_weights": (
+            lambda value, hparams: value is None or isinstance(value, (dict, list)),
+            "None, {task name: weight} or a list of weights in task order",
+        ),
     }
 
     def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
@@ -135,8 +162,11 @@ class MMoEModel(TorchModel):
         tasks = T.from_hparams(hp)
         reg = [t for t in tasks if not t.binary]
         return {
-            "cardinalities": data.features.cardinalities, "embed_dim": int(hp["embed_dim"]),
-            "n_experts": int(hp["n_experts"]), "expert_dim": int(hp["expert_dim"]), "tower_dim": int(hp["tower_dim"]),
+            "cardinalities": data.features.cardinalities,
+            "embed_dim": int(hp["embed_dim"]),
+            "n_experts": int(hp["n_experts"]),
+            "expert_dim": int(hp["expert_dim"]),
+            "tower_dim": int(hp["tower_dim"]),
             "tasks": [t.to_dict() for t in tasks],
             "target_mean": [float(np.mean(y[t.label])) for t in reg],
             "target_std": [float(max(np.std(y[t.label]), 1e-6)) for t in reg],
@@ -148,9 +178,17 @@ class MMoEModel(TorchModel):
         tasks = _tasks_of(config)
         n_reg = sum(not t.binary for t in tasks)
         floors = config.get("floors", [0.0] * n_reg)  # older checkpoints clamped every regression head at zero
-        return MMoE(list(config["cardinalities"]), int(config["embed_dim"]), int(config["n_experts"]),
-                    int(config["expert_dim"]), int(config["tower_dim"]), tasks, config["target_mean"],
-                    config["target_std"], floors)
+        return MMoE(
+            list(config["cardinalities"]),
+            int(config["embed_dim"]),
+            int(config["n_experts"]),
+            int(config["expert_dim"]),
+            int(config["tower_dim"]),
+            tasks,
+            config["target_mean"],
+            config["target_std"],
+            floors,
+        )
 
     def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Weighted sum over tasks: logistic loss of binary heads, squared error of standardised regression heads."""
@@ -167,8 +205,9 @@ class MMoEModel(TorchModel):
             total = total + task.weight * term
         return total
 
-    def training_tensors(self, config: Mapping[str, Any], x: np.ndarray,
-                         y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+    def training_tensors(
+        self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]
+    ) -> list[torch.Tensor]:
         """The features and one target per task of the config, in task order."""
         return [torch.from_numpy(x), *(label_tensor(y, t.label) for t in _tasks_of(config))]
 
@@ -178,9 +217,18 @@ class MMoEModel(TorchModel):
 
     def parts(self, net: nn.Module, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
         tasks = net.tasks
-        return [ServedPart(self.name, net, columns, list(range(len(columns))), len(tasks), self.prediction_format,
-                           output_columns=[t.name for t in tasks],
-                           metadata={"tasks": [{"name": t.name, "label": t.label, "type": t.type} for t in tasks]})]
+        return [
+            ServedPart(
+                self.name,
+                net,
+                columns,
+                list(range(len(columns))),
+                len(tasks),
+                self.prediction_format,
+                output_columns=[t.name for t in tasks],
+                metadata={"tasks": [{"name": t.name, "label": t.label, "type": t.type} for t in tasks]},
+            )
+        ]
 
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         """Held-out metrics per task (AUC/logloss or RMSE against predicting the mean), keyed by task name."""
@@ -190,5 +238,6 @@ class MMoEModel(TorchModel):
         if not y or not all(t.label in y for t in tasks):
             return Evaluated({}, predictions, {}, {"heads": {t.name: t.type for t in tasks}})
         labels = {t.name: np.asarray(y[t.label], dtype=np.float64) for t in tasks}
-        return Evaluated(T.task_metrics(tasks, predictions, labels), predictions, labels,
-                         {"heads": {t.name: t.type for t in tasks}})
+        return Evaluated(
+            T.task_metrics(tasks, predictions, labels), predictions, labels, {"heads": {t.name: t.type for t in tasks}}
+        )

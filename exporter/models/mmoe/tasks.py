@@ -7,19 +7,21 @@ order), the label columns the pipeline reads and checks, the loss (logistic for 
 standardised target for regression, weighted per task) and the held-out metrics (AUC/logloss; RMSE next to
 predicting the mean). The default is the contract's three heads ctr, watch_time and gmv.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from exporter.training import metrics as M
 from exporter.errors import ExporterError
 from exporter.models.base import BINARY, LABEL_KINDS, REGRESSION, LabelNeed
+from exporter.training import metrics as M
 
 #: contract section 1: mmoe's default heads (the synthetic click log has these labels)
 DEFAULT_TASKS: list[dict[str, str]] = [
@@ -109,24 +111,34 @@ def _apply_weights(tasks: list[Task], raw_tasks: Sequence[Any], task_weights: An
     if isinstance(task_weights, Mapping):
         unknown = [k for k in task_weights if k not in names]
         if unknown:
-            raise ExporterError(f"hyper-parameter task_weights names unknown task(s) {', '.join(map(str, unknown))}; "
-                                f"the tasks are {', '.join(names)}")
+            raise ExporterError(
+                f"hyper-parameter task_weights names unknown task(s) {', '.join(map(str, unknown))}; "
+                f"the tasks are {', '.join(names)}"
+            )
         given = {str(k): v for k, v in task_weights.items()}
     elif isinstance(task_weights, (list, tuple)):
         if len(task_weights) != len(tasks):
-            raise ExporterError(f"hyper-parameter task_weights lists {len(task_weights)} weight(s) for "
-                                f"{len(tasks)} tasks ({', '.join(names)})")
+            raise ExporterError(
+                f"hyper-parameter task_weights lists {len(task_weights)} weight(s) for "
+                f"{len(tasks)} tasks ({', '.join(names)})"
+            )
         given = dict(zip(names, task_weights))
     else:
-        raise ExporterError(f"hyper-parameter task_weights must be None, {{task name: weight}} or a list of weights "
-                            f"in task order, got {task_weights!r}")
+        raise ExporterError(
+            f"hyper-parameter task_weights must be None, {{task name: weight}} or a list of weights "
+            f"in task order, got {task_weights!r}"
+        )
     out = []
     for task, raw in zip(tasks, raw_tasks):
         if task.name in given:
             if "weight" in raw:
                 raise ExporterError(f"task {task.name!r} has a weight in tasks and in task_weights: give it once")
-            task = Task(task.name, task.label, task.type,
-                        _weight(given[task.name], f"hyper-parameter task_weights[{task.name!r}]"))
+            task = Task(
+                task.name,
+                task.label,
+                task.type,
+                _weight(given[task.name], f"hyper-parameter task_weights[{task.name!r}]"),
+            )
         out.append(task)
     return out
 
@@ -142,15 +154,18 @@ def label_needs(tasks: Sequence[Task]) -> list[LabelNeed]:
     for t in tasks:
         seen = needs.get(t.label)
         if seen is not None and seen.kind != t.type:
-            raise ExporterError(f"label column {t.label!r} is used as {seen.kind} ({seen.role}) and as {t.type} "
-                                f"(task {t.name!r}): one column cannot be both")
+            raise ExporterError(
+                f"label column {t.label!r} is used as {seen.kind} ({seen.role}) and as {t.type} "
+                f"(task {t.name!r}): one column cannot be both"
+            )
         if seen is None:
             needs[t.label] = LabelNeed(t.label, t.type, f"label of task {t.name!r} ({t.type})")
     return list(needs.values())
 
 
-def task_metrics(tasks: Sequence[Task], pred: Mapping[str, np.ndarray],
-                 labels: Mapping[str, np.ndarray]) -> dict[str, float]:
+def task_metrics(
+    tasks: Sequence[Task], pred: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]
+) -> dict[str, float]:
     """Per task: binary ``<name>_auc``, ``<name>_logloss``, ``<name>_base_rate``; regression ``<name>_rmse`` and
     ``<name>_rmse_baseline`` (predicting the held-out mean). ``pred`` and ``labels`` are keyed by task name."""
     out: dict[str, float] = {}

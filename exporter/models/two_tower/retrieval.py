@@ -13,16 +13,17 @@ Equal scores are ranked by catalogue position (lower index first), so results ar
 baseline with many ties (popularity) is reproducible. Users are scored in chunks sized by a memory
 budget, so 10^4 users x 10^5 items runs in tens of MB.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from exporter.training import data as D
 from exporter.errors import ExporterError
+from exporter.training import data as D
 
 KS: tuple[int, ...] = (10, 50)
 #: scores of users [start, stop) against every catalogue item, float64 [stop - start, n_items]
@@ -42,8 +43,9 @@ class UserItems:
         return len(self.indptr) - 1
 
     @classmethod
-    def from_pairs(cls, user_rows: Sequence[int] | np.ndarray, item_rows: Sequence[int] | np.ndarray,
-                   n_users: int) -> "UserItems":
+    def from_pairs(
+        cls, user_rows: Sequence[int] | np.ndarray, item_rows: Sequence[int] | np.ndarray, n_users: int
+    ) -> UserItems:
         """Sets from (user row, item row) pairs; duplicate pairs count once."""
         u = np.asarray(user_rows, dtype=np.int64)
         i = np.asarray(item_rows, dtype=np.int64)
@@ -58,14 +60,14 @@ class UserItems:
         return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), pairs[:, 1].copy())
 
     @classmethod
-    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "UserItems":
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> UserItems:
         """Sets from one list of item rows per user (handy in tests)."""
         users = np.repeat(np.arange(len(lists)), [len(x) for x in lists])
         items = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if lists else np.empty(0, np.int64)
         return cls.from_pairs(users, items, len(lists))
 
     def row(self, user: int) -> np.ndarray:
-        return self.indices[self.indptr[user]:self.indptr[user + 1]]
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
 
     def sizes(self) -> np.ndarray:
         return np.diff(self.indptr)
@@ -74,7 +76,7 @@ class UserItems:
         """Boolean [stop - start, n_items]: True where the item is in the user's set."""
         out = np.zeros((stop - start, n_items), dtype=bool)
         lo, hi = self.indptr[start], self.indptr[stop]
-        rows = np.repeat(np.arange(stop - start), np.diff(self.indptr[start:stop + 1]))
+        rows = np.repeat(np.arange(stop - start), np.diff(self.indptr[start : stop + 1]))
         out[rows, self.indices[lo:hi]] = True
         return out
 
@@ -117,8 +119,16 @@ def _chunk_users(n_items: int, max_chunk_bytes: int) -> int:
     return max(1, int(max_chunk_bytes // max(1, n_items * (8 + 8 + 4 + 6))))
 
 
-def evaluate_scores(score_chunk: ScoreChunk, n_users: int, n_items: int, train: UserItems, heldout: UserItems,
-                    ks: Sequence[int] = KS, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> RetrievalResult:
+def evaluate_scores(
+    score_chunk: ScoreChunk,
+    n_users: int,
+    n_items: int,
+    train: UserItems,
+    heldout: UserItems,
+    ks: Sequence[int] = KS,
+    *,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> RetrievalResult:
     """recall@K and NDCG@K of any scorer; training items excluded, held-out items that are also
     training items of the same user are not counted (they can never be recommended)."""
     ks = sorted({int(k) for k in ks})
@@ -128,8 +138,9 @@ def evaluate_scores(score_chunk: ScoreChunk, n_users: int, n_items: int, train: 
         if sets.n_users != n_users:
             raise ExporterError(f"{name} item sets cover {sets.n_users} users, the scores {n_users}")
         if len(sets.indices) and sets.indices.max() >= n_items:
-            raise ExporterError(f"{name} item sets refer to item row {int(sets.indices.max())}, "
-                                f"beyond the catalogue of {n_items} items")
+            raise ExporterError(
+                f"{name} item sets refer to item row {int(sets.indices.max())}, beyond the catalogue of {n_items} items"
+            )
     kmax = min(ks[-1], n_items)
     discount = 1.0 / np.log2(np.arange(2, kmax + 2))
     ideal = np.concatenate([[0.0], np.cumsum(discount)])  # ideal[j]: DCG of j hits at the top
@@ -140,12 +151,14 @@ def evaluate_scores(score_chunk: ScoreChunk, n_users: int, n_items: int, train: 
         stop = min(n_users, start + step)
         scores = np.array(score_chunk(start, stop), dtype=np.float64)  # a private, writable copy
         if scores.shape != (stop - start, n_items):
-            raise ExporterError(f"scores of users {start}..{stop} have shape {scores.shape}, "
-                                f"expected {(stop - start, n_items)}")
+            raise ExporterError(
+                f"scores of users {start}..{stop} have shape {scores.shape}, expected {(stop - start, n_items)}"
+            )
         if np.isnan(scores).any():
             r, c = np.argwhere(np.isnan(scores))[0]
-            raise ExporterError(f"score of user row {start + int(r)} for item row {int(c)} is NaN "
-                                "(non-finite embeddings?)")
+            raise ExporterError(
+                f"score of user row {start + int(r)} for item row {int(c)} is NaN (non-finite embeddings?)"
+            )
         seen = train.mask(start, stop, n_items)
         scores[seen] = -np.inf
         relevant = heldout.mask(start, stop, n_items) & ~seen
@@ -167,8 +180,15 @@ def evaluate_scores(score_chunk: ScoreChunk, n_users: int, n_items: int, train: 
     return RetrievalResult(metrics, evaluated, n_users - evaluated, n_items)
 
 
-def evaluate_embeddings(user_emb: np.ndarray, item_emb: np.ndarray, train: UserItems, heldout: UserItems,
-                        ks: Sequence[int] = KS, *, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> RetrievalResult:
+def evaluate_embeddings(
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    train: UserItems,
+    heldout: UserItems,
+    ks: Sequence[int] = KS,
+    *,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> RetrievalResult:
     """A retrieval model: score = dot product of the user's and the item's embeddings (exact, no ANN)."""
     u = np.asarray(user_emb, dtype=np.float64)
     v = np.asarray(item_emb, dtype=np.float64)
@@ -179,8 +199,9 @@ def evaluate_embeddings(user_emb: np.ndarray, item_emb: np.ndarray, train: UserI
             row = int(np.argwhere(~np.isfinite(e))[0][0])
             raise ExporterError(f"{name} embedding row {row} is not finite")
     vt = np.ascontiguousarray(v.T)
-    return evaluate_scores(lambda a, b: u[a:b] @ vt, len(u), len(v), train, heldout, ks,
-                           max_chunk_bytes=max_chunk_bytes)
+    return evaluate_scores(
+        lambda a, b: u[a:b] @ vt, len(u), len(v), train, heldout, ks, max_chunk_bytes=max_chunk_bytes
+    )
 
 
 def popularity_counts(train: UserItems, n_items: int) -> np.ndarray:
@@ -188,19 +209,38 @@ def popularity_counts(train: UserItems, n_items: int) -> np.ndarray:
     return np.bincount(train.indices, minlength=n_items).astype(np.float64)
 
 
-def evaluate_popularity(train: UserItems, heldout: UserItems, n_items: int, ks: Sequence[int] = KS, *,
-                        max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> RetrievalResult:
+def evaluate_popularity(
+    train: UserItems,
+    heldout: UserItems,
+    n_items: int,
+    ks: Sequence[int] = KS,
+    *,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> RetrievalResult:
     """The baseline every retrieval model must beat: the most popular training items the user has not seen."""
     counts = popularity_counts(train, n_items)
-    return evaluate_scores(lambda a, b: np.broadcast_to(counts, (b - a, n_items)), train.n_users, n_items,
-                           train, heldout, ks, max_chunk_bytes=max_chunk_bytes)
+    return evaluate_scores(
+        lambda a, b: np.broadcast_to(counts, (b - a, n_items)),
+        train.n_users,
+        n_items,
+        train,
+        heldout,
+        ks,
+        max_chunk_bytes=max_chunk_bytes,
+    )
 
 
 # --------------------------------------------------------------------------------------------- splits
 
 
-def split_pairs(frame: pd.DataFrame, *, user_col: str = "user_id", item_col: str = "item_id", seed: int = 0,
-                heldout_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+def split_pairs(
+    frame: pd.DataFrame,
+    *,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    seed: int = 0,
+    heldout_fraction: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows) of ``frame``, split by distinct user-item pairs, seeded.
 
     All rows of a pair fall on the same side, so no held-out pair was seen in training. Pairs are
@@ -235,9 +275,16 @@ def _rows(index: pd.Index, values: pd.Series, what: str) -> np.ndarray:
     return pos.astype(np.int64)
 
 
-def eval_sets(train: pd.DataFrame, heldout: pd.DataFrame, *, users: Sequence | pd.Index,
-              items: Sequence | pd.Index, user_col: str = "user_id", item_col: str = "item_id",
-              positive: str | None = None) -> EvalSets:
+def eval_sets(
+    train: pd.DataFrame,
+    heldout: pd.DataFrame,
+    *,
+    users: Sequence | pd.Index,
+    items: Sequence | pd.Index,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    positive: str | None = None,
+) -> EvalSets:
     """Training items to exclude (every training interaction) and held-out positives per user.
 
     ``users``/``items`` fix the row order of the embeddings (one row per user, the item catalogue);
@@ -248,12 +295,18 @@ def eval_sets(train: pd.DataFrame, heldout: pd.DataFrame, *, users: Sequence | p
         if not index.is_unique:
             raise ExporterError(f"{name} must list each id once")
     for name, df in (("training", train), ("held-out", heldout)):
-        D.check_columns(df, [user_col, item_col] + ([positive] if positive and df is heldout else []),
-                        what="interaction", source=f"{name} interactions")
+        D.check_columns(
+            df,
+            [user_col, item_col] + ([positive] if positive and df is heldout else []),
+            what="interaction",
+            source=f"{name} interactions",
+        )
     if positive is not None:
         heldout = heldout[heldout[positive].to_numpy() == 1]
     t = UserItems.from_pairs(_rows(users, train[user_col], "user"), _rows(items, train[item_col], "item"), len(users))
-    h = UserItems.from_pairs(_rows(users, heldout[user_col], "user"), _rows(items, heldout[item_col], "item"), len(users))
+    h = UserItems.from_pairs(
+        _rows(users, heldout[user_col], "user"), _rows(items, heldout[item_col], "item"), len(users)
+    )
     return EvalSets(users, items, t, h)
 
 

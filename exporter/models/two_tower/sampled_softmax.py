@@ -13,9 +13,10 @@ large corpus item recommendations", RecSys 2019):
 A batch may hold the same item twice: such an entry j != i is the user's positive too, not a negative,
 so it is masked out of the softmax.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ import torch
 from exporter.errors import ExporterError
 
 
-def in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor,
-                          log_q: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def in_batch_softmax_loss(
+    user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, log_q: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """Mean cross-entropy of each user's own item against the batch's items (see the module docstring).
 
     ``user``, ``item``: [B, D] embeddings of B positive pairs; ``item_ids``: [B] integer identities (equal ids
@@ -39,8 +41,9 @@ def in_batch_softmax_loss(user: torch.Tensor, item: torch.Tensor, item_ids: torc
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(ids), device=logits.device))
 
 
-def positive_pairs(x: np.ndarray, y: Mapping[str, np.ndarray], label: str, item_idx: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def positive_pairs(
+    x: np.ndarray, y: Mapping[str, np.ndarray], label: str, item_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows of positive pairs, item identity per row, log sampling probability per row).
 
     Positives are the rows whose ``label`` is 1, or every row when there is no label (an interactions table).

@@ -13,22 +13,24 @@ the item tower, unless the hyper-parameters ``user_columns`` / ``item_columns`` 
 embeds its categorical columns (``field_embed_dim``) beside its standardised numeric ones.
 The networks are :class:`Tower` and :class:`TwoTower`; the model is :class:`TwoTowerModel`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from exporter.models.two_tower import sampled_softmax as S
-from exporter.models import torch_common as tc
-from exporter.models.two_tower import towers as TW
-from exporter.training.data import ITEM_FEATURES, LABEL, USER_FEATURES
 from exporter.errors import ExporterError
-from exporter.training.metrics import retrieval_metrics
+from exporter.models import torch_common as tc
 from exporter.models.base import BINARY, Evaluated, LabelNeed, NotebookInfo, Towers, TrainData, Trained
 from exporter.models.torch_base import ServedPart, TorchModel, label_tensor
+from exporter.models.two_tower import sampled_softmax as S
+from exporter.models.two_tower import towers as TW
+from exporter.training.data import ITEM_FEATURES, LABEL, USER_FEATURES
+from exporter.training.metrics import retrieval_metrics
 
 LOSSES = ("softmax", "bce")
 
@@ -36,8 +38,9 @@ LOSSES = ("softmax", "bce")
 class Tower(nn.Module):
     """One tower: its prepared columns in (numeric standardised, categorical embedded), a (unit) vector out."""
 
-    def __init__(self, cardinalities: Sequence[int], field_dim: int, hidden: int, embed_dim: int,
-                 normalize: bool = False) -> None:
+    def __init__(
+        self, cardinalities: Sequence[int], field_dim: int, hidden: int, embed_dim: int, normalize: bool = False
+    ) -> None:
         super().__init__()
         self.fields = tc.FieldInput(cardinalities, field_dim)
         self.mlp = tc.mlp([self.fields.width, hidden, hidden, embed_dim])
@@ -51,9 +54,20 @@ class Tower(nn.Module):
 class TwoTower(nn.Module):
     """Checkpoints from before retrieval training (no ``normalize`` in their config) keep their plain dot product."""
 
-    def __init__(self, cardinalities: Sequence[int], user_idx: Sequence[int], item_idx: Sequence[int],
-                 embed_dim: int, hidden: int, field_dim: int, normalize: bool = False, loss: str = "bce",
-                 temperature: float = 1.0, logq: bool = True, chunk: int = 1024) -> None:
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        user_idx: Sequence[int],
+        item_idx: Sequence[int],
+        embed_dim: int,
+        hidden: int,
+        field_dim: int,
+        normalize: bool = False,
+        loss: str = "bce",
+        temperature: float = 1.0,
+        logq: bool = True,
+        chunk: int = 1024,
+    ) -> None:
         super().__init__()
         self.register_buffer("user_idx", torch.tensor(list(user_idx), dtype=torch.long))
         self.register_buffer("item_idx", torch.tensor(list(item_idx), dtype=torch.long))
@@ -69,8 +83,9 @@ class TwoTower(nn.Module):
         return dot if self.bias is None else dot / self.temperature + self.bias
 
 
-def split_columns(columns: list[str], hp: Mapping[str, Any],
-                  towers: Mapping[str, str | None] | None = None) -> tuple[list[str], list[str]]:
+def split_columns(
+    columns: list[str], hp: Mapping[str, Any], towers: Mapping[str, str | None] | None = None
+) -> tuple[list[str], list[str]]:
     """User and item columns: the hyper-parameters' lists, else the schema's ``tower``, else ``user_*`` by name."""
     towers = towers or {}
 
@@ -98,42 +113,60 @@ class TwoTowerModel(TorchModel):
     description = "Two-tower retrieval model (user tower two_tower, item tower two_tower_item)"
     label_columns = (LABEL,)
     default_features = USER_FEATURES + ITEM_FEATURES
-    default_hparams = {"epochs": 8, "batch_size": 256, "learning_rate": 0.005, "embed_dim": 32, "hidden": 64,
-                       "field_embed_dim": 16, "weight_decay": 0.0,
-                       "user_columns": None, "item_columns": None,
-                       "loss": "softmax", "temperature": 0.05, "logq_correction": True}
+    default_hparams = {
+        "epochs": 8,
+        "batch_size": 256,
+        "learning_rate": 0.005,
+        "embed_dim": 32,
+        "hidden": 64,
+        "field_embed_dim": 16,
+        "weight_decay": 0.0,
+        "user_columns": None,
+        "item_columns": None,
+        "loss": "softmax",
+        "temperature": 0.05,
+        "logq_correction": True,
+    }
     model_names = ("two_tower", "two_tower_item")
     prediction_format = "vector"
     hparam_rules = {
-        "loss": ("one_of:" + "|".join(LOSSES), "softmax (in-batch sampled softmax on positive pairs) or bce (pointwise on clicks)"),
+        "loss": (
+            "one_of:" + "|".join(LOSSES),
+            "softmax (in-batch sampled softmax on positive pairs) or bce (pointwise on clicks)",
+        ),
         "temperature": ("positive_number", "a positive number (the softmax divides cosines by it)"),
         "logq_correction": ("bool", "true or false"),
     }
     notebook = NotebookInfo(
-        title='Two-tower retrieval model (user and item towers) → ONNX',
-        what='a two-tower retrieval model (PyTorch)',
-        native='PyTorch',
+        title="Two-tower retrieval model (user and item towers) → ONNX",
+        what="a two-tower retrieval model (PyTorch)",
+        native="PyTorch",
         checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/two_tower/1/checkpoint.pt"',
         knobs=(
-            ('loss', '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); "bce": pointwise on clicks'),
-            ('temperature', 'the softmax divides the towers\' cosines by it'),
-            ('epochs', 'passes over the training rows'),
-            ('batch_size', 'positive pairs per optimiser step (the other items of a batch are the negatives)'),
-            ('learning_rate', 'Adam learning rate'),
-            ('embed_dim', 'size of the user and item embeddings'),
-            ('hidden', "width of each tower's hidden layers"),
+            (
+                "loss",
+                '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); "bce": pointwise on clicks',
+            ),
+            ("temperature", "the softmax divides the towers' cosines by it"),
+            ("epochs", "passes over the training rows"),
+            ("batch_size", "positive pairs per optimiser step (the other items of a batch are the negatives)"),
+            ("learning_rate", "Adam learning rate"),
+            ("embed_dim", "size of the user and item embeddings"),
+            ("hidden", "width of each tower's hidden layers"),
         ),
         extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "logq_correction": False, "field_embed_dim": 16}',
-        step='epoch',
-        eval_md=("Retrieval on held-out user-item pairs: for every user, all items of the catalogue are ranked by the "
-                 "towers' dot product (the user's training items removed); recall@K is the share of the user's held-out "
-                 "positives found in the top K, for the model and for recommending the most popular items. "
-                 "With 0/1 labels, the ROC curve of the score against them is beside it."),
-        example='-p epochs 10 -p embed_dim 32',
-        note='The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.',
+        step="epoch",
+        eval_md=(
+            "Retrieval on held-out user-item pairs: for every user, all items of the catalogue are ranked by the "
+            "towers' dot product (the user's training items removed); recall@K is the share of the user's held-out "
+            "positives found in the top K, for the model and for recommending the most popular items. "
+            "With 0/1 labels, the ROC curve of the score against them is beside it."
+        ),
+        example="-p epochs 10 -p embed_dim 32",
+        note="The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.",
         towers=True,
     )
-    test_hparams = {'epochs': 5}
+    test_hparams = {"epochs": 5}
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
         return retrieval_metrics(predictions, labels)
@@ -142,10 +175,13 @@ class TwoTowerModel(TorchModel):
         """bce needs clicks; softmax reads positives from the label when the data has one, else every row is one."""
         if hparams.get("loss", "softmax") == "bce":
             return [LabelNeed(LABEL, BINARY, "the click label the pointwise loss (loss bce) learns")]
-        return [LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)]
+        return [
+            LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)
+        ]
 
-    def split(self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers,
-              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def split(
+        self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """By user-item pairs, so no held-out pair was seen in training."""
         user, item = split_columns(list(columns), hparams, towers())
         return TW.split_by_pairs(frame, user, item, seed)
@@ -160,18 +196,33 @@ class TwoTowerModel(TorchModel):
             S.check_positives(int(np.sum(y[LABEL] == 1)) if LABEL in y else len(x), LABEL, LABEL in y)
         return {
             "cardinalities": plan.cardinalities,
-            "user_idx": [columns.index(c) for c in user], "item_idx": [columns.index(c) for c in item],
-            "embed_dim": int(hp["embed_dim"]), "hidden": int(hp["hidden"]), "field_embed_dim": int(hp["field_embed_dim"]),
-            "normalize": True, "loss": str(hp["loss"]), "temperature": float(hp["temperature"]),
-            "logq_correction": bool(hp["logq_correction"]), "batch_size": int(hp["batch_size"]),
+            "user_idx": [columns.index(c) for c in user],
+            "item_idx": [columns.index(c) for c in item],
+            "embed_dim": int(hp["embed_dim"]),
+            "hidden": int(hp["hidden"]),
+            "field_embed_dim": int(hp["field_embed_dim"]),
+            "normalize": True,
+            "loss": str(hp["loss"]),
+            "temperature": float(hp["temperature"]),
+            "logq_correction": bool(hp["logq_correction"]),
+            "batch_size": int(hp["batch_size"]),
         }
 
     def build(self, config: Mapping[str, Any]) -> nn.Module:
         c = config
-        return TwoTower(list(c["cardinalities"]), c["user_idx"], c["item_idx"], int(c["embed_dim"]),
-                        int(c["hidden"]), int(c["field_embed_dim"]), bool(c.get("normalize", False)),
-                        str(c.get("loss", "bce")), float(c.get("temperature", 1.0)),
-                        bool(c.get("logq_correction", True)), int(c.get("batch_size", 1024)))
+        return TwoTower(
+            list(c["cardinalities"]),
+            c["user_idx"],
+            c["item_idx"],
+            int(c["embed_dim"]),
+            int(c["hidden"]),
+            int(c["field_embed_dim"]),
+            bool(c.get("normalize", False)),
+            str(c.get("loss", "bce")),
+            float(c.get("temperature", 1.0)),
+            bool(c.get("logq_correction", True)),
+            int(c.get("batch_size", 1024)),
+        )
 
     def fit_scalers(self, net: nn.Module, x: np.ndarray) -> None:
         net.user.fields.fit(x[:, net.user_idx.numpy()])
@@ -184,14 +235,22 @@ class TwoTowerModel(TorchModel):
         x, ids, log_q = batch
         if not torch.is_grad_enabled() and len(x) > net.chunk:  # held-out loss: batches of the training size
             sizes = [min(net.chunk, len(x) - i) for i in range(0, len(x), net.chunk)]
-            parts = [self.loss(net, [x[i:i + net.chunk], ids[i:i + net.chunk], log_q[i:i + net.chunk]])
-                     for i in range(0, len(x), net.chunk)]
+            parts = [
+                self.loss(net, [x[i : i + net.chunk], ids[i : i + net.chunk], log_q[i : i + net.chunk]])
+                for i in range(0, len(x), net.chunk)
+            ]
             return sum(p * n for p, n in zip(parts, sizes)) / len(x)
-        return S.in_batch_softmax_loss(net.user(x[:, net.user_idx]), net.item(x[:, net.item_idx]), ids,
-                                       log_q if net.logq else None, net.temperature)
+        return S.in_batch_softmax_loss(
+            net.user(x[:, net.user_idx]),
+            net.item(x[:, net.item_idx]),
+            ids,
+            log_q if net.logq else None,
+            net.temperature,
+        )
 
-    def training_tensors(self, config: Mapping[str, Any], x: np.ndarray,
-                         y: Mapping[str, np.ndarray]) -> list[torch.Tensor]:
+    def training_tensors(
+        self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]
+    ) -> list[torch.Tensor]:
         """bce: every row and its click; softmax: the positive pairs, their item identities and log sampling probabilities."""
         if config.get("loss", "bce") == "bce":
             return [torch.from_numpy(x), label_tensor(y, LABEL)]

@@ -14,19 +14,21 @@ popularity baseline computed on the same split.
   tower as ``items.parquet``, and the evaluation embeds exactly it, so offline scoring and an ANN index
   rank the items the evaluation ranked. Users are embedded from one row each, built the same way.
 """
+
 from __future__ import annotations
 
 import io
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from exporter.models.base import Evaluated, SideFile, Trained
 from exporter.models.two_tower import retrieval as R
 from exporter.training.data import LABEL
-from exporter.models.base import Evaluated, SideFile, Trained
 
 CATALOGUE_FILE = "items.parquet"
 #: users ranked against the whole catalogue at most (a seeded sample beyond it keeps a big log's export fast)
@@ -50,11 +52,13 @@ def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return frame.groupby(list(columns), sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
 
 
-def split_by_pairs(frame: pd.DataFrame, user: Sequence[str], item: Sequence[str], seed: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def split_by_pairs(
+    frame: pd.DataFrame, user: Sequence[str], item: Sequence[str], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, held-out rows) by distinct user-item pairs; equal to the exporter's row split when no pair repeats."""
-    keys = pd.DataFrame({"u": entity_codes(frame, key_columns(user, "user_id")),
-                         "i": entity_codes(frame, key_columns(item, "item_id"))})
+    keys = pd.DataFrame(
+        {"u": entity_codes(frame, key_columns(user, "user_id")), "i": entity_codes(frame, key_columns(item, "item_id"))}
+    )
     return R.split_pairs(keys, user_col="u", item_col="i", seed=seed)
 
 
@@ -96,8 +100,10 @@ def _evaluated_users(held: pd.DataFrame, labelled: bool, n_users: int, seed: int
 
 def _embed(module: torch.nn.Module, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
     with torch.inference_mode():
-        parts = [module(torch.from_numpy(np.ascontiguousarray(x[i:i + chunk]))).double().numpy()
-                 for i in range(0, len(x), chunk)]
+        parts = [
+            module(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk]))).double().numpy()
+            for i in range(0, len(x), chunk)
+        ]
     return np.concatenate(parts) if parts else np.zeros((0, 0))
 
 
@@ -136,12 +142,20 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
     plan = prep.features
     user_emb = _embed(net.user, _prepared(plan, users))
     item_emb = _embed(net.item, _prepared(plan, catalogue))
-    sets = R.eval_sets(train, held, users=np.arange(len(users)), items=np.arange(n_items),
-                       user_col="user", item_col="item", positive="positive" if label in y else None)
+    sets = R.eval_sets(
+        train,
+        held,
+        users=np.arange(len(users)),
+        items=np.arange(n_items),
+        user_col="user",
+        item_col="item",
+        positive="positive" if label in y else None,
+    )
     ks = sorted({*R.KS, *(k for k in CURVE_KS if k <= n_items)})
     model = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout, ks)
-    popular = R.evaluate_scores(lambda a, b: np.broadcast_to(popularity, (b - a, n_items)), len(users), n_items,
-                                sets.train, sets.heldout, ks)
+    popular = R.evaluate_scores(
+        lambda a, b: np.broadcast_to(popularity, (b - a, n_items)), len(users), n_items, sets.train, sets.heldout, ks
+    )
 
     metrics: dict[str, float] = {}
     for name in R.metric_names():
@@ -163,11 +177,20 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
         "model": [model.metrics[f"recall@{k}"] for k in ks],
         "popularity": [popular.metrics[f"recall@{k}"] for k in ks],
     }
-    details = {"retrieval": {"curve": curve, "users_evaluated": model.users_evaluated,
-                             "users_without_heldout": model.users_without_heldout, "catalogue_items": n_items,
-                             "users_sampled": chosen is not None}}
-    info = {"rows": len(catalogue), "columns": list(item), "key": key_columns(item, "item_id"),
-            "description": "the item catalogue of the held-out evaluation: one row per item, the item tower's raw columns"}
+    details = {
+        "retrieval": {
+            "curve": curve,
+            "users_evaluated": model.users_evaluated,
+            "users_without_heldout": model.users_without_heldout,
+            "catalogue_items": n_items,
+            "users_sampled": chosen is not None,
+        }
+    }
+    info = {
+        "rows": len(catalogue),
+        "columns": list(item),
+        "key": key_columns(item, "item_id"),
+        "description": "the item catalogue of the held-out evaluation: one row per item, the item tower's raw columns",
+    }
     files = {"two_tower_item": [SideFile(CATALOGUE_FILE, parquet_bytes(catalogue), CATALOGUE_KEY, info)]}
     return Evaluated(metrics, predictions, labels, details, files)
-

@@ -11,6 +11,7 @@ matrix; ``wants_binary(payload)`` says whether the answer carries binary tensor 
 binary)`` returns ``(answer bytes, JSON header length or None)``. An envelope knows the model only through a
 :class:`Signature`, never the handler.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,7 +1,9 @@
 """The TorchServe form: ``{"data": [{"<column>": <value>, ...}, ...]}`` in, ``{"predictions": [...]}`` out."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -32,12 +34,16 @@ class TorchServeEnvelope:
     def decode(self, payload: dict[str, Any], blob: memoryview | None = None) -> np.ndarray:
         """Rows of ``{column: value}`` objects -> the float64 ``features`` matrix."""
         if blob is not None and len(blob):
-            raise HandlerError(400, "binary tensor data comes only with the Open Inference Protocol form "
-                                    '{"inputs": [...]}, not with "data" rows')
+            raise HandlerError(
+                400,
+                "binary tensor data comes only with the Open Inference Protocol form "
+                '{"inputs": [...]}, not with "data" rows',
+            )
         rows = payload[REQUEST_ROWS_KEY]
         if type(rows) is not list:
             raise HandlerError(
-                400, f'"data" must be a list of row objects {{"<feature column>": <number>, ...}}, got {type_name(rows)}'
+                400,
+                f'"data" must be a list of row objects {{"<feature column>": <number>, ...}}, got {type_name(rows)}',
             )
         n = len(rows)
         if n == 0:

@@ -7,6 +7,7 @@ output, with the request parameter ``binary_data_output: true``) is answered the
 carries ``binary_data_size`` and the answer's header length is returned to send as
 ``Inference-Header-Content-Length``. Validation and errors are the JSON form's (:mod:`.v2_json`).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,20 @@ from exporter.runtime.rules import DATATYPE, MAX_EXACT_INT
 __all__ = ["DTYPES", "V2BinaryEnvelope", "split_body"]
 
 #: v2 datatype -> numpy dtype of its little-endian wire form (BF16: the upper half of an FP32)
-DTYPES = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "BF16": "<u2", "INT8": "i1", "INT16": "<i2",
-          "INT32": "<i4", "INT64": "<i8", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
+DTYPES = {
+    "FP64": "<f8",
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "BF16": "<u2",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+}
 
 
 def split_body(body: bytes | bytearray | memoryview | str, header_length: Any) -> tuple[memoryview, memoryview]:
@@ -36,8 +49,9 @@ def split_body(body: bytes | bytearray | memoryview | str, header_length: Any) -
     if type(header_length) is not int or not 0 < header_length <= len(view):
         shown = quote(header_length) if not isinstance(header_length, int) else str(header_length)
         raise HandlerError(
-            400, f"Inference-Header-Content-Length is {shown}; expected the byte length of the JSON header, "
-            f"a positive integer up to the body's {len(view)} bytes"
+            400,
+            f"Inference-Header-Content-Length is {shown}; expected the byte length of the JSON header, "
+            f"a positive integer up to the body's {len(view)} bytes",
         )
     return view[:header_length], view[header_length:]
 
@@ -54,18 +68,26 @@ class V2BinaryEnvelope:
         tensor, n = self.json.check(payload, binary=True)
         params = tensor.get("parameters")
         if params is not None and type(params) is not dict:
-            raise HandlerError(400, f'inputs[0].parameters must be an object, got {type_name(params)}')
+            raise HandlerError(400, f"inputs[0].parameters must be an object, got {type_name(params)}")
         size = params.get("binary_data_size") if params else None
         if size is None:
             if "data" not in tensor:
-                raise HandlerError(400, 'inputs[0] has neither "data" nor parameters.binary_data_size; send one of them')
+                raise HandlerError(
+                    400, 'inputs[0] has neither "data" nor parameters.binary_data_size; send one of them'
+                )
             if blob is not None and len(blob):
-                raise HandlerError(400, f"the body holds {len(blob)} bytes after the JSON header, but no input declares "
-                                        "parameters.binary_data_size")
+                raise HandlerError(
+                    400,
+                    f"the body holds {len(blob)} bytes after the JSON header, but no input declares "
+                    "parameters.binary_data_size",
+                )
             return self.json.matrix(tensor["data"], n)
         if blob is None:
-            raise HandlerError(400, "inputs[0].parameters.binary_data_size needs the Inference-Header-Content-Length "
-                                    "header (the JSON header's byte length)")
+            raise HandlerError(
+                400,
+                "inputs[0].parameters.binary_data_size needs the Inference-Header-Content-Length "
+                "header (the JSON header's byte length)",
+            )
         if "data" in tensor:
             raise HandlerError(400, 'inputs[0] has both "data" and parameters.binary_data_size; send its numbers once')
         return self._binary_matrix(tensor["datatype"], size, n, blob)
@@ -77,11 +99,17 @@ class V2BinaryEnvelope:
         expected = n * k * dtype.itemsize
         if type(size) is not int or size != expected:
             shown = str(size) if type(size) is int else quote(size) if isinstance(size, str) else type_name(size)
-            raise HandlerError(400, f"inputs[0].parameters.binary_data_size is {shown}; shape [{n}, {k}] of {datatype} "
-                                    f"needs {expected} bytes")
+            raise HandlerError(
+                400,
+                f"inputs[0].parameters.binary_data_size is {shown}; shape [{n}, {k}] of {datatype} "
+                f"needs {expected} bytes",
+            )
         if len(blob) != size:
-            raise HandlerError(400, f"the body holds {len(blob)} bytes after the JSON header; "
-                                    f"inputs[0].parameters.binary_data_size says {size}")
+            raise HandlerError(
+                400,
+                f"the body holds {len(blob)} bytes after the JSON header; "
+                f"inputs[0].parameters.binary_data_size says {size}",
+            )
         raw = np.frombuffer(blob, dtype=dtype, count=n * k)
         if datatype == "BF16":
             matrix = (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
@@ -101,16 +129,23 @@ class V2BinaryEnvelope:
             inexact = (raw > MAX_EXACT_INT) | (raw < -MAX_EXACT_INT) if dtype.kind == "i" else raw > MAX_EXACT_INT
             if inexact.any():
                 row, col = divmod(int(np.flatnonzero(inexact)[0]), k)
-                raise HandlerError(400, f"inputs[0] binary value at row {row}, column {json.dumps(columns[col])} is "
-                                        "beyond 2^53; FP64 holds integers exactly only up to 2^53")
+                raise HandlerError(
+                    400,
+                    f"inputs[0] binary value at row {row}, column {json.dumps(columns[col])} is "
+                    "beyond 2^53; FP64 holds integers exactly only up to 2^53",
+                )
         if not np.isfinite(matrix).all():
             index = int(np.flatnonzero(~np.isfinite(matrix.reshape(-1)))[0])
             row, col = divmod(index, k)
             value = float(matrix.reshape(-1)[index])
-            raise HandlerError(400, f"inputs[0] binary value at row {row}, column {json.dumps(columns[col])} "
-                                    f"(flat index {index}) is {describe_bad_value(value)}; expected a finite number")
+            raise HandlerError(
+                400,
+                f"inputs[0] binary value at row {row}, column {json.dumps(columns[col])} "
+                f"(flat index {index}) is {describe_bad_value(value)}; expected a finite number",
+            )
         self.signature.features.check_ids(
-            matrix, lambda i, c: f"inputs[0] binary value at row {i}, column {json.dumps(c)}")
+            matrix, lambda i, c: f"inputs[0] binary value at row {i}, column {json.dumps(c)}"
+        )
 
     def wants_binary(self, payload: dict[str, Any]) -> bool:
         """Whether the request asks for its output as binary tensor data."""
@@ -127,7 +162,9 @@ class V2BinaryEnvelope:
                 raise HandlerError(400, f"outputs[{j}].parameters must be an object, got {type_name(out_params)}")
             flag = out_params.get("binary_data", default)
             if type(flag) is not bool:
-                raise HandlerError(400, f"outputs[{j}].parameters.binary_data must be true or false, got {type_name(flag)}")
+                raise HandlerError(
+                    400, f"outputs[{j}].parameters.binary_data must be true or false, got {type_name(flag)}"
+                )
             wanted = flag
         return wanted
 
@@ -141,7 +178,13 @@ class V2BinaryEnvelope:
         request_id = payload.get("id")
         if request_id is not None:
             answer["id"] = request_id
-        answer["outputs"] = [{"name": s.output_name, "shape": list(out.shape), "datatype": DATATYPE,
-                              "parameters": {"binary_data_size": data.nbytes}}]
+        answer["outputs"] = [
+            {
+                "name": s.output_name,
+                "shape": list(out.shape),
+                "datatype": DATATYPE,
+                "parameters": {"binary_data_size": data.nbytes},
+            }
+        ]
         header = orjson.dumps(answer)
         return header + memoryview(data).cast("B"), len(header)  # one copy of the numbers

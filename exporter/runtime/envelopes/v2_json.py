@@ -1,9 +1,11 @@
 """The Open Inference Protocol (KServe v2) JSON form: one ``features`` tensor in, an ``inference_response`` out."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -42,8 +44,10 @@ class V2JsonEnvelope:
     def __init__(self, signature: Signature) -> None:
         self.signature = signature
         s = signature
-        self._expected_input = (f'one input tensor {{"name": "{s.input_name}", "shape": [<rows>, {s.n_features}], '
-                                f'"datatype": "FP64", "data": [...]}}')
+        self._expected_input = (
+            f'one input tensor {{"name": "{s.input_name}", "shape": [<rows>, {s.n_features}], '
+            f'"datatype": "FP64", "data": [...]}}'
+        )
 
     def decode(self, payload: dict[str, Any], blob: memoryview | None = None) -> np.ndarray:
         """One ``features`` tensor (flat or nested ``data``) -> the float64 matrix; checks id, parameters, outputs."""
@@ -85,7 +89,9 @@ class V2JsonEnvelope:
         if type(inputs) is not list:
             raise HandlerError(400, f'"inputs" must be a list holding {expected}, got {type_name(inputs)}')
         if len(inputs) != 1:
-            raise HandlerError(400, f'"inputs" holds {len(inputs)} tensors; model {s.model_name!r} takes exactly {expected}')
+            raise HandlerError(
+                400, f'"inputs" holds {len(inputs)} tensors; model {s.model_name!r} takes exactly {expected}'
+            )
         tensor = inputs[0]
         if not isinstance(tensor, Mapping):
             raise HandlerError(400, f"inputs[0] must be an object, {expected}; got {type_name(tensor)}")
@@ -95,14 +101,18 @@ class V2JsonEnvelope:
         name = tensor["name"]
         if name != s.input_name:
             raise HandlerError(
-                400, f"inputs[0].name is {quote(name) if isinstance(name, str) else type_name(name)}: unknown input; "
-                f'model {s.model_name!r} has one input named "{s.input_name}"')
+                400,
+                f"inputs[0].name is {quote(name) if isinstance(name, str) else type_name(name)}: unknown input; "
+                f'model {s.model_name!r} has one input named "{s.input_name}"',
+            )
         datatype = tensor["datatype"]
         if not (isinstance(datatype, str) and datatype in NUMERIC_DATATYPES):
             shown = quote(datatype) if isinstance(datatype, str) else type_name(datatype)
             raise HandlerError(
-                400, f"inputs[0].datatype {shown} is not supported; expected FP64 or another numeric datatype "
-                f"({', '.join(sorted(NUMERIC_DATATYPES))}), which is cast to FP64")
+                400,
+                f"inputs[0].datatype {shown} is not supported; expected FP64 or another numeric datatype "
+                f"({', '.join(sorted(NUMERIC_DATATYPES))}), which is cast to FP64",
+            )
         return tensor
 
     def _rows(self, tensor: Mapping[str, Any]) -> int:
@@ -110,14 +120,23 @@ class V2JsonEnvelope:
         s = self.signature
         k = s.n_features
         shape = tensor["shape"]
-        if type(shape) is not list or len(shape) != 2 or any(type(d) is not int for d in shape) \
-                or shape[1] != k or shape[0] < 1:
+        if (
+            type(shape) is not list
+            or len(shape) != 2
+            or any(type(d) is not int for d in shape)
+            or shape[1] != k
+            or shape[0] < 1
+        ):
             raise HandlerError(
-                400, f"inputs[0].shape is {shape_text(shape)}; expected [<rows>, {k}]: 2-D, at least 1 row, "
-                f"{k} columns ({', '.join(s.feature_columns)})")
+                400,
+                f"inputs[0].shape is {shape_text(shape)}; expected [<rows>, {k}]: 2-D, at least 1 row, "
+                f"{k} columns ({', '.join(s.feature_columns)})",
+            )
         n = shape[0]
         if n > s.max_rows:
-            raise HandlerError(413, f"inputs[0].shape has {n} rows; this server accepts at most {s.max_rows} rows per request")
+            raise HandlerError(
+                413, f"inputs[0].shape has {n} rows; this server accepts at most {s.max_rows} rows per request"
+            )
         return n
 
     def _check_outputs(self, outputs: Any) -> None:
@@ -126,14 +145,18 @@ class V2JsonEnvelope:
             return
         s = self.signature
         if type(outputs) is not list:
-            raise HandlerError(400, f'"outputs" must be a list of {{"name": "{s.output_name}"}}, got {type_name(outputs)}')
+            raise HandlerError(
+                400, f'"outputs" must be a list of {{"name": "{s.output_name}"}}, got {type_name(outputs)}'
+            )
         for j, requested in enumerate(outputs):
             req_name = requested.get("name") if isinstance(requested, Mapping) else None
             if req_name != s.output_name:
                 shown = quote(req_name) if isinstance(req_name, str) else type_name(requested)
                 raise HandlerError(
-                    400, f"outputs[{j}] requests {shown}: unknown output; model {s.model_name!r} has one output "
-                    f'named "{s.output_name}"')
+                    400,
+                    f"outputs[{j}] requests {shown}: unknown output; model {s.model_name!r} has one output "
+                    f'named "{s.output_name}"',
+                )
 
     def encode(self, out: np.ndarray, payload: dict[str, Any], binary: bool = False) -> tuple[bytes, None]:
         """An ``inference_response``: model name and version, the echoed id, one FP64 ``predictions`` tensor."""
@@ -144,23 +167,28 @@ class V2JsonEnvelope:
             answer["id"] = request_id
         if not out.flags.c_contiguous:
             out = np.ascontiguousarray(out)
-        answer["outputs"] = [{"name": s.output_name, "shape": list(out.shape), "datatype": DATATYPE,
-                              "data": out.reshape(-1)}]
+        answer["outputs"] = [
+            {"name": s.output_name, "shape": list(out.shape), "datatype": DATATYPE, "data": out.reshape(-1)}
+        ]
         return orjson.dumps(answer, option=_JSON_OPTIONS), None
 
     def matrix(self, data: Any, n: int) -> np.ndarray:
         """The tensor's JSON ``data`` (flat row-major or nested ``[n][k]``) -> the checked float64 matrix."""
         matrix = self._data_matrix(data, n)
         self.signature.features.check_ids(
-            matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}")
+            matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}"
+        )
         return matrix
 
     def _data_matrix(self, data: Any, n: int) -> np.ndarray:
         k = self.signature.n_features
         expected = n * k
         if type(data) is not list:
-            raise HandlerError(400, f"inputs[0].data must be a list of {expected} numbers (flat, row-major) or nested "
-                                    f"as [{n}, {k}], got {type_name(data)}")
+            raise HandlerError(
+                400,
+                f"inputs[0].data must be a list of {expected} numbers (flat, row-major) or nested "
+                f"as [{n}, {k}], got {type_name(data)}",
+            )
         if len(data) == expected and set(map(type, data)) <= _NUMBER_TYPES:  # flat row-major: the common case
             matrix = _numbers(data, n, k)
             if matrix is not None:
@@ -169,8 +197,11 @@ class V2JsonEnvelope:
         elif len(data) == n and all(type(r) is list for r in data):  # nested [n][k]
             if set(map(len, data)) != {k}:
                 bad = next(i for i, r in enumerate(data) if len(r) != k)
-                raise HandlerError(400, f"inputs[0].data is nested but row {bad} holds {len(data[bad])} values; "
-                                        f"shape [{n}, {k}] needs {k} per row")
+                raise HandlerError(
+                    400,
+                    f"inputs[0].data is nested but row {bad} holds {len(data[bad])} values; "
+                    f"shape [{n}, {k}] needs {k} per row",
+                )
             flat = list(chain.from_iterable(data))
             if set(map(type, flat)) <= _NUMBER_TYPES:
                 matrix = _numbers(flat, n, k)
@@ -179,16 +210,21 @@ class V2JsonEnvelope:
         else:
             flat = list(_flatten(data))
             if len(flat) != expected:
-                raise HandlerError(400, f"inputs[0].data holds {len(flat)} values but shape [{n}, {k}] needs {expected} "
-                                        f"(rows x columns, flat row-major or nested as [{n}, {k}])")
+                raise HandlerError(
+                    400,
+                    f"inputs[0].data holds {len(flat)} values but shape [{n}, {k}] needs {expected} "
+                    f"(rows x columns, flat row-major or nested as [{n}, {k}])",
+                )
         # slow path: find and name the first bad value, or build the matrix from valid but unusual numbers
         for index, value in enumerate(flat):
             problem = describe_bad_value(value)
             if problem is not None:
                 row, col = divmod(index, k)
                 raise HandlerError(
-                    400, f"inputs[0].data value at row {row}, column {json.dumps(self.signature.feature_columns[col])} "
-                    f"(flat index {index}) is {problem}; expected a finite number")
+                    400,
+                    f"inputs[0].data value at row {row}, column {json.dumps(self.signature.feature_columns[col])} "
+                    f"(flat index {index}) is {problem}; expected a finite number",
+                )
         return np.array([float(v) for v in flat], dtype=np.float64).reshape(n, k)
 
 
