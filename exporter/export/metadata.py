@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,11 +17,9 @@ from exporter import __version__
 from exporter import contract as C
 from exporter.export import repository as repo
 from exporter.export.convert import ParityResult
+from exporter.export.params import Evaluation, Prepared
 from exporter.models import ExportUnit, Trained
 from exporter.models.base import SideFile
-
-if TYPE_CHECKING:  # annotations only: the pipeline imports this module
-    from exporter.export.pipeline import Evaluation, Prepared
 
 #: rows in sample_request.json
 SAMPLE_ROWS = 3

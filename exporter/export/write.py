@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,11 +21,9 @@ from exporter.export import kserve, model_card, triton
 from exporter.export import repository as repo
 from exporter.export.convert import ParityResult
 from exporter.export.metadata import build_metadata, sample_request
+from exporter.export.params import Evaluation, Prepared
 from exporter.models import ExportUnit, Trained
 from exporter.runtime.handler import ModelHandler
-
-if TYPE_CHECKING:  # annotations only: the pipeline imports this module
-    from exporter.export.pipeline import Evaluation, Prepared
 
 
 @dataclass

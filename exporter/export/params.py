@@ -1,0 +1,103 @@
+"""What an export carries from step to step: the run's parameters (:class:`ExportParams`), the prepared data
+(:class:`Prepared`) and the evaluation (:class:`Evaluation`). The steps (:mod:`~exporter.export.pipeline`,
+:mod:`~exporter.export.metadata`, :mod:`~exporter.export.write`) all import these from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from exporter import features as F
+from exporter.models import ModelSpec, Trained
+from exporter.models.base import SideFile
+
+MODES = ("train", "load")
+#: seeds go to numpy, torch and xgboost alike: the range all three accept
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class ExportParams:
+    """Everything a run depends on; the notebooks' ``parameters`` cell and the CLI options map onto it."""
+
+    model: str
+    mode: str = "train"
+    data_path: str | Path | None = None
+    rows: int = 20_000
+    seed: int = 0
+    feature_columns: Sequence[str] | None = None
+    checkpoint: str | Path | None = None
+    feature_meta: str | Path | None = None
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+    atol: float | None = None
+    artifacts: str | Path = "artifacts"
+    version: int | None = None
+    progress: bool = True
+    #: Triton config.pbtxt: largest batch; KServe manifest: where the artifacts tree will live
+    max_batch_size: int = 1024
+    storage_uri: str | None = None
+    #: the binary label column (default: the schema's ``label``, else ``label``)
+    label: str | None = None
+    #: feature schema: a JSON file path, a dict or a list (see docs/features.md); None: defaults or inferred
+    schema: Any = None
+    #: refuse to export (exit 4, nothing written) when the held-out AUC is below this
+    min_auc: float | None = None
+    #: export under this repository name instead of the model's own (two_tower: NAME and NAME_item)
+    model_name: str | None = None
+
+
+@dataclass
+class Prepared:
+    """Validated parameters, resolved columns and the data split, before any training."""
+
+    spec: ModelSpec
+    params: ExportParams
+    columns: list[str]
+    hparams: dict[str, Any]
+    data_source: str
+    train: pd.DataFrame
+    heldout: pd.DataFrame
+    #: prepared matrices (numeric NaN filled, categorical values as embedding rows): what models see
+    x_train: np.ndarray
+    x_heldout: np.ndarray
+    y_train: dict[str, np.ndarray]
+    y_heldout: dict[str, np.ndarray]
+    loaded: Trained | None = None
+    #: the fitted feature plan (kinds, fills, vocabularies, statistics) of ``columns``
+    features: F.FeaturePlan | None = None
+    #: raw FP64 matrices as serving sends them (NaN where missing, IDs, string codes): what the graph takes
+    raw_train: np.ndarray | None = None
+    raw_heldout: np.ndarray | None = None
+    #: model label name -> data column (``--label`` renames ``label``)
+    label_columns: dict[str, str] = field(default_factory=dict)
+    #: where each column's kind came from (declared, default, inferred, stored), and how the columns were chosen
+    origins: dict[str, str] = field(default_factory=dict)
+    columns_note: str = ""
+
+    def schema_text(self) -> str:
+        """The feature schema as the user should see it before training (kinds, inferred ones marked)."""
+        assert self.features is not None
+        return F.format_schema([f.spec for f in self.features.features], self.origins, note=self.columns_note)
+
+    @property
+    def atol(self) -> float:
+        return float(self.params.atol if self.params.atol is not None else self.spec.atol)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    labels: dict[str, np.ndarray]
+    predictions: dict[str, np.ndarray]
+    #: metrics against baselines, with ``warning`` when the model is no better than chance (metadata ``quality``)
+    quality: dict[str, Any] = field(default_factory=dict)
+    #: what the notebook shows beyond the metrics (each head's kind, retrieval curves)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: spec part name -> small files written beside that part (two_tower: the item catalogue)
+    files: dict[str, list[SideFile]] = field(default_factory=dict)
