@@ -57,7 +57,7 @@ class DeepFM(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-class DeepFMModel(TorchModel):
+class DeepFMModel(TorchModel[DeepFM]):
     """DeepFM as a model: its facts, its network config and its loss (the rest is :class:`TorchModel`'s)."""
 
     name = "deepfm"
@@ -103,9 +103,9 @@ class DeepFMModel(TorchModel):
             "hidden": [int(h) for h in hp["hidden"]],
         }
 
-    def build(self, config: Mapping[str, Any]) -> nn.Module:
+    def build(self, config: Mapping[str, Any]) -> DeepFM:
         return DeepFM(list(config["cardinalities"]), int(config["embed_dim"]), list(config["hidden"]))
 
-    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(self, net: DeepFM, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         x, y = batch
         return nn.functional.binary_cross_entropy_with_logits(net.logits(x), y)

@@ -3,9 +3,9 @@
 A network reads the *prepared* float64 matrix (numeric NaN filled, categorical values replaced by embedding
 rows: :mod:`exporter.features`); :class:`FieldInput` standardises the numeric fields with statistics fitted on
 training data and embeds the categorical ones, so the exported graph (preprocessing in front, see
-:mod:`exporter.features.onnx_prep`) carries all of it and its tensors are exactly the contract's. Networks compute in float64 end to end: these models are small, and
-float32 rounding on outputs in seconds or currency (watch_time, gmv ~ 1e2) alone would exceed the
-parity gate's absolute tolerance of 1e-5.
+:mod:`exporter.features.onnx_prep`) carries all of it and its tensors are exactly the contract's.
+Networks compute in float64 end to end: these models are small, and float32 rounding on outputs in seconds or
+currency (watch_time, gmv ~ 1e2) alone would exceed the parity gate's absolute tolerance of 1e-5.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,13 +26,21 @@ from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.models.base import Progress
 
+if TYPE_CHECKING:
+    import onnx
+
 CHECKPOINT_FORMAT = "exporter.torch-checkpoint/1"
 TORCH_OPSET = 18
 DTYPE = torch.float64
+#: the network a training loop fits (its loss function receives it as it is)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class Standardize(nn.Module):
     """(x - mean) / std with statistics fitted on training rows; constant columns pass through."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
@@ -59,6 +67,10 @@ class FieldInput(nn.Module):
     All categorical fields share one table with per-field offsets, so a lookup is one Gather in the graph.
     Each field's OOV row starts at zero: a model never trained on it (no rare values) answers neutrally.
     """
+
+    num_idx: torch.Tensor
+    cat_idx: torch.Tensor
+    offsets: torch.Tensor
 
     def __init__(self, cardinalities: Sequence[int], embed_dim: int) -> None:
         super().__init__()
@@ -112,7 +124,7 @@ class FieldInput(nn.Module):
 
 def mlp(sizes: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.ReLU())
@@ -126,8 +138,8 @@ def seed_everything(seed: int) -> None:
 
 def fit_loop(
     *,
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     heldout_tensors: Sequence[torch.Tensor],
     epochs: int,
@@ -169,8 +181,8 @@ def single_thread() -> Any:
 
 
 def _fit_epochs(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     heldout_tensors: Sequence[torch.Tensor],
     epochs: int,
@@ -213,8 +225,8 @@ def _fit_epochs(
 
 
 def _losses_before_training(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     heldout_tensors: Sequence[torch.Tensor],
     chunk: int = 65536,
@@ -254,14 +266,11 @@ def eager_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def export_onnx(module: nn.Module, n_features: int) -> Any:
+def export_onnx(module: nn.Module, n_features: int) -> onnx.ModelProto:
     """torch.export-based ONNX export with a dynamic batch axis; returns an ``onnx.ModelProto``."""
-    import onnx
-
     module.eval()
     example = (torch.zeros(4, n_features, dtype=torch.float64),)
     batch = torch.export.Dim("batch", min=1)
-    buf = io.BytesIO()
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
     levels = [lg.level for lg in quiet]
     try:
@@ -281,11 +290,13 @@ def export_onnx(module: nn.Module, n_features: int) -> Any:
                 optimize=True,
                 verbose=False,
             )
-        program.save(buf)
+        if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+            raise ExporterError(f"torch.onnx.export returned no ONNX program for {type(module).__name__}")
+        model = program.model_proto
     finally:
-        for lg, level in zip(quiet, levels):
+        for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
-    return onnx.load_from_string(buf.getvalue())
+    return model
 
 
 def save_checkpoint(
