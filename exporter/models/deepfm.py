@@ -4,7 +4,6 @@ Every field owns a k-dimensional embedding: a categorical field looks up its val
 unknown values), a numeric field scales one learned vector by its standardised value. A linear term (one
 weight per numeric field, one per categorical value), the FM second-order interactions
 0.5 * ((sum e_i)^2 - sum e_i^2) and a deep MLP over the concatenated field embeddings add up to the click logit.
-The network is :class:`DeepFM`; the model (facts, config, loss) is :class:`DeepFMModel`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "exporter.torch-checkpoint/1"
 TORCH_OPSET = 18
 DTYPE = torch.float64
+#: key prefix of the per-node source metadata torch's ONNX exporter writes (see :func:`strip_source_metadata`)
+TORCH_SOURCE_METADATA = "pkg.torch.onnx."
 #: the network a training loop fits (its loss function receives it as it is)
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -267,7 +269,7 @@ def eager_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def export_onnx(module: nn.Module, n_features: int) -> onnx.ModelProto:
-    """torch.export-based ONNX export with a dynamic batch axis; returns an ``onnx.ModelProto``."""
+    """torch.export-based ONNX export with a dynamic batch axis, without torch's source locations."""
     module.eval()
     example = (torch.zeros(4, n_features, dtype=torch.float64),)
     batch = torch.export.Dim("batch", min=1)
@@ -296,7 +298,43 @@ def export_onnx(module: nn.Module, n_features: int) -> onnx.ModelProto:
     finally:
         for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
+    strip_source_metadata(model)
     return model
+
+
+def strip_source_metadata(model: onnx.ModelProto) -> None:
+    """Remove torch's ``pkg.torch.onnx.*`` metadata from every node, graph and function, in place.
+
+    torch's exporter records on each node a stack trace (absolute paths of the exporting machine's source
+    files, line numbers), the module class hierarchy and the FX node. Kept, they would put local paths into
+    ``model.onnx`` and make its bytes depend on the checkout directory and on where a line of the network
+    sits. Other keys (``namespace``, the graph's ``pkg.torch.export.*`` signature) stay.
+    """
+    _strip_graph(model.graph)
+    for function in model.functions:
+        _strip_props(function.metadata_props)
+        _strip_nodes(function.node)
+
+
+def _strip_graph(graph: onnx.GraphProto) -> None:
+    _strip_props(graph.metadata_props)
+    _strip_nodes(graph.node)
+
+
+def _strip_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
+    for node in nodes:
+        _strip_props(node.metadata_props)
+        for attr in node.attribute:  # control-flow nodes hold subgraphs
+            if attr.HasField("g"):
+                _strip_graph(attr.g)
+            for sub in attr.graphs:
+                _strip_graph(sub)
+
+
+def _strip_props(props: MutableSequence[onnx.StringStringEntryProto]) -> None:
+    for i in reversed(range(len(props))):
+        if props[i].key.startswith(TORCH_SOURCE_METADATA):
+            del props[i]
 
 
 def save_checkpoint(

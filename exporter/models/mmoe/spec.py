@@ -6,8 +6,6 @@ gate and one tower per task. A binary head answers a probability (sigmoid in the
 learns its standardised target; the de-standardisation lives in the graph (and, for a target that was never
 negative in training, the clamp at zero), so the ONNX output is in the labels' own units:
 ``predictions`` [-1, n_tasks] with the task names as columns. The default tasks are ctr, watch_time, gmv.
-The network is :class:`MMoE`; the model (facts, the ``tasks`` rules, config, loss, per-task evaluation) is
-:class:`MMoEModel`.
 """
 
 from __future__ import annotations

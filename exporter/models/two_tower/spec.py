@@ -11,7 +11,6 @@ it), each ``[-1, embed_dim]`` float64.
 Columns named ``user_*`` (or with ``tower: user`` in the feature schema) feed the user tower and the rest
 the item tower, unless the hyper-parameters ``user_columns`` / ``item_columns`` say otherwise. Each tower
 embeds its categorical columns (``field_embed_dim``) beside its standardised numeric ones.
-The networks are :class:`Tower` and :class:`TwoTower`; the model is :class:`TwoTowerModel`.
 """
 
 from __future__ import annotations
