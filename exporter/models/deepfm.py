@@ -4,7 +4,6 @@ Every field owns a k-dimensional embedding: a categorical field looks up its val
 unknown values), a numeric field scales one learned vector by its standardised value. A linear term (one
 weight per numeric field, one per categorical value), the FM second-order interactions
 0.5 * ((sum e_i)^2 - sum e_i^2) and a deep MLP over the concatenated field embeddings add up to the click logit.
-The network is :class:`DeepFM`; the model (facts, config, loss) is :class:`DeepFMModel`.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ class DeepFM(nn.Module):
         return torch.sigmoid(self.logits(x))
 
 
-class DeepFMModel(TorchModel):
+class DeepFMModel(TorchModel[DeepFM]):
     """DeepFM as a model: its facts, its network config and its loss (the rest is :class:`TorchModel`'s)."""
 
     name = "deepfm"
@@ -103,9 +102,9 @@ class DeepFMModel(TorchModel):
             "hidden": [int(h) for h in hp["hidden"]],
         }
 
-    def build(self, config: Mapping[str, Any]) -> nn.Module:
+    def build(self, config: Mapping[str, Any]) -> DeepFM:
         return DeepFM(list(config["cardinalities"]), int(config["embed_dim"]), list(config["hidden"]))
 
-    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(self, net: DeepFM, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         x, y = batch
         return nn.functional.binary_cross_entropy_with_logits(net.logits(x), y)

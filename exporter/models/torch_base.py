@@ -11,8 +11,9 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from exporter.models.base import ExportUnit, Model, TrainData, Trained
 CHECKPOINT_NAME = "checkpoint.pt"
 #: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
 FEATURES_KEY = "features"
+
+#: the network class of a torch model (its methods receive the network :meth:`TorchModel.build` returns)
+NetT = TypeVar("NetT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,11 @@ class ServedPart:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-class TorchModel(Model):
-    """A torch model: a network over the prepared features, fitted with Adam, saved as ``checkpoint.pt``."""
+class TorchModel(Model, Generic[NetT]):
+    """A torch model: a network over the prepared features, fitted with Adam, saved as ``checkpoint.pt``.
+
+    Parametrised by its network class (``TorchModel[DeepFM]``), so the hooks see the network's own attributes.
+    """
 
     framework: ClassVar[str] = "torch"
 
@@ -59,18 +66,23 @@ class TorchModel(Model):
         raise NotImplementedError
 
     @abstractmethod
-    def build(self, config: Mapping[str, Any]) -> nn.Module:
+    def build(self, config: Mapping[str, Any]) -> NetT:
         """The network of ``config``; it reads prepared features and holds its standardisation and embeddings."""
         raise NotImplementedError
 
     @abstractmethod
-    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(self, net: NetT, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Scalar loss of one batch of the :meth:`training_tensors`."""
         raise NotImplementedError
 
-    def fit_scalers(self, net: nn.Module, x: np.ndarray) -> None:
-        """Fit the network's standardisation on the training matrix, in place."""
-        net.fields.fit(x)
+    def fit_scalers(self, net: NetT, x: np.ndarray) -> None:
+        """Fit the network's standardisation on the training matrix, in place (by default its ``fields``)."""
+        fields = getattr(net, "fields", None)
+        if not isinstance(fields, tc.FieldInput):
+            raise TypeError(
+                f"{type(net).__name__} has no FieldInput 'fields'; model {self.name} must override fit_scalers"
+            )
+        fields.fit(x)
 
     def training_tensors(
         self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]
@@ -79,11 +91,11 @@ class TorchModel(Model):
         keeps only positive pairs and adds item identities)."""
         return [torch.from_numpy(x), *(label_tensor(y, c) for c in self.label_columns)]
 
-    def heads(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def heads(self, net: NetT, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """label column -> prediction of a float64 feature tensor."""
         return {self.label_columns[0]: net(x)}
 
-    def parts(self, net: nn.Module, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
+    def parts(self, net: NetT, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
         """The exported graphs: by default the whole network under the model's name."""
         return [ServedPart(self.name, net, columns, list(range(len(columns))), None, self.prediction_format)]
 
@@ -127,12 +139,19 @@ class TorchModel(Model):
         stored = ckpt["config"].get(FEATURES_KEY)
         plan = FeaturePlan.from_dict(stored, source=f"checkpoint {path}") if stored is not None else None
         if plan is not None:
-            plan = FeaturePlan([replace(f, spec=replace(f.spec, name=c)) for f, c in zip(plan.features, cols)])
+            if len(plan.features) != len(cols):
+                raise ExporterError(
+                    f"checkpoint {path} stores a feature plan of {len(plan.features)} columns "
+                    f"for {len(cols)} feature columns"
+                )
+            plan = FeaturePlan(
+                [replace(f, spec=replace(f.spec, name=c)) for f, c in zip(plan.features, cols, strict=True)]
+            )
         return self._trained(net, ckpt["config"], cols, used, [], plan)
 
     def _trained(
         self,
-        net: nn.Module,
+        net: NetT,
         config: Mapping[str, Any],
         columns: list[str],
         hparams: dict[str, Any],
@@ -170,7 +189,7 @@ class TorchModel(Model):
                 output_width=p.output_width,
                 prediction_format=p.prediction_format,
                 native_predict=tc.eager_predictor(p.module),
-                build_onnx=(lambda m=p.module, n=len(p.feature_columns): tc.export_onnx(m, n)),
+                build_onnx=partial(tc.export_onnx, p.module, len(p.feature_columns)),
                 reference="torch eager (inference_mode)",
                 framework="torch",
                 framework_version=tc.torch_version(),

@@ -3,9 +3,9 @@
 A network reads the *prepared* float64 matrix (numeric NaN filled, categorical values replaced by embedding
 rows: :mod:`exporter.features`); :class:`FieldInput` standardises the numeric fields with statistics fitted on
 training data and embeds the categorical ones, so the exported graph (preprocessing in front, see
-:mod:`exporter.features.onnx_prep`) carries all of it and its tensors are exactly the contract's. Networks compute in float64 end to end: these models are small, and
-float32 rounding on outputs in seconds or currency (watch_time, gmv ~ 1e2) alone would exceed the
-parity gate's absolute tolerance of 1e-5.
+:mod:`exporter.features.onnx_prep`) carries all of it and its tensors are exactly the contract's.
+Networks compute in float64 end to end: these models are small, and float32 rounding on outputs in seconds or
+currency (watch_time, gmv ~ 1e2) alone would exceed the parity gate's absolute tolerance of 1e-5.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,13 +26,23 @@ from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.models.base import Progress
 
+if TYPE_CHECKING:
+    import onnx
+
 CHECKPOINT_FORMAT = "exporter.torch-checkpoint/1"
 TORCH_OPSET = 18
 DTYPE = torch.float64
+#: key prefix of the per-node source metadata torch's ONNX exporter writes (see :func:`strip_source_metadata`)
+TORCH_SOURCE_METADATA = "pkg.torch.onnx."
+#: the network a training loop fits (its loss function receives it as it is)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class Standardize(nn.Module):
     """(x - mean) / std with statistics fitted on training rows; constant columns pass through."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
@@ -59,6 +69,10 @@ class FieldInput(nn.Module):
     All categorical fields share one table with per-field offsets, so a lookup is one Gather in the graph.
     Each field's OOV row starts at zero: a model never trained on it (no rare values) answers neutrally.
     """
+
+    num_idx: torch.Tensor
+    cat_idx: torch.Tensor
+    offsets: torch.Tensor
 
     def __init__(self, cardinalities: Sequence[int], embed_dim: int) -> None:
         super().__init__()
@@ -112,7 +126,7 @@ class FieldInput(nn.Module):
 
 def mlp(sizes: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.ReLU())
@@ -126,8 +140,8 @@ def seed_everything(seed: int) -> None:
 
 def fit_loop(
     *,
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     heldout_tensors: Sequence[torch.Tensor],
     epochs: int,
@@ -169,8 +183,8 @@ def single_thread() -> Any:
 
 
 def _fit_epochs(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     heldout_tensors: Sequence[torch.Tensor],
     epochs: int,
@@ -213,8 +227,8 @@ def _fit_epochs(
 
 
 def _losses_before_training(
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor],
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     heldout_tensors: Sequence[torch.Tensor],
     chunk: int = 65536,
@@ -254,14 +268,11 @@ def eager_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def export_onnx(module: nn.Module, n_features: int) -> Any:
-    """torch.export-based ONNX export with a dynamic batch axis; returns an ``onnx.ModelProto``."""
-    import onnx
-
+def export_onnx(module: nn.Module, n_features: int) -> onnx.ModelProto:
+    """torch.export-based ONNX export with a dynamic batch axis, without torch's source locations."""
     module.eval()
     example = (torch.zeros(4, n_features, dtype=torch.float64),)
     batch = torch.export.Dim("batch", min=1)
-    buf = io.BytesIO()
     quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
     levels = [lg.level for lg in quiet]
     try:
@@ -281,11 +292,49 @@ def export_onnx(module: nn.Module, n_features: int) -> Any:
                 optimize=True,
                 verbose=False,
             )
-        program.save(buf)
+        if program is None:  # only the legacy exporter (dynamo=False) returns nothing
+            raise ExporterError(f"torch.onnx.export returned no ONNX program for {type(module).__name__}")
+        model = program.model_proto
     finally:
-        for lg, level in zip(quiet, levels):
+        for lg, level in zip(quiet, levels, strict=True):
             lg.setLevel(level)
-    return onnx.load_from_string(buf.getvalue())
+    strip_source_metadata(model)
+    return model
+
+
+def strip_source_metadata(model: onnx.ModelProto) -> None:
+    """Remove torch's ``pkg.torch.onnx.*`` metadata from every node, graph and function, in place.
+
+    torch's exporter records on each node a stack trace (absolute paths of the exporting machine's source
+    files, line numbers), the module class hierarchy and the FX node. Kept, they would put local paths into
+    ``model.onnx`` and make its bytes depend on the checkout directory and on where a line of the network
+    sits. Other keys (``namespace``, the graph's ``pkg.torch.export.*`` signature) stay.
+    """
+    _strip_graph(model.graph)
+    for function in model.functions:
+        _strip_props(function.metadata_props)
+        _strip_nodes(function.node)
+
+
+def _strip_graph(graph: onnx.GraphProto) -> None:
+    _strip_props(graph.metadata_props)
+    _strip_nodes(graph.node)
+
+
+def _strip_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
+    for node in nodes:
+        _strip_props(node.metadata_props)
+        for attr in node.attribute:  # control-flow nodes hold subgraphs
+            if attr.HasField("g"):
+                _strip_graph(attr.g)
+            for sub in attr.graphs:
+                _strip_graph(sub)
+
+
+def _strip_props(props: MutableSequence[onnx.StringStringEntryProto]) -> None:
+    for i in reversed(range(len(props))):
+        if props[i].key.startswith(TORCH_SOURCE_METADATA):
+            del props[i]
 
 
 def save_checkpoint(

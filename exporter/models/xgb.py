@@ -55,7 +55,10 @@ class XGBoostModel(Model):
             ("max_depth", "depth of each tree"),
             ("learning_rate", "shrinkage applied to each tree"),
         ),
-        extra='other XGBoost settings, e.g. {"subsample": 0.8}; known: subsample, colsample_bytree, min_child_weight, n_jobs',
+        extra=(
+            'other XGBoost settings, e.g. {"subsample": 0.8}; '
+            "known: subsample, colsample_bytree, min_child_weight, n_jobs"
+        ),
         step="boosting round",
         eval_md="ROC curve of the click probability on held-out rows.",
         example="-p rows 50000 -p n_estimators 300 -p max_depth 6",
@@ -109,7 +112,9 @@ class XGBoostModel(Model):
         )
         history = [
             {"step": i + 1, "train_loss": tr, "heldout_loss": he}
-            for i, (tr, he) in enumerate(zip(evals_result["train"]["logloss"], evals_result["heldout"]["logloss"]))
+            for i, (tr, he) in enumerate(
+                zip(evals_result["train"]["logloss"], evals_result["heldout"]["logloss"], strict=True)
+            )
         ]
         return self._trained(booster, columns, dict(hparams), history, data.features)
 

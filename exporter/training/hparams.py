@@ -9,14 +9,14 @@ without a rule), so no setting reaches a trainer unchecked. A model's own rule m
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 
 from exporter.errors import ExporterError
 
 #: a rule name of :func:`check_hparam_values`, or a model's own check (it may raise a more precise error)
-Rule = Union[str, Callable[[Any, Mapping[str, Any]], bool]]
+Rule = str | Callable[[Any, Mapping[str, Any]], bool]
 
 
 class HasHparams(Protocol):

@@ -7,10 +7,11 @@ claims to change no behaviour (moving modules, splitting files, renaming classes
 What is pinned, and why:
 
 * xgb: the sha256 of ``model.onnx`` as written.
-* deepfm: the sha256 of the model with every node's ``metadata_props`` removed. torch's ONNX exporter
-  records on each node the Python class path of the module (``exporter.models.deepfm.DeepFM``) and a stack
-  trace with the absolute path and line numbers of our source files, so the raw bytes change with the
-  checkout directory and with any edit that moves a line of ``exporter/models/``, while the model does not.
+* deepfm: the sha256 of the model with every node's ``metadata_props`` removed. The export strips torch's
+  per-node source locations (stack traces with absolute paths and line numbers, see
+  ``tests/models/test_torch_export.py``), but each node still names the Python class path of its module
+  (``exporter.models.deepfm.DeepFM``), so the raw bytes change when a network's module or class is renamed,
+  while the model does not.
   Weights, graph, tensor names, opsets, producer and the model-level properties are all still covered (the
   test checks that no source path is left in the bytes it hashes).
 

@@ -1,12 +1,11 @@
-"""Multi-gate Mixture-of-Experts: one head per task of the ``tasks`` hyper-parameter (:mod:`exporter.models.mmoe.tasks`).
+"""Multi-gate Mixture-of-Experts: one head per task of the ``tasks`` hyper-parameter
+(:mod:`exporter.models.mmoe.tasks`).
 
 Numeric fields (standardised) and categorical fields (one embedding each) feed shared experts, one softmax
 gate and one tower per task. A binary head answers a probability (sigmoid in the graph). A regression head
 learns its standardised target; the de-standardisation lives in the graph (and, for a target that was never
 negative in training, the clamp at zero), so the ONNX output is in the labels' own units:
 ``predictions`` [-1, n_tasks] with the task names as columns. The default tasks are ctr, watch_time, gmv.
-The network is :class:`MMoE`; the model (facts, the ``tasks`` rules, config, loss, per-task evaluation) is
-:class:`MMoEModel`.
 """
 
 from __future__ import annotations
@@ -29,6 +28,9 @@ LABELS = tuple(t["label"] for t in T.DEFAULT_TASKS)
 
 class MMoE(nn.Module):
     """Prepared features in (see :mod:`exporter.features`); [B, n_tasks] out, one column per task, in task order."""
+
+    target_mean: torch.Tensor
+    target_std: torch.Tensor
 
     def __init__(
         self,
@@ -68,7 +70,7 @@ class MMoE(nn.Module):
         z = self.fields(x)
         experts = torch.stack([e(z) for e in self.experts], dim=1)  # [B, E, D]
         outs = []
-        for gate, tower in zip(self.gates, self.towers):
+        for gate, tower in zip(self.gates, self.towers, strict=True):
             w = torch.softmax(gate(z), dim=-1).unsqueeze(-1)  # [B, E, 1]
             outs.append(tower((w * experts).sum(dim=1)))
         return torch.cat(outs, dim=1)
@@ -98,7 +100,7 @@ def _check_tasks(value: Any, hparams: Mapping[str, Any]) -> bool:
     return True
 
 
-class MMoEModel(TorchModel):
+class MMoEModel(TorchModel[MMoE]):
     """MMoE as a model: one head per task of its ``tasks`` hyper-parameter."""
 
     name = "mmoe"
@@ -121,7 +123,10 @@ class MMoEModel(TorchModel):
     prediction_format = "named_columns"
     notebook = NotebookInfo(
         title="MMoE multi-task model (one head per task) → ONNX",
-        what="a multi-gate mixture-of-experts model (PyTorch) with one head per task (by default click probability, watch time and GMV)",
+        what=(
+            "a multi-gate mixture-of-experts model (PyTorch) with one head per task "
+            "(by default click probability, watch time and GMV)"
+        ),
         native="PyTorch",
         checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/mmoe/1/checkpoint.pt"',
         knobs=(
@@ -138,7 +143,10 @@ class MMoEModel(TorchModel):
         ),
         extra='other hyper-parameters, e.g. {"weight_decay": 1e-5, "task_weights": {"ctr": 2.0}}',
         step="epoch",
-        eval_md="Per task on held-out rows: the ROC curve of each binary head, predicted against true values for each regression head (the dashed line is a perfect prediction).",
+        eval_md=(
+            "Per task on held-out rows: the ROC curve of each binary head, predicted against true values "
+            "for each regression head (the dashed line is a perfect prediction)."
+        ),
         example="-p epochs 10 -p n_experts 6",
     )
     test_hparams = {"epochs": 5}
@@ -174,7 +182,7 @@ class MMoEModel(TorchModel):
             "floors": [0.0 if float(np.min(y[t.label])) >= 0 else None for t in reg],
         }
 
-    def build(self, config: Mapping[str, Any]) -> nn.Module:
+    def build(self, config: Mapping[str, Any]) -> MMoE:
         tasks = _tasks_of(config)
         n_reg = sum(not t.binary for t in tasks)
         floors = config.get("floors", [0.0] * n_reg)  # older checkpoints clamped every regression head at zero
@@ -190,12 +198,12 @@ class MMoEModel(TorchModel):
             floors,
         )
 
-    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(self, net: MMoE, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """Weighted sum over tasks: logistic loss of binary heads, squared error of standardised regression heads."""
         x, targets = batch[0], batch[1:]
         r = net.raw(x)
         total = r.new_zeros(())
-        for i, (task, k, y) in enumerate(zip(net.tasks, net.reg_pos, targets)):
+        for i, (task, k, y) in enumerate(zip(net.tasks, net.reg_pos, targets, strict=True)):
             if task.weight == 0:
                 continue
             if k is None:
@@ -211,11 +219,11 @@ class MMoEModel(TorchModel):
         """The features and one target per task of the config, in task order."""
         return [torch.from_numpy(x), *(label_tensor(y, t.label) for t in _tasks_of(config))]
 
-    def heads(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def heads(self, net: MMoE, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = net(x)
         return {t.name: out[:, i] for i, t in enumerate(net.tasks)}
 
-    def parts(self, net: nn.Module, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
+    def parts(self, net: MMoE, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
         tasks = net.tasks
         return [
             ServedPart(

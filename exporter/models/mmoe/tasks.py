@@ -31,7 +31,10 @@ DEFAULT_TASKS: list[dict[str, str]] = [
 ]
 _KEYS = ("name", "label", "type", "weight")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-EXAMPLE = '[{"name": "liked", "label": "liked", "type": "binary"}, {"name": "rating", "label": "rating", "type": "regression"}]'
+EXAMPLE = (
+    '[{"name": "liked", "label": "liked", "type": "binary"}, '
+    '{"name": "rating", "label": "rating", "type": "regression"}]'
+)
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,14 @@ def _apply_weights(tasks: list[Task], raw_tasks: Sequence[Any], task_weights: An
                 f"hyper-parameter task_weights lists {len(task_weights)} weight(s) for "
                 f"{len(tasks)} tasks ({', '.join(names)})"
             )
-        given = dict(zip(names, task_weights))
+        given = dict(zip(names, task_weights, strict=True))
     else:
         raise ExporterError(
             f"hyper-parameter task_weights must be None, {{task name: weight}} or a list of weights "
             f"in task order, got {task_weights!r}"
         )
     out = []
-    for task, raw in zip(tasks, raw_tasks):
+    for task, raw in zip(tasks, raw_tasks, strict=True):
         if task.name in given:
             if "weight" in raw:
                 raise ExporterError(f"task {task.name!r} has a weight in tasks and in task_weights: give it once")

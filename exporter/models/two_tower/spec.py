@@ -11,7 +11,6 @@ it), each ``[-1, embed_dim]`` float64.
 Columns named ``user_*`` (or with ``tower: user`` in the feature schema) feed the user tower and the rest
 the item tower, unless the hyper-parameters ``user_columns`` / ``item_columns`` say otherwise. Each tower
 embeds its categorical columns (``field_embed_dim``) beside its standardised numeric ones.
-The networks are :class:`Tower` and :class:`TwoTower`; the model is :class:`TwoTowerModel`.
 """
 
 from __future__ import annotations
@@ -53,6 +52,9 @@ class Tower(nn.Module):
 
 class TwoTower(nn.Module):
     """Checkpoints from before retrieval training (no ``normalize`` in their config) keep their plain dot product."""
+
+    user_idx: torch.Tensor
+    item_idx: torch.Tensor
 
     def __init__(
         self,
@@ -106,7 +108,7 @@ def split_columns(
     return user, item
 
 
-class TwoTowerModel(TorchModel):
+class TwoTowerModel(TorchModel[TwoTower]):
     """The two-tower model: two exported towers, a pair split, retrieval evaluation against the catalogue."""
 
     name = "two_tower"
@@ -145,7 +147,8 @@ class TwoTowerModel(TorchModel):
         knobs=(
             (
                 "loss",
-                '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); "bce": pointwise on clicks',
+                '"softmax": in-batch sampled softmax on positive pairs (label 1, or every row without a label); '
+                '"bce": pointwise on clicks',
             ),
             ("temperature", "the softmax divides the towers' cosines by it"),
             ("epochs", "passes over the training rows"),
@@ -163,7 +166,10 @@ class TwoTowerModel(TorchModel):
             "With 0/1 labels, the ROC curve of the score against them is beside it."
         ),
         example="-p epochs 10 -p embed_dim 32",
-        note="The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing one version; a retrieval system embeds users and items with them and ranks by dot product.",
+        note=(
+            "The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing "
+            "one version; a retrieval system embeds users and items with them and ranks by dot product."
+        ),
         towers=True,
     )
     test_hparams = {"epochs": 5}
@@ -208,7 +214,7 @@ class TwoTowerModel(TorchModel):
             "batch_size": int(hp["batch_size"]),
         }
 
-    def build(self, config: Mapping[str, Any]) -> nn.Module:
+    def build(self, config: Mapping[str, Any]) -> TwoTower:
         c = config
         return TwoTower(
             list(c["cardinalities"]),
@@ -224,11 +230,11 @@ class TwoTowerModel(TorchModel):
             int(c.get("batch_size", 1024)),
         )
 
-    def fit_scalers(self, net: nn.Module, x: np.ndarray) -> None:
+    def fit_scalers(self, net: TwoTower, x: np.ndarray) -> None:
         net.user.fields.fit(x[:, net.user_idx.numpy()])
         net.item.fields.fit(x[:, net.item_idx.numpy()])
 
-    def loss(self, net: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+    def loss(self, net: TwoTower, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         if net.loss_kind == "bce":
             x, y = batch
             return nn.functional.binary_cross_entropy_with_logits(net.score(x), y)
@@ -239,7 +245,10 @@ class TwoTowerModel(TorchModel):
                 self.loss(net, [x[i : i + net.chunk], ids[i : i + net.chunk], log_q[i : i + net.chunk]])
                 for i in range(0, len(x), net.chunk)
             ]
-            return sum(p * n for p, n in zip(parts, sizes)) / len(x)
+            total = x.new_zeros(())
+            for p, n in zip(parts, sizes, strict=True):
+                total = total + p * n
+            return total / len(x)
         return S.in_batch_softmax_loss(
             net.user(x[:, net.user_idx]),
             net.item(x[:, net.item_idx]),
@@ -251,16 +260,17 @@ class TwoTowerModel(TorchModel):
     def training_tensors(
         self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray]
     ) -> list[torch.Tensor]:
-        """bce: every row and its click; softmax: the positive pairs, their item identities and log sampling probabilities."""
+        """bce: every row and its click; softmax: the positive pairs, their item identities and log sampling
+        probabilities."""
         if config.get("loss", "bce") == "bce":
             return [torch.from_numpy(x), label_tensor(y, LABEL)]
         pos, ids, log_q = S.positive_pairs(x, y, LABEL, np.asarray(config["item_idx"]))
         return [torch.from_numpy(pos), torch.from_numpy(ids), torch.from_numpy(log_q)]
 
-    def heads(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def heads(self, net: TwoTower, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {LABEL: torch.sigmoid(net.score(x))}
 
-    def parts(self, net: nn.Module, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
+    def parts(self, net: TwoTower, config: Mapping[str, Any], columns: list[str]) -> list[ServedPart]:
         e = int(config["embed_dim"])
         u, i = list(config["user_idx"]), list(config["item_idx"])
         return [

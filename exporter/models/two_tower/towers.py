@@ -40,7 +40,8 @@ _ID = re.compile(r"(?i:(^|_)id)$|[a-z0-9](Id|ID)$")  # user_id, ID, movieId, ite
 
 
 def key_columns(tower: Sequence[str], preferred: str) -> list[str]:
-    """The column(s) that identify an entity of a tower: ``preferred`` (``user_id``), else a ``*_id`` column, else all."""
+    """The column(s) that identify an entity of a tower: ``preferred`` (``user_id``), else a ``*_id`` column,
+    else all."""
     if preferred in tower:
         return [preferred]
     ids = [c for c in tower if _ID.search(c)]
@@ -55,7 +56,8 @@ def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
 def split_by_pairs(
     frame: pd.DataFrame, user: Sequence[str], item: Sequence[str], seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, held-out rows) by distinct user-item pairs; equal to the exporter's row split when no pair repeats."""
+    """(train rows, held-out rows) by distinct user-item pairs; equal to the exporter's row split when no pair
+    repeats."""
     keys = pd.DataFrame(
         {"u": entity_codes(frame, key_columns(user, "user_id")), "i": entity_codes(frame, key_columns(item, "item_id"))}
     )
