@@ -1,4 +1,7 @@
-"""Client input the server survived but answered badly: short error quotes, compressed bodies, slow and oversized clients."""
+"""Client input the server survived but answered badly.
+
+Short error quotes, compressed bodies, slow and oversized clients.
+"""
 
 from __future__ import annotations
 
