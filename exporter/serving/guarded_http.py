@@ -1,4 +1,4 @@
-"""The protocol class behind :func:`exporter.serving.http_limits.guarded_protocol` (the limits are described there).
+"""uvicorn's httptools protocol held to the limits of :mod:`exporter.serving.http_limits` (described there).
 
 A module of its own because subclassing uvicorn's ``HttpToolsProtocol`` imports uvicorn, which only a starting
 server needs.
@@ -12,7 +12,13 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from exporter.serving.http_limits import HttpLimits, raw_error
+from exporter.serving.http_limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES,
+    HttpLimits,
+    raw_error,
+)
 
 
 class _Refused(Exception):
@@ -22,7 +28,7 @@ class _Refused(Exception):
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header/body timeouts and a header size limit (:attr:`limits`)."""
 
-    #: the limits; :func:`exporter.serving.http_limits.guarded_protocol` makes subclasses with others
+    #: the limits; :func:`guarded_protocol` makes subclasses with others
     limits = HttpLimits()
 
     def connection_made(self, transport: Any) -> None:
@@ -131,3 +137,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+
+def guarded_protocol(
+    *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> type:
+    """uvicorn's httptools protocol class held to these limits (pass it as ``uvicorn.Config(http=...)``).
+
+    uvicorn instantiates the class itself, so the limits travel as a class attribute of a subclass.
+    """
+    limits = HttpLimits(header_timeout, body_timeout, max_header_bytes)
+    return type(GuardedHttpToolsProtocol.__name__, (GuardedHttpToolsProtocol,), {"limits": limits})

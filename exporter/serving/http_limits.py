@@ -3,7 +3,8 @@
 uvicorn closes a connection only when it stays idle ``timeout_keep_alive`` seconds *after* a response: a client
 that connects and never finishes its request headers, or trickles them a byte at a time (slowloris), or
 announces a body and never sends it, holds its connection forever, and httptools accepts request headers of
-any size. :func:`guarded_protocol` returns uvicorn's ``HttpToolsProtocol`` with three limits added:
+any size. :func:`exporter.serving.guarded_http.guarded_protocol` returns uvicorn's ``HttpToolsProtocol`` with
+three limits added:
 
 * ``header_timeout``: the request line and headers must arrive within this many seconds of the connection
   opening (or of the first byte after an idle keep-alive period); else ``408`` and the connection closes;
@@ -12,9 +13,9 @@ any size. :func:`guarded_protocol` returns uvicorn's ``HttpToolsProtocol`` with 
 * ``max_header_bytes``: request line plus headers larger than this are answered ``431`` and closed.
 
 Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``. Answers are JSON ``{"error": ...}``
-bodies like every other error of the server. The protocol class itself is
-:class:`exporter.serving.guarded_http.GuardedHttpToolsProtocol` (imported only when a server starts: uvicorn is
-a heavy import for every other command).
+bodies like every other error of the server. This module holds the limits and the answers; the protocol class
+is in :mod:`exporter.serving.guarded_http`, imported only when a server starts (uvicorn is a heavy import for
+every other command).
 """
 
 from __future__ import annotations
@@ -47,19 +48,3 @@ def raw_error(status: int, message: str) -> bytes:
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
         % (status, _REASONS[status], len(body))
     ) + body
-
-
-def guarded_protocol(
-    *,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    body_timeout: float = DEFAULT_BODY_TIMEOUT,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-) -> type:
-    """uvicorn's httptools protocol class with the limits above (pass it as ``uvicorn.Config(http=...)``).
-
-    uvicorn instantiates the class itself, so the limits travel as a class attribute of a subclass.
-    """
-    from exporter.serving.guarded_http import GuardedHttpToolsProtocol
-
-    limits = HttpLimits(header_timeout, body_timeout, max_header_bytes)
-    return type(GuardedHttpToolsProtocol.__name__, (GuardedHttpToolsProtocol,), {"limits": limits})
