@@ -11,7 +11,7 @@ from pathlib import Path
 from exporter.errors import ExporterError
 from exporter.runtime.rules import version_dirs
 from exporter.scoring.bench import latest_version
-from exporter.tools.serve_bench import Results, _environment, bench_http, bench_model, render, targets
+from exporter.tools.serve_bench import Results, bench_http, bench_model, environment, render, targets
 
 HELP = "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load"
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # makes the native column measure contention, not the model. Passive waiting is the usual serving setting.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     results = Results()
-    print(f"# exporter bench: {_environment()}", flush=True)
+    print(f"# exporter bench: {environment()}", flush=True)
     for model in models:
         vdir = latest_version(artifacts, model)
         print(f"measuring {model} ({vdir}) ...", file=sys.stderr, flush=True)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "environment": _environment(),
+                    "environment": environment(),
                     "cells": [c.__dict__ for c in results.cells],
                     "http": [h.__dict__ for h in results.http],
                 },

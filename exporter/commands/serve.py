@@ -18,7 +18,6 @@ from exporter.serving.http_limits import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEP_ALIVE_TIMEOUT,
     DEFAULT_MAX_HEADER_BYTES,
-    guarded_protocol,
 )
 from exporter.serving.live_registry import LiveRegistry, Reloader
 from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
@@ -175,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExporterError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
 
     from exporter.serving.access_log import AccessLog
+    from exporter.serving.guarded_http import guarded_protocol
 
     _configure_logging(args.log_level)
     started = time.perf_counter()
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         app,
         loop="uvloop",
-        # httptools with header/body timeouts and a header size limit (exporter.serving.http_limits)
+        # httptools with header/body timeouts and a header size limit (exporter.serving.guarded_http)
         http=guarded_protocol(
             header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_header_bytes=args.max_header_bytes
         ),

@@ -167,7 +167,7 @@ class ModelHandler:
         body: Body | None = None,
         *,
         payload: Any = _NO_PAYLOAD,
-        header_length: int | None = None,
+        header_length: int | str | None = None,
         http: bool = False,
     ) -> Answer:
         """Answer one request: raw ``body`` bytes, or an already-decoded ``payload``. Never raises for client input.
@@ -217,10 +217,11 @@ class ModelHandler:
         result = self.answer(body)
         return result.status, result.body, result.rows
 
-    def handle_http(self, body: Body, header_length: int | None = None) -> tuple[int, bytes, int, int | None]:
+    def handle_http(self, body: Body, header_length: int | str | None = None) -> tuple[int, bytes, int, int | None]:
         """Answer an HTTP request body, with Triton's binary tensor data extension (:mod:`.envelopes.v2_binary`).
 
-        ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent). Returns
+        ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent; its text when
+        it is not a number, answered 400). Returns
         ``(status, answer, rows, answer_header_length)``: the last is the JSON header's byte length when the
         answer carries binary tensor data (send it as ``Inference-Header-Content-Length``), else None and the
         answer is plain JSON. Never raises for client input.

@@ -17,12 +17,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from exporter.runtime.handler import ModelHandler
     from exporter.serving.access_log import AccessLog
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -131,169 +137,210 @@ async def _read_body(content_length: bytes | None, receive: Receive, limit: int)
     return b"".join(chunks)
 
 
-def create_app(
-    registry: ModelRegistry | LiveRegistry,
-    *,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    access_log: AccessLog | None = None,
-) -> Any:
-    """The Starlette application (routes exactly as in contract section 5).
+@dataclass(frozen=True)
+class _Served:
+    """What every route reads: the live view of the models, the body limit, where access-log lines go."""
 
-    ``registry`` is a fixed :class:`ModelRegistry` or a :class:`LiveRegistry` whose view reloads replace;
-    every request reads the current view once. ``access_log``: where the per-request lines go (None: none).
-    """
-    import orjson
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
+    live: LiveRegistry
+    max_body_bytes: int
+    add_line: Callable[[tuple[Any, ...]], None] | None
 
-    live = registry if isinstance(registry, LiveRegistry) else LiveRegistry(registry, Path("."))
-    add_line = access_log.add if access_log is not None else None
-    now = time.time
-    perf = time.perf_counter
-    ping_body = orjson.dumps({"status": "Healthy"})
 
-    class Predict:
-        """ASGI endpoint of ``POST /predictions/{model_name}[/{version}]`` (a class: Starlette calls it raw)."""
+#: ``(status, answer, rows, answer_header_length)``, as :meth:`ModelHandler.handle_http` returns them
+_Answer = tuple[int, bytes, int, int | None]
 
-        async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-            start = perf()
-            view = live.current
-            params = scope["path_params"]
-            name = params["model_name"]
-            version = params.get("version")
-            rows = 0
-            answer_header = None
-            raw_path = scope.get("raw_path") or b""
-            if b"%" in raw_path and _encoded_separator(raw_path):
-                handler = None  # "xgb%2F1" is the model name "xgb/1", not model xgb version 1
-            elif version is None:
-                handler = view.latest.get(name)
-            else:
-                handler = view.versions.get(name, {}).get(version)
-            if handler is None:
-                status = 404
-                if b"%" in raw_path and _encoded_separator(raw_path):
-                    answer = _error(
-                        f"model names cannot contain '/' or '\\' (got {_shown(scope['path'])}); "
-                        f"loaded models: {view.loaded_names}"
+
+def _lookup(view: ModelRegistry, scope: dict[str, Any]) -> ModelHandler | None:
+    """The handler a prediction path names, or None (unknown model or version, or an encoded '/')."""
+    params = scope["path_params"]
+    version = params.get("version")
+    raw_path = scope.get("raw_path") or b""
+    if b"%" in raw_path and _encoded_separator(raw_path):
+        return None  # "xgb%2F1" is the model name "xgb/1", not model xgb version 1
+    if version is None:
+        return view.latest.get(params["model_name"])
+    return view.versions.get(params["model_name"], {}).get(version)
+
+
+def _not_found(view: ModelRegistry, scope: dict[str, Any]) -> bytes:
+    """The 404 body for a prediction path that names no loaded model version, saying what is loaded."""
+    params = scope["path_params"]
+    name = params["model_name"]
+    raw_path = scope.get("raw_path") or b""
+    if b"%" in raw_path and _encoded_separator(raw_path):
+        return _error(
+            f"model names cannot contain '/' or '\\' (got {_shown(scope['path'])}); loaded models: {view.loaded_names}"
+        )
+    if name not in view.latest:
+        return _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}")
+    return _error(
+        f"model {_shown(name)} has no version {_shown(params.get('version') or '')}; loaded versions: "
+        f"{', '.join(sorted(view.versions[name], key=int))}"
+    )
+
+
+def _unsupported_encoding(encoding: str) -> bytes:
+    """The 415 body for a compressed request: say so instead of failing to decode it."""
+    return _error(
+        f"request body has Content-Encoding {_shown(encoding)}; this server "
+        "accepts only uncompressed JSON bodies (Content-Encoding identity or none): "
+        "send it uncompressed"
+    )
+
+
+def _length_headers(scope: dict[str, Any]) -> tuple[bytes | None, int | str | None]:
+    """``Content-Length`` (raw) and ``Inference-Header-Content-Length`` (see :func:`_header_int`), None if absent."""
+    content_length = header_length = None
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            content_length = value
+        elif key == b"inference-header-content-length":
+            header_length = _header_int(value)
+    return content_length, header_length
+
+
+def _log_prediction(
+    add_line: Callable[[tuple[Any, ...]], None],
+    scope: dict[str, Any],
+    handler: ModelHandler | None,
+    rows: int,
+    status: int,
+    start: float,
+) -> None:
+    """Queue a prediction's access-log line (model and version ``-`` when the path named none)."""
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    if handler is not None:
+        add_line(
+            (
+                time.time(),
+                "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f",
+                _log_path(scope),
+                handler.model_name,
+                handler.version,
+                rows,
+                status,
+                elapsed_ms,
+            )
+        )
+    else:
+        add_line(
+            (
+                time.time(),
+                "POST %s model=- version=- rows=0 status=%d time_ms=%.2f",
+                _log_path(scope),
+                status,
+                elapsed_ms,
+            )
+        )
+
+
+class Predict:
+    """ASGI endpoint of ``POST /predictions/{model_name}[/{version}]`` (a class: Starlette calls it raw)."""
+
+    def __init__(self, served: _Served) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        self.served = served
+        self.in_thread = run_in_threadpool
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        view = self.served.live.current
+        handler = _lookup(view, scope)
+        if handler is None:
+            answer: _Answer = (404, _not_found(view, scope), 0, None)
+        elif (encoding := _content_encoding(scope)) is not None:
+            answer = (415, _unsupported_encoding(encoding), 0, None)
+        else:
+            answered = await self._answer(handler, scope, receive, start)
+            if answered is None:  # the client went away: nobody to answer
+                return
+            answer = answered
+        status, body, rows, answer_header = answer
+        await _send_json(send, status, body, answer_header)
+        if self.served.add_line is not None:
+            _log_prediction(self.served.add_line, scope, handler, rows, status, start)
+
+    async def _answer(
+        self, handler: ModelHandler, scope: dict[str, Any], receive: Receive, start: float
+    ) -> _Answer | None:
+        """The handler's answer to the body, a 413 when the body is too large, None when the client left."""
+        limit = self.served.max_body_bytes
+        content_length, header_length = _length_headers(scope)
+        try:
+            body = await _read_body(content_length, receive, limit)
+        except _Disconnected:
+            if self.served.add_line is not None:
+                self.served.add_line(
+                    (
+                        time.time(),
+                        "POST %s model=%s version=%s rows=0 status=- time_ms=%.2f client disconnected "
+                        "before sending its body",
+                        _log_path(scope),
+                        handler.model_name,
+                        handler.version,
+                        (time.perf_counter() - start) * 1000.0,
                     )
-                elif name not in view.latest:
-                    answer = _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}")
-                else:
-                    answer = _error(
-                        f"model {_shown(name)} has no version {_shown(version or '')}; loaded versions: "
-                        f"{', '.join(sorted(view.versions[name], key=int))}"
-                    )
-            elif _content_encoding(scope) is not None:  # say so instead of failing to decode
-                status, answer = (
-                    415,
-                    _error(
-                        f"request body has Content-Encoding {_shown(_content_encoding(scope) or '')}; this server "
-                        "accepts only uncompressed JSON bodies (Content-Encoding identity or none): "
-                        "send it uncompressed"
-                    ),
                 )
-            else:
-                content_length = header_length = None
-                for key, value in scope["headers"]:
-                    if key == b"content-length":
-                        content_length = value
-                    elif key == b"inference-header-content-length":
-                        header_length = _header_int(value)
-                try:
-                    body = await _read_body(content_length, receive, max_body_bytes)
-                except _Disconnected:
-                    if add_line is not None:
-                        add_line(
-                            (
-                                now(),
-                                "POST %s model=%s version=%s rows=0 status=- time_ms=%.2f client disconnected "
-                                "before sending its body",
-                                _log_path(scope),
-                                handler.model_name,
-                                handler.version,
-                                (perf() - start) * 1000.0,
-                            )
-                        )
-                    return
-                except _TooLarge as exc:
-                    status, answer = (
-                        413,
-                        _error(
-                            f"request body is too large ({exc}); this server accepts at most {max_body_bytes} bytes "
-                            "(--max-body-bytes): split the rows over several requests"
-                        ),
-                    )
-                else:
-                    if len(body) > THREAD_OFFLOAD_BYTES:
-                        status, answer, rows, answer_header = await run_in_threadpool(
-                            handler.handle_http, body, header_length
-                        )
-                    else:
-                        status, answer, rows, answer_header = handler.handle_http(body, header_length)
-            await _send_json(send, status, answer, answer_header)
-            if add_line is not None:
-                if handler is not None:
-                    add_line(
-                        (
-                            now(),
-                            "POST %s model=%s version=%s rows=%d status=%d time_ms=%.2f",
-                            _log_path(scope),
-                            handler.model_name,
-                            handler.version,
-                            rows,
-                            status,
-                            (perf() - start) * 1000.0,
-                        )
-                    )
-                else:
-                    add_line(
-                        (
-                            now(),
-                            "POST %s model=- version=- rows=0 status=%d time_ms=%.2f",
-                            _log_path(scope),
-                            status,
-                            (perf() - start) * 1000.0,
-                        )
-                    )
+            return None
+        except _TooLarge as exc:
+            message = (
+                f"request body is too large ({exc}); this server accepts at most {limit} bytes "
+                "(--max-body-bytes): split the rows over several requests"
+            )
+            return 413, _error(message), 0, None
+        if len(body) > THREAD_OFFLOAD_BYTES:
+            return await self.in_thread(handler.handle_http, body, header_length)
+        return handler.handle_http(body, header_length)
 
-    def _plain(status: int, body: bytes, request: Request, start: float) -> Response:
+
+class _Routes:
+    """The plain request/response routes and the error handlers (bound methods are Starlette endpoints)."""
+
+    def __init__(self, served: _Served) -> None:
+        import orjson
+        from starlette.responses import Response
+
+        self.served = served
+        self.response = Response
+        self.ping_body = orjson.dumps({"status": "Healthy"})
+
+    def _plain(self, status: int, body: bytes, request: Request, start: float) -> Response:
+        """A JSON answer, with its access-log line."""
+        add_line = self.served.add_line
         if add_line is not None:
             add_line(
                 (
-                    now(),
+                    time.time(),
                     "%s %s status=%d time_ms=%.2f",
                     request.method,
                     _log_path(request.scope),
                     status,
-                    (perf() - start) * 1000.0,
+                    (time.perf_counter() - start) * 1000.0,
                 )
             )
-        return Response(body, status_code=status, media_type="application/json")
+        return self.response(body, status_code=status, media_type="application/json")
 
-    async def ping(request: Request) -> Response:
-        return _plain(200, ping_body, request, perf())
+    async def ping(self, request: Request) -> Response:
+        return self._plain(200, self.ping_body, request, time.perf_counter())
 
-    async def list_models(request: Request) -> Response:
-        return _plain(200, live.current.models_body, request, perf())
+    async def list_models(self, request: Request) -> Response:
+        return self._plain(200, self.served.live.current.models_body, request, time.perf_counter())
 
-    async def describe_model(request: Request) -> Response:
-        start = perf()
-        view = live.current
+    async def describe_model(self, request: Request) -> Response:
+        start = time.perf_counter()
+        view = self.served.live.current
         name = request.path_params["model_name"]
         raw_path = request.scope.get("raw_path") or b""
         body = None if _encoded_separator(raw_path) else view.metadata_bodies.get(name)
         if body is None:
-            return _plain(
+            return self._plain(
                 404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"), request, start
             )
-        return _plain(200, body, request, start)
+        return self._plain(200, body, request, start)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Starlette's own errors (no route, method not allowed) as JSON that says what would have worked."""
         status = getattr(exc, "status_code", 500)
         if status == 404:
             message = (
@@ -307,29 +354,46 @@ def create_app(
             )
         else:
             message = str(getattr(exc, "detail", "")) or "bad request"
-        if add_line is not None:
-            add_line((now(), "%s %s status=%d", request.method, _log_path(request.scope), status))
-        return Response(
+        if self.served.add_line is not None:
+            self.served.add_line((time.time(), "%s %s status=%d", request.method, _log_path(request.scope), status))
+        return self.response(
             _error(message), status_code=status, media_type="application/json", headers=getattr(exc, "headers", None)
         )
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
+    async def internal_error(self, request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, _log_path(request.scope))
-        return Response(
+        return self.response(
             _error(f"internal server error: {type(exc).__name__}"), status_code=500, media_type="application/json"
         )
 
-    predict = Predict()
-    routes = [
-        Route("/ping", ping, methods=["GET"]),
-        Route("/models", list_models, methods=["GET"]),
-        Route("/models/{model_name}", describe_model, methods=["GET"]),
-        Route("/predictions/{model_name}", predict, methods=["POST"]),
-        Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
-    ]
+
+def create_app(
+    registry: ModelRegistry | LiveRegistry,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    access_log: AccessLog | None = None,
+) -> Starlette:
+    """The Starlette application (routes exactly as in contract section 5).
+
+    ``registry`` is a fixed :class:`ModelRegistry` or a :class:`LiveRegistry` whose view reloads replace;
+    every request reads the current view once. ``access_log``: where the per-request lines go (None: none).
+    """
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Route
+
+    live = registry if isinstance(registry, LiveRegistry) else LiveRegistry(registry, Path("."))
+    served = _Served(live, max_body_bytes, access_log.add if access_log is not None else None)
+    routes, predict = _Routes(served), Predict(served)
     app = Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        routes=[
+            Route("/ping", routes.ping, methods=["GET"]),
+            Route("/models", routes.list_models, methods=["GET"]),
+            Route("/models/{model_name}", routes.describe_model, methods=["GET"]),
+            Route("/predictions/{model_name}", predict, methods=["POST"]),
+            Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: routes.http_error, Exception: routes.internal_error},
     )
     app.router.redirect_slashes = False  # "/predictions/xgb/" is a 404 that says so, not a redirect of a POST
     return app

@@ -15,24 +15,23 @@ on MovieLens every user-item pair occurs once, so it is also a split by pairs):
   exported model improves; the pipeline's own retrieval metrics (metadata ``quality``) must agree with it.
 
 The pipeline is driven through :class:`exporter.export.pipeline.ExportParams`; :func:`pipeline_params` passes the
-label and a feature schema only when ``ExportParams`` declares those fields, so the harness also runs on older pipelines.
-Categorical columns travel as integer codes either way.
+label and a feature schema only when ``ExportParams`` declares those fields, so the harness also runs on older
+pipelines. Categorical columns travel as integer codes either way.
+
+This module is the run and its command line; the table is :mod:`exporter.tools.quality_data`, the baselines
+:mod:`exporter.tools.quality_baselines`, the rows and their rendering :mod:`exporter.tools.quality_report`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,47 @@ import pandas as pd
 from exporter.errors import ExporterError
 from exporter.models.two_tower import retrieval as R
 from exporter.tools import movielens as ml
+from exporter.tools.quality_baselines import tower_embeddings, xgb_baseline
+from exporter.tools.quality_data import (
+    CATEGORICAL,
+    FEATURES,
+    ITEM_TOWER,
+    LABEL,
+    SEED,
+    USER_TOWER,
+    encode,
+    synthetic_movielens,
+)
+from exporter.tools.quality_report import TARGETS, Row, environment, render, targets_summary
 from exporter.training import data as D
+
+#: the table, the baselines and the report live in their own modules, importable from here as before
+__all__ = [
+    "CATEGORICAL",
+    "FEATURES",
+    "HPARAMS",
+    "ITEM_TOWER",
+    "LABEL",
+    "MODELS",
+    "SEED",
+    "TARGETS",
+    "USER_TOWER",
+    "Row",
+    "add_arguments",
+    "check_options",
+    "encode",
+    "environment",
+    "feature_schema",
+    "main",
+    "pipeline_params",
+    "render",
+    "run",
+    "run_quality",
+    "synthetic_movielens",
+    "targets_summary",
+    "tower_embeddings",
+    "xgb_baseline",
+]
 
 HELP = "real-data quality benchmark: held-out AUC and recall@K on MovieLens-100k next to baselines"
 DESCRIPTION = """\
@@ -63,23 +102,6 @@ Example:
 """
 
 MODELS: tuple[str, ...] = ("xgb", "deepfm", "mmoe", "two_tower")
-SEED = 0
-LABEL = ml.LIKED
-
-#: The CTR models' inputs: every ML-100k feature as one number (categoricals as integer codes).
-FEATURES: tuple[str, ...] = (
-    "user_id",
-    "item_id",
-    "age",
-    "gender",
-    "occupation",
-    "zip_prefix",
-    "release_year",
-    *ml.GENRE_COLUMNS,
-)
-CATEGORICAL: tuple[str, ...] = ("user_id", "item_id", "gender", "occupation", "zip_prefix")
-USER_TOWER: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_prefix")
-ITEM_TOWER: tuple[str, ...] = ("item_id", "release_year", *ml.GENRE_COLUMNS)
 #: mmoe's tasks on MovieLens: the like (rating >= 4) and the rating itself
 MMOE_TASKS: list[dict[str, str]] = [
     {"name": "liked", "label": LABEL, "type": "binary"},
@@ -105,110 +127,6 @@ QUICK_HPARAMS: dict[str, dict[str, Any]] = {
     "two_tower": {"epochs": 1},
 }
 QUICK_XGB_BASELINE: dict[str, Any] = {"n_estimators": 20, "max_depth": 3, "learning_rate": 0.1}
-
-#: (row model, metric) -> (comparison, threshold); "baseline" compares with the row's baseline value
-TARGETS: dict[tuple[str, str], tuple[str, float | str]] = {
-    ("xgb baseline", "AUC"): (">=", 0.77),
-    ("xgb", "AUC"): (">=", 0.77),
-    ("deepfm", "AUC"): (">=", 0.78),
-    ("mmoe", "AUC (liked head)"): (">=", 0.78),
-    ("mmoe", "RMSE (rating head)"): ("<", "baseline"),
-    ("two_tower", "recall@10"): (">=", 0.17),
-    ("two_tower", "recall@50"): (">=", 0.45),
-    ("two_tower", "ndcg@10"): (">", "baseline"),
-    ("two_tower", "ndcg@50"): (">", "baseline"),
-}
-
-
-@dataclass
-class Row:
-    """One line of the table: a model's metric, the same-run baseline beside it, and the target."""
-
-    model: str
-    metric: str
-    value: float
-    baseline_name: str = ""
-    baseline: float | None = None
-    seconds: float | None = None
-    note: str = ""
-    target: str = field(init=False, default="")
-    #: the number the target compares with (a fixed threshold or the baseline's value)
-    target_value: float | None = field(init=False, default=None)
-    met: bool | None = field(init=False, default=None)
-    #: False on the --quick synthetic table: the targets are about MovieLens
-    judge: InitVar[bool] = True
-
-    def __post_init__(self, judge: bool) -> None:
-        rule = TARGETS.get((self.model, self.metric))
-        if rule is None or not judge:
-            return
-        op, threshold = rule
-        if threshold == "baseline":
-            self.target, self.target_value = f"{op} {self.baseline_name or 'baseline'}", self.baseline
-        else:
-            self.target, self.target_value = f"{op} {threshold:g}", float(threshold)
-        ref = self.target_value
-        if ref is None or not np.isfinite(self.value):
-            return
-        self.met = bool(self.value >= ref if op == ">=" else self.value > ref if op == ">" else self.value < ref)
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def synthetic_movielens(n_users: int = 150, n_items: int = 100, per_user: int = 20, seed: int = 0) -> pd.DataFrame:
-    """A small table in :func:`exporter.tools.movielens.load_ml100k`'s format: latent tastes, popular items, one
-    rating per user-item pair. For the ``--quick`` smoke run and tests; it is no stand-in for the real data."""
-    rng = np.random.default_rng(seed)
-    occupations = np.array(["artist", "engineer", "student", "writer", "other"])
-    taste_u, taste_i = rng.normal(size=(n_users, 4)), rng.normal(size=(n_items, 4))
-    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
-    rows = []
-    for u in range(n_users):
-        items = rng.choice(n_items, size=min(per_user, n_items), replace=False, p=popularity / popularity.sum())
-        rows += [(u, i) for i in items]
-    users, items = np.array(rows).T
-    affinity = (taste_u[users] * taste_i[items]).sum(axis=1) + 0.5 * np.log(popularity[items] * n_items)
-    rating = np.clip(np.round(3.2 + 0.8 * affinity + rng.normal(0, 0.7, len(users))), 1, 5).astype(np.int64)
-    genres = (rng.random((n_items, len(ml.GENRES))) < 0.15).astype(np.int64)
-    year = rng.integers(1930, 1999, n_items).astype(np.float64)
-    year[0] = np.nan
-    frame = pd.DataFrame(
-        {
-            "user_id": users + 1,
-            "item_id": items + 1,
-            "rating": rating,
-            "timestamp": 880_000_000 + np.arange(len(users)),
-            "age": rng.integers(7, 74, n_users)[users],
-            "gender": np.where(rng.random(n_users) < 0.7, "M", "F")[users],
-            "occupation": occupations[rng.integers(0, len(occupations), n_users)][users],
-            "zip_code": np.array([f"{z:05d}" for z in rng.integers(0, 99999, n_users)])[users],
-        }
-    )
-    frame["zip_prefix"] = frame["zip_code"].str[:1]
-    frame["release_year"] = year[items]
-    for j, col in enumerate(ml.GENRE_COLUMNS):
-        frame[col] = genres[items, j]
-    frame[LABEL] = (frame["rating"] >= 4).astype(np.int64)
-    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)[list(ml.COLUMNS)]
-    frame.attrs["source"] = f"synthetic MovieLens-like table ({n_users} users, {n_items} items, seed {seed})"
-    return frame
-
-
-def encode(frame: pd.DataFrame, train_rows: np.ndarray) -> pd.DataFrame:
-    """Every feature as a number: gender 1/2 (0 unknown, as the contract's user_gender), occupation and zip
-    prefix as codes of their sorted vocabulary, a missing release year as the training median. Ids stay.
-    ``label`` is a copy of ``liked`` (for a pipeline without a label option)."""
-    out = frame.copy()
-    out["gender"] = frame["gender"].map({"M": 1, "F": 2}).fillna(0).astype(np.int64)
-    for col in ("occupation", "zip_prefix"):
-        vocabulary = sorted(frame[col].astype(str).unique())
-        out[col] = pd.Categorical(frame[col].astype(str), categories=vocabulary).codes.astype(np.int64)
-    fill = float(np.nanmedian(frame["release_year"].to_numpy()[train_rows]))
-    out["release_year"] = frame["release_year"].fillna(fill)
-    out[D.LABEL] = frame[LABEL]
-    return out
-
 
 # --------------------------------------------------------------------------------------------- the pipeline
 
@@ -293,49 +211,6 @@ def _split_check(result: Any, frame: pd.DataFrame, held: np.ndarray) -> str:
     if key(prepared.heldout) != ours:
         return "note: the pipeline held out other rows than this table's split"
     return ""
-
-
-# --------------------------------------------------------------------------------------------- baselines
-
-
-def xgb_baseline(
-    x_train: np.ndarray, y_train: np.ndarray, x_held: np.ndarray, params: Mapping[str, Any], threads: int
-) -> np.ndarray:
-    """Plain XGBoost (xgboost defaults but for ``params``) on the raw numeric columns: held-out probabilities."""
-    import xgboost as xgb
-
-    booster = xgb.train(
-        {
-            "objective": "binary:logistic",
-            "tree_method": "hist",
-            "max_depth": int(params["max_depth"]),
-            "eta": float(params["learning_rate"]),
-            "nthread": threads,
-            "seed": SEED,
-        },
-        xgb.DMatrix(x_train, label=y_train),
-        num_boost_round=int(params["n_estimators"]),
-    )
-    return np.asarray(booster.predict(xgb.DMatrix(x_held)), dtype=np.float64)
-
-
-def tower_embeddings(version_dir: Path, table: pd.DataFrame, threads: int) -> np.ndarray:
-    """Run an exported tower (model.onnx, inputs by metadata ``feature_columns``) over every row of ``table``."""
-    import onnxruntime as ort
-
-    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
-    columns = list(meta["feature_columns"])
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ExporterError(f"{version_dir}: the tower reads {', '.join(missing)}, which the benchmark table lacks")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        str(version_dir / meta.get("model_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
-    )
-    x = np.ascontiguousarray(table[columns].to_numpy(dtype=np.float64))
-    parts = [session.run(["predictions"], {"features": x[i : i + 8192]})[0] for i in range(0, len(x), 8192)]
-    return np.concatenate(parts).astype(np.float64)
 
 
 def _retrieval_rows(
@@ -431,8 +306,12 @@ def run_quality(
     pop_note = f"{popularity.users_evaluated} users with held-out likes, {len(items)} items; training items excluded"
     retrieval_rows += _retrieval_rows("popularity", popularity, None, time.perf_counter() - t0, pop_note, judge)
 
-    scratch = tempfile.TemporaryDirectory(prefix="quality-bench-") if workdir is None else None
-    root = Path(scratch.name if scratch else workdir)  # type: ignore[arg-type]
+    scratch = None
+    if workdir is None:
+        scratch = tempfile.TemporaryDirectory(prefix="quality-bench-")
+        root = Path(scratch.name)
+    else:
+        root = Path(workdir)
     try:
         root.mkdir(parents=True, exist_ok=True)
         data_path = root / "movielens.parquet"
@@ -489,84 +368,6 @@ def check_options(models: Sequence[str], overrides: Mapping[str, Any], threads: 
         raise ExporterError(f"--param for unknown model(s) {', '.join(bad)}: expected some of {', '.join(MODELS)}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ExporterError(f"--threads must be a positive integer, got {threads!r}")
-
-
-# --------------------------------------------------------------------------------------------- output
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else ("n/a" if not np.isfinite(value) else f"{value:.4f}")
-
-
-def render(rows: Sequence[Row]) -> str:
-    """A Markdown table (pasteable into the README): value, same-run baseline, target, status, seconds."""
-    header = ["model", "metric", "value", "baseline (same run)", "target", "status", "seconds", "note"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        base = f"{r.baseline_name} {_fmt(r.baseline)}" if r.baseline_name else ""
-        status = "" if r.met is None else ("met" if r.met else "MISSED")
-        seconds = "" if r.seconds is None else f"{r.seconds:.1f}"
-        cells = [r.model, r.metric, _fmt(r.value), base, r.target, status, seconds, r.note]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(source: str = "") -> list[str]:
-    """Where and when the table was measured: machine, date, versions, data."""
-    import numpy
-    import onnxruntime
-    import torch
-    import xgboost
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    lines = [
-        f"date: {_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()}"
-        + (f", exporter commit {commit}" if commit else ""),
-        f"machine: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable), load average {load}",
-        f"software: Python {platform.python_version()}, numpy {numpy.__version__}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), xgboost {xgboost.__version__}, onnxruntime {onnxruntime.__version__}",
-    ]
-    if source:
-        lines.append(f"data: {source}")
-    return lines
-
-
-def targets_summary(rows: Sequence[Row]) -> list[str]:
-    """One line per row with a target: met or MISSED, and by how much."""
-    out = []
-    for r in rows:
-        if not r.target:
-            continue
-        status = "n/a" if r.met is None else "met" if r.met else "MISSED"
-        gap = ""
-        if r.met is False and r.target_value is not None:
-            gap = f" (off by {abs(r.target_value - r.value):.4f}: {_fmt(r.target_value)})"
-        out.append(f"[{status}] {r.model} {r.metric} = {_fmt(r.value)}, target {r.target}{gap}")
-    return out
 
 
 # --------------------------------------------------------------------------------------------- command line

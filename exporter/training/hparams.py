@@ -20,11 +20,19 @@ Rule = str | Callable[[Any, Mapping[str, Any]], bool]
 
 
 class HasHparams(Protocol):
-    """What the rules read of a model (:class:`exporter.models.base.Model` has it)."""
+    """What the rules read of a model (:class:`exporter.models.base.Model` has it, as class attributes).
 
-    name: str
-    default_hparams: Mapping[str, Any]
-    hparam_rules: Mapping[str, tuple[Rule, str]]
+    Read-only members, so that a model's class variables satisfy them.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_hparams(self) -> Mapping[str, Any]: ...
+
+    @property
+    def hparam_rules(self) -> Mapping[str, tuple[Rule, str]]: ...
 
 
 def rule_for(spec: HasHparams, key: str) -> tuple[Rule, str]:

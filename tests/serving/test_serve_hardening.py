@@ -1,4 +1,7 @@
-"""Client input the server survived but answered badly: short error quotes, compressed bodies, slow and oversized clients."""
+"""Client input the server survived but answered badly.
+
+Short error quotes, compressed bodies, slow and oversized clients.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 
 from exporter.runtime.handler import ModelHandler
-from exporter.serving.http_limits import guarded_protocol
+from exporter.serving.guarded_http import guarded_protocol
 from exporter.serving.server import ModelRegistry, create_app
 from tests.handler_fixtures import DEFAULT_COLUMNS, build_tree, sample_rows
 

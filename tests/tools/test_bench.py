@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.errors import ExporterError
 from exporter.tools.serve_bench import parse_wrk
 from tests.handler_fixtures import REPO, build_tree
 
@@ -37,6 +38,12 @@ def test_wrk_report_is_parsed() -> None:
     assert result.requests_per_s == pytest.approx(7156.6)
     assert result.p50_ms == pytest.approx(0.559) and result.p99_ms == pytest.approx(1.37)
     assert result.errors == 3 and result.total == 71566
+
+
+def test_a_wrk_report_without_its_numbers_is_an_error_naming_what_is_missing() -> None:
+    cut = WRK_OUTPUT.replace("     99%    1.37ms\n", "")
+    with pytest.raises(ExporterError, match=r"nothing matches .*99%"):
+        parse_wrk(cut)
 
 
 @pytest.mark.parametrize("generator", ["python", "wrk"])

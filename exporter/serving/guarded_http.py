@@ -1,0 +1,153 @@
+"""uvicorn's httptools protocol held to the limits of :mod:`exporter.serving.http_limits` (described there).
+
+A module of its own because subclassing uvicorn's ``HttpToolsProtocol`` imports uvicorn, which only a starting
+server needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from exporter.serving.http_limits import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES,
+    HttpLimits,
+    raw_error,
+)
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing a request that was already answered."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header/body timeouts and a header size limit (:attr:`limits`)."""
+
+    #: the limits; :func:`guarded_protocol` makes subclasses with others
+    limits = HttpLimits()
+
+    def connection_made(self, transport: Any) -> None:
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting = True  # for the headers of a request
+        self._header_bytes = 0
+        self._partial = False  # bytes of a request arrived since the last answer
+        self._refused = False
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout, self._headers_too_slow)
+
+    # -------------------------------------------------------------- timers
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._disarm()
+        self._refused = True
+        if not self.transport.is_closing():
+            self.transport.write(raw_error(status, message))
+            self.transport.close()
+
+    def _headers_too_slow(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._partial:
+            self._refuse(408, f"request headers not received within {self.limits.header_timeout:g}s; connection closed")
+        else:  # an idle connection that never started a request: just close it
+            self._refused = True
+            self.transport.close()
+
+    def _body_too_slow(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None:
+            return
+        if not cycle.response_started:
+            cycle.disconnected = True  # the application's late answer goes nowhere
+            cycle.message_event.set()
+            self._refuse(
+                408, f"request body not received within {self.limits.body_timeout:g}s of the headers; connection closed"
+            )
+        else:
+            self._refused = True
+            self.transport.close()
+
+    # -------------------------------------------------------------- protocol events
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._waiting:
+            self._partial = True
+            if self._timer is None:  # first bytes after an idle keep-alive period
+                self._arm(self.limits.header_timeout, self._headers_too_slow)
+        try:
+            super().data_received(data)
+        except _Refused:
+            pass
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:  # a refused request already has its answer
+            super().send_400_response(msg)
+
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._refuse(
+                431, f"request line and headers exceed {self.limits.max_header_bytes} bytes; connection closed"
+            )
+            raise _Refused
+
+    def on_headers_complete(self) -> None:
+        self._waiting = False
+        self._arm(self.limits.body_timeout, self._body_too_slow)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if not self.pipeline:  # no request queued behind this one: wait for the next request's headers
+            self._waiting = True
+            self._partial = False
+        super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle period
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(
+    *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> type:
+    """uvicorn's httptools protocol class held to these limits (pass it as ``uvicorn.Config(http=...)``).
+
+    uvicorn instantiates the class itself, so the limits travel as a class attribute of a subclass.
+    """
+    limits = HttpLimits(header_timeout, body_timeout, max_header_bytes)
+    return type(GuardedHttpToolsProtocol.__name__, (GuardedHttpToolsProtocol,), {"limits": limits})
