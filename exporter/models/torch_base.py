@@ -23,6 +23,7 @@ from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
+from exporter.runtime.rules import MetadataError, read_metadata
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
@@ -224,19 +225,23 @@ class TorchModel(Model, Generic[NetT]):
         return (lambda x: native(plan.prepare(x))) if plan is not None else native
 
 
+def _version_metadata(version_dir: Path) -> dict[str, Any]:
+    """The checked ``metadata.json`` of an exported version (exit 2 naming the file when it is unusable)."""
+    try:
+        return read_metadata(version_dir)
+    except MetadataError as exc:
+        raise ExporterError(str(exc)) from exc
+
+
 def _related_first(version_dir: Path) -> str:
     """The model name that holds the checkpoint of a tower's network (the first of its related models)."""
-    import json
-
-    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    meta = _version_metadata(version_dir)
     related = list(meta.get("related_models") or [])
     return related[0] if related else version_dir.parent.name
 
 
 def _model_part(version_dir: Path, model_name: str) -> str:
-    import json
-
-    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    meta = _version_metadata(version_dir)
     return str(meta.get("model_part") or model_name)
 
 

@@ -3,7 +3,6 @@ serving would run them."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
+from exporter.runtime.rules import read_metadata
 from exporter.tools.quality_data import SEED
 
 
@@ -40,7 +40,7 @@ def tower_embeddings(version_dir: Path, table: pd.DataFrame, threads: int) -> np
     """Run an exported tower (model.onnx, inputs by metadata ``feature_columns``) over every row of ``table``."""
     import onnxruntime as ort
 
-    meta = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    meta = read_metadata(version_dir)
     columns = list(meta["feature_columns"])
     missing = [c for c in columns if c not in table.columns]
     if missing:
