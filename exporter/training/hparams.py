@@ -20,11 +20,19 @@ Rule = Union[str, Callable[[Any, Mapping[str, Any]], bool]]
 
 
 class HasHparams(Protocol):
-    """What the rules read of a model (:class:`exporter.models.base.Model` has it)."""
+    """What the rules read of a model (:class:`exporter.models.base.Model` has it, as class variables).
 
-    name: str
-    default_hparams: Mapping[str, Any]
-    hparam_rules: Mapping[str, tuple[Rule, str]]
+    Read-only properties, so that class variables satisfy the protocol as well as instance attributes.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def default_hparams(self) -> Mapping[str, Any]: ...
+
+    @property
+    def hparam_rules(self) -> Mapping[str, tuple[Rule, str]]: ...
 
 
 def rule_for(spec: HasHparams, key: str) -> tuple[Rule, str]:
