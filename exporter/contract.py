@@ -174,7 +174,7 @@ def graph_io_problems(model: Any, n_features: int | None, out_shape: Sequence[in
             continue
         if dims and dims[0] != -1:
             problems.append(f"{kind} {t.name!r} has a fixed batch axis {dims[0]}; expected a dynamic one (-1)")
-        for axis, (got, want) in enumerate(zip(dims, want_shape)):
+        for axis, (got, want) in enumerate(zip(dims, want_shape, strict=True)):
             if axis > 0 and got != want:
                 problems.append(f"{kind} {t.name!r} axis {axis} is {got}; expected {want}")
     return problems

@@ -1,4 +1,5 @@
-"""``python -m exporter archive``: the CLI over :mod:`exporter.export.archive` (a TorchServe ``.mar`` of one version)."""
+"""``python -m exporter archive``: the CLI over :mod:`exporter.export.archive` (a TorchServe ``.mar`` of one
+version)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python -m exporter bench``: the CLI over :mod:`exporter.tools.serve_bench` (measure, print the tables and targets)."""
+"""``python -m exporter bench``: the CLI over :mod:`exporter.tools.serve_bench` (measure, print the tables and
+targets)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python -m exporter kserve``: the CLI over :mod:`exporter.export.kserve` (write or print the InferenceService manifests)."""
+"""``python -m exporter kserve``: the CLI over :mod:`exporter.export.kserve` (write or print the InferenceService
+manifests)."""
 
 from __future__ import annotations
 

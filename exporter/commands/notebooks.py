@@ -1,4 +1,5 @@
-"""``python -m exporter notebooks``: the CLI over :mod:`exporter.tools.notebooks` (plan, run each notebook, keep reports)."""
+"""``python -m exporter notebooks``: the CLI over :mod:`exporter.tools.notebooks` (plan, run each notebook, keep
+reports)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python -m exporter serve``: the CLI over :mod:`exporter.serving.server` (load the tree, listen, serve until stopped)."""
+"""``python -m exporter serve``: the CLI over :mod:`exporter.serving.server` (load the tree, listen, serve until
+stopped)."""
 
 from __future__ import annotations
 

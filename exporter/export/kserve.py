@@ -55,7 +55,8 @@ def check_storage_uri(uri: Any) -> str:
 
 
 def service_name(model_name: str) -> str:
-    """A Kubernetes DNS-1035 name for the InferenceService of ``model_name`` (``two_tower_item`` -> ``two-tower-item``)."""
+    """A Kubernetes DNS-1035 name for the InferenceService of ``model_name`` (``two_tower_item`` ->
+    ``two-tower-item``)."""
     name = re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")
     if not name or not name[0].isalpha():
         name = f"model-{name}".rstrip("-")

@@ -124,11 +124,10 @@ def build_metadata(
         meta[key] = _jsonable(value)
     for side, sha in side_files:
         meta[side.metadata_key] = {"file": side.name, "sha256": sha, **_jsonable(dict(side.info))}
-    if prep.features is not None:
-        vocab_sha = sha256_of.get(repo.VOCAB_FILE) if sha256_of else None
-        meta["features"] = prep.features.subset(unit.feature_columns).metadata(
-            repo.VOCAB_FILE if vocab_sha else None, vocab_sha
-        )
+    vocab_sha = sha256_of.get(repo.VOCAB_FILE) if sha256_of else None
+    meta["features"] = prep.features.subset(unit.feature_columns).metadata(
+        repo.VOCAB_FILE if vocab_sha else None, vocab_sha
+    )
     meta.update(
         {
             "prediction_format": unit.prediction_format,

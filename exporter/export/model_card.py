@@ -205,12 +205,18 @@ def _outputs(metadata: Mapping[str, Any]) -> list[str]:
     return [head]
 
 
+def _section(metadata: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """The object under ``key``, or an empty one: a card is written for whatever the metadata holds."""
+    value = metadata.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _quality(metadata: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
-    quality = metadata.get("quality") if isinstance(metadata.get("quality"), Mapping) else {}
+    quality = _section(metadata, "quality")
     if quality.get("warning"):
         lines += [f"> **Warning:** {quality['warning']}", ""]
-    training = metadata.get("training") if isinstance(metadata.get("training"), Mapping) else {}
+    training = _section(metadata, "training")
     metrics = quality.get("metrics") if isinstance(quality.get("metrics"), Mapping) else training.get("metrics")
     if isinstance(metrics, Mapping) and metrics:
         rows = [(_code(k), _num(v)) for k, v in metrics.items()]
@@ -221,7 +227,7 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
             lines += ["", "Quality check: " + "; ".join(f"{k} {_num(v)}" for k, v in extra.items())]
     else:
         lines.append("No held-out metrics: the data this version was made from had no labels.")
-    parity = metadata.get("parity") if isinstance(metadata.get("parity"), Mapping) else {}
+    parity = _section(metadata, "parity")
     if parity:
         lines += [
             "",
@@ -236,8 +242,8 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
 
 
 def _provenance(metadata: Mapping[str, Any]) -> list[str]:
-    t = metadata.get("training") if isinstance(metadata.get("training"), Mapping) else {}
-    p = metadata.get("producer") if isinstance(metadata.get("producer"), Mapping) else {}
+    t = _section(metadata, "training")
+    p = _section(metadata, "producer")
     rows = [
         ("mode", t.get("mode", "—")),
         ("data", t.get("data_source", t.get("source", "—"))),
@@ -375,7 +381,8 @@ def _calls(
         "",
         "```bash",
         "kubectl apply -f ../kserve.yaml",
-        f"SERVICE_HOSTNAME=$(kubectl get inferenceservice {_service(name)} -o jsonpath='{{.status.url}}' | cut -d/ -f3)",
+        f"SERVICE_HOSTNAME=$(kubectl get inferenceservice {_service(name)} "
+        "-o jsonpath='{.status.url}' | cut -d/ -f3)",
         f'curl -s -H "Host: $SERVICE_HOSTNAME" http://$INGRESS_HOST:$INGRESS_PORT/v2/models/{name}/infer '
         f"-d @{SAMPLE_REQUEST_V2}",
         "```",

@@ -68,9 +68,9 @@ class Prepared:
     x_heldout: np.ndarray
     y_train: dict[str, np.ndarray]
     y_heldout: dict[str, np.ndarray]
-    loaded: Trained | None = None
     #: the fitted feature plan (kinds, fills, vocabularies, statistics) of ``columns``
-    features: F.FeaturePlan | None = None
+    features: F.FeaturePlan
+    loaded: Trained | None = None
     #: raw FP64 matrices as serving sends them (NaN where missing, IDs, string codes): what the graph takes
     raw_train: np.ndarray | None = None
     raw_heldout: np.ndarray | None = None
@@ -82,7 +82,6 @@ class Prepared:
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""
-        assert self.features is not None
         return F.format_schema([f.spec for f in self.features.features], self.origins, note=self.columns_note)
 
     @property

@@ -241,8 +241,8 @@ def prepare(params: ExportParams) -> Prepared:
         x_all[held_idx],
         {k: v[train_idx] for k, v in y_all.items()},
         {k: v[held_idx] for k, v in y_all.items()},
-        loaded,
         plan,
+        loaded,
         raw[train_idx],
         raw[held_idx],
         labels,
@@ -303,19 +303,18 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
     Q.check_min_auc(evaluation.quality, prep.params.min_auc, prep.spec.name)
     original = trained.units()
     units = W.renamed_units(original, prep.params.model_name)
-    parts = {u.model_name: o.model_name for u, o in zip(units, original)}
+    parts = {u.model_name: o.model_name for u, o in zip(units, original, strict=True)}
     W.check_configs(Path(prep.params.artifacts), units, prep.params.max_batch_size)
     plan = prep.features
     raw_held = prep.raw_heldout if prep.raw_heldout is not None else prep.x_heldout
     raw_train = prep.raw_train if prep.raw_train is not None else prep.x_train
     x_parity, n_synthetic = D.parity_rows(raw_held, raw_train, minimum=PARITY_MIN_ROWS, seed=prep.params.seed)
-    n_probes = 0
-    if plan is not None:  # unseen IDs, unknown codes, non-integers, NaN: the OOV paths must agree too
-        probes = F.probe_rows(plan, x_parity)
-        x_parity, n_probes = np.concatenate([x_parity, probes]), len(probes)
+    # unseen IDs, unknown codes, non-integers, NaN: the OOV paths must agree too
+    probes = F.probe_rows(plan, x_parity)
+    x_parity, n_probes = np.concatenate([x_parity, probes]), len(probes)
     built: list[tuple[ExportUnit, bytes, ParityResult]] = []
     for unit in units:
-        sub = plan.subset(unit.feature_columns) if plan is not None else None
+        sub = plan.subset(unit.feature_columns)
         model_bytes = build_onnx(unit, sub)
         idx = [prep.columns.index(c) for c in unit.feature_columns]
         parity = check_parity(

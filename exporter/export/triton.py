@@ -153,15 +153,18 @@ def model_config_files(
     """The model directory's Triton files for ``metadata``: ``config.pbtxt`` and, when a finite sample row is
     given, ``warmup/<input>_sample_row.bin`` (paths relative to the model directory -> contents)."""
     inputs = list(metadata["inputs"])
-    warm = (
-        sample_row is not None
+    warm_row = (
+        sample_row
+        if sample_row is not None
         and len(inputs) == 1
         and bool(np.isfinite(np.asarray(sample_row, dtype=np.float64)).all())
+        else None
     )
     files: dict[str, bytes] = {}
-    if warm:
+    if warm_row is not None:
         n = int(np.prod(inputs[0]["shape"][1:]))
-        files[f"{WARMUP_DIR}/{warmup_file_name(inputs[0]['name'])}"] = warmup_bytes(sample_row, n)
+        files[f"{WARMUP_DIR}/{warmup_file_name(inputs[0]['name'])}"] = warmup_bytes(warm_row, n)
+    warm = warm_row is not None
     files[CONFIG_FILE] = config_pbtxt(metadata, max_batch_size=max_batch_size, warmup=warm).encode("utf-8")
     return files
 
@@ -320,11 +323,12 @@ def config_problems(
     declared: dict[str, Mapping[str, list[Any]]] = {}
     for key, kind in (("input", "inputs"), ("output", "outputs")):
         tensors = [t for t in config.get(key, []) if isinstance(t, dict)]
-        meta_tensors = metadata.get(kind) if isinstance(metadata.get(kind), list) else []
+        described = metadata.get(kind)
+        meta_tensors = described if isinstance(described, list) else []
         if len(tensors) != len(meta_tensors) or not tensors:
             problems.append(f"declares {len(tensors)} {key}(s); metadata.json describes {len(meta_tensors)}")
             continue
-        for t, meta in zip(tensors, meta_tensors):
+        for t, meta in zip(tensors, meta_tensors, strict=True):
             meta = meta if isinstance(meta, dict) else {}
             name = _one(t, "name")
             if key == "input":

@@ -61,7 +61,9 @@ def renamed_units(units: Sequence[ExportUnit], name: str | None) -> list[ExportU
     """Units under ``--model-name``: the first is NAME, the others NAME plus their own suffix (``_item``)."""
     if name is None:
         return list(units)
-    mapping = dict(zip((u.model_name for u in units), renamed_model_names([u.model_name for u in units], name)))
+    mapping = dict(
+        zip((u.model_name for u in units), renamed_model_names([u.model_name for u in units], name), strict=True)
+    )
     return [
         replace(u, model_name=mapping[u.model_name], related_models=[mapping.get(r, r) for r in u.related_models])
         for u in units
@@ -160,7 +162,7 @@ def _stage_version(
     (d / repo.MODEL_FILE).write_bytes(model_bytes)
     sha = repo.sha256_file(d / repo.MODEL_FILE)
     extra: dict[str, str] = {}
-    vocab = plan.subset(unit.feature_columns).vocab_json() if plan is not None else {}
+    vocab = plan.subset(unit.feature_columns).vocab_json()
     if vocab:
         repo.write_json(d / repo.VOCAB_FILE, vocab)
         extra[repo.VOCAB_FILE] = repo.sha256_file(d / repo.VOCAB_FILE)

@@ -134,7 +134,8 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
         categorical = kind == "categorical"
         vocabulary, hashed = None, False
         if categorical and e.get("dtype") == "string":
-            oov = e.get("oov") if isinstance(e.get("oov"), Mapping) else {}
+            raw_oov = e.get("oov")
+            oov: Mapping[str, Any] = raw_oov if isinstance(raw_oov, Mapping) else {}
             if oov.get("policy") == "hash":
                 hashed = True
             else:
@@ -293,7 +294,7 @@ class FeatureColumns:
         """Column by column when each column is uniform (numbers, or raw strings of a string category)."""
         k = len(self.columns)
         out = np.empty((n, k), dtype=np.float64)
-        columns = [values] if k == 1 else list(zip(*values))
+        columns = [values] if k == 1 else list(zip(*values, strict=True))
         for j, col in enumerate(columns):
             got = self.column(col, j, n)
             if got is None:

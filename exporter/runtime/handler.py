@@ -173,14 +173,15 @@ class ModelHandler:
         """Answer one request: raw ``body`` bytes, or an already-decoded ``payload``. Never raises for client input.
 
         ``http``: the request came over HTTP, where Triton's binary tensor data extension applies;
-        ``header_length`` is its ``Inference-Header-Content-Length`` (None when absent). The request is
+        ``header_length`` is its ``Inference-Header-Content-Length`` (None when absent; the header's text when it
+        is not a number, which the 400 quotes). The request is
         validated once by its form's envelope, the model runs once, the envelope encodes the answer.
         """
         if body is None and payload is _NO_PAYLOAD:
             raise TypeError("answer() needs the request body or its decoded payload")
         try:
             blob = None
-            if payload is _NO_PAYLOAD:
+            if payload is _NO_PAYLOAD and body is not None:  # body is set whenever payload is not (checked above)
                 if header_length is not None:
                     body, blob = split_body(body, header_length)
                     http = True
@@ -196,8 +197,8 @@ class ModelHandler:
         except HandlerError as exc:
             return Answer(exc.status, exc.to_bytes(), error=exc)
         except RecursionError:
-            exc = HandlerError(400, f"request body is nested too deeply; {self._hint}")
-            return Answer(400, exc.to_bytes(), error=exc)
+            too_deep = HandlerError(400, f"request body is nested too deeply; {self._hint}")
+            return Answer(400, too_deep.to_bytes(), error=too_deep)
 
     # ------------------------------------------------------------------ entry points
     def predict(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -205,10 +206,12 @@ class ModelHandler:
         result = self.answer(payload=payload)
         if result.error is not None:
             raise result.error
-        return orjson.loads(result.body)
+        decoded: dict[str, Any] = orjson.loads(result.body)  # every envelope answers a JSON object
+        return decoded
 
     def handle_bytes(self, body: Body) -> tuple[int, bytes]:
-        """Answer raw request bytes: ``(200, answer)`` or ``(4xx, b'{"error": ...}')``. Never raises for client input."""
+        """Answer raw request bytes: ``(200, answer)`` or ``(4xx, b'{"error": ...}')``. Never raises for client
+        input."""
         result = self.answer(body)
         return result.status, result.body
 
@@ -221,7 +224,7 @@ class ModelHandler:
         """Answer an HTTP request body, with Triton's binary tensor data extension (:mod:`.envelopes.v2_binary`).
 
         ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent; its text when
-        it is not a number, answered 400). Returns
+        it is not a number: the answer is then a 400 quoting it). Returns
         ``(status, answer, rows, answer_header_length)``: the last is the JSON header's byte length when the
         answer carries binary tensor data (send it as ``Inference-Header-Content-Length``), else None and the
         answer is plain JSON. Never raises for client input.
@@ -231,7 +234,8 @@ class ModelHandler:
 
     def run(self, features: np.ndarray) -> np.ndarray:
         """Run the model on a ready float64 matrix ``[rows, n_features]``."""
-        return self.session.run(self._outputs, {self.input_name: features})[0]
+        out: np.ndarray = self.session.run(self._outputs, {self.input_name: features})[0]  # onnxruntime is untyped
+        return out
 
     def __repr__(self) -> str:
         return (

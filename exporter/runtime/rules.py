@@ -201,6 +201,6 @@ def read_metadata(path: Path) -> dict[str, Any]:
             "metadata.json has a handful: the file is corrupt or not ours"
         )
     problems = usability_problems(metadata)
-    if problems:
+    if problems or not isinstance(metadata, dict):  # a non-object top level is one of the problems
         raise MetadataError(f"{str(path)!r} is not usable: " + "; ".join(problems))
     return metadata

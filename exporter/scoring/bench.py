@@ -290,10 +290,9 @@ def format_table(rows: list[Row], raw: dict[tuple[str, int], Row]) -> str:
     )
     lines = [head]
     for r in rows:
-        base = raw.get((r.model, r.rows))
-        other = base is not None and r.engine != "raw"
-        ratio = f"{base.rate / r.rate_net:.2f}" if other and r.rate_net else ""
-        cpu_ratio = f"{r.cpu_net / base.cpu_seconds:.2f}" if other and base.cpu_seconds else ""
+        base = raw.get((r.model, r.rows)) if r.engine != "raw" else None
+        ratio = f"{base.rate / r.rate_net:.2f}" if base is not None and r.rate_net else ""
+        cpu_ratio = f"{r.cpu_net / base.cpu_seconds:.2f}" if base is not None and base.cpu_seconds else ""
         lines.append(
             f"| {r.model} | {r.rows:,} | {r.engine} | {r.seconds:.1f} | {r.rate:,.0f} | {r.fixed_seconds:.1f} | "
             # a run shorter than the fixed cost measured at another moment (a shared machine): no net figure

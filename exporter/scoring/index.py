@@ -93,7 +93,7 @@ def recall_at_k(
     (e.g. many unseen IDs sharing the out-of-vocabulary row) do not read as misses.
     """
     hits = 0
-    for i, (a, e) in enumerate(zip(found, exact)):
+    for i, (a, e) in enumerate(zip(found, exact, strict=True)):
         ids = set(e[e >= 0].tolist())
         if found_scores is None or exact_scores is None:
             hits += len(set(a[a >= 0].tolist()) & ids)
@@ -211,7 +211,8 @@ def build_index(scored_dir: Path, index_dir: Path, handler: Any, options: Any) -
         "model_sha256": handler.metadata["sha256"],
         "faiss": faiss.__version__,
         "files": {INDEX_FILE: sha256_file(index_dir / INDEX_FILE), IDS_FILE: sha256_file(index_dir / IDS_FILE)},
-        "usage": "index = faiss.read_index('items.faiss'); scores, rows = index.search(user_vectors.astype('float32'), 50); "
+        "usage": "index = faiss.read_index('items.faiss'); "
+        "scores, rows = index.search(user_vectors.astype('float32'), 50); "
         "item ids = pyarrow.parquet.read_table('ids.parquet')['id'].take(rows)",
     }
     (index_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -75,9 +75,9 @@ def resolve_inputs(spec: str, fmt: str | None = None) -> list[InputFile]:
             raise ExporterError(f"--input {spec!r}: the pattern matches no file")
     elif os.path.isdir(spec):
         candidates = []
-        for root, dirs, files in os.walk(spec):
+        for root, dirs, names in os.walk(spec):
             dirs[:] = sorted(d for d in dirs if not _hidden(d))
-            candidates.extend(os.path.join(root, f) for f in files if not _hidden(f))
+            candidates.extend(os.path.join(root, f) for f in names if not _hidden(f))
     elif os.path.isfile(spec):
         candidates = [spec]
     else:

@@ -163,8 +163,9 @@ def score(options: ScoreOptions) -> ScoreResult:
     with spark_engine.SparkJobSession(options, f"exporter score {label}") as spark:
         engine_start = time.perf_counter()
         master = spark.sparkContext.master
+        output: StagedOutput | spark_engine.HadoopStagedOutput
         if remote_output:
-            staged = spark_engine.HadoopStagedOutput(spark, options.output, options.overwrite)
+            output = spark_engine.HadoopStagedOutput(spark, options.output, options.overwrite)
         else:
             if not master.startswith("local"):
                 print(
@@ -172,10 +173,10 @@ def score(options: ScoreOptions) -> ScoreResult:
                     "write it on their own disks unless it is a shared mount; prefer a hdfs:// or s3a:// URI",
                     file=sys.stderr,
                 )
-            staged = StagedOutput(options.output, options.overwrite)
-        with staged:
-            counts = spark_engine.score_spark(spark, options, handler, plan, files, staged.uri, progress)
-            return _finish(options, handler, files, staged, counts, start, engine_start, master=master)
+            output = StagedOutput(options.output, options.overwrite)
+        with output:
+            spark_counts = spark_engine.score_spark(spark, options, handler, plan, files, output.uri, progress)
+            return _finish(options, handler, files, output, spark_counts, start, engine_start, master=master)
 
 
 def _finish(

@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ class LocalCounts:
     first_reject: str | None = None
 
 
-def _prefetch(source: Iterator[SourceBatch], depth: int) -> Iterator[SourceBatch]:
+def _prefetch(source: Iterator[SourceBatch], depth: int) -> Generator[SourceBatch, None, None]:
     """Run ``source`` in a reader thread, at most ``depth`` batches ahead."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -150,6 +150,7 @@ def score_local(
                             "good rows and list the bad ones in _rejects/)"
                         )
                     rejects_writer.write(rejects)
+                fraction: float | None
                 if total:
                     fraction = counts.rows_read / total
                 else:

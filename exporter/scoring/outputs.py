@@ -130,14 +130,15 @@ class PartWriter:
         offset = 0
         n = table.num_rows
         while offset < n:
-            if self._writer is None or self._in_file >= self.rows_per_file:
-                self._open()
+            writer = self._writer
+            if writer is None or self._in_file >= self.rows_per_file:
+                writer = self._open()
             take = min(n - offset, self.rows_per_file - self._in_file)
             part = table.slice(offset, take)
             if isinstance(part, pa.RecordBatch):
-                self._writer.write_batch(part)
+                writer.write_batch(part)
             else:
-                self._writer.write_table(part)
+                writer.write_table(part)
             self._in_file += take
             self.rows += take
             offset += take
@@ -147,15 +148,18 @@ class PartWriter:
         if not self.files:
             self._open()
 
-    def _open(self) -> None:
+    def _open(self) -> pq.ParquetWriter:
+        """Start the next part file; its writer."""
         self._close_current()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"part-{len(self.files):05d}.parquet"
-        self._writer = pq.ParquetWriter(
+        writer = pq.ParquetWriter(
             path, self.schema, compression=self.compression, use_dictionary=self.dictionary_columns or False
         )
+        self._writer = writer
         self.files.append(path)
         self._in_file = 0
+        return writer
 
     def _close_current(self) -> None:
         if self._writer is not None:

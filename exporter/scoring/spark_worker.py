@@ -139,7 +139,7 @@ class BatchTask:
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         ends = np.r_[starts[1:], len(codes)]
         names = encoded.dictionary.to_pylist()
-        for s, e in zip(starts.tolist(), ends.tolist()):
+        for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             name = names[codes[s]]
             first = counters.get(name, 0)
             rows[s:e] = np.arange(first, first + (e - s))

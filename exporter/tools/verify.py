@@ -159,7 +159,8 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
     for problem in metadata_problems(metadata, model_dir.name, vdir.name):
         fail(f"metadata.json: {problem}")
 
-    model_file = metadata.get("model_file") if isinstance(metadata.get("model_file"), str) else "model.onnx"
+    declared = metadata.get("model_file")
+    model_file = declared if isinstance(declared, str) else "model.onnx"
     model_path = vdir / model_file
     sha_ok = False
     if not C.is_plain_file_name(model_file):
@@ -269,7 +270,8 @@ def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -
     created = metadata.get("created_at")
     try:
         stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-        if stamp.utcoffset() is None or stamp.utcoffset().total_seconds() != 0:
+        offset = stamp.utcoffset()
+        if offset is None or offset.total_seconds() != 0:
             problems.append(f"created_at {created!r} must be UTC (e.g. 2026-11-21T23:59:00Z)")
     except ValueError:
         problems.append(f"created_at {created!r} is not an ISO 8601 UTC timestamp")
@@ -407,7 +409,7 @@ def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float
     if isinstance(expected, list) and isinstance(got, list):
         if len(expected) != len(got):
             return f"{where}: expected {len(expected)} items, got {len(got)}"
-        for i, (e, g) in enumerate(zip(expected, got)):
+        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
             problem = _compare(e, g, atol, f"{where}[{i}]", diffs)
             if problem:
                 return problem

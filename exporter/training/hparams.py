@@ -20,9 +20,9 @@ Rule = str | Callable[[Any, Mapping[str, Any]], bool]
 
 
 class HasHparams(Protocol):
-    """What the rules read of a model (:class:`exporter.models.base.Model` has it, as class attributes).
+    """What the rules read of a model (:class:`exporter.models.base.Model` has it, as class variables).
 
-    Read-only members, so that a model's class variables satisfy them.
+    Read-only properties, so that class variables satisfy the protocol as well as instance attributes.
     """
 
     @property

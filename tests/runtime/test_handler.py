@@ -148,7 +148,7 @@ def test_both_forms_give_the_same_numbers(handlers: dict[str, ModelHandler]) -> 
 def test_notebook_two_lines_and_sample_response(tree: Path) -> None:
     vdir = tree / "mmoe" / "1"
     request = json.loads((vdir / "sample_request.json").read_text())
-    answer = ModelHandler.load("%s" % vdir).predict(request)
+    answer = ModelHandler.load(f"{vdir}").predict(request)
     assert answer == json.loads((vdir / "sample_response.json").read_text())
 
 
@@ -172,7 +172,7 @@ def test_handle_bytes_accepts_bytes_like_and_str(handlers: dict[str, ModelHandle
 
 
 # ------------------------------------------------------------------------------------------- errors
-GOOD_ROW = dict(zip(DEFAULT_COLUMNS, [0.1, 0.01, 50.0, 30, 1, 3.0, 50.0]))
+GOOD_ROW = dict(zip(DEFAULT_COLUMNS, [0.1, 0.01, 50.0, 30, 1, 3.0, 50.0], strict=True))
 
 
 def with_value(row_index: int, column: str, raw_value: str) -> bytes:
@@ -271,13 +271,19 @@ def test_error_table(handlers: dict[str, ModelHandler], payload: Any, status: in
 
 
 def test_v2_nan_literal_names_row_and_column(handlers: dict[str, ModelHandler]) -> None:
-    body = b'{"inputs": [{"name": "features", "shape": [2, 7], "datatype": "FP64", "data": [1,2,3,4,5,6,7,1,2,NaN,4,5,6,7]}]}'
+    body = (
+        b'{"inputs": [{"name": "features", "shape": [2, 7], "datatype": "FP64", '
+        b'"data": [1,2,3,4,5,6,7,1,2,NaN,4,5,6,7]}]}'
+    )
     assert_error(*call(handlers["xgb"], body), 400, "row 1", '"item_price"', "NaN")
 
 
 def test_lone_surrogate_id_is_400_not_a_crash(handlers: dict[str, ModelHandler]) -> None:
     # NaN sends the body through the lenient parser, which accepts lone surrogates that orjson cannot write back
-    body = b'{"id": "\\ud800", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", "data": [1,2,3,4,5,6,7]}], "x": NaN}'
+    body = (
+        b'{"id": "\\ud800", "inputs": [{"name": "features", "shape": [1, 7], "datatype": "FP64", '
+        b'"data": [1,2,3,4,5,6,7]}], "x": NaN}'
+    )
     assert_error(*call(handlers["xgb"], body), 400, '"id" is not valid Unicode')
 
 
@@ -372,7 +378,7 @@ def test_named_columns_encoding_equals_the_plain_json_encoding(tree: Path, tmp_p
         rng.normal(size=(257, 3)) * 1e6,
         np.array([[np.nan, np.inf, -0.0], [1e300, -1e-300, 5.0]]),
     ):
-        plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r)) for r in out.tolist()]})
+        plain = orjson.dumps({"predictions": [dict(zip(meta["output_columns"], r, strict=True)) for r in out.tolist()]})
         assert handler.torchserve.encode_named(out) == plain
 
 

@@ -1,4 +1,5 @@
-"""The TorchServe archive (``python -m exporter archive``) driven the way TorchServe drives it, and in a real TorchServe.
+"""The TorchServe archive (``python -m exporter archive``) driven the way TorchServe drives it, and in a real
+TorchServe.
 
 TorchServe (ts/model_loader.py) imports the archive's ``--handler`` (``torchserve_entry.py``) by module name from
 the extracted archive directory; because the module has a ``handle`` function it calls ``handle(None, context)``

@@ -170,8 +170,9 @@ def test_conversion_changes_only_the_platform_line(exported_artifacts: Path, rep
     for name in MODELS:
         before = (exported_artifacts / name / "config.pbtxt").read_text().splitlines()
         after = (repository / name / "config.pbtxt").read_text().splitlines()
-        changed = [(a, b) for a, b in zip(before, after) if a != b]
-        assert len(before) == len(after) and changed == [('platform: "onnxruntime_onnx"', 'backend: "python"')]
+        assert len(before) == len(after)
+        changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+        assert changed == [('platform: "onnxruntime_onnx"', 'backend: "python"')]
         assert (repository / name / "1" / "model.py").is_file()
         assert sorted(p.name for p in (repository / name / "warmup").iterdir()) == sorted(
             p.name for p in (exported_artifacts / name / "warmup").iterdir()

@@ -64,7 +64,8 @@ class V2BinaryEnvelope:
         self.json = json_form
 
     def decode(self, payload: dict[str, Any], blob: memoryview | None = None) -> np.ndarray:
-        """The float64 matrix from the tensor's binary bytes (``blob``) or, without ``binary_data_size``, its JSON data."""
+        """The float64 matrix from the tensor's binary bytes (``blob``) or, without ``binary_data_size``, its JSON
+        data."""
         tensor, n = self.json.check(payload, binary=True)
         params = tensor.get("parameters")
         if params is not None and type(params) is not dict:
@@ -187,4 +188,4 @@ class V2BinaryEnvelope:
             }
         ]
         header = orjson.dumps(answer)
-        return header + memoryview(data).cast("B"), len(header)  # one copy of the numbers
+        return header + data.data.cast("B"), len(header)  # one copy of the numbers

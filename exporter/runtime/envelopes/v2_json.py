@@ -132,7 +132,7 @@ class V2JsonEnvelope:
                 f"inputs[0].shape is {shape_text(shape)}; expected [<rows>, {k}]: 2-D, at least 1 row, "
                 f"{k} columns ({', '.join(s.feature_columns)})",
             )
-        n = shape[0]
+        n: int = shape[0]  # checked above: an int
         if n > s.max_rows:
             raise HandlerError(
                 413, f"inputs[0].shape has {n} rows; this server accepts at most {s.max_rows} rows per request"
