@@ -229,7 +229,7 @@ class StagedOutput:
         for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
             rest = path.name[len(prefix) :] if path.name.startswith(prefix) else ""
             pid = rest.split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isascii() and pid.isdigit() and not _pid_alive(int(pid)):
                 print(f"note: removing {path.name}, the partial output of an interrupted run", file=sys.stderr)
                 shutil.rmtree(path, ignore_errors=True)
 

@@ -48,7 +48,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exporter.tools.verify import parse_pbtxt
+from exporter.export.triton import parse_pbtxt
+from exporter.runtime.rules import is_version_name
 
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
 #: the Python backend stub of pytriton 0.7 is built against numpy 1
@@ -308,7 +309,7 @@ def to_python_backend(src_repo: str | os.PathLike[str], dst_repo: str | os.PathL
     for config in sorted(dst.glob("*/config.pbtxt")):
         config.write_text(python_backend_config(config.read_text()))
         for onnx_file in config.parent.glob("*/model.onnx"):
-            if onnx_file.parent.name.isdigit():
+            if is_version_name(onnx_file.parent.name):
                 (onnx_file.parent / MODEL_FILE).write_text(MODEL_PY)
         models.append(config.parent.name)
     return models

@@ -539,3 +539,19 @@ def test_spark_engine_stages_uri_outputs_through_hadoop_filesystem(exported_arti
     with pytest.raises(ExporterError, match="already exists"):
         score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark"))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_staging_name_with_a_non_ascii_pid_is_left_alone(tmp_path: Path) -> None:
+    """A directory that looks like a killed run's staging but whose pid is not ASCII digits ('²' passes
+    str.isdigit, int() refuses it) is neither a crash nor removed: only our own staging names are."""
+    import socket
+
+    from exporter.scoring.outputs import STAGING_MARK, StagedOutput
+
+    out = tmp_path / "scored"
+    odd = tmp_path / f".scored{STAGING_MARK}{socket.gethostname()}-²-deadbeef"
+    odd.mkdir()
+    (odd / "keep.txt").write_text("user data")
+    with StagedOutput(out) as staged:
+        assert staged.path.is_dir()
+    assert (odd / "keep.txt").read_text() == "user data"
