@@ -40,7 +40,8 @@ def test_torchserve_entry_points_through_the_public_module(tmp_path: Path) -> No
         "import sys, json\n"
         "from types import SimpleNamespace\n"
         "from exporter.handler import handle\n"
-        f"ctx = SimpleNamespace(system_properties={{'model_dir': {str(vdir)!r}}}, manifest={{}}, request_processor=None)\n"
+        f"ctx = SimpleNamespace(system_properties={{'model_dir': {str(vdir)!r}}}, manifest={{}},\n"
+        "                      request_processor=None)\n"
         "assert handle(None, ctx) is None\n"
         f"print(handle([{{'body': {body!r}.encode()}}], ctx)[0].decode())\n"
     )
