@@ -3,8 +3,9 @@ FP64 ``features`` tensor (docs/features.md).
 
 Numeric columns take finite numbers. Categorical columns take integer IDs (codes) within +-2^53; a string
 category also takes its raw string (mapped through ``vocab.json``, unknown strings to the code -1, or hashed),
-a boolean column true/false. ``optional`` columns may be absent or null: NaN, which the graph turns into the
-fill or the OOV row. Artifacts without ``features`` (older exports) are all numeric.
+a boolean column true/false. ``optional`` columns may be absent, null or NaN: NaN, which the graph turns into
+the fill or the OOV row. A JSON integer is exact: one beyond +-2^53 is refused, never rounded. Artifacts without
+``features`` (older exports) are all numeric.
 
 :func:`column_specs` is what batch scoring reads too (:mod:`exporter.scoring.encode` vectorises the same
 rules over Arrow tables); :class:`FeatureColumns` applies them to request rows.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from exporter.runtime.errors import ArtifactError, HandlerError
-from exporter.runtime.messages import describe_bad_value, type_name
+from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, VOCAB_FILE, hash_code, is_plain_file_name, sha256_file
 
 __all__ = ["MISSING", "ColumnSpec", "FeatureColumns", "column_specs", "read_vocab", "vocab_files"]
@@ -157,6 +158,8 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
 
 
 Where = Callable[[int, str], str]
+#: the client's own value at (row, column index), for the exact check of integers FP64 rounded to 2^53
+ValueAt = Callable[[int, int], Any]
 
 
 def _as_dict(vocabulary: Mapping[str, int] | None) -> dict[str, int] | None:
@@ -190,7 +193,7 @@ class FeatureColumns:
     def takes(self, j: int) -> str:
         """What column ``j`` takes, for error messages."""
         if self.strings[j] is not None:
-            return "a string or its integer code"
+            return "a string or its integer code (at most 2^53 in magnitude)"
         if self.booleans[j]:
             return "true, false or an integer code"
         if self.kinds[j] == "categorical":
@@ -214,32 +217,59 @@ class FeatureColumns:
         if bad.any():
             i, k = (int(v) for v in np.argwhere(bad)[0])
             j = self.categorical[k]
-            raise HandlerError(
-                400, f"{where(i, self.columns[j])} is {float(sub[i, k])!r}, not an integer ID; expected {self.takes(j)}"
-            )
+            raise HandlerError(400, self._not_an_id(where(i, self.columns[j]), float(sub[i, k]), j))
+
+    def check_exact(self, matrix: np.ndarray, value_at: ValueAt, where: Where) -> None:
+        """FP64 rounds the integer 2^53+1 to 2^53: a categorical cell that reads +-2^53 is checked against the
+        client's own integer, which must be within +-2^53 too (JSON integers are exact in Python)."""
+        if not self.categorical:
+            return
+        sub = matrix[:, self.categorical]
+        for i, k in np.argwhere(np.abs(sub) == MAX_EXACT_INT):
+            j = self.categorical[int(k)]
+            value = value_at(int(i), j)
+            if type(value) is int and abs(value) > MAX_EXACT_INT:
+                raise HandlerError(400, self._beyond(where(int(i), self.columns[j]), value, j))
+
+    def _beyond(self, where: str, value: int, j: int) -> str:
+        return f"{where} is {int_text(value)}, beyond 2^53, not an exact integer ID; expected {self.takes(j)}"
+
+    def _not_an_id(self, where: str, number: float, j: int) -> str:
+        beyond = ", beyond 2^53," if abs(number) > MAX_EXACT_INT else ","
+        return f"{where} is {number!r}{beyond} not an integer ID; expected {self.takes(j)}"
 
     def convert(self, value: Any, j: int, where: str) -> float:
         """One cell -> its FP64 value; a 400 naming ``where`` when it cannot be one (``MISSING``: key absent)."""
         t = type(value)
-        if value is None or value is MISSING:
+        nan = isinstance(value, (float, np.floating)) and math.isnan(value)
+        if value is None or value is MISSING or nan:
             if self.optional[j]:
                 return math.nan
+            if nan:
+                raise HandlerError(400, f"{where} is NaN; expected {self.takes(j)} (the column is not optional)")
             if value is MISSING:
                 raise HandlerError(400, f"{where} is missing; the column is not optional")
             raise HandlerError(400, f"{where} is null; expected {self.takes(j)} (the column is not optional)")
         table = self.strings[j]
         if t is str and table is not None:
             if table == "hash":
-                return float(hash_code(value))
+                try:
+                    return float(hash_code(value))
+                except UnicodeEncodeError:
+                    raise HandlerError(
+                        400, f"{where} is {quote(value)}, not valid Unicode text (it holds a lone surrogate)"
+                    ) from None
             return float(table.get(value, UNKNOWN_CODE))  # type: ignore[union-attr]
         if t is bool and self.booleans[j]:
             return 1.0 if value else 0.0
         problem = describe_bad_value(value)
         if problem is not None:
             raise HandlerError(400, f"{where} is {problem}; expected {self.takes(j)}")
+        if t is int and self.kinds[j] == "categorical" and abs(value) > MAX_EXACT_INT:
+            raise HandlerError(400, self._beyond(where, value, j))
         number = float(value)
         if self.kinds[j] == "categorical" and (number != math.floor(number) or abs(number) > MAX_EXACT_INT):
-            raise HandlerError(400, f"{where} is {number!r}, not an integer ID; expected {self.takes(j)}")
+            raise HandlerError(400, self._not_an_id(where, number, j))
         return number
 
     def column(self, values: Sequence[Any], j: int, n: int) -> np.ndarray | None:
@@ -288,6 +318,7 @@ class FeatureColumns:
             self._raise_row_problem(rows, name)  # always raises for invalid input
             matrix = np.array([[float(row[c]) for c in self.columns] for row in rows], dtype=np.float64)
         self.check_ids(matrix, where)
+        self.check_exact(matrix, lambda i, j: rows[i].get(self.columns[j]), where)
         return matrix
 
     def _columns_fast(self, values: list[Any], n: int) -> np.ndarray | None:

@@ -7,6 +7,8 @@ was expected; an unusable artifact is an :class:`ArtifactError` (500). Every ent
 
 from __future__ import annotations
 
+import json
+
 import orjson
 
 __all__ = ["ArtifactError", "HandlerError"]
@@ -22,7 +24,10 @@ class HandlerError(Exception):
 
     def to_bytes(self) -> bytes:
         """The JSON error body, ``{"error": "<message>"}``."""
-        return orjson.dumps({"error": self.message})
+        try:
+            return orjson.dumps({"error": self.message})
+        except orjson.JSONEncodeError:  # a lone surrogate in the message: ASCII JSON escapes it
+            return json.dumps({"error": self.message}).encode("ascii")
 
 
 class ArtifactError(HandlerError):

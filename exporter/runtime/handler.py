@@ -173,8 +173,8 @@ class ModelHandler:
         """Answer one request: raw ``body`` bytes, or an already-decoded ``payload``. Never raises for client input.
 
         ``http``: the request came over HTTP, where Triton's binary tensor data extension applies;
-        ``header_length`` is its ``Inference-Header-Content-Length`` (None when absent; the header's text when it
-        is not a number, which the 400 quotes). The request is
+        ``header_length`` is its ``Inference-Header-Content-Length`` (None when absent; an int or the header's
+        text, which must be ASCII digits: else the 400 quotes it). The request is
         validated once by its form's envelope, the model runs once, the envelope encodes the answer.
         """
         if body is None and payload is _NO_PAYLOAD:
@@ -223,8 +223,8 @@ class ModelHandler:
     def handle_http(self, body: Body, header_length: int | str | None = None) -> tuple[int, bytes, int, int | None]:
         """Answer an HTTP request body, with Triton's binary tensor data extension (:mod:`.envelopes.v2_binary`).
 
-        ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent; its text when
-        it is not a number: the answer is then a 400 quoting it). Returns
+        ``header_length`` is the request's ``Inference-Header-Content-Length`` (None when absent; an int or its
+        text: ASCII digits only, else the answer is a 400 quoting it). Returns
         ``(status, answer, rows, answer_header_length)``: the last is the JSON header's byte length when the
         answer carries binary tensor data (send it as ``Inference-Header-Content-Length``), else None and the
         answer is plain JSON. Never raises for client input.

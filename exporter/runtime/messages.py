@@ -46,6 +46,13 @@ def quote(text: Any) -> str:
     return f"{json.dumps(text[:QUOTE_CHARS])}... ({len(text)} characters)"
 
 
+def int_text(value: int) -> str:
+    """A client's integer for an error message: its digits, or how many when there are many."""
+    if abs(value) < 10**QUOTE_CHARS:
+        return str(value)
+    return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+
+
 def describe_bad_value(value: Any) -> str | None:
     """Why ``value`` is not a finite number (``None`` when it is one)."""
     if isinstance(value, (bool, np.bool_)):
@@ -63,6 +70,13 @@ def describe_bad_value(value: Any) -> str | None:
     if isinstance(value, str):
         return f"a string ({quote(value)})"
     return type_name(value)
+
+
+def finite_expected(problem: str) -> str:
+    """What a tensor cell should have been, given :func:`describe_bad_value`'s ``problem``."""
+    if problem == "NaN":
+        return "a finite number (NaN, the missing value, only in optional columns; this one is not optional)"
+    return "a finite number"
 
 
 def shape_text(shape: Any) -> str:

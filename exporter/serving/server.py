@@ -188,14 +188,14 @@ def _unsupported_encoding(encoding: str) -> bytes:
     )
 
 
-def _length_headers(scope: dict[str, Any]) -> tuple[bytes | None, int | str | None]:
-    """``Content-Length`` (raw) and ``Inference-Header-Content-Length`` (see :func:`_header_int`), None if absent."""
+def _length_headers(scope: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    """``Content-Length`` (raw) and ``Inference-Header-Content-Length`` (its text), None if absent."""
     content_length = header_length = None
     for key, value in scope["headers"]:
         if key == b"content-length":
             content_length = value
         elif key == b"inference-header-content-length":
-            header_length = _header_int(value)
+            header_length = value.decode("latin-1")  # the handler reads it (ASCII digits only)
     return content_length, header_length
 
 
@@ -397,11 +397,3 @@ def create_app(
     )
     app.router.redirect_slashes = False  # "/predictions/xgb/" is a 404 that says so, not a redirect of a POST
     return app
-
-
-def _header_int(value: bytes) -> int | str:
-    """A numeric header as an int, or its text (the handler answers 400 quoting it)."""
-    try:
-        return int(value)
-    except ValueError:
-        return value.decode("latin-1")

@@ -217,7 +217,7 @@ def test_binary_over_http(server: LiveServer) -> None:
         assert_json_error(
             client.post("/predictions/two_tower", content=body, headers={"Inference-Header-Content-Length": "-3"}),
             400,
-            "Inference-Header-Content-Length is -3",
+            'Inference-Header-Content-Length is "-3"',
         )
         big = np.zeros((MAX_BODY // 16 + 1, 2))
         body, header_length = _request(big)

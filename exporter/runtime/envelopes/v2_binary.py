@@ -19,7 +19,7 @@ import orjson
 from exporter.runtime.envelopes import Signature
 from exporter.runtime.envelopes.v2_json import V2JsonEnvelope
 from exporter.runtime.errors import HandlerError
-from exporter.runtime.messages import describe_bad_value, quote, type_name
+from exporter.runtime.messages import describe_bad_value, finite_expected, quote, type_name
 from exporter.runtime.rules import DATATYPE, MAX_EXACT_INT
 
 __all__ = ["DTYPES", "V2BinaryEnvelope", "split_body"]
@@ -46,12 +46,16 @@ def split_body(body: bytes | bytearray | memoryview | str, header_length: Any) -
     if isinstance(body, str):
         body = body.encode("utf-8")
     view = memoryview(body)
+    if isinstance(header_length, bytes):
+        header_length = header_length.decode("latin-1")
+    if type(header_length) is str and header_length.isascii() and header_length.isdigit():
+        header_length = int(header_length)  # ASCII digits only: no sign, spaces or underscores
     if type(header_length) is not int or not 0 < header_length <= len(view):
         shown = quote(header_length) if not isinstance(header_length, int) else str(header_length)
         raise HandlerError(
             400,
             f"Inference-Header-Content-Length is {shown}; expected the byte length of the JSON header, "
-            f"a positive integer up to the body's {len(view)} bytes",
+            f"a positive integer in ASCII digits up to the body's {len(view)} bytes",
         )
     return view[:header_length], view[header_length:]
 
@@ -136,14 +140,17 @@ class V2BinaryEnvelope:
                     "beyond 2^53; FP64 holds integers exactly only up to 2^53",
                 )
         if not np.isfinite(matrix).all():
-            index = int(np.flatnonzero(~np.isfinite(matrix.reshape(-1)))[0])
-            row, col = divmod(index, k)
-            value = float(matrix.reshape(-1)[index])
-            raise HandlerError(
-                400,
-                f"inputs[0] binary value at row {row}, column {json.dumps(columns[col])} "
-                f"(flat index {index}) is {describe_bad_value(value)}; expected a finite number",
-            )
+            # NaN is the missing value of an optional column; anything else non-finite is refused
+            bad = ~np.isfinite(matrix) & ~(np.isnan(matrix) & np.array(self.signature.features.optional))
+            if bad.any():
+                index = int(np.flatnonzero(bad.reshape(-1))[0])
+                row, col = divmod(index, k)
+                problem = describe_bad_value(float(matrix.reshape(-1)[index])) or "not finite"
+                raise HandlerError(
+                    400,
+                    f"inputs[0] binary value at row {row}, column {json.dumps(columns[col])} "
+                    f"(flat index {index}) is {problem}; expected {finite_expected(problem)}",
+                )
         self.signature.features.check_ids(
             matrix, lambda i, c: f"inputs[0] binary value at row {i}, column {json.dumps(c)}"
         )

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from exporter.runtime.columns import ValueAt, Where
 from exporter.runtime.envelopes import Signature
 from exporter.runtime.errors import HandlerError
-from exporter.runtime.messages import describe_bad_value, quote, shape_text, type_name
+from exporter.runtime.messages import describe_bad_value, finite_expected, quote, shape_text, type_name
 from exporter.runtime.rules import DATATYPE
 
 __all__ = ["NUMERIC_DATATYPES", "V2JsonEnvelope"]
@@ -175,9 +176,10 @@ class V2JsonEnvelope:
     def matrix(self, data: Any, n: int) -> np.ndarray:
         """The tensor's JSON ``data`` (flat row-major or nested ``[n][k]``) -> the checked float64 matrix."""
         matrix = self._data_matrix(data, n)
-        self.signature.features.check_ids(
-            matrix, lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}"
-        )
+        features = self.signature.features
+        where: Where = lambda i, c: f"inputs[0].data value at row {i}, column {json.dumps(c)}"  # noqa: E731
+        features.check_ids(matrix, where)
+        features.check_exact(matrix, _value_at(data, self.signature.n_features), where)
         return matrix
 
     def _data_matrix(self, data: Any, n: int) -> np.ndarray:
@@ -216,16 +218,31 @@ class V2JsonEnvelope:
                     f"(rows x columns, flat row-major or nested as [{n}, {k}])",
                 )
         # slow path: find and name the first bad value, or build the matrix from valid but unusual numbers
+        optional = self.signature.features.optional
         for index, value in enumerate(flat):
             problem = describe_bad_value(value)
             if problem is not None:
                 row, col = divmod(index, k)
+                if problem == "NaN" and optional[col]:
+                    continue  # the missing value of an optional column
                 raise HandlerError(
                     400,
                     f"inputs[0].data value at row {row}, column {json.dumps(self.signature.feature_columns[col])} "
-                    f"(flat index {index}) is {problem}; expected a finite number",
+                    f"(flat index {index}) is {problem}; expected {finite_expected(problem)}",
                 )
         return np.array([float(v) for v in flat], dtype=np.float64).reshape(n, k)
+
+
+def _value_at(data: list[Any], k: int) -> ValueAt:
+    """The client's value at (row, column) of the tensor's ``data``, flat or nested (flattened on first use)."""
+    flat: list[Any] = []
+
+    def at(i: int, j: int) -> Any:
+        if not flat:
+            flat.extend(_flatten(data))
+        return flat[i * k + j]
+
+    return at
 
 
 def _numbers(flat: list[Any], n: int, k: int) -> np.ndarray | None:
