@@ -302,6 +302,16 @@ def test_the_server_passes_the_header_as_sent(tmp_path: Path) -> None:
                 "/predictions/mixed", content=body, headers={"Inference-Header-Content-Length": text}
             )
             assert response.status_code == status, (text, response.content)
+        response = client.post(
+            "/predictions/mixed", content=body, headers={"Inference-Header-Content-Length": b"\xff1"}
+        )
+        assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
+        # a model name that is not valid UTF-8 or holds a surrogate's bytes: a 404 that is valid JSON
+        for path in ["/predictions/%ED%A0%80", "/predictions/mixed/%ED%A0%80", "/predictions/%FF"]:
+            response = client.post(path, content=torchserve_body(json_cells({"tag": '"\\ud800"'})))
+            assert response.status_code == 404 and "error" in json.loads(response.content)
+        response = client.post("/predictions/mixed", content=torchserve_body(json_cells({"tag": '"\\ud800"'})))
+        assert response.status_code == 400 and '"\\ud800"' in response.json()["error"]
 
 
 # ---------------------------------------------------------------------------------------------- the fuzz
@@ -312,6 +322,9 @@ HOSTILE = [
     str(-(BIG + 1)),
     str(BIG - 1),
     str(2**63),
+    str(2**64 + 1),
+    str(-(2**63) - 1),
+    "1" + "0" * 400,
     "1e308",
     "-1e308",
     "9007199254740993.0",
@@ -353,7 +366,7 @@ def test_fuzz_every_column_kind_every_form(mixed: ModelHandler, j: int, cell: st
     # the binary form: the same value where FP64 can hold it
     try:
         value = float(json.loads(cell))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # not a number FP64 holds: no binary form
         return
     codes = list(VALID_CODES)
     codes[j] = value
