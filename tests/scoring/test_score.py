@@ -242,8 +242,15 @@ def test_existing_output_is_refused_unless_overwrite(exported_artifacts, inputs,
     with pytest.raises(ExporterError, match="already exists"):
         score(options(exported_artifacts, "deepfm", directory, out))
     assert (out / "precious.txt").read_text() == "keep me"
+    with pytest.raises(ExporterError, match="is not a score output"):  # --overwrite replaces only our own output
+        score(options(exported_artifacts, "deepfm", directory, out, overwrite=True))
+    assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    out.rmdir()
+    score(options(exported_artifacts, "deepfm", directory, out))
+    (out / "stale.txt").write_text("from the previous run")
     score(options(exported_artifacts, "deepfm", directory, out, overwrite=True))
-    assert not (out / "precious.txt").exists() and read_output(out).num_rows == table.num_rows
+    assert not (out / "stale.txt").exists() and read_output(out).num_rows == table.num_rows
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or replaced directory left behind
 
 
