@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from exporter.errors import ExporterError
 from exporter.scoring import ScoreOptions, score
+from exporter.scoring.encode import ColumnRule, EncodingPlan, encode_batch
 from tests.conftest import run_cli
 from tests.scoring.test_score import make_rows
 
@@ -160,3 +164,105 @@ def test_uri_inputs_and_outputs_that_overlap_are_refused(exported_artifacts, eve
     with pytest.raises(ExporterError, match="is the input"):  # before Spark starts: no JVM needed
         score(options(exported_artifacts, events, f"file://{events}", engine="spark", overwrite=True))
     assert snapshot(events) == before
+
+
+# ---------------------------------------------------------------------------------------------- boolean columns
+@pytest.fixture(scope="module")
+def bool_model(tmp_path_factory):
+    """deepfm trained on a CSV with a boolean column (pandas writes True/False); the artifacts and the frame."""
+    from tests.conftest import export_small
+
+    root = tmp_path_factory.mktemp("bool-model")
+    rng = np.random.default_rng(3)
+    n = 1500
+    promo = rng.random(n) < 0.4
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 30, n),
+            "item_id": rng.integers(1, 50, n),
+            "price": rng.uniform(1.0, 40.0, n).round(2),
+            "is_promo": promo,
+            "clicked": (rng.random(n) < np.where(promo, 0.7, 0.2)).astype(int),
+        }
+    )
+    frame.insert(0, "row_id", np.arange(n, dtype=np.int64))
+    train = root / "log.csv"
+    frame.drop(columns=["row_id"]).to_csv(train, index=False)
+    export_small("deepfm", root / "artifacts", data_path=train, label="clicked")
+    return root / "artifacts", frame
+
+
+def test_a_boolean_column_is_scored_like_the_handler_reads_it(bool_model, tmp_path):
+    from exporter.runtime.handler import ModelHandler
+
+    artifacts, frame = bool_model
+    handler = ModelHandler.load(artifacts / "deepfm")
+    features = handler.metadata["features"]
+    assert next(f for f in features if f["name"] == "is_promo")["dtype"] == "bool"
+    rows = frame.head(300)
+    expected = handler.predict({"data": rows[handler.feature_columns].to_dict("records")})["predictions"]
+
+    words = np.where(rows["is_promo"], "TRUE", "false")
+    words[::3] = np.where(rows["is_promo"].to_numpy()[::3], " tRuE", "False ")
+    inputs = {
+        "bool.parquet": pa.Table.from_pandas(rows, preserve_index=False),
+        "words.csv": rows.assign(is_promo=words),
+        "codes.csv": rows.assign(is_promo=rows["is_promo"].astype(int)),
+    }
+    for name, data in inputs.items():
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            assert pa.types.is_boolean(data.schema.field("is_promo").type)
+            pq.write_table(data, path)
+        else:
+            data.to_csv(path, index=False)
+        out = tmp_path / f"out-{name}"
+        result = score(options(artifacts, path, out))
+        assert (result.rows_scored, result.rows_rejected) == (300, 0), name
+        got = pq.read_table(out).to_pandas().astype({"row_id": int}).sort_values("row_id")["prediction"].tolist()
+        assert got == expected, name
+
+    bad = rows.head(3).assign(is_promo=["yes", "true", ""])
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    result = score(options(artifacts, tmp_path / "bad.csv", tmp_path / "out-bad", max_rejects=2))
+    reasons = pq.read_table(tmp_path / "out-bad" / "_rejects").column("reason").to_pylist()
+    assert result.rows_rejected == 2 and reasons == [
+        '"is_promo" is a string ("yes"); expected true, false or an integer code within 2^53',
+        '"is_promo" is null (a missing value); expected true, false or an integer code within 2^53',
+    ]
+
+
+def test_the_training_file_itself_scores_without_rejects(bool_model, tmp_path):
+    artifacts, _ = bool_model
+    result = score(options(artifacts, artifacts.parent / "log.csv", tmp_path / "out", keep=[]))
+    assert result.rows_rejected == 0 and result.rows_scored == 1500
+
+
+# ---------------------------------------------------------------------------------------------- IDs beyond 2^53
+def test_ids_beyond_2_53_are_refused_exactly_not_rounded():
+    plan = EncodingPlan((ColumnRule("item_id", kind="categorical"),))
+    ids = [2**53, 2**53 + 1, -(2**53) - 1, 7]
+    for column in (pa.array(ids, pa.int64()), pa.array([str(i) for i in ids]), pa.array(ids, pa.decimal128(20, 0))):
+        encoded = encode_batch(pa.record_batch({"item_id": column}), plan)
+        assert [r for r, _ in encoded.rejects] == [1, 2], column.type
+        assert "(beyond 2^53); expected an integer ID within 2^53" in encoded.rejects[0][1]
+        assert encoded.matrix[:, 0].tolist() == [2.0**53, 7.0]
+    encoded = encode_batch(pa.record_batch({"item_id": ["9.007199254740993e15", "4503599627370496.5"]}), plan)
+    assert [reason.split(";")[0] for _, reason in encoded.rejects] == [
+        '"item_id" is "9.007199254740993e15" (beyond 2^53)',
+        '"item_id" is "4503599627370496.5" (not an integer)',
+    ]
+
+
+def test_an_id_beyond_2_53_in_a_file_goes_to_the_rejects(exported_artifacts, tmp_path):
+    table = make_rows(20, 6)
+    ids = table.column("item_id").cast(pa.int64()).to_pylist()
+    ids[4] = 2**53 + 1
+    table = table.set_column(table.schema.get_field_index("item_id"), "item_id", pa.array(ids, pa.int64()))
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = score(options(exported_artifacts, tmp_path / "in.parquet", tmp_path / "out", max_rejects=1))
+    assert result.rows_rejected == 1
+    rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
+    assert [(r["source_row"], r["reason"].split(";")[0]) for r in rejects] == [
+        (4, f'"item_id" is {2**53 + 1} (beyond 2^53)')
+    ]
