@@ -65,7 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="input format when file names do not tell (default: from the extension)",
     )
-    p.add_argument("--batch-rows", type=int, default=65536, help="rows per record batch (default: %(default)s)")
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=65536,
+        help="rows per record batch, 1 to 1048576 (default: %(default)s)",
+    )
     p.add_argument(
         "--rows-per-file",
         type=int,
@@ -101,7 +106,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: a sample of the item vectors themselves)",
     )
     p.add_argument(
-        "--index-queries", type=int, default=1000, help="queries for the recall check (default: %(default)s)"
+        "--index-queries",
+        type=int,
+        default=1000,
+        help="queries for the recall check, 1 to 100000 (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")

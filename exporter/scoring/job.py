@@ -36,6 +36,11 @@ from exporter.scoring.progress import Progress
 __all__ = ["ScoreOptions", "ScoreResult", "score", "resolve_artifact", "load_handler", "encoding_plan"]
 
 ENGINES = ("local", "spark")
+#: ``--batch-rows`` bounds: a batch is read, encoded and scored in memory (rows x columns x 8 bytes per thread,
+#: plus the CSV read block of 64 bytes per row)
+MAX_BATCH_ROWS = 1_048_576
+#: ``--index-queries`` bounds: each query is searched exactly and in the index to measure recall
+MAX_INDEX_QUERIES = 100_000
 
 
 @dataclass
@@ -99,8 +104,15 @@ def score(options: ScoreOptions) -> ScoreResult:
         raise ExporterError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
     if options.max_rejects < 0:
         raise ExporterError(f"--max-rejects must be >= 0, got {options.max_rejects}")
-    if options.batch_rows < 1 or options.rows_per_file < 1:
-        raise ExporterError("--batch-rows and --rows-per-file must be positive")
+    if not 1 <= options.batch_rows <= MAX_BATCH_ROWS:
+        raise ExporterError(f"--batch-rows must be between 1 and {MAX_BATCH_ROWS:,}, got {options.batch_rows:,}")
+    if options.rows_per_file < 1:
+        raise ExporterError(f"--rows-per-file must be >= 1, got {options.rows_per_file}")
+    if not 1 <= options.index_queries <= MAX_INDEX_QUERIES:
+        raise ExporterError(
+            f"--index-queries must be between 1 and {MAX_INDEX_QUERIES:,} (the recall check needs queries), "
+            f"got {options.index_queries:,}"
+        )
     if options.threads is not None and options.threads < 1:
         raise ExporterError(f"--threads must be >= 1, got {options.threads}")
     if options.master and options.engine != "spark":

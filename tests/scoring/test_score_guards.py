@@ -5,6 +5,7 @@ directory that is not a score output, out-of-range options, odd inputs; and read
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -266,3 +267,53 @@ def test_an_id_beyond_2_53_in_a_file_goes_to_the_rejects(exported_artifacts, tmp
     assert [(r["source_row"], r["reason"].split(";")[0]) for r in rejects] == [
         (4, f'"item_id" is {2**53 + 1} (beyond 2^53)')
     ]
+
+
+# ---------------------------------------------------------------------------------------------- options and inputs
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--batch-rows", str(10**12)], "--batch-rows must be between 1 and 1,048,576"),
+        (["--batch-rows", "0"], "--batch-rows must be between 1 and 1,048,576"),
+        (["--index-queries", "-1"], "--index-queries must be between 1 and 100,000"),
+        (["--index-queries", "0"], "--index-queries must be between 1 and 100,000"),
+        (["--index-queries", str(10**9)], "--index-queries must be between 1 and 100,000"),
+    ],
+)
+def test_out_of_range_options_are_exit_2_with_the_bounds(exported_artifacts, events, tmp_path, args, said):
+    proc = run_cli(
+        "score", "two_tower_item" if "--index-queries" in args else "deepfm", "--artifacts", str(exported_artifacts),
+        "--input", str(events), "--output", str(tmp_path / "out"), "--quiet",
+        *(["--index", "--keep", "item_id"] if "--index-queries" in args else []), *args,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and said in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_duplicated_csv_column_is_named_as_duplicated(exported_artifacts, tmp_path):
+    table = make_rows(10, 7)
+    path = tmp_path / "dup.csv"
+    frame = table.to_pandas()
+    header = ",".join([*frame.columns, "item_price"])
+    lines = [",".join(map(str, [*row, row[frame.columns.get_loc("item_price")]])) for row in frame.itertuples(False)]
+    path.write_text("\n".join([header, *lines]) + "\n")
+    with pytest.raises(ExporterError, match=r'dup\.csv: column "item_price" appears more than once in the header'):
+        score(options(exported_artifacts, path, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_input_that_is_not_a_regular_file_says_what_it_is(exported_artifacts, tmp_path):
+    with pytest.raises(ExporterError, match="'/dev/zero' is a character device, not a regular file or directory"):
+        score(options(exported_artifacts, "/dev/zero", tmp_path / "out"))
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ExporterError, match=r"is a named pipe \(FIFO\), not a regular file or directory"):
+        score(options(exported_artifacts, fifo, tmp_path / "out"))
+    data = tmp_path / "data"
+    data.mkdir()
+    os.mkfifo(data / "part-0.csv")  # never opened: a directory's data files are its regular files
+    with pytest.raises(ExporterError, match="holds no Parquet or CSV file"):
+        score(options(exported_artifacts, data, tmp_path / "out"))
+    with pytest.raises(ExporterError, match="does not exist"):
+        score(options(exported_artifacts, tmp_path / "nothing.parquet", tmp_path / "out"))
