@@ -30,7 +30,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -215,7 +215,7 @@ def _not_ours(output: str) -> ExporterError:
     )
 
 
-def _nesting(out: PurePosixPath, root: PurePosixPath) -> str | None:
+def _nesting(out: PurePath, root: PurePath) -> str | None:
     """How ``out`` relates to ``root`` (both absolute and normalised): "is", "contains", "is inside" or None."""
     if out == root:
         return "is"
