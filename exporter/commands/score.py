@@ -17,7 +17,8 @@ Rows are checked like the server checks requests: a missing column stops the job
 a bad row (not a finite number, empty, ...) does not: it goes to OUTPUT/_rejects/ with its file, row
 number and the reason, and the job fails only when more than --max-rejects rows are refused (default 0).
 The output appears whole or not at all (built in a hidden sibling, renamed when complete); an existing
-OUTPUT is refused unless --overwrite.
+OUTPUT is refused unless --overwrite, which replaces only a previous score output (its _SUCCESS and
+_scoring.json); an OUTPUT that is, contains or is inside an input path is always refused.
 
 engines:
   local   (default) streams Arrow record batches through onnxruntime on every core, constant memory
@@ -57,7 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="fail when more than N rows are refused (default: %(default)s)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output once the new one is complete")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output once the new one is complete (only a previous score output)",
+    )
     p.add_argument(
         "--format",
         dest="input_format",
