@@ -545,7 +545,16 @@ def test_spark_engine_stages_uri_outputs_through_hadoop_filesystem(exported_arti
     assert json.loads((out / "_scoring.json").read_text())["output"] == f"file://{out}"
     with pytest.raises(ExporterError, match="already exists"):
         score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark"))
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    first = (out / "_scoring.json").read_text()
+    # --overwrite: the summary is read back through Hadoop and recognised as a previous score output
+    score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark", overwrite=True))
+    assert (out / "_scoring.json").read_text() != first
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "_SUCCESS").write_text("")
+    with pytest.raises(ExporterError, match="is not a score output"):
+        score(options(exported_artifacts, "deepfm", directory, f"file://{other}", engine="spark", overwrite=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"] and os.listdir(other) == ["_SUCCESS"]
 
 
 def test_a_staging_name_with_a_non_ascii_pid_is_left_alone(tmp_path: Path) -> None:
