@@ -17,7 +17,8 @@ Rows are checked like the server checks requests: a missing column stops the job
 a bad row (not a finite number, empty, ...) does not: it goes to OUTPUT/_rejects/ with its file, row
 number and the reason, and the job fails only when more than --max-rejects rows are refused (default 0).
 The output appears whole or not at all (built in a hidden sibling, renamed when complete); an existing
-OUTPUT is refused unless --overwrite.
+OUTPUT is refused unless --overwrite, which replaces only a previous score output (its _SUCCESS and
+_scoring.json); an OUTPUT that is, contains or is inside an input path is always refused.
 
 engines:
   local   (default) streams Arrow record batches through onnxruntime on every core, constant memory
@@ -57,7 +58,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="fail when more than N rows are refused (default: %(default)s)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output once the new one is complete")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output once the new one is complete (only a previous score output)",
+    )
     p.add_argument(
         "--format",
         dest="input_format",
@@ -65,7 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="input format when file names do not tell (default: from the extension)",
     )
-    p.add_argument("--batch-rows", type=int, default=65536, help="rows per record batch (default: %(default)s)")
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=65536,
+        help="rows per record batch, 1 to 1048576 (default: %(default)s)",
+    )
     p.add_argument(
         "--rows-per-file",
         type=int,
@@ -101,7 +111,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: a sample of the item vectors themselves)",
     )
     p.add_argument(
-        "--index-queries", type=int, default=1000, help="queries for the recall check (default: %(default)s)"
+        "--index-queries",
+        type=int,
+        default=1000,
+        help="queries for the recall check, 1 to 100000 (default: %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")

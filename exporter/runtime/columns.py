@@ -28,9 +28,12 @@ from exporter.runtime.errors import ArtifactError, HandlerError
 from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, VOCAB_FILE, hash_code, is_plain_file_name, sha256_file
 
-__all__ = ["MISSING", "ColumnSpec", "FeatureColumns", "column_specs", "read_vocab", "vocab_files"]
+__all__ = ["MISSING", "BOOL_TEXT", "ColumnSpec", "FeatureColumns", "column_specs", "read_vocab", "vocab_files"]
 
 _NUMBER_TYPES = frozenset({float, int})
+#: A boolean column's values as text (CSV): the words the training reader reads as booleans, in any letter
+#: case, and the codes they travel as, the codes of JSON true/false (:meth:`FeatureColumns.convert`).
+BOOL_TEXT = {"true": 1.0, "false": 0.0}
 KINDS = ("numeric", "categorical")
 
 
@@ -261,7 +264,7 @@ class FeatureColumns:
                     ) from None
             return float(table.get(value, UNKNOWN_CODE))  # type: ignore[union-attr]
         if t is bool and self.booleans[j]:
-            return 1.0 if value else 0.0
+            return BOOL_TEXT["true" if value else "false"]
         problem = describe_bad_value(value)
         if problem is not None:
             raise HandlerError(400, f"{where} is {problem}; expected {self.takes(j)}")

@@ -12,7 +12,10 @@ per row and vectorised instead of per request:
   same numbers in Parquet;
 * categorical columns (when metadata has a ``features`` list): a string category is mapped to its code through
   the training vocabulary, unknown strings to :data:`OOV_CODE` (the graph's out-of-vocabulary row), a hashed
-  one to its hash code; an integer ID must be an integer within 2^53.
+  one to its hash code; an integer ID must be an integer within 2^53, checked on the exact value (an int64
+  or the text 9007199254740993 is refused, not rounded to 2^53);
+* a boolean categorical column takes booleans (Parquet ``bool``) and the words ``true``/``false`` in any letter
+  case (CSV, as the training reader reads them) as 1 and 0, the codes of JSON true/false, besides integer codes.
 
 The columns' rules come from :mod:`exporter.runtime.columns`, the one reader of metadata ``features`` and
 ``vocab.json`` (the handler's); this module applies them to whole Arrow columns at once.
@@ -24,6 +27,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exporter.runtime.columns import ColumnSpec, column_specs, read_vocab, vocab_files
+from exporter.runtime.columns import BOOL_TEXT, ColumnSpec, column_specs, read_vocab, vocab_files
 from exporter.runtime.errors import ArtifactError
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code
 
@@ -204,6 +208,8 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, plan: EncodingPlan) -> Encode
 def _expected(rule: ColumnRule) -> str:
     if rule.takes_strings:
         return "expected a category string or its code"
+    if rule.boolean:
+        return "expected true, false or an integer code within 2^53"
     if rule.is_id:
         return "expected an integer ID within 2^53"
     return "expected a finite number"
@@ -229,7 +235,11 @@ def _describe(value: Any) -> str:
             return f"{'Infinity' if number > 0 else '-Infinity'} (text {json.dumps(shown)})"
         if re.match(_NUMBER_TEXT, value.strip()) is None:  # float() also takes "1_000", "infinity"...
             return f"a string ({json.dumps(shown)})"
-        return f"{json.dumps(shown)} ({'beyond 2^53' if abs(number) > MAX_EXACT_ID else 'not an integer'})"
+        beyond = abs(Decimal(value.strip())) > MAX_EXACT_INT
+        return f"{json.dumps(shown)} ({'beyond 2^53' if beyond else 'not an integer'})"
+    exact = isinstance(value, int) or (isinstance(value, Decimal) and value.is_finite())
+    if exact and value == int(value) and abs(value) > MAX_EXACT_INT:
+        return f"{int(value)} (beyond 2^53)"
     if isinstance(value, (int, float)) or hasattr(value, "is_finite"):
         f = float(value)
         if f != f:
@@ -262,10 +272,13 @@ def _encode_column(
         values = np.full(n, np.nan)
         missing = np.ones(n, dtype=bool)
     elif pa.types.is_boolean(t):
-        # the handler refuses booleans: true/false is not a number
-        values = np.full(n, np.nan)
+        # true/false travel as 1/0 in a boolean column; elsewhere the handler refuses them: not a number
         missing = _null_mask(array)
-        bad = ~missing
+        if rule.boolean:
+            values = pc.fill_null(array, False).to_numpy(zero_copy_only=False).astype(np.float64)
+        else:
+            values = np.full(n, np.nan)
+            bad = ~missing
     elif _is_text(t):
         text = pc.utf8_trim_whitespace(array)
         if rule.takes_strings:
@@ -279,8 +292,17 @@ def _encode_column(
         values[~ok] = np.nan
         # text beyond the FP64 range parses to +-inf: a refused value like any other non-finite one
         bad |= ok & ~np.isfinite(values)
+        if rule.is_id:
+            bad |= _inexact_ids(text, values, ok)
+        if rule.boolean:
+            words = pc.utf8_lower(text)
+            for word, code in BOOL_TEXT.items():
+                is_word = _as_bool(pc.equal(words, word))
+                values[is_word] = code
+                bad &= ~is_word
     elif _is_numeric(t):
         missing = _null_mask(array)
+        original = array
         if pa.types.is_decimal(t):
             array = pc.cast(array, pa.float64(), safe=False)
         raw = array.to_numpy(zero_copy_only=False)
@@ -288,6 +310,10 @@ def _encode_column(
         if raw.dtype.kind == "f":
             missing = missing | np.isnan(values)  # NaN is a missing value, allowed for optional columns only
         bad = np.isinf(values)
+        if rule.is_id and raw.dtype.kind in "iu":  # beyond 2^53 before FP64 rounds 2^53 + 1 down to 2^53
+            bad |= (raw > MAX_EXACT_INT) | ((raw < -MAX_EXACT_INT) if raw.dtype.kind == "i" else False)
+        elif rule.is_id and pa.types.is_decimal(t):
+            bad |= _as_bool(pc.greater(pc.abs(original), pa.scalar(Decimal(MAX_EXACT_INT))))
     else:
         raise SchemaProblem(f"column {json.dumps(rule.name)} has type {t}; expected numbers")
     if rule.is_id:
@@ -302,6 +328,20 @@ def _encode_column(
     if bad is not None and not bad.any():
         bad = None
     return values, bad
+
+
+def _inexact_ids(text: pa.Array, values: np.ndarray, parsed: np.ndarray) -> np.ndarray:
+    """Parsed ID text whose exact decimal value FP64 does not hold (2^52 and beyond, where FP64 rounds to
+    integers: "9007199254740993" would become 2^53): refused like an ID beyond 2^53 or not an integer."""
+    bad = np.zeros(len(values), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        large = np.flatnonzero(parsed & np.isfinite(values) & (np.abs(values) >= 2.0**52))
+    for row in large.tolist():
+        try:
+            bad[row] = Decimal(str(text[row].as_py())) != Decimal(float(values[row]))
+        except InvalidOperation:
+            bad[row] = True
+    return bad
 
 
 def _encode_categories(text: pa.Array, rule: ColumnRule, plan: EncodingPlan) -> tuple[np.ndarray, np.ndarray | None]:

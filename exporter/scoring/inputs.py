@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -77,11 +78,12 @@ def resolve_inputs(spec: str, fmt: str | None = None) -> list[InputFile]:
         candidates = []
         for root, dirs, names in os.walk(spec):
             dirs[:] = sorted(d for d in dirs if not _hidden(d))
-            candidates.extend(os.path.join(root, f) for f in names if not _hidden(f))
+            # regular files only: a FIFO or device named like data would block or never end
+            candidates.extend(p for f in names if not _hidden(f) and os.path.isfile(p := os.path.join(root, f)))
     elif os.path.isfile(spec):
         candidates = [spec]
     else:
-        raise ExporterError(f"--input {spec!r} does not exist; expected a Parquet or CSV file, a directory or a glob")
+        raise ExporterError(f"--input {spec!r} {_what_is(spec)}; expected a Parquet or CSV file, a directory or a glob")
     files: list[tuple[str, str]] = []
     for path in sorted(candidates):
         found = fmt or _format_of(path)
@@ -109,6 +111,24 @@ def resolve_inputs(spec: str, fmt: str | None = None) -> list[InputFile]:
                 raise ExporterError(f"{path}: not a readable Parquet file ({_short(exc)})") from None
         out.append(InputFile(path, found, size, rows))
     return out
+
+
+def _what_is(path: str) -> str:
+    """What a path that is neither a regular file nor a directory is, for the error message."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    kinds = [
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular file or directory"
 
 
 def _short(exc: BaseException) -> str:
@@ -144,6 +164,13 @@ def check_inputs(files: Sequence[InputFile], plan: EncodingPlan, keep: Sequence[
     keep_fields: dict[str, tuple[pa.DataType, str]] = {}
     for f in files:
         schema = file_schema(f)
+        repeated = [c for c in dict.fromkeys([*plan.names, *keep]) if schema.get_all_field_indices(c)[1:]]
+        if repeated:
+            raise ExporterError(
+                f"{f.path}: column{'s' if len(repeated) > 1 else ''} {', '.join(json.dumps(c) for c in repeated)} "
+                f"appear{'' if len(repeated) > 1 else 's'} more than once in the "
+                f"{'header' if f.format == 'csv' else 'schema'}; expected each column once"
+            )
         problems = check_schema(schema, plan)
         missing_keep = [c for c in keep if schema.get_field_index(c) < 0]
         if missing_keep:

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
@@ -25,14 +26,21 @@ from exporter.scoring.outputs import (
     SUMMARY_FILE,
     StagedOutput,
     check_keep_names,
+    check_output_apart,
     output_schema,
     rejects_schema,
+    uri_nesting,
 )
 from exporter.scoring.progress import Progress
 
 __all__ = ["ScoreOptions", "ScoreResult", "score", "resolve_artifact", "load_handler", "encoding_plan"]
 
 ENGINES = ("local", "spark")
+#: ``--batch-rows`` bounds: a batch is read, encoded and scored in memory (rows x columns x 8 bytes per thread,
+#: plus the CSV read block of 64 bytes per row)
+MAX_BATCH_ROWS = 1_048_576
+#: ``--index-queries`` bounds: each query is searched exactly and in the index to measure recall
+MAX_INDEX_QUERIES = 100_000
 
 
 @dataclass
@@ -96,8 +104,15 @@ def score(options: ScoreOptions) -> ScoreResult:
         raise ExporterError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
     if options.max_rejects < 0:
         raise ExporterError(f"--max-rejects must be >= 0, got {options.max_rejects}")
-    if options.batch_rows < 1 or options.rows_per_file < 1:
-        raise ExporterError("--batch-rows and --rows-per-file must be positive")
+    if not 1 <= options.batch_rows <= MAX_BATCH_ROWS:
+        raise ExporterError(f"--batch-rows must be between 1 and {MAX_BATCH_ROWS:,}, got {options.batch_rows:,}")
+    if options.rows_per_file < 1:
+        raise ExporterError(f"--rows-per-file must be >= 1, got {options.rows_per_file}")
+    if not 1 <= options.index_queries <= MAX_INDEX_QUERIES:
+        raise ExporterError(
+            f"--index-queries must be between 1 and {MAX_INDEX_QUERIES:,} (the recall check needs queries), "
+            f"got {options.index_queries:,}"
+        )
     if options.threads is not None and options.threads < 1:
         raise ExporterError(f"--threads must be >= 1, got {options.threads}")
     if options.master and options.engine != "spark":
@@ -126,6 +141,7 @@ def score(options: ScoreOptions) -> ScoreResult:
     if remote_output and options.index:
         raise ExporterError("--index writes the index next to the vectors on this machine: give a local --output")
     files: list[InputFile] = [] if remote_input else resolve_inputs(options.input, options.input_format)
+    _check_output_apart(options, files)
     keep_schema = None if remote_input else check_inputs(files, plan, keep)
     label = f"{handler.model_name}/{handler.version}"
     progress = Progress(f"score {label}", enabled=options.progress)
@@ -223,6 +239,33 @@ def _finish(
     staged.write_bytes(SUCCESS_FILE, b"")
     staged.commit()
     return result
+
+
+def _input_paths(spec: str, files: list[InputFile]) -> list[str]:
+    """The paths an ``--input`` reads: the file or directory named, and every data file found (a glob: those)."""
+    named = [] if any(ch in spec for ch in "*?[") else [spec]
+    return named + [f.path for f in files]
+
+
+def _check_output_apart(options: ScoreOptions, files: list[InputFile]) -> None:
+    """Refuse an output that is, contains or is inside an input (``--input``, ``--index-users``)."""
+    sources = [(options.input, files)]
+    if options.index_users:
+        users = [] if _is_uri(options.index_users) else resolve_inputs(options.index_users)
+        sources.append((options.index_users, users))
+    for spec, found in sources:
+        if not _is_uri(spec) and not _is_uri(options.output):
+            check_output_apart(options.output, _input_paths(spec, found))
+            continue
+        output = options.output if _is_uri(options.output) else f"file://{Path(options.output).resolve()}"
+        for item in [spec] if _is_uri(spec) else _input_paths(spec, found):
+            uri = item if _is_uri(item) else f"file://{Path(item).resolve()}"
+            how = uri_nesting(output, uri)
+            if how is not None:
+                raise ExporterError(
+                    f"--output {options.output!r} {how} the input {item!r}; the output must be a directory "
+                    "outside every input"
+                )
 
 
 def _is_uri(path: str) -> bool:

@@ -14,19 +14,23 @@ task, named after it (metadata ``output_columns``); ``embedding`` (list of FP64)
 
 The whole directory is built in a hidden sibling (``.DIR.scoring-<host>-<pid>-<random>``) and renamed into
 place when complete: a failed job removes it, a killed one leaves only that hidden sibling (removed by the
-next run on the same output), never a half ``DIR``. An existing ``DIR`` is refused unless ``--overwrite``.
+next run on the same output), never a half ``DIR``. An existing ``DIR`` is refused unless ``--overwrite``,
+and ``--overwrite`` replaces only a previous score output (one holding both ``_SUCCESS`` and a ``_scoring.json``
+summary of this tool). An output that is, contains or is inside an input path (symlinks resolved) is refused either
+way: see :func:`check_output_apart`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import socket
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -44,6 +48,10 @@ __all__ = [
     "PartWriter",
     "StagedOutput",
     "check_keep_names",
+    "check_output_apart",
+    "is_score_output",
+    "is_score_summary",
+    "uri_nesting",
 ]
 
 REJECT_COLUMNS = ("source_file", "source_row", "reason")
@@ -180,6 +188,83 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: keys every ``_scoring.json`` this tool writes holds (how ``--overwrite`` recognises its own output)
+SUMMARY_KEYS = ("model", "version", "sha256", "engine", "rows_read", "rows_scored", "rows_rejected")
+
+
+def is_score_summary(data: Any) -> bool:
+    """Whether decoded ``_scoring.json`` content is a summary this tool wrote."""
+    return isinstance(data, dict) and all(key in data for key in SUMMARY_KEYS)
+
+
+def is_score_output(directory: Path) -> bool:
+    """Whether ``directory`` carries this tool's completion marker: ``_SUCCESS`` and its ``_scoring.json``."""
+    summary = directory / SUMMARY_FILE
+    if not ((directory / SUCCESS_FILE).is_file() and summary.is_file()):
+        return False
+    try:
+        return is_score_summary(json.loads(summary.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def _not_ours(output: str) -> ExporterError:
+    return ExporterError(
+        f"--output {output!r} exists and is not a score output (no {SUCCESS_FILE} and {SUMMARY_FILE} of a finished "
+        "score run in it); --overwrite replaces only a previous score output: choose a new directory"
+    )
+
+
+def _nesting(out: PurePath, root: PurePath) -> str | None:
+    """How ``out`` relates to ``root`` (both absolute and normalised): "is", "contains", "is inside" or None."""
+    if out == root:
+        return "is"
+    if root.is_relative_to(out):
+        return "contains"
+    if out.is_relative_to(root):
+        return "is inside"
+    return None
+
+
+def check_output_apart(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an ``--output`` that is, contains or is inside one of the ``inputs`` (files or directories).
+
+    Symlinks are resolved on both sides, so a link to the input is the input. Scoring into such a place would
+    replace (``--overwrite``) or mix with the data being read.
+    """
+    out = Path(output).resolve()
+    for item in inputs:
+        root = Path(item).resolve()
+        how = _nesting(out, root)
+        if how is not None:
+            raise ExporterError(
+                f"--output {str(output)!r} {how} the input path {str(root)!r}"
+                + (f" (resolved: {str(out)!r})" if str(out) != str(Path(output).absolute()) else "")
+                + "; the output must be a directory outside every input"
+            )
+
+
+def uri_nesting(output: str, input_uri: str) -> str | None:
+    """:func:`check_output_apart` for URIs (``hdfs://nn/a``): how ``output`` relates to the input, or None.
+
+    Same scheme and authority, then path components compared; a glob input counts from its directory part
+    before the first wildcard.
+    """
+
+    def split(uri: str) -> tuple[str, str, PurePosixPath]:
+        scheme, _, rest = uri.partition("://")
+        authority, _, path = rest.partition("/")
+        cut = min((i for i, ch in enumerate(path) if ch in "*?[{"), default=-1)
+        if cut >= 0:
+            path = path[:cut].rsplit("/", 1)[0] if "/" in path[:cut] else ""
+        return scheme.lower(), authority.lower(), PurePosixPath(posixpath.normpath("/" + path))
+
+    out, inp = split(output), split(input_uri)
+    if out[:2] != inp[:2]:
+        return None
+    return _nesting(out[2], inp[2])
+
+
 class StagedOutput:
     """The output directory, built in a hidden sibling and renamed into place by :meth:`commit`.
 
@@ -202,6 +287,8 @@ class StagedOutput:
                 )
             if not out.is_dir():
                 raise ExporterError(f"--output {str(out)!r} exists and is not a directory; refusing to replace it")
+            if not is_score_output(out):
+                raise _not_ours(str(out))
         parent = out.parent
         if parent.exists() and not parent.is_dir():
             raise ExporterError(f"--output {str(out)!r}: {str(parent)!r} is not a directory")
@@ -253,6 +340,8 @@ class StagedOutput:
         if self.output.exists():
             if not self.overwrite:  # appeared while we were working
                 raise ExporterError(f"--output {str(self.output)!r} appeared while scoring; not replacing it")
+            if not is_score_output(self.output):  # replaced by something else while we were working
+                raise _not_ours(str(self.output))
             old = self.output.with_name(f".{self.output.name}.replaced-{uuid.uuid4().hex[:8]}")
             os.rename(self.output, old)
         try:

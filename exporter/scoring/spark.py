@@ -19,6 +19,7 @@ Local masters bind the driver to 127.0.0.1 and run without the web UI.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -38,7 +39,15 @@ import pyarrow as pa
 from exporter.errors import ExporterError
 from exporter.scoring.encode import EncodingPlan, vocabulary_files
 from exporter.scoring.inputs import InputFile, file_schema
-from exporter.scoring.outputs import REJECT_COLUMNS, REJECTS_DIR, STAGING_MARK, prediction_fields
+from exporter.scoring.outputs import (
+    REJECT_COLUMNS,
+    REJECTS_DIR,
+    STAGING_MARK,
+    SUCCESS_FILE,
+    SUMMARY_FILE,
+    is_score_summary,
+    prediction_fields,
+)
 from exporter.scoring.progress import Progress
 from exporter.scoring.spark_worker import FILE_COLUMN, ROW_COLUMN, BatchTask
 
@@ -174,11 +183,36 @@ class HadoopStagedOutput:
         self.staging: str | None = None
 
     def check(self) -> None:
-        if self.fs.exists(self._target) and not self.overwrite:
+        """Refuse an existing output unless ``--overwrite`` and it is a previous score output."""
+        if not self.fs.exists(self._target):
+            return
+        if not self.overwrite:
             raise ExporterError(
                 f"--output {self.output!r} already exists; choose a new directory or pass --overwrite to replace it "
                 "(it is replaced only once the new output is complete)"
             )
+        if not self.is_score_output():
+            raise ExporterError(
+                f"--output {self.output!r} exists and is not a score output (no {SUCCESS_FILE} and {SUMMARY_FILE} "
+                "of a finished score run in it); --overwrite replaces only a previous score output: choose a new "
+                "directory"
+            )
+
+    def is_score_output(self) -> bool:
+        """The target holds ``_SUCCESS`` and a ``_scoring.json`` summary of this tool (read through Hadoop)."""
+        success = self._Path(_join(self.output, SUCCESS_FILE))
+        summary = self._Path(_join(self.output, SUMMARY_FILE))
+        if not (self.fs.isFile(success) and self.fs.isFile(summary)):
+            return False
+        stream = self.fs.open(summary)
+        try:
+            data = bytes(stream.readNBytes(1 << 20))  # java.io.InputStream: a byte[] comes back as bytes
+        finally:
+            stream.close()
+        try:
+            return is_score_summary(json.loads(data))
+        except ValueError:
+            return False
 
     def __enter__(self) -> HadoopStagedOutput:
         self.check()
@@ -207,6 +241,7 @@ class HadoopStagedOutput:
         if self.fs.exists(self._target):
             if not self.overwrite:
                 raise ExporterError(f"--output {self.output!r} appeared while scoring; not replacing it")
+            self.check()  # replaced by something else while we were working
             old = self._Path(
                 f"{self._target.getParent().toString()}/.{self._target.getName()}.replaced-{uuid.uuid4().hex[:8]}"
             )

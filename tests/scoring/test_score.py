@@ -242,8 +242,15 @@ def test_existing_output_is_refused_unless_overwrite(exported_artifacts, inputs,
     with pytest.raises(ExporterError, match="already exists"):
         score(options(exported_artifacts, "deepfm", directory, out))
     assert (out / "precious.txt").read_text() == "keep me"
+    with pytest.raises(ExporterError, match="is not a score output"):  # --overwrite replaces only our own output
+        score(options(exported_artifacts, "deepfm", directory, out, overwrite=True))
+    assert (out / "precious.txt").read_text() == "keep me"
+    (out / "precious.txt").unlink()
+    out.rmdir()
+    score(options(exported_artifacts, "deepfm", directory, out))
+    (out / "stale.txt").write_text("from the previous run")
     score(options(exported_artifacts, "deepfm", directory, out, overwrite=True))
-    assert not (out / "precious.txt").exists() and read_output(out).num_rows == table.num_rows
+    assert not (out / "stale.txt").exists() and read_output(out).num_rows == table.num_rows
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or replaced directory left behind
 
 
@@ -538,7 +545,16 @@ def test_spark_engine_stages_uri_outputs_through_hadoop_filesystem(exported_arti
     assert json.loads((out / "_scoring.json").read_text())["output"] == f"file://{out}"
     with pytest.raises(ExporterError, match="already exists"):
         score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark"))
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    first = (out / "_scoring.json").read_text()
+    # --overwrite: the summary is read back through Hadoop and recognised as a previous score output
+    score(options(exported_artifacts, "deepfm", directory, f"file://{out}", engine="spark", overwrite=True))
+    assert (out / "_scoring.json").read_text() != first
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "_SUCCESS").write_text("")
+    with pytest.raises(ExporterError, match="is not a score output"):
+        score(options(exported_artifacts, "deepfm", directory, f"file://{other}", engine="spark", overwrite=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"] and os.listdir(other) == ["_SUCCESS"]
 
 
 def test_a_staging_name_with_a_non_ascii_pid_is_left_alone(tmp_path: Path) -> None:
