@@ -331,3 +331,20 @@ def test_verify_reads_batched_configs(exported_artifacts, tmp_path):
     problems = verify(tree).problems
     assert any(f"config.pbtxt: output dims [{width + 1}]" in p and f"[-1, {width}]" in p for p in problems), problems
     assert not any("warmup" in p for p in problems), problems  # warmup/ is not taken for a version
+
+
+def test_kserve_command_on_a_read_only_tree_names_the_file_and_error(exported_artifacts, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from exporter import cli
+
+    tree = Path(shutil.copytree(exported_artifacts, tmp_path / "artifacts"))
+
+    def read_only(self, *args, **kwargs):  # what a read-only file system answers (root ignores chmod)
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)  # cleaning up the temporary file fails the same way
+    assert cli.main(["kserve", "xgb", "--artifacts", str(tree)]) == 2
+    err = capsys.readouterr().err
+    assert str(tree / "xgb" / "kserve.yaml") in err and "Read-only file system" in err, err
