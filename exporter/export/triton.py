@@ -39,6 +39,8 @@ DEFAULT_QUEUE_DELAY_US = 100
 #: The onnxruntime backend's CPU instances: one per model; raise ``count`` for more cores per model.
 DEFAULT_INSTANCE_COUNT = 1
 MAX_BATCH_SIZE_LIMIT = 1 << 20
+#: Triton reads max_batch_size and a warm-up batch_size as 32-bit integers
+INT32_MAX = (1 << 31) - 1
 
 _TRITON_TYPES = {"FP64": ("TYPE_FP64", 8), "FP32": ("TYPE_FP32", 4), "INT64": ("TYPE_INT64", 8)}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -316,8 +318,8 @@ def config_problems(
     """
     problems: list[str] = []
     max_batch = _one(config, "max_batch_size", 0)
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 0:
-        return [f"max_batch_size is {max_batch!r}; expected a non-negative integer"]
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 0 <= max_batch <= INT32_MAX:
+        return [f"max_batch_size is {max_batch!r}; expected an integer from 0 to {INT32_MAX} (Triton's int32)"]
     if max_batch == 0 and config.get("dynamic_batching"):
         problems.append("dynamic_batching needs max_batch_size > 0 (it is 0)")
     declared: dict[str, Mapping[str, list[Any]]] = {}

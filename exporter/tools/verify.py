@@ -218,8 +218,14 @@ def _check_side_files(vdir: Path, metadata: dict[str, Any], fail: Any) -> list[s
 def _read_json(path: Path, fail: Any) -> Any:
     if not path.is_file():
         return None
+    literals: list[str] = []
+
+    def constant(name: str) -> float:  # NaN, Infinity, -Infinity: Python reads them, JSON (RFC 8259) has none
+        literals.append(name)
+        return float(name)
+
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"), parse_constant=constant)
     except (ValueError, UnicodeDecodeError) as exc:
         fail(f"{path.name} is not valid JSON: {exc}")
         return None
@@ -228,6 +234,10 @@ def _read_json(path: Path, fail: Any) -> Any:
         depth = C.MAX_METADATA_DEPTH + 1
     else:
         depth = C.nesting_depth(value)
+    for literal in dict.fromkeys(literals):
+        fail(f"{path.name} holds the literal {literal}, which is not JSON (exports write finite numbers only)")
+    if literals:
+        return None
     if depth > C.MAX_METADATA_DEPTH:
         fail(
             f"{path.name} nests objects or lists more than {C.MAX_METADATA_DEPTH} levels deep; "
@@ -267,6 +277,7 @@ def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         problems.append(f"not a valid metadata_model_response at {where}: {error.message}")
     problems.extend(C.contract_problems(metadata, model_name, version))
+    problems.extend(feature_entry_problems(metadata.get("features")))
     created = metadata.get("created_at")
     try:
         stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
@@ -275,6 +286,32 @@ def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -
             problems.append(f"created_at {created!r} must be UTC (e.g. 2026-11-21T23:59:00Z)")
     except ValueError:
         problems.append(f"created_at {created!r} is not an ISO 8601 UTC timestamp")
+    return problems
+
+
+def feature_entry_problems(features: Any) -> list[str]:
+    """Types of the ``features[]`` fields serving reads (docs/features.md): ``optional`` a boolean, ``oov`` an
+    object whose ``policy`` is ``vocabulary`` or ``hash`` (``hash`` with a positive ``hash_buckets``)."""
+    if not isinstance(features, list):
+        return []
+    problems = []
+    for i, entry in enumerate(features):
+        if not isinstance(entry, dict):
+            continue  # the contract check reports entries that are not objects
+        where = f"features[{i}] ({entry.get('name')!s})"
+        if "optional" in entry and not isinstance(entry["optional"], bool):
+            problems.append(f"{where} optional is {entry['optional']!r}; expected true or false")
+        if "oov" not in entry:
+            continue
+        oov = entry["oov"]
+        if not isinstance(oov, dict):
+            problems.append(f'{where} oov is {oov!r}; expected an object such as {{"policy": "vocabulary", ...}}')
+        elif oov.get("policy") not in ("vocabulary", "hash"):
+            problems.append(f"{where} oov.policy is {oov.get('policy')!r}; expected 'vocabulary' or 'hash'")
+        elif oov["policy"] == "hash":
+            buckets = oov.get("hash_buckets")
+            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+                problems.append(f"{where} oov.hash_buckets is {buckets!r}; expected a positive integer")
     return problems
 
 

@@ -172,3 +172,46 @@ def test_real_exported_artifacts_verify(exported_artifacts: Path) -> None:
     report = verify(exported_artifacts)
     assert report.ok, report.problems
     assert {line.split("/")[0] for line in report.passed} == {"xgb", "deepfm", "mmoe", "two_tower", "two_tower_item"}
+
+
+@pytest.fixture()
+def xgb_copy(exported_artifacts: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported xgb model (a real ``features`` list) to break."""
+    return Path(shutil.copytree(exported_artifacts / "xgb", tmp_path / "artifacts" / "xgb"))
+
+
+def _edit_feature(vdir: Path, kind: str, key: str, value: object) -> None:
+    meta = json.loads((vdir / "metadata.json").read_text())
+    next(f for f in meta["features"] if f["kind"] == kind)[key] = value
+    (vdir / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "message"),
+    [
+        ("categorical", "oov", ["x"], "oov is ['x']; expected an object"),
+        ("categorical", "oov", "zero", "oov is 'zero'; expected an object"),
+        ("numeric", "optional", "no", "optional is 'no'; expected true or false"),
+    ],
+)
+def test_feature_entries_of_the_wrong_type_fail(xgb_copy: Path, kind: str, key: str, value: object, message: str):
+    _edit_feature(xgb_copy / "1", kind, key, value)
+    report = verify(xgb_copy / "1")
+    assert any("xgb/1: metadata.json: features[" in p and message in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_number_literals_in_metadata_fail(xgb_copy: Path, literal: str) -> None:
+    path = xgb_copy / "1" / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["features"][0]["fill"] = "@@"
+    path.write_text(json.dumps(meta).replace('"@@"', literal))
+    report = verify(xgb_copy / "1")
+    assert any(f"metadata.json holds the literal {literal}" in p for p in report.problems), report.problems
+
+
+def test_a_batch_size_triton_cannot_hold_fails(xgb_copy: Path) -> None:
+    config = xgb_copy / "config.pbtxt"
+    config.write_text(config.read_text().replace("batch_size: 1024", "batch_size: 100000000000000000000"))
+    report = verify(xgb_copy)
+    assert any("config.pbtxt: max_batch_size is 100000000000000000000" in p for p in report.problems), report
