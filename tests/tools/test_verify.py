@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from exporter.tools.verify import SPEC_FILE, parse_pbtxt, verify
 from tests.handler_fixtures import REPO, SPEC_PATHS, build_artifact, build_tree, tiny_model
@@ -215,3 +218,70 @@ def test_a_batch_size_triton_cannot_hold_fails(xgb_copy: Path) -> None:
     config.write_text(config.read_text().replace("batch_size: 1024", "batch_size: 100000000000000000000"))
     report = verify(xgb_copy)
     assert any("config.pbtxt: max_batch_size is 100000000000000000000" in p for p in report.problems), report
+
+
+def _replace_graph(vdir: Path, model: onnx.ModelProto) -> None:
+    raw = model.SerializeToString()
+    (vdir / "model.onnx").write_bytes(raw)
+    edit_metadata(vdir, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _endless_graph() -> onnx.ModelProto:
+    """features [N, 7] -> predictions [N], through a Loop of 2^62 iterations that passes the features on."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["carried_in"], ["carried_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_in", TensorProto.DOUBLE, ["batch", 7]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_out", TensorProto.DOUBLE, ["batch", 7]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Loop", ["trips", "keep_going", "features"], ["looped"], body=body),
+            helper.make_node("ReduceSum", ["looped", "axis"], ["predictions"], keepdims=0),
+        ],
+        "endless",
+        [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", 7])],
+        [helper.make_tensor_value_info("predictions", TensorProto.DOUBLE, ["batch"])],
+        initializer=[
+            numpy_helper.from_array(np.array(2**62, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_graph_that_runs_forever_is_stopped_and_the_other_versions_reported(tree: Path) -> None:
+    _replace_graph(tree / "xgb" / "1", _endless_graph())
+    proc = cli(str(tree), "--sample-timeout", "3")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and "xgb/1: the sample run did not finish within 3 s" in fails[0], proc.stdout
+    for version in ("xgb/2", "mmoe/1", "two_tower/1"):
+        assert f"ok    {version}:" in proc.stdout, proc.stdout
+
+
+def test_a_graph_that_raises_while_it_runs_costs_only_its_version(tree: Path) -> None:
+    model = tiny_model(7, "scalar", None)  # Reshape of [3, 7] to [-1, 5] fails inside onnxruntime.run
+    shape = numpy_helper.from_array(np.array([-1, 5], dtype=np.int64), "odd_shape")
+    model.graph.initializer.append(shape)
+    model.graph.node.insert(0, helper.make_node("Reshape", ["features", "odd_shape"], ["odd"]))
+    model.graph.node.insert(1, helper.make_node("ReduceSum", ["odd"], ["odd_sum"], keepdims=0))
+    model.graph.node.insert(3, helper.make_node("Add", ["z", "odd_sum"], ["z2"]))  # after the MatMul
+    model.graph.node[-1].input[0] = "z2"
+    _replace_graph(tree / "xgb" / "1", model)
+    report = verify(tree)
+    assert len(report.problems) == 1 and "xgb/1: running the sample request raised" in report.problems[0], report
+    assert sorted(line.split(":")[0] for line in report.passed) == ["mmoe/1", "two_tower/1", "xgb/2"]
