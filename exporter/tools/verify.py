@@ -11,6 +11,7 @@ Every problem is printed on its own line; the exit code is 0 only when there is 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from typing import Any
 from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.export import repository as repo
+from exporter.export import triton
 from exporter.export.repository import sha256_file
 from exporter.export.triton import MAX_PBTXT_DEPTH, parse_pbtxt  # noqa: F401  (re-exported: verify's parser)
 from exporter.export.triton import config_problems as triton_config_problems
@@ -329,4 +331,15 @@ def config_problems(
         problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
     # tensors, batching and warm-up (batched and unbatched forms) are checked by exporter.export.triton
     problems += triton_config_problems(config, metadata, model_dir)
+    recorded = metadata.get("triton")
+    if recorded is not None:  # versions exported before metadata.json recorded Triton's view have none
+        try:
+            view: Any = triton.triton_view_of(config)
+        except (KeyError, IndexError, TypeError, ValueError):
+            view = None  # a tensor Triton would refuse: reported above
+        if view is not None and recorded != view:
+            problems.append(
+                f'metadata.json "triton" is {json.dumps(recorded)}, but Triton reports {json.dumps(view)} for this '
+                "config (Triton's inputs and outputs: names, datatypes, shapes with -1 for the batch axis)"
+            )
     return problems

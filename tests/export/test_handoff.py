@@ -350,3 +350,30 @@ def test_kserve_command_on_a_read_only_tree_names_the_file_and_error(exported_ar
     assert cli.main(["kserve", "xgb", "--artifacts", str(tree)]) == 2
     err = capsys.readouterr().err
     assert str(tree / "xgb" / "kserve.yaml") in err and "Read-only file system" in err, err
+
+
+# ------------------------------------------------------------------------------------------------ shapes per server
+@pytest.mark.parametrize("name", EXPORTED)
+def test_metadata_records_what_triton_reports(exported_artifacts, name):
+    meta = _meta(exported_artifacts, name)
+    view = triton.triton_view((exported_artifacts / name / "config.pbtxt").read_text())
+    assert meta["triton"] == view
+    card = (exported_artifacts / name / "1" / "README.md").read_text()
+    if meta["prediction_format"] == "scalar":  # our answer stays [rows]; Triton's is [rows, 1]
+        assert meta["outputs"][0]["shape"] == [-1]
+        assert meta["triton"]["outputs"] == [{"name": "predictions", "datatype": "FP64", "shape": [-1, 1]}]
+        assert "answer `predictions` as `[rows]`" in card and "answer it as `[rows, 1]`" in card
+    else:
+        assert meta["triton"]["outputs"][0]["shape"] == meta["outputs"][0]["shape"]
+        assert "Shapes per server" not in card
+    assert meta["triton"]["inputs"] == meta["inputs"]
+
+
+def test_verify_fails_a_triton_view_the_config_contradicts(exported_artifacts, tmp_path):
+    tree = Path(shutil.copytree(exported_artifacts / "xgb", tmp_path / "xgb"))
+    assert verify(tree).ok
+    meta = _meta(tmp_path, "xgb")
+    meta["triton"]["outputs"][0]["shape"] = [-1]  # what the project answers, not what Triton reports
+    (tree / "1" / "metadata.json").write_text(json.dumps(meta))
+    (problem,) = verify(tree).problems
+    assert 'xgb/1: config.pbtxt: metadata.json "triton" is' in problem and '"shape": [-1, 1]' in problem, problem
