@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from exporter.errors import ExporterError
 from exporter.export.kserve import (
     API_VERSION,
     DEFAULT_STORAGE_URI,
@@ -46,6 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _first_os_error(exc: OSError) -> str:
+    """The OS error that started it (removing the temporary file after a failed write fails the same way on a
+    read-only file system and would hide the write's own error)."""
+    first: BaseException = exc
+    while isinstance(first.__context__, OSError):
+        first = first.__context__
+    assert isinstance(first, OSError)
+    return first.strerror or str(first)
+
+
 def run(args: argparse.Namespace) -> int:
     """Write or print the manifests."""
     check_storage_uri(args.storage_uri)
@@ -55,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, manifest in found.items():
         path = args.artifacts / name / MANIFEST_FILE
-        with repository_lock(args.artifacts):  # exports publish their kserve.yaml under the same lock
-            write_text_atomic(path, to_yaml(manifest))
+        try:
+            with repository_lock(args.artifacts):  # exports publish their kserve.yaml under the same lock
+                write_text_atomic(path, to_yaml(manifest))
+        except OSError as exc:
+            raise ExporterError(f"cannot write {path}: {_first_os_error(exc)}") from None
         print(f"wrote {path} (InferenceService {manifest['metadata']['name']}, storageUri {args.storage_uri})")
     return 0

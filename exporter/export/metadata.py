@@ -16,6 +16,7 @@ import numpy as np
 from exporter import __version__
 from exporter import contract as C
 from exporter.export import repository as repo
+from exporter.export import triton
 from exporter.export.convert import ParityResult
 from exporter.export.params import Evaluation, Prepared
 from exporter.models import ExportUnit, Trained
@@ -114,6 +115,7 @@ def build_metadata(
         "outputs": outputs,
         "feature_columns": list(unit.feature_columns),
     }
+    meta["triton"] = triton_tensors(meta, prep.params.max_batch_size)
     if unit.output_columns:
         meta["output_columns"] = list(unit.output_columns)
     if unit.embed_dim is not None:
@@ -159,6 +161,13 @@ def build_metadata(
         }
     )
     return meta
+
+
+def triton_tensors(meta: Mapping[str, Any], max_batch_size: int) -> dict[str, list[dict[str, Any]]]:
+    """``inputs``/``outputs`` as Triton (and KServe's Triton runtime) report them for this version's config.pbtxt:
+    a per-row score is ``[-1, 1]`` there, while ``inputs``/``outputs`` keep the project's ``[-1]``."""
+    config = triton.config_pbtxt(meta, max_batch_size=max_batch_size, warmup=False)
+    return triton.triton_view(config)
 
 
 def _jsonable(value: Any) -> Any:

@@ -238,7 +238,17 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
                 f"tolerance {_num(parity.get('atol'))}: **{'passed' if parity.get('passed') else 'FAILED'}**."
             ),
         ]
+    if _section(metadata, "producer").get("framework") == "xgboost":
+        lines += ["", THREAD_NOTE]
     return lines
+
+
+#: the tree ensembles' answers vary with onnxruntime's thread count (contract section 4)
+THREAD_NOTE = (
+    "Answers depend on onnxruntime's thread count at the 1e-7 level: the tree ensemble sums its trees in "
+    "float32, and a different number of intra-op threads adds them in a different order. Two servers (or one "
+    "server with another `intra_op_num_threads`) agree within `parity.atol`, not bit for bit."
+)
 
 
 def _provenance(metadata: Mapping[str, Any]) -> list[str]:
@@ -366,12 +376,7 @@ def _calls(
         f"curl -s localhost:8000/v2/models/{name}/versions/{version}/infer -d @{SAMPLE_REQUEST_V2}",
         "```",
     ]
-    if metadata["outputs"][0].get("shape") == [-1]:
-        lines += [
-            "",
-            f"Triton answers `{out}` with shape `[rows, 1]` (its config declares the per-row score as "
-            "`dims: [1]`); the numbers are the same.",
-        ]
+    lines += _shapes_per_server(metadata)
     lines += [
         "",
         "### KServe",
@@ -388,6 +393,29 @@ def _calls(
         "```",
     ]
     return lines
+
+
+def _rows(shape: Any) -> str:
+    """A v2 shape with ``rows`` for the batch axis: ``[-1, 1]`` -> ``[rows, 1]``."""
+    dims = shape if isinstance(shape, list) else []
+    return "[" + ", ".join("rows" if d == -1 else str(d) for d in dims) + "]"
+
+
+def _shapes_per_server(metadata: Mapping[str, Any]) -> list[str]:
+    """Which output shape each server answers: metadata.json ``outputs`` (``serve``, TorchServe, ``score``) and
+    ``triton`` (Triton and KServe's Triton runtime, as their metadata endpoint reports it)."""
+    ours = metadata["outputs"][0]
+    view = _section(metadata, "triton")
+    theirs = view.get("outputs") if isinstance(view.get("outputs"), list) else None
+    if not theirs or not isinstance(theirs[0], Mapping) or theirs[0].get("shape") == ours.get("shape"):
+        return []
+    return [
+        "",
+        f"Shapes per server: `python -m exporter serve` and TorchServe answer `{ours['name']}` as "
+        f"`{_rows(ours.get('shape'))}` (metadata.json `outputs`); Triton and KServe answer it as "
+        f"`{_rows(theirs[0].get('shape'))}` and report that shape at `/v2/models/{metadata['name']}` "
+        "(metadata.json `triton`). The numbers are the same.",
+    ]
 
 
 def _service(name: str) -> str:

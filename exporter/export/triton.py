@@ -39,6 +39,8 @@ DEFAULT_QUEUE_DELAY_US = 100
 #: The onnxruntime backend's CPU instances: one per model; raise ``count`` for more cores per model.
 DEFAULT_INSTANCE_COUNT = 1
 MAX_BATCH_SIZE_LIMIT = 1 << 20
+#: Triton reads max_batch_size and a warm-up batch_size as 32-bit integers
+INT32_MAX = (1 << 31) - 1
 
 _TRITON_TYPES = {"FP64": ("TYPE_FP64", 8), "FP32": ("TYPE_FP32", 4), "INT64": ("TYPE_INT64", 8)}
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -316,8 +318,8 @@ def config_problems(
     """
     problems: list[str] = []
     max_batch = _one(config, "max_batch_size", 0)
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 0:
-        return [f"max_batch_size is {max_batch!r}; expected a non-negative integer"]
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 0 <= max_batch <= INT32_MAX:
+        return [f"max_batch_size is {max_batch!r}; expected an integer from 0 to {INT32_MAX} (Triton's int32)"]
     if max_batch == 0 and config.get("dynamic_batching"):
         problems.append("dynamic_batching needs max_batch_size > 0 (it is 0)")
     declared: dict[str, Mapping[str, list[Any]]] = {}
@@ -410,3 +412,59 @@ def _warmup_problems(
                     f"one row of dims {dims} is {want}"
                 )
     return problems
+
+
+# ------------------------------------------------------------------------------------------------ Triton's view
+_DATATYPES = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+    "TYPE_BF16": "BF16",
+}
+
+
+def _entries(parsed: Mapping[str, list[Any]], field: str) -> list[dict[str, list[Any]]]:
+    out: list[dict[str, list[Any]]] = []
+    for value in parsed.get(field, []):
+        out.extend(value if isinstance(value, list) else [value])
+    return out
+
+
+def triton_view(config_text: str) -> dict[str, list[dict[str, Any]]]:
+    """``inputs``/``outputs`` as Triton's model metadata endpoint reports them for this config.
+
+    Triton reports a tensor's configured ``dims`` (not its ``reshape``), in ``v2`` datatype names, with ``-1``
+    in front for the batch axis when ``max_batch_size > 0``: a per-row scalar declared ``dims: [ 1 ]`` with
+    ``reshape { shape: [ ] }`` is reported ``[-1, 1]``. metadata.json records it as ``"triton"``.
+    """
+    return triton_view_of(parse_pbtxt(config_text))
+
+
+def triton_view_of(parsed: Mapping[str, list[Any]]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`triton_view` of a parsed config (raises ValueError/KeyError/TypeError for one Triton would refuse)."""
+    batched = int((parsed.get("max_batch_size") or [0])[0]) > 0
+
+    def tensor(entry: Mapping[str, list[Any]]) -> dict[str, Any]:
+        dims: list[int] = []
+        for value in entry.get("dims", []):
+            dims.extend(int(v) for v in (value if isinstance(value, list) else [value]))
+        return {
+            "name": entry["name"][0],
+            "datatype": _DATATYPES[entry["data_type"][0]],
+            "shape": ([-1] if batched else []) + dims,
+        }
+
+    return {
+        "inputs": [tensor(e) for e in _entries(parsed, "input")],
+        "outputs": [tensor(e) for e in _entries(parsed, "output")],
+    }

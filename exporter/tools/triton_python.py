@@ -10,7 +10,8 @@ Python backend, whose stub needs ``numpy<2`` while the project uses numpy 2. So 
   keeps every line but the platform one, and a generic ``model.py`` runs the version's ``model.onnx``, merging
   the requests of one call into one onnxruntime run the way the onnxruntime backend does;
 * starts and stops ``tritonserver`` on loopback (:func:`start_server`, :class:`TritonProcess`);
-* tells what Triton reports as a model's inputs and outputs for a config (:func:`triton_view`).
+* re-exports :func:`exporter.export.triton.triton_view`: what Triton reports as a model's inputs and outputs
+  for a config (metadata.json records it as ``"triton"``).
 
 The binary is launched the way pytriton launches it: its libraries from ``nvidia_pytriton.libs`` on
 ``LD_LIBRARY_PATH``, the stub for the environment's Python copied beside ``libtriton_python.so``, and the side
@@ -48,7 +49,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exporter.export.triton import parse_pbtxt
+from exporter.export.triton import triton_view  # noqa: F401  (re-exported: the export computes Triton's view)
 from exporter.runtime.rules import is_version_name
 
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
@@ -313,58 +314,6 @@ def to_python_backend(src_repo: str | os.PathLike[str], dst_repo: str | os.PathL
                 (onnx_file.parent / MODEL_FILE).write_text(MODEL_PY)
         models.append(config.parent.name)
     return models
-
-
-# ------------------------------------------------------------------------------------- Triton's view
-_DATATYPES = {
-    "TYPE_BOOL": "BOOL",
-    "TYPE_UINT8": "UINT8",
-    "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64",
-    "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16",
-    "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16",
-    "TYPE_FP32": "FP32",
-    "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES",
-    "TYPE_BF16": "BF16",
-}
-
-
-def _entries(parsed: dict[str, list[Any]], field: str) -> list[dict[str, list[Any]]]:
-    out: list[dict[str, list[Any]]] = []
-    for value in parsed.get(field, []):
-        out.extend(value if isinstance(value, list) else [value])
-    return out
-
-
-def triton_view(config_text: str) -> dict[str, list[dict[str, Any]]]:
-    """``inputs``/``outputs`` as Triton's model metadata endpoint reports them for this config.
-
-    Triton reports a tensor's configured ``dims`` (not its ``reshape``), in ``v2`` datatype names, with ``-1``
-    in front for the batch axis when ``max_batch_size > 0``: a per-row scalar declared ``dims: [ 1 ]`` with
-    ``reshape { shape: [ ] }`` is reported ``[-1, 1]``.
-    """
-    parsed = parse_pbtxt(config_text)
-    batched = int((parsed.get("max_batch_size") or [0])[0]) > 0
-
-    def tensor(entry: dict[str, list[Any]]) -> dict[str, Any]:
-        dims: list[int] = []
-        for value in entry.get("dims", []):
-            dims.extend(int(v) for v in (value if isinstance(value, list) else [value]))
-        return {
-            "name": entry["name"][0],
-            "datatype": _DATATYPES[entry["data_type"][0]],
-            "shape": ([-1] if batched else []) + dims,
-        }
-
-    return {
-        "inputs": [tensor(e) for e in _entries(parsed, "input")],
-        "outputs": [tensor(e) for e in _entries(parsed, "output")],
-    }
 
 
 # ------------------------------------------------------------------------------------- the server process

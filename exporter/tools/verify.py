@@ -21,13 +21,14 @@ from typing import Any
 from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.export import repository as repo
+from exporter.export import triton
 from exporter.export.repository import sha256_file
 from exporter.export.triton import MAX_PBTXT_DEPTH, parse_pbtxt  # noqa: F401  (re-exported: verify's parser)
 from exporter.export.triton import config_problems as triton_config_problems
+from exporter.tools.verify_sample import DEFAULT_SAMPLE_TIMEOUT, SampleRunner, atol_of, read_json
 
 REQUIRED_FILES = C.REQUIRED_VERSION_FILES
 SPEC_FILE = Path(__file__).resolve().parent.parent / "specs_data" / "open_inference_rest.yaml"
-DEFAULT_ATOL = 1e-5
 
 
 @dataclass
@@ -60,16 +61,26 @@ def _looks_like_model(path: Path) -> bool:
     return (path / C.CONFIG_FILE).is_file() or bool(C.version_dirs(path))
 
 
-def verify(path: Path) -> Report:
-    """Verify a version directory, a model directory or an artifacts tree (told apart by content, not name)."""
+def verify(path: Path, sample_timeout: float = DEFAULT_SAMPLE_TIMEOUT) -> Report:
+    """Verify a version directory, a model directory or an artifacts tree (told apart by content, not name).
+
+    Each version's sample requests run in a child process for at most ``sample_timeout`` seconds.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ExporterError(f"{str(path)!r} is not a directory; expected a version, model or artifacts directory")
+    if not (isinstance(sample_timeout, (int, float)) and sample_timeout > 0 and math.isfinite(sample_timeout)):
+        raise ExporterError(f"the sample timeout must be a positive number of seconds, got {sample_timeout!r}")
+    with SampleRunner(sample_timeout) as runner:
+        return _verify_tree(path, runner)
+
+
+def _verify_tree(path: Path, runner: SampleRunner) -> Report:
     report = Report()
     if _looks_like_version(path):
-        _verify_model(path.parent, report, only=path)
+        _verify_model(path.parent, report, runner, only=path)
     elif _looks_like_model(path):
-        _verify_model(path, report)
+        _verify_model(path, report, runner)
     else:
         models = [p for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
         if not models:
@@ -77,11 +88,11 @@ def verify(path: Path) -> Report:
                 f"{path}: no model directory found (expected <model_name>/config.pbtxt and <model_name>/<version>/)"
             )
         for model_dir in models:
-            _verify_model(model_dir, report)
+            _verify_model(model_dir, report, runner)
     return report
 
 
-def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> None:
+def _verify_model(model_dir: Path, report: Report, runner: SampleRunner, only: Path | None = None) -> None:
     _report_leftovers(model_dir, report)
     config, config_problems = None, []
     config_path = model_dir / "config.pbtxt"
@@ -114,7 +125,7 @@ def _verify_model(model_dir: Path, report: Report, only: Path | None = None) -> 
     for vdir in versions:
         before = len(report.problems)
         try:
-            summary = _verify_version(model_dir, vdir, config, report)
+            summary = _verify_version(model_dir, vdir, config, report, runner)
         except RecursionError:  # last line of defence: one version's hostile file never loses the others
             report.problems.append(f"{label}/{vdir.name}: a file nests too deeply to be checked")
             continue
@@ -139,7 +150,9 @@ def _report_leftovers(model_dir: Path, report: Report) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- one version
-def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, report: Report) -> str:
+def _verify_version(
+    model_dir: Path, vdir: Path, config: dict[str, Any] | None, report: Report, runner: SampleRunner
+) -> str:
     label = f"{model_dir.name}/{vdir.name}"
     problems = report.problems
 
@@ -151,7 +164,7 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
     for name in REQUIRED_FILES:
         if not (vdir / name).is_file():
             fail(f"{name} is missing")
-    metadata = _read_json(vdir / "metadata.json", fail)
+    metadata = read_json(vdir / "metadata.json", fail)
     if not isinstance(metadata, dict):
         if metadata is not None:
             fail("metadata.json must hold a JSON object")
@@ -186,11 +199,13 @@ def _verify_version(model_dir: Path, vdir: Path, config: dict[str, Any] | None, 
     if side:
         detail += f", {' and '.join(side)} sha256"
     if sha_ok and graph_ok:
-        max_diff = _check_sample(vdir, metadata, fail)
+        samples = runner.run(vdir, metadata)
+        for message in samples["fails"]:
+            fail(message)
+        max_diff, v2_diff = samples["diff"], samples["v2_diff"]
         if max_diff is not None:
-            atol = _atol(metadata)
+            atol = atol_of(metadata)
             detail += f", sample response (max |diff| {max_diff:.3g} <= atol {atol:g})"
-        v2_diff = _check_sample_v2(vdir, metadata, fail)
         if v2_diff is not None:
             detail += f", v2 sample response (max |diff| {v2_diff:.3g})"
     return detail
@@ -213,34 +228,6 @@ def _check_side_files(vdir: Path, metadata: dict[str, Any], fail: Any) -> list[s
         else:
             checked.append(name)
     return checked
-
-
-def _read_json(path: Path, fail: Any) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        fail(f"{path.name} is not valid JSON: {exc}")
-        return None
-    except RecursionError:
-        value = None
-        depth = C.MAX_METADATA_DEPTH + 1
-    else:
-        depth = C.nesting_depth(value)
-    if depth > C.MAX_METADATA_DEPTH:
-        fail(
-            f"{path.name} nests objects or lists more than {C.MAX_METADATA_DEPTH} levels deep; "
-            "an exported file has a handful: it is corrupt or not ours"
-        )
-        return None
-    return value
-
-
-def _atol(metadata: dict[str, Any]) -> float:
-    parity = metadata.get("parity")
-    atol = parity.get("atol") if isinstance(parity, dict) else None
-    return float(atol) if isinstance(atol, (int, float)) and not isinstance(atol, bool) and atol > 0 else DEFAULT_ATOL
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -267,6 +254,7 @@ def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -
         where = "/".join(str(p) for p in error.absolute_path) or "top level"
         problems.append(f"not a valid metadata_model_response at {where}: {error.message}")
     problems.extend(C.contract_problems(metadata, model_name, version))
+    problems.extend(feature_entry_problems(metadata.get("features")))
     created = metadata.get("created_at")
     try:
         stamp = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
@@ -275,6 +263,32 @@ def metadata_problems(metadata: dict[str, Any], model_name: str, version: str) -
             problems.append(f"created_at {created!r} must be UTC (e.g. 2026-11-21T23:59:00Z)")
     except ValueError:
         problems.append(f"created_at {created!r} is not an ISO 8601 UTC timestamp")
+    return problems
+
+
+def feature_entry_problems(features: Any) -> list[str]:
+    """Types of the ``features[]`` fields serving reads (docs/features.md): ``optional`` a boolean, ``oov`` an
+    object whose ``policy`` is ``vocabulary`` or ``hash`` (``hash`` with a positive ``hash_buckets``)."""
+    if not isinstance(features, list):
+        return []
+    problems = []
+    for i, entry in enumerate(features):
+        if not isinstance(entry, dict):
+            continue  # the contract check reports entries that are not objects
+        where = f"features[{i}] ({entry.get('name')!s})"
+        if "optional" in entry and not isinstance(entry["optional"], bool):
+            problems.append(f"{where} optional is {entry['optional']!r}; expected true or false")
+        if "oov" not in entry:
+            continue
+        oov = entry["oov"]
+        if not isinstance(oov, dict):
+            problems.append(f'{where} oov is {oov!r}; expected an object such as {{"policy": "vocabulary", ...}}')
+        elif oov.get("policy") not in ("vocabulary", "hash"):
+            problems.append(f"{where} oov.policy is {oov.get('policy')!r}; expected 'vocabulary' or 'hash'")
+        elif oov["policy"] == "hash":
+            buckets = oov.get("hash_buckets")
+            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+                problems.append(f"{where} oov.hash_buckets is {buckets!r}; expected a positive integer")
     return problems
 
 
@@ -317,101 +331,15 @@ def config_problems(
         problems.append(f"platform is {one(config, 'platform')!r}; expected 'onnxruntime_onnx'")
     # tensors, batching and warm-up (batched and unbatched forms) are checked by exporter.export.triton
     problems += triton_config_problems(config, metadata, model_dir)
+    recorded = metadata.get("triton")
+    if recorded is not None:  # versions exported before metadata.json recorded Triton's view have none
+        try:
+            view: Any = triton.triton_view_of(config)
+        except (KeyError, IndexError, TypeError, ValueError):
+            view = None  # a tensor Triton would refuse: reported above
+        if view is not None and recorded != view:
+            problems.append(
+                f'metadata.json "triton" is {json.dumps(recorded)}, but Triton reports {json.dumps(view)} for this '
+                "config (Triton's inputs and outputs: names, datatypes, shapes with -1 for the batch axis)"
+            )
     return problems
-
-
-# ---------------------------------------------------------------------------------------------- sample
-def _check_sample(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | None:
-    """Handler answer to sample_request.json vs sample_response.json; returns the max |difference| found."""
-    from exporter.runtime.handler import HandlerError, ModelHandler
-
-    request = _read_json(vdir / "sample_request.json", fail)
-    expected = _read_json(vdir / "sample_response.json", fail)
-    if request is None or expected is None:
-        return None
-    if not (isinstance(request, dict) and isinstance(request.get("data"), list) and request["data"]):
-        fail('sample_request.json must be a TorchServe request {"data": [<row>, ...]} with at least one row')
-        return None
-    try:
-        handler = ModelHandler.load(vdir)
-        answer = handler.predict(request)
-    except HandlerError as exc:
-        fail(f"the handler cannot answer sample_request.json: {exc.message}")
-        return None
-    atol = _atol(metadata)
-    diffs: list[float] = []
-    mismatch = _compare(expected, answer, atol, "sample_response", diffs)
-    if mismatch:
-        fail(f"handler answer to sample_request.json differs from sample_response.json: {mismatch}")
-        return None
-    return max(diffs, default=0.0)
-
-
-# the Open Inference Protocol sample beside the TorchServe one
-V2_SAMPLE_FILES = ("sample_request_v2.json", "sample_response_v2.json")
-
-
-def _check_sample_v2(vdir: Path, metadata: dict[str, Any], fail: Any) -> float | None:
-    """Handler answer to sample_request_v2.json vs sample_response_v2.json, when the pair is there.
-
-    Versions exported before the v2 sample existed have neither file; one without the other is a problem.
-    """
-    from exporter.runtime.handler import HandlerError, ModelHandler
-
-    present = [(vdir / name).is_file() for name in V2_SAMPLE_FILES]
-    if not any(present):
-        return None
-    if not all(present):
-        missing = V2_SAMPLE_FILES[present.index(False)]
-        fail(f"{missing} is missing (the v2 sample request and its answer go together)")
-        return None
-    request = _read_json(vdir / V2_SAMPLE_FILES[0], fail)
-    expected = _read_json(vdir / V2_SAMPLE_FILES[1], fail)
-    if request is None or expected is None:
-        return None
-    if not (isinstance(request, dict) and isinstance(request.get("inputs"), list)):
-        fail('sample_request_v2.json must be an Open Inference Protocol request {"inputs": [...]}')
-        return None
-    try:
-        answer = ModelHandler.load(vdir).predict(request)
-    except HandlerError as exc:
-        fail(f"the handler cannot answer sample_request_v2.json: {exc.message}")
-        return None
-    diffs: list[float] = []
-    mismatch = _compare(expected, answer, _atol(metadata), "sample_response_v2", diffs)
-    if mismatch:
-        fail(f"handler answer to sample_request_v2.json differs from sample_response_v2.json: {mismatch}")
-        return None
-    return max(diffs, default=0.0)
-
-
-def _compare(expected: Any, got: Any, atol: float, where: str, diffs: list[float]) -> str | None:
-    """First structural or numeric difference (beyond ``atol``) between two decoded JSON answers."""
-    number = (int, float)
-    if isinstance(expected, bool) or isinstance(got, bool):
-        return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
-    if isinstance(expected, number) and isinstance(got, number):
-        if not (math.isfinite(expected) and math.isfinite(got)):
-            return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"
-        diff = abs(float(expected) - float(got))
-        diffs.append(diff)
-        return (
-            None if diff <= atol else f"{where}: expected {expected!r}, got {got!r} (|diff| {diff:.3g} > atol {atol:g})"
-        )
-    if isinstance(expected, dict) and isinstance(got, dict):
-        if list(expected) != list(got):
-            return f"{where}: expected keys {list(expected)}, got {list(got)}"
-        for key in expected:
-            problem = _compare(expected[key], got[key], atol, f"{where}.{key}", diffs)
-            if problem:
-                return problem
-        return None
-    if isinstance(expected, list) and isinstance(got, list):
-        if len(expected) != len(got):
-            return f"{where}: expected {len(expected)} items, got {len(got)}"
-        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
-            problem = _compare(e, g, atol, f"{where}[{i}]", diffs)
-            if problem:
-                return problem
-        return None
-    return None if expected == got else f"{where}: expected {expected!r}, got {got!r}"

@@ -233,6 +233,8 @@ def test_model_card_tells_what_metadata_holds(exported_artifacts, name):
         assert re.search(rf"\| `{metric}` \| {value:.4g} \|", card), metric
     assert f"{meta['parity']['max_abs_diff']:.3g}" in card and "**passed**" in card
     assert meta["sha256"] in card and meta["producer"]["framework"] in card
+    # tree sums in float32: the answers of xgb depend on onnxruntime's thread count at the 1e-7 level
+    assert ("thread count at the 1e-7 level" in card) == (meta["producer"]["framework"] == "xgboost")
     for col in meta.get("output_columns", []):
         assert f"`{col}`" in card
     # copy-paste calls for every serving path
@@ -331,3 +333,47 @@ def test_verify_reads_batched_configs(exported_artifacts, tmp_path):
     problems = verify(tree).problems
     assert any(f"config.pbtxt: output dims [{width + 1}]" in p and f"[-1, {width}]" in p for p in problems), problems
     assert not any("warmup" in p for p in problems), problems  # warmup/ is not taken for a version
+
+
+def test_kserve_command_on_a_read_only_tree_names_the_file_and_error(exported_artifacts, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from exporter import cli
+
+    tree = Path(shutil.copytree(exported_artifacts, tmp_path / "artifacts"))
+
+    def read_only(self, *args, **kwargs):  # what a read-only file system answers (root ignores chmod)
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)  # cleaning up the temporary file fails the same way
+    assert cli.main(["kserve", "xgb", "--artifacts", str(tree)]) == 2
+    err = capsys.readouterr().err
+    assert str(tree / "xgb" / "kserve.yaml") in err and "Read-only file system" in err, err
+
+
+# ------------------------------------------------------------------------------------------------ shapes per server
+@pytest.mark.parametrize("name", EXPORTED)
+def test_metadata_records_what_triton_reports(exported_artifacts, name):
+    meta = _meta(exported_artifacts, name)
+    view = triton.triton_view((exported_artifacts / name / "config.pbtxt").read_text())
+    assert meta["triton"] == view
+    card = (exported_artifacts / name / "1" / "README.md").read_text()
+    if meta["prediction_format"] == "scalar":  # our answer stays [rows]; Triton's is [rows, 1]
+        assert meta["outputs"][0]["shape"] == [-1]
+        assert meta["triton"]["outputs"] == [{"name": "predictions", "datatype": "FP64", "shape": [-1, 1]}]
+        assert "answer `predictions` as `[rows]`" in card and "answer it as `[rows, 1]`" in card
+    else:
+        assert meta["triton"]["outputs"][0]["shape"] == meta["outputs"][0]["shape"]
+        assert "Shapes per server" not in card
+    assert meta["triton"]["inputs"] == meta["inputs"]
+
+
+def test_verify_fails_a_triton_view_the_config_contradicts(exported_artifacts, tmp_path):
+    tree = Path(shutil.copytree(exported_artifacts / "xgb", tmp_path / "xgb"))
+    assert verify(tree).ok
+    meta = _meta(tmp_path, "xgb")
+    meta["triton"]["outputs"][0]["shape"] = [-1]  # what the project answers, not what Triton reports
+    (tree / "1" / "metadata.json").write_text(json.dumps(meta))
+    (problem,) = verify(tree).problems
+    assert 'xgb/1: config.pbtxt: metadata.json "triton" is' in problem and '"shape": [-1, 1]' in problem, problem

@@ -199,6 +199,9 @@ def test_metadata_is_what_the_config_implies(server: tp.TritonProcess, exported_
     assert status == 200, body
     view = tp.triton_view((exported_artifacts / name / "config.pbtxt").read_text())
     assert {"inputs": body["inputs"], "outputs": body["outputs"]} == view
+    # metadata.json tells the truth for Triton too: its "triton" object is what Triton's endpoint reports
+    metadata = json.loads((exported_artifacts / name / "1" / "metadata.json").read_text())
+    assert {"inputs": body["inputs"], "outputs": body["outputs"]} == metadata["triton"]
     assert body["name"] == name and body["versions"] == ["1"] and body["platform"] == "python"
 
 

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from exporter.tools.verify import SPEC_FILE, parse_pbtxt, verify
 from tests.handler_fixtures import REPO, SPEC_PATHS, build_artifact, build_tree, tiny_model
@@ -172,3 +175,113 @@ def test_real_exported_artifacts_verify(exported_artifacts: Path) -> None:
     report = verify(exported_artifacts)
     assert report.ok, report.problems
     assert {line.split("/")[0] for line in report.passed} == {"xgb", "deepfm", "mmoe", "two_tower", "two_tower_item"}
+
+
+@pytest.fixture()
+def xgb_copy(exported_artifacts: Path, tmp_path: Path) -> Path:
+    """A private copy of the exported xgb model (a real ``features`` list) to break."""
+    return Path(shutil.copytree(exported_artifacts / "xgb", tmp_path / "artifacts" / "xgb"))
+
+
+def _edit_feature(vdir: Path, kind: str, key: str, value: object) -> None:
+    meta = json.loads((vdir / "metadata.json").read_text())
+    next(f for f in meta["features"] if f["kind"] == kind)[key] = value
+    (vdir / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "message"),
+    [
+        ("categorical", "oov", ["x"], "oov is ['x']; expected an object"),
+        ("categorical", "oov", "zero", "oov is 'zero'; expected an object"),
+        ("numeric", "optional", "no", "optional is 'no'; expected true or false"),
+    ],
+)
+def test_feature_entries_of_the_wrong_type_fail(xgb_copy: Path, kind: str, key: str, value: object, message: str):
+    _edit_feature(xgb_copy / "1", kind, key, value)
+    report = verify(xgb_copy / "1")
+    assert any("xgb/1: metadata.json: features[" in p and message in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_number_literals_in_metadata_fail(xgb_copy: Path, literal: str) -> None:
+    path = xgb_copy / "1" / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["features"][0]["fill"] = "@@"
+    path.write_text(json.dumps(meta).replace('"@@"', literal))
+    report = verify(xgb_copy / "1")
+    assert any(f"metadata.json holds the literal {literal}" in p for p in report.problems), report.problems
+
+
+def test_a_batch_size_triton_cannot_hold_fails(xgb_copy: Path) -> None:
+    config = xgb_copy / "config.pbtxt"
+    config.write_text(config.read_text().replace("batch_size: 1024", "batch_size: 100000000000000000000"))
+    report = verify(xgb_copy)
+    assert any("config.pbtxt: max_batch_size is 100000000000000000000" in p for p in report.problems), report
+
+
+def _replace_graph(vdir: Path, model: onnx.ModelProto) -> None:
+    raw = model.SerializeToString()
+    (vdir / "model.onnx").write_bytes(raw)
+    edit_metadata(vdir, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _endless_graph() -> onnx.ModelProto:
+    """features [N, 7] -> predictions [N], through a Loop of 2^62 iterations that passes the features on."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["carried_in"], ["carried_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_in", TensorProto.DOUBLE, ["batch", 7]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_out", TensorProto.DOUBLE, ["batch", 7]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Loop", ["trips", "keep_going", "features"], ["looped"], body=body),
+            helper.make_node("ReduceSum", ["looped", "axis"], ["predictions"], keepdims=0),
+        ],
+        "endless",
+        [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", 7])],
+        [helper.make_tensor_value_info("predictions", TensorProto.DOUBLE, ["batch"])],
+        initializer=[
+            numpy_helper.from_array(np.array(2**62, dtype=np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_graph_that_runs_forever_is_stopped_and_the_other_versions_reported(tree: Path) -> None:
+    _replace_graph(tree / "xgb" / "1", _endless_graph())
+    proc = cli(str(tree), "--sample-timeout", "10")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and "xgb/1: the sample run did not finish within 10 s" in fails[0], proc.stdout
+    for version in ("xgb/2", "mmoe/1", "two_tower/1"):
+        assert f"ok    {version}:" in proc.stdout, proc.stdout
+
+
+def test_a_graph_that_raises_while_it_runs_costs_only_its_version(tree: Path) -> None:
+    model = tiny_model(7, "scalar", None)  # Reshape of [3, 7] to [-1, 5] fails inside onnxruntime.run
+    shape = numpy_helper.from_array(np.array([-1, 5], dtype=np.int64), "odd_shape")
+    model.graph.initializer.append(shape)
+    model.graph.node.insert(0, helper.make_node("Reshape", ["features", "odd_shape"], ["odd"]))
+    model.graph.node.insert(1, helper.make_node("ReduceSum", ["odd"], ["odd_sum"], keepdims=0))
+    model.graph.node.insert(3, helper.make_node("Add", ["z", "odd_sum"], ["z2"]))  # after the MatMul
+    model.graph.node[-1].input[0] = "z2"
+    _replace_graph(tree / "xgb" / "1", model)
+    report = verify(tree)
+    assert len(report.problems) == 1 and "xgb/1: running the sample request raised" in report.problems[0], report
+    assert sorted(line.split(":")[0] for line in report.passed) == ["mmoe/1", "two_tower/1", "xgb/2"]
