@@ -60,8 +60,9 @@ answering meanwhile.
 
 Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
 servable, removed ones go away, requests in flight finish on the version they started with. A new
-version that fails to load is logged and listed under "failed" in GET /models; the versions already
-serving stay. (At startup any broken version stops serve with every problem listed.)
+version that fails to load (or a model directory whose name is not UTF-8) is logged and listed under
+"failed" in GET /models; the versions already serving stay, and a failed version is tried again once any
+of its files changes. (At startup any broken entry stops serve, exit 2, with every problem listed.)
 
 Example:
   python -m exporter serve --artifacts artifacts --port 8080 --poll 10
