@@ -382,7 +382,10 @@ class _Routes:
         )
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, _log_path(request.scope))
+        """An unexpected exception: a 500 with a JSON body, and its request-log line like every other answer."""
+        log.error("internal error on %s %s", request.method, _log_path(request.scope), exc_info=exc)
+        if self.served.add_line is not None:
+            self.served.add_line((time.time(), "%s %s status=500", request.method, _log_path(request.scope)))
         return self.response(
             _error(f"internal server error: {type(exc).__name__}"), status_code=500, media_type="application/json"
         )
