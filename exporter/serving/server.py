@@ -299,9 +299,10 @@ class Predict:
             future = self.served.workers.submit(handler.model_name, handler.handle_http, body, header_length)
         except Busy as exc:
             return 503, _error(str(exc)), 0, None
+        deadline = asyncio.get_running_loop().call_later(timeout, _expire, future)  # cheaper than wait_for
         try:
-            answer: _Answer = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+            answer: _Answer = await future
+        except _Expired:
             message = (
                 f"model {_shown(handler.model_name)} version {handler.version} did not answer within {timeout:g}s "
                 "(serve --request-timeout); the run goes on in the background and counts against the model's "
@@ -312,7 +313,19 @@ class Predict:
         except Exception as exc:  # noqa: BLE001 - answered (and logged) as a 500, never a dropped connection
             log.error("internal error answering model %s version %s", handler.model_name, handler.version, exc_info=exc)
             return 500, _error(f"internal server error: {type(exc).__name__}"), 0, None
+        finally:
+            deadline.cancel()
         return answer
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    """The deadline of a prediction passed: its request stops waiting (the run itself goes on)."""
+    if not future.done():
+        future.set_exception(_Expired())
+
+
+class _Expired(Exception):
+    """Set on a prediction's future when its deadline passed (not a TimeoutError a handler could raise)."""
 
 
 class _Routes:
