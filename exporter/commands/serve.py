@@ -55,7 +55,8 @@ above --max-header-bytes (65536) get 431; idle keep-alive connections close afte
 Slow models: predictions run in worker threads, never on the event loop. A prediction not answered
 within --request-timeout seconds (30) gets 504; onnxruntime cannot stop a running graph, so the run keeps
 its thread until it ends. One model holds at most --model-concurrency threads (8), all models together at
-most --worker-threads (32); a request beyond either gets 503 at once. /ping and the other models keep
+most --worker-threads (32); a request beyond either waits for a thread until its deadline, then gets 503
+(no queueing forever behind stuck runs). /ping and the other models keep
 answering meanwhile.
 
 Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
@@ -135,7 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--worker-threads",
         default=DEFAULT_WORKER_THREADS,
         type=_positive_int,
-        help="threads predictions run in, for all models together; a request when all are busy gets 503 "
+        help="threads predictions run in, for all models together; a request when all are busy waits for one "
+        "until its deadline, then gets 503 "
         f"(default: {DEFAULT_WORKER_THREADS})",
     )
     parser.add_argument(
@@ -143,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL_CONCURRENCY,
         type=_positive_int,
         help="most worker threads one model may occupy (runs that timed out included, until they end); a "
-        "request beyond that gets 503, so one stuck model cannot take every thread "
+        "request beyond that waits until its deadline, then gets 503, so one stuck model cannot take every thread "
         f"(default: {DEFAULT_MODEL_CONCURRENCY})",
     )
     parser.add_argument(

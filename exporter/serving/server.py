@@ -4,7 +4,7 @@ Starlette routing on uvicorn (uvloop + httptools). The prediction route is a bar
 body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes (and
 ``Inference-Header-Content-Length`` for binary tensor data) to :meth:`exporter.runtime.handler.ModelHandler.handle_http`
 in a worker thread of :mod:`exporter.serving.workers` (never on the event loop; 504 past ``--request-timeout``,
-503 when the model or the pool has no thread left) and sends the bytes back. Models are looked
+503 when no thread was free in time) and sends the bytes back. Models are looked
 up only in the in-memory view of :mod:`exporter.serving.live_registry` (replaced whole by ``--poll``/SIGHUP reloads),
 never on disk, so no request can reach a file. The per-request log line is queued and written by a background
 thread (:mod:`exporter.serving.access_log`).
@@ -15,7 +15,6 @@ Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions. The com
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
-from exporter.serving.workers import DEFAULT_REQUEST_TIMEOUT, Busy, WorkerPool
+from exporter.serving.workers import DEFAULT_REQUEST_TIMEOUT, Busy, Expired, WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.applications import Starlette
@@ -293,39 +292,27 @@ class Predict:
         return await self._run(handler, body, header_length)
 
     async def _run(self, handler: ModelHandler, body: bytes, header_length: int | str | None) -> _Answer:
-        """The handler's answer, computed in a worker thread: 503 when none may take it, 504 past the deadline."""
+        """The handler's answer, computed in a worker thread: 503 when none was free in time, 504 past the deadline."""
         timeout = self.served.request_timeout
         try:
-            future = self.served.workers.submit(handler.model_name, handler.handle_http, body, header_length)
+            answer: _Answer = await self.served.workers.run(
+                handler.model_name, timeout, handler.handle_http, body, header_length
+            )
         except Busy as exc:
+            log.error("%s", exc)
             return 503, _error(str(exc)), 0, None
-        deadline = asyncio.get_running_loop().call_later(timeout, _expire, future)  # cheaper than wait_for
-        try:
-            answer: _Answer = await future
-        except _Expired:
+        except Expired:
             message = (
                 f"model {_shown(handler.model_name)} version {handler.version} did not answer within {timeout:g}s "
-                "(serve --request-timeout); the run goes on in the background and counts against the model's "
-                "--model-concurrency until it ends"
+                "(serve --request-timeout); the run goes on in the background and holds one of the model's "
+                "--model-concurrency threads until it ends"
             )
             log.error("%s", message)
             return 504, _error(message), 0, None
         except Exception as exc:  # noqa: BLE001 - answered (and logged) as a 500, never a dropped connection
             log.error("internal error answering model %s version %s", handler.model_name, handler.version, exc_info=exc)
             return 500, _error(f"internal server error: {type(exc).__name__}"), 0, None
-        finally:
-            deadline.cancel()
         return answer
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    """The deadline of a prediction passed: its request stops waiting (the run itself goes on)."""
-    if not future.done():
-        future.set_exception(_Expired())
-
-
-class _Expired(Exception):
-    """Set on a prediction's future when its deadline passed (not a TimeoutError a handler could raise)."""
 
 
 class _Routes:

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporter.serving.workers import Busy, WorkerPool
+from exporter.serving.workers import Busy, Expired, WorkerPool
 from tests.handler_fixtures import DEFAULT_COLUMNS, build_artifact, build_tree, sample_rows
 from tests.serving.test_server import LiveServer, assert_json_error
 
@@ -73,7 +75,7 @@ def test_a_model_that_never_answers_gets_504_and_stops_nothing_else(tmp_path: Pa
             assert_json_error(client.post("/predictions/endless", json=body), 504, '"endless"', "within 1s")
             assert client.get("/ping").json() == {"status": "Healthy"}
             assert client.post("/predictions/xgb", json=body).status_code == 200
-            # the stuck run still holds the model's one thread: refused at once, the others unaffected
+            # the stuck run still holds the model's one thread: refused after the deadline, the others unaffected
             assert_json_error(client.post("/predictions/endless", json=body), 503, "endless", "--model-concurrency")
             assert client.post("/predictions/mmoe", json=body).status_code == 200
             assert client.get("/models").status_code == 200
@@ -85,24 +87,35 @@ def test_a_model_that_never_answers_gets_504_and_stops_nothing_else(tmp_path: Pa
         server.stop()
 
 
-def test_the_pool_refuses_beyond_its_bounds_and_frees_threads_when_runs_end() -> None:
+def test_the_pool_waits_for_a_thread_within_the_deadline_then_refuses() -> None:
     release = threading.Event()
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):  # bounded: 10 s
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached")
 
     async def scenario() -> None:
         pool = WorkerPool(size=2, per_model=1)
-        first = pool.submit("a", release.wait, 10)
-        with pytest.raises(Busy, match="model 'a' already has 1 requests running"):
-            pool.submit("a", release.wait, 10)
-        second = pool.submit("b", release.wait, 10)
-        with pytest.raises(Busy, match="all 2 worker threads are busy"):
-            pool.submit("c", release.wait, 10)
+        first = asyncio.ensure_future(pool.run("a", 10, release.wait, 10))
+        await until(lambda: pool.running("a") == 1)
+        with pytest.raises(Busy, match="model 'a' had all its 1 worker threads busy"):
+            await pool.run("a", 0.1, release.wait, 10)
+        second = asyncio.ensure_future(pool.run("b", 10, release.wait, 10))
+        await until(lambda: pool.running("b") == 1)
+        with pytest.raises(Busy, match="all 2 worker threads were busy"):
+            await pool.run("c", 0.1, sum, [1])
+        queued = asyncio.ensure_future(pool.run("c", 10, sum, [1, 2]))  # waits for a thread, within its deadline
         release.set()
-        assert await asyncio.wait_for(first, 10) is True and await asyncio.wait_for(second, 10) is True
-        assert pool.running("a") == 0
-        assert await asyncio.wait_for(pool.submit("c", sum, [1, 2]), 10) == 3
-        failing = pool.submit("c", int, "x")
+        assert await first is True and await second is True and await queued == 3
+        with pytest.raises(Expired):
+            await pool.run("d", 0.1, time.sleep, 0.5)
+        assert pool.running("d") == 1  # the run goes on after its request gave up, and holds its thread
+        await until(lambda: pool.running("d") == 0)
         with pytest.raises(ValueError):
-            await asyncio.wait_for(failing, 10)
+            await pool.run("c", 10, int, "x")
 
     try:
         asyncio.run(scenario())
