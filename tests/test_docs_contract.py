@@ -9,7 +9,7 @@ import pytest
 
 from exporter import contract as C
 from exporter.runtime.handler import DEFAULT_MAX_ROWS
-from exporter.serving import http_limits
+from exporter.serving import http_limits, workers
 from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app
 from exporter.training.data import DEFAULT_FEATURES
 from tests.conftest import REPO
@@ -119,7 +119,7 @@ def test_error_statuses_are_the_ones_the_code_answers() -> None:
         *sorted((REPO / "exporter" / "serving").rglob("*.py")),
     ]
     code = "".join(f.read_text() for f in files)
-    answered = {int(s) for s in re.findall(r"\b4\d\d\b", code)}
+    answered = {int(s) for s in re.findall(r"\b(?:4\d\d|50[34])\b", code)}  # 503/504: a busy or slow model
     assert documented == answered
 
 
@@ -135,6 +135,9 @@ def test_limits_are_the_defaults() -> None:
     assert float(value("--header-timeout")) == http_limits.DEFAULT_HEADER_TIMEOUT
     assert float(value("--body-timeout")) == http_limits.DEFAULT_BODY_TIMEOUT
     assert float(value("--keep-alive-timeout")) == http_limits.DEFAULT_KEEP_ALIVE_TIMEOUT
+    assert float(value("--request-timeout")) == workers.DEFAULT_REQUEST_TIMEOUT
+    assert value("--worker-threads") == str(workers.DEFAULT_WORKER_THREADS)
+    assert value("--model-concurrency") == str(workers.DEFAULT_MODEL_CONCURRENCY)
 
 
 def test_quoted_client_text_length_is_the_handlers() -> None:

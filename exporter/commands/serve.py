@@ -22,6 +22,12 @@ from exporter.serving.http_limits import (
 )
 from exporter.serving.live_registry import LiveRegistry, Reloader
 from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
+from exporter.serving.workers import (
+    DEFAULT_MODEL_CONCURRENCY,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WORKER_THREADS,
+    WorkerPool,
+)
 
 HELP = "serve every exported model over HTTP with TorchServe-style routes"
 
@@ -46,10 +52,18 @@ Slow or oversized clients: request line and headers must arrive within --header-
 the body within --body-timeout seconds of the headers (30), else 408 and the connection closes; headers
 above --max-header-bytes (65536) get 431; idle keep-alive connections close after --keep-alive-timeout (30).
 
+Slow models: predictions run in worker threads, never on the event loop. A prediction not answered
+within --request-timeout seconds (30) gets 504; onnxruntime cannot stop a running graph, so the run keeps
+its thread until it ends. One model holds at most --model-concurrency threads (8), all models together at
+most --worker-threads (32); a request beyond either waits for a thread until its deadline, then gets 503
+(no queueing forever behind stuck runs). /ping and the other models keep
+answering meanwhile.
+
 Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
 servable, removed ones go away, requests in flight finish on the version they started with. A new
-version that fails to load is logged and listed under "failed" in GET /models; the versions already
-serving stay. (At startup any broken version stops serve with every problem listed.)
+version that fails to load (or a model directory whose name is not UTF-8) is logged and listed under
+"failed" in GET /models; the versions already serving stay, and a failed version is tried again once any
+of its files changes. (At startup any broken entry stops serve, exit 2, with every problem listed.)
 
 Example:
   python -m exporter serve --artifacts artifacts --port 8080 --poll 10
@@ -108,6 +122,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_HEADER_BYTES,
         type=_positive_int,
         help=f"largest request line plus headers, else 431 (default: {DEFAULT_MAX_HEADER_BYTES})",
+    )
+    # slow or stuck models (exporter.serving.workers): predictions never run on the event loop
+    parser.add_argument(
+        "--request-timeout",
+        default=DEFAULT_REQUEST_TIMEOUT,
+        type=_positive_float,
+        metavar="SECONDS",
+        help="seconds a prediction may run before it is answered 504 (the run itself cannot be stopped and "
+        f"keeps its worker thread until it ends) (default: {DEFAULT_REQUEST_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--worker-threads",
+        default=DEFAULT_WORKER_THREADS,
+        type=_positive_int,
+        help="threads predictions run in, for all models together; a request when all are busy waits for one "
+        "until its deadline, then gets 503 "
+        f"(default: {DEFAULT_WORKER_THREADS})",
+    )
+    parser.add_argument(
+        "--model-concurrency",
+        default=DEFAULT_MODEL_CONCURRENCY,
+        type=_positive_int,
+        help="most worker threads one model may occupy (runs that timed out included, until they end); a "
+        "request beyond that waits until its deadline, then gets 503, so one stuck model cannot take every thread "
+        f"(default: {DEFAULT_MODEL_CONCURRENCY})",
     )
     parser.add_argument(
         "--poll",
@@ -182,7 +221,13 @@ def run(args: argparse.Namespace) -> int:
     registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)
     live = LiveRegistry(registry, args.artifacts, max_rows=args.max_rows, threads=args.threads)
     access_log = AccessLog(sys.stderr) if log.isEnabledFor(logging.INFO) else None
-    app = create_app(live, max_body_bytes=args.max_body_bytes, access_log=access_log)
+    app = create_app(
+        live,
+        max_body_bytes=args.max_body_bytes,
+        access_log=access_log,
+        request_timeout=args.request_timeout,
+        workers=WorkerPool(args.worker_threads, args.model_concurrency),
+    )
     sock = _listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host

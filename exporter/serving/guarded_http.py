@@ -7,6 +7,7 @@ server needs.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,9 @@ from exporter.serving.http_limits import (
     HttpLimits,
     raw_error,
 )
+
+#: the request log's logger: answers given here, before any application sees the request, are logged there too
+log = logging.getLogger("exporter.serve")
 
 
 class _Refused(Exception):
@@ -56,6 +60,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(raw_error(status, message))
             self.transport.close()
+            client = getattr(self, "client", None)
+            peer = f"{client[0]}:{client[1]}" if client else "-"
+            log.info("- - client=%s status=%d %s", peer, status, message)
 
     def _headers_too_slow(self) -> None:
         self._timer = None
@@ -96,8 +103,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             pass
 
     def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that are not HTTP (plain text there), as a JSON error body."""
         if not self._refused:  # a refused request already has its answer
-            super().send_400_response(msg)
+            self._refuse(
+                400,
+                f"{msg.rstrip('.')}: the request line or headers are not valid HTTP/1.1; expected "
+                "'<METHOD> <path> HTTP/1.1' and 'Name: value' header lines, each ending in CRLF",
+            )
 
     def on_message_begin(self) -> None:
         self._header_bytes = 0

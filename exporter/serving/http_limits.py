@@ -13,9 +13,10 @@ three limits added:
 * ``max_header_bytes``: request line plus headers larger than this are answered ``431`` and closed.
 
 Idle keep-alive connections keep uvicorn's own ``timeout_keep_alive``. Answers are JSON ``{"error": ...}``
-bodies like every other error of the server. This module holds the limits and the answers; the protocol class
-is in :mod:`exporter.serving.guarded_http`, imported only when a server starts (uvicorn is a heavy import for
-every other command).
+bodies like every other error of the server, and so is the 400 to a request that is not valid HTTP (uvicorn's
+own answer is plain text); each such answer has its line in the request log. This module holds the limits and
+the answers; the protocol class is in :mod:`exporter.serving.guarded_http`, imported only when a server starts
+(uvicorn is a heavy import for every other command).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_KEEP_ALIVE_TIMEOUT = 30
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 @dataclass(frozen=True)

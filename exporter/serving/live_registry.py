@@ -7,8 +7,11 @@ thread, reuses the handler of every version still there (versions are immutable:
 renamed into place whole), loads new ones, drops removed ones and swaps the view in one assignment. A request
 reads the view once, so it is answered by the handler it started with even if a reload removes that version
 meanwhile: nothing in flight is dropped. A new version that fails to load (bad sha256, unreadable graph,
-inconsistent metadata) is logged and listed under ``failed`` in ``GET /models``; the versions already
-serving stay. At startup, by contrast, any failure stops ``serve`` with every problem listed.
+inconsistent metadata, text in ``metadata.json`` that is not valid Unicode) and a model directory whose name is
+not UTF-8 are logged and listed under ``failed`` in ``GET /models`` (names and messages with lone surrogates
+written as escapes, so the JSON always encodes); the versions already serving stay, and a failed version is
+tried again when any of its files changes. At startup, by contrast, any failure stops ``serve`` with every
+problem listed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ log = logging.getLogger("exporter.serve")
 
 #: a version directory's identity: a re-created directory (new inode) is loaded again
 DirKey = tuple[int, int]
+#: (path, size, mtime) of every file of a version directory: a failed version is tried again when it changes
+FilesKey = tuple[tuple[str, int, int], ...]
 
 
 def _dir_key(path: Path) -> DirKey | None:
@@ -50,6 +55,8 @@ class ModelRegistry:
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (model, version) -> directory identity when it was loaded or failed
     keys: dict[tuple[str, str], DirKey] = field(default_factory=dict)
+    #: (model, version) -> its files when it failed
+    file_keys: dict[tuple[str, str], FilesKey] = field(default_factory=dict)
     # precomputed answers (set by finish())
     models_body: bytes = b""
     metadata_bodies: dict[str, bytes] = field(default_factory=dict)
@@ -62,7 +69,7 @@ class ModelRegistry:
         """Load every version of every model under ``artifacts``; raises ExporterError listing every failure."""
         registry = scan(Path(artifacts), max_rows=max_rows, threads=threads)
         if registry.failed:
-            problems = [reason for reason in registry.failed.values()]
+            problems = [shown(reason) for reason in registry.failed.values()]
             raise ExporterError("cannot serve; some artifacts failed to load:\n  " + "\n  ".join(problems))
         if not registry.latest:
             raise ExporterError(
@@ -85,8 +92,8 @@ class ModelRegistry:
                 for name, versions in sorted(self.versions.items())
             ],
             "failed": [
-                {"name": name, "version": version, "error": reason}
-                for (name, version), reason in sorted(self.failed.items(), key=lambda kv: (kv[0][0], int(kv[0][1])))
+                {"name": shown(name), "version": version or None, "error": shown(reason)}
+                for (name, version), reason in sorted(self.failed.items(), key=_failure_order)
             ],
         }
 
@@ -105,16 +112,41 @@ class ModelRegistry:
         return "; ".join(f"{n} {','.join(sorted(v, key=int))}" for n, v in sorted(self.versions.items())) or "nothing"
 
 
+def _failure_order(item: tuple[tuple[str, str], str]) -> tuple[str, int]:
+    (name, version), _reason = item
+    return shown(name), int(version) if version else 0
+
+
 def scan(
     artifacts: Path, *, max_rows: int | None = None, threads: int | None = None, previous: ModelRegistry | None = None
 ) -> ModelRegistry:
     """A new view of ``artifacts``: versions of ``previous`` still on disk keep their handler, new ones load.
 
-    A version that failed before is tried again only when its directory changed. Never raises for a broken
-    version (it goes to ``failed``); raises ExporterError only when ``artifacts`` is not a directory.
+    A version that failed before is tried again when its directory or any file in it changed (size or
+    modification time), so a version first seen half-written loads once it is complete. Never raises for a
+    broken entry (it goes to ``failed``: a model directory whose name is not UTF-8, a version that does not
+    load); raises ExporterError only when ``artifacts`` is not a directory.
     """
-    from exporter.runtime.handler import DEFAULT_MAX_ROWS, HandlerError, ModelHandler
+    _check_tree(artifacts)
+    registry = ModelRegistry()
+    for model_dir in sorted(artifacts.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith("."):
+            continue
+        name = model_dir.name
+        vdirs = version_dirs(model_dir)
+        if vdirs and not _is_unicode(name):
+            registry.failed[(name, "")] = (
+                f"{model_dir}: the model directory's name is not valid UTF-8; model names are UTF-8 text "
+                "(rename the directory)"
+            )
+            continue
+        for vdir in vdirs:
+            _scan_version(registry, previous, name, vdir, max_rows, threads)
+    return registry.finish()
 
+
+def _check_tree(artifacts: Path) -> None:
+    """Raise ExporterError when ``artifacts`` is not a directory."""
     if artifacts.exists() and not artifacts.is_dir():
         raise ExporterError(
             f"--artifacts {str(artifacts)!r} is a file, not a directory; expected the artifacts tree "
@@ -125,40 +157,93 @@ def scan(
             f"artifacts directory {str(artifacts)!r} does not exist; export a model first "
             "(python -m exporter export xgb) or pass --artifacts DIR"
         )
-    registry = ModelRegistry()
-    for model_dir in sorted(artifacts.iterdir()):
-        if not model_dir.is_dir() or model_dir.name.startswith("."):
-            continue
-        name = model_dir.name
-        for vdir in version_dirs(model_dir):
-            ident = (name, vdir.name)
-            key = _dir_key(vdir)
-            if key is None:
-                continue  # removed while we looked
-            registry.keys[ident] = key
-            if previous is not None and previous.keys.get(ident) == key:
-                if ident in previous.failed:
-                    registry.failed[ident] = previous.failed[ident]
-                    continue
-                handler = previous.versions.get(name, {}).get(vdir.name)
-                if handler is not None:
-                    registry.versions.setdefault(name, {})[vdir.name] = handler
-                    continue
-            try:
-                handler = ModelHandler.load(vdir, max_rows=max_rows or DEFAULT_MAX_ROWS, threads=threads)
-            except HandlerError as exc:
-                registry.failed[ident] = f"{vdir}: {exc.message}"
-                continue
-            except Exception as exc:  # noqa: BLE001 - a reload must never take the server down
-                registry.failed[ident] = f"{vdir}: {type(exc).__name__}: {exc}"
-                continue
-            if handler.model_name != name:
-                registry.failed[ident] = (
-                    f"{vdir}: metadata.json names the model {handler.model_name!r}, but it sits in directory {name!r}"
-                )
-                continue
+
+
+def _scan_version(
+    registry: ModelRegistry,
+    previous: ModelRegistry | None,
+    name: str,
+    vdir: Path,
+    max_rows: int | None,
+    threads: int | None,
+) -> None:
+    """Put one version directory into ``registry``: its handler (reused or loaded) or why it failed."""
+    ident = (name, vdir.name)
+    key = _dir_key(vdir)
+    if key is None:
+        return  # removed while we looked
+    registry.keys[ident] = key
+    if previous is not None and previous.keys.get(ident) == key:
+        handler = previous.versions.get(name, {}).get(vdir.name)
+        if handler is not None:  # a loaded version never changes (it was renamed into place whole)
             registry.versions.setdefault(name, {})[vdir.name] = handler
-    return registry.finish()
+            return
+        files = _files_key(vdir)
+        if ident in previous.failed and previous.file_keys.get(ident) == files:
+            registry.failed[ident] = previous.failed[ident]
+            registry.file_keys[ident] = files
+            return
+    else:
+        files = _files_key(vdir)
+    problem, handler = _load(name, vdir, max_rows, threads)
+    if handler is None:
+        registry.failed[ident] = problem
+        registry.file_keys[ident] = files  # as before the attempt: a change meanwhile is tried again
+        return
+    registry.versions.setdefault(name, {})[vdir.name] = handler
+
+
+def _load(name: str, vdir: Path, max_rows: int | None, threads: int | None) -> tuple[str, ModelHandler | None]:
+    """The version's handler, or why it cannot be served."""
+    import orjson
+
+    from exporter.runtime.handler import DEFAULT_MAX_ROWS, HandlerError, ModelHandler
+
+    try:
+        handler = ModelHandler.load(vdir, max_rows=max_rows or DEFAULT_MAX_ROWS, threads=threads)
+    except HandlerError as exc:
+        return f"{vdir}: {exc.message}", None
+    except Exception as exc:  # noqa: BLE001 - a reload must never take the server down
+        return f"{vdir}: {type(exc).__name__}: {exc}", None
+    if handler.model_name != name:
+        return f"{vdir}: metadata.json names the model {handler.model_name!r}, but it sits in directory {name!r}", None
+    try:
+        orjson.dumps(handler.metadata)
+    except TypeError as exc:
+        return (
+            f"{vdir}: metadata.json holds text that is not valid Unicode ({exc}; e.g. a lone surrogate such as "
+            "\\ud800 written as a JSON escape), so it cannot be served as JSON",
+            None,
+        )
+    return "", handler
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (a name read from a non-UTF-8 file name holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str) -> str:
+    """``text`` with every lone surrogate written as its escape (``\\udcff``), so that JSON and logs can carry it."""
+    return text if _is_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _files_key(vdir: Path) -> FilesKey:
+    """Name, size and modification time of every file under a version directory (what a retry looks at)."""
+    found = []
+    for root, _dirs, files in os.walk(vdir):
+        for file_name in files:
+            path = os.path.join(root, file_name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found.append((path, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 class LiveRegistry:

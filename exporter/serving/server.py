@@ -3,7 +3,8 @@
 Starlette routing on uvicorn (uvloop + httptools). The prediction route is a bare ASGI endpoint: it reads the
 body under a byte limit (413 on ``Content-Length`` alone when it announces too much), hands the bytes (and
 ``Inference-Header-Content-Length`` for binary tensor data) to :meth:`exporter.runtime.handler.ModelHandler.handle_http`
-and sends the bytes back, so the per-request cost is the handler's plus a few microseconds. Models are looked
+in a worker thread of :mod:`exporter.serving.workers` (never on the event loop; 504 past ``--request-timeout``,
+503 when no thread was free in time) and sends the bytes back. Models are looked
 up only in the in-memory view of :mod:`exporter.serving.live_registry` (replaced whole by ``--poll``/SIGHUP reloads),
 never on disk, so no request can reach a file. The per-request log line is queued and written by a background
 thread (:mod:`exporter.serving.access_log`).
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
+from exporter.serving.workers import DEFAULT_REQUEST_TIMEOUT, Busy, Expired, WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.applications import Starlette
@@ -32,8 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from exporter.serving.access_log import AccessLog
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-#: bodies above this size are answered in a worker thread so that small requests keep flowing meanwhile
-THREAD_OFFLOAD_BYTES = 256 * 1024
 
 log = logging.getLogger("exporter.serve")
 
@@ -139,11 +139,14 @@ async def _read_body(content_length: bytes | None, receive: Receive, limit: int)
 
 @dataclass(frozen=True)
 class _Served:
-    """What every route reads: the live view of the models, the body limit, where access-log lines go."""
+    """What every route reads: the live view of the models, the body limit, where access-log lines go, the
+    threads predictions run in and how long a request may take there."""
 
     live: LiveRegistry
     max_body_bytes: int
     add_line: Callable[[tuple[Any, ...]], None] | None
+    workers: WorkerPool
+    request_timeout: float
 
 
 #: ``(status, answer, rows, answer_header_length)``, as :meth:`ModelHandler.handle_http` returns them
@@ -238,10 +241,7 @@ class Predict:
     """ASGI endpoint of ``POST /predictions/{model_name}[/{version}]`` (a class: Starlette calls it raw)."""
 
     def __init__(self, served: _Served) -> None:
-        from starlette.concurrency import run_in_threadpool
-
         self.served = served
-        self.in_thread = run_in_threadpool
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         start = time.perf_counter()
@@ -289,9 +289,30 @@ class Predict:
                 "(--max-body-bytes): split the rows over several requests"
             )
             return 413, _error(message), 0, None
-        if len(body) > THREAD_OFFLOAD_BYTES:
-            return await self.in_thread(handler.handle_http, body, header_length)
-        return handler.handle_http(body, header_length)
+        return await self._run(handler, body, header_length)
+
+    async def _run(self, handler: ModelHandler, body: bytes, header_length: int | str | None) -> _Answer:
+        """The handler's answer, computed in a worker thread: 503 when none was free in time, 504 past the deadline."""
+        timeout = self.served.request_timeout
+        try:
+            answer: _Answer = await self.served.workers.run(
+                handler.model_name, timeout, handler.handle_http, body, header_length
+            )
+        except Busy as exc:
+            log.error("%s", exc)
+            return 503, _error(str(exc)), 0, None
+        except Expired:
+            message = (
+                f"model {_shown(handler.model_name)} version {handler.version} did not answer within {timeout:g}s "
+                "(serve --request-timeout); the run goes on in the background and holds one of the model's "
+                "--model-concurrency threads until it ends"
+            )
+            log.error("%s", message)
+            return 504, _error(message), 0, None
+        except Exception as exc:  # noqa: BLE001 - answered (and logged) as a 500, never a dropped connection
+            log.error("internal error answering model %s version %s", handler.model_name, handler.version, exc_info=exc)
+            return 500, _error(f"internal server error: {type(exc).__name__}"), 0, None
+        return answer
 
 
 class _Routes:
@@ -361,7 +382,10 @@ class _Routes:
         )
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s %s", request.method, _log_path(request.scope))
+        """An unexpected exception: a 500 with a JSON body, and its request-log line like every other answer."""
+        log.error("internal error on %s %s", request.method, _log_path(request.scope), exc_info=exc)
+        if self.served.add_line is not None:
+            self.served.add_line((time.time(), "%s %s status=500", request.method, _log_path(request.scope)))
         return self.response(
             _error(f"internal server error: {type(exc).__name__}"), status_code=500, media_type="application/json"
         )
@@ -372,18 +396,28 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     access_log: AccessLog | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    workers: WorkerPool | None = None,
 ) -> Starlette:
     """The Starlette application (routes exactly as in contract section 5).
 
     ``registry`` is a fixed :class:`ModelRegistry` or a :class:`LiveRegistry` whose view reloads replace;
     every request reads the current view once. ``access_log``: where the per-request lines go (None: none).
+    Predictions run in ``workers`` (default: a :class:`WorkerPool` with its default bounds) and are answered
+    504 after ``request_timeout`` seconds.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.routing import Route
 
     live = registry if isinstance(registry, LiveRegistry) else LiveRegistry(registry, Path("."))
-    served = _Served(live, max_body_bytes, access_log.add if access_log is not None else None)
+    served = _Served(
+        live,
+        max_body_bytes,
+        access_log.add if access_log is not None else None,
+        workers if workers is not None else WorkerPool(),
+        request_timeout,
+    )
     routes, predict = _Routes(served), Predict(served)
     app = Starlette(
         routes=[
