@@ -235,6 +235,8 @@ def prepare(params: ExportParams) -> Prepared:
     if loaded is not None:
         hparams = dict(loaded.hparams)
         loaded.features = plan
+    else:  # what the hyper-parameters allocate, against the machine's memory, before training
+        H.check_memory(spec.name, hparams, plan.cardinalities, len(train_idx))
     return Prepared(
         spec,
         params,
