@@ -18,6 +18,10 @@ agrees with the native model on held-out rows (exit 3 when it does not; nothing 
 
 models: {models}, or all.
 
+hyper-parameters (--param KEY=VALUE) and their rules; a run whose parameters would not fit in the available
+memory is refused before training:
+{hparams}
+
 examples:
   python -m exporter export all
   python -m exporter export xgb --rows 50000 --param n_estimators=300 --param max_depth=6
@@ -43,13 +47,29 @@ def _models_help() -> str:
     return ", ".join(parts)
 
 
+def _hparams_help() -> str:
+    """Every model's hyper-parameters with their defaults and rules (the bounds errors name too)."""
+    from exporter.models import get_spec, model_names
+    from exporter.training.hparams import rule_for
+
+    lines = []
+    for name in model_names():
+        spec = get_spec(name)
+        lines.append(f"  {name}:")
+        for key, default in spec.default_hparams.items():
+            shown = json.dumps(default)
+            shown = f" (default {shown})" if len(shown) <= 30 else ""
+            lines.append(f"    {key}{shown}: {rule_for(spec, key)[1]}")
+    return "\n".join(lines)
+
+
 def _describe_on_demand(p: argparse.ArgumentParser) -> None:
     """Fill in the models line only when help is shown: naming what each spec writes imports the specs
     (and torch), which every other command would otherwise pay for at start-up."""
     plain = p.format_help
 
     def format_help() -> str:
-        p.description = DESCRIPTION.replace("{models}", _models_help())
+        p.description = DESCRIPTION.replace("{models}", _models_help()).replace("{hparams}", _hparams_help())
         return plain()
 
     p.format_help = format_help  # type: ignore[method-assign]

@@ -93,12 +93,19 @@ def _check_handoff_params(params: ExportParams) -> None:
         kserve.check_storage_uri(params.storage_uri)
 
 
+#: largest feature magnitude any model takes (docs/features.md): beyond it a network's arithmetic overflows
+#: (a held-out 1e308 made predictions NaN); every row is checked, training and held-out alike
+MAX_ABS_FEATURE = 1e20
+
+
 def _check_range(spec: ModelSpec, x: np.ndarray, columns: Sequence[str], where: str) -> None:
-    """Values the model's framework cannot represent (xgboost computes in float32) fail here, naming the cell."""
-    limit = spec.max_abs_feature
-    if limit is None or not x.size:
+    """Values the model's framework cannot represent (xgboost computes in float32) or that overflow a network's
+    arithmetic (beyond :data:`MAX_ABS_FEATURE`) fail here, naming the cell."""
+    limit = min(spec.max_abs_feature or MAX_ABS_FEATURE, MAX_ABS_FEATURE)
+    if not x.size:
         return
-    beyond = np.abs(x) > limit
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(x) > limit
     if beyond.any():
         row, col = (int(i) for i in np.argwhere(beyond)[0])
         raise ExporterError(
@@ -180,8 +187,7 @@ def prepare(params: ExportParams) -> Prepared:
         frame = D.read_table(params.data_path)
         source = str(params.data_path)
     else:
-        if not isinstance(params.rows, int) or isinstance(params.rows, bool) or params.rows < 10:
-            raise ExporterError(f"rows must be an integer >= 10, got {params.rows!r}")
+        D.check_rows(params.rows)
         frame = D.synthetic_dataset(params.rows, params.seed)
         source = "synthetic"
         absent = [c for c in (columns or []) if c not in frame.columns]
@@ -229,6 +235,8 @@ def prepare(params: ExportParams) -> Prepared:
     if loaded is not None:
         hparams = dict(loaded.hparams)
         loaded.features = plan
+    else:  # what the hyper-parameters allocate, against the machine's memory, before training
+        H.check_memory(spec.name, hparams, plan.cardinalities, len(train_idx))
     return Prepared(
         spec,
         params,

@@ -23,7 +23,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,20 @@ def kept_dirs(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if p.name.startswith(KEPT_PREFIX) and p.is_dir())
 
 
+def live_staged_configs(model_dir: Path) -> list[tuple[Staging, str]]:
+    """The ``config.pbtxt`` each live export of ``model_dir`` staged when it claimed its version (read under
+    :func:`repository_lock`: every write of it replaces the file in one step, so it is read whole)."""
+    found = []
+    for s in stagings(model_dir):
+        if s.stale or s.pid is None:
+            continue
+        try:
+            found.append((s, (s.path / PUBLISH_DIR / CONFIG_FILE).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue  # committed or removed meanwhile, or claimed without a config
+    return found
+
+
 def claimed_versions(model_dir: Path) -> list[int]:
     """Versions being written right now by live exports (their staging directories)."""
     return [s.version for s in stagings(model_dir) if not s.stale and s.version is not None]
@@ -322,13 +336,28 @@ class VersionWriter:
     and takes the next version, so two exports never race for one rename. Stale staging directories (their
     process is gone: a killed export) are removed at the same time.
 
+    ``configs`` (model name -> ``config.pbtxt`` text) is staged with the claim, under the same lock, after
+    ``check_config(model_name)`` passed (called under the lock, after stale claims are removed and killed
+    runs' model files published): an export whose tensors clash with the model's config or with another live
+    export's claim is refused before it writes anything, so concurrent exports cannot leave a config.pbtxt
+    that describes the other's version.
+
     Use as a context manager. Leaving the block with an exception removes only what this writer made: its
     staging directories, the versions it committed, and model directories it created if they are empty
     again; never a directory another run wrote into.
     """
 
-    def __init__(self, artifacts: Path, version: int | None, model_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        artifacts: Path,
+        version: int | None,
+        model_names: Sequence[str],
+        configs: Mapping[str, str] | None = None,
+        check_config: Callable[[str], None] | None = None,
+    ) -> None:
         self.artifacts = Path(artifacts)
+        self.configs = dict(configs or {})
+        self.check_config = check_config
         self.requested = version
         self.version = version or 0
         self.model_names = list(model_names)
@@ -353,6 +382,9 @@ class VersionWriter:
         """Pick the version and create the staging directories (under the repository lock)."""
         for name in self.model_names:
             self.removed_leftovers += recover(self.artifacts / name)
+        if self.check_config is not None:
+            for name in self.model_names:
+                self.check_config(name)
         taken = {
             v for n in self.model_names for v in versions(self.artifacts / n) + claimed_versions(self.artifacts / n)
         }
@@ -376,6 +408,8 @@ class VersionWriter:
             staging = model_dir / f"{STAGING_PREFIX}{self.version}-pid{os.getpid()}-{token}"
             staging.mkdir()
             self.staged[name] = staging
+            if name in self.configs:
+                self.stage_model_file(name, CONFIG_FILE, self.configs[name].encode("utf-8"))
 
     def path(self, name: str) -> Path:
         return self.staged[name]
@@ -388,7 +422,7 @@ class VersionWriter:
             raise ExporterError(f"{relative!r} is not a path inside the model directory")
         path = self.staged[name] / PUBLISH_DIR / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)  # other exports read the staged config.pbtxt while claiming
 
     def commit(self) -> dict[str, Path]:
         """Rename every staged directory into place; returns model name -> version directory.

@@ -88,32 +88,51 @@ def _config_tensors(text: str) -> str:
 
 
 def check_config_compatible(artifacts: Path, model_name: str, new_text: str) -> None:
-    """Refuse to export into a model whose config.pbtxt describes other tensors (it would break its versions)."""
+    """Refuse to export into a model whose config.pbtxt describes other tensors (it would break its versions),
+    or that a live export is writing with other tensors (the later commit's config would break the other).
+
+    Called before training and again by :class:`exporter.export.repository.VersionWriter` under the repository
+    lock that claims the version, where the claims of other exports are final."""
     path = artifacts / model_name / repo.CONFIG_FILE
-    if not path.is_file():
-        return
-    try:
-        old = _config_tensors(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ExporterError(
-            f"cannot read the existing {path} ({exc}); fix or remove it, or export with --model-name"
-        ) from exc
     new = _config_tensors(new_text)
-    if old != new:
-        raise ExporterError(
-            f"model '{model_name}' in {artifacts} has tensors [{old}] but this export has [{new}]: a new version "
-            "would break the existing ones; export under another name (--model-name) or into another --artifacts"
-        )
+    if path.is_file():
+        try:
+            old = _config_tensors(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ExporterError(
+                f"cannot read the existing {path} ({exc}); fix or remove it, or export with --model-name"
+            ) from exc
+        if old != new:
+            raise ExporterError(
+                f"model '{model_name}' in {artifacts} has tensors [{old}] but this export has [{new}]: a new version "
+                "would break the existing ones; export under another name (--model-name) or into another --artifacts"
+            )
+    for staging, text in repo.live_staged_configs(artifacts / model_name):
+        try:
+            other = _config_tensors(text)
+        except ValueError:
+            continue
+        if other != new:
+            raise ExporterError(
+                f"model '{model_name}' in {artifacts} is being written by another export (pid {staging.pid}, "
+                f"version {staging.version}) with tensors [{other}] but this export has [{new}]: one config.pbtxt "
+                "cannot describe both; wait for it and export under another name (--model-name) or into another "
+                "--artifacts"
+            )
+
+
+def unit_config(unit: ExportUnit, max_batch_size: int) -> str:
+    """The config.pbtxt of a unit's tensors (no warm-up): what the clash checks compare."""
+    inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
+    return triton.config_pbtxt(
+        {"name": unit.model_name, "inputs": inputs, "outputs": outputs}, max_batch_size=max_batch_size, warmup=False
+    )
 
 
 def check_configs(artifacts: Path, units: Sequence[ExportUnit], max_batch_size: int) -> None:
     """Before the slow work: a clash with an existing model's tensors is known from the shapes alone."""
     for unit in units:
-        inputs, outputs = C.tensor_specs(len(unit.feature_columns), unit.output_shape)
-        new_config = triton.config_pbtxt(
-            {"name": unit.model_name, "inputs": inputs, "outputs": outputs}, max_batch_size=max_batch_size, warmup=False
-        )
-        check_config_compatible(artifacts, unit.model_name, new_config)
+        check_config_compatible(artifacts, unit.model_name, unit_config(unit, max_batch_size))
 
 
 def write_versions(
@@ -130,8 +149,15 @@ def write_versions(
     graph takes it (the model card's examples and the warm-up row come from it).
     """
     artifacts = Path(prep.params.artifacts)
-    # the writer claims the version (the next free one unless given), so concurrent exports never collide
-    with repo.VersionWriter(artifacts, prep.params.version, [u.model_name for u, _, _ in built]) as writer:
+    # the writer claims the version (the next free one unless given), so concurrent exports never collide; the
+    # tensors are checked against the model's config and other live claims under the same lock
+    configs = {u.model_name: unit_config(u, prep.params.max_batch_size) for u, _, _ in built}
+
+    def check(name: str) -> None:
+        check_config_compatible(artifacts, name, configs[name])
+
+    names = [u.model_name for u, _, _ in built]
+    with repo.VersionWriter(artifacts, prep.params.version, names, configs, check) as writer:
         metas = {}
         for unit, model_bytes, parity in built:
             idx = [prep.columns.index(c) for c in unit.feature_columns]

@@ -176,6 +176,10 @@ def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
             value = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ExporterError(f"{source} is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise ExporterError(
+                f"{source} is nested too deeply to read; expected a schema object (see docs/features.md)"
+            ) from None
     label = None
     if isinstance(value, Mapping) and ("features" in value or "label" in value):
         unknown = sorted(set(value) - {"features", "label"})
@@ -228,6 +232,25 @@ def _integer_valued(series: pd.Series) -> bool:
     values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     values = values[~np.isnan(values)]
     return len(values) > 0 and bool(np.all(np.isfinite(values))) and bool(np.all(values == np.floor(values)))
+
+
+#: what a feature column may hold (docs/features.md); dates, times and durations are refused by name
+SUPPORTED_VALUES = "numbers, integer IDs, strings or booleans"
+
+
+def check_supported(series: pd.Series, name: str, *, source: str) -> None:
+    """Refuse a column of dates, times, durations, periods or intervals: no FP64 feature stands for them."""
+    dtype = series.dtype
+    temporal = (
+        pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+        or isinstance(dtype, (pd.PeriodDtype, pd.IntervalDtype))
+    )
+    if temporal or pd.api.types.is_complex_dtype(dtype):
+        raise ExporterError(
+            f"{source}: column '{name}' holds {dtype} values; a feature column holds {SUPPORTED_VALUES}: convert "
+            "it first (e.g. to epoch seconds or to the parts you need) or leave it out of the features"
+        )
 
 
 def infer_kind(series: pd.Series, name: str) -> str:
@@ -297,6 +320,7 @@ class Column:
 def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
     """Validate one column and return its values; errors name the column, the row and the value."""
     col = spec.name
+    check_supported(series, col, source=source)
     if spec.kind == CATEGORICAL and (
         isinstance(series.dtype, pd.CategoricalDtype)
         or not (pd.api.types.is_numeric_dtype(series) or _is_bool_series(series))

@@ -54,6 +54,20 @@ MISSING_RATES = {"user_age": 0.02, "item_price": 0.01, "item_category": 0.01}
 _TASTE_DIM = 4
 
 
+#: most rows of synthetic data (``--rows``): about 1.5 GB of table and training state, what a laptop holds
+MAX_SYNTHETIC_ROWS = 10_000_000
+
+
+def check_rows(rows: object) -> int:
+    """``--rows`` for the synthetic data: an integer in 10 ... :data:`MAX_SYNTHETIC_ROWS`."""
+    if not isinstance(rows, int) or isinstance(rows, bool) or not 10 <= rows <= MAX_SYNTHETIC_ROWS:
+        raise ExporterError(
+            f"rows must be an integer >= 10 and <= {MAX_SYNTHETIC_ROWS:,} (the synthetic data is built in memory), "
+            f"got {rows!r}; train on more rows with --data"
+        )
+    return rows
+
+
 def synthetic_dataset(rows: int, seed: int) -> pd.DataFrame:
     """A click log where IDs matter, with the default schema and labels ``label``, ``watch_time`` and ``gmv``.
 
@@ -244,6 +258,10 @@ def read_feature_meta(path: str | Path) -> list[str]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ExporterError(f"feature-meta file {path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ExporterError(
+            f'feature-meta file {path} is nested too deeply to read; expected {{"feature_columns": [...]}}'
+        ) from None
     if not isinstance(meta, dict) or "feature_columns" not in meta:
         raise ExporterError(
             f"feature-meta file {path} has no 'feature_columns': expected a JSON object like "

@@ -55,20 +55,37 @@ def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+#: the largest value of each integer hyper-parameter (and of each width of ``hidden``): beyond it a run
+#: allocates more than a machine holds or trains for hours
+UPPER: dict[str, int] = {
+    "epochs": 1_000,
+    "batch_size": 1_048_576,
+    "n_estimators": 10_000,
+    "max_depth": 30,
+    "embed_dim": 1_024,
+    "field_embed_dim": 1_024,
+    "n_experts": 64,
+    "expert_dim": 4_096,
+    "tower_dim": 4_096,
+    "n_jobs": 256,
+    "hidden": 4_096,
+}
+#: most layers in ``hidden``
+MAX_LAYERS = 16
+
+
+def _int_rule(key: str) -> tuple[str, str]:
+    return "positive_int", f"a positive integer up to {UPPER[key]:,}"
+
+
 #: hyper-parameter -> (rule, what is expected); ints and lists follow the type of the model's default
 RULES: dict[str, tuple[str, str]] = {
-    "epochs": ("positive_int", "a positive integer"),
-    "batch_size": ("positive_int", "a positive integer"),
-    "n_estimators": ("positive_int", "a positive integer"),
-    "max_depth": ("positive_int", "a positive integer"),
+    **{key: _int_rule(key) for key in UPPER if key != "hidden"},
     "learning_rate": ("learning_rate", "a number in (0, 10)"),
-    "embed_dim": ("positive_int", "a positive integer"),
-    "field_embed_dim": ("positive_int", "a positive integer"),
-    "n_experts": ("positive_int", "a positive integer"),
-    "expert_dim": ("positive_int", "a positive integer"),
-    "tower_dim": ("positive_int", "a positive integer"),
-    "n_jobs": ("positive_int", "a positive integer"),
-    "hidden": ("widths", "a positive integer or a non-empty list of positive integers"),
+    "hidden": (
+        "widths",
+        f"a positive integer up to {UPPER['hidden']:,}, or a non-empty list of at most {MAX_LAYERS} of them",
+    ),
     "subsample": ("fraction", "a number in (0, 1]"),
     "colsample_bytree": ("fraction", "a number in (0, 1]"),
     "min_child_weight": ("non_negative", "a non-negative number"),
@@ -84,8 +101,8 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
     ``hidden`` must have the shape of the model's default (one width for two_tower, a list for deepfm).
     """
 
-    def positive_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    def positive_int(v: Any, upper: int | None = None) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= (upper or v)
 
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
@@ -98,14 +115,22 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
         if callable(rule):
             ok = bool(rule(value, hparams))
         elif rule == "positive_int":
-            ok = positive_int(value)
+            ok = positive_int(value, UPPER.get(key))
         elif rule == "widths":
+            widest = UPPER["hidden"]
             if isinstance(default, list):
-                ok = isinstance(value, list) and bool(value) and all(positive_int(w) for w in value)
-                expected = "a non-empty list of positive integers, e.g. [64, 32]"
+                ok = (
+                    isinstance(value, list)
+                    and 1 <= len(value) <= MAX_LAYERS
+                    and all(positive_int(w, widest) for w in value)
+                )
+                expected = (
+                    f"a non-empty list of positive integers up to {widest:,} (at most {MAX_LAYERS} layers), "
+                    "e.g. [64, 32]"
+                )
             else:
-                ok = positive_int(value)
-                expected = "a positive integer"
+                ok = positive_int(value, widest)
+                expected = f"a positive integer up to {widest:,}"
         elif rule == "fraction":
             ok = number(value) and 0 < value <= 1
         elif rule == "learning_rate":
@@ -126,3 +151,81 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} has an unknown rule {rule!r}")
         if not ok:
             raise ExporterError(f"hyper-parameter {key} of {spec.name} must be {expected}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------- memory
+#: bytes per FP64 parameter while training: the value, its gradient and Adam's two moments
+TRAINING_BYTES_PER_PARAMETER = 8 * 4
+#: bytes per tree node of a boosted ensemble while it is built (split, value, statistics)
+BYTES_PER_TREE_NODE = 64
+
+
+def _int(hparams: Mapping[str, Any], key: str, default: int = 0) -> int:
+    value = hparams.get(key, default)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def parameter_estimate(hparams: Mapping[str, Any], cardinalities: list[int], train_rows: int) -> int:
+    """Bytes the model's parameters take while training: the embedding tables (one row per category of every
+    categorical column) and the dense layers, :data:`TRAINING_BYTES_PER_PARAMETER` each; for a boosted
+    ensemble its trees' nodes (at most ``2^(max_depth+1)`` per tree, and no more than twice the rows).
+
+    An estimate from the hyper-parameters the models share (``embed_dim``, ``field_embed_dim``, ``hidden``,
+    ``n_experts``, ``expert_dim``, ``tower_dim``, ``tasks``, ``n_estimators``, ``max_depth``): what decides
+    whether a run fits in memory, not an exact count.
+    """
+    if "n_estimators" in hparams:
+        nodes = min(2 ** (_int(hparams, "max_depth", 6) + 1), 2 * max(train_rows, 1))
+        return _int(hparams, "n_estimators") * nodes * BYTES_PER_TREE_NODE
+    field = _int(hparams, "field_embed_dim") or _int(hparams, "embed_dim", 1)
+    n_num = sum(1 for c in cardinalities if c == 0)
+    width = n_num + (len(cardinalities) - n_num) * field  # the fields' flattened output
+    params = sum(cardinalities) * field + 2 * n_num
+    hidden = hparams.get("hidden")
+    widths = [w for w in (hidden if isinstance(hidden, list) else [hidden]) if isinstance(w, int)]
+    out = _int(hparams, "embed_dim", 1)
+    if isinstance(hidden, int):  # two towers: fields -> hidden -> embedding, a table each
+        params = 2 * (params + width * hidden + hidden * out)
+    else:
+        previous = width
+        for w in widths:
+            params += previous * w + w
+            previous = w
+        params += previous
+    experts = _int(hparams, "n_experts")
+    if experts:
+        tasks = hparams.get("tasks")
+        n_tasks = len(tasks) if isinstance(tasks, list) and tasks else 3
+        expert, tower = _int(hparams, "expert_dim", 1), _int(hparams, "tower_dim", 1)
+        params += experts * (width * expert + expert) + n_tasks * (width * experts + expert * tower + tower + 1)
+    return params * TRAINING_BYTES_PER_PARAMETER
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` of /proc/meminfo, else the free physical
+    pages (``os.sysconf``); ``None`` where neither can be read."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(name: str, hparams: Mapping[str, Any], cardinalities: list[int], train_rows: int) -> None:
+    """Refuse, before training, hyper-parameters whose parameters alone would not fit in the available memory."""
+    need = parameter_estimate(hparams, cardinalities, train_rows)
+    have = available_memory()
+    if have is not None and need > have:
+        raise ExporterError(
+            f"hyper-parameters of {name} need about {need / 2**30:,.1f} GiB for the model's parameters while "
+            f"training, but {have / 2**30:,.1f} GiB of memory are available: choose smaller "
+            "embed_dim/hidden/n_experts/expert_dim/tower_dim (or n_estimators/max_depth)"
+        )

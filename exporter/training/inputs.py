@@ -168,7 +168,7 @@ def stored_plan(feature_meta: Any) -> F.FeaturePlan | None:
         return None
     try:
         meta = json.loads(Path(feature_meta).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if isinstance(meta, dict) and isinstance(meta.get("features"), dict):
         return F.FeaturePlan.from_dict(meta["features"], source=f"feature-meta file {feature_meta}")

@@ -73,6 +73,37 @@ def test_an_explicit_version_another_export_is_writing_is_refused(tmp_path: Path
                 pass
 
 
+def _config(n_features: int) -> str:
+    from exporter import contract as C
+    from exporter.export import triton
+
+    inputs, outputs = C.tensor_specs(n_features, [-1, 1])
+    return triton.config_pbtxt({"name": "xgb", "inputs": inputs, "outputs": outputs}, max_batch_size=8, warmup=False)
+
+
+def test_a_claim_whose_tensors_clash_with_a_live_claim_is_refused_under_the_lock(tmp_path: Path) -> None:
+    """B passed the check before training, A claimed meanwhile with other tensors: B's claim is refused."""
+    from exporter.export.write import check_config_compatible
+
+    art = tmp_path / "artifacts"
+
+    def checker(config: str):  # type: ignore[no-untyped-def]
+        return lambda name: check_config_compatible(art, name, config)
+
+    with repo.VersionWriter(art, None, ["xgb"], {"xgb": _config(10)}, checker(_config(10))) as a:
+        with pytest.raises(ExporterError) as err:
+            with repo.VersionWriter(art, None, ["xgb"], {"xgb": _config(3)}, checker(_config(3))):
+                pass
+        message = str(err.value)
+        assert "[-1, 10]" in message and "[-1, 3]" in message and f"pid {os.getpid()}" in message, message
+        with repo.VersionWriter(art, None, ["xgb"], {"xgb": _config(10)}, checker(_config(10))) as same:
+            assert same.version == 2  # the same tensors still take the next version
+        _fill(a.path("xgb"))
+        a.commit()
+    assert repo.versions(art / "xgb") == [1]
+    assert "dims: [ 10 ]" in (art / "xgb" / "config.pbtxt").read_text()
+
+
 def test_a_version_that_appears_at_commit_keeps_this_runs_files(tmp_path: Path) -> None:
     """Something that does not claim versions writes the target: fail with a retry hint, keep the files."""
     art = tmp_path / "artifacts"
@@ -148,7 +179,7 @@ def test_a_recycled_pid_does_not_keep_a_staging_directory_alive(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------- two processes
-def _export(art: Path) -> subprocess.Popen[str]:
+def _export(art: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(
         [
@@ -165,6 +196,7 @@ def _export(art: Path) -> subprocess.Popen[str]:
             "n_estimators=5",
             "--quiet",
             "--json",
+            *extra,
         ],
         cwd=REPO,
         env=env,
@@ -242,6 +274,34 @@ def test_run_paused_in_staging_does_not_destroy_the_version_another_run_committe
         assert repo.sha256_file(art / "xgb" / str(v) / "model.onnx") == meta["sha256"]
     report = verify(art)
     assert report.ok and len(report.passed) == 2, report.problems
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs POSIX signals")
+def test_a_concurrent_export_with_other_tensors_is_refused(tmp_path: Path) -> None:
+    """A (all columns) paused in staging; B (two columns) must not commit a version whose config.pbtxt would
+    then describe only one of them: B exits 2 naming both shapes, A commits, verify passes."""
+    for attempt in range(3):
+        art = tmp_path / f"artifacts{attempt}"
+        a = _export(art)
+        if not _pause_when_staging(a, art):
+            a.communicate(timeout=240)
+            continue
+        try:
+            b = _export(art, "--feature-columns", "item_ctr,user_age")
+            _, b_err = b.communicate(timeout=240)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        _, a_err = a.communicate(timeout=240)
+        break
+    else:
+        pytest.skip("run A committed before it could be paused three times in a row")
+    assert a.returncode == 0, a_err
+    assert b.returncode == 2, b_err
+    assert "Traceback" not in b_err and "[-1, 2]" in b_err and "being written by another export" in b_err, b_err
+    assert repo.versions(art / "xgb") == [1]
+    report = verify(art)
+    assert report.ok and len(report.passed) == 1, report.problems
 
 
 @pytest.mark.slow

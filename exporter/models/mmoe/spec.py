@@ -151,7 +151,10 @@ class MMoEModel(TorchModel[MMoE]):
     )
     test_hparams = {"epochs": 5}
     hparam_rules = {
-        "tasks": (_check_tasks, "a non-empty list of {name, label, type: binary|regression} objects"),
+        "tasks": (
+            _check_tasks,
+            f"a list of 1 to {T.MAX_TASKS} {{name, label, type: binary|regression}} objects",
+        ),
         "task_weights": (
             lambda value, hparams: value is None or isinstance(value, (dict, list)),
             "None, {task name: weight} or a list of weights in task order",

@@ -64,6 +64,10 @@ def _weight(value: Any, where: str) -> float:
     return float(value)
 
 
+#: most tasks (heads) one model trains
+MAX_TASKS = 32
+
+
 def parse_tasks(value: Any, task_weights: Any = None) -> list[Task]:
     """The tasks of ``value`` (a list of objects, or its JSON text) with ``task_weights`` applied.
 
@@ -77,6 +81,8 @@ def parse_tasks(value: Any, task_weights: Any = None) -> list[Task]:
             _fail(f"{value[:40]!r} is not JSON")
     if not isinstance(value, (list, tuple)) or not value:
         _fail(f"got {value!r}")
+    if len(value) > MAX_TASKS:
+        _fail(f"got {len(value)} tasks; at most {MAX_TASKS}")
     tasks: list[Task] = []
     for i, raw in enumerate(value, start=1):
         where = f"task {i}"
