@@ -171,7 +171,7 @@ print(nbs.describe_run(prep))"""
         ),
         new_code_cell(
             "trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
-            "print(nbs.format_metrics(evaluation))",
+            "print(nbs.format_metrics(evaluation, trained.history))",
             id="train",
         ),
         new_code_cell(f'plots.training_curve(trained.history, step="{cfg.step}", title="{title}")', id="curve"),

@@ -350,6 +350,69 @@ def test_format_metrics():
     assert "none" in nbs.format_metrics(Evaluation({}, {}, {}))
 
 
+RETRIEVAL_METRICS = {
+    "recall@10": 0.31,
+    "recall@50": 0.62,
+    "popularity_recall@10": 0.2,
+    "popularity_recall@50": 0.5,
+    "auc": 0.54,
+    "catalogue_items": 400.0,
+    "users_evaluated": 90.0,
+}
+
+
+def _retrieval_evaluation():
+    from exporter.export.pipeline import Evaluation
+    from exporter.training.quality_gate import assess
+
+    return Evaluation(RETRIEVAL_METRICS, {}, {}, assess(RETRIEVAL_METRICS, {}))
+
+
+def test_format_metrics_says_a_retrieval_model_is_judged_by_recall_not_auc():
+    evaluation = _retrieval_evaluation()
+    assert "warning" not in evaluation.quality  # auc 0.54 < 0.55, but retrieval is judged by recall@K
+    text = nbs.format_metrics(evaluation)
+    assert re.search(r"^  auc +0\.5400  \(not judged: see below\)$", text, re.M), text
+    assert "judged by recall@50 against recommending the most popular items; auc" in text
+    assert "is reported, not judged" in text
+
+
+def test_format_metrics_says_what_the_progress_bars_heldout_loss_is():
+    from exporter.export.pipeline import Evaluation
+    from exporter.training.quality_gate import assess
+
+    metrics = {"auc": 0.71, "logloss": 0.01126, "base_rate": 0.01}
+    evaluation = Evaluation(metrics, {}, {}, assess(metrics, {}))
+    history = [
+        {"step": 0, "train_loss": 0.7, "heldout_loss": 0.69},
+        {"step": 1, "train_loss": 0.05, "heldout_loss": 0.031},
+    ]
+    text = nbs.format_metrics(evaluation, history)
+    assert "judged by auc: a warning below 0.55" in text
+    assert "the progress bar's heldout figure, last 0.031, is the training loss on the same held-out rows" in text
+    assert "heldout figure" not in nbs.format_metrics(evaluation, [])  # load mode: no progress bar, no note
+
+
+def test_cli_summary_says_what_each_figure_is():
+    from types import SimpleNamespace
+
+    from exporter.tools import summary
+
+    evaluation = _retrieval_evaluation()
+    history = [{"step": 1, "train_loss": 6.9, "heldout_loss": 6.02}]
+    result = SimpleNamespace(
+        prepared=SimpleNamespace(spec=SimpleNamespace(name="two_tower")),
+        evaluation=evaluation,
+        trained=SimpleNamespace(history=history),
+        artifacts=[],
+        seconds=1.0,
+    )
+    lines = summary.format_result(result).splitlines()
+    assert lines[0].startswith("two_tower: held-out recall@10=0.31 recall@50=0.62 auc=0.54 (not judged)"), lines[0]
+    assert "judged by recall@50 against recommending the most popular items" in lines[1]
+    assert "the progress bar's heldout figure, last 6.02, is the training loss" in lines[2]
+
+
 # --------------------------------------------------------------------------- the runner, before any kernel
 
 
