@@ -140,9 +140,8 @@ from exporter.tools import notebook_support as nbs, plots"""
     prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
-    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed,
+    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed, root=nbs.repo_root(),
     artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
-    root=nbs.repo_root(),
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
