@@ -1,7 +1,9 @@
-"""docs/contract.md is the users' contract: every fact it states that the code owns is checked against the code."""
+"""The reference pages against the code: docs/contract.md (every fact it states that the code owns), and the
+command and parameter lists of docs/cli.md and docs/notebooks.md against the parsers and the notebooks."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -161,3 +163,87 @@ def test_the_page_stands_on_its_own_in_a_clone() -> None:
     assert "../shared" not in DOC and "shared/contract.md" not in DOC
     for path in re.findall(r"`((?:exporter|tests)/[\w/.]+\.py)`", DOC):
         assert (REPO / path).is_file(), path
+
+
+# ---------------------------------------------------------------------------------------------- docs/cli.md
+CLI_DOC = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    """Every command the parser knows, nested suites included (``bench quality``), by its typed name."""
+    from exporter import cli
+
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found[f"{prefix}{name}".strip()] = sub
+                    walk(sub, f"{prefix}{name} ")
+
+    walk(cli.build_parser(), "")
+    return found
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {o for action in parser._actions for o in action.option_strings if o not in ("-h", "--help")}
+
+
+def _command_section(name: str) -> str:
+    match = re.search(rf"^### `{re.escape(name)}`\n(.*?)(?=^##|\Z)", CLI_DOC, re.S | re.M)
+    assert match, f"docs/cli.md has no section ### `{name}`"
+    return match.group(1)
+
+
+def test_cli_doc_lists_every_command() -> None:
+    block = re.search(r"^## Commands\n\n```\n(.*?)```", CLI_DOC, re.S | re.M)
+    assert block, "docs/cli.md has no ## Commands block"
+    listed = {
+        m.group(1).strip() for m in re.finditer(r"^python -m exporter ((?:[a-z][\w-]* ?)+)", block.group(1), re.M)
+    }
+    listed = {" ".join(w for w in name.split() if not w.isupper()) for name in listed}
+    commands = set(_commands())
+    assert commands <= listed, f"docs/cli.md does not list {sorted(commands - listed)}"
+    assert listed <= commands, f"docs/cli.md lists commands the parser lacks: {sorted(listed - commands)}"
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_cli_doc_lists_every_option_of_each_command(name: str) -> None:
+    rows = table(_command_section(name), "option")
+    documented = {o for row in rows for o in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", row[0])}
+    options = _options(_commands()[name])
+    assert options <= documented, f"docs/cli.md ### `{name}` misses {sorted(options - documented)}"
+    assert documented <= options, f"docs/cli.md ### `{name}` documents unknown {sorted(documented - options)}"
+
+
+def test_top_level_help_names_every_command_and_suite() -> None:
+    from exporter import cli
+
+    text = " ".join(cli.build_parser().format_help().split())
+    missing = [name for name in _commands() if name not in text]
+    assert not missing, f"python -m exporter --help never mentions {missing}"
+
+
+# ---------------------------------------------------------------------------------------------- docs/notebooks.md
+def test_notebooks_doc_lists_every_parameter() -> None:
+    """The parameter table names each parameter of the notebooks' parameters cells, and nothing else."""
+    from exporter.models import get_spec, model_names
+    from exporter.tools import notebooks as runner
+
+    doc = (REPO / "docs" / "notebooks.md").read_text(encoding="utf-8")
+    rows = table(doc, "parameter")
+    names = {n for row in rows for n in re.findall(r"`(\w+)`", row[0])}
+    knobs_row = next(row for row in rows if row[0] == "training knobs")
+    knobs = set(re.findall(r"`(\w+)`", knobs_row[2]))
+    declared: set[str] = set()
+    hparams: set[str] = set()
+    for model in model_names():
+        declared |= set(runner.notebook_parameters(REPO / "notebooks" / f"{model}.ipynb"))
+        hparams |= set(get_spec(model).default_hparams)
+    own = {p for p in declared if p not in hparams and p != "extra_hparams"}
+    assert own <= names, f"docs/notebooks.md's parameter table misses {sorted(own - names)}"
+    assert names <= own, f"docs/notebooks.md documents unknown parameters {sorted(names - own)}"
+    knob_params = declared - own
+    assert knob_params <= knobs, f"docs/notebooks.md's training knobs miss {sorted(knob_params - knobs)}"
+    assert knobs <= knob_params, f"docs/notebooks.md names unknown knobs {sorted(knobs - knob_params)}"

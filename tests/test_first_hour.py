@@ -347,3 +347,105 @@ def test_notebook_setup_imports_resolve_to_this_checkout(where: str, tmp_path: P
     result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip().splitlines()[-1]) == REPO
+
+
+# ---------------------------------------------------------------------------------------------- the README
+README = (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def _bash_blocks(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def _installed(line: str) -> set[tuple[str, bool]]:
+    """``(requirements file, --no-deps?)`` for every ``pip install ... -r FILE`` of a shell line."""
+    out = set()
+    for command in line.split("&&"):
+        words = command.split()
+        if "install" in words and "-r" in words:
+            out.add((words[words.index("-r") + 1], "--no-deps" in words))
+    return out
+
+
+def test_readme_first_command_installs_what_ci_installs() -> None:
+    """One line on a fresh machine: every requirements file .ci/run installs (the MovieLens wheel of
+    ``bench quality`` included), each with the same --no-deps."""
+    first = _bash_blocks(README)[0].splitlines()[0]
+    ci = set()
+    for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines():
+        if not line.lstrip().startswith("#"):
+            ci |= _installed(line)
+    ci = {(f, nodeps) for f, nodeps in ci if f != "requirements-dev.txt"}  # the linters: README's Development
+    assert ("requirements-bench.txt", True) in ci
+    assert ci <= _installed(first), f"the README's first command misses {sorted(ci - _installed(first))}"
+    assert "python -m venv" in first and first.rstrip().endswith("python -m exporter notebooks")
+
+
+def _tour() -> list[str]:
+    block = next(b for b in _bash_blocks(README) if "python -m exporter serve" in b)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_tour_waits_for_the_server_before_calling_it() -> None:
+    """``serve &`` returns at once and the server listens only once every model loaded: a bounded wait on /ping."""
+    tour = _tour()
+    start = next(i for i, line in enumerate(tour) if "exporter serve" in line and line.endswith("&"))
+    first_call = next(i for i, line in enumerate(tour) if "/predictions/" in line)
+    waits = [line for line in tour[start + 1 : first_call] if "curl -sf localhost:8080/ping" in line]
+    assert waits, "the tour calls the server right after starting it in the background"
+    assert "seq" in waits[0] and "break" in waits[0] and "sleep" in waits[0], "the wait must be bounded"
+
+
+def test_readme_tour_writes_only_ignored_paths() -> None:
+    import re
+    import shutil
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    written = {"artifacts"} | {m for line in _tour() for m in re.findall(r"--output (\S+)", line)}
+    assert len(written) > 1, "the tour's score command lost its --output"
+    for path in sorted(written):
+        probe = f"{path}/part-0.parquet"
+        ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", probe], timeout=60)
+        assert ignored.returncode == 0, f"{probe} (written by the README tour) is not in .gitignore"
+
+
+# ------------------------------------------------------------------------------ notebooks/ as a user sees it
+def test_notebooks_directory_holds_only_the_notebooks() -> None:
+    """JupyterLab's file browser on notebooks/ shows the four notebooks, no test plumbing."""
+    shown = sorted(
+        p.name for p in (REPO / "notebooks").iterdir() if not p.name.startswith(".") and p.name != "__pycache__"
+    )
+    assert shown == sorted(runner.notebook_names().values())
+
+
+def test_the_root_conftest_points_nbval_kernels_at_a_temporary_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", REPO / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.delenv("EXPORTER_ARTIFACTS_DIR", raising=False)
+    module.pytest_configure(None)
+    path = Path(os.environ["EXPORTER_ARTIFACTS_DIR"])
+    assert path.is_dir() and not path.is_relative_to(REPO)
+    module.pytest_unconfigure(None)
+    assert not path.exists() and "EXPORTER_ARTIFACTS_DIR" not in os.environ
+    monkeypatch.setenv("EXPORTER_ARTIFACTS_DIR", "/kept")
+    module.pytest_configure(None)
+    assert os.environ["EXPORTER_ARTIFACTS_DIR"] == "/kept"  # the caller's value is respected
+    module.pytest_unconfigure(None)
+
+
+def test_pytest_collects_the_notebooks_with_nbval_in_the_slow_set() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "notebooks"]
+    every = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert every.returncode == 0, every.stdout + every.stderr
+    for name in runner.notebook_names().values():
+        assert f"notebooks/{name}::Cell 0" in every.stdout, every.stdout
+    fast = subprocess.run([*args, "-m", "not slow"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert "no tests collected" in fast.stdout and "deselected" in fast.stdout, fast.stdout

@@ -6,9 +6,9 @@
 
 The notebooks are the product; this script only keeps the four consistent. After editing it, rebuild and
 commit the notebooks. Execution writes artifacts into a temporary directory, never into artifacts/.
-Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots, with
-their execution counts (nbval refuses stored outputs of a cell without one); every other output, count
-and per-cell execution metadata is removed.
+Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots; every code
+cell keeps the execution count of its one in-order run (1, 2, ...), as after *Run All*; every other output
+and the per-cell execution metadata are removed.
 """
 
 from __future__ import annotations
@@ -72,11 +72,22 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         "",
         "seed: int = 0  # seed of the synthetic data, the train/held-out split and training",
         'artifacts_dir: Optional[str] = None  # model repository root; None: $EXPORTER_ARTIFACTS_DIR if set, else "artifacts"',
+        f"model_name: Optional[str] = None  # repository name to export under; None: {_names(spec.model_names)}",
         "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
         f"atol: float = {spec.atol!r}  # parity tolerance: max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
         "parity_atol: Optional[float] = None  # deprecated old name of atol: still honoured, with a warning",
     ]
     return "\n".join(lines)
+
+
+def _names(names: list[str]) -> str:
+    """The default repository names, as the parameters cell explains them (two_tower: both towers)."""
+    if len(names) == 1:
+        return f'"{names[0]}"'
+    from exporter.export.write import renamed_model_names
+
+    renamed = " and ".join(renamed_model_names(names, "NAME"))
+    return " and ".join(f'"{n}"' for n in names) + f"; a NAME exports {renamed}"
 
 
 def _literal(value: Any) -> str:
@@ -129,8 +140,8 @@ from exporter.tools import notebook_support as nbs, plots"""
     prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
-    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed,
-    artifacts_dir=artifacts_dir, model_version=model_version, atol=atol, parity_atol=parity_atol, root=nbs.repo_root(),
+    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed, root=nbs.repo_root(),
+    artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
     hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
@@ -159,7 +170,7 @@ print(nbs.describe_run(prep))"""
         ),
         new_code_cell(
             "trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
-            "print(nbs.format_metrics(evaluation))",
+            "print(nbs.format_metrics(evaluation, trained.history))",
             id="train",
         ),
         new_code_cell(f'plots.training_curve(trained.history, step="{cfg.step}", title="{title}")', id="curve"),
@@ -212,7 +223,7 @@ def build(model: str) -> nbformat.NotebookNode:
 
 
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Keep outputs of checked cells and PNG plots only; no execution counts or execution metadata."""
+    """Keep outputs of checked cells and PNG plots only, counts 1..n of the in-order run, no execution metadata."""
     for cell in nb.cells:
         keep_tags = cell.metadata.get("tags")
         cell.metadata = {"tags": keep_tags} if keep_tags else {}
@@ -227,9 +238,11 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
                 if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
             ]
         cell.outputs = kept
-        # nbval only compares cells that were run, so a cell with stored outputs keeps its count
-        if not kept:
-            cell.execution_count = None
+    # every code cell keeps the count of its one in-order run (nbval compares only cells that have one), so the
+    # stored notebook reads as one Run All: no plot under a cell that looks never run
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for count, cell in enumerate(code, start=1):
+        cell.execution_count = count
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"},

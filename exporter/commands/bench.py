@@ -14,7 +14,10 @@ from exporter.runtime.rules import version_dirs
 from exporter.scoring.bench import latest_version
 from exporter.tools.serve_bench import Results, bench_http, bench_model, environment, render, targets
 
-HELP = "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load"
+HELP = (
+    "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load; "
+    "`bench quality`: held-out quality on MovieLens-100k next to baselines"
+)
 
 
 DESCRIPTION = """\
@@ -34,6 +37,9 @@ batch 1 with --clients concurrent keep-alive connections for --http-seconds (wrk
 otherwise a built-in asyncio client; both run on this machine and share its cores), with the server
 process's CPU time per request. --http-log both runs the load twice, against a server writing its
 per-request log line and one at --log-level warning.
+
+`python -m exporter bench quality` is the other suite: held-out quality on MovieLens-100k next to baselines
+(see `python -m exporter bench quality --help`).
 
 Example:
   python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8

@@ -102,6 +102,9 @@ _CLI_TERMS = {
     "--atol": "atol",
     "--artifacts": "artifacts_dir",
     "--seed": "seed",
+    "--model-name": "model_name",
+    "--label": "label",
+    "--schema": "feature_schema",
     "--param": "the hyper-parameter knobs",
 }
 
@@ -146,6 +149,7 @@ def prepare(
     """
     from exporter.export import pipeline
     from exporter.export import repository as repo
+    from exporter.export.write import renamed_model_names
     from exporter.models import get_spec
     from exporter.training.hparams import check_hparam_values
 
@@ -186,21 +190,49 @@ def prepare(
             schema=_schema_param(feature_schema, root),
             model_name=model_name,
         )
+        names = renamed_model_names(spec.model_names, model_name)
         if isinstance(model_version, int) and not isinstance(model_version, bool):
             artifacts = Path(params.artifacts)
-            taken = [n for n in spec.model_names if (artifacts / n / str(model_version)).is_dir()]
+            taken = [n for n in names if (artifacts / n / str(model_version)).is_dir()]
             if taken:
                 raise ParameterError(
                     f"model_version {model_version} already exists for {', '.join(taken)} under {artifacts}; "
-                    "set model_version = None for the next free version "
-                    f"({repo.next_version(artifacts, spec.model_names)})"
+                    f"set model_version = None for the next free version ({repo.next_version(artifacts, names)})"
                 )
         prep = pipeline.prepare(params)
+        if len(names) == 1:
+            _check_existing_inputs(Path(params.artifacts), names[0], len(prep.columns))
     except ParameterError:
         raise
     except ExporterError as exc:
         raise ParameterError(notebook_terms(str(exc))) from exc
     return prep
+
+
+def _check_existing_inputs(artifacts: Path, name: str, width: int) -> None:
+    """Before training: an existing model ``name`` whose input is not ``[-1, width]`` cannot take this export.
+
+    The export checks every tensor again; the input width is known from the columns alone, so a model-name
+    clash stops the notebook here instead of after training.
+    """
+    from exporter.export import repository as repo
+    from exporter.export import triton
+
+    path = artifacts / name / repo.CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        config = triton.parse_pbtxt(path.read_text(encoding="utf-8"))
+        max_batch = config.get("max_batch_size", [0])[0]
+        shapes = [triton.model_shape(t, max_batch) for t in config.get("input", [])]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return  # unreadable: the export's own check reports it
+    if shapes and shapes != [[-1, width]]:
+        raise ParameterError(
+            f"model_name {name!r}: the model in {artifacts} takes input {', '.join(map(str, shapes))} but this "
+            f"export has [-1, {width}] ({width} feature columns); set model_name to another name, or "
+            "artifacts_dir to another repository"
+        )
 
 
 #: The notebook parameter's old name (before it matched ``--atol`` and metadata ``parity.atol``).

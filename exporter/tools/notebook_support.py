@@ -33,6 +33,7 @@ from exporter.tools.notebook_params import (
     resolve_artifacts_dir,
     resolve_path,
 )
+from exporter.tools.summary import metric_notes, unjudged_auc
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
@@ -149,13 +150,15 @@ def column_summary(prep: Prepared) -> pd.DataFrame:
     return out.sort_values("role", key=lambda s: s.map(order), kind="stable")
 
 
-def format_metrics(evaluation: Evaluation) -> str:
-    """Held-out metrics, one per line (baselines beside the RMSEs they are compared with)."""
+def format_metrics(evaluation: Evaluation, history: Sequence[Mapping[str, float]] = ()) -> str:
+    """Held-out metrics, one per line (baselines beside the RMSEs they are compared with), then what they are:
+    the metric the model is judged by and, given the training ``history``, the progress bar's heldout loss."""
     m = evaluation.metrics
     if not m:
         return "held-out metrics: none (the data has no label columns)"
     lines = ["held-out metrics:"]
     warning = evaluation.quality.get("warning") if evaluation.quality else None
+    unjudged = unjudged_auc(evaluation.quality)
     for key, value in m.items():
         if key.endswith("_baseline") or key.startswith("popularity_") or key in ("users_evaluated", "catalogue_items"):
             continue
@@ -166,12 +169,15 @@ def format_metrics(evaluation: Evaluation) -> str:
             extra = f"  (popularity: {m[f'popularity_{key}']:.4f})"
         elif key.endswith("base_rate"):
             extra = "  (share of positives)" if key != "base_rate" else "  (share of clicks)"
+        elif key == unjudged:
+            extra = "  (not judged: see below)"
         lines.append(f"  {key:<18} {value:.4f}{extra}")
     if "catalogue_items" in m:
         lines.append(
             f"  (retrieval over {int(m['catalogue_items'])} items for {int(m.get('users_evaluated', 0))} users "
             "with held-out positives; their training items excluded)"
         )
+    lines += [f"  ({note})" for note in metric_notes(m, evaluation.quality, history)]
     if warning:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

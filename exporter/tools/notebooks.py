@@ -155,6 +155,7 @@ class Plan:
 def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, directory: Path | None = None) -> list[Plan]:
     """Check every notebook and parameter before running any kernel; pick each notebook's version."""
     from exporter.export import repository as repo
+    from exporter.export.write import renamed_model_names
     from exporter.models import get_spec
 
     directory = directory or notebooks_dir()
@@ -171,12 +172,19 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
             raise ExporterError(
                 f"unknown parameter {key!r} for {', '.join(names)}: known parameters are {', '.join(known)}"
             )
+    named = [n for n in names if "model_name" in declared[n]]
+    if overrides.get("model_name") is not None and len(named) > 1:
+        raise ExporterError(
+            f"-p model_name {overrides['model_name']} would export {', '.join(named)} under one name: "
+            "run one notebook per model name"
+        )
     for name in names:
         spec = get_spec(name)
         params = {k: v for k, v in overrides.items() if k in declared[name]}
+        model_names = renamed_model_names(spec.model_names, params.get("model_name"))
         version = params.get("model_version")
         if version is None:
-            version = repo.next_version(artifacts, spec.model_names)
+            version = repo.next_version(artifacts, model_names)
         elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ExporterError(f"model_version must be a positive integer, got {version!r}")
         params.update(artifacts_dir=str(artifacts), model_version=version)
@@ -185,7 +193,7 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
                 name,
                 directory / notebook_names()[name],
                 params,
-                tuple(spec.model_names),
+                tuple(model_names),
                 version,
                 sorted(k for k in overrides if k not in declared[name]),
             )

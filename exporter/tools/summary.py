@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from exporter.export.pipeline import RunResult
+from exporter.training.quality_gate import WARN_AUC
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only: the notebooks import this module before any pipeline
+    from exporter.export.pipeline import RunResult
 
 #: metrics shown beside others rather than on their own (baselines, counts)
 _ASIDE = ("popularity_", "users_evaluated", "catalogue_items")
 
 
-def _fmt_metrics(metrics: dict[str, float]) -> str:
+def _fmt_metrics(metrics: Mapping[str, float], quality: Mapping[str, Any] | None = None) -> str:
     if not metrics:
         return "no labels: metrics not computed"
-    shown = " ".join(
-        f"{k}={v:.4g}"
+    unjudged = unjudged_auc(quality)
+    shown = "held-out " + " ".join(
+        f"{k}={v:.4g}" + (" (not judged)" if k == unjudged else "")
         for k, v in metrics.items()
         if not k.endswith(("_baseline", "base_rate")) and not k.startswith(_ASIDE)
     )
@@ -25,9 +30,46 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
     return shown
 
 
+def unjudged_auc(quality: Mapping[str, Any] | None) -> str | None:
+    """The AUC a retrieval model reports beside recall@K: shown, never judged (no warning below 0.55)."""
+    auc = (quality or {}).get("auc")
+    return auc.get("metric") if "retrieval" in (quality or {}) and isinstance(auc, Mapping) else None
+
+
+def metric_notes(
+    metrics: Mapping[str, float], quality: Mapping[str, Any] | None, history: Sequence[Mapping[str, float]] = ()
+) -> list[str]:
+    """What the figures are: the metric the model is judged by, and the progress bar's heldout loss beside them."""
+    if not metrics:
+        return []
+    quality = quality or {}
+    notes = []
+    judged = quality.get("metric")
+    if "retrieval" in quality:
+        unjudged = unjudged_auc(quality)
+        notes.append(
+            f"judged by {judged} against recommending the most popular items"
+            + (f"; {unjudged} (clicks ranked above non-clicks) is reported, not judged" if unjudged else "")
+        )
+    elif judged:
+        notes.append(f"judged by {judged}: a warning below {quality.get('warn_below', WARN_AUC)}")
+    last = history[-1].get("heldout_loss") if history else None
+    if isinstance(last, (int, float)) and math.isfinite(last):  # trained here (load mode has no progress bar)
+        notes.append(
+            f"the progress bar's heldout figure, last {last:.4g}, is the training loss on the same held-out rows: "
+            "the model's own objective (a click model's is its logloss; several tasks add up their losses; "
+            "retrieval uses the in-batch softmax)"
+        )
+    return notes
+
+
 def format_result(result: RunResult) -> str:
-    """A few lines: where each artifact is, its metrics and its parity figure."""
-    lines = [f"{result.prepared.spec.name}: {_fmt_metrics(result.evaluation.metrics)}  ({result.seconds:.1f}s)"]
+    """A few lines: where each artifact is, its metrics (what each is) and its parity figure."""
+    evaluation = result.evaluation
+    lines = [
+        f"{result.prepared.spec.name}: {_fmt_metrics(evaluation.metrics, evaluation.quality)}  ({result.seconds:.1f}s)"
+    ]
+    lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
     warning = result.evaluation.quality.get("warning")
     if warning:
         lines.append(f"  WARNING: {warning}")

@@ -169,6 +169,42 @@ def test_an_existing_model_version_is_refused_before_training(tmp_path):
         nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), model_version=3)
 
 
+def _existing_model(artifacts: Path, name: str, width: int) -> None:
+    """A model directory as an earlier export leaves it: its config.pbtxt with a ``[-1, width]`` input."""
+    from exporter import contract as C
+    from exporter.export import triton
+
+    inputs, outputs = C.tensor_specs(width, [-1])
+    (artifacts / name).mkdir(parents=True)
+    (artifacts / name / "config.pbtxt").write_text(
+        triton.config_pbtxt({"name": name, "inputs": inputs, "outputs": outputs}, max_batch_size=1024, warmup=False)
+    )
+
+
+def test_a_model_name_clash_stops_before_training(tmp_path, monkeypatch):
+    """model_name into a model with other inputs fails in the cell right after the imports, not after training."""
+    _existing_model(tmp_path, "clicks", 3)
+    spec = get_spec("deepfm")
+    monkeypatch.setattr(type(spec), "train", lambda *a, **k: pytest.fail("trained despite the clash"))
+    with pytest.raises(nbs.ParameterError, match=r"model_name 'clicks'.*input \[-1, 3\].*\[-1, 10\].*model_name"):
+        nbs.prepare("deepfm", rows=200, artifacts_dir=str(tmp_path), model_name="clicks")
+    assert sorted(p.name for p in (tmp_path / "clicks").iterdir()) == ["config.pbtxt"]
+    # the same inputs are no clash: the export adds a version
+    _existing_model(tmp_path, "clicks10", 10)
+    prep = nbs.prepare("deepfm", rows=200, artifacts_dir=str(tmp_path), model_name="clicks10")
+    assert prep.params.model_name == "clicks10"
+
+
+def test_model_name_is_checked_with_the_notebooks_words(tmp_path):
+    with pytest.raises(nbs.ParameterError, match="model name 'a/b' is not usable as a repository directory"):
+        nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), model_name="a/b")
+    (tmp_path / "tt_item" / "2").mkdir(parents=True)
+    with pytest.raises(nbs.ParameterError, match=r"model_version 2 already exists for tt_item.*\(3\)"):
+        nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), model_name="tt", model_version=2)
+    # the default names do not hide a clash under the new name, and vice versa
+    nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), model_version=2)
+
+
 def test_none_hparams_mean_the_model_default(tmp_path):
     prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), hparams={"n_estimators": 7, "max_depth": None})
     assert prep.hparams["n_estimators"] == 7 and prep.hparams["max_depth"] == prep.spec.default_hparams["max_depth"]
@@ -314,6 +350,69 @@ def test_format_metrics():
     assert "none" in nbs.format_metrics(Evaluation({}, {}, {}))
 
 
+RETRIEVAL_METRICS = {
+    "recall@10": 0.31,
+    "recall@50": 0.62,
+    "popularity_recall@10": 0.2,
+    "popularity_recall@50": 0.5,
+    "auc": 0.54,
+    "catalogue_items": 400.0,
+    "users_evaluated": 90.0,
+}
+
+
+def _retrieval_evaluation():
+    from exporter.export.pipeline import Evaluation
+    from exporter.training.quality_gate import assess
+
+    return Evaluation(RETRIEVAL_METRICS, {}, {}, assess(RETRIEVAL_METRICS, {}))
+
+
+def test_format_metrics_says_a_retrieval_model_is_judged_by_recall_not_auc():
+    evaluation = _retrieval_evaluation()
+    assert "warning" not in evaluation.quality  # auc 0.54 < 0.55, but retrieval is judged by recall@K
+    text = nbs.format_metrics(evaluation)
+    assert re.search(r"^  auc +0\.5400  \(not judged: see below\)$", text, re.M), text
+    assert "judged by recall@50 against recommending the most popular items; auc" in text
+    assert "is reported, not judged" in text
+
+
+def test_format_metrics_says_what_the_progress_bars_heldout_loss_is():
+    from exporter.export.pipeline import Evaluation
+    from exporter.training.quality_gate import assess
+
+    metrics = {"auc": 0.71, "logloss": 0.01126, "base_rate": 0.01}
+    evaluation = Evaluation(metrics, {}, {}, assess(metrics, {}))
+    history = [
+        {"step": 0, "train_loss": 0.7, "heldout_loss": 0.69},
+        {"step": 1, "train_loss": 0.05, "heldout_loss": 0.031},
+    ]
+    text = nbs.format_metrics(evaluation, history)
+    assert "judged by auc: a warning below 0.55" in text
+    assert "the progress bar's heldout figure, last 0.031, is the training loss on the same held-out rows" in text
+    assert "heldout figure" not in nbs.format_metrics(evaluation, [])  # load mode: no progress bar, no note
+
+
+def test_cli_summary_says_what_each_figure_is():
+    from types import SimpleNamespace
+
+    from exporter.tools import summary
+
+    evaluation = _retrieval_evaluation()
+    history = [{"step": 1, "train_loss": 6.9, "heldout_loss": 6.02}]
+    result = SimpleNamespace(
+        prepared=SimpleNamespace(spec=SimpleNamespace(name="two_tower")),
+        evaluation=evaluation,
+        trained=SimpleNamespace(history=history),
+        artifacts=[],
+        seconds=1.0,
+    )
+    lines = summary.format_result(result).splitlines()
+    assert lines[0].startswith("two_tower: held-out recall@10=0.31 recall@50=0.62 auc=0.54 (not judged)"), lines[0]
+    assert "judged by recall@50 against recommending the most popular items" in lines[1]
+    assert "the progress bar's heldout figure, last 6.02, is the training loss" in lines[2]
+
+
 # --------------------------------------------------------------------------- the runner, before any kernel
 
 
@@ -355,6 +454,18 @@ def test_plan_picks_versions_and_routes_parameters(tmp_path):
     assert xgb.ignored == ["epochs"] and towers.parameters["epochs"] == 2
     assert towers.model_names == ("two_tower", "two_tower_item")
     assert runner.plan(["deepfm"], {"model_version": 7}, tmp_path)[0].version == 7
+
+
+def test_plan_exports_under_model_name(tmp_path):
+    (tmp_path / "two_tower" / "6").mkdir(parents=True)  # the default names do not count for another name
+    (tmp_path / "tt_item" / "2").mkdir(parents=True)
+    [towers] = runner.plan(["two_tower"], {"model_name": "tt"}, tmp_path)
+    assert towers.model_names == ("tt", "tt_item") and towers.version == 3
+    assert towers.parameters["model_name"] == "tt"
+    with pytest.raises(ExporterError, match="would export xgb, deepfm under one name: run one notebook per model name"):
+        runner.plan(["xgb", "deepfm"], {"model_name": "clicks"}, tmp_path)
+    with pytest.raises(ExporterError, match="model name 'a/b' is not usable"):
+        runner.plan(["xgb"], {"model_name": "a/b"}, tmp_path)
 
 
 def test_plan_rejects_unknown_parameters_and_bad_versions(tmp_path):

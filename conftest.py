@@ -1,9 +1,12 @@
-"""nbval runs of the notebooks (``pytest --nbval-lax notebooks/``) export into a temporary directory.
+"""pytest set-up for the whole checkout, kept here so that ``notebooks/`` holds only the notebooks.
 
-The notebooks' default ``artifacts_dir`` honours ``EXPORTER_ARTIFACTS_DIR``; nbval starts each kernel
-with this process's environment, so setting it here, before any kernel starts, keeps test runs out of
-the repository's ``artifacts/``. A value set by the caller (e.g. CI) is respected.
+nbval runs of the notebooks (``python -m pytest`` or ``python -m pytest --nbval-lax notebooks/``) export into a
+temporary directory: the notebooks' default ``artifacts_dir`` honours ``EXPORTER_ARTIFACTS_DIR``, nbval starts
+each kernel with this process's environment, so setting it here, before any kernel starts, keeps test runs out
+of the repository's ``artifacts/``. A value set by the caller (e.g. CI) is respected. The shared fixtures of
+the unit tests live in ``tests/conftest.py``.
 """
+
 from __future__ import annotations
 
 import os
