@@ -30,7 +30,8 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = interval if interval is not None else (0.25 if self.tty else 10.0)
         self.start = time.perf_counter()
-        self._last = 0.0
+        #: the first line comes one interval in, so a short job prints only its final line
+        self._last = self.start
         self._drawn = False
 
     def line(self, rows: int, fraction: float | None, rejected: int = 0, extra: str = "") -> str:
@@ -52,6 +53,10 @@ class Progress:
         if not force and now - self._last < self.interval:
             return
         self._last = now
+        if not force and fraction is not None:
+            # work is still under way after the last row is read (writing, the index, the commit): only the
+            # final, forced line may say 100%
+            fraction = min(fraction, 0.999)
         text = self.line(rows, fraction, rejected, extra)
         if self.tty:
             self.stream.write("\r\x1b[2K" + text)
