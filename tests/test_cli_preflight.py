@@ -130,6 +130,34 @@ def test_serve_says_artifacts_is_not_a_directory(tmp_path: Path, capsys: pytest.
     assert code == 2 and "is a file, not a directory" in line and "does not exist" not in line
 
 
+COMMANDS_ON_A_TREE = {
+    "serve": ["serve", "--port", "0"],
+    "kserve": ["kserve"],
+    "bench": ["bench"],
+    "score": ["score", "xgb", "--input", "IN", "--output", "OUT"],
+    "archive": ["archive", "xgb", "--export-path", "OUT"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_ON_A_TREE))
+@pytest.mark.parametrize("kind", ["a file", "missing", "a device"])
+def test_every_command_says_what_a_wrong_artifacts_path_is(
+    command: str, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--artifacts a file, a path that does not exist, or a device: the same one line from every command."""
+    tree = {"a file": tmp_path / "passwd", "missing": tmp_path / "nowhere", "a device": Path("/dev/null")}[kind]
+    if kind == "a file":
+        tree.write_text("root:x:0:0\n")
+    data = tmp_path / "in.csv"
+    data.write_text("item_id\n1\n")
+    argv = [str(data) if a == "IN" else str(tmp_path / "out") if a == "OUT" else a for a in COMMANDS_ON_A_TREE[command]]
+    code = cli.main([*argv, "--artifacts", str(tree)])
+    line = _one_error_line(capsys)
+    expected = {"a file": "is a file, not a directory", "missing": "does not exist", "a device": "is not a directory"}
+    assert code == 2 and f"--artifacts {str(tree)!r} {expected[kind]}" in line
+    assert "artifacts tree" in line
+
+
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root writes anywhere")
 def test_export_refuses_an_unwritable_artifacts_directory(
     tmp_path: Path, no_training: None, capsys: pytest.CaptureFixture[str]

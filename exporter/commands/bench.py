@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.export.repository import require_tree
 from exporter.runtime.rules import version_dirs
 from exporter.scoring.bench import latest_version
 from exporter.tools.serve_bench import Results, bench_http, bench_model, environment, render, targets
@@ -88,11 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run every measurement and print the tables and the targets."""
     artifacts = Path(args.artifacts)
-    if not artifacts.is_dir():
-        raise ExporterError(
-            f"artifacts directory {str(artifacts)!r} does not exist; export models first "
-            "(python -m exporter export all) or pass --artifacts DIR"
-        )
+    require_tree(artifacts)
     found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
     models = args.models or found
     unknown = [m for m in models if m not in found]

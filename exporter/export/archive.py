@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.export.repository import require_tree
 from exporter.runtime.columns import vocab_files
 from exporter.runtime.rules import METADATA_FILE, is_version_name, version_dirs
 
@@ -152,6 +153,7 @@ def build_archive(
     """
     from exporter.runtime.handler import ArtifactError, ModelHandler
 
+    require_tree(Path(artifacts))
     vdir = resolve_version(Path(artifacts), model)
     try:
         handler = ModelHandler.load(vdir)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
-from exporter.export.repository import write_text_atomic
+from exporter.export.repository import require_tree, write_text_atomic
 from exporter.runtime import rules
 
 MANIFEST_FILE = "kserve.yaml"
@@ -149,8 +149,7 @@ def manifests(
 ) -> dict[str, dict[str, Any]]:
     """model name -> InferenceService for the latest version of each (named) model under ``artifacts``."""
     artifacts = Path(artifacts)
-    if not artifacts.is_dir():
-        raise ExporterError(f"artifacts directory {str(artifacts)!r} does not exist; export a model first")
+    require_tree(artifacts)
     found = sorted(
         p.name
         for p in artifacts.iterdir()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
+from exporter.export.repository import require_tree
 from exporter.runtime import rules
 from exporter.runtime.handler import ArtifactError, ModelHandler
 from exporter.scoring.encode import EncodingPlan, plan_from_metadata
@@ -38,6 +39,7 @@ def _models_in(root: Path) -> list[str]:
 def resolve_artifact(model: str, artifacts: str | os.PathLike[str]) -> Path:
     """``MODEL`` (latest version) or ``MODEL/VERSION`` under the artifacts root -> its version directory."""
     root = Path(artifacts)
+    require_tree(root)
     name, _, version = model.partition("/")
     if not name or (version and not rules.is_version_name(version)):
         raise ExporterError(f"model {model!r}: expected MODEL or MODEL/VERSION with a positive integer version")

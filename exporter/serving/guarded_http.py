@@ -58,11 +58,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._refused = True
         if not self.transport.is_closing():
-            self.transport.write(raw_error(status, message))
-            self.transport.close()
+            # logged before the answer goes out, so the line is there by the time the client sees the close
             client = getattr(self, "client", None)
             peer = f"{client[0]}:{client[1]}" if client else "-"
             log.info("- - client=%s status=%d %s", peer, status, message)
+            self.transport.write(raw_error(status, message))
+            self.transport.close()
 
     def _headers_too_slow(self) -> None:
         self._timer = None

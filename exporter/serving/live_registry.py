@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ExporterError
+from exporter.export.repository import require_tree
 from exporter.runtime.rules import version_dirs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,16 +148,7 @@ def scan(
 
 def _check_tree(artifacts: Path) -> None:
     """Raise ExporterError when ``artifacts`` is not a directory."""
-    if artifacts.exists() and not artifacts.is_dir():
-        raise ExporterError(
-            f"--artifacts {str(artifacts)!r} is a file, not a directory; expected the artifacts tree "
-            "(<model_name>/<version>/) written by python -m exporter export"
-        )
-    if not artifacts.is_dir():
-        raise ExporterError(
-            f"artifacts directory {str(artifacts)!r} does not exist; export a model first "
-            "(python -m exporter export xgb) or pass --artifacts DIR"
-        )
+    require_tree(artifacts)
 
 
 def _scan_version(
