@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.export.repository import require_tree
+from exporter.export.tree import require_tree
 from exporter.runtime.rules import version_dirs
 from exporter.scoring.bench import latest_version
 from exporter.tools.serve_bench import Results, bench_http, bench_model, environment, render, targets

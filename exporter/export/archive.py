@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.export.repository import require_tree
+from exporter.export.tree import require_tree
 from exporter.runtime.columns import vocab_files
 from exporter.runtime.rules import METADATA_FILE, is_version_name, version_dirs
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
-from exporter.export.repository import require_tree, write_text_atomic
+from exporter.export.repository import write_text_atomic
+from exporter.export.tree import require_tree
 from exporter.runtime import rules
 
 MANIFEST_FILE = "kserve.yaml"

@@ -44,24 +44,6 @@ from exporter.errors import ExporterError
 from exporter.runtime.rules import VOCAB_FILE, sha256_file  # noqa: F401
 
 
-def require_tree(artifacts: Path, option: str = "--artifacts") -> None:
-    """Refuse (exit 2) an artifacts root that is missing or not a directory, saying which and what is expected."""
-    if artifacts.is_dir():
-        return
-    if not os.path.lexists(artifacts):
-        what = "does not exist"
-    elif artifacts.is_symlink() and not artifacts.exists():
-        what = "is a broken symbolic link"
-    elif artifacts.is_file():
-        what = "is a file, not a directory"
-    else:
-        what = "is not a directory"
-    raise ExporterError(
-        f"{option} {str(artifacts)!r} {what}; expected the artifacts tree (<model_name>/<version>/) written by "
-        "python -m exporter export (export a model first, or pass the tree's directory)"
-    )
-
-
 def versions(model_dir: Path) -> list[int]:
     """The committed versions of one model, ascending (staging and other entries are ignored)."""
     return [int(p.name) for p in version_dirs(model_dir)]

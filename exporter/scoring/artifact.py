@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
-from exporter.export.repository import require_tree
+from exporter.export.tree import require_tree
 from exporter.runtime import rules
 from exporter.runtime.handler import ArtifactError, ModelHandler
 from exporter.scoring.encode import EncodingPlan, plan_from_metadata

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.errors import ExporterError
-from exporter.export.repository import require_tree
+from exporter.export.tree import require_tree
 from exporter.runtime.rules import version_dirs
 
 if TYPE_CHECKING:  # pragma: no cover
