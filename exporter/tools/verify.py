@@ -72,7 +72,25 @@ def verify(path: Path, sample_timeout: float = DEFAULT_SAMPLE_TIMEOUT) -> Report
     if not (isinstance(sample_timeout, (int, float)) and sample_timeout > 0 and math.isfinite(sample_timeout)):
         raise ExporterError(f"the sample timeout must be a positive number of seconds, got {sample_timeout!r}")
     with SampleRunner(sample_timeout) as runner:
-        return _verify_tree(path, runner)
+        report = _verify_tree(path, runner)
+    for lines in (report.problems, report.passed, report.notes):
+        lines[:] = [printable(line) for line in lines]
+    return report
+
+
+def printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode escaped: a file name's undecodable byte as ``\\xff``, a lone
+    surrogate from a JSON ``"\\ud800"`` escape as ``\\ud800`` (a report line prints on any UTF-8 output)."""
+    if not any(0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        return text
+    return "".join(
+        f"\\x{ord(ch) - 0xDC00:02x}"
+        if 0xDC80 <= ord(ch) <= 0xDCFF
+        else f"\\u{ord(ch):04x}"
+        if 0xD800 <= ord(ch) <= 0xDFFF
+        else ch
+        for ch in text
+    )
 
 
 def _verify_tree(path: Path, runner: SampleRunner) -> Report:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -285,3 +286,33 @@ def test_a_graph_that_raises_while_it_runs_costs_only_its_version(tree: Path) ->
     report = verify(tree)
     assert len(report.problems) == 1 and "xgb/1: running the sample request raised" in report.problems[0], report
     assert sorted(line.split(":")[0] for line in report.passed) == ["mmoe/1", "two_tower/1", "xgb/2"]
+
+
+def test_names_and_strings_that_are_not_utf8_are_fail_lines_escaped(tree: Path) -> None:
+    """A model directory named with bytes that are not UTF-8, a version directory likewise, and lone surrogates
+    in metadata.json strings: each a FAIL line naming the entry with the bad characters escaped; the other
+    versions still pass, and the command prints every line whatever the output encoding."""
+    os.mkdir(os.fsencode(tree) + b"/bad\xff")
+    os.mkdir(os.fsencode(tree / "xgb") + b"/1\xfe")
+    metadata = tree / "xgb" / "2" / "metadata.json"
+    metadata.write_text(metadata.read_text().replace('"model.onnx"', '"model\\ud800.onnx"'))
+    report = verify(tree)
+    lines = report.problems + report.passed + report.notes
+    for line in lines:
+        line.encode("utf-8")  # printable on any UTF-8 output: no surrogate left in
+    assert any(line.startswith("bad\\xff: ") for line in report.problems), report.problems
+    assert any(line.startswith("xgb/1\\xfe: not a version directory") for line in report.problems), report.problems
+    assert any(line.startswith("xgb/2: ") and "model\\ud800.onnx" in line for line in report.problems), lines
+    assert sorted(line.split(":")[0] for line in report.passed) == ["mmoe/1", "two_tower/1", "xgb/1"]
+    for encoding in ("utf-8:strict", "utf-8:surrogateescape"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "verify", str(tree)],
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "PYTHONIOENCODING": encoding},
+        )
+        out = proc.stdout.decode("utf-8")  # valid UTF-8: the escapes, not the raw bytes
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode("utf-8", "replace"), proc.stderr
+        assert "FAIL  bad\\xff: " in out and "FAIL  xgb/1\\xfe: " in out and "model\\ud800.onnx" in out, out
+        assert "ok    xgb/1: " in out and "ok    mmoe/1: " in out, out
