@@ -187,7 +187,10 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
 
     Raw means as the data holds them: strings for string categories, integer IDs, numbers.
     """
-    frame = prep.heldout[unit.feature_columns]
+    frame = prep.heldout[unit.feature_columns].copy()
+    for f in prep.features.features:
+        if f.dtype == "string" and f.name in frame.columns:  # a declared string column of digits stays strings
+            frame[f.name] = frame[f.name].map(lambda v: v if v is None or v != v else str(v))
     complete = frame[frame.notna().all(axis=1)]
     return C.torchserve_request(
         (complete if len(complete) else frame).head(rows).to_dict("records"), unit.feature_columns

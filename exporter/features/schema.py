@@ -293,6 +293,54 @@ def resolve_specs(
     return specs, origins
 
 
+def _integer_text(value: Any) -> int | None:
+    """The integer an ID cell holds (a Python/numpy int, or an optional sign plus ASCII digits), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, str):
+        digits = value.strip()
+        body = digits[1:] if digits[:1] in ("+", "-") else digits
+        if body and body.isascii() and body.isdigit():
+            return int(digits)
+    return None
+
+
+def check_id_range(
+    frame: pd.DataFrame, specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, source: str
+) -> None:
+    """Refuse an undeclared ID column of integers beyond +-2^53 that pandas holds as objects or strings.
+
+    Such a column (a CSV value >= 2^64 turns the whole column into objects) would otherwise be read as strings,
+    so an integer request would silently mean a vocabulary position. A declared column follows its declaration.
+    """
+    for spec in specs:
+        col = spec.name
+        if origins.get(col) == "declared" or col not in frame.columns:
+            continue
+        series = frame[col]
+        if not (spec.kind == CATEGORICAL or col.lower().endswith("id")):
+            continue
+        if not (series.dtype == object or pd.api.types.is_string_dtype(series)):
+            continue
+        present = series.dropna()
+        numbers = [_integer_text(v) for v in present]
+        if not numbers or any(n is None for n in numbers):
+            continue
+        beyond = [i for i, n in enumerate(numbers) if n is not None and abs(n) > MAX_EXACT_INT]
+        if beyond:
+            row = int(frame.index.get_loc(present.index[beyond[0]])) + 1
+            text = str(present.iloc[beyond[0]]).strip()
+            text = text if len(text) <= 40 else text[:37] + "..."
+            raise ExporterError(
+                f"{source}: column '{col}' row {row}: ID {text} is beyond 2^53, the largest "
+                "integer the FP64 features tensor carries exactly; remap or hash the IDs into +-2^53 (e.g. a dense "
+                f'index), or declare the column in the schema as {{"name": "{col}", "kind": "categorical"}} to '
+                "learn its values as strings (requests then send each ID as a string)"
+            )
+
+
 # --------------------------------------------------------------------------- column values
 
 

@@ -150,6 +150,7 @@ def fit_plan(
             )
         return stored, {c: "stored" for c in columns}
     specs, origins = F.resolve_specs(frame, columns, schema, default_specs())
+    F.check_id_range(frame, specs, origins, source=source)
     return F.fit(frame, specs, train_rows, source=source), origins
 
 

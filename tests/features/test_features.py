@@ -354,3 +354,25 @@ def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, fra
     (tmp_path / "metadata.json").write_text(json.dumps(dict(meta, feature_columns=plan.columns[::-1])))
     with pytest.raises(ExporterError, match="metadata.json' is not usable.*must describe the feature_columns"):
         F.FeaturePlan.from_artifact(tmp_path)  # read and checked by the runtime rules, as the handler reads it
+
+
+BIG_ID = 2**64  # a CSV column holding it is read by pandas as objects, not int64
+
+
+@pytest.mark.parametrize("big", [BIG_ID, str(BIG_ID), "-18446744073709551617", 2**53 + 1])
+def test_integer_ids_beyond_2_53_are_refused_not_read_as_strings(big):
+    ids = pd.Series([47, 3, big, np.nan, 47], dtype=object)
+    frame = pd.DataFrame({"user_id": ids, "shop_id": ids, "price": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    rows = np.arange(5)
+    for column in ("user_id", "shop_id"):  # a default column of the contract, and one inferred by its name
+        with pytest.raises(ExporterError) as err:
+            I.fit_plan(frame, [column, "price"], None, rows, source="data file x.csv")
+        message = str(err.value)
+        assert message.startswith(f"data file x.csv: column '{column}' row 3: ID {big} is beyond 2^53"), message
+        assert '"kind": "categorical"' in message and "remap" in message
+    declared = F.load_schema([{"name": "user_id", "kind": "categorical"}, "price"])
+    plan, origins = I.fit_plan(frame, ["user_id", "price"], declared, rows, source="data file x.csv")
+    assert origins["user_id"] == "declared" and plan.features[0].dtype == "string"
+    small = pd.DataFrame({"user_id": pd.Series(["47", "3", "-5", None], dtype=object), "price": [1.0, 2, 3, 4]})
+    plan, _ = I.fit_plan(small, ["user_id", "price"], None, np.arange(4), source="data file x.csv")
+    assert plan.features[0].dtype == "string", "digit strings within 2^53 keep their kind"

@@ -434,3 +434,24 @@ def test_torchserve_archive_with_vocab_answers_raw_strings(exported, tmp_path):
     module = fresh()
     with pytest.raises(module.ArtifactError, match="vocab.json' named by metadata.json is missing"):
         module.initialize(context)
+
+
+def test_an_id_column_beyond_2_53_is_refused_unless_declared(tmp_path):
+    frame = click_log(300, 2)[["user_id", "item_id", "clicked"]]
+    frame = frame.assign(user_id=frame["user_id"].fillna(1000).astype(np.int64).astype(object))
+    # the CSV column is then objects, which used to become strings silently; the held-out sample request has it too
+    frame.loc[4::2, "user_id"] = 2**64
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    args = ["export", "deepfm", "--data", str(tmp_path / "big.csv"), "--label", "clicked", "--quiet", *SMALL]
+    refused = run_cli(*args, "--artifacts", str(tmp_path / "art"))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(
+        f"error: data file {tmp_path / 'big.csv'}: column 'user_id' row 5: ID 18446744073709551616 is beyond 2^53"
+    ), refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "art").exists()
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": [{"name": "user_id", "kind": "categorical"}, "item_id"]}))
+    declared = run_cli(*args, "--schema", str(schema), "--artifacts", str(tmp_path / "art2"))
+    assert declared.returncode == 0, declared.stderr
+    meta = json.loads(next((tmp_path / "art2").glob("*/1/metadata.json")).read_text())
+    assert meta["features"][0]["name"] == "user_id" and meta["features"][0]["dtype"] == "string"
