@@ -58,6 +58,15 @@ _NO_PAYLOAD = object()
 Body = bytes | bytearray | memoryview | str
 
 
+class Decoded(NamedTuple):
+    """A request validated and decoded by its envelope, ready to run (:meth:`ModelHandler.decode`)."""
+
+    envelope: Envelope
+    payload: dict[str, Any]
+    matrix: np.ndarray
+    binary: bool
+
+
 class Answer(NamedTuple):
     """What :meth:`ModelHandler.answer` returns for one request."""
 
@@ -177,6 +186,24 @@ class ModelHandler:
         text, which must be ASCII digits: else the 400 quotes it). The request is
         validated once by its form's envelope, the model runs once, the envelope encodes the answer.
         """
+        decoded = self.decode(body, payload=payload, header_length=header_length, http=http)
+        if isinstance(decoded, Answer):
+            return decoded
+        return self.encode(decoded, self.run(decoded.matrix))
+
+    def decode(
+        self,
+        body: Body | None = None,
+        *,
+        payload: Any = _NO_PAYLOAD,
+        header_length: int | str | None = None,
+        http: bool = False,
+    ) -> Decoded | Answer:
+        """The first step of :meth:`answer`: the request validated and decoded, or the 4xx :class:`Answer`.
+
+        ``serve`` calls the steps itself so that only :meth:`run` (onnxruntime, which releases the GIL) goes to
+        a worker thread; decoding and encoding stay on its event loop.
+        """
         if body is None and payload is _NO_PAYLOAD:
             raise TypeError("answer() needs the request body or its decoded payload")
         try:
@@ -188,17 +215,22 @@ class ModelHandler:
                 payload = self._parse(body)
             envelope, payload = self._envelope(payload, http)
             matrix = envelope.decode(payload, blob)
-            binary = envelope.wants_binary(payload)
-            out = self.run(matrix)
-            if not np.isfinite(out).all():
-                raise HandlerError(400, non_finite_message(out, matrix, self.feature_columns))
-            data, answer_header = envelope.encode(out, payload, binary)
-            return Answer(200, data, len(matrix), answer_header)
+            return Decoded(envelope, payload, matrix, envelope.wants_binary(payload))
         except HandlerError as exc:
             return Answer(exc.status, exc.to_bytes(), error=exc)
         except RecursionError:
             too_deep = HandlerError(400, f"request body is nested too deeply; {self._hint}")
             return Answer(400, too_deep.to_bytes(), error=too_deep)
+
+    def encode(self, decoded: Decoded, out: np.ndarray) -> Answer:
+        """The last step of :meth:`answer`: the model's output in the request's form (a 400 when not finite)."""
+        try:
+            if not np.isfinite(out).all():
+                raise HandlerError(400, non_finite_message(out, decoded.matrix, self.feature_columns))
+            data, answer_header = decoded.envelope.encode(out, decoded.payload, decoded.binary)
+            return Answer(200, data, len(decoded.matrix), answer_header)
+        except HandlerError as exc:
+            return Answer(exc.status, exc.to_bytes(), error=exc)
 
     # ------------------------------------------------------------------ entry points
     def predict(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter.runtime.handler import Answer
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
 from exporter.serving.workers import DEFAULT_REQUEST_TIMEOUT, Busy, Expired, WorkerPool
 
@@ -292,12 +293,17 @@ class Predict:
         return await self._run(handler, body, header_length)
 
     async def _run(self, handler: ModelHandler, body: bytes, header_length: int | str | None) -> _Answer:
-        """The handler's answer, computed in a worker thread: 503 when none was free in time, 504 past the deadline."""
+        """The handler's answer: the request is decoded and the answer encoded here on the event loop; only the
+        model's run (onnxruntime, which releases the GIL) goes to a worker thread: 503 when none was free in time,
+        504 past the deadline. (The whole answer in the thread cost about twice the server CPU per batch-1 request:
+        the loop and the worker contended for the GIL; see docs/benchmarks.md.)"""
         timeout = self.served.request_timeout
         try:
-            answer: _Answer = await self.served.workers.run(
-                handler.model_name, timeout, handler.handle_http, body, header_length
-            )
+            decoded = handler.decode(body, header_length=header_length, http=True)
+            if isinstance(decoded, Answer):
+                return decoded.status, decoded.body, decoded.rows, decoded.header_length
+            out = await self.served.workers.run(handler.model_name, timeout, handler.run, decoded.matrix)
+            answer = handler.encode(decoded, out)
         except Busy as exc:
             log.error("%s", exc)
             return 503, _error(str(exc)), 0, None
@@ -312,7 +318,7 @@ class Predict:
         except Exception as exc:  # noqa: BLE001 - answered (and logged) as a 500, never a dropped connection
             log.error("internal error answering model %s version %s", handler.model_name, handler.version, exc_info=exc)
             return 500, _error(f"internal server error: {type(exc).__name__}"), 0, None
-        return answer
+        return answer.status, answer.body, answer.rows, answer.header_length
 
 
 class _Routes:

@@ -44,7 +44,7 @@ def test_an_unexpected_error_in_a_prediction_is_a_logged_json_500(tree: Path, mo
     def broken(*_args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(registry.versions["xgb"]["2"], "handle_http", broken)
+    monkeypatch.setattr(registry.versions["xgb"]["2"], "run", broken)  # onnxruntime raising mid-run
     lines = _Lines()
     with _client(registry, lines) as client:
         response = client.post("/predictions/xgb", json={"data": sample_rows(DEFAULT_COLUMNS, 1)})
