@@ -19,7 +19,6 @@ person counts data rows in a file).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, read_json_file
 
 # owned by the runtime rules (the handler applies them to requests); re-exported for the features package
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code  # noqa: F401
@@ -172,14 +171,7 @@ def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
         source = f"schema file {path}"
         if not path.is_file():
             raise ExporterError(f"{source} not found (expected a JSON file, see docs/features.md)")
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ExporterError(f"{source} is not valid JSON: {exc}") from exc
-        except RecursionError:
-            raise ExporterError(
-                f"{source} is nested too deeply to read; expected a schema object (see docs/features.md)"
-            ) from None
+        value = read_json_file(path, source, "a schema object (see docs/features.md)")
     label = None
     if isinstance(value, Mapping) and ("features" in value or "label" in value):
         unknown = sorted(set(value) - {"features", "label"})

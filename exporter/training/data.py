@@ -7,14 +7,13 @@ torch or xgboost.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, read_json_file
 
 #: Contract section 1: the default feature schema, in tensor order.
 DEFAULT_FEATURES: tuple[str, ...] = (
@@ -254,14 +253,7 @@ def read_feature_meta(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise ExporterError(f"feature-meta file not found: {path}")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExporterError(f"feature-meta file {path} is not valid JSON: {exc}") from exc
-    except RecursionError:
-        raise ExporterError(
-            f'feature-meta file {path} is nested too deeply to read; expected {{"feature_columns": [...]}}'
-        ) from None
+    meta = read_json_file(path, f"feature-meta file {path}", '{"feature_columns": [...]}')
     if not isinstance(meta, dict) or "feature_columns" not in meta:
         raise ExporterError(
             f"feature-meta file {path} has no 'feature_columns': expected a JSON object like "
