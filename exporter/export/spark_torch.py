@@ -76,12 +76,40 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
         "work": str(work),
         "shards": str(shards),
     }
+    if config.get("loss") == "softmax":  # two_tower: the sampling correction needs the whole log's item counts
+        _item_counts(train_rows, config, run.label_cols, work / "items.npz")
     distributor = TorchDistributor(num_processes=workers, local_mode=False, use_gpu=False)
     distributor.run(train_rank, json.dumps(settings))
     trained = spec.load(work / CHECKPOINT, list(prep.columns), hp)
     trained.history = json.loads((work / HISTORY).read_text(encoding="utf-8"))
     trained.hparams = dict(hp)
     return trained
+
+
+def _item_counts(train_rows: Any, config: Mapping[str, Any], labels: Sequence[str], path: Path) -> None:
+    """Positives per item (an item is its prepared item-tower row), counted by Spark over every training row."""
+    cols = [f"f{j}" for j in config["item_idx"]]
+    positives = train_rows.where(train_rows["y_label"] == 1.0) if "label" in labels else train_rows
+    rows = positives.groupBy(*cols).count().collect()
+    items = np.array([[r[c] for c in cols] for r in rows], dtype=np.float64).reshape(len(rows), len(cols))
+    counts = np.array([int(r["count"]) for r in rows], dtype=np.float64)
+    np.savez(path, items=items, counts=counts)
+
+
+class _GlobalLogQ:
+    """log(share of the positives) of each row's item, from :func:`_item_counts`' table."""
+
+    def __init__(self, path: Path, item_idx: Sequence[int]) -> None:
+        table = np.load(path, allow_pickle=False)
+        total = float(table["counts"].sum())
+        self.item_idx = list(item_idx)
+        self.lookup = {
+            tuple(row): math.log(c / total) for row, c in zip(table["items"].tolist(), table["counts"], strict=True)
+        }
+        self.unseen = math.log(1.0 / max(total, 1.0))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.lookup.get(tuple(r), self.unseen) for r in x[:, self.item_idx].tolist()])
 
 
 def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Sequence[str]) -> Iterator[Any]:
@@ -160,6 +188,9 @@ def train_rank(settings_json: str) -> None:
         optimizer = torch.optim.Adam(
             net.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp.get("weight_decay", 0.0))
         )
+        global_logq = (
+            _GlobalLogQ(work / "items.npz", s["config"]["item_idx"]) if (work / "items.npz").exists() else None
+        )
         torch.manual_seed(int(s["seed"]) + rank)
         epochs = int(hp.get("max_epochs", hp.get("epochs", 1)))
         patience = hp.get("patience")
@@ -172,6 +203,8 @@ def train_rank(settings_json: str) -> None:
             for _ in range(steps):
                 x, y = next(stream)
                 tensors = spec.training_tensors(s["config"], x, y)
+                if global_logq is not None and len(tensors) == 3:  # positives, item ids, log q: q of the whole log
+                    tensors[2] = torch.from_numpy(global_logq(tensors[0].numpy()))
                 optimizer.zero_grad(set_to_none=True)
                 loss = spec.loss(net, tensors)
                 if not torch.isfinite(loss):

@@ -351,7 +351,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         F.check_id_range(sample, specs, origins, source=where)
         dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs}
 
-        keys = _hashable_spark_columns(df)
+        keys = spec.split_keys(columns, hparams, {s.name: s.tower for s in specs}) or _hashable_spark_columns(df)
         expr = S.spark_split_expression(keys, seed=params.seed, validation=S.DEFAULT_VALIDATION, test=S.DEFAULT_TEST)
         df = df.selectExpr("*", f"CAST({expr} AS TINYINT) AS {SPLIT_COLUMN}")
         counted = {int(r[SPLIT_COLUMN]): int(r["count"]) for r in df.groupBy(SPLIT_COLUMN).count().collect()}
@@ -422,7 +422,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
             note,
         )
         run = SparkRun(spark, created, workdir, encoded, feature_cols, labels, counts, options, x_valid, y_valid)
-        prep.training_record = engine_record(run, params.seed)
+        prep.training_record = engine_record(run, params.seed, keys)
         return prep, run
     except BaseException as exc:
         if run is None:
@@ -436,7 +436,7 @@ def _is_spark_failure(exc: BaseException) -> bool:
     return type(exc).__module__.startswith(("py4j", "pyspark"))
 
 
-def engine_record(run: SparkRun, seed: int) -> dict[str, Any]:
+def engine_record(run: SparkRun, seed: int, keys: Sequence[str]) -> dict[str, Any]:
     """The training record's engine entries: where it ran, how wide, and the rows of each split."""
     sc = run.spark.sparkContext
     return {
@@ -447,7 +447,7 @@ def engine_record(run: SparkRun, seed: int) -> dict[str, Any]:
         **run.counts,
         "heldout_rows": run.counts["test_rows"],
         "sample_rows": SAMPLE_ROWS,
-        "split": S.describe(seed, None, S.DEFAULT_VALIDATION, S.DEFAULT_TEST),
+        "split": S.describe(seed, keys, S.DEFAULT_VALIDATION, S.DEFAULT_TEST),
     }
 
 
