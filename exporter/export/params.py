@@ -79,6 +79,9 @@ class Prepared:
     #: where each column's kind came from (declared, default, inferred, stored), and how the columns were chosen
     origins: dict[str, str] = field(default_factory=dict)
     columns_note: str = ""
+    #: what the training record of metadata adds or overrides: the engine that trained and the true row counts
+    #: when ``train``/``heldout`` are bounded samples of a larger table
+    training_record: dict[str, Any] = field(default_factory=dict)
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""

@@ -185,6 +185,13 @@ class TwoTowerModel(TorchModel[TwoTower]):
             LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)
         ]
 
+    def split_keys(
+        self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Mapping[str, str | None]
+    ) -> list[str] | None:
+        """The tower columns: every row of one user-item pair lands on the same side."""
+        user, item = split_columns(list(columns), hparams, towers)
+        return sorted(user + item)
+
     def split(
         self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers, seed: int
     ) -> tuple[np.ndarray, np.ndarray]:
