@@ -43,6 +43,10 @@ Serve every model of an artifacts tree (a Triton-style model repository) over HT
 
 Routes:
   GET  /ping                                  {"status": "Healthy"} once every model is loaded
+  GET  /health/live                           200 while the process answers (Kubernetes liveness probe)
+  GET  /health/ready                          200 when every version in the tree loaded, else 503 naming
+                                              the ones that failed (readiness probe)
+  GET  /metrics                               Prometheus text format, every worker added up
   POST /predictions/{model_name}              latest version
   POST /predictions/{model_name}/{version}    that version
   GET  /models                                loaded models and versions, and versions that failed to load
@@ -65,6 +69,16 @@ most --worker-threads (32); a request beyond either waits for a thread until its
 (no queueing forever behind stuck runs). /ping and the other models keep
 answering meanwhile.
 
+Workers: --workers N serving processes share the port (default: one per usable core, CPU affinity capped
+by a cgroup CPU limit). A supervisor binds the socket, starts the workers (spawn: fresh interpreters), forwards
+SIGHUP, restarts a worker that dies (back-off 0.5 s doubling to 30 s, logged with its exit code or signal)
+and on SIGTERM/SIGINT lets every worker drain its requests in flight, for at most
+max(--request-timeout, --body-timeout) + 1 seconds. --workers 1: one process, no supervisor.
+
+Metrics: GET /metrics (or --metrics-port PORT apart): requests by model, version, form and status class,
+request and inference latency, rows per request, rejected requests, reloads, versions loaded and failed
+(see docs/serving.md). Requests to models that are not loaded count as model="unknown". --no-metrics: off.
+
 Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
 servable, removed ones go away, requests in flight finish on the version they started with. A new
 version that fails to load (or a model directory whose name is not UTF-8) is logged and listed under
@@ -74,7 +88,7 @@ of its files changes. (At startup any broken entry stops serve, exit 2, with eve
 Example:
   python -m exporter serve --artifacts artifacts --port 8080 --poll 10
   curl -s localhost:8080/predictions/xgb -d @artifacts/xgb/1/sample_request.json
-  kill -HUP <pid>    # pick up new versions now
+  kill -HUP <pid>    # pick up new versions now (the supervisor's pid: it tells every worker)
 """
 
 
