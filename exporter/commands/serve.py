@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.export.tree import require_tree
 from exporter.serving.http_limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -289,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
             raise ExporterError(f"{flag} must be from 0 to 65535 (0 picks a free port), got {value}")
     if args.metrics_port is not None and not args.metrics:
         raise ExporterError("--metrics-port and --no-metrics contradict each other; give one of them")
+    require_tree(args.artifacts)  # before any worker starts: one clear line, not one per worker
     configure_logging(args.log_level)
     started = time.perf_counter()
     workers, why = _workers(args)

@@ -96,11 +96,14 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers, supervise them until SIGTERM/SIGINT, drain; the exit code."""
-        if self.options.metrics:
-            from exporter.serving.metrics import MULTIPROC_ENV
+        from exporter.serving.metrics import MULTIPROC_ENV
 
+        outer_env = os.environ.get(MULTIPROC_ENV)
+        if self.options.metrics:
             self.metrics_dir = tempfile.mkdtemp(prefix="exporter-serve-metrics-")
             os.environ[MULTIPROC_ENV] = self.metrics_dir  # before any worker (or this process) imports prometheus
+        else:
+            os.environ.pop(MULTIPROC_ENV, None)
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         previous_wakeup = signal.set_wakeup_fd(write_fd)
@@ -120,6 +123,10 @@ class Supervisor:
             os.close(write_fd)
             if self.metrics_dir is not None:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if outer_env is None:  # as it was (serve may run inside a longer-lived process, e.g. a test)
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = outer_env
         return 0
 
     def _stopping(self) -> bool:
