@@ -18,7 +18,7 @@ from exporter.serving.http_limits import (
     DEFAULT_KEEP_ALIVE_TIMEOUT,
     DEFAULT_MAX_HEADER_BYTES,
 )
-from exporter.serving.metrics import MULTIPROC_ENV
+from exporter.serving.metrics import MULTIPROC_ENV, Metrics, serve_metrics_port
 from exporter.serving.process import (
     ServeOptions,
     configure_logging,
@@ -295,21 +295,26 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     workers, why = _workers(args)
     options = _options(args, workers)
-    registry = None
+    registry = metrics = None
+    metrics_port: int | None = None
     if workers == 1:
         os.environ.pop(MULTIPROC_ENV, None)  # one process: metrics in memory, never a stray directory's files
         registry = load_registry(options, strict=True)
+        if args.metrics:
+            metrics = Metrics()
+            if args.metrics_port is not None:
+                metrics_port = serve_metrics_port(args.host, args.metrics_port, metrics.registry)[1]
     sock = _listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
 
-    def announce(models: int, _seconds: float = 0.0) -> None:
+    def announce(models: int, metrics_port: int | None) -> None:
         # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
         print(
             f"exporter serve: listening on http://{shown_host}:{port} "
             f"({models} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()}, "
             f"{workers} worker process{'es' if workers > 1 else ''}: {why}"
-            + (f", metrics on port {args.metrics_port}" if args.metrics_port is not None else "")
+            + (f", metrics on port {metrics_port}" if metrics_port is not None else "")
             + (", metrics off" if not args.metrics else "")
             + (f", polling every {args.poll:g}s" if args.poll else "")
             + ")",
@@ -321,5 +326,5 @@ def run(args: argparse.Namespace) -> int:
         return Supervisor(options, sock, announce).run()
     print_loaded(registry)
     models = len(registry.latest)
-    serve_forever(options, sock, registry, lambda: announce(models))
+    serve_forever(options, sock, registry, lambda: announce(models, metrics_port), metrics)
     return 0

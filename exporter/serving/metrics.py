@@ -193,10 +193,15 @@ def serve_metrics_port(host: str, port: int, registry: Any = None) -> tuple[Any,
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from exporter.errors import ExporterError
+
     if registry is None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ExporterError(f"cannot listen on {host}:{port} (--metrics-port): {exc.strerror or exc}") from exc
     return server, int(server.server_address[1])
 
 

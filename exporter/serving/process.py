@@ -121,9 +121,11 @@ def serve_forever(
     sock: socket.socket,
     registry: ModelRegistry,
     announce: Callable[[], None],
+    metrics: Any = None,
     supervisor_pid: int | None = None,
 ) -> None:
-    """Answer on ``sock`` until SIGTERM/SIGINT, then drain; ``announce()`` runs once the loop is up. A worker
+    """Answer on ``sock`` until SIGTERM/SIGINT, then drain; ``announce()`` runs once the loop is up; requests update
+    ``metrics`` (a :class:`~exporter.serving.metrics.Metrics`, None: none). A worker
     (``supervisor_pid`` given) also drains and stops when its supervisor is gone (killed with SIGKILL, say),
     instead of serving on as an orphan nobody restarts or stops."""
     import uvicorn
@@ -134,7 +136,6 @@ def serve_forever(
     from exporter.serving.workers import WorkerPool
 
     live = LiveRegistry(registry, options.artifacts, max_rows=options.max_rows, threads=options.threads)
-    metrics = _metrics(options)
     access_log = AccessLog(sys.stderr) if log.isEnabledFor(logging.INFO) else None
     app = create_app(
         live,
@@ -201,19 +202,6 @@ async def _watch_supervisor(server: Any, supervisor_pid: int) -> None:
     server.should_exit = True
 
 
-def _metrics(options: ServeOptions) -> Any:
-    """This process's :class:`~exporter.serving.metrics.Metrics` (None with ``--no-metrics``); with one process
-    and ``--metrics-port``, also the separate port serving them."""
-    if not options.metrics:
-        return None
-    from exporter.serving.metrics import Metrics, multiprocess, serve_metrics_port
-
-    metrics = Metrics()
-    if options.metrics_port is not None and not multiprocess():  # with workers the supervisor serves the port
-        serve_metrics_port(options.host, options.metrics_port, metrics.registry)
-    return metrics
-
-
 def worker_main(
     options: ServeOptions, sock: socket.socket, index: int, strict: bool, conn: Any, supervisor_pid: int
 ) -> None:
@@ -237,4 +225,9 @@ def worker_main(
         conn.send(("ready", len(registry.latest), time.perf_counter() - started))
         conn.close()
 
-    serve_forever(options, sock, registry, announce, supervisor_pid)
+    metrics = None
+    if options.metrics:
+        from exporter.serving.metrics import Metrics
+
+        metrics = Metrics()  # its values go to the supervisor's directory (PROMETHEUS_MULTIPROC_DIR)
+    serve_forever(options, sock, registry, announce, metrics, supervisor_pid)

@@ -72,7 +72,7 @@ class Supervisor:
     def __init__(self, options: ServeOptions, sock: socket.socket, announce: Any) -> None:
         self.options = options
         self.sock = sock
-        self.announce = announce  # announce(models, seconds): the "listening on" line
+        self.announce = announce  # announce(models, metrics port or None): the "listening on" line
         self.context = multiprocessing.get_context("spawn")
         self.slots = [_Slot(i) for i in range(options.workers)]
         self.metrics_dir: str | None = None
@@ -109,9 +109,14 @@ class Supervisor:
         previous_wakeup = signal.set_wakeup_fd(write_fd)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
+            metrics_port = None
+            if self.options.metrics and self.options.metrics_port is not None:
+                from exporter.serving.metrics import serve_metrics_port
+
+                metrics_port = serve_metrics_port(self.options.host, self.options.metrics_port)[1]
             for slot in self.slots:
                 self._start(slot, strict=True)
-            self._await_startup(read_fd)
+            self._await_startup(read_fd, metrics_port)
             if not self._stopping():
                 self._supervise(read_fd)
         finally:
@@ -132,10 +137,10 @@ class Supervisor:
     def _stopping(self) -> bool:
         return any(s in (signal.SIGTERM, signal.SIGINT) for s in self.signals)
 
-    def _await_startup(self, read_fd: int) -> None:
+    def _await_startup(self, read_fd: int, metrics_port: int | None) -> None:
         """Wait for every worker's first report; an ExporterError with the first failure's message."""
         waiting = {slot.conn: slot for slot in self.slots}
-        models, slowest = 0, 0.0
+        models = 0
         deadline = time.monotonic() + STARTUP_SECONDS
         while waiting and not self._stopping():
             left = deadline - time.monotonic()
@@ -158,13 +163,9 @@ class Supervisor:
                     raise ExporterError(why)
                 slot.conn.close()
                 slot.conn = None
-                models, slowest = message[1], max(slowest, message[2])
+                models = message[1]
         if not self._stopping():
-            if self.options.metrics and self.options.metrics_port is not None:
-                from exporter.serving.metrics import serve_metrics_port
-
-                serve_metrics_port(self.options.host, self.options.metrics_port)
-            self.announce(models, slowest)
+            self.announce(models, metrics_port)
 
     def _supervise(self, read_fd: int) -> None:
         """Until SIGTERM/SIGINT: forward SIGHUP, restart dead workers after their back-off."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,8 +119,15 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_answering(tree: Path) -
     assert any("SIGTERM: stopping 2 workers" in line for line in server.lines), server.lines
 
 
-def test_sigterm_drains_a_request_in_flight(tree: Path) -> None:
-    server = LiveServer(["--artifacts", str(tree), "--port", "0", "--workers", "2"])
+def test_metrics_port_apart_and_sigterm_drains_a_request_in_flight(tree: Path) -> None:
+    server = LiveServer(["--artifacts", str(tree), "--port", "0", "--workers", "2", "--metrics-port", "0"])
+    (line,) = [line for line in server.lines if "listening on" in line]
+    port = re.search(r"metrics on port (\d+)", line)
+    assert port, line
+    metrics_url = f"http://{server.host}:{port.group(1)}"
+    assert httpx.post(f"{server.url}/predictions/xgb", json={"data": sample_rows(DEFAULT_COLUMNS, 1)}).status_code == 200
+    assert counted(metrics_url, "exporter_requests_total", model="xgb", status="2xx") == 1
+    assert httpx.get(f"{server.url}/metrics").status_code == 404  # served apart, not on the main port
     payload = json.dumps({"data": sample_rows(DEFAULT_COLUMNS, 2)}).encode()
     head = (
         f"POST /predictions/xgb HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
