@@ -63,7 +63,8 @@ Slow or oversized clients: request line and headers must arrive within --header-
 the body within --body-timeout seconds of the headers (30), else 408 and the connection closes; headers
 above --max-header-bytes (65536) get 431; idle keep-alive connections close after --keep-alive-timeout (30).
 
-Slow models: predictions run in worker threads, never on the event loop. A prediction not answered
+Slow models: model runs go to worker threads, off the event loop (a request of at most 64 rows to a model
+whose last 16 such runs each took under --inline-max-ms stays on the loop). A prediction not answered
 within --request-timeout seconds (30) gets 504; onnxruntime cannot stop a running graph, so the run keeps
 its thread until it ends. One model holds at most --model-concurrency threads (8), all models together at
 most --worker-threads (32); a request beyond either waits for a thread until its deadline, then gets 503

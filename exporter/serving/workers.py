@@ -1,6 +1,7 @@
-"""The threads that run ``ModelHandler`` work for ``serve``, so that no request blocks the event loop.
+"""The threads that run the models for ``serve``, so that no slow request blocks the event loop.
 
-Every prediction is decoded, run and encoded in one of at most ``size`` daemon threads, and its request waits
+Every prediction's model run goes to one of at most ``size`` daemon threads (small requests of a model proven
+fast excepted, below), and its request waits
 for it at most ``timeout`` seconds (``serve --request-timeout``): a slow or stuck model answers 504 while
 ``/ping`` and every other model keep answering. onnxruntime cannot interrupt a running graph, so a run whose
 request timed out keeps its thread until it ends by itself. Two bounds keep such runs from taking the whole
