@@ -64,7 +64,7 @@ the body within --body-timeout seconds of the headers (30), else 408 and the con
 above --max-header-bytes (65536) get 431; idle keep-alive connections close after --keep-alive-timeout (30).
 
 Slow models: model runs go to worker threads, off the event loop (a request of at most 64 rows to a model
-whose last 16 such runs each took under --inline-max-ms stays on the loop). A prediction not answered
+whose last 16 such runs each took under --inline-max-ms of CPU time stays on the loop). A prediction not answered
 within --request-timeout seconds (30) gets 504; onnxruntime cannot stop a running graph, so the run keeps
 its thread until it ends. One model holds at most --model-concurrency threads (8), all models together at
 most --worker-threads (32); a request beyond either waits for a thread until its deadline, then gets 503
@@ -192,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_non_negative_float,
         metavar="MS",
         help="a request of at most 64 rows runs on the event loop (no thread hand-off) once its model's last 16 "
-        f"such runs each took under MS milliseconds; 0: every run in a worker thread (default: "
+        f"such runs each took under MS milliseconds of CPU time; 0: every run in a worker thread (default: "
         f"{DEFAULT_INLINE_SECONDS * 1000:g})",
     )
     parser.add_argument(

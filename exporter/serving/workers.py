@@ -19,9 +19,9 @@ the work.
 The hand-off to a thread and back costs about 150 us of CPU per request (the event loop and the worker contend
 for the GIL; docs/benchmarks.md), as much as a whole batch-1 answer. :meth:`WorkerPool.predict` therefore runs a
 small request (at most :data:`INLINE_MAX_ROWS` rows) on the event loop when its model has proven fast: its last
-:data:`INLINE_AFTER` small runs each took less than ``inline_seconds`` (``serve --inline-max-ms``, far below any
-request deadline) and none of its runs is in a thread now. One run at or above that sends the model back to the
-threads until it has proven fast again, and a model seen for the first time (or one whose run never ends) only
+:data:`INLINE_AFTER` small runs each took less than ``inline_seconds`` of CPU time (``serve --inline-max-ms``, far
+below any request deadline) and none of its runs is in a thread now. One run at or above that sends the model back
+to the threads until it has proven fast again, and a model seen for the first time (or one whose run never ends) only
 ever runs in a thread, so the 504 deadline still protects against models that are slow from the start.
 ``--inline-max-ms 0`` sends every run to a thread.
 """
@@ -130,12 +130,7 @@ class WorkerPool:
             and not self._counts.get(key)
             and timeout > 100 * self.inline_seconds
         ):
-            start = time.perf_counter()
-            try:
-                return fn(arg), self._note(key, start)
-            except BaseException:
-                self._fast[key] = 0
-                raise
+            return self._timed_small(key, fn, arg)
         timed: tuple[Any, float]
         if not small:
             timed = await self.run(key, timeout, _timed, fn, arg)
@@ -144,19 +139,19 @@ class WorkerPool:
         return timed
 
     def _timed_small(self, key: str, fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float]:
-        """In a thread: ``fn(arg)`` and its run time, noted for ``key`` (plain int stores, safe under the GIL)."""
-        start = time.perf_counter()
+        """``fn(arg)`` and its wall time (on the loop or in a thread). The calling thread's CPU time decides
+        whether ``key`` counts as fast: on a busy machine the wall time also holds the time the thread waited
+        for a core, which would switch the fast path off exactly when it saves the most. (Plain int stores:
+        safe under the GIL.)"""
+        wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            return fn(arg), self._note(key, start)
+            result = fn(arg)
         except BaseException:
             self._fast[key] = 0
             raise
-
-    def _note(self, key: str, start: float) -> float:
-        """A small run of ``key`` that began at ``start`` ended: count it as fast or reset the count."""
-        seconds = time.perf_counter() - start
-        self._fast[key] = self._fast.get(key, 0) + 1 if seconds < self.inline_seconds else 0
-        return seconds
+        fast = time.thread_time() - cpu < self.inline_seconds
+        self._fast[key] = self._fast.get(key, 0) + 1 if fast else 0
+        return result, time.perf_counter() - wall
 
     def _start(self, key: str, job: _Job) -> None:
         """Count the run (its thread and key slot are held) and hand it to a thread, starting one if needed."""

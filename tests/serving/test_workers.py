@@ -125,7 +125,8 @@ def test_metrics_port_apart_and_sigterm_drains_a_request_in_flight(tree: Path) -
     port = re.search(r"metrics on port (\d+)", line)
     assert port, line
     metrics_url = f"http://{server.host}:{port.group(1)}"
-    assert httpx.post(f"{server.url}/predictions/xgb", json={"data": sample_rows(DEFAULT_COLUMNS, 1)}).status_code == 200
+    body = {"data": sample_rows(DEFAULT_COLUMNS, 1)}
+    assert httpx.post(f"{server.url}/predictions/xgb", json=body).status_code == 200
     assert counted(metrics_url, "exporter_requests_total", model="xgb", status="2xx") == 1
     assert httpx.get(f"{server.url}/metrics").status_code == 404  # served apart, not on the main port
     payload = json.dumps({"data": sample_rows(DEFAULT_COLUMNS, 2)}).encode()
