@@ -172,13 +172,16 @@ def serve_forever(
         signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reloader.request, "SIGHUP"))
         reloads = loop.create_task(reloader.run())
         watch = loop.create_task(_watch_supervisor(server, supervisor_pid)) if supervisor_pid else None
+        flushes = loop.create_task(metrics.flush_every()) if metrics is not None else None
         announce()
         try:
             await server.serve(sockets=[sock])
         finally:
-            reloads.cancel()
-            if watch is not None:
-                watch.cancel()
+            for task in (reloads, watch, flushes):
+                if task is not None:
+                    task.cancel()
+            if metrics is not None:
+                metrics.flush()  # the drained requests' counts, before the process ends
 
     # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once it has drained: these
     # handlers take that second delivery, so the process ends normally (exit 0, the request log flushed)
