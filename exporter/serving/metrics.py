@@ -14,6 +14,9 @@ The request path only adds to plain counters (a dict entry, a histogram bucket f
 and before this process answers ``/metrics``. Updating ``prometheus_client`` on every request cost 6-12 us (a
 lock per value, a Python loop over the buckets), several per cent of a batch-1 request's ~150 us. So another
 worker's last fraction of a second may be missing from a scrape (and is lost if that worker is killed).
+
+Further serving metrics (gauges of another module, say) belong on :attr:`Metrics.registry`: with one process that
+registry is what ``/metrics`` answers; with several, every value any worker writes is in the shared files.
 """
 
 from __future__ import annotations

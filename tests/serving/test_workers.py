@@ -175,3 +175,20 @@ def test_a_broken_tree_stops_every_worker_at_startup(tree: Path, tmp_path: Path)
     assert done.returncode == 2, done.stderr
     assert "sha256" in done.stderr and "Traceback" not in done.stderr
     assert "listening on" not in done.stderr
+
+
+def test_one_process_serves_its_metrics_on_a_port_apart(tree: Path) -> None:
+    server = LiveServer(["--artifacts", str(tree), "--port", "0", "--workers", "1", "--metrics-port", "0"])
+    try:
+        (line,) = [line for line in server.lines if "listening on" in line]
+        assert "1 worker process: --workers 1" in line
+        port = re.search(r"metrics on port (\d+)", line)
+        assert port, line
+        metrics_url = f"http://{server.host}:{port.group(1)}"
+        assert worker_pids(server.proc.pid) == set()  # no supervisor, no worker processes
+        body = {"data": sample_rows(DEFAULT_COLUMNS, 1)}
+        assert httpx.post(f"{server.url}/predictions/mmoe", json=body).status_code == 200
+        wait_for(lambda: counted(metrics_url, "exporter_requests_total", model="mmoe", status="2xx") == 1, "counted")
+        assert httpx.get(f"{server.url}/metrics").status_code == 404
+    finally:
+        assert server.stop() == 0
