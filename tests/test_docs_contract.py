@@ -102,7 +102,9 @@ def test_metadata_keys_of_real_exports_are_documented(exported_runs) -> None:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
-    return create_app(ModelRegistry.from_artifacts(build_tree(tmp_path_factory.mktemp("tree"))))
+    from exporter.serving.metrics import Metrics
+
+    return create_app(ModelRegistry.from_artifacts(build_tree(tmp_path_factory.mktemp("tree"))), metrics=Metrics())
 
 
 def test_routes_are_the_servers(app) -> None:

@@ -13,7 +13,7 @@ from exporter.errors import ExporterError
 from exporter.export.tree import require_tree
 from exporter.runtime.rules import version_dirs
 from exporter.scoring.bench import latest_version
-from exporter.tools.serve_bench import Results, bench_http, bench_model, environment, render, targets
+from exporter.tools.serve_bench import Results, bench_http, bench_model, bench_scaling, environment, render, targets
 
 HELP = (
     "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load; "
@@ -37,7 +37,9 @@ and, over HTTP on loopback against `python -m exporter serve`: requests/s, p50 a
 batch 1 with --clients concurrent keep-alive connections for --http-seconds (wrk when installed,
 otherwise a built-in asyncio client; both run on this machine and share its cores), with the server
 process's CPU time per request. --http-log both runs the load twice, against a server writing its
-per-request log line and one at --log-level warning.
+per-request log line and one at --log-level warning. These rows run `serve --workers 1`. --http-scaling
+adds rows for the first HTTP model with --workers 1 and 2, metrics on and off (--no-metrics), at batch 1
+and 1024, with the same-run ratios.
 
 `python -m exporter bench quality` is the other suite: held-out quality on MovieLens-100k next to baselines
 (see `python -m exporter bench quality --help`).
@@ -70,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="on",
         help="serve with its per-request log line (on), at --log-level warning (off), or both "
         "side by side (default: on)",
+    )
+    parser.add_argument(
+        "--http-scaling",
+        action="store_true",
+        help="also load the first HTTP model with serve --workers 1 and 2, metrics on and off, at batch 1 and 1024 "
+        "(at least 16 connections), and print the same-run ratios",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
     # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
@@ -119,6 +127,12 @@ def run(args: argparse.Namespace) -> int:
         )
         modes = {"on": ("on",), "off": ("off",), "both": ("on", "off")}[args.http_log]
         results.http = bench_http(artifacts, http_models, args.http_seconds, args.clients, args.load_generator, modes)
+        if args.http_scaling:
+            print(
+                f"HTTP scaling: {http_models[0]}, workers 1 and 2, metrics on and off ...", file=sys.stderr, flush=True
+            )
+            clients = max(16, args.clients)
+            results.scaling = bench_scaling(artifacts, http_models[0], args.http_seconds, clients, args.load_generator)
     print()
     print(render(results))
     print()
@@ -131,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                     "environment": environment(),
                     "cells": [c.__dict__ for c in results.cells],
                     "http": [h.__dict__ for h in results.http],
+                    "scaling": [h.__dict__ for h in results.scaling],
                 },
                 indent=2,
             )

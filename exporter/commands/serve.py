@@ -4,29 +4,36 @@ stopped)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.export.tree import require_tree
 from exporter.serving.http_limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEP_ALIVE_TIMEOUT,
     DEFAULT_MAX_HEADER_BYTES,
 )
-from exporter.serving.live_registry import LiveRegistry, Reloader
-from exporter.serving.server import DEFAULT_MAX_BODY_BYTES, ModelRegistry, create_app, log
+from exporter.serving.metrics import MULTIPROC_ENV, Metrics, serve_metrics_port
+from exporter.serving.process import (
+    ServeOptions,
+    configure_logging,
+    load_registry,
+    print_loaded,
+    serve_forever,
+    usable_cores,
+)
+from exporter.serving.server import DEFAULT_MAX_BODY_BYTES
+from exporter.serving.supervisor import Supervisor
 from exporter.serving.workers import (
+    DEFAULT_INLINE_SECONDS,
     DEFAULT_MODEL_CONCURRENCY,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WORKER_THREADS,
-    WorkerPool,
 )
 
 HELP = "serve every exported model over HTTP with TorchServe-style routes"
@@ -37,6 +44,10 @@ Serve every model of an artifacts tree (a Triton-style model repository) over HT
 
 Routes:
   GET  /ping                                  {"status": "Healthy"} once every model is loaded
+  GET  /health/live                           200 while the process answers (Kubernetes liveness probe)
+  GET  /health/ready                          200 when every version in the tree loaded, else 503 naming
+                                              the ones that failed (readiness probe)
+  GET  /metrics                               Prometheus text format, every worker added up
   POST /predictions/{model_name}              latest version
   POST /predictions/{model_name}/{version}    that version
   GET  /models                                loaded models and versions, and versions that failed to load
@@ -52,12 +63,23 @@ Slow or oversized clients: request line and headers must arrive within --header-
 the body within --body-timeout seconds of the headers (30), else 408 and the connection closes; headers
 above --max-header-bytes (65536) get 431; idle keep-alive connections close after --keep-alive-timeout (30).
 
-Slow models: predictions run in worker threads, never on the event loop. A prediction not answered
+Slow models: model runs go to worker threads, off the event loop (a request of at most 64 rows to a model
+whose last 16 such runs each took under --inline-max-ms of CPU time stays on the loop). A prediction not answered
 within --request-timeout seconds (30) gets 504; onnxruntime cannot stop a running graph, so the run keeps
 its thread until it ends. One model holds at most --model-concurrency threads (8), all models together at
 most --worker-threads (32); a request beyond either waits for a thread until its deadline, then gets 503
 (no queueing forever behind stuck runs). /ping and the other models keep
 answering meanwhile.
+
+Workers: --workers N serving processes share the port (default: one per usable core, CPU affinity capped
+by a cgroup CPU limit). A supervisor binds the socket, starts the workers (spawn: fresh interpreters), forwards
+SIGHUP, restarts a worker that dies (back-off 0.5 s doubling to 30 s, logged with its exit code or signal)
+and on SIGTERM/SIGINT lets every worker drain its requests in flight, for at most
+max(--request-timeout, --body-timeout) + 1 seconds. --workers 1: one process, no supervisor.
+
+Metrics: GET /metrics (or --metrics-port PORT apart): requests by model, version, form and status class,
+request and inference latency, rows per request, rejected requests, reloads, versions loaded and failed
+(see docs/serving.md). Requests to models that are not loaded count as model="unknown". --no-metrics: off.
 
 Live versions: on SIGHUP, and every --poll SECONDS, the tree is scanned again: new versions become
 servable, removed ones go away, requests in flight finish on the version they started with. A new
@@ -68,7 +90,7 @@ of its files changes. (At startup any broken entry stops serve, exit 2, with eve
 Example:
   python -m exporter serve --artifacts artifacts --port 8080 --poll 10
   curl -s localhost:8080/predictions/xgb -d @artifacts/xgb/1/sample_request.json
-  kill -HUP <pid>    # pick up new versions now
+  kill -HUP <pid>    # pick up new versions now (the supervisor's pid: it tells every worker)
 """
 
 
@@ -156,6 +178,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rescan the artifacts tree every SECONDS: new versions become servable, removed ones go away "
         "(default: 0, only on SIGHUP)",
     )
+    # processes, the event-loop fast path, metrics
+    parser.add_argument(
+        "--workers",
+        default=None,
+        type=_positive_int,
+        help="serving processes on the one port, each with every model loaded; a supervisor restarts one that "
+        "dies (default: one per usable core: CPU affinity, capped by a cgroup CPU limit; 1: a single process)",
+    )
+    parser.add_argument(
+        "--inline-max-ms",
+        default=DEFAULT_INLINE_SECONDS * 1000,
+        type=_non_negative_float,
+        metavar="MS",
+        help="a request of at most 64 rows runs on the event loop (no thread hand-off) once its model's last 16 "
+        f"such runs each took under MS milliseconds of CPU time; 0: every run in a worker thread (default: "
+        f"{DEFAULT_INLINE_SECONDS * 1000:g})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        default=None,
+        type=int,
+        metavar="PORT",
+        help="serve GET /metrics on this port (same --host) instead of the main one (default: on the main port)",
+    )
+    parser.add_argument(
+        "--no-metrics",
+        dest="metrics",
+        action="store_false",
+        help="no Prometheus metrics and no /metrics route (to measure what they cost)",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -198,84 +250,82 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
+def _workers(args: argparse.Namespace) -> tuple[int, str]:
+    """How many serving processes, and why (said in the startup line)."""
+    if args.workers is not None:
+        return args.workers, f"--workers {args.workers}"
+    cores, found = usable_cores()
+    return cores, f"the default: one per usable core ({found})"
+
+
+def _options(args: argparse.Namespace, workers: int) -> ServeOptions:
+    return ServeOptions(
+        artifacts=args.artifacts,
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        max_rows=args.max_rows,
+        threads=args.threads,
+        log_level=args.log_level,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_header_bytes=args.max_header_bytes,
+        request_timeout=args.request_timeout,
+        worker_threads=args.worker_threads,
+        model_concurrency=args.model_concurrency,
+        poll=args.poll,
+        inline_seconds=args.inline_max_ms / 1000.0,
+        metrics=args.metrics,
+        metrics_port=args.metrics_port,
+        workers=workers,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Load every model, then serve until interrupted (SIGINT/SIGTERM); reload on SIGHUP and every --poll seconds."""
-    import uvicorn
-
-    if not 0 <= args.port <= 65535:  # checked before the models load
-        raise ExporterError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
-
-    from exporter.serving.access_log import AccessLog
-    from exporter.serving.guarded_http import guarded_protocol
-
-    _configure_logging(args.log_level)
+    for name in ("port", "metrics_port"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 65535:  # checked before the models load
+            flag = "--" + name.replace("_", "-")
+            raise ExporterError(f"{flag} must be from 0 to 65535 (0 picks a free port), got {value}")
+    if args.metrics_port is not None and not args.metrics:
+        raise ExporterError("--metrics-port and --no-metrics contradict each other; give one of them")
+    require_tree(args.artifacts)  # before any worker starts: one clear line, not one per worker
+    configure_logging(args.log_level)
     started = time.perf_counter()
-    registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)
-    live = LiveRegistry(registry, args.artifacts, max_rows=args.max_rows, threads=args.threads)
-    access_log = AccessLog(sys.stderr) if log.isEnabledFor(logging.INFO) else None
-    app = create_app(
-        live,
-        max_body_bytes=args.max_body_bytes,
-        access_log=access_log,
-        request_timeout=args.request_timeout,
-        workers=WorkerPool(args.worker_threads, args.model_concurrency),
-    )
+    workers, why = _workers(args)
+    options = _options(args, workers)
+    registry = metrics = None
+    metrics_port: int | None = None
+    if workers == 1:
+        os.environ.pop(MULTIPROC_ENV, None)  # one process: metrics in memory, never a stray directory's files
+        registry = load_registry(options, strict=True)
+        if args.metrics:
+            metrics = Metrics()
+            if args.metrics_port is not None:
+                metrics_port = serve_metrics_port(args.host, args.metrics_port, metrics.registry)[1]
     sock = _listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
-    for name, by_version in sorted(registry.versions.items()):
-        print(
-            f"exporter serve: loaded {name} versions {','.join(sorted(by_version, key=int))} "
-            f"(latest {registry.latest[name].version}, {registry.latest[name].directory})",
-            file=sys.stderr,
-        )
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        # httptools with header/body timeouts and a header size limit (exporter.serving.guarded_http)
-        http=guarded_protocol(
-            header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_header_bytes=args.max_header_bytes
-        ),
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=args.keep_alive_timeout,
-    )
-    server = uvicorn.Server(config)
 
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        reloader = Reloader(live, args.poll)
-        signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reloader.request, "SIGHUP"))
-        reloads = loop.create_task(reloader.run())
+    def announce(models: int, metrics_port: int | None) -> None:
         # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
         print(
             f"exporter serve: listening on http://{shown_host}:{port} "
-            f"({len(registry.latest)} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()}"
+            f"({models} models, loaded in {time.perf_counter() - started:.2f}s, pid {os.getpid()}, "
+            f"{workers} worker process{'es' if workers > 1 else ''}: {why}"
+            + (f", metrics on port {metrics_port}" if metrics_port is not None else "")
+            + (", metrics off" if not args.metrics else "")
             + (f", polling every {args.poll:g}s" if args.poll else "")
             + ")",
             file=sys.stderr,
             flush=True,
         )
-        try:
-            await server.serve(sockets=[sock])
-        finally:
-            reloads.cancel()
 
-    try:
-        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-            runner.run(serve())
-    finally:
-        if access_log is not None:
-            access_log.close()
+    if registry is None:
+        return Supervisor(options, sock, announce).run()
+    print_loaded(registry)
+    models = len(registry.latest)
+    serve_forever(options, sock, registry, lambda: announce(models, metrics_port), metrics)
     return 0

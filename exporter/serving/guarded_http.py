@@ -34,6 +34,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     #: the limits; :func:`guarded_protocol` makes subclasses with others
     limits = HttpLimits()
+    #: called with the reason of every refusal (``header_timeout``, ``body_timeout``, ``headers_too_large``,
+    #: ``not_http``): the rejected-requests metric; None: nobody counts
+    on_refuse: Callable[[str], None] | None = None
 
     def connection_made(self, transport: Any) -> None:
         self._timer: asyncio.TimerHandle | None = None
@@ -54,10 +57,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, reason: str) -> None:
         self._disarm()
         self._refused = True
         if not self.transport.is_closing():
+            if self.on_refuse is not None:
+                self.on_refuse(reason)
             # logged before the answer goes out, so the line is there by the time the client sees the close
             client = getattr(self, "client", None)
             peer = f"{client[0]}:{client[1]}" if client else "-"
@@ -70,7 +75,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._partial:
-            self._refuse(408, f"request headers not received within {self.limits.header_timeout:g}s; connection closed")
+            self._refuse(
+                408,
+                f"request headers not received within {self.limits.header_timeout:g}s; connection closed",
+                "header_timeout",
+            )
         else:  # an idle connection that never started a request: just close it
             self._refused = True
             self.transport.close()
@@ -84,7 +93,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             cycle.disconnected = True  # the application's late answer goes nowhere
             cycle.message_event.set()
             self._refuse(
-                408, f"request body not received within {self.limits.body_timeout:g}s of the headers; connection closed"
+                408,
+                f"request body not received within {self.limits.body_timeout:g}s of the headers; connection closed",
+                "body_timeout",
             )
         else:
             self._refused = True
@@ -110,6 +121,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 400,
                 f"{msg.rstrip('.')}: the request line or headers are not valid HTTP/1.1; expected "
                 "'<METHOD> <path> HTTP/1.1' and 'Name: value' header lines, each ending in CRLF",
+                "not_http",
             )
 
     def on_message_begin(self) -> None:
@@ -128,7 +140,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes += n
         if self._header_bytes > self.limits.max_header_bytes:
             self._refuse(
-                431, f"request line and headers exceed {self.limits.max_header_bytes} bytes; connection closed"
+                431,
+                f"request line and headers exceed {self.limits.max_header_bytes} bytes; connection closed",
+                "headers_too_large",
             )
             raise _Refused
 
@@ -157,10 +171,13 @@ def guarded_protocol(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    on_refuse: Callable[[str], None] | None = None,
 ) -> type:
     """uvicorn's httptools protocol class held to these limits (pass it as ``uvicorn.Config(http=...)``).
 
-    uvicorn instantiates the class itself, so the limits travel as a class attribute of a subclass.
+    uvicorn instantiates the class itself, so the limits (and ``on_refuse``, told the reason of each refusal)
+    travel as class attributes of a subclass.
     """
     limits = HttpLimits(header_timeout, body_timeout, max_header_bytes)
-    return type(GuardedHttpToolsProtocol.__name__, (GuardedHttpToolsProtocol,), {"limits": limits})
+    attributes = {"limits": limits, "on_refuse": staticmethod(on_refuse) if on_refuse is not None else None}
+    return type(GuardedHttpToolsProtocol.__name__, (GuardedHttpToolsProtocol,), attributes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,9 +286,16 @@ class Reloader:
     """Runs :meth:`LiveRegistry.reload` every ``poll`` seconds (0: never) and whenever :meth:`request` is called
     (SIGHUP), one reload at a time, in a worker thread so the event loop keeps answering."""
 
-    def __init__(self, live: LiveRegistry, poll: float) -> None:
+    def __init__(
+        self,
+        live: LiveRegistry,
+        poll: float,
+        on_reload: Callable[[str, ModelRegistry, ModelRegistry], None] | None = None,
+    ) -> None:
         self.live = live
         self.poll = poll
+        #: told ``(trigger, view before, view after)`` after each reload (the same view when it was skipped)
+        self.on_reload = on_reload
         self._wanted = asyncio.Event()
         self._reason = "poll"
 
@@ -308,4 +316,7 @@ class Reloader:
                 self._wanted.clear()
             else:
                 reason = "poll"
-            await loop.run_in_executor(None, self.live.reload, reason)
+            before = self.live.current
+            after = await loop.run_in_executor(None, self.live.reload, reason)
+            if self.on_reload is not None:
+                self.on_reload(reason, before, after)

@@ -7,7 +7,9 @@ in a worker thread of :mod:`exporter.serving.workers` (never on the event loop; 
 503 when no thread was free in time) and sends the bytes back. Models are looked
 up only in the in-memory view of :mod:`exporter.serving.live_registry` (replaced whole by ``--poll``/SIGHUP reloads),
 never on disk, so no request can reach a file. The per-request log line is queued and written by a background
-thread (:mod:`exporter.serving.access_log`).
+thread (:mod:`exporter.serving.access_log`); each prediction also updates the Prometheus metrics of
+:mod:`exporter.serving.metrics` (``GET /metrics``). ``GET /health/live`` and ``GET /health/ready`` are the
+Kubernetes probes (``/ping`` stays TorchServe's).
 
 Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions. The command line (options, SIGHUP,
 ``--poll``) is :mod:`exporter.commands.serve`.
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from exporter.runtime.handler import Answer
 from exporter.serving.live_registry import LiveRegistry, ModelRegistry  # noqa: F401  (ModelRegistry re-exported)
+from exporter.serving.probes import metrics_route_for, probe_routes
 from exporter.serving.workers import DEFAULT_REQUEST_TIMEOUT, Busy, Expired, WorkerPool
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,8 +34,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from exporter.runtime.handler import ModelHandler
+    from exporter.runtime.handler import Decoded, ModelHandler
     from exporter.serving.access_log import AccessLog
+    from exporter.serving.metrics import Metrics
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -148,10 +152,20 @@ class _Served:
     add_line: Callable[[tuple[Any, ...]], None] | None
     workers: WorkerPool
     request_timeout: float
+    #: Prometheus metrics of this process (None: ``serve --no-metrics``)
+    metrics: Metrics | None = None
 
 
-#: ``(status, answer, rows, answer_header_length)``, as :meth:`ModelHandler.handle_http` returns them
-_Answer = tuple[int, bytes, int, int | None]
+#: ``(status, answer, rows, answer_header_length, request form)``: :meth:`ModelHandler.handle_http`'s answer and
+#: the form (label of the request metrics, ``unknown`` when refused before the form was known)
+_Answer = tuple[int, bytes, int, int | None, str]
+
+
+def _form(decoded: Decoded, handler: ModelHandler, header_length: int | str | None) -> str:
+    """The request form of a decoded request (metrics label): TorchServe, v2 JSON or v2 binary tensor data."""
+    if decoded.envelope is handler.torchserve:
+        return "torchserve"
+    return "v2_binary" if header_length is not None else "v2_json"
 
 
 def _lookup(view: ModelRegistry, scope: dict[str, Any]) -> ModelHandler | None:
@@ -249,18 +263,24 @@ class Predict:
         view = self.served.live.current
         handler = _lookup(view, scope)
         if handler is None:
-            answer: _Answer = (404, _not_found(view, scope), 0, None)
+            answer: _Answer = (404, _not_found(view, scope), 0, None, "unknown")
         elif (encoding := _content_encoding(scope)) is not None:
-            answer = (415, _unsupported_encoding(encoding), 0, None)
+            answer = (415, _unsupported_encoding(encoding), 0, None, "unknown")
         else:
             answered = await self._answer(handler, scope, receive, start)
             if answered is None:  # the client went away: nobody to answer
                 return
             answer = answered
-        status, body, rows, answer_header = answer
+        status, body, rows, answer_header, form = answer
         await _send_json(send, status, body, answer_header)
         if self.served.add_line is not None:
             _log_prediction(self.served.add_line, scope, handler, rows, status, start)
+        metrics = self.served.metrics
+        if metrics is not None:  # labels from what is loaded, never from the client's path
+            model, version = (handler.model_name, handler.version) if handler is not None else ("unknown", "unknown")
+            if handler is None and scope["path_params"].get("model_name") in view.latest:
+                model = scope["path_params"]["model_name"]  # a loaded model, a version it does not have
+            metrics.request(model, version, form, status, time.perf_counter() - start, rows)
 
     async def _answer(
         self, handler: ModelHandler, scope: dict[str, Any], receive: Receive, start: float
@@ -289,24 +309,36 @@ class Predict:
                 f"request body is too large ({exc}); this server accepts at most {limit} bytes "
                 "(--max-body-bytes): split the rows over several requests"
             )
-            return 413, _error(message), 0, None
+            if self.served.metrics is not None:
+                self.served.metrics.reject("body_too_large")
+            return 413, _error(message), 0, None, "unknown"
         return await self._run(handler, body, header_length)
 
     async def _run(self, handler: ModelHandler, body: bytes, header_length: int | str | None) -> _Answer:
-        """The handler's answer: the request is decoded and the answer encoded here on the event loop; only the
-        model's run (onnxruntime, which releases the GIL) goes to a worker thread: 503 when none was free in time,
-        504 past the deadline. (The whole answer in the thread cost about twice the server CPU per batch-1 request:
-        the loop and the worker contended for the GIL; see docs/benchmarks.md.)"""
+        """The handler's answer: the request is decoded and the answer encoded here on the event loop; the
+        model's run (onnxruntime, which releases the GIL) goes to a worker thread, or stays on the loop for a
+        small request to a model that proved fast (:meth:`WorkerPool.predict`): 503 when no thread was free in
+        time, 504 past the deadline. (The whole answer in the thread cost about twice the server CPU per batch-1
+        request: the loop and the worker contended for the GIL; see docs/benchmarks.md.)"""
         timeout = self.served.request_timeout
+        form = "unknown"
         try:
             decoded = handler.decode(body, header_length=header_length, http=True)
             if isinstance(decoded, Answer):
-                return decoded.status, decoded.body, decoded.rows, decoded.header_length
-            out = await self.served.workers.run(handler.model_name, timeout, handler.run, decoded.matrix)
+                if decoded.status == 413 and self.served.metrics is not None:
+                    self.served.metrics.reject("too_many_rows")
+                return decoded.status, decoded.body, decoded.rows, decoded.header_length, form
+            form = _form(decoded, handler, header_length)
+            rows = len(decoded.matrix)
+            out, seconds = await self.served.workers.predict(
+                handler.model_name, timeout, handler.run, decoded.matrix, rows
+            )
+            if self.served.metrics is not None:
+                self.served.metrics.inference(handler.model_name, seconds)
             answer = handler.encode(decoded, out)
         except Busy as exc:
             log.error("%s", exc)
-            return 503, _error(str(exc)), 0, None
+            return 503, _error(str(exc)), 0, None, form
         except Expired:
             message = (
                 f"model {_shown(handler.model_name)} version {handler.version} did not answer within {timeout:g}s "
@@ -314,11 +346,11 @@ class Predict:
                 "--model-concurrency threads until it ends"
             )
             log.error("%s", message)
-            return 504, _error(message), 0, None
+            return 504, _error(message), 0, None, form
         except Exception as exc:  # noqa: BLE001 - answered (and logged) as a 500, never a dropped connection
             log.error("internal error answering model %s version %s", handler.model_name, handler.version, exc_info=exc)
-            return 500, _error(f"internal server error: {type(exc).__name__}"), 0, None
-        return answer.status, answer.body, answer.rows, answer.header_length
+            return 500, _error(f"internal server error: {type(exc).__name__}"), 0, None, form
+        return answer.status, answer.body, answer.rows, answer.header_length, form
 
 
 class _Routes:
@@ -332,7 +364,7 @@ class _Routes:
         self.response = Response
         self.ping_body = orjson.dumps({"status": "Healthy"})
 
-    def _plain(self, status: int, body: bytes, request: Request, start: float) -> Response:
+    def plain(self, status: int, body: bytes, request: Request, start: float) -> Response:
         """A JSON answer, with its access-log line."""
         add_line = self.served.add_line
         if add_line is not None:
@@ -349,10 +381,10 @@ class _Routes:
         return self.response(body, status_code=status, media_type="application/json")
 
     async def ping(self, request: Request) -> Response:
-        return self._plain(200, self.ping_body, request, time.perf_counter())
+        return self.plain(200, self.ping_body, request, time.perf_counter())
 
     async def list_models(self, request: Request) -> Response:
-        return self._plain(200, self.served.live.current.models_body, request, time.perf_counter())
+        return self.plain(200, self.served.live.current.models_body, request, time.perf_counter())
 
     async def describe_model(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -361,18 +393,19 @@ class _Routes:
         raw_path = request.scope.get("raw_path") or b""
         body = None if _encoded_separator(raw_path) else view.metadata_bodies.get(name)
         if body is None:
-            return self._plain(
+            return self.plain(
                 404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"), request, start
             )
-        return self._plain(200, body, request, start)
+        return self.plain(200, body, request, start)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Starlette's own errors (no route, method not allowed) as JSON that says what would have worked."""
         status = getattr(exc, "status_code", 500)
         if status == 404:
             message = (
-                f"no route for {request.method} {_shown(request.url.path)}; routes: GET /ping, GET /models, "
-                "GET /models/{model_name}, POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
+                f"no route for {request.method} {_shown(request.url.path)}; routes: GET /ping, GET /health/live, "
+                "GET /health/ready, GET /metrics, GET /models, GET /models/{model_name}, "
+                "POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
             )
         elif status == 405:
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
@@ -404,13 +437,16 @@ def create_app(
     access_log: AccessLog | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     workers: WorkerPool | None = None,
+    metrics: Metrics | None = None,
+    metrics_route: bool = True,
 ) -> Starlette:
     """The Starlette application (routes exactly as in contract section 5).
 
     ``registry`` is a fixed :class:`ModelRegistry` or a :class:`LiveRegistry` whose view reloads replace;
     every request reads the current view once. ``access_log``: where the per-request lines go (None: none).
     Predictions run in ``workers`` (default: a :class:`WorkerPool` with its default bounds) and are answered
-    504 after ``request_timeout`` seconds.
+    504 after ``request_timeout`` seconds. ``metrics``: the Prometheus metrics requests update (None: none),
+    served at ``GET /metrics`` unless ``metrics_route`` is false (``serve --metrics-port`` serves them apart).
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -423,17 +459,23 @@ def create_app(
         access_log.add if access_log is not None else None,
         workers if workers is not None else WorkerPool(),
         request_timeout,
+        metrics,
     )
+    if metrics is not None:
+        metrics.models(live.current)
     routes, predict = _Routes(served), Predict(served)
+    table = [
+        Route("/ping", routes.ping, methods=["GET"]),
+        *probe_routes(lambda: served.live.current, routes.plain),
+        Route("/models", routes.list_models, methods=["GET"]),
+        Route("/models/{model_name}", routes.describe_model, methods=["GET"]),
+        Route("/predictions/{model_name}", predict, methods=["POST"]),
+        Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
+    ]
+    if metrics is not None and metrics_route:
+        table.append(metrics_route_for(metrics))
     app = Starlette(
-        routes=[
-            Route("/ping", routes.ping, methods=["GET"]),
-            Route("/models", routes.list_models, methods=["GET"]),
-            Route("/models/{model_name}", routes.describe_model, methods=["GET"]),
-            Route("/predictions/{model_name}", predict, methods=["POST"]),
-            Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
-        ],
-        exception_handlers={HTTPException: routes.http_error, Exception: routes.internal_error},
+        routes=table, exception_handlers={HTTPException: routes.http_error, Exception: routes.internal_error}
     )
     app.router.redirect_slashes = False  # "/predictions/xgb/" is a 404 that says so, not a redirect of a POST
     return app

@@ -1,6 +1,7 @@
-"""The threads that run ``ModelHandler`` work for ``serve``, so that no request blocks the event loop.
+"""The threads that run the models for ``serve``, so that no slow request blocks the event loop.
 
-Every prediction is decoded, run and encoded in one of at most ``size`` daemon threads, and its request waits
+Every prediction's model run goes to one of at most ``size`` daemon threads (small requests of a model proven
+fast excepted, below), and its request waits
 for it at most ``timeout`` seconds (``serve --request-timeout``): a slow or stuck model answers 504 while
 ``/ping`` and every other model keep answering. onnxruntime cannot interrupt a running graph, so a run whose
 request timed out keeps its thread until it ends by itself. Two bounds keep such runs from taking the whole
@@ -14,6 +15,15 @@ healthy model is served as runs end, microseconds apart); when the deadline pass
 naming the bound, instead of queueing behind runs that may never end. The threads are daemon threads so that a
 stuck run never keeps the process from exiting. The counting happens on the event loop, the threads only run
 the work.
+
+The hand-off to a thread and back costs about 150 us of CPU per request (the event loop and the worker contend
+for the GIL; docs/benchmarks.md), as much as a whole batch-1 answer. :meth:`WorkerPool.predict` therefore runs a
+small request (at most :data:`INLINE_MAX_ROWS` rows) on the event loop when its model has proven fast: its last
+:data:`INLINE_AFTER` small runs each took less than ``inline_seconds`` of CPU time (``serve --inline-max-ms``, far
+below any request deadline) and none of its runs is in a thread now. One run at or above that sends the model back
+to the threads until it has proven fast again, and a model seen for the first time (or one whose run never ends) only
+ever runs in a thread, so the 504 deadline still protects against models that are slow from the start.
+``--inline-max-ms 0`` sends every run to a thread.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +39,12 @@ from typing import Any
 DEFAULT_WORKER_THREADS = 32
 DEFAULT_MODEL_CONCURRENCY = 8
 DEFAULT_REQUEST_TIMEOUT = 30.0
+#: default of ``serve --inline-max-ms`` (as seconds): runs faster than this may stay on the event loop
+DEFAULT_INLINE_SECONDS = 0.002
+#: most rows a request run on the event loop may have; larger batches always go to a thread
+INLINE_MAX_ROWS = 64
+#: consecutive fast small runs a model needs before its small requests run on the event loop
+INLINE_AFTER = 16
 
 
 class Busy(Exception):
@@ -47,9 +64,17 @@ class WorkerPool:
     Use it from one event loop: :meth:`run` is called there and every count changes there.
     """
 
-    def __init__(self, size: int = DEFAULT_WORKER_THREADS, per_model: int = DEFAULT_MODEL_CONCURRENCY) -> None:
+    def __init__(
+        self,
+        size: int = DEFAULT_WORKER_THREADS,
+        per_model: int = DEFAULT_MODEL_CONCURRENCY,
+        inline_seconds: float = DEFAULT_INLINE_SECONDS,
+    ) -> None:
         self.size = size
         self.per_model = min(per_model, size)
+        self.inline_seconds = inline_seconds
+        #: per key: consecutive small runs faster than ``inline_seconds`` (reset by a slow one)
+        self._fast: dict[str, int] = {}
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._threads = 0
         self._running = 0
@@ -92,6 +117,41 @@ class WorkerPool:
             return await future
         finally:
             deadline.cancel()
+
+    async def predict(
+        self, key: str, timeout: float, fn: Callable[[Any], Any], arg: Any, rows: int
+    ) -> tuple[Any, float]:
+        """``(fn(arg), seconds the run took)``: on the event loop when ``key`` has proven fast for small requests
+        (see the module docstring), else in a thread as :meth:`run` (same errors)."""
+        small = rows <= INLINE_MAX_ROWS
+        if (
+            small
+            and self._fast.get(key, 0) >= INLINE_AFTER
+            and not self._counts.get(key)
+            and timeout > 100 * self.inline_seconds
+        ):
+            return self._timed_small(key, fn, arg)
+        timed: tuple[Any, float]
+        if not small:
+            timed = await self.run(key, timeout, _timed, fn, arg)
+        else:
+            timed = await self.run(key, timeout, self._timed_small, key, fn, arg)
+        return timed
+
+    def _timed_small(self, key: str, fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float]:
+        """``fn(arg)`` and its wall time (on the loop or in a thread). The calling thread's CPU time decides
+        whether ``key`` counts as fast: on a busy machine the wall time also holds the time the thread waited
+        for a core, which would switch the fast path off exactly when it saves the most. (Plain int stores:
+        safe under the GIL.)"""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            result = fn(arg)
+        except BaseException:
+            self._fast[key] = 0
+            raise
+        fast = time.thread_time() - cpu < self.inline_seconds
+        self._fast[key] = self._fast.get(key, 0) + 1 if fast else 0
+        return result, time.perf_counter() - wall
 
     def _start(self, key: str, job: _Job) -> None:
         """Count the run (its thread and key slot are held) and hand it to a thread, starting one if needed."""
@@ -136,6 +196,12 @@ async def _acquire(semaphore: asyncio.Semaphore, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def _timed(fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float]:
+    """In a thread: ``fn(arg)`` and the seconds it took."""
+    start = time.perf_counter()
+    return fn(arg), time.perf_counter() - start
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

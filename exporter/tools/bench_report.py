@@ -14,6 +14,9 @@ TARGETS = {
     "torchserve_at_1024": 3.0,
     "http_rps": 3000.0,
     "http_p99_ms": 5.0,
+    "workers_at_1": 1.4,
+    "workers_at_1024": 1.6,
+    "metrics_on_off": 0.95,
 }
 
 
@@ -58,7 +61,60 @@ def render(results: Results) -> str:
                 f"| {h.model} | {h.logging} | {h.requests_per_s:,.0f} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | "
                 f"{cpu} | {h.errors} | {h.total:,} |"
             )
+    lines += _scaling_table(results)
     return "\n".join(lines)
+
+
+def _scaling_table(results: Results) -> list[str]:
+    """The ``--http-scaling`` rows: workers and metrics side by side."""
+    if not results.scaling:
+        return []
+    first = results.scaling[0]
+    lines = [
+        "",
+        f"HTTP scaling: {first.model}, TorchServe body, request log off, load generator: {first.generator} "
+        "(on this machine, sharing its cores with the server)",
+        "",
+        "| workers | metrics | batch | requests/s | rows/s | p50 ms | p99 ms | server CPU us/request | errors "
+        "| requests |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for h in results.scaling:
+        cpu = f"{h.server_cpu_us:.1f}" if h.server_cpu_us is not None else "n/a"
+        lines.append(
+            f"| {h.workers} | {h.metrics} | {h.batch} | {h.requests_per_s:,.0f} "
+            f"| {_fmt_rate(h.requests_per_s * h.batch)} | {h.p50_ms:.2f} | {h.p99_ms:.2f} | {cpu} | {h.errors} "
+            f"| {h.total:,} |"
+        )
+    return lines
+
+
+def scaling_targets(results: Results) -> list[str]:
+    """Same-run ratios of the scaling rows: N workers against 1, metrics on against off."""
+    out = []
+    runs = {(h.workers, h.metrics, h.batch): h for h in results.scaling}
+    many = max((h.workers for h in results.scaling), default=1)
+    for batch in sorted({h.batch for h in results.scaling}):
+        one, more = runs.get((1, "on", batch)), runs.get((many, "on", batch))
+        if one is not None and more is not None and one.requests_per_s > 0 and many > 1:
+            ratio = more.requests_per_s / one.requests_per_s
+            goal = TARGETS["workers_at_1024"] if batch >= 1024 else TARGETS["workers_at_1"]
+            out.append(
+                f"[{'met' if ratio >= goal else 'MISSED'}] {one.model} over HTTP at batch {batch}: --workers {many} "
+                f"answers {ratio:.2f}x the requests/s of --workers 1 ({more.requests_per_s:,.0f} vs "
+                f"{one.requests_per_s:,.0f}; target >= {goal}x; the load generator shares the cores)"
+            )
+        for workers in sorted({h.workers for h in results.scaling}):
+            on, off = runs.get((workers, "on", batch)), runs.get((workers, "off", batch))
+            if on is not None and off is not None and off.requests_per_s > 0:
+                ratio = on.requests_per_s / off.requests_per_s
+                goal = TARGETS["metrics_on_off"]
+                out.append(
+                    f"[{'met' if ratio >= goal else 'MISSED'}] {on.model} over HTTP at batch {batch}, --workers "
+                    f"{workers}: metrics on answer {ratio:.2f}x the requests/s of metrics off "
+                    f"({on.requests_per_s:,.0f} vs {off.requests_per_s:,.0f}; target >= {goal})"
+                )
+    return out
 
 
 def targets(results: Results) -> list[str]:
@@ -111,7 +167,7 @@ def targets(results: Results) -> list[str]:
                 f"{h.requests_per_s:,.0f} req/s, p99 {h.p99_ms:.2f} ms, "
                 f"{h.errors} errors (target >= 3,000 req/s, p99 < 5 ms)"
             )
-    return out
+    return out + scaling_targets(results)
 
 
 def environment() -> str:

@@ -32,12 +32,18 @@ class HttpResult:
     generator: str
     total: int = 0
     logging: str = "on"
-    #: the server process's CPU time (user + system, all threads) per request answered
+    #: the server's CPU time (user + system, all threads, every process of it) per request answered
     server_cpu_us: float | None = None
+    #: ``serve --workers``, metrics on/off and rows per request of the run (the scaling rows vary them)
+    workers: int = 1
+    metrics: str = "on"
+    batch: int = 1
 
 
 @dataclass
 class Results:
     cells: list[Cell] = field(default_factory=list)
     http: list[HttpResult] = field(default_factory=list)
+    #: one model over HTTP with --workers 1 and N, metrics on and off, at batch 1 and 1024 (``--http-scaling``)
+    scaling: list[HttpResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -32,6 +32,7 @@ from exporter.tools.bench_results import Cell, HttpResult, Results
 from exporter.tools.serve_load import (
     ServerProcess,
     bench_http,
+    bench_scaling,
     parse_wrk,
     process_cpu_seconds,
     run_python_load,
@@ -51,6 +52,7 @@ __all__ = [
     "ServerProcess",
     "bench_http",
     "bench_model",
+    "bench_scaling",
     "binary_body",
     "environment",
     "make_rows",

@@ -27,7 +27,7 @@ from exporter.tools.bench_results import HttpResult
 class ServerProcess:
     """``python -m exporter serve`` on a free loopback port; its log goes to a temporary file."""
 
-    def __init__(self, artifacts: Path, log_level: str = "info") -> None:
+    def __init__(self, artifacts: Path, log_level: str = "info", extra: tuple[str, ...] = ("--workers", "1")) -> None:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="exporter-bench-serve-", delete=False)
         self.proc = subprocess.Popen(
             [
@@ -43,6 +43,7 @@ class ServerProcess:
                 "10000",
                 "--log-level",
                 log_level,
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
@@ -82,6 +83,21 @@ def process_cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a process and of its child processes (``serve --workers N``: the supervisor and workers)."""
+    total = process_cpu_seconds(pid)
+    if total is None:
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid):
+            total += process_cpu_seconds(int(stat.parent.name)) or 0.0
+    return total
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10) -> int | None:
@@ -264,3 +280,49 @@ def _bench_http_server(
     finally:
         server.stop()
     return results
+
+
+#: the scaling rows: (``--workers``, metrics on), alternated so that a change of machine load hits all alike
+SCALING_RUNS = ((1, True), (2, True), (1, False), (2, False))
+#: rows per request of the scaling rows
+SCALING_BATCHES = (1, 1024)
+
+
+def bench_scaling(
+    artifacts: Path, model: str, seconds: float, clients: int, generator: str, workers: int = 2
+) -> list[HttpResult]:
+    """Requests/s of ``model`` with ``--workers 1`` and ``workers``, metrics on and off, at batch 1 and 1024
+    (TorchServe body, request log off: the processes and the metrics are what is compared)."""
+    import orjson
+
+    use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
+    vdir = version_dirs(artifacts / model)[-1]
+    sample = json.loads((vdir / "sample_request.json").read_text())["data"]
+    bodies = {b: orjson.dumps({"data": [sample[i % len(sample)] for i in range(b)]}) for b in SCALING_BATCHES}
+    results = []
+    for n, metrics in ((1 if w == 1 else workers, m) for w, m in SCALING_RUNS):
+        extra = ("--workers", str(n), "--max-body-bytes", str(64 << 20)) + (() if metrics else ("--no-metrics",))
+        server = ServerProcess(artifacts, "warning", extra)
+        try:
+            for batch, body in bodies.items():
+                result = _load_once(server, f"/predictions/{model}", body, seconds, clients, use_wrk)
+                result.model, result.workers, result.metrics, result.batch = model, n, "on" if metrics else "off", batch
+                results.append(result)
+        finally:
+            server.stop()
+    return results
+
+
+def _load_once(
+    server: ServerProcess, path: str, body: bytes, seconds: float, clients: int, use_wrk: bool
+) -> HttpResult:
+    """One load run against ``server``, with the server's CPU per request (all its processes)."""
+    cpu_before = tree_cpu_seconds(server.proc.pid)
+    if use_wrk:
+        result = run_wrk(server.url + path, body, seconds, clients)
+    else:
+        result = run_python_load(server.host, server.port, path, body, seconds, clients)
+    cpu_after = tree_cpu_seconds(server.proc.pid)
+    if cpu_before is not None and cpu_after is not None and result.total:
+        result.server_cpu_us = (cpu_after - cpu_before) / result.total * 1e6
+    return result

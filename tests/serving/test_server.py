@@ -35,6 +35,9 @@ class LiveServer:
 
     def __init__(self, args: list[str]) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if "--workers" not in args:
+            # one process unless a test asks for more: these tests read one process's request log in order
+            args = [*args, "--workers", "1"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter", "serve", *args],
             cwd=REPO,

@@ -80,11 +80,12 @@ def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None
             str(out_json),
             "--http-log",
             "both",
+            *(["--http-scaling"] if generator == "python" else []),
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -99,6 +100,13 @@ def test_bench_prints_tables_and_targets(tmp_path: Path, generator: str) -> None
     assert len(report["cells"]) == 4 and all(c["binary_s"] > 0 for c in report["cells"])
     assert [(h["model"], h["logging"]) for h in report["http"]] == [("xgb", "on"), ("xgb", "off")]
     assert all(h["errors"] == 0 and h["total"] > 0 and h["server_cpu_us"] > 0 for h in report["http"])
+    if generator == "python":  # the scaling rows: --workers 1 and 2, metrics on and off, batch 1 and 1024
+        runs = [(h["workers"], h["metrics"], h["batch"]) for h in report["scaling"]]
+        assert sorted(runs) == sorted((w, m, b) for w in (1, 2) for m in ("on", "off") for b in (1, 1024))
+        assert all(h["errors"] == 0 and h["total"] > 0 and h["server_cpu_us"] > 0 for h in report["scaling"])
+        assert "| workers | metrics | batch | requests/s | rows/s |" in out
+        assert "xgb over HTTP at batch 1024: --workers 2 answers" in out
+        assert "xgb over HTTP at batch 1, --workers 2: metrics on answer" in out
 
 
 def test_bench_rejects_unknown_models(tmp_path: Path) -> None:
