@@ -108,7 +108,7 @@ class TorchModel(Model, Generic[NetT]):
 
     def progress_total(self, hparams: Mapping[str, Any], rows: int) -> int:
         batch = tc.effective_batch_size(int(hparams["batch_size"]), rows)
-        return int(hparams["max_epochs"]) * tc.steps_per_epoch(rows, batch)
+        return max_epochs(hparams) * tc.steps_per_epoch(rows, batch)
 
     def train(self, data: TrainData) -> Trained:
         hparams, seed = data.hparams, data.seed
@@ -123,7 +123,7 @@ class TorchModel(Model, Generic[NetT]):
             loss_fn=self.loss,
             train_tensors=self.training_tensors(config, data.x_train, data.y_train),
             validation_tensors=self.training_tensors(config, data.x_valid, data.y_valid),
-            max_epochs=int(hparams["max_epochs"]),
+            max_epochs=max_epochs(hparams),
             batch_size=int(hparams["batch_size"]),
             learning_rate=float(hparams["learning_rate"]),
             weight_decay=float(hparams.get("weight_decay", 0.0)),
@@ -252,6 +252,11 @@ def _related_first(version_dir: Path) -> str:
 def _model_part(version_dir: Path, model_name: str) -> str:
     meta = _version_metadata(version_dir)
     return str(meta.get("model_part") or model_name)
+
+
+def max_epochs(hparams: Mapping[str, Any]) -> int:
+    """The epoch budget: ``max_epochs``, or ``epochs`` for a model class that still declares the old name."""
+    return int(hparams["max_epochs"] if "max_epochs" in hparams else hparams["epochs"])
 
 
 def label_tensor(y: Mapping[str, np.ndarray], name: str) -> torch.Tensor:

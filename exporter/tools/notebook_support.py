@@ -97,8 +97,7 @@ def describe_run(prep: Prepared) -> str:
             f"  rows: {len(prep.train)} training, {len(prep.validation)} validation (early stopping), "
             f"{len(prep.heldout)} held-out test (seed {p.seed})"
             if p.mode == "train"
-            else f"  rows: {len(prep.heldout)} held-out of {total} "
-            "for evaluation and the parity check"
+            else f"  rows: {len(prep.heldout)} held-out of {total} for evaluation and the parity check"
         ),
         f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
         + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
