@@ -69,9 +69,9 @@ class DeepFMModel(TorchModel[DeepFM]):
         "lr_schedule": "plateau",
         "batch_size": 256,
         "learning_rate": 0.005,
-        "embed_dim": 8,
+        "embed_dim": 16,
         "hidden": [64, 32],
-        "weight_decay": 0.0,
+        "weight_decay": 1e-5,
     }
     model_names = ("deepfm",)
     notebook = NotebookInfo(

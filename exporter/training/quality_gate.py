@@ -108,7 +108,8 @@ MIN_OPTIMISER_STEPS = 200
 def training_warnings(stopping: Mapping[str, Any]) -> list[str]:
     """Why a trained model may be under-trained, from how its training stopped (``Trained.stopping``).
 
-    Torch: a budget (max_epochs x steps an epoch) below :data:`MIN_OPTIMISER_STEPS` optimiser steps, the validation loss still falling when
+    Torch: a budget (max_epochs x steps an epoch) below :data:`MIN_OPTIMISER_STEPS` optimiser steps, the
+    validation loss still falling when
     ``max_epochs`` ran out, or no epoch better than the untrained network. XGBoost: the validation logloss still
     falling at the last of ``n_estimators`` rounds. Empty for a loaded model (it has no training record)."""
     out: list[str] = []

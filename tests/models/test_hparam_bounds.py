@@ -41,7 +41,7 @@ CASES = {
     "max_epochs=2.5": ("two_tower", "max_epochs=2.5", ["max_epochs", "positive integer", "2.5"]),
     "epochs and max_epochs": ("deepfm", "epochs=3", ["epochs", "max_epochs", "give one"]),
     "early_stopping_rounds=-1": ("xgb", "early_stopping_rounds=-1", ["early_stopping_rounds", "up to 10,000"]),
-    "lr_schedule=cosine": ("deepfm", "lr_schedule=\"cosine\"", ["lr_schedule", "plateau"]),
+    "lr_schedule=cosine": ("deepfm", 'lr_schedule="cosine"', ["lr_schedule", "plateau"]),
     "1000 tasks": ("mmoe", "tasks=" + _tasks(1000), ["tasks", "1000 tasks", "at most 32"]),
 }
 
