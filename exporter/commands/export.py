@@ -144,8 +144,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the artifacts tree will live for KServe, written into <model>/kserve.yaml "
         "(default: pvc://model-repository/artifacts)",
     )
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "spark"),
+        help="where to train: this machine, or Spark (fits features and trains on the cluster; --data needed; "
+        "default: %(default)s)",
+    )
+    p.add_argument("--spark-master", default=None, metavar="URL", help="spark engine: master URL (default: local[*])")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="spark engine: training workers (xgboost.spark workers / TorchDistributor processes; default: 2)",
+    )
+    p.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="spark engine: extra Spark configuration, repeatable",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def _spark_options(args: argparse.Namespace) -> Any:
+    from exporter.export.spark_train import SparkOptions
+
+    conf = {}
+    for item in args.spark_conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ExporterError(f"--spark-conf expects KEY=VALUE, got '{item}'")
+        conf[key.strip()] = value
+    return SparkOptions(master=args.spark_master, num_workers=args.num_workers, conf=conf)
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -209,7 +243,12 @@ def run(args: argparse.Namespace) -> int:
             min_auc=args.min_auc,
             model_name=args.model_name,
         )
-        result = pipeline.run(params, echo=echo)
+        if args.engine == "spark":
+            from exporter.export import spark_train
+
+            result = spark_train.run_spark(params, _spark_options(args), echo=echo)
+        else:
+            result = pipeline.run(params, echo=echo)
         results.append(result)
         if not args.json:
             print(summary.format_result(result), flush=True)

@@ -160,6 +160,7 @@ def build_metadata(
                     k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()
                 },
                 "final_loss": trained.history[-1] if trained.history else None,
+                **_jsonable(prep.training_record),
             },
             "created_at": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         }

@@ -87,6 +87,9 @@ class Prepared:
     y_valid: dict[str, np.ndarray] = field(default_factory=dict)
     #: how the rows were split (metadata ``training.split``)
     split: dict[str, Any] = field(default_factory=dict)
+    #: what the training record of metadata adds or overrides: the engine that trained and the true row counts
+    #: when ``train``/``heldout`` are bounded samples of a larger table
+    training_record: dict[str, Any] = field(default_factory=dict)
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""

@@ -278,6 +278,14 @@ class Model(ABC):
 
         return three_way_split(frame, seed=seed)
 
+    def split_keys(
+        self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Mapping[str, str | None]
+    ) -> list[str] | None:
+        """The columns whose hash decides a row's side of the split (:mod:`exporter.training.split`), or ``None``
+        for the whole row. A model whose held-out rows must be unseen groups (two_tower: user-item pairs) names
+        the group's columns."""
+        return None
+
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         """Held-out evaluation of a prepared run (empty metrics when a load-mode data file has no labels)."""
         predictions = trained.predict(prep.x_heldout)

@@ -40,6 +40,7 @@ import pandas as pd
 
 from exporter.errors import ExporterError
 from exporter.models.two_tower import retrieval as R
+from exporter.models.two_tower.towers import pair_keys
 from exporter.tools import movielens as ml
 from exporter.tools.quality_baselines import tower_embeddings, xgb_baseline
 from exporter.tools.quality_data import (
@@ -109,8 +110,8 @@ MMOE_TASKS: list[dict[str, str]] = [
     {"name": "rating", "label": "rating", "type": "regression"},
 ]
 
-#: the key columns of the two-tower model's split by user-item pairs on MovieLens
-PAIR_KEYS: tuple[str, ...] = ("user_id", "item_id")
+#: the key columns of the two-tower model's split by user-item pairs on MovieLens (sorted, as it hashes them)
+PAIR_KEYS: list[str] = pair_keys(USER_TOWER, ITEM_TOWER)
 #: The plain XGBoost baseline (AUC 0.7705 on this split, docs/benchmarks.md); xgboost defaults otherwise.
 XGB_BASELINE: dict[str, Any] = {"n_estimators": 600, "max_depth": 6, "learning_rate": 0.1}
 #: Hyper-parameters passed to the pipeline per model: none but mmoe's tasks, which say what its heads are on

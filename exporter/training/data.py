@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from exporter.errors import ExporterError, read_json_file
 from exporter.training import split as S
@@ -287,15 +288,16 @@ def split_indices(n_rows: int, *, seed: int, heldout_fraction: float = 0.2) -> t
 
 
 #: shares of rows in the validation part (early stopping, model selection) and the held-out test part (reported only)
-VALIDATION_FRACTION = 0.1
-TEST_FRACTION = 0.2
+VALIDATION_FRACTION = S.DEFAULT_VALIDATION
+TEST_FRACTION = S.DEFAULT_TEST
 
 
 def three_way_split(
     frame: pd.DataFrame, *, seed: int, key_columns: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(train, validation, test row indices, the rule) by a seeded hash of each row's content (or of
-    ``key_columns``: rows with equal keys fall on one side), :data:`VALIDATION_FRACTION` / :data:`TEST_FRACTION`.
+    ``key_columns``: rows with equal keys fall on one side), :data:`VALIDATION_FRACTION` / :data:`TEST_FRACTION`:
+    the rule of :mod:`exporter.training.split` (the Spark engine computes the same codes).
 
     A row's side depends on the row alone, not on the table's order or length: appending rows moves none.
     On a table so small that the hash leaves a part empty, the first row of the largest part moves there,
@@ -307,7 +309,7 @@ def three_way_split(
         codes = S.split_codes(
             frame, seed=seed, key_columns=key_columns, validation=VALIDATION_FRACTION, test=TEST_FRACTION
         ).copy()
-    except TypeError as exc:  # a cell pandas cannot hash (a list, a dict)
+    except (TypeError, ValueError, pa.ArrowException) as exc:  # a column Arrow cannot type (mixed ints and text)
         raise ExporterError(f"cannot split the data by row content: {exc}".splitlines()[0]) from exc
     for part in (S.TRAIN, S.VALIDATION, S.TEST):
         if not (codes == part).any():  # move the first row of the largest part, with every row of equal key
@@ -317,13 +319,7 @@ def three_way_split(
             first = int(np.flatnonzero(codes == largest)[0])
             codes[(hashed == hashed[first]) & (codes == largest)] = part
     train, valid, test = S.three_way(codes)
-    rule: dict[str, Any] = {
-        "rule": "seeded hash of each row's content" if key_columns is None else "seeded hash of the key columns",
-        "key_columns": None if key_columns is None else list(key_columns),
-        "validation_fraction": VALIDATION_FRACTION,
-        "test_fraction": TEST_FRACTION,
-    }
-    return train, valid, test, rule
+    return train, valid, test, S.describe(seed, key_columns, VALIDATION_FRACTION, TEST_FRACTION)
 
 
 def parity_rows(heldout: np.ndarray, train: np.ndarray, *, minimum: int, seed: int) -> tuple[np.ndarray, int]:

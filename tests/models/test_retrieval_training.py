@@ -78,7 +78,7 @@ def test_pair_split_keeps_every_repeat_of_a_pair_on_one_side():
     train, valid, held, rule = TW.split_by_pairs(frame, ["user_id"], ["item_id"], seed=3)
     assert len(train) + len(valid) + len(held) == 2000
     assert not set(train) & set(held) and not set(train) & set(valid) and not set(valid) & set(held)
-    assert rule["key_columns"] == ["user_id", "item_id"]
+    assert rule["key_columns"] == ["item_id", "user_id"]  # the tower columns, sorted, as the Spark engine hashes
 
     def pairs(rows: np.ndarray) -> set[tuple[int, ...]]:
         return set(map(tuple, frame.iloc[rows].to_numpy()))

@@ -188,12 +188,21 @@ class TwoTowerModel(TorchModel[TwoTower]):
             LabelNeed(LABEL, BINARY, "1 marks a positive pair; without the column every row is one", required=False)
         ]
 
+    def split_keys(
+        self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Mapping[str, str | None]
+    ) -> list[str] | None:
+        """The user's and the item's key columns (their ID columns, else all of a tower's columns), sorted: every
+        row of one user-item pair lands on the same side, also when another column of the pair's rows has a gap
+        (hashing every tower column split a pair whose rows differ in one missing cell)."""
+        user, item = split_columns(list(columns), hparams, towers)
+        return TW.pair_keys(user, item)
+
     def split(
         self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers, seed: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """By user-item pairs, so no validation or test pair was seen in training."""
         user, item = split_columns(list(columns), hparams, towers())
-        return TW.split_by_pairs(frame, user, item, seed)
+        return TW.split_by_pairs(frame, user, item, seed)  # by split_keys' columns
 
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         return TW.evaluate_two_tower(prep, trained)

@@ -57,11 +57,15 @@ def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
 def split_by_pairs(
     frame: pd.DataFrame, user: Sequence[str], item: Sequence[str], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(train, validation, test rows, the rule) by distinct user-item pairs: a seeded hash of the user's and
-    the item's key columns, so every row of a pair falls on one side and no held-out pair was seen in training."""
-    keys = list(dict.fromkeys(key_columns(user, "user_id") + key_columns(item, "item_id")))
-    train, valid, test, rule = D.three_way_split(frame, seed=seed, key_columns=keys)
-    return train, valid, test, {**rule, "rule": "seeded hash of each user-item pair (its key columns)"}
+    """(train, validation, test rows, the rule) by distinct user-item pairs: a seeded hash of the pair's key
+    columns (:func:`pair_keys`, as the Spark engine hashes them), so every row of a pair falls on one side and no
+    held-out pair was seen in training."""
+    return D.three_way_split(frame, seed=seed, key_columns=pair_keys(user, item))
+
+
+def pair_keys(user: Sequence[str], item: Sequence[str]) -> list[str]:
+    """The columns that identify a user-item pair: the user's and the item's :func:`key_columns`, sorted."""
+    return sorted(set(key_columns(user, "user_id")) | set(key_columns(item, "item_id")))
 
 
 def entity_table(frame: pd.DataFrame, columns: Sequence[str], preferred: str) -> tuple[pd.DataFrame, np.ndarray]:

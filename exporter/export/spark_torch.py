@@ -1,0 +1,250 @@
+"""The torch models on Spark: data-parallel training with ``pyspark.ml.torch.distributor.TorchDistributor``.
+
+The driver writes the prepared training rows as Parquet parts (a Spark job: nothing is collected), the initial
+weights (scalers fitted on the driver's sample, so every rank starts from the same network) and the validation
+sample. Each rank streams its own parts through a bounded shuffle buffer, takes the same number of steps per
+epoch as every other rank (the smallest shard sets it), and averages gradients with ``all_reduce`` over gloo
+(CPU). Rank 0 evaluates the validation sample after each epoch, decides early stopping for all, restores the
+best weights and writes the checkpoint in the format load mode reads; the driver then exports it.
+
+On a real cluster ``--work-dir``'s files must be on storage every executor sees (the default temporary
+directory is fine for ``local[*]`` only): see ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import ExporterError
+from exporter.export.params import Prepared
+from exporter.models import Trained
+
+#: rows a rank holds in its shuffle buffer (rows of its own Parquet parts, shuffled before batching)
+SHUFFLE_ROWS = 65_536
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.json"
+
+
+def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
+    """Train ``prep.spec`` on the cluster (``train_rows``: the encoded training rows, a Spark DataFrame) and load
+    the rank-0 checkpoint back as a :class:`Trained`."""
+    import torch
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from exporter.models import TrainData
+    from exporter.models import torch_common as tc
+
+    spec: Any = prep.spec
+    hp = prep.hparams
+    data = TrainData(
+        x_train=prep.x_train,
+        y_train=prep.y_train,
+        x_valid=run.x_valid,
+        y_valid=run.y_valid,
+        columns=prep.columns,
+        hparams=hp,
+        seed=prep.params.seed,
+        features=prep.features,
+    )
+    tc.seed_everything(prep.params.seed)
+    config = spec.make_config(data)
+    from exporter.models.torch_base import FEATURES_KEY
+
+    config[FEATURES_KEY] = prep.features.to_dict()
+    net = spec.build(config).to(tc.DTYPE)
+    spec.fit_scalers(net, prep.x_train)
+    work = run.workdir / "torch"
+    shards = work / "train"
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, work / "init.pt")
+    np.savez(work / "valid.npz", x=run.x_valid, **{f"y_{k}": v for k, v in run.y_valid.items()})
+    workers = run.options.num_workers
+    train_rows.repartition(max(workers, 1) * 2).write.parquet(str(shards))
+    settings = {
+        "model": spec.name,
+        "config": config,
+        "columns": list(prep.columns),
+        "hparams": {k: v for k, v in hp.items() if isinstance(v, (int, float, str, bool, list))},
+        "labels": list(run.label_cols),
+        "seed": int(prep.params.seed),
+        "work": str(work),
+        "shards": str(shards),
+    }
+    if config.get("loss") == "softmax":  # two_tower: the sampling correction needs the whole log's item counts
+        _item_counts(train_rows, config, run.label_cols, work / "items.npz")
+    distributor = TorchDistributor(num_processes=workers, local_mode=False, use_gpu=False)
+    distributor.run(train_rank, json.dumps(settings))
+    trained = spec.load(work / CHECKPOINT, list(prep.columns), hp)
+    trained.history = json.loads((work / HISTORY).read_text(encoding="utf-8"))
+    trained.hparams = dict(hp)
+    return trained
+
+
+def _item_counts(train_rows: Any, config: Mapping[str, Any], labels: Sequence[str], path: Path) -> None:
+    """Positives per item (an item is its prepared item-tower row), counted by Spark over every training row."""
+    cols = [f"f{j}" for j in config["item_idx"]]
+    positives = train_rows.where(train_rows["y_label"] == 1.0) if "label" in labels else train_rows
+    rows = positives.groupBy(*cols).count().collect()
+    items = np.array([[r[c] for c in cols] for r in rows], dtype=np.float64).reshape(len(rows), len(cols))
+    counts = np.array([int(r["count"]) for r in rows], dtype=np.float64)
+    np.savez(path, items=items, counts=counts)
+
+
+class _GlobalLogQ:
+    """log(share of the positives) of each row's item, from :func:`_item_counts`' table."""
+
+    def __init__(self, path: Path, item_idx: Sequence[int]) -> None:
+        table = np.load(path, allow_pickle=False)
+        total = float(table["counts"].sum())
+        self.item_idx = list(item_idx)
+        self.lookup = {
+            tuple(row): math.log(c / total) for row, c in zip(table["items"].tolist(), table["counts"], strict=True)
+        }
+        self.unseen = math.log(1.0 / max(total, 1.0))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.array([self.lookup.get(tuple(r), self.unseen) for r in x[:, self.item_idx].tolist()])
+
+
+def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Sequence[str]) -> Iterator[Any]:
+    """Batches of (x, {label: y}) from ``files`` through a seeded shuffle buffer of :data:`SHUFFLE_ROWS` rows."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(files))
+    buf_x: list[np.ndarray] = []
+    buf_y: dict[str, list[np.ndarray]] = {n: [] for n in labels}
+    held = 0
+
+    def drain(final: bool) -> Iterator[Any]:
+        nonlocal held
+        x = np.concatenate(buf_x)
+        ys = {n: np.concatenate(v) for n, v in buf_y.items()}
+        perm = rng.permutation(len(x))
+        x, ys = x[perm], {n: v[perm] for n, v in ys.items()}
+        cut = len(x) if final else (len(x) // batch) * batch
+        for start in range(0, cut, batch):
+            yield x[start : start + batch], {n: v[start : start + batch] for n, v in ys.items()}
+        buf_x.clear()
+        for v in buf_y.values():
+            v.clear()
+        if cut < len(x):
+            buf_x.append(x[cut:])
+            for n in labels:
+                buf_y[n].append(ys[n][cut:])
+        held = len(x) - cut
+
+    for i in order:
+        for rb in pq.ParquetFile(files[i]).iter_batches(batch_size=8192):
+            cols = [c for c in rb.schema.names if c.startswith("f")]
+            x = np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1)
+            buf_x.append(x)
+            for n in labels:
+                buf_y[n].append(rb.column(f"y_{n}").to_numpy(zero_copy_only=False))
+            held += len(x)
+            if held >= SHUFFLE_ROWS:
+                yield from drain(False)
+    if held:
+        yield from drain(True)
+
+
+def train_rank(settings_json: str) -> None:
+    """One rank of the data-parallel fit (runs under torchrun on an executor)."""
+    import pyarrow.parquet as pq
+    import torch
+    import torch.distributed as dist
+
+    from exporter.models import get_spec
+    from exporter.models import torch_common as tc
+
+    s = json.loads(settings_json)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        torch.set_num_threads(1)
+        spec: Any = get_spec(s["model"])
+        hp: Mapping[str, Any] = s["hparams"]
+        work = Path(s["work"])
+        net = spec.build(s["config"]).to(tc.DTYPE)
+        net.load_state_dict(torch.load(work / "init.pt", weights_only=True))
+        files = sorted(str(p) for p in Path(s["shards"]).glob("*.parquet"))
+        mine = files[rank::world]
+        rows = torch.tensor([sum(pq.ParquetFile(f).metadata.num_rows for f in mine)], dtype=torch.int64)
+        dist.all_reduce(rows, op=dist.ReduceOp.MIN)
+        batch = max(1, -(-int(hp["batch_size"]) // world))
+        steps = max(1, int(rows.item()) // batch) if rows.item() > 0 else 0
+        if steps == 0:
+            raise ExporterError("a training worker got no rows: use fewer --num-workers or more data")
+        valid = np.load(work / "valid.npz", allow_pickle=False)
+        valid_tensors = spec.training_tensors(
+            s["config"], valid["x"], {n: valid[f"y_{n}"] for n in s["labels"] if f"y_{n}" in valid}
+        )
+        optimizer = torch.optim.Adam(
+            net.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp.get("weight_decay", 0.0))
+        )
+        global_logq = (
+            _GlobalLogQ(work / "items.npz", s["config"]["item_idx"]) if (work / "items.npz").exists() else None
+        )
+        torch.manual_seed(int(s["seed"]) + rank)
+        epochs = int(hp.get("max_epochs", hp.get("epochs", 1)))
+        patience = hp.get("patience")
+        history: list[dict[str, float]] = []
+        best, best_state, waited = math.inf, None, 0
+        for epoch in range(1, epochs + 1):
+            net.train()
+            total, seen = 0.0, 0
+            stream = _stream(mine, batch, int(s["seed"]) + 7919 * rank, epoch, s["labels"])
+            for _ in range(steps):
+                x, y = next(stream)
+                tensors = spec.training_tensors(s["config"], x, y)
+                if global_logq is not None and len(tensors) == 3:  # positives, item ids, log q: q of the whole log
+                    tensors[2] = torch.from_numpy(global_logq(tensors[0].numpy()))
+                optimizer.zero_grad(set_to_none=True)
+                loss = spec.loss(net, tensors)
+                if not torch.isfinite(loss):
+                    raise ExporterError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate")
+                loss.backward()
+                for p in net.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+                optimizer.step()
+                total += float(loss.detach()) * len(x)
+                seen += len(x)
+            stats = torch.tensor([total, float(seen)], dtype=torch.float64)
+            dist.all_reduce(stats)
+            net.eval()
+            with torch.inference_mode():
+                v = float(spec.loss(net, valid_tensors)) if len(valid["x"]) else math.nan
+            history.append({"step": epoch, "train_loss": float(stats[0] / stats[1]), "validation_loss": v})
+            stop = torch.zeros(1)
+            if rank == 0 and patience is not None and math.isfinite(v):
+                if v < best:
+                    best, waited = v, 0
+                    best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+                else:
+                    waited += 1
+                    stop[0] = float(waited >= int(patience))
+            dist.broadcast(stop, 0)
+            if stop.item():
+                break
+        if rank == 0:
+            if best_state is not None:
+                net.load_state_dict(best_state)
+            tc.save_checkpoint(
+                work / CHECKPOINT,
+                model_type=spec.name,
+                config=s["config"],
+                feature_columns=s["columns"],
+                hparams=dict(hp),
+                module=net,
+            )
+            (work / HISTORY).write_text(json.dumps(history), encoding="utf-8")
+    finally:
+        dist.destroy_process_group()

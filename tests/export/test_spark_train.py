@@ -1,0 +1,158 @@
+"""``export --engine spark``: the same artifact as a local export, trained on Spark, and its failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from exporter.errors import ExporterError
+from exporter.export import pipeline
+from exporter.export.spark_train import SparkOptions, run_spark
+from exporter.tools.verify import verify
+from exporter.training import split as S
+from exporter.training.data import synthetic_dataset
+from tests.conftest import run_cli
+
+ROWS = 6000
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of three Parquet parts of the synthetic click log."""
+    root = tmp_path_factory.mktemp("log")
+    frame = synthetic_dataset(ROWS, 3)
+    for i in range(3):
+        part = frame.iloc[i * ROWS // 3 : (i + 1) * ROWS // 3]
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), root / f"part-{i}.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One local[2] session for the module (the engine reuses an active session and leaves it running)."""
+    from exporter.training.spark_session import spark_session
+
+    session, _ = spark_session("local[2]", {}, "exporter tests", 8192, tmp_path_factory.mktemp("spark"))
+    yield session
+    session.stop()
+
+
+def _params(model: str, data: Path, artifacts: Path, **hparams: object) -> pipeline.ExportParams:
+    return pipeline.ExportParams(
+        model=model, data_path=str(data), artifacts=artifacts, seed=5, hparams=hparams, progress=False
+    )
+
+
+def _split_counts(data: Path, seed: int) -> dict[str, int]:
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(data.glob("*.parquet"))])
+    codes = S.split_codes_arrow(table, seed=seed)
+    return {
+        "train_rows": int((codes == S.TRAIN).sum()),
+        "validation_rows": int((codes == S.VALIDATION).sum()),
+        "test_rows": int((codes == S.TEST).sum()),
+    }
+
+
+@pytest.mark.slow
+def test_xgb_on_spark_writes_the_same_kind_of_artifact(spark, parquet_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run_spark(_params("xgb", parquet_dir, tmp_path / "art", n_estimators=30), SparkOptions("local[2]", 2))
+    version = tmp_path / "art" / "xgb" / "1"
+    report = verify(version)
+    assert report.ok, report.problems
+    meta = json.loads((version / "metadata.json").read_text())
+    training = meta["training"]
+    assert training["engine"] == "spark" and training["num_workers"] == 2
+    assert training["spark_master"] == "local[2]"
+    # Spark's SQL split and the local rule agree on every row of the same files
+    for key, count in _split_counts(parquet_dir, 5).items():
+        assert training[key] == count, key
+    assert training["rows"] == ROWS
+    assert meta["parity"]["passed"] is True
+    local = pipeline.run(_params("xgb", parquet_dir / "part-0.parquet", tmp_path / "local", n_estimators=30))
+    # a third of the rows, another split: only a loose agreement is expected here (the benchmark compares closely)
+    assert abs(result.evaluation.metrics["auc"] - local.evaluation.metrics["auc"]) < 0.08
+
+
+@pytest.mark.slow
+def test_deepfm_on_spark_trains_with_torch_distributor(spark, parquet_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run_spark(
+        _params("deepfm", parquet_dir, tmp_path / "art", epochs=2, batch_size=256), SparkOptions("local[2]", 2)
+    )
+    version = tmp_path / "art" / "deepfm" / "1"
+    assert verify(version).ok
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["training"]["engine"] == "spark"
+    assert len(result.trained.history) == 2
+    assert result.evaluation.metrics["auc"] > 0.65  # the synthetic log's signal is learned across two ranks
+
+
+@pytest.mark.slow
+def test_a_failing_worker_fails_the_job_with_its_message_and_writes_nothing(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A value only a later file holds (an ID beyond 2^53) fails on an executor; its message reaches the user."""
+    data = tmp_path / "log"
+    data.mkdir()
+    frame = synthetic_dataset(3000, 1)
+    pq.write_table(pa.Table.from_pandas(frame.iloc[:2000], preserve_index=False), data / "a.parquet")
+    bad = frame.iloc[2000:].copy()
+    bad["user_id"] = bad["user_id"].astype(np.int64)
+    bad.iloc[5, bad.columns.get_loc("user_id")] = 2**60
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False), data / "b.parquet")
+    with pytest.raises(ExporterError, match="user_id.*not an integer ID within"):
+        run_spark(_params("xgb", data, tmp_path / "art", n_estimators=5), SparkOptions("local[2]", 2))
+    assert not (tmp_path / "art" / "xgb").exists() or not any((tmp_path / "art" / "xgb").iterdir())
+
+
+def test_a_master_that_does_not_answer_fails_fast(tmp_path: Path, parquet_dir: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(ExporterError, match="does not answer"):
+        run_spark(_params("xgb", parquet_dir, tmp_path / "art"), SparkOptions("spark://127.0.0.1:9", 2))
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/log"], "data path not found: /nonexistent/log"),
+        (["--num-workers", "0"], "--num-workers must be an integer from 1 to 1024"),
+        (["--mode", "load", "--checkpoint", "x.json"], "--engine spark trains"),
+        (["--spark-conf", "novalue"], "--spark-conf expects KEY=VALUE"),
+    ],
+)
+def test_bad_spark_options_exit_2(tmp_path: Path, parquet_dir: Path, args: list[str], message: str) -> None:
+    base = ["export", "xgb", "--engine", "spark", "--artifacts", str(tmp_path / "art")]
+    if "--data" not in args:
+        base += ["--data", str(parquet_dir)]
+    done = run_cli(*base, *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_no_java_is_a_clear_error(tmp_path: Path, parquet_dir: Path) -> None:
+    env_path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if not (Path(p) / "java").exists()
+    )
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env.update(PATH=env_path, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "export", "xgb", "--engine", "spark", "--data", str(parquet_dir)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "needs a Java runtime" in done.stderr
