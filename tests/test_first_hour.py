@@ -268,17 +268,17 @@ def test_torch_history_starts_with_the_loss_before_training() -> None:
         model=model,
         loss_fn=loss,
         train_tensors=[x[:400], y[:400]],
-        heldout_tensors=[x[400:], y[400:]],
-        epochs=3,
+        validation_tensors=[x[400:], y[400:]],
+        max_epochs=3,
         batch_size=64,
         learning_rate=0.05,
         weight_decay=0.0,
         seed=0,
         progress=None,
-    )
+    ).history
     assert [h["step"] for h in history] == [0, 1, 2, 3]
-    assert history[0]["heldout_loss"] == pytest.approx(untrained)
-    assert history[-1]["heldout_loss"] < history[0]["heldout_loss"]
+    assert history[0]["validation_loss"] == pytest.approx(untrained)
+    assert history[-1]["validation_loss"] < history[0]["validation_loss"]
 
 
 # ---------------------------------------------------------------------------------------------- progress

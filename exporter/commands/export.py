@@ -127,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])",
+        help="hyper-parameter override, repeatable (e.g. max_epochs=30, patience=5, n_estimators=300, hidden=[64,32])",
     )
     p.add_argument(
         "--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)"

@@ -40,7 +40,7 @@ relative to the current directory. A parameter only some of the named notebooks 
 examples:
   python -m exporter notebooks
   python -m exporter notebooks xgb deepfm -p rows 50000
-  python -m exporter notebooks deepfm -p epochs 10 -p learning_rate 0.002 --output-dir reports/
+  python -m exporter notebooks deepfm -p max_epochs 10 -p learning_rate 0.002 --output-dir reports/
   python -m exporter notebooks xgb -p mode load -p checkpoint_path artifacts/xgb/1/model.ubj
   python -m exporter notebooks xgb -p artifacts_dir /tmp/repo   # the same as --artifacts /tmp/repo
 

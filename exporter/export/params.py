@@ -54,7 +54,8 @@ class ExportParams:
 
 @dataclass
 class Prepared:
-    """Validated parameters, resolved columns and the data split, before any training."""
+    """Validated parameters, resolved columns and the data split (train / validation / held-out test), before any
+    training."""
 
     spec: ModelSpec
     params: ExportParams
@@ -79,6 +80,13 @@ class Prepared:
     #: where each column's kind came from (declared, default, inferred, stored), and how the columns were chosen
     origins: dict[str, str] = field(default_factory=dict)
     columns_note: str = ""
+    #: the validation rows (early stopping and the best epoch or round); ``heldout``/``x_heldout`` are the test
+    #: rows, which only report
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    x_valid: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    y_valid: dict[str, np.ndarray] = field(default_factory=dict)
+    #: how the rows were split (metadata ``training.split``)
+    split: dict[str, Any] = field(default_factory=dict)
     #: what the training record of metadata adds or overrides: the engine that trained and the true row counts
     #: when ``train``/``heldout`` are bounded samples of a larger table
     training_record: dict[str, Any] = field(default_factory=dict)

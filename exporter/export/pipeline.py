@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,11 +115,14 @@ def _check_range(spec: ModelSpec, x: np.ndarray, columns: Sequence[str], where: 
 
 
 def _check_two_classes(
-    labels: np.ndarray, column: str, train_idx: np.ndarray, held_idx: np.ndarray, where: str, *, training: bool
+    labels: np.ndarray, column: str, parts: Mapping[str, np.ndarray], where: str, *, training: bool
 ) -> None:
-    """A click label with one class trains nothing and makes AUC undefined: say so before any training."""
-    parts = ([("training", train_idx)] if training else []) + [("held-out", held_idx)]
-    for part, idx in parts:
+    """A click label with one class trains nothing and makes AUC undefined: say so before any training.
+
+    ``parts``: training, validation and held-out rows; in load mode only the held-out rows are judged."""
+    for part, idx in parts.items():
+        if part != "held-out" and not training:
+            continue
         classes = np.unique(labels[idx])
         if len(classes) < 2:
             value = f"{classes[0]:g}" if len(classes) else "none"
@@ -207,8 +210,9 @@ def prepare(params: ExportParams) -> Prepared:
     optional = {n.name for n in needs if not n.required}
     labels = {n: c for n, c in labels.items() if n not in optional or c in frame.columns}
     has_labels = all(c in frame.columns for c in labels.values())
-    # the seeded 80/20 row split, or the model's own (two_tower: by user-item pairs, none seen in training)
-    train_idx, held_idx = spec.split(
+    # the seeded 70/10/20 train/validation/test split by row content, or the model's own (two_tower: by
+    # user-item pairs, none seen in training); validation drives early stopping, test only reports
+    train_idx, valid_idx, held_idx, split_rule = spec.split(
         frame,
         columns,
         loaded.hparams if loaded is not None else hparams,
@@ -230,7 +234,11 @@ def prepare(params: ExportParams) -> Prepared:
     for need in needs:  # an optional label (two_tower's positives-only pairs) may hold one class
         if need.kind == BINARY and need.required and need.name in y_all:
             _check_two_classes(
-                y_all[need.name], labels[need.name], train_idx, held_idx, where, training=params.mode == "train"
+                y_all[need.name],
+                labels[need.name],
+                {"training": train_idx, "validation": valid_idx, "held-out": held_idx},
+                where,
+                training=params.mode == "train",
             )
     if loaded is not None:
         hparams = dict(loaded.hparams)
@@ -256,6 +264,10 @@ def prepare(params: ExportParams) -> Prepared:
         labels,
         origins,
         note,
+        validation=frame.iloc[valid_idx].reset_index(drop=True),
+        x_valid=x_all[valid_idx],
+        y_valid={k: v[valid_idx] for k, v in y_all.items()},
+        split=split_rule,
     )
 
 
@@ -281,11 +293,11 @@ def fit(prep: Prepared) -> Trained:
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
         return prep.spec.train(
-            TrainData(
+            TrainData(  # the held-out test rows stay out: they report, never decide
                 x_train=prep.x_train,
                 y_train=prep.y_train,
-                x_heldout=prep.x_heldout,
-                y_heldout=prep.y_heldout,
+                x_valid=prep.x_valid,
+                y_valid=prep.y_valid,
                 columns=prep.columns,
                 hparams=prep.hparams,
                 seed=prep.params.seed,
@@ -296,11 +308,11 @@ def fit(prep: Prepared) -> Trained:
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
-    """Held-out metrics (empty when a load-mode data file has no labels), as the model evaluates itself."""
+    """Held-out test metrics (empty when a load-mode data file has no labels), as the model evaluates itself, and
+    the quality warnings: no better than chance or a constant, or under-trained (from how training stopped)."""
     own = prep.spec.evaluate(prep, trained)
-    return Evaluation(
-        own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels), own.details, own.files
-    )
+    quality = Q.with_training_warnings(Q.assess(own.metrics, own.labels), trained.stopping)
+    return Evaluation(own.metrics, own.labels, own.predictions, quality, own.details, own.files)
 
 
 # --------------------------------------------------------------------------- export

@@ -45,8 +45,8 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
     data = TrainData(
         x_train=prep.x_train,
         y_train=prep.y_train,
-        x_heldout=run.x_valid,
-        y_heldout=run.y_valid,
+        x_valid=run.x_valid,
+        y_valid=run.y_valid,
         columns=prep.columns,
         hparams=hp,
         seed=prep.params.seed,
@@ -222,7 +222,7 @@ def train_rank(settings_json: str) -> None:
             net.eval()
             with torch.inference_mode():
                 v = float(spec.loss(net, valid_tensors)) if len(valid["x"]) else math.nan
-            history.append({"step": epoch, "train_loss": float(stats[0] / stats[1]), "heldout_loss": v})
+            history.append({"step": epoch, "train_loss": float(stats[0] / stats[1]), "validation_loss": v})
             stop = torch.zeros(1)
             if rank == 0 and patience is not None and math.isfinite(v):
                 if v < best:

@@ -508,7 +508,7 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
         {
             "step": i + 1,
             "train_loss": float(t),
-            "heldout_loss": float(valid_hist[i]) if i < len(valid_hist) else math.nan,
+            "validation_loss": float(valid_hist[i]) if i < len(valid_hist) else math.nan,
         }
         for i, t in enumerate(train_hist)
     ]

@@ -77,7 +77,8 @@ class Trained:
     spec_name: str
     feature_columns: list[str]
     hparams: dict[str, Any]
-    #: Per round/epoch: ``{"step": i, "train_loss": ..., "heldout_loss": ...}``.
+    #: Per round/epoch: ``{"step": i, "train_loss": ..., "validation_loss": ...}`` (the held-out test rows are
+    #: never in it: they only report, after training)
     history: list[dict[str, float]]
     #: prepared float64 feature matrix -> ``{head: predictions}`` in the units of the labels.
     predict: Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -88,6 +89,9 @@ class Trained:
     #: what the native files store beside the framework object (torch: the network config of the checkpoint;
     #: xgb: the feature-meta), fixed when the model is trained or loaded
     config: Mapping[str, Any] | None = None
+    #: how training stopped (metadata ``training.early_stopping``): best step, last step, why, budget, optimiser
+    #: steps; empty for a loaded model
+    stopping: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,13 +163,15 @@ class TrainData:
     """Everything a trainer reads, as one value: the prepared split, the run's settings and its progress bar.
 
     The matrices are *prepared* (numeric NaN filled, categorical values replaced by embedding rows; see
-    :mod:`exporter.features`); ``features`` is the fitted plan that prepared them.
+    :mod:`exporter.features`); ``features`` is the fitted plan that prepared them. The validation rows drive
+    early stopping and the choice of the best epoch or round; the held-out test rows are not here at all, so
+    no trainer can use them for a decision.
     """
 
     x_train: np.ndarray
     y_train: Mapping[str, np.ndarray]
-    x_heldout: np.ndarray
-    y_heldout: Mapping[str, np.ndarray]
+    x_valid: np.ndarray
+    y_valid: Mapping[str, np.ndarray]
     columns: Sequence[str]
     hparams: Mapping[str, Any]
     seed: int
@@ -265,11 +271,12 @@ class Model(ABC):
 
     def split(
         self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers, seed: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(train rows, held-out rows) of ``frame``: the exporter's seeded 80/20 row split unless overridden."""
-        from exporter.training.data import split_indices
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """(train, validation, test rows, the rule as metadata records it) of ``frame``: the exporter's seeded
+        70/10/20 split by a hash of each row's content unless overridden."""
+        from exporter.training.data import three_way_split
 
-        return split_indices(len(frame), seed=seed)
+        return three_way_split(frame, seed=seed)
 
     def split_keys(
         self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Mapping[str, str | None]
@@ -306,6 +313,7 @@ class Model(ABC):
         model: Any,
         features: Any,
         config: Mapping[str, Any] | None,
+        stopping: Mapping[str, Any] | None = None,
     ) -> Trained:
         """A :class:`Trained` of this model whose ``units`` are :meth:`export_units` of it."""
         result = Trained(
@@ -318,6 +326,7 @@ class Model(ABC):
             model=model,
             features=features,
             config=config,
+            stopping=dict(stopping or {}),
         )
         return result
 

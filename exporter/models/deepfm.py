@@ -64,12 +64,14 @@ class DeepFMModel(TorchModel[DeepFM]):
     label_columns = (LABEL,)
     default_features = DEFAULT_FEATURES
     default_hparams = {
-        "epochs": 6,
+        "max_epochs": 50,
+        "patience": 3,
+        "lr_schedule": "plateau",
         "batch_size": 256,
         "learning_rate": 0.005,
-        "embed_dim": 8,
+        "embed_dim": 16,
         "hidden": [64, 32],
-        "weight_decay": 0.0,
+        "weight_decay": 1e-5,
     }
     model_names = ("deepfm",)
     notebook = NotebookInfo(
@@ -78,7 +80,8 @@ class DeepFMModel(TorchModel[DeepFM]):
         native="PyTorch",
         checkpoint='load mode: checkpoint.pt written by train mode, e.g. "artifacts/deepfm/1/checkpoint.pt"',
         knobs=(
-            ("epochs", "passes over the training rows"),
+            ("max_epochs", "most passes over the training rows (early stopping usually ends sooner)"),
+            ("patience", "epochs without a better validation loss before training stops (best epoch restored)"),
             ("batch_size", "rows per optimiser step"),
             ("learning_rate", "Adam learning rate"),
             ("embed_dim", "size of each feature's embedding (FM and deep part)"),
@@ -87,9 +90,9 @@ class DeepFMModel(TorchModel[DeepFM]):
         extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
         step="epoch",
         eval_md="ROC curve of the click probability on held-out rows.",
-        example="-p epochs 10 -p learning_rate 0.002",
+        example="-p max_epochs 10 -p learning_rate 0.002",
     )
-    test_hparams = {"epochs": 3}
+    test_hparams = {"max_epochs": 3}
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
         return ctr_metrics(predictions, labels)

@@ -26,6 +26,10 @@ from exporter.models.base import ExportUnit, Model, TrainData, Trained
 from exporter.runtime.rules import MetadataError, read_metadata
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: epochs without a better validation loss before a torch model stops (its best epoch's weights restored)
+DEFAULT_PATIENCE = 3
+#: the training budget and stopping rule every torch model declares among its defaults
+TRAINING_DEFAULTS: dict[str, Any] = {"max_epochs": 50, "patience": DEFAULT_PATIENCE, "lr_schedule": "plateau"}
 #: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
 FEATURES_KEY = "features"
 
@@ -103,7 +107,8 @@ class TorchModel(Model, Generic[NetT]):
     # ------------------------------------------------------------------ shared
 
     def progress_total(self, hparams: Mapping[str, Any], rows: int) -> int:
-        return int(hparams["epochs"]) * tc.steps_per_epoch(rows, int(hparams["batch_size"]))
+        batch = tc.effective_batch_size(int(hparams["batch_size"]), rows)
+        return max_epochs(hparams) * tc.steps_per_epoch(rows, batch)
 
     def train(self, data: TrainData) -> Trained:
         hparams, seed = data.hparams, data.seed
@@ -113,19 +118,23 @@ class TorchModel(Model, Generic[NetT]):
         config[FEATURES_KEY] = data.features.to_dict()
         net = self.build(config).to(tc.DTYPE)
         self.fit_scalers(net, data.x_train)
-        history = tc.fit_loop(
+        fitted = tc.fit_loop(
             model=net,
             loss_fn=self.loss,
             train_tensors=self.training_tensors(config, data.x_train, data.y_train),
-            heldout_tensors=self.training_tensors(config, data.x_heldout, data.y_heldout),
-            epochs=int(hparams["epochs"]),
+            validation_tensors=self.training_tensors(config, data.x_valid, data.y_valid),
+            max_epochs=max_epochs(hparams),
             batch_size=int(hparams["batch_size"]),
             learning_rate=float(hparams["learning_rate"]),
             weight_decay=float(hparams.get("weight_decay", 0.0)),
             seed=seed,
             progress=data.progress,
+            patience=int(hparams.get("patience", DEFAULT_PATIENCE)),
+            lr_schedule=str(hparams.get("lr_schedule", "none")),
         )
-        return self._trained(net, config, columns, dict(hparams), history, data.features)
+        trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
+        trained.stopping = fitted.stopping
+        return trained
 
     def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
         ckpt = tc.load_checkpoint(path, model_type=self.name)
@@ -243,6 +252,11 @@ def _related_first(version_dir: Path) -> str:
 def _model_part(version_dir: Path, model_name: str) -> str:
     meta = _version_metadata(version_dir)
     return str(meta.get("model_part") or model_name)
+
+
+def max_epochs(hparams: Mapping[str, Any]) -> int:
+    """The epoch budget: ``max_epochs``, or ``epochs`` for a model class that still declares the old name."""
+    return int(hparams["max_epochs"] if "max_epochs" in hparams else hparams["epochs"])
 
 
 def label_tensor(y: Mapping[str, np.ndarray], name: str) -> torch.Tensor:

@@ -6,6 +6,9 @@ training data and embeds the categorical ones, so the exported graph (preprocess
 :mod:`exporter.features.onnx_prep`) carries all of it and its tensors are exactly the contract's.
 Networks compute in float64 end to end: these models are small, and float32 rounding on outputs in seconds or
 currency (watch_time, gmv ~ 1e2) alone would exceed the parity gate's absolute tolerance of 1e-5.
+
+Why this module is long: the layers, the training loop with its early stopping, checkpoints and the ONNX
+export are what every torch model shares; split apart they would import each other.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableSequence, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -138,20 +143,50 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
+#: an epoch has at least this many optimiser steps: on a small table the batch shrinks (down to MIN_BATCH)
+MIN_STEPS_PER_EPOCH = 20
+MIN_BATCH = 16
+#: ``lr_schedule: plateau`` multiplies the learning rate by this after an epoch without a better validation loss
+PLATEAU_FACTOR = 0.5
+STOP_PATIENCE = "patience"
+STOP_MAX_EPOCHS = "max_epochs"
+
+
+@dataclass
+class FitResult:
+    """The training curve and how the run stopped (metadata ``training.early_stopping``)."""
+
+    history: list[dict[str, float]]
+    stopping: dict[str, Any] = field(default_factory=dict)
+
+
+def effective_batch_size(batch_size: int, rows: int) -> int:
+    """``batch_size``, made smaller on a small table so an epoch has at least :data:`MIN_STEPS_PER_EPOCH` steps
+    (never below :data:`MIN_BATCH`): 236 rows at 256 a batch were one step an epoch, too few to learn."""
+    return max(1, min(int(batch_size), max(MIN_BATCH, -(-rows // MIN_STEPS_PER_EPOCH))))
+
+
 def fit_loop(
     *,
     model: ModuleT,
     loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
-    heldout_tensors: Sequence[torch.Tensor],
-    epochs: int,
+    validation_tensors: Sequence[torch.Tensor],
+    max_epochs: int,
     batch_size: int,
     learning_rate: float,
     weight_decay: float,
     seed: int,
     progress: Progress | None,
-) -> list[dict[str, float]]:
-    """Mini-batch Adam; returns the per-epoch train and held-out loss (the training curve)."""
+    patience: int | None = None,
+    lr_schedule: str = "none",
+) -> FitResult:
+    """Mini-batch Adam with early stopping on the validation loss: at most ``max_epochs`` epochs, stopped after
+    ``patience`` epochs without a better validation loss (``None``: never), the best epoch's weights restored.
+
+    The validation rows decide (stopping, the best epoch, the learning-rate schedule); no other held-out rows
+    are seen here. Returns the per-epoch train and validation loss (the training curve) and how it stopped.
+    """
     n = len(train_tensors[0])
     if n == 0:
         raise ExporterError("no training rows left after holding out evaluation rows")
@@ -160,13 +195,15 @@ def fit_loop(
             model,
             loss_fn,
             train_tensors,
-            heldout_tensors,
-            epochs,
-            batch_size,
+            validation_tensors,
+            max_epochs,
+            effective_batch_size(batch_size, n),
             learning_rate,
             weight_decay,
             seed,
             progress,
+            patience,
+            lr_schedule,
         )
 
 
@@ -186,20 +223,26 @@ def _fit_epochs(
     model: ModuleT,
     loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
-    heldout_tensors: Sequence[torch.Tensor],
-    epochs: int,
+    validation_tensors: Sequence[torch.Tensor],
+    max_epochs: int,
     batch_size: int,
     learning_rate: float,
     weight_decay: float,
     seed: int,
     progress: Progress | None,
-) -> list[dict[str, float]]:
+    patience: int | None,
+    lr_schedule: str,
+) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     history: list[dict[str, float]] = []
-    history.append(_losses_before_training(model, loss_fn, train_tensors, heldout_tensors))  # the curve's start
-    for epoch in range(1, epochs + 1):
+    history.append(_losses_before_training(model, loss_fn, train_tensors, validation_tensors))  # the curve's start
+    # without validation rows (a softmax model whose validation rows hold no positive pair) the train loss decides
+    monitor = "validation_loss" if len(validation_tensors[0]) else "train_loss"
+    best_loss, best_epoch, best_state = math.inf, 0, _copy_state(model)
+    since_best, steps, reason, lr = 0, 0, STOP_MAX_EPOCHS, learning_rate
+    for epoch in range(1, max_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
@@ -212,28 +255,64 @@ def _fit_epochs(
                 raise ExporterError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate")
             loss.backward()
             optimizer.step()
+            steps += 1
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if progress is not None:
                 progress.update(1)
         model.eval()
         with torch.inference_mode():
-            heldout = float(loss_fn(model, heldout_tensors)) if len(heldout_tensors[0]) else float("nan")
-        history.append({"step": epoch, "train_loss": total / seen, "heldout_loss": heldout})
+            valid = float(loss_fn(model, validation_tensors)) if len(validation_tensors[0]) else float("nan")
+        point = {"step": epoch, "train_loss": total / seen, "validation_loss": valid, "learning_rate": lr}
+        history.append(point)
         if progress is not None:
-            progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "heldout": f"{heldout:.4f}"})
+            progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{valid:.4f}"})
+        current = point[monitor]
+        if math.isfinite(current) and current < best_loss:
+            best_loss, best_epoch, best_state, since_best = current, epoch, _copy_state(model), 0
+            continue
+        since_best += 1
+        if patience is not None and since_best >= patience:
+            reason = STOP_PATIENCE
+            break
+        if lr_schedule == "plateau":
+            lr *= PLATEAU_FACTOR
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+    if best_epoch:
+        model.load_state_dict(best_state)
     model.eval()
-    return history
+    last = history[-1]["step"]
+    stopping = {
+        "monitor": monitor,
+        "best_epoch": best_epoch,
+        "best_loss": best_loss if math.isfinite(best_loss) else None,
+        "epochs_run": last,
+        "max_epochs": max_epochs,
+        "patience": patience,
+        "stopped_because": reason,
+        "batch_size": batch_size,
+        "steps_per_epoch": steps_per_epoch(n, batch_size),
+        "optimiser_steps": steps,
+        "lr_schedule": lr_schedule,
+        "final_learning_rate": lr,
+    }
+    return FitResult(history, stopping)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every tensor of the module (the best epoch's weights, restored at the end)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _losses_before_training(
     model: ModuleT,
     loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
-    heldout_tensors: Sequence[torch.Tensor],
+    validation_tensors: Sequence[torch.Tensor],
     chunk: int = 65536,
 ) -> dict[str, float]:
-    """Step 0 of the training curve: train and held-out loss of the untrained model (per row, in chunks).
+    """Step 0 of the training curve: train and validation loss of the untrained model (per row, in chunks).
 
     Without it the curve starts at epoch 1, whose train loss averages the whole first epoch, and every
     torch model's curve looks like a cliff."""
@@ -250,7 +329,7 @@ def _losses_before_training(
                 total += float(loss_fn(model, part)) * len(part[0])
         return total / n
 
-    return {"step": 0, "train_loss": mean_loss(train_tensors), "heldout_loss": mean_loss(heldout_tensors)}
+    return {"step": 0, "train_loss": mean_loss(train_tensors), "validation_loss": mean_loss(validation_tensors)}
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:

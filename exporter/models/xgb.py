@@ -35,8 +35,9 @@ class XGBoostModel(Model):
     label_columns = (LABEL,)
     default_features = DEFAULT_FEATURES
     default_hparams = {
-        "n_estimators": 150,
-        "max_depth": 3,
+        "n_estimators": 2000,
+        "early_stopping_rounds": 50,
+        "max_depth": 6,
         "learning_rate": 0.1,
         "subsample": 0.9,
         "colsample_bytree": 1.0,
@@ -51,7 +52,8 @@ class XGBoostModel(Model):
         native="XGBoost",
         checkpoint='load mode: an XGBoost model saved as .json or .ubj, e.g. "artifacts/xgb/1/model.ubj"',
         knobs=(
-            ("n_estimators", "boosting rounds (trees)"),
+            ("n_estimators", "most boosting rounds (trees); early stopping usually ends sooner"),
+            ("early_stopping_rounds", "rounds without a better validation logloss before boosting stops"),
             ("max_depth", "depth of each tree"),
             ("learning_rate", "shrinkage applied to each tree"),
         ),
@@ -90,7 +92,7 @@ class XGBoostModel(Model):
             "nthread": int(hparams["n_jobs"]),
         }
         dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
-        dheld = xgb.DMatrix(data.x_heldout, label=data.y_heldout[LABEL], feature_names=columns)
+        dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=columns)
         evals_result: dict[str, dict[str, list[float]]] = {}
 
         class _Bar(xgb.callback.TrainingCallback):
@@ -98,25 +100,45 @@ class XGBoostModel(Model):
                 if progress is not None:
                     progress.update(1)
                     if epoch % 10 == 0:
-                        progress.set_postfix({"heldout_logloss": f"{evals_log['heldout']['logloss'][-1]:.4f}"})
+                        progress.set_postfix({"validation_logloss": f"{evals_log['validation']['logloss'][-1]:.4f}"})
                 return False
 
+        budget = int(hparams["n_estimators"])
+        patience = int(hparams.get("early_stopping_rounds", budget))
         booster = xgb.train(
             params,
             dtrain,
-            num_boost_round=int(hparams["n_estimators"]),
-            evals=[(dtrain, "train"), (dheld, "heldout")],
+            num_boost_round=budget,
+            evals=[(dtrain, "train"), (dvalid, "validation")],  # the last one decides early stopping
             evals_result=evals_result,
+            early_stopping_rounds=patience,
             verbose_eval=False,
             callbacks=[_Bar()],
         )
         history = [
-            {"step": i + 1, "train_loss": tr, "heldout_loss": he}
-            for i, (tr, he) in enumerate(
-                zip(evals_result["train"]["logloss"], evals_result["heldout"]["logloss"], strict=True)
+            {"step": i + 1, "train_loss": tr, "validation_loss": va}
+            for i, (tr, va) in enumerate(
+                zip(evals_result["train"]["logloss"], evals_result["validation"]["logloss"], strict=True)
             )
         ]
-        return self._trained(booster, columns, dict(hparams), history, data.features)
+        rounds = booster.num_boosted_rounds()
+        best = int(getattr(booster, "best_iteration", rounds - 1))
+        # keep only the best round's trees: the native model, model.ubj and the ONNX graph are then one model
+        booster = booster[: best + 1]
+        booster.feature_names = columns
+        stopping = {
+            "monitor": "validation_logloss",
+            "best_round": best + 1,
+            "best_loss": float(evals_result["validation"]["logloss"][best]),
+            "rounds_run": rounds,
+            "n_estimators": budget,
+            "early_stopping_rounds": patience,
+            "stopped_because": "early_stopping_rounds" if rounds < budget else "n_estimators",
+            "trees_kept": booster.num_boosted_rounds(),
+        }
+        trained = self._trained(booster, columns, dict(hparams), history, data.features)
+        trained.stopping = stopping
+        return trained
 
     def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
         """Any binary:logistic model saved as JSON or UBJ; the columns come from feature-meta or the model."""

@@ -90,13 +90,14 @@ def describe_run(prep: Prepared) -> str:
     what = f"load {display_path(Path(p.checkpoint))}" if p.mode == "load" and p.checkpoint is not None else "train"
     data = "built-in synthetic data" if p.data_path is None else f"data file {display_path(Path(p.data_path))}"
     version = f"version {p.version}" if p.version else "the next free version"
+    total = len(prep.train) + len(prep.validation) + len(prep.heldout)
     lines = [
         f"{prep.spec.name}: {what} on {data}",
         (
-            f"  rows: {len(prep.train)} training, {len(prep.heldout)} held-out (seed {p.seed})"
+            f"  rows: {len(prep.train)} training, {len(prep.validation)} validation (early stopping), "
+            f"{len(prep.heldout)} held-out test (seed {p.seed})"
             if p.mode == "train"
-            else f"  rows: {len(prep.heldout)} held-out of {len(prep.train) + len(prep.heldout)} "
-            "for evaluation and the parity check"
+            else f"  rows: {len(prep.heldout)} held-out of {total} for evaluation and the parity check"
         ),
         f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
         + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),

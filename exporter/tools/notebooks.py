@@ -29,7 +29,7 @@ def notebook_names() -> dict[str, str]:
 
 
 #: old parameter name -> its name now; the runner passes the new name and says so
-DEPRECATED_PARAMETERS = {"parity_atol": "atol"}
+DEPRECATED_PARAMETERS = {"parity_atol": "atol", "epochs": "max_epochs"}
 #: notebook parameters that name files: relative values are made absolute against the caller's directory
 PATH_PARAMETERS = ("data_path", "checkpoint_path", "feature_meta_path", "feature_schema")
 #: How papermill runs the kernel. The kernel's own log (a "running over TCP without encryption" notice at
@@ -94,7 +94,8 @@ def artifacts_option(
 
 
 def rename_deprecated(pairs: Sequence[Sequence[str]]) -> tuple[list[Sequence[str]], list[str]]:
-    """``-p parity_atol X`` becomes ``-p atol X``; returns the pairs and one note per renamed parameter."""
+    """``-p parity_atol X`` becomes ``-p atol X`` (``-p epochs N``: ``-p max_epochs N``); returns the pairs and
+    one note per renamed parameter."""
     renamed, notes = [], []
     for pair in pairs:
         new = DEPRECATED_PARAMETERS.get(pair[0])

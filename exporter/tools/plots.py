@@ -64,10 +64,27 @@ def _sample(n: int, seed: int = 0, limit: int = MAX_POINTS) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
+def best_step(history: Sequence[Mapping[str, float]]) -> int | None:
+    """The step with the lowest validation loss after training started: the epoch (round) early stopping kept."""
+    points = [
+        (h["validation_loss"], h["step"])
+        for h in history
+        if h.get("step", 0) > 0
+        and isinstance(h.get("validation_loss"), (int, float))
+        and np.isfinite(h["validation_loss"])
+    ]
+    return int(min(points)[1]) if points else None
+
+
 def training_curve(
-    history: Sequence[Mapping[str, float]], *, step: str = "epoch", title: str = "training loss"
+    history: Sequence[Mapping[str, float]],
+    *,
+    step: str = "epoch",
+    title: str = "training loss",
+    best: int | None = None,
 ) -> Figure:
-    """Train and held-out loss per ``step`` (epoch, boosting round).
+    """Train and validation loss per ``step`` (epoch, boosting round), a marker at the best step (``best``, else
+    the lowest validation loss: the weights or trees the export keeps).
 
     A note instead when there is no history (load mode).
 
@@ -81,7 +98,7 @@ def training_curve(
         _note(ax, "no training history\n(the model was loaded, not trained)")
         return fig
     steps = [h["step"] for h in history]
-    for key, label in (("train_loss", "train"), ("heldout_loss", "held-out")):
+    for key, label in (("train_loss", "train"), ("validation_loss", "validation")):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             ax.plot(
@@ -92,6 +109,19 @@ def training_curve(
                 linewidth=1.2,
                 label=label,
             )
+    best = best if best is not None else best_step(history)
+    kept = next((h for h in history if h["step"] == best), None)
+    if best is not None and kept is not None and kept.get("validation_loss") is not None:
+        ax.axvline(best, color="grey", linestyle=":", linewidth=0.9)
+        ax.plot(
+            [best],
+            [kept["validation_loss"]],
+            marker="*",
+            markersize=9,
+            color="black",
+            linestyle="none",
+            label=f"best {step} {best} (kept)",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"{step} (0: before training)" if steps and steps[0] == 0 else step, fontsize=FONT)
     ax.set_ylabel("loss per row (training objective)", fontsize=FONT)

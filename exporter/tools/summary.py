@@ -53,12 +53,13 @@ def metric_notes(
         )
     elif judged:
         notes.append(f"judged by {judged}: a warning below {quality.get('warn_below', WARN_AUC)}")
-    last = history[-1].get("heldout_loss") if history else None
+    last = history[-1].get("validation_loss") if history else None
     if isinstance(last, (int, float)) and math.isfinite(last):  # trained here (load mode has no progress bar)
         notes.append(
-            f"the progress bar's heldout figure, last {last:.4g}, is the training loss on the same held-out rows: "
-            "the model's own objective (a click model's is its logloss; several tasks add up their losses; "
-            "retrieval uses the in-batch softmax)"
+            f"the progress bar's validation figure, last {last:.4g}, is the training loss on the validation rows "
+            "(early stopping watches it; the metrics above are on other, held-out test rows): the model's own "
+            "objective (a click model's is its logloss; several tasks add up their losses; retrieval uses the "
+            "in-batch softmax)"
         )
     return notes
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from exporter.errors import ExporterError, read_json_file
+from exporter.training import split as S
 
 #: Contract section 1: the default feature schema, in tensor order.
 DEFAULT_FEATURES: tuple[str, ...] = (
@@ -282,6 +285,41 @@ def split_indices(n_rows: int, *, seed: int, heldout_fraction: float = 0.2) -> t
     order = np.random.default_rng(seed + 1).permutation(n_rows)
     n_held = min(n_rows - 1, max(1, int(round(n_rows * heldout_fraction))))
     return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+#: shares of rows in the validation part (early stopping, model selection) and the held-out test part (reported only)
+VALIDATION_FRACTION = S.DEFAULT_VALIDATION
+TEST_FRACTION = S.DEFAULT_TEST
+
+
+def three_way_split(
+    frame: pd.DataFrame, *, seed: int, key_columns: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train, validation, test row indices, the rule) by a seeded hash of each row's content (or of
+    ``key_columns``: rows with equal keys fall on one side), :data:`VALIDATION_FRACTION` / :data:`TEST_FRACTION`:
+    the rule of :mod:`exporter.training.split` (the Spark engine computes the same codes).
+
+    A row's side depends on the row alone, not on the table's order or length: appending rows moves none.
+    On a table so small that the hash leaves a part empty, the first row of the largest part moves there,
+    so each part has a row (a model needs training rows, validation rows to stop on and test rows to report).
+    """
+    if len(frame) < 10:
+        raise ExporterError(f"need at least 10 rows of data to train, validate and hold out, got {len(frame)}")
+    try:
+        codes = S.split_codes(
+            frame, seed=seed, key_columns=key_columns, validation=VALIDATION_FRACTION, test=TEST_FRACTION
+        ).copy()
+    except (TypeError, ValueError, pa.ArrowException) as exc:  # a column Arrow cannot type (mixed ints and text)
+        raise ExporterError(f"cannot split the data by row content: {exc}".splitlines()[0]) from exc
+    for part in (S.TRAIN, S.VALIDATION, S.TEST):
+        if not (codes == part).any():  # move the first row of the largest part, with every row of equal key
+            largest = int(np.argmax(np.bincount(codes, minlength=3)))
+            keys = frame if key_columns is None else frame[list(key_columns)]
+            hashed = pd.util.hash_pandas_object(keys, index=False).to_numpy()
+            first = int(np.flatnonzero(codes == largest)[0])
+            codes[(hashed == hashed[first]) & (codes == largest)] = part
+    train, valid, test = S.three_way(codes)
+    return train, valid, test, S.describe(seed, key_columns, VALIDATION_FRACTION, TEST_FRACTION)
 
 
 def parity_rows(heldout: np.ndarray, train: np.ndarray, *, minimum: int, seed: int) -> tuple[np.ndarray, int]:

@@ -43,8 +43,27 @@ def rule_for(spec: HasHparams, key: str) -> tuple[Rule, str]:
     return rule
 
 
+#: old name -> the hyper-parameter it now sets (``epochs`` became ``max_epochs`` when early stopping came)
+ALIASES: dict[str, str] = {"epochs": "max_epochs"}
+
+
+def _apply_aliases(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``overrides`` with old names renamed (a model that still declares the old name keeps it)."""
+    out = dict(overrides)
+    for old, new in ALIASES.items():
+        if old in out and old not in spec.default_hparams and new in spec.default_hparams:
+            if new in out:
+                raise ExporterError(
+                    f"hyper-parameters {old} and {new} of {spec.name} are the same setting ({old} is the old name "
+                    f"of {new}): give one"
+                )
+            out[new] = out.pop(old)
+    return out
+
+
 def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The model's defaults with ``overrides`` applied, every key known and every value checked."""
+    overrides = _apply_aliases(spec, overrides)
     unknown = sorted(set(overrides) - set(spec.default_hparams))
     if unknown:
         raise ExporterError(
@@ -59,6 +78,9 @@ def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str,
 #: allocates more than a machine holds or trains for hours
 UPPER: dict[str, int] = {
     "epochs": 1_000,
+    "max_epochs": 1_000,
+    "patience": 1_000,
+    "early_stopping_rounds": 10_000,
     "batch_size": 1_048_576,
     "n_estimators": 10_000,
     "max_depth": 30,
@@ -90,6 +112,10 @@ RULES: dict[str, tuple[str, str]] = {
     "colsample_bytree": ("fraction", "a number in (0, 1]"),
     "min_child_weight": ("non_negative", "a non-negative number"),
     "weight_decay": ("non_negative", "a non-negative number"),
+    "lr_schedule": (
+        "one_of:plateau|none",
+        "plateau (halve the learning rate after an epoch without a better validation loss) or none",
+    ),
     "user_columns": ("columns", "None or a non-empty list of column names"),
     "item_columns": ("columns", "None or a non-empty list of column names"),
 }

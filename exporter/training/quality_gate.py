@@ -73,6 +73,20 @@ def assess(metrics: Mapping[str, float], labels: Mapping[str, np.ndarray]) -> di
             )
     if retrieval and key is not None:
         quality["auc"] = {"metric": key, "value": _finite(metrics[key])}
+    for name, value in metrics.items():  # a click head's logloss against always predicting the base rate
+        if not name.endswith("logloss") or retrieval:
+            continue
+        rate = _finite(metrics.get(name[: -len("logloss")] + "base_rate"))
+        clicks = np.asarray(labels.get("label", []), dtype=np.float64)
+        rate = rate if rate is not None else (float(clicks.mean()) if clicks.size else None)
+        loss = _finite(value)
+        if loss is not None and rate is not None and 0 < rate < 1:
+            constant = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+            if loss >= constant:
+                warnings.append(
+                    f"held-out {name} {loss:.4f} is no better than always predicting the base rate "
+                    f"{rate:.3f} (logloss {constant:.4f}): the model is no better than a constant"
+                )
     for name, value in metrics.items():
         baseline = metrics.get(f"{name}_baseline")
         if name.endswith("_rmse") and baseline is not None:
@@ -85,6 +99,54 @@ def assess(metrics: Mapping[str, float], labels: Mapping[str, np.ndarray]) -> di
     if warnings:
         quality["warning"] = "; ".join(warnings)
     return quality
+
+
+#: fewer optimiser steps than this in a whole torch run: the model is flagged as under-trained
+MIN_OPTIMISER_STEPS = 200
+
+
+def training_warnings(stopping: Mapping[str, Any]) -> list[str]:
+    """Why a trained model may be under-trained, from how its training stopped (``Trained.stopping``).
+
+    Torch: a budget (max_epochs x steps an epoch) below :data:`MIN_OPTIMISER_STEPS` optimiser steps, the
+    validation loss still falling when
+    ``max_epochs`` ran out, or no epoch better than the untrained network. XGBoost: the validation logloss still
+    falling at the last of ``n_estimators`` rounds. Empty for a loaded model (it has no training record)."""
+    out: list[str] = []
+    if not stopping:
+        return out
+    per_epoch, most = stopping.get("steps_per_epoch"), stopping.get("max_epochs")
+    if isinstance(per_epoch, int) and isinstance(most, int) and per_epoch * most < MIN_OPTIMISER_STEPS:
+        out.append(
+            f"under-trained: max_epochs {most} x {per_epoch} optimiser steps an epoch allow fewer than "
+            f"{MIN_OPTIMISER_STEPS} steps; use more rows, a larger max_epochs or a smaller batch_size"
+        )
+    best, run = stopping.get("best_epoch"), stopping.get("epochs_run")
+    if best == 0 and run:
+        out.append(
+            f"no epoch improved the {stopping.get('monitor', 'validation loss')} of the untrained network: "
+            "check the learning_rate, the label and the features"
+        )
+    elif stopping.get("stopped_because") == "max_epochs" and best is not None and best == run:
+        out.append(
+            f"under-trained: the {stopping.get('monitor', 'validation loss')} still fell at the last of "
+            f"max_epochs {stopping.get('max_epochs')} epochs; raise max_epochs"
+        )
+    if stopping.get("stopped_because") == "n_estimators" and stopping.get("best_round") == stopping.get("rounds_run"):
+        out.append(
+            f"under-trained: the validation logloss still fell at the last of n_estimators "
+            f"{stopping.get('n_estimators')} rounds; raise n_estimators or learning_rate"
+        )
+    return out
+
+
+def with_training_warnings(quality: Mapping[str, Any], stopping: Mapping[str, Any]) -> dict[str, Any]:
+    """``quality`` with :func:`training_warnings` added to its ``warning`` (metadata, summary, notebook)."""
+    out = dict(quality)
+    extra = training_warnings(stopping)
+    if extra:
+        out["warning"] = "; ".join(([out["warning"]] if out.get("warning") else []) + extra)
+    return out
 
 
 def _retrieval(metrics: Mapping[str, float], warnings: list[str]) -> dict[str, Any]:

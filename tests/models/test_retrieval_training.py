@@ -75,14 +75,18 @@ def test_entities_are_their_id_column_else_all_tower_columns():
 def test_pair_split_keeps_every_repeat_of_a_pair_on_one_side():
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"user_id": rng.integers(0, 30, 2000), "item_id": rng.integers(0, 40, 2000)})
-    train, held = TW.split_by_pairs(frame, ["user_id"], ["item_id"], seed=3)
-    assert len(train) + len(held) == 2000 and not set(train) & set(held)
+    train, valid, held, rule = TW.split_by_pairs(frame, ["user_id"], ["item_id"], seed=3)
+    assert len(train) + len(valid) + len(held) == 2000
+    assert not set(train) & set(held) and not set(train) & set(valid) and not set(valid) & set(held)
+    assert rule["key_columns"] == ["item_id", "user_id"]  # the tower columns, sorted, as the Spark engine hashes
 
     def pairs(rows: np.ndarray) -> set[tuple[int, ...]]:
         return set(map(tuple, frame.iloc[rows].to_numpy()))
 
-    assert not pairs(train) & pairs(held)
-    assert 0.15 < len(pairs(held)) / len(pairs(train) | pairs(held)) < 0.25
+    assert not pairs(train) & pairs(held) and not pairs(train) & pairs(valid) and not pairs(valid) & pairs(held)
+    every = pairs(train) | pairs(valid) | pairs(held)
+    assert 0.15 < len(pairs(held)) / len(every) < 0.25
+    assert 0.05 < len(pairs(valid)) / len(every) < 0.15
 
 
 def test_catalogue_is_one_row_per_item_with_its_first_known_values():

@@ -15,12 +15,17 @@ def texts(fig) -> list[str]:
     return [t.get_text() for ax in fig.axes for t in ax.texts]
 
 
-def test_training_curve_draws_train_and_heldout_loss():
-    history = [{"step": i, "train_loss": 1.0 / i, "heldout_loss": 1.1 / i} for i in range(1, 7)]
+def test_training_curve_draws_train_and_validation_loss_and_marks_the_best_epoch():
+    validation = [1.1, 0.55, 0.37, 0.30, 0.22, 0.35]  # epoch 6 got worse: epoch 5 is the one kept
+    history = [{"step": i, "train_loss": 1.0 / i, "validation_loss": v} for i, v in enumerate(validation, start=1)]
     fig = plots.training_curve(history, step="epoch", title="deepfm: loss per epoch")
     (ax,) = fig.axes
-    assert [line.get_label() for line in ax.get_lines()] == ["train", "held-out"]
-    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), [1.1 / i for i in range(1, 7)])
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels[:2] == ["train", "validation"] and "best epoch 5 (kept)" in labels
+    star = ax.get_lines()[labels.index("best epoch 5 (kept)")]
+    assert list(star.get_xdata()) == [5] and list(star.get_ydata()) == [0.22]
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), validation)
+    assert plots.best_step(history) == 5 and plots.best_step([]) is None
     assert ax.get_xlabel() == "epoch" and ax.get_title() == "deepfm: loss per epoch"
     assert all(float(t).is_integer() for t in ax.get_xticks())
 
@@ -116,7 +121,7 @@ def test_more_than_three_panels_wrap_onto_rows():
 
 
 def test_training_curve_starts_before_training():
-    history = [{"step": i, "train_loss": 1.0 / (i + 1), "heldout_loss": 1.1 / (i + 1)} for i in range(0, 4)]
+    history = [{"step": i, "train_loss": 1.0 / (i + 1), "validation_loss": 1.1 / (i + 1)} for i in range(0, 4)]
     (ax,) = plots.training_curve(history).axes
     assert list(ax.get_lines()[0].get_xdata()) == [0, 1, 2, 3]
     assert ax.get_xlabel() == "epoch (0: before training)" and "loss per row" in ax.get_ylabel()

@@ -39,10 +39,13 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
         ("deepfm", "AUC"),
         ("mmoe", "AUC (liked head)"),
         ("mmoe", "RMSE (rating head)"),
+        ("xgb (336 rows)", "AUC"),
+        ("deepfm (336 rows)", "AUC"),
     ] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval]
     by = {(r["model"], r["metric"]): r for r in rows}
     for key in got:
         assert np.isfinite(by[key]["value"]), key
+    assert by[("deepfm (336 rows)", "AUC")]["baseline"] == by[("xgb (336 rows)", "AUC")]["value"]
     for model in ("xgb", "deepfm"):
         assert 0.0 <= by[(model, "AUC")]["value"] <= 1.0
         assert by[(model, "AUC")]["baseline"] == by[("xgb baseline", "AUC")]["value"]
@@ -125,17 +128,20 @@ def test_retrieval_rows_check_the_pipelines_own_evaluation():
 
 def test_rows_judge_targets_against_thresholds_and_baselines():
     missed = Q.Row("deepfm", "AUC", 0.70, "xgb baseline", 0.77)
-    assert (missed.target, missed.met) == (">= 0.78", False)
-    assert Q.Row("xgb", "AUC", 0.771).met is True
+    assert (missed.target, missed.met) == (">= 0.795", False)
+    assert Q.Row("xgb", "AUC", 0.776).met is True
+    small = Q.Row("deepfm (336 rows)", "AUC", 0.66, "xgb (336 rows)", 0.68)
+    assert (small.target, small.target_value, small.met) == (">= xgb (336 rows) - 0.03", pytest.approx(0.65), True)
+    assert Q.Row("deepfm (336 rows)", "AUC", 0.64, "xgb (336 rows)", 0.68).met is False
     assert Q.Row("mmoe", "RMSE (rating head)", 1.0, "predict the mean", 1.1).met is True
     assert Q.Row("two_tower", "ndcg@10", 0.15, "popularity", 0.17).met is False
     assert Q.Row("deepfm", "AUC", 0.70, judge=False).met is None
     assert Q.Row("popularity", "recall@10", 0.14).target == ""
-    lines = Q.targets_summary([missed, Q.Row("xgb", "AUC", 0.771)])
-    assert lines[0].startswith("[MISSED] deepfm AUC = 0.7000") and "off by 0.0800" in lines[0]
-    assert lines[1].startswith("[met] xgb AUC = 0.7710")
+    lines = Q.targets_summary([missed, Q.Row("xgb", "AUC", 0.776)])
+    assert lines[0].startswith("[MISSED] deepfm AUC = 0.7000") and "off by 0.0950" in lines[0]
+    assert lines[1].startswith("[met] xgb AUC = 0.7760")
     table = Q.render([missed])
-    assert "| deepfm | AUC | 0.7000 | xgb baseline 0.7700 | >= 0.78 | MISSED |" in table
+    assert "| deepfm | AUC | 0.7000 | xgb baseline 0.7700 | >= 0.795 | MISSED |" in table
 
 
 def test_split_check_warns_when_the_pipeline_trained_on_heldout_pairs():

@@ -108,7 +108,9 @@ class MMoEModel(TorchModel[MMoE]):
     label_columns = LABELS
     default_features = DEFAULT_FEATURES
     default_hparams = {
-        "epochs": 6,
+        "max_epochs": 50,
+        "patience": 3,
+        "lr_schedule": "plateau",
         "batch_size": 256,
         "learning_rate": 0.005,
         "embed_dim": 8,
@@ -134,7 +136,8 @@ class MMoEModel(TorchModel[MMoE]):
                 "tasks",
                 "one head per task: name (output column), label (data column), type binary|regression; optional weight",
             ),
-            ("epochs", "passes over the training rows"),
+            ("max_epochs", "most passes over the training rows (early stopping usually ends sooner)"),
+            ("patience", "epochs without a better validation loss before training stops (best epoch restored)"),
             ("batch_size", "rows per optimiser step"),
             ("learning_rate", "Adam learning rate"),
             ("n_experts", "shared experts the task gates mix"),
@@ -147,9 +150,9 @@ class MMoEModel(TorchModel[MMoE]):
             "Per task on held-out rows: the ROC curve of each binary head, predicted against true values "
             "for each regression head (the dashed line is a perfect prediction)."
         ),
-        example="-p epochs 10 -p n_experts 6",
+        example="-p max_epochs 10 -p n_experts 6",
     )
-    test_hparams = {"epochs": 5}
+    test_hparams = {"max_epochs": 5}
     hparam_rules = {
         "tasks": (
             _check_tasks,

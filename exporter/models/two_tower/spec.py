@@ -116,7 +116,9 @@ class TwoTowerModel(TorchModel[TwoTower]):
     label_columns = (LABEL,)
     default_features = USER_FEATURES + ITEM_FEATURES
     default_hparams = {
-        "epochs": 8,
+        "max_epochs": 50,
+        "patience": 3,
+        "lr_schedule": "plateau",
         "batch_size": 256,
         "learning_rate": 0.005,
         "embed_dim": 32,
@@ -151,7 +153,8 @@ class TwoTowerModel(TorchModel[TwoTower]):
                 '"bce": pointwise on clicks',
             ),
             ("temperature", "the softmax divides the towers' cosines by it"),
-            ("epochs", "passes over the training rows"),
+            ("max_epochs", "most passes over the training rows (early stopping usually ends sooner)"),
+            ("patience", "epochs without a better validation loss before training stops (best epoch restored)"),
             ("batch_size", "positive pairs per optimiser step (the other items of a batch are the negatives)"),
             ("learning_rate", "Adam learning rate"),
             ("embed_dim", "size of the user and item embeddings"),
@@ -165,14 +168,14 @@ class TwoTowerModel(TorchModel[TwoTower]):
             "positives found in the top K, for the model and for recommending the most popular items. "
             "With 0/1 labels, the ROC curve of the score against them is beside it."
         ),
-        example="-p epochs 10 -p embed_dim 32",
+        example="-p max_epochs 10 -p embed_dim 32",
         note=(
             "The user tower (`two_tower`) and the item tower (`two_tower_item`) become two artifacts sharing "
             "one version; a retrieval system embeds users and items with them and ranks by dot product."
         ),
         towers=True,
     )
-    test_hparams = {"epochs": 5}
+    test_hparams = {"max_epochs": 5}
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
         return retrieval_metrics(predictions, labels)
@@ -188,16 +191,18 @@ class TwoTowerModel(TorchModel[TwoTower]):
     def split_keys(
         self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Mapping[str, str | None]
     ) -> list[str] | None:
-        """The tower columns: every row of one user-item pair lands on the same side."""
+        """The user's and the item's key columns (their ID columns, else all of a tower's columns), sorted: every
+        row of one user-item pair lands on the same side, also when another column of the pair's rows has a gap
+        (hashing every tower column split a pair whose rows differ in one missing cell)."""
         user, item = split_columns(list(columns), hparams, towers)
-        return sorted(user + item)
+        return TW.pair_keys(user, item)
 
     def split(
         self, frame: Any, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers, seed: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """By user-item pairs, so no held-out pair was seen in training."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """By user-item pairs, so no validation or test pair was seen in training."""
         user, item = split_columns(list(columns), hparams, towers())
-        return TW.split_by_pairs(frame, user, item, seed)
+        return TW.split_by_pairs(frame, user, item, seed)  # by split_keys' columns
 
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         return TW.evaluate_two_tower(prep, trained)

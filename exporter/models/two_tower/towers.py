@@ -28,6 +28,7 @@ import torch
 
 from exporter.models.base import Evaluated, SideFile, Trained
 from exporter.models.two_tower import retrieval as R
+from exporter.training import data as D
 from exporter.training.data import LABEL
 
 CATALOGUE_FILE = "items.parquet"
@@ -55,13 +56,16 @@ def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
 
 def split_by_pairs(
     frame: pd.DataFrame, user: Sequence[str], item: Sequence[str], seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, held-out rows) by distinct user-item pairs; equal to the exporter's row split when no pair
-    repeats."""
-    keys = pd.DataFrame(
-        {"u": entity_codes(frame, key_columns(user, "user_id")), "i": entity_codes(frame, key_columns(item, "item_id"))}
-    )
-    return R.split_pairs(keys, user_col="u", item_col="i", seed=seed)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train, validation, test rows, the rule) by distinct user-item pairs: a seeded hash of the pair's key
+    columns (:func:`pair_keys`, as the Spark engine hashes them), so every row of a pair falls on one side and no
+    held-out pair was seen in training."""
+    return D.three_way_split(frame, seed=seed, key_columns=pair_keys(user, item))
+
+
+def pair_keys(user: Sequence[str], item: Sequence[str]) -> list[str]:
+    """The columns that identify a user-item pair: the user's and the item's :func:`key_columns`, sorted."""
+    return sorted(set(key_columns(user, "user_id")) | set(key_columns(item, "item_id")))
 
 
 def entity_table(frame: pd.DataFrame, columns: Sequence[str], preferred: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -110,7 +114,9 @@ def _embed(module: torch.nn.Module, x: np.ndarray, chunk: int = 65536) -> np.nda
 
 
 def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evaluated:
-    """Retrieval metrics of a trained two-tower model on the pair split, popularity beside them, and the catalogue.
+    """Retrieval metrics of a trained two-tower model on the pair split's test pairs, popularity beside them, and
+    the catalogue. The training and validation pairs are what is known of each user: excluded from the ranking,
+    and what popularity counts.
 
     Metrics: ``recall@K``/``ndcg@K`` (K = 10, 50) and ``popularity_recall@K``/``popularity_ndcg@K``, the users
     scored and the catalogue size; ``auc`` of the score as well when the held-out rows carry 0/1 labels.
@@ -119,8 +125,9 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
     columns = list(trained.feature_columns)
     user = [columns[j] for j in net.user_idx.tolist()]
     item = [columns[j] for j in net.item_idx.tolist()]
-    frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
-    n_train = len(prep.train)
+    # the validation pairs are known interactions too: excluded from the ranking like the training pairs
+    frame = pd.concat([prep.train, prep.validation, prep.heldout], ignore_index=True)
+    n_train = len(prep.train) + len(prep.validation)
 
     users, user_codes = entity_table(frame, user, "user_id")
     catalogue, item_codes = entity_table(frame, item, "item_id")
