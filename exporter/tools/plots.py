@@ -27,6 +27,8 @@ PANELS_PER_ROW = 3
 MAX_POINTS = 1000
 FONT = 10
 
+#: the step-0 loss is clipped when including it would shrink the later steps to less than 1/this of the y-axis
+STEP0_SQUASH = 2.0
 #: feature importances shown per head
 PLOT_IMPORTANCES = 10
 
@@ -121,10 +123,12 @@ def _fit_after_step0(ax: Axes, steps: Sequence[float], series: Sequence[np.ndarr
     if not later.size:
         return
     low, high = float(later.min()), float(later.max())
+    start = [float(ys[0]) for ys in series if np.isfinite(ys[0])]
+    if not start or max(start) - low <= STEP0_SQUASH * (high - low):
+        return  # step 0 leaves the later steps most of the axis: plot everything as it is
     pad = 0.08 * (high - low) if high > low else 0.05 * max(abs(high), 1e-12)
     top = high + pad
     ax.set_ylim(low - pad, top)
-    start = [float(ys[0]) for ys in series if np.isfinite(ys[0])]
     beyond = [v for v in start if v > top]
     if beyond:
         ax.plot([steps[0]], [top], marker="^", color="grey", markersize=6, clip_on=False, linestyle="none")
@@ -201,7 +205,7 @@ def calibration_panel(ax: Axes, y_true: np.ndarray, p: np.ndarray, name: str, cl
         label=f"ECE {ece:.3f} ({CALIBRATION_BINS} bins)",
     )
     ax.set_xlabel(f"predicted P({classes[0]})", fontsize=FONT)
-    ax.set_ylabel(f"observed share of {classes[0]}", fontsize=FONT)
+    ax.set_ylabel(f"observed rate (share of {classes[0]})", fontsize=FONT)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(fontsize=FONT - 1, loc="upper left")
@@ -218,15 +222,15 @@ def predicted_vs_true_panel(ax: Axes, y_true: np.ndarray, y_pred: np.ndarray, na
     hi = float(max(y_true.max(), y_pred.max()))
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=0.8)
     ax.set_title(f"{name}: predicted vs true", fontsize=FONT + 1)
-    ax.set_xlabel(f"true {column}", fontsize=FONT)
-    ax.set_ylabel(f"predicted {column}", fontsize=FONT)
+    ax.set_xlabel(f"true {column} (its own units)", fontsize=FONT)
+    ax.set_ylabel(f"predicted {column} (its own units)", fontsize=FONT)
     ax.grid(alpha=0.3)
 
 
 _IMPORTANCE_AXES = {
     "gain": "gain (average loss reduction of its splits)",
-    "auc_drop": "AUC drop when the column is shuffled",
-    "rmse_increase": "RMSE increase when the column is shuffled",
+    "auc_drop": "AUC drop (when the column is shuffled)",
+    "rmse_increase": "RMSE increase (when the column is shuffled)",
 }
 
 
@@ -244,6 +248,7 @@ def importance_panel(ax: Axes, values: Mapping[str, float], metric: str, name: s
     ax.set_yticks(range(len(top)))
     ax.set_yticklabels(labels, fontsize=FONT - 1)
     ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_ylabel(f"column (top {len(top)})", fontsize=FONT)
     ax.set_xlabel(_IMPORTANCE_AXES.get(metric, metric) + (f"\n({note})" if note else ""), fontsize=FONT)
     ax.grid(alpha=0.3, axis="x")
 
@@ -340,7 +345,7 @@ def parity_scatter(exported: Sequence[ExportedArtifact]) -> Figure:
         name = artifact.model_name if column is None else f"{artifact.model_name} {column}"
         ax.set_title(f"{name}: max |diff| {diff:.1e}", fontsize=FONT + 1)
         if column is not None:
-            units = column
+            units = _column_units(artifact.metadata, column)
         elif artifact.metadata.get("prediction_format") == "vector":
             units = "embedding value"
         else:
@@ -349,6 +354,23 @@ def parity_scatter(exported: Sequence[ExportedArtifact]) -> Figure:
         ax.set_ylabel(f"ONNX Runtime ({units})", fontsize=FONT)
         ax.grid(alpha=0.3)
     return fig
+
+
+def _column_units(metadata: Mapping[str, object], column: str) -> str:
+    """A named output column (mmoe's task): ``P(label = 1)`` of a binary task, else the task's label column."""
+    tasks = metadata.get("tasks")
+    task = (
+        next((t for t in tasks if isinstance(t, Mapping) and t.get("name") == column), None)
+        if isinstance(tasks, list)
+        else None
+    )
+    if task is None:
+        return column
+    if task.get("type") == "binary":
+        training = metadata.get("training")
+        positive = training.get("positive_class") if isinstance(training, Mapping) else None
+        return f"P({label_values(str(task.get('label')), positive)[0]})"
+    return f"{task.get('label')}, its own units"
 
 
 def _scalar_units(metadata: Mapping[str, object]) -> str:
