@@ -71,7 +71,8 @@ def evaluation_section(metadata: Mapping[str, Any]) -> list[str]:
     for head, entry in (imp.get("heads") or {}).items():
         if not isinstance(entry, Mapping) or not entry.get("top"):
             continue
-        how = _IMPORTANCE_WORDS.get(entry.get("metric"), str(entry.get("metric")))
+        metric = str(entry.get("metric"))
+        how = _IMPORTANCE_WORDS.get(metric, metric)
         where = f", {_num(imp.get('rows'))} held-out rows" if imp.get("method") == "permutation" else ""
         lines += ["", f"Feature importance of `{head}` ({how}{where}):", ""]
         lines += _table(

@@ -162,6 +162,7 @@ def diagnose(
                 entry["reliability"] = reliability(y, pred)
         heads[head] = entry
     start = time.perf_counter()
+    importance: dict[str, Any]
     if native is not None:
         method, values = native
         importance = {
