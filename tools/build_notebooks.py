@@ -6,7 +6,8 @@
 
 The notebooks are the product; this script only keeps the four consistent. After editing it, rebuild and
 commit the notebooks. Execution writes artifacts into a temporary directory, never into artifacts/.
-Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots; every code
+Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots (as 256-colour
+palettes); every code
 cell keeps the execution count of its one in-order run (1, 2, ...), as after *Run All*; every other output
 and the per-cell execution metadata are removed.
 """
@@ -233,6 +234,24 @@ def build(model: str) -> nbformat.NotebookNode:
     return nb
 
 
+def compact_png(encoded: str) -> str:
+    """A stored plot as a 256-colour palette PNG (base64), when that is smaller: a plot has few colours, and the
+    palette form weighs about a third of matplotlib's RGBA, which keeps the notebooks small in the repository."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(encoded)
+    image = Image.open(io.BytesIO(raw))
+    if image.mode == "P":  # already compact (a notebook cleaned before)
+        return encoded
+    out = io.BytesIO()
+    image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    smaller = out.getvalue()
+    return base64.b64encode(smaller).decode("ascii") if len(smaller) < len(raw) else encoded
+
+
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Keep outputs of checked cells and PNG plots only, counts 1..n of the in-order run, no execution metadata."""
     for cell in nb.cells:
@@ -244,7 +263,7 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             kept = [o for o in cell.outputs if o.output_type == "stream"]
         else:
             kept = [
-                nbformat.v4.new_output("display_data", data={"image/png": o.data["image/png"]})
+                nbformat.v4.new_output("display_data", data={"image/png": compact_png(o.data["image/png"])})
                 for o in cell.outputs
                 if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
             ]
