@@ -288,3 +288,21 @@ def test_permutation_importance_of_a_torch_model_ranks_the_signal_first(log_csv,
     assert importance["method"] == "permutation" and importance["rows"] == len(prep.x_heldout)
     values = importance["heads"]["label"]["values"]
     assert DG.ranked(values)[0][0] == "signal" and values["signal"] > values["noise"] + 0.05
+
+
+def test_the_plots_of_a_run_name_its_label_column(xgb_run):
+    from exporter.tools import plots
+
+    fig = plots.evaluation_plots(xgb_run.evaluation)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "ROC: outcome",
+        "precision-recall: outcome",
+        "calibration: outcome",
+        "feature importance: outcome",
+    ]
+    shown = [t for ax in fig.axes for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())]
+    assert "true positive rate (share of outcome = cp)" in shown
+    assert not [t for t in shown if "click" in t.lower()]
+    scatter = plots.parity_scatter(xgb_run.artifacts)
+    assert scatter.axes[0].get_xlabel() == "native model (P(outcome = cp))"
