@@ -123,7 +123,7 @@ def format_result(result: RunResult) -> str:
     warning = result.evaluation.quality.get("warning")
     if warning:
         lines.append(f"  WARNING: {warning}")
-    lines += [f"  {line}" for line in column_warning_lines(result.prepared.column_warnings)]
+    lines += [f"  {line}" for line in column_warning_lines(getattr(result.prepared, "column_warnings", []))]
     for a in result.artifacts:
         p = a.parity
         lines.append(
