@@ -314,7 +314,7 @@ def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
     evaluation = Evaluation(
         own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels), own.details, own.files
     )
-    # precision-recall, calibration, feature importance (gain, else permutation on <= 20k held-out rows)
+    # precision-recall, calibration, feature importance (the model's own, else permutation on sampled held-out rows)
     evaluation.diagnostics = DG.diagnose(prep, trained, evaluation, prep.spec.native_importance(trained))
     return evaluation
 
