@@ -105,7 +105,7 @@ def training_curve(
             ys = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             series.append(ys)
             ax.plot(steps, ys, marker="o" if len(steps) <= 20 else None, markersize=3, linewidth=1.2, label=label)
-    _fit_after_step0(ax, steps, series)
+    _fit_after_step0(ax, steps, series, step)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"{step} (0: before training)" if steps and steps[0] == 0 else step, fontsize=FONT)
     ax.set_ylabel("loss per row (training objective)", fontsize=FONT)
@@ -114,7 +114,7 @@ def training_curve(
     return fig
 
 
-def _fit_after_step0(ax: Axes, steps: Sequence[float], series: Sequence[np.ndarray]) -> None:
+def _fit_after_step0(ax: Axes, steps: Sequence[float], series: Sequence[np.ndarray], name: str) -> None:
     """y-limits from the steps after 0; a step-0 loss above them is marked at the top edge and annotated."""
     if len(steps) < 3 or steps[0] != 0 or not series:
         return
@@ -133,12 +133,14 @@ def _fit_after_step0(ax: Axes, steps: Sequence[float], series: Sequence[np.ndarr
     if beyond:
         ax.plot([steps[0]], [top], marker="^", color="grey", markersize=6, clip_on=False, linestyle="none")
         ax.annotate(
-            f"{steps[0]}: {max(beyond):.3g} (off scale)",
+            f"{name} {steps[0]}: {max(beyond):.3g} (off scale)",
             xy=(steps[0], top),
-            xytext=(6, -12),
+            xytext=(8, -14),
             textcoords="offset points",
             fontsize=FONT - 1,
-            color="grey",
+            color="dimgrey",
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+            zorder=5,
         )
 
 
