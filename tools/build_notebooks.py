@@ -6,7 +6,8 @@
 
 The notebooks are the product; this script only keeps the four consistent. After editing it, rebuild and
 commit the notebooks. Execution writes artifacts into a temporary directory, never into artifacts/.
-Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots; every code
+Stored outputs: the cells marked ``# NBVAL_CHECK_OUTPUT`` (compared by nbval) and the PNG plots (as 256-colour
+palettes); every code
 cell keeps the execution count of its one in-order run (1, 2, ...), as after *Run All*; every other output
 and the per-cell execution metadata are removed.
 """
@@ -30,6 +31,13 @@ from exporter.models import get_spec, model_names  # noqa: E402
 from exporter.models.base import NotebookInfo  # noqa: E402
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
+#: what every notebook's evaluation cell shows beyond the model's own plots
+EVAL_MORE = (
+    " Each binary head also gets its precision-recall curve (average precision against the base rate) and, when "
+    "its score is a probability, a calibration curve (observed share of 1s against the predicted probability, with "
+    "the expected calibration error); then the feature importance of each head (XGBoost: gain; torch models: the "
+    "drop in AUC, or the rise in RMSE, when one column is shuffled on held-out rows). Axes name the label column."
+)
 
 
 def notebook_info(model: str) -> NotebookInfo:
@@ -55,6 +63,8 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         'feature_columns: Optional[list] = None  # model inputs in tensor order, e.g. ["item_ctr", "user_age"]; None: the default schema',
         'label: Optional[str] = None  # the binary (0/1) label column; None: the schema\'s "label" entry, else "label"',
         "feature_schema: Optional[Union[dict, str]] = None  # per-column kind (numeric/categorical), fill, optional, vocabulary policy: a dict or a JSON file (docs/features.md); None: inferred",
+        'positive_class: Optional[str] = None  # the label value that means 1 when the label column holds two other values, e.g. "yes" or "cp"; None: 0/1 labels',
+        'exclude_columns: Optional[list] = None  # columns to leave out of the automatically chosen features, e.g. ["session_id"] (or "a,b")',
     ]
     if cfg.towers:
         lines += [
@@ -140,7 +150,8 @@ from exporter.tools import notebook_support as nbs, plots"""
     prepare = f"""# Checks every parameter and loads the data before any training: a mistake stops here with a clear message.
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
-    feature_columns=feature_columns, label=label, feature_schema=feature_schema, rows=rows, seed=seed, root=nbs.repo_root(),
+    feature_columns=feature_columns, label=label, feature_schema=feature_schema, positive_class=positive_class,
+    exclude_columns=exclude_columns, rows=rows, seed=seed, root=nbs.repo_root(),
     artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
     hparams={hparams_source(model, cfg)},
 )
@@ -153,7 +164,8 @@ print(nbs.describe_run(prep))"""
         new_code_cell(prepare, id="prepare"),
         new_markdown_cell(
             "## Data\n\nThe first training rows, a summary of every column (role for this model, type, "
-            "range), and the feature schema training fitted: each input's kind (numeric, or categorical "
+            "range and mean of a numeric column, distinct count and most frequent values of a categorical or ID "
+            "column), and the feature schema training fitted: each input's kind (numeric, or categorical "
             "with an embedding row per frequent value and one out-of-vocabulary row), where the kind "
             "came from (declared, default, inferred), vocabulary size and missing rate. Missing "
             "values become the column's fill (numeric) or the out-of-vocabulary row (categorical), "
@@ -174,7 +186,7 @@ print(nbs.describe_run(prep))"""
             id="train",
         ),
         new_code_cell(f'plots.training_curve(trained.history, step="{cfg.step}", title="{title}")', id="curve"),
-        new_markdown_cell(cfg.eval_md, id="eval-md"),
+        new_markdown_cell(cfg.eval_md + EVAL_MORE, id="eval-md"),
         new_code_cell("plots.evaluation_plots(evaluation)", id="eval-plots"),
         new_markdown_cell(
             "## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
@@ -222,6 +234,24 @@ def build(model: str) -> nbformat.NotebookNode:
     return nb
 
 
+def compact_png(encoded: str) -> str:
+    """A stored plot as a 256-colour palette PNG (base64), when that is smaller: a plot has few colours, and the
+    palette form weighs about a third of matplotlib's RGBA, which keeps the notebooks small in the repository."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    raw = base64.b64decode(encoded)
+    image = Image.open(io.BytesIO(raw))
+    if image.mode == "P":  # already compact (a notebook cleaned before)
+        return encoded
+    out = io.BytesIO()
+    image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    smaller = out.getvalue()
+    return base64.b64encode(smaller).decode("ascii") if len(smaller) < len(raw) else encoded
+
+
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """Keep outputs of checked cells and PNG plots only, counts 1..n of the in-order run, no execution metadata."""
     for cell in nb.cells:
@@ -233,7 +263,7 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             kept = [o for o in cell.outputs if o.output_type == "stream"]
         else:
             kept = [
-                nbformat.v4.new_output("display_data", data={"image/png": o.data["image/png"]})
+                nbformat.v4.new_output("display_data", data={"image/png": compact_png(o.data["image/png"])})
                 for o in cell.outputs
                 if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
             ]

@@ -28,6 +28,7 @@ examples:
   python -m exporter export xgb --mode load --checkpoint model.json --feature-meta feature_meta.json
   python -m exporter export deepfm --mode load --checkpoint artifacts/deepfm/1/checkpoint.pt
   python -m exporter export deepfm --data clicks.csv --label clicked --schema schema.json --model-name deepfm_clicks
+  python -m exporter export xgb --data sessions.csv --label outcome --positive-class cp --exclude-columns session_id
 
 features: numeric or categorical (integer IDs, strings, booleans), declared with --schema or inferred from the
 data and printed before training; empty cells are allowed (numeric: the training median, categorical: the
@@ -101,6 +102,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--label",
         default=None,
         help="the binary (0/1 or true/false) label column (default: the schema's label, else 'label')",
+    )
+    p.add_argument(
+        "--positive-class",
+        default=None,
+        metavar="VALUE",
+        help="the label value that means 1 when the label column holds two other values (e.g. yes, cp, clicked); "
+        "the other value is 0 (default: the schema's positive_class, else the label must be 0/1 or true/false)",
+    )
+    p.add_argument(
+        "--exclude-columns",
+        default=None,
+        metavar="A,B",
+        help="comma-separated columns to leave out of the automatically chosen features (e.g. a row ID or a name)",
     )
     p.add_argument(
         "--schema",
@@ -242,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
             schema=args.schema,
             min_auc=args.min_auc,
             model_name=args.model_name,
+            positive_class=args.positive_class,
+            exclude_columns=args.exclude_columns,
         )
         if args.engine == "spark":
             from exporter.export import spark_train

@@ -21,6 +21,7 @@ from exporter.export.convert import ParityResult
 from exporter.export.params import Evaluation, Prepared
 from exporter.models import ExportUnit, Trained
 from exporter.models.base import SideFile
+from exporter.training import diagnostics as DG
 
 #: rows in sample_request.json
 SAMPLE_ROWS = 3
@@ -143,6 +144,7 @@ def build_metadata(
             "producer": _producer(unit),
             "parity": parity.as_metadata(unit.reference),
             "quality": _jsonable(evaluation.quality),
+            "evaluation": _jsonable(DG.metadata_section(evaluation.diagnostics)),
             "training": {
                 "mode": prep.params.mode,
                 **sources,
@@ -155,6 +157,8 @@ def build_metadata(
                 "early_stopping": _jsonable(trained.stopping) if trained.stopping else None,
                 "seed": prep.params.seed,
                 "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
+                **({"positive_class": _jsonable(prep.positive_class)} if prep.positive_class is not None else {}),
+                "column_warnings": [dict(w) for w in prep.column_warnings],
                 "hyperparameters": _jsonable(hyper),
                 "metrics": {
                     k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from exporter.contract import v2_request
+from exporter.export.card_evaluation import column_warnings_section, evaluation_section
 from exporter.export.kserve import service_name
 
 CARD_FILE = "README.md"
@@ -227,6 +228,8 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
             lines += ["", "Quality check: " + "; ".join(f"{k} {_num(v)}" for k, v in extra.items())]
     else:
         lines.append("No held-out metrics: the data this version was made from had no labels.")
+    lines += evaluation_section(metadata)
+    lines += column_warnings_section(metadata)
     parity = _section(metadata, "parity")
     if parity:
         lines += [
@@ -259,6 +262,11 @@ def _provenance(metadata: Mapping[str, Any]) -> list[str]:
         ("data", t.get("data_source", t.get("source", "—"))),
         ("rows", f"{_num(t.get('rows'))} (train {_num(t.get('train_rows'))}, held-out {_num(t.get('heldout_rows'))})"),
         ("label columns", ", ".join(map(str, t.get("label_columns", []))) or "—"),
+        *(
+            [("positive class", f"{_code(t['positive_class'])} is 1, the other value 0")]
+            if "positive_class" in t
+            else []
+        ),
         ("seed", _num(t.get("seed"))),
         ("hyper-parameters", _code(json.dumps(t.get("hyperparameters", {}), separators=(",", ":")))),
         ("final training loss", _num(t.get("final_loss"))),

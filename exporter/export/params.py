@@ -50,6 +50,10 @@ class ExportParams:
     min_auc: float | None = None
     #: export under this repository name instead of the model's own (two_tower: NAME and NAME_item)
     model_name: str | None = None
+    #: the value of the label column that means 1 when the column holds two other values (``cp``/``yes``)
+    positive_class: Any = None
+    #: columns left out of the automatically chosen features (a list, or "a,b")
+    exclude_columns: Sequence[str] | str | None = None
 
 
 @dataclass
@@ -90,6 +94,10 @@ class Prepared:
     #: what the training record of metadata adds or overrides: the engine that trained and the true row counts
     #: when ``train``/``heldout`` are bounded samples of a larger table
     training_record: dict[str, Any] = field(default_factory=dict)
+    #: features that carry nothing (unique per row, constant, all empty): ``{"column", "reason", "message"}``
+    column_warnings: list[dict[str, str]] = field(default_factory=list)
+    #: the label value that was read as 1 (``--positive-class`` or the schema's), None for a 0/1 label
+    positive_class: Any = None
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""
@@ -111,3 +119,5 @@ class Evaluation:
     details: dict[str, Any] = field(default_factory=dict)
     #: spec part name -> small files written beside that part (two_tower: the item catalogue)
     files: dict[str, list[SideFile]] = field(default_factory=dict)
+    #: precision-recall, calibration and feature importance (:mod:`exporter.training.diagnostics`)
+    diagnostics: dict[str, Any] = field(default_factory=dict)

@@ -41,7 +41,9 @@ from exporter.export.write import (
 )
 from exporter.models import ExportUnit, ModelSpec, TrainData, Trained, get_spec
 from exporter.models.base import BINARY
+from exporter.training import column_checks as K
 from exporter.training import data as D
+from exporter.training import diagnostics as DG
 from exporter.training import hparams as H
 from exporter.training import inputs as I
 from exporter.training import quality_gate as Q
@@ -159,6 +161,8 @@ def prepare(params: ExportParams) -> Prepared:
     schema = F.load_schema(params.schema, source="schema")
     label_name = params.label or (schema.label if schema is not None else None)
     I.label_map([], label_name)  # a bad --label fails before any loading
+    positive = I.positive_param(params.positive_class, schema)
+    exclude = I.exclude_param(params.exclude_columns)
     _check_handoff_params(params)
     # before any training: the artifacts tree can take this export (under --model-name's names, if given)
     repo.check_target(Path(params.artifacts), renamed_model_names(spec.model_names, params.model_name), params.version)
@@ -200,7 +204,11 @@ def prepare(params: ExportParams) -> Prepared:
                 f"({', '.join(D.DEFAULT_FEATURES)}): pass --data with a file that has them"
             )
     where = f"data file {params.data_path}" if params.data_path is not None else "synthetic data"
-    columns, note = I.choose_columns(frame, spec.default_features, columns, schema, list(labels.values()), source=where)
+    I.check_excluded(frame, exclude, list(labels.values()), columns is not None, source=where)
+    I.check_positive_target(positive, labels)
+    columns, note = I.choose_columns(
+        frame, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
+    )
     D.check_columns(frame, columns, what="feature", source=where)
     clash = sorted(set(columns) & set(labels.values()))
     if clash:
@@ -229,7 +237,8 @@ def prepare(params: ExportParams) -> Prepared:
     plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
-    y_all = I.read_labels(frame, labels, source=where, kinds={n.name: n.kind for n in needs}) if has_labels else {}
+    kinds = {n.name: n.kind for n in needs}
+    y_all = I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive) if has_labels else {}
     _check_range(spec, x_all, columns, where)
     for need in needs:  # an optional label (two_tower's positives-only pairs) may hold one class
         if need.kind == BINARY and need.required and need.name in y_all:
@@ -245,6 +254,8 @@ def prepare(params: ExportParams) -> Prepared:
         loaded.features = plan
     else:  # what the hyper-parameters allocate, against the machine's memory, before training
         H.check_memory(spec.name, hparams, plan.cardinalities, len(train_idx))
+    # features that carry nothing (unique per row, constant, all empty) are trained on, with a warning
+    warnings = K.column_warnings(frame, plan, x_all[train_idx], train_idx) if params.mode == "train" else []
     return Prepared(
         spec,
         params,
@@ -268,6 +279,8 @@ def prepare(params: ExportParams) -> Prepared:
         x_valid=x_all[valid_idx],
         y_valid={k: v[valid_idx] for k, v in y_all.items()},
         split=split_rule,
+        column_warnings=warnings,
+        positive_class=positive,
     )
 
 
@@ -312,7 +325,10 @@ def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
     the quality warnings: no better than chance or a constant, or under-trained (from how training stopped)."""
     own = prep.spec.evaluate(prep, trained)
     quality = Q.with_training_warnings(Q.assess(own.metrics, own.labels), trained.stopping)
-    return Evaluation(own.metrics, own.labels, own.predictions, quality, own.details, own.files)
+    evaluation = Evaluation(own.metrics, own.labels, own.predictions, quality, own.details, own.files)
+    # precision-recall, calibration, feature importance (the model's own, else permutation on sampled held-out rows)
+    evaluation.diagnostics = DG.diagnose(prep, trained, evaluation, prep.spec.native_importance(trained))
+    return evaluation
 
 
 # --------------------------------------------------------------------------- export

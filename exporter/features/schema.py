@@ -144,11 +144,13 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class Schema:
-    """A declared schema: features in tensor order (may be empty: infer them) and optionally the label."""
+    """A declared schema: features in tensor order (may be empty: infer them) and optionally the label, with the
+    label's value that means 1 when it is not 0/1 (``positive_class``)."""
 
     features: tuple[FeatureSpec, ...] = ()
     label: str | None = None
     source: str = "schema"
+    positive_class: str | int | float | bool | None = None
 
     def get(self, name: str) -> FeatureSpec | None:
         return next((f for f in self.features if f.name == name), None)
@@ -161,8 +163,9 @@ class Schema:
 def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
     """A schema from a JSON file path, a dict, or a list of features (``None`` stays ``None``).
 
-    Accepted shapes: ``{"label": "clicked", "features": [{"name": ..., "kind": ...}, ...]}``, the features as an
-    object ``{"user_id": {"kind": "categorical"}, ...}``, or just the list.
+    Accepted shapes: ``{"label": "clicked", "positive_class": "yes", "features": [{"name": ..., "kind": ...}, ...]}``
+    (``positive_class`` optional), the features as an object ``{"user_id": {"kind": "categorical"}, ...}``, or just
+    the list.
     """
     if value is None:
         return None
@@ -172,14 +175,24 @@ def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
         if not path.is_file():
             raise ExporterError(f"{source} not found (expected a JSON file, see docs/features.md)")
         value = read_json_file(path, source, "a schema object (see docs/features.md)")
-    label = None
-    if isinstance(value, Mapping) and ("features" in value or "label" in value):
-        unknown = sorted(set(value) - {"features", "label"})
+    label = positive = None
+    if isinstance(value, Mapping) and ("features" in value or "label" in value or "positive_class" in value):
+        unknown = sorted(set(value) - {"features", "label", "positive_class"})
         if unknown:
-            raise ExporterError(f"{source}: unknown key(s) {', '.join(unknown)}; a schema has 'features' and 'label'")
+            raise ExporterError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; a schema has 'features', 'label' and 'positive_class'"
+            )
         label = value.get("label")
         if label is not None and (not isinstance(label, str) or not label.strip()):
             raise ExporterError(f"{source}: label must be a column name, got {label!r}")
+        positive = value.get("positive_class")
+        if positive is not None and (
+            not isinstance(positive, (str, int, float, bool)) or (isinstance(positive, str) and not positive.strip())
+        ):
+            raise ExporterError(
+                f"{source}: positive_class must be the label value that means 1 (a string, number or boolean), "
+                f"got {positive!r}"
+            )
         value = value.get("features", [])
     if isinstance(value, Mapping):
         items = []
@@ -201,7 +214,7 @@ def load_schema(value: Any, *, source: str = "schema") -> Schema | None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ExporterError(f"{source}: features listed twice: {', '.join(dupes)}")
-    return Schema(specs, label, source)
+    return Schema(specs, label, source, positive)
 
 
 # --------------------------------------------------------------------------- inference

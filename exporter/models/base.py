@@ -292,6 +292,11 @@ class Model(ABC):
         metrics = self.metrics(predictions, prep.y_heldout) if prep.y_heldout else {}
         return Evaluated(metrics, predictions, dict(prep.y_heldout))
 
+    def native_importance(self, trained: Trained) -> tuple[str, dict[str, float]] | None:
+        """The model's own feature importance as ``(method, {column: value})`` (XGBoost: gain); ``None``: the
+        pipeline measures permutation importance on held-out rows instead."""
+        return None
+
     def native_predictor(self, version_dir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
         """The native model of an exported version (``<artifacts>/<model_name>/<version>``), for benchmarks."""
         raise NotImplementedError(f"{self.name} cannot rebuild its native model from an artifact")

@@ -74,6 +74,19 @@ class XGBoostModel(Model):
     def progress_total(self, hparams: Mapping[str, Any], rows: int) -> int:
         return int(hparams["n_estimators"])
 
+    def native_importance(self, trained: Trained) -> tuple[str, dict[str, float]] | None:
+        """Average gain of each column's splits (``get_score(importance_type="gain")``), by column name; a column
+        no tree splits on has 0."""
+        columns = list(trained.feature_columns)
+        scores = trained.model.get_score(importance_type="gain")
+        by_index = {f"f{i}": c for i, c in enumerate(columns)}  # a booster without feature names says f0, f1, ...
+        out = dict.fromkeys(columns, 0.0)
+        for key, value in scores.items():
+            column = key if key in out else by_index.get(key)
+            if column is not None:
+                out[column] = float(value)
+        return "gain", out
+
     def train(self, data: TrainData) -> Trained:
         """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
         import xgboost as xgb

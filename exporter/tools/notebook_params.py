@@ -79,14 +79,17 @@ def display_path(path: Path, *, root: Path | None = None) -> str:
 
 def feature_columns_param(value: Any) -> list[str] | None:
     """``None``, a list of names, or one comma-separated string (handy with ``papermill -p``)."""
+    return _columns_param(value, "feature_columns")
+
+
+def _columns_param(value: Any, name: str) -> list[str] | None:
+    """``None``, a list of column names, or one comma-separated string; else a :class:`ParameterError`."""
     if value is None:
         return None
     if isinstance(value, str):
         value = [c.strip() for c in value.split(",") if c.strip()]
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(c, str) and c.strip() for c in value):
-        raise ParameterError(
-            f"feature_columns must be None, a list of column names or a comma-separated string, got {value!r}"
-        )
+        raise ParameterError(f"{name} must be None, a list of column names or a comma-separated string, got {value!r}")
     return list(value)
 
 
@@ -105,6 +108,8 @@ _CLI_TERMS = {
     "--model-name": "model_name",
     "--label": "label",
     "--schema": "feature_schema",
+    "--positive-class": "positive_class",
+    "--exclude-columns": "exclude_columns",
     "--param": "the hyper-parameter knobs",
 }
 
@@ -138,13 +143,16 @@ def prepare(
     feature_schema: Any = None,
     model_name: str | None = None,
     parity_atol: float | None = None,
+    positive_class: Any = None,
+    exclude_columns: Any = None,
 ) -> Prepared:
     """Validate every notebook parameter and load the data, before any training.
 
     ``hparams`` entries whose value is ``None`` are left out (the model's default applies). ``feature_schema``
     is a dict (or list) as in docs/features.md, or the path of such a JSON file. ``atol`` is the parity
     tolerance (``--atol`` of the CLI); ``parity_atol`` is its old name, still honoured with a
-    :class:`FutureWarning` so that ``papermill -p parity_atol X`` keeps working. Any problem raises
+    :class:`FutureWarning` so that ``papermill -p parity_atol X`` keeps working. ``positive_class`` and
+    ``exclude_columns`` are the CLI's ``--positive-class`` and ``--exclude-columns``. Any problem raises
     :class:`ParameterError` naming the parameter and what was expected.
     """
     from exporter.export import pipeline
@@ -189,6 +197,8 @@ def prepare(
             label=label,
             schema=_schema_param(feature_schema, root),
             model_name=model_name,
+            positive_class=positive_class,
+            exclude_columns=_columns_param(exclude_columns, "exclude_columns"),
         )
         names = renamed_model_names(spec.model_names, model_name)
         if isinstance(model_version, int) and not isinstance(model_version, bool):

@@ -33,7 +33,7 @@ from exporter.tools.notebook_params import (
     resolve_artifacts_dir,
     resolve_path,
 )
-from exporter.tools.summary import metric_notes, unjudged_auc
+from exporter.tools.summary import column_warning_lines, evaluation_lines, metric_notes, unjudged_auc
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
@@ -105,6 +105,9 @@ def describe_run(prep: Prepared) -> str:
         f"  hyper-parameters: {_short(prep.hparams)}",
         f"  export to {display_path(Path(p.artifacts))}/{_model_dirs(prep.spec.model_names)}/ as {version}",
     ]
+    if prep.positive_class is not None:
+        lines[3] += f" (1 = {prep.positive_class}, the other value 0)"
+    lines += [notebook_terms(line) for line in column_warning_lines(prep.column_warnings)]
     return "\n".join(lines)
 
 
@@ -126,15 +129,24 @@ def preview(prep: Prepared, rows: int = PREVIEW_ROWS) -> pd.DataFrame:
     return prep.train[list(prep.columns) + labels].head(rows)
 
 
+#: values :func:`column_summary` shows for a categorical or ID column
+SUMMARY_TOP = 3
+
+
 def column_summary(prep: Prepared) -> pd.DataFrame:
-    """Per column of the data: its role for this model, dtype, range and mean."""
+    """Per column of the data: its role for this model, dtype, and what its values are: range and mean of a
+    numeric column; distinct count and most frequent values of a categorical or ID column (whose mean means
+    nothing)."""
     frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
     labels = set(prep.label_columns.values())
+    categorical = {f.name for f in prep.features.features if f.categorical} if prep.features is not None else set()
     records = []
     for col in frame.columns:
         series = frame[col]
         role = "feature" if col in prep.columns else "label" if col in labels else "unused"
         numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        identifier = col in categorical or (role != "feature" and _looks_like_id(col, series))
+        numeric = numeric and not identifier
         records.append(
             {
                 "column": col,
@@ -144,11 +156,31 @@ def column_summary(prep: Prepared) -> pd.DataFrame:
                 "mean": series.mean() if numeric else None,
                 "max": series.max() if numeric else None,
                 "distinct": int(series.nunique()),
+                "top values": "" if numeric else _top_values(series),
             }
         )
     order = {"feature": 0, "label": 1, "unused": 2}
     out = pd.DataFrame.from_records(records).set_index("column")
     return out.sort_values("role", key=lambda s: s.map(order), kind="stable")
+
+
+def _looks_like_id(name: str, series: pd.Series) -> bool:
+    """An integer column named ``*id`` (the schema's rule for inferring a categorical ID)."""
+    from exporter.features import CATEGORICAL, infer_kind
+
+    return bool(name.lower().endswith("id")) and infer_kind(series, name) == CATEGORICAL
+
+
+def _top_values(series: pd.Series) -> str:
+    """``books (1,204), shoes (980), bags (611)``: the most frequent values with their counts."""
+    counts = series.value_counts(dropna=True).head(SUMMARY_TOP)
+    shown = []
+    for value, n in counts.items():
+        item = getattr(value, "item", None)
+        value = item() if callable(item) else value
+        text = str(value)
+        shown.append(f"{text if len(text) <= 24 else text[:21] + '...'} ({n:,})")
+    return ", ".join(shown)
 
 
 def format_metrics(evaluation: Evaluation, history: Sequence[Mapping[str, float]] = ()) -> str:
@@ -179,6 +211,7 @@ def format_metrics(evaluation: Evaluation, history: Sequence[Mapping[str, float]
             "with held-out positives; their training items excluded)"
         )
     lines += [f"  ({note})" for note in metric_notes(m, evaluation.quality, history)]
+    lines += [f"  {line}" for line in evaluation_lines(evaluation.diagnostics)]
     if warning:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

@@ -64,6 +64,55 @@ def metric_notes(
     return notes
 
 
+#: feature importances a summary line names
+SUMMARY_IMPORTANCES = 5
+_METRIC_WORDS = {"gain": "gain", "auc_drop": "AUC drop", "rmse_increase": "RMSE increase"}
+
+
+def head_name(head: str, column: str | None) -> str:
+    """How a head is called beside its figures: its label column (``label`` renamed by --label), and the task."""
+    column = column or head
+    return column if head in ("label", column) else f"{head} ({column})"
+
+
+def evaluation_lines(diagnostics: Mapping[str, Any]) -> list[str]:
+    """Average precision and calibration of each binary head, then the top feature importances of each head."""
+    from exporter.training.diagnostics import CALIBRATION_BINS, ranked
+
+    lines = []
+    heads = diagnostics.get("heads") or {}
+    for head, entry in heads.items():
+        if entry.get("kind") != "binary":
+            continue
+        positive = entry.get("positive_class")
+        base = f"base rate {_fmt(entry.get('base_rate'))}" + (f", 1 = {positive}" if positive is not None else "")
+        ap = _fmt(entry.get("average_precision"))
+        text = f"{head_name(head, entry.get('column'))}: average precision {ap} ({base})"
+        if entry.get("calibration_error") is not None:
+            text += f", expected calibration error {_fmt(entry['calibration_error'])} ({CALIBRATION_BINS} bins)"
+        lines.append(text)
+    imp = diagnostics.get("importance") or {}
+    for head, entry in (imp.get("heads") or {}).items():
+        top = ranked(entry.get("values") or {}, SUMMARY_IMPORTANCES)
+        if imp.get("method") == "permutation":
+            metric = _METRIC_WORDS.get(entry.get("metric"), entry.get("metric"))
+            how = f"{metric} when shuffled, on {imp.get('rows')} held-out rows"
+        else:
+            how = f"the model's {imp.get('method')}"
+        shown = ", ".join(f"{c} {v:.3g}" for c, v in top)
+        lines.append(f"{head_name(head, (heads.get(head) or {}).get('column'))}: top features by {how}: {shown}")
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "undefined"
+
+
+def column_warning_lines(warnings: Sequence[Mapping[str, str]]) -> list[str]:
+    """``WARNING: column 'x' carries nothing: ...`` per feature the column checks flagged."""
+    return [f"WARNING: {w['message']}" for w in warnings]
+
+
 def format_result(result: RunResult) -> str:
     """A few lines: where each artifact is, its metrics (what each is) and its parity figure."""
     evaluation = result.evaluation
@@ -71,9 +120,11 @@ def format_result(result: RunResult) -> str:
         f"{result.prepared.spec.name}: {_fmt_metrics(evaluation.metrics, evaluation.quality)}  ({result.seconds:.1f}s)"
     ]
     lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
+    lines += [f"  {line}" for line in evaluation_lines(evaluation.diagnostics)]
     warning = result.evaluation.quality.get("warning")
     if warning:
         lines.append(f"  WARNING: {warning}")
+    lines += [f"  {line}" for line in column_warning_lines(getattr(result.prepared, "column_warnings", []))]
     for a in result.artifacts:
         p = a.parity
         lines.append(
@@ -93,6 +144,8 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "seconds": round(r.seconds, 3),
                 "metrics": r.evaluation.metrics,
                 "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
+                "evaluation": r.artifacts[0].metadata.get("evaluation") if r.artifacts else {},
+                "column_warnings": [dict(w) for w in r.prepared.column_warnings],
                 "artifacts": [
                     {
                         "model_name": a.model_name,

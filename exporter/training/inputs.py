@@ -5,7 +5,8 @@ The pipeline calls these before any training, so a wrong column, label or schema
 * :func:`choose_columns`: the explicit columns, else the schema's, else the model's defaults (contract section 1),
   else every column that is not a label (said so in the output);
 * :func:`label_map` and :func:`read_labels`: ``--label`` (or the schema's ``label``) names the binary label;
-  binary labels must be 0/1 or booleans;
+  binary labels must be 0/1 or booleans, or any two values with ``--positive-class`` naming the one that is 1;
+* :func:`check_excluded`: ``--exclude-columns`` drops columns from the automatically chosen features;
 * :func:`fit_plan`: one :class:`~exporter.features.FeatureSpec` per column (declared, default or inferred) fitted
   on the training rows, or the plan a loaded model carries.
 """
@@ -53,35 +54,121 @@ def choose_columns(
     labels: Sequence[str],
     *,
     source: str,
+    exclude: Sequence[str] = (),
 ) -> tuple[list[str], str]:
     """The feature columns and a note on how they were chosen.
 
     A table that holds most (at least half) but not all of the default columns is taken as a mistake (the
     missing ones are named); any other table uses every column that is not a label, and the note says so.
+    ``exclude`` (checked by :func:`check_excluded`) is left out of the automatically chosen columns.
     """
     if explicit:
         return list(explicit), "columns given"
+    dropped = set(exclude)
+    note = f"; excluded {', '.join(exclude)}" if exclude else ""
     if schema is not None and schema.features:
-        return schema.columns, f"columns from {schema.source}"
-    present = [c for c in default_features if c in frame.columns]
-    if 2 * len(present) >= len(default_features):
-        D.check_columns(frame, default_features, what="feature", source=source)
-        return list(default_features), "default schema"
-    excluded = set(labels) | {D.LABEL, *D.REGRESSION_LABELS}
+        columns = [c for c in schema.columns if c not in dropped]
+        _check_some_left(columns, exclude, source)
+        return columns, f"columns from {schema.source}{note}"
+    defaults = [c for c in default_features if c not in dropped]
+    if default_features and not defaults:
+        _check_some_left(defaults, exclude, source)
+    present = [c for c in defaults if c in frame.columns]
+    if 2 * len(present) >= len(defaults):
+        D.check_columns(frame, defaults, what="feature", source=source)
+        return defaults, f"default schema{note}"
+    excluded = set(labels) | {D.LABEL, *D.REGRESSION_LABELS} | dropped
     columns = [str(c) for c in frame.columns if str(c) not in excluded]
     if not columns:
+        _check_some_left(columns, exclude, source)
         raise ExporterError(
             f"{source}: no feature columns: the table holds only label columns ({', '.join(map(str, frame.columns))})"
         )
     return columns, (
         f"the data has none of the default columns: every column but the label(s) "
-        f"{', '.join(sorted(set(labels)))} is a feature"
+        f"{', '.join(sorted(set(labels)))} is a feature{note}"
     )
 
 
-def binary_labels(frame: pd.DataFrame, column: str, *, source: str) -> np.ndarray:
-    """A 0/1 label as float64; anything but 0, 1, true or false is an error naming the column, row and value."""
+def _check_some_left(columns: Sequence[str], exclude: Sequence[str], source: str) -> None:
+    if not columns and exclude:
+        raise ExporterError(
+            f"{source}: --exclude-columns {','.join(exclude)} leaves no feature column: exclude fewer columns"
+        )
+
+
+def positive_param(value: Any, schema: F.Schema | None) -> Any:
+    """``--positive-class`` (else the schema's ``positive_class``): the label value that means 1, or None."""
+    if value is None and schema is not None:
+        value = schema.positive_class
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+    if not isinstance(value, (str, int, float, bool)) or value == "":
+        raise ExporterError(
+            f"--positive-class must be the label value that means 1 (e.g. yes, cp, clicked), got {value!r}"
+        )
+    return value
+
+
+def check_positive_target(positive: Any, labels: Mapping[str, str]) -> None:
+    """``--positive-class`` names a value of the binary ``label`` column; a run that reads none cannot use it."""
+    if positive is not None and D.LABEL not in labels:
+        raise ExporterError(
+            f"--positive-class {F.show_value(positive)} applies to the binary label column (--label), but this run "
+            f"reads no such label (its labels: {', '.join(labels.values()) or 'none'})"
+        )
+
+
+def exclude_param(value: Any) -> list[str]:
+    """``--exclude-columns``: None, a list of names or one comma-separated string -> distinct names."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [c.strip() for c in value.split(",") if c.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) and c.strip() for c in value):
+        raise ExporterError(f"--exclude-columns must be column names (a list or 'a,b'), got {value!r}")
+    return list(dict.fromkeys(c.strip() for c in value))
+
+
+def check_excluded(
+    frame: pd.DataFrame, exclude: Sequence[str], labels: Sequence[str], explicit: bool, *, source: str
+) -> None:
+    """``--exclude-columns`` names columns of the data that are not this run's labels, and only makes sense when
+    the features are chosen automatically (not listed by ``--feature-columns``, nor fixed by a loaded model)."""
+    if not exclude:
+        return
+    if explicit:
+        raise ExporterError(
+            f"--exclude-columns {','.join(exclude)} drops columns from the automatically chosen features, but the "
+            "feature columns are given (--feature-columns, --feature-meta or a loaded model): list only the "
+            "columns you want there instead"
+        )
+    have = [str(c) for c in frame.columns]
+    unknown = [c for c in exclude if c not in have]
+    if unknown:
+        shown = ", ".join(have[:40]) + (f", ... ({len(have)} columns)" if len(have) > 40 else "")
+        raise ExporterError(
+            f"{source}: --exclude-columns names column(s) the data does not have: {', '.join(unknown)}; "
+            f"available columns: {shown}"
+        )
+    clash = [c for c in exclude if c in set(labels)]
+    if clash:
+        raise ExporterError(
+            f"--exclude-columns {', '.join(clash)}: a label column is never a feature, so it cannot be excluded; "
+            "to train on another label pass --label"
+        )
+
+
+def binary_labels(frame: pd.DataFrame, column: str, *, source: str, positive: Any = None) -> np.ndarray:
+    """A 0/1 label as float64; anything but 0, 1, true or false is an error naming the column, row and value.
+
+    With ``positive`` (``--positive-class``) the column may hold any two values: that one is 1, the other 0.
+    """
     series = frame[column]
+    if positive is not None:
+        return positive_class_labels(series, column, positive, source=source)
     if pd.api.types.is_bool_dtype(series):
         return series.to_numpy(dtype=np.float64)
     if pd.api.types.is_numeric_dtype(series):
@@ -98,11 +185,80 @@ def binary_labels(frame: pd.DataFrame, column: str, *, source: str) -> np.ndarra
             out[i] = float(v)
             continue
         shown = "an empty cell" if v is None or (isinstance(v, float) and np.isnan(v)) else F.show_value(v)
+        present = series.dropna()
+        hint = ""
+        if v is not None and present.nunique() == 2:  # e.g. yes/no: say how to name the positive one
+            hint = f"; or name the value that means 1 with --positive-class (the column holds {_value_counts(present)})"
         raise ExporterError(
             f"{source}: label column '{column}' row {i + 1}: value {shown} is not a binary label; "
-            "expected 0 or 1 (or true/false)"
+            f"expected 0 or 1 (or true/false){hint}"
         )
     return out
+
+
+#: how many of a label column's values an error lists (with their counts)
+SHOWN_VALUES = 5
+
+
+def _classes(series: pd.Series) -> tuple[np.ndarray, list[tuple[str, Any]], dict[tuple[str, Any], tuple[Any, int]]]:
+    """Per row the index of its class (-1: empty), the classes, and per class (its first value, its count);
+    computed over the distinct values, so a 10-million-row label costs one factorisation."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
+    keys = [_class_key(u) for u in uniques]
+    classes = list(dict.fromkeys(keys))
+    position = {k: i for i, k in enumerate(classes)}
+    per_class: dict[tuple[str, Any], tuple[Any, int]] = {}
+    for value, key, n in zip(uniques, keys, counts, strict=True):
+        first, total = per_class.get(key, (value, 0))
+        per_class[key] = (first, total + int(n))
+    remap = np.array([position[k] for k in keys] + [-1], dtype=np.int64)
+    return remap[codes], classes, per_class
+
+
+def _value_counts(present: pd.Series) -> str:
+    """``'cp' (1,203), 'no' (8,797)``: the most frequent values first, at most :data:`SHOWN_VALUES`."""
+    _, _, per_class = _classes(present)
+    ordered = sorted(per_class.values(), key=lambda vn: -vn[1])
+    shown = [f"{F.show_value(value)} ({n:,})" for value, n in ordered[:SHOWN_VALUES]]
+    more = len(ordered) - SHOWN_VALUES
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _class_key(value: Any) -> tuple[str, Any]:
+    """What makes two label values the same class: ``2``, ``2.0`` and ``"2"`` are; ``true`` and ``True`` are."""
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return ("number", float(value))
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return ("bool", text.lower() == "true")
+    try:
+        return ("number", float(text))
+    except ValueError:
+        return ("text", text)
+
+
+def positive_class_labels(series: pd.Series, column: str, positive: Any, *, source: str) -> np.ndarray:
+    """``positive`` -> 1, the column's one other value -> 0; an empty cell, a third value or a positive class the
+    column does not hold is an error naming the column and the values it holds (with their counts)."""
+    rows, classes, _ = _classes(series)
+    if (rows < 0).any():
+        first = int(np.flatnonzero(rows < 0)[0]) + 1
+        raise ExporterError(f"{source}: label column '{column}' row {first}: an empty cell is not a label")
+    want = _class_key(positive)
+    if want not in classes:
+        raise ExporterError(
+            f"{source}: --positive-class {F.show_value(positive)} is not a value of label column '{column}'; "
+            f"it holds {_value_counts(series)}"
+        )
+    if len(classes) > 2:
+        raise ExporterError(
+            f"{source}: label column '{column}' holds {len(classes)} distinct values ({_value_counts(series)}); "
+            "--positive-class makes a binary label of a column with two values: map the others first"
+        )
+    return (rows == classes.index(want)).astype(np.float64)
 
 
 def check_labels(frame: pd.DataFrame, needs: Sequence[Any], labels: Mapping[str, str], *, source: str) -> None:
@@ -117,17 +273,23 @@ def check_labels(frame: pd.DataFrame, needs: Sequence[Any], labels: Mapping[str,
 
 
 def read_labels(
-    frame: pd.DataFrame, labels: Mapping[str, str], *, source: str, kinds: Mapping[str, str] | None = None
+    frame: pd.DataFrame,
+    labels: Mapping[str, str],
+    *,
+    source: str,
+    kinds: Mapping[str, str] | None = None,
+    positive: Any = None,
 ) -> dict[str, np.ndarray]:
     """Model label name -> values over all rows: binary ones checked as 0/1, the others as finite numbers.
 
     ``kinds`` gives each label's kind (``binary``/``regression``); without it ``label`` is the binary one.
+    ``positive`` (``--positive-class``) is the value of the ``label`` column (the one ``--label`` names) that is 1.
     """
     out: dict[str, np.ndarray] = {}
     for name, column in labels.items():
         binary = kinds[name] == "binary" if kinds is not None and name in kinds else name in BINARY_LABELS
         if binary:
-            out[name] = binary_labels(frame, column, source=source)
+            out[name] = binary_labels(frame, column, source=source, positive=positive if name == D.LABEL else None)
         else:
             out[name] = D.numeric_matrix(frame, [column], source=source)[:, 0]
     return out
@@ -151,7 +313,30 @@ def fit_plan(
         return stored, {c: "stored" for c in columns}
     specs, origins = F.resolve_specs(frame, columns, schema, default_specs())
     F.check_id_range(frame, specs, origins, source=source)
+    specs = [_empty_fill(frame, s, origins, train_rows) for s in specs]
     return F.fit(frame, specs, train_rows, source=source), origins
+
+
+#: the fill of an automatically chosen numeric column that is empty in every training row (it carries nothing:
+#: it is trained on as a constant, and the column checks warn about it)
+EMPTY_FILL = 0.0
+
+
+def _empty_fill(
+    frame: pd.DataFrame, spec: F.FeatureSpec, origins: Mapping[str, str], train_rows: np.ndarray
+) -> F.FeatureSpec:
+    """An undeclared column without a value in the training rows is a warning, not an error: numeric ones get
+    :data:`EMPTY_FILL`, and it becomes optional (serving may omit it, as training never saw it); a declared one
+    keeps its declaration (a numeric one must say its fill: the plan's error)."""
+    if origins.get(spec.name) == "declared" or spec.name not in frame.columns:
+        return spec
+    if not bool(frame[spec.name].iloc[train_rows].isna().all()):
+        return spec
+    from dataclasses import replace
+
+    if spec.kind == F.NUMERIC:
+        return replace(spec, fill=EMPTY_FILL if spec.fill is None else spec.fill, optional=True)
+    return replace(spec, optional=True)
 
 
 def numeric_plan(frame: pd.DataFrame, columns: Sequence[str], train_rows: np.ndarray, *, source: str) -> F.FeaturePlan:

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from exporter.errors import ExporterError
@@ -256,6 +257,53 @@ def test_data_tables(tmp_path):
     assert list(summary["role"]) == sorted(summary["role"], key=["feature", "label", "unused"].index)
     xgb_prep = nbs.prepare("xgb", rows=200, artifacts_dir=str(tmp_path), feature_columns="item_ctr,user_age")
     assert set(nbs.column_summary(xgb_prep)["role"]) == {"feature", "label", "unused"}
+
+
+def test_column_summary_shows_ids_and_categories_by_their_values_not_a_mean(tmp_path):
+    prep = nbs.prepare("xgb", rows=400, artifacts_dir=str(tmp_path), feature_columns="item_ctr,user_age")
+    table = nbs.column_summary(prep)
+    for column in ("user_id", "item_id", "item_category"):  # unused here: still IDs and categories
+        row = table.loc[column]
+        assert pd.isna(row["mean"]) and pd.isna(row["min"]), column
+        assert row["distinct"] > 1 and "(" in row["top values"], column
+    frame = pd.concat([prep.train, prep.heldout])
+    top = frame["item_category"].value_counts().index[0]
+    assert table.loc["item_category", "top values"].startswith(f"{top} (")
+    assert table.loc["item_ctr", "mean"] == pytest.approx(frame["item_ctr"].mean())
+    assert table.loc["item_ctr", "top values"] == ""
+
+
+def test_positive_class_and_exclude_columns_parameters(tmp_path):
+    data = tmp_path / "log.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame(
+        {
+            "row": np.arange(300),
+            "x": rng.normal(size=300),
+            "y": rng.normal(size=300),
+            "answer": rng.choice(["yes", "no"], 300),
+        }
+    ).to_csv(data, index=False)
+    prep = nbs.prepare(
+        "xgb",
+        data_path=str(data),
+        label="answer",
+        positive_class="yes",
+        exclude_columns="row",
+        artifacts_dir=str(tmp_path),
+    )
+    assert prep.columns == ["x", "y"] and "1 = yes" in nbs.describe_run(prep)
+    with pytest.raises(nbs.ParameterError, match=r"exclude_columns names column\(s\) the data does not have: nope"):
+        nbs.prepare("xgb", data_path=str(data), label="answer", positive_class="yes", exclude_columns=["nope"])
+    with pytest.raises(nbs.ParameterError, match=r"positive_class 'maybe' is not a value of label column 'answer'"):
+        nbs.prepare("xgb", data_path=str(data), label="answer", positive_class="maybe")
+    with pytest.raises(nbs.ParameterError, match="exclude_columns must be None, a list of column names"):
+        nbs.prepare("xgb", data_path=str(data), label="answer", positive_class="yes", exclude_columns=[3])
+    kept = nbs.prepare(
+        "xgb", data_path=str(data), label="answer", positive_class="yes", artifacts_dir=str(tmp_path / "b")
+    )
+    text = nbs.describe_run(kept)
+    assert "WARNING: column 'row' carries nothing: it counts the rows" in text and "exclude_columns row" in text
 
 
 # --------------------------------------------------------------------------- printouts and smoke test

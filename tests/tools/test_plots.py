@@ -48,18 +48,64 @@ def _evaluation(heads: list[str], n: int = 400, seed: int = 0) -> Evaluation:
     return Evaluation({}, labels, preds)
 
 
-def test_ctr_models_get_one_roc_panel():
+def test_ctr_models_get_roc_precision_recall_and_calibration_panels():
     fig = plots.evaluation_plots(_evaluation(["label"]))
-    (ax,) = fig.axes
-    assert ax.get_title() == "ROC: CTR (click)"
-    assert ax.get_legend().get_texts()[0].get_text().startswith("AUC 0.")
+    assert [ax.get_title() for ax in fig.axes] == ["ROC: label", "precision-recall: label", "calibration: label"]
+    assert fig.axes[0].get_legend().get_texts()[0].get_text().startswith("AUC 0.")
+    assert fig.axes[1].get_legend().get_texts()[0].get_text().startswith("AP 0.")
+    assert fig.axes[2].get_legend().get_texts()[1].get_text().startswith("ECE 0.")
 
 
 def test_mmoe_gets_roc_and_predicted_vs_true_panels():
     fig = plots.evaluation_plots(_evaluation(["label", "watch_time", "gmv"]))
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["ROC: CTR (click)", "watch_time: predicted vs true", "gmv: predicted vs true"]
-    assert len(fig.axes[1].collections[0].get_offsets()) == 400
+    assert titles == [
+        "ROC: label",
+        "precision-recall: label",
+        "calibration: label",
+        "watch_time: predicted vs true",
+        "gmv: predicted vs true",
+    ]
+    assert len(fig.axes[3].collections[0].get_offsets()) == 400
+
+
+def _axis_texts(fig) -> list[str]:
+    return [t for ax in fig.axes for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())]
+
+
+def test_plots_name_the_label_column_and_its_positive_value_never_clicks():
+    ev = _evaluation(["label"])
+    ev.diagnostics = {
+        "heads": {"label": {"kind": "binary", "column": "outcome", "positive_class": "cp"}},
+        "importance": {
+            "method": "permutation",
+            "rows": 400,
+            "heads": {"label": {"metric": "auc_drop", "values": {"signal": 0.2, "noise": 0.0}}},
+        },
+    }
+    fig = plots.evaluation_plots(ev)
+    shown = _axis_texts(fig)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "ROC: outcome",
+        "precision-recall: outcome",
+        "calibration: outcome",
+        "feature importance: outcome",
+    ]
+    assert fig.axes[0].get_ylabel() == "true positive rate (share of outcome = cp)"
+    assert fig.axes[0].get_xlabel() == "false positive rate (share of outcome \u2260 cp)"
+    assert fig.axes[2].get_xlabel() == "predicted P(outcome = cp)"
+    assert not [t for t in shown if "click" in t.lower()]
+    bars = fig.axes[3]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["noise", "signal"]  # the largest on top
+    assert bars.get_xlabel().startswith("AUC drop")
+
+
+def test_regression_heads_are_named_by_their_label_column():
+    ev = _evaluation(["watch_time"])
+    ev.diagnostics = {"heads": {"watch_time": {"kind": "regression", "column": "minutes_watched"}}}
+    (ax,) = plots.evaluation_plots(ev).axes
+    assert ax.get_title() == "watch_time (minutes_watched): predicted vs true"
+    assert ax.get_xlabel().startswith("true minutes_watched")
 
 
 def test_scatter_is_subsampled_deterministically():
@@ -86,21 +132,21 @@ def test_parity_scatter_has_one_panel_per_artifact_and_per_mmoe_head(exported_ru
     fig = plots.parity_scatter(runs["mmoe"].artifacts)
     assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["mmoe ctr", "mmoe watch_time", "mmoe gmv"]
     assert [ax.get_xlabel() for ax in fig.axes] == [
-        "native model (click probability)",
-        "native model (seconds)",
-        "native model (currency units)",
+        "native model (P(label = 1))",
+        "native model (watch_time, its own units)",
+        "native model (gmv, its own units)",
     ]
     ctr_axis = fig.axes[0]
     # each head on its own scale: ctr stays within 0..1 instead of sharing gmv's axis
     assert ctr_axis.get_xlim()[1] < 1.5 and "max |diff|" in ctr_axis.get_title()
 
 
-@pytest.mark.parametrize("panels", [1, 3])
-def test_pngs_stay_small(panels):
-    heads = ["label", "watch_time", "gmv"][:panels]
-    png = plots.to_png(plots.evaluation_plots(_evaluation(heads, n=20_000)))
+@pytest.mark.parametrize("heads", [1, 3])
+def test_pngs_stay_small(heads):
+    fig = plots.evaluation_plots(_evaluation(["label", "watch_time", "gmv"][:heads], n=20_000))
+    png = plots.to_png(fig)
     assert png.startswith(PNG_SIGNATURE)
-    assert len(png) < 40_000 * panels
+    assert len(png) < 40_000 * len(fig.axes)
 
 
 def test_figures_are_readable_at_notebook_width():
@@ -125,3 +171,16 @@ def test_training_curve_starts_before_training():
     (ax,) = plots.training_curve(history).axes
     assert list(ax.get_lines()[0].get_xdata()) == [0, 1, 2, 3]
     assert ax.get_xlabel() == "epoch (0: before training)" and "loss per row" in ax.get_ylabel()
+
+
+def test_training_curve_keeps_the_epoch_0_loss_from_flattening_the_curve():
+    history = [{"step": 0, "train_loss": 5.0, "heldout_loss": 5.2}] + [
+        {"step": i, "train_loss": 0.5 - 0.01 * i, "heldout_loss": 0.52 - 0.005 * i} for i in range(1, 6)
+    ]
+    (ax,) = plots.training_curve(history).axes
+    low, high = ax.get_ylim()
+    assert high < 1.0 and low > 0.3, "the y-axis fits epochs >= 1"
+    assert list(ax.get_lines()[0].get_xdata())[0] == 0, "epoch 0 is still drawn"
+    assert any("off scale" in t and "5.2" in t for t in texts(plots.training_curve(history)))
+    calm = [{"step": i, "train_loss": 1.0 - 0.1 * i, "heldout_loss": 1.0 - 0.09 * i} for i in range(0, 4)]
+    assert not any("off scale" in t for t in texts(plots.training_curve(calm)))

@@ -249,9 +249,8 @@ class MMoEModel(TorchModel[MMoE]):
         tasks: list[T.Task] = trained.model.tasks
         predictions = trained.predict(prep.x_heldout)
         y = prep.y_heldout
+        details = {"heads": {t.name: t.type for t in tasks}, "label_columns": {t.name: t.label for t in tasks}}
         if not y or not all(t.label in y for t in tasks):
-            return Evaluated({}, predictions, {}, {"heads": {t.name: t.type for t in tasks}})
+            return Evaluated({}, predictions, {}, details)
         labels = {t.name: np.asarray(y[t.label], dtype=np.float64) for t in tasks}
-        return Evaluated(
-            T.task_metrics(tasks, predictions, labels), predictions, labels, {"heads": {t.name: t.type for t in tasks}}
-        )
+        return Evaluated(T.task_metrics(tasks, predictions, labels), predictions, labels, details)
