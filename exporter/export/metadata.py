@@ -90,6 +90,29 @@ def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dic
     return data, hyper
 
 
+def _rows(prep: Prepared) -> dict[str, Any]:
+    """Rows the run read and used: a streamed run's counts cover the whole table (its frames are samples), with
+    how it was read (``data_reading``: path and reason, rows per split, passes, threads, phases)."""
+    reading = dict(prep.reading or {})
+    if reading.get("path") == "streaming":
+        rows = reading["rows"]
+        # metrics are computed on the test sample kept in memory: heldout_rows counts those rows
+        out: dict[str, Any] = {
+            "rows": reading["rows_read"],
+            "train_rows": rows["train"],
+            "heldout_rows": len(prep.heldout),
+        }
+    else:
+        out = {
+            "rows": len(prep.train) + len(prep.heldout),
+            "train_rows": len(prep.train),
+            "heldout_rows": len(prep.heldout),
+        }
+    if reading:
+        out["data_reading"] = _jsonable(reading)
+    return out
+
+
 def build_metadata(
     prep: Prepared,
     trained: Trained,
@@ -146,9 +169,7 @@ def build_metadata(
             "training": {
                 "mode": prep.params.mode,
                 **sources,
-                "rows": len(prep.train) + len(prep.heldout),
-                "train_rows": len(prep.train),
-                "heldout_rows": len(prep.heldout),
+                **_rows(prep),
                 "seed": prep.params.seed,
                 "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],
                 "hyperparameters": _jsonable(hyper),

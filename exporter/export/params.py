@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,10 @@ class ExportParams:
     min_auc: float | None = None
     #: export under this repository name instead of the model's own (two_tower: NAME and NAME_item)
     model_name: str | None = None
+    #: read ``data_path`` in memory (``off``), streamed in record batches (``on``), or by its size (``auto``)
+    streaming: str = "auto"
+    #: where the run's notes go (which reading path ran and why, the passes); ``None``: printed on stdout
+    log: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -79,6 +83,10 @@ class Prepared:
     #: where each column's kind came from (declared, default, inferred, stored), and how the columns were chosen
     origins: dict[str, str] = field(default_factory=dict)
     columns_note: str = ""
+    #: a streamed run: what pass 2 re-reads (:class:`exporter.export.streaming.StreamState`); ``None`` in memory
+    stream: Any = None
+    #: how the data was read: path (in memory / streaming) and why, rows per split, passes, phases (metadata)
+    reading: dict[str, Any] = field(default_factory=dict)
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""

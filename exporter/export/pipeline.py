@@ -23,6 +23,7 @@ from exporter import features as F
 from exporter.errors import ExporterError, ParityError
 from exporter.export import kserve, triton
 from exporter.export import repository as repo
+from exporter.export import streaming as ST
 from exporter.export import write as W
 from exporter.export.convert import PARITY_MIN_ROWS, ParityResult, build_onnx, check_parity
 from exporter.export.metadata import (
@@ -183,7 +184,12 @@ def prepare(params: ExportParams) -> Prepared:
     needs = spec.label_needs(loaded.hparams if loaded is not None else hparams)
     labels = I.label_map([n.name for n in needs], label_name)
 
+    started = time.perf_counter()
+    reading = ST.choose_reading(params)
+    if reading.streaming:
+        return ST.prepare_streaming(params, spec, hparams, schema, columns, labels, needs, reading)
     if params.data_path is not None:
+        ST.log(params, f"data: in memory ({reading.reason})")
         frame = D.read_table(params.data_path)
         source = str(params.data_path)
     else:
@@ -237,7 +243,7 @@ def prepare(params: ExportParams) -> Prepared:
         loaded.features = plan
     else:  # what the hyper-parameters allocate, against the machine's memory, before training
         H.check_memory(spec.name, hparams, plan.cardinalities, len(train_idx))
-    return Prepared(
+    prep = Prepared(
         spec,
         params,
         columns,
@@ -256,7 +262,14 @@ def prepare(params: ExportParams) -> Prepared:
         labels,
         origins,
         note,
+        reading={
+            **ST.in_memory_report(reading),
+            "rows_read": len(frame),
+            "rows": {"train": len(train_idx), "test": len(held_idx)},
+        },
     )
+    ST.record_phase(prep, "read_and_prepare", time.perf_counter() - started)
+    return prep
 
 
 def _towers(
@@ -276,11 +289,14 @@ def fit(prep: Prepared) -> Trained:
     """Train (with a progress bar) or hand back the model that load mode already read."""
     if prep.loaded is not None:
         return prep.loaded
+    if prep.stream is not None:
+        return ST.fit_streaming(prep)
     from exporter.training.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
 
+    started = time.perf_counter()
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        return prep.spec.train(
+        trained = prep.spec.train(
             TrainData(
                 x_train=prep.x_train,
                 y_train=prep.y_train,
@@ -293,11 +309,15 @@ def fit(prep: Prepared) -> Trained:
                 progress=bar,
             )
         )
+    ST.record_phase(prep, "train", time.perf_counter() - started)
+    return trained
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
     """Held-out metrics (empty when a load-mode data file has no labels), as the model evaluates itself."""
+    started = time.perf_counter()
     own = prep.spec.evaluate(prep, trained)
+    ST.record_phase(prep, "evaluate", time.perf_counter() - started)
     return Evaluation(
         own.metrics, own.labels, own.predictions, Q.assess(own.metrics, own.labels), own.details, own.files
     )
@@ -355,5 +375,7 @@ def run(params: ExportParams, echo: Callable[[str], None] | None = None) -> RunR
         echo(prep.schema_text())
     trained = fit(prep)
     evaluation = evaluate(prep, trained)
+    started = time.perf_counter()
     artifacts = export(prep, trained, evaluation)
+    ST.record_phase(prep, "export", time.perf_counter() - started)
     return RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start)

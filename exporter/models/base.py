@@ -271,6 +271,11 @@ class Model(ABC):
 
         return split_indices(len(frame), seed=seed)
 
+    def split_key(self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers) -> list[str] | None:
+        """Key columns of a streamed run's row hash (``None``: every column read), the streamed twin of
+        :meth:`split`: two_tower hashes its user and item keys so that no held-out pair is seen in training."""
+        return None
+
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         """Held-out evaluation of a prepared run (empty metrics when a load-mode data file has no labels)."""
         predictions = trained.predict(prep.x_heldout)

@@ -76,8 +76,16 @@ class XGBoostModel(Model):
         """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
         import xgboost as xgb
 
-        hparams, columns, progress = data.hparams, list(data.columns), data.progress
-        params = {
+        columns = list(data.columns)
+        params = self.params(data)
+        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
+        dheld = xgb.DMatrix(data.x_heldout, label=data.y_heldout[LABEL], feature_names=columns)
+        return self.boost(data, params, dtrain, dheld)
+
+    def params(self, data: TrainData) -> dict[str, Any]:
+        """XGBoost's parameters of a run."""
+        hparams = data.hparams
+        return {
             "objective": "binary:logistic",
             "eval_metric": "logloss",
             "tree_method": "hist",
@@ -89,8 +97,13 @@ class XGBoostModel(Model):
             "seed": int(data.seed),
             "nthread": int(hparams["n_jobs"]),
         }
-        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
-        dheld = xgb.DMatrix(data.x_heldout, label=data.y_heldout[LABEL], feature_names=columns)
+
+    def boost(self, data: TrainData, params: Mapping[str, Any], dtrain: Any, dheld: Any) -> Trained:
+        """Boost on prepared DMatrix objects (in memory, or built from streamed batches by
+        :mod:`exporter.models.xgb_stream`) with the progress bar and the training curve."""
+        import xgboost as xgb
+
+        hparams, columns, progress = data.hparams, list(data.columns), data.progress
         evals_result: dict[str, dict[str, list[float]]] = {}
 
         class _Bar(xgb.callback.TrainingCallback):

@@ -37,7 +37,11 @@ def unjudged_auc(quality: Mapping[str, Any] | None) -> str | None:
 
 
 def metric_notes(
-    metrics: Mapping[str, float], quality: Mapping[str, Any] | None, history: Sequence[Mapping[str, float]] = ()
+    metrics: Mapping[str, float],
+    quality: Mapping[str, Any] | None,
+    history: Sequence[Mapping[str, float]] = (),
+    *,
+    validation: bool = False,
 ) -> list[str]:
     """What the figures are: the metric the model is judged by, and the progress bar's heldout loss beside them."""
     if not metrics:
@@ -55,8 +59,9 @@ def metric_notes(
         notes.append(f"judged by {judged}: a warning below {quality.get('warn_below', WARN_AUC)}")
     last = history[-1].get("heldout_loss") if history else None
     if isinstance(last, (int, float)) and math.isfinite(last):  # trained here (load mode has no progress bar)
+        rows = "the validation rows (not the test rows of the metrics)" if validation else "the same held-out rows"
         notes.append(
-            f"the progress bar's heldout figure, last {last:.4g}, is the training loss on the same held-out rows: "
+            f"the progress bar's heldout figure, last {last:.4g}, is the training loss on {rows}: "
             "the model's own objective (a click model's is its logloss; several tasks add up their losses; "
             "retrieval uses the in-batch softmax)"
         )
@@ -69,7 +74,12 @@ def format_result(result: RunResult) -> str:
     lines = [
         f"{result.prepared.spec.name}: {_fmt_metrics(evaluation.metrics, evaluation.quality)}  ({result.seconds:.1f}s)"
     ]
-    lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
+    reading = result.prepared.reading or {}
+    streamed = reading.get("path") == "streaming"
+    notes = metric_notes(evaluation.metrics, evaluation.quality, result.trained.history, validation=streamed)
+    lines += [f"  ({note})" for note in notes]
+    if reading:
+        lines.append(f"  {reading_line(reading)}")
     warning = result.evaluation.quality.get("warning")
     if warning:
         lines.append(f"  WARNING: {warning}")
@@ -83,6 +93,23 @@ def format_result(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def reading_line(reading: Mapping[str, Any]) -> str:
+    """How the data was read: the path and why, rows per split, passes, and time and peak RSS per phase."""
+    phases = ", ".join(
+        f"{name} {p['seconds']:.1f}s (peak RSS {p['peak_rss_mb']:,.0f} MB)"
+        for name, p in reading.get("phases", {}).items()
+    )
+    rows = reading.get("rows") or {}
+    split = ", ".join(f"{k} {v:,}" for k, v in rows.items())
+    sampled = reading.get("rows_in_memory")
+    kept = f"; in memory: {', '.join(f'{k} {v:,}' for k, v in sampled.items())}" if sampled else ""
+    read = f"{reading['rows_read']:,} rows read, " if "rows_read" in reading else ""
+    return (
+        f"data: {reading.get('path')} ({reading.get('reason')}): {read}{split}{kept}; "
+        f"{reading.get('passes', 1)} pass(es); {phases}"
+    )
+
+
 def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any]:
     return {
         "seconds": round(total_seconds, 3),
@@ -92,6 +119,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "seconds": round(r.seconds, 3),
                 "metrics": r.evaluation.metrics,
                 "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
+                "data_reading": r.prepared.reading,
                 "artifacts": [
                     {
                         "model_name": a.model_name,

@@ -192,6 +192,11 @@ class TwoTowerModel(TorchModel[TwoTower]):
         user, item = split_columns(list(columns), hparams, towers())
         return TW.split_by_pairs(frame, user, item, seed)
 
+    def split_key(self, columns: Sequence[str], hparams: Mapping[str, Any], towers: Towers) -> list[str] | None:
+        """The user's and the item's key columns: a hash of the pair puts all rows of one pair on one side."""
+        user, item = split_columns(list(columns), hparams, towers())
+        return [*TW.key_columns(user, "user_id"), *TW.key_columns(item, "item_id")]
+
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         return TW.evaluate_two_tower(prep, trained)
 
