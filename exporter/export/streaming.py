@@ -195,7 +195,8 @@ def prepare_streaming(
     towers = {s.name: s.tower for s in specs}
     read = list(dict.fromkeys([*columns, *labels.values()]))
     SS.check_files(files, read, where=where)
-    key = spec.split_key(columns, hparams, lambda: towers)
+    key = spec.split_key(columns, hparams, lambda: towers) or SS.common_key(files)
+    read = list(dict.fromkeys([*read, *key]))
     reader = SS.StreamReader(files, read, params.seed, key=key, types=SS.csv_types(files, read))
     from exporter.training.progress_bar import progress_bar
 

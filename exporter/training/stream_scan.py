@@ -93,6 +93,17 @@ def check_files(files: Sequence[InputFile], columns: Sequence[str], *, where: st
             )
 
 
+def common_key(files: Sequence[InputFile]) -> list[str]:
+    """The default split key of a streamed run: every hashable column that every file holds, sorted by name.
+
+    The same for every model trained on the same files (so their held-out rows are the same), and untouched by
+    a column only some files have."""
+    schemas = [file_schema(f) for f in files]
+    first = schemas[0]
+    common = [n for n in first.names if all(n in s.names for s in schemas[1:])]
+    return sorted(n for n in common if S.hashable(first.field(n).type))
+
+
 @dataclass
 class StreamBatch:
     """One record batch of a file as pandas, with each row's split code and hash position ``u``."""
