@@ -216,20 +216,6 @@ def categorical_from_counts(
     return FittedFeature(spec, dtype, None, keys, vocab, stats)
 
 
-def numeric_from_stats(spec: FeatureSpec, dtype: str, stats: Mapping[str, Any], *, source: str) -> FittedFeature:
-    """A numeric column fitted from streamed statistics (mean, std, min, max, median, missing_rate): the fill is
-    the spec's, else the median, as :func:`fit` does in memory."""
-    if stats.get("median") is None:
-        if spec.fill is None:
-            raise ExporterError(
-                f"{source}: column '{spec.name}' has no values in the training rows: give it a 'fill' in the schema "
-                "or leave it out of the features"
-            )
-        return FittedFeature(spec, dtype, spec.fill, [], None, dict(stats))
-    fill = spec.fill if spec.fill is not None else float(stats["median"])
-    return FittedFeature(spec, dtype, float(fill), [], None, dict(stats))
-
-
 class FeaturePlan:
     """The fitted features of a model, in tensor order: encode raw tables, prepare matrices, describe them."""
 

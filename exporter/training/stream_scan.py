@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from exporter import features as F
 from exporter.errors import ExporterError
-from exporter.features.plan import categorical_from_counts, numeric_from_stats
+from exporter.features.plan import FittedFeature, categorical_from_counts
 from exporter.features.schema import read_column
 from exporter.training import inputs as I
 from exporter.training import split as S
@@ -360,6 +360,20 @@ def scan(
         time.perf_counter() - start,
         median,
     )
+
+
+def numeric_from_stats(spec: F.FeatureSpec, dtype: str, stats: Mapping[str, Any], *, source: str) -> FittedFeature:
+    """A numeric column fitted from streamed statistics (mean, std, min, max, median, missing_rate): the fill is
+    the spec's, else the median, as :func:`fit` does in memory."""
+    if stats.get("median") is None:
+        if spec.fill is None:
+            raise ExporterError(
+                f"{source}: column '{spec.name}' has no values in the training rows: give it a 'fill' in the schema "
+                "or leave it out of the features"
+            )
+        return FittedFeature(spec, dtype, spec.fill, [], None, dict(stats))
+    fill = spec.fill if spec.fill is not None else float(stats["median"])
+    return FittedFeature(spec, dtype, float(fill), [], None, dict(stats))
 
 
 def _merge_dtype(seen: str | None, dtype: str, name: str, where: str) -> str:
