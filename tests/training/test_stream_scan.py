@@ -152,3 +152,24 @@ def test_a_bad_value_names_the_file_and_its_row(tmp_path: Path) -> None:
     reader = SS.StreamReader(files, read, 0, batch_rows=128, types={"item_price": pa.string(), "label": pa.float64()})
     with pytest.raises(ExporterError, match=r"b\.csv: column 'item_price' row 501: value 'cheap' is not a number"):
         SS.scan(reader, [F.FeatureSpec("item_price")], {}, {}, {}, limit=1e20, framework="t")
+
+
+def test_csv_files_stream_like_the_same_rows_in_parquet(tmp_path: Path) -> None:
+    frame = D.synthetic_dataset(3000, seed=6)
+    _write_parts(frame, tmp_path / "pq", 2)
+    (tmp_path / "csv").mkdir()
+    frame.iloc[:1700].to_csv(tmp_path / "csv" / "a.csv", index=False)
+    frame.iloc[1700:].to_csv(tmp_path / "csv" / "b.csv", index=False)
+    read = [*D.DEFAULT_FEATURES, D.LABEL]
+    results = []
+    for name in ("pq", "csv"):
+        files = resolve_inputs(str(tmp_path / name), option="--data")
+        reader = SS.StreamReader(files, read, 0, batch_rows=400, types=SS.csv_types(files, read))
+        results.append(
+            SS.scan(reader, I.default_specs(), {}, {"label": "label"}, {"label": "binary"}, limit=1e20, framework="t")
+        )
+    parquet, csv = results
+    assert parquet.split_rows == csv.split_rows
+    for a, b in zip(parquet.plan.features, csv.plan.features, strict=True):
+        assert (a.dtype, a.keys, a.vocab) == (b.dtype, b.keys, b.vocab)
+        assert a.fill == pytest.approx(b.fill) if a.fill is not None else b.fill is None
