@@ -17,7 +17,8 @@ from exporter.tools.serve_bench import Results, bench_http, bench_model, bench_s
 
 HELP = (
     "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load; "
-    "`bench quality`: held-out quality on MovieLens-100k next to baselines"
+    "`bench quality`: held-out quality on MovieLens-100k next to baselines; "
+    "`bench train`: training in memory vs streamed"
 )
 
 
@@ -41,8 +42,9 @@ per-request log line and one at --log-level warning. These rows run `serve --wor
 adds rows for the first HTTP model with --workers 1 and 2, metrics on and off (--no-metrics), at batch 1
 and 1024, with the same-run ratios.
 
-`python -m exporter bench quality` is the other suite: held-out quality on MovieLens-100k next to baselines
-(see `python -m exporter bench quality --help`).
+`python -m exporter bench quality` is another suite: held-out quality on MovieLens-100k next to baselines
+(see `python -m exporter bench quality --help`); `python -m exporter bench train` measures training in memory
+vs streamed from Parquet (see `python -m exporter bench train --help`).
 
 Example:
   python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8
@@ -83,7 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
     from exporter.tools import quality_bench as quality
 
-    suites = parser.add_subparsers(dest="suite", metavar="SUITE", help="quality: the MovieLens-100k quality benchmark")
+    suites = parser.add_subparsers(
+        dest="suite",
+        metavar="SUITE",
+        help="quality: the MovieLens-100k quality benchmark; train: training in memory vs streamed",
+    )
     q = suites.add_parser(
         "quality",
         help=quality.HELP,
@@ -92,6 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     quality.add_arguments(q)
     q.set_defaults(_module=quality)
+    from exporter.tools import train_bench
+
+    t = suites.add_parser(
+        "train",
+        help=train_bench.HELP,
+        description=train_bench.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train_bench.add_arguments(t)
+    t.set_defaults(_module=train_bench)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -85,7 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")
     p.add_argument("--mode", default="train", help="train (default) or load an existing model")
     p.add_argument(
-        "--data", default=None, help="CSV or Parquet file with the feature and label columns (default: synthetic)"
+        "--data",
+        default=None,
+        help="CSV or Parquet file, a directory of them or a glob, with the feature and label columns "
+        "(default: synthetic)",
     )
     p.add_argument("--rows", type=int, default=20_000, help="rows of synthetic data (default: %(default)s)")
     p.add_argument(
@@ -180,6 +183,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="spark engine: extra Spark configuration, repeatable",
     )
+    p.add_argument(
+        "--streaming",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="read --data in memory (off), stream it in record batches with memory flat in rows (on), or choose "
+        "by its size (auto, the default: streams beyond about 10 million cells); the choice is printed",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -208,6 +218,11 @@ def parse_params(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = raw
     return out
+
+
+def _note(text: str) -> None:
+    """With --json, stdout carries only the JSON: the run's notes go to stderr."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -258,6 +273,8 @@ def run(args: argparse.Namespace) -> int:
             model_name=args.model_name,
             positive_class=args.positive_class,
             exclude_columns=args.exclude_columns,
+            streaming=args.streaming,
+            log=_note if args.json else None,
         )
         if args.engine == "spark":
             from exporter.export import spark_train

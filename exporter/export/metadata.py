@@ -91,6 +91,36 @@ def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dic
     return data, hyper
 
 
+def _rows(prep: Prepared) -> dict[str, Any]:
+    """Rows the run read and used per split, and how they were split: a streamed run's counts cover the whole
+    table (its frames are bounded samples), with how it was read (``data_reading``: path and reason, rows per
+    split, passes, threads, phases)."""
+    reading = dict(prep.reading or {})
+    if reading.get("path") == "streaming":
+        rows = reading["rows"]
+        out: dict[str, Any] = {
+            "rows": reading["rows_read"],
+            "train_rows": rows["train"],
+            "validation_rows": rows["validation"],
+            "test_rows": rows["test"],
+        }
+    else:
+        out = {
+            "rows": len(prep.train) + len(prep.validation) + len(prep.heldout),
+            "train_rows": len(prep.train),
+            "validation_rows": len(prep.validation),
+            "test_rows": len(prep.heldout),
+        }
+    # the rows the metrics are computed on (a streamed run: its bounded test sample)
+    out["heldout_rows"] = len(prep.heldout)
+    split = prep.split or reading.get("split")
+    if split:
+        out["split"] = _jsonable(split)
+    if reading:
+        out["data_reading"] = _jsonable(reading)
+    return out
+
+
 def build_metadata(
     prep: Prepared,
     trained: Trained,
@@ -148,12 +178,7 @@ def build_metadata(
             "training": {
                 "mode": prep.params.mode,
                 **sources,
-                "rows": len(prep.train) + len(prep.validation) + len(prep.heldout),
-                "train_rows": len(prep.train),
-                "validation_rows": len(prep.validation),
-                "test_rows": len(prep.heldout),
-                "heldout_rows": len(prep.heldout),
-                "split": _jsonable(prep.split),
+                **_rows(prep),
                 "early_stopping": _jsonable(trained.stopping) if trained.stopping else None,
                 "seed": prep.params.seed,
                 "label_columns": list(prep.label_columns.values()) if prep.y_heldout else [],

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,10 @@ class ExportParams:
     positive_class: Any = None
     #: columns left out of the automatically chosen features (a list, or "a,b")
     exclude_columns: Sequence[str] | str | None = None
+    #: read ``data_path`` in memory (``off``), streamed in record batches (``on``), or by its size (``auto``)
+    streaming: str = "auto"
+    #: where the run's notes go (which reading path ran and why, the passes); ``None``: printed on stdout
+    log: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -98,6 +102,10 @@ class Prepared:
     column_warnings: list[dict[str, str]] = field(default_factory=list)
     #: the label value that was read as 1 (``--positive-class`` or the schema's), None for a 0/1 label
     positive_class: Any = None
+    #: a streamed run: what pass 2 re-reads (:class:`exporter.export.streaming.StreamState`); ``None`` in memory
+    stream: Any = None
+    #: how the data was read: path (in memory / streaming) and why, rows per split, passes, phases (metadata)
+    reading: dict[str, Any] = field(default_factory=dict)
 
     def schema_text(self) -> str:
         """The feature schema as the user should see it before training (kinds, inferred ones marked)."""

@@ -23,6 +23,7 @@ from exporter import features as F
 from exporter.errors import ExporterError, ParityError
 from exporter.export import kserve, triton
 from exporter.export import repository as repo
+from exporter.export import streaming as ST
 from exporter.export import write as W
 from exporter.export.convert import PARITY_MIN_ROWS, ParityResult, build_onnx, check_parity
 from exporter.export.metadata import (
@@ -190,7 +191,12 @@ def prepare(params: ExportParams) -> Prepared:
     needs = spec.label_needs(loaded.hparams if loaded is not None else hparams)
     labels = I.label_map([n.name for n in needs], label_name)
 
+    started = time.perf_counter()
+    reading = ST.choose_reading(params)
+    if reading.streaming:
+        return ST.prepare_streaming(params, spec, hparams, schema, columns, labels, needs, reading)
     if params.data_path is not None:
+        ST.log(params, f"data: in memory ({reading.reason})")
         frame = D.read_table(params.data_path)
         source = str(params.data_path)
     else:
@@ -256,7 +262,7 @@ def prepare(params: ExportParams) -> Prepared:
         H.check_memory(spec.name, hparams, plan.cardinalities, len(train_idx))
     # features that carry nothing (unique per row, constant, all empty) are trained on, with a warning
     warnings = K.column_warnings(frame, plan, x_all[train_idx], train_idx) if params.mode == "train" else []
-    return Prepared(
+    prep = Prepared(
         spec,
         params,
         columns,
@@ -281,7 +287,14 @@ def prepare(params: ExportParams) -> Prepared:
         split=split_rule,
         column_warnings=warnings,
         positive_class=positive,
+        reading={
+            **ST.in_memory_report(reading),
+            "rows_read": len(frame),
+            "rows": {"train": len(train_idx), "validation": len(valid_idx), "test": len(held_idx)},
+        },
     )
+    ST.record_phase(prep, "read_and_prepare", time.perf_counter() - started)
+    return prep
 
 
 def _towers(
@@ -301,11 +314,14 @@ def fit(prep: Prepared) -> Trained:
     """Train (with a progress bar) or hand back the model that load mode already read."""
     if prep.loaded is not None:
         return prep.loaded
+    if prep.stream is not None:
+        return ST.fit_streaming(prep)
     from exporter.training.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
 
+    started = time.perf_counter()
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
     with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        return prep.spec.train(
+        trained = prep.spec.train(
             TrainData(  # the held-out test rows stay out: they report, never decide
                 x_train=prep.x_train,
                 y_train=prep.y_train,
@@ -318,16 +334,20 @@ def fit(prep: Prepared) -> Trained:
                 progress=bar,
             )
         )
+    ST.record_phase(prep, "train", time.perf_counter() - started)
+    return trained
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
     """Held-out test metrics (empty when a load-mode data file has no labels), as the model evaluates itself, and
     the quality warnings: no better than chance or a constant, or under-trained (from how training stopped)."""
+    started = time.perf_counter()
     own = prep.spec.evaluate(prep, trained)
     quality = Q.with_training_warnings(Q.assess(own.metrics, own.labels), trained.stopping)
     evaluation = Evaluation(own.metrics, own.labels, own.predictions, quality, own.details, own.files)
     # precision-recall, calibration, feature importance (the model's own, else permutation on sampled held-out rows)
     evaluation.diagnostics = DG.diagnose(prep, trained, evaluation, prep.spec.native_importance(trained))
+    ST.record_phase(prep, "evaluate", time.perf_counter() - started)
     return evaluation
 
 
@@ -383,5 +403,7 @@ def run(params: ExportParams, echo: Callable[[str], None] | None = None) -> RunR
         echo(prep.schema_text())
     trained = fit(prep)
     evaluation = evaluate(prep, trained)
+    started = time.perf_counter()
     artifacts = export(prep, trained, evaluation)
+    ST.record_phase(prep, "export", time.perf_counter() - started)
     return RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start)

@@ -182,6 +182,15 @@ def _fit_categorical(column: Column, train: np.ndarray, spec: FeatureSpec) -> Fi
     counts: dict[Any, int] = {}
     for v in present:
         counts[v] = counts.get(v, 0) + 1
+    return categorical_from_counts(spec, column.dtype, counts, rows=len(train), present=len(present))
+
+
+def categorical_from_counts(
+    spec: FeatureSpec, dtype: str, counts: Mapping[Any, int], *, rows: int, present: int
+) -> FittedFeature:
+    """A categorical column fitted from its training values' counts (``rows`` training rows, ``present`` of
+    them not missing): the one place the vocabulary rules (min_count, max_size, hashing) are applied, whether
+    the counts came from a table in memory or from a streamed pass over record batches."""
     ordered = _order_by_count(counts)
     keys: list[int] = []
     vocab: list[str] | None = None
@@ -189,23 +198,22 @@ def _fit_categorical(column: Column, train: np.ndarray, spec: FeatureSpec) -> Fi
         kept = [v for v in ordered if counts[v] >= spec.min_count]
         if spec.max_size is not None:
             kept = kept[: spec.max_size]
-        if column.strings is not None:
+        if dtype == "string":
             vocab = [str(v) for v in kept]
             keys = list(range(len(vocab)))
         else:
             keys = [int(v) for v in kept]
         covered = sum(counts[v] for v in kept)
     else:
-        covered = len(present)
-    n = len(train)
+        covered = present
     top = [{"value": v if isinstance(v, str) else int(v), "count": int(counts[v])} for v in ordered[:TOP_VALUES]]
     stats = {
-        "missing_rate": float((n - len(present)) / n) if n else 0.0,
+        "missing_rate": float((rows - present) / rows) if rows else 0.0,
         "distinct": len(counts),
-        "coverage": float(covered / len(present)) if present else 0.0,
+        "coverage": float(covered / present) if present else 0.0,
         "top_values": top,
     }
-    return FittedFeature(spec, column.dtype, None, keys, vocab, stats)
+    return FittedFeature(spec, dtype, None, keys, vocab, stats)
 
 
 class FeaturePlan:

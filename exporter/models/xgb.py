@@ -91,8 +91,16 @@ class XGBoostModel(Model):
         """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
         import xgboost as xgb
 
-        hparams, columns, progress = data.hparams, list(data.columns), data.progress
-        params = {
+        columns = list(data.columns)
+        params = self.params(data)
+        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
+        dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=columns)
+        return self.boost(data, params, dtrain, dvalid)
+
+    def params(self, data: TrainData) -> dict[str, Any]:
+        """XGBoost's parameters of a run."""
+        hparams = data.hparams
+        return {
             "objective": "binary:logistic",
             "eval_metric": "logloss",
             "tree_method": "hist",
@@ -104,8 +112,14 @@ class XGBoostModel(Model):
             "seed": int(data.seed),
             "nthread": int(hparams["n_jobs"]),
         }
-        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
-        dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=columns)
+
+    def boost(self, data: TrainData, params: Mapping[str, Any], dtrain: Any, dvalid: Any) -> Trained:
+        """Boost on prepared DMatrix objects (in memory, or built from streamed batches by
+        :mod:`exporter.models.xgb_stream`) with the progress bar, early stopping on the validation rows and the
+        training curve."""
+        import xgboost as xgb
+
+        hparams, columns, progress = data.hparams, list(data.columns), data.progress
         evals_result: dict[str, dict[str, list[float]]] = {}
 
         class _Bar(xgb.callback.TrainingCallback):

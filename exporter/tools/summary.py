@@ -37,7 +37,9 @@ def unjudged_auc(quality: Mapping[str, Any] | None) -> str | None:
 
 
 def metric_notes(
-    metrics: Mapping[str, float], quality: Mapping[str, Any] | None, history: Sequence[Mapping[str, float]] = ()
+    metrics: Mapping[str, float],
+    quality: Mapping[str, Any] | None,
+    history: Sequence[Mapping[str, float]] = (),
 ) -> list[str]:
     """What the figures are: the metric the model is judged by, and the progress bar's heldout loss beside them."""
     if not metrics:
@@ -121,6 +123,9 @@ def format_result(result: RunResult) -> str:
     ]
     lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
     lines += [f"  {line}" for line in evaluation_lines(evaluation.diagnostics)]
+    reading = result.prepared.reading or {}
+    if reading:
+        lines.append(f"  {reading_line(reading)}")
     warning = result.evaluation.quality.get("warning")
     if warning:
         lines.append(f"  WARNING: {warning}")
@@ -135,6 +140,23 @@ def format_result(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def reading_line(reading: Mapping[str, Any]) -> str:
+    """How the data was read: the path and why, rows per split, passes, and time and peak RSS per phase."""
+    phases = ", ".join(
+        f"{name} {p['seconds']:.1f}s (peak RSS {p['peak_rss_mb']:,.0f} MB)"
+        for name, p in reading.get("phases", {}).items()
+    )
+    rows = reading.get("rows") or {}
+    split = ", ".join(f"{k} {v:,}" for k, v in rows.items())
+    sampled = reading.get("rows_in_memory")
+    kept = f"; in memory: {', '.join(f'{k} {v:,}' for k, v in sampled.items())}" if sampled else ""
+    read = f"{reading['rows_read']:,} rows read, " if "rows_read" in reading else ""
+    return (
+        f"data: {reading.get('path')} ({reading.get('reason')}): {read}{split}{kept}; "
+        f"{reading.get('passes', 1)} pass(es); {phases}"
+    )
+
+
 def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any]:
     return {
         "seconds": round(total_seconds, 3),
@@ -146,6 +168,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
                 "evaluation": r.artifacts[0].metadata.get("evaluation") if r.artifacts else {},
                 "column_warnings": [dict(w) for w in r.prepared.column_warnings],
+                "data_reading": r.prepared.reading,
                 "artifacts": [
                     {
                         "model_name": a.model_name,

@@ -188,12 +188,13 @@ def _zipf(n: int, exponent: float) -> np.ndarray:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, naming the file in every error."""
+    """Read a CSV or Parquet file, or every file of a directory or glob (one table), naming the file in every
+    error."""
+    if path is not None and (Path(path).is_dir() or (not Path(path).exists() and any(c in str(path) for c in "*?["))):
+        return _read_many(str(path))
     path = Path(path)
     if not path.exists():
         raise ExporterError(f"data file not found: {path}")
-    if path.is_dir():
-        raise ExporterError(f"data path is a directory, expected a .csv or .parquet file: {path}")
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
@@ -203,6 +204,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         raise ExporterError(f"cannot read data file {path}: {exc}".splitlines()[0]) from exc
     raise ExporterError(f"unsupported data file type '{suffix}' for {path}: expected .csv or .parquet")
+
+
+def _read_many(spec: str) -> pd.DataFrame:
+    """The files of a directory or glob as one table; a file that lacks a column of the first names it."""
+    from exporter.training.sources import resolve_inputs
+
+    files = resolve_inputs(spec, option="--data")
+    frames = [read_table(f.path) for f in files]
+    columns = list(frames[0].columns)
+    for f, frame in zip(files, frames, strict=True):
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ExporterError(
+                f"data {spec}: file {f.path} has no column(s) {', '.join(map(str, missing))} that {files[0].path} "
+                "has; every file of the data must hold the same columns"
+            )
+    return pd.concat([frame[columns] for frame in frames], ignore_index=True)
 
 
 def check_columns(df: pd.DataFrame, required: Sequence[str], *, what: str, source: str) -> None:

@@ -1,0 +1,110 @@
+"""The epoch loop of a torch model over a streamed table (the in-memory loop is :mod:`torch_common`'s).
+
+Each epoch reads every train row once through a seeded shuffle buffer (:mod:`exporter.models.streamed`); the
+model's own hooks (:meth:`~exporter.models.torch_base.TorchModel.make_config`, ``build``, ``fit_scalers``,
+``training_tensors``, ``loss``) are used unchanged, on bounded samples where they need statistics
+(standardisation, regression target statistics: the train sample) and on each shuffled block for the training
+tensors (two_tower's positive pairs and log sampling probabilities are those of the block).
+
+After each epoch the loss on the validation sample is computed; as in memory, training stops after ``patience``
+epochs without a lower validation loss (at most ``max_epochs``), the best epoch's weights are restored, and
+``lr_schedule: plateau`` halves the learning rate after an epoch without improvement.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporter.errors import ExporterError
+from exporter.models import torch_common as tc
+from exporter.models.base import Trained
+from exporter.models.streamed import StreamTrainData, shuffled_blocks
+from exporter.models.torch_base import DEFAULT_PATIENCE, FEATURES_KEY, TorchModel, max_epochs
+
+
+def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
+    """Fit ``model`` on the streamed train rows (seeded: the same data and seed give the same weights)."""
+    data = stream.data
+    hparams, seed = data.hparams, data.seed
+    tc.seed_everything(seed)
+    config = model.make_config(data)
+    config[FEATURES_KEY] = data.features.to_dict()
+    net = model.build(config).to(tc.DTYPE)
+    model.fit_scalers(net, data.x_train)
+    sample = model.training_tensors(config, data.x_train, data.y_train)
+    validation = model.training_tensors(config, data.x_valid, data.y_valid)
+    epochs, batch_size = max_epochs(hparams), int(hparams["batch_size"])
+    patience = int(hparams.get("patience", DEFAULT_PATIENCE))
+    schedule = str(hparams.get("lr_schedule", "none"))
+    lr = float(hparams["learning_rate"])
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=float(hparams.get("weight_decay", 0.0)))
+    progress = data.progress
+    with tc.single_thread():
+        history = [tc._losses_before_training(net, model.loss, sample, validation)]
+        monitor = "validation_loss" if len(validation[0]) else "train_loss"
+        best, best_epoch, best_state, since, steps, reason = math.inf, 0, None, 0, 0, tc.STOP_MAX_EPOCHS
+        for epoch in range(1, epochs + 1):
+            net.train()
+            total, seen = 0.0, 0
+            rng = np.random.default_rng([seed, epoch])
+            for x, y in shuffled_blocks(stream.chunks(epoch), stream.buffer_rows, rng):
+                tensors = model.training_tensors(config, x, y)
+                for start in range(0, len(tensors[0]), batch_size):
+                    batch = [t[start : start + batch_size] for t in tensors]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = model.loss(net, batch)
+                    if not torch.isfinite(loss):
+                        raise ExporterError(
+                            f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate"
+                        )
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+                    total += float(loss.detach()) * len(batch[0])
+                    seen += len(batch[0])
+                if progress is not None:
+                    progress.update(len(x))
+            if not seen:
+                raise ExporterError("no training rows left after holding out evaluation rows")
+            net.eval()
+            with torch.inference_mode():
+                held = float(model.loss(net, validation)) if len(validation[0]) else float("nan")
+            point = {"step": epoch, "train_loss": total / seen, "validation_loss": held, "learning_rate": lr}
+            history.append(point)
+            if progress is not None:
+                progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{held:.4f}"})
+            current = point[monitor]
+            if math.isfinite(current) and current < best:
+                best, best_epoch, since = current, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                continue
+            since += 1
+            if since >= patience:
+                reason = tc.STOP_PATIENCE
+                break
+            if schedule == "plateau":
+                lr *= tc.PLATEAU_FACTOR
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+        if best_state is not None:
+            net.load_state_dict(best_state)
+    net.eval()
+    trained = model._trained(net, config, list(data.columns), dict(hparams), history, data.features)
+    trained.stopping = {
+        "monitor": monitor,
+        "best_epoch": best_epoch,
+        "best_loss": best if math.isfinite(best) else None,
+        "epochs_run": history[-1]["step"],
+        "max_epochs": epochs,
+        "patience": patience,
+        "stopped_because": reason,
+        "batch_size": batch_size,
+        "optimiser_steps": steps,
+        "lr_schedule": schedule,
+        "final_learning_rate": lr,
+    }
+    return trained

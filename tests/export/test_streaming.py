@@ -1,0 +1,161 @@
+"""Streamed training through the command line: a directory of Parquet files, reproducible artifacts that pass
+``verify``, clear errors, and a kill half-way that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from exporter.export import streaming as ST
+from exporter.export.params import ExportParams
+from exporter.tools.verify import verify
+from exporter.training import data as D
+from tests.conftest import REPO, run_cli
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A click log as a Spark job writes it: several Parquet parts, an empty part, a part with an extra column,
+    a _SUCCESS marker."""
+    d = tmp_path_factory.mktemp("log") / "clicks"
+    d.mkdir()
+    frame = D.synthetic_dataset(12_000, seed=11)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for k in range(4):
+        pq.write_table(table.slice(k * 2500, 2500), d / f"part-{k:05d}.parquet", row_group_size=1000)
+    extra = table.slice(10_000).append_column("session_id", pa.array(np.arange(2000)))
+    pq.write_table(extra, d / "part-00004.parquet")
+    pq.write_table(table.slice(0, 0), d / "part-00005.parquet")
+    (d / "_SUCCESS").write_text("")
+    return d
+
+
+def _metadata(artifacts: Path, model: str, version: int = 1) -> dict:
+    return json.loads((artifacts / model / str(version) / "metadata.json").read_text())
+
+
+def test_auto_reads_small_data_in_memory_and_large_data_streamed(log_dir: Path, monkeypatch) -> None:
+    small = ST.choose_reading(ExportParams("xgb", data_path=log_dir))
+    assert not small.streaming and "in memory is faster" in small.reason and small.estimated_rows == 12_000
+    monkeypatch.setattr(ST, "STREAMING_CELLS", 1000)
+    assert ST.choose_reading(ExportParams("xgb", data_path=log_dir)).streaming
+    assert ST.choose_reading(ExportParams("xgb", data_path=str(log_dir / "part-*.parquet"))).streaming
+    assert not ST.choose_reading(ExportParams("xgb", data_path=log_dir, streaming="off")).streaming
+
+
+def test_streaming_on_without_data_is_refused() -> None:
+    from exporter.errors import ExporterError
+
+    with pytest.raises(ExporterError, match="--streaming on reads --data"):
+        ST.choose_reading(ExportParams("xgb", streaming="on"))
+
+
+@pytest.mark.slow
+def test_streamed_and_in_memory_xgb_agree_and_pass_verify(log_dir: Path, tmp_path: Path) -> None:
+    aucs = {}
+    for mode in ("on", "off"):
+        artifacts = tmp_path / mode
+        result = run_cli(
+            "export", "xgb", "--data", str(log_dir), "--streaming", mode, "--artifacts", str(artifacts),
+            "--param", "n_estimators=40", "--quiet",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert ("data: streaming (--streaming on)" if mode == "on" else "data: in memory (--streaming off)") in (
+            result.stdout
+        )
+        report = verify(artifacts)
+        assert report.ok, report.problems
+        meta = _metadata(artifacts, "xgb")
+        reading = meta["training"]["data_reading"]
+        assert meta["training"]["rows"] == 12_000 and reading["rows_read"] == 12_000
+        aucs[mode] = meta["training"]["metrics"]["auc"]
+    streamed = _metadata(tmp_path / "on", "xgb")["training"]
+    rows = streamed["data_reading"]["rows"]
+    assert sum(rows.values()) == 12_000 and streamed["train_rows"] == rows["train"]
+    assert streamed["data_reading"]["passes"] >= 2 and "pass1_scan" in streamed["data_reading"]["phases"]
+    assert abs(aucs["on"] - aucs["off"]) < 0.05, aucs  # a small table: a loose bound
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_streamed_model(log_dir: Path, tmp_path: Path) -> None:
+    digests = []
+    for run in range(2):
+        artifacts = tmp_path / str(run)
+        result = run_cli(
+            "export", "deepfm", "--data", str(log_dir), "--streaming", "on", "--artifacts", str(artifacts),
+            "--param", "epochs=2", "--seed", "3", "--quiet",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        digests.append(_metadata(artifacts, "deepfm")["sha256"])
+    assert digests[0] == digests[1]
+
+
+def test_a_file_missing_a_column_fails_with_exit_2_naming_it(log_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for part in sorted(log_dir.glob("part-0000[0-1].parquet")):
+        (broken / part.name).write_bytes(part.read_bytes())
+    table = pq.read_table(log_dir / "part-00002.parquet").drop_columns(["item_cvr"])
+    pq.write_table(table, broken / "part-00002.parquet")
+    artifacts = tmp_path / "artifacts"
+    result = run_cli("export", "xgb", "--data", str(broken), "--streaming", "on", "--artifacts", str(artifacts))
+    assert result.returncode == 2, result.stderr
+    assert "part-00002.parquet has no column(s) item_cvr" in result.stderr and "Traceback" not in result.stderr
+    assert not (artifacts / "xgb").exists()
+
+
+@pytest.mark.slow
+def test_a_streamed_export_killed_in_pass_2_leaves_no_version_and_the_next_one_succeeds(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    args = ["export", "deepfm", "--data", str(log_dir), "--streaming", "on", "--artifacts", str(artifacts)]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *args, "--param", "epochs=200", "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in child.stdout:
+        seen.append(line)
+        if line.startswith("pass 2:") or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)  # inside the epoch loop
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert any(line.startswith("pass 2:") for line in seen), seen
+    versions = (
+        [p for p in (artifacts / "deepfm").iterdir() if p.name.isdigit()] if (artifacts / "deepfm").exists() else []
+    )
+    assert versions == []
+    result = run_cli(*args, "--param", "epochs=1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (artifacts / "deepfm" / "1" / "model.onnx").is_file()
+    assert verify(artifacts).ok
+
+
+@pytest.mark.slow
+def test_a_notebook_trains_on_a_directory_of_parquet_files(log_dir: Path, tmp_path: Path) -> None:
+    from tests.tools.test_notebooks import execute
+
+    artifacts = tmp_path / "artifacts"
+    execute("xgb", tmp_path, artifacts, data_path=str(log_dir), n_estimators=20)
+    assert verify(artifacts).ok
+    meta = _metadata(artifacts, "xgb")
+    assert meta["training"]["rows"] == 12_000 and meta["training"]["data_reading"]["path"] == "in memory"
