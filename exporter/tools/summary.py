@@ -123,7 +123,7 @@ def format_result(result: RunResult) -> str:
     ]
     lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
     lines += [f"  {line}" for line in evaluation_lines(evaluation.diagnostics)]
-    reading = result.prepared.reading or {}
+    reading = getattr(result.prepared, "reading", None) or {}
     if reading:
         lines.append(f"  {reading_line(reading)}")
     warning = result.evaluation.quality.get("warning")

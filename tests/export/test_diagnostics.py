@@ -192,7 +192,7 @@ def test_exclude_columns_drops_them_from_the_chosen_features(log_csv, tmp_path):
     assert prep.columns == ["signal", "noise", "constant", "empty", "city", "tier"]
     assert "excluded session_id, visitor_name" in prep.columns_note
     labels = session_log()["outcome"].to_numpy()
-    train_rows = np.concatenate([prep.y_train["label"], prep.y_heldout["label"]])
+    train_rows = np.concatenate([prep.y_train["label"], prep.y_valid["label"], prep.y_heldout["label"]])
     assert train_rows.sum() == (labels == "cp").sum()  # cp is 1, no is 0
     # the default schema: an excluded default column need not be in the data
     synthetic = pipeline.prepare(
@@ -208,7 +208,7 @@ def test_positive_class_from_the_schema(tmp_path, log_csv):
         pipeline.ExportParams(model="xgb", data_path=log_csv, schema=str(schema), artifacts=tmp_path, progress=False)
     )
     assert prep.positive_class == "no"
-    labels = np.concatenate([prep.y_train["label"], prep.y_heldout["label"]])
+    labels = np.concatenate([prep.y_train["label"], prep.y_valid["label"], prep.y_heldout["label"]])
     assert labels.sum() == (session_log()["outcome"] == "no").sum()
 
 

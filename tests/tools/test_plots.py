@@ -174,13 +174,13 @@ def test_training_curve_starts_before_training():
 
 
 def test_training_curve_keeps_the_epoch_0_loss_from_flattening_the_curve():
-    history = [{"step": 0, "train_loss": 5.0, "heldout_loss": 5.2}] + [
-        {"step": i, "train_loss": 0.5 - 0.01 * i, "heldout_loss": 0.52 - 0.005 * i} for i in range(1, 6)
+    history = [{"step": 0, "train_loss": 5.0, "validation_loss": 5.2}] + [
+        {"step": i, "train_loss": 0.5 - 0.01 * i, "validation_loss": 0.52 - 0.005 * i} for i in range(1, 6)
     ]
     (ax,) = plots.training_curve(history).axes
     low, high = ax.get_ylim()
     assert high < 1.0 and low > 0.3, "the y-axis fits epochs >= 1"
     assert list(ax.get_lines()[0].get_xdata())[0] == 0, "epoch 0 is still drawn"
     assert any("off scale" in t and "5.2" in t for t in texts(plots.training_curve(history)))
-    calm = [{"step": i, "train_loss": 1.0 - 0.1 * i, "heldout_loss": 1.0 - 0.09 * i} for i in range(0, 4)]
+    calm = [{"step": i, "train_loss": 1.0 - 0.1 * i, "validation_loss": 1.0 - 0.09 * i} for i in range(0, 4)]
     assert not any("off scale" in t for t in texts(plots.training_curve(calm)))
