@@ -198,7 +198,10 @@ def prepare(params: ExportParams) -> Prepared:
             )
     where = f"data file {params.data_path}" if params.data_path is not None else "synthetic data"
     columns, note = I.choose_columns(frame, spec.default_features, columns, schema, list(labels.values()), source=where)
-    D.check_columns(frame, columns, what="feature", source=where)
+    built = F.built_columns(schema)  # history columns built from the log after the split (features/history.py)
+    D.check_columns(
+        frame, [c for c in F.input_columns(columns, list(frame.columns)) if c not in built], what="feature", source=where
+    )
     clash = sorted(set(columns) & set(labels.values()))
     if clash:
         raise ExporterError(f"column(s) {', '.join(clash)} cannot be both a feature and a label")
@@ -215,6 +218,7 @@ def prepare(params: ExportParams) -> Prepared:
         lambda: _towers(frame, columns, schema, loaded),
         params.seed,
     )
+    frame = F.add_built_histories(frame, schema, train_idx, source=where)
     # validate the whole table first, so errors name rows as they are in the file
     stored = None
     if loaded is not None:
@@ -223,6 +227,7 @@ def prepare(params: ExportParams) -> Prepared:
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
             note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
     plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
+    columns = plan.columns  # a history column is max_length tensor columns
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
     y_all = I.read_labels(frame, labels, source=where, kinds={n.name: n.kind for n in needs}) if has_labels else {}

@@ -22,7 +22,14 @@ from exporter.errors import ExporterError
 from exporter.features.schema import HISTORY, FeatureSpec, Schema
 from exporter.runtime.history import EXPECTED, HistoryProblem, column_name, history_values, split_column_name
 
-__all__ = ["add_built_histories", "build_history", "history_matrix", "input_columns", "built_columns"]
+__all__ = [
+    "add_built_histories",
+    "build_history",
+    "built_columns",
+    "history_lists",
+    "history_matrix",
+    "input_columns",
+]
 
 
 def history_matrix(frame: pd.DataFrame, spec: FeatureSpec, *, source: str) -> np.ndarray:
@@ -65,6 +72,17 @@ def history_matrix(frame: pd.DataFrame, spec: FeatureSpec, *, source: str) -> np
         f"{source}: missing history column '{spec.name}' (or its columns {expanded[0]} ... {expanded[-1]}); "
         f"the table has: {have}"
     )
+
+
+def history_lists(plan: Any, frame: pd.DataFrame, *, source: str = "data") -> dict[str, list[list[int]]]:
+    """Each history of ``plan`` (a :class:`~exporter.features.FeaturePlan`) in ``frame`` as its kept IDs per row:
+    what a TorchServe request sends (``{"hist_items": [12, 7, 99]}``)."""
+    out: dict[str, list[list[int]]] = {}
+    for group in plan.histories():
+        spec = plan.features[group["columns"][0]].spec
+        ids = history_matrix(frame, spec, source=source)
+        out[spec.name] = [[int(v) for v in row[~np.isnan(row)]] for row in ids]
+    return out
 
 
 def input_columns(columns: Sequence[str], present: Sequence[str] = ()) -> list[str]:

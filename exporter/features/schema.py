@@ -346,6 +346,10 @@ def infer_kind(series: pd.Series, name: str) -> str:
     """
     if isinstance(series.dtype, pd.CategoricalDtype) or _is_bool_series(series):
         return CATEGORICAL
+    if series.dtype == object:
+        present = series.dropna().head(100)
+        if len(present) and all(isinstance(v, (list, tuple, np.ndarray)) for v in present):
+            return HISTORY  # a list column (Parquet): IDs, e.g. a user's recent items
     if pd.api.types.is_string_dtype(series) or series.dtype == object:
         present = series.dropna()
         numeric = pd.to_numeric(present, errors="coerce").notna().mean() if len(present) else 0.0
@@ -369,10 +373,8 @@ def resolve_specs(
         if spec is None:
             spec, origin = by_default.get(col), "default"
         if spec is None:
-            spec, origin = (
-                FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC),
-                "inferred",
-            )
+            kind = infer_kind(frame[col], col) if col in frame.columns else NUMERIC
+            spec, origin = FeatureSpec(col, kind, tower="user" if kind == HISTORY else None), "inferred"
         specs.append(spec)
         origins[col] = origin
     return specs, origins
