@@ -117,8 +117,13 @@ def split_columns(
         tower = towers.get(c)
         return tower == "user" if tower else c.startswith("user_")
 
-    user = list(hp.get("user_columns") or [c for c in columns if default_user(c)])
-    item = list(hp.get("item_columns") or [c for c in columns if c not in user])
+    def expand(names: Any) -> list[str] | None:  # a history's name stands for its columns name[0] ...
+        if not names:
+            return None
+        return [p for n in names for p in ([n] if n in columns else [c for c in columns if c.startswith(f"{n}[")] or [n])]
+
+    user = expand(hp.get("user_columns")) or [c for c in columns if default_user(c)]
+    item = expand(hp.get("item_columns")) or [c for c in columns if c not in user]
     unknown = [c for c in user + item if c not in columns]
     if unknown:
         raise ExporterError(f"two_tower: tower columns {unknown} are not among the feature columns {columns}")
