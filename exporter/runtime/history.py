@@ -158,7 +158,8 @@ def expand_rows(
             try:
                 kept = history_values(value, len(columns))
             except HistoryProblem as exc:
-                raise HandlerError(400, f"{exc.where(where)} is {exc.what}") from None
+                tail = "" if exc.position is None else f"; expected {EXPECTED}"
+                raise HandlerError(400, f"{exc.where(where)} is {exc.what}{tail}") from None
             clash = [c for c in columns if c in row]
             if clash:
                 raise HandlerError(
@@ -172,11 +173,3 @@ def expand_rows(
     return out
 
 
-def describe_groups(groups: Mapping[str, Sequence[str]]) -> str:
-    """For error messages: ``hist_items (20 IDs)``."""
-    return ", ".join(f"{h} ({len(c)} IDs)" for h, c in groups.items())
-
-
-def text_of(value: Any) -> str:
-    """A history value shortened for a reject reason."""
-    return quote(value) if isinstance(value, str) else type_name(value)
