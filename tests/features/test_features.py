@@ -312,7 +312,7 @@ def test_metadata_features_must_describe_the_feature_columns():
     check = C.usability_problems
     assert check(good) == [] and check(base) == []
     assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
-    assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
+    assert check(odd) == ['"features[].kind" must be "numeric", "categorical" or "history"']
 
 
 def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, frame):
