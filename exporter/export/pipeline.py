@@ -200,7 +200,10 @@ def prepare(params: ExportParams) -> Prepared:
     columns, note = I.choose_columns(frame, spec.default_features, columns, schema, list(labels.values()), source=where)
     built = F.built_columns(schema)  # history columns built from the log after the split (features/history.py)
     D.check_columns(
-        frame, [c for c in F.input_columns(columns, list(frame.columns)) if c not in built], what="feature", source=where
+        frame,
+        [c for c in F.input_columns(columns, list(frame.columns)) if c not in built],
+        what="feature",
+        source=where,
     )
     clash = sorted(set(columns) & set(labels.values()))
     if clash:
@@ -211,11 +214,12 @@ def prepare(params: ExportParams) -> Prepared:
     labels = {n: c for n, c in labels.items() if n not in optional or c in frame.columns}
     has_labels = all(c in frame.columns for c in labels.values())
     # the seeded 80/20 row split, or the model's own (two_tower: by user-item pairs, none seen in training)
+    chosen, table = list(columns), frame
     train_idx, held_idx = spec.split(
         frame,
-        columns,
+        chosen,
         loaded.hparams if loaded is not None else hparams,
-        lambda: _towers(frame, columns, schema, loaded),
+        lambda: _towers(table, chosen, schema, loaded),
         params.seed,
     )
     frame = F.add_built_histories(frame, schema, train_idx, source=where)

@@ -129,7 +129,9 @@ def build_history(
     """
     for c in (user_col, item_col, *([time_col] if time_col else [])):
         if c not in frame.columns:
-            raise ExporterError(f"build_history: column '{c}' is not in the table ({', '.join(map(str, frame.columns[:20]))})")
+            raise ExporterError(
+                f"build_history: column '{c}' is not in the table ({', '.join(map(str, frame.columns[:20]))})"
+            )
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise ExporterError(f"build_history: max_length must be a positive integer, got {max_length!r}")
     n = len(frame)
@@ -212,8 +214,7 @@ def add_built_histories(
         missing = [c for c in how.values() if c not in frame.columns]
         if missing:
             raise ExporterError(
-                f"{source}: history '{spec.name}' is built from column(s) {', '.join(missing)}, "
-                "which the table lacks"
+                f"{source}: history '{spec.name}' is built from column(s) {', '.join(missing)}, which the table lacks"
             )
         if spec.name in frame.columns:
             raise ExporterError(

@@ -1,7 +1,8 @@
 """The in-graph preprocessing: raw FP64 ``features`` -> the prepared matrix every model graph was trained on.
 
 Numeric columns: NaN and +-inf become the column's fill. Categorical columns (and each item of a history
-column, whose NaN padding becomes -1, no row): a raw value becomes its embedding row (1..K) through an ``ai.onnx.ml`` LabelEncoder (or ``1 + value mod hash_buckets``), and every value without
+column, whose NaN padding becomes -1, no row): a raw value becomes its embedding row (1..K) through an
+``ai.onnx.ml`` LabelEncoder (or ``1 + value mod hash_buckets``), and every value without
 a row of its own (unknown, non-integer, NaN, beyond +-2^53) becomes row 0, the OOV row. The values are masked
 before the cast to int64, so no input can make onnxruntime fail or index out of range.
 

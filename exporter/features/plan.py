@@ -129,7 +129,7 @@ class FittedFeature:
     def _history_dict(self, full: bool) -> dict[str, Any]:
         """One position of a history: its tensor column's name, kind ``history`` and the whole history's facts."""
         spec = self.spec.to_dict()
-        info = {
+        info: dict[str, Any] = {
             "column": self.spec.name,
             "position": self.position,
             "max_length": self.spec.max_length,
@@ -616,9 +616,7 @@ def fit(
             fill, stats = _numeric_stats(column.numbers[train], train, spec, source=source)
             fitted.append(FittedFeature(spec, column.dtype, fill, [], None, stats))
         by_name[spec.name] = fitted[-1]
-    histories = {
-        s.name: _fit_history(frame, s, train, by_name, source=source) for s in specs if s.kind == HISTORY
-    }
+    histories = {s.name: _fit_history(frame, s, train, by_name, source=source) for s in specs if s.kind == HISTORY}
     ordered: list[FittedFeature] = []
     for spec in specs:
         ordered += histories[spec.name] if spec.kind == HISTORY else [by_name[spec.name]]

@@ -154,8 +154,7 @@ class FeatureSpec:
                 raise ExporterError(f"{where}: '{key}' is a vocabulary policy of categorical and history features")
             if history.get("vocab_from") is not None:
                 raise ExporterError(
-                    f"{where}: '{key}' does not apply: the history shares the vocabulary of "
-                    f"{history['vocab_from']!r}"
+                    f"{where}: '{key}' does not apply: the history shares the vocabulary of {history['vocab_from']!r}"
                 )
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= MAX_EXACT_INT:
                 raise ExporterError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
@@ -206,8 +205,11 @@ def _history_options(raw: Mapping[str, Any], kind: str, where: str) -> dict[str,
         raise ExporterError(f"{where}: max_length must be an integer from 1 to 1000, got {length!r}")
     out["max_length"] = length
     delimiter = raw.get("delimiter", "|")
-    if not isinstance(delimiter, str) or not delimiter or delimiter.strip() != delimiter or any(
-        ch.isdigit() or ch in "+-" for ch in delimiter
+    if (
+        not isinstance(delimiter, str)
+        or not delimiter
+        or delimiter.strip() != delimiter
+        or any(ch.isdigit() or ch in "+-" for ch in delimiter)
     ):
         raise ExporterError(
             f"{where}: delimiter must be a non-blank string without digits or signs (e.g. '|' or ';'), "
@@ -525,7 +527,9 @@ def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, n
         if s.optional:
             extra.append("optional")
         if s.kind == HISTORY:
-            extra.append(f"max_length {s.max_length}, " + (f"vocab of {s.vocab_from}" if s.vocab_from else "own vocabulary"))
+            extra.append(
+                f"max_length {s.max_length}, " + (f"vocab of {s.vocab_from}" if s.vocab_from else "own vocabulary")
+            )
         elif s.kind == CATEGORICAL:
             extra.append(
                 f"hash_buckets {s.hash_buckets}"

@@ -56,8 +56,9 @@ class DeepFM(nn.Module):
             fields = f.embedding(rows)
             embs.append(fields)  # [B, n_cat, k]
             linear = linear + self.cat_weight(rows).squeeze(-1).sum(dim=1)
-        if f.n_hist:
-            embs.append(f.history(x, fields))  # [B, n_hist, k]: the history fields join FM and deep part
+        pooled = f.history(x, fields) if f.n_hist else None
+        if pooled is not None:
+            embs.append(pooled)  # [B, n_hist, k]: the history fields join FM and deep part
         emb = embs[0] if len(embs) == 1 else torch.cat(embs, dim=1)
         fm = 0.5 * (emb.sum(dim=1).pow(2) - emb.pow(2).sum(dim=1)).sum(dim=1)
         return linear + fm + self.deep(emb.flatten(1)).squeeze(-1)

@@ -40,7 +40,7 @@ def layout(
     for h in histories:
         target = h.get("target")
         field = list(cat).index(int(target)) if target is not None and int(target) in cat else None
-        if field is not None and int(cards[int(target)]) == int(h["rows"]):
+        if field is not None and int(cards[cat[field]]) == int(h["rows"]):
             offset = int(offsets[field])
         else:
             field = None

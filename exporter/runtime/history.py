@@ -74,9 +74,9 @@ def _element(value: Any, position: int, text_ok: bool) -> float:
             raise HistoryProblem(f"{int_text(number)}, beyond 2^53, not an exact integer ID", position)
         return float(number)
     if isinstance(value, (float, np.floating)) and t is not bool:
-        number = float(value)
-        if math.isfinite(number) and number == math.floor(number) and abs(number) <= MAX_EXACT_INT:
-            return number
+        real = float(value)
+        if math.isfinite(real) and real == math.floor(real) and abs(real) <= MAX_EXACT_INT:
+            return real
         return _bad(value, position)
     if isinstance(value, str) and text_ok:
         text = value.strip()
@@ -132,9 +132,7 @@ def fill_row(out: np.ndarray, values: Sequence[float]) -> None:
     out[len(values) :] = np.nan
 
 
-def expand_rows(
-    rows: list[Any], groups: Mapping[str, Sequence[str]], name: str = "data"
-) -> list[Any]:
+def expand_rows(rows: list[Any], groups: Mapping[str, Sequence[str]], name: str = "data") -> list[Any]:
     """TorchServe rows with a history as a JSON list (``{"hist_items": [12, 7, 99]}``) -> rows holding its
     expanded columns (``hist_items[0]`` ...; missing positions absent, which means no item).
 
@@ -171,5 +169,3 @@ def expand_rows(
                 expanded[column] = item
         out.append(expanded)
     return out
-
-

@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exporter.runtime.columns import BOOL_TEXT, ColumnSpec, column_specs, read_vocab, vocab_files
-from exporter.scoring.history import encode_history_column, history_schema_problems
 from exporter.runtime.errors import ArtifactError
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code
+from exporter.scoring.history import encode_history_column, history_schema_problems
 
 __all__ = [
     "OOV_CODE",

@@ -53,7 +53,13 @@ def test_schema_declares_a_history_with_defaults():
     schema = F.load_schema({"features": [{"name": "h", "kind": "history"}]})
     assert schema is not None
     spec = schema.features[0]
-    assert (spec.kind, spec.max_length, spec.delimiter, spec.vocab_from, spec.tower) == ("history", 20, "|", None, "user")
+    assert (spec.kind, spec.max_length, spec.delimiter, spec.vocab_from, spec.tower) == (
+        "history",
+        20,
+        "|",
+        None,
+        "user",
+    )
     built = F.load_schema(
         {"features": [{"name": "h", "kind": "history", "from": {"user": "u", "item": "i", "time": "t"}}]}
     )
@@ -112,7 +118,7 @@ def test_an_own_vocabulary_is_fitted_on_the_training_rows_items(frame):
 @pytest.mark.parametrize(
     "value, message",
     [
-        ([1, "x"], "row 1 position 1: value is the string \"x\", not an integer ID"),
+        ([1, "x"], 'row 1 position 1: value is the string "x", not an integer ID'),
         ([1, 2.5], "row 1 position 1: value is 2.5, not an integer ID"),
         ([2**60], "row 1 position 0: value is 1152921504606846976, beyond 2^53"),
         ("1|a", 'row 1 position 1: value is the string "a", not an integer ID'),
@@ -281,9 +287,13 @@ def test_the_handler_takes_a_list_or_the_expanded_columns(history_exports):
     expanded = predict(**{"hist_items[0]": 3, "hist_items[1]": 5, "hist_items[2]": 8})
     assert as_list == expanded
     assert predict(hist_items=[]) == predict() == predict(hist_items=None)  # empty = omitted = null
-    assert predict(hist_items=list(range(100)) + [3, 5, 8]) == predict(hist_items=[94, 95, 96, 97, 98, 99, 3, 5, 8][-6:])
+    assert predict(hist_items=list(range(100)) + [3, 5, 8]) == predict(
+        hist_items=[94, 95, 96, 97, 98, 99, 3, 5, 8][-6:]
+    )
     assert predict(hist_items=[10**9]) == predict(hist_items=[10**9 + 1])  # unknown items: the OOV row
-    raw = F.FeaturePlan.from_artifact(root / "a" / "deepfm" / "1").encode(pd.DataFrame([{**row, "hist_items": [3, 5, 8]}]))
+    raw = F.FeaturePlan.from_artifact(root / "a" / "deepfm" / "1").encode(
+        pd.DataFrame([{**row, "hist_items": [3, 5, 8]}])
+    )
     assert np.isnan(raw[0, -3:]).all()  # padding travels as NaN in the tensor (Open Inference Protocol form)
     v2 = {"inputs": [{"name": "features", "shape": list(raw.shape), "datatype": "FP64", "data": raw.ravel().tolist()}]}
     assert handler.predict(v2)["outputs"][0]["data"] == [as_list]

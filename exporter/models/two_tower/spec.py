@@ -120,7 +120,9 @@ def split_columns(
     def expand(names: Any) -> list[str] | None:  # a history's name stands for its columns name[0] ...
         if not names:
             return None
-        return [p for n in names for p in ([n] if n in columns else [c for c in columns if c.startswith(f"{n}[")] or [n])]
+        return [
+            p for n in names for p in ([n] if n in columns else [c for c in columns if c.startswith(f"{n}[")] or [n])
+        ]
 
     user = expand(hp.get("user_columns")) or [c for c in columns if default_user(c)]
     item = expand(hp.get("item_columns")) or [c for c in columns if c not in user]
