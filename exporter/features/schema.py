@@ -15,6 +15,9 @@ Three steps, used by the pipeline, the notebooks and the offline ``score`` comma
 
 The exact format is documented in ``docs/features.md``; errors name the column and the row (1-based, as a
 person counts data rows in a file).
+
+Why this module is long: every feature kind's options (numeric, categorical, history) are declared, checked,
+inferred and read from the data in one place, so a new option is one edit here.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def test_schema_from_dict_list_and_file(tmp_path):
 @pytest.mark.parametrize(
     "schema, message",
     [
-        ({"features": [{"name": "a", "kind": "ordinal"}]}, "kind must be 'numeric' or 'categorical'"),
+        ({"features": [{"name": "a", "kind": "ordinal"}]}, "kind must be 'numeric', 'categorical' or 'history'"),
         ({"features": [{"name": "a", "colour": 1}]}, "unknown key(s) colour"),
         ({"features": [{"name": "a", "kind": "categorical", "fill": 1}]}, "'fill' is for numeric features"),
         ({"features": [{"name": "a", "min_count": 2}]}, "vocabulary policy of categorical"),
