@@ -356,3 +356,49 @@ def test_xgb_refuses_a_history_column(tmp_path):
     with pytest.raises(ExporterError, match="xgb takes no history column \\(hist_items\\)"):
         pipeline.run(params)
     assert not (tmp_path / "a" / "xgb").exists() or not any((tmp_path / "a" / "xgb").iterdir())
+
+
+def test_an_export_builds_its_history_from_training_rows_only(tmp_path):
+    """The schema's ``from``: built after the split, so no held-out interaction reaches any history."""
+    from exporter.export import pipeline
+
+    rng = np.random.default_rng(5)
+    n = 800
+    log = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 20, n),
+            "item_id": np.arange(n) + 1,  # one item per interaction: a history shows which row fed it
+            "ts": rng.permutation(n),
+            "price": rng.random(n),
+            "label": rng.integers(0, 2, n),
+        }
+    )
+    data = tmp_path / "log.csv"
+    log.to_csv(data, index=False)
+    schema = {
+        "label": "label",
+        "features": [
+            {"name": "user_id", "kind": "categorical"},
+            {"name": "item_id", "kind": "categorical"},
+            "price",
+            {"name": "recent", "kind": "history", "max_length": 5, "from": {"user": "user_id", "item": "item_id"}},
+        ],
+    }
+    params = pipeline.ExportParams(model="deepfm", data_path=data, schema=schema, artifacts=tmp_path / "a")
+    prep = pipeline.prepare(params)
+    assert prep.columns[-5:] == [f"recent[{p}]" for p in range(5)]
+    trained_items = set(prep.train["item_id"])
+    held_items = set(prep.heldout["item_id"])
+    for part in (prep.train, prep.heldout):
+        for item, items in zip(part["item_id"], part["recent"], strict=True):
+            assert item not in items and set(items) <= trained_items and not set(items) & held_items
+    assert prep.features["recent[0]"].spec.vocab_from == "item_id"  # `from` shares the item column's vocabulary
+    bad = dict(
+        schema,
+        features=[
+            *schema["features"][:3],
+            {"name": "recent", "kind": "history", "from": {"user": "u", "item": "item_id"}},
+        ],
+    )
+    with pytest.raises(ExporterError, match="history 'recent' is built from column\\(s\\) u, which the table lacks"):
+        pipeline.prepare(pipeline.ExportParams(model="deepfm", data_path=data, schema=bad, artifacts=tmp_path / "a"))
