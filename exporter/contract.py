@@ -187,6 +187,8 @@ def torchserve_request(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
     def value(v: Any) -> Any:
         if isinstance(v, str) or v is None:
             return v
+        if isinstance(v, (list, tuple)):  # a history column: its list of IDs
+            return [value(e) for e in v]
         if hasattr(v, "item") and not isinstance(v, (list, tuple)):
             v = v.item()  # numpy scalars
         if isinstance(v, (bool, int)):  # booleans and integer IDs as JSON true/false and integers

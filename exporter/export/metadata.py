@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from exporter import __version__
 from exporter import contract as C
+from exporter import features as F
 from exporter.export import repository as repo
 from exporter.export import triton
 from exporter.export.convert import ParityResult
@@ -221,11 +223,12 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
 
     Raw means as the data holds them: strings for string categories, integer IDs, numbers.
     """
-    frame = prep.heldout[unit.feature_columns].copy()
+    columns = F.input_columns(unit.feature_columns, list(prep.heldout.columns))  # a history by its name
+    frame = prep.heldout[columns].copy()
     for f in prep.features.features:
         if f.dtype == "string" and f.name in frame.columns:  # a declared string column of digits stays strings
             frame[f.name] = frame[f.name].map(lambda v: v if v is None or v != v else str(v))
+    for name, ids in F.history_lists(prep.features.subset(columns), frame).items():  # a JSON list of IDs
+        frame[name] = pd.Series(ids, index=frame.index, dtype=object)
     complete = frame[frame.notna().all(axis=1)]
-    return C.torchserve_request(
-        (complete if len(complete) else frame).head(rows).to_dict("records"), unit.feature_columns
-    )
+    return C.torchserve_request((complete if len(complete) else frame).head(rows).to_dict("records"), columns)

@@ -215,7 +215,13 @@ def prepare(params: ExportParams) -> Prepared:
     columns, note = I.choose_columns(
         frame, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
     )
-    D.check_columns(frame, columns, what="feature", source=where)
+    built = F.built_columns(schema)  # history columns built from the log after the split (features/history.py)
+    D.check_columns(
+        frame,
+        [c for c in F.input_columns(columns, list(frame.columns)) if c not in built],
+        what="feature",
+        source=where,
+    )
     clash = sorted(set(columns) & set(labels.values()))
     if clash:
         raise ExporterError(f"column(s) {', '.join(clash)} cannot be both a feature and a label")
@@ -226,13 +232,15 @@ def prepare(params: ExportParams) -> Prepared:
     has_labels = all(c in frame.columns for c in labels.values())
     # the seeded 70/10/20 train/validation/test split by row content, or the model's own (two_tower: by
     # user-item pairs, none seen in training); validation drives early stopping, test only reports
+    chosen, table = list(columns), frame
     train_idx, valid_idx, held_idx, split_rule = spec.split(
         frame,
-        columns,
+        chosen,
         loaded.hparams if loaded is not None else hparams,
-        lambda: _towers(frame, columns, schema, loaded),
+        lambda: _towers(table, chosen, schema, loaded),
         params.seed,
     )
+    frame = F.add_built_histories(frame, schema, train_idx, source=where)
     # validate the whole table first, so errors name rows as they are in the file
     stored = None
     if loaded is not None:
@@ -241,6 +249,7 @@ def prepare(params: ExportParams) -> Prepared:
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
             note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
     plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
+    columns = plan.columns  # a history column is max_length tensor columns
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
     kinds = {n.name: n.kind for n in needs}

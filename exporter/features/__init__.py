@@ -5,6 +5,14 @@
 ``from exporter.features import FeaturePlan`` is the public face; the names below are re-exported for it.
 """
 
+from exporter.features.history import (
+    add_built_histories,
+    build_history,
+    built_columns,
+    history_lists,
+    history_matrix,
+    input_columns,
+)
 from exporter.features.plan import (
     PLAN_FORMAT,
     FeaturePlan,
@@ -16,9 +24,11 @@ from exporter.features.plan import (
 )
 from exporter.features.schema import (
     CATEGORICAL,
+    DEFAULT_MAX_LENGTH,
     DEFAULT_MIN_COUNT,
     DTYPES,
     HASH_ENCODING,
+    HISTORY,
     KINDS,
     MAX_EXACT_INT,
     NUMERIC,
@@ -39,9 +49,11 @@ from exporter.features.schema import (
 
 __all__ = [
     "CATEGORICAL",
+    "DEFAULT_MAX_LENGTH",
     "DEFAULT_MIN_COUNT",
     "DTYPES",
     "HASH_ENCODING",
+    "HISTORY",
     "KINDS",
     "MAX_EXACT_INT",
     "NUMERIC",
@@ -54,12 +66,18 @@ __all__ = [
     "FeatureSpec",
     "FittedFeature",
     "Schema",
+    "add_built_histories",
+    "build_history",
+    "built_columns",
     "category_rows",
     "check_id_range",
     "fit",
     "format_schema",
     "hash_code",
+    "history_lists",
+    "history_matrix",
     "infer_kind",
+    "input_columns",
     "load_schema",
     "passthrough_plan",
     "probe_rows",

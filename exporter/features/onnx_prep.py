@@ -1,7 +1,8 @@
 """The in-graph preprocessing: raw FP64 ``features`` -> the prepared matrix every model graph was trained on.
 
-Numeric columns: NaN and +-inf become the column's fill. Categorical columns: a raw value becomes its embedding
-row (1..K) through an ``ai.onnx.ml`` LabelEncoder (or ``1 + value mod hash_buckets``), and every value without
+Numeric columns: NaN and +-inf become the column's fill. Categorical columns (and each item of a history
+column, whose NaN padding becomes -1, no row): a raw value becomes its embedding row (1..K) through an
+``ai.onnx.ml`` LabelEncoder (or ``1 + value mod hash_buckets``), and every value without
 a row of its own (unknown, non-integer, NaN, beyond +-2^53) becomes row 0, the OOV row. The values are masked
 before the cast to int64, so no input can make onnxruntime fail or index out of range.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter.errors import ExporterError
-from exporter.features.plan import FeaturePlan
+from exporter.features.plan import PADDING_ROW, FeaturePlan
 from exporter.features.schema import MAX_EXACT_INT, OOV_ROW
 
 INPUT = "features"
@@ -41,7 +42,7 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
     nodes: list[Any] = []
     inits: list[Any] = []
     uses_ml = False
-    num = [j for j, f in enumerate(plan.features) if not f.categorical]
+    num = [j for j, f in enumerate(plan.features) if not f.categorical and not f.history]
     cat = [j for j, f in enumerate(plan.features) if f.categorical]
     parts: list[str] = []
     if num:
@@ -125,8 +126,16 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
             ),
         ]
         parts.append(name("cat_rows_d"))
+    hist: list[int] = []
+    for k, group in enumerate(plan.histories()):
+        hist_nodes, hist_inits, hist_ml, out = _history_nodes(plan, group["columns"], k)
+        nodes += hist_nodes
+        inits += hist_inits
+        uses_ml = uses_ml or hist_ml
+        parts.append(out)
+        hist += group["columns"]
     # back to the original column order
-    order = num + cat
+    order = num + cat + hist
     inverse = [order.index(j) for j in range(len(order))]
     if len(parts) > 1:
         nodes.append(helper.make_node("Concat", parts, [name("grouped")], axis=1, name=name("concat")))
@@ -139,6 +148,74 @@ def build_nodes(plan: FeaturePlan) -> tuple[list[Any], list[Any], bool]:
         perm = const("perm", inverse, np.int64)
         nodes.append(helper.make_node("Gather", [grouped, perm], [PREPARED], axis=1, name=name("reorder")))
     return nodes, inits, uses_ml
+
+
+def _history_nodes(plan: FeaturePlan, columns: list[int], k: int) -> tuple[list[Any], list[Any], bool, str]:
+    """One history's columns ``[B, max_length]`` -> embedding rows like a categorical ID (one lookup over the
+    whole block: the vocabulary is stored once), and :data:`~exporter.features.plan.PADDING_ROW` for NaN."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits: list[Any] = []
+
+    def name(s: str) -> str:
+        return f"{PREFIX}hist{k}_{s}"
+
+    def const(key: str, value: Any, dtype: Any) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name(key)))
+        return name(key)
+
+    feat = plan.features[columns[0]]
+    cols = const("idx", columns, np.int64)
+    limit = const("max_exact", float(MAX_EXACT_INT), np.float64)
+    zero_d = const("zero_d", 0.0, np.float64)
+    oov = const("oov_row", OOV_ROW, np.int64)
+    pad = const("padding", float(PADDING_ROW), np.float64)
+    node = helper.make_node
+    nodes = [
+        node("Gather", [INPUT, cols], [name("ids")], axis=1, name=name("gather")),
+        node("IsNaN", [name("ids")], [name("none")], name=name("isnan")),
+        node("Floor", [name("ids")], [name("floor")], name=name("floor")),
+        node("Equal", [name("floor"), name("ids")], [name("int")], name=name("is_int")),
+        node("Abs", [name("ids")], [name("abs")], name=name("abs")),
+        node("Greater", [name("abs"), limit], [name("big")], name=name("too_big")),
+        node("Not", [name("big")], [name("small")], name=name("small")),
+        node("And", [name("int"), name("small")], [name("valid")], name=name("valid")),
+        node("Where", [name("valid"), name("ids"), zero_d], [name("safe")], name=name("mask")),
+        node("Cast", [name("safe")], [name("i64")], to=TensorProto.INT64, name=name("to_int")),
+    ]
+    uses_ml = False
+    buckets = feat.spec.hash_buckets
+    if buckets is not None:
+        size = const("buckets", int(buckets), np.int64)
+        one = const("one", 1, np.int64)
+        nodes += [
+            node("Mod", [name("i64"), size], [name("mod")], fmod=0, name=name("mod")),
+            node("Add", [name("mod"), one], [name("rows")], name=name("shift")),
+        ]
+    elif feat.keys:
+        uses_ml = True
+        nodes.append(
+            node(
+                "LabelEncoder",
+                [name("i64")],
+                [name("rows")],
+                domain=ML_DOMAIN,
+                name=name("lookup"),
+                keys_int64s=[int(v) for v in feat.keys],
+                values_int64s=list(range(1, len(feat.keys) + 1)),
+                default_int64=OOV_ROW,
+            )
+        )
+    else:
+        zeros = const("zeros", 0, np.int64)
+        nodes.append(node("Mul", [name("i64"), zeros], [name("rows")], name=name("all_oov")))
+    nodes += [
+        node("Where", [name("valid"), name("rows"), oov], [name("rows_ok")], name=name("oov")),
+        node("Cast", [name("rows_ok")], [name("rows_d")], to=TensorProto.DOUBLE, name=name("to_double")),
+        node("Where", [name("none"), pad, name("rows_d")], [name("out")], name=name("padding")),
+    ]
+    return nodes, inits, uses_ml, name("out")
 
 
 def prep_model(plan: FeaturePlan, opset: int = 15) -> Any:

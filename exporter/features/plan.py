@@ -1,5 +1,8 @@
 """What training learned about each feature column: vocabularies, fills and statistics (a :class:`FeaturePlan`),
 and the raw-table encoder that turns a table into the FP64 matrix the graph takes (see ``docs/features.md``).
+
+Why this module is long: fitting, encoding, the numpy twin of the graph and the parity probes of every feature
+kind (numeric, categorical, history) change together; split apart, each change would touch several modules.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
+from exporter.features.history import history_matrix
 from exporter.features.schema import (
     CATEGORICAL,
     DTYPES,
     HASH_ENCODING,
+    HISTORY,
     MAX_EXACT_INT,
     NUMERIC,
     OOV_ROW,
@@ -31,6 +36,7 @@ from exporter.features.schema import (
     hash_code,
     read_column,
 )
+from exporter.runtime.history import column_name
 from exporter.runtime.rules import METADATA_FILE, MetadataError, read_metadata
 
 # --------------------------------------------------------------------------- fitted plan
@@ -50,10 +56,17 @@ class FittedFeature:
     #: string columns with a vocabulary: code i is ``vocab[i]`` (most frequent first)
     vocab: list[str] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    #: history features: this column's position (0 .. max_length - 1); the spec is the whole history's
+    position: int | None = None
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.spec.name if self.position is None else column_name(self.spec.name, self.position)
+
+    @property
+    def history(self) -> bool:
+        """One position of a history column (:mod:`exporter.features.history`)."""
+        return self.spec.kind == HISTORY
 
     @property
     def kind(self) -> str:
@@ -70,7 +83,7 @@ class FittedFeature:
     @property
     def rows(self) -> int:
         """Embedding rows including the OOV row 0 (0 for a numeric column)."""
-        if not self.categorical:
+        if self.spec.kind == NUMERIC:
             return 0
         buckets = self.spec.hash_buckets
         return 1 + (int(buckets) if buckets is not None else len(self.keys))
@@ -94,6 +107,8 @@ class FittedFeature:
 
     def to_dict(self, *, full: bool = True) -> dict[str, Any]:
         """JSON form: ``full`` includes the keys (checkpoints, feature_meta.json); metadata omits them."""
+        if self.history:
+            return self._history_dict(full)
         out: dict[str, Any] = {**self.spec.to_dict(), "dtype": self.dtype}
         if self.categorical:
             out.pop("fill", None)
@@ -111,8 +126,71 @@ class FittedFeature:
                 out["vocab"] = list(self.vocab)
         return out
 
+    def _history_dict(self, full: bool) -> dict[str, Any]:
+        """One position of a history: its tensor column's name, kind ``history`` and the whole history's facts."""
+        spec = self.spec.to_dict()
+        info: dict[str, Any] = {
+            "column": self.spec.name,
+            "position": self.position,
+            "max_length": self.spec.max_length,
+            "delimiter": self.spec.delimiter,
+            "vocab_from": self.spec.vocab_from,
+        }
+        if self.spec.vocab_from is not None and self.hashed:
+            info["hash_buckets"] = self.spec.hash_buckets
+        if self.spec.build:
+            info["from"] = self.spec.build_from
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": HISTORY,
+            "tower": self.spec.tower,
+            "optional": True,
+            "history": info,
+            "dtype": self.dtype,
+            "fill": None,
+            "vocab_size": self.rows - 1,
+            "embedding_rows": self.rows,
+            "oov": {**self.oov_policy, "padding": "NaN (no item): masked, no embedding row"},
+            "stats": self.stats,
+        }
+        for key in ("min_count", "max_size", "hash_buckets"):
+            if key in spec:
+                out[key] = spec[key]
+        if full and not self.hashed and self.keys is not None:
+            out["keys"] = list(self.keys)
+        return out
+
+    @classmethod
+    def _history_from_dict(cls, raw: Mapping[str, Any], *, source: str) -> FittedFeature:
+        info = raw.get("history")
+        if not isinstance(info, Mapping):
+            raise ExporterError(f"{source}: history feature {raw.get('name')!r} has no 'history' object")
+        try:
+            position = int(info["position"])
+            spec = FeatureSpec.from_dict(
+                {
+                    "name": info["column"],
+                    "kind": HISTORY,
+                    "tower": raw.get("tower"),
+                    "max_length": info.get("max_length"),
+                    "delimiter": info.get("delimiter") or "|",
+                    "vocab_from": info.get("vocab_from"),
+                    **({"from": info["from"]} if info.get("from") else {}),
+                    **{k: raw[k] for k in ("min_count", "max_size", "hash_buckets") if raw.get(k) is not None},
+                },
+                source=source,
+            )
+            if info.get("hash_buckets") is not None:
+                spec = replace(spec, hash_buckets=int(info["hash_buckets"]))
+            keys = [int(k) for k in raw.get("keys", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExporterError(f"{source}: unusable history feature entry {str(raw)[:80]}: {exc!r}") from exc
+        return cls(spec, str(raw.get("dtype", "int64")), None, keys, None, dict(raw.get("stats") or {}), position)
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str) -> FittedFeature:
+        if raw.get("kind") == HISTORY:
+            return cls._history_from_dict(raw, source=source)
         try:
             spec = FeatureSpec.from_dict(
                 {k: raw[k] for k in SPEC_KEYS if k in raw and k != "fill"}
@@ -238,11 +316,40 @@ class FeaturePlan:
 
     @property
     def cardinalities(self) -> list[int]:
-        """Per column: embedding rows (incl. the OOV row) of a categorical column, 0 for a numeric one."""
-        return [f.rows for f in self.features]
+        """Per column: embedding rows (incl. the OOV row) of a categorical column, 0 for a numeric one and a
+        history position (:meth:`histories` describes those)."""
+        return [f.rows if f.categorical else 0 for f in self.features]
+
+    def histories(self) -> list[dict[str, Any]]:
+        """The history columns as the torch models lay them out: per history its ``name``, tensor ``columns``
+        (indices), embedding ``rows`` (OOV row included) and ``target``: the index of the categorical column
+        whose vocabulary it shares when that is a feature here (its embedding is then shared), else None."""
+        out: dict[str, dict[str, Any]] = {}
+        for j, f in enumerate(self.features):
+            if f.history:
+                entry = out.setdefault(f.spec.name, {"name": f.spec.name, "columns": [], "rows": f.rows})
+                entry["columns"].append(j)
+        for entry in out.values():
+            first = self.features[entry["columns"][0]]
+            shared = first.spec.vocab_from
+            target = self.columns.index(shared) if shared in self._by_name else None
+            if target is not None and self.features[target].rows != entry["rows"]:
+                target = None
+            entry["target"] = target
+        return list(out.values())
 
     def subset(self, columns: Sequence[str]) -> FeaturePlan:
-        return FeaturePlan([self._by_name[c] for c in columns], encode_only=self.encode_only)
+        """The plan of some columns (a history's name stands for all its positions)."""
+        picked = []
+        for c in columns:
+            if c in self._by_name:
+                picked.append(self._by_name[c])
+            else:
+                positions = [f for f in self.features if f.history and f.spec.name == c]
+                if not positions:
+                    raise KeyError(c)
+                picked += positions
+        return FeaturePlan(picked, encode_only=self.encode_only)
 
     @classmethod
     def from_artifact(cls, version_dir: str | Path) -> FeaturePlan:
@@ -286,6 +393,7 @@ class FeaturePlan:
                     "max_size",
                     "hash_buckets",
                     "stats",
+                    "history",
                 )
             }
             if (
@@ -306,12 +414,17 @@ class FeaturePlan:
         Numbers as they are (NaN where missing), integer IDs as they are, booleans as 0/1, strings as their
         vocabulary code (-1 when unknown) or hash code. Raises :class:`ExporterError` naming column and row.
         """
-        missing = [c for c in self.columns if c not in frame.columns]
+        missing = [c for c in self.columns if c not in frame.columns and not self._by_name[c].history]
         if missing:
             have = ", ".join(map(str, list(frame.columns)[:20]))
             raise ExporterError(f"{source}: missing feature column(s) {', '.join(missing)}; the table has: {have}")
         out = np.empty((len(frame), len(self.features)), dtype=np.float64)
         for j, feat in enumerate(self.features):
+            if feat.history:
+                if feat.position == 0 or j == 0 or self.features[j - 1].spec.name != feat.spec.name:
+                    ids = history_matrix(frame, feat.spec, source=source)
+                out[:, j] = ids[:, feat.position]
+                continue
             column = read_column(frame[feat.name], feat.spec, source=source)
             out[:, j] = self._codes(feat, column)
         return out
@@ -346,6 +459,9 @@ class FeaturePlan:
         out = raw.copy()
         for j, feat in enumerate(self.features):
             col = raw[:, j]
+            if feat.history:
+                out[:, j] = history_rows(col, feat)
+                continue
             if not feat.categorical:
                 out[~np.isfinite(col), j] = np.nan if feat.fill is None else feat.fill
                 continue
@@ -355,7 +471,11 @@ class FeaturePlan:
     # ---------------------------------------------------------------- JSON forms
     def to_dict(self) -> dict[str, Any]:
         """The full plan (keys and vocabularies): stored in checkpoints and feature_meta.json."""
-        return {"format": PLAN_FORMAT, "features": [f.to_dict(full=True) for f in self.features]}
+        features = [f.to_dict(full=True) for f in self.features]
+        for f, entry in zip(self.features, features, strict=True):
+            if f.history and f.position:  # one copy of a history's keys, at its position 0
+                entry.pop("keys", None)
+        return {"format": PLAN_FORMAT, "features": features}
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str) -> FeaturePlan:
@@ -365,7 +485,13 @@ class FeaturePlan:
             or not isinstance(raw.get("features"), list)
         ):
             raise ExporterError(f"{source}: no fitted feature plan (format '{PLAN_FORMAT}')")
-        return cls([FittedFeature.from_dict(f, source=source) for f in raw["features"]])
+        fitted = [FittedFeature.from_dict(f, source=source) for f in raw["features"]]
+        first: dict[str, list[int]] = {}
+        for f in fitted:
+            if f.history:
+                first.setdefault(f.spec.name, f.keys)
+                f.keys = first[f.spec.name]
+        return cls(fitted)
 
     def metadata(self, vocab_file: str | None, vocab_sha256: str | None) -> list[dict[str, Any]]:
         """metadata.json ``features``: per column kind, dtype seen, fill, optional, stats and vocabulary policy."""
@@ -390,7 +516,7 @@ class FeaturePlan:
                     "column": f.name,
                     "kind": f.kind,
                     "dtype": f.dtype,
-                    "vocab size": (f.rows - 1) if f.categorical else None,
+                    "vocab size": (f.rows - 1) if f.categorical or f.history else None,
                     "OOV policy": (f"hash {f.spec.hash_buckets}" if f.hashed else f"min_count {f.spec.min_count}")
                     if f.categorical
                     else "",
@@ -425,17 +551,71 @@ def category_rows(col: np.ndarray, feat: FittedFeature) -> np.ndarray:
     return np.where(valid, rows, OOV_ROW).astype(np.float64)
 
 
+#: a history position without an item (NaN) in the prepared matrix: no embedding row, masked by the models
+PADDING_ROW = -1
+
+
+def history_rows(col: np.ndarray, feat: FittedFeature) -> np.ndarray:
+    """One history position -> embedding rows like a categorical ID, and :data:`PADDING_ROW` for NaN."""
+    return np.where(np.isnan(col), float(PADDING_ROW), category_rows(col, feat))
+
+
+def _fit_history(
+    frame: pd.DataFrame, spec: FeatureSpec, train: np.ndarray, fitted: Mapping[str, FittedFeature], *, source: str
+) -> list[FittedFeature]:
+    """One history: its own vocabulary over the training rows' items, or the shared column's, and statistics."""
+    ids = history_matrix(frame, spec, source=source)[train]
+    present = ids[~np.isnan(ids)]
+    lengths = (~np.isnan(ids)).sum(axis=1)
+    if spec.vocab_from is not None:
+        shared = fitted.get(spec.vocab_from)
+        if shared is None:
+            if spec.vocab_from not in frame.columns:
+                raise ExporterError(
+                    f"{source}: history '{spec.name}' shares the vocabulary of column '{spec.vocab_from}', "
+                    "which the table lacks"
+                )
+            column = read_column(frame[spec.vocab_from], FeatureSpec(spec.vocab_from, CATEGORICAL), source=source)
+            shared = _fit_categorical(column, train, FeatureSpec(spec.vocab_from, CATEGORICAL))
+        if not shared.categorical or shared.dtype == "string":
+            raise ExporterError(
+                f"{source}: history '{spec.name}' shares the vocabulary of '{spec.vocab_from}', which is "
+                f"{'a string' if shared.dtype == 'string' else 'not a categorical'} column; a history holds "
+                "integer IDs, so it shares the vocabulary of a categorical column of integer IDs"
+            )
+        spec = replace(spec, hash_buckets=shared.spec.hash_buckets)
+        keys = list(shared.keys)
+        known = set(keys)
+        covered = int(sum(1 for v in present if int(v) in known)) if not shared.hashed else len(present)
+        distinct = len(np.unique(present))
+    else:
+        feature = _fit_categorical(Column("int64", numbers=present), np.arange(len(present)), spec)
+        keys, distinct = feature.keys, int(feature.stats["distinct"])
+        covered = round(float(feature.stats["coverage"]) * len(present))
+    stats = {
+        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
+        "empty_rate": float((lengths == 0).mean()) if len(lengths) else 0.0,
+        "full_rate": float((lengths == spec.max_length).mean()) if len(lengths) else 0.0,
+        "distinct": distinct,
+        "coverage": float(covered / len(present)) if len(present) else 0.0,
+    }
+    return [FittedFeature(spec, "int64", None, keys, None, stats, p) for p in range(spec.max_length)]
+
+
 def fit(
     frame: pd.DataFrame, specs: Sequence[FeatureSpec], train_rows: Iterable[int] | None = None, *, source: str = "data"
 ) -> FeaturePlan:
     """Validate every row of ``frame`` and fit vocabularies and statistics on ``train_rows`` (default: all)."""
     train = np.arange(len(frame)) if train_rows is None else np.asarray(list(train_rows), dtype=np.int64)
-    missing = [s.name for s in specs if s.name not in frame.columns]
+    missing = [s.name for s in specs if s.name not in frame.columns and s.kind != HISTORY]
     if missing:
         have = ", ".join(map(str, list(frame.columns)[:20]))
         raise ExporterError(f"{source}: missing feature column(s) {', '.join(missing)}; the file has: {have}")
-    fitted = []
-    for spec in specs:
+    fitted: list[FittedFeature] = []
+    by_name: dict[str, FittedFeature] = {}
+    for spec in specs:  # the histories after the columns whose vocabulary they may share
+        if spec.kind == HISTORY:
+            continue
         column = read_column(frame[spec.name], spec, source=source)
         if spec.kind == CATEGORICAL:
             fitted.append(_fit_categorical(column, train, spec))
@@ -443,7 +623,12 @@ def fit(
             assert column.numbers is not None
             fill, stats = _numeric_stats(column.numbers[train], train, spec, source=source)
             fitted.append(FittedFeature(spec, column.dtype, fill, [], None, stats))
-    return FeaturePlan(fitted)
+        by_name[spec.name] = fitted[-1]
+    histories = {s.name: _fit_history(frame, s, train, by_name, source=source) for s in specs if s.kind == HISTORY}
+    ordered: list[FittedFeature] = []
+    for spec in specs:
+        ordered += histories[spec.name] if spec.kind == HISTORY else [by_name[spec.name]]
+    return FeaturePlan(ordered)
 
 
 def passthrough_plan(
@@ -459,13 +644,19 @@ def probe_rows(plan: FeaturePlan, base: np.ndarray, *, rows: int = 64) -> np.nda
     """Rows for the parity gate that exercise every OOV path and the numeric fill (built from ``base`` rows).
 
     Categorical columns get unseen IDs, unknown codes, non-integers, NaN, +-inf and integers beyond 2^53 (all
-    must land on the OOV row in graph and twin alike) besides known values; numeric columns NaN and +-inf.
+    must land on the OOV row in graph and twin alike) besides known values; numeric columns NaN and +-inf;
+    history columns empty, partial, full and over-long histories (kept: the last ``max_length``), unseen and
+    invalid IDs among known ones, and gaps.
     """
     base = np.asarray(base, dtype=np.float64)
     if len(base) == 0:
         base = np.zeros((1, len(plan)), dtype=np.float64)
     out = base[np.arange(rows) % len(base)].copy()
+    for group in plan.histories():
+        out[:, group["columns"]] = _history_probes(plan.features[group["columns"][0]], rows)
     for j, feat in enumerate(plan.features):
+        if feat.history:
+            continue
         for r in range(rows):
             variant = r % 8
             if not feat.categorical:
@@ -485,4 +676,35 @@ def probe_rows(plan: FeaturePlan, base: np.ndarray, *, rows: int = 64) -> np.nda
                 6: float(feat.keys[r % len(feat.keys)]) if feat.keys else float(r),  # a known value
                 7: -float(top + 2 + r),  # negative unseen
             }[variant]
+    return out
+
+
+def _history_probes(feat: FittedFeature, rows: int) -> np.ndarray:
+    """``[rows, max_length]`` history probes: the OOV, padding and truncation paths (see :func:`probe_rows`)."""
+    length = feat.spec.max_length
+    keys = feat.keys or [0]
+    top = max([abs(k) for k in keys] + [0])
+    out = np.full((rows, length), np.nan)
+    for r in range(rows):
+        known = [float(keys[(r + i) % len(keys)]) for i in range(length + 5)]
+        variant = r % 8
+        if variant == 0:  # empty
+            continue
+        if variant == 1:  # over-long: the encoder keeps the last max_length items
+            values = known[-length:]
+        elif variant == 2:  # one item
+            values = known[:1]
+        elif variant == 3:  # unseen IDs, negative ones too
+            values = [float(top + 1 + r + i) * (-1 if i % 2 else 1) for i in range(length)]
+        elif variant == 4:  # invalid values among known ones: all OOV rows
+            values = [known[0], known[1] + 0.5, float(2**60), np.inf, -np.inf, known[2]][:length]
+        elif variant == 5:  # a gap (no item) between items
+            values = known[: max(1, length // 2)]
+            values = values[:1] + [np.nan] + values[1:]
+        elif variant == 6:  # half full
+            values = known[: max(1, length // 2)]
+        else:  # full, known
+            values = known[:length]
+        values = values[:length]
+        out[r, : len(values)] = values
     return out

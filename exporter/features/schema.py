@@ -15,6 +15,9 @@ Three steps, used by the pipeline, the notebooks and the offline ``score`` comma
 
 The exact format is documented in ``docs/features.md``; errors name the column and the row (1-based, as a
 person counts data rows in a file).
+
+Why this module is long: every feature kind's options (numeric, categorical, history) are declared, checked,
+inferred and read from the data in one place, so a new option is one edit here.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code  # noq
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
-KINDS = (NUMERIC, CATEGORICAL)
+#: a list of integer IDs (a user's recent items) travelling as ``max_length`` columns (docs/features.md)
+HISTORY = "history"
+KINDS = (NUMERIC, CATEGORICAL, HISTORY)
+#: a history keeps at most this many IDs (the most recent) unless the schema says otherwise
+DEFAULT_MAX_LENGTH = 20
+#: keys of a history's ``from``: build the column from an interaction log (:mod:`exporter.features.history`)
+FROM_KEYS = ("user", "item", "time", "positive")
 TOWERS = ("user", "item")
 #: the embedding row every unknown, rare, non-integer or missing categorical value maps to
 OOV_ROW = 0
@@ -47,7 +56,20 @@ HASH_ENCODING = "sha256-48"
 #: dtypes as metadata reports them ("dtype seen")
 DTYPES = ("float64", "int64", "bool", "string")
 TOP_VALUES = 5
-SPEC_KEYS = ("name", "kind", "tower", "fill", "optional", "min_count", "max_size", "hash_buckets")
+SPEC_KEYS = (
+    "name",
+    "kind",
+    "tower",
+    "fill",
+    "optional",
+    "min_count",
+    "max_size",
+    "hash_buckets",
+    "max_length",
+    "delimiter",
+    "vocab_from",
+    "from",
+)
 
 
 # --------------------------------------------------------------------------- declared schema
@@ -71,6 +93,23 @@ class FeatureSpec:
     max_size: int | None = None
     #: categorical: hash values into this many rows instead of learning a vocabulary
     hash_buckets: int | None = None
+    #: history: the number of IDs kept (the most recent), i.e. its number of tensor columns
+    max_length: int = DEFAULT_MAX_LENGTH
+    #: history: the separator of the IDs in a text cell (CSV)
+    delimiter: str = "|"
+    #: history: the categorical column whose vocabulary (and, when a feature, embedding) it shares; None: its own
+    vocab_from: str | None = None
+    #: history: build the column from the interaction log's columns (``user``, ``item``, ``time``, ``positive``)
+    build: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def is_history(self) -> bool:
+        return self.kind == HISTORY
+
+    @property
+    def build_from(self) -> dict[str, str]:
+        """The ``from`` of a history built from the log (empty when the data holds the column)."""
+        return dict(self.build or ())
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str) -> FeatureSpec:
@@ -90,7 +129,8 @@ class FeatureSpec:
             raise ExporterError(f"{where}: 'name' must be a non-empty column name")
         kind = raw.get("kind", NUMERIC)
         if kind not in KINDS:
-            raise ExporterError(f"{where}: kind must be 'numeric' or 'categorical', got {kind!r}")
+            raise ExporterError(f"{where}: kind must be 'numeric', 'categorical' or 'history', got {kind!r}")
+        history = _history_options(raw, kind, where)
         tower = raw.get("tower")
         if tower is not None and tower not in TOWERS:
             raise ExporterError(f"{where}: tower must be 'user', 'item' or null, got {tower!r}")
@@ -113,13 +153,19 @@ class FeatureSpec:
             value = raw.get(key)
             if value is None:
                 continue
-            if kind != CATEGORICAL:
-                raise ExporterError(f"{where}: '{key}' is a vocabulary policy of categorical features")
+            if kind == NUMERIC:
+                raise ExporterError(f"{where}: '{key}' is a vocabulary policy of categorical and history features")
+            if history.get("vocab_from") is not None:
+                raise ExporterError(
+                    f"{where}: '{key}' does not apply: the history shares the vocabulary of {history['vocab_from']!r}"
+                )
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value >= MAX_EXACT_INT:
                 raise ExporterError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
             ints[key] = value
         if "hash_buckets" in ints and ({"min_count", "max_size"} & set(ints)):
             raise ExporterError(f"{where}: hash_buckets replaces the vocabulary; drop min_count/max_size")
+        if kind == HISTORY and tower is None:
+            tower = "user"  # a user's recent items describe the user
         return cls(
             name=name,
             kind=kind,
@@ -129,17 +175,69 @@ class FeatureSpec:
             min_count=ints.get("min_count", DEFAULT_MIN_COUNT),
             max_size=ints.get("max_size"),
             hash_buckets=ints.get("hash_buckets"),
+            **history,
         )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "tower": self.tower, "optional": self.optional}
         if self.kind == NUMERIC:
             out["fill"] = self.fill
+        elif self.kind == HISTORY and self.vocab_from is not None:
+            out["vocab_from"] = self.vocab_from
         elif self.hash_buckets is not None:
             out["hash_buckets"] = self.hash_buckets
         else:
             out.update(min_count=self.min_count, max_size=self.max_size)
+        if self.kind == HISTORY:
+            out.update(max_length=self.max_length, delimiter=self.delimiter)
+            if self.build:
+                out["from"] = self.build_from
         return out
+
+
+def _history_options(raw: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
+    """``max_length``, ``delimiter``, ``vocab_from`` and ``from`` of a history feature (an error for other kinds)."""
+    keys = [k for k in ("max_length", "delimiter", "vocab_from", "from") if raw.get(k) is not None]
+    if kind != HISTORY:
+        if keys:
+            raise ExporterError(f"{where}: '{keys[0]}' is an option of history features (kind 'history')")
+        return {}
+    out: dict[str, Any] = {}
+    length = raw.get("max_length", DEFAULT_MAX_LENGTH)
+    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 1000:
+        raise ExporterError(f"{where}: max_length must be an integer from 1 to 1000, got {length!r}")
+    out["max_length"] = length
+    delimiter = raw.get("delimiter", "|")
+    if (
+        not isinstance(delimiter, str)
+        or not delimiter
+        or delimiter.strip() != delimiter
+        or any(ch.isdigit() or ch in "+-" for ch in delimiter)
+    ):
+        raise ExporterError(
+            f"{where}: delimiter must be a non-blank string without digits or signs (e.g. '|' or ';'), "
+            f"got {delimiter!r}"
+        )
+    out["delimiter"] = delimiter
+    vocab = raw.get("vocab_from")
+    built = raw.get("from")
+    if built is not None:
+        if not isinstance(built, Mapping) or not {"user", "item"} <= set(built) or set(built) - set(FROM_KEYS):
+            raise ExporterError(
+                f"{where}: 'from' must be an object with 'user' and 'item' (and optionally 'time', 'positive') "
+                f"naming columns of the interaction log, got {built!r}"
+            )
+        if not all(isinstance(v, str) and v for v in built.values()):
+            raise ExporterError(f"{where}: the values of 'from' must be column names, got {built!r}")
+        out["build"] = tuple((k, str(built[k])) for k in FROM_KEYS if k in built)
+        if vocab is None and "vocab_from" not in raw:
+            vocab = str(built["item"])  # the items of the log are the item column's IDs
+    if vocab is not None and (not isinstance(vocab, str) or not vocab.strip()):
+        raise ExporterError(
+            f"{where}: vocab_from must name the categorical column whose vocabulary it shares, got {vocab!r}"
+        )
+    out["vocab_from"] = vocab
+    return out
 
 
 @dataclass(frozen=True)
@@ -266,6 +364,10 @@ def infer_kind(series: pd.Series, name: str) -> str:
     """
     if isinstance(series.dtype, pd.CategoricalDtype) or _is_bool_series(series):
         return CATEGORICAL
+    if series.dtype == object:
+        present = series.dropna().head(100)
+        if len(present) and all(isinstance(v, (list, tuple, np.ndarray)) for v in present):
+            return HISTORY  # a list column (Parquet): IDs, e.g. a user's recent items
     if pd.api.types.is_string_dtype(series) or series.dtype == object:
         present = series.dropna()
         numeric = pd.to_numeric(present, errors="coerce").notna().mean() if len(present) else 0.0
@@ -289,10 +391,8 @@ def resolve_specs(
         if spec is None:
             spec, origin = by_default.get(col), "default"
         if spec is None:
-            spec, origin = (
-                FeatureSpec(col, infer_kind(frame[col], col) if col in frame.columns else NUMERIC),
-                "inferred",
-            )
+            kind = infer_kind(frame[col], col) if col in frame.columns else NUMERIC
+            spec, origin = FeatureSpec(col, kind, tower="user" if kind == HISTORY else None), "inferred"
         specs.append(spec)
         origins[col] = origin
     return specs, origins
@@ -442,7 +542,11 @@ def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, n
             extra.append(f"tower {s.tower}")
         if s.optional:
             extra.append("optional")
-        if s.kind == CATEGORICAL:
+        if s.kind == HISTORY:
+            extra.append(
+                f"max_length {s.max_length}, " + (f"vocab of {s.vocab_from}" if s.vocab_from else "own vocabulary")
+            )
+        elif s.kind == CATEGORICAL:
             extra.append(
                 f"hash_buckets {s.hash_buckets}"
                 if s.hash_buckets

@@ -25,10 +25,16 @@ from exporter.training.metrics import ctr_metrics
 class DeepFM(nn.Module):
     """Prepared features in (see :mod:`exporter.features`), click probability out."""
 
-    def __init__(self, cardinalities: Sequence[int], embed_dim: int, hidden: Sequence[int]) -> None:
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        embed_dim: int,
+        hidden: Sequence[int],
+        histories: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
         super().__init__()
-        self.fields = tc.FieldInput(cardinalities, embed_dim)
-        n_num, n_cat = self.fields.n_num, self.fields.n_cat
+        self.fields = tc.FieldInput(cardinalities, embed_dim, histories, attention=True)
+        n_num, n_cat = self.fields.n_num, self.fields.n_cat + self.fields.n_hist
         self.bias = nn.Parameter(torch.zeros(1))
         self.linear = nn.Linear(max(1, n_num), 1, bias=False)
         self.num_embedding = nn.Parameter(torch.randn(max(1, n_num), embed_dim) * 0.05)
@@ -44,10 +50,15 @@ class DeepFM(nn.Module):
             z = f.numeric(x)
             embs.append(z.unsqueeze(-1) * self.num_embedding)  # [B, n_num, k]
             linear = linear + self.linear(z).squeeze(-1)
+        fields = None
         if f.n_cat:
             rows = f.rows(x)
-            embs.append(f.embedding(rows))  # [B, n_cat, k]
+            fields = f.embedding(rows)
+            embs.append(fields)  # [B, n_cat, k]
             linear = linear + self.cat_weight(rows).squeeze(-1).sum(dim=1)
+        pooled = f.history(x, fields) if f.n_hist else None
+        if pooled is not None:
+            embs.append(pooled)  # [B, n_hist, k]: the history fields join FM and deep part
         emb = embs[0] if len(embs) == 1 else torch.cat(embs, dim=1)
         fm = 0.5 * (emb.sum(dim=1).pow(2) - emb.pow(2).sum(dim=1)).sum(dim=1)
         return linear + fm + self.deep(emb.flatten(1)).squeeze(-1)
@@ -103,10 +114,16 @@ class DeepFMModel(TorchModel[DeepFM]):
             "cardinalities": data.features.cardinalities,
             "embed_dim": int(hp["embed_dim"]),
             "hidden": [int(h) for h in hp["hidden"]],
+            "histories": data.features.histories(),
         }
 
     def build(self, config: Mapping[str, Any]) -> DeepFM:
-        return DeepFM(list(config["cardinalities"]), int(config["embed_dim"]), list(config["hidden"]))
+        return DeepFM(
+            list(config["cardinalities"]),
+            int(config["embed_dim"]),
+            list(config["hidden"]),
+            config.get("histories") or (),
+        )
 
     def loss(self, net: DeepFM, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         x, y = batch

@@ -155,7 +155,10 @@ class TorchModel(Model, Generic[NetT]):
                     f"for {len(cols)} feature columns"
                 )
             plan = FeaturePlan(
-                [replace(f, spec=replace(f.spec, name=c)) for f, c in zip(plan.features, cols, strict=True)]
+                [
+                    f if f.history else replace(f, spec=replace(f.spec, name=c))  # a history names its columns
+                    for f, c in zip(plan.features, cols, strict=True)
+                ]
             )
         return self._trained(net, ckpt["config"], cols, used, [], plan)
 

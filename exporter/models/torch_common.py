@@ -29,6 +29,7 @@ from torch import nn
 
 from exporter import contract as C
 from exporter.errors import ExporterError
+from exporter.models import history_pool as HP
 from exporter.models.base import Progress
 
 if TYPE_CHECKING:
@@ -73,36 +74,56 @@ class FieldInput(nn.Module):
     categorical one; the prepared matrix holds row indices in those columns (see :mod:`exporter.features`).
     All categorical fields share one table with per-field offsets, so a lookup is one Gather in the graph.
     Each field's OOV row starts at zero: a model never trained on it (no rare values) answers neutrally.
+
+    ``histories`` (:meth:`exporter.features.FeaturePlan.histories`) are lists of item IDs: each becomes one
+    more field, the masked mean of its items' embeddings (padding -1 masked; an empty history gives zeros),
+    and with ``attention`` a second one when the candidate item (the categorical column whose vocabulary the
+    history shares, ``target``) is a field here: target attention over the history (DIN), the candidate's
+    embedding scoring each item. A history sharing a field's vocabulary shares its embedding rows too.
     """
 
     num_idx: torch.Tensor
     cat_idx: torch.Tensor
     offsets: torch.Tensor
 
-    def __init__(self, cardinalities: Sequence[int], embed_dim: int) -> None:
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        embed_dim: int,
+        histories: Sequence[Mapping[str, Any]] = (),
+        attention: bool = False,
+    ) -> None:
         super().__init__()
         cards = [int(c) for c in cardinalities]
-        num = [j for j, c in enumerate(cards) if c == 0]
-        cat = [j for j, c in enumerate(cards) if c > 0]
+        in_history = {int(j) for h in histories for j in h["columns"]}
+        num = [j for j, c in enumerate(cards) if c == 0 and j not in in_history]
+        cat = [j for j, c in enumerate(cards) if c > 0 and j not in in_history]
         self.n_num, self.n_cat, self.embed_dim = len(num), len(cat), int(embed_dim)
         offsets = (
             np.concatenate([[0], np.cumsum([cards[j] for j in cat])[:-1]]).astype(np.int64)
             if cat
             else np.zeros(0, np.int64)
         )
+        size = sum(cards[j] for j in cat)
         self.register_buffer("num_idx", torch.tensor(num, dtype=torch.long))
         self.register_buffer("cat_idx", torch.tensor(cat, dtype=torch.long))
         self.register_buffer("offsets", torch.from_numpy(offsets))
+        specs, own_offsets, size = HP.layout(histories, cards, cat, offsets, size, attention)
         self.scaler = Standardize(len(num))
-        self.embedding = nn.Embedding(max(1, sum(cards[j] for j in cat)), self.embed_dim)
+        self.embedding = nn.Embedding(max(1, size), self.embed_dim)
         with torch.no_grad():
             self.embedding.weight.normal_(0.0, 0.05)
             self.embedding.weight[self.offsets] = 0.0
+            for offset in own_offsets:
+                self.embedding.weight[offset] = 0.0
+        #: the history fields (none for a model without history columns: its state is as before them)
+        self.pool = HP.HistoryPool(specs, self.embed_dim)
+        self.n_hist = self.pool.n_fields
 
     @property
     def width(self) -> int:
         """Width of :meth:`forward`'s output: numeric fields plus the flattened embeddings."""
-        return self.n_num + self.n_cat * self.embed_dim
+        return self.n_num + (self.n_cat + self.n_hist) * self.embed_dim
 
     def fit(self, x: np.ndarray) -> None:
         """Fit the numeric standardisation on prepared training rows."""
@@ -120,12 +141,22 @@ class FieldInput(nn.Module):
         """[B, n_cat, embed_dim]."""
         return self.embedding(self.rows(x))
 
+    def history(self, x: torch.Tensor, fields: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[B, n_hist, embed_dim] history fields (:class:`~exporter.models.history_pool.HistoryPool`), or None."""
+        if self.n_hist and fields is None and self.n_cat:
+            fields = self.embed(x)
+        return self.pool(x, self.embedding, fields)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = []
         if self.n_num:
             parts.append(self.numeric(x))
-        if self.n_cat:
-            parts.append(self.embed(x).flatten(1))
+        fields = self.embed(x) if self.n_cat else None
+        if fields is not None:
+            parts.append(fields.flatten(1))
+        pooled = self.history(x, fields)
+        if pooled is not None:
+            parts.append(pooled.flatten(1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 

@@ -91,6 +91,13 @@ class XGBoostModel(Model):
         """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
         import xgboost as xgb
 
+        histories = data.features.histories() if data.features is not None else []
+        if histories:
+            raise ExporterError(
+                f"xgb takes no history column ({', '.join(h['name'] for h in histories)}): a tree ensemble has no "
+                "embedding to pool a list of item IDs; leave the column out of xgb's features (--feature-columns), "
+                "or use deepfm, mmoe or two_tower, which embed it"
+            )
         columns = list(data.columns)
         params = self.params(data)
         dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)

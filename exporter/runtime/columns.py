@@ -25,16 +25,26 @@ from typing import Any
 import numpy as np
 
 from exporter.runtime.errors import ArtifactError, HandlerError
+from exporter.runtime.history import expand_rows
 from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, VOCAB_FILE, hash_code, is_plain_file_name, sha256_file
 
-__all__ = ["MISSING", "BOOL_TEXT", "ColumnSpec", "FeatureColumns", "column_specs", "read_vocab", "vocab_files"]
+__all__ = [
+    "MISSING",
+    "BOOL_TEXT",
+    "ColumnSpec",
+    "FeatureColumns",
+    "column_specs",
+    "history_groups",
+    "read_vocab",
+    "vocab_files",
+]
 
 _NUMBER_TYPES = frozenset({float, int})
 #: A boolean column's values as text (CSV): the words the training reader reads as booleans, in any letter
 #: case, and the codes they travel as, the codes of JSON true/false (:meth:`FeatureColumns.convert`).
 BOOL_TEXT = {"true": 1.0, "false": 0.0}
-KINDS = ("numeric", "categorical")
+KINDS = ("numeric", "categorical", "history")
 
 
 class _Missing:
@@ -61,6 +71,13 @@ class ColumnSpec:
     vocabulary: Mapping[str, int] | None = None
     #: a string categorical column hashed into buckets: a string's code is :func:`rules.hash_code`
     hashed: bool = False
+    #: one position of a history column (:mod:`exporter.runtime.history`): the history's name, else None;
+    #: such a column takes integer IDs like a categorical one, NaN (or absent) meaning no item
+    history: str | None = None
+    #: the history's ``max_length`` (its number of columns)
+    max_length: int = 0
+    #: text sources (CSV): the separator of the IDs in one cell
+    delimiter: str = "|"
 
     @property
     def takes_strings(self) -> bool:
@@ -134,7 +151,12 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
         e = by_name.get(name) or {}
         kind = e.get("kind", "numeric")
         if kind not in KINDS:
-            raise ArtifactError(f"metadata feature {name!r} has kind {kind!r}; expected numeric or categorical")
+            raise ArtifactError(
+                f"metadata feature {name!r} has kind {kind!r}; expected numeric, categorical or history"
+            )
+        if kind == "history":
+            specs.append(_history_spec(str(name), e))
+            continue
         categorical = kind == "categorical"
         vocabulary, hashed = None, False
         if categorical and e.get("dtype") == "string":
@@ -158,6 +180,29 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
             )
         )
     return specs
+
+
+def _history_spec(name: str, entry: Mapping[str, Any]) -> ColumnSpec:
+    """One position of a history column: an optional integer-ID column that knows its history."""
+    info = entry.get("history")
+    if not isinstance(info, Mapping) or not isinstance(info.get("column"), str):
+        raise ArtifactError(f"metadata feature {name!r} of kind history has no history {{column, max_length}}")
+    length = info.get("max_length")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ArtifactError(f"metadata feature {name!r}: history max_length must be a positive integer")
+    delimiter = info.get("delimiter") or "|"
+    return ColumnSpec(
+        name, "categorical", True, history=str(info["column"]), max_length=length, delimiter=str(delimiter)
+    )
+
+
+def history_groups(specs: Sequence[ColumnSpec]) -> dict[str, list[str]]:
+    """History name -> its tensor columns in order (empty when the model has no history column)."""
+    groups: dict[str, list[str]] = {}
+    for s in specs:
+        if s.history is not None:
+            groups.setdefault(s.history, []).append(s.name)
+    return groups
 
 
 Where = Callable[[int, str], str]
@@ -187,6 +232,8 @@ class FeatureColumns:
         #: the fast numeric path suffices (no strings, booleans or optional columns to interpret)
         self.plain = not any(self.optional) and all(t is None for t in self.strings) and not any(self.booleans)
         self._getter = itemgetter(*self.columns)
+        #: history name -> its columns: rows may send a history as one JSON list (:mod:`.history`)
+        self.histories = history_groups(self.specs)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]] | None) -> FeatureColumns:
@@ -197,6 +244,8 @@ class FeatureColumns:
         """What column ``j`` takes, for error messages."""
         if self.strings[j] is not None:
             return "a string or its integer code (at most 2^53 in magnitude)"
+        if self.specs[j].history is not None:
+            return "an integer ID (at most 2^53 in magnitude), or null for no item"
         if self.booleans[j]:
             return "true, false or an integer code"
         if self.kinds[j] == "categorical":
@@ -296,6 +345,8 @@ class FeatureColumns:
         Uniform numeric requests take one numpy pass; columns of raw strings go column by column; anything
         else cell by cell, which also words the error.
         """
+        if self.histories:
+            rows = expand_rows(rows, self.histories, name)
         n = len(rows)
         k = len(self.columns)
         where: Where = lambda i, c: f"{name}[{i}][{json.dumps(c)}]"  # noqa: E731

@@ -153,8 +153,8 @@ def usability_problems(metadata: Any) -> list[str]:
         names = [f.get("name") if isinstance(f, dict) else None for f in feats] if isinstance(feats, list) else None
         if names != cols:
             problems.append('"features" must describe the feature_columns, one object each, in their order')
-        elif any(f.get("kind") not in ("numeric", "categorical") for f in feats):
-            problems.append('"features[].kind" must be "numeric" or "categorical"')
+        elif any(f.get("kind") not in ("numeric", "categorical", "history") for f in feats):
+            problems.append('"features[].kind" must be "numeric", "categorical" or "history"')
     model_file = metadata.get("model_file")
     if isinstance(model_file, str) and not is_plain_file_name(model_file):
         problems.append(f'"model_file" must be a plain file name in the version directory, got {model_file!r}')

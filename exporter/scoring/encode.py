@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from exporter.runtime.columns import BOOL_TEXT, ColumnSpec, column_specs, read_vocab, vocab_files
 from exporter.runtime.errors import ArtifactError
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code
+from exporter.scoring.history import encode_history_column, history_schema_problems
 
 __all__ = [
     "OOV_CODE",
@@ -79,7 +80,8 @@ class EncodingPlan:
 
     @property
     def names(self) -> list[str]:
-        return [c.name for c in self.columns]
+        """The input columns the encoder reads: a history by its own name (a list or delimited text), once."""
+        return list(dict.fromkeys(c.history or c.name for c in self.columns))
 
     def vocab_arrays(self, rule: ColumnRule) -> tuple[pa.Array, np.ndarray]:
         """The vocabulary as an Arrow value set and the codes in the same order (cached)."""
@@ -151,12 +153,15 @@ def check_schema(schema: pa.Schema, plan: EncodingPlan) -> list[str]:
     Called on every input file before any work, so that these are one exit-2 line, not a million rejects.
     """
     problems = []
-    missing = [c.name for c in plan.columns if schema.get_field_index(c.name) < 0]
+    missing = [c for c in plan.names if schema.get_field_index(c) < 0]
     if missing:
         problems.append(
             f"missing feature column{'s' if len(missing) > 1 else ''} {', '.join(json.dumps(m) for m in missing)}"
         )
     for rule in plan.columns:
+        if rule.history is not None:
+            problems += history_schema_problems(schema, rule)
+            continue
         index = schema.get_field_index(rule.name)
         if index < 0:
             continue
@@ -181,7 +186,16 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, plan: EncodingPlan) -> Encode
     matrix = np.empty((n, k), dtype=np.float64)
     first_bad = np.full(n, -1, dtype=np.int64)  # index of the first column at fault per row (-1: fine)
     problems: list[np.ndarray | None] = []
+    history_reasons: dict[tuple[int, int], str] = {}
     for j, rule in enumerate(plan.columns):
+        if rule.history is not None:  # a history's columns at once, from its list or text column
+            if rule.history not in batch.schema.names:
+                raise SchemaProblem(f"missing feature column {json.dumps(rule.history)}")
+            bad = encode_history_column(batch, plan.columns, j, matrix, history_reasons)
+            problems.append(bad)
+            if bad is not None:
+                np.putmask(first_bad, (first_bad < 0) & bad, j)
+            continue
         try:
             column = batch.column(rule.name)
         except KeyError:
@@ -199,7 +213,10 @@ def encode_batch(batch: pa.RecordBatch | pa.Table, plan: EncodingPlan) -> Encode
         j = int(first_bad[row])
         rule = plan.columns[j]
         more = sum(1 for b in problems[j + 1 :] if b is not None and b[row])
-        reason = f"{json.dumps(rule.name)} is {_describe(batch.column(rule.name)[row].as_py())}; {_expected(rule)}"
+        if rule.history is not None:
+            reason = history_reasons[(j, row)]
+        else:
+            reason = f"{json.dumps(rule.name)} is {_describe(batch.column(rule.name)[row].as_py())}; {_expected(rule)}"
         reasons.append((row, reason + (f" (and {more} more column{'s' if more > 1 else ''})" if more else "")))
     accepted = first_bad < 0
     return EncodedBatch(matrix[accepted], accepted, reasons)

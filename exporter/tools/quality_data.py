@@ -25,6 +25,35 @@ FEATURES: tuple[str, ...] = (
 CATEGORICAL: tuple[str, ...] = ("user_id", "item_id", "gender", "occupation", "zip_prefix")
 USER_TOWER: tuple[str, ...] = ("user_id", "age", "gender", "occupation", "zip_prefix")
 ITEM_TOWER: tuple[str, ...] = ("item_id", "release_year", *ml.GENRE_COLUMNS)
+#: the history feature of the "+ history" rows: each user's liked items of the training rows (time order, the
+#: row itself excluded), the last HISTORY_LENGTH of them, sharing item_id's vocabulary
+HISTORY = "liked_items"
+HISTORY_LENGTH = 20
+
+
+def add_history(table: pd.DataFrame, train_rows: np.ndarray) -> pd.DataFrame:
+    """``table`` with :data:`HISTORY`: leak-free (:func:`exporter.features.build_history`, no time column: only
+    training rows feed it, never the row itself), in timestamp order so that truncation keeps the latest."""
+    from exporter.features import build_history
+
+    train = np.zeros(len(table), dtype=bool)
+    train[train_rows] = True
+    order = np.argsort(table["timestamp"].to_numpy(), kind="stable")
+    ordered = table.iloc[order]
+    built = build_history(
+        ordered, "user_id", "item_id", None, HISTORY_LENGTH, train[order], positive=ordered[LABEL].to_numpy() == 1
+    )
+    out = table.copy()
+    out[HISTORY] = built.reindex(table.index)
+    return out
+
+
+def user_histories(table: pd.DataFrame, train_rows: np.ndarray, users: pd.Series) -> list[list[int]]:
+    """Per user (in ``users`` order) the history serving would send: the last HISTORY_LENGTH liked training items."""
+    train = table.iloc[train_rows]
+    liked = train[train[LABEL] == 1].sort_values("timestamp", kind="stable")
+    by_user = liked.groupby("user_id")["item_id"].apply(lambda s: [int(v) for v in s.tolist()[-HISTORY_LENGTH:]])
+    return [list(by_user.get(u, [])) for u in users.tolist()]
 
 
 def synthetic_movielens(n_users: int = 150, n_items: int = 100, per_user: int = 20, seed: int = 0) -> pd.DataFrame:

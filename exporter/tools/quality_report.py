@@ -26,6 +26,10 @@ TARGETS: dict[tuple[str, str], tuple[str, float | str]] = {
     ("two_tower", "recall@50"): (">=", 0.60),
     ("two_tower", "ndcg@10"): (">", "baseline"),
     ("two_tower", "ndcg@50"): (">", "baseline"),
+    ("deepfm + history", "AUC"): (">=", 0.81),
+    ("two_tower + history", "recall@50"): (">=", 0.65),
+    ("two_tower + history", "ndcg@10"): (">", "baseline"),
+    ("two_tower + history", "ndcg@50"): (">", "baseline"),
 }
 
 

@@ -76,7 +76,7 @@ def test_schema_from_dict_list_and_file(tmp_path):
 @pytest.mark.parametrize(
     "schema, message",
     [
-        ({"features": [{"name": "a", "kind": "ordinal"}]}, "kind must be 'numeric' or 'categorical'"),
+        ({"features": [{"name": "a", "kind": "ordinal"}]}, "kind must be 'numeric', 'categorical' or 'history'"),
         ({"features": [{"name": "a", "colour": 1}]}, "unknown key(s) colour"),
         ({"features": [{"name": "a", "kind": "categorical", "fill": 1}]}, "'fill' is for numeric features"),
         ({"features": [{"name": "a", "min_count": 2}]}, "vocabulary policy of categorical"),
@@ -312,7 +312,7 @@ def test_metadata_features_must_describe_the_feature_columns():
     check = C.usability_problems
     assert check(good) == [] and check(base) == []
     assert check(swapped) == ['"features" must describe the feature_columns, one object each, in their order']
-    assert check(odd) == ['"features[].kind" must be "numeric" or "categorical"']
+    assert check(odd) == ['"features[].kind" must be "numeric", "categorical" or "history"']
 
 
 def test_an_artifacts_own_encoder_reproduces_the_training_encoding(tmp_path, frame):

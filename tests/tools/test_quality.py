@@ -41,12 +41,15 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
         ("mmoe", "RMSE (rating head)"),
         ("xgb (336 rows)", "AUC"),
         ("deepfm (336 rows)", "AUC"),
-    ] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval]
+        ("deepfm + history", "AUC"),  # the same split, with the history column (extra rows)
+    ] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval] + [
+        ("two_tower + history", m) for m in retrieval
+    ]
     by = {(r["model"], r["metric"]): r for r in rows}
     for key in got:
         assert np.isfinite(by[key]["value"]), key
     assert by[("deepfm (336 rows)", "AUC")]["baseline"] == by[("xgb (336 rows)", "AUC")]["value"]
-    for model in ("xgb", "deepfm"):
+    for model in ("xgb", "deepfm", "deepfm + history"):
         assert 0.0 <= by[(model, "AUC")]["value"] <= 1.0
         assert by[(model, "AUC")]["baseline"] == by[("xgb baseline", "AUC")]["value"]
     for model in ("popularity", "two_tower"):

@@ -43,11 +43,12 @@ class MMoE(nn.Module):
         target_mean: Sequence[float],
         target_std: Sequence[float],
         floors: Sequence[float | None],
+        histories: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
         self.tasks = list(tasks)
         n = len(self.tasks)
-        self.fields = tc.FieldInput(cardinalities, embed_dim)
+        self.fields = tc.FieldInput(cardinalities, embed_dim, histories, attention=True)
         width = self.fields.width
         self.experts = nn.ModuleList(
             tc.mlp([width, expert_dim, expert_dim], final_activation=True) for _ in range(n_experts)
@@ -186,6 +187,7 @@ class MMoEModel(TorchModel[MMoE]):
             "target_std": [float(max(np.std(y[t.label]), 1e-6)) for t in reg],
             # a target never negative in training (seconds, money, ratings) is never predicted negative
             "floors": [0.0 if float(np.min(y[t.label])) >= 0 else None for t in reg],
+            "histories": data.features.histories(),
         }
 
     def build(self, config: Mapping[str, Any]) -> MMoE:
@@ -202,6 +204,7 @@ class MMoEModel(TorchModel[MMoE]):
             config["target_mean"],
             config["target_std"],
             floors,
+            config.get("histories") or (),
         )
 
     def loss(self, net: MMoE, batch: Sequence[torch.Tensor]) -> torch.Tensor:

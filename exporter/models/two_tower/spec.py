@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from exporter.errors import ExporterError
+from exporter.models import history_pool as HP
 from exporter.models import torch_common as tc
 from exporter.models.base import BINARY, Evaluated, LabelNeed, NotebookInfo, Towers, TrainData, Trained
 from exporter.models.torch_base import ServedPart, TorchModel, label_tensor
@@ -38,10 +39,16 @@ class Tower(nn.Module):
     """One tower: its prepared columns in (numeric standardised, categorical embedded), a (unit) vector out."""
 
     def __init__(
-        self, cardinalities: Sequence[int], field_dim: int, hidden: int, embed_dim: int, normalize: bool = False
+        self,
+        cardinalities: Sequence[int],
+        field_dim: int,
+        hidden: int,
+        embed_dim: int,
+        normalize: bool = False,
+        histories: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
-        self.fields = tc.FieldInput(cardinalities, field_dim)
+        self.fields = tc.FieldInput(cardinalities, field_dim, histories)
         self.mlp = tc.mlp([self.fields.width, hidden, hidden, embed_dim])
         self.normalize = normalize
 
@@ -69,12 +76,27 @@ class TwoTower(nn.Module):
         temperature: float = 1.0,
         logq: bool = True,
         chunk: int = 1024,
+        histories: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
         self.register_buffer("user_idx", torch.tensor(list(user_idx), dtype=torch.long))
         self.register_buffer("item_idx", torch.tensor(list(item_idx), dtype=torch.long))
-        self.user = Tower([cardinalities[j] for j in user_idx], field_dim, hidden, embed_dim, normalize)
-        self.item = Tower([cardinalities[j] for j in item_idx], field_dim, hidden, embed_dim, normalize)
+        self.user = Tower(
+            [cardinalities[j] for j in user_idx],
+            field_dim,
+            hidden,
+            embed_dim,
+            normalize,
+            HP.tower_histories(histories, user_idx),
+        )
+        self.item = Tower(
+            [cardinalities[j] for j in item_idx],
+            field_dim,
+            hidden,
+            embed_dim,
+            normalize,
+            HP.tower_histories(histories, item_idx),
+        )
         #: pointwise loss only: the click logit's offset (cosines are centred on zero, click rates are not)
         self.bias = nn.Parameter(torch.zeros(1)) if normalize else None
         self.loss_kind, self.temperature, self.logq, self.chunk = loss, float(temperature), bool(logq), int(chunk)
@@ -95,8 +117,15 @@ def split_columns(
         tower = towers.get(c)
         return tower == "user" if tower else c.startswith("user_")
 
-    user = list(hp.get("user_columns") or [c for c in columns if default_user(c)])
-    item = list(hp.get("item_columns") or [c for c in columns if c not in user])
+    def expand(names: Any) -> list[str] | None:  # a history's name stands for its columns name[0] ...
+        if not names:
+            return None
+        return [
+            p for n in names for p in ([n] if n in columns else [c for c in columns if c.startswith(f"{n}[")] or [n])
+        ]
+
+    user = expand(hp.get("user_columns")) or [c for c in columns if default_user(c)]
+    item = expand(hp.get("item_columns")) or [c for c in columns if c not in user]
     unknown = [c for c in user + item if c not in columns]
     if unknown:
         raise ExporterError(f"two_tower: tower columns {unknown} are not among the feature columns {columns}")
@@ -224,6 +253,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
             "temperature": float(hp["temperature"]),
             "logq_correction": bool(hp["logq_correction"]),
             "batch_size": int(hp["batch_size"]),
+            "histories": plan.histories(),
         }
 
     def build(self, config: Mapping[str, Any]) -> TwoTower:
@@ -240,6 +270,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
             float(c.get("temperature", 1.0)),
             bool(c.get("logq_correction", True)),
             int(c.get("batch_size", 1024)),
+            c.get("histories") or (),
         )
 
     def fit_scalers(self, net: TwoTower, x: np.ndarray) -> None:

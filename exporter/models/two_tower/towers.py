@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from exporter import features as F
 from exporter.models.base import Evaluated, SideFile, Trained
 from exporter.models.two_tower import retrieval as R
 from exporter.training import data as D
@@ -75,6 +76,9 @@ def entity_table(frame: pd.DataFrame, columns: Sequence[str], preferred: str) ->
     """
     codes = entity_codes(frame, key_columns(columns, preferred))
     table = frame[list(columns)].groupby(codes, sort=True).first()  # GroupBy.first skips missing values
+    lists = [c for c in columns if frame[c].dtype == object and isinstance(frame[c].iloc[0], (list, np.ndarray))]
+    if lists:  # a history: the entity's latest (its last row's: held-out rows follow the training rows)
+        table[lists] = frame[lists].groupby(codes, sort=True).last()
     return table.reset_index(drop=True), codes
 
 
@@ -123,10 +127,11 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
     """
     net = trained.model
     columns = list(trained.feature_columns)
-    user = [columns[j] for j in net.user_idx.tolist()]
-    item = [columns[j] for j in net.item_idx.tolist()]
     # the validation pairs are known interactions too: excluded from the ranking like the training pairs
     frame = pd.concat([prep.train, prep.validation, prep.heldout], ignore_index=True)
+    # a history travels as several tensor columns; the tables hold it as one column of lists
+    user = F.input_columns([columns[j] for j in net.user_idx.tolist()], list(frame.columns))
+    item = F.input_columns([columns[j] for j in net.item_idx.tolist()], list(frame.columns))
     n_train = len(prep.train) + len(prep.validation)
 
     users, user_codes = entity_table(frame, user, "user_id")

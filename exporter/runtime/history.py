@@ -1,0 +1,171 @@
+"""History columns: a list of integer IDs (a user's recent items) as ``max_length`` columns of the FP64 tensor.
+
+A history feature ``hist_items`` with ``max_length`` L travels as the tensor columns ``hist_items[0]`` ...
+``hist_items[L-1]`` (docs/features.md): the kept items in their order (oldest first, the most recent last),
+then NaN for "no item". A longer list keeps its last L elements (the most recent). The graph maps each item to
+its embedding row like a categorical ID (unknown, non-integer or beyond 2^53: the OOV row) and masks the NaN
+padding.
+
+This module is the one decoder of such a value, shared by the handler (a JSON list in the TorchServe form),
+``score`` (a Parquet list column or a delimited string in CSV) and the training encoder. Standard library and
+numpy only, like the rest of :mod:`exporter.runtime`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from exporter.runtime.errors import HandlerError
+from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
+from exporter.runtime.rules import MAX_EXACT_INT
+
+__all__ = [
+    "DEFAULT_DELIMITER",
+    "HistoryProblem",
+    "column_name",
+    "expand_rows",
+    "history_values",
+    "split_column_name",
+]
+
+#: the separator of a history written as text ("12|7|99"), unless the schema names another
+DEFAULT_DELIMITER = "|"
+_POSITION = re.compile(r"^(.*)\[(0|[1-9][0-9]*)\]$")
+_INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+$")
+EXPECTED = "a list of integer IDs (at most 2^53 in magnitude)"
+
+
+class HistoryProblem(ValueError):
+    """A history value that is not a list of integer IDs: ``position`` is the bad element (None: the whole)."""
+
+    def __init__(self, what: str, position: int | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.position = position
+
+    def where(self, base: str) -> str:
+        """``base`` (the cell) followed by ``[position]`` when one element is at fault."""
+        return base if self.position is None else f"{base}[{self.position}]"
+
+
+def column_name(history: str, position: int) -> str:
+    """The tensor column of one position: ``hist_items[3]``."""
+    return f"{history}[{position}]"
+
+
+def split_column_name(name: str) -> tuple[str, int] | None:
+    """``("hist_items", 3)`` for ``"hist_items[3]"``, else None."""
+    match = _POSITION.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def _element(value: Any, position: int, text_ok: bool) -> float:
+    """One item of a history -> its FP64 ID; a :class:`HistoryProblem` naming the position otherwise."""
+    t = type(value)
+    if t is int or isinstance(value, np.integer):
+        number = int(value)
+        if abs(number) > MAX_EXACT_INT:
+            raise HistoryProblem(f"{int_text(number)}, beyond 2^53, not an exact integer ID", position)
+        return float(number)
+    if isinstance(value, (float, np.floating)) and t is not bool:
+        real = float(value)
+        if math.isfinite(real) and real == math.floor(real) and abs(real) <= MAX_EXACT_INT:
+            return real
+        return _bad(value, position)
+    if isinstance(value, str) and text_ok:
+        text = value.strip()
+        if _INTEGER_TEXT.match(text):
+            number = int(text)
+            if abs(number) <= MAX_EXACT_INT:
+                return float(number)
+            raise HistoryProblem(f"{quote(text)}, beyond 2^53, not an exact integer ID", position)
+        if not text:
+            raise HistoryProblem("empty, not an integer ID", position)
+    return _bad(value, position)
+
+
+def _bad(value: Any, position: int) -> float:
+    if isinstance(value, float) and math.isnan(value):
+        raise HistoryProblem("NaN, not an integer ID", position)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value):
+        raise HistoryProblem(f"{float(value)!r}, not an integer ID", position)
+    problem = describe_bad_value(value) if not isinstance(value, str) else f"the string {quote(value)}"
+    raise HistoryProblem(f"{problem or type_name(value)}, not an integer ID", position)
+
+
+def history_values(value: Any, max_length: int, *, delimiter: str | None = None) -> list[float]:
+    """The kept IDs of one history value (at most ``max_length``, the most recent = the last ones).
+
+    Takes a list, tuple or 1-d numpy array of integer IDs; with ``delimiter`` (text sources: CSV, a string
+    column) also a delimited string (``"12|7|99"``, blank: empty) and a single number (a one-item history).
+    ``None`` and NaN are an empty history. Raises :class:`HistoryProblem` for anything else.
+    """
+    text_ok = delimiter is not None
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        if not text_ok:
+            raise HistoryProblem(f"a string ({quote(value)}), expected {EXPECTED}")
+        text = value.strip()
+        items: Sequence[Any] = [] if not text else text.split(delimiter)
+    elif isinstance(value, (list, tuple)):
+        items = value
+    elif isinstance(value, np.ndarray) and value.ndim == 1:
+        items = value.tolist()
+    elif text_ok and (type(value) is int or isinstance(value, (float, np.integer, np.floating))):
+        items = [value]
+    else:
+        raise HistoryProblem(f"{type_name(value)}, expected {EXPECTED}")
+    start = max(0, len(items) - max_length)
+    return [_element(items[i], i, text_ok) for i in range(start, len(items))]
+
+
+def fill_row(out: np.ndarray, values: Sequence[float]) -> None:
+    """Write the kept IDs into one row of a history's columns, NaN after them."""
+    out[: len(values)] = values
+    out[len(values) :] = np.nan
+
+
+def expand_rows(rows: list[Any], groups: Mapping[str, Sequence[str]], name: str = "data") -> list[Any]:
+    """TorchServe rows with a history as a JSON list (``{"hist_items": [12, 7, 99]}``) -> rows holding its
+    expanded columns (``hist_items[0]`` ...; missing positions absent, which means no item).
+
+    ``groups`` maps each history name to its columns in order. A row that already sends the expanded columns
+    passes unchanged; a row with neither means an empty history. A bad value is a 400 naming the row, the
+    column and the position of the element at fault.
+    """
+    out: list[Any] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or not any(h in row for h in groups):
+            out.append(row)
+            continue
+        expanded = dict(row)
+        for history, columns in groups.items():
+            if history not in row:
+                continue
+            value = expanded.pop(history)
+            where = f"{name}[{i}][{json.dumps(history)}]"
+            if value is None:
+                continue
+            try:
+                kept = history_values(value, len(columns))
+            except HistoryProblem as exc:
+                tail = "" if exc.position is None else f"; expected {EXPECTED}"
+                raise HandlerError(400, f"{exc.where(where)} is {exc.what}{tail}") from None
+            clash = [c for c in columns if c in row]
+            if clash:
+                raise HandlerError(
+                    400,
+                    f"{name}[{i}] sends the history {json.dumps(history)} both as a list and as its column "
+                    f"{json.dumps(clash[0])}; send one of the two forms",
+                )
+            for column, item in zip(columns, kept, strict=False):
+                expanded[column] = item
+        out.append(expanded)
+    return out
