@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.serving.drift import DEFAULT_WINDOW as DEFAULT_DRIFT_WINDOW
 from exporter.serving.http_limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -41,6 +42,7 @@ Routes:
   POST /predictions/{model_name}/{version}    that version
   GET  /models                                loaded models and versions, and versions that failed to load
   GET  /models/{model_name}                   metadata.json of the latest version
+  GET  /models/{model_name}/drift             recent request rows against the training statistics
 
 Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
 Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]},
@@ -156,6 +158,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rescan the artifacts tree every SECONDS: new versions become servable, removed ones go away "
         "(default: 0, only on SIGHUP)",
     )
+    # input drift (exporter.serving.drift): recent request rows against the training statistics
+    parser.add_argument(
+        "--drift-window",
+        default=DEFAULT_DRIFT_WINDOW,
+        type=_positive_int,
+        metavar="N",
+        help="rows of recent requests per version compared with the training statistics "
+        f"(GET /models/{{model_name}}/drift, the exporter_drift gauges) (default: {DEFAULT_DRIFT_WINDOW})",
+    )
+    parser.add_argument(
+        "--no-drift", action="store_true", help="no drift monitoring (the drift route answers enabled: false)"
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -214,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         raise ExporterError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
 
     from exporter.serving.access_log import AccessLog
+    from exporter.serving.drift import DriftMonitor
     from exporter.serving.guarded_http import guarded_protocol
 
     _configure_logging(args.log_level)
@@ -221,12 +236,14 @@ def run(args: argparse.Namespace) -> int:
     registry = ModelRegistry.from_artifacts(args.artifacts, max_rows=args.max_rows, threads=args.threads)
     live = LiveRegistry(registry, args.artifacts, max_rows=args.max_rows, threads=args.threads)
     access_log = AccessLog(sys.stderr) if log.isEnabledFor(logging.INFO) else None
+    drift = None if args.no_drift else DriftMonitor(args.drift_window)
     app = create_app(
         live,
         max_body_bytes=args.max_body_bytes,
         access_log=access_log,
         request_timeout=args.request_timeout,
         workers=WorkerPool(args.worker_threads, args.model_concurrency),
+        drift=drift,
     )
     sock = _listen_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -258,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
         reloader = Reloader(live, args.poll)
         signal.signal(signal.SIGHUP, lambda *_: loop.call_soon_threadsafe(reloader.request, "SIGHUP"))
         reloads = loop.create_task(reloader.run())
+        if drift is not None:
+            drift.start()
         # tests and scripts wait for this exact line (it carries the real port when --port 0 was given)
         print(
             f"exporter serve: listening on http://{shown_host}:{port} "

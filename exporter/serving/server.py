@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from exporter.runtime.handler import ModelHandler
     from exporter.serving.access_log import AccessLog
+    from exporter.serving.drift import DriftMonitor
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -148,6 +149,8 @@ class _Served:
     add_line: Callable[[tuple[Any, ...]], None] | None
     workers: WorkerPool
     request_timeout: float
+    #: input drift windows (serving/drift.py); None: off
+    drift: DriftMonitor | None = None
 
 
 #: ``(status, answer, rows, answer_header_length)``, as :meth:`ModelHandler.handle_http` returns them
@@ -302,6 +305,8 @@ class Predict:
             decoded = handler.decode(body, header_length=header_length, http=True)
             if isinstance(decoded, Answer):
                 return decoded.status, decoded.body, decoded.rows, decoded.header_length
+            if self.served.drift is not None:
+                self.served.drift.observe(handler, decoded.matrix)
             out = await self.served.workers.run(handler.model_name, timeout, handler.run, decoded.matrix)
             answer = handler.encode(decoded, out)
         except Busy as exc:
@@ -366,13 +371,32 @@ class _Routes:
             )
         return self._plain(200, body, request, start)
 
+    async def drift(self, request: Request) -> Response:
+        """``GET /models/{model_name}/drift``: every served version's window against its training statistics."""
+        import orjson
+
+        start = time.perf_counter()
+        view = self.served.live.current
+        name = request.path_params["model_name"]
+        by_version = None if _encoded_separator(request.scope.get("raw_path") or b"") else view.versions.get(name)
+        if by_version is None:
+            return self._plain(
+                404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"), request, start
+            )
+        monitor = self.served.drift
+        handlers = [by_version[v] for v in sorted(by_version, key=int)]
+        versions = monitor.report(handlers) if monitor is not None else []
+        body = orjson.dumps({"model": name, "enabled": monitor is not None, "versions": versions})
+        return self._plain(200, body, request, start)
+
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Starlette's own errors (no route, method not allowed) as JSON that says what would have worked."""
         status = getattr(exc, "status_code", 500)
         if status == 404:
             message = (
                 f"no route for {request.method} {_shown(request.url.path)}; routes: GET /ping, GET /models, "
-                "GET /models/{model_name}, POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
+                "GET /models/{model_name}, GET /models/{model_name}/drift, POST /predictions/{model_name}, "
+                "POST /predictions/{model_name}/{version}"
             )
         elif status == 405:
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
@@ -404,13 +428,15 @@ def create_app(
     access_log: AccessLog | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     workers: WorkerPool | None = None,
+    drift: DriftMonitor | None = None,
 ) -> Starlette:
     """The Starlette application (routes exactly as in contract section 5).
 
     ``registry`` is a fixed :class:`ModelRegistry` or a :class:`LiveRegistry` whose view reloads replace;
     every request reads the current view once. ``access_log``: where the per-request lines go (None: none).
     Predictions run in ``workers`` (default: a :class:`WorkerPool` with its default bounds) and are answered
-    504 after ``request_timeout`` seconds.
+    504 after ``request_timeout`` seconds. ``drift``: where each decoded request's rows are sampled for
+    ``GET /models/{model_name}/drift`` and the drift gauges (None: no drift monitoring).
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -423,6 +449,7 @@ def create_app(
         access_log.add if access_log is not None else None,
         workers if workers is not None else WorkerPool(),
         request_timeout,
+        drift,
     )
     routes, predict = _Routes(served), Predict(served)
     app = Starlette(
@@ -430,6 +457,7 @@ def create_app(
             Route("/ping", routes.ping, methods=["GET"]),
             Route("/models", routes.list_models, methods=["GET"]),
             Route("/models/{model_name}", routes.describe_model, methods=["GET"]),
+            Route("/models/{model_name}/drift", routes.drift, methods=["GET"]),
             Route("/predictions/{model_name}", predict, methods=["POST"]),
             Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
         ],
