@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from exporter.runtime.errors import ArtifactError, HandlerError
-from exporter.runtime.fast_rows import FastRows
+from exporter.runtime.fast_rows import SMALL_BATCH, FastRows
 from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, VOCAB_FILE, hash_code, is_plain_file_name, sha256_file
 
@@ -161,6 +161,14 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
     return specs
 
 
+_EXACT_LIMIT = float(MAX_EXACT_INT)
+
+
+def _small_ids_ok(cells: list[float]) -> bool:
+    """Categorical cells all integers within +-2^53 or NaN (a few of them: cheaper in Python than in numpy)."""
+    return all(v != v or (v.is_integer() and -_EXACT_LIMIT <= v <= _EXACT_LIMIT) for v in cells)
+
+
 Where = Callable[[int, str], str]
 #: the client's own value at (row, column index), for the exact check of integers FP64 rounded to 2^53
 ValueAt = Callable[[int, int], Any]
@@ -218,6 +226,8 @@ class FeatureColumns:
         """Categorical columns must hold integers within +-2^53 (NaN: an omitted optional value)."""
         if not self.categorical:
             return
+        if len(matrix) <= SMALL_BATCH and _small_ids_ok(matrix[:, self.categorical].ravel().tolist()):
+            return  # a few rows: checked in Python (the array operations cost more than the cells)
         sub = matrix[:, self.categorical]
         with np.errstate(invalid="ignore"):
             bad = ~np.isnan(sub) & ((np.floor(sub) != sub) | (np.abs(sub) > MAX_EXACT_INT))
@@ -232,6 +242,10 @@ class FeatureColumns:
         if not self.categorical:
             return
         sub = matrix[:, self.categorical]
+        if len(matrix) <= SMALL_BATCH:
+            cells = sub.ravel().tolist()
+            if _EXACT_LIMIT not in cells and -_EXACT_LIMIT not in cells:
+                return
         for i, k in np.argwhere(np.abs(sub) == MAX_EXACT_INT):
             j = self.categorical[int(k)]
             value = value_at(int(i), j)

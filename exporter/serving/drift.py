@@ -16,6 +16,9 @@ rate against training's. Per categorical feature: the out-of-vocabulary rate aga
 the training top values plus "other", the missing rate. With several server processes each process has its own
 window; the gauges are ``livemostrecent`` in prometheus_client's multiprocess mode (the last process to compute
 wins).
+
+Why this module is long: the training references, the statistics, the window and the monitor are one feature
+whose parts only make sense together (each is short); split, they would only import each other.
 """
 
 from __future__ import annotations
@@ -327,7 +330,8 @@ class DriftMonitor:
         self.max_rows_per_second = float(max_rows_per_second)
         self.interval = float(interval)
         self.min_rows = min(int(min_rows), self.window)
-        self._windows: weakref.WeakKeyDictionary[ModelHandler, _Window] = weakref.WeakKeyDictionary()
+        #: id(handler) -> (weak reference to the handler, its window): a window goes when its version goes
+        self._windows: dict[int, tuple[weakref.ref[ModelHandler], _Window]] = {}
         self._create = threading.Lock()
         self._compute = threading.Lock()
         self._labels: set[tuple[str, ...]] = set()
@@ -337,13 +341,32 @@ class DriftMonitor:
     # ------------------------------------------------------------------ the request path
     def observe(self, handler: ModelHandler, matrix: np.ndarray) -> None:
         """Sample a decoded request's rows into its version's window (the only call on the request path)."""
-        window = self._windows.get(handler)
-        if window is None:
-            with self._create:
-                window = self._windows.get(handler)
-                if window is None:
-                    window = self._windows[handler] = _Window(handler, self.window)
-        window.add(matrix)
+        entry = self._windows.get(id(handler))
+        if entry is None or entry[0]() is not handler:
+            entry = self._new_window(handler)
+        entry[1].add(matrix)
+
+    def _new_window(self, handler: ModelHandler) -> tuple[weakref.ref[ModelHandler], _Window]:
+        key = id(handler)
+        with self._create:
+            entry = self._windows.get(key)
+            if entry is None or entry[0]() is not handler:
+                windows = self._windows
+                entry = (weakref.ref(handler, lambda _: windows.pop(key, None)), _Window(handler, self.window))
+                windows[key] = entry
+        return entry
+
+    def _window(self, handler: ModelHandler) -> _Window | None:
+        entry = self._windows.get(id(handler))
+        return entry[1] if entry is not None and entry[0]() is handler else None
+
+    def _live(self) -> list[tuple[ModelHandler, _Window]]:
+        found = []
+        for ref, window in list(self._windows.values()):
+            handler = ref()
+            if handler is not None:
+                found.append((handler, window))
+        return found
 
     # ------------------------------------------------------------------ off the request path
     def start(self) -> None:
@@ -364,7 +387,7 @@ class DriftMonitor:
 
     def refresh(self, elapsed: float | None = None) -> None:
         """Recompute the versions that saw new rows, adjust their sampling, drop the gauges of gone versions."""
-        windows = list(self._windows.items())
+        windows = self._live()
         for handler, window in windows:
             if elapsed:
                 self._adjust_sampling(window, elapsed)
@@ -466,7 +489,7 @@ class DriftMonitor:
         """``GET /models/{model}/drift``: each given version computed now (versions without rows yet: empty)."""
         out = []
         for handler in handlers:
-            window = self._windows.get(handler)
+            window = self._window(handler)
             if window is None:
                 out.append(self._empty(handler))
             else:

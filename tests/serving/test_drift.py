@@ -172,7 +172,8 @@ def test_the_window_never_holds_more_than_its_rows(registry: ModelRegistry) -> N
     for _ in range(10):
         monitor.observe(handler, matrix)
     (report,) = monitor.report([handler])
-    window = monitor._windows[handler]
+    window = monitor._window(handler)
+    assert window is not None
     assert report["rows_in_window"] == 50 and report["rows_observed"] == report["rows_seen"] == 200
     assert window.rows.shape == (50, handler.n_features)  # allocated once, never grown
     monitor.observe(handler, np.repeat(matrix, 10, axis=0))  # one request larger than the window
