@@ -394,9 +394,10 @@ class DriftMonitor:
             if window.observed != window.computed_at:
                 self.compute(handler, window)
         live = {(w.model, w.version) for _, w in windows}
-        for labels in [la for la in self._labels if (la[0], la[1]) not in live]:
-            self._labels.discard(labels)
-            _remove(labels)
+        with self._compute:
+            for labels in [la for la in self._labels if (la[0], la[1]) not in live]:
+                self._labels.discard(labels)
+                _remove(labels)
 
     def _adjust_sampling(self, window: _Window, elapsed: float) -> None:
         """1 row in k, k such that at most ``max_rows_per_second`` rows enter the window per second."""
