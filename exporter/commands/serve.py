@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.serving.drift import DEFAULT_WINDOW as DEFAULT_DRIFT_WINDOW
 from exporter.serving.http_limits import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -31,6 +30,9 @@ from exporter.serving.workers import (
 )
 
 HELP = "serve every exported model over HTTP with TorchServe-style routes"
+#: exporter.serving.drift.DEFAULT_WINDOW, not imported here: prometheus_client reads its multiprocess setting when
+#: first imported, which must happen in ``run``, after the metrics are set up (a test checks the two agree)
+DEFAULT_DRIFT_WINDOW = 10_000
 
 
 DESCRIPTION = """\

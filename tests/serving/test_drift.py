@@ -221,3 +221,10 @@ def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift() -> None:
     assert psi(even, even) == 0.0
     assert 0 < psi(np.array([0.3, 0.2, 0.25, 0.25]), even) < psi(np.array([0.7, 0.1, 0.1, 0.1]), even)
     assert math.isfinite(psi(np.array([1.0, 0.0, 0.0, 0.0]), even))
+
+
+def test_the_command_default_is_the_monitors() -> None:
+    from exporter.commands.serve import DEFAULT_DRIFT_WINDOW
+    from exporter.serving.drift import DEFAULT_WINDOW
+
+    assert DEFAULT_DRIFT_WINDOW == DEFAULT_WINDOW == DriftMonitor().window
