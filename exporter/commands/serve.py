@@ -37,6 +37,9 @@ from exporter.serving.workers import (
 )
 
 HELP = "serve every exported model over HTTP with TorchServe-style routes"
+#: exporter.serving.drift.DEFAULT_WINDOW, not imported here: prometheus_client reads its multiprocess setting when
+#: first imported, which must happen in ``run``, after the metrics are set up (a test checks the two agree)
+DEFAULT_DRIFT_WINDOW = 10_000
 
 
 DESCRIPTION = """\
@@ -52,6 +55,7 @@ Routes:
   POST /predictions/{model_name}/{version}    that version
   GET  /models                                loaded models and versions, and versions that failed to load
   GET  /models/{model_name}                   metadata.json of the latest version
+  GET  /models/{model_name}/drift             recent request rows against the training statistics
 
 Request bodies: TorchServe {"data": [{"<column>": <number>, ...}, ...]} or an Open Inference
 Protocol body {"inputs": [{"name": "features", "shape": [rows, columns], "datatype": "FP64", "data": [...]}]},
@@ -208,6 +212,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="no Prometheus metrics and no /metrics route (to measure what they cost)",
     )
+    # input drift (exporter.serving.drift): recent request rows against the training statistics
+    parser.add_argument(
+        "--drift-window",
+        default=DEFAULT_DRIFT_WINDOW,
+        type=_positive_int,
+        metavar="N",
+        help="rows of recent requests per version compared with the training statistics "
+        f"(GET /models/{{model_name}}/drift, the exporter_drift gauges) (default: {DEFAULT_DRIFT_WINDOW})",
+    )
+    parser.add_argument(
+        "--no-drift", action="store_true", help="no drift monitoring (the drift route answers enabled: false)"
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -279,6 +295,7 @@ def _options(args: argparse.Namespace, workers: int) -> ServeOptions:
         metrics=args.metrics,
         metrics_port=args.metrics_port,
         workers=workers,
+        drift_window=None if args.no_drift else args.drift_window,
     )
 
 

@@ -240,8 +240,18 @@ def _numeric_stats(
         "max": float(present.max()),
         "median": median,
         "missing_rate": missing_rate,
+        "histogram": _histogram(present),
     }
     return float(fill), stats
+
+
+def _histogram(present: np.ndarray) -> dict[str, list[float]]:
+    """The training deciles as bin edges and the share of training values in each bin (``(-inf, e0]``,
+    ``(e0, e1]``, ..., ``(e_last, inf)``): what serving compares live values with (drift PSI). Equal deciles
+    (a column of few distinct values) collapse into one edge, so the shares are counted, not assumed."""
+    edges = np.unique(np.quantile(present, np.linspace(0.1, 0.9, 9)))
+    counts = np.bincount(np.searchsorted(edges, present, side="left"), minlength=len(edges) + 1)
+    return {"edges": [float(e) for e in edges], "shares": [float(c) / len(present) for c in counts]}
 
 
 def _order_by_count(counts: Mapping[Any, int]) -> list[Any]:
@@ -287,6 +297,7 @@ def categorical_from_counts(
     top = [{"value": v if isinstance(v, str) else int(v), "count": int(counts[v])} for v in ordered[:TOP_VALUES]]
     stats = {
         "missing_rate": float((rows - present) / rows) if rows else 0.0,
+        "values": present,
         "distinct": len(counts),
         "coverage": float(covered / present) if present else 0.0,
         "top_values": top,

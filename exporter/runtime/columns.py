@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from exporter.runtime.errors import ArtifactError, HandlerError
+from exporter.runtime.fast_rows import SMALL_BATCH, FastRows
 from exporter.runtime.history import expand_rows
 from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
 from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, VOCAB_FILE, hash_code, is_plain_file_name, sha256_file
@@ -205,6 +206,14 @@ def history_groups(specs: Sequence[ColumnSpec]) -> dict[str, list[str]]:
     return groups
 
 
+_EXACT_LIMIT = float(MAX_EXACT_INT)
+
+
+def _small_ids_ok(cells: list[float]) -> bool:
+    """Categorical cells all integers within +-2^53 or NaN (a few of them: cheaper in Python than in numpy)."""
+    return all(v != v or (v.is_integer() and -_EXACT_LIMIT <= v <= _EXACT_LIMIT) for v in cells)
+
+
 Where = Callable[[int, str], str]
 #: the client's own value at (row, column index), for the exact check of integers FP64 rounded to 2^53
 ValueAt = Callable[[int, int], Any]
@@ -234,6 +243,9 @@ class FeatureColumns:
         self._getter = itemgetter(*self.columns)
         #: history name -> its columns: rows may send a history as one JSON list (:mod:`.history`)
         self.histories = history_groups(self.specs)
+        self._fast = FastRows(
+            self.columns, [k == "categorical" for k in self.kinds], self.optional, self.booleans, self.strings
+        )
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]] | None) -> FeatureColumns:
@@ -263,6 +275,8 @@ class FeatureColumns:
         """Categorical columns must hold integers within +-2^53 (NaN: an omitted optional value)."""
         if not self.categorical:
             return
+        if len(matrix) <= SMALL_BATCH and _small_ids_ok(matrix[:, self.categorical].ravel().tolist()):
+            return  # a few rows: checked in Python (the array operations cost more than the cells)
         sub = matrix[:, self.categorical]
         with np.errstate(invalid="ignore"):
             bad = ~np.isnan(sub) & ((np.floor(sub) != sub) | (np.abs(sub) > MAX_EXACT_INT))
@@ -277,6 +291,10 @@ class FeatureColumns:
         if not self.categorical:
             return
         sub = matrix[:, self.categorical]
+        if len(matrix) <= SMALL_BATCH:
+            cells = sub.ravel().tolist()
+            if _EXACT_LIMIT not in cells and -_EXACT_LIMIT not in cells:
+                return
         for i, k in np.argwhere(np.abs(sub) == MAX_EXACT_INT):
             j = self.categorical[int(k)]
             value = value_at(int(i), j)
@@ -342,11 +360,17 @@ class FeatureColumns:
     def rows(self, rows: list[Any], name: str = "data") -> np.ndarray:
         """Row objects ``{column: value}`` -> the matrix; a 400 naming ``name[i]["column"]`` at the first bad cell.
 
-        Uniform numeric requests take one numpy pass; columns of raw strings go column by column; anything
-        else cell by cell, which also words the error.
+        A request whose every cell is valid is converted by :mod:`exporter.runtime.fast_rows` (cell by cell for
+        a few rows, column by column for many); anything else goes :meth:`_rows_careful`, which words the error.
         """
         if self.histories:
             rows = expand_rows(rows, self.histories, name)
+        matrix = self._fast.matrix(rows)
+        return matrix if matrix is not None else self._rows_careful(rows, name)
+
+    def _rows_careful(self, rows: list[Any], name: str) -> np.ndarray:
+        """Uniform numeric requests take one numpy pass; columns of raw strings go column by column; anything
+        else cell by cell, which also words the error."""
         n = len(rows)
         k = len(self.columns)
         where: Where = lambda i, c: f"{name}[{i}][{json.dumps(c)}]"  # noqa: E731

@@ -51,6 +51,8 @@ class ServeOptions:
     metrics: bool
     metrics_port: int | None
     workers: int
+    #: rows of recent requests per version the drift monitor compares with training (None: no drift monitoring)
+    drift_window: int | None = None
 
 
 def drain_seconds(options: ServeOptions) -> int:
@@ -137,6 +139,11 @@ def serve_forever(
 
     live = LiveRegistry(registry, options.artifacts, max_rows=options.max_rows, threads=options.threads)
     access_log = AccessLog(sys.stderr) if log.isEnabledFor(logging.INFO) else None
+    drift = None
+    if options.drift_window is not None:
+        from exporter.serving.drift import DriftMonitor  # after the metrics set-up: prometheus_client reads it once
+
+        drift = DriftMonitor(options.drift_window)
     app = create_app(
         live,
         max_body_bytes=options.max_body_bytes,
@@ -145,6 +152,7 @@ def serve_forever(
         workers=WorkerPool(options.worker_threads, options.model_concurrency, options.inline_seconds),
         metrics=metrics,
         metrics_route=options.metrics_port is None,
+        drift=drift,
     )
     config = uvicorn.Config(
         app,
@@ -173,6 +181,8 @@ def serve_forever(
         reloads = loop.create_task(reloader.run())
         watch = loop.create_task(_watch_supervisor(server, supervisor_pid)) if supervisor_pid else None
         flushes = loop.create_task(metrics.flush_every()) if metrics is not None else None
+        if drift is not None:
+            drift.start()
         announce()
         try:
             await server.serve(sockets=[sock])
@@ -182,6 +192,8 @@ def serve_forever(
                     task.cancel()
             if metrics is not None:
                 metrics.flush()  # the drained requests' counts, before the process ends
+            if drift is not None:
+                drift.stop()
 
     # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once it has drained: these
     # handlers take that second delivery, so the process ends normally (exit 0, the request log flushed)

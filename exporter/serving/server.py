@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from exporter.runtime.handler import Decoded, ModelHandler
     from exporter.serving.access_log import AccessLog
+    from exporter.serving.drift import DriftMonitor
     from exporter.serving.metrics import Metrics
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -154,6 +155,8 @@ class _Served:
     request_timeout: float
     #: Prometheus metrics of this process (None: ``serve --no-metrics``)
     metrics: Metrics | None = None
+    #: input drift windows (serving/drift.py); None: off
+    drift: DriftMonitor | None = None
 
 
 #: ``(status, answer, rows, answer_header_length, request form)``: :meth:`ModelHandler.handle_http`'s answer and
@@ -330,6 +333,8 @@ class Predict:
                 return decoded.status, decoded.body, decoded.rows, decoded.header_length, form
             form = _form(decoded, handler, header_length)
             rows = len(decoded.matrix)
+            if self.served.drift is not None:
+                self.served.drift.observe(handler, decoded.matrix)
             out, seconds = await self.served.workers.predict(
                 handler.model_name, timeout, handler.run, decoded.matrix, rows
             )
@@ -398,6 +403,24 @@ class _Routes:
             )
         return self.plain(200, body, request, start)
 
+    async def drift(self, request: Request) -> Response:
+        """``GET /models/{model_name}/drift``: every served version's window against its training statistics."""
+        import orjson
+
+        start = time.perf_counter()
+        view = self.served.live.current
+        name = request.path_params["model_name"]
+        by_version = None if _encoded_separator(request.scope.get("raw_path") or b"") else view.versions.get(name)
+        if by_version is None:
+            return self.plain(
+                404, _error(f"model {_shown(name)} not found; loaded models: {view.loaded_names}"), request, start
+            )
+        monitor = self.served.drift
+        handlers = [by_version[v] for v in sorted(by_version, key=int)]
+        versions = monitor.report(handlers) if monitor is not None else []
+        body = orjson.dumps({"model": name, "enabled": monitor is not None, "versions": versions})
+        return self.plain(200, body, request, start)
+
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Starlette's own errors (no route, method not allowed) as JSON that says what would have worked."""
         status = getattr(exc, "status_code", 500)
@@ -405,7 +428,8 @@ class _Routes:
             message = (
                 f"no route for {request.method} {_shown(request.url.path)}; routes: GET /ping, GET /health/live, "
                 "GET /health/ready, GET /metrics, GET /models, GET /models/{model_name}, "
-                "POST /predictions/{model_name}, POST /predictions/{model_name}/{version}"
+                "GET /models/{model_name}/drift, POST /predictions/{model_name}, "
+                "POST /predictions/{model_name}/{version}"
             )
         elif status == 405:
             allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
@@ -439,6 +463,7 @@ def create_app(
     workers: WorkerPool | None = None,
     metrics: Metrics | None = None,
     metrics_route: bool = True,
+    drift: DriftMonitor | None = None,
 ) -> Starlette:
     """The Starlette application (routes exactly as in contract section 5).
 
@@ -447,6 +472,8 @@ def create_app(
     Predictions run in ``workers`` (default: a :class:`WorkerPool` with its default bounds) and are answered
     504 after ``request_timeout`` seconds. ``metrics``: the Prometheus metrics requests update (None: none),
     served at ``GET /metrics`` unless ``metrics_route`` is false (``serve --metrics-port`` serves them apart).
+    ``drift``: where each decoded request's rows are sampled for ``GET /models/{model_name}/drift`` and the drift
+    gauges (None: no drift monitoring).
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -460,6 +487,7 @@ def create_app(
         workers if workers is not None else WorkerPool(),
         request_timeout,
         metrics,
+        drift,
     )
     if metrics is not None:
         metrics.models(live.current)
@@ -469,6 +497,7 @@ def create_app(
         *probe_routes(lambda: served.live.current, routes.plain),
         Route("/models", routes.list_models, methods=["GET"]),
         Route("/models/{model_name}", routes.describe_model, methods=["GET"]),
+        Route("/models/{model_name}/drift", routes.drift, methods=["GET"]),
         Route("/predictions/{model_name}", predict, methods=["POST"]),
         Route("/predictions/{model_name}/{version}", predict, methods=["POST"]),
     ]
