@@ -130,7 +130,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="hyper-parameter override, repeatable (e.g. epochs=3, n_estimators=300, hidden=[64,32])",
     )
     p.add_argument(
-        "--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)"
+        "--atol",
+        type=float,
+        default=None,
+        help="parity tolerance: every value within atol + rtol * |native| of the native model, rtol the model's "
+        "(0, or 1e-4 for a torch network computing in float32) (default: 1e-5)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads training uses (torch intra-op threads, xgboost's nthread unless n_jobs is set); "
+        "default: every core",
     )
     p.add_argument(
         "--max-batch-size",
@@ -208,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
             schema=args.schema,
             min_auc=args.min_auc,
             model_name=args.model_name,
+            threads=args.threads,
         )
         result = pipeline.run(params, echo=echo)
         results.append(result)

@@ -70,6 +70,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "embed_dim": 8,
         "hidden": [64, 32],
         "weight_decay": 0.0,
+        "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("deepfm",)
     notebook = NotebookInfo(

@@ -100,6 +100,7 @@ _CLI_TERMS = {
     "--rows": "rows",
     "--version": "model_version",
     "--atol": "atol",
+    "--threads": "threads",
     "--artifacts": "artifacts_dir",
     "--seed": "seed",
     "--model-name": "model_name",
@@ -138,6 +139,7 @@ def prepare(
     feature_schema: Any = None,
     model_name: str | None = None,
     parity_atol: float | None = None,
+    threads: int | None = None,
 ) -> Prepared:
     """Validate every notebook parameter and load the data, before any training.
 
@@ -189,6 +191,7 @@ def prepare(
             label=label,
             schema=_schema_param(feature_schema, root),
             model_name=model_name,
+            threads=threads,
         )
         names = renamed_model_names(spec.model_names, model_name)
         if isinstance(model_version, int) and not isinstance(model_version, bool):
