@@ -249,7 +249,8 @@ def _fit_epochs(
 ) -> list[dict[str, float]]:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    # fused: one pass over each tensor per step instead of five; the dense embedding tables' update dominated a step
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
     history: list[dict[str, float]] = []
     history.append(_losses_before_training(model, loss_fn, train_tensors, heldout_tensors))  # the curve's start
     for epoch in range(1, epochs + 1):
