@@ -124,8 +124,11 @@ def contract_problems(metadata: dict[str, Any], model_name: str | None = None, v
                 problems.append(f"parity.{key} is missing")
         if parity.get("passed") is not True:
             problems.append("parity.passed is not true: this export failed its parity check")
-        diff, atol = parity.get("max_abs_diff"), parity.get("atol")
-        if isinstance(diff, (int, float)) and isinstance(atol, (int, float)) and not diff <= atol:
+        diff, atol, ratio = parity.get("max_abs_diff"), parity.get("atol"), parity.get("max_tolerance_ratio")
+        if isinstance(ratio, (int, float)):  # atol + rtol * |native| per value (versions before rtol: atol alone)
+            if not ratio <= 1:
+                problems.append(f"parity.max_tolerance_ratio {ratio} exceeds 1 (atol + rtol * |native|)")
+        elif isinstance(diff, (int, float)) and isinstance(atol, (int, float)) and not diff <= atol:
             problems.append(f"parity.max_abs_diff {diff} exceeds parity.atol {atol}")
     training = metadata.get("training")
     if not isinstance(training, dict):

@@ -86,6 +86,7 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
         f"atol: float = {spec.atol!r}  # parity tolerance: max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
         "parity_atol: Optional[float] = None  # deprecated old name of atol: still honoured, with a warning",
+        "threads: Optional[int] = None  # threads training uses (torch intra-op, xgboost nthread); None: every core",
     ]
     return "\n".join(lines)
 
@@ -153,7 +154,7 @@ prep = nbs.prepare(
     feature_columns=feature_columns, label=label, feature_schema=feature_schema, positive_class=positive_class,
     exclude_columns=exclude_columns, rows=rows, seed=seed, root=nbs.repo_root(),
     artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
-    hparams={hparams_source(model, cfg)},
+    threads=threads, hparams={hparams_source(model, cfg)},
 )
 print(nbs.describe_run(prep))"""
     title = f"{model}: loss per {cfg.step}"

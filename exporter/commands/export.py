@@ -147,7 +147,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="hyper-parameter override, repeatable (e.g. max_epochs=30, patience=5, n_estimators=300, hidden=[64,32])",
     )
     p.add_argument(
-        "--atol", type=float, default=None, help="parity tolerance, max |native - onnxruntime| (default: 1e-5)"
+        "--atol",
+        type=float,
+        default=None,
+        help="parity tolerance: every value within atol + rtol * |native| of the native model, rtol the model's "
+        "(0, or 1e-4 for a torch network computing in float32) (default: 1e-5)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads training uses (torch intra-op threads, xgboost's nthread unless n_jobs is set); "
+        "default: every core",
     )
     p.add_argument(
         "--max-batch-size",
@@ -275,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
             exclude_columns=args.exclude_columns,
             streaming=args.streaming,
             log=_note if args.json else None,
+            threads=args.threads,
         )
         if args.engine == "spark":
             from exporter.export import spark_train

@@ -21,7 +21,7 @@ from exporter.export import repository as repo
 from exporter.export import triton
 from exporter.export.convert import ParityResult
 from exporter.export.params import Evaluation, Prepared
-from exporter.models import ExportUnit, Trained
+from exporter.models import ExportUnit, Trained, threads
 from exporter.models.base import SideFile
 from exporter.training import diagnostics as DG
 
@@ -192,11 +192,19 @@ def build_metadata(
                 },
                 "final_loss": trained.history[-1] if trained.history else None,
                 **_jsonable(prep.training_record),
+                **_threads_record(trained),
             },
             "created_at": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         }
     )
     return meta
+
+
+def _threads_record(trained: Trained) -> dict[str, Any]:
+    """The threads training ran on and the OpenMP wait policy (train mode; a loaded model trained elsewhere)."""
+    if trained.threads is None:
+        return {}
+    return {"threads": trained.threads, "openmp_wait_policy": threads.wait_policy()}
 
 
 def triton_tensors(meta: Mapping[str, Any], max_batch_size: int) -> dict[str, list[dict[str, Any]]]:

@@ -238,12 +238,19 @@ def _quality(metadata: Mapping[str, Any]) -> list[str]:
                 f"Parity: ONNX Runtime vs {parity.get('reference', 'the native model')} on "
                 f"{_num(parity.get('rows'))} rows ({_num(parity.get('heldout_rows'))} held-out): max |diff| "
                 f"{_num(parity.get('max_abs_diff'), 3)}, mean {_num(parity.get('mean_abs_diff'), 3)}, "
-                f"tolerance {_num(parity.get('atol'))}: **{'passed' if parity.get('passed') else 'FAILED'}**."
+                f"tolerance {_num(parity.get('atol'))}{_relative(parity)}: "
+                f"**{'passed' if parity.get('passed') else 'FAILED'}**."
             ),
         ]
     if _section(metadata, "producer").get("framework") == "xgboost":
         lines += ["", THREAD_NOTE]
     return lines
+
+
+def _relative(parity: Mapping[str, Any]) -> str:
+    """The relative term of the tolerance, when the graph has one (a torch network computing in float32)."""
+    rtol = parity.get("rtol")
+    return f" + {_num(rtol)} x |native|" if isinstance(rtol, (int, float)) and rtol else ""
 
 
 #: the tree ensembles' answers vary with onnxruntime's thread count (contract section 4)

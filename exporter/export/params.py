@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from exporter import features as F
-from exporter.models import ModelSpec, Trained
+from exporter.models import ExportUnit, ModelSpec, Trained
 from exporter.models.base import SideFile
 
 MODES = ("train", "load")
@@ -58,6 +58,8 @@ class ExportParams:
     streaming: str = "auto"
     #: where the run's notes go (which reading path ran and why, the passes); ``None``: printed on stdout
     log: Callable[[str], None] | None = None
+    #: threads training uses (torch intra-op threads, xgboost's nthread); ``None``: every core
+    threads: int | None = None
 
 
 @dataclass
@@ -114,6 +116,13 @@ class Prepared:
     @property
     def atol(self) -> float:
         return float(self.params.atol if self.params.atol is not None else self.spec.atol)
+
+    def tolerances(self, unit: ExportUnit) -> tuple[float, float]:
+        """(atol, rtol) of one graph's parity check: ``--atol`` replaces the absolute term, the relative term is
+        the graph's own (0 unless its network computes in float32)."""
+        atol = self.params.atol if self.params.atol is not None else (unit.atol if unit.atol is not None else None)
+        rtol = unit.rtol if unit.rtol is not None else self.spec.rtol
+        return float(atol if atol is not None else self.spec.atol), float(rtol)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from exporter.export.write import (
     check_model_name,
     renamed_model_names,
 )
-from exporter.models import ExportUnit, ModelSpec, TrainData, Trained, get_spec
+from exporter.models import ExportUnit, ModelSpec, TrainData, Trained, get_spec, threads
 from exporter.models.base import BINARY
 from exporter.training import column_checks as K
 from exporter.training import data as D
@@ -152,6 +152,7 @@ def prepare(params: ExportParams) -> Prepared:
         raise ExporterError(f"--seed must be an integer from 0 to {MAX_SEED}, got {params.seed!r}")
     if params.version is not None and C.version_problem(params.version):
         raise ExporterError(str(C.version_problem(params.version)))
+    threads.check_threads(params.threads)
     hparams = H.resolve_hparams(spec, params.hparams)
     if params.min_auc is not None and (
         isinstance(params.min_auc, bool) or not isinstance(params.min_auc, (int, float)) or not 0 <= params.min_auc <= 1
@@ -341,6 +342,7 @@ def fit(prep: Prepared) -> Trained:
                 seed=prep.params.seed,
                 features=prep.features,
                 progress=bar,
+                threads=prep.params.threads,
             )
         )
     ST.record_phase(prep, "train", time.perf_counter() - started)
@@ -380,6 +382,7 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
     built: list[tuple[ExportUnit, bytes, ParityResult]] = []
     for unit in units:
         sub = plan.subset(unit.feature_columns)
+        atol, rtol = prep.tolerances(unit)
         model_bytes = build_onnx(unit, sub)
         idx = [prep.columns.index(c) for c in unit.feature_columns]
         parity = check_parity(
@@ -387,20 +390,15 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
             model_bytes,
             np.ascontiguousarray(x_parity[:, idx]),
             len(x_parity) - n_synthetic - n_probes,
-            prep.atol,
+            atol,
             sub,
+            rtol=rtol,
         )
         parity.probe_rows = n_probes
         built.append((unit, model_bytes, parity))
     failed = [p for _, _, p in built if not p.passed]
     if failed:
-        raise ParityError(
-            "parity check failed, nothing was written: "
-            + "; ".join(
-                f"{p.model_name} max |native - onnxruntime| = {p.max_abs_diff:.3g} > atol {p.atol:g} over {p.rows} rows"
-                for p in failed
-            )
-        )
+        raise ParityError("parity check failed, nothing was written: " + "; ".join(p.failure() for p in failed))
     return W.write_versions(prep, trained, evaluation, built, parts, raw_held)
 
 

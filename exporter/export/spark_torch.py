@@ -54,10 +54,11 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
     )
     tc.seed_everything(prep.params.seed)
     config = spec.make_config(data)
-    from exporter.models.torch_base import FEATURES_KEY
+    from exporter.models.torch_base import DTYPE_KEY, FEATURES_KEY
 
     config[FEATURES_KEY] = prep.features.to_dict()
-    net = spec.build(config).to(tc.DTYPE)
+    config[DTYPE_KEY] = str(hp.get("dtype", tc.LEGACY_DTYPE))
+    net = tc.set_compute_dtype(spec.build(config), tc.compute_dtype(config[DTYPE_KEY]))
     spec.fit_scalers(net, prep.x_train)
     work = run.workdir / "torch"
     shards = work / "train"
@@ -162,6 +163,7 @@ def train_rank(settings_json: str) -> None:
 
     from exporter.models import get_spec
     from exporter.models import torch_common as tc
+    from exporter.models.torch_base import DTYPE_KEY, targets_as
 
     s = json.loads(settings_json)
     dist.init_process_group("gloo")
@@ -171,7 +173,8 @@ def train_rank(settings_json: str) -> None:
         spec: Any = get_spec(s["model"])
         hp: Mapping[str, Any] = s["hparams"]
         work = Path(s["work"])
-        net = spec.build(s["config"]).to(tc.DTYPE)
+        dtype = tc.compute_dtype(s["config"].get(DTYPE_KEY, tc.LEGACY_DTYPE))
+        net = tc.set_compute_dtype(spec.build(s["config"]), dtype)
         net.load_state_dict(torch.load(work / "init.pt", weights_only=True))
         files = sorted(str(p) for p in Path(s["shards"]).glob("*.parquet"))
         mine = files[rank::world]
@@ -182,11 +185,14 @@ def train_rank(settings_json: str) -> None:
         if steps == 0:
             raise ExporterError("a training worker got no rows: use fewer --num-workers or more data")
         valid = np.load(work / "valid.npz", allow_pickle=False)
-        valid_tensors = spec.training_tensors(
-            s["config"], valid["x"], {n: valid[f"y_{n}"] for n in s["labels"] if f"y_{n}" in valid}
+        valid_tensors = targets_as(
+            spec.training_tensors(
+                s["config"], valid["x"], {n: valid[f"y_{n}"] for n in s["labels"] if f"y_{n}" in valid}
+            ),
+            dtype,
         )
         optimizer = torch.optim.Adam(
-            net.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp.get("weight_decay", 0.0))
+            net.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp.get("weight_decay", 0.0)), fused=True
         )
         global_logq = (
             _GlobalLogQ(work / "items.npz", s["config"]["item_idx"]) if (work / "items.npz").exists() else None
@@ -202,9 +208,9 @@ def train_rank(settings_json: str) -> None:
             stream = _stream(mine, batch, int(s["seed"]) + 7919 * rank, epoch, s["labels"])
             for _ in range(steps):
                 x, y = next(stream)
-                tensors = spec.training_tensors(s["config"], x, y)
+                tensors = targets_as(spec.training_tensors(s["config"], x, y), dtype)
                 if global_logq is not None and len(tensors) == 3:  # positives, item ids, log q: q of the whole log
-                    tensors[2] = torch.from_numpy(global_logq(tensors[0].numpy()))
+                    tensors[2] = torch.from_numpy(global_logq(tensors[0].numpy())).to(dtype)
                 optimizer.zero_grad(set_to_none=True)
                 loss = spec.loss(net, tensors)
                 if not torch.isfinite(loss):

@@ -331,6 +331,7 @@ def fit_streaming(prep: Prepared) -> Trained:
         hparams=prep.hparams,
         seed=prep.params.seed,
         features=plan,
+        threads=prep.params.threads,
         progress=bars if isinstance(spec, TorchModel) else None,
     )
     try:

@@ -14,7 +14,11 @@ import importlib
 from collections.abc import Iterator
 
 from exporter.errors import ExporterError
-from exporter.models.base import ExportUnit, Model, ModelSpec, NotebookInfo, TrainData, Trained
+from exporter.models.threads import prefer_passive_wait
+
+prefer_passive_wait()  # before any model module loads torch or xgboost (OpenMP reads it once, at load)
+
+from exporter.models.base import ExportUnit, Model, ModelSpec, NotebookInfo, TrainData, Trained  # noqa: E402
 
 #: model -> ``"module:Class"`` of its class (or the model itself, for models registered at run time).
 REGISTRY: dict[str, str | Model] = {

@@ -64,6 +64,10 @@ class ExportUnit:
     #: Writes native files (checkpoint, model.ubj, feature_meta.json) into a version directory.
     write_native_files: Callable[[Path], None] | None = None
     related_models: list[str] = field(default_factory=list)
+    #: parity tolerances of this graph (``None``: the model's ``atol``/``rtol``); torch models computing in
+    #: float32 set their own (see :class:`Model`)
+    atol: float | None = None
+    rtol: float | None = None
 
     @property
     def output_shape(self) -> list[int]:
@@ -92,6 +96,8 @@ class Trained:
     #: how training stopped (metadata ``training.early_stopping``): best step, last step, why, budget, optimiser
     #: steps; empty for a loaded model
     stopping: dict[str, Any] = field(default_factory=dict)
+    #: threads training ran on (torch intra-op threads, xgboost's nthread); ``None`` for a loaded model
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,8 @@ class TrainData:
     seed: int
     features: FeaturePlan
     progress: Progress | None = None
+    #: intra-op threads training may use (``--threads``); ``None``: every core
+    threads: int | None = None
 
 
 #: column -> tower declared for it, computed only for a model that splits by towers (see :meth:`Model.split`)
@@ -215,8 +223,10 @@ class Model(ABC):
     model_names: ClassVar[tuple[str, ...]]
     #: what its exported graphs answer (see ``PREDICTION_FORMATS`` in :mod:`exporter.runtime.rules`)
     prediction_format: ClassVar[str] = "scalar"
-    #: parity tolerance between the native model and onnxruntime
+    #: parity tolerances between the native model and onnxruntime: each output value must satisfy
+    #: ``|onnxruntime - native| <= atol + rtol * |native|`` (``--atol`` replaces ``atol``)
     atol: ClassVar[float] = 1e-5
+    rtol: ClassVar[float] = 0.0
     checkpoint_hint: ClassVar[str] = "checkpoint.pt written by train mode"
     #: The model's notebook (``notebooks/<name>.ipynb``, generated from this).
     notebook: ClassVar[NotebookInfo | None] = None

@@ -83,6 +83,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "embed_dim": 16,
         "hidden": [64, 32],
         "weight_decay": 1e-5,
+        "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("deepfm",)
     notebook = NotebookInfo(

@@ -23,6 +23,7 @@ from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
+from exporter.models.threads import resolve_threads
 from exporter.runtime.rules import MetadataError, read_metadata
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -30,6 +31,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 DEFAULT_PATIENCE = 3
 #: the training budget and stopping rule every torch model declares among its defaults
 TRAINING_DEFAULTS: dict[str, Any] = {"max_epochs": 50, "patience": DEFAULT_PATIENCE, "lr_schedule": "plateau"}
+#: the compute dtype inside a checkpoint's config (``float32``/``float64``; absent: float64, the old networks)
+DTYPE_KEY = "dtype"
 #: the fitted feature plan inside a checkpoint's config (load mode rebuilds the in-graph preprocessing from it)
 FEATURES_KEY = "features"
 
@@ -61,6 +64,10 @@ class TorchModel(Model, Generic[NetT]):
     """
 
     framework: ClassVar[str] = "torch"
+    #: parity of a network computing in float32: float32 rounding (~1e-7 relative per operation, summed over
+    #: a layer) differs between torch's and onnxruntime's kernels; FP64 networks keep :attr:`Model.atol` alone
+    fp32_atol: ClassVar[float] = 1e-5
+    fp32_rtol: ClassVar[float] = 1e-4
 
     # ------------------------------------------------------------------ what a torch model declares
 
@@ -112,17 +119,21 @@ class TorchModel(Model, Generic[NetT]):
 
     def train(self, data: TrainData) -> Trained:
         hparams, seed = data.hparams, data.seed
+        threads = resolve_threads(data.threads)
         tc.seed_everything(seed)
         columns = list(data.columns)
         config = self.make_config(data)
         config[FEATURES_KEY] = data.features.to_dict()
-        net = self.build(config).to(tc.DTYPE)
+        # a model without the ``dtype`` hyper-parameter computes in float64 (its network may not cast its input)
+        config[DTYPE_KEY] = str(hparams.get("dtype", tc.LEGACY_DTYPE))
+        dtype = tc.compute_dtype(config[DTYPE_KEY])
+        net = tc.set_compute_dtype(self.build(config), dtype)
         self.fit_scalers(net, data.x_train)
         fitted = tc.fit_loop(
             model=net,
             loss_fn=self.loss,
-            train_tensors=self.training_tensors(config, data.x_train, data.y_train),
-            validation_tensors=self.training_tensors(config, data.x_valid, data.y_valid),
+            train_tensors=targets_as(self.training_tensors(config, data.x_train, data.y_train), dtype),
+            validation_tensors=targets_as(self.training_tensors(config, data.x_valid, data.y_valid), dtype),
             max_epochs=max_epochs(hparams),
             batch_size=int(hparams["batch_size"]),
             learning_rate=float(hparams["learning_rate"]),
@@ -131,20 +142,28 @@ class TorchModel(Model, Generic[NetT]):
             progress=data.progress,
             patience=int(hparams.get("patience", DEFAULT_PATIENCE)),
             lr_schedule=str(hparams.get("lr_schedule", "none")),
+            threads=threads,
         )
         trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
         trained.stopping = fitted.stopping
+        trained.threads = threads
         return trained
 
     def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:
         ckpt = tc.load_checkpoint(path, model_type=self.name)
         cols = tc.checkpoint_columns(ckpt, columns, path=path)
+        dtype_name = ckpt["config"].get(DTYPE_KEY, tc.LEGACY_DTYPE)
         try:
-            net = self.build(ckpt["config"]).to(tc.DTYPE)
+            dtype = tc.compute_dtype(dtype_name)
+        except ExporterError as exc:
+            raise ExporterError(f"checkpoint {path}: {exc}") from exc
+        try:
+            net = tc.set_compute_dtype(self.build(ckpt["config"]), dtype)
         except (KeyError, TypeError, ValueError) as exc:
             raise ExporterError(f"checkpoint {path} has an unusable {self.name} config: {exc!r}") from exc
         tc.restore_state(net, ckpt["state_dict"], path=path)
         used = dict(ckpt.get("hparams") or {})
+        used["dtype"] = dtype_name  # what the loaded network computes in (older checkpoints: float64)
         used["source_file"] = str(path)
         stored = ckpt["config"].get(FEATURES_KEY)
         plan = FeaturePlan.from_dict(stored, source=f"checkpoint {path}") if stored is not None else None
@@ -195,14 +214,16 @@ class TorchModel(Model, Generic[NetT]):
 
         parts = self.parts(net, config, columns)
         names = [p.model_name for p in parts]
+        fp32 = config.get(DTYPE_KEY, tc.LEGACY_DTYPE) == "float32"
+        served = [tc.Float64Output(p.module).eval() for p in parts]
         return [
             ExportUnit(
                 model_name=p.model_name,
                 feature_columns=p.feature_columns,
                 output_width=p.output_width,
                 prediction_format=p.prediction_format,
-                native_predict=tc.eager_predictor(p.module),
-                build_onnx=partial(tc.export_onnx, p.module, len(p.feature_columns)),
+                native_predict=tc.eager_predictor(module),
+                build_onnx=partial(tc.export_onnx, module, len(p.feature_columns)),
                 reference="torch eager (inference_mode)",
                 framework="torch",
                 framework_version=tc.torch_version(),
@@ -212,8 +233,10 @@ class TorchModel(Model, Generic[NetT]):
                 # the first part carries the checkpoint; towers share one network
                 write_native_files=write_checkpoint if i == 0 else None,
                 related_models=[n for n in names if n != p.model_name],
+                atol=self.fp32_atol if fp32 else self.atol,
+                rtol=self.fp32_rtol if fp32 else self.rtol,
             )
-            for i, p in enumerate(parts)
+            for i, (p, module) in enumerate(zip(parts, served, strict=True))
         ]
 
     def native_predictor(self, version_dir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -260,6 +283,12 @@ def _model_part(version_dir: Path, model_name: str) -> str:
 def max_epochs(hparams: Mapping[str, Any]) -> int:
     """The epoch budget: ``max_epochs``, or ``epochs`` for a model class that still declares the old name."""
     return int(hparams["max_epochs"] if "max_epochs" in hparams else hparams["epochs"])
+
+
+def targets_as(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The features stay float64 (:class:`~exporter.models.torch_common.FieldInput` reads them); floating
+    targets follow the network's compute dtype, so losses compare like with like."""
+    return [tensors[0], *(t.to(dtype) if t.is_floating_point() else t for t in tensors[1:])]
 
 
 def label_tensor(y: Mapping[str, np.ndarray], name: str) -> torch.Tensor:

@@ -4,8 +4,12 @@ A network reads the *prepared* float64 matrix (numeric NaN filled, categorical v
 rows: :mod:`exporter.features`); :class:`FieldInput` standardises the numeric fields with statistics fitted on
 training data and embeds the categorical ones, so the exported graph (preprocessing in front, see
 :mod:`exporter.features.onnx_prep`) carries all of it and its tensors are exactly the contract's.
-Networks compute in float64 end to end: these models are small, and float32 rounding on outputs in seconds or
-currency (watch_time, gmv ~ 1e2) alone would exceed the parity gate's absolute tolerance of 1e-5.
+Networks compute in float32 by default (hyper-parameter ``dtype``; ``float64`` keeps the old end-to-end FP64):
+the graph's tensors stay FP64 as the contract says. :class:`FieldInput` standardises numeric fields and reads
+categorical row indices in float64 (exact beyond float32's 2^24), then casts to the compute dtype;
+:class:`Float64Output` casts what a served network answers back to float64. Regression heads de-standardise in
+float64, so outputs in the hundreds (watch_time, gmv) carry only the float32 error of their standardised value;
+the parity gate compares with ``atol + rtol * |native|`` (:mod:`exporter.export.convert`).
 
 Why this module is long: the layers, the training loop with its early stopping, checkpoints and the ONNX
 export are what every torch model shares; split apart they would import each other.
@@ -31,13 +35,20 @@ from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.models import history_pool as HP
 from exporter.models.base import Progress
+from exporter.models.threads import available_cores
 
 if TYPE_CHECKING:
     import onnx
 
 CHECKPOINT_FORMAT = "exporter.torch-checkpoint/1"
 TORCH_OPSET = 18
-DTYPE = torch.float64
+#: hyper-parameter ``dtype`` -> the torch dtype a network trains and computes in
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+DEFAULT_DTYPE = "float32"
+#: what a checkpoint without ``dtype`` in its config computed in (every checkpoint before float32 training)
+LEGACY_DTYPE = "float64"
+#: the dtype of the graph's tensors and of the prepared matrix (contract section 1)
+IO_DTYPE = torch.float64
 #: key prefix of the per-node source metadata torch's ONNX exporter writes (see :func:`strip_source_metadata`)
 TORCH_SOURCE_METADATA = "pkg.torch.onnx."
 #: the network a training loop fits (its loss function receives it as it is)
@@ -130,8 +141,14 @@ class FieldInput(nn.Module):
         if self.n_num:
             self.scaler.fit(x[:, self.num_idx.numpy()])
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: that of the embedding table (the network's parameters)."""
+        return self.embedding.weight.dtype
+
     def numeric(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaler(x[:, self.num_idx])
+        """Standardised in float64 (the statistics stay float64), then cast to the compute dtype."""
+        return self.scaler(x[:, self.num_idx]).to(self.dtype)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """[B, n_cat] rows of the shared table (row indices plus each field's offset)."""
@@ -158,6 +175,37 @@ class FieldInput(nn.Module):
         if pooled is not None:
             parts.append(pooled.flatten(1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+class Float64Output(nn.Module):
+    """A served network whose answer is cast to float64: the graph's ``predictions`` are FP64 whatever the
+    network computes in (its input is the FP64 prepared matrix already)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x).to(IO_DTYPE)
+
+
+def compute_dtype(name: str) -> torch.dtype:
+    """The torch dtype of the hyper-parameter ``dtype`` (``float32`` or ``float64``)."""
+    if name not in DTYPES:
+        raise ExporterError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def set_compute_dtype(module: ModuleT, dtype: torch.dtype) -> ModuleT:
+    """Cast the parameters (not the buffers) to ``dtype``, in place.
+
+    Buffers keep their own dtypes: the standardisation statistics and regression target statistics stay
+    float64 (the inputs are standardised and the outputs de-standardised in float64), indices stay integers.
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = p.data.to(dtype)
+    return module
 
 
 def mlp(sizes: Sequence[int], *, final_activation: bool = False) -> nn.Sequential:
@@ -211,9 +259,11 @@ def fit_loop(
     progress: Progress | None,
     patience: int | None = None,
     lr_schedule: str = "none",
+    threads: int | None = None,
 ) -> FitResult:
-    """Mini-batch Adam with early stopping on the validation loss: at most ``max_epochs`` epochs, stopped after
-    ``patience`` epochs without a better validation loss (``None``: never), the best epoch's weights restored.
+    """Mini-batch Adam on ``threads`` intra-op threads (None: every core) with early stopping on the validation
+    loss: at most ``max_epochs`` epochs, stopped after ``patience`` epochs without a better validation loss
+    (``None``: never), the best epoch's weights restored.
 
     The validation rows decide (stopping, the best epoch, the learning-rate schedule); no other held-out rows
     are seen here. Returns the per-epoch train and validation loss (the training curve) and how it stopped.
@@ -221,7 +271,7 @@ def fit_loop(
     n = len(train_tensors[0])
     if n == 0:
         raise ExporterError("no training rows left after holding out evaluation rows")
-    with single_thread():
+    with intra_op_threads(threads):
         return _fit_epochs(
             model,
             loss_fn,
@@ -239,11 +289,14 @@ def fit_loop(
 
 
 @contextlib.contextmanager
-def single_thread() -> Any:
-    """Train on one intra-op thread: these networks are small, and on a shared 2-core machine two spinning
-    OpenMP threads made each step ~15x slower (measured 166 ms vs 9 ms per DeepFM batch under load)."""
+def intra_op_threads(threads: int | None) -> Any:
+    """torch's intra-op threads for the block (None: every core this process may use), restored after.
+
+    Several threads do not collapse on a loaded machine because OpenMP threads sleep at a barrier instead of
+    spinning (``OMP_WAIT_POLICY=PASSIVE``, set before torch loads: :mod:`exporter.models.threads`).
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads if threads is not None else available_cores())
     try:
         yield
     finally:
@@ -266,7 +319,8 @@ def _fit_epochs(
 ) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    # fused: one pass over each tensor per step instead of five; the dense embedding tables' update dominated a step
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
     history: list[dict[str, float]] = []
     history.append(_losses_before_training(model, loss_fn, train_tensors, validation_tensors))  # the curve's start
     # without validation rows (a softmax model whose validation rows hold no positive pair) the train loss decides
@@ -368,7 +422,7 @@ def steps_per_epoch(rows: int, batch_size: int) -> int:
 
 
 def eager_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """The native reference: the serving module in torch eager mode, float64 in and out."""
+    """The native reference: the serving module (:class:`Float64Output`) in torch eager mode, float64 in and out."""
     module.eval()
 
     def predict(x: np.ndarray) -> np.ndarray:

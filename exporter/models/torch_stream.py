@@ -23,7 +23,8 @@ from exporter.errors import ExporterError
 from exporter.models import torch_common as tc
 from exporter.models.base import Trained
 from exporter.models.streamed import StreamTrainData, shuffled_blocks
-from exporter.models.torch_base import DEFAULT_PATIENCE, FEATURES_KEY, TorchModel, max_epochs
+from exporter.models.threads import resolve_threads
+from exporter.models.torch_base import DEFAULT_PATIENCE, DTYPE_KEY, FEATURES_KEY, TorchModel, max_epochs, targets_as
 
 
 def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
@@ -33,17 +34,21 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     tc.seed_everything(seed)
     config = model.make_config(data)
     config[FEATURES_KEY] = data.features.to_dict()
-    net = model.build(config).to(tc.DTYPE)
+    config[DTYPE_KEY] = str(hparams.get("dtype", tc.LEGACY_DTYPE))
+    dtype = tc.compute_dtype(config[DTYPE_KEY])
+    net = tc.set_compute_dtype(model.build(config), dtype)
     model.fit_scalers(net, data.x_train)
-    sample = model.training_tensors(config, data.x_train, data.y_train)
-    validation = model.training_tensors(config, data.x_valid, data.y_valid)
+    sample = targets_as(model.training_tensors(config, data.x_train, data.y_train), dtype)
+    validation = targets_as(model.training_tensors(config, data.x_valid, data.y_valid), dtype)
     epochs, batch_size = max_epochs(hparams), int(hparams["batch_size"])
     patience = int(hparams.get("patience", DEFAULT_PATIENCE))
     schedule = str(hparams.get("lr_schedule", "none"))
     lr = float(hparams["learning_rate"])
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=float(hparams.get("weight_decay", 0.0)))
+    optimizer = torch.optim.Adam(
+        net.parameters(), lr=lr, weight_decay=float(hparams.get("weight_decay", 0.0)), fused=True
+    )
     progress = data.progress
-    with tc.single_thread():
+    with tc.intra_op_threads(data.threads):
         history = [tc._losses_before_training(net, model.loss, sample, validation)]
         monitor = "validation_loss" if len(validation[0]) else "train_loss"
         best, best_epoch, best_state, since, steps, reason = math.inf, 0, None, 0, 0, tc.STOP_MAX_EPOCHS
@@ -52,7 +57,7 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
             total, seen = 0.0, 0
             rng = np.random.default_rng([seed, epoch])
             for x, y in shuffled_blocks(stream.chunks(epoch), stream.buffer_rows, rng):
-                tensors = model.training_tensors(config, x, y)
+                tensors = targets_as(model.training_tensors(config, x, y), dtype)
                 for start in range(0, len(tensors[0]), batch_size):
                     batch = [t[start : start + batch_size] for t in tensors]
                     optimizer.zero_grad(set_to_none=True)
@@ -94,6 +99,7 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
             net.load_state_dict(best_state)
     net.eval()
     trained = model._trained(net, config, list(data.columns), dict(hparams), history, data.features)
+    trained.threads = resolve_threads(data.threads)
     trained.stopping = {
         "monitor": monitor,
         "best_epoch": best_epoch,

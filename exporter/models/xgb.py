@@ -18,6 +18,7 @@ from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.models.base import ExportUnit, Model, NotebookInfo, TrainData, Trained
+from exporter.models.threads import MAX_THREADS, check_threads, resolve_threads
 from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.training.metrics import ctr_metrics
 
@@ -42,7 +43,7 @@ class XGBoostModel(Model):
         "subsample": 0.9,
         "colsample_bytree": 1.0,
         "min_child_weight": 1.0,
-        "n_jobs": 2,
+        "n_jobs": None,
     }
     model_names = ("xgb",)
     checkpoint_hint = "an XGBoost model saved as .json or .ubj (Booster.save_model / XGBClassifier.save_model)"
@@ -66,6 +67,12 @@ class XGBoostModel(Model):
         example="-p rows 50000 -p n_estimators 300 -p max_depth 6",
     )
     test_hparams = {"n_estimators": 40}
+    hparam_rules = {
+        "n_jobs": (
+            lambda value, hparams: value is None or check_threads(value, "hyper-parameter n_jobs of xgb") is not None,
+            f"None (the run's threads: --threads, else every core) or a positive integer up to {MAX_THREADS}",
+        ),
+    }
     max_abs_feature = float(np.finfo(np.float32).max)
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -107,6 +114,8 @@ class XGBoostModel(Model):
     def params(self, data: TrainData) -> dict[str, Any]:
         """XGBoost's parameters of a run."""
         hparams = data.hparams
+        # n_jobs when set, else the run's threads (--threads, else every core)
+        nthread = int(hparams["n_jobs"]) if hparams.get("n_jobs") is not None else resolve_threads(data.threads)
         return {
             "objective": "binary:logistic",
             "eval_metric": "logloss",
@@ -117,7 +126,7 @@ class XGBoostModel(Model):
             "colsample_bytree": float(hparams["colsample_bytree"]),
             "min_child_weight": float(hparams["min_child_weight"]),
             "seed": int(data.seed),
-            "nthread": int(hparams["n_jobs"]),
+            "nthread": nthread,
         }
 
     def boost(self, data: TrainData, params: Mapping[str, Any], dtrain: Any, dvalid: Any) -> Trained:
@@ -172,6 +181,7 @@ class XGBoostModel(Model):
         }
         trained = self._trained(booster, columns, dict(hparams), history, data.features)
         trained.stopping = stopping
+        trained.threads = int(params["nthread"])
         return trained
 
     def load(self, path: str | Path, columns: Sequence[str] | None, hparams: Mapping[str, Any]) -> Trained:

@@ -103,6 +103,7 @@ _CLI_TERMS = {
     "--rows": "rows",
     "--version": "model_version",
     "--atol": "atol",
+    "--threads": "threads",
     "--artifacts": "artifacts_dir",
     "--seed": "seed",
     "--model-name": "model_name",
@@ -145,6 +146,7 @@ def prepare(
     parity_atol: float | None = None,
     positive_class: Any = None,
     exclude_columns: Any = None,
+    threads: int | None = None,
 ) -> Prepared:
     """Validate every notebook parameter and load the data, before any training.
 
@@ -199,6 +201,7 @@ def prepare(
             model_name=model_name,
             positive_class=positive_class,
             exclude_columns=_columns_param(exclude_columns, "exclude_columns"),
+            threads=threads,
         )
         names = renamed_model_names(spec.model_names, model_name)
         if isinstance(model_version, int) and not isinstance(model_version, bool):

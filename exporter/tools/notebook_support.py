@@ -264,7 +264,9 @@ def parity_text(exported: Sequence[ExportedArtifact]) -> str:
         if p.probe_rows:
             parts.append(f"{p.probe_rows} probes with unseen IDs, unknown codes and missing values")
         rows = f"{p.rows} rows ({', '.join(parts)})" if len(parts) > 1 else f"{p.rows} held-out rows"
-        lines.append(f"parity {a.model_name}: {verdict} (max |native - onnxruntime| {op} atol {p.atol:g} on {rows})")
+        diff = f"|native - onnxruntime| {op} atol {p.atol:g} + rtol {p.rtol:g} * |native|" if p.rtol else None
+        diff = diff or f"max |native - onnxruntime| {op} atol {p.atol:g}"
+        lines.append(f"parity {a.model_name}: {verdict} ({diff} on {rows})")
     return "\n".join(lines)
 
 
@@ -307,11 +309,13 @@ class SmokeResult:
     atol: float
     prediction_format: str
     width: int | None
+    rtol: float = 0.0
 
     def __str__(self) -> str:
+        bound = f"{self.atol:g}" + (f" + {self.rtol:g} * |native|" if self.rtol else "")
         text = (
             f"smoke test {self.model_name}: TorchServe-style and v2 requests for {self.rows} held-out rows "
-            f"agree with the native model (|diff| <= {self.atol:g})"
+            f"agree with the native model (|diff| <= {bound})"
         )
         if self.prediction_format == "vector":
             text += f"; a one-row request gets a flat vector of {self.width}"
@@ -339,7 +343,7 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
         # raw values as serving sends them (strings as their codes for v2), prepared by the numpy twin for torch/xgb
         x = plan.encode(frame) if plan is not None else frame[list(unit.feature_columns)].to_numpy(dtype=np.float64)
         native = np.asarray(unit.native_predict(plan.prepare(x) if plan is not None else x), dtype=np.float64)
-        atol = artifact.parity.atol
+        atol, rtol = artifact.parity.atol, artifact.parity.rtol
         fmt = artifact.metadata["prediction_format"]
         out_cols = artifact.metadata.get("output_columns") or []
 
@@ -348,7 +352,7 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
         np.testing.assert_allclose(
             got.reshape(native.shape),
             native,
-            rtol=0,
+            rtol=rtol,
             atol=atol,
             err_msg=f"{artifact.model_name}: TorchServe-style answer != native model",
         )
@@ -369,7 +373,7 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
             raise AssertionError(f"{artifact.model_name}: v2 response has " + "; ".join(problems))
         v2 = np.asarray(output["data"], dtype=np.float64).reshape(native.shape)
         np.testing.assert_allclose(
-            v2, native, rtol=0, atol=atol, err_msg=f"{artifact.model_name}: v2 answer != native model"
+            v2, native, rtol=rtol, atol=atol, err_msg=f"{artifact.model_name}: v2 answer != native model"
         )
 
         width = None
@@ -377,8 +381,8 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
             one = handler.predict(torchserve_request(frame.head(1), prep.columns))
             vec = torchserve_predictions(one, fmt, out_cols, 1)
             np.testing.assert_allclose(
-                vec, native[:1], rtol=0, atol=atol, err_msg=f"{artifact.model_name}: one-row answer != native model"
+                vec, native[:1], rtol=rtol, atol=atol, err_msg=f"{artifact.model_name}: one-row answer != native model"
             )
             width = vec.shape[1]
-        results.append(SmokeResult(artifact.model_name, n, atol, fmt, width))
+        results.append(SmokeResult(artifact.model_name, n, atol, fmt, width, rtol))
     return "\n".join(str(r) for r in results)

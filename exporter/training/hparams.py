@@ -116,6 +116,10 @@ RULES: dict[str, tuple[str, str]] = {
         "one_of:plateau|none",
         "plateau (halve the learning rate after an epoch without a better validation loss) or none",
     ),
+    "dtype": (
+        "one_of:float32|float64",
+        "float32 or float64: what the network trains and computes in (the graph's tensors stay FP64)",
+    ),
     "user_columns": ("columns", "None or a non-empty list of column names"),
     "item_columns": ("columns", "None or a non-empty list of column names"),
 }
@@ -182,6 +186,8 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- memory
 #: bytes per FP64 parameter while training: the value, its gradient and Adam's two moments
 TRAINING_BYTES_PER_PARAMETER = 8 * 4
+#: bytes of one value of each compute dtype (hyper-parameter ``dtype``; xgb has none: 8)
+DTYPE_BYTES = {"float32": 4, "float64": 8}
 #: bytes per tree node of a boosted ensemble while it is built (split, value, statistics)
 BYTES_PER_TREE_NODE = 64
 
@@ -224,7 +230,7 @@ def parameter_estimate(hparams: Mapping[str, Any], cardinalities: list[int], tra
         n_tasks = len(tasks) if isinstance(tasks, list) and tasks else 3
         expert, tower = _int(hparams, "expert_dim", 1), _int(hparams, "tower_dim", 1)
         params += experts * (width * expert + expert) + n_tasks * (width * experts + expert * tower + tower + 1)
-    return params * TRAINING_BYTES_PER_PARAMETER
+    return params * TRAINING_BYTES_PER_PARAMETER * DTYPE_BYTES.get(str(hparams.get("dtype")), 8) // 8
 
 
 def available_memory() -> int | None:

@@ -162,7 +162,8 @@ def test_items_parquet_is_the_item_towers_catalogue(exported_runs):
     session = ort.InferenceSession(str(version / "model.onnx"))
     vectors = session.run(None, {"features": raw})[0]
     assert vectors.shape == (len(items), meta["embed_dim"])
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-9)
+    # unit vectors to the towers' float32 precision (their default dtype)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
     complete = items.notna().all(axis=1).to_numpy()
     answer = ModelHandler.load(version).predict({"data": json.loads(items[complete].to_json(orient="records"))})
     np.testing.assert_allclose(np.asarray(answer["predictions"]), vectors[complete], atol=1e-12)

@@ -118,7 +118,7 @@ def test_strip_source_metadata_reaches_subgraphs_and_functions_and_keeps_other_k
 
 def test_export_onnx_records_no_source_location() -> None:
     """A freshly exported network (a stack trace of its forward would name this checkout's files)."""
-    net = DeepFM([0, 0, 5, 3], 4, [8]).to(tc.DTYPE)
+    net = tc.Float64Output(DeepFM([0, 0, 5, 3], 4, [8]))
     model = tc.export_onnx(net, 4)
     assert_no_source_location(model)
     # what is kept still names the module by its class path (not a file path)

@@ -344,7 +344,9 @@ def test_smoke_test_passes_on_real_artifacts(exported_runs, model):
     r = runs[model]
     text = nbs.smoke_test(r.prepared, r.trained, r.artifacts)
     assert text.count("smoke test ") == len(r.artifacts)
-    assert f"for {nbs.SMOKE_ROWS} held-out rows agree with the native model (|diff| <= 1e-05)" in text
+    # torch networks compute in float32: their tolerance has the relative term the parity gate used
+    bound = "1e-05" if model == "xgb" else "1e-05 + 0.0001 * |native|"
+    assert f"for {nbs.SMOKE_ROWS} held-out rows agree with the native model (|diff| <= {bound})" in text
     if model == "two_tower":
         assert f"a one-row request gets a flat vector of {get_spec('two_tower').default_hparams['embed_dim']}" in text
 

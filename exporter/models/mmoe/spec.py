@@ -82,9 +82,10 @@ class MMoE(nn.Module):
         for i, k in enumerate(self.reg_pos):
             ri = r[:, i : i + 1]
             if k is None:
-                cols.append(torch.sigmoid(ri))
+                cols.append(torch.sigmoid(ri).to(self.target_std.dtype))
                 continue
-            value = ri * self.target_std[k] + self.target_mean[k]
+            # de-standardised in float64: a head in the hundreds keeps only its standardised value's rounding
+            value = ri.to(self.target_std.dtype) * self.target_std[k] + self.target_mean[k]
             floor = self.floors[k]
             cols.append(value if floor is None else torch.clamp(value, min=float(floor)))
         return torch.cat(cols, dim=1)
@@ -121,6 +122,7 @@ class MMoEModel(TorchModel[MMoE]):
         "weight_decay": 0.0,
         "tasks": [dict(t) for t in T.DEFAULT_TASKS],
         "task_weights": None,
+        "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("mmoe",)
     prediction_format = "named_columns"

@@ -159,6 +159,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         "loss": "softmax",
         "temperature": 0.05,
         "logq_correction": True,
+        "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("two_tower", "two_tower_item")
     prediction_format = "vector"
