@@ -80,6 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     _describe_on_demand(p)
     p.add_argument("model", help=f"{', '.join(model_names())} or all")
+    add_export_options(p)
+
+
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """The data, training and output options of an export (``tune`` takes the same)."""
     p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
     p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")
     p.add_argument("--mode", default="train", help="train (default) or load an existing model")
@@ -144,8 +149,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="where the artifacts tree will live for KServe, written into <model>/kserve.yaml "
         "(default: pvc://model-repository/artifacts)",
     )
+    add_tracking_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    """--tracking-uri and --no-tracking, shared by export, tune, track and runs."""
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking store: http(s)://HOST:PORT or sqlite:///PATH (default: $MLFLOW_TRACKING_URI, else "
+        "the embedded SQLite store mlruns/mlflow.db beside the --artifacts tree)",
+    )
+    p.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log this export as an MLflow run (also: EXPORTER_TRACKING=off)",
+    )
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -162,10 +184,40 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def export_params(args: argparse.Namespace, model: str, columns: list[str] | None, hparams: dict[str, Any]) -> Any:
+    """The pipeline's ExportParams from export's options (``tune`` shares them)."""
+    from exporter.export import pipeline
+
+    return pipeline.ExportParams(
+        model=model,
+        mode=args.mode,
+        data_path=args.data,
+        rows=args.rows,
+        seed=args.seed,
+        feature_columns=columns,
+        checkpoint=args.checkpoint,
+        feature_meta=args.feature_meta,
+        hparams=hparams,
+        atol=args.atol,
+        artifacts=args.artifacts,
+        version=args.version,
+        progress=not args.quiet,
+        max_batch_size=args.max_batch_size,
+        storage_uri=args.storage_uri,
+        label=args.label,
+        schema=args.schema,
+        min_auc=args.min_auc,
+        model_name=args.model_name,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from exporter.export import pipeline
     from exporter.models import get_spec, model_names
     from exporter.tools import summary
+    from exporter.tracking.runs import Extras
+    from exporter.tracking.session import ExportTracking
+    from exporter.tracking.store import enabled
 
     if args.model == "all":
         if args.mode != "train" or args.checkpoint:
@@ -188,31 +240,23 @@ def run(args: argparse.Namespace) -> int:
             print(text, flush=True)
 
     for name in models:
-        params = pipeline.ExportParams(
-            model=name,
-            mode=args.mode,
-            data_path=args.data,
-            rows=args.rows,
-            seed=args.seed,
-            feature_columns=columns,
-            checkpoint=args.checkpoint,
-            feature_meta=args.feature_meta,
-            hparams=hparams if len(models) == 1 else {},
-            atol=args.atol,
-            artifacts=args.artifacts,
-            version=args.version,
-            progress=not args.quiet,
-            max_batch_size=args.max_batch_size,
-            storage_uri=args.storage_uri,
-            label=args.label,
-            schema=args.schema,
-            min_auc=args.min_auc,
-            model_name=args.model_name,
+        tracking = ExportTracking(args.artifacts, args.tracking_uri, enabled=enabled(args.no_tracking))
+        params = export_params(args, name, columns, hparams if len(models) == 1 else {})
+        try:
+            result = pipeline.run(params, echo=echo, before_export=tracking.start)
+        except BaseException:
+            tracking.failed()
+            raise
+        tracking.log(
+            [a.path for a in result.artifacts],
+            Extras(history=result.trained.history, timings={**result.timings, "total": result.seconds}),
         )
-        result = pipeline.run(params, echo=echo)
         results.append(result)
         if not args.json:
             print(summary.format_result(result), flush=True)
+            line = tracking.summary()
+            if line:
+                print(line, flush=True)
     total = time.perf_counter() - start
     if args.json:
         print(json.dumps(summary.as_json(results, total), indent=2))

@@ -72,6 +72,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "weight_decay": 0.0,
     }
     model_names = ("deepfm",)
+    tunable = {"learning_rate": ("log", 0.001, 0.03), "embed_dim": ("int", 4, 16), "epochs": ("int", 2, 8)}
     notebook = NotebookInfo(
         title="DeepFM CTR model → ONNX",
         what="a DeepFM click-through-rate model (PyTorch)",

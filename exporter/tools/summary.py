@@ -92,6 +92,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "seconds": round(r.seconds, 3),
                 "metrics": r.evaluation.metrics,
                 "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
+                "tracking": dict(r.prepared.params.tracking) if r.prepared.params.tracking else None,
                 "artifacts": [
                     {
                         "model_name": a.model_name,
