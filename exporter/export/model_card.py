@@ -270,9 +270,7 @@ def _provenance(metadata: Mapping[str, Any]) -> list[str]:
     ]
     tracking = _section(metadata, "tracking")
     if tracking.get("run_id"):
-        rows.append(
-            ("tracking run", f"{_code(tracking['run_id'])} in {_code(tracking.get('tracking_uri', '—'))}")
-        )
+        rows.append(("tracking run", f"{_code(tracking['run_id'])} in {_code(tracking.get('tracking_uri', '—'))}"))
     return _table(["", ""], rows)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,21 @@ def _requirements() -> list[str]:
     return [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}", "numpy", "pandas"]
 
 
+@contextlib.contextmanager
+def _no_environment_scan() -> Iterator[None]:
+    """Skip MLflow's check that this environment satisfies the model's requirements: they are this
+    environment's own versions (:func:`_requirements`), and the check scans every installed distribution's
+    files (seconds on a busy machine, once per process)."""
+    from mlflow.utils import environment
+
+    original = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = original
+
+
 def log_and_register(client: Any, run: Any, directory: Path, meta: dict[str, Any]) -> Any:
     """Log ``directory``'s model into ``run`` and register it under the model's name, tagged with the
     artifact version and sha256; returns the registry's model version."""
@@ -69,7 +85,11 @@ def log_and_register(client: Any, run: Any, directory: Path, meta: dict[str, Any
     extra = [str(directory / f) for f in ("metadata.json", "vocab.json") if (directory / f).is_file()]
     name = str(meta["name"])
     # the registry's progress lines go to stderr, which is for errors and the tracking warning here
-    with mlflow.start_run(run_id=run.run_id, nested=True), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        mlflow.start_run(run_id=run.run_id, nested=True),
+        contextlib.redirect_stderr(io.StringIO()),
+        _no_environment_scan(),
+    ):
         info = mlflow.onnx.log_model(
             model,
             name=name,

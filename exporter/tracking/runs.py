@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,11 @@ def params_of(meta: Mapping[str, Any]) -> dict[str, str]:
     return {k: _param(v) for k, v in out.items() if v is not None and v != ""}
 
 
+def metric_key(name: str) -> str:
+    """A metric name MLflow accepts (letters, digits, ``_ - . : /`` and spaces): ``recall@10`` -> ``recall_at_10``."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("@", "_at_"))
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -149,7 +155,7 @@ def metrics_of(metas: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     for meta in metas:
         for k, v in ((meta.get("training") or {}).get("metrics") or {}).items():
             if _finite(v):
-                out[f"heldout.{k}"] = float(v)
+                out[metric_key(f"heldout.{k}")] = float(v)
     for meta in metas:
         parity = meta.get("parity") or {}
         suffix = "" if len(metas) == 1 else f".{meta.get('name')}"
@@ -215,7 +221,7 @@ def _log(run: Run, directories: list[Path], metas: list[dict[str, Any]], extras:
         "exporter.parts": ",".join(str(m["name"]) for m in metas),
         "exporter.version_dirs": ",".join(str(d.resolve()) for d in directories),
         "mlflow.runName": f"{first['name']} v{version}",
-        **({"exporter.objective": judged[0]} if (judged := judged_metric(first)) else {}),
+        **({"exporter.objective": metric_key(judged[0])} if (judged := judged_metric(first)) else {}),
         **extras.tags,
     }
     metrics = [Metric(k, v, 0, 0) for k, v in metrics_of(metas).items()]

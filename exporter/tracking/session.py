@@ -6,6 +6,7 @@ warning line, never a lost export: the artifact is written first and ``python -m
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,12 +49,15 @@ class ExportTracking:
         self.run: R.Run | None = None
         self.problem: str | None = None
         self.registered: list[Any] = []
+        #: seconds spent opening and filling the run (what tracking adds to an export)
+        self.seconds = 0.0
 
     def start(self, prep: Prepared, trained: Trained | None = None, evaluation: Evaluation | None = None) -> None:
         """Open the run and record it in the export's parameters (so metadata.json carries it)."""
         if self.store is None or self.run is not None:
             return
         model = prep.params.model_name or prep.spec.name
+        began = time.perf_counter()
         try:
             self.run = R.start(
                 self.store,
@@ -67,6 +71,8 @@ class ExportTracking:
         except S.TrackingUnavailable as exc:
             self._warn(str(exc), None)
             return
+        finally:
+            self.seconds += time.perf_counter() - began
         prep.params.tracking = dict(self.run.record)
 
     def log(self, directories: Sequence[Path], extras: R.Extras | None = None) -> None:
@@ -75,12 +81,15 @@ class ExportTracking:
             if self.store is not None and self.problem is None:
                 self._warn("no run was opened", directories)
             return
+        began = time.perf_counter()
         try:
             self.registered = R.log_versions(self.run, directories, extras)
         except S.TrackingUnavailable as exc:
             self._warn(str(exc), directories)
             R.finish(self.run, "FAILED")
             return
+        finally:
+            self.seconds += time.perf_counter() - began
         R.finish(self.run)
 
     def failed(self) -> None:
@@ -107,7 +116,7 @@ class ExportTracking:
         models = ", ".join(f"{m.name} v{m.version}" for m in self.registered)
         where = self.store.shown()
         ui = f"; browse: mlflow ui --backend-store-uri {where}" if self.store.embedded else ""
-        return f"tracking: run {self.run.run_id} in {where} (registered {models}){ui}"
+        return f"tracking: run {self.run.run_id} in {where} (registered {models}; {self.seconds:.1f}s){ui}"
 
 
 def track_versions(directories: Sequence[Path], uri: str | None = None) -> list[tuple[R.Run, list[Any]]]:
@@ -163,3 +172,23 @@ def _existing_run(store: S.Store, meta: dict[str, Any], artifacts: Path) -> R.Ru
             f"{meta['name']} version {meta['versions'][-1]} is already logged as run {run_id} in {store.shown()}"
         )
     return R.Run(store, run_id, found.info.experiment_id, dict(record))
+
+
+def attach_files(version_dir: Path, files: Sequence[Path], uri: str | None = None) -> str | None:
+    """Add files (the executed notebook) to the run a version's metadata.json names; a warning line when that
+    fails, ``None`` when attached or when the version was not tracked."""
+    meta = R.read_version(Path(version_dir))
+    run_id = (meta.get("tracking") or {}).get("run_id")
+    if not run_id:
+        return None
+    store = S.resolve(Path(version_dir).resolve().parent.parent, uri)
+    try:
+        with S.bounded_http():
+            c = S.client(store)
+            for f in files:
+                c.log_artifact(
+                    run_id, str(f), "version" if not meta.get("related_models") else f"version/{meta['name']}"
+                )
+    except Exception as exc:
+        return f"warning: tracking: {Path(files[0]).name} not attached to run {run_id}: {R._one_line(exc)}"
+    return None

@@ -241,7 +241,7 @@ def _log_trial(
         c = S.client(parent.store)
         metrics = [Metric("objective", value, 0, 0), Metric("seconds.fit", seconds, 0, 0)]
         metrics += [
-            Metric(f"heldout.{k}", float(v), 0, 0)
+            Metric(R.metric_key(f"heldout.{k}"), float(v), 0, 0)
             for k, v in evaluation.metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(v)
         ]
@@ -254,7 +254,7 @@ def _log_trial(
         with S.bounded_http():
             c.log_batch(trial.run_id, metrics=metrics, params=params)
             if evaluation.quality.get("metric"):
-                c.set_tag(trial.run_id, "exporter.objective", str(evaluation.quality["metric"]))
+                c.set_tag(trial.run_id, "exporter.objective", R.metric_key(str(evaluation.quality["metric"])))
         R.finish(trial)
     except Exception as exc:  # the search goes on untracked
         parent.warn(f"warning: tracking: trial {number} not logged: {R._one_line(exc)}")
