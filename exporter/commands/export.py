@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
@@ -211,10 +213,26 @@ def export_params(args: argparse.Namespace, model: str, columns: list[str] | Non
     )
 
 
+def _from_mlflow(args: argparse.Namespace, workdir: Path, columns: list[str] | None) -> list[str] | None:
+    """Download the MLflow model ``--checkpoint`` names; the local file becomes the checkpoint, the signature's
+    columns the feature columns (unless --feature-columns or --feature-meta name them)."""
+    from exporter.models import get_spec
+    from exporter.tracking.mlflow_load import localize
+    from exporter.tracking.store import resolve
+
+    spec = get_spec(args.model)
+    found = localize(args.checkpoint, resolve(args.artifacts, args.tracking_uri), spec.framework, spec.name, workdir)
+    args.checkpoint = str(found.checkpoint)
+    if columns is None and args.feature_meta is None and found.columns:
+        return found.columns
+    return columns
+
+
 def run(args: argparse.Namespace) -> int:
     from exporter.export import pipeline
     from exporter.models import get_spec, model_names
     from exporter.tools import summary
+    from exporter.tracking.mlflow_load import is_mlflow_uri
     from exporter.tracking.runs import Extras
     from exporter.tracking.session import ExportTracking
     from exporter.tracking.store import enabled
@@ -239,24 +257,27 @@ def run(args: argparse.Namespace) -> int:
             shown.add(text)
             print(text, flush=True)
 
-    for name in models:
-        tracking = ExportTracking(args.artifacts, args.tracking_uri, enabled=enabled(args.no_tracking))
-        params = export_params(args, name, columns, hparams if len(models) == 1 else {})
-        try:
-            result = pipeline.run(params, echo=echo, before_export=tracking.start)
-        except BaseException:
-            tracking.failed()
-            raise
-        tracking.log(
-            [a.path for a in result.artifacts],
-            Extras(history=result.trained.history, timings={**result.timings, "total": result.seconds}),
-        )
-        results.append(result)
-        if not args.json:
-            print(summary.format_result(result), flush=True)
-            line = tracking.summary()
-            if line:
-                print(line, flush=True)
+    with tempfile.TemporaryDirectory(prefix="exporter-mlflow-") as workdir:
+        if args.mode == "load" and is_mlflow_uri(args.checkpoint):  # models:/NAME/VERSION or runs:/RUN_ID/PATH
+            columns = _from_mlflow(args, Path(workdir), columns)
+        for name in models:
+            tracking = ExportTracking(args.artifacts, args.tracking_uri, enabled=enabled(args.no_tracking))
+            params = export_params(args, name, columns, hparams if len(models) == 1 else {})
+            try:
+                result = pipeline.run(params, echo=echo, before_export=tracking.start)
+            except BaseException:
+                tracking.failed()
+                raise
+            tracking.log(
+                [a.path for a in result.artifacts],
+                Extras(history=result.trained.history, timings={**result.timings, "total": result.seconds}),
+            )
+            results.append(result)
+            if not args.json:
+                print(summary.format_result(result), flush=True)
+                line = tracking.summary()
+                if line:
+                    print(line, flush=True)
     total = time.perf_counter() - start
     if args.json:
         print(json.dumps(summary.as_json(results, total), indent=2))

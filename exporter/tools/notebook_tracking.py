@@ -64,27 +64,23 @@ def export(
 
 
 def _figures(trained: Trained, evaluation: Evaluation, exported: Sequence[ExportedArtifact]) -> dict[str, Any]:
-    """The notebook's plots, drawn again for the run (closed after: the notebook shows its own)."""
-    import matplotlib.pyplot as plt
-
+    """The notebook's plots, drawn again for the run (plain Figures: not shown in the notebook again)."""
     from exporter.tools import plots
 
-    figures = {
+    return {
         "training_curve.png": plots.training_curve(trained.history),
         "evaluation.png": plots.evaluation_plots(evaluation),
         "parity.png": plots.parity_scatter(exported),
     }
-    for fig in figures.values():
-        plt.close(fig)
-    return figures
 
 
 def show_runs(
     prep: Prepared, *, tracking: bool = True, tracking_uri: str | None = None, limit: int = RUNS_SHOWN
 ) -> Any:
     """The model's recent runs (``python -m exporter runs``'s table) and its judged metric across them."""
+    from exporter.errors import ExporterError
     from exporter.tracking import compare
-    from exporter.tracking.store import TrackingUnavailable, enabled, resolve
+    from exporter.tracking.store import enabled, resolve
 
     _check(tracking, tracking_uri)
     if not (tracking and enabled()):
@@ -94,7 +90,7 @@ def show_runs(
     model = prep.params.model_name or prep.spec.name
     try:
         frame = compare.runs_frame(store, model, limit)
-    except TrackingUnavailable as exc:
+    except ExporterError as exc:  # the store unreachable, or none yet (the export could not log)
         print(f"runs not shown: {exc}")
         return None
     print(compare.format_table(frame, model, store))

@@ -33,6 +33,11 @@ def runs_frame(store: S.Store, model: str, limit: int = 10) -> pd.DataFrame:
     kind (export, tune, trial), the hyper-parameters that differ, held-out metrics, parity."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ExporterError(f"--limit must be a positive integer, got {limit!r}")
+    if store.sqlite_path is not None and not store.sqlite_path.is_file():  # reading must not create a store
+        raise ExporterError(
+            f"no tracking store at {store.sqlite_path}: no export was tracked there yet "
+            "(give the --artifacts tree the exports wrote, or --tracking-uri)"
+        )
     try:
         with S.bounded_http():
             c = S.client(store)
@@ -94,9 +99,10 @@ def format_table(frame: pd.DataFrame, model: str, store: S.Store) -> str:
 
 def metric_plot(frame: pd.DataFrame, metric: str | None = None) -> Any:
     """The judged metric (the first metric column) of the listed runs, oldest to newest."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig = Figure(figsize=(6, 2.6))  # not pyplot's: a notebook shows the returned figure once, nothing leaks
+    ax = fig.add_subplot()
     fixed = {"run_id", "start (UTC)", "status", "kind", "version", "parity_max_diff"}
     numeric = [c for c in frame.columns if c not in fixed and frame[c].dtype.kind == "f"]
     metric = metric or (numeric[0] if numeric else None)

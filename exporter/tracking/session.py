@@ -69,7 +69,7 @@ class ExportTracking:
                 kind=self.kind,
             )
         except S.TrackingUnavailable as exc:
-            self._warn(str(exc), None)
+            self.problem = str(exc)  # said once the artifact is written, with how to log it later
             return
         finally:
             self.seconds += time.perf_counter() - began
@@ -78,8 +78,8 @@ class ExportTracking:
     def log(self, directories: Sequence[Path], extras: R.Extras | None = None) -> None:
         """Log the written versions into the open run (nothing when tracking is off or the run never opened)."""
         if self.run is None:
-            if self.store is not None and self.problem is None:
-                self._warn("no run was opened", directories)
+            if self.store is not None:
+                self._warn(self.problem or "no run was opened", directories)
             return
         began = time.perf_counter()
         try:

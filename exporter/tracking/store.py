@@ -56,6 +56,11 @@ class Store:
         return self.directory is not None
 
     @property
+    def sqlite_path(self) -> Path | None:
+        """The database file of an SQLite store."""
+        return Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
+
+    @property
     def artifact_location(self) -> str | None:
         """Where the embedded store's new experiments keep their runs' files."""
         return (self.directory / RUN_ARTIFACTS_DIR).resolve().as_uri() if self.directory is not None else None

@@ -168,6 +168,9 @@ def test_runs_lists_the_export(tracked) -> None:
     assert as_json[0]["version"] == "1" and as_json[0]["auc"] == pytest.approx(meta["training"]["metrics"]["auc"])
     none = cli("runs", "deepfm", "--artifacts", "artifacts", cwd=root)
     assert none.returncode == 0 and "no runs of deepfm" in none.stdout
+    elsewhere = cli("runs", "xgb", "--artifacts", str(root / "other" / "artifacts"), cwd=root)
+    assert elsewhere.returncode == 2 and "no tracking store at" in elsewhere.stderr
+    assert not (root / "other").exists()
 
 
 # ------------------------------------------------------------------------------------------------ failures
