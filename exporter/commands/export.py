@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             tracking = ExportTracking(args.artifacts, args.tracking_uri, enabled=enabled(args.no_tracking))
             params = export_params(args, name, columns, hparams if len(models) == 1 else {})
             try:
-                result = pipeline.run(params, echo=echo, before_export=tracking.start)
+                result = pipeline.run(params, echo=echo, before_export=tracking.start, prepared=tracking.warm_up)
             except BaseException:
                 tracking.failed()
                 raise

@@ -353,10 +353,12 @@ def run(
     params: ExportParams,
     echo: Callable[[str], None] | None = None,
     before_export: Callable[[Prepared, Trained, Evaluation], None] | None = None,
+    prepared: Callable[[Prepared], None] | None = None,
 ) -> RunResult:
     """prepare -> fit -> evaluate -> export, each step timed; ``echo`` receives the feature schema before
-    training; ``before_export`` is called once the model is evaluated and before anything is written (the
-    tracking run starts there, so metadata.json can name it, and a refused input never opens one)."""
+    training; ``prepared`` is called once every input is checked (tracking warms up there, beside training);
+    ``before_export`` once the model is evaluated and before anything is written (the tracking run starts
+    there, so metadata.json can name it, and a refused input never opens one)."""
     timings: dict[str, float] = {}
     start = last = time.perf_counter()
 
@@ -369,6 +371,8 @@ def run(
     lap("prepare")
     if echo is not None:
         echo(prep.schema_text())
+    if prepared is not None:
+        prepared(prep)
     trained = fit(prep)
     lap("fit")
     evaluation = evaluate(prep, trained)

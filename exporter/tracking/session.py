@@ -52,6 +52,12 @@ class ExportTracking:
         #: seconds spent opening and filling the run (what tracking adds to an export)
         self.seconds = 0.0
 
+    def warm_up(self, prep: Prepared | None = None) -> None:
+        """Import MLflow and open the store in the background (once the inputs are checked, while the model
+        trains), so that opening the run later costs little."""
+        if self.store is not None:
+            S.warm_up(self.store)
+
     def start(self, prep: Prepared, trained: Trained | None = None, evaluation: Evaluation | None = None) -> None:
         """Open the run and record it in the export's parameters (so metadata.json carries it)."""
         if self.store is None or self.run is not None:

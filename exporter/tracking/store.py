@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -121,21 +122,15 @@ def portable_uri(store: Store, artifacts: str | os.PathLike[str]) -> str:
 
 @contextlib.contextmanager
 def bounded_http() -> Iterator[None]:
-    """MLflow's HTTP timeout and retries bounded for the calls inside (unless the environment sets them)."""
-    saved: list[str] = []
+    """MLflow's HTTP timeout and retries bounded for this process (unless the environment sets them): set once
+    and kept, since a warm-up thread and the main thread may both be calling MLflow."""
     for key, value in (
         ("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_SECONDS),
         ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_MAX_RETRIES),
         ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1),
     ):
-        if key not in os.environ:
-            saved.append(key)
-            os.environ[key] = str(value)
-    try:
-        yield
-    finally:
-        for key in saved:
-            os.environ.pop(key, None)
+        os.environ.setdefault(key, str(value))
+    yield
 
 
 def check_reachable(store: Store) -> None:
@@ -185,13 +180,37 @@ def mlflow_module() -> Any:
 
 
 _clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
 
 
 def client(store: Store) -> Any:
     """An ``MlflowClient`` of ``store`` (tracking and registry), the embedded database created if new; one per
     store and process (opening the SQLite store checks its schema, which takes a while)."""
-    if store.uri in _clients:
+    with _clients_lock:  # a warm-up thread may be opening it: wait for that one
+        if store.uri not in _clients:
+            _clients[store.uri] = _open_client(store)
         return _clients[store.uri]
+
+
+def warm_up(store: Store) -> threading.Thread:
+    """Import MLflow and open (or create) the store in a background thread while the export trains: the
+    seconds of both overlap training instead of adding to it. A failure here is silent: opening the run
+    tries again and reports it."""
+
+    def work() -> None:
+        try:
+            with bounded_http():
+                client(store)
+                import mlflow.onnx  # noqa: F401 - the flavor the run logs the model with
+        except Exception:
+            pass
+
+    thread = threading.Thread(target=work, name="tracking-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _open_client(store: Store) -> Any:
     check_reachable(store)
     mlflow = mlflow_module()
     if store.directory is not None:
@@ -200,7 +219,6 @@ def client(store: Store) -> Any:
             c.search_experiments(max_results=1)  # creates the tables under the lock
     else:
         c = mlflow.MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
-    _clients[store.uri] = c
     return c
 
 

@@ -109,6 +109,7 @@ def tune(
     study_name = study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
     parent = ExportTracking(params.artifacts, tracking_uri, enabled=tracking_enabled, kind="tune")
+    parent.warm_up()
     parent_run = _open_parent(parent, prep, study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(

@@ -246,3 +246,18 @@ def test_no_tracking_writes_no_store(tmp_path: Path) -> None:
     assert not (tmp_path / "mlruns").exists()
     meta = json.loads((tmp_path / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
     assert "tracking" not in meta
+
+
+@pytest.mark.slow
+def test_the_executed_notebook_is_attached_to_the_versions_run(tracked, tmp_path: Path) -> None:
+    from exporter.tracking.session import attach_files
+
+    root, _ = tracked
+    report = tmp_path / "report.ipynb"
+    report.write_text('{"cells": []}')
+    assert attach_files(root / "artifacts" / "xgb" / "1", [report]) is None
+    meta = json.loads((root / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
+    c = client(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    assert "version/report.ipynb" in {f.path for f in c.list_artifacts(meta["tracking"]["run_id"], "version")}
+    gone = attach_files(root / "artifacts" / "xgb" / "1", [report], f"http://127.0.0.1:{closed_port()}")
+    assert gone is not None and gone.startswith("warning: tracking: report.ipynb not attached")
