@@ -61,17 +61,20 @@ def _requirements() -> list[str]:
 
 @contextlib.contextmanager
 def _no_environment_scan() -> Iterator[None]:
-    """Skip MLflow's check that this environment satisfies the model's requirements: they are this
-    environment's own versions (:func:`_requirements`), and the check scans every installed distribution's
-    files (seconds on a busy machine, once per process)."""
+    """Skip two checks of MLflow's ``log_model`` that cost seconds and tell nothing here: that this environment
+    satisfies the model's requirements (they are this environment's own versions, :func:`_requirements`; the
+    check scans every installed distribution's files), and the serving-input validation (it loads the logged
+    model once more to run the example; tests/tracking check the pyfunc's answers against the handler)."""
+    from mlflow.models import utils as model_utils
     from mlflow.utils import environment
 
-    original = environment.warn_dependency_requirement_mismatches
+    saved = (environment.warn_dependency_requirement_mismatches, model_utils._validate_serving_input)
     environment.warn_dependency_requirement_mismatches = lambda *a, **k: None
+    model_utils._validate_serving_input = lambda *a, **k: None
     try:
         yield
     finally:
-        environment.warn_dependency_requirement_mismatches = original
+        environment.warn_dependency_requirement_mismatches, model_utils._validate_serving_input = saved
 
 
 def log_and_register(client: Any, run: Any, directory: Path, meta: dict[str, Any]) -> Any:
