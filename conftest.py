@@ -18,6 +18,9 @@ _created: list[str] = []
 
 
 def pytest_configure(config) -> None:  # noqa: ANN001 - pytest hook
+    # exports in tests are not tracked (each would open an MLflow store beside its temporary tree and pay for
+    # it); tests/tracking turns tracking on for the exports it checks
+    os.environ.setdefault("EXPORTER_TRACKING", "off")
     if not os.environ.get(_ENV):
         path = tempfile.mkdtemp(prefix="nbval-artifacts-")
         _created.append(path)

@@ -19,7 +19,20 @@ from exporter.models import model_names
 #: sub-command -> its thin CLI module in :mod:`exporter.commands` (the library code lives beside it in exporter.*)
 COMMANDS: dict[str, str] = {
     name: f"exporter.commands.{name.replace('-', '_')}"
-    for name in ("export", "serve", "verify", "bench", "notebooks", "kserve", "archive", "score", "score-bench")
+    for name in (
+        "export",
+        "tune",
+        "track",
+        "runs",
+        "serve",
+        "verify",
+        "bench",
+        "notebooks",
+        "kserve",
+        "archive",
+        "score",
+        "score-bench",
+    )
 }
 
 

@@ -87,6 +87,8 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         f"atol: float = {spec.atol!r}  # parity tolerance: max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
         "parity_atol: Optional[float] = None  # deprecated old name of atol: still honoured, with a warning",
         "threads: Optional[int] = None  # threads training uses (torch intra-op, xgboost nthread); None: every core",
+        "tracking: bool = True  # log the export as an MLflow run and register the model (docs/tracking.md); False: no run",
+        "tracking_uri: Optional[str] = None  # MLflow tracking store; None: $MLFLOW_TRACKING_URI, else mlruns/mlflow.db beside the artifacts",
     ]
     return "\n".join(lines)
 
@@ -193,11 +195,14 @@ print(nbs.describe_run(prep))"""
             "## Export\n\nONNX graph, `metadata.json` (a v2 model-metadata response plus feature "
             "columns, parity and training record), `config.pbtxt` for Triton, and a sample request "
             "and response. The export refuses to write anything when ONNX Runtime and the native "
-            "model disagree beyond `atol`.",
+            "model disagree beyond `atol`. With `tracking` on, the export is an MLflow run: parameters, "
+            "held-out metrics, the training curve, these plots and the model, registered under its name.",
             id="export-md",
         ),
         new_code_cell(
-            "exported = pipeline.export(prep, trained, evaluation)\nprint(nbs.describe_exports(exported))", id="export"
+            "exported = nbs.export(prep, trained, evaluation, tracking=tracking, tracking_uri=tracking_uri)\n"
+            "print(nbs.describe_exports(exported))",
+            id="export",
         ),
         new_markdown_cell(
             "The contract a serving team relies on (inputs, outputs, feature columns) and the parity verdict:",
@@ -214,9 +219,16 @@ print(nbs.describe_run(prep))"""
         ),
         new_code_cell(f"{CHECK}\nprint(nbs.smoke_test(prep, trained, exported))", id="smoke"),
         new_markdown_cell(
+            "## Runs\n\nThe model's recent tracked runs side by side (`python -m exporter runs "
+            f"{model}` prints the same table), and the metric it is judged by across them.",
+            id="runs-md",
+        ),
+        new_code_cell("nbs.show_runs(prep, tracking=tracking, tracking_uri=tracking_uri)", id="runs"),
+        new_markdown_cell(
             "## Next\n\n"
             "- Check the artifact: `python -m exporter verify artifacts`\n"
             "- Serve it: `python -m exporter serve` (TorchServe-style routes), or point Triton at `artifacts/`.\n"
+            "- Browse the runs: `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` (docs/tracking.md).\n"
             "- Run this notebook headless with `python -m exporter notebooks "
             f"{model}`, which also stores the executed notebook as `report.ipynb` in the version directory.",
             id="next",
@@ -285,7 +297,7 @@ def execute(nb: nbformat.NotebookNode, workdir: Path) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     with tempfile.TemporaryDirectory(prefix="build-notebooks-") as tmp:
-        os.environ["EXPORTER_ARTIFACTS_DIR"] = tmp
+        os.environ["EXPORTER_ARTIFACTS_DIR"] = str(Path(tmp) / "artifacts")  # its tracking store: tmp/mlruns
         NotebookClient(
             nb,
             kernel_name="python3",

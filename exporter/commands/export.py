@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
@@ -81,6 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     _describe_on_demand(p)
     p.add_argument("model", help=f"{', '.join(model_names())} or all")
+    add_export_options(p)
+
+
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """The data, training and output options of an export (``tune`` takes the same)."""
     p.add_argument("--artifacts", default="artifacts", help="model repository root (default: %(default)s)")
     p.add_argument("--version", type=int, default=None, help="version number to write (default: next free integer)")
     p.add_argument("--mode", default="train", help="train (default) or load an existing model")
@@ -202,6 +209,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="read --data in memory (off), stream it in record batches with memory flat in rows (on), or choose "
         "by its size (auto, the default: streams beyond about 10 million cells); the choice is printed",
     )
+    add_tracking_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -216,6 +224,22 @@ def _spark_options(args: argparse.Namespace) -> Any:
             raise ExporterError(f"--spark-conf expects KEY=VALUE, got '{item}'")
         conf[key.strip()] = value
     return SparkOptions(master=args.spark_master, num_workers=args.num_workers, conf=conf)
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    """--tracking-uri and --no-tracking, shared by export, tune, track and runs."""
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking store: http(s)://HOST:PORT or sqlite:///PATH (default: $MLFLOW_TRACKING_URI, else "
+        "the embedded SQLite store mlruns/mlflow.db beside the --artifacts tree)",
+    )
+    p.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log this export as an MLflow run (also: EXPORTER_TRACKING=off)",
+    )
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -237,10 +261,61 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def export_params(args: argparse.Namespace, model: str, columns: list[str] | None, hparams: dict[str, Any]) -> Any:
+    """The pipeline's ExportParams from export's options (``tune`` shares them)."""
+    from exporter.export import pipeline
+
+    return pipeline.ExportParams(
+        model=model,
+        mode=args.mode,
+        data_path=args.data,
+        rows=args.rows,
+        seed=args.seed,
+        feature_columns=columns,
+        checkpoint=args.checkpoint,
+        feature_meta=args.feature_meta,
+        hparams=hparams,
+        atol=args.atol,
+        artifacts=args.artifacts,
+        version=args.version,
+        progress=not args.quiet,
+        max_batch_size=args.max_batch_size,
+        storage_uri=args.storage_uri,
+        label=args.label,
+        schema=args.schema,
+        min_auc=args.min_auc,
+        model_name=args.model_name,
+        positive_class=args.positive_class,
+        exclude_columns=args.exclude_columns,
+        streaming=args.streaming,
+        log=_note if args.json else None,
+        threads=args.threads,
+    )
+
+
+def _from_mlflow(args: argparse.Namespace, workdir: Path, columns: list[str] | None) -> list[str] | None:
+    """Download the MLflow model ``--checkpoint`` names; the local file becomes the checkpoint, the signature's
+    columns the feature columns (unless --feature-columns or --feature-meta name them)."""
+    from exporter.models import get_spec
+    from exporter.tracking.mlflow_load import localize
+    from exporter.tracking.store import resolve
+
+    spec = get_spec(args.model)
+    found = localize(args.checkpoint, resolve(args.artifacts, args.tracking_uri), spec.framework, spec.name, workdir)
+    args.checkpoint = str(found.checkpoint)
+    if columns is None and args.feature_meta is None and found.columns:
+        return found.columns
+    return columns
+
+
 def run(args: argparse.Namespace) -> int:
     from exporter.export import pipeline
     from exporter.models import get_spec, model_names
     from exporter.tools import summary
+    from exporter.tracking.mlflow_load import is_mlflow_uri
+    from exporter.tracking.runs import Extras
+    from exporter.tracking.session import ExportTracking
+    from exporter.tracking.store import enabled
 
     if args.model == "all":
         if args.mode != "train" or args.checkpoint:
@@ -262,42 +337,38 @@ def run(args: argparse.Namespace) -> int:
             shown.add(text)
             print(text, flush=True)
 
-    for name in models:
-        params = pipeline.ExportParams(
-            model=name,
-            mode=args.mode,
-            data_path=args.data,
-            rows=args.rows,
-            seed=args.seed,
-            feature_columns=columns,
-            checkpoint=args.checkpoint,
-            feature_meta=args.feature_meta,
-            hparams=hparams if len(models) == 1 else {},
-            atol=args.atol,
-            artifacts=args.artifacts,
-            version=args.version,
-            progress=not args.quiet,
-            max_batch_size=args.max_batch_size,
-            storage_uri=args.storage_uri,
-            label=args.label,
-            schema=args.schema,
-            min_auc=args.min_auc,
-            model_name=args.model_name,
-            positive_class=args.positive_class,
-            exclude_columns=args.exclude_columns,
-            streaming=args.streaming,
-            log=_note if args.json else None,
-            threads=args.threads,
-        )
-        if args.engine == "spark":
-            from exporter.export import spark_train
+    with tempfile.TemporaryDirectory(prefix="exporter-mlflow-") as workdir:
+        if args.mode == "load" and is_mlflow_uri(args.checkpoint):  # models:/NAME/VERSION or runs:/RUN_ID/PATH
+            columns = _from_mlflow(args, Path(workdir), columns)
+        for name in models:
+            tracking = ExportTracking(args.artifacts, args.tracking_uri, enabled=enabled(args.no_tracking))
+            params = export_params(args, name, columns, hparams if len(models) == 1 else {})
+            try:
+                if args.engine == "spark":
+                    from exporter.export import spark_train
 
-            result = spark_train.run_spark(params, _spark_options(args), echo=echo)
-        else:
-            result = pipeline.run(params, echo=echo)
-        results.append(result)
-        if not args.json:
-            print(summary.format_result(result), flush=True)
+                    result = spark_train.run_spark(
+                        params,
+                        _spark_options(args),
+                        echo=echo,
+                        before_export=tracking.start,
+                        prepared=tracking.warm_up,
+                    )
+                else:
+                    result = pipeline.run(params, echo=echo, before_export=tracking.start, prepared=tracking.warm_up)
+            except BaseException:
+                tracking.failed()
+                raise
+            tracking.log(
+                [a.path for a in result.artifacts],
+                Extras(history=result.trained.history, timings={**result.timings, "total": result.seconds}),
+            )
+            results.append(result)
+            if not args.json:
+                print(summary.format_result(result), flush=True)
+                line = tracking.summary()
+                if line:
+                    print(line, flush=True)
     total = time.perf_counter() - start
     if args.json:
         print(json.dumps(summary.as_json(results, total), indent=2))

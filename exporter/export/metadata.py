@@ -194,6 +194,8 @@ def build_metadata(
                 **_jsonable(prep.training_record),
                 **_threads_record(trained),
             },
+            **({"tracking": _jsonable(dict(prep.params.tracking))} if prep.params.tracking else {}),
+            **({"tuning": _jsonable(dict(prep.params.tuning))} if prep.params.tuning else {}),
             "created_at": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         }
     )

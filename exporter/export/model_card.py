@@ -283,6 +283,9 @@ def _provenance(metadata: Mapping[str, Any]) -> list[str]:
         ("model file", f"{_code(metadata.get('model_file'))}, sha256 {_code(metadata.get('sha256'))}"),
         ("created", metadata.get("created_at", "—")),
     ]
+    tracking = _section(metadata, "tracking")
+    if tracking.get("run_id"):
+        rows.append(("tracking run", f"{_code(tracking['run_id'])} in {_code(tracking.get('tracking_uri', '—'))}"))
     return _table(["", ""], rows)
 
 

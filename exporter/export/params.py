@@ -60,6 +60,13 @@ class ExportParams:
     log: Callable[[str], None] | None = None
     #: threads training uses (torch intra-op threads, xgboost's nthread); ``None``: every core
     threads: int | None = None
+    #: the experiment-tracking run this export is logged to (``run_id``, ``tracking_uri``, ...), recorded in
+    #: metadata.json and the model card; set by the caller (exporter.tracking) once the run exists, so the
+    #: export itself never needs the tracking library
+    tracking: Mapping[str, Any] | None = None
+    #: the hyper-parameter search this export's settings won (study, trial number, its params and objective),
+    #: recorded in metadata.json
+    tuning: Mapping[str, Any] | None = None
 
 
 @dataclass

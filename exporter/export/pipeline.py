@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,8 @@ class RunResult:
     evaluation: Evaluation
     artifacts: list[ExportedArtifact]
     seconds: float
+    #: seconds of each step: prepare, fit, evaluate, export
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -402,15 +404,39 @@ def export(prep: Prepared, trained: Trained, evaluation: Evaluation) -> list[Exp
     return W.write_versions(prep, trained, evaluation, built, parts, raw_held)
 
 
-def run(params: ExportParams, echo: Callable[[str], None] | None = None) -> RunResult:
-    """prepare -> fit -> evaluate -> export, timed; ``echo`` receives the feature schema before training."""
-    start = time.perf_counter()
+def run(
+    params: ExportParams,
+    echo: Callable[[str], None] | None = None,
+    before_export: Callable[[Prepared, Trained, Evaluation], None] | None = None,
+    prepared: Callable[[Prepared], None] | None = None,
+) -> RunResult:
+    """prepare -> fit -> evaluate -> export, each step timed; ``echo`` receives the feature schema before
+    training; ``prepared`` is called once every input is checked (tracking warms up there, beside training);
+    ``before_export`` once the model is evaluated and before anything is written (the tracking run starts
+    there, so metadata.json can name it, and a refused input never opens one)."""
+    timings: dict[str, float] = {}
+    start = last = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[step], last = now - last, now
+
     prep = prepare(params)
+    lap("prepare")
     if echo is not None:
         echo(prep.schema_text())
+    if prepared is not None:
+        prepared(prep)
     trained = fit(prep)
+    lap("fit")
     evaluation = evaluate(prep, trained)
+    lap("evaluate")
+    if before_export is not None:
+        before_export(prep, trained, evaluation)
+        last = time.perf_counter()
     started = time.perf_counter()
     artifacts = export(prep, trained, evaluation)
     ST.record_phase(prep, "export", time.perf_counter() - started)
-    return RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start)
+    lap("export")
+    return RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start, timings)

@@ -519,18 +519,41 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
 # --------------------------------------------------------------------------- the whole run
 
 
-def run_spark(params: ExportParams, options: SparkOptions, echo: Callable[[str], None] | None = None) -> Any:
-    """prepare -> train on Spark -> evaluate and export on the driver, timed (a ``pipeline.RunResult``)."""
+def run_spark(
+    params: ExportParams,
+    options: SparkOptions,
+    echo: Callable[[str], None] | None = None,
+    before_export: Callable[[Prepared, Trained, Any], None] | None = None,
+    prepared: Callable[[Prepared], None] | None = None,
+) -> Any:
+    """prepare -> train on Spark -> evaluate and export on the driver, each step timed (a ``pipeline.RunResult``);
+    ``prepared`` and ``before_export`` are called as :func:`exporter.export.pipeline.run` calls them."""
     from exporter.export import pipeline as P
 
-    start = time.perf_counter()
+    start = last = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[step], last = now - last, now
+
     prep, run = prepare_spark(params, options)
     try:
+        lap("prepare")
         if echo is not None:
             echo(prep.schema_text())
+        if prepared is not None:
+            prepared(prep)
         trained = fit_spark(prep, run)
+        lap("fit")
     finally:
         run.close()
     evaluation = P.evaluate(prep, trained)
+    lap("evaluate")
+    if before_export is not None:
+        before_export(prep, trained, evaluation)
+        last = time.perf_counter()
     artifacts = P.export(prep, trained, evaluation)
-    return P.RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start)
+    lap("export")
+    return P.RunResult(prep, trained, evaluation, artifacts, time.perf_counter() - start, timings)

@@ -236,6 +236,9 @@ class Model(ABC):
     #: (:data:`exporter.training.hparams.RULES`) does not know; a rule is a rule name of that module or a
     #: callable ``(value, all hparams) -> bool`` that may raise its own :class:`ExporterError`
     hparam_rules: ClassVar[Mapping[str, tuple[Any, str]]] = _EMPTY
+    #: what ``python -m exporter tune`` searches: hyper-parameter -> (``"int"``, ``"float"`` or ``"log"``, low,
+    #: high), each bound within the parameter's rule (checked by :func:`exporter.training.hparams.check_search_space`)
+    tunable: ClassVar[Mapping[str, tuple[str, float, float]]] = _EMPTY
     #: Largest feature magnitude the framework represents (xgboost: float32); larger values fail before training.
     max_abs_feature: ClassVar[float | None] = None
 

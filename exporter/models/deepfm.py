@@ -86,6 +86,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("deepfm",)
+    tunable = {"learning_rate": ("log", 0.001, 0.03), "embed_dim": ("int", 4, 16), "epochs": ("int", 2, 8)}
     notebook = NotebookInfo(
         title="DeepFM CTR model → ONNX",
         what="a DeepFM click-through-rate model (PyTorch)",

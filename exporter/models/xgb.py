@@ -46,6 +46,12 @@ class XGBoostModel(Model):
         "n_jobs": None,
     }
     model_names = ("xgb",)
+    tunable = {
+        "n_estimators": ("int", 50, 400),
+        "max_depth": ("int", 2, 8),
+        "learning_rate": ("log", 0.02, 0.3),
+        "subsample": ("float", 0.6, 1.0),
+    }
     checkpoint_hint = "an XGBoost model saved as .json or .ubj (Booster.save_model / XGBClassifier.save_model)"
     notebook = NotebookInfo(
         title="XGBoost CTR model → ONNX",

@@ -34,6 +34,8 @@ from exporter.tools.notebook_params import (
     resolve_path,
 )
 from exporter.tools.summary import column_warning_lines, evaluation_lines, metric_notes, unjudged_auc
+from exporter.tools.notebook_tracking import export, show_runs
+from exporter.tools.summary import metric_notes, unjudged_auc
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
@@ -52,6 +54,7 @@ __all__ = [
     "contract_text",
     "describe_exports",
     "describe_run",
+    "export",
     "display_path",
     "feature_columns_param",
     "feature_table",
@@ -63,6 +66,7 @@ __all__ = [
     "repo_root",
     "resolve_artifacts_dir",
     "resolve_path",
+    "show_runs",
     "smoke_test",
     "torchserve_predictions",
     "torchserve_request",

@@ -11,6 +11,7 @@ after a successful run it can copy the executed notebook into that version direc
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -260,6 +261,12 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
                 f"under {artifacts}; executed notebook: {executed}"
             )
         reports.append(copy_report(executed, version_dir))
+        if p.parameters.get("tracking", True) is not False:
+            from exporter.tools.notebook_tracking import attach_report
+
+            problem = attach_report(version_dir, reports[-1], p.parameters.get("tracking_uri"))
+            if problem:
+                print(problem, file=sys.stderr)
     return Outcome(p.name, seconds, reports)
 
 

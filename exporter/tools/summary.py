@@ -169,6 +169,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "evaluation": r.artifacts[0].metadata.get("evaluation") if r.artifacts else {},
                 "column_warnings": [dict(w) for w in r.prepared.column_warnings],
                 "data_reading": r.prepared.reading,
+                "tracking": dict(r.prepared.params.tracking) if r.prepared.params.tracking else None,
                 "artifacts": [
                     {
                         "model_name": a.model_name,

@@ -261,3 +261,39 @@ def check_memory(name: str, hparams: Mapping[str, Any], cardinalities: list[int]
             f"training, but {have / 2**30:,.1f} GiB of memory are available: choose smaller "
             "embed_dim/hidden/n_experts/expert_dim/tower_dim (or n_estimators/max_depth)"
         )
+
+
+# ---------------------------------------------------------------------------------------------- search space
+#: kinds of a searched range: integers, numbers, numbers sampled on a log scale
+SEARCH_KINDS = ("int", "float", "log")
+
+
+def check_search_space(spec: HasHparams, space: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    """A search space ``{key: (kind, low, high)}`` every trial of which passes the parameters' rules: known
+    keys of the model, not also fixed with ``--param``, ``low < high``, a log range above 0, and both bounds
+    valid values of the parameter (so no trial can ask for what training would refuse)."""
+    if not space:
+        raise ExporterError(f"{spec.name} declares nothing to tune: give ranges with --search KEY=LOW:HIGH")
+    for key, entry in space.items():
+        if key not in spec.default_hparams:
+            raise ExporterError(
+                f"cannot tune '{key}': not a hyper-parameter of {spec.name}; known: {', '.join(spec.default_hparams)}"
+            )
+        if key in fixed:
+            raise ExporterError(f"'{key}' is both fixed (--param) and searched (--search): choose one")
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 3 and entry[0] in SEARCH_KINDS):
+            raise ExporterError(f"search range of '{key}' must be (kind, low, high) with kind in {SEARCH_KINDS}")
+        kind, low, high = entry
+        default = spec.default_hparams[key]
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise ExporterError(f"cannot tune '{key}' of {spec.name}: its value {default!r} is not a number")
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high))
+        if not numbers or not low < high:
+            raise ExporterError(f"search range of '{key}' must be two numbers LOW < HIGH, got {low!r}:{high!r}")
+        if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+            raise ExporterError(f"search range of '{key}' (an integer) must have integer bounds, got {low!r}:{high!r}")
+        if kind == "log" and low <= 0:
+            raise ExporterError(f"log-scale search range of '{key}' must be above 0, got {low!r}:{high!r}")
+        for bound in (low, high):
+            value = int(bound) if isinstance(default, int) else float(bound)
+            check_hparam_values(spec, {key: value})

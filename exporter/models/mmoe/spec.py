@@ -125,6 +125,7 @@ class MMoEModel(TorchModel[MMoE]):
         "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("mmoe",)
+    tunable = {"learning_rate": ("log", 0.001, 0.03), "n_experts": ("int", 2, 6), "expert_dim": ("int", 8, 64)}
     prediction_format = "named_columns"
     notebook = NotebookInfo(
         title="MMoE multi-task model (one head per task) → ONNX",

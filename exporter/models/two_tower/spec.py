@@ -162,6 +162,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("two_tower", "two_tower_item")
+    tunable = {"learning_rate": ("log", 0.001, 0.03), "temperature": ("log", 0.02, 0.2), "embed_dim": ("int", 8, 64)}
     prediction_format = "vector"
     hparam_rules = {
         "loss": (

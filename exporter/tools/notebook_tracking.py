@@ -1,0 +1,108 @@
+"""The notebooks' tracking cells: the export as an MLflow run (its plots attached), and the runs side by side.
+
+A notebook's export is one call (:func:`export`): the run opens just before the artifact is written (so
+metadata.json names it), the version is written, then the run gets the parameters, metrics, training curve,
+the notebook's plots and the model. The last cell (:func:`show_runs`) shows the model's recent runs as a table
+and the judged metric across them. ``python -m exporter notebooks`` attaches the executed notebook afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from exporter.tools.notebook_params import ParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
+    from exporter.models import Trained
+
+#: runs shown by :func:`show_runs`
+RUNS_SHOWN = 10
+
+
+def _check(tracking: Any, tracking_uri: Any) -> None:
+    if not isinstance(tracking, bool):
+        raise ParameterError(f"tracking must be True or False, got {tracking!r}")
+    if tracking_uri is not None and (not isinstance(tracking_uri, str) or not tracking_uri.strip()):
+        raise ParameterError(f"tracking_uri must be a tracking URI (string) or None, got {tracking_uri!r}")
+
+
+def export(
+    prep: Prepared,
+    trained: Trained,
+    evaluation: Evaluation,
+    *,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+) -> list[ExportedArtifact]:
+    """``pipeline.export`` as an MLflow run (unless ``tracking`` is False or ``EXPORTER_TRACKING=off``); a store
+    that cannot be reached is a warning, never a lost export."""
+    from exporter.export import pipeline
+    from exporter.tracking.runs import Extras
+    from exporter.tracking.session import ExportTracking
+    from exporter.tracking.store import enabled
+
+    _check(tracking, tracking_uri)
+    try:
+        tracker = ExportTracking(prep.params.artifacts, tracking_uri, enabled=tracking and enabled())
+    except Exception as exc:  # a malformed URI: named as the notebook's parameter
+        raise ParameterError(f"tracking_uri: {exc}") from exc
+    tracker.start(prep)
+    try:
+        exported = pipeline.export(prep, trained, evaluation)
+    except BaseException:
+        tracker.failed()
+        raise
+    figures = _figures(trained, evaluation, exported) if tracker.run is not None else {}
+    tracker.log([a.path for a in exported], Extras(history=trained.history, figures=figures))
+    line = tracker.summary()
+    if line:
+        print(line)
+    return exported
+
+
+def _figures(trained: Trained, evaluation: Evaluation, exported: Sequence[ExportedArtifact]) -> dict[str, Any]:
+    """The notebook's plots, drawn again for the run (plain Figures: not shown in the notebook again)."""
+    from exporter.tools import plots
+
+    return {
+        "training_curve.png": plots.training_curve(trained.history),
+        "evaluation.png": plots.evaluation_plots(evaluation),
+        "parity.png": plots.parity_scatter(exported),
+    }
+
+
+def show_runs(
+    prep: Prepared, *, tracking: bool = True, tracking_uri: str | None = None, limit: int = RUNS_SHOWN
+) -> Any:
+    """The model's recent runs (``python -m exporter runs``'s table) and its judged metric across them."""
+    from exporter.errors import ExporterError
+    from exporter.tracking import compare
+    from exporter.tracking.store import enabled, resolve
+
+    _check(tracking, tracking_uri)
+    if not (tracking and enabled()):
+        print("tracking is off (tracking = False or EXPORTER_TRACKING=off): no runs to compare")
+        return None
+    store = resolve(prep.params.artifacts, tracking_uri)
+    model = prep.params.model_name or prep.spec.name
+    try:
+        frame = compare.runs_frame(store, model, limit)
+    except ExporterError as exc:  # the store unreachable, or none yet (the export could not log)
+        print(f"runs not shown: {exc}")
+        return None
+    print(compare.format_table(frame, model, store))
+    return compare.metric_plot(frame)
+
+
+def attach_report(version_dir: Path, report: Path, tracking_uri: str | None = None) -> str | None:
+    """Attach the executed notebook to the run its version's metadata.json names (``notebooks`` command);
+    returns a warning line when it could not be attached, else ``None``."""
+    from exporter.tracking.session import attach_files
+    from exporter.tracking.store import enabled
+
+    if not enabled():
+        return None
+    return attach_files(version_dir, [report], tracking_uri)

@@ -1,0 +1,279 @@
+"""``python -m exporter tune MODEL --trials N``: hyper-parameter search with Optuna, then the best as a version.
+
+The data is prepared once (the same options, split and checks as ``export``); each trial trains with
+hyper-parameters drawn by a seeded TPE sampler from the spec's ``tunable`` ranges (or ``--search``), is
+evaluated on the held-out rows, and maximises the metric the model is judged by (``quality.metric``: AUC, or
+recall@K for the towers). Each trial is an MLflow run nested under the tuning run; the study lives in
+``optuna.db`` beside the tracking database (a file of its own: MLflow and Optuna both keep an
+``alembic_version`` table, which one file cannot hold twice). The best trial's model is then exported as a
+normal version, its trial number and parameters in metadata.json's ``tuning``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import ExporterError
+from exporter.tracking import runs as R
+from exporter.tracking import store as S
+from exporter.tracking.session import ExportTracking
+
+OPTUNA_DB = "optuna.db"
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    metric: str
+    trials: int
+    export: Any  # exporter.export.pipeline.RunResult
+    tracking: ExportTracking
+    parent_run_id: str | None
+
+
+def parse_search(items: list[str]) -> dict[str, tuple[str, float, float]]:
+    """``KEY=LOW:HIGH[:int|float|log]`` pairs; the kind defaults to ``int`` for integer bounds, else ``float``."""
+    out: dict[str, tuple[str, float, float]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = raw.split(":")
+        if not sep or not key.strip() or len(parts) not in (2, 3):
+            raise ExporterError(f"--search expects KEY=LOW:HIGH or KEY=LOW:HIGH:int|float|log, got '{item}'")
+        try:
+            low, high = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ExporterError(f"--search {item!r}: LOW and HIGH must be numbers") from None
+        if len(parts) == 3:
+            kind = parts[2]
+        else:
+            kind = "int" if low.is_integer() and high.is_integer() and "." not in raw else "float"
+        out[key.strip()] = (kind, low, high)
+    return out
+
+
+def storage_uri(artifacts: str | Path, storage: str | None) -> str:
+    """The Optuna storage: ``storage``, else ``sqlite:///<artifacts>/../mlruns/optuna.db``."""
+    if storage:
+        return storage
+    directory = S.embedded_dir(artifacts)
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / OPTUNA_DB}"
+
+
+def _suggest(trial: Any, key: str, kind: str, low: float, high: float, default: Any) -> Any:
+    if kind == "int" or (isinstance(default, int) and not isinstance(default, bool)):
+        return trial.suggest_int(key, int(low), int(high), log=kind == "log")
+    return trial.suggest_float(key, float(low), float(high), log=kind == "log")
+
+
+def tune(
+    params: Any,
+    *,
+    trials: int,
+    timeout: float | None = None,
+    search: Mapping[str, tuple[str, float, float]] | None = None,
+    tracking_uri: str | None = None,
+    tracking_enabled: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> TuneResult:
+    """Search, then export the best trial (``params``: the export's ExportParams, its ``hparams`` fixed)."""
+    import optuna
+
+    from exporter.export import pipeline
+    from exporter.training import hparams as H
+
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= 10_000:
+        raise ExporterError(f"--trials must be an integer from 1 to 10000, got {trials!r}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ExporterError(f"--timeout must be a positive number of seconds, got {timeout!r}")
+    if params.mode != "train":
+        raise ExporterError("tune trains models: --mode load has nothing to search")
+    spec = pipeline.get_spec(params.model)
+    space = dict(spec.tunable)
+    space.update(search or {})
+    H.check_search_space(spec, space, params.hparams)
+    prep = pipeline.prepare(params)  # every option checked and the data read once, before any trial
+    echo(prep.schema_text())
+    model = params.model_name or spec.name
+    study_name = study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+    parent = ExportTracking(params.artifacts, tracking_uri, enabled=tracking_enabled, kind="tune")
+    parent.warm_up()
+    parent_run = _open_parent(parent, prep, study_name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage_uri(params.artifacts, storage),
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=params.seed),
+        load_if_exists=True,
+    )
+    best: dict[str, Any] = {}
+    metric_name: list[str] = []
+
+    def objective(trial: Any) -> float:
+        chosen = {k: _suggest(trial, k, *space[k], spec.default_hparams[k]) for k in space}
+        hp = H.resolve_hparams(spec, {**params.hparams, **chosen})
+        H.check_memory(spec.name, hp, prep.features.cardinalities, len(prep.x_train))
+        t_prep = dataclasses.replace(prep, hparams=hp)
+        start = time.perf_counter()
+        trained = pipeline.fit(t_prep)
+        evaluation = pipeline.evaluate(t_prep, trained)
+        seconds = time.perf_counter() - start
+        quality = evaluation.quality or {}
+        value = quality.get("value")
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise optuna.TrialPruned(f"no finite {quality.get('metric', 'held-out metric')}")
+        metric_name[:] = [str(quality.get("metric"))]
+        _log_trial(parent, parent_run, model, trial.number, hp, evaluation, trained.history, seconds, float(value))
+        echo(f"trial {trial.number}: {quality.get('metric')}={value:.4f}  {_short(chosen)}  ({seconds:.1f}s)")
+        if not best or value > best["value"]:
+            best.update(value=float(value), trial=trial.number, params=chosen, prep=t_prep, trained=trained)
+            best["evaluation"] = evaluation
+        return float(value)
+
+    study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+    if not best:
+        raise ExporterError(f"no trial of {study_name} finished with a finite held-out metric: nothing to export")
+    echo(f"best: trial {best['trial']} {metric_name[0]}={best['value']:.4f}  {_short(best['params'])}")
+
+    b_prep = best["prep"]
+    b_prep.params = dataclasses.replace(
+        params,
+        hparams={**params.hparams, **best["params"]},
+        tuning={
+            "study": study_name,
+            "trial": best["trial"],
+            "trials": len(study.trials),
+            "objective": metric_name[0],
+            "value": round(best["value"], 6),
+            "params": best["params"],
+        },
+    )
+    tracking = ExportTracking(
+        params.artifacts,
+        tracking_uri,
+        enabled=tracking_enabled,
+        parent_run_id=parent_run,
+        run_name=f"{model} best (trial {best['trial']})",
+    )
+    start = time.perf_counter()
+    try:
+        tracking.start(b_prep)
+        artifacts = pipeline.export(b_prep, best["trained"], best["evaluation"])
+    except BaseException:
+        tracking.failed()
+        parent.failed()
+        raise
+    seconds = time.perf_counter() - start
+    result = pipeline.RunResult(b_prep, best["trained"], best["evaluation"], artifacts, seconds, {"export": seconds})
+    tracking.log(
+        [a.path for a in artifacts],
+        R.Extras(
+            history=best["trained"].history,
+            timings={"export": seconds},
+            params={"tune.trial": best["trial"], "tune.study": study_name},
+        ),
+    )
+    if parent.run is not None:
+        _close_parent(parent, best, metric_name[0], len(study.trials))
+    return TuneResult(
+        study_name,
+        best["trial"],
+        best["value"],
+        best["params"],
+        metric_name[0],
+        len(study.trials),
+        result,
+        tracking,
+        parent_run,
+    )
+
+
+def _short(values: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def _open_parent(parent: ExportTracking, prep: Any, study_name: str) -> str | None:
+    """The tuning run the trials nest under (``None`` when tracking is off or the store unreachable)."""
+    parent.run_name = f"tune {study_name}"
+    parent.start(prep)
+    prep.params.tracking = None  # the trials' and the best export's own runs are recorded, not the parent's
+    return parent.run.run_id if parent.run is not None else None
+
+
+def _log_trial(
+    parent: ExportTracking,
+    parent_run: str | None,
+    model: str,
+    number: int,
+    chosen: Mapping[str, Any],
+    evaluation: Any,
+    history: Any,
+    seconds: float,
+    value: float,
+) -> None:
+    """One trial as a run nested under the tuning run: its parameters, held-out metrics, curve, objective."""
+    if parent_run is None or parent.store is None or parent.run is None:
+        return
+    from mlflow.entities import Metric, Param
+
+    try:
+        trial = R.start(
+            parent.store,
+            model,
+            model,
+            parent.artifacts,
+            run_name=f"trial {number}",
+            parent_run_id=parent_run,
+            kind="trial",
+        )
+        c = S.client(parent.store)
+        metrics = [Metric("objective", value, 0, 0), Metric("seconds.fit", seconds, 0, 0)]
+        metrics += [
+            Metric(R.metric_key(f"heldout.{k}"), float(v), 0, 0)
+            for k, v in evaluation.metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        ]
+        for h in history or []:
+            for key in ("train_loss", "heldout_loss"):
+                v = h.get(key)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    metrics.append(Metric(f"curve.{key}", float(v), 0, int(h.get("step", 0))))
+        params = [Param(f"hp.{k}", R._param(v)) for k, v in chosen.items()] + [Param("tune.trial", str(number))]
+        with S.bounded_http():
+            c.log_batch(trial.run_id, metrics=metrics, params=params)
+            if evaluation.quality.get("metric"):
+                c.set_tag(trial.run_id, "exporter.objective", R.metric_key(str(evaluation.quality["metric"])))
+        R.finish(trial)
+    except Exception as exc:  # the search goes on untracked
+        parent.warn(f"warning: tracking: trial {number} not logged: {R._one_line(exc)}")
+
+
+def _close_parent(parent: ExportTracking, best: Mapping[str, Any], metric: str, trials: int) -> None:
+    from mlflow.entities import Metric, Param
+
+    assert parent.run is not None and parent.store is not None
+    try:
+        with S.bounded_http():
+            c = S.client(parent.store)
+            c.log_batch(
+                parent.run.run_id,
+                metrics=[Metric("objective", float(best["value"]), 0, 0), Metric("trials", float(trials), 0, 0)],
+                params=[Param("tune.best_trial", str(best["trial"])), Param("tune.objective", metric)]
+                + [Param(f"best.{k}", R._param(v)) for k, v in best["params"].items()],
+            )
+        R.finish(parent.run)
+    except Exception as exc:
+        parent.warn(f"warning: tracking: the tuning run was not closed: {R._one_line(exc)}")

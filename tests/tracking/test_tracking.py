@@ -1,0 +1,263 @@
+"""Tracking: an export's MLflow run read back, the registered model's answers, an unreachable server, concurrent
+exports, ``track`` and ``runs``; the store's location rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter.errors import ExporterError
+from exporter.tracking import store as S
+
+REPO = Path(__file__).resolve().parents[2]
+#: small and quick: the data and trees of these tests
+FAST = ("--rows", "2000", "--param", "n_estimators=8", "--quiet")
+
+
+def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """``python -m exporter ARGS`` with tracking on (the suite turns it off for every other test)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "EXPORTER_TRACKING": "on", **env}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------------ store rules
+
+
+def test_the_embedded_store_sits_beside_the_artifacts_tree(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = S.resolve(tmp_path / "artifacts")
+    assert store.embedded and store.directory == tmp_path / "mlruns"
+    assert store.uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert S.portable_uri(store, tmp_path / "artifacts") == "sqlite:///mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert S.resolve(tmp_path / "artifacts").uri == "http://tracking.example:5000"
+    assert S.resolve(tmp_path / "artifacts", "sqlite:////x/y.db").directory == Path("/x")
+
+
+def test_credentials_never_leave_the_uri_shown() -> None:
+    assert S.redact("https://user:token@mlflow.example.com/") == "https://mlflow.example.com/"
+    assert S.portable_uri(S.Store("https://u:p@h:1"), "artifacts") == "https://h:1"
+
+
+def test_a_uri_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ExporterError, match="not a tracking URI"):
+        S.resolve("artifacts", "ftp://somewhere")
+
+
+def test_tracking_can_be_turned_off(monkeypatch) -> None:
+    monkeypatch.setenv("EXPORTER_TRACKING", "off")
+    assert not S.enabled()
+    monkeypatch.setenv("EXPORTER_TRACKING", "on")
+    assert S.enabled() and not S.enabled(no_tracking=True)
+
+
+def test_an_unreachable_server_is_a_tracking_error_at_once() -> None:
+    with pytest.raises(S.TrackingUnavailable, match="unreachable"):
+        S.check_reachable(S.Store(f"http://127.0.0.1:{closed_port()}"))
+
+
+# ------------------------------------------------------------------------------------------------ one export
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One tracked xgb export into a fresh tree (its store in mlruns/ beside it)."""
+    root = tmp_path_factory.mktemp("tracked")
+    done = cli("export", "xgb", "--artifacts", "artifacts", *FAST, cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root, done
+
+
+@pytest.mark.slow
+def test_an_export_is_a_run_with_params_metrics_files_and_a_registered_model(tracked) -> None:
+    root, done = tracked
+    version = root / "artifacts" / "xgb" / "1"
+    meta = json.loads((version / "metadata.json").read_text())
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    run_id = meta["tracking"]["run_id"]
+    assert meta["tracking"]["tracking_uri"] == "sqlite:///mlruns/mlflow.db"
+    assert run_id in (version / "README.md").read_text()
+    assert f"tracking: run {run_id}" in done.stdout
+
+    c = client(uri)
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    p, m = run.data.params, run.data.metrics
+    assert p["hp.n_estimators"] == "8" and p["seed"] == "0" and p["engine"] == "xgboost"
+    assert p["data.source"] == "synthetic" and p["data.rows"] == "2000"
+    assert int(p["split.train_rows"]) + int(p["split.heldout_rows"]) == 2000
+    assert "user_id" in p["features.categorical"] and "item_ctr" in p["features.numeric"]
+    assert m["heldout.auc"] == pytest.approx(meta["training"]["metrics"]["auc"], abs=1e-6)
+    assert m["parity.max_abs_diff"] == pytest.approx(meta["parity"]["max_abs_diff"])
+    assert m["seconds.total"] > 0 and m["objective"] == pytest.approx(m["heldout.auc"], abs=1e-6)
+    curve = c.get_metric_history(run_id, "curve.train_loss")
+    assert sorted(x.step for x in curve) == list(range(1, 9))  # one point per boosting round
+    files = {f.path for f in c.list_artifacts(run_id, "version")}
+    assert {"version/README.md", "version/metadata.json"} <= files
+
+    (mv,) = c.search_model_versions("name='xgb'")
+    assert mv.run_id == run_id
+    assert mv.tags["artifact_version"] == "1" and mv.tags["sha256"] == meta["sha256"]
+
+    verified = cli("verify", str(version), cwd=root)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.slow
+def test_the_registered_model_answers_as_the_handler(tracked) -> None:
+    from exporter.handler import ModelHandler
+
+    root, _ = tracked
+    version = root / "artifacts" / "xgb" / "1"
+    mlflow_model = _load(root, "models:/xgb/1")
+    handler = ModelHandler.load(version)
+    request = json.loads((version / "sample_request.json").read_text())
+    decoded = handler.decode(payload=request)
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([decoded.matrix, decoded.matrix[rng.integers(0, len(decoded.matrix), 50)] * 1.5])
+    got = mlflow_model.predict({"features": rows})["predictions"]
+    np.testing.assert_array_equal(np.asarray(got).reshape(-1), handler.run(rows).reshape(-1))
+    answered = handler.predict(request)["predictions"]
+    np.testing.assert_array_equal(np.asarray(got[: len(answered)]).reshape(-1), np.asarray(answered, dtype=float))
+
+
+def _load(root: Path, uri: str):
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return mlflow.pyfunc.load_model(uri)
+
+
+@pytest.mark.slow
+def test_runs_lists_the_export(tracked) -> None:
+    root, _ = tracked
+    shown = cli("runs", "xgb", "--artifacts", "artifacts", cwd=root)
+    assert shown.returncode == 0, shown.stderr
+    meta = json.loads((root / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
+    assert meta["tracking"]["run_id"] in shown.stdout
+    as_json = json.loads(cli("runs", "xgb", "--artifacts", "artifacts", "--json", cwd=root).stdout)
+    assert as_json[0]["version"] == "1" and as_json[0]["auc"] == pytest.approx(meta["training"]["metrics"]["auc"])
+    none = cli("runs", "deepfm", "--artifacts", "artifacts", cwd=root)
+    assert none.returncode == 0 and "no runs of deepfm" in none.stdout
+    elsewhere = cli("runs", "xgb", "--artifacts", str(root / "other" / "artifacts"), cwd=root)
+    assert elsewhere.returncode == 2 and "no tracking store at" in elsewhere.stderr
+    assert not (root / "other").exists()
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_still_writes_the_artifact_and_track_logs_it_later(tmp_path: Path) -> None:
+    # the subprocess timeout is the bound: MLflow's own retries would take minutes
+    done = cli(
+        "export",
+        "xgb",
+        *FAST,
+        "--artifacts",
+        "artifacts",
+        "--tracking-uri",
+        f"http://127.0.0.1:{closed_port()}",
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: tracking:")]
+    assert len(warnings) == 1 and "unreachable" in warnings[0]
+    version = tmp_path / "artifacts" / "xgb" / "1"
+    meta = json.loads((version / "metadata.json").read_text())
+    assert "tracking" not in meta
+    assert not (tmp_path / "mlruns").exists()
+
+    logged = cli("track", str(version), cwd=tmp_path)
+    assert logged.returncode == 0, logged.stderr
+    c = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (mv,) = c.search_model_versions("name='xgb'")
+    assert mv.tags["sha256"] == meta["sha256"]
+    again = cli("track", str(version), cwd=tmp_path)
+    assert again.returncode == 0  # without a run id in metadata, a second run: the user asked for it
+    bad = cli("track", str(tmp_path / "artifacts"), cwd=tmp_path)
+    assert bad.returncode == 2 and "metadata.json" in bad.stderr
+
+
+@pytest.mark.slow
+def test_two_exports_at_once_log_two_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EXPORTER_TRACKING": "on"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "exporter", "export", "xgb", "--artifacts", "artifacts", *FAST, "--seed", str(seed)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    assert all("warning" not in err for _, err in outs)
+    c = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("xgb")
+    found = c.search_runs([exp.experiment_id])
+    assert len(found) == 2 and {r.data.params["seed"] for r in found} == {"1", "2"}
+    assert sorted(int(v.version) for v in c.search_model_versions("name='xgb'")) == [1, 2]
+    run_ids = {
+        json.loads((tmp_path / "artifacts" / "xgb" / v / "metadata.json").read_text())["tracking"]["run_id"]
+        for v in ("1", "2")
+    }
+    assert run_ids == {r.info.run_id for r in found}
+
+
+def test_no_tracking_writes_no_store(tmp_path: Path) -> None:
+    from tests.conftest import export_small
+
+    export_small("xgb", tmp_path / "artifacts")
+    assert not (tmp_path / "mlruns").exists()
+    meta = json.loads((tmp_path / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
+    assert "tracking" not in meta
+
+
+@pytest.mark.slow
+def test_the_executed_notebook_is_attached_to_the_versions_run(tracked, tmp_path: Path) -> None:
+    from exporter.tracking.session import attach_files
+
+    root, _ = tracked
+    report = tmp_path / "report.ipynb"
+    report.write_text('{"cells": []}')
+    assert attach_files(root / "artifacts" / "xgb" / "1", [report]) is None
+    meta = json.loads((root / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
+    c = client(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    assert "version/report.ipynb" in {f.path for f in c.list_artifacts(meta["tracking"]["run_id"], "version")}
+    gone = attach_files(root / "artifacts" / "xgb" / "1", [report], f"http://127.0.0.1:{closed_port()}")
+    assert gone is not None and gone.startswith("warning: tracking: report.ipynb not attached")

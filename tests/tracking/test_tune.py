@@ -1,0 +1,122 @@
+"""``tune``: the search space rules, and a 3-trial search on small data exported as a normal version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter.errors import ExporterError
+from exporter.models import get_spec, model_names
+from exporter.tracking.tune import parse_search
+from exporter.training.hparams import check_search_space
+from tests.tracking.test_tracking import cli, client
+
+
+@pytest.mark.parametrize("model", model_names())
+def test_every_model_declares_a_valid_search_space(model: str) -> None:
+    spec = get_spec(model)
+    assert spec.tunable, f"{model} declares nothing tunable"
+    check_search_space(spec, spec.tunable, {})
+
+
+def test_search_ranges_parse_with_their_kind() -> None:
+    assert parse_search(["max_depth=2:6", "learning_rate=0.01:0.3:log", "subsample=0.5:1"]) == {
+        "max_depth": ("int", 2.0, 6.0),
+        "learning_rate": ("log", 0.01, 0.3),
+        "subsample": ("float", 0.5, 1.0),
+    }
+    for bad in ("max_depth", "max_depth=2", "max_depth=a:b", "=1:2"):
+        with pytest.raises(ExporterError, match="--search"):
+            parse_search([bad])
+
+
+@pytest.mark.parametrize(
+    ("space", "fixed", "message"),
+    [
+        ({"depth": ("int", 2, 6)}, {}, "not a hyper-parameter of xgb; known: n_estimators"),
+        ({"max_depth": ("int", 6, 2)}, {}, "LOW < HIGH"),
+        ({"max_depth": ("int", 2, 60)}, {}, "max_depth of xgb must be a positive integer up to 30"),
+        ({"learning_rate": ("log", 0, 0.3)}, {}, "above 0"),
+        ({"max_depth": ("int", 2.5, 6)}, {}, "integer bounds"),
+        ({"max_depth": ("int", 2, 6)}, {"max_depth": 4}, "both fixed"),
+        ({"subsample": ("float", 0.5, 1.5)}, {}, r"subsample of xgb must be a number in \(0, 1\]"),
+    ],
+)
+def test_a_bad_range_is_named(space, fixed, message) -> None:
+    with pytest.raises(ExporterError, match=message):
+        check_search_space(get_spec("xgb"), space, fixed)
+
+
+def test_a_bad_range_on_the_command_line_exits_2_before_any_work(tmp_path: Path) -> None:
+    done = cli("tune", "xgb", "--trials", "2", "--search", "max_depth=2:99", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "max_depth" in done.stderr and "Traceback" not in done.stderr
+    done = cli("tune", "xgb", "--trials", "2", "--search", "depth=2:9", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "cannot tune 'depth'" in done.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.slow
+def test_three_trials_then_the_best_exported_with_its_trial(tmp_path: Path) -> None:
+    done = cli(
+        "tune",
+        "xgb",
+        "--trials",
+        "3",
+        "--rows",
+        "2000",
+        "--quiet",
+        "--artifacts",
+        "artifacts",
+        "--search",
+        "n_estimators=5:20",
+        "--study",
+        "small",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    trials = [line for line in done.stdout.splitlines() if line.startswith("trial ")]
+    assert len(trials) == 3
+    meta = json.loads((tmp_path / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
+    tuning = meta["tuning"]
+    assert tuning["study"] == "small" and tuning["trials"] == 3 and tuning["objective"] == "auc"
+    assert tuning["trial"] in (0, 1, 2)
+    assert meta["training"]["hyperparameters"]["n_estimators"] == tuning["params"]["n_estimators"]
+    assert 5 <= tuning["params"]["n_estimators"] <= 20
+    assert tuning["value"] == pytest.approx(meta["quality"]["value"], abs=1e-6)
+
+    c = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("xgb").experiment_id])
+    kinds = sorted(r.data.tags["exporter.kind"] for r in runs)
+    assert kinds == ["export", "trial", "trial", "trial", "tune"]
+    (parent,) = [r for r in runs if r.data.tags["exporter.kind"] == "tune"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4  # three trials and the best's export
+    best_objective = max(r.data.metrics["objective"] for r in children if r.data.tags["exporter.kind"] == "trial")
+    assert best_objective == pytest.approx(tuning["value"], abs=1e-6)
+    assert (tmp_path / "mlruns" / "optuna.db").is_file()
+    # the same seed draws the same trials
+    again = cli(
+        "tune",
+        "xgb",
+        "--trials",
+        "3",
+        "--rows",
+        "2000",
+        "--quiet",
+        "--artifacts",
+        "again",
+        "--search",
+        "n_estimators=5:20",
+        "--no-tracking",
+        "--storage",
+        f"sqlite:///{tmp_path / 'other.db'}",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    assert [t.split("(")[0] for t in trials] == [
+        t.split("(")[0] for t in again.stdout.splitlines() if t.startswith("trial ")
+    ]
