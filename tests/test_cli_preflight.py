@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from exporter import cli
@@ -33,7 +34,15 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     model_is_file.mkdir()
     (model_is_file / "xgb").write_text("not a directory")
     frame = D.synthetic_dataset(300, 0)
-    frame.loc[5, "item_price"] = 1e308
+    # the huge value sits in a held-out test row (the feature plan's statistics never see it), as row 6 of the file
+    for i in range(len(frame)):
+        changed = frame.copy()
+        changed.loc[i, "item_price"] = 1e308
+        if i in set(D.three_way_split(changed, seed=0)[2]):
+            break
+    order = list(range(len(frame)))
+    order[5], order[i] = i, 5
+    frame = changed.iloc[order].reset_index(drop=True)  # a row's side does not depend on its position
     huge = tmp_path / "huge.csv"
     frame.to_csv(huge, index=False)
     random_ubj = tmp_path / "random.ubj"
@@ -169,10 +178,23 @@ def test_export_refuses_an_unwritable_artifacts_directory(
 
 
 def _labels_csv(tmp_path: Path, name: str, part: str, value: float) -> Path:
-    """Synthetic data whose training or held-out labels (the exporter's own split, seed 0) are all ``value``."""
+    """Synthetic data whose training or held-out labels (the exporter's own split, seed 0) are all ``value``.
+
+    A row's side follows from its content, label included: the rows that land in ``part`` once their label is
+    ``value`` get it, and rows that would land there only with their own other label are dropped."""
     frame = D.synthetic_dataset(300, 0)
-    train_idx, held_idx = D.split_indices(len(frame), seed=0)
-    frame.loc[train_idx if part == "training" else held_idx, D.LABEL] = value
+    which = 0 if part == "training" else 2  # the index of the part in three_way_split's answer
+
+    def in_part(f: pd.DataFrame) -> np.ndarray:
+        mask = np.zeros(len(f), dtype=bool)
+        mask[D.three_way_split(f, seed=0)[which]] = True
+        return mask
+
+    relabelled = frame.assign(**{D.LABEL: value})
+    there_as_value, there_as_is = in_part(relabelled), in_part(frame)
+    frame.loc[there_as_value, D.LABEL] = value
+    frame = frame[there_as_value | ~there_as_is].reset_index(drop=True)
+    assert (frame.loc[in_part(frame), D.LABEL] == value).all()
     assert frame[D.LABEL].nunique() == 2  # the file as a whole has both classes
     path = tmp_path / name
     frame.to_csv(path, index=False)
