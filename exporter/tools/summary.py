@@ -74,7 +74,7 @@ def format_result(result: RunResult) -> str:
     lines = [
         f"{result.prepared.spec.name}: {_fmt_metrics(evaluation.metrics, evaluation.quality)}  ({result.seconds:.1f}s)"
     ]
-    reading = result.prepared.reading or {}
+    reading = getattr(result.prepared, "reading", None) or {}
     streamed = reading.get("path") == "streaming"
     notes = metric_notes(evaluation.metrics, evaluation.quality, result.trained.history, validation=streamed)
     lines += [f"  ({note})" for note in notes]
@@ -119,7 +119,7 @@ def as_json(results: Sequence[RunResult], total_seconds: float) -> dict[str, Any
                 "seconds": round(r.seconds, 3),
                 "metrics": r.evaluation.metrics,
                 "quality": r.artifacts[0].metadata.get("quality") if r.artifacts else r.evaluation.quality,
-                "data_reading": r.prepared.reading,
+                "data_reading": getattr(r.prepared, "reading", None) or {},
                 "artifacts": [
                     {
                         "model_name": a.model_name,
