@@ -3,7 +3,7 @@
 * ``xgb``: ``xgboost.train`` on the numeric matrix of the same Parquet files (the default columns, the string
   category as its pandas codes), an 80/20 seeded row split, the exporter's default xgb parameters;
 * ``torch``: a minimal equivalent network in a plain PyTorch loop: the standardised numeric columns and one
-  embedding per ID column (IDs hashed into 2^18 rows) into an MLP, Adam, one thread, float32.
+  embedding per ID column (one row per distinct value, as a vocabulary) into an MLP, Adam, one thread, float32.
 
 ``python -m exporter.tools.train_baselines MODEL DIR EPOCHS`` prints one JSON line: rows, AUC, seconds.
 """
@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from exporter.training import data as D
-
-ID_BUCKETS = 1 << 18
 
 
 def _table(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,14 +87,15 @@ def run_torch(directory: str, epochs: int) -> dict[str, Any]:
     median = np.nanmedian(x, axis=0)
     x = np.where(np.isnan(x), median, x)
     x = ((x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-12)).astype(np.float32)
-    rows = (np.nan_to_num(ids, nan=0.0).astype(np.int64) % ID_BUCKETS).astype(np.int64)
+    rows = np.stack([pd.factorize(ids[:, k], use_na_sentinel=True)[0] + 1 for k in range(ids.shape[1])], axis=1)
+    sizes = [int(rows[:, k].max()) + 1 for k in range(rows.shape[1])]
     train, held = _split(len(y))
     xt, it, yt = torch.from_numpy(x), torch.from_numpy(rows), torch.from_numpy(y.astype(np.float32))
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.emb = nn.ModuleList(nn.Embedding(ID_BUCKETS, 8) for _ in range(rows.shape[1]))
+            self.emb = nn.ModuleList(nn.Embedding(n, 8) for n in sizes)
             self.mlp = nn.Sequential(
                 nn.Linear(x.shape[1] + 8 * rows.shape[1], 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)
             )
