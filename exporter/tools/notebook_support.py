@@ -33,9 +33,8 @@ from exporter.tools.notebook_params import (
     resolve_artifacts_dir,
     resolve_path,
 )
-from exporter.tools.summary import column_warning_lines, evaluation_lines, metric_notes, unjudged_auc
 from exporter.tools.notebook_tracking import export, show_runs
-from exporter.tools.summary import metric_notes, unjudged_auc
+from exporter.tools.summary import column_warning_lines, evaluation_lines, metric_notes, unjudged_auc
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
