@@ -11,6 +11,9 @@ thread (:mod:`exporter.serving.access_log`); each prediction also updates the Pr
 :mod:`exporter.serving.metrics` (``GET /metrics``). ``GET /health/live`` and ``GET /health/ready`` are the
 Kubernetes probes (``/ping`` stays TorchServe's).
 
+Why this module is long: it is the one place a request passes through (routes, the prediction path with its
+limits, deadline, metrics and drift sampling, the error answers); split, each piece would need the others' state.
+
 Heavy imports (starlette, uvicorn, onnxruntime) happen inside functions. The command line (options, SIGHUP,
 ``--poll``) is :mod:`exporter.commands.serve`.
 """
