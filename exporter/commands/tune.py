@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model == "all":
         raise ExporterError("tune searches one model at a time: name it (xgb, deepfm, mmoe, two_tower)")
     get_spec(args.model)
+    if args.engine != "local":
+        raise ExporterError(
+            "tune trains its trials on this machine: drop --engine spark (export --engine spark trains one)"
+        )
     columns = [c.strip() for c in args.feature_columns.split(",")] if args.feature_columns else None
     params = export_params(args, args.model, columns, parse_params(args.param))
     result = T.tune(

@@ -86,7 +86,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "dtype": tc.DEFAULT_DTYPE,
     }
     model_names = ("deepfm",)
-    tunable = {"learning_rate": ("log", 0.001, 0.03), "embed_dim": ("int", 4, 16), "epochs": ("int", 2, 8)}
+    tunable = {"learning_rate": ("log", 0.001, 0.03), "embed_dim": ("int", 4, 32), "weight_decay": ("log", 1e-7, 1e-3)}
     notebook = NotebookInfo(
         title="DeepFM CTR model → ONNX",
         what="a DeepFM click-through-rate model (PyTorch)",

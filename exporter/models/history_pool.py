@@ -72,7 +72,7 @@ class HistoryPool(nn.Module):
         scorers = iter(self.attention)
         for columns, offset, field in self.specs:
             ids = x[:, columns]
-            mask = (ids >= 0).to(x.dtype)  # padding (-1) is no item
+            mask = (ids >= 0).to(table.weight.dtype)  # padding (-1) is no item; the compute dtype
             emb = table(torch.clamp(ids, min=0).to(torch.long) + offset)  # [B, L, k]
             count = mask.sum(dim=1, keepdim=True)
             out.append((emb * mask.unsqueeze(-1)).sum(dim=1) / torch.clamp(count, min=1.0))

@@ -47,8 +47,8 @@ class XGBoostModel(Model):
     }
     model_names = ("xgb",)
     tunable = {
-        "n_estimators": ("int", 50, 400),
         "max_depth": ("int", 2, 8),
+        "min_child_weight": ("log", 0.5, 20.0),
         "learning_rate": ("log", 0.02, 0.3),
         "subsample": ("float", 0.6, 1.0),
     }

@@ -133,7 +133,6 @@ def serve_forever(
     import uvicorn
 
     from exporter.serving.access_log import AccessLog
-    from exporter.serving.guarded_http import guarded_protocol
     from exporter.serving.server import create_app
     from exporter.serving.workers import WorkerPool
 
@@ -154,24 +153,7 @@ def serve_forever(
         metrics_route=options.metrics_port is None,
         drift=drift,
     )
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        # httptools with header/body timeouts and a header size limit (exporter.serving.guarded_http)
-        http=guarded_protocol(
-            header_timeout=options.header_timeout,
-            body_timeout=options.body_timeout,
-            max_header_bytes=options.max_header_bytes,
-            on_refuse=metrics.reject if metrics is not None else None,
-        ),
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=options.keep_alive_timeout,
-        timeout_graceful_shutdown=drain_seconds(options),
-    )
+    config = _uvicorn_config(app, options, metrics)
     server = uvicorn.Server(config)
 
     async def serve() -> None:
@@ -205,6 +187,32 @@ def serve_forever(
     finally:
         if access_log is not None:
             access_log.close()
+
+
+def _uvicorn_config(app: Any, options: ServeOptions, metrics: Any) -> Any:
+    """uvicorn on uvloop with httptools behind header/body timeouts and a header size limit
+    (:mod:`exporter.serving.guarded_http`); refusals count in ``metrics``."""
+    import uvicorn
+
+    from exporter.serving.guarded_http import guarded_protocol
+
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=guarded_protocol(
+            header_timeout=options.header_timeout,
+            body_timeout=options.body_timeout,
+            max_header_bytes=options.max_header_bytes,
+            on_refuse=metrics.reject if metrics is not None else None,
+        ),
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=options.keep_alive_timeout,
+        timeout_graceful_shutdown=drain_seconds(options),
+    )
 
 
 async def _watch_supervisor(server: Any, supervisor_pid: int) -> None:

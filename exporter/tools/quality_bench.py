@@ -22,6 +22,9 @@ pipelines. Categorical columns travel as integer codes either way.
 
 This module is the run and its command line; the table is :mod:`exporter.tools.quality_data`, the baselines
 :mod:`exporter.tools.quality_baselines`, the rows and their rendering :mod:`exporter.tools.quality_report`.
+
+Why this module is long: one run measures every row of the table in one place (the split, the baselines, each
+model with and without history, the small table), so that every figure comes from the same data and split.
 """
 
 from __future__ import annotations
