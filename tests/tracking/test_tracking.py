@@ -261,3 +261,36 @@ def test_the_executed_notebook_is_attached_to_the_versions_run(tracked, tmp_path
     assert "version/report.ipynb" in {f.path for f in c.list_artifacts(meta["tracking"]["run_id"], "version")}
     gone = attach_files(root / "artifacts" / "xgb" / "1", [report], f"http://127.0.0.1:{closed_port()}")
     assert gone is not None and gone.startswith("warning: tracking: report.ipynb not attached")
+
+
+@pytest.mark.slow
+def test_a_notebook_export_is_a_run_with_its_plots_and_the_executed_notebook(tmp_path: Path) -> None:
+    done = cli(
+        "notebooks",
+        "xgb",
+        "--artifacts",
+        "artifacts",
+        "-p",
+        "rows",
+        "2000",
+        "-p",
+        "n_estimators",
+        "8",
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    meta = json.loads((tmp_path / "artifacts" / "xgb" / "1" / "metadata.json").read_text())
+    c = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run_id = meta["tracking"]["run_id"]
+    assert {f.path for f in c.list_artifacts(run_id, "plots")} == {
+        "plots/training_curve.png",
+        "plots/evaluation.png",
+        "plots/parity.png",
+    }
+    assert "version/report.ipynb" in {f.path for f in c.list_artifacts(run_id, "version")}
+    assert len(c.get_metric_history(run_id, "curve.train_loss")) == 8
+    report = json.loads((tmp_path / "artifacts" / "xgb" / "1" / "report.ipynb").read_text())
+    (runs_cell,) = [cell for cell in report["cells"] if cell.get("id") == "runs"]
+    assert run_id in "".join("".join(o.get("text", "")) for o in runs_cell["outputs"])
