@@ -125,7 +125,7 @@ def test_one_parameters_cell_with_every_knob_commented_and_model_defaults(stored
         "learning_rate",
         "extra_hparams",
     }
-    required |= {"n_estimators", "max_depth"} if name == "xgb" else {"epochs", "batch_size"}
+    required |= {"n_estimators", "max_depth"} if name == "xgb" else {"max_epochs", "batch_size"}
     assert required <= set(params), f"missing: {required - set(params)}"
     spec = get_spec(name)
     for key, default in spec.default_hparams.items():
@@ -210,7 +210,7 @@ def cli_run(tmp_path_factory):
         "n_estimators",
         "30",
         "-p",
-        "epochs",
+        "max_epochs",
         "2",
     ]
     return artifacts, argv
@@ -232,7 +232,7 @@ def test_cli_runs_notebooks_and_stores_reports_beside_artifacts(cli_result):
     artifacts, code, stdout = cli_result
     assert code == 0, stdout
     assert re.search(r"^xgb\s+\d+\.\d$", stdout, re.M) and re.search(r"^two_tower\s+\d+\.\d$", stdout, re.M)
-    assert "not a parameter here: epochs" in stdout  # xgb has no epochs: passed to two_tower only
+    assert "not a parameter here: max_epochs" in stdout  # xgb has no max_epochs: passed to two_tower only
     for model_name in ("xgb", "two_tower", "two_tower_item"):
         report = artifacts / model_name / "1" / "report.ipynb"
         assert report.is_file(), f"no report for {model_name}"
@@ -242,7 +242,7 @@ def test_cli_runs_notebooks_and_stores_reports_beside_artifacts(cli_result):
     nb = nbformat.read(artifacts / "xgb" / "1" / "report.ipynb", as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     assert "model_version = 1" in injected.source and "n_estimators = 30" in injected.source
-    assert "epochs" not in injected.source
+    assert "max_epochs" not in injected.source
     assert "smoke test xgb: TorchServe-style and v2 requests" in outputs_text(nb, "smoke")
 
 
@@ -252,7 +252,7 @@ def test_cli_made_artifacts_pass_verify(cli_result):
     result = run_cli("verify", str(artifacts))
     assert result.returncode == 0, result.stdout + result.stderr
     meta = json.loads((artifacts / "two_tower_item" / "1" / "metadata.json").read_text())
-    assert meta["training"]["hyperparameters"]["epochs"] == 2 and meta["training"]["rows"] == 3000
+    assert meta["training"]["hyperparameters"]["max_epochs"] == 2 and meta["training"]["rows"] == 3000
 
 
 @pytest.mark.slow
@@ -275,7 +275,7 @@ def test_cli_exports_a_notebook_under_another_model_name(tmp_path):
     assert sorted(p.name for p in (artifacts / "clicks").iterdir()) == ["config.pbtxt"]
 
     argv = ["notebooks", "two_tower", "--artifacts", str(artifacts), "-p", "model_name", "tt"]
-    result = run_cli(*argv, "-p", "rows", "3000", "-p", "epochs", "1", timeout=900)
+    result = run_cli(*argv, "-p", "rows", "3000", "-p", "max_epochs", "1", timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("tt", "tt_item"):
         assert (artifacts / name / "1" / "report.ipynb").is_file(), f"no report for {name}"
@@ -308,7 +308,7 @@ def test_own_data_file_and_feature_columns(tmp_path):
         artifacts,
         data_path=str(tmp_path / "clicks.csv"),
         feature_columns=",".join(columns),
-        epochs=2,
+        max_epochs=2,
     )
     assert_verified(artifacts)
     meta = json.loads((artifacts / "deepfm" / "1" / "metadata.json").read_text())
@@ -352,7 +352,7 @@ def test_own_csv_with_strings_ids_empty_cells_label_and_schema(tmp_path):
         data_path=str(tmp_path / "log.csv"),
         label="clicked",
         feature_schema=schema,
-        epochs=3,
+        max_epochs=3,
     )
     assert_verified(artifacts)
     data_cell = next(c for c in nb.cells if c.get("id") == "data")
