@@ -230,7 +230,7 @@ def train_rank(settings_json: str) -> None:
                 v = float(spec.loss(net, valid_tensors)) if len(valid["x"]) else math.nan
             history.append({"step": epoch, "train_loss": float(stats[0] / stats[1]), "validation_loss": v})
             stop = torch.zeros(1)
-            if rank == 0 and patience is not None and math.isfinite(v):
+            if rank == 0 and patience and math.isfinite(v):
                 if v < best:
                     best, waited = v, 0
                     best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}

@@ -357,17 +357,19 @@ def _fit_epochs(
             best_loss, best_epoch, best_state, since_best = current, epoch, _copy_state(model), 0
             continue
         since_best += 1
-        if patience is not None and since_best >= patience:
+        if patience and since_best >= patience:
             reason = STOP_PATIENCE
             break
         if lr_schedule == "plateau":
             lr *= PLATEAU_FACTOR
             for group in optimizer.param_groups:
                 group["lr"] = lr
-    if best_epoch:
+    last = history[-1]["step"]
+    if not patience:  # early stopping off (patience 0): every epoch ran and the last one is kept
+        best_epoch, monitor = int(last), "none"
+    elif best_epoch:
         model.load_state_dict(best_state)
     model.eval()
-    last = history[-1]["step"]
     stopping = {
         "monitor": monitor,
         "best_epoch": best_epoch,

@@ -88,14 +88,16 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 continue
             since += 1
-            if since >= patience:
+            if patience and since >= patience:
                 reason = tc.STOP_PATIENCE
                 break
             if schedule == "plateau":
                 lr *= tc.PLATEAU_FACTOR
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-        if best_state is not None:
+        if not patience:  # early stopping off: the last epoch is kept
+            best_epoch, monitor = int(history[-1]["step"]), "none"
+        elif best_state is not None:
             net.load_state_dict(best_state)
     net.eval()
     trained = model._trained(net, config, list(data.columns), dict(hparams), history, data.features)

@@ -206,7 +206,9 @@ def _agreement(ours: Mapping[str, float], pipeline_metrics: Mapping[str, float])
     gaps = [
         f"{k} {pipeline_metrics[k]:.4f} vs {v:.4f}"
         for k, v in ours.items()
-        if k in pipeline_metrics and abs(pipeline_metrics[k] - v) > 1e-6
+        # float32 towers: the native and the ONNX scores differ in the last bits, which can swap two near-equal
+        # items at the cut-off and move ndcg in its fourth decimal; a real disagreement is larger
+        if k in pipeline_metrics and abs(pipeline_metrics[k] - v) > 1e-3
     ]
     if not any(k in pipeline_metrics for k in ours):
         return "the pipeline reports no retrieval metrics"

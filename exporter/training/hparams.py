@@ -103,6 +103,11 @@ def _int_rule(key: str) -> tuple[str, str]:
 #: hyper-parameter -> (rule, what is expected); ints and lists follow the type of the model's default
 RULES: dict[str, tuple[str, str]] = {
     **{key: _int_rule(key) for key in UPPER if key != "hidden"},
+    "patience": (
+        "patience",
+        "0 (no early stopping: every epoch runs and the last is kept) or a positive integer up to "
+        f"{UPPER['patience']:,}",
+    ),
     "learning_rate": ("learning_rate", "a number in (0, 10)"),
     "hidden": (
         "widths",
@@ -146,6 +151,10 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
             ok = bool(rule(value, hparams))
         elif rule == "positive_int":
             ok = positive_int(value, UPPER.get(key))
+        elif rule == "patience":
+            ok = (
+                value == 0 and isinstance(value, int) and not isinstance(value, bool) or positive_int(value, UPPER[key])
+            )
         elif rule == "widths":
             widest = UPPER["hidden"]
             if isinstance(default, list):

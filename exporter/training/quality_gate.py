@@ -122,7 +122,9 @@ def training_warnings(stopping: Mapping[str, Any]) -> list[str]:
             f"{MIN_OPTIMISER_STEPS} steps; use more rows, a larger max_epochs or a smaller batch_size"
         )
     best, run = stopping.get("best_epoch"), stopping.get("epochs_run")
-    if best == 0 and run:
+    if stopping.get("monitor") == "none":  # early stopping off (patience 0): no loss was watched, the last epoch kept
+        pass
+    elif best == 0 and run:
         out.append(
             f"no epoch improved the {stopping.get('monitor', 'validation loss')} of the untrained network: "
             "check the learning_rate, the label and the features"

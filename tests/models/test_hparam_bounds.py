@@ -36,7 +36,7 @@ CASES = {
     "n_experts=1e6": ("mmoe", "n_experts=1000000", ["n_experts", "up to 64", "1000000"]),
     "n_estimators=1e12": ("xgb", "n_estimators=1000000000000", ["n_estimators", "up to 10,000"]),
     "epochs=1e12": ("deepfm", "epochs=1000000000000", ["epochs", "up to 1,000"]),
-    "patience=0": ("deepfm", "patience=0", ["patience", "up to 1,000", "got 0"]),
+    "patience=-1": ("deepfm", "patience=-1", ["patience", "up to 1,000", "got -1"]),
     "max_epochs=0": ("mmoe", "max_epochs=0", ["max_epochs", "up to 1,000", "got 0"]),
     "max_epochs=2.5": ("two_tower", "max_epochs=2.5", ["max_epochs", "positive integer", "2.5"]),
     "epochs and max_epochs": ("deepfm", "epochs=3", ["epochs", "max_epochs", "give one"]),

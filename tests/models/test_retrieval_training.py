@@ -198,7 +198,7 @@ def test_trained_on_positives_it_beats_popularity_on_the_synthetic_log(tmp_path)
     x = result.prepared.raw_heldout[:5]
     idx = [result.prepared.columns.index(c) for c in ("user_id", "user_age", "user_gender")]
     u = user.run(None, {"features": np.ascontiguousarray(x[:, idx])})[0]
-    np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-6)  # normalised in float32
 
 
 @pytest.mark.slow

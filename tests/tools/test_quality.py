@@ -39,9 +39,9 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
         ("deepfm", "AUC"),
         ("mmoe", "AUC (liked head)"),
         ("mmoe", "RMSE (rating head)"),
+        ("deepfm + history", "AUC"),  # the same split, with the history column (extra rows)
         ("xgb (336 rows)", "AUC"),
         ("deepfm (336 rows)", "AUC"),
-        ("deepfm + history", "AUC"),  # the same split, with the history column (extra rows)
     ] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval] + [
         ("two_tower + history", m) for m in retrieval
     ]
