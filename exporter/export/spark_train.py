@@ -423,6 +423,13 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         )
         run = SparkRun(spark, created, workdir, encoded, feature_cols, labels, counts, options, x_valid, y_valid)
         prep.training_record = engine_record(run, params.seed, keys)
+        prep.reading = {
+            "path": "spark",
+            "reason": f"--engine spark on {spark.sparkContext.master}, {options.num_workers} training workers",
+            "rows_read": counts["rows"],
+            "rows": {k.removesuffix("_rows"): counts[k] for k in ("train_rows", "validation_rows", "test_rows")},
+            "rows_in_memory": {"train": len(train_frame), "validation": len(x_valid), "test": len(test_frame)},
+        }
         return prep, run
     except BaseException as exc:
         if run is None:
@@ -445,7 +452,6 @@ def engine_record(run: SparkRun, seed: int, keys: Sequence[str]) -> dict[str, An
         "num_workers": run.options.num_workers,
         "spark_version": sc.version,
         **run.counts,
-        "heldout_rows": run.counts["test_rows"],
         "sample_rows": SAMPLE_ROWS,
         "split": S.describe(seed, keys, S.DEFAULT_VALIDATION, S.DEFAULT_TEST),
     }
@@ -483,6 +489,11 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
         "__valid", Fn.col(SPLIT_COLUMN) == Fn.lit(S.VALIDATION)
     )
     has_valid = run.counts["validation_rows"] > 0
+    stopping: dict[str, Any] = {}
+    if has_valid:  # the validation rows are xgboost's evaluation set; early stopping watches them
+        stopping["validation_indicator_col"] = "__valid"
+        if hp.get("early_stopping_rounds"):
+            stopping["early_stopping_rounds"] = int(hp["early_stopping_rounds"])
     classifier = SparkXGBClassifier(
         features_col=run.feature_cols,
         label_col="y_label",
@@ -497,10 +508,11 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
         eval_metric="logloss",
         tree_method="hist",
         verbose=False,
-        **({"validation_indicator_col": "__valid"} if has_valid else {}),  # type: ignore[arg-type]
+        **stopping,
     )
     model = classifier.fit(data)
     booster = model.get_booster()
+    budget, rounds = int(hp["n_estimators"]), booster.num_boosted_rounds()
     summary = getattr(model, "training_summary", None)
     train_hist = list((getattr(summary, "train_objective_history", None) or {}).get("logloss", []))
     valid_hist = list((getattr(summary, "validation_objective_history", None) or {}).get("logloss", []))
@@ -512,8 +524,26 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
         }
         for i, t in enumerate(train_hist)
     ]
+    # keep the best round's trees, as a local export does (the native model and the ONNX graph are then one model)
+    best = rounds - 1
+    if valid_hist:
+        best = int(np.argmin(valid_hist[:rounds]))
+    names = booster.feature_names
+    booster = booster[: best + 1]
+    booster.feature_names = names
     spec: Any = prep.spec
-    return spec._trained(booster, list(prep.columns), dict(hp), history, prep.features)
+    trained = spec._trained(booster, list(prep.columns), dict(hp), history, prep.features)
+    trained.stopping = {
+        "monitor": "validation_logloss",
+        "best_round": best + 1,
+        "best_loss": float(valid_hist[best]) if valid_hist else None,
+        "rounds_run": rounds,
+        "n_estimators": budget,
+        "early_stopping_rounds": hp.get("early_stopping_rounds"),
+        "stopped_because": "early_stopping_rounds" if rounds < budget else "n_estimators",
+        "trees_kept": booster.num_boosted_rounds(),
+    }
+    return trained
 
 
 # --------------------------------------------------------------------------- the whole run

@@ -179,8 +179,9 @@ def test_preprocessing_lives_in_the_graph(exported_runs):
     session = ort.InferenceSession(str(_version_dir(root, "mmoe") / "model.onnx"))
     got = session.run(None, {"features": raw})[0]
     want = trained.predict(prep.x_heldout[:50])
-    np.testing.assert_allclose(got[:, 0], want["ctr"], atol=1e-9)
-    np.testing.assert_allclose(got[:, 1], want["watch_time"], atol=1e-9)
+    # the network computes in float32: the two agree to float32's precision
+    np.testing.assert_allclose(got[:, 0], want["ctr"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[:, 1], want["watch_time"], rtol=1e-5, atol=1e-6)
     assert (got[:, 1:] >= 0).all()
 
 
@@ -223,7 +224,9 @@ def test_next_version_and_small_data_parity_top_up(tmp_path):
     second = export_small("xgb", tmp_path, rows=500).artifacts[0]
     assert (first.version, second.version) == (1, 2)
     parity = second.metadata["parity"]
-    assert parity["heldout_rows"] == 100 and parity["synthetic_rows"] == 900 and parity["probe_rows"] >= 8
+    test_rows = second.metadata["training"]["test_rows"]  # about 20 % of 500, by the row hash
+    assert 60 <= test_rows <= 140 and parity["heldout_rows"] == test_rows
+    assert parity["synthetic_rows"] == 1000 - test_rows and parity["probe_rows"] >= 8
     assert parity["rows"] == 1000 + parity["probe_rows"]
     assert sorted(p.name for p in (tmp_path / "xgb").iterdir()) == ["1", "2", "config.pbtxt", "kserve.yaml", "warmup"]
 
@@ -252,5 +255,5 @@ def test_the_model_rebuilds_its_native_predictor_from_an_artifact(exported_artif
     x = np.random.default_rng(0).integers(0, 5, size=(16, n)).astype(np.float64)  # raw codes, unseen ones included
     expected = ort.InferenceSession(str(d / "model.onnx")).run(None, {"features": x})[0]
     native = np.asarray(get_spec(name).native_predictor(d)(x), dtype=np.float64).reshape(expected.shape)
-    atol = 1e-6 if name == "xgb" else 1e-9  # xgboost predicts in float32
-    np.testing.assert_allclose(native, expected, rtol=0, atol=atol)
+    atol = 1e-6  # xgboost predicts in float32, and the torch networks compute in float32
+    np.testing.assert_allclose(native, expected, rtol=1e-5, atol=atol)  # mmoe: watch_time and gmv in the hundreds
