@@ -215,14 +215,10 @@ def add_export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _spark_options(args: argparse.Namespace) -> Any:
+    from exporter.commands.key_values import key_values
     from exporter.export.spark_train import SparkOptions
 
-    conf = {}
-    for item in args.spark_conf:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ExporterError(f"--spark-conf expects KEY=VALUE, got '{item}'")
-        conf[key.strip()] = value
+    conf = key_values(args.spark_conf, "--spark-conf")
     return SparkOptions(master=args.spark_master, num_workers=args.num_workers, conf=conf)
 
 

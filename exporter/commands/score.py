@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from exporter.errors import ExporterError
-
 HELP = "batch-score Parquet/CSV files with an exported model, locally (streaming) or on Spark"
 DESCRIPTION = """\
 Score a Parquet or CSV file, a directory or a glob of them with one exported model version and write
@@ -121,14 +119,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from exporter.commands.key_values import key_values
     from exporter.scoring.job import ScoreOptions, format_result, result_json, score
 
-    conf = {}
-    for item in args.spark_conf:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ExporterError(f"--conf expects KEY=VALUE, got {item!r}")
-        conf[key.strip()] = value
+    conf = key_values(args.spark_conf, "--conf")
     options = ScoreOptions(
         model=args.model,
         input=args.input,
