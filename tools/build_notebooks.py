@@ -119,12 +119,14 @@ def _literal(value: Any) -> str:
 
 
 def hparams_source(model: str, cfg: NotebookInfo) -> str:
-    """``dict(epochs=epochs, ..., **extra_hparams)`` wrapped to the notebook's line length (the cell stays glue)."""
+    """``epochs=epochs, ..., **extra_hparams),`` (the body of ``hparams=dict(``) wrapped to the notebook's line
+    length after ``threads=threads, hparams=dict(`` (the cell stays glue)."""
     import textwrap
 
     names = [n for n, _ in cfg.knobs] + (["user_columns", "item_columns"] if cfg.towers else [])
     body = ", ".join([f"{n}={n}" for n in names] + ["**extra_hparams"])
-    return "dict(\n" + textwrap.fill(body + ")", width=100, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    lead = "    threads=threads, hparams=dict("
+    return textwrap.fill(body + "),", width=118, initial_indent=lead, subsequent_indent=" " * 8)[len(lead) :]
 
 
 def cells(model: str, cfg: NotebookInfo) -> list[Any]:
@@ -156,7 +158,7 @@ prep = nbs.prepare(
     feature_columns=feature_columns, label=label, feature_schema=feature_schema, positive_class=positive_class,
     exclude_columns=exclude_columns, rows=rows, seed=seed, root=nbs.repo_root(),
     artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
-    threads=threads, hparams={hparams_source(model, cfg)},
+    threads=threads, hparams=dict({hparams_source(model, cfg)}
 )
 print(nbs.describe_run(prep))"""
     title = f"{model}: loss per {cfg.step}"

@@ -255,8 +255,20 @@ def split_codes(
 ) -> np.ndarray:
     """:func:`split_codes_arrow` for a pandas frame (converted to Arrow: a nullable integer column that pandas
     holds as float64 hashes as a double, not as the file's integer: hash the file's Arrow batches for that)."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_arrays(
+        [_arrow_column(frame[name]) for name in frame.columns], names=[str(n) for n in frame.columns]
+    )
     return split_codes_arrow(table, seed=seed, key_columns=key_columns, validation=validation, test=test)
+
+
+def _arrow_column(column: pd.Series) -> pa.Array:
+    """The column as Arrow; a column of Python objects Arrow cannot hold as one type (an ID of 2^64 among
+    small integers, mixed ints and strings) hashes by its text, so the split never fails before the column
+    checks can name the bad value."""
+    try:
+        return pa.Array.from_pandas(column)
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.Array.from_pandas(column.map(lambda v: None if v is None or v != v else str(v)))
 
 
 def three_way(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
