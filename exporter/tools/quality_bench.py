@@ -271,13 +271,16 @@ def run_quality(
     workdir: Path | None = None,
     log: Callable[[str], None] | None = None,
     history: bool = True,
+    tune_trials: int = 0,
 ) -> list[Row]:
     """Train every model in ``models`` on one split and return the table's rows (baselines included).
 
     ``frame`` defaults to MovieLens-100k (or, with ``quick``, :func:`synthetic_movielens`); ``overrides``
     are per-model hyper-parameters on top of :data:`HPARAMS`; ``workdir`` keeps the temp parquet and
     artifacts (default: a temporary directory, removed afterwards). ``history``: also train deepfm and two_tower
-    (when asked for) with the history column :data:`HISTORY`, as extra rows on the same split.
+    (when asked for) with the history column :data:`HISTORY`, as extra rows on the same split. ``tune_trials``:
+    also search deepfm's hyper-parameters with ``tune`` (that many trials, chosen by validation AUC) and report
+    the chosen trial's test AUC next to the default's.
     """
     from exporter.export import pipeline
     from exporter.training import metrics as M
@@ -362,7 +365,7 @@ def run_quality(
             if with_history:
                 columns.append(HISTORY)
                 row_name = f"{model} + history"
-                note = f"{HISTORY}: the last {HISTORY_LENGTH} liked training items (build_history)"
+                note = f"{HISTORY}: the last {HISTORY_LENGTH} liked training items rated before the row"
                 if model == "two_tower":
                     hparams["user_columns"] = [*hparams.get("user_columns", USER_TOWER), HISTORY]
             log(f"training {row_name} through the export pipeline ...")
@@ -376,6 +379,10 @@ def run_quality(
             if model in ("xgb", "deepfm"):
                 _, auc = _first(metrics, ("auc",))
                 rows.append(Row(row_name, "AUC", auc, "xgb baseline", base_auc, seconds, note, judge=judge))
+                if model == "deepfm" and not with_history and tune_trials:
+                    log(f"tuning deepfm: {tune_trials} trials ...")
+                    tuned_dir = root / "artifacts-tuned"
+                    rows.append(tuned_row(data_path, columns, hparams, tuned_dir, tune_trials, auc, judge))
             elif model == "mmoe":
                 _, auc = _first(metrics, ("liked_auc",), "_auc")
                 rmse_key, rmse = _first(metrics, ("rating_rmse",))
@@ -410,6 +417,35 @@ def run_quality(
         if scratch is not None:
             scratch.cleanup()
     return rows + retrieval_rows
+
+
+def tuned_row(
+    data_path: Path,
+    columns: Sequence[str],
+    hparams: Mapping[str, Any],
+    artifacts: Path,
+    trials: int,
+    default: float,
+    judge: bool = True,
+) -> Row:
+    """deepfm searched by ``tune`` (validation AUC chooses, untracked, its study in the work directory), then the
+    chosen trial's test AUC on the same split as every other row, next to the default deepfm's."""
+    from exporter.tracking.tune import tune
+
+    t0 = time.perf_counter()
+    found = tune(
+        pipeline_params("deepfm", data_path, columns, hparams, artifacts),
+        trials=trials,
+        tracking_enabled=False,
+        storage=f"sqlite:///{artifacts.parent / 'optuna.db'}",
+        study_name="quality-deepfm",
+        echo=lambda _: None,
+    )
+    _, auc = _first(found.export.evaluation.metrics, ("auc",))
+    chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in found.best_params.items())
+    best = f"trial {found.best_trial} chosen (validation AUC {found.best_value:.4f})"
+    note = f"tune: {found.trials} trials, {best}: {chosen}"
+    return Row("deepfm tuned", "AUC", auc, "deepfm", default, time.perf_counter() - t0, note, judge=judge)
 
 
 def check_options(models: Sequence[str], overrides: Mapping[str, Any], threads: int) -> None:
@@ -459,6 +495,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="keep the temporary parquet and artifacts here (default: a temp dir, deleted)",
     )
+    parser.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also tune deepfm with N trials (chosen by validation AUC) and add a 'deepfm tuned' row (default: 0)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and environment to this file")
 
 
@@ -469,12 +512,20 @@ def run(args: argparse.Namespace) -> int:
         model, key, value = _parse_param(text)
         overrides.setdefault(model, {})[key] = value
     check_options(args.models, overrides, args.threads)
+    if isinstance(args.tune_trials, bool) or not isinstance(args.tune_trials, int) or args.tune_trials < 0:
+        raise ExporterError(f"--tune-trials must be 0 (no tuning) or a positive integer, got {args.tune_trials!r}")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     start = time.perf_counter()
     frame = synthetic_movielens() if args.quick else ml.load_ml100k()
     source = frame.attrs.get("source", "")
     rows = run_quality(
-        args.models, quick=args.quick, frame=frame, overrides=overrides, threads=args.threads, workdir=args.workdir
+        args.models,
+        quick=args.quick,
+        frame=frame,
+        overrides=overrides,
+        threads=args.threads,
+        workdir=args.workdir,
+        tune_trials=args.tune_trials,
     )
     total = time.perf_counter() - start
     env = environment(source)

@@ -27,6 +27,7 @@ TARGETS: dict[tuple[str, str], tuple[str, float | str]] = {
     ("two_tower", "ndcg@10"): (">", "baseline"),
     ("two_tower", "ndcg@50"): (">", "baseline"),
     ("deepfm + history", "AUC"): (">=", 0.81),
+    ("deepfm tuned", "AUC"): (">", "baseline"),
     ("two_tower + history", "recall@50"): (">=", 0.65),
     ("two_tower + history", "ndcg@10"): (">", "baseline"),
     ("two_tower + history", "ndcg@50"): (">", "baseline"),

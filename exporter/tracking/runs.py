@@ -32,7 +32,7 @@ TAG_KIND = "exporter.kind"
 class Extras:
     """What a live export knows beyond its version directories."""
 
-    #: per epoch / boosting round: ``{"step": i, "train_loss": ..., "heldout_loss": ...}``
+    #: per epoch / boosting round: ``{"step": i, "train_loss": ..., "validation_loss": ...}``
     history: Sequence[Mapping[str, float]] = ()
     #: seconds per step (prepare, fit, evaluate, export, total)
     timings: Mapping[str, float] = field(default_factory=dict)
@@ -227,7 +227,7 @@ def _log(run: Run, directories: list[Path], metas: list[dict[str, Any]], extras:
     }
     metrics = [Metric(k, v, 0, 0) for k, v in metrics_of(metas).items()]
     for h in extras.history:
-        for key in ("train_loss", "heldout_loss"):
+        for key in ("train_loss", "validation_loss"):
             if _finite(h.get(key)):
                 metrics.append(Metric(f"curve.{key}", float(h[key]), 0, int(h.get("step", 0))))
     metrics += [Metric(f"seconds.{k}", float(v), 0, 0) for k, v in extras.timings.items() if _finite(v)]

@@ -1,12 +1,12 @@
 """``python -m exporter tune MODEL --trials N``: hyper-parameter search with Optuna, then the best as a version.
 
-The data is prepared once (the same options, split and checks as ``export``); each trial trains with
-hyper-parameters drawn by a seeded TPE sampler from the spec's ``tunable`` ranges (or ``--search``), is
-evaluated on the held-out rows, and maximises the metric the model is judged by (``quality.metric``: AUC, or
-recall@K for the towers). Each trial is an MLflow run nested under the tuning run; the study lives in
-``optuna.db`` beside the tracking database (a file of its own: MLflow and Optuna both keep an
-``alembic_version`` table, which one file cannot hold twice). The best trial's model is then exported as a
-normal version, its trial number and parameters in metadata.json's ``tuning``.
+The data is prepared once (the same options, split and checks as ``export``); each trial trains with hyper-
+parameters drawn by a seeded TPE sampler from the spec's ``tunable`` ranges (or ``--search``), is evaluated on the
+validation rows, and maximises there the metric the model is judged by (AUC, or recall@K for the towers); the held-
+out test rows report only the chosen trial, so its reported figure is not optimistic. Each trial is an MLflow run
+nested under the tuning run; the study lives in ``optuna.db`` beside the tracking database (a file of its own:
+MLflow and Optuna both keep an ``alembic_version`` table, which one file cannot hold twice). The best trial's model
+is then exported as a normal version, its trial number and parameters in metadata.json's ``tuning``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from exporter.errors import ExporterError
 from exporter.tracking import runs as R
 from exporter.tracking import store as S
 from exporter.tracking.session import ExportTracking
+from exporter.training import quality_gate as Q
 
 OPTUNA_DB = "optuna.db"
 
@@ -104,6 +105,11 @@ def tune(
     space.update(search or {})
     H.check_search_space(spec, space, params.hparams)
     prep = pipeline.prepare(params)  # every option checked and the data read once, before any trial
+    if not len(prep.x_valid):
+        raise ExporterError(
+            f"tune chooses by the validation rows, and the split of {prep.data_source} left none "
+            f"({len(prep.x_train)} training rows): give it more rows"
+        )
     echo(prep.schema_text())
     model = params.model_name or spec.name
     study_name = study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -129,24 +135,26 @@ def tune(
         t_prep = dataclasses.replace(prep, hparams=hp)
         start = time.perf_counter()
         trained = pipeline.fit(t_prep)
-        evaluation = pipeline.evaluate(t_prep, trained)
+        # the validation rows choose; the test rows report only the chosen trial (choosing by them would make
+        # the reported figure optimistic)
+        validated = t_prep.spec.evaluate(_validation_view(t_prep), trained)
         seconds = time.perf_counter() - start
-        quality = evaluation.quality or {}
+        quality = Q.assess(validated.metrics, validated.labels)
         value = quality.get("value")
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise optuna.TrialPruned(f"no finite {quality.get('metric', 'held-out metric')}")
-        metric_name[:] = [str(quality.get("metric"))]
-        _log_trial(parent, parent_run, model, trial.number, hp, evaluation, trained.history, seconds, float(value))
-        echo(f"trial {trial.number}: {quality.get('metric')}={value:.4f}  {_short(chosen)}  ({seconds:.1f}s)")
+            raise optuna.TrialPruned(f"no finite validation {quality.get('metric', 'metric')}")
+        metric_name[:] = [f"validation {quality.get('metric')}"]
+        _log_trial(parent, parent_run, model, trial.number, hp, validated.metrics, trained.history, seconds, value)
+        echo(f"trial {trial.number}: {metric_name[0]}={value:.4f}  {_short(chosen)}  ({seconds:.1f}s)")
         if not best or value > best["value"]:
             best.update(value=float(value), trial=trial.number, params=chosen, prep=t_prep, trained=trained)
-            best["evaluation"] = evaluation
         return float(value)
 
     study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
     if not best:
         raise ExporterError(f"no trial of {study_name} finished with a finite held-out metric: nothing to export")
     echo(f"best: trial {best['trial']} {metric_name[0]}={best['value']:.4f}  {_short(best['params'])}")
+    best["evaluation"] = pipeline.evaluate(best["prep"], best["trained"])  # the test rows, for this trial only
 
     b_prep = best["prep"]
     b_prep.params = dataclasses.replace(
@@ -201,6 +209,21 @@ def tune(
     )
 
 
+def _validation_view(prep: Any) -> Any:
+    """``prep`` with the validation rows in the place of the test rows (and no test rows anywhere), so that a
+    model's own evaluation measures the validation rows: two_tower then ranks against the training pairs."""
+    return dataclasses.replace(
+        prep,
+        heldout=prep.validation,
+        x_heldout=prep.x_valid,
+        y_heldout=prep.y_valid,
+        raw_heldout=None,
+        validation=prep.validation.iloc[:0],
+        x_valid=prep.x_valid[:0],
+        y_valid={k: v[:0] for k, v in prep.y_valid.items()},
+    )
+
+
 def _short(values: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
@@ -219,12 +242,12 @@ def _log_trial(
     model: str,
     number: int,
     chosen: Mapping[str, Any],
-    evaluation: Any,
+    validation_metrics: Mapping[str, Any],
     history: Any,
     seconds: float,
     value: float,
 ) -> None:
-    """One trial as a run nested under the tuning run: its parameters, held-out metrics, curve, objective."""
+    """One trial as a run nested under the tuning run: its parameters, validation metrics, curve, objective."""
     if parent_run is None or parent.store is None or parent.run is None:
         return
     from mlflow.entities import Metric, Param
@@ -242,20 +265,19 @@ def _log_trial(
         c = S.client(parent.store)
         metrics = [Metric("objective", value, 0, 0), Metric("seconds.fit", seconds, 0, 0)]
         metrics += [
-            Metric(R.metric_key(f"heldout.{k}"), float(v), 0, 0)
-            for k, v in evaluation.metrics.items()
+            Metric(R.metric_key(f"validation.{k}"), float(v), 0, 0)
+            for k, v in validation_metrics.items()
             if isinstance(v, (int, float)) and math.isfinite(v)
         ]
         for h in history or []:
-            for key in ("train_loss", "heldout_loss"):
+            for key in ("train_loss", "validation_loss"):
                 v = h.get(key)
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     metrics.append(Metric(f"curve.{key}", float(v), 0, int(h.get("step", 0))))
         params = [Param(f"hp.{k}", R._param(v)) for k, v in chosen.items()] + [Param("tune.trial", str(number))]
         with S.bounded_http():
             c.log_batch(trial.run_id, metrics=metrics, params=params)
-            if evaluation.quality.get("metric"):
-                c.set_tag(trial.run_id, "exporter.objective", R.metric_key(str(evaluation.quality["metric"])))
+            c.set_tag(trial.run_id, "exporter.objective", "validation")
         R.finish(trial)
     except Exception as exc:  # the search goes on untracked
         parent.warn(f"warning: tracking: trial {number} not logged: {R._one_line(exc)}")

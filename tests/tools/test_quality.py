@@ -21,7 +21,9 @@ from tests.conftest import REPO
 def test_quick_script_prints_every_row_from_one_run(tmp_path):
     out_json = tmp_path / "rows.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--threads", "1", "--json", str(out_json)],
+        # --tune-trials 2: the tuned row's search, two trials chosen by validation AUC
+        [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--quick", "--threads", "1"]
+        + ["--tune-trials", "2", "--json", str(out_json)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -37,6 +39,7 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
         ("xgb baseline", "AUC"),
         ("xgb", "AUC"),
         ("deepfm", "AUC"),
+        ("deepfm tuned", "AUC"),
         ("mmoe", "AUC (liked head)"),
         ("mmoe", "RMSE (rating head)"),
         ("deepfm + history", "AUC"),  # the same split, with the history column (extra rows)
@@ -49,6 +52,9 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
     for key in got:
         assert np.isfinite(by[key]["value"]), key
     assert by[("deepfm (336 rows)", "AUC")]["baseline"] == by[("xgb (336 rows)", "AUC")]["value"]
+    tuned = by[("deepfm tuned", "AUC")]
+    assert tuned["baseline"] == by[("deepfm", "AUC")]["value"] and tuned["note"].startswith("tune: 2 trials, trial ")
+    assert 0.0 <= tuned["value"] <= 1.0 and "validation AUC" in tuned["note"]
     for model in ("xgb", "deepfm", "deepfm + history"):
         assert 0.0 <= by[(model, "AUC")]["value"] <= 1.0
         assert by[(model, "AUC")]["baseline"] == by[("xgb baseline", "AUC")]["value"]

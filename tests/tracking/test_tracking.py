@@ -120,6 +120,10 @@ def test_an_export_is_a_run_with_params_metrics_files_and_a_registered_model(tra
     assert m["seconds.total"] > 0 and m["objective"] == pytest.approx(m["heldout.auc"], abs=1e-6)
     curve = c.get_metric_history(run_id, "curve.train_loss")
     assert sorted(x.step for x in curve) == list(range(1, 9))  # one point per boosting round
+    validation = c.get_metric_history(run_id, "curve.validation_loss")
+    assert sorted(x.step for x in validation) == list(range(1, 9))
+    last = max(validation, key=lambda x: x.step)
+    assert last.value == pytest.approx(meta["training"]["final_loss"]["validation_loss"])
     files = {f.path for f in c.list_artifacts(run_id, "version")}
     assert {"version/README.md", "version/metadata.json"} <= files
 
