@@ -87,6 +87,9 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         f"atol: float = {spec.atol!r}  # parity tolerance: max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
         "parity_atol: Optional[float] = None  # deprecated old name of atol: still honoured, with a warning",
         "threads: Optional[int] = None  # threads training uses (torch intra-op, xgboost nthread); None: every core",
+        'engine: str = "local"  # "spark": train on Spark (xgboost.spark / TorchDistributor; needs data_path and Java)',
+        "spark_master: Optional[str] = None  # Spark master URL (engine spark); None: local[*]",
+        "num_workers: Optional[int] = None  # Spark training workers (engine spark); None: 2",
         "tracking: bool = True  # log the export as an MLflow run and register the model (docs/tracking.md); False: no run",
         "tracking_uri: Optional[str] = None  # MLflow tracking store; None: $MLFLOW_TRACKING_URI, else mlruns/mlflow.db beside the artifacts",
     ]
@@ -156,7 +159,8 @@ from exporter.tools import notebook_support as nbs, plots"""
 prep = nbs.prepare(
     "{model}", mode=mode, data_path=data_path, checkpoint_path=checkpoint_path, feature_meta_path=feature_meta_path,
     feature_columns=feature_columns, label=label, feature_schema=feature_schema, positive_class=positive_class,
-    exclude_columns=exclude_columns, rows=rows, seed=seed, root=nbs.repo_root(),
+    exclude_columns=exclude_columns, rows=rows, seed=seed, root=nbs.repo_root(), engine=engine,
+    spark_master=spark_master, num_workers=num_workers,
     artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
     threads=threads, hparams=dict({hparams_source(model, cfg)}
 )

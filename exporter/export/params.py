@@ -113,6 +113,9 @@ class Prepared:
     positive_class: Any = None
     #: a streamed run: what pass 2 re-reads (:class:`exporter.export.streaming.StreamState`); ``None`` in memory
     stream: Any = None
+    #: an engine that trains elsewhere (Spark: the session and encoded rows prepared for it):
+    #: :func:`exporter.export.pipeline.fit` calls it once, instead of training here; ``None`` for the local engine
+    fit_elsewhere: Callable[[Prepared], Trained] | None = None
     #: how the data was read: path (in memory / streaming) and why, rows per split, passes, phases (metadata)
     reading: dict[str, Any] = field(default_factory=dict)
 

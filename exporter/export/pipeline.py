@@ -328,6 +328,9 @@ def fit(prep: Prepared) -> Trained:
         return prep.loaded
     if prep.stream is not None:
         return ST.fit_streaming(prep)
+    if prep.fit_elsewhere is not None:  # another engine (Spark) prepared this run and trains it
+        elsewhere, prep.fit_elsewhere = prep.fit_elsewhere, None
+        return elsewhere(prep)
     from exporter.training.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
 
     started = time.perf_counter()

@@ -549,6 +549,19 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
 # --------------------------------------------------------------------------- the whole run
 
 
+def fit_once(run: SparkRun) -> Callable[[Prepared], Trained]:
+    """Training on ``run`` as ``Prepared.fit_elsewhere``: :func:`fit_spark`, then the session is stopped (also
+    when training fails)."""
+
+    def fit(prep: Prepared) -> Trained:
+        try:
+            return fit_spark(prep, run)
+        finally:
+            run.close()
+
+    return fit
+
+
 def run_spark(
     params: ExportParams,
     options: SparkOptions,

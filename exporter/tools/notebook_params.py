@@ -112,6 +112,9 @@ _CLI_TERMS = {
     "--positive-class": "positive_class",
     "--exclude-columns": "exclude_columns",
     "--param": "the hyper-parameter knobs",
+    "--engine spark": 'engine = "spark"',
+    "--spark-master": "spark_master",
+    "--num-workers": "num_workers",
 }
 
 
@@ -147,6 +150,9 @@ def prepare(
     positive_class: Any = None,
     exclude_columns: Any = None,
     threads: int | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
+    num_workers: int | None = None,
 ) -> Prepared:
     """Validate every notebook parameter and load the data, before any training.
 
@@ -154,7 +160,8 @@ def prepare(
     is a dict (or list) as in docs/features.md, or the path of such a JSON file. ``atol`` is the parity
     tolerance (``--atol`` of the CLI); ``parity_atol`` is its old name, still honoured with a
     :class:`FutureWarning` so that ``papermill -p parity_atol X`` keeps working. ``positive_class`` and
-    ``exclude_columns`` are the CLI's ``--positive-class`` and ``--exclude-columns``. Any problem raises
+    ``exclude_columns`` are the CLI's ``--positive-class`` and ``--exclude-columns``; ``engine="spark"`` (with
+    ``spark_master`` and ``num_workers``) prepares and trains on Spark as ``--engine spark`` does. Any problem raises
     :class:`ParameterError` naming the parameter and what was expected.
     """
     from exporter.export import pipeline
@@ -174,6 +181,10 @@ def prepare(
         )
     if mode == "load" and checkpoint_path is None:
         raise ParameterError(f"mode 'load' needs checkpoint_path: {spec.checkpoint_hint}")
+    if engine not in ("local", "spark"):
+        raise ParameterError(f'engine must be "local" or "spark", got {engine!r}')
+    if engine == "local" and (spark_master is not None or num_workers is not None):
+        raise ParameterError('spark_master and num_workers are for engine = "spark": set it, or unset them')
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ParameterError(f"seed must be a non-negative integer, got {seed!r}")
     if hparams is not None and not isinstance(hparams, Mapping):
@@ -212,9 +223,21 @@ def prepare(
                     f"model_version {model_version} already exists for {', '.join(taken)} under {artifacts}; "
                     f"set model_version = None for the next free version ({repo.next_version(artifacts, names)})"
                 )
-        prep = pipeline.prepare(params)
+        if engine == "spark":
+            from exporter.export import spark_train
+
+            workers = 2 if num_workers is None else num_workers
+            prep, run = spark_train.prepare_spark(params, spark_train.SparkOptions(spark_master, workers))
+            prep.fit_elsewhere = spark_train.fit_once(run)  # pipeline.fit trains on Spark, then stops the session
+        else:
+            prep = pipeline.prepare(params)
         if len(names) == 1:
-            _check_existing_inputs(Path(params.artifacts), names[0], len(prep.columns))
+            try:
+                _check_existing_inputs(Path(params.artifacts), names[0], len(prep.columns))
+            except BaseException:
+                if engine == "spark":
+                    run.close()
+                raise
     except ParameterError:
         raise
     except ExporterError as exc:

@@ -156,3 +156,59 @@ def test_no_java_is_a_clear_error(tmp_path: Path, parquet_dir: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "needs a Java runtime" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_notebook_engine_parameter_trains_on_spark(spark, parquet_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What the notebooks' cells call with ``engine = "spark"``: prepare on Spark, fit, evaluate, export."""
+    from exporter.tools import notebook_support as nbs
+
+    prep = nbs.prepare(
+        "xgb",
+        data_path=str(parquet_dir),
+        artifacts_dir=str(tmp_path / "art"),
+        seed=5,
+        hparams={"n_estimators": 20},
+        progress=False,
+        engine="spark",
+        spark_master="local[2]",
+        num_workers=2,
+    )
+    assert prep.fit_elsewhere is not None
+    trained = pipeline.fit(prep)
+    assert prep.fit_elsewhere is None  # trained once; the session it prepared is closed
+    evaluation = pipeline.evaluate(prep, trained)
+    exported = nbs.export(prep, trained, evaluation, tracking=False)
+    assert [a.model_name for a in exported] == ["xgb"]
+    meta = json.loads((tmp_path / "art" / "xgb" / "1" / "metadata.json").read_text())
+    assert meta["training"]["engine"] == "spark" and meta["training"]["spark_master"] == "local[2]"
+    assert meta["training"]["num_workers"] == 2 and meta["parity"]["passed"] is True
+    for key, count in _split_counts(parquet_dir, 5).items():
+        assert meta["training"][key] == count, key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"engine": "dask"}, 'engine must be "local" or "spark", got \'dask\''),
+        ({"spark_master": "local[2]"}, 'spark_master and num_workers are for engine = "spark"'),
+        ({"engine": "spark", "num_workers": 0}, "num_workers must be an integer from 1 to 1024, got 0"),
+        ({"engine": "spark", "data_path": None}, 'engine = "spark" trains on data_path'),
+        ({"engine": "spark", "mode": "load", "checkpoint_path": "m.json"}, 'engine = "spark" trains; load mode'),
+    ],
+)
+def test_the_notebook_engine_parameters_are_checked_before_spark_starts(
+    kwargs: dict[str, object], message: str, parquet_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.export import spark_train
+    from exporter.tools import notebook_support as nbs
+
+    def no_spark(*args: object, **kw: object) -> None:
+        raise AssertionError("a JVM was started for a bad parameter")
+
+    monkeypatch.setattr(spark_train, "spark_session", no_spark)
+    args = {"data_path": str(parquet_dir), "artifacts_dir": str(tmp_path / "art"), **kwargs}
+    with pytest.raises(nbs.ParameterError) as caught:
+        nbs.prepare("xgb", **args)  # type: ignore[arg-type]
+    assert message in str(caught.value)
+    assert not (tmp_path / "art").exists()
