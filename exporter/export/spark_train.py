@@ -310,6 +310,9 @@ def _to_pandas(df: Any) -> pd.DataFrame:
 
 def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared, SparkRun]:
     """Checks, split, feature plan and bounded samples: a :class:`Prepared` the shared export step takes."""
+    from exporter.export.streaming import record_phase
+
+    started = time.perf_counter()
     check_options(options, params)
     spec = get_spec(params.model)
     if isinstance(params.seed, bool) or not isinstance(params.seed, int) or not 0 <= params.seed <= 2**32 - 1:
@@ -430,6 +433,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
             "rows": {k.removesuffix("_rows"): counts[k] for k in ("train_rows", "validation_rows", "test_rows")},
             "rows_in_memory": {"train": len(train_frame), "validation": len(x_valid), "test": len(test_frame)},
         }
+        record_phase(prep, "prepare", time.perf_counter() - started)  # with the session's start-up
         return prep, run
     except BaseException as exc:
         if run is None:
@@ -461,13 +465,21 @@ def engine_record(run: SparkRun, seed: int, keys: Sequence[str]) -> dict[str, An
 
 
 def fit_spark(prep: Prepared, run: SparkRun) -> Trained:
-    """Train on the cluster; the model comes back to the driver as the framework's own object."""
+    """Train on the cluster; the model comes back to the driver as the framework's own object (the phase's wall
+    time and the driver's peak RSS recorded as the streamed path records them)."""
+    from exporter.export.streaming import record_phase
+
+    started = time.perf_counter()
     try:
         if prep.spec.name == "xgb":
-            return _fit_xgb(prep, run)
-        from exporter.export.spark_torch import fit_torch
+            trained = _fit_xgb(prep, run)
+        else:
+            from exporter.export.spark_torch import fit_torch
 
-        return fit_torch(prep, run, run.encoded.where(run.encoded[SPLIT_COLUMN] == S.TRAIN).drop(SPLIT_COLUMN))
+            train = run.encoded.where(run.encoded[SPLIT_COLUMN] == S.TRAIN).drop(SPLIT_COLUMN)
+            trained = fit_torch(prep, run, train)
+        record_phase(prep, "train", time.perf_counter() - started)
+        return trained
     except ExporterError:
         raise
     except Exception as exc:

@@ -1,9 +1,13 @@
 """The plain baselines of ``bench train``, each run in its own child process (its peak RSS is its own):
 
 * ``xgb``: ``xgboost.train`` on the numeric matrix of the same Parquet files (the default columns, the string
-  category as its pandas codes), an 80/20 seeded row split, the exporter's default xgb parameters;
+  category as its pandas codes), the exporter's default xgb parameters (:class:`exporter.models.xgb
+  .XGBoostModel`: tree budget, early stopping on the validation rows, depth, learning rate, sampling);
 * ``torch``: a minimal equivalent network in a plain PyTorch loop: the standardised numeric columns and one
-  embedding per ID column (one row per distinct value, as a vocabulary) into an MLP, Adam, one thread, float32.
+  embedding per ID column (one row per distinct value, as a vocabulary) into an MLP, Adam, float32.
+
+Both use the exporter's own split of the same files (:mod:`exporter.training.split`, seed 0: the same
+training, validation and test rows as the exported runs) and every core, as the exporter does by default.
 
 ``python -m exporter.tools.train_baselines MODEL DIR EPOCHS`` prints one JSON line: rows, AUC, seconds.
 """
@@ -11,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,52 +25,67 @@ import numpy as np
 import pandas as pd
 
 from exporter.training import data as D
+from exporter.training import split as S
 
 
-def _table(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(numeric matrix, ID matrix, labels) of every Parquet file of ``directory``."""
+def _table(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(numeric matrix, ID matrix, labels, split codes) of every Parquet file of ``directory``."""
     import pyarrow.dataset as ds
 
-    table = ds.dataset(directory, format="parquet").to_table(columns=[*D.DEFAULT_FEATURES, D.LABEL])
-    frame = table.to_pandas()
+    table = ds.dataset(directory, format="parquet").to_table()
+    codes = S.split_codes_arrow(table, seed=0)  # the exporter's rule: a hash of every column of the row
+    frame = table.select([*D.DEFAULT_FEATURES, D.LABEL]).to_pandas()
+    del table
     frame["item_category"] = frame["item_category"].astype("category").cat.codes.astype(np.float64)
     numeric = [c for c in D.DEFAULT_FEATURES if c not in D.CATEGORICAL_FEATURES]
     x = frame[numeric].to_numpy(dtype=np.float64)
     ids = frame[list(D.CATEGORICAL_FEATURES)].to_numpy(dtype=np.float64)
-    return x, ids, frame[D.LABEL].to_numpy(dtype=np.float64)
+    return x, ids, frame[D.LABEL].to_numpy(dtype=np.float64), codes
 
 
-def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return D.split_indices(n, seed=0)
+def _threads() -> int:
+    return os.cpu_count() or 1
 
 
 def run_xgb(directory: str) -> dict[str, Any]:
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
 
+    from exporter.models.xgb import XGBoostModel
+
     start = time.perf_counter()
-    x, ids, y = _table(directory)
+    x, ids, y, codes = _table(directory)
     matrix = np.concatenate([x, ids], axis=1)
     del x, ids
-    train, held = _split(len(y))
+    train, valid, held = S.three_way(codes)
     dtrain = xgb.DMatrix(matrix[train], label=y[train])
+    dvalid = xgb.DMatrix(matrix[valid], label=y[valid])
     dheld = xgb.DMatrix(matrix[held], label=y[held])
     fit_start = time.perf_counter()
+    hp = XGBoostModel.default_hparams
     params = {
         "objective": "binary:logistic",
         "eval_metric": "logloss",
         "tree_method": "hist",
-        "max_depth": 3,
-        "eta": 0.1,
-        "subsample": 0.9,
+        "max_depth": hp["max_depth"],
+        "eta": hp["learning_rate"],
+        "subsample": hp["subsample"],
+        "colsample_bytree": hp["colsample_bytree"],
+        "min_child_weight": hp["min_child_weight"],
         "seed": 0,
-        "nthread": 2,
+        "nthread": _threads(),
     }
     booster = xgb.train(
-        params, dtrain, num_boost_round=150, evals=[(dtrain, "train"), (dheld, "heldout")], verbose_eval=False
+        params,
+        dtrain,
+        num_boost_round=hp["n_estimators"],
+        evals=[(dvalid, "validation")],
+        early_stopping_rounds=hp["early_stopping_rounds"],
+        verbose_eval=False,
     )
     fit_seconds = time.perf_counter() - fit_start
-    auc = float(roc_auc_score(y[held], booster.predict(dheld)))
+    best = booster.best_iteration + 1
+    auc = float(roc_auc_score(y[held], booster.predict(dheld, iteration_range=(0, best))))
     return {
         "rows": len(y),
         "train_rows": len(train),
@@ -80,16 +100,16 @@ def run_torch(directory: str, epochs: int) -> dict[str, Any]:
     from sklearn.metrics import roc_auc_score
     from torch import nn
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_threads())
     torch.manual_seed(0)
     start = time.perf_counter()
-    x, ids, y = _table(directory)
+    x, ids, y, codes = _table(directory)
     median = np.nanmedian(x, axis=0)
     x = np.where(np.isnan(x), median, x)
     x = ((x - x.mean(axis=0)) / np.maximum(x.std(axis=0), 1e-12)).astype(np.float32)
     rows = np.stack([pd.factorize(ids[:, k], use_na_sentinel=True)[0] + 1 for k in range(ids.shape[1])], axis=1)
     sizes = [int(rows[:, k].max()) + 1 for k in range(rows.shape[1])]
-    train, held = _split(len(y))
+    train, _, held = S.three_way(codes)
     xt, it, yt = torch.from_numpy(x), torch.from_numpy(rows), torch.from_numpy(y.astype(np.float32))
 
     class Net(nn.Module):

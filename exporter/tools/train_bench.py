@@ -5,7 +5,9 @@ chunks of :data:`CHUNK_ROWS` rows, one Parquet file each, so generating it is bo
 outside the repository (``--work-dir``, else a temporary directory). Then, each in its own child process so its
 peak RSS (``ru_maxrss`` from ``wait4``) is its own:
 
-* ``python -m exporter export MODEL --data DIR --streaming off|on`` for each of ``--models``;
+* ``python -m exporter export MODEL --data DIR --streaming off|on`` for each of ``--models`` (and, with
+  ``--paths ...,spark``, ``--engine spark --spark-master URL --num-workers N``: its wall time includes the
+  session's start-up, its peak RSS is the largest process of the run, driver or the JVM it started);
 * the plain baselines of :mod:`exporter.tools.train_baselines`: ``xgboost.train`` on the same numeric matrix,
   and a minimal equivalent PyTorch network in a plain loop.
 
@@ -54,7 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", default="1000000,5000000,20000000", help="comma-separated table sizes")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated models (default: all four)")
     p.add_argument("--epochs", type=int, default=1, help="epochs of the torch models (default: 1)")
-    p.add_argument("--paths", default="memory,streaming", help="which paths to run: memory, streaming or both")
+    p.add_argument(
+        "--paths",
+        default="memory,streaming",
+        help="which paths to run: memory, streaming and spark (export --engine spark), comma-separated",
+    )
+    p.add_argument("--spark-master", default="local[2]", help="the spark path's master URL (default: local[2])")
+    p.add_argument("--num-workers", type=int, default=2, help="the spark path's training workers (default: 2)")
     p.add_argument("--memory-max-rows", type=int, default=5_000_000, help="skip in-memory runs above this many rows")
     p.add_argument("--baselines", choices=("on", "off"), default="on", help="plain XGBoost and PyTorch runs")
     p.add_argument("--work-dir", type=Path, default=None, help="where the synthetic logs go (default: a temp dir)")
@@ -105,12 +113,18 @@ def _child(args: list[str], timeout: float) -> tuple[int, str, str, float, float
         return child.returncode, out.read(), err.read(), seconds, usage.ru_maxrss / 1024
 
 
-def _export(model: str, data: Path, path: str, epochs: int, timeout: float, rows: int) -> Run:
+def _export(
+    model: str, data: Path, path: str, epochs: int, timeout: float, rows: int, spark: tuple[str, int] = ("local[2]", 2)
+) -> Run:
     with tempfile.TemporaryDirectory() as artifacts:
         params = ["--param", f"epochs={epochs}"] if model != "xgb" else []
+        if path == "spark":
+            engine = ["--engine", "spark", "--spark-master", spark[0], "--num-workers", str(spark[1])]
+        else:
+            engine = ["--streaming", "on" if path == "streaming" else "off"]
         code, out, err, seconds, rss = _child(
             ["-m", "exporter", "export", model, "--data", str(data), "--artifacts", artifacts, "--json", "--quiet",
-             "--streaming", "on" if path == "streaming" else "off", *params],
+             "--no-tracking", *engine, *params],
             timeout,
         )  # fmt: skip
     metric = QUALITY.get(model, "auc")
@@ -168,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not models:
         raise ExporterError(f"--models: unknown {', '.join(unknown) or '(none)'}; expected some of {', '.join(MODELS)}")
     paths = [p.strip() for p in str(args.paths).split(",") if p.strip()]
-    if not paths or any(p not in ("memory", "streaming") for p in paths):
-        raise ExporterError(f"--paths takes memory, streaming or both, got {args.paths!r}")
+    if not paths or any(p not in ("memory", "streaming", "spark") for p in paths):
+        raise ExporterError(f"--paths takes memory, streaming and spark (comma-separated), got {args.paths!r}")
     if any(s < 1000 for s in sizes) or args.epochs < 1:
         raise ExporterError("--rows sizes must be at least 1000 and --epochs at least 1")
     print(f"# exporter bench train: {environment()}", flush=True)
@@ -184,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
                     if path == "memory" and rows > args.memory_max_rows:
                         continue
                     print(f"{rows:,} rows: {model} {path} ...", file=sys.stderr, flush=True)
-                    runs.append(_export(model, data, path, args.epochs, args.timeout, rows))
+                    spark = (args.spark_master, args.num_workers)
+                    runs.append(_export(model, data, path, args.epochs, args.timeout, rows, spark))
                     print(render(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             if args.baselines == "on" and rows <= args.memory_max_rows:
                 for kind in ("xgb", "torch"):
