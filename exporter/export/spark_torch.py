@@ -4,8 +4,10 @@ The driver writes the prepared training rows as Parquet parts (a Spark job: noth
 weights (scalers fitted on the driver's sample, so every rank starts from the same network) and the validation
 sample. Each rank streams its own parts through a bounded shuffle buffer, takes the same number of steps per
 epoch as every other rank (the smallest shard sets it), and averages gradients with ``all_reduce`` over gloo
-(CPU). Rank 0 evaluates the validation sample after each epoch, decides early stopping for all, restores the
-best weights and writes the checkpoint in the format load mode reads; the driver then exports it.
+(CPU). After each epoch the validation sample decides as on one machine (:class:`exporter.models.torch_common
+.EarlyStopping`: patience, the plateau learning-rate schedule, the best weights restored), rank 0's decision
+broadcast to all; rank 0 writes the checkpoint in the format load mode reads, with the training curve and how
+it stopped; the driver then exports it.
 
 On a real cluster ``--work-dir``'s files must be on storage every executor sees (the default temporary
 directory is fine for ``local[*]`` only): see ``docs/training.md``.
@@ -82,7 +84,8 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
     distributor = TorchDistributor(num_processes=workers, local_mode=False, use_gpu=False)
     distributor.run(train_rank, json.dumps(settings))
     trained = spec.load(work / CHECKPOINT, list(prep.columns), hp)
-    trained.history = json.loads((work / HISTORY).read_text(encoding="utf-8"))
+    fit = json.loads((work / HISTORY).read_text(encoding="utf-8"))
+    trained.history, trained.stopping = fit["history"], fit["stopping"]
     trained.hparams = dict(hp)
     return trained
 
@@ -199,9 +202,24 @@ def train_rank(settings_json: str) -> None:
         )
         torch.manual_seed(int(s["seed"]) + rank)
         epochs = int(hp.get("max_epochs", hp.get("epochs", 1)))
-        patience = hp.get("patience")
-        history: list[dict[str, float]] = []
-        best, best_state, waited = math.inf, None, 0
+        # every rank holds the same weights (averaged gradients) and the same validation sample, so each reaches
+        # the same decisions; rank 0's stop is broadcast all the same, so no rank waits on another's all_reduce
+        stopping = tc.EarlyStopping(
+            net,
+            optimizer,
+            max_epochs=epochs,
+            patience=int(hp.get("patience") or 0),
+            lr_schedule=str(hp.get("lr_schedule", "none")),
+            learning_rate=float(hp["learning_rate"]),
+            has_validation=len(valid["x"]) > 0,
+        )
+
+        def average_gradients() -> None:
+            for p in net.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+
         for epoch in range(1, epochs + 1):
             net.train()
             total, seen = 0.0, 0
@@ -211,38 +229,17 @@ def train_rank(settings_json: str) -> None:
                 tensors = targets_as(spec.training_tensors(s["config"], x, y), dtype)
                 if global_logq is not None and len(tensors) == 3:  # positives, item ids, log q: q of the whole log
                     tensors[2] = torch.from_numpy(global_logq(tensors[0].numpy())).to(dtype)
-                optimizer.zero_grad(set_to_none=True)
-                loss = spec.loss(net, tensors)
-                if not torch.isfinite(loss):
-                    raise ExporterError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate")
-                loss.backward()
-                for p in net.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
-                optimizer.step()
-                total += float(loss.detach()) * len(x)
+                total += tc.train_step(net, spec.loss, optimizer, tensors, epoch, average_gradients) * len(x)
                 seen += len(x)
             stats = torch.tensor([total, float(seen)], dtype=torch.float64)
             dist.all_reduce(stats)
-            net.eval()
-            with torch.inference_mode():
-                v = float(spec.loss(net, valid_tensors)) if len(valid["x"]) else math.nan
-            history.append({"step": epoch, "train_loss": float(stats[0] / stats[1]), "validation_loss": v})
-            stop = torch.zeros(1)
-            if rank == 0 and patience and math.isfinite(v):
-                if v < best:
-                    best, waited = v, 0
-                    best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-                else:
-                    waited += 1
-                    stop[0] = float(waited >= int(patience))
+            v = tc.validation_loss(net, spec.loss, valid_tensors)
+            stop = torch.tensor([float(stopping.end_epoch(epoch, float(stats[0] / stats[1]), v))])
             dist.broadcast(stop, 0)
             if stop.item():
                 break
+        fit = stopping.finish(batch_size=batch * world, optimiser_steps=steps * int(stopping.history[-1]["step"]))
         if rank == 0:
-            if best_state is not None:
-                net.load_state_dict(best_state)
             tc.save_checkpoint(
                 work / CHECKPOINT,
                 model_type=spec.name,
@@ -251,6 +248,7 @@ def train_rank(settings_json: str) -> None:
                 hparams=dict(hp),
                 module=net,
             )
-            (work / HISTORY).write_text(json.dumps(history), encoding="utf-8")
+            record = {"history": fit.history, "stopping": fit.stopping}
+            (work / HISTORY).write_text(json.dumps(record), encoding="utf-8")
     finally:
         dist.destroy_process_group()

@@ -239,6 +239,79 @@ class FitResult:
     stopping: dict[str, Any] = field(default_factory=dict)
 
 
+class EarlyStopping:
+    """What happens after each epoch, one rule for every epoch loop (in memory, streamed, each Spark rank): the
+    training curve, the best epoch's weights (restored by :meth:`finish`), stopping after ``patience`` epochs
+    without a lower monitored loss (0 or None: never; the last epoch is kept), and ``lr_schedule: plateau``
+    (the learning rate times :data:`PLATEAU_FACTOR` after an epoch without improvement).
+
+    The validation loss is monitored; without validation rows (a softmax model whose validation rows hold no
+    positive pair) the train loss is.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_epochs: int,
+        patience: int | None,
+        lr_schedule: str,
+        learning_rate: float,
+        has_validation: bool,
+        first_point: dict[str, float] | None = None,
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.max_epochs, self.patience, self.lr_schedule, self.lr = max_epochs, patience, lr_schedule, learning_rate
+        self.monitor = "validation_loss" if has_validation else "train_loss"
+        self.history: list[dict[str, float]] = [first_point] if first_point else []
+        self.best_loss, self.best_epoch, self.since_best, self.reason = math.inf, 0, 0, STOP_MAX_EPOCHS
+        self.best_state = _copy_state(model)
+
+    def end_epoch(self, epoch: int, train_loss: float, validation_loss: float) -> bool:
+        """Record the epoch's losses; True when training stops here."""
+        point = {"step": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "learning_rate": self.lr}
+        self.history.append(point)
+        current = point[self.monitor]
+        if math.isfinite(current) and current < self.best_loss:
+            self.best_loss, self.best_epoch, self.since_best = current, epoch, 0
+            self.best_state = _copy_state(self.model)
+            return False
+        self.since_best += 1
+        if self.patience and self.since_best >= self.patience:
+            self.reason = STOP_PATIENCE
+            return True
+        if self.lr_schedule == "plateau":
+            self.lr *= PLATEAU_FACTOR
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
+        return False
+
+    def finish(self, **record: Any) -> FitResult:
+        """Restore the best epoch's weights (unless early stopping is off) and say how training stopped; ``record``
+        adds to metadata's ``training.early_stopping`` (batch size, optimiser steps, ...)."""
+        last = int(self.history[-1]["step"]) if self.history else 0
+        monitor, best_epoch = self.monitor, self.best_epoch
+        if not self.patience:  # early stopping off (patience 0): every epoch ran and the last one is kept
+            best_epoch, monitor = last, "none"
+        elif self.best_epoch:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        stopping = {
+            "monitor": monitor,
+            "best_epoch": best_epoch,
+            "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,
+            "epochs_run": last,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "stopped_because": self.reason,
+            **record,
+            "lr_schedule": self.lr_schedule,
+            "final_learning_rate": self.lr,
+        }
+        return FitResult(self.history, stopping)
+
+
 def effective_batch_size(batch_size: int, rows: int) -> int:
     """``batch_size``, made smaller on a small table so an epoch has at least :data:`MIN_STEPS_PER_EPOCH` steps
     (never below :data:`MIN_BATCH`): 236 rows at 256 a batch were one step an epoch, too few to learn."""
@@ -321,12 +394,17 @@ def _fit_epochs(
     generator = torch.Generator().manual_seed(seed)
     # fused: one pass over each tensor per step instead of five; the dense embedding tables' update dominated a step
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
-    history: list[dict[str, float]] = []
-    history.append(_losses_before_training(model, loss_fn, train_tensors, validation_tensors))  # the curve's start
-    # without validation rows (a softmax model whose validation rows hold no positive pair) the train loss decides
-    monitor = "validation_loss" if len(validation_tensors[0]) else "train_loss"
-    best_loss, best_epoch, best_state = math.inf, 0, _copy_state(model)
-    since_best, steps, reason, lr = 0, 0, STOP_MAX_EPOCHS, learning_rate
+    stopping = EarlyStopping(
+        model,
+        optimizer,
+        max_epochs=max_epochs,
+        patience=patience,
+        lr_schedule=lr_schedule,
+        learning_rate=learning_rate,
+        has_validation=len(validation_tensors[0]) > 0,
+        first_point=_losses_before_training(model, loss_fn, train_tensors, validation_tensors),  # the curve's start
+    )
+    steps = 0
     for epoch in range(1, max_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator)
@@ -334,57 +412,47 @@ def _fit_epochs(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             batch = [t[idx] for t in train_tensors]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise ExporterError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate")
-            loss.backward()
-            optimizer.step()
+            total += train_step(model, loss_fn, optimizer, batch, epoch) * len(idx)
             steps += 1
-            total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if progress is not None:
                 progress.update(1)
-        model.eval()
-        with torch.inference_mode():
-            valid = float(loss_fn(model, validation_tensors)) if len(validation_tensors[0]) else float("nan")
-        point = {"step": epoch, "train_loss": total / seen, "validation_loss": valid, "learning_rate": lr}
-        history.append(point)
+        valid = validation_loss(model, loss_fn, validation_tensors)
         if progress is not None:
             progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{valid:.4f}"})
-        current = point[monitor]
-        if math.isfinite(current) and current < best_loss:
-            best_loss, best_epoch, best_state, since_best = current, epoch, _copy_state(model), 0
-            continue
-        since_best += 1
-        if patience and since_best >= patience:
-            reason = STOP_PATIENCE
+        if stopping.end_epoch(epoch, total / seen, valid):
             break
-        if lr_schedule == "plateau":
-            lr *= PLATEAU_FACTOR
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-    last = history[-1]["step"]
-    if not patience:  # early stopping off (patience 0): every epoch ran and the last one is kept
-        best_epoch, monitor = int(last), "none"
-    elif best_epoch:
-        model.load_state_dict(best_state)
+    return stopping.finish(batch_size=batch_size, steps_per_epoch=steps_per_epoch(n, batch_size), optimiser_steps=steps)
+
+
+def train_step(
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    batch: Sequence[torch.Tensor],
+    epoch: int,
+    after_backward: Callable[[], None] | None = None,
+) -> float:
+    """One optimiser step on ``batch``; its loss. A non-finite loss stops training with a clear error.
+    ``after_backward`` runs between the backward pass and the step (a data-parallel rank averages gradients)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model, batch)
+    if not torch.isfinite(loss):
+        raise ExporterError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate")
+    loss.backward()
+    if after_backward is not None:
+        after_backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def validation_loss(
+    model: ModuleT, loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor], tensors: Sequence[torch.Tensor]
+) -> float:
+    """The model's loss on the validation tensors in eval mode (NaN without validation rows)."""
     model.eval()
-    stopping = {
-        "monitor": monitor,
-        "best_epoch": best_epoch,
-        "best_loss": best_loss if math.isfinite(best_loss) else None,
-        "epochs_run": last,
-        "max_epochs": max_epochs,
-        "patience": patience,
-        "stopped_because": reason,
-        "batch_size": batch_size,
-        "steps_per_epoch": steps_per_epoch(n, batch_size),
-        "optimiser_steps": steps,
-        "lr_schedule": lr_schedule,
-        "final_learning_rate": lr,
-    }
-    return FitResult(history, stopping)
+    with torch.inference_mode():
+        return float(loss_fn(model, tensors)) if len(tensors[0]) else float("nan")
 
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ epochs without a lower validation loss (at most ``max_epochs``), the best epoch'
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -49,9 +48,17 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     )
     progress = data.progress
     with tc.intra_op_threads(data.threads):
-        history = [tc._losses_before_training(net, model.loss, sample, validation)]
-        monitor = "validation_loss" if len(validation[0]) else "train_loss"
-        best, best_epoch, best_state, since, steps, reason = math.inf, 0, None, 0, 0, tc.STOP_MAX_EPOCHS
+        stopping = tc.EarlyStopping(
+            net,
+            optimizer,
+            max_epochs=epochs,
+            patience=patience,
+            lr_schedule=schedule,
+            learning_rate=lr,
+            has_validation=len(validation[0]) > 0,
+            first_point=tc._losses_before_training(net, model.loss, sample, validation),
+        )
+        steps = 0
         for epoch in range(1, epochs + 1):
             net.train()
             total, seen = 0.0, 0
@@ -60,59 +67,20 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
                 tensors = targets_as(model.training_tensors(config, x, y), dtype)
                 for start in range(0, len(tensors[0]), batch_size):
                     batch = [t[start : start + batch_size] for t in tensors]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = model.loss(net, batch)
-                    if not torch.isfinite(loss):
-                        raise ExporterError(
-                            f"training diverged at epoch {epoch} (loss {loss.item()}); lower learning_rate"
-                        )
-                    loss.backward()
-                    optimizer.step()
+                    total += tc.train_step(net, model.loss, optimizer, batch, epoch) * len(batch[0])
                     steps += 1
-                    total += float(loss.detach()) * len(batch[0])
                     seen += len(batch[0])
                 if progress is not None:
                     progress.update(len(x))
             if not seen:
                 raise ExporterError("no training rows left after holding out evaluation rows")
-            net.eval()
-            with torch.inference_mode():
-                held = float(model.loss(net, validation)) if len(validation[0]) else float("nan")
-            point = {"step": epoch, "train_loss": total / seen, "validation_loss": held, "learning_rate": lr}
-            history.append(point)
+            held = tc.validation_loss(net, model.loss, validation)
             if progress is not None:
                 progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{held:.4f}"})
-            current = point[monitor]
-            if math.isfinite(current) and current < best:
-                best, best_epoch, since = current, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                continue
-            since += 1
-            if patience and since >= patience:
-                reason = tc.STOP_PATIENCE
+            if stopping.end_epoch(epoch, total / seen, held):
                 break
-            if schedule == "plateau":
-                lr *= tc.PLATEAU_FACTOR
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-        if not patience:  # early stopping off: the last epoch is kept
-            best_epoch, monitor = int(history[-1]["step"]), "none"
-        elif best_state is not None:
-            net.load_state_dict(best_state)
-    net.eval()
-    trained = model._trained(net, config, list(data.columns), dict(hparams), history, data.features)
+        fit = stopping.finish(batch_size=batch_size, optimiser_steps=steps)
+    trained = model._trained(net, config, list(data.columns), dict(hparams), fit.history, data.features)
     trained.threads = resolve_threads(data.threads)
-    trained.stopping = {
-        "monitor": monitor,
-        "best_epoch": best_epoch,
-        "best_loss": best if math.isfinite(best) else None,
-        "epochs_run": history[-1]["step"],
-        "max_epochs": epochs,
-        "patience": patience,
-        "stopped_because": reason,
-        "batch_size": batch_size,
-        "optimiser_steps": steps,
-        "lr_schedule": schedule,
-        "final_learning_rate": lr,
-    }
+    trained.stopping = fit.stopping
     return trained

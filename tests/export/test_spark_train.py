@@ -90,6 +90,12 @@ def test_deepfm_on_spark_trains_with_torch_distributor(spark, parquet_dir: Path,
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["training"]["engine"] == "spark"
     assert len(result.trained.history) == 2
+    # the same early-stopping rule as one machine: the best of the two epochs kept, and said so
+    stopping = meta["training"]["early_stopping"]
+    assert stopping["monitor"] == "validation_loss" and stopping["epochs_run"] == 2
+    losses = [h["validation_loss"] for h in result.trained.history]
+    assert stopping["best_epoch"] == 1 + losses.index(min(losses))
+    assert stopping["lr_schedule"] == "plateau" and stopping["batch_size"] == 256
     assert result.evaluation.metrics["auc"] > 0.65  # the synthetic log's signal is learned across two ranks
 
 
