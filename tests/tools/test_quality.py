@@ -208,12 +208,12 @@ def test_the_benchmarks_history_never_carries_the_rows_own_label():
     feeds = liked & np.isin(positions, train)
     assert sum(map(len, built)) > len(table)  # histories are not trivially empty
     for row in range(len(table)):
-        user, when = table["user_id"].iat[row], table["timestamp"].iat[row]
-        earlier = feeds & (table["user_id"].to_numpy() == user) & (table["timestamp"].to_numpy() < when)
-        by_time = table[earlier].sort_values("timestamp", kind="stable")["item_id"].astype(int).tolist()
+        # the user's other liked training rows, latest last (by timestamp), the last HISTORY_LENGTH of them
+        others = feeds & (table["user_id"].to_numpy() == table["user_id"].iat[row]) & (positions != row)
+        by_time = table[others].sort_values("timestamp", kind="stable")["item_id"].astype(int).tolist()
         assert built.iat[row] == by_time[-QD.HISTORY_LENGTH :], row
-    # flipping a training row's own label leaves its own history as it was
-    for row in train[:25]:
+    # flipping a row's own label leaves its own history as it was (only other rows' histories change)
+    for row in positions[:40]:
         flipped = table.copy()
         flipped.iloc[row, flipped.columns.get_loc(QD.LABEL)] = 1 - flipped[QD.LABEL].iat[row]
         assert QD.add_history(flipped, train)[QD.HISTORY].iat[row] == built.iat[row]
