@@ -91,6 +91,7 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         "spark_master: Optional[str] = None  # Spark master URL (engine spark); None: local[*]",
         "num_workers: Optional[int] = None  # Spark training workers (engine spark); None: 2",
         "tracking: bool = True  # log the export as an MLflow run and register the model (docs/tracking.md); False: no run",
+        "tune_trials: int = 0  # > 0: search hyper-parameters with Optuna (as `exporter tune`), chosen on the validation rows",
         "tracking_uri: Optional[str] = None  # MLflow tracking store; None: $MLFLOW_TRACKING_URI, else mlruns/mlflow.db beside the artifacts",
     ]
     return "\n".join(lines)
@@ -186,11 +187,14 @@ print(nbs.describe_run(prep))"""
         ),
         new_markdown_cell(
             "## Train (or load) and evaluate on held-out rows\n\nThe progress bar shows the "
-            f"training {cfg.step}s; in load mode the model is read from `checkpoint_path` instead.",
+            f"training {cfg.step}s; in load mode the model is read from `checkpoint_path` instead. With "
+            "`tune_trials` > 0 the hyper-parameters are searched first (each trial scored on the validation "
+            "rows) and the chosen trial's model is the one evaluated and exported.",
             id="train-md",
         ),
         new_code_cell(
-            "trained = pipeline.fit(prep)\nevaluation = pipeline.evaluate(prep, trained)\n"
+            "trained = nbs.train(prep, tune_trials=tune_trials, tracking=tracking, tracking_uri=tracking_uri)\n"
+            "evaluation = pipeline.evaluate(prep, trained)\n"
             "print(nbs.format_metrics(evaluation, trained.history))",
             id="train",
         ),

@@ -33,7 +33,7 @@ from exporter.tools.notebook_params import (
     resolve_artifacts_dir,
     resolve_path,
 )
-from exporter.tools.notebook_tracking import export, show_runs
+from exporter.tools.notebook_tracking import export, show_runs, train
 from exporter.tools.summary import column_warning_lines, evaluation_lines, metric_notes, unjudged_auc
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
@@ -69,6 +69,7 @@ __all__ = [
     "smoke_test",
     "torchserve_predictions",
     "torchserve_request",
+    "train",
 ]
 
 #: Held-out rows sent to the handler by :func:`smoke_test`.

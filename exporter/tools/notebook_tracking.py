@@ -29,6 +29,34 @@ def _check(tracking: Any, tracking_uri: Any) -> None:
         raise ParameterError(f"tracking_uri must be a tracking URI (string) or None, got {tracking_uri!r}")
 
 
+def train(prep: Prepared, *, tune_trials: int = 0, tracking: bool = True, tracking_uri: str | None = None) -> Trained:
+    """``pipeline.fit`` (load mode: the loaded model), or with ``tune_trials`` > 0 the hyper-parameter search of
+    ``python -m exporter tune``: that many trials, chosen on the validation rows, each a nested MLflow run under
+    a tuning run when tracking is on. ``prep`` then takes the chosen trial's hyper-parameters and its
+    ``tuning`` record (metadata.json), so the notebook's own cells evaluate and export the chosen model."""
+    from exporter.errors import ExporterError
+    from exporter.export import pipeline
+    from exporter.tracking.store import enabled
+    from exporter.tracking.tune import run_search
+
+    if isinstance(tune_trials, bool) or not isinstance(tune_trials, int) or tune_trials < 0:
+        raise ParameterError(f"tune_trials must be 0 (no search) or a positive integer, got {tune_trials!r}")
+    if not tune_trials:
+        return pipeline.fit(prep)
+    _check(tracking, tracking_uri)
+    if prep.fit_elsewhere is not None:
+        raise ParameterError('tune_trials searches on this machine: set engine = "local", or tune_trials = 0')
+    try:
+        found = run_search(prep, trials=tune_trials, tracking_uri=tracking_uri, tracking_enabled=tracking and enabled())
+    except ExporterError as exc:
+        from exporter.tools.notebook_params import notebook_terms
+
+        raise ParameterError(notebook_terms(str(exc)).replace("--trials", "tune_trials")) from exc
+    found.close()
+    prep.hparams, prep.params = found.prep.hparams, found.prep.params
+    return found.trained
+
+
 def export(
     prep: Prepared,
     trained: Trained,

@@ -76,21 +76,32 @@ def _suggest(trial: Any, key: str, kind: str, low: float, high: float, default: 
     return trial.suggest_float(key, float(low), float(high), log=kind == "log")
 
 
-def tune(
-    params: Any,
-    *,
-    trials: int,
-    timeout: float | None = None,
-    search: Mapping[str, tuple[str, float, float]] | None = None,
-    tracking_uri: str | None = None,
-    tracking_enabled: bool = True,
-    storage: str | None = None,
-    study_name: str | None = None,
-    echo: Callable[[str], None] = print,
-) -> TuneResult:
-    """Search, then export the best trial (``params``: the export's ExportParams, its ``hparams`` fixed)."""
-    import optuna
+@dataclass
+class Searched:
+    """The outcome of :func:`run_search`: the chosen trial's prepared run (its ``params.tuning`` set) and model."""
 
+    prep: Any
+    trained: Any
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    metric: str
+    trials: int
+    study_name: str
+    parent: ExportTracking
+    parent_run: str | None
+
+    def close(self) -> None:
+        """Close the tuning run (the best trial's number, parameters and objective logged)."""
+        if self.parent.run is not None:
+            best = {"value": self.best_value, "trial": self.best_trial, "params": self.best_params}
+            _close_parent(self.parent, best, self.metric, self.trials)
+
+
+def check(
+    params: Any, trials: Any, timeout: Any, search: Mapping[str, tuple[str, float, float]] | None
+) -> dict[str, tuple[str, float, float]]:
+    """The search space (the spec's ranges, ``search`` on top), every option checked before any data is read."""
     from exporter.export import pipeline
     from exporter.training import hparams as H
 
@@ -104,13 +115,36 @@ def tune(
     space = dict(spec.tunable)
     space.update(search or {})
     H.check_search_space(spec, space, params.hparams)
-    prep = pipeline.prepare(params)  # every option checked and the data read once, before any trial
+    return space
+
+
+def run_search(
+    prep: Any,
+    *,
+    trials: int,
+    timeout: float | None = None,
+    search: Mapping[str, tuple[str, float, float]] | None = None,
+    tracking_uri: str | None = None,
+    tracking_enabled: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> Searched:
+    """The trials on a prepared run, each chosen on the validation rows; the caller evaluates and exports the
+    best (``tune`` does; a notebook's own cells do) and then calls :meth:`Searched.close`."""
+    import optuna
+
+    from exporter.export import pipeline
+    from exporter.training import hparams as H
+
+    params = prep.params
+    space = check(params, trials, timeout, search)
+    spec = prep.spec
     if not len(prep.x_valid):
         raise ExporterError(
             f"tune chooses by the validation rows, and the split of {prep.data_source} left none "
             f"({len(prep.x_train)} training rows): give it more rows"
         )
-    echo(prep.schema_text())
     model = params.model_name or spec.name
     study_name = study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
@@ -150,12 +184,15 @@ def tune(
             best.update(value=float(value), trial=trial.number, params=chosen, prep=t_prep, trained=trained)
         return float(value)
 
-    study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+    try:
+        study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+    except BaseException:
+        parent.failed()
+        raise
     if not best:
-        raise ExporterError(f"no trial of {study_name} finished with a finite held-out metric: nothing to export")
+        parent.failed()
+        raise ExporterError(f"no trial of {study_name} finished with a finite validation metric: nothing to export")
     echo(f"best: trial {best['trial']} {metric_name[0]}={best['value']:.4f}  {_short(best['params'])}")
-    best["evaluation"] = pipeline.evaluate(best["prep"], best["trained"])  # the test rows, for this trial only
-
     b_prep = best["prep"]
     b_prep.params = dataclasses.replace(
         params,
@@ -169,43 +206,88 @@ def tune(
             "params": best["params"],
         },
     )
-    tracking = ExportTracking(
-        params.artifacts,
-        tracking_uri,
-        enabled=tracking_enabled,
-        parent_run_id=parent_run,
-        run_name=f"{model} best (trial {best['trial']})",
-    )
-    start = time.perf_counter()
-    try:
-        tracking.start(b_prep)
-        artifacts = pipeline.export(b_prep, best["trained"], best["evaluation"])
-    except BaseException:
-        tracking.failed()
-        parent.failed()
-        raise
-    seconds = time.perf_counter() - start
-    result = pipeline.RunResult(b_prep, best["trained"], best["evaluation"], artifacts, seconds, {"export": seconds})
-    tracking.log(
-        [a.path for a in artifacts],
-        R.Extras(
-            history=best["trained"].history,
-            timings={"export": seconds},
-            params={"tune.trial": best["trial"], "tune.study": study_name},
-        ),
-    )
-    if parent.run is not None:
-        _close_parent(parent, best, metric_name[0], len(study.trials))
-    return TuneResult(
-        study_name,
+    return Searched(
+        b_prep,
+        best["trained"],
         best["trial"],
         best["value"],
         best["params"],
         metric_name[0],
         len(study.trials),
+        study_name,
+        parent,
+        parent_run,
+    )
+
+
+def tune(
+    params: Any,
+    *,
+    trials: int,
+    timeout: float | None = None,
+    search: Mapping[str, tuple[str, float, float]] | None = None,
+    tracking_uri: str | None = None,
+    tracking_enabled: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> TuneResult:
+    """Search, then export the best trial (``params``: the export's ExportParams, its ``hparams`` fixed)."""
+    from exporter.export import pipeline
+
+    check(params, trials, timeout, search)
+    prep = pipeline.prepare(params)  # every option checked and the data read once, before any trial
+    echo(prep.schema_text())
+    found = run_search(
+        prep,
+        trials=trials,
+        timeout=timeout,
+        search=search,
+        tracking_uri=tracking_uri,
+        tracking_enabled=tracking_enabled,
+        storage=storage,
+        study_name=study_name,
+        echo=echo,
+    )
+    b_prep, trained, parent = found.prep, found.trained, found.parent
+    model = params.model_name or prep.spec.name
+    tracking = ExportTracking(
+        params.artifacts,
+        tracking_uri,
+        enabled=tracking_enabled,
+        parent_run_id=found.parent_run,
+        run_name=f"{model} best (trial {found.best_trial})",
+    )
+    start = time.perf_counter()
+    try:
+        evaluation = pipeline.evaluate(b_prep, trained)  # the test rows, for the chosen trial only
+        tracking.start(b_prep)
+        artifacts = pipeline.export(b_prep, trained, evaluation)
+    except BaseException:
+        tracking.failed()
+        parent.failed()
+        raise
+    seconds = time.perf_counter() - start
+    result = pipeline.RunResult(b_prep, trained, evaluation, artifacts, seconds, {"export": seconds})
+    tracking.log(
+        [a.path for a in artifacts],
+        R.Extras(
+            history=trained.history,
+            timings={"export": seconds},
+            params={"tune.trial": found.best_trial, "tune.study": found.study_name},
+        ),
+    )
+    found.close()
+    return TuneResult(
+        found.study_name,
+        found.best_trial,
+        found.best_value,
+        found.best_params,
+        found.metric,
+        found.trials,
         result,
         tracking,
-        parent_run,
+        found.parent_run,
     )
 
 

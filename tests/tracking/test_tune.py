@@ -124,3 +124,30 @@ def test_three_trials_then_the_best_exported_with_its_trial(tmp_path: Path) -> N
     assert [t.split("(")[0] for t in trials] == [
         t.split("(")[0] for t in again.stdout.splitlines() if t.startswith("trial ")
     ]
+
+
+@pytest.mark.parametrize("trials", [-1, 1.5, True, "3"])
+def test_the_notebook_parameter_tune_trials_is_checked(trials: object) -> None:
+    from exporter.tools import notebook_support as nbs
+
+    with pytest.raises(nbs.ParameterError, match="tune_trials must be 0 .no search. or a positive integer"):
+        nbs.train(object(), tune_trials=trials)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_the_notebook_train_cell_tunes_then_exports_the_chosen_trial(tmp_path: Path) -> None:
+    from exporter.export import pipeline
+    from exporter.tools import notebook_support as nbs
+
+    prep = nbs.prepare(
+        "xgb", rows=2000, artifacts_dir=str(tmp_path / "art"), hparams={"n_estimators": 10}, progress=False
+    )
+    trained = nbs.train(prep, tune_trials=2, tracking=False)
+    tuning = prep.params.tuning
+    assert tuning["trials"] == 2 and tuning["objective"] == "validation auc" and tuning["trial"] in (0, 1)
+    assert prep.hparams["max_depth"] == tuning["params"]["max_depth"] == trained.hparams["max_depth"]
+    evaluation = pipeline.evaluate(prep, trained)
+    nbs.export(prep, trained, evaluation, tracking=False)
+    meta = json.loads((tmp_path / "art" / "xgb" / "1" / "metadata.json").read_text())
+    assert meta["tuning"] == json.loads(json.dumps(tuning))
+    assert meta["training"]["hyperparameters"]["max_depth"] == tuning["params"]["max_depth"]
