@@ -116,6 +116,8 @@ class Prepared:
     #: an engine that trains elsewhere (Spark: the session and encoded rows prepared for it):
     #: :func:`exporter.export.pipeline.fit` calls it once, instead of training here; ``None`` for the local engine
     fit_elsewhere: Callable[[Prepared], Trained] | None = None
+    #: :attr:`exporter.models.TrainData.on_epoch` for this run's training (``tune`` prunes trials with it)
+    on_epoch: Callable[[int, float], None] | None = None
     #: how the data was read: path (in memory / streaming) and why, rows per split, passes, phases (metadata)
     reading: dict[str, Any] = field(default_factory=dict)
 

@@ -348,6 +348,7 @@ def fit(prep: Prepared) -> Trained:
                 features=prep.features,
                 progress=bar,
                 threads=prep.params.threads,
+                on_epoch=prep.on_epoch,
             )
         )
     ST.record_phase(prep, "train", time.perf_counter() - started)

@@ -333,6 +333,7 @@ def fit_streaming(prep: Prepared) -> Trained:
         features=plan,
         threads=prep.params.threads,
         progress=bars if isinstance(spec, TorchModel) else None,
+        on_epoch=prep.on_epoch,
     )
     try:
         if isinstance(spec, TorchModel):

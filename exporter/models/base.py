@@ -185,6 +185,9 @@ class TrainData:
     progress: Progress | None = None
     #: intra-op threads training may use (``--threads``); ``None``: every core
     threads: int | None = None
+    #: called after each epoch with its number and the monitored (validation) loss; a tuner prunes with it (what
+    #: it raises stops training and propagates). Trainers without epochs do not call it.
+    on_epoch: Callable[[int, float], None] | None = None
 
 
 #: column -> tower declared for it, computed only for a model that splits by towers (see :meth:`Model.split`)

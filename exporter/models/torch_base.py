@@ -143,6 +143,7 @@ class TorchModel(Model, Generic[NetT]):
             patience=int(hparams.get("patience", DEFAULT_PATIENCE)),
             lr_schedule=str(hparams.get("lr_schedule", "none")),
             threads=threads,
+            on_epoch=data.on_epoch,
         )
         trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
         trained.stopping = fitted.stopping

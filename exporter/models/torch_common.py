@@ -260,6 +260,7 @@ class EarlyStopping:
         learning_rate: float,
         has_validation: bool,
         first_point: dict[str, float] | None = None,
+        on_epoch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.model, self.optimizer = model, optimizer
         self.max_epochs, self.patience, self.lr_schedule, self.lr = max_epochs, patience, lr_schedule, learning_rate
@@ -267,12 +268,15 @@ class EarlyStopping:
         self.history: list[dict[str, float]] = [first_point] if first_point else []
         self.best_loss, self.best_epoch, self.since_best, self.reason = math.inf, 0, 0, STOP_MAX_EPOCHS
         self.best_state = _copy_state(model)
+        self.on_epoch = on_epoch
 
     def end_epoch(self, epoch: int, train_loss: float, validation_loss: float) -> bool:
         """Record the epoch's losses; True when training stops here."""
         point = {"step": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "learning_rate": self.lr}
         self.history.append(point)
         current = point[self.monitor]
+        if self.on_epoch is not None:  # a tuner's pruning: raising here ends training
+            self.on_epoch(epoch, current)
         if math.isfinite(current) and current < self.best_loss:
             self.best_loss, self.best_epoch, self.since_best = current, epoch, 0
             self.best_state = _copy_state(self.model)
@@ -333,6 +337,7 @@ def fit_loop(
     patience: int | None = None,
     lr_schedule: str = "none",
     threads: int | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     """Mini-batch Adam on ``threads`` intra-op threads (None: every core) with early stopping on the validation
     loss: at most ``max_epochs`` epochs, stopped after ``patience`` epochs without a better validation loss
@@ -358,6 +363,7 @@ def fit_loop(
             progress,
             patience,
             lr_schedule,
+            on_epoch,
         )
 
 
@@ -389,6 +395,7 @@ def _fit_epochs(
     progress: Progress | None,
     patience: int | None,
     lr_schedule: str,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
@@ -403,6 +410,7 @@ def _fit_epochs(
         learning_rate=learning_rate,
         has_validation=len(validation_tensors[0]) > 0,
         first_point=_losses_before_training(model, loss_fn, train_tensors, validation_tensors),  # the curve's start
+        on_epoch=on_epoch,
     )
     steps = 0
     for epoch in range(1, max_epochs + 1):

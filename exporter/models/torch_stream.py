@@ -57,6 +57,7 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
             learning_rate=lr,
             has_validation=len(validation[0]) > 0,
             first_point=tc._losses_before_training(net, model.loss, sample, validation),
+            on_epoch=data.on_epoch,
         )
         steps = 0
         for epoch in range(1, epochs + 1):

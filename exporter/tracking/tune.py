@@ -3,10 +3,12 @@
 The data is prepared once (the same options, split and checks as ``export``); each trial trains with hyper-
 parameters drawn by a seeded TPE sampler from the spec's ``tunable`` ranges (or ``--search``), is evaluated on the
 validation rows, and maximises there the metric the model is judged by (AUC, or recall@K for the towers); the held-
-out test rows report only the chosen trial, so its reported figure is not optimistic. Each trial is an MLflow run
-nested under the tuning run; the study lives in ``optuna.db`` beside the tracking database (a file of its own:
-MLflow and Optuna both keep an ``alembic_version`` table, which one file cannot hold twice). The best trial's model
-is then exported as a normal version, its trial number and parameters in metadata.json's ``tuning``.
+out test rows report only the chosen trial, so its reported figure is not optimistic. Torch trials report their
+validation loss after each epoch, and Optuna's median pruner stops one that falls behind the earlier trials. Each
+trial is an MLflow run nested under the tuning run; the study lives in ``optuna.db`` beside the tracking database (a
+file of its own: MLflow and Optuna both keep an ``alembic_version`` table, which one file cannot hold twice). The
+best trial's model is then exported as a normal version, its trial number and parameters in metadata.json's
+``tuning``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from exporter.tracking.session import ExportTracking
 from exporter.training import quality_gate as Q
 
 OPTUNA_DB = "optuna.db"
+#: complete trials before the median pruner may stop one
+PRUNE_STARTUP_TRIALS = 5
 
 
 @dataclass
@@ -157,6 +161,9 @@ def run_search(
         storage=storage_uri(params.artifacts, storage),
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=params.seed),
+        # torch trials report their validation loss after each epoch: one worse than the median of the earlier
+        # trials at that epoch stops there (after PRUNE_STARTUP_TRIALS complete trials, from the second epoch)
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=1),
         load_if_exists=True,
     )
     best: dict[str, Any] = {}
@@ -167,8 +174,21 @@ def run_search(
         hp = H.resolve_hparams(spec, {**params.hparams, **chosen})
         H.check_memory(spec.name, hp, prep.features.cardinalities, len(prep.x_train))
         t_prep = dataclasses.replace(prep, hparams=hp)
+
+        def report(epoch: int, loss: float) -> None:
+            if math.isfinite(loss):
+                trial.report(-loss, epoch)  # the study maximises: the negated validation loss
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation loss {loss:.4f} at epoch {epoch}, worse than the trials' median")
+
+        t_prep.on_epoch = report
         start = time.perf_counter()
-        trained = pipeline.fit(t_prep)
+        try:
+            trained = pipeline.fit(t_prep)
+        except optuna.TrialPruned as pruned:
+            echo(f"trial {trial.number}: pruned: {pruned}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
+            raise
+        t_prep.on_epoch = None
         # the validation rows choose; the test rows report only the chosen trial (choosing by them would make
         # the reported figure optimistic)
         validated = t_prep.spec.evaluate(_validation_view(t_prep), trained)

@@ -193,3 +193,41 @@ def test_a_model_no_better_than_a_constant_is_flagged() -> None:
     assert "no better than always predicting the base rate" in quality["warning"]
     assert "warning" not in Q.assess({"auc": 0.62, "logloss": 0.6, "base_rate": 0.5}, labels)
     assert Q.training_warnings({"best_epoch": 0, "epochs_run": 3, "monitor": "validation_loss"})
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("streaming", ["off", "on"])
+def test_every_epoch_reports_its_validation_loss_and_a_raising_hook_stops_training(
+    streaming: str, tmp_path: Path
+) -> None:
+    """``Prepared.on_epoch`` (what ``tune`` prunes with): once per epoch, the loss the curve records; what the
+    hook raises ends training, in memory and streamed."""
+    data = tmp_path / "log.parquet"
+    D.synthetic_dataset(3000, 4).to_parquet(data, index=False)
+    params = pipeline.ExportParams(
+        model="deepfm",
+        data_path=data,
+        streaming=streaming,
+        hparams={"max_epochs": 4, "patience": 0},
+        artifacts=tmp_path / "art",
+        progress=False,
+    )
+    prep = pipeline.prepare(params)
+    assert (prep.stream is not None) == (streaming == "on")
+    seen: list[tuple[int, float]] = []
+    prep.on_epoch = lambda epoch, loss: seen.append((epoch, loss))
+    trained = pipeline.fit(prep)
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert [loss for _, loss in seen] == [h["validation_loss"] for h in trained.history[1:]]
+
+    def stop_at_two(epoch: int, loss: float) -> None:
+        if epoch == 2:
+            raise _Stop(loss)
+
+    prep = pipeline.prepare(params)
+    prep.on_epoch = stop_at_two
+    with pytest.raises(_Stop):
+        pipeline.fit(prep)

@@ -151,3 +151,35 @@ def test_the_notebook_train_cell_tunes_then_exports_the_chosen_trial(tmp_path: P
     meta = json.loads((tmp_path / "art" / "xgb" / "1" / "metadata.json").read_text())
     assert meta["tuning"] == json.loads(json.dumps(tuning))
     assert meta["training"]["hyperparameters"]["max_depth"] == tuning["params"]["max_depth"]
+
+
+@pytest.mark.slow
+def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path, monkeypatch) -> None:
+    import optuna
+
+    from exporter.export import pipeline
+    from exporter.tracking import tune as T
+
+    params = pipeline.ExportParams(
+        model="deepfm", rows=1500, hparams={"max_epochs": 3, "patience": 0}, artifacts=tmp_path / "art", progress=False
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    T.tune(params, trials=2, tracking_enabled=False, storage=storage, study_name="reports", echo=lambda _: None)
+    trials = optuna.load_study(study_name="reports", storage=storage).trials
+    for trial in trials:  # the negated validation loss after every epoch: what the median pruner compares
+        assert sorted(trial.intermediate_values) == [1, 2, 3]
+        assert all(v < 0 for v in trial.intermediate_values.values())
+
+    # a pruner that stops every trial at its first report: no trial is complete, nothing is exported
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **_: optuna.pruners.ThresholdPruner(lower=0.0))
+    lines: list[str] = []
+    params = pipeline.ExportParams(
+        model="deepfm", rows=1500, hparams={"max_epochs": 3}, artifacts=tmp_path / "pruned", progress=False
+    )
+    with pytest.raises(ExporterError, match="no trial of pruned finished"):
+        T.tune(params, trials=2, tracking_enabled=False, storage=storage, study_name="pruned", echo=lines.append)
+    assert [line.split(":")[1] for line in lines if line.startswith("trial ")] == [" pruned", " pruned"]
+    study = optuna.load_study(study_name="pruned", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[1], [1]]
+    assert not (tmp_path / "pruned" / "deepfm").exists()
