@@ -36,6 +36,7 @@ from exporter.export.params import ExportParams, Prepared
 from exporter.features.schema import read_column
 from exporter.models import Trained, get_spec
 from exporter.models.base import BINARY
+from exporter.models.xgb import keep_best_round
 from exporter.training import data as D
 from exporter.training import hparams as H
 from exporter.training import inputs as I
@@ -536,25 +537,14 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
         }
         for i, t in enumerate(train_hist)
     ]
-    # keep the best round's trees, as a local export does (the native model and the ONNX graph are then one model)
-    best = rounds - 1
-    if valid_hist:
-        best = int(np.argmin(valid_hist[:rounds]))
-    names = booster.feature_names
-    booster = booster[: best + 1]
-    booster.feature_names = names
+    # keep the best round's trees, as a local export does
+    best = int(np.argmin(valid_hist[:rounds])) if valid_hist else rounds - 1
+    booster, stopping = keep_best_round(
+        booster, best, booster.feature_names, valid_hist, budget=budget, patience=hp.get("early_stopping_rounds")
+    )
     spec: Any = prep.spec
     trained = spec._trained(booster, list(prep.columns), dict(hp), history, prep.features)
-    trained.stopping = {
-        "monitor": "validation_logloss",
-        "best_round": best + 1,
-        "best_loss": float(valid_hist[best]) if valid_hist else None,
-        "rounds_run": rounds,
-        "n_estimators": budget,
-        "early_stopping_rounds": hp.get("early_stopping_rounds"),
-        "stopped_because": "early_stopping_rounds" if rounds < budget else "n_estimators",
-        "trees_kept": booster.num_boosted_rounds(),
-    }
+    trained.stopping = stopping
     return trained
 
 

@@ -170,21 +170,10 @@ class XGBoostModel(Model):
                 zip(evals_result["train"]["logloss"], evals_result["validation"]["logloss"], strict=True)
             )
         ]
-        rounds = booster.num_boosted_rounds()
-        best = int(getattr(booster, "best_iteration", rounds - 1))
-        # keep only the best round's trees: the native model, model.ubj and the ONNX graph are then one model
-        booster = booster[: best + 1]
-        booster.feature_names = columns
-        stopping = {
-            "monitor": "validation_logloss",
-            "best_round": best + 1,
-            "best_loss": float(evals_result["validation"]["logloss"][best]),
-            "rounds_run": rounds,
-            "n_estimators": budget,
-            "early_stopping_rounds": patience,
-            "stopped_because": "early_stopping_rounds" if rounds < budget else "n_estimators",
-            "trees_kept": booster.num_boosted_rounds(),
-        }
+        best = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+        booster, stopping = keep_best_round(
+            booster, best, columns, evals_result["validation"]["logloss"], budget=budget, patience=patience
+        )
         trained = self._trained(booster, columns, dict(hparams), history, data.features)
         trained.stopping = stopping
         trained.threads = int(params["nthread"])
@@ -287,6 +276,34 @@ class XGBoostModel(Model):
         if plan is None:
             return lambda x: np.asarray(booster.inplace_predict(x), dtype=np.float64)
         return lambda x: np.asarray(booster.inplace_predict(plan.prepare(x)), dtype=np.float64)
+
+
+def keep_best_round(
+    booster: Any,
+    best: int,
+    columns: Sequence[str] | None,
+    validation_losses: Sequence[float],
+    *,
+    budget: int,
+    patience: int | None,
+) -> tuple[Any, dict[str, Any]]:
+    """The booster cut to its best round's trees (rounds ``0..best``; the native model, model.ubj and the ONNX
+    graph are then one model) and metadata's ``training.early_stopping`` record; local and Spark boosting both
+    end here."""
+    rounds = booster.num_boosted_rounds()
+    kept = booster[: best + 1]
+    kept.feature_names = list(columns) if columns is not None else None
+    stopping = {
+        "monitor": "validation_logloss",
+        "best_round": best + 1,
+        "best_loss": float(validation_losses[best]) if len(validation_losses) > best else None,
+        "rounds_run": rounds,
+        "n_estimators": budget,
+        "early_stopping_rounds": patience,
+        "stopped_because": "early_stopping_rounds" if rounds < budget else "n_estimators",
+        "trees_kept": kept.num_boosted_rounds(),
+    }
+    return kept, stopping
 
 
 def _native(booster: Any) -> Callable[[np.ndarray], np.ndarray]:
