@@ -165,6 +165,7 @@ def train_rank(settings_json: str) -> None:
     import torch.distributed as dist
 
     from exporter.models import get_spec
+    from exporter.models import optimiser as opt
     from exporter.models import torch_common as tc
     from exporter.models.torch_base import DTYPE_KEY, targets_as
 
@@ -194,8 +195,9 @@ def train_rank(settings_json: str) -> None:
             ),
             dtype,
         )
-        optimizer = torch.optim.Adam(
-            net.parameters(), lr=float(hp["learning_rate"]), weight_decay=float(hp.get("weight_decay", 0.0)), fused=True
+        # dense embedding gradients: the ranks average them with all_reduce
+        optimizer = opt.make_optimizer(
+            net, float(hp["learning_rate"]), float(hp.get("weight_decay", 0.0)), sparse_allowed=False
         )
         global_logq = (
             _GlobalLogQ(work / "items.npz", s["config"]["item_idx"]) if (work / "items.npz").exists() else None

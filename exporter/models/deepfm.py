@@ -84,6 +84,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "hidden": [64, 32],
         "weight_decay": 1e-5,
         "dtype": tc.DEFAULT_DTYPE,
+        "embedding_gradients": "auto",
     }
     model_names = ("deepfm",)
     tunable = {"learning_rate": ("log", 0.001, 0.03), "embed_dim": ("int", 4, 32), "weight_decay": ("log", 1e-7, 1e-3)}

@@ -21,6 +21,7 @@ from torch import nn
 
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
+from exporter.models import optimiser as opt
 from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
 from exporter.models.threads import resolve_threads
@@ -144,6 +145,7 @@ class TorchModel(Model, Generic[NetT]):
             lr_schedule=str(hparams.get("lr_schedule", "none")),
             threads=threads,
             on_epoch=data.on_epoch,
+            embedding_gradients=str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
         )
         trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
         trained.stopping = fitted.stopping

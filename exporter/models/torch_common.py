@@ -34,6 +34,7 @@ from torch import nn
 from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.models import history_pool as HP
+from exporter.models import optimiser as opt
 from exporter.models.base import Progress
 from exporter.models.threads import available_cores
 
@@ -310,6 +311,7 @@ class EarlyStopping:
             "patience": self.patience,
             "stopped_because": self.reason,
             **record,
+            "embedding_gradients": opt.embedding_gradients(self.model),
             "lr_schedule": self.lr_schedule,
             "final_learning_rate": self.lr,
         }
@@ -338,6 +340,7 @@ def fit_loop(
     lr_schedule: str = "none",
     threads: int | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
 ) -> FitResult:
     """Mini-batch Adam on ``threads`` intra-op threads (None: every core) with early stopping on the validation
     loss: at most ``max_epochs`` epochs, stopped after ``patience`` epochs without a better validation loss
@@ -364,6 +367,7 @@ def fit_loop(
             patience,
             lr_schedule,
             on_epoch,
+            embedding_gradients,
         )
 
 
@@ -396,11 +400,11 @@ def _fit_epochs(
     patience: int | None,
     lr_schedule: str,
     on_epoch: Callable[[int, float], None] | None = None,
+    embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
 ) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
-    # fused: one pass over each tensor per step instead of five; the dense embedding tables' update dominated a step
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
+    optimizer = opt.make_optimizer(model, learning_rate, weight_decay, embedding_gradients)
     stopping = EarlyStopping(
         model,
         optimizer,

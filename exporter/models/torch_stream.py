@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from exporter.errors import ExporterError
+from exporter.models import optimiser as opt
 from exporter.models import torch_common as tc
 from exporter.models.base import Trained
 from exporter.models.streamed import StreamTrainData, shuffled_blocks
@@ -43,8 +43,11 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     patience = int(hparams.get("patience", DEFAULT_PATIENCE))
     schedule = str(hparams.get("lr_schedule", "none"))
     lr = float(hparams["learning_rate"])
-    optimizer = torch.optim.Adam(
-        net.parameters(), lr=lr, weight_decay=float(hparams.get("weight_decay", 0.0)), fused=True
+    optimizer = opt.make_optimizer(
+        net,
+        lr,
+        float(hparams.get("weight_decay", 0.0)),
+        str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
     )
     progress = data.progress
     with tc.intra_op_threads(data.threads):

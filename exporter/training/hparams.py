@@ -121,6 +121,11 @@ RULES: dict[str, tuple[str, str]] = {
         "one_of:plateau|none",
         "plateau (halve the learning rate after an epoch without a better validation loss) or none",
     ),
+    "embedding_gradients": (
+        "one_of:auto|sparse|dense",
+        "auto (sparse for large embedding tables, dense for small ones), sparse (row-wise Adam: only the rows a "
+        "batch looks up move) or dense (every row, every step)",
+    ),
     "dtype": (
         "one_of:float32|float64",
         "float32 or float64: what the network trains and computes in (the graph's tensors stay FP64)",

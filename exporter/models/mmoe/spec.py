@@ -123,6 +123,7 @@ class MMoEModel(TorchModel[MMoE]):
         "tasks": [dict(t) for t in T.DEFAULT_TASKS],
         "task_weights": None,
         "dtype": tc.DEFAULT_DTYPE,
+        "embedding_gradients": "auto",
     }
     model_names = ("mmoe",)
     tunable = {"learning_rate": ("log", 0.001, 0.03), "n_experts": ("int", 2, 6), "expert_dim": ("int", 8, 64)}

@@ -162,6 +162,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         "temperature": 0.05,
         "logq_correction": True,
         "dtype": tc.DEFAULT_DTYPE,
+        "embedding_gradients": "auto",
     }
     model_names = ("two_tower", "two_tower_item")
     tunable = {"learning_rate": ("log", 0.001, 0.03), "temperature": ("log", 0.02, 0.2), "embed_dim": ("int", 8, 64)}
