@@ -27,8 +27,6 @@ from exporter.errors import ExporterError
 from exporter.export.params import Prepared
 from exporter.models import Trained
 
-#: rows a rank holds in its shuffle buffer (rows of its own Parquet parts, shuffled before batching)
-SHUFFLE_ROWS = 65_536
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 
@@ -68,7 +66,7 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
     torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, work / "init.pt")
     np.savez(work / "valid.npz", x=run.x_valid, **{f"y_{k}": v for k, v in run.y_valid.items()})
     workers = run.options.num_workers
-    train_rows.repartition(max(workers, 1) * 2).write.parquet(str(shards))
+    _write_shards(train_rows, max(workers, 1) * 2, int(prep.params.seed), shards)
     settings = {
         "model": spec.name,
         "config": config,
@@ -88,6 +86,21 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
     trained.history, trained.stopping = fit["history"], fit["stopping"]
     trained.hparams = dict(hp)
     return trained
+
+
+def _write_shards(train_rows: Any, parts: int, seed: int, path: Path) -> None:
+    """The training rows as ``parts`` Parquet files, each a uniform random mix of the whole table in a random row
+    order (a seeded sort on a random key inside each part).
+
+    A round-robin repartition alone keeps each input file's rows together and in their order inside a part, so a
+    rank's shuffle buffer would see one input file (one day, one region) at a time: on a log of 2 files of
+    independent rows the model learnt the last file and forgot the first (held-out AUC 0.016 below one machine's).
+    """
+    from pyspark.sql import functions as Fn
+
+    key = "__exporter_shuffle"
+    mixed = train_rows.repartition(parts).withColumn(key, Fn.rand(seed)).sortWithinPartitions(key).drop(key)
+    mixed.write.parquet(str(path))
 
 
 def _item_counts(train_rows: Any, config: Mapping[str, Any], labels: Sequence[str], path: Path) -> None:
@@ -117,8 +130,11 @@ class _GlobalLogQ:
 
 
 def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Sequence[str]) -> Iterator[Any]:
-    """Batches of (x, {label: y}) from ``files`` through a seeded shuffle buffer of :data:`SHUFFLE_ROWS` rows."""
+    """Batches of (x, {label: y}) from ``files`` through a seeded shuffle buffer of as many rows as the streamed
+    path's (:data:`exporter.models.streamed.SHUFFLE_BUFFER_ROWS`)."""
     import pyarrow.parquet as pq
+
+    from exporter.models.streamed import SHUFFLE_BUFFER_ROWS
 
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(files))
@@ -152,7 +168,7 @@ def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Seq
             for n in labels:
                 buf_y[n].append(rb.column(f"y_{n}").to_numpy(zero_copy_only=False))
             held += len(x)
-            if held >= SHUFFLE_ROWS:
+            if held >= SHUFFLE_BUFFER_ROWS:
                 yield from drain(False)
     if held:
         yield from drain(True)

@@ -218,3 +218,27 @@ def test_the_notebook_engine_parameters_are_checked_before_spark_starts(
         nbs.prepare("xgb", **args)  # type: ignore[arg-type]
     assert message in str(caught.value)
     assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.slow
+def test_training_shards_mix_the_input_files_and_keep_every_row(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two input files of different rows: every part, and its first rows alone, hold both in like shares."""
+    from exporter.export.spark_torch import _write_shards
+
+    rows = 4000
+    for i in range(2):  # one file per source, the rows of each in order
+        src = pa.table({"src": np.full(rows, i), "n": np.arange(i * rows, (i + 1) * rows)})
+        pq.write_table(src, tmp_path / f"in-{i}.parquet")
+    frame = spark.read.parquet(str(tmp_path / "in-*.parquet")).coalesce(1)  # as read: file after file
+    firsts = []
+    for run in ("a", "b"):
+        _write_shards(frame, 2, 7, tmp_path / run)
+        parts = [pq.read_table(p) for p in sorted((tmp_path / run).glob("*.parquet"))]
+        assert len(parts) == 2
+        assert sorted(np.concatenate([p["n"].to_numpy() for p in parts]).tolist()) == list(range(2 * rows))
+        for part in parts:
+            head = part["src"].to_numpy()[: len(part) // 10]
+            assert 0.35 < head.mean() < 0.65, head.mean()  # the first tenth mixes both files
+            assert not np.all(np.diff(part["n"].to_numpy()) > 0)  # not in the input's order
+        firsts.append([p["n"].to_numpy().tolist() for p in parts])
+    assert firsts[0] == firsts[1]  # seeded: the same rows in the same order
