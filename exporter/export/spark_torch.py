@@ -181,7 +181,6 @@ def train_rank(settings_json: str) -> None:
     import torch.distributed as dist
 
     from exporter.models import get_spec
-    from exporter.models import optimiser as opt
     from exporter.models import torch_common as tc
     from exporter.models.torch_base import DTYPE_KEY, targets_as
 
@@ -200,7 +199,8 @@ def train_rank(settings_json: str) -> None:
         mine = files[rank::world]
         rows = torch.tensor([sum(pq.ParquetFile(f).metadata.num_rows for f in mine)], dtype=torch.int64)
         dist.all_reduce(rows, op=dist.ReduceOp.MIN)
-        batch = max(1, -(-int(hp["batch_size"]) // world))
+        settings = tc.LoopSettings.of(hp)
+        batch = max(1, -(-settings.batch_size // world))
         steps = max(1, int(rows.item()) // batch) if rows.item() > 0 else 0
         if steps == 0:
             raise ExporterError("a training worker got no rows: use fewer --num-workers or more data")
@@ -212,25 +212,15 @@ def train_rank(settings_json: str) -> None:
             dtype,
         )
         # dense embedding gradients: the ranks average them with all_reduce
-        optimizer = opt.make_optimizer(
-            net, float(hp["learning_rate"]), float(hp.get("weight_decay", 0.0)), sparse_allowed=False
-        )
+        optimizer = settings.optimizer(net, sparse_allowed=False)
         global_logq = (
             _GlobalLogQ(work / "items.npz", s["config"]["item_idx"]) if (work / "items.npz").exists() else None
         )
         torch.manual_seed(int(s["seed"]) + rank)
-        epochs = int(hp.get("max_epochs", hp.get("epochs", 1)))
+        epochs = settings.max_epochs
         # every rank holds the same weights (averaged gradients) and the same validation sample, so each reaches
         # the same decisions; rank 0's stop is broadcast all the same, so no rank waits on another's all_reduce
-        stopping = tc.EarlyStopping(
-            net,
-            optimizer,
-            max_epochs=epochs,
-            patience=int(hp.get("patience") or 0),
-            lr_schedule=str(hp.get("lr_schedule", "none")),
-            learning_rate=float(hp["learning_rate"]),
-            has_validation=len(valid["x"]) > 0,
-        )
+        stopping = settings.stopping(net, optimizer, has_validation=len(valid["x"]) > 0)
 
         def average_gradients() -> None:
             for p in net.parameters():

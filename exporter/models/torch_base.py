@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -21,7 +21,6 @@ from torch import nn
 
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
-from exporter.models import optimiser as opt
 from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
 from exporter.models.threads import resolve_threads
@@ -29,7 +28,7 @@ from exporter.runtime.rules import MetadataError, read_metadata
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: epochs without a better validation loss before a torch model stops (its best epoch's weights restored)
-DEFAULT_PATIENCE = 3
+DEFAULT_PATIENCE = tc.DEFAULT_PATIENCE
 #: the training budget and stopping rule every torch model declares among its defaults
 TRAINING_DEFAULTS: dict[str, Any] = {"max_epochs": 50, "patience": DEFAULT_PATIENCE, "lr_schedule": "plateau"}
 #: the compute dtype inside a checkpoint's config (``float32``/``float64``; absent: float64, the old networks)
@@ -135,17 +134,11 @@ class TorchModel(Model, Generic[NetT]):
             loss_fn=self.loss,
             train_tensors=targets_as(self.training_tensors(config, data.x_train, data.y_train), dtype),
             validation_tensors=targets_as(self.training_tensors(config, data.x_valid, data.y_valid), dtype),
-            max_epochs=max_epochs(hparams),
-            batch_size=int(hparams["batch_size"]),
-            learning_rate=float(hparams["learning_rate"]),
-            weight_decay=float(hparams.get("weight_decay", 0.0)),
             seed=seed,
             progress=data.progress,
-            patience=int(hparams.get("patience", DEFAULT_PATIENCE)),
-            lr_schedule=str(hparams.get("lr_schedule", "none")),
             threads=threads,
             on_epoch=data.on_epoch,
-            embedding_gradients=str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
+            **asdict(tc.LoopSettings.of(hparams)),
         )
         trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
         trained.stopping = fitted.stopping
@@ -283,9 +276,7 @@ def _model_part(version_dir: Path, model_name: str) -> str:
     return str(meta.get("model_part") or model_name)
 
 
-def max_epochs(hparams: Mapping[str, Any]) -> int:
-    """The epoch budget: ``max_epochs``, or ``epochs`` for a model class that still declares the old name."""
-    return int(hparams["max_epochs"] if "max_epochs" in hparams else hparams["epochs"])
+max_epochs = tc.max_epochs
 
 
 def targets_as(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:

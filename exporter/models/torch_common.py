@@ -232,6 +232,69 @@ STOP_PATIENCE = "patience"
 STOP_MAX_EPOCHS = "max_epochs"
 
 
+#: epochs without a lower validation loss before training stops, when a model's hyper-parameters do not say
+DEFAULT_PATIENCE = 3
+
+
+def max_epochs(hparams: Mapping[str, Any]) -> int:
+    """The epoch budget: ``max_epochs``, or ``epochs`` for a model class that still declares the old name."""
+    return int(hparams["max_epochs"] if "max_epochs" in hparams else hparams["epochs"])
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """A torch model's training-loop settings, read from its hyper-parameters in one place for every epoch loop
+    (in memory, streamed, each Spark rank), with the optimiser and the stopping rule they make."""
+
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    patience: int
+    lr_schedule: str
+    embedding_gradients: str
+
+    @classmethod
+    def of(cls, hparams: Mapping[str, Any]) -> LoopSettings:
+        return cls(
+            max_epochs=max_epochs(hparams),
+            batch_size=int(hparams["batch_size"]),
+            learning_rate=float(hparams["learning_rate"]),
+            weight_decay=float(hparams.get("weight_decay", 0.0)),
+            patience=int(hparams.get("patience", DEFAULT_PATIENCE) or 0),
+            lr_schedule=str(hparams.get("lr_schedule", "none")),
+            embedding_gradients=str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
+        )
+
+    def optimizer(self, net: nn.Module, *, sparse_allowed: bool = True) -> torch.optim.Adam:
+        """Adam for ``net`` (:func:`exporter.models.optimiser.make_optimizer`: sparse rows for large tables)."""
+        return opt.make_optimizer(
+            net, self.learning_rate, self.weight_decay, self.embedding_gradients, sparse_allowed=sparse_allowed
+        )
+
+    def stopping(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        has_validation: bool,
+        first_point: dict[str, float] | None = None,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> EarlyStopping:
+        """The stopping rule and learning-rate schedule of these settings."""
+        return EarlyStopping(
+            net,
+            optimizer,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            lr_schedule=self.lr_schedule,
+            learning_rate=self.learning_rate,
+            has_validation=has_validation,
+            first_point=first_point,
+            on_epoch=on_epoch,
+        )
+
+
 @dataclass
 class FitResult:
     """The training curve and how the run stopped (metadata ``training.early_stopping``)."""
@@ -404,14 +467,13 @@ def _fit_epochs(
 ) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
-    optimizer = opt.make_optimizer(model, learning_rate, weight_decay, embedding_gradients)
-    stopping = EarlyStopping(
+    settings = LoopSettings(
+        max_epochs, batch_size, learning_rate, weight_decay, patience or 0, lr_schedule, embedding_gradients
+    )
+    optimizer = settings.optimizer(model)
+    stopping = settings.stopping(
         model,
         optimizer,
-        max_epochs=max_epochs,
-        patience=patience,
-        lr_schedule=lr_schedule,
-        learning_rate=learning_rate,
         has_validation=len(validation_tensors[0]) > 0,
         first_point=_losses_before_training(model, loss_fn, train_tensors, validation_tensors),  # the curve's start
         on_epoch=on_epoch,

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 
 from exporter.errors import ExporterError
-from exporter.models import optimiser as opt
 from exporter.models import torch_common as tc
 from exporter.models.base import Trained
 from exporter.models.streamed import StreamTrainData, shuffled_blocks
 from exporter.models.threads import resolve_threads
-from exporter.models.torch_base import DEFAULT_PATIENCE, DTYPE_KEY, FEATURES_KEY, TorchModel, max_epochs, targets_as
+from exporter.models.torch_base import DTYPE_KEY, FEATURES_KEY, TorchModel, targets_as
 
 
 def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
@@ -39,25 +38,14 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     model.fit_scalers(net, data.x_train)
     sample = targets_as(model.training_tensors(config, data.x_train, data.y_train), dtype)
     validation = targets_as(model.training_tensors(config, data.x_valid, data.y_valid), dtype)
-    epochs, batch_size = max_epochs(hparams), int(hparams["batch_size"])
-    patience = int(hparams.get("patience", DEFAULT_PATIENCE))
-    schedule = str(hparams.get("lr_schedule", "none"))
-    lr = float(hparams["learning_rate"])
-    optimizer = opt.make_optimizer(
-        net,
-        lr,
-        float(hparams.get("weight_decay", 0.0)),
-        str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
-    )
+    settings = tc.LoopSettings.of(hparams)
+    epochs, batch_size = settings.max_epochs, settings.batch_size
+    optimizer = settings.optimizer(net)
     progress = data.progress
     with tc.intra_op_threads(data.threads):
-        stopping = tc.EarlyStopping(
+        stopping = settings.stopping(
             net,
             optimizer,
-            max_epochs=epochs,
-            patience=patience,
-            lr_schedule=schedule,
-            learning_rate=lr,
             has_validation=len(validation[0]) > 0,
             first_point=tc._losses_before_training(net, model.loss, sample, validation),
             on_epoch=data.on_epoch,
