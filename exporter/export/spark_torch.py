@@ -16,7 +16,6 @@ directory is fine for ``local[*]`` only): see ``docs/training.md``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,7 @@ def fit_torch(prep: Prepared, run: Any, train_rows: Any) -> Trained:
         "work": str(work),
         "shards": str(shards),
     }
-    if config.get("loss") == "softmax":  # two_tower: the sampling correction needs the whole log's item counts
+    if spec.log_counter(config) is not None:  # two_tower: the logQ correction needs the whole log's item counts
         _item_counts(train_rows, config, run.label_cols, work / "items.npz")
     distributor = TorchDistributor(num_processes=workers, local_mode=False, use_gpu=False)
     distributor.run(train_rank, json.dumps(settings))
@@ -111,22 +110,6 @@ def _item_counts(train_rows: Any, config: Mapping[str, Any], labels: Sequence[st
     items = np.array([[r[c] for c in cols] for r in rows], dtype=np.float64).reshape(len(rows), len(cols))
     counts = np.array([int(r["count"]) for r in rows], dtype=np.float64)
     np.savez(path, items=items, counts=counts)
-
-
-class _GlobalLogQ:
-    """log(share of the positives) of each row's item, from :func:`_item_counts`' table."""
-
-    def __init__(self, path: Path, item_idx: Sequence[int]) -> None:
-        table = np.load(path, allow_pickle=False)
-        total = float(table["counts"].sum())
-        self.item_idx = list(item_idx)
-        self.lookup = {
-            tuple(row): math.log(c / total) for row, c in zip(table["items"].tolist(), table["counts"], strict=True)
-        }
-        self.unseen = math.log(1.0 / max(total, 1.0))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.array([self.lookup.get(tuple(r), self.unseen) for r in x[:, self.item_idx].tolist()])
 
 
 def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Sequence[str]) -> Iterator[Any]:
@@ -213,9 +196,10 @@ def train_rank(settings_json: str) -> None:
         )
         # dense embedding gradients: the ranks average them with all_reduce
         optimizer = settings.optimizer(net, sparse_allowed=False)
-        global_logq = (
-            _GlobalLogQ(work / "items.npz", s["config"]["item_idx"]) if (work / "items.npz").exists() else None
-        )
+        counter = spec.log_counter(s["config"])
+        if counter is not None:  # two_tower's logQ: the positives per item of the whole log, counted by Spark
+            table = np.load(work / "items.npz", allow_pickle=False)
+            counter = type(counter).from_arrays(counter.item_idx, counter.label, table["items"], table["counts"])
         torch.manual_seed(int(s["seed"]) + rank)
         epochs = settings.max_epochs
         # every rank holds the same weights (averaged gradients) and the same validation sample, so each reaches
@@ -234,9 +218,7 @@ def train_rank(settings_json: str) -> None:
             stream = _stream(mine, batch, int(s["seed"]) + 7919 * rank, epoch, s["labels"])
             for _ in range(steps):
                 x, y = next(stream)
-                tensors = targets_as(spec.training_tensors(s["config"], x, y), dtype)
-                if global_logq is not None and len(tensors) == 3:  # positives, item ids, log q: q of the whole log
-                    tensors[2] = torch.from_numpy(global_logq(tensors[0].numpy())).to(dtype)
+                tensors = targets_as(spec.block_tensors(s["config"], x, y, counter), dtype)
                 total += tc.train_step(net, spec.loss, optimizer, tensors, epoch, average_gradients) * len(x)
                 seen += len(x)
             stats = torch.tensor([total, float(seen)], dtype=torch.float64)

@@ -103,6 +103,18 @@ class TorchModel(Model, Generic[NetT]):
         keeps only positive pairs and adds item identities)."""
         return [torch.from_numpy(x), *(label_tensor(y, c) for c in self.label_columns)]
 
+    def log_counter(self, config: Mapping[str, Any]) -> Any | None:
+        """What a streamed or distributed fit must count over every training row before it trains, as an object
+        with ``add(x, y)`` (None: nothing; two_tower's softmax counts the positives per item)."""
+        return None
+
+    def block_tensors(
+        self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray], counter: Any | None
+    ) -> list[torch.Tensor]:
+        """The training tensors of one block of a streamed or distributed fit, given :meth:`log_counter`'s
+        counts over the whole log (by default the block's :meth:`training_tensors`)."""
+        return self.training_tensors(config, x, y)
+
     def heads(self, net: NetT, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """label column -> prediction of a float64 feature tensor."""
         return {self.label_columns[0]: net(x)}

@@ -38,6 +38,10 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     model.fit_scalers(net, data.x_train)
     sample = targets_as(model.training_tensors(config, data.x_train, data.y_train), dtype)
     validation = targets_as(model.training_tensors(config, data.x_valid, data.y_valid), dtype)
+    counter = model.log_counter(config)
+    if counter is not None:  # one more read of the train rows: counts over the whole log (two_tower's logQ)
+        for x, y in stream.chunks(0):
+            counter.add(x, y)
     settings = tc.LoopSettings.of(hparams)
     epochs, batch_size = settings.max_epochs, settings.batch_size
     optimizer = settings.optimizer(net)
@@ -56,7 +60,7 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
             total, seen = 0.0, 0
             rng = np.random.default_rng([seed, epoch])
             for x, y in shuffled_blocks(stream.chunks(epoch), stream.buffer_rows, rng):
-                tensors = targets_as(model.training_tensors(config, x, y), dtype)
+                tensors = targets_as(model.block_tensors(config, x, y, counter), dtype)
                 for start in range(0, len(tensors[0]), batch_size):
                     batch = [t[start : start + batch_size] for t in tensors]
                     total += tc.train_step(net, model.loss, optimizer, batch, epoch) * len(batch[0])

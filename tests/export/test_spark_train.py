@@ -100,6 +100,34 @@ def test_deepfm_on_spark_trains_with_torch_distributor(spark, parquet_dir: Path,
 
 
 @pytest.mark.slow
+def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
+    spark, parquet_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from exporter.export.spark_torch import _item_counts
+    from exporter.models.two_tower import sampled_softmax as S
+
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.normal(size=3000), rng.zipf(1.5, 3000) % 60, rng.integers(0, 4, 3000)]).astype(float)
+    y = (rng.random(3000) < 0.4).astype(float)
+    rows = spark.createDataFrame(
+        [(*map(float, r), float(v)) for r, v in zip(x, y, strict=True)], ["f0", "f1", "f2", "y_label"]
+    )
+    _item_counts(rows, {"item_idx": [1, 2]}, ["label"], tmp_path / "items.npz")
+    table = np.load(tmp_path / "items.npz", allow_pickle=False)
+    counts = S.ItemCounts.from_arrays([1, 2], "label", table["items"], table["counts"])
+    pos, _, whole = S.positive_pairs(x, {"label": y}, "label", np.array([1, 2]))
+    np.testing.assert_allclose(counts.log_q(pos), whole, rtol=0, atol=1e-12)
+
+    result = run_spark(
+        _params("two_tower", parquet_dir, tmp_path / "art", epochs=1, batch_size=128), SparkOptions("local[2]", 2)
+    )
+    version = tmp_path / "art" / "two_tower" / "1"
+    assert verify(version).ok
+    assert json.loads((version / "metadata.json").read_text())["training"]["engine"] == "spark"
+    assert result.evaluation.metrics["recall@50"] > 0
+
+
+@pytest.mark.slow
 def test_a_failing_worker_fails_the_job_with_its_message_and_writes_nothing(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A value only a later file holds (an ID beyond 2^53) fails on an executor; its message reaches the user."""
     data = tmp_path / "log"

@@ -315,6 +315,21 @@ class TwoTowerModel(TorchModel[TwoTower]):
         pos, ids, log_q = S.positive_pairs(x, y, LABEL, np.asarray(config["item_idx"]))
         return [torch.from_numpy(pos), torch.from_numpy(ids), torch.from_numpy(log_q)]
 
+    def log_counter(self, config: Mapping[str, Any]) -> S.ItemCounts | None:
+        """softmax with the logQ correction: the positives per item over the whole log."""
+        if config.get("loss", "bce") == "bce" or not config.get("logq_correction", True):
+            return None
+        return S.ItemCounts(config["item_idx"], LABEL)
+
+    def block_tensors(
+        self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray], counter: Any | None
+    ) -> list[torch.Tensor]:
+        """A block's positive pairs, with each item's sampling probability from the whole log's counts."""
+        tensors = self.training_tensors(config, x, y)
+        if isinstance(counter, S.ItemCounts) and len(tensors) == 3:
+            tensors[2] = torch.from_numpy(counter.log_q(tensors[0].numpy()))
+        return tensors
+
     def heads(self, net: TwoTower, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {LABEL: torch.sigmoid(net.score(x))}
 
