@@ -18,7 +18,8 @@ from exporter.tools.serve_bench import Results, bench_http, bench_model, bench_s
 HELP = (
     "benchmark native vs onnxruntime vs the handler (both body forms), and the HTTP server under load; "
     "`bench quality`: held-out quality on MovieLens-100k next to baselines; "
-    "`bench train`: training in memory vs streamed"
+    "`bench train`: training in memory vs streamed; "
+    "`bench peers`: serve vs TorchServe, KServe and a bare endpoint over HTTP"
 )
 
 
@@ -44,7 +45,9 @@ and 1024, with the same-run ratios.
 
 `python -m exporter bench quality` is another suite: held-out quality on MovieLens-100k next to baselines
 (see `python -m exporter bench quality --help`); `python -m exporter bench train` measures training in memory
-vs streamed from Parquet (see `python -m exporter bench train --help`).
+vs streamed from Parquet (see `python -m exporter bench train --help`); `python -m exporter bench peers` serves
+one model with `serve`, TorchServe, KServe's Python server and a bare Starlette endpoint side by side and loads
+each over HTTP at batch 1 (see `python -m exporter bench peers --help`).
 
 Example:
   python -m exporter bench --artifacts artifacts --batch-sizes 1 64 1024 --http-seconds 10 --clients 8
@@ -88,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     suites = parser.add_subparsers(
         dest="suite",
         metavar="SUITE",
-        help="quality: the MovieLens-100k quality benchmark; train: training in memory vs streamed",
+        help="quality: the MovieLens-100k quality benchmark; train: training in memory vs streamed; "
+        "peers: serve vs other model servers over HTTP",
     )
     q = suites.add_parser(
         "quality",
@@ -108,6 +112,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train_bench.add_arguments(t)
     t.set_defaults(_module=train_bench)
+    from exporter.tools import peers_bench
+
+    peers = suites.add_parser(
+        "peers",
+        help=peers_bench.HELP,
+        description=peers_bench.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    peers_bench.add_arguments(peers)
+    peers.set_defaults(_module=peers_bench)
 
 
 def run(args: argparse.Namespace) -> int:

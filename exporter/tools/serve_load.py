@@ -86,18 +86,29 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 def tree_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds of a process and of its child processes (``serve --workers N``: the supervisor and workers)."""
+    """CPU seconds of a process and of all its descendants (``serve --workers N``: the supervisor and workers;
+    TorchServe: the Java frontend and its Python workers)."""
     total = process_cpu_seconds(pid)
     if total is None:
         return None
+    return total + sum(process_cpu_seconds(child) or 0.0 for child in descendants(pid))
+
+
+def descendants(pid: int) -> list[int]:
+    """The ids of every live descendant of ``pid`` (children, their children, ...), read from Linux /proc."""
+    parents: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if fields[1] == str(pid):
-            total += process_cpu_seconds(int(stat.parent.name)) or 0.0
-    return total
+        parents.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(parents.get(child, []))
+    return found
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10) -> int | None:
@@ -233,6 +244,13 @@ def run_python_load(host: str, port: int, path: str, body: bytes, seconds: float
     return runner(_python_load(host, port, path, body, seconds, clients))
 
 
+def wants_wrk(generator: str) -> bool:
+    """Whether ``--load-generator`` (auto, wrk, python) means wrk; wrk asked for but not installed is an error."""
+    if generator == "wrk" and shutil.which("wrk") is None:
+        raise ExporterError("--load-generator wrk: wrk is not installed (apt-get install wrk)")
+    return generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
+
+
 def bench_http(
     artifacts: Path,
     models: list[str],
@@ -242,9 +260,7 @@ def bench_http(
     logging_modes: tuple[str, ...] = ("on",),
 ) -> list[HttpResult]:
     """Requests/s and latency at batch 1 for each model against a live server, per logging mode (on/off)."""
-    use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
-    if generator == "wrk" and shutil.which("wrk") is None:
-        raise ExporterError("--load-generator wrk: wrk is not installed (apt-get install wrk)")
+    use_wrk = wants_wrk(generator)
     results = []
     for mode in logging_modes:
         for result in _bench_http_server(artifacts, models, seconds, clients, use_wrk, mode):
@@ -295,7 +311,7 @@ def bench_scaling(
     (TorchServe body, request log off: the processes and the metrics are what is compared)."""
     import orjson
 
-    use_wrk = generator == "wrk" or (generator == "auto" and shutil.which("wrk") is not None)
+    use_wrk = wants_wrk(generator)
     vdir = version_dirs(artifacts / model)[-1]
     sample = json.loads((vdir / "sample_request.json").read_text())["data"]
     bodies = {b: orjson.dumps({"data": [sample[i % len(sample)] for i in range(b)]}) for b in SCALING_BATCHES}
@@ -317,12 +333,20 @@ def _load_once(
     server: ServerProcess, path: str, body: bytes, seconds: float, clients: int, use_wrk: bool
 ) -> HttpResult:
     """One load run against ``server``, with the server's CPU per request (all its processes)."""
-    cpu_before = tree_cpu_seconds(server.proc.pid)
+    return load_once(server.host, server.port, path, body, seconds, clients, use_wrk, server.proc.pid)
+
+
+def load_once(
+    host: str, port: int, path: str, body: bytes, seconds: float, clients: int, use_wrk: bool, pid: int
+) -> HttpResult:
+    """One load run of POST ``body`` to ``http://host:port/path``, with the CPU per request of the process tree
+    rooted at ``pid`` (the server: whichever of its processes did the work)."""
+    cpu_before = tree_cpu_seconds(pid)
     if use_wrk:
-        result = run_wrk(server.url + path, body, seconds, clients)
+        result = run_wrk(f"http://{host}:{port}{path}", body, seconds, clients)
     else:
-        result = run_python_load(server.host, server.port, path, body, seconds, clients)
-    cpu_after = tree_cpu_seconds(server.proc.pid)
+        result = run_python_load(host, port, path, body, seconds, clients)
+    cpu_after = tree_cpu_seconds(pid)
     if cpu_before is not None and cpu_after is not None and result.total:
         result.server_cpu_us = (cpu_after - cpu_before) / result.total * 1e6
     return result

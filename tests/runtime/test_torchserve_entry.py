@@ -14,11 +14,9 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ import pytest
 
 from exporter import cli
 from exporter.runtime.handler import ModelHandler
+from exporter.tools.peer_servers import TorchServe, wait_until_ready
 from tests.handler_fixtures import DEFAULT_COLUMNS, build_artifact, sample_rows
 
 pytestmark = pytest.mark.slow
@@ -233,101 +232,6 @@ def test_archive_runs_without_the_exporter_package(
 
 
 # ---------------------------------------------------------------------------------------------- real TorchServe
-#: how long TorchServe may take to start its frontend and load the model (a bound, not a measurement)
-TORCHSERVE_READY_WITHIN = 240.0
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (bound together, so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class TorchServe:
-    """``torchserve --start`` on loopback ports with a private TMPDIR (its pid file and worker sockets live there)."""
-
-    def __init__(self, store: Path, model: str, root: Path) -> None:
-        self.root = root
-        self.inference, self.management, self.metrics = free_ports(3)
-        (root / "tmp").mkdir()
-        (root / "logs").mkdir()
-        self.config = root / "config.properties"
-        self.config.write_text(
-            f"inference_address=http://127.0.0.1:{self.inference}\n"
-            f"management_address=http://127.0.0.1:{self.management}\n"
-            f"metrics_address=http://127.0.0.1:{self.metrics}\n"
-            "default_workers_per_model=1\ninstall_py_dep_per_model=false\ndisable_system_metrics=true\n"
-        )
-        self.env = {
-            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-            "TMPDIR": str(root / "tmp"),
-            "TEMP": str(root / "tmp"),
-            "LOG_LOCATION": str(root / "logs"),
-            "METRICS_LOCATION": str(root / "logs"),
-        }
-        self.command = [
-            "torchserve",
-            "--start",
-            "--ncs",
-            "--model-store",
-            str(store),
-            "--models",
-            f"{model}={model}.mar",
-            "--disable-token-auth",
-            "--ts-config",
-            str(self.config),
-        ]
-
-    def start(self) -> None:
-        """Start the frontend (it keeps running after the command returns; its output goes to a file, since
-        it holds on to whatever stdout it inherits)."""
-        with open(self.root / "logs" / "torchserve.out", "wb") as out:
-            subprocess.run(
-                self.command,
-                cwd=self.root,
-                env=self.env,
-                check=True,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=60,
-            )
-
-    def stop(self) -> None:
-        """``torchserve --stop``; then end whatever of this instance's process tree is left (by its pid file)."""
-        subprocess.run(
-            ["torchserve", "--stop"],
-            cwd=self.root,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-        )
-        pid_file = self.root / "tmp" / ".model_server.pid"
-        if pid_file.is_file():
-            import psutil
-
-            try:
-                frontend = psutil.Process(int(pid_file.read_text().strip()))
-                for proc in [*frontend.children(recursive=True), frontend]:
-                    proc.kill()
-            except (psutil.Error, ValueError):
-                pass
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
-            for p in sorted((self.root / "logs").glob("*.*"))
-        )
-
-
 @pytest.fixture()
 def torchserve(archived: tuple[Path, Path], tmp_path: Path) -> Iterator[TorchServe]:
     if shutil.which("java") is None:
@@ -343,26 +247,6 @@ def torchserve(archived: tuple[Path, Path], tmp_path: Path) -> Iterator[TorchSer
         server.stop()
 
 
-def wait_until_ready(server: TorchServe, client: httpx.Client) -> None:
-    """Poll the management API until the model's worker is READY (bounded)."""
-    deadline = time.monotonic() + TORCHSERVE_READY_WITHIN
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            response = client.get(f"http://127.0.0.1:{server.management}/models/mmoe")
-            workers = response.json()[0].get("workers", []) if response.status_code == 200 else []
-            status = [w.get("status") for w in workers]
-            if "READY" in status:
-                return
-        except (httpx.HTTPError, ValueError, IndexError, KeyError):
-            pass
-        time.sleep(1.0)
-    pytest.fail(
-        f"TorchServe did not report mmoe READY within {TORCHSERVE_READY_WITHIN:.0f} s "
-        f"(workers: {status})\n{server.logs()}"
-    )
-
-
 def test_real_torchserve_serves_the_archive(torchserve: TorchServe, archived: tuple[Path, Path]) -> None:
     """torchserve --start with the .mar: its answers are the handler's, errors keep their status."""
     vdir, _ = archived
@@ -376,7 +260,7 @@ def test_real_torchserve_serves_the_archive(torchserve: TorchServe, archived: tu
     }
     url = f"http://127.0.0.1:{torchserve.inference}/predictions/mmoe"
     with httpx.Client(timeout=60) as client:
-        wait_until_ready(torchserve, client)
+        wait_until_ready(torchserve)
         for request in ({"data": rows}, v2):
             response = client.post(url, content=json.dumps(request), headers={"Content-Type": "application/json"})
             assert response.status_code == 200, (response.text, torchserve.logs())
