@@ -85,8 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(at least 16 connections), and print the same-run ratios",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write all measurements to this JSON file")
-    # `bench quality`: the real-data quality suite (MovieLens-100k), its own options and run()
-    from exporter.tools import quality_bench as quality
+    # the suites (`bench quality`, `bench train`, `bench peers`): each module has its HELP, DESCRIPTION,
+    # add_arguments() and run()
+    from exporter.tools import peers_bench, quality_bench, train_bench
 
     suites = parser.add_subparsers(
         dest="suite",
@@ -94,34 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="quality: the MovieLens-100k quality benchmark; train: training in memory vs streamed; "
         "peers: serve vs other model servers over HTTP",
     )
-    q = suites.add_parser(
-        "quality",
-        help=quality.HELP,
-        description=quality.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    quality.add_arguments(q)
-    q.set_defaults(_module=quality)
-    from exporter.tools import train_bench
-
-    t = suites.add_parser(
-        "train",
-        help=train_bench.HELP,
-        description=train_bench.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train_bench.add_arguments(t)
-    t.set_defaults(_module=train_bench)
-    from exporter.tools import peers_bench
-
-    peers = suites.add_parser(
-        "peers",
-        help=peers_bench.HELP,
-        description=peers_bench.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    peers_bench.add_arguments(peers)
-    peers.set_defaults(_module=peers_bench)
+    for name, module in (("quality", quality_bench), ("train", train_bench), ("peers", peers_bench)):
+        suite = suites.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(suite)
+        suite.set_defaults(_module=module)
 
 
 def run(args: argparse.Namespace) -> int:
