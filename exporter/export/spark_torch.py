@@ -16,7 +16,7 @@ directory is fine for ``local[*]`` only): see ``docs/training.md``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +112,33 @@ def _item_counts(train_rows: Any, config: Mapping[str, Any], labels: Sequence[st
     np.savez(path, items=items, counts=counts)
 
 
-def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Sequence[str]) -> Iterator[Any]:
-    """Batches of (x, {label: y}) from ``files`` through a seeded shuffle buffer of as many rows as the streamed
-    path's (:data:`exporter.models.streamed.SHUFFLE_BUFFER_ROWS`)."""
+def _labels(rb: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
+    return {n: rb.column(f"y_{n}").to_numpy(zero_copy_only=False) for n in labels}
+
+
+def _kept_rows(files: Sequence[str], labels: Sequence[str], keep: Callable[[dict[str, np.ndarray]], Any]) -> int:
+    """Rows of ``files`` the model trains on (``keep``: the model's mask of a block, None for every row)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for rb in pf.iter_batches(batch_size=65_536, columns=[f"y_{n}" for n in labels]):
+            mask = keep(_labels(rb, labels))
+            total += rb.num_rows if mask is None else int(np.count_nonzero(mask))
+    return total
+
+
+def _stream(
+    files: Sequence[str],
+    batch: int,
+    seed: int,
+    epoch: int,
+    labels: Sequence[str],
+    keep: Callable[[dict[str, np.ndarray]], Any] = lambda y: None,
+) -> Iterator[Any]:
+    """Batches of (x, {label: y}) of the rows ``keep`` keeps, from ``files`` through a seeded shuffle buffer of as
+    many rows as the streamed path's (:data:`exporter.models.streamed.SHUFFLE_BUFFER_ROWS`)."""
     import pyarrow.parquet as pq
 
     from exporter.models.streamed import SHUFFLE_BUFFER_ROWS
@@ -147,9 +171,13 @@ def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Seq
         for rb in pq.ParquetFile(files[i]).iter_batches(batch_size=8192):
             cols = [c for c in rb.schema.names if c.startswith("f")]
             x = np.stack([rb.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1)
+            ys = _labels(rb, labels)
+            mask = keep(ys)
+            if mask is not None:
+                x, ys = x[mask], {n: v[mask] for n, v in ys.items()}
             buf_x.append(x)
             for n in labels:
-                buf_y[n].append(rb.column(f"y_{n}").to_numpy(zero_copy_only=False))
+                buf_y[n].append(ys[n])
             held += len(x)
             if held >= SHUFFLE_BUFFER_ROWS:
                 yield from drain(False)
@@ -159,7 +187,6 @@ def _stream(files: Sequence[str], batch: int, seed: int, epoch: int, labels: Seq
 
 def train_rank(settings_json: str) -> None:
     """One rank of the data-parallel fit (runs under torchrun on an executor)."""
-    import pyarrow.parquet as pq
     import torch
     import torch.distributed as dist
 
@@ -180,7 +207,11 @@ def train_rank(settings_json: str) -> None:
         net.load_state_dict(torch.load(work / "init.pt", weights_only=True))
         files = sorted(str(p) for p in Path(s["shards"]).glob("*.parquet"))
         mine = files[rank::world]
-        rows = torch.tensor([sum(pq.ParquetFile(f).metadata.num_rows for f in mine)], dtype=torch.int64)
+
+        def keep(y: dict[str, np.ndarray]) -> Any:
+            return spec.kept_rows(s["config"], y)
+
+        rows = torch.tensor([_kept_rows(mine, s["labels"], keep)], dtype=torch.int64)
         dist.all_reduce(rows, op=dist.ReduceOp.MIN)
         settings = tc.LoopSettings.of(hp)
         batch = max(1, -(-settings.batch_size // world))
@@ -215,7 +246,7 @@ def train_rank(settings_json: str) -> None:
         for epoch in range(1, epochs + 1):
             net.train()
             total, seen = 0.0, 0
-            stream = _stream(mine, batch, int(s["seed"]) + 7919 * rank, epoch, s["labels"])
+            stream = _stream(mine, batch, int(s["seed"]) + 7919 * rank, epoch, s["labels"], keep)
             for _ in range(steps):
                 x, y = next(stream)
                 tensors = targets_as(spec.block_tensors(s["config"], x, y, counter), dtype)

@@ -108,6 +108,11 @@ class TorchModel(Model, Generic[NetT]):
         with ``add(x, y)`` (None: nothing; two_tower's softmax counts the positives per item)."""
         return None
 
+    def kept_rows(self, config: Mapping[str, Any], y: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Which rows of a block :meth:`training_tensors` trains on, as a mask (None: every row). A distributed fit
+        batches the kept rows, so ``batch_size`` means what it means on one machine (two_tower: positive pairs)."""
+        return None
+
     def block_tensors(
         self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray], counter: Any | None
     ) -> list[torch.Tensor]:

@@ -104,7 +104,7 @@ def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
     spark, parquet_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from exporter.export.spark_torch import _item_counts
-    from exporter.models.two_tower import sampled_softmax as S
+    from exporter.models.two_tower import sampled_softmax as SS
 
     rng = np.random.default_rng(3)
     x = np.column_stack([rng.normal(size=3000), rng.zipf(1.5, 3000) % 60, rng.integers(0, 4, 3000)]).astype(float)
@@ -114,8 +114,8 @@ def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
     )
     _item_counts(rows, {"item_idx": [1, 2]}, ["label"], tmp_path / "items.npz")
     table = np.load(tmp_path / "items.npz", allow_pickle=False)
-    counts = S.ItemCounts.from_arrays([1, 2], "label", table["items"], table["counts"])
-    pos, _, whole = S.positive_pairs(x, {"label": y}, "label", np.array([1, 2]))
+    counts = SS.ItemCounts.from_arrays([1, 2], "label", table["items"], table["counts"])
+    pos, _, whole = SS.positive_pairs(x, {"label": y}, "label", np.array([1, 2]))
     np.testing.assert_allclose(counts.log_q(pos), whole, rtol=0, atol=1e-12)
 
     result = run_spark(
@@ -123,8 +123,15 @@ def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
     )
     version = tmp_path / "art" / "two_tower" / "1"
     assert verify(version).ok
-    assert json.loads((version / "metadata.json").read_text())["training"]["engine"] == "spark"
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["training"]["engine"] == "spark"
     assert result.evaluation.metrics["recall@50"] > 0
+    # batch_size counts positive pairs, as on one machine: the steps are those of the training positives
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(parquet_dir.glob("*.parquet"))])
+    train = S.split_codes_arrow(table, seed=5) == S.TRAIN
+    positives = int(((table["label"].to_numpy() == 1) & train).sum())
+    steps = meta["training"]["early_stopping"]["optimiser_steps"]
+    assert 0.8 * positives / 128 <= steps <= positives / 128, (steps, positives)
 
 
 @pytest.mark.slow

@@ -321,6 +321,12 @@ class TwoTowerModel(TorchModel[TwoTower]):
             return None
         return S.ItemCounts(config["item_idx"], LABEL)
 
+    def kept_rows(self, config: Mapping[str, Any], y: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """softmax trains on the positive pairs only (:func:`~.sampled_softmax.positive_pairs`)."""
+        if config.get("loss", "bce") == "bce" or LABEL not in y:
+            return None
+        return np.asarray(y[LABEL]) == 1
+
     def block_tensors(
         self, config: Mapping[str, Any], x: np.ndarray, y: Mapping[str, np.ndarray], counter: Any | None
     ) -> list[torch.Tensor]:
