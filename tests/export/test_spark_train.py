@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +51,17 @@ def _params(model: str, data: Path, artifacts: Path, **hparams: object) -> pipel
     )
 
 
+def _on_spark(model: str, data: Path, artifacts: Path, **hparams: object) -> tuple[Any, dict[str, Any]]:
+    """``run_spark`` on local[2] with 2 workers; the result and the verified version's metadata."""
+    result = run_spark(_params(model, data, artifacts, **hparams), SparkOptions("local[2]", 2))
+    version = artifacts / model / "1"
+    report = verify(version)
+    assert report.ok, report.problems
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["training"]["engine"] == "spark"
+    return result, meta
+
+
 def _split_counts(data: Path, seed: int) -> dict[str, int]:
     table = pa.concat_tables([pq.read_table(p) for p in sorted(data.glob("*.parquet"))])
     codes = S.split_codes_arrow(table, seed=seed)
@@ -62,13 +74,9 @@ def _split_counts(data: Path, seed: int) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_xgb_on_spark_writes_the_same_kind_of_artifact(spark, parquet_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = run_spark(_params("xgb", parquet_dir, tmp_path / "art", n_estimators=30), SparkOptions("local[2]", 2))
-    version = tmp_path / "art" / "xgb" / "1"
-    report = verify(version)
-    assert report.ok, report.problems
-    meta = json.loads((version / "metadata.json").read_text())
+    result, meta = _on_spark("xgb", parquet_dir, tmp_path / "art", n_estimators=30)
     training = meta["training"]
-    assert training["engine"] == "spark" and training["num_workers"] == 2
+    assert training["num_workers"] == 2
     assert training["spark_master"] == "local[2]"
     # Spark's SQL split and the local rule agree on every row of the same files
     for key, count in _split_counts(parquet_dir, 5).items():
@@ -82,13 +90,7 @@ def test_xgb_on_spark_writes_the_same_kind_of_artifact(spark, parquet_dir: Path,
 
 @pytest.mark.slow
 def test_deepfm_on_spark_trains_with_torch_distributor(spark, parquet_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = run_spark(
-        _params("deepfm", parquet_dir, tmp_path / "art", epochs=2, batch_size=256), SparkOptions("local[2]", 2)
-    )
-    version = tmp_path / "art" / "deepfm" / "1"
-    assert verify(version).ok
-    meta = json.loads((version / "metadata.json").read_text())
-    assert meta["training"]["engine"] == "spark"
+    result, meta = _on_spark("deepfm", parquet_dir, tmp_path / "art", epochs=2, batch_size=256)
     assert len(result.trained.history) == 2
     # the same early-stopping rule as one machine: the best of the two epochs kept, and said so
     stopping = meta["training"]["early_stopping"]
@@ -118,13 +120,7 @@ def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
     pos, _, whole = SS.positive_pairs(x, {"label": y}, "label", np.array([1, 2]))
     np.testing.assert_allclose(counts.log_q(pos), whole, rtol=0, atol=1e-12)
 
-    result = run_spark(
-        _params("two_tower", parquet_dir, tmp_path / "art", epochs=1, batch_size=128), SparkOptions("local[2]", 2)
-    )
-    version = tmp_path / "art" / "two_tower" / "1"
-    assert verify(version).ok
-    meta = json.loads((version / "metadata.json").read_text())
-    assert meta["training"]["engine"] == "spark"
+    result, meta = _on_spark("two_tower", parquet_dir, tmp_path / "art", epochs=1, batch_size=128)
     assert result.evaluation.metrics["recall@50"] > 0
     # batch_size counts positive pairs, as on one machine: the steps are those of the training positives
     table = pa.concat_tables([pq.read_table(p) for p in sorted(parquet_dir.glob("*.parquet"))])
