@@ -87,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
         )
     columns = [c.strip() for c in args.feature_columns.split(",")] if args.feature_columns else None
     params = export_params(args, args.model, columns, parse_params(args.param))
-    result = T.tune(
-        params,
-        trials=args.trials,
+    options = T.SearchOptions(
         timeout=args.timeout,
         search=T.parse_search(args.search),
         tracking_uri=args.tracking_uri,
@@ -98,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         study_name=args.study,
         echo=(lambda text: None) if args.json else (lambda text: print(text, flush=True)),
     )
+    result = T.tune(params, trials=args.trials, options=options)
     if args.json:
         import json
 

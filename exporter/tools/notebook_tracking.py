@@ -37,7 +37,7 @@ def train(prep: Prepared, *, tune_trials: int = 0, tracking: bool = True, tracki
     from exporter.errors import ExporterError
     from exporter.export import pipeline
     from exporter.tracking.store import enabled
-    from exporter.tracking.tune import run_search
+    from exporter.tracking.tune import SearchOptions, run_search
 
     if isinstance(tune_trials, bool) or not isinstance(tune_trials, int) or tune_trials < 0:
         raise ParameterError(f"tune_trials must be 0 (no search) or a positive integer, got {tune_trials!r}")
@@ -47,7 +47,8 @@ def train(prep: Prepared, *, tune_trials: int = 0, tracking: bool = True, tracki
     if prep.fit_elsewhere is not None:
         raise ParameterError('tune_trials searches on this machine: set engine = "local", or tune_trials = 0')
     try:
-        found = run_search(prep, trials=tune_trials, tracking_uri=tracking_uri, tracking_enabled=tracking and enabled())
+        options = SearchOptions(tracking_uri=tracking_uri, tracking_enabled=tracking and enabled())
+        found = run_search(prep, trials=tune_trials, options=options)
     except ExporterError as exc:
         from exporter.tools.notebook_params import notebook_terms
 

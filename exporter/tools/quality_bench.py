@@ -437,16 +437,18 @@ def tuned_row(
 ) -> Row:
     """deepfm searched by ``tune`` (validation AUC chooses, untracked, its study in the work directory), then the
     chosen trial's test AUC on the same split as every other row, next to the default deepfm's."""
-    from exporter.tracking.tune import tune
+    from exporter.tracking.tune import SearchOptions, tune
 
     t0 = time.perf_counter()
     found = tune(
         pipeline_params("deepfm", data_path, columns, hparams, artifacts),
         trials=trials,
-        tracking_enabled=False,
-        storage=f"sqlite:///{artifacts.parent / 'optuna.db'}",
-        study_name="quality-deepfm",
-        echo=lambda _: None,
+        options=SearchOptions(
+            tracking_enabled=False,
+            storage=f"sqlite:///{artifacts.parent / 'optuna.db'}",
+            study_name="quality-deepfm",
+            echo=lambda _: None,
+        ),
     )
     _, auc = _first(found.export.evaluation.metrics, ("auc",))
     chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in found.best_params.items())

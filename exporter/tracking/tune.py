@@ -102,6 +102,20 @@ class Searched:
             _close_parent(self.parent, best, self.metric, self.trials)
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search runs, beside its trial count: its time budget, the space on top of the model's own ranges,
+    where it is tracked and stored, and where its progress lines go (``tune`` and ``run_search`` take it alike)."""
+
+    timeout: float | None = None
+    search: Mapping[str, tuple[str, float, float]] | None = None
+    tracking_uri: str | None = None
+    tracking_enabled: bool = True
+    storage: str | None = None
+    study_name: str | None = None
+    echo: Callable[[str], None] = print
+
+
 def check(
     params: Any, trials: Any, timeout: Any, search: Mapping[str, tuple[str, float, float]] | None
 ) -> dict[str, tuple[str, float, float]]:
@@ -122,18 +136,7 @@ def check(
     return space
 
 
-def run_search(
-    prep: Any,
-    *,
-    trials: int,
-    timeout: float | None = None,
-    search: Mapping[str, tuple[str, float, float]] | None = None,
-    tracking_uri: str | None = None,
-    tracking_enabled: bool = True,
-    storage: str | None = None,
-    study_name: str | None = None,
-    echo: Callable[[str], None] = print,
-) -> Searched:
+def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions()) -> Searched:
     """The trials on a prepared run, each chosen on the validation rows; the caller evaluates and exports the
     best (``tune`` does; a notebook's own cells do) and then calls :meth:`Searched.close`."""
     import optuna
@@ -141,8 +144,8 @@ def run_search(
     from exporter.export import pipeline
     from exporter.training import hparams as H
 
-    params = prep.params
-    space = check(params, trials, timeout, search)
+    params, echo = prep.params, options.echo
+    space = check(params, trials, options.timeout, options.search)
     spec = prep.spec
     if not len(prep.x_valid):
         raise ExporterError(
@@ -150,15 +153,15 @@ def run_search(
             f"({len(prep.x_train)} training rows): give it more rows"
         )
     model = params.model_name or spec.name
-    study_name = study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    study_name = options.study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
-    parent = ExportTracking(params.artifacts, tracking_uri, enabled=tracking_enabled, kind="tune")
+    parent = ExportTracking(params.artifacts, options.tracking_uri, enabled=options.tracking_enabled, kind="tune")
     parent.warm_up()
     parent_run = _open_parent(parent, prep, study_name)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=study_name,
-        storage=storage_uri(params.artifacts, storage),
+        storage=storage_uri(params.artifacts, options.storage),
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=params.seed),
         # torch trials report their validation loss after each epoch: one worse than the median of the earlier
@@ -205,7 +208,7 @@ def run_search(
         return float(value)
 
     try:
-        study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
+        study.optimize(objective, n_trials=trials, timeout=options.timeout, catch=())
     except BaseException:
         parent.failed()
         raise
@@ -240,41 +243,20 @@ def run_search(
     )
 
 
-def tune(
-    params: Any,
-    *,
-    trials: int,
-    timeout: float | None = None,
-    search: Mapping[str, tuple[str, float, float]] | None = None,
-    tracking_uri: str | None = None,
-    tracking_enabled: bool = True,
-    storage: str | None = None,
-    study_name: str | None = None,
-    echo: Callable[[str], None] = print,
-) -> TuneResult:
+def tune(params: Any, *, trials: int, options: SearchOptions = SearchOptions()) -> TuneResult:
     """Search, then export the best trial (``params``: the export's ExportParams, its ``hparams`` fixed)."""
     from exporter.export import pipeline
 
-    check(params, trials, timeout, search)
+    check(params, trials, options.timeout, options.search)
     prep = pipeline.prepare(params)  # every option checked and the data read once, before any trial
-    echo(prep.schema_text())
-    found = run_search(
-        prep,
-        trials=trials,
-        timeout=timeout,
-        search=search,
-        tracking_uri=tracking_uri,
-        tracking_enabled=tracking_enabled,
-        storage=storage,
-        study_name=study_name,
-        echo=echo,
-    )
+    options.echo(prep.schema_text())
+    found = run_search(prep, trials=trials, options=options)
     b_prep, trained, parent = found.prep, found.trained, found.parent
     model = params.model_name or prep.spec.name
     tracking = ExportTracking(
         params.artifacts,
-        tracking_uri,
-        enabled=tracking_enabled,
+        options.tracking_uri,
+        enabled=options.tracking_enabled,
         parent_run_id=found.parent_run,
         run_name=f"{model} best (trial {found.best_trial})",
     )

@@ -164,7 +164,8 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
         model="deepfm", rows=1500, hparams={"max_epochs": 3, "patience": 0}, artifacts=tmp_path / "art", progress=False
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    T.tune(params, trials=2, tracking_enabled=False, storage=storage, study_name="reports", echo=lambda _: None)
+    options = T.SearchOptions(tracking_enabled=False, storage=storage, study_name="reports", echo=lambda _: None)
+    T.tune(params, trials=2, options=options)
     trials = optuna.load_study(study_name="reports", storage=storage).trials
     for trial in trials:  # the negated validation loss after every epoch: what the median pruner compares
         assert sorted(trial.intermediate_values) == [1, 2, 3]
@@ -177,7 +178,8 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
         model="deepfm", rows=1500, hparams={"max_epochs": 3}, artifacts=tmp_path / "pruned", progress=False
     )
     with pytest.raises(ExporterError, match="no trial of pruned finished"):
-        T.tune(params, trials=2, tracking_enabled=False, storage=storage, study_name="pruned", echo=lines.append)
+        options = T.SearchOptions(tracking_enabled=False, storage=storage, study_name="pruned", echo=lines.append)
+        T.tune(params, trials=2, options=options)
     assert [line.split(":")[1] for line in lines if line.startswith("trial ")] == [" pruned", " pruned"]
     study = optuna.load_study(study_name="pruned", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
