@@ -283,14 +283,7 @@ def _bench_http_server(
             sample = json.loads((vdir / "sample_request.json").read_text())["data"]
             body = orjson.dumps({"data": sample[:1]})
             path = f"/predictions/{model}"
-            cpu_before = process_cpu_seconds(server.proc.pid)
-            if use_wrk:
-                result = run_wrk(server.url + path, body, seconds, clients)
-            else:
-                result = run_python_load(server.host, server.port, path, body, seconds, clients)
-            cpu_after = process_cpu_seconds(server.proc.pid)
-            if cpu_before is not None and cpu_after is not None and result.total:
-                result.server_cpu_us = (cpu_after - cpu_before) / result.total * 1e6
+            result = load_once(server.host, server.port, path, body, seconds, clients, use_wrk, server.proc.pid)
             result.model = model
             results.append(result)
     finally:
@@ -321,19 +314,14 @@ def bench_scaling(
         server = ServerProcess(artifacts, "warning", extra)
         try:
             for batch, body in bodies.items():
-                result = _load_once(server, f"/predictions/{model}", body, seconds, clients, use_wrk)
+                result = load_once(
+                    server.host, server.port, f"/predictions/{model}", body, seconds, clients, use_wrk, server.proc.pid
+                )
                 result.model, result.workers, result.metrics, result.batch = model, n, "on" if metrics else "off", batch
                 results.append(result)
         finally:
             server.stop()
     return results
-
-
-def _load_once(
-    server: ServerProcess, path: str, body: bytes, seconds: float, clients: int, use_wrk: bool
-) -> HttpResult:
-    """One load run against ``server``, with the server's CPU per request (all its processes)."""
-    return load_once(server.host, server.port, path, body, seconds, clients, use_wrk, server.proc.pid)
 
 
 def load_once(

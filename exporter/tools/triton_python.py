@@ -36,7 +36,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -51,6 +50,7 @@ from typing import Any
 
 from exporter.export.triton import triton_view  # noqa: F401  (re-exported: the export computes Triton's view)
 from exporter.runtime.rules import is_version_name
+from exporter.tools.peer_servers import free_ports
 
 PYTRITON_REQUIREMENT = "nvidia-pytriton==0.7.0"
 #: the Python backend stub of pytriton 0.7 is built against numpy 1
@@ -317,13 +317,6 @@ def to_python_backend(src_repo: str | os.PathLike[str], dst_repo: str | os.PathL
 
 
 # ------------------------------------------------------------------------------------- the server process
-def free_port() -> int:
-    """A TCP port free on loopback right now (the server binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class TritonProcess:
     """A running tritonserver: its HTTP base URL, process and log file."""
@@ -394,7 +387,7 @@ def start_server(
     :class:`TritonStartError` with the log's errors if it exits or is not ready within ``ready_timeout`` seconds;
     the process is stopped then.
     """
-    port = free_port()
+    (port,) = free_ports(1)
     log = Path(log_path)
     proc_env = env.server_env()
     proc_env.update(extra_env or {})
