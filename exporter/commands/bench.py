@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 from exporter.errors import ExporterError
-from exporter.export.tree import require_tree
-from exporter.runtime.rules import version_dirs
+from exporter.export.tree import exported_models
 from exporter.scoring.bench import latest_version
 from exporter.tools.serve_bench import Results, bench_http, bench_model, bench_scaling, environment, render, targets
 
@@ -109,14 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run every measurement and print the tables and the targets."""
     artifacts = Path(args.artifacts)
-    require_tree(artifacts)
-    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
-    models = args.models or found
-    unknown = [m for m in models if m not in found]
-    if unknown:
-        raise ExporterError(
-            f"no exported model {', '.join(unknown)} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}"
-        )
+    models = exported_models(artifacts, args.models)
     if any(b < 1 for b in args.batch_sizes):
         raise ExporterError("--batch-sizes must be positive integers")
     if args.clients < 1:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from exporter.errors import ExporterError
+from exporter.runtime.rules import version_dirs
 
 
 def require_tree(artifacts: Path, option: str = "--artifacts") -> None:
@@ -24,3 +25,16 @@ def require_tree(artifacts: Path, option: str = "--artifacts") -> None:
         f"{option} {str(artifacts)!r} {what}; expected the artifacts tree (<model_name>/<version>/) written by "
         "python -m exporter export (export a model first, or pass the tree's directory)"
     )
+
+
+def exported_models(artifacts: Path, wanted: list[str] | None = None) -> list[str]:
+    """The models of the tree that have a version (after :func:`require_tree`), or ``wanted`` once each is found
+    there; naming one that is not is an error listing what is."""
+    require_tree(artifacts)
+    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
+    unknown = [m for m in wanted or [] if m not in found]
+    if unknown:
+        raise ExporterError(
+            f"no exported model {', '.join(unknown)} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}"
+        )
+    return list(wanted) if wanted else found

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
-from exporter.export.tree import require_tree
+from exporter.export.tree import exported_models
 from exporter.runtime.rules import version_dirs
 from exporter.tools.bench_report import environment
 from exporter.tools.peer_servers import (
@@ -100,12 +100,7 @@ def check_options(args: argparse.Namespace) -> tuple[Path, list[str], bool]:
     if args.clients < 1 or args.rounds < 1:
         raise ExporterError("--clients and --rounds must be at least 1")
     artifacts = Path(args.artifacts)
-    require_tree(artifacts)
-    found = sorted(p.name for p in artifacts.iterdir() if p.is_dir() and not p.name.startswith(".") and version_dirs(p))
-    if args.model not in found:
-        raise ExporterError(
-            f"no exported model {args.model} under {str(artifacts)!r}; found: {', '.join(found) or 'none'}"
-        )
+    exported_models(artifacts, [args.model])
     return version_dirs(artifacts / args.model)[-1], list(dict.fromkeys(peers)), wants_wrk(args.load_generator)
 
 
