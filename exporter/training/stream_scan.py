@@ -10,13 +10,15 @@ Nothing here holds the table: a record batch (:data:`BATCH_ROWS` rows) is read, 
   :class:`~exporter.training.sketch.QuantileSketch`), counts the rows of each split and keeps bounded uniform
   samples of the validation, test and train rows (:data:`VALIDATION_CAP`, :data:`TEST_CAP`,
   :data:`TRAIN_SAMPLE_CAP`).
-* :meth:`StreamReader.train_chunks` is what pass 2 reads: the prepared matrix and labels of the train rows of one
-  batch after another, in a seeded order of row groups, decoded in a prefetch thread.
+* :meth:`StreamReader.train_chunks` is what pass 2 reads: the prepared matrix and labels of the train rows, in
+  chunks of about :data:`BATCH_ROWS` rows, each mixed from up to :data:`MIX_UNITS` row groups read at once (in a
+  seeded order), decoded in a prefetch thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import threading
@@ -42,6 +44,18 @@ from exporter.training.sources import InputFile, file_schema, short_error
 
 #: rows of one record batch read from a file
 BATCH_ROWS = 65_536
+#: reading units (Parquet row groups, CSV files) pass 2 reads at once, taking a slice of 1/:data:`MIX_SLICES` of a
+#: batch (8,192 rows) of each in turn, so that a shuffle block (262,144 rows) holds rows of up to 32 row groups
+#: and files rather than of the two or three read last: a log written file by file (a day, a region, a source
+#: per file) would otherwise train on one or two of them at a time (two_tower's in-batch negatives would all
+#: come from them)
+MIX_UNITS = 32
+MIX_SLICES = 8
+#: what the units read at once may hold (their uncompressed size from the Parquet metadata; a CSV file counts
+#: its reader's block): fewer units are mixed when row groups are large
+MIX_BYTES = 512 << 20
+#: what an open CSV reader is counted as holding (its 1 MiB block, parsed)
+CSV_BLOCK_BYTES = 8 << 20
 #: rows kept in memory per split: validation (loss, early stopping), test (metrics, parity gate, plots) and a
 #: sample of the train rows (scalers and target statistics of the networks, two_tower's catalogue evaluation)
 VALIDATION_CAP = 100_000
@@ -173,23 +187,91 @@ class StreamReader:
     def train_chunks(
         self, plan: F.FeaturePlan, labels: Mapping[str, str], kinds: Mapping[str, str], epoch_seed: int
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Pass 2: (prepared matrix, labels) of the train rows, batch by batch, row groups in a seeded order,
-        decoded in a prefetch thread (pyarrow and pandas release the GIL for most of it)."""
+        """Pass 2: (prepared matrix, labels) of the train rows in chunks of about :data:`BATCH_ROWS` rows, each
+        gathered from the units read at once (:meth:`mixed`, unit order seeded by ``epoch_seed``), decoded in a
+        prefetch thread (pyarrow and pandas release the GIL for most of it)."""
         units = self.units()
         order = [units[i] for i in np.random.default_rng([self.seed, epoch_seed]).permutation(len(units))]
 
         def decode() -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-            for b in self.batches(order):
+            xs: list[np.ndarray] = []
+            ys: list[dict[str, np.ndarray]] = []
+            held = 0
+            for b in self.mixed(order):
                 keep = b.codes == S.TRAIN
                 if not keep.any():
                     continue
                 frame = b.frame[keep].reset_index(drop=True)
                 where = f"data file {b.path}"
-                x = plan.prepare(plan.encode(frame, source=where))
+                xs.append(plan.prepare(plan.encode(frame, source=where)))
                 y = I.read_labels(frame, labels, source=where, kinds=kinds) if labels else {}
-                yield x, {k: np.array(v, dtype=np.float64) for k, v in y.items()}
+                ys.append({k: np.array(v, dtype=np.float64) for k, v in y.items()})
+                held += len(frame)
+                if held >= self.batch_rows:
+                    yield _joined(xs, ys)
+                    xs, ys, held = [], [], 0
+            if held:
+                yield _joined(xs, ys)
 
         return prefetch(decode())
+
+    def mixed(self, order: Sequence[tuple[InputFile, int | None]]) -> Iterator[StreamBatch]:
+        """Slices (``batch_rows`` / :data:`MIX_SLICES` rows) of the units in ``order``, :meth:`mix_width` units open at once and
+        taken in turn (a finished unit is replaced by the next in ``order``); deterministic for one order."""
+        small = StreamReader(
+            self.files,
+            self.columns,
+            self.seed,
+            self.validation,
+            self.test,
+            self.key,
+            max(1, self.batch_rows // MIX_SLICES),
+            self.types,
+        )
+        width = self.mix_width(order)
+        pending = iter(order)
+        active: list[Iterator[StreamBatch]] = []
+        while True:
+            while len(active) < width:
+                unit = next(pending, None)
+                if unit is None:
+                    break
+                active.append(small.batches([unit]))
+            if not active:
+                return
+            for it in list(active):
+                b = next(it, None)
+                if b is None:
+                    active.remove(it)
+                else:
+                    yield b
+
+    def mix_width(self, order: Sequence[tuple[InputFile, int | None]]) -> int:
+        """How many units :meth:`mixed` reads at once: :data:`MIX_UNITS`, fewer when the largest units would
+        hold more than :data:`MIX_BYTES` together."""
+        sizes = sorted((_unit_bytes(f, g) for f, g in order), reverse=True)[:MIX_UNITS]
+        width, total = 0, 0
+        for size in sizes:
+            total += size
+            if width and total > MIX_BYTES:
+                break
+            width += 1
+        return max(1, width)
+
+
+def _unit_bytes(f: InputFile, group: int | None) -> int:
+    """The uncompressed size of a Parquet row group's columns; a CSV file's reader block (or the file if smaller)."""
+    if group is not None:
+        return int(pq.ParquetFile(f.path).metadata.row_group(group).total_byte_size)
+    with contextlib.suppress(OSError):
+        return min(os.path.getsize(f.path), CSV_BLOCK_BYTES)
+    return CSV_BLOCK_BYTES
+
+
+def _joined(xs: list[np.ndarray], ys: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y = {k: np.concatenate([part[k] for part in ys]) if len(ys) > 1 else ys[0][k] for k in ys[0]}
+    return x, y
 
 
 def prefetch(items: Iterator[T], depth: int = 4) -> Iterator[T]:

@@ -173,3 +173,51 @@ def test_csv_files_stream_like_the_same_rows_in_parquet(tmp_path: Path) -> None:
     for a, b in zip(parquet.plan.features, csv.plan.features, strict=True):
         assert (a.dtype, a.keys, a.vocab) == (b.dtype, b.keys, b.vocab)
         assert a.fill == pytest.approx(b.fill) if a.fill is not None else b.fill is None
+
+
+def _train_rows_by_file(tmp_path: Path, files: int, groups: int, rows: int) -> tuple[SS.StreamReader, F.FeaturePlan]:
+    """``files`` Parquet files of ``groups`` row groups each; ``item_price`` = file number, ``user_age`` = row."""
+    directory = tmp_path / "d"
+    directory.mkdir()
+    for k in range(files):
+        frame = D.synthetic_dataset(rows, seed=k)
+        frame["item_price"] = float(k)
+        frame["user_age"] = np.arange(rows, dtype=np.float64) + k * rows
+        pq.write_table(
+            pa.Table.from_pandas(frame, preserve_index=False),
+            directory / f"part-{k}.parquet",
+            row_group_size=rows // groups,
+        )
+    read = ["item_price", "user_age", D.LABEL]
+    specs = [F.FeatureSpec("item_price"), F.FeatureSpec("user_age")]
+    reader = SS.StreamReader(resolve_inputs(str(directory), option="--data"), read, 0, batch_rows=800)
+    result = SS.scan(reader, specs, {}, {"label": "label"}, {"label": "binary"}, limit=1e20, framework="t")
+    return reader, result.plan
+
+
+def test_training_chunks_mix_many_files_and_read_each_train_row_once(tmp_path: Path) -> None:
+    reader, plan = _train_rows_by_file(tmp_path, files=6, groups=2, rows=2000)
+    chunks = list(reader.train_chunks(plan, {"label": "label"}, {"label": "binary"}, 1))
+    # a chunk of 800 rows gathers slices of 100 rows from up to 12 row groups read at once: all six files
+    assert len(np.unique(chunks[0][0][:, 0])) == 6
+    rows = np.concatenate([x[:, 1] for x, _ in chunks])
+    assert len(rows) == len(np.unique(rows)) == _train_rows(reader)
+    again = list(reader.train_chunks(plan, {"label": "label"}, {"label": "binary"}, 1))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(chunks, again, strict=True))
+    other = np.concatenate([x[:, 1] for x, _ in reader.train_chunks(plan, {"label": "label"}, {"label": "binary"}, 2)])
+    assert not np.array_equal(rows, other) and np.array_equal(np.sort(rows), np.sort(other))
+
+
+def _train_rows(reader: SS.StreamReader) -> int:
+    return sum(int(np.sum(b.codes == S.TRAIN)) for b in reader.batches())
+
+
+def test_fewer_units_are_mixed_when_they_would_hold_too_much(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reader, _ = _train_rows_by_file(tmp_path, files=3, groups=4, rows=2000)
+    units = reader.units()
+    assert reader.mix_width(units) == 12
+    size = SS._unit_bytes(*units[0])
+    monkeypatch.setattr(SS, "MIX_BYTES", int(size * 2.5))
+    assert reader.mix_width(units) == 2
+    monkeypatch.setattr(SS, "MIX_BYTES", 1)
+    assert reader.mix_width(units) == 1
