@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,6 +21,7 @@ from exporter.export import streaming as ST
 from exporter.export.params import ExportParams
 from exporter.tools.verify import verify
 from exporter.training import data as D
+from exporter.training import split as S
 from tests.conftest import REPO, run_cli
 
 
@@ -159,3 +161,31 @@ def test_a_notebook_trains_on_a_directory_of_parquet_files(log_dir: Path, tmp_pa
     assert verify(artifacts).ok
     meta = _metadata(artifacts, "xgb")
     assert meta["training"]["rows"] == 12_000 and meta["training"]["data_reading"]["path"] == "in memory"
+
+
+@pytest.mark.slow
+def test_a_streamed_two_tower_ships_every_item_and_ranks_against_them_all(
+    log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The samples hold 40 rows here, as they hold a few percent of a big log: the catalogue shipped
+    beside the item tower and the known items of each evaluated user still come from every row."""
+    from exporter.export import pipeline
+    from exporter.training import stream_scan as SS
+
+    for cap in ("TRAIN_SAMPLE_CAP", "TEST_CAP", "VALIDATION_CAP"):
+        monkeypatch.setattr(SS, cap, 40)
+    params = ExportParams(
+        "two_tower", data_path=log_dir, streaming="on", artifacts=tmp_path, progress=False, hparams={"epochs": 1}
+    )
+    result = pipeline.run(params)
+    frames = [pq.read_table(p).to_pandas() for p in sorted(log_dir.glob("*.parquet"))]
+    log = pd.concat(frames, ignore_index=True)
+    catalogue = pq.read_table(tmp_path / "two_tower_item" / "1" / "items.parquet").to_pandas()
+    assert len(catalogue) == log["item_id"].nunique() and set(catalogue["item_id"]) == set(log["item_id"])
+    assert len(result.prepared.train) == 40  # the sample really was smaller than the log
+    codes = S.split_codes_arrow(pa.Table.from_pandas(log), seed=0, key_columns=["item_id", "user_id"])
+    held_users = log.loc[(codes == S.TEST) & (log["label"] == 1), "user_id"].nunique()
+    metrics = result.evaluation.metrics
+    assert metrics["users_evaluated"] == held_users and metrics["catalogue_items"] == len(catalogue)
+    retrieval = _metadata(tmp_path, "two_tower")["quality"]
+    assert retrieval["retrieval"]["recall@50"] == pytest.approx(metrics["recall@50"])

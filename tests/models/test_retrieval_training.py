@@ -15,6 +15,7 @@ import torch
 from exporter.cli import main as cli_main
 from exporter.errors import ExporterError
 from exporter.export import pipeline
+from exporter.models.two_tower import eval_inputs as E
 from exporter.models.two_tower import sampled_softmax as S
 from exporter.models.two_tower import towers as TW
 from exporter.training import data as D
@@ -275,10 +276,10 @@ def test_a_big_log_is_evaluated_on_a_sample_of_users_against_full_popularity(mon
     trained = pipeline.fit(prep)
     everyone = TW.evaluate_two_tower(prep, trained)
     n = int(everyone.metrics["users_evaluated"])
-    monkeypatch.setattr(TW, "MAX_EVAL_USERS", n // 2)
+    monkeypatch.setattr(E, "MAX_EVAL_USERS", n // 2)
     sampled = TW.evaluate_two_tower(prep, trained)
     assert sampled.metrics["users_evaluated"] == n // 2 and sampled.details["retrieval"]["users_sampled"] is True
     assert everyone.details["retrieval"]["users_sampled"] is False
-    monkeypatch.setattr(TW, "MAX_EVAL_USERS", n)  # every user with held-out positives: the same figures
+    monkeypatch.setattr(E, "MAX_EVAL_USERS", n)  # every user with held-out positives: the same figures
     again = TW.evaluate_two_tower(prep, trained)
     assert again.metrics == everyone.metrics

@@ -28,13 +28,12 @@ import torch
 
 from exporter import features as F
 from exporter.models.base import Evaluated, SideFile, Trained
+from exporter.models.two_tower import eval_inputs as E
 from exporter.models.two_tower import retrieval as R
 from exporter.training import data as D
 from exporter.training.data import LABEL
 
 CATALOGUE_FILE = "items.parquet"
-#: users ranked against the whole catalogue at most (a seeded sample beyond it keeps a big log's export fast)
-MAX_EVAL_USERS = 20_000
 CATALOGUE_KEY = "catalogue"
 #: K of the recall@K curve the notebook plots (those above the catalogue size are dropped)
 CURVE_KS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -48,11 +47,6 @@ def key_columns(tower: Sequence[str], preferred: str) -> list[str]:
         return [preferred]
     ids = [c for c in tower if _ID.search(c)]
     return ids[:1] if ids else list(tower)
-
-
-def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """0..n-1 per distinct value (tuple) of ``columns``, numbered by first appearance; NaN is a value too."""
-    return frame.groupby(list(columns), sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
 
 
 def split_by_pairs(
@@ -69,22 +63,11 @@ def pair_keys(user: Sequence[str], item: Sequence[str]) -> list[str]:
     return sorted(set(key_columns(user, "user_id")) | set(key_columns(item, "item_id")))
 
 
-def entity_table(frame: pd.DataFrame, columns: Sequence[str], preferred: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """(one raw row per entity with ``columns``, each row's entity code), entities in order of first appearance.
-
-    A column's value is its first non-missing one among the entity's rows (a gap in one row is not the item's).
-    """
-    codes = entity_codes(frame, key_columns(columns, preferred))
-    table = frame[list(columns)].groupby(codes, sort=True).first()  # GroupBy.first skips missing values
-    lists = [c for c in columns if frame[c].dtype == object and isinstance(frame[c].iloc[0], (list, np.ndarray))]
-    if lists:  # a history: the entity's latest (its last row's: held-out rows follow the training rows)
-        table[lists] = frame[lists].groupby(codes, sort=True).last()
-    return table.reset_index(drop=True), codes
-
-
 def catalogue_frame(frame: pd.DataFrame, item: Sequence[str]) -> pd.DataFrame:
-    """One raw row per item with the item tower's columns (see :func:`entity_table`)."""
-    return entity_table(frame, item, "item_id")[0]
+    """One raw row per item with the item tower's columns, in order of first appearance (see
+    :func:`~exporter.models.two_tower.eval_inputs.first_rows`)."""
+    codes = frame.groupby(key_columns(item, "item_id"), sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
+    return E.first_rows(frame, codes, item).reset_index(drop=True)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -97,15 +80,6 @@ def _prepared(plan: Any, table: pd.DataFrame) -> np.ndarray:
     """The tower's prepared input of a raw table: encoded as serving sends it, then prepared as the graph does."""
     sub = plan.subset(list(table.columns))
     return sub.prepare(sub.encode(table, source="catalogue"))
-
-
-def _evaluated_users(held: pd.DataFrame, labelled: bool, n_users: int, seed: int) -> np.ndarray | None:
-    """``None`` (every user), or a seeded sample of :data:`MAX_EVAL_USERS` users with held-out positives."""
-    positive = held[held["positive"]] if labelled else held
-    candidates = np.unique(positive["user"].to_numpy())
-    if len(candidates) <= MAX_EVAL_USERS:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(candidates, MAX_EVAL_USERS, replace=False))
 
 
 def _embed(module: torch.nn.Module, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -127,43 +101,51 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
     """
     net = trained.model
     columns = list(trained.feature_columns)
-    # the validation pairs are known interactions too: excluded from the ranking like the training pairs
-    frame = pd.concat([prep.train, prep.validation, prep.heldout], ignore_index=True)
+    stream = getattr(prep, "stream", None)
+    present = stream.reader.columns if stream is not None else list(prep.train.columns)
     # a history travels as several tensor columns; the tables hold it as one column of lists
-    user = F.input_columns([columns[j] for j in net.user_idx.tolist()], list(frame.columns))
-    item = F.input_columns([columns[j] for j in net.item_idx.tolist()], list(frame.columns))
-    n_train = len(prep.train) + len(prep.validation)
-
-    users, user_codes = entity_table(frame, user, "user_id")
-    catalogue, item_codes = entity_table(frame, item, "item_id")
-    n_users, n_items = len(users), len(catalogue)
-    pairs = pd.DataFrame({"user": user_codes, "item": item_codes})
+    user = F.input_columns([columns[j] for j in net.user_idx.tolist()], present)
+    item = F.input_columns([columns[j] for j in net.item_idx.tolist()], present)
+    user_key, item_key = key_columns(user, "user_id"), key_columns(item, "item_id")
     y = prep.y_heldout
-    held = pairs.iloc[n_train:]
-    if label in y:
-        held = held.assign(positive=np.asarray(y[label]) == 1)
-    train = pairs.iloc[:n_train]
-    # popularity counts every training interaction, also of users left out of a sampled evaluation
-    popularity = R.popularity_counts(R.UserItems.from_pairs(train["user"], train["item"], n_users), n_items)
-    chosen = _evaluated_users(held, label in y, n_users, prep.params.seed)
-    if chosen is not None:
-        keep = np.zeros(n_users, dtype=bool)
-        keep[chosen] = True
-        renumber = np.cumsum(keep) - 1
-        train = train[keep[train["user"].to_numpy()]].assign(user=lambda d: renumber[d["user"].to_numpy()])
-        held = held[keep[held["user"].to_numpy()]].assign(user=lambda d: renumber[d["user"].to_numpy()])
-        users = users.iloc[np.flatnonzero(keep)].reset_index(drop=True)
+    if stream is not None:  # the samples would miss items and known pairs: one more pass over the log
+        inputs = E.streamed(
+            stream.reader.batches(),
+            user,
+            item,
+            user_key,
+            item_key,
+            stream.labels,
+            stream.kinds,
+            label,
+            prep.params.seed,
+        )
+    else:
+        # the validation pairs are known interactions too: excluded from the ranking like the training pairs
+        inputs = E.in_memory(
+            [prep.train, prep.validation, prep.heldout],
+            len(prep.train) + len(prep.validation),
+            user,
+            item,
+            user_key,
+            item_key,
+            y[label] if label in y else None,
+            prep.params.seed,
+        )
+    users, catalogue, popularity = inputs.users, inputs.catalogue, inputs.popularity
+    n_items = len(catalogue)
+    labelled = "positive" in inputs.held.columns
     plan = prep.features
     user_emb = _embed(net.user, _prepared(plan, users))
     item_emb = _embed(net.item, _prepared(plan, catalogue))
     sets = R.eval_sets(
-        train,
-        held,
+        inputs.known,
+        inputs.held,
         users=np.arange(len(users)),
         items=np.arange(n_items),
         user_col="user",
         item_col="item",
-        positive="positive" if label in y else None,
+        positive="positive" if labelled else None,
     )
     ks = sorted({*R.KS, *(k for k in CURVE_KS if k <= n_items)})
     model = R.evaluate_embeddings(user_emb, item_emb, sets.train, sets.heldout, ks)
@@ -197,7 +179,8 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
             "users_evaluated": model.users_evaluated,
             "users_without_heldout": model.users_without_heldout,
             "catalogue_items": n_items,
-            "users_sampled": chosen is not None,
+            "users_sampled": inputs.sampled,
+            "popularity_counts": inputs.popularity_counts,
         }
     }
     info = {
