@@ -113,6 +113,9 @@ class Prepared:
     positive_class: Any = None
     #: a streamed run: what pass 2 re-reads (:class:`exporter.export.streaming.StreamState`); ``None`` in memory
     stream: Any = None
+    #: what an engine gathered from the whole table for the model's evaluation (Spark, two_tower: the catalogue
+    #: and the evaluated users' pairs; :meth:`~exporter.models.base.ModelSpec.spark_evaluation_inputs`)
+    evaluation_inputs: Any = None
     #: an engine that trains elsewhere (Spark: the session and encoded rows prepared for it):
     #: :func:`exporter.export.pipeline.fit` calls it once, instead of training here; ``None`` for the local engine
     fit_elsewhere: Callable[[Prepared], Trained] | None = None

@@ -425,6 +425,9 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
             origins,
             note,
         )
+        prep.evaluation_inputs = spec.spark_evaluation_inputs(
+            df, SPLIT_COLUMN, columns, hparams, {s.name: s.tower for s in specs}, labels, params.seed
+        )
         run = SparkRun(spark, created, workdir, encoded, feature_cols, labels, counts, options, x_valid, y_valid)
         prep.training_record = engine_record(run, params.seed, keys)
         prep.reading = {

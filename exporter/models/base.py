@@ -302,6 +302,21 @@ class Model(ABC):
         the group's columns."""
         return None
 
+    def spark_evaluation_inputs(
+        self,
+        df: Any,
+        split_column: str,
+        columns: Sequence[str],
+        hparams: Mapping[str, Any],
+        towers: Mapping[str, str | None],
+        labels: Mapping[str, str],
+        seed: int,
+    ) -> Any:
+        """What :meth:`evaluate` needs from the whole table when Spark trains (``df``: the rows with their split code
+        in ``split_column``), gathered while the session is open; ``None`` when the driver's samples suffice
+        (two_tower: its catalogue and the evaluated users' pairs)."""
+        return None
+
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         """Held-out evaluation of a prepared run (empty metrics when a load-mode data file has no labels)."""
         predictions = trained.predict(prep.x_heldout)

@@ -216,8 +216,9 @@ class StreamReader:
         return prefetch(decode())
 
     def mixed(self, order: Sequence[tuple[InputFile, int | None]]) -> Iterator[StreamBatch]:
-        """Slices (``batch_rows`` / :data:`MIX_SLICES` rows) of the units in ``order``, :meth:`mix_width` units open at once and
-        taken in turn (a finished unit is replaced by the next in ``order``); deterministic for one order."""
+        """Slices (``batch_rows`` / :data:`MIX_SLICES` rows) of the units in ``order``, :meth:`mix_width` units
+        open at once and taken in turn (a finished unit is replaced by the next in ``order``); deterministic for
+        one order."""
         small = StreamReader(
             self.files,
             self.columns,

@@ -16,9 +16,13 @@ import pytest
 from exporter.errors import ExporterError
 from exporter.export import pipeline
 from exporter.export.spark_train import SparkOptions, run_spark
+from exporter.models.two_tower import eval_inputs as E
+from exporter.models.two_tower.spark_eval import from_spark
 from exporter.tools.verify import verify
 from exporter.training import split as S
+from exporter.training import stream_scan as SR
 from exporter.training.data import synthetic_dataset
+from exporter.training.sources import resolve_inputs
 from tests.conftest import run_cli
 
 ROWS = 6000
@@ -60,6 +64,20 @@ def _on_spark(model: str, data: Path, artifacts: Path, **hparams: object) -> tup
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["training"]["engine"] == "spark"
     return result, meta
+
+
+def _by_id(inputs: Any) -> tuple[dict, dict, dict, dict]:
+    """Retrieval inputs by IDs: (item -> popularity, item -> price, user -> known items, user -> held-out items)."""
+    items = inputs.catalogue["item_id"].to_numpy()
+    users = inputs.users["user_id"].to_numpy()
+    popularity = dict(zip(items.tolist(), inputs.popularity.tolist(), strict=True))
+    price = dict(zip(items.tolist(), inputs.catalogue["item_price"].round(9).tolist(), strict=True))
+    pairs: list[dict[int, set[int]]] = [{}, {}]
+    held = inputs.held[inputs.held["positive"]]
+    for side, frame in enumerate((inputs.known, held)):
+        for u, i in zip(frame["user"], frame["item"], strict=True):
+            pairs[side].setdefault(int(users[u]), set()).add(int(items[i]))
+    return popularity, price, pairs[0], pairs[1]
 
 
 def _split_counts(data: Path, seed: int) -> dict[str, int]:
@@ -122,6 +140,25 @@ def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
 
     result, meta = _on_spark("two_tower", parquet_dir, tmp_path / "art", epochs=1, batch_size=128)
     assert result.evaluation.metrics["recall@50"] > 0
+    # the evaluation's catalogue (shipped as items.parquet), users and their pairs are those of the whole table,
+    # as a streamed run on one machine gathers them
+    log = pa.concat_tables([pq.read_table(p) for p in sorted(parquet_dir.glob("*.parquet"))]).to_pandas()
+    catalogue = pq.read_table(tmp_path / "art" / "two_tower_item" / "1" / "items.parquet").to_pandas()
+    assert sorted(catalogue["item_id"]) == sorted(log["item_id"].unique())
+    user = [c for c in result.prepared.columns if c.startswith("user_")]
+    item = [c for c in result.prepared.columns if not c.startswith("user_")]
+    keys = ["item_id", "user_id"]
+    reader = SR.StreamReader(resolve_inputs(str(parquet_dir), option="--data"), list(log.columns), 5, key=keys)
+    args = (user, item, ["user_id"], ["item_id"])
+    local = E.streamed(reader.batches(), *args, {"label": "label"}, {}, "label", 5)
+    assert _by_id(result.prepared.evaluation_inputs) == _by_id(local)
+    # a sample of users: the same users, chosen by the same seeded key hash
+    df = spark.read.parquet(str(parquet_dir))
+    split = S.spark_split_expression(keys, seed=5, validation=S.DEFAULT_VALIDATION, test=S.DEFAULT_TEST)
+    df = df.selectExpr("*", f"CAST({split} AS TINYINT) AS split")
+    few = from_spark(df, "split", *args, "label", 5, max_users=40)
+    local_few = E.streamed(reader.batches(), *args, {"label": "label"}, {}, "label", 5, max_users=40)
+    assert few.sampled and len(few.users) == 40 and _by_id(few) == _by_id(local_few)
     # batch_size counts positive pairs, as on one machine: the steps are those of the training positives
     table = pa.concat_tables([pq.read_table(p) for p in sorted(parquet_dir.glob("*.parquet"))])
     train = S.split_codes_arrow(table, seed=5) == S.TRAIN

@@ -274,25 +274,53 @@ def streamed(
         [t for t in (train_items.table(), other_items.table()) if len(t)] or [train_items.table()]
     )
     catalogue_by_key = first_rows(catalogue_by_key, catalogue_by_key.index.to_numpy(), list(item))
+    rows = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=[*user_cols, *PAIR_COLUMNS])
+    sampled = bool(np.isfinite(threshold))
+    chosen = positive_u[positive_u <= threshold] if sampled else None
+    return assemble(catalogue_by_key, counts.series(), rows, chosen, user_cols, label in labels)
+
+
+#: what :func:`assemble` reads of each kept row besides the user tower's columns
+PAIR_COLUMNS = ("__u", "__item", "__code", "__positive")
+
+
+def assemble(
+    catalogue_by_key: pd.DataFrame,
+    counts: pd.Series,
+    rows: pd.DataFrame,
+    chosen: np.ndarray | None,
+    user: Sequence[str],
+    labelled: bool,
+) -> RetrievalInputs:
+    """The inputs from what a pass over the whole log gathered (streamed here, or by Spark aggregations):
+
+    ``catalogue_by_key``: one raw row per item indexed by the item key's hash (uint64); ``counts``: training and
+    validation rows per item key hash; ``rows``: the user tower's columns and :data:`PAIR_COLUMNS` (user hash
+    ``u``, item key hash, split code, positive) of every row of the candidate users; ``chosen``: the ``u`` of the
+    users to rank (``None``: every user of ``rows``)."""
     catalogue = catalogue_by_key.reset_index(drop=True)
     item_index = pd.Index(catalogue_by_key.index.to_numpy(np.uint64))
     popularity = np.zeros(len(catalogue))
-    row_counts = counts.series()
-    popularity[item_index.get_indexer(row_counts.index.to_numpy(np.uint64))] = row_counts.to_numpy(np.float64)
-
-    rows = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=[*user_cols, "__u", "__item"])
-    sampled = bool(np.isfinite(threshold))
-    if sampled and len(rows):  # only users with held-out positives are ranked
-        rows = rows[rows["__u"].isin(set(positive_u[positive_u <= threshold].tolist()))]
-    user_codes = pd.factorize(rows["__u"].to_numpy())[0] if len(rows) else np.empty(0, np.int64)
-    users = first_rows(rows, user_codes, user_cols).reset_index(drop=True) if len(rows) else pd.DataFrame()
-    item_codes = item_index.get_indexer(rows["__item"].to_numpy(np.uint64)) if len(rows) else np.empty(0, np.int64)
+    if len(counts):
+        popularity[item_index.get_indexer(counts.index.to_numpy(np.uint64))] = counts.to_numpy(np.float64)
+    if chosen is not None and len(rows):  # only users with held-out positives are ranked
+        rows = rows[rows["__u"].isin(set(np.asarray(chosen).tolist()))]
+    empty = not len(rows)
+    user_codes = np.empty(0, np.int64) if empty else pd.factorize(rows["__u"].to_numpy())[0]
+    users = pd.DataFrame(columns=list(user)) if empty else first_rows(rows, user_codes, user).reset_index(drop=True)
+    item_codes = np.empty(0, np.int64) if empty else item_index.get_indexer(rows["__item"].to_numpy(np.uint64))
     pairs = pd.DataFrame({"user": user_codes, "item": item_codes})
-    code = rows["__code"].to_numpy() if len(rows) else np.empty(0, np.int8)
+    code = np.empty(0, np.int8) if empty else rows["__code"].to_numpy()
     known = pairs[code != S.TEST].reset_index(drop=True)
     held = pairs[code == S.TEST].reset_index(drop=True)
-    if label in labels:
-        held = held.assign(positive=rows["__positive"].to_numpy()[code == S.TEST])
+    if labelled:
+        held = held.assign(positive=(np.empty(0, bool) if empty else rows["__positive"].to_numpy(bool))[code == S.TEST])
     return RetrievalInputs(
-        users, catalogue, known, held, popularity, sampled, "interaction rows of the training and validation rows"
+        users,
+        catalogue,
+        known,
+        held,
+        popularity,
+        chosen is not None,
+        "interaction rows of the training and validation rows",
     )

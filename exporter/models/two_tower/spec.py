@@ -238,6 +238,22 @@ class TwoTowerModel(TorchModel[TwoTower]):
         user, item = split_columns(list(columns), hparams, towers())
         return TW.split_by_pairs(frame, user, item, seed)  # by split_keys' columns
 
+    def spark_evaluation_inputs(
+        self,
+        df: Any,
+        split_column: str,
+        columns: Sequence[str],
+        hparams: Mapping[str, Any],
+        towers: Mapping[str, str | None],
+        labels: Mapping[str, str],
+        seed: int,
+    ) -> Any:
+        from exporter.models.two_tower.spark_eval import from_spark
+
+        user, item = split_columns(list(columns), hparams, towers)
+        user_key, item_key = TW.key_columns(user, "user_id"), TW.key_columns(item, "item_id")
+        return from_spark(df, split_column, user, item, user_key, item_key, labels.get(LABEL), seed)
+
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         return TW.evaluate_two_tower(prep, trained)
 

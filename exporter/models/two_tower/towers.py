@@ -108,7 +108,9 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
     item = F.input_columns([columns[j] for j in net.item_idx.tolist()], present)
     user_key, item_key = key_columns(user, "user_id"), key_columns(item, "item_id")
     y = prep.y_heldout
-    if stream is not None:  # the samples would miss items and known pairs: one more pass over the log
+    if getattr(prep, "evaluation_inputs", None) is not None:  # gathered by Spark from the whole table
+        inputs = prep.evaluation_inputs
+    elif stream is not None:  # the samples would miss items and known pairs: one more pass over the log
         inputs = E.streamed(
             stream.reader.batches(),
             user,
