@@ -116,6 +116,22 @@ def _labels(rb: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
     return {n: rb.column(f"y_{n}").to_numpy(zero_copy_only=False) for n in labels}
 
 
+def _gather_parts(t: Any) -> tuple[list[Any], int]:
+    """Every rank's ``t`` (their lengths may differ), differentiable: a rank's gradient reaches the rank that
+    computed the part (``torch.distributed.nn.functional.all_gather``), and this rank's index."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(t)], dtype=torch.int64))
+    longest = int(max(int(n.item()) for n in sizes))
+    padded = t if len(t) == longest else torch.cat([t, t.new_zeros((longest - len(t), *t.shape[1:]))])
+    parts = all_gather(padded)
+    return [p[: int(n.item())] for p, n in zip(parts, sizes, strict=True)], dist.get_rank()
+
+
 def _kept_rows(files: Sequence[str], labels: Sequence[str], keep: Callable[[dict[str, np.ndarray]], Any]) -> int:
     """Rows of ``files`` the model trains on (``keep``: the model's mask of a block, None for every row)."""
     import pyarrow.parquet as pq
@@ -236,6 +252,9 @@ def train_rank(settings_json: str) -> None:
         # every rank holds the same weights (averaged gradients) and the same validation sample, so each reaches
         # the same decisions; rank 0's stop is broadcast all the same, so no rank waits on another's all_reduce
         stopping = settings.stopping(net, optimizer, has_validation=len(valid["x"]) > 0)
+
+        if hasattr(net, "batch_gather"):  # two_tower: each user's softmax spans every rank's items
+            net.batch_gather = _gather_parts
 
         def average_gradients() -> None:
             for p in net.parameters():

@@ -53,6 +53,41 @@ def test_a_repeated_item_is_not_its_own_negative():
     assert got.item() == pytest.approx(expected, abs=1e-12)
 
 
+def test_ranks_sharing_a_batch_give_the_whole_batchs_loss_and_gradients():
+    """Three "ranks" hold parts of one batch (of unequal sizes); with ``gather`` their losses, weighted by their
+    sizes, and the gradients are those of the whole batch on one machine (what the Spark ranks' all_gather and
+    gradient averaging compute, with equal parts)."""
+    torch.manual_seed(0)
+    users = torch.nn.functional.normalize(torch.randn(9, 4, dtype=torch.float64), dim=1)
+    weight = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    raw_items = torch.randn(9, 4, dtype=torch.float64)
+    ids = torch.tensor([0, 1, 2, 1, 3, 4, 0, 5, 6])  # items 0 and 1 twice, across parts
+    log_q = torch.log(torch.rand(9, dtype=torch.float64))
+    whole = S.in_batch_softmax_loss(users, raw_items @ weight, ids, log_q, temperature=0.2)
+    (expected,) = torch.autograd.grad(whole, weight)
+    bounds = [(0, 3), (3, 5), (5, 9)]
+    items = raw_items @ weight  # one graph: each rank's part is a slice of it, as all_gather's backward routes
+
+    def gather_for(rank):
+        def gather(t):  # the embeddings, then the ids, then log q: every rank's part of each
+            source = items if t.dim() == 2 else ids if t.dtype == torch.long else log_q
+            return [source[a:b] for a, b in bounds], rank
+
+        return gather
+
+    losses = []
+    for rank, (a, b) in enumerate(bounds):
+        losses.append(
+            S.in_batch_softmax_loss(users[a:b], items[a:b], ids[a:b], log_q[a:b], 0.2, gather_for(rank)) * (b - a)
+        )
+    mean = sum(losses) / 9
+    (got,) = torch.autograd.grad(mean, weight)
+    assert mean.item() == pytest.approx(whole.item(), abs=1e-12)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    without = S.in_batch_softmax_loss(users[0:3], items[0:3], ids[0:3], log_q[0:3], 0.2)
+    assert without.item() != pytest.approx(losses[0].item() / 3)  # without gather: only the rank's own items
+
+
 def test_positive_pairs_keep_label_1_rows_and_give_sampling_probabilities():
     x = np.array([[1, 10], [2, 10], [3, 20], [4, 10], [5, 30]], dtype=np.float64)
     pos, ids, log_q = S.positive_pairs(x, {"label": np.array([1, 1, 1, 0, 1])}, "label", np.array([1]))

@@ -12,33 +12,57 @@ large corpus item recommendations", RecSys 2019):
 
 A batch may hold the same item twice: such an entry j != i is the user's positive too, not a negative,
 so it is masked out of the softmax.
+
+Trained by several processes (Spark ranks, each with a part of the batch), ``gather`` collects every rank's items
+(with their gradients, ``torch.distributed.nn.functional.all_gather``), so each user's softmax runs over the whole
+batch's items as on one machine: the ranks' losses averaged are the one-machine loss of the whole batch, and so are
+their averaged gradients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from exporter.errors import ExporterError
 
+#: every rank's part of a tensor (this rank's included, in rank order) and this rank's index among them
+Gather = Callable[[torch.Tensor], tuple[list[torch.Tensor], int]]
+
 
 def in_batch_softmax_loss(
-    user: torch.Tensor, item: torch.Tensor, item_ids: torch.Tensor, log_q: torch.Tensor | None, temperature: float
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_ids: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: float,
+    gather: Gather | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each user's own item against the batch's items (see the module docstring).
 
     ``user``, ``item``: [B, D] embeddings of B positive pairs; ``item_ids``: [B] integer identities (equal ids
-    are masked as duplicates); ``log_q``: [B] log sampling probability of each row's item, or ``None``.
+    are masked as duplicates); ``log_q``: [B] log sampling probability of each row's item, or ``None``;
+    ``gather``: the other ranks' parts of the batch, when several processes share it.
     """
-    logits = user @ item.T / temperature
-    if log_q is not None:
-        logits = logits - log_q.to(logits.dtype).unsqueeze(0)
     ids = item_ids.to(torch.long)
-    duplicate = (ids.unsqueeze(1) == ids.unsqueeze(0)) & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
+    offset = 0
+    all_items, all_ids, all_q = item, ids, log_q
+    if gather is not None:
+        parts, rank = gather(item)
+        offset = sum(len(p) for p in parts[:rank])
+        all_items = torch.cat(parts)
+        all_ids = torch.cat(gather(ids)[0])
+        all_q = torch.cat(gather(log_q)[0]) if log_q is not None else None
+    logits = user @ all_items.T / temperature
+    if all_q is not None:
+        logits = logits - all_q.to(logits.dtype).unsqueeze(0)
+    own = torch.arange(len(ids), device=ids.device) + offset
+    duplicate = ids.unsqueeze(1) == all_ids.unsqueeze(0)
+    duplicate[torch.arange(len(ids), device=ids.device), own] = False
     logits = logits.masked_fill(duplicate, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(ids), device=logits.device))
+    return torch.nn.functional.cross_entropy(logits, own)
 
 
 def positive_pairs(

@@ -100,6 +100,8 @@ class TwoTower(nn.Module):
         #: pointwise loss only: the click logit's offset (cosines are centred on zero, click rates are not)
         self.bias = nn.Parameter(torch.zeros(1)) if normalize else None
         self.loss_kind, self.temperature, self.logq, self.chunk = loss, float(temperature), bool(logq), int(chunk)
+        #: set by a process that trains with others (Spark ranks): the in-batch softmax then spans their batches
+        self.batch_gather: S.Gather | None = None
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The click logit of each row's pair: dot product (/ temperature, + bias for normalised towers)."""
@@ -319,6 +321,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
             ids,
             log_q if net.logq else None,
             net.temperature,
+            net.batch_gather if torch.is_grad_enabled() else None,
         )
 
     def training_tensors(
