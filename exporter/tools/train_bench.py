@@ -50,6 +50,9 @@ class Run:
     quality_metric: str
     quality: float | None
     note: str = ""
+    #: the exporter's own process (its highest ``peak_rss_mb`` over the phases): on Spark, the driver, where
+    #: ``peak_rss_mb`` is the largest process of the run (the driver or the JVM it started)
+    driver_rss_mb: float | None = None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,7 +138,9 @@ def _export(
     train = (reading.get("phases") or {}).get("train", {}).get("seconds")
     train_rows = (reading.get("rows") or {}).get("train")
     per_s = train_rows * (1 if model == "xgb" else epochs) / train if train and train_rows else None
-    return Run(rows, model, path, seconds, per_s, rss, metric, result["metrics"].get(metric))
+    phases = [p.get("peak_rss_mb") for p in (reading.get("phases") or {}).values()]
+    driver = max((float(v) for v in phases if v is not None), default=None)
+    return Run(rows, model, path, seconds, per_s, rss, metric, result["metrics"].get(metric), driver_rss_mb=driver)
 
 
 def _baseline(kind: str, data: Path, epochs: int, timeout: float, rows: int) -> Run:
@@ -166,9 +171,10 @@ def render(runs: list[Run]) -> str:
     for r in runs:
         quality = f"{r.quality_metric} {r.quality:.4f}" if r.quality is not None else f"failed: {r.note}"
         speed = f"{r.train_rows_per_s:,.0f}" if r.train_rows_per_s else "-"
-        lines.append(
-            f"| {r.rows:,} | {r.model} | {r.path} | {r.seconds:,.0f} | {speed} | {r.peak_rss_mb:,.0f} | {quality} |"
-        )
+        rss = f"{r.peak_rss_mb:,.0f}"
+        if r.path == "spark" and r.driver_rss_mb is not None:
+            rss += f" (driver {r.driver_rss_mb:,.0f})"
+        lines.append(f"| {r.rows:,} | {r.model} | {r.path} | {r.seconds:,.0f} | {speed} | {rss} | {quality} |")
     return "\n".join(lines)
 
 

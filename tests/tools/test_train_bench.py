@@ -56,6 +56,9 @@ def test_the_spark_path_runs_export_engine_spark(tmp_path: Path) -> None:
     (run,) = json.loads((tmp_path / "runs.json").read_text())["runs"]
     assert run["path"] == "spark" and run["note"] == "", run
     assert 0.5 < run["quality"] <= 1.0 and run["train_rows_per_s"] > 0, run
+    # the driver (the exporter's own process) apart from the run's largest process (the JVM here)
+    assert 50 < run["driver_rss_mb"] <= run["peak_rss_mb"], run
+    assert f"(driver {run['driver_rss_mb']:,.0f})" in done.stdout
 
 
 @pytest.mark.parametrize(
