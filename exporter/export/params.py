@@ -116,6 +116,9 @@ class Prepared:
     #: what an engine gathered from the whole table for the model's evaluation (Spark, two_tower: the catalogue
     #: and the evaluated users' pairs; :meth:`~exporter.models.base.ModelSpec.spark_evaluation_inputs`)
     evaluation_inputs: Any = None
+    #: metrics an engine computed over every held-out row (Spark): they replace the same names computed on the
+    #: driver's test sample (:mod:`exporter.export.spark_metrics`)
+    heldout_metrics: dict[str, float] = field(default_factory=dict)
     #: an engine that trains elsewhere (Spark: the session and encoded rows prepared for it):
     #: :func:`exporter.export.pipeline.fit` calls it once, instead of training here; ``None`` for the local engine
     fit_elsewhere: Callable[[Prepared], Trained] | None = None

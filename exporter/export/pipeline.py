@@ -360,6 +360,8 @@ def evaluate(prep: Prepared, trained: Trained) -> Evaluation:
     the quality warnings: no better than chance or a constant, or under-trained (from how training stopped)."""
     started = time.perf_counter()
     own = prep.spec.evaluate(prep, trained)
+    # computed by the engine over every held-out row: they replace the sample's figures of the same name
+    own.metrics.update({k: v for k, v in prep.heldout_metrics.items() if k in own.metrics})
     quality = Q.with_training_warnings(Q.assess(own.metrics, own.labels), trained.stopping)
     evaluation = Evaluation(own.metrics, own.labels, own.predictions, quality, own.details, own.files)
     # precision-recall, calibration, feature importance (the model's own, else permutation on sampled held-out rows)

@@ -33,6 +33,7 @@ from exporter import contract as C
 from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.export.params import ExportParams, Prepared
+from exporter.export.spark_metrics import heldout_metrics
 from exporter.features.schema import read_column
 from exporter.models import Trained, get_spec
 from exporter.models.base import BINARY
@@ -483,6 +484,12 @@ def fit_spark(prep: Prepared, run: SparkRun) -> Trained:
             train = run.encoded.where(run.encoded[SPLIT_COLUMN] == S.TRAIN).drop(SPLIT_COLUMN)
             trained = fit_torch(prep, run, train)
         record_phase(prep, "train", time.perf_counter() - started)
+        started = time.perf_counter()
+        test = run.encoded.where(run.encoded[SPLIT_COLUMN] == S.TEST)
+        metrics, rows = heldout_metrics(test, trained, prep.spec, list(run.label_cols))
+        prep.heldout_metrics = metrics
+        prep.reading["heldout_metrics"] = {"rows": rows, "names": sorted(metrics), "by": "spark"}
+        record_phase(prep, "heldout_metrics", time.perf_counter() - started)
         return trained
     except ExporterError:
         raise

@@ -302,6 +302,11 @@ class Model(ABC):
         the group's columns."""
         return None
 
+    def metric_heads(self, trained: Trained) -> list[tuple[str, str, str]]:
+        """(prediction head, label name, kind) of each head :meth:`metrics` judges: by default one head per label,
+        named as it is (``label`` for the click label)."""
+        return [(n.name, n.name, n.kind) for n in self.label_needs(trained.hparams)]
+
     def spark_evaluation_inputs(
         self,
         df: Any,

@@ -120,6 +120,36 @@ def test_deepfm_on_spark_trains_with_torch_distributor(spark, parquet_dir: Path,
 
 
 @pytest.mark.slow
+def test_the_metrics_are_those_of_every_test_row_not_the_drivers_sample(  # type: ignore[no-untyped-def]
+    spark, parquet_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver keeps 300 test rows here; the reported AUC, logloss and RMSE are those of all of them, scored
+    by the executors with the native model (mmoe: binary and regression heads)."""
+    from exporter.export import spark_train
+    from exporter.models.mmoe import tasks as T
+    from exporter.training import inputs as I
+
+    monkeypatch.setattr(spark_train, "SAMPLE_ROWS", 300)
+    result, meta = _on_spark("mmoe", parquet_dir, tmp_path / "art", epochs=1)
+    prep = result.prepared
+    assert len(prep.heldout) <= 300
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(parquet_dir.glob("*.parquet"))])
+    test = table.to_pandas()[S.split_codes_arrow(table, seed=5) == S.TEST].reset_index(drop=True)
+    x = prep.features.prepare(prep.features.encode(test, source="test"))
+    kinds = {n.name: n.kind for n in prep.spec.label_needs(prep.hparams)}
+    y = I.read_labels(test, prep.label_columns, source="test", kinds=kinds)
+    tasks = T.from_hparams(prep.hparams)
+    expected = T.task_metrics(tasks, result.trained.predict(x), {t.name: y[t.label] for t in tasks})
+    reading = meta["training"]["data_reading"]["heldout_metrics"]
+    assert reading["rows"] == len(test) > 300 and reading["by"] == "spark"
+    metrics = result.evaluation.metrics
+    assert {n for n in expected if n.endswith(("_auc", "_rmse"))} <= set(reading["names"])
+    for name in reading["names"]:
+        assert metrics[name] == pytest.approx(expected[name], rel=1e-6, abs=1e-9), name
+    assert meta["quality"]["value"] == pytest.approx(metrics[meta["quality"]["metric"]])
+
+
+@pytest.mark.slow
 def test_two_tower_on_spark_counts_the_whole_logs_positives_and_trains(
     spark, parquet_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -251,6 +251,10 @@ class MMoEModel(TorchModel[MMoE]):
             )
         ]
 
+    def metric_heads(self, trained: Trained) -> list[tuple[str, str, str]]:
+        """One head per task, judged against its label column."""
+        return [(t.name, t.label, t.type) for t in trained.model.tasks]
+
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         """Held-out metrics per task (AUC/logloss or RMSE against predicting the mean), keyed by task name."""
         tasks: list[T.Task] = trained.model.tasks
