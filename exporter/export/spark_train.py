@@ -549,8 +549,10 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
     ]
     # keep the best round's trees, as a local export does
     best = int(np.argmin(valid_hist[:rounds])) if valid_hist else rounds - 1
+    # the booster names its features as Spark's columns (f0, f1, ...); the artifact's model.ubj names them as a
+    # local export does, so load mode (and the executors scoring the test rows) read it as one
     booster, stopping = keep_best_round(
-        booster, best, booster.feature_names, valid_hist, budget=budget, patience=hp.get("early_stopping_rounds")
+        booster, best, list(prep.columns), valid_hist, budget=budget, patience=hp.get("early_stopping_rounds")
     )
     spec: Any = prep.spec
     trained = spec._trained(booster, list(prep.columns), dict(hp), history, prep.features)

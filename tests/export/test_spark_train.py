@@ -101,6 +101,14 @@ def test_xgb_on_spark_writes_the_same_kind_of_artifact(spark, parquet_dir: Path,
         assert training[key] == count, key
     assert training["rows"] == ROWS
     assert meta["parity"]["passed"] is True
+    # its model.ubj names the features as a local export does: load mode reads it back
+    loaded = pipeline.run(
+        pipeline.ExportParams(
+            model="xgb", mode="load", checkpoint=str(tmp_path / "art" / "xgb" / "1" / "model.ubj"),
+            artifacts=tmp_path / "loaded", progress=False,
+        )
+    )  # fmt: skip
+    assert loaded.trained.feature_columns == result.trained.feature_columns
     local = pipeline.run(_params("xgb", parquet_dir / "part-0.parquet", tmp_path / "local", n_estimators=30))
     # a third of the rows, another split: only a loose agreement is expected here (the benchmark compares closely)
     assert abs(result.evaluation.metrics["auc"] - local.evaluation.metrics["auc"]) < 0.08
