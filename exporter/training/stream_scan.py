@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -219,16 +219,7 @@ class StreamReader:
         """Slices (``batch_rows`` / :data:`MIX_SLICES` rows) of the units in ``order``, :meth:`mix_width` units
         open at once and taken in turn (a finished unit is replaced by the next in ``order``); deterministic for
         one order."""
-        small = StreamReader(
-            self.files,
-            self.columns,
-            self.seed,
-            self.validation,
-            self.test,
-            self.key,
-            max(1, self.batch_rows // MIX_SLICES),
-            self.types,
-        )
+        small = replace(self, batch_rows=max(1, self.batch_rows // MIX_SLICES))
         width = self.mix_width(order)
         pending = iter(order)
         active: list[Iterator[StreamBatch]] = []
