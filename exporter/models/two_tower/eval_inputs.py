@@ -23,7 +23,7 @@ whole log would need memory that grows with it); on a log where each pair occurs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,8 +114,8 @@ def in_memory(
     ``n_known`` rows are the known ones); ``positive`` marks the held-out rows that are positives (``None``: every
     held-out row is one)."""
     frame = pd.concat(list(frames), ignore_index=True)
-    user_codes = _codes(frame, user_key)
-    item_codes = _codes(frame, item_key)
+    user_codes = entity_codes(frame, user_key)
+    item_codes = entity_codes(frame, item_key)
     users = first_rows(frame, user_codes, user).reset_index(drop=True)
     catalogue = first_rows(frame, item_codes, item).reset_index(drop=True)
     pairs = pd.DataFrame({"user": user_codes, "item": item_codes})
@@ -136,7 +136,7 @@ def in_memory(
     return RetrievalInputs(users, catalogue, known, held, popularity, chosen is not None)
 
 
-def _codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+def entity_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     """0..n-1 per distinct value (tuple) of ``columns``, numbered by first appearance; NaN is a value too."""
     return frame.groupby(list(columns), sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
 
@@ -157,59 +157,37 @@ def _chosen_users(
 # ------------------------------------------------------------------------------------------------ streamed
 
 
-class _FirstRows:
-    """:func:`first_rows` over batches: parts are reduced whenever they hold twice the rows of the last result."""
+class _Reduced:
+    """Per-key results of batches (one row per key, indexed by the key's hash), folded together by ``reduce``
+    whenever they hold twice the keys of the last fold: memory follows the distinct keys, not the batches."""
 
-    def __init__(self, columns: Sequence[str]) -> None:
-        self.columns = list(columns)
-        self.parts: list[pd.DataFrame] = []
-        self.rows = 0
-        self.reduced = 0
+    def __init__(self, reduce: Callable[[Any], Any], empty: Callable[[], Any]) -> None:
+        self.reduce, self.empty = reduce, empty
+        self.parts: list[Any] = []
+        self.rows = self.reduced = 0
 
-    def add(self, frame: pd.DataFrame, keys: np.ndarray) -> None:
-        if not len(frame):
-            return
-        part = first_rows(frame, keys, self.columns)
+    def add(self, part: Any) -> None:
         self.parts.append(part)
         self.rows += len(part)
         if self.rows > 2 * self.reduced + 65_536:
-            self._reduce()
+            self._fold()
 
-    def _reduce(self) -> None:
+    def _fold(self) -> None:
         if self.parts:
-            both = pd.concat(self.parts)
-            self.parts = [first_rows(both, both.index.to_numpy(), self.columns)]
+            self.parts = [self.reduce(pd.concat(self.parts))]
         self.rows = self.reduced = len(self.parts[0]) if self.parts else 0
 
-    def table(self) -> pd.DataFrame:
-        self._reduce()
-        return self.parts[0] if self.parts else pd.DataFrame(columns=self.columns, index=pd.Index([], dtype=np.uint64))
+    def result(self) -> Any:
+        self._fold()
+        return self.parts[0] if self.parts else self.empty()
 
 
-class _Counts:
-    """Rows per key over batches, reduced as :class:`_FirstRows` is."""
-
-    def __init__(self) -> None:
-        self.parts: list[pd.Series] = []
-        self.rows = 0
-        self.reduced = 0
-
-    def add(self, keys: np.ndarray) -> None:
-        if len(keys):
-            part = pd.Series(keys).value_counts(sort=False)
-            self.parts.append(part)
-            self.rows += len(part)
-            if self.rows > 2 * self.reduced + 65_536:
-                self._reduce()
-
-    def _reduce(self) -> None:
-        both = pd.concat(self.parts) if self.parts else pd.Series(dtype=np.int64)
-        self.parts = [both.groupby(level=0, sort=False).sum()]
-        self.rows = self.reduced = len(self.parts[0])
-
-    def series(self) -> pd.Series:
-        self._reduce()
-        return self.parts[0]
+def _first_rows_by_key(columns: Sequence[str]) -> _Reduced:
+    """:func:`first_rows` over batches, keyed by the item key's hash."""
+    return _Reduced(
+        lambda both: first_rows(both, both.index.to_numpy(), columns),
+        lambda: pd.DataFrame(columns=list(columns), index=pd.Index([], dtype=np.uint64)),
+    )
 
 
 def streamed(
@@ -226,8 +204,9 @@ def streamed(
 ) -> RetrievalInputs:
     """From one pass over ``batches`` (:class:`~exporter.training.stream_scan.StreamBatch`: a frame and each
     row's split code): see the module docstring."""
-    train_items, other_items = _FirstRows(item), _FirstRows(item)
-    counts = _Counts()
+    train_items, other_items = _first_rows_by_key(item), _first_rows_by_key(item)
+    # rows per item key hash
+    counts = _Reduced(lambda both: both.groupby(level=0, sort=False).sum(), lambda: pd.Series(dtype=np.int64))
     kept: list[pd.DataFrame] = []
     kept_rows = 0
     # users are kept while their hash u is at most the threshold: the max_users-th smallest u of users with
@@ -245,9 +224,11 @@ def streamed(
             continue
         items = key_hash(frame, item_key)
         is_train = codes == S.TRAIN
-        train_items.add(frame.loc[is_train], items[is_train])
-        other_items.add(frame.loc[~is_train], items[~is_train])
-        counts.add(items[codes != S.TEST])
+        for part, where in ((train_items, is_train), (other_items, ~is_train)):
+            if where.any():
+                part.add(first_rows(frame.loc[where], items[where], item))
+        if (codes != S.TEST).any():
+            counts.add(pd.Series(items[codes != S.TEST]).value_counts(sort=False))
         u = uniform(key_hash(frame, user_key, seed + 1))
         if label in labels:
             y = I.read_labels(frame, {label: labels[label]}, source=f"data file {b.path}", kinds=kinds)[label]
@@ -271,13 +252,13 @@ def streamed(
             kept = [both[both["__u"].to_numpy() <= threshold]]
             kept_rows = pruned = len(kept[0])
     catalogue_by_key = pd.concat(
-        [t for t in (train_items.table(), other_items.table()) if len(t)] or [train_items.table()]
+        [t for t in (train_items.result(), other_items.result()) if len(t)] or [train_items.result()]
     )
     catalogue_by_key = first_rows(catalogue_by_key, catalogue_by_key.index.to_numpy(), list(item))
     rows = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=[*user_cols, *PAIR_COLUMNS])
     sampled = bool(np.isfinite(threshold))
     chosen = positive_u[positive_u <= threshold] if sampled else None
-    return assemble(catalogue_by_key, counts.series(), rows, chosen, user_cols, label in labels)
+    return assemble(catalogue_by_key, counts.result(), rows, chosen, user_cols, label in labels)
 
 
 #: what :func:`assemble` reads of each kept row besides the user tower's columns

@@ -253,7 +253,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         from exporter.models.two_tower.spark_eval import from_spark
 
         user, item = split_columns(list(columns), hparams, towers)
-        user_key, item_key = TW.key_columns(user, "user_id"), TW.key_columns(item, "item_id")
+        user_key, item_key = TW.entity_keys(user, item)
         return from_spark(df, split_column, user, item, user_key, item_key, labels.get(LABEL), seed)
 
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:

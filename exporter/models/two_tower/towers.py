@@ -58,16 +58,21 @@ def split_by_pairs(
     return D.three_way_split(frame, seed=seed, key_columns=pair_keys(user, item))
 
 
+def entity_keys(user: Sequence[str], item: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The :func:`key_columns` of a user tower's and an item tower's columns."""
+    return key_columns(user, "user_id"), key_columns(item, "item_id")
+
+
 def pair_keys(user: Sequence[str], item: Sequence[str]) -> list[str]:
     """The columns that identify a user-item pair: the user's and the item's :func:`key_columns`, sorted."""
-    return sorted(set(key_columns(user, "user_id")) | set(key_columns(item, "item_id")))
+    user_key, item_key = entity_keys(user, item)
+    return sorted(set(user_key) | set(item_key))
 
 
 def catalogue_frame(frame: pd.DataFrame, item: Sequence[str]) -> pd.DataFrame:
     """One raw row per item with the item tower's columns, in order of first appearance (see
     :func:`~exporter.models.two_tower.eval_inputs.first_rows`)."""
-    codes = frame.groupby(key_columns(item, "item_id"), sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
-    return E.first_rows(frame, codes, item).reset_index(drop=True)
+    return E.first_rows(frame, E.entity_codes(frame, key_columns(item, "item_id")), item).reset_index(drop=True)
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -106,7 +111,7 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
     # a history travels as several tensor columns; the tables hold it as one column of lists
     user = F.input_columns([columns[j] for j in net.user_idx.tolist()], present)
     item = F.input_columns([columns[j] for j in net.item_idx.tolist()], present)
-    user_key, item_key = key_columns(user, "user_id"), key_columns(item, "item_id")
+    user_key, item_key = entity_keys(user, item)
     y = prep.y_heldout
     if getattr(prep, "evaluation_inputs", None) is not None:  # gathered by Spark from the whole table
         inputs = prep.evaluation_inputs
