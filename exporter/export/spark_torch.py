@@ -116,20 +116,24 @@ def _labels(rb: Any, labels: Sequence[str]) -> dict[str, np.ndarray]:
     return {n: rb.column(f"y_{n}").to_numpy(zero_copy_only=False) for n in labels}
 
 
-def _gather_parts(t: Any) -> tuple[list[Any], int]:
-    """Every rank's ``t`` (their lengths may differ), differentiable: a rank's gradient reaches the rank that
-    computed the part (``torch.distributed.nn.functional.all_gather``), and this rank's index."""
+def _gather_parts(tensors: Sequence[Any]) -> tuple[list[list[Any]], int]:
+    """Every rank's part of each of ``tensors`` (one length per rank, which may differ between ranks: the lengths
+    are exchanged once), differentiable: a rank's gradient reaches the rank that computed the part
+    (``torch.distributed.nn.functional.all_gather``); and this rank's index."""
     import torch
     import torch.distributed as dist
     from torch.distributed.nn.functional import all_gather
 
     world = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(t)], dtype=torch.int64))
-    longest = int(max(int(n.item()) for n in sizes))
-    padded = t if len(t) == longest else torch.cat([t, t.new_zeros((longest - len(t), *t.shape[1:]))])
-    parts = all_gather(padded)
-    return [p[: int(n.item())] for p, n in zip(parts, sizes, strict=True)], dist.get_rank()
+    dist.all_gather(sizes, torch.tensor([len(tensors[0])], dtype=torch.int64))
+    lengths = [int(n.item()) for n in sizes]
+    longest = max(lengths)
+    out = []
+    for t in tensors:
+        padded = t if len(t) == longest else torch.cat([t, t.new_zeros((longest - len(t), *t.shape[1:]))])
+        out.append([p[:n] for p, n in zip(all_gather(padded), lengths, strict=True)])
+    return out, dist.get_rank()
 
 
 def _kept_rows(files: Sequence[str], labels: Sequence[str], keep: Callable[[dict[str, np.ndarray]], Any]) -> int:

@@ -69,9 +69,9 @@ def test_ranks_sharing_a_batch_give_the_whole_batchs_loss_and_gradients():
     items = raw_items @ weight  # one graph: each rank's part is a slice of it, as all_gather's backward routes
 
     def gather_for(rank):
-        def gather(t):  # the embeddings, then the ids, then log q: every rank's part of each
-            source = items if t.dim() == 2 else ids if t.dtype == torch.long else log_q
-            return [source[a:b] for a, b in bounds], rank
+        def gather(tensors):  # the embeddings, the ids and log q: every rank's part of each
+            assert len(tensors) == 3 and all(len(t) == len(tensors[0]) for t in tensors)
+            return [[source[a:b] for a, b in bounds] for source in (items, ids, log_q)], rank
 
         return gather
 

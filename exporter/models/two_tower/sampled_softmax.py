@@ -28,8 +28,9 @@ import torch
 
 from exporter.errors import ExporterError
 
-#: every rank's part of a tensor (this rank's included, in rank order) and this rank's index among them
-Gather = Callable[[torch.Tensor], tuple[list[torch.Tensor], int]]
+#: for tensors of one length (this rank's rows), every rank's part of each (this rank's included, in rank order),
+#: and this rank's index among them
+Gather = Callable[[Sequence[torch.Tensor]], tuple[list[list[torch.Tensor]], int]]
 
 
 def in_batch_softmax_loss(
@@ -50,11 +51,10 @@ def in_batch_softmax_loss(
     offset = 0
     all_items, all_ids, all_q = item, ids, log_q
     if gather is not None:
-        parts, rank = gather(item)
-        offset = sum(len(p) for p in parts[:rank])
-        all_items = torch.cat(parts)
-        all_ids = torch.cat(gather(ids)[0])
-        all_q = torch.cat(gather(log_q)[0]) if log_q is not None else None
+        gathered, rank = gather([item, ids] if log_q is None else [item, ids, log_q])
+        offset = sum(len(p) for p in gathered[0][:rank])
+        all_items, all_ids = torch.cat(gathered[0]), torch.cat(gathered[1])
+        all_q = torch.cat(gathered[2]) if log_q is not None else None
     logits = user @ all_items.T / temperature
     if all_q is not None:
         logits = logits - all_q.to(logits.dtype).unsqueeze(0)
