@@ -241,7 +241,8 @@ class StreamReader:
     def mix_width(self, order: Sequence[tuple[InputFile, int | None]]) -> int:
         """How many units :meth:`mixed` reads at once: :data:`MIX_UNITS`, fewer when the largest units would
         hold more than :data:`MIX_BYTES` together."""
-        sizes = sorted((_unit_bytes(f, g) for f, g in order), reverse=True)[:MIX_UNITS]
+        footers: dict[str, Any] = {}  # each Parquet file's footer read once, not once per row group
+        sizes = sorted((_unit_bytes(f, g, footers) for f, g in order), reverse=True)[:MIX_UNITS]
         width, total = 0, 0
         for size in sizes:
             total += size
@@ -251,10 +252,13 @@ class StreamReader:
         return max(1, width)
 
 
-def _unit_bytes(f: InputFile, group: int | None) -> int:
-    """The uncompressed size of a Parquet row group's columns; a CSV file's reader block (or the file if smaller)."""
+def _unit_bytes(f: InputFile, group: int | None, footers: dict[str, Any]) -> int:
+    """The uncompressed size of a Parquet row group's columns (``footers``: the files' metadata read so far); a
+    CSV file's reader block (or the file if smaller)."""
     if group is not None:
-        return int(pq.ParquetFile(f.path).metadata.row_group(group).total_byte_size)
+        if f.path not in footers:
+            footers[f.path] = pq.ParquetFile(f.path).metadata
+        return int(footers[f.path].row_group(group).total_byte_size)
     with contextlib.suppress(OSError):
         return min(os.path.getsize(f.path), CSV_BLOCK_BYTES)
     return CSV_BLOCK_BYTES

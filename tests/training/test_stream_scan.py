@@ -216,7 +216,7 @@ def test_fewer_units_are_mixed_when_they_would_hold_too_much(tmp_path: Path, mon
     reader, _ = _train_rows_by_file(tmp_path, files=3, groups=4, rows=2000)
     units = reader.units()
     assert reader.mix_width(units) == 12
-    size = SS._unit_bytes(*units[0])
+    size = SS._unit_bytes(*units[0], {})
     monkeypatch.setattr(SS, "MIX_BYTES", int(size * 2.5))
     assert reader.mix_width(units) == 2
     monkeypatch.setattr(SS, "MIX_BYTES", 1)
