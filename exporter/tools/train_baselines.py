@@ -51,7 +51,7 @@ def run_xgb(directory: str) -> dict[str, Any]:
     import xgboost as xgb
     from sklearn.metrics import roc_auc_score
 
-    from exporter.models.xgb import XGBoostModel
+    from exporter.models.xgb import XGBoostModel, native_params
 
     start = time.perf_counter()
     x, ids, y, codes = _table(directory)
@@ -63,18 +63,7 @@ def run_xgb(directory: str) -> dict[str, Any]:
     dheld = xgb.DMatrix(matrix[held], label=y[held])
     fit_start = time.perf_counter()
     hp = XGBoostModel.default_hparams
-    params = {
-        "objective": "binary:logistic",
-        "eval_metric": "logloss",
-        "tree_method": "hist",
-        "max_depth": hp["max_depth"],
-        "eta": hp["learning_rate"],
-        "subsample": hp["subsample"],
-        "colsample_bytree": hp["colsample_bytree"],
-        "min_child_weight": hp["min_child_weight"],
-        "seed": 0,
-        "nthread": _threads(),
-    }
+    params = native_params(hp, seed=0, nthread=_threads())
     booster = xgb.train(
         params,
         dtrain,

@@ -116,6 +116,7 @@ RULES: dict[str, tuple[str, str]] = {
     "subsample": ("fraction", "a number in (0, 1]"),
     "colsample_bytree": ("fraction", "a number in (0, 1]"),
     "min_child_weight": ("non_negative", "a non-negative number"),
+    "reg_lambda": ("non_negative", "a non-negative number (L2 penalty on leaf weights)"),
     "weight_decay": ("non_negative", "a non-negative number"),
     "lr_schedule": (
         "one_of:plateau|none",
