@@ -161,7 +161,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         "user_columns": None,
         "item_columns": None,
         "loss": "softmax",
-        "temperature": 0.05,
+        "temperature": 0.1,
         "logq_correction": True,
         "dtype": tc.DEFAULT_DTYPE,
         "embedding_gradients": "auto",
