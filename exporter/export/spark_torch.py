@@ -233,7 +233,8 @@ def train_rank(settings_json: str) -> None:
 
         rows = torch.tensor([_kept_rows(mine, s["labels"], keep)], dtype=torch.int64)
         dist.all_reduce(rows, op=dist.ReduceOp.MIN)
-        settings = tc.LoopSettings.of(hp)
+        # every rank trains on about as many rows as the fewest: the whole fit on rows x world
+        settings = tc.LoopSettings.of(hp, rows=int(rows.item()) * world, decay_scale=spec.weight_decay_scale)
         batch = max(1, -(-settings.batch_size // world))
         steps = max(1, int(rows.item()) // batch) if rows.item() > 0 else 0
         if steps == 0:

@@ -82,7 +82,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "learning_rate": 0.005,
         "embed_dim": 16,
         "hidden": [64, 32],
-        "weight_decay": 1e-5,
+        "weight_decay": "auto",
         "dtype": tc.DEFAULT_DTYPE,
         "embedding_gradients": "auto",
     }
@@ -101,7 +101,7 @@ class DeepFMModel(TorchModel[DeepFM]):
             ("embed_dim", "size of each feature's embedding (FM and deep part)"),
             ("hidden", "widths of the deep part's hidden layers"),
         ),
-        extra='other hyper-parameters, e.g. {"weight_decay": 1e-5}',
+        extra='other hyper-parameters, e.g. {"weight_decay": 1e-5} (default auto: 20 / training rows)',
         step="epoch",
         eval_md="ROC curve of the click probability on held-out rows.",
         example="-p max_epochs 10 -p learning_rate 0.002",

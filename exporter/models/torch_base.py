@@ -64,6 +64,8 @@ class TorchModel(Model, Generic[NetT]):
     """
 
     framework: ClassVar[str] = "torch"
+    #: ``weight_decay: auto`` is this divided by the rows trained on (:func:`torch_common.resolve_weight_decay`)
+    weight_decay_scale: ClassVar[float] = 20.0
     #: parity of a network computing in float32: float32 rounding (~1e-7 relative per operation, summed over
     #: a layer) differs between torch's and onnxruntime's kernels; FP64 networks keep :attr:`Model.atol` alone
     fp32_atol: ClassVar[float] = 1e-5
@@ -146,16 +148,17 @@ class TorchModel(Model, Generic[NetT]):
         dtype = tc.compute_dtype(config[DTYPE_KEY])
         net = tc.set_compute_dtype(self.build(config), dtype)
         self.fit_scalers(net, data.x_train)
+        train = targets_as(self.training_tensors(config, data.x_train, data.y_train), dtype)
         fitted = tc.fit_loop(
             model=net,
             loss_fn=self.loss,
-            train_tensors=targets_as(self.training_tensors(config, data.x_train, data.y_train), dtype),
+            train_tensors=train,
             validation_tensors=targets_as(self.training_tensors(config, data.x_valid, data.y_valid), dtype),
             seed=seed,
             progress=data.progress,
             threads=threads,
             on_epoch=data.on_epoch,
-            **asdict(tc.LoopSettings.of(hparams)),
+            **asdict(tc.LoopSettings.of(hparams, rows=len(train[0]), decay_scale=self.weight_decay_scale)),
         )
         trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
         trained.stopping = fitted.stopping

@@ -234,6 +234,21 @@ STOP_MAX_EPOCHS = "max_epochs"
 
 #: epochs without a lower validation loss before training stops, when a model's hyper-parameters do not say
 DEFAULT_PATIENCE = 3
+#: ``weight_decay: auto`` never exceeds this (a few hundred rows would otherwise pin every weight to zero)
+AUTO_WEIGHT_DECAY_CAP = 1e-3
+
+
+def resolve_weight_decay(value: Any, rows: int, scale: float) -> float:
+    """The L2 coefficient of a run: a number as given; ``auto``: ``scale / rows`` (at most
+    :data:`AUTO_WEIGHT_DECAY_CAP`), with ``rows`` the rows (or positive pairs) trained on.
+
+    The loss is a mean over the training rows, so a penalty of fixed strength (a prior on the weights, above all
+    on the ID embeddings that overfit) must shrink as 1 / rows: measured for deepfm, 3e-4 was best on 70,000
+    MovieLens rows and 3e-5 on 700,000 synthetic ones (and each cost AUC on the other table).
+    """
+    if value == "auto":
+        return min(AUTO_WEIGHT_DECAY_CAP, float(scale) / max(int(rows), 1))
+    return float(value)
 
 
 def max_epochs(hparams: Mapping[str, Any]) -> int:
@@ -255,12 +270,14 @@ class LoopSettings:
     embedding_gradients: str
 
     @classmethod
-    def of(cls, hparams: Mapping[str, Any]) -> LoopSettings:
+    def of(cls, hparams: Mapping[str, Any], *, rows: int, decay_scale: float) -> LoopSettings:
+        """The settings of ``hparams`` for a fit on ``rows`` training rows (``weight_decay: auto`` is
+        ``decay_scale / rows``: :func:`resolve_weight_decay`)."""
         return cls(
             max_epochs=max_epochs(hparams),
             batch_size=int(hparams["batch_size"]),
             learning_rate=float(hparams["learning_rate"]),
-            weight_decay=float(hparams.get("weight_decay", 0.0)),
+            weight_decay=resolve_weight_decay(hparams.get("weight_decay", 0.0), rows, decay_scale),
             patience=int(hparams.get("patience", DEFAULT_PATIENCE) or 0),
             lr_schedule=str(hparams.get("lr_schedule", "none")),
             embedding_gradients=str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
@@ -285,6 +302,7 @@ class LoopSettings:
         return EarlyStopping(
             net,
             optimizer,
+            weight_decay=self.weight_decay,
             max_epochs=self.max_epochs,
             patience=self.patience,
             lr_schedule=self.lr_schedule,
@@ -318,6 +336,7 @@ class EarlyStopping:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
+        weight_decay: float = 0.0,
         max_epochs: int,
         patience: int | None,
         lr_schedule: str,
@@ -333,6 +352,7 @@ class EarlyStopping:
         self.best_loss, self.best_epoch, self.since_best, self.reason = math.inf, 0, 0, STOP_MAX_EPOCHS
         self.best_state = _copy_state(model)
         self.on_epoch = on_epoch
+        self.weight_decay = weight_decay
 
     def end_epoch(self, epoch: int, train_loss: float, validation_loss: float) -> bool:
         """Record the epoch's losses; True when training stops here."""
@@ -377,6 +397,7 @@ class EarlyStopping:
             "embedding_gradients": opt.embedding_gradients(self.model),
             "lr_schedule": self.lr_schedule,
             "final_learning_rate": self.lr,
+            "weight_decay": self.weight_decay,
         }
         return FitResult(self.history, stopping)
 

@@ -42,7 +42,9 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     if counter is not None:  # one more read of the train rows: counts over the whole log (two_tower's logQ)
         for x, y in stream.chunks(0):
             counter.add(x, y)
-    settings = tc.LoopSettings.of(hparams)
+    # the rows trained on: two_tower's positive pairs when they were counted, else every train row
+    trained_rows = int(getattr(counter, "total", 0)) or stream.train_rows
+    settings = tc.LoopSettings.of(hparams, rows=trained_rows, decay_scale=model.weight_decay_scale)
     epochs, batch_size = settings.max_epochs, settings.batch_size
     optimizer = settings.optimizer(net)
     progress = data.progress

@@ -117,7 +117,10 @@ RULES: dict[str, tuple[str, str]] = {
     "colsample_bytree": ("fraction", "a number in (0, 1]"),
     "min_child_weight": ("non_negative", "a non-negative number"),
     "reg_lambda": ("non_negative", "a non-negative number (L2 penalty on leaf weights)"),
-    "weight_decay": ("non_negative", "a non-negative number"),
+    "weight_decay": (
+        "decay",
+        "a non-negative number, or auto (the model's scale divided by the training rows, at most 1e-3)",
+    ),
     "lr_schedule": (
         "one_of:plateau|none",
         "plateau (halve the learning rate after an epoch without a better validation loss) or none",
@@ -182,6 +185,8 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
             ok = number(value) and 0 < value < 10
         elif rule == "non_negative":
             ok = number(value) and value >= 0
+        elif rule == "decay":
+            ok = value == "auto" or (number(value) and value >= 0)
         elif rule == "columns":
             ok = value is None or (
                 isinstance(value, list) and bool(value) and all(isinstance(c, str) and c.strip() for c in value)
@@ -300,7 +305,8 @@ def check_search_space(spec: HasHparams, space: Mapping[str, Any], fixed: Mappin
             raise ExporterError(f"search range of '{key}' must be (kind, low, high) with kind in {SEARCH_KINDS}")
         kind, low, high = entry
         default = spec.default_hparams[key]
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
+        takes_numbers = rule_for(spec, key)[0] == "decay"  # "auto" by default, a number when searched
+        if (isinstance(default, bool) or not isinstance(default, (int, float))) and not takes_numbers:
             raise ExporterError(f"cannot tune '{key}' of {spec.name}: its value {default!r} is not a number")
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high))
         if not numbers or not low < high:

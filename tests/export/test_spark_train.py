@@ -124,6 +124,8 @@ def test_deepfm_on_spark_trains_with_torch_distributor(spark, parquet_dir: Path,
     losses = [h["validation_loss"] for h in result.trained.history]
     assert stopping["best_epoch"] == 1 + losses.index(min(losses))
     assert stopping["lr_schedule"] == "plateau" and stopping["batch_size"] == 256
+    # weight_decay auto on the rows of every rank (each trains on as many as the fewest)
+    assert stopping["weight_decay"] == pytest.approx(min(1e-3, 20.0 / meta["training"]["train_rows"]), rel=0.05)
     assert result.evaluation.metrics["auc"] > 0.65  # the synthetic log's signal is learned across two ranks
 
 

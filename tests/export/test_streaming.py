@@ -102,6 +102,22 @@ def test_the_same_seed_gives_the_same_streamed_model(log_dir: Path, tmp_path: Pa
     assert digests[0] == digests[1]
 
 
+def test_a_streamed_fit_resolves_auto_weight_decay_on_every_train_row(
+    log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.export import pipeline
+    from exporter.models.deepfm import DeepFMModel
+
+    monkeypatch.setattr(DeepFMModel, "weight_decay_scale", 1.0)  # 1 / ~8,400 rows: under the cap
+    params = ExportParams(
+        "deepfm", data_path=log_dir, streaming="on", artifacts=tmp_path, progress=False, hparams={"max_epochs": 1}
+    )
+    training = pipeline.run(params).artifacts[0].metadata["training"]
+    # every train row of the log (not the in-memory sample's) sets the penalty
+    assert training["train_rows"] > 8_000
+    assert training["early_stopping"]["weight_decay"] == pytest.approx(1.0 / training["train_rows"])
+
+
 def test_a_file_missing_a_column_fails_with_exit_2_naming_it(log_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -106,7 +106,12 @@ def test_the_test_rows_never_decide_when_training_stops(model: str, tmp_path: Pa
     np.testing.assert_array_equal(poisoned.predict(x)["label"], clean.predict(x)["label"])
 
 
-def test_the_split_has_train_validation_and_test_rows_recorded_in_metadata(tmp_path: Path) -> None:
+def test_the_split_has_train_validation_and_test_rows_recorded_in_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.models.deepfm import DeepFMModel
+
+    monkeypatch.setattr(DeepFMModel, "weight_decay_scale", 1.0)  # 1 / ~1,400 rows: under the cap
     result = pipeline.run(
         pipeline.ExportParams(
             model="deepfm", rows=2000, seed=1, hparams={"max_epochs": 2}, artifacts=tmp_path, progress=False
@@ -120,6 +125,33 @@ def test_the_split_has_train_validation_and_test_rows_recorded_in_metadata(tmp_p
     stop = training["early_stopping"]
     assert stop["max_epochs"] == 2 and stop["best_epoch"] in (1, 2) and stop["stopped_because"] == "max_epochs"
     assert {"train_loss", "validation_loss"} <= set(training["final_loss"])
+    # deepfm's default weight_decay is auto: its scale over the rows trained on, recorded as the value used
+    assert training["hyperparameters"]["weight_decay"] == "auto"
+    assert stop["weight_decay"] == pytest.approx(1.0 / training["train_rows"])
+
+
+def test_auto_weight_decay_shrinks_with_the_rows_and_is_capped() -> None:
+    assert tc.resolve_weight_decay("auto", 70_000, 20.0) == pytest.approx(20.0 / 70_000)
+    assert tc.resolve_weight_decay("auto", 700_000, 20.0) == pytest.approx(20.0 / 700_000)
+    assert tc.resolve_weight_decay("auto", 236, 20.0) == tc.AUTO_WEIGHT_DECAY_CAP  # 0.085 would pin every weight
+    assert tc.resolve_weight_decay("auto", 0, 20.0) == tc.AUTO_WEIGHT_DECAY_CAP
+    assert tc.resolve_weight_decay(1e-5, 70_000, 20.0) == 1e-5  # a number is used as given
+    assert tc.resolve_weight_decay(0, 70_000, 20.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("auto", True), (0, True), (3e-4, True), ("fast", False), (-1e-5, False), (True, False)]
+)
+def test_weight_decay_is_a_non_negative_number_or_auto(value: object, ok: bool) -> None:
+    from exporter.errors import ExporterError
+    from exporter.models import get_spec
+    from exporter.training.hparams import resolve_hparams
+
+    if ok:
+        assert resolve_hparams(get_spec("mmoe"), {"weight_decay": value})["weight_decay"] == value
+    else:
+        with pytest.raises(ExporterError, match="weight_decay of mmoe must be a non-negative number, or auto"):
+            resolve_hparams(get_spec("mmoe"), {"weight_decay": value})
 
 
 def test_a_rows_side_depends_on_the_row_alone() -> None:

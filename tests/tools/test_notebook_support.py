@@ -101,7 +101,7 @@ def test_wrong_parameters_raise_parameter_error_before_training(kwargs, message,
         ("mmoe", {"n_experts": -1}, "n_experts of mmoe must be a positive integer"),
         ("xgb", {"subsample": 3}, "subsample of xgb must be a number in (0, 1]"),
         ("xgb", {"min_child_weight": float("nan")}, "min_child_weight of xgb must be a non-negative number"),
-        ("mmoe", {"weight_decay": -0.1}, "weight_decay of mmoe must be a non-negative number"),
+        ("mmoe", {"weight_decay": -0.1}, "weight_decay of mmoe must be a non-negative number, or auto"),
         ("two_tower", {"user_columns": "user_age"}, "user_columns of two_tower must be None or a non-empty list"),
     ],
 )

@@ -119,7 +119,9 @@ class MMoEModel(TorchModel[MMoE]):
         "n_experts": 4,
         "expert_dim": 32,
         "tower_dim": 16,
-        "weight_decay": 0.0,
+        # L2 on every weight: +0.005 liked-head AUC on MovieLens-100k (two of three splits) and +0.0015 ctr AUC on
+        # the synthetic log over none (docs/benchmarks.md)
+        "weight_decay": 1e-4,
         "tasks": [dict(t) for t in T.DEFAULT_TASKS],
         "task_weights": None,
         "dtype": tc.DEFAULT_DTYPE,
