@@ -74,6 +74,23 @@ def storage_uri(artifacts: str | Path, storage: str | None) -> str:
     return f"sqlite:///{directory / OPTUNA_DB}"
 
 
+def default_point(spec: Any, space: Mapping[str, Any], train_rows: int) -> dict[str, Any] | None:
+    """The model's defaults as one trial's parameters (``weight_decay: auto`` resolved for ``train_rows``), so
+    the first trial of a new study is the untuned model and the search never returns one worse on the validation
+    rows; None when a default lies outside its searched range (``--search`` moved it) or is not a number."""
+    from exporter.models.torch_common import resolve_weight_decay
+
+    point: dict[str, Any] = {}
+    for key, (kind, low, high) in space.items():
+        value = spec.default_hparams[key]
+        if value == "auto" and hasattr(spec, "weight_decay_scale"):
+            value = resolve_weight_decay(value, train_rows, spec.weight_decay_scale)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            return None
+        point[key] = int(value) if kind == "int" or isinstance(value, int) else float(value)
+    return point
+
+
 def _suggest(trial: Any, key: str, kind: str, low: float, high: float, default: Any) -> Any:
     if kind == "int" or (isinstance(default, int) and not isinstance(default, bool)):
         return trial.suggest_int(key, int(low), int(high), log=kind == "log")
@@ -169,6 +186,12 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=1),
         load_if_exists=True,
     )
+    if not study.trials:  # a new study: the defaults are its first trial (a continued one already has trials)
+        reading = prep.reading or {}
+        rows = reading["rows"]["train"] if reading.get("path") == "streaming" else len(prep.x_train)
+        start = default_point(spec, space, int(rows))
+        if start is not None:
+            study.enqueue_trial(start)
     best: dict[str, Any] = {}
     metric_name: list[str] = []
 

@@ -21,6 +21,26 @@ def test_every_model_declares_a_valid_search_space(model: str) -> None:
     check_search_space(spec, spec.tunable, {})
 
 
+def test_the_defaults_are_the_first_trial_unless_the_ranges_exclude_them() -> None:
+    from exporter.tracking.tune import default_point
+
+    deepfm, xgb = get_spec("deepfm"), get_spec("xgb")
+    point = default_point(deepfm, deepfm.tunable, 70_000)
+    assert point == {"learning_rate": 0.005, "embed_dim": 16, "weight_decay": pytest.approx(20.0 / 70_000)}
+    assert isinstance(point["embed_dim"], int)
+    assert default_point(xgb, xgb.tunable, 70_000) == {
+        "max_depth": 8,
+        "min_child_weight": 5.0,
+        "learning_rate": 0.05,
+        "subsample": 0.9,
+        "colsample_bytree": 0.6,
+        "reg_lambda": 10.0,
+    }
+    # --search moved a range past the default: the search starts from its sampler alone
+    assert default_point(xgb, {"n_estimators": ("int", 5, 20)}, 70_000) is None
+    assert default_point(xgb, {**xgb.tunable, "max_depth": ("int", 2, 6)}, 70_000) is None
+
+
 def test_search_ranges_parse_with_their_kind() -> None:
     assert parse_search(["max_depth=2:6", "learning_rate=0.01:0.3:log", "subsample=0.5:1"]) == {
         "max_depth": ("int", 2.0, 6.0),
@@ -167,6 +187,9 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
     options = T.SearchOptions(tracking_enabled=False, storage=storage, study_name="reports", echo=lambda _: None)
     T.tune(params, trials=2, options=options)
     trials = optuna.load_study(study_name="reports", storage=storage).trials
+    # a new study's first trial is the untuned model (weight_decay auto: 20 / ~1,050 rows, capped at 1e-3)
+    assert trials[0].params == {"learning_rate": 0.005, "embed_dim": 16, "weight_decay": 1e-3}
+    assert trials[1].params != trials[0].params
     for trial in trials:  # the negated validation loss after every epoch: what the median pruner compares
         assert sorted(trial.intermediate_values) == [1, 2, 3]
         assert all(v < 0 for v in trial.intermediate_values.values())
