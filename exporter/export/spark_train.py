@@ -527,7 +527,7 @@ def _fit_xgb(prep: Prepared, run: SparkRun) -> Trained:
         subsample=float(hp["subsample"]),
         colsample_bytree=float(hp["colsample_bytree"]),
         min_child_weight=float(hp["min_child_weight"]),
-        reg_lambda=float(hp.get("reg_lambda", 1.0)),
+        reg_lambda=float(hp["reg_lambda"]),
         random_state=int(prep.params.seed),
         eval_metric="logloss",
         tree_method="hist",

@@ -38,7 +38,7 @@ def native_params(hparams: Mapping[str, Any], *, seed: int, nthread: int) -> dic
         "subsample": float(hparams["subsample"]),
         "colsample_bytree": float(hparams["colsample_bytree"]),
         "min_child_weight": float(hparams["min_child_weight"]),
-        "lambda": float(hparams.get("reg_lambda", 1.0)),
+        "lambda": float(hparams["reg_lambda"]),
         "seed": seed,
         "nthread": nthread,
     }
