@@ -93,26 +93,31 @@ def _training_sources(data_source: str, hparams: Mapping[str, Any]) -> tuple[dic
     return data, hyper
 
 
-def _rows(prep: Prepared) -> dict[str, Any]:
-    """Rows the run read and used per split, and how they were split: a streamed run's counts cover the whole
-    table (its frames are bounded samples), with how it was read (``data_reading``: path and reason, rows per
-    split, passes, threads, phases)."""
-    reading = dict(prep.reading or {})
+def split_counts(prep: Prepared) -> dict[str, int]:
+    """Rows the run read and used per split (``rows``, ``train_rows``, ``validation_rows``, ``test_rows``): a
+    streamed run's counts cover the whole table (its frames are bounded samples)."""
+    reading = prep.reading or {}
     if reading.get("path") == "streaming":
         rows = reading["rows"]
-        out: dict[str, Any] = {
+        return {
             "rows": reading["rows_read"],
             "train_rows": rows["train"],
             "validation_rows": rows["validation"],
             "test_rows": rows["test"],
         }
-    else:
-        out = {
-            "rows": len(prep.train) + len(prep.validation) + len(prep.heldout),
-            "train_rows": len(prep.train),
-            "validation_rows": len(prep.validation),
-            "test_rows": len(prep.heldout),
-        }
+    return {
+        "rows": len(prep.train) + len(prep.validation) + len(prep.heldout),
+        "train_rows": len(prep.train),
+        "validation_rows": len(prep.validation),
+        "test_rows": len(prep.heldout),
+    }
+
+
+def _rows(prep: Prepared) -> dict[str, Any]:
+    """:func:`split_counts`, and how the rows were split and read (``data_reading``: path and reason, rows per
+    split, passes, threads, phases)."""
+    reading = dict(prep.reading or {})
+    out: dict[str, Any] = dict(split_counts(prep))
     # the rows the metrics are computed on (a streamed run: its bounded test sample)
     out["heldout_rows"] = len(prep.heldout)
     split = prep.split or reading.get("split")

@@ -159,6 +159,7 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
     import optuna
 
     from exporter.export import pipeline
+    from exporter.export.metadata import split_counts
     from exporter.training import hparams as H
 
     params, echo = prep.params, options.echo
@@ -187,9 +188,7 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         load_if_exists=True,
     )
     if not study.trials:  # a new study: the defaults are its first trial (a continued one already has trials)
-        reading = prep.reading or {}
-        rows = reading["rows"]["train"] if reading.get("path") == "streaming" else len(prep.x_train)
-        start = default_point(spec, space, int(rows))
+        start = default_point(spec, space, int(split_counts(prep)["train_rows"]))
         if start is not None:
             study.enqueue_trial(start)
     best: dict[str, Any] = {}
