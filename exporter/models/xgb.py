@@ -1,8 +1,9 @@
 """XGBoost binary CTR classifier.
 
-Converted with onnxmltools (ai.onnx.ml TreeEnsembleClassifier, opset 15), then wrapped so that the
-graph speaks the contract: ``features`` tensor(double) in, ``predictions`` tensor(double) [-1] out
-(the click probability). Load mode takes any JSON/UBJ model saved by ``save_model``.
+Converted to an ai.onnx.ml TreeEnsembleClassifier (opset 15; :mod:`exporter.models.xgb_trees`, onnxmltools for
+other model shapes), then wrapped so that the graph speaks the contract: ``features`` tensor(double) in,
+``predictions`` tensor(double) [-1] out (the click probability). Load mode takes any JSON/UBJ model saved
+by ``save_model``.
 """
 
 from __future__ import annotations
@@ -343,22 +344,29 @@ def _plan_beside(path: Path, columns: list[str]) -> FeaturePlan | None:
 
 
 def booster_to_onnx(booster: Any, n_features: int) -> Any:
-    """onnxmltools conversion, wrapped to the contract's double ``features`` -> ``predictions`` [-1]."""
-    import onnxmltools
-    from onnx import TensorProto, helper
-    from onnxmltools.convert.common.data_types import FloatTensorType
+    """The booster as ONNX, wrapped to the contract's double ``features`` -> ``predictions`` [-1].
 
-    anonymous = booster.copy()
-    anonymous.feature_names = None  # the converter parses split features as f0, f1, ...
-    converted = onnxmltools.convert_xgboost(
-        anonymous, initial_types=[("input_f32", FloatTensorType([None, n_features]))], target_opset=XGB_OPSET
-    )
-    graph = converted.graph
-    probabilities = next(o.name for o in graph.output if o.name == "probabilities")
-    nodes = [helper.make_node("Cast", [C.INPUT_NAME], ["input_f32"], to=TensorProto.FLOAT, name="features_to_float")]
-    nodes += list(graph.node)
+    The tree ensemble comes from :func:`~exporter.models.xgb_trees.tree_ensemble_node` (the model's JSON read once),
+    or, for a model outside its shape, from onnxmltools; both give the same node."""
+    from onnx import TensorProto, helper
+
+    from exporter.models.xgb_trees import INPUT, tree_ensemble_node
+
+    ensemble = tree_ensemble_node(booster)
+    if ensemble is not None:
+        trees, initializers = [ensemble], []
+        opsets = {"ai.onnx.ml": 1, "": XGB_OPSET}
+        ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", XGB_OPSET)])
+    else:
+        converted = _onnxmltools_convert(booster, n_features)
+        trees, initializers = list(converted.graph.node), list(converted.graph.initializer)
+        opsets = {o.domain: o.version for o in converted.opset_import}
+        opsets.setdefault("", XGB_OPSET)  # the wrapper's Cast and Gather live in the default domain
+        ir_version = converted.ir_version
+    nodes = [helper.make_node("Cast", [C.INPUT_NAME], [INPUT], to=TensorProto.FLOAT, name="features_to_float")]
+    nodes += trees
     nodes += [
-        helper.make_node("Gather", [probabilities, "positive_class"], ["p_click_f32"], axis=1, name="take_positive"),
+        helper.make_node("Gather", ["probabilities", "positive_class"], ["p_click_f32"], axis=1, name="take_positive"),
         helper.make_node("Cast", ["p_click_f32"], [C.OUTPUT_NAME], to=TensorProto.DOUBLE, name="to_double"),
     ]
     new_graph = helper.make_graph(
@@ -366,14 +374,29 @@ def booster_to_onnx(booster: Any, n_features: int) -> Any:
         "xgb_ctr",
         [helper.make_tensor_value_info(C.INPUT_NAME, TensorProto.DOUBLE, ["batch", n_features])],
         [helper.make_tensor_value_info(C.OUTPUT_NAME, TensorProto.DOUBLE, ["batch"])],
-        initializer=list(graph.initializer) + [helper.make_tensor("positive_class", TensorProto.INT64, [], [1])],
+        initializer=initializers + [helper.make_tensor("positive_class", TensorProto.INT64, [], [1])],
     )
-    opsets = {o.domain: o.version for o in converted.opset_import}
-    opsets.setdefault("", XGB_OPSET)  # the wrapper's Cast and Gather live in the default domain
     model = helper.make_model(
         new_graph,
         opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
         producer_name="exporter",
     )
-    model.ir_version = converted.ir_version
+    model.ir_version = ir_version
     return model
+
+
+def _onnxmltools_convert(booster: Any, n_features: int) -> Any:
+    """onnxmltools' conversion (its ``probabilities`` output is what the wrapper reads)."""
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    from exporter.models.xgb_trees import INPUT
+
+    anonymous = booster.copy()
+    anonymous.feature_names = None  # the converter parses split features as f0, f1, ...
+    converted = onnxmltools.convert_xgboost(
+        anonymous, initial_types=[(INPUT, FloatTensorType([None, n_features]))], target_opset=XGB_OPSET
+    )
+    if not any(o.name == "probabilities" for o in converted.graph.output):
+        raise ExporterError("xgb: onnxmltools' graph has no 'probabilities' output")
+    return converted
