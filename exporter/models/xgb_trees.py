@@ -8,8 +8,8 @@ order with the "yes" (``x < split``) child first, ``BRANCH_LT`` splits, the miss
 direction, one class weight per leaf, ``LOGISTIC`` after the margin ``base_values`` = logit(base_score).
 ``tests/models/test_xgb_trees.py`` holds the two converters to the same bytes.
 
-Models outside that shape (another objective, categorical splits, vector leaves) return ``None`` and go through
-onnxmltools, which knows them.
+Models outside that shape (another objective, several targets, categorical splits, vector leaves) return ``None``
+and go through onnxmltools, which knows them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def tree_ensemble_node(booster: Any) -> NodeProto | None:
     """The classifier node of a ``binary:logistic`` booster with numeric splits, or None (see the module doc)."""
     model = json.loads(bytes(booster.save_raw("json")))
     learner = model["learner"]
-    if learner["objective"]["name"] != "binary:logistic":
+    one_target = learner["learner_model_param"].get("num_target", "1") == "1"
+    if learner["objective"]["name"] != "binary:logistic" or not one_target:
         return None
     gbtree = learner["gradient_booster"]
     if gbtree.get("name", "gbtree") != "gbtree" or "model" not in gbtree:
@@ -55,7 +56,8 @@ def tree_ensemble_node(booster: Any) -> NodeProto | None:
     }
     first_leaf: float | None = None
     for tree_id, tree in enumerate(trees):
-        if int(tree["tree_param"].get("size_leaf_vector", "1")) > 1 or any(int(t) != 0 for t in tree["split_type"]):
+        vector_leaf = int(tree["tree_param"].get("size_leaf_vector", "1")) > 1
+        if vector_leaf or any(int(t) != 0 for t in tree.get("split_type", ())):
             return None
         leaf = _add_tree(tree_id, tree, columns)
         if tree_id == 0:

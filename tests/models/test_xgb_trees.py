@@ -80,11 +80,14 @@ def test_scores_as_xgboost_on_missing_values() -> None:
 
 
 def test_other_shapes_go_through_onnxmltools() -> None:
-    """Another objective, or categorical splits: no node from the JSON path (onnxmltools converts them)."""
+    """Another objective, several targets, categorical splits: no node from the JSON path (onnxmltools has them)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 3))
     regression = xgb.train({"objective": "reg:squarederror"}, xgb.DMatrix(x, label=x[:, 0]), num_boost_round=3)
     assert T.tree_ensemble_node(regression) is None
+    two_labels = np.stack([x[:, 0] > 0, x[:, 1] > 0], axis=1).astype(int)
+    multi_label = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, label=two_labels), num_boost_round=3)
+    assert T.tree_ensemble_node(multi_label) is None
     frame_codes = rng.integers(0, 4, 200)
     import pandas as pd
 
