@@ -350,7 +350,7 @@ def booster_to_onnx(booster: Any, n_features: int) -> Any:
     or, for a model outside its shape, from onnxmltools; both give the same node."""
     from onnx import TensorProto, helper
 
-    from exporter.models.xgb_trees import INPUT, tree_ensemble_node
+    from exporter.models.xgb_trees import INPUT, PROBABILITIES, tree_ensemble_node
 
     ensemble = tree_ensemble_node(booster)
     if ensemble is not None:
@@ -366,7 +366,7 @@ def booster_to_onnx(booster: Any, n_features: int) -> Any:
     nodes = [helper.make_node("Cast", [C.INPUT_NAME], [INPUT], to=TensorProto.FLOAT, name="features_to_float")]
     nodes += trees
     nodes += [
-        helper.make_node("Gather", ["probabilities", "positive_class"], ["p_click_f32"], axis=1, name="take_positive"),
+        helper.make_node("Gather", [PROBABILITIES, "positive_class"], ["p_click_f32"], axis=1, name="take_positive"),
         helper.make_node("Cast", ["p_click_f32"], [C.OUTPUT_NAME], to=TensorProto.DOUBLE, name="to_double"),
     ]
     new_graph = helper.make_graph(
@@ -390,13 +390,13 @@ def _onnxmltools_convert(booster: Any, n_features: int) -> Any:
     import onnxmltools
     from onnxmltools.convert.common.data_types import FloatTensorType
 
-    from exporter.models.xgb_trees import INPUT
+    from exporter.models.xgb_trees import INPUT, PROBABILITIES
 
     anonymous = booster.copy()
     anonymous.feature_names = None  # the converter parses split features as f0, f1, ...
     converted = onnxmltools.convert_xgboost(
         anonymous, initial_types=[(INPUT, FloatTensorType([None, n_features]))], target_opset=XGB_OPSET
     )
-    if not any(o.name == "probabilities" for o in converted.graph.output):
-        raise ExporterError("xgb: onnxmltools' graph has no 'probabilities' output")
+    if not any(o.name == PROBABILITIES for o in converted.graph.output):
+        raise ExporterError(f"xgb: onnxmltools' graph has no '{PROBABILITIES}' output")
     return converted

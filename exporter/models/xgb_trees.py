@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 from onnx import NodeProto, helper
 
-#: the TreeEnsembleClassifier's input and outputs (the names onnxmltools gives them)
+#: the TreeEnsembleClassifier's input and outputs (the names onnxmltools gives them); the wrapper reads PROBABILITIES
 INPUT = "input_f32"
-OUTPUTS = ("label", "probabilities")
+PROBABILITIES = "probabilities"
+OUTPUTS = ("label", PROBABILITIES)
 
 
 def tree_ensemble_node(booster: Any) -> NodeProto | None:
@@ -55,20 +56,19 @@ def tree_ensemble_node(booster: Any) -> NodeProto | None:
             "class_weights",
         )
     }
-    first_leaf: float | None = None
     for tree_id, tree in enumerate(trees):
         vector_leaf = int(tree["tree_param"].get("size_leaf_vector", "1")) > 1
         if vector_leaf or any(int(t) != 0 for t in tree.get("split_type", ())):
             return None
-        leaf = _add_tree(tree_id, tree, columns)
-        if tree_id == 0:
-            first_leaf = leaf
+        _add_tree(tree_id, tree, columns)
     attrs: dict[str, Any] = dict(columns)
     attrs["class_ids"] = [0] * len(columns["class_treeids"])
     attrs["classlabels_int64s"] = [0, 1]
     attrs["post_transform"] = "LOGISTIC"
     base_score = _base_score(learner["learner_model_param"].get("base_score", "0.5"))
-    if first_leaf == 0:  # what onnxmltools does when the first tree is one leaf of weight 0
+    first = trees[0]
+    if first["left_children"][0] == -1 and first["split_conditions"][0] == 0:
+        # what onnxmltools does when the first tree is one leaf of weight 0
         attrs["base_values"] = [base_score]
     elif base_score != 0.5:
         attrs["base_values"] = [-np.log(1 / np.float32(base_score) - 1.0)]
@@ -89,9 +89,8 @@ def _base_score(raw: str) -> float:
     return float(values[0])
 
 
-def _add_tree(tree_id: int, tree: dict[str, Any], out: dict[str, list[Any]]) -> float | None:
-    """Append one tree's nodes in depth-first order, left ("yes") child first; returns the root's weight when the
-    tree is a single leaf."""
+def _add_tree(tree_id: int, tree: dict[str, Any], out: dict[str, list[Any]]) -> None:
+    """Append one tree's nodes in depth-first order, left ("yes") child first."""
     left, right = tree["left_children"], tree["right_children"]
     split_index, condition, default_left = tree["split_indices"], tree["split_conditions"], tree["default_left"]
     order: list[int] = []
@@ -123,4 +122,3 @@ def _add_tree(tree_id: int, tree: dict[str, Any], out: dict[str, list[Any]]) -> 
             out["nodes_truenodeids"].append(number[left[node]])
             out["nodes_falsenodeids"].append(number[right[node]])
             out["nodes_missing_value_tracks_true"].append(int(bool(default_left[node])))
-    return float(condition[0]) if left[0] == -1 else None
