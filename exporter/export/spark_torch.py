@@ -275,11 +275,13 @@ def train_rank(settings_json: str) -> None:
                 x, y = next(stream)
                 tensors = targets_as(spec.block_tensors(s["config"], x, y, counter), dtype)
                 total += tc.train_step(net, spec.loss, optimizer, tensors, epoch, average_gradients) * len(x)
+                stopping.after_step()
                 seen += len(x)
             stats = torch.tensor([total, float(seen)], dtype=torch.float64)
             dist.all_reduce(stats)
-            v = tc.validation_loss(net, spec.loss, valid_tensors)
-            stop = torch.tensor([float(stopping.end_epoch(epoch, float(stats[0] / stats[1]), v))])
+            with stopping.judged():  # every rank's average is the same: its weights are
+                v = tc.validation_loss(net, spec.loss, valid_tensors)
+                stop = torch.tensor([float(stopping.end_epoch(epoch, float(stats[0] / stats[1]), v))])
             dist.broadcast(stop, 0)
             if stop.item():
                 break

@@ -83,6 +83,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "embed_dim": 16,
         "hidden": [64, 32],
         "weight_decay": "auto",
+        "ema_decay": tc.DEFAULT_EMA_DECAY,
         "dtype": tc.DEFAULT_DTYPE,
         "embedding_gradients": "auto",
     }

@@ -35,6 +35,7 @@ from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.models import history_pool as HP
 from exporter.models import optimiser as opt
+from exporter.models import weight_average as wa
 from exporter.models.base import Progress
 from exporter.models.threads import available_cores
 
@@ -234,6 +235,8 @@ STOP_MAX_EPOCHS = "max_epochs"
 
 #: epochs without a lower validation loss before training stops, when a model's hyper-parameters do not say
 DEFAULT_PATIENCE = 3
+#: the torch models' default ``ema_decay``: their weights are averaged (:mod:`exporter.models.weight_average`)
+DEFAULT_EMA_DECAY = wa.DEFAULT_DECAY
 #: ``weight_decay: auto`` never exceeds this (a few hundred rows would otherwise pin every weight to zero)
 AUTO_WEIGHT_DECAY_CAP = 1e-3
 
@@ -268,6 +271,7 @@ class LoopSettings:
     patience: int
     lr_schedule: str
     embedding_gradients: str
+    ema_decay: float = 0.0
 
     @classmethod
     def of(cls, hparams: Mapping[str, Any], *, rows: int, decay_scale: float) -> LoopSettings:
@@ -281,6 +285,7 @@ class LoopSettings:
             patience=int(hparams.get("patience", DEFAULT_PATIENCE) or 0),
             lr_schedule=str(hparams.get("lr_schedule", "none")),
             embedding_gradients=str(hparams.get("embedding_gradients", opt.DEFAULT_EMBEDDING_GRADIENTS)),
+            ema_decay=float(hparams.get("ema_decay", 0.0) or 0.0),
         )
 
     def optimizer(self, net: nn.Module, *, sparse_allowed: bool = True) -> torch.optim.Adam:
@@ -310,6 +315,7 @@ class LoopSettings:
             has_validation=has_validation,
             first_point=first_point,
             on_epoch=on_epoch,
+            ema_decay=self.ema_decay,
         )
 
 
@@ -328,7 +334,9 @@ class EarlyStopping:
     (the learning rate times :data:`PLATEAU_FACTOR` after an epoch without improvement).
 
     The validation loss is monitored; without validation rows (a softmax model whose validation rows hold no
-    positive pair) the train loss is.
+    positive pair) the train loss is. With ``ema_decay`` the weights judged, kept and exported are a moving
+    average of the live ones (:mod:`exporter.models.weight_average`): a loop calls :meth:`after_step` after
+    each optimiser step and computes the validation loss and calls :meth:`end_epoch` inside :meth:`judged`.
     """
 
     def __init__(
@@ -344,8 +352,11 @@ class EarlyStopping:
         has_validation: bool,
         first_point: dict[str, float] | None = None,
         on_epoch: Callable[[int, float], None] | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         self.model, self.optimizer = model, optimizer
+        self.ema_decay = float(ema_decay)
+        self.average = wa.WeightAverage(model, self.ema_decay) if self.ema_decay > 0 else None
         self.max_epochs, self.patience, self.lr_schedule, self.lr = max_epochs, patience, lr_schedule, learning_rate
         self.monitor = "validation_loss" if has_validation else "train_loss"
         self.history: list[dict[str, float]] = [first_point] if first_point else []
@@ -353,6 +364,16 @@ class EarlyStopping:
         self.best_state = _copy_state(model)
         self.on_epoch = on_epoch
         self.weight_decay = weight_decay
+
+    def after_step(self) -> None:
+        """After each optimiser step (the weight average folds the new weights in)."""
+        if self.average is not None:
+            self.average.update()
+
+    def judged(self) -> contextlib.AbstractContextManager[None]:
+        """The weights an epoch is judged by, in the model for the block: the average (when on), else the live
+        weights; the validation loss and :meth:`end_epoch` (which keeps the best) belong inside."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def end_epoch(self, epoch: int, train_loss: float, validation_loss: float) -> bool:
         """Record the epoch's losses; True when training stops here."""
@@ -382,6 +403,8 @@ class EarlyStopping:
         monitor, best_epoch = self.monitor, self.best_epoch
         if not self.patience:  # early stopping off (patience 0): every epoch ran and the last one is kept
             best_epoch, monitor = last, "none"
+            if self.average is not None:
+                self.average.load()
         elif self.best_epoch:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
@@ -398,6 +421,7 @@ class EarlyStopping:
             "lr_schedule": self.lr_schedule,
             "final_learning_rate": self.lr,
             "weight_decay": self.weight_decay,
+            "ema_decay": self.ema_decay,
         }
         return FitResult(self.history, stopping)
 
@@ -425,10 +449,12 @@ def fit_loop(
     threads: int | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
+    ema_decay: float = 0.0,
 ) -> FitResult:
     """Mini-batch Adam on ``threads`` intra-op threads (None: every core) with early stopping on the validation
     loss: at most ``max_epochs`` epochs, stopped after ``patience`` epochs without a better validation loss
-    (``None``: never), the best epoch's weights restored.
+    (``None``: never), the best epoch's weights restored; with ``ema_decay`` the weights validated, kept and
+    returned are a moving average of the live ones (:mod:`exporter.models.weight_average`).
 
     The validation rows decide (stopping, the best epoch, the learning-rate schedule); no other held-out rows
     are seen here. Returns the per-epoch train and validation loss (the training curve) and how it stopped.
@@ -452,6 +478,7 @@ def fit_loop(
             lr_schedule,
             on_epoch,
             embedding_gradients,
+            ema_decay,
         )
 
 
@@ -485,11 +512,12 @@ def _fit_epochs(
     lr_schedule: str,
     on_epoch: Callable[[int, float], None] | None = None,
     embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
+    ema_decay: float = 0.0,
 ) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
     settings = LoopSettings(
-        max_epochs, batch_size, learning_rate, weight_decay, patience or 0, lr_schedule, embedding_gradients
+        max_epochs, batch_size, learning_rate, weight_decay, patience or 0, lr_schedule, embedding_gradients, ema_decay
     )
     optimizer = settings.optimizer(model)
     stopping = settings.stopping(
@@ -508,14 +536,17 @@ def _fit_epochs(
             idx = order[start : start + batch_size]
             batch = [t[idx] for t in train_tensors]
             total += train_step(model, loss_fn, optimizer, batch, epoch) * len(idx)
+            stopping.after_step()
             steps += 1
             seen += len(idx)
             if progress is not None:
                 progress.update(1)
-        valid = validation_loss(model, loss_fn, validation_tensors)
-        if progress is not None:
-            progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{valid:.4f}"})
-        if stopping.end_epoch(epoch, total / seen, valid):
+        with stopping.judged():
+            valid = validation_loss(model, loss_fn, validation_tensors)
+            if progress is not None:
+                progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{valid:.4f}"})
+            stop = stopping.end_epoch(epoch, total / seen, valid)
+        if stop:
             break
     return stopping.finish(batch_size=batch_size, steps_per_epoch=steps_per_epoch(n, batch_size), optimiser_steps=steps)
 

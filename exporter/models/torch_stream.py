@@ -66,16 +66,19 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
                 for start in range(0, len(tensors[0]), batch_size):
                     batch = [t[start : start + batch_size] for t in tensors]
                     total += tc.train_step(net, model.loss, optimizer, batch, epoch) * len(batch[0])
+                    stopping.after_step()
                     steps += 1
                     seen += len(batch[0])
                 if progress is not None:
                     progress.update(len(x))
             if not seen:
                 raise ExporterError("no training rows left after holding out evaluation rows")
-            held = tc.validation_loss(net, model.loss, validation)
-            if progress is not None:
-                progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{held:.4f}"})
-            if stopping.end_epoch(epoch, total / seen, held):
+            with stopping.judged():
+                held = tc.validation_loss(net, model.loss, validation)
+                if progress is not None:
+                    progress.set_postfix({"epoch": epoch, "loss": f"{total / seen:.4f}", "validation": f"{held:.4f}"})
+                stop = stopping.end_epoch(epoch, total / seen, held)
+            if stop:
                 break
         fit = stopping.finish(batch_size=batch_size, optimiser_steps=steps)
     trained = model._trained(net, config, list(data.columns), dict(hparams), fit.history, data.features)

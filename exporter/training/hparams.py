@@ -121,6 +121,11 @@ RULES: dict[str, tuple[str, str]] = {
         "decay",
         "a non-negative number, or auto (the model's scale divided by the training rows, at most 1e-3)",
     ),
+    "ema_decay": (
+        "ema_decay",
+        "0 (no averaging: the weights of the kept epoch as they were trained) or a number in (0, 1), the weight of "
+        "the old average per optimiser step (0.999: about the last 1,000 steps)",
+    ),
     "lr_schedule": (
         "one_of:plateau|none",
         "plateau (halve the learning rate after an epoch without a better validation loss) or none",
@@ -185,6 +190,8 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
             ok = number(value) and 0 < value < 10
         elif rule == "non_negative":
             ok = number(value) and value >= 0
+        elif rule == "ema_decay":
+            ok = number(value) and 0 <= value < 1
         elif rule == "decay":
             ok = value == "auto" or (number(value) and value >= 0)
         elif rule == "columns":
@@ -204,8 +211,8 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- memory
-#: bytes per FP64 parameter while training: the value, its gradient and Adam's two moments
-TRAINING_BYTES_PER_PARAMETER = 8 * 4
+#: bytes per FP64 parameter while training: the value, its gradient, Adam's two moments and the weight average
+TRAINING_BYTES_PER_PARAMETER = 8 * 5
 #: bytes of one value of each compute dtype (hyper-parameter ``dtype``; xgb has none: 8)
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 #: bytes per tree node of a boosted ensemble while it is built (split, value, statistics)

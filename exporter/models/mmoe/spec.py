@@ -122,6 +122,7 @@ class MMoEModel(TorchModel[MMoE]):
         # L2 on every weight: +0.005 liked-head AUC on MovieLens-100k (two of three splits) and +0.0015 ctr AUC on
         # the synthetic log over none (docs/benchmarks.md)
         "weight_decay": 1e-4,
+        "ema_decay": tc.DEFAULT_EMA_DECAY,
         "tasks": [dict(t) for t in T.DEFAULT_TASKS],
         "task_weights": None,
         "dtype": tc.DEFAULT_DTYPE,

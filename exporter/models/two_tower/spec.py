@@ -158,6 +158,9 @@ class TwoTowerModel(TorchModel[TwoTower]):
         "hidden": 64,
         "field_embed_dim": 16,
         "weight_decay": 0.0,
+        # a shorter average than deepfm's: 12 epochs of MovieLens are 1,800 steps, and 0.999 lagged (recall@50
+        # 0.5775 against 0.5861 at 0.998, docs/benchmarks.md)
+        "ema_decay": 0.998,
         "user_columns": None,
         "item_columns": None,
         "loss": "softmax",
