@@ -11,7 +11,8 @@ figure is on the test rows:
 * multi-task rows: mmoe trained on its own tasks ``liked`` (binary) and ``rating`` (regression): the like
   head's AUC and the rating head's RMSE against predicting the mean;
 * retrieval rows: recall@K and NDCG@K (K = 10, 50) over the whole catalogue, each user's training items
-  excluded (:mod:`exporter.models.two_tower.retrieval`), for a popularity baseline and for the two-tower model
+  excluded (:mod:`exporter.models.two_tower.retrieval`), for a popularity baseline, for EASE (a strong classical
+  item-item model, a reference for what the split allows) and for the two-tower model
   trained on the liked pairs (in-batch sampled softmax), whose user tower and item tower are run from the exported
   ONNX files with onnxruntime (what serving and an ANN index would embed), so the row moves when the
   exported model improves; the pipeline's own retrieval metrics (metadata ``quality``) must agree with it.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -47,7 +49,7 @@ from exporter.errors import ExporterError
 from exporter.models.two_tower import retrieval as R
 from exporter.models.two_tower.towers import pair_keys
 from exporter.tools import movielens as ml
-from exporter.tools.quality_baselines import tower_embeddings, xgb_baseline
+from exporter.tools.quality_baselines import EASE_LAMBDA, ease_scores, tower_embeddings, xgb_baseline
 from exporter.tools.quality_data import (
     CATEGORICAL,
     FEATURES,
@@ -102,8 +104,8 @@ the exporter's seeded 70/10/20 train/validation/test split) and print, from one 
   AUC            xgb, deepfm, mmoe's like head, next to a plain XGBoost (600 trees, depth 6) trained here;
                  default deepfm and xgb on 336-row samples
   RMSE           mmoe's rating head next to predicting the training mean
-  recall@K/NDCG  K = 10, 50 over all items, training items excluded: popularity, and two_tower from its
-                 exported ONNX towers
+  recall@K/NDCG  K = 10, 50 over all items, training items excluded: popularity, EASE (a strong item-item
+                 baseline, on the liked and on every rated pair), and two_tower from its exported ONNX towers
   + history      deepfm and two_tower again, same split, with a history column: each user's last 20 liked
                  items of the training rows (never the row itself, never a held-out row)
 
@@ -265,6 +267,30 @@ def _retrieval_rows(
     return rows
 
 
+def _rows_of(scores: np.ndarray, start: int, stop: int) -> np.ndarray:
+    return scores[start:stop]
+
+
+def _ease_rows(known: pd.DataFrame, sets: R.EvalSets, judge: bool) -> list[Row]:
+    """EASE, a strong classical item-item baseline, on the same known pairs: trained on the liked ones (what
+    two_tower learns from) and on every rated one; a reference for what this split allows, judged by nothing."""
+    rows: list[Row] = []
+    n_users, n_items = len(sets.users), len(sets.items)
+    for name, pairs in (("liked pairs", known[known[LABEL] == 1]), ("every rated pair", known)):
+        t0 = time.perf_counter()
+        scores = ease_scores(
+            sets.users.get_indexer(pairs["user_id"]),
+            sets.items.get_indexer(pairs["item_id"]),
+            n_users,
+            n_items,
+            EASE_LAMBDA,
+        )
+        found = R.evaluate_scores(functools.partial(_rows_of, scores), n_users, n_items, sets.train, sets.heldout)
+        note = f"EASE (Steck 2019), lambda {EASE_LAMBDA:g}, on the {name} of the training and validation rows"
+        rows += _retrieval_rows(f"ease ({name})", found, None, time.perf_counter() - t0, note, judge)
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- the run
 
 
@@ -355,6 +381,7 @@ def run_quality(
     popularity = R.evaluate_popularity(sets.train, sets.heldout, len(items))
     pop_note = f"{popularity.users_evaluated} users with held-out likes, {len(items)} items; training items excluded"
     retrieval_rows += _retrieval_rows("popularity", popularity, None, time.perf_counter() - t0, pop_note, judge)
+    retrieval_rows += _ease_rows(table.iloc[known_pairs], sets, judge)
 
     try:
         # a list column only the "+ history" runs read: lists are not part of the split's key, the split stands

@@ -45,8 +45,10 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
         ("deepfm + history", "AUC"),  # the same split, with the history column (extra rows)
         ("xgb (336 rows)", "AUC"),
         ("deepfm (336 rows)", "AUC"),
-    ] + [("popularity", m) for m in retrieval] + [("two_tower", m) for m in retrieval] + [
-        ("two_tower + history", m) for m in retrieval
+    ] + [
+        (model, m)
+        for model in ("popularity", "ease (liked pairs)", "ease (every rated pair)", "two_tower", "two_tower + history")
+        for m in retrieval
     ]
     by = {(r["model"], r["metric"]): r for r in rows}
     for key in got:
@@ -58,7 +60,7 @@ def test_quick_script_prints_every_row_from_one_run(tmp_path):
     for model in ("xgb", "deepfm", "deepfm + history"):
         assert 0.0 <= by[(model, "AUC")]["value"] <= 1.0
         assert by[(model, "AUC")]["baseline"] == by[("xgb baseline", "AUC")]["value"]
-    for model in ("popularity", "two_tower"):
+    for model in ("popularity", "two_tower", "ease (liked pairs)", "ease (every rated pair)"):
         assert 0.0 <= by[(model, "recall@10")]["value"] <= by[(model, "recall@50")]["value"] <= 1.0
     assert by[("two_tower", "recall@10")]["baseline"] == by[("popularity", "recall@10")]["value"]
     assert not any("WARNING" in r["note"] for r in rows), "the pipeline must hold out the table's split"
@@ -217,3 +219,31 @@ def test_the_benchmarks_history_never_carries_the_rows_own_label():
         flipped = table.copy()
         flipped.iloc[row, flipped.columns.get_loc(QD.LABEL)] = 1 - flipped[QD.LABEL].iat[row]
         assert QD.add_history(flipped, train)[QD.HISTORY].iat[row] == built.iat[row]
+
+
+def test_ease_is_a_ridge_regression_of_each_item_on_the_others():
+    """EASE's closed form against its definition: column j of B minimises ||X_j - X b||^2 + lam ||b||^2 with
+    b_j = 0, a ridge regression of item j on the other items, solved here item by item."""
+    from exporter.tools.quality_baselines import ease_scores
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((30, 8)) < 0.35).astype(np.float64)
+    users, items = np.nonzero(x)
+    lam = 2.5
+    want = np.zeros((8, 8))
+    for j in range(8):
+        others = [k for k in range(8) if k != j]
+        a = x[:, others]
+        want[others, j] = np.linalg.solve(a.T @ a + lam * np.eye(7), a.T @ x[:, j])
+    np.testing.assert_allclose(ease_scores(users, items, 30, 8, lam), x @ want, rtol=1e-9, atol=1e-12)
+    # duplicates count once, as the interactions are a set
+    doubled = ease_scores(np.concatenate([users, users]), np.concatenate([items, items]), 30, 8, lam)
+    np.testing.assert_allclose(doubled, x @ want, rtol=1e-9, atol=1e-12)
+
+
+def test_ease_refuses_a_catalogue_too_large_for_its_dense_matrix():
+    from exporter.errors import ExporterError
+    from exporter.tools.quality_baselines import EASE_MAX_ITEMS, ease_scores
+
+    with pytest.raises(ExporterError, match="dense .* matrix; at most"):
+        ease_scores(np.array([0]), np.array([0]), 1, EASE_MAX_ITEMS + 1, 1.0)
