@@ -276,7 +276,10 @@ def _ease_rows(known: pd.DataFrame, sets: R.EvalSets, judge: bool) -> list[Row]:
     two_tower learns from) and on every rated one; a reference for what this split allows, judged by nothing."""
     rows: list[Row] = []
     n_users, n_items = len(sets.users), len(sets.items)
-    for name, pairs in (("liked pairs", known[known[LABEL] == 1]), ("every rated pair", known)):
+    for name, what, pairs in (
+        ("liked pairs", "the liked pairs", known[known[LABEL] == 1]),
+        ("every rated pair", "every rated pair", known),
+    ):
         t0 = time.perf_counter()
         scores = ease_scores(
             sets.users.get_indexer(pairs["user_id"]),
@@ -286,7 +289,7 @@ def _ease_rows(known: pd.DataFrame, sets: R.EvalSets, judge: bool) -> list[Row]:
             EASE_LAMBDA,
         )
         found = R.evaluate_scores(functools.partial(_rows_of, scores), n_users, n_items, sets.train, sets.heldout)
-        note = f"EASE (Steck 2019), lambda {EASE_LAMBDA:g}, on the {name} of the training and validation rows"
+        note = f"EASE (Steck 2019), lambda {EASE_LAMBDA:g}, on {what} of the training and validation rows"
         rows += _retrieval_rows(f"ease ({name})", found, None, time.perf_counter() - t0, note, judge)
     return rows
 
