@@ -279,7 +279,7 @@ def train_rank(settings_json: str) -> None:
                 seen += len(x)
             stats = torch.tensor([total, float(seen)], dtype=torch.float64)
             dist.all_reduce(stats)
-            with stopping.judged():  # every rank's average is the same: its weights are
+            with stopping.judged():  # the same average on every rank, as their weights are the same
                 v = tc.validation_loss(net, spec.loss, valid_tensors)
                 stop = torch.tensor([float(stopping.end_epoch(epoch, float(stats[0] / stats[1]), v))])
             dist.broadcast(stop, 0)

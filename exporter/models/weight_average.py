@@ -9,9 +9,9 @@ average is swapped in to compute the validation loss, so early stopping judges, 
 ``ema_decay`` is the weight of the old average per optimiser step (0.999: about the last 1,000 steps count). The
 average starts at zero and is divided by ``1 - decay ** steps`` (Adam's bias correction), so it is the weighted
 mean of the iterates seen so far, not pulled towards the random initial weights on a short run. It is folded in
-every :data:`EVERY` steps with ``decay ** EVERY``: the same average within a few steps' weights, at a fraction of
-the cost of reading every embedding row after every step (an embedding table of millions of rows would
-otherwise cost as much as the step itself).
+every :data:`EVERY` steps with ``decay ** EVERY``: the same average within a few steps' weights, at a quarter of
+the cost of folding after every step (each fold reads and writes every embedding row, where a row-wise Adam step
+touches only the rows of its batch).
 """
 
 from __future__ import annotations
