@@ -205,3 +205,47 @@ def test_a_streamed_two_tower_ships_every_item_and_ranks_against_them_all(
     assert metrics["users_evaluated"] == held_users and metrics["catalogue_items"] == len(catalogue)
     retrieval = _metadata(tmp_path, "two_tower")["quality"]
     assert retrieval["retrieval"]["recall@50"] == pytest.approx(metrics["recall@50"])
+
+
+@pytest.mark.parametrize("streaming", ["on", "off"])
+def test_both_loops_average_every_optimiser_step_and_export_the_average(
+    log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streaming: str
+) -> None:
+    """The streamed and the in-memory loop feed the weight average after each step and keep the averaged weights:
+    with early stopping off, the exported weights are the average, not the last step's."""
+    import torch
+
+    from exporter.export import pipeline
+    from exporter.models import weight_average as wa
+
+    updates: list[int] = []
+    loaded: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # (live, averaged) weights
+    real_update, real_load = wa.WeightAverage.update, wa.WeightAverage.load
+
+    def update(self: wa.WeightAverage) -> None:
+        updates.append(1)
+        real_update(self)
+
+    def load(self: wa.WeightAverage) -> None:
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        real_load(self)
+        loaded.append((live, {k: v.detach().clone() for k, v in self.model.state_dict().items()}))
+
+    monkeypatch.setattr(wa.WeightAverage, "update", update)
+    monkeypatch.setattr(wa.WeightAverage, "load", load)
+    params = ExportParams(
+        "deepfm",
+        data_path=log_dir,
+        streaming=streaming,
+        artifacts=tmp_path,
+        progress=False,
+        hparams={"max_epochs": 2, "patience": 0, "ema_decay": 0.9},
+    )
+    result = pipeline.run(params)
+    stopping = result.artifacts[0].metadata["training"]["early_stopping"]
+    assert stopping["ema_decay"] == 0.9 and len(updates) == stopping["optimiser_steps"] > 0
+    ((live, final),) = loaded
+    assert any(not torch.equal(live[k], v) for k, v in final.items()), "the average is not the last step's weights"
+    state = torch.load(Path(result.artifacts[0].path) / "checkpoint.pt", weights_only=True)["state_dict"]
+    for name, tensor in final.items():
+        torch.testing.assert_close(state[name], tensor, rtol=0, atol=0)
