@@ -66,10 +66,11 @@ EASE_LAMBDA = 200.0
 EASE_MAX_ITEMS = 10_000
 
 
-def ease_scores(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, lam: float) -> np.ndarray:
-    """EASE (Steck, "Embarrassingly Shallow Autoencoders", 2019), a strong item-item collaborative baseline:
-    B = I - P / diag(P) with P = (X'X + lam I)^-1 and diag(B) = 0; returns every user's scores X B
-    [n_users, n_items]. ``users``/``items`` are the row indices of the interactions X holds (duplicates once)."""
+def ease(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE (Steck, "Embarrassingly Shallow Autoencoders", 2019), a strong item-item collaborative baseline: the
+    interactions X [n_users, n_items] (``users``/``items`` are their row indices; duplicates count once) and the
+    item weights B = I - P / diag(P) with P = (X'X + lam I)^-1 and diag(B) = 0. A user's scores are its row of
+    X B: X's rows are the user embeddings and B's columns the item embeddings of a dot-product retrieval."""
     if n_items > EASE_MAX_ITEMS:
         raise ExporterError(f"EASE needs a dense {n_items} x {n_items} matrix; at most {EASE_MAX_ITEMS:,} items")
     x = np.zeros((n_users, n_items), dtype=np.float64)
@@ -79,4 +80,4 @@ def ease_scores(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)
     b[np.diag_indices(n_items)] = 0.0
-    return x @ b
+    return x, b

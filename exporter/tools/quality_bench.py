@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -49,7 +48,7 @@ from exporter.errors import ExporterError
 from exporter.models.two_tower import retrieval as R
 from exporter.models.two_tower.towers import pair_keys
 from exporter.tools import movielens as ml
-from exporter.tools.quality_baselines import EASE_LAMBDA, ease_scores, tower_embeddings, xgb_baseline
+from exporter.tools.quality_baselines import EASE_LAMBDA, ease, tower_embeddings, xgb_baseline
 from exporter.tools.quality_data import (
     CATEGORICAL,
     FEATURES,
@@ -267,10 +266,6 @@ def _retrieval_rows(
     return rows
 
 
-def _rows_of(scores: np.ndarray, start: int, stop: int) -> np.ndarray:
-    return scores[start:stop]
-
-
 def _ease_rows(known: pd.DataFrame, sets: R.EvalSets, judge: bool) -> list[Row]:
     """EASE, a strong classical item-item baseline, on the same known pairs: trained on the liked ones (what
     two_tower learns from) and on every rated one; a reference for what this split allows, judged by nothing."""
@@ -281,14 +276,14 @@ def _ease_rows(known: pd.DataFrame, sets: R.EvalSets, judge: bool) -> list[Row]:
         ("every rated pair", "every rated pair", known),
     ):
         t0 = time.perf_counter()
-        scores = ease_scores(
+        x, b = ease(
             sets.users.get_indexer(pairs["user_id"]),
             sets.items.get_indexer(pairs["item_id"]),
             n_users,
             n_items,
             EASE_LAMBDA,
         )
-        found = R.evaluate_scores(functools.partial(_rows_of, scores), n_users, n_items, sets.train, sets.heldout)
+        found = R.evaluate_embeddings(x, b.T, sets.train, sets.heldout)
         note = f"EASE (Steck 2019), lambda {EASE_LAMBDA:g}, on {what} of the training and validation rows"
         rows += _retrieval_rows(f"ease ({name})", found, None, time.perf_counter() - t0, note, judge)
     return rows

@@ -224,7 +224,7 @@ def test_the_benchmarks_history_never_carries_the_rows_own_label():
 def test_ease_is_a_ridge_regression_of_each_item_on_the_others():
     """EASE's closed form against its definition: column j of B minimises ||X_j - X b||^2 + lam ||b||^2 with
     b_j = 0, a ridge regression of item j on the other items, solved here item by item."""
-    from exporter.tools.quality_baselines import ease_scores
+    from exporter.tools.quality_baselines import ease
 
     rng = np.random.default_rng(3)
     x = (rng.random((30, 8)) < 0.35).astype(np.float64)
@@ -235,15 +235,17 @@ def test_ease_is_a_ridge_regression_of_each_item_on_the_others():
         others = [k for k in range(8) if k != j]
         a = x[:, others]
         want[others, j] = np.linalg.solve(a.T @ a + lam * np.eye(7), a.T @ x[:, j])
-    np.testing.assert_allclose(ease_scores(users, items, 30, 8, lam), x @ want, rtol=1e-9, atol=1e-12)
+    got_x, got_b = ease(users, items, 30, 8, lam)
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_allclose(got_x @ got_b, x @ want, rtol=1e-9, atol=1e-12)
     # duplicates count once, as the interactions are a set
-    doubled = ease_scores(np.concatenate([users, users]), np.concatenate([items, items]), 30, 8, lam)
-    np.testing.assert_allclose(doubled, x @ want, rtol=1e-9, atol=1e-12)
+    doubled_x, doubled_b = ease(np.concatenate([users, users]), np.concatenate([items, items]), 30, 8, lam)
+    np.testing.assert_allclose(doubled_x @ doubled_b, x @ want, rtol=1e-9, atol=1e-12)
 
 
 def test_ease_refuses_a_catalogue_too_large_for_its_dense_matrix():
     from exporter.errors import ExporterError
-    from exporter.tools.quality_baselines import EASE_MAX_ITEMS, ease_scores
+    from exporter.tools.quality_baselines import EASE_MAX_ITEMS, ease
 
     with pytest.raises(ExporterError, match="dense .* matrix; at most"):
-        ease_scores(np.array([0]), np.array([0]), 1, EASE_MAX_ITEMS + 1, 1.0)
+        ease(np.array([0]), np.array([0]), 1, EASE_MAX_ITEMS + 1, 1.0)
