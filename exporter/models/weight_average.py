@@ -36,8 +36,9 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) to average, got {decay}")
         self.model, self.decay, self.every = model, float(decay), max(1, int(every))
-        self.names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-        self.sums = [torch.zeros_like(v) for k, v in model.state_dict().items() if k in self.names]
+        state = model.state_dict()
+        self.names = [k for k, v in state.items() if v.is_floating_point()]
+        self.sums = [torch.zeros_like(state[k]) for k in self.names]
         self.steps = 0  # optimiser steps seen
         self.folded = 0  # steps whose weights are in ``sums``
         self.weight = 0.0  # 1 - decay ** folded: the bias correction
