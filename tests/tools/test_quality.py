@@ -249,3 +249,42 @@ def test_ease_refuses_a_catalogue_too_large_for_its_dense_matrix():
 
     with pytest.raises(ExporterError, match="dense .* matrix; at most"):
         ease(np.array([0]), np.array([0]), 1, EASE_MAX_ITEMS + 1, 1.0)
+
+
+def test_each_history_comes_from_the_models_own_training_part_only(monkeypatch):
+    """deepfm splits by row, two_tower by user-item pair: the history each one trains and is served with holds only
+    liked items of *its* training part, never an item of a validation or test row of its own split (the row
+    split's training rows hold many of the pair split's test pairs)."""
+    from exporter.tools import quality_data as QD
+
+    real_run, real_embed = pipeline.run, Q.tower_embeddings
+    prepared: dict[str, Any] = {}
+    served: list[pd.DataFrame] = []
+
+    def spy_run(params):
+        result = real_run(params)
+        if QD.HISTORY in params.feature_columns:
+            prepared[params.model] = result.prepared
+        return result
+
+    def spy_embed(version_dir, table, threads):
+        if QD.HISTORY in table.columns:
+            served.append(table)
+        return real_embed(version_dir, table, threads)
+
+    monkeypatch.setattr(pipeline, "run", spy_run)
+    monkeypatch.setattr(Q, "tower_embeddings", spy_embed)
+    Q.run_quality(["deepfm", "two_tower"], quick=True, threads=1, log=lambda msg: None)
+    assert set(prepared) == {"deepfm", "two_tower"} and len(served) == 1
+
+    for model, prep in prepared.items():
+        train = prep.train
+        liked = train[train[QD.LABEL] == 1].groupby("user_id")["item_id"].agg(set)
+        heldout = pd.concat([prep.validation, prep.heldout])
+        assert len(heldout) and sum(len(h) for h in train[QD.HISTORY]) > len(train), model
+        for part in (train, heldout):
+            for user, history in zip(part["user_id"], part[QD.HISTORY], strict=True):
+                assert set(np.asarray(history).tolist()) <= liked.get(user, set()), (model, user)
+        if model == "two_tower":  # what serving sends: each user's latest liked training items of the pair split
+            for user, history in zip(served[0]["user_id"], served[0][QD.HISTORY], strict=True):
+                assert history and set(history) <= liked.get(user, set()), user
