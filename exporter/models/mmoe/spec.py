@@ -115,7 +115,9 @@ class MMoEModel(TorchModel[MMoE]):
         "lr_schedule": "plateau",
         "batch_size": 256,
         "learning_rate": 0.005,
-        "embed_dim": 8,
+        # 16 against 8: liked-head AUC +0.001 to +0.004 on three MovieLens splits, ctr AUC +0.0015 on the synthetic
+        # 1M-row log (docs/benchmarks.md)
+        "embed_dim": 16,
         "n_experts": 4,
         "expert_dim": 32,
         "tower_dim": 16,
