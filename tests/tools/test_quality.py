@@ -251,6 +251,7 @@ def test_ease_refuses_a_catalogue_too_large_for_its_dense_matrix():
         ease(np.array([0]), np.array([0]), 1, EASE_MAX_ITEMS + 1, 1.0)
 
 
+@pytest.mark.slow
 def test_each_history_comes_from_the_models_own_training_part_only(monkeypatch):
     """deepfm splits by row, two_tower by user-item pair: the history each one trains and is served with holds only
     liked items of *its* training part, never an item of a validation or test row of its own split (the row
