@@ -86,7 +86,8 @@ def parameters_source(model: str, cfg: NotebookInfo) -> str:
         "model_version: Optional[int] = None  # version directory to write (1, 2, ...); None: the next free one",
         f"atol: float = {spec.atol!r}  # parity tolerance: max |{cfg.native} - ONNX Runtime| on held-out rows; beyond it nothing is exported",
         "parity_atol: Optional[float] = None  # deprecated old name of atol: still honoured, with a warning",
-        "threads: Optional[int] = None  # threads training uses (torch intra-op, xgboost nthread); None: every core",
+        "threads: Optional[int] = None  # training threads (torch intra-op, xgboost nthread); None: xgboost every core, "
+        "torch 1 per 2,048 batch rows",
         'engine: str = "local"  # "spark": train on Spark (xgboost.spark / TorchDistributor; needs data_path and Java)',
         "spark_master: Optional[str] = None  # Spark master URL (engine spark); None: local[*]",
         "num_workers: Optional[int] = None  # Spark training workers (engine spark); None: 2",

@@ -166,7 +166,7 @@ def add_export_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="threads training uses (torch intra-op threads, xgboost's nthread unless n_jobs is set); "
-        "default: every core",
+        "default: xgboost every core, torch one thread per 2,048 rows of its batch (one at the default batches)",
     )
     p.add_argument(
         "--max-batch-size",

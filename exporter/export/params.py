@@ -58,7 +58,8 @@ class ExportParams:
     streaming: str = "auto"
     #: where the run's notes go (which reading path ran and why, the passes); ``None``: printed on stdout
     log: Callable[[str], None] | None = None
-    #: threads training uses (torch intra-op threads, xgboost's nthread); ``None``: every core
+    #: threads training uses (torch intra-op threads, xgboost's nthread); ``None``: xgboost every core, torch one per
+    #: 2,048 rows of its batch (:func:`exporter.models.threads.torch_threads`)
     threads: int | None = None
     #: the experiment-tracking run this export is logged to (``run_id``, ``tracking_uri``, ...), recorded in
     #: metadata.json and the model card; set by the caller (exporter.tracking) once the run exists, so the

@@ -183,7 +183,7 @@ class TrainData:
     seed: int
     features: FeaturePlan
     progress: Progress | None = None
-    #: intra-op threads training may use (``--threads``); ``None``: every core
+    #: threads training may use (``--threads``); ``None``: the model's default (:mod:`exporter.models.threads`)
     threads: int | None = None
     #: called after each epoch with its number and the monitored (validation) loss; a tuner prunes with it (what
     #: it raises stops training and propagates). Trainers without epochs do not call it.

@@ -23,7 +23,7 @@ from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
-from exporter.models.threads import resolve_threads
+from exporter.models.threads import torch_threads
 from exporter.runtime.rules import MetadataError, read_metadata
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -138,7 +138,8 @@ class TorchModel(Model, Generic[NetT]):
 
     def train(self, data: TrainData) -> Trained:
         hparams, seed = data.hparams, data.seed
-        threads = resolve_threads(data.threads)
+        batch = tc.effective_batch_size(int(hparams["batch_size"]), len(data.x_train))
+        threads = torch_threads(data.threads, batch)
         tc.seed_everything(seed)
         columns = list(data.columns)
         config = self.make_config(data)

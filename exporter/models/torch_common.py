@@ -451,7 +451,8 @@ def fit_loop(
     embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
     ema_decay: float = 0.0,
 ) -> FitResult:
-    """Mini-batch Adam on ``threads`` intra-op threads (None: every core) with early stopping on the validation
+    """Mini-batch Adam on ``threads`` intra-op threads (None: every core; the models pass
+    :func:`~exporter.models.threads.torch_threads`) with early stopping on the validation
     loss: at most ``max_epochs`` epochs, stopped after ``patience`` epochs without a better validation loss
     (``None``: never), the best epoch's weights restored; with ``ema_decay`` the weights validated, kept and
     returned are a moving average of the live ones (:mod:`exporter.models.weight_average`).

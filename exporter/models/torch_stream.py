@@ -21,7 +21,7 @@ from exporter.errors import ExporterError
 from exporter.models import torch_common as tc
 from exporter.models.base import Trained
 from exporter.models.streamed import StreamTrainData, shuffled_blocks
-from exporter.models.threads import resolve_threads
+from exporter.models.threads import torch_threads
 from exporter.models.torch_base import DTYPE_KEY, FEATURES_KEY, TorchModel, targets_as
 
 
@@ -48,7 +48,8 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
     epochs, batch_size = settings.max_epochs, settings.batch_size
     optimizer = settings.optimizer(net)
     progress = data.progress
-    with tc.intra_op_threads(data.threads):
+    threads = torch_threads(data.threads, batch_size)
+    with tc.intra_op_threads(threads):
         stopping = settings.stopping(
             net,
             optimizer,
@@ -82,6 +83,6 @@ def train_stream(model: TorchModel[Any], stream: StreamTrainData) -> Trained:
                 break
         fit = stopping.finish(batch_size=batch_size, optimiser_steps=steps)
     trained = model._trained(net, config, list(data.columns), dict(hparams), fit.history, data.features)
-    trained.threads = resolve_threads(data.threads)
+    trained.threads = threads
     trained.stopping = fit.stopping
     return trained

@@ -99,7 +99,7 @@ def test_float32_graph_keeps_fp64_tensors(name, exported_artifacts):
     assert 0 <= parity["max_tolerance_ratio"] <= 1 and parity["columns"]
     if name == "mmoe":
         assert [c["name"] for c in parity["columns"]] == meta["output_columns"]
-    assert meta["training"]["threads"] == threads.available_cores()
+    assert meta["training"]["threads"] == 1  # the default batch (256) is too small to split across threads
     assert meta["training"]["openmp_wait_policy"] in (threads.PASSIVE, "default", threads.wait_policy())
 
 
@@ -184,6 +184,34 @@ def test_bad_dtype_is_refused():
 
     with pytest.raises(ExporterError, match="dtype of deepfm must be float32 or float64"):
         resolve_hparams(get_spec("deepfm"), {"dtype": "float16"})
+
+
+@pytest.mark.parametrize(
+    "given, batch, cores, expected",
+    [
+        (None, 256, 8, 1),
+        (None, 2047, 8, 1),
+        (None, 4096, 8, 2),
+        (None, 65536, 8, 8),
+        (None, 4096, 1, 1),
+        (3, 256, 8, 3),
+    ],
+)
+def test_torch_trains_on_one_thread_per_2048_batch_rows_unless_told(monkeypatch, given, batch, cores, expected):
+    """Small batches train on one thread (their operations are too small to split); ``--threads`` always wins."""
+    monkeypatch.setattr(threads, "available_cores", lambda: cores)
+    assert threads.torch_threads(given, batch) == expected
+
+
+@pytest.mark.parametrize("min_steps, expected", [(1, 2), (tc.MIN_STEPS_PER_EPOCH, 1)])
+def test_the_batch_trained_on_decides_the_threads_and_metadata_records_them(tmp_path, monkeypatch, min_steps, expected):
+    """A batch of 4,096 rows trains on two threads; on a table too small for it, the batch shrinks (an epoch keeps
+    its minimum steps) and so do the threads."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(tc, "MIN_STEPS_PER_EPOCH", min_steps)
+    result = export_small("deepfm", tmp_path, rows=12_000, hparams={"epochs": 1, "batch_size": 4096})
+    meta = json.loads((result.artifacts[0].path / "metadata.json").read_text())
+    assert meta["training"]["threads"] == expected
 
 
 def test_training_threads_are_set_for_the_fit_and_restored():
