@@ -5,7 +5,7 @@ OpenMP", its own ``libgomp``; MKL runs on the same runtime), and so does xgboost
 that reaches the end of a parallel region spins (``GOMP_SPINCOUNT``, 300,000 iterations) before it sleeps.
 On a machine whose cores other processes share, the thread it waits for is often descheduled, so the spinning
 thread burns its time slice and delays that thread further: on a shared 2-core machine with a load of ~9, a
-DeepFM step took 450 ms on two threads against 15 ms on one (docs/benchmarks.md, "Training speed"). With
+DeepFM step took 450 ms on two threads against 15 ms on one (docs/benchmark-history.md, "Training speed"). With
 ``OMP_WAIT_POLICY=PASSIVE`` waiting threads sleep at once, and two threads beat one again under load.
 
 libgomp reads the variable once, when torch (or xgboost) loads it, so :func:`prefer_passive_wait` runs when

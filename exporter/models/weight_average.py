@@ -3,7 +3,7 @@
 Adam's last iterate jitters around a minimum by about its step size; the average of the recent iterates sits
 nearer to it (Polyak averaging, as ``timm``'s ``ModelEmaV2``, Keras' ``use_ema`` and TensorFlow's
 ``ExponentialMovingAverage``). On MovieLens-100k it raised deepfm's held-out AUC from 0.7858 to 0.7923 and mmoe's
-like head from 0.7897 to 0.7950 (docs/benchmarks.md). The training loop still steps the live weights; the
+like head from 0.7897 to 0.7950 (docs/benchmark-history.md). The training loop still steps the live weights; the
 average is swapped in to compute the validation loss, so early stopping judges, and keeps, the averaged weights.
 
 ``ema_decay`` is the weight of the old average per optimiser step (0.999: about the last 1,000 steps count). The

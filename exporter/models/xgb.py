@@ -56,8 +56,8 @@ class XGBoostModel(Model):
     default_hparams = {
         # deeper, slower trees with each tree seeing 60 % of the columns and a stronger L2 on leaf weights:
         # +0.006 AUC over depth 6 / eta 0.1 / every column / lambda 1 on four seeded splits of MovieLens-100k,
-        # the same AUC on the synthetic click log (docs/benchmarks.md); early stopping on the validation rows ends
-        # boosting long before the budget, with as much patience in learning-rate terms as 50 rounds at eta 0.1
+        # the same AUC on the synthetic click log (docs/benchmark-history.md); early stopping on the validation rows
+        # ends boosting long before the budget, with as much patience in learning-rate terms as 50 rounds at eta 0.1
         "n_estimators": 2000,
         "early_stopping_rounds": 100,
         "max_depth": 8,

@@ -2,7 +2,7 @@
 
 Why not onnxmltools' converter: it dumps the model twice as one JSON text per tree, parses each and walks the
 trees node by node in recursive Python; for the 1,506 depth-8 trees the defaults grow on a million-row log that
-took 6.6 s on an idle 2-core machine, against 1.2-1.4 s for this (docs/benchmarks.md). This reads the model once
+took 6.6 s on an idle 2-core machine, against 1.2-1.4 s for this (docs/benchmark-history.md). This reads the model once
 (``save_raw("json")``: one array per field per tree) and builds the same node, attribute for attribute: nodes
 numbered in depth-first order with the "yes" (``x < split``) child first, ``BRANCH_LT`` splits, the missing value
 following the default direction, one class weight per leaf, ``LOGISTIC`` after the margin ``base_values`` =

@@ -325,7 +325,7 @@ class Predict:
         model's run (onnxruntime, which releases the GIL) goes to a worker thread, or stays on the loop for a
         small request to a model that proved fast (:meth:`WorkerPool.predict`): 503 when no thread was free in
         time, 504 past the deadline. (The whole answer in the thread cost about twice the server CPU per batch-1
-        request: the loop and the worker contended for the GIL; see docs/benchmarks.md.)"""
+        request: the loop and the worker contended for the GIL; see docs/benchmark-history.md.)"""
         timeout = self.served.request_timeout
         form = "unknown"
         try:

@@ -17,7 +17,7 @@ stuck run never keeps the process from exiting. The counting happens on the even
 the work.
 
 The hand-off to a thread and back costs about 150 us of CPU per request (the event loop and the worker contend
-for the GIL; docs/benchmarks.md), as much as a whole batch-1 answer. :meth:`WorkerPool.predict` therefore runs a
+for the GIL; docs/benchmark-history.md), as much as a whole batch-1 answer. :meth:`WorkerPool.predict` therefore runs a
 small request (at most :data:`INLINE_MAX_ROWS` rows) on the event loop when its model has proven fast: its last
 :data:`INLINE_AFTER` small runs each took less than ``inline_seconds`` of CPU time (``serve --inline-max-ms``, far
 below any request deadline) and none of its runs is in a thread now. One run at or above that sends the model back

@@ -128,7 +128,7 @@ MMOE_TASKS: list[dict[str, str]] = [
 
 #: the key columns of the two-tower model's split by user-item pairs on MovieLens (sorted, as it hashes them)
 PAIR_KEYS: list[str] = pair_keys(USER_TOWER, ITEM_TOWER)
-#: The plain XGBoost baseline (AUC 0.7705 on this split, docs/benchmarks.md); xgboost defaults otherwise.
+#: The plain XGBoost baseline (AUC 0.7679 on this split, docs/benchmarks.md); xgboost defaults otherwise.
 XGB_BASELINE: dict[str, Any] = {"n_estimators": 600, "max_depth": 6, "learning_rate": 0.1}
 #: Hyper-parameters passed to the pipeline per model: none but mmoe's tasks, which say what its heads are on
 #: MovieLens (the towers of two_tower come from the feature schema); every model runs with its defaults.

@@ -116,13 +116,13 @@ class MMoEModel(TorchModel[MMoE]):
         "batch_size": 256,
         "learning_rate": 0.005,
         # 16 against 8: liked-head AUC +0.001 to +0.004 on three MovieLens splits, ctr AUC +0.0015 on the synthetic
-        # 1M-row log (docs/benchmarks.md)
+        # 1M-row log (docs/benchmark-history.md)
         "embed_dim": 16,
         "n_experts": 4,
         "expert_dim": 32,
         "tower_dim": 16,
         # L2 on every weight: +0.005 liked-head AUC on MovieLens-100k (two of three splits) and +0.0015 ctr AUC on
-        # the synthetic log over none (docs/benchmarks.md)
+        # the synthetic log over none (docs/benchmark-history.md)
         "weight_decay": 1e-4,
         "ema_decay": tc.DEFAULT_EMA_DECAY,
         "tasks": [dict(t) for t in T.DEFAULT_TASKS],

@@ -159,7 +159,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         "field_embed_dim": 16,
         "weight_decay": 0.0,
         # a shorter average than deepfm's: 12 epochs of MovieLens are 1,800 steps, and 0.999 lagged (recall@50
-        # 0.5775 against 0.5861 at 0.998, docs/benchmarks.md)
+        # 0.5775 against 0.5861 at 0.998, docs/benchmark-history.md)
         "ema_decay": 0.998,
         "user_columns": None,
         "item_columns": None,
