@@ -32,6 +32,7 @@ from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.export.params import ExportParams, Prepared
 from exporter.models import ModelSpec, TrainData, Trained
+from exporter.models import threads as T
 from exporter.models.base import LabelNeed
 from exporter.models.streamed import SHUFFLE_BUFFER_ROWS, Chunk, StreamTrainData
 from exporter.models.torch_base import TorchModel
@@ -56,6 +57,14 @@ class Reading:
     reason: str
     files: list[InputFile] = field(default_factory=list)
     estimated_rows: int | None = None
+
+
+def threads_report(spec: ModelSpec, hparams: Mapping[str, Any], threads: int | None) -> dict[str, Any]:
+    """The threads a streamed run trains on (metadata ``training.data_reading.threads``): torch's intra-op threads
+    or xgboost's, as :mod:`exporter.models.threads` chooses them, beside the one thread that decodes ahead."""
+    torch_threads = T.torch_threads(threads, int(hparams["batch_size"])) if spec.framework == "torch" else None
+    xgboost_threads = T.xgboost_threads(hparams.get("n_jobs"), threads) if spec.framework == "xgboost" else None
+    return {"torch": torch_threads, "decode_prefetch": 1, "xgboost": xgboost_threads, "cpus": os.cpu_count()}
 
 
 def _glob(path: str) -> bool:
@@ -228,7 +237,7 @@ def prepare_streaming(
         "batch_rows": SS.BATCH_ROWS,
         "shuffle_buffer_rows": SHUFFLE_BUFFER_ROWS if spec.framework == "torch" else None,
         "median": scanned.median,
-        "threads": {"torch": 1, "decode_prefetch": 1, "xgboost": hparams.get("n_jobs"), "cpus": os.cpu_count()},
+        "threads": threads_report(spec, hparams, params.threads),
         "passes": 1,
     }
     state = StreamState(

@@ -14,16 +14,19 @@ kept; a process that imported torch before this package keeps torch's setting (m
 
 How many threads a torch model trains on by default depends on its batch (:func:`torch_threads`): torch splits
 each operation of a step across its threads, and the operations of these networks on a batch of a few hundred rows
-take microseconds, less than handing out and joining the parts. Measured on an idle 2-core machine (deepfm,
-300,000 synthetic rows, one epoch, docs/benchmarks.md "Training speed"): at batch 256 two threads trained 0.64x
-the rows/s of one, at 1,024 0.80x, at 4,096 1.04x. Each Spark rank trains on one thread for the same reason.
-xgboost's histogram building splits well and uses every core.
+take microseconds, less than handing out and joining the parts. Measured on an idle 2-core machine
+(docs/benchmarks.md, "Training speed: threads"): deepfm on 300,000 rows trained 0.62x the rows/s of one thread on
+two at batch 256, 0.78x at 1,024, 1.03x at 4,096; at batch 256 on 100,000 rows mmoe 0.55x, two_tower 0.69x. On a
+2M-row log two threads were 5-6 % faster for deepfm, whose dense embedding tables are large, and slower for mmoe
+and two_tower. Each Spark rank trains on one thread for the same reason. xgboost's histogram building splits well
+and uses every core.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from exporter.errors import ExporterError
 
@@ -69,7 +72,7 @@ def available_cores() -> int:
 
 
 def check_threads(value: object, where: str = "--threads") -> int | None:
-    """``None`` (the default: :func:`resolve_threads`, :func:`torch_threads`) or a thread count from 1 to
+    """``None`` (the default: :func:`torch_threads`, :func:`xgboost_threads`) or a thread count from 1 to
     :data:`MAX_THREADS`; anything else is exit 2."""
     if value is None:
         return None
@@ -82,8 +85,14 @@ def check_threads(value: object, where: str = "--threads") -> int | None:
 
 
 def resolve_threads(value: int | None) -> int:
-    """The threads xgboost trains on: ``value``, else every core."""
+    """``value``, else every core."""
     return check_threads(value) or available_cores()
+
+
+def xgboost_threads(n_jobs: Any, value: int | None) -> int:
+    """The threads xgboost trains on: its ``n_jobs`` hyper-parameter when set, else the run's ``--threads``, else
+    every core."""
+    return int(n_jobs) if n_jobs is not None else resolve_threads(value)
 
 
 def torch_threads(value: int | None, batch_size: int) -> int:

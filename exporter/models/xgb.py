@@ -19,7 +19,7 @@ from exporter import contract as C
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
 from exporter.models.base import ExportUnit, Model, NotebookInfo, TrainData, Trained
-from exporter.models.threads import MAX_THREADS, check_threads, resolve_threads
+from exporter.models.threads import MAX_THREADS, check_threads, xgboost_threads
 from exporter.training.data import DEFAULT_FEATURES, LABEL
 from exporter.training.metrics import ctr_metrics
 
@@ -145,8 +145,7 @@ class XGBoostModel(Model):
     def params(self, data: TrainData) -> dict[str, Any]:
         """XGBoost's parameters of a run."""
         hparams = data.hparams
-        # n_jobs when set, else the run's threads (--threads, else every core)
-        nthread = int(hparams["n_jobs"]) if hparams.get("n_jobs") is not None else resolve_threads(data.threads)
+        nthread = xgboost_threads(hparams.get("n_jobs"), data.threads)
         return native_params(hparams, seed=int(data.seed), nthread=nthread)
 
     def boost(self, data: TrainData, params: Mapping[str, Any], dtrain: Any, dvalid: Any) -> Trained:

@@ -19,6 +19,7 @@ import pytest
 
 from exporter.export import streaming as ST
 from exporter.export.params import ExportParams
+from exporter.models import threads
 from exporter.tools.verify import verify
 from exporter.training import data as D
 from exporter.training import split as S
@@ -85,6 +86,10 @@ def test_streamed_and_in_memory_xgb_agree_and_pass_verify(log_dir: Path, tmp_pat
     rows = streamed["data_reading"]["rows"]
     assert sum(rows.values()) == 12_000 and streamed["train_rows"] == rows["train"]
     assert streamed["data_reading"]["passes"] >= 2 and "pass1_scan" in streamed["data_reading"]["phases"]
+    cores = threads.available_cores()
+    expected = {"torch": None, "decode_prefetch": 1, "xgboost": cores, "cpus": os.cpu_count()}
+    assert streamed["data_reading"]["threads"] == expected
+    assert streamed["threads"] == cores
     assert abs(aucs["on"] - aucs["off"]) < 0.05, aucs  # a small table: a loose bound
 
 
@@ -116,6 +121,8 @@ def test_a_streamed_fit_resolves_auto_weight_decay_on_every_train_row(
     # every train row of the log (not the in-memory sample's) sets the penalty
     assert training["train_rows"] > 8_000
     assert training["early_stopping"]["weight_decay"] == pytest.approx(1.0 / training["train_rows"])
+    # the default batch trains on one intra-op thread, and the reading report says the same as training does
+    assert training["threads"] == 1 and training["data_reading"]["threads"]["torch"] == 1
 
 
 def test_a_file_missing_a_column_fails_with_exit_2_naming_it(log_dir: Path, tmp_path: Path) -> None:
