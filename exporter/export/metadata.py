@@ -234,16 +234,40 @@ def _jsonable(value: Any) -> Any:
 
 
 def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) -> dict[str, Any]:
-    """A TorchServe-style request built from the first complete held-out rows, raw values by column name.
+    """A TorchServe-style request built from held-out rows, raw values by column name.
 
-    Raw means as the data holds them: strings for string categories, integer IDs, numbers.
+    Raw means as the data holds them: strings for string categories, integer IDs, numbers. The rows are the first
+    ones with a value in every column serving requires (an optional column may be null: serving fills it). When no
+    held-out row has them all (a wide table with a few empty cells in many columns), the rows with the fewest gaps
+    are taken and each missing required cell gets the column's first value present in the held-out rows, else in
+    the training rows, else its fill: a request the handler accepts, not a row of the data.
     """
     columns = F.input_columns(unit.feature_columns, list(prep.heldout.columns))  # a history by its name
-    frame = prep.heldout[columns].copy()
+    frame = prep.heldout[columns]
+    optional = {f.spec.name for f in prep.features.features if f.spec.optional or f.history}
+    required = [c for c in columns if c not in optional]
+    # rows complete in every column first, then complete in the required ones, then the fewest required gaps
+    gaps = frame[required].isna().sum(axis=1).to_numpy() * (len(columns) + 1) + frame.isna().sum(axis=1).to_numpy()
+    chosen = frame.iloc[np.argsort(gaps, kind="stable")[:rows]].copy()
+    for c in required:
+        missing = chosen[c].isna()
+        if missing.any():
+            chosen[c] = chosen[c].astype(object).where(~missing, _present_value(prep, c))
     for f in prep.features.features:
-        if f.dtype == "string" and f.name in frame.columns:  # a declared string column of digits stays strings
-            frame[f.name] = frame[f.name].map(lambda v: v if v is None or v != v else str(v))
-    for name, ids in F.history_lists(prep.features.subset(columns), frame).items():  # a JSON list of IDs
-        frame[name] = pd.Series(ids, index=frame.index, dtype=object)
-    complete = frame[frame.notna().all(axis=1)]
-    return C.torchserve_request((complete if len(complete) else frame).head(rows).to_dict("records"), columns)
+        if f.dtype == "string" and f.name in chosen.columns:  # a declared string column of digits stays strings
+            chosen[f.name] = chosen[f.name].map(lambda v: v if v is None or v != v else str(v))
+    for name, ids in F.history_lists(prep.features.subset(columns), chosen).items():  # a JSON list of IDs
+        chosen[name] = pd.Series(ids, index=chosen.index, dtype=object)
+    return C.torchserve_request(chosen.to_dict("records"), columns)
+
+
+def _present_value(prep: Prepared, column: str) -> Any:
+    """A value of ``column`` for a sample request: its first in the held-out rows, else the training rows, else
+    its fill (a numeric column's; None when it has none)."""
+    for part in (prep.heldout, prep.train):
+        if column in part.columns:
+            present = part[column].dropna()
+            if len(present):
+                return present.iloc[0]
+    fitted = {f.spec.name: f for f in prep.features.features}.get(column)
+    return fitted.fill if fitted is not None else None
