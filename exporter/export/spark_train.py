@@ -291,6 +291,33 @@ def _encoder(plan_json: str, labels: Mapping[str, str], kinds: Mapping[str, str]
     return encode
 
 
+def positive_class_label(df: Any, column: str, positive: Any, where: str) -> Any:
+    """``df`` with ``column`` as 0/1 (``--positive-class`` ``positive`` is 1, an empty cell stays empty), after
+    checking on its grouped values that it holds ``positive`` and one other value (the errors of a table read
+    whole: :class:`exporter.training.inputs.PositiveClasses`). Two values are one class as there: ``2``, ``2.0``
+    and ``"2"``; ``true`` and ``"True"``; text with its surrounding blanks stripped."""
+    from pyspark.sql import functions as SF
+
+    col = SF.col(f"`{column}`")
+    seen = I.PositiveClasses(column, positive)
+    for r in df.where(col.isNotNull()).groupBy(col.alias("value")).count().limit(POSITIVE_CLASS_VALUES).collect():
+        seen.add_value(r["value"], int(r["count"]))
+    seen.check(where)
+    kind, value = I.class_key(positive)
+    if kind == "number":
+        is_positive = col.cast("double") == float(value)
+    elif kind == "bool":
+        is_positive = SF.lower(SF.trim(col.cast("string"))) == ("true" if value else "false")
+    else:
+        is_positive = SF.trim(col.cast("string")) == value
+    return df.withColumn(column, SF.when(col.isNull(), SF.lit(None)).otherwise(is_positive.cast("double")))
+
+
+#: the distinct values of a ``--positive-class`` label a Spark run brings to the driver to check (two are allowed;
+#: the rest only make the error's list of values)
+POSITIVE_CLASS_VALUES = 1000
+
+
 def _encoded_schema(n_features: int, labels: Sequence[str]) -> str:
     cols = [f"f{j} double" for j in range(n_features)] + [f"y_{n} double" for n in labels]
     return ", ".join([*cols, f"{SPLIT_COLUMN} tinyint"])
@@ -342,8 +369,12 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         where = f"data {path}"
         df = read_data(spark, path)
         sample = _to_pandas(df.limit(SCHEMA_ROWS))
+        positive = I.positive_param(params.positive_class, schema)
+        exclude = I.exclude_param(params.exclude_columns)
+        I.check_excluded(sample, exclude, list(labels.values()), columns is not None, source=where)
+        I.check_positive_target(positive, labels)
         columns, note = I.choose_columns(
-            sample, spec.default_features, columns, schema, list(labels.values()), source=where
+            sample, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
         )
         D.check_columns(sample, columns, what="feature", source=where)
         clash = sorted(set(columns) & set(labels.values()))
@@ -352,6 +383,8 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         I.check_labels(sample, needs, labels, source=where)
         optional = {n.name for n in needs if not n.required}
         labels = {n: c for n, c in labels.items() if n not in optional or c in sample.columns}
+        if positive is not None and D.LABEL in labels:
+            df = positive_class_label(df, labels[D.LABEL], positive, where)
         specs, origins = F.resolve_specs(sample, columns, schema, I.default_specs())
         F.check_id_range(sample, specs, origins, source=where)
         dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs}
@@ -425,6 +458,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
             labels,
             origins,
             note,
+            positive_class=positive,
         )
         prep.evaluation_inputs = spec.spark_evaluation_inputs(
             df, SPLIT_COLUMN, columns, hparams, {s.name: s.tower for s in specs}, labels, params.seed

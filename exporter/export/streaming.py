@@ -145,9 +145,11 @@ class StreamState:
     train_rows: int
     x_validation: np.ndarray
     y_validation: dict[str, np.ndarray]
+    #: ``--positive-class`` (or the schema's): the label value read as 1, None for a 0/1 label
+    positive: Any = None
 
     def chunks(self, plan: F.FeaturePlan, epoch: int) -> Iterator[Chunk]:
-        return self.reader.train_chunks(plan, self.labels, self.kinds, epoch)
+        return self.reader.train_chunks(plan, self.labels, self.kinds, epoch, self.positive)
 
 
 def _head(reader: SS.StreamReader, files: Sequence[InputFile]) -> pd.DataFrame:
@@ -191,7 +193,13 @@ def prepare_streaming(
     log(params, f"data: streaming ({reading.reason}); {len(files)} file(s)")
     probe = SS.StreamReader(files, [], params.seed)
     head = _head(probe, files)
-    columns, note = I.choose_columns(head, spec.default_features, columns, schema, list(labels.values()), source=where)
+    positive = I.positive_param(params.positive_class, schema)
+    exclude = I.exclude_param(params.exclude_columns)
+    I.check_excluded(head, exclude, list(labels.values()), columns is not None, source=where)
+    I.check_positive_target(positive, labels)
+    columns, note = I.choose_columns(
+        head, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
+    )
     D.check_columns(head, columns, what="feature", source=where)
     clash = sorted(set(columns) & set(labels.values()))
     if clash:
@@ -212,7 +220,17 @@ def prepare_streaming(
     limit = min(spec.max_abs_feature or 1e20, 1e20)
     total = reading.estimated_rows or 0
     with progress_bar(total, "pass 1: scan and fit the features", enabled=params.progress, unit="row") as bar:
-        scanned = SS.scan(reader, specs, origins, labels, kinds, limit=limit, framework=spec.framework, progress=bar)
+        scanned = SS.scan(
+            reader,
+            specs,
+            origins,
+            labels,
+            kinds,
+            limit=limit,
+            framework=spec.framework,
+            progress=bar,
+            positive=positive,
+        )
     if scanned.split_rows["train"] == 0:
         raise ExporterError(f"{where}: no training rows ({scanned.rows_read} rows read, all held out)")
     _check_classes(
@@ -222,7 +240,7 @@ def prepare_streaming(
     matrices = {}
     for name, frame in scanned.samples.items():
         raw = plan.encode(frame, source=where)
-        y = I.read_labels(frame, labels, source=where, kinds=kinds) if labels else {}
+        y = I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True) if labels else {}
         matrices[name] = (raw, plan.prepare(raw), {k: np.array(v, dtype=np.float64) for k, v in y.items()})
     H.check_memory(spec.name, hparams, plan.cardinalities, len(scanned.samples["train"]))
     report: dict[str, Any] = {
@@ -241,7 +259,13 @@ def prepare_streaming(
         "passes": 1,
     }
     state = StreamState(
-        reader, labels, kinds, scanned.split_rows["train"], matrices["validation"][1], matrices["validation"][2]
+        reader,
+        labels,
+        kinds,
+        scanned.split_rows["train"],
+        matrices["validation"][1],
+        matrices["validation"][2],
+        positive,
     )
     raw_tr, x_tr, y_tr = matrices["train"]
     raw_te, x_te, y_te = matrices["test"]
@@ -266,6 +290,7 @@ def prepare_streaming(
         note,
         stream=state,
         reading=report,
+        positive_class=positive,
     )
     record_phase(prep, "pass1_scan", time.perf_counter() - start)
     rows = scanned.split_rows

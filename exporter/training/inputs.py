@@ -161,14 +161,17 @@ def check_excluded(
         )
 
 
-def binary_labels(frame: pd.DataFrame, column: str, *, source: str, positive: Any = None) -> np.ndarray:
+def binary_labels(
+    frame: pd.DataFrame, column: str, *, source: str, positive: Any = None, partial: bool = False
+) -> np.ndarray:
     """A 0/1 label as float64; anything but 0, 1, true or false is an error naming the column, row and value.
 
-    With ``positive`` (``--positive-class``) the column may hold any two values: that one is 1, the other 0.
+    With ``positive`` (``--positive-class``) the column may hold any two values: that one is 1, the other 0
+    (``partial``: ``frame`` is one part of the table, see :func:`positive_class_labels`).
     """
     series = frame[column]
     if positive is not None:
-        return positive_class_labels(series, column, positive, source=source)
+        return positive_class_labels(series, column, positive, source=source, partial=partial)
     if pd.api.types.is_bool_dtype(series):
         return series.to_numpy(dtype=np.float64)
     if pd.api.types.is_numeric_dtype(series):
@@ -205,7 +208,7 @@ def _classes(series: pd.Series) -> tuple[np.ndarray, list[tuple[str, Any]], dict
     computed over the distinct values, so a 10-million-row label costs one factorisation."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
-    keys = [_class_key(u) for u in uniques]
+    keys = [class_key(u) for u in uniques]
     classes = list(dict.fromkeys(keys))
     position = {k: i for i, k in enumerate(classes)}
     per_class: dict[tuple[str, Any], tuple[Any, int]] = {}
@@ -218,14 +221,17 @@ def _classes(series: pd.Series) -> tuple[np.ndarray, list[tuple[str, Any]], dict
 
 def _value_counts(present: pd.Series) -> str:
     """``'cp' (1,203), 'no' (8,797)``: the most frequent values first, at most :data:`SHOWN_VALUES`."""
-    _, _, per_class = _classes(present)
+    return _counts_text(_classes(present)[2])
+
+
+def _counts_text(per_class: Mapping[tuple[str, Any], tuple[Any, int]]) -> str:
     ordered = sorted(per_class.values(), key=lambda vn: -vn[1])
     shown = [f"{F.show_value(value)} ({n:,})" for value, n in ordered[:SHOWN_VALUES]]
     more = len(ordered) - SHOWN_VALUES
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def _class_key(value: Any) -> tuple[str, Any]:
+def class_key(value: Any) -> tuple[str, Any]:
     """What makes two label values the same class: ``2``, ``2.0`` and ``"2"`` are; ``true`` and ``True`` are."""
     if isinstance(value, (bool, np.bool_)):
         return ("bool", bool(value))
@@ -240,25 +246,70 @@ def _class_key(value: Any) -> tuple[str, Any]:
         return ("text", text)
 
 
-def positive_class_labels(series: pd.Series, column: str, positive: Any, *, source: str) -> np.ndarray:
+def positive_class_labels(
+    series: pd.Series, column: str, positive: Any, *, source: str, partial: bool = False
+) -> np.ndarray:
     """``positive`` -> 1, the column's one other value -> 0; an empty cell, a third value or a positive class the
-    column does not hold is an error naming the column and the values it holds (with their counts)."""
-    rows, classes, _ = _classes(series)
+    column does not hold is an error naming the column and the values it holds (with their counts).
+
+    ``partial``: ``series`` is one chunk of a table read in parts (streamed, or one Spark batch), which may hold only
+    one of the two values; the whole column is checked by :class:`PositiveClasses`."""
+    rows, classes, per_class = _classes(series)
     if (rows < 0).any():
         first = int(np.flatnonzero(rows < 0)[0]) + 1
         raise ExporterError(f"{source}: label column '{column}' row {first}: an empty cell is not a label")
-    want = _class_key(positive)
+    want = class_key(positive)
+    if not partial:
+        _check_positive_classes(per_class, column, positive, source)
+    elif len(classes) > 2:
+        _check_positive_classes(per_class, column, positive, source, part=True)
     if want not in classes:
+        return np.zeros(len(rows), dtype=np.float64)
+    return (rows == classes.index(want)).astype(np.float64)
+
+
+def _check_positive_classes(
+    per_class: Mapping[tuple[str, Any], tuple[Any, int]], column: str, positive: Any, source: str, part: bool = False
+) -> None:
+    """The whole column (``part``: one part of it, which need not hold the positive class) holds ``positive`` and
+    one other value at most."""
+    if not part and class_key(positive) not in per_class:
         raise ExporterError(
             f"{source}: --positive-class {F.show_value(positive)} is not a value of label column '{column}'; "
-            f"it holds {_value_counts(series)}"
+            f"it holds {_counts_text(per_class)}"
         )
-    if len(classes) > 2:
+    if len(per_class) > 2:
         raise ExporterError(
-            f"{source}: label column '{column}' holds {len(classes)} distinct values ({_value_counts(series)}); "
-            "--positive-class makes a binary label of a column with two values: map the others first"
+            f"{source}: label column '{column}' holds {len(per_class)} distinct values ({_counts_text(per_class)}"
+            f"{' in one part of the data' if part else ''}); --positive-class makes a binary label of a column with "
+            "two values: map the others first"
         )
-    return (rows == classes.index(want)).astype(np.float64)
+
+
+class PositiveClasses:
+    """The values of a label column read with ``--positive-class`` in parts (streamed chunks, a Spark table's
+    grouped counts), checked once over the whole column with the errors of a table read whole."""
+
+    def __init__(self, column: str, positive: Any) -> None:
+        self.column, self.positive = column, positive
+        self.counts: dict[tuple[str, Any], tuple[Any, int]] = {}
+
+    def add(self, series: pd.Series) -> None:
+        """One part's values (its empty cells are the reading's error, not counted here)."""
+        for key, (value, n) in _classes(series)[2].items():
+            self.add_count(key, value, n)
+
+    def add_value(self, value: Any, n: int) -> None:
+        """``n`` rows holding ``value`` (a grouped count)."""
+        self.add_count(class_key(value), value, n)
+
+    def add_count(self, key: tuple[str, Any], value: Any, n: int) -> None:
+        first, total = self.counts.get(key, (value, 0))
+        self.counts[key] = (first, total + int(n))
+
+    def check(self, source: str) -> None:
+        """The error a table read whole would give: a positive class the column never holds, or a third value."""
+        _check_positive_classes(self.counts, self.column, self.positive, source)
 
 
 def check_labels(frame: pd.DataFrame, needs: Sequence[Any], labels: Mapping[str, str], *, source: str) -> None:
@@ -279,17 +330,21 @@ def read_labels(
     source: str,
     kinds: Mapping[str, str] | None = None,
     positive: Any = None,
+    partial: bool = False,
 ) -> dict[str, np.ndarray]:
     """Model label name -> values over all rows: binary ones checked as 0/1, the others as finite numbers.
 
     ``kinds`` gives each label's kind (``binary``/``regression``); without it ``label`` is the binary one.
-    ``positive`` (``--positive-class``) is the value of the ``label`` column (the one ``--label`` names) that is 1.
+    ``positive`` (``--positive-class``) is the value of the ``label`` column (the one ``--label`` names) that is 1;
+    ``partial``: ``frame`` is one part of a table read in parts (a chunk may hold one of the two values).
     """
     out: dict[str, np.ndarray] = {}
     for name, column in labels.items():
         binary = kinds[name] == "binary" if kinds is not None and name in kinds else name in BINARY_LABELS
         if binary:
-            out[name] = binary_labels(frame, column, source=source, positive=positive if name == D.LABEL else None)
+            out[name] = binary_labels(
+                frame, column, source=source, positive=positive if name == D.LABEL else None, partial=partial
+            )
         else:
             out[name] = D.numeric_matrix(frame, [column], source=source)[:, 0]
     return out

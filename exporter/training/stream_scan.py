@@ -37,6 +37,7 @@ from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.features.plan import FittedFeature, categorical_from_counts
 from exporter.features.schema import read_column
+from exporter.training import data as D
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training.sketch import MEDIAN_RANK_ERROR, SKETCH_CAPACITY, NumericSummary, ValueCounter
@@ -185,11 +186,16 @@ class StreamReader:
             raise ExporterError(f"{f.path}: reading failed after {first} rows ({short_error(exc)})") from None
 
     def train_chunks(
-        self, plan: F.FeaturePlan, labels: Mapping[str, str], kinds: Mapping[str, str], epoch_seed: int
+        self,
+        plan: F.FeaturePlan,
+        labels: Mapping[str, str],
+        kinds: Mapping[str, str],
+        epoch_seed: int,
+        positive: Any = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Pass 2: (prepared matrix, labels) of the train rows in chunks of about :data:`BATCH_ROWS` rows, each
         gathered from the units read at once (:meth:`mixed`, unit order seeded by ``epoch_seed``), decoded in a
-        prefetch thread (pyarrow and pandas release the GIL for most of it)."""
+        prefetch thread (pyarrow and pandas release the GIL for most of it); ``positive``: ``--positive-class``."""
         units = self.units()
         order = [units[i] for i in np.random.default_rng([self.seed, epoch_seed]).permutation(len(units))]
 
@@ -204,7 +210,11 @@ class StreamReader:
                 frame = b.frame[keep].reset_index(drop=True)
                 where = f"data file {b.path}"
                 xs.append(plan.prepare(plan.encode(frame, source=where)))
-                y = I.read_labels(frame, labels, source=where, kinds=kinds) if labels else {}
+                y = (
+                    I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True)
+                    if labels
+                    else {}
+                )
                 ys.append({k: np.array(v, dtype=np.float64) for k, v in y.items()})
                 held += len(frame)
                 if held >= self.batch_rows:
@@ -361,8 +371,10 @@ def scan(
     limit: float,
     framework: str,
     progress: Any = None,
+    positive: Any = None,
 ) -> ScanResult:
-    """Pass 1: validate every row, fit the plan on the train rows, count splits, keep bounded samples."""
+    """Pass 1: validate every row, fit the plan on the train rows, count splits, keep bounded samples; with
+    ``positive`` (``--positive-class``) the label column's values are checked over the whole table."""
     start = time.perf_counter()
     numeric = {s.name: NumericSummary(reader.seed + j) for j, s in enumerate(specs) if s.kind != F.CATEGORICAL}
     counters = {s.name: ValueCounter() for s in specs if s.kind == F.CATEGORICAL}
@@ -371,6 +383,7 @@ def scan(
     split_rows = dict.fromkeys(SPLIT_NAMES, 0)
     binary = [n for n, k in kinds.items() if k == "binary" and n in labels]
     classes = {n: {s: [0, 0] for s in SPLIT_NAMES} for n in binary}
+    named = I.PositiveClasses(labels[D.LABEL], positive) if positive is not None and D.LABEL in labels else None
     rows = 0
     for b in reader.batches():
         where = f"data file {b.path}"
@@ -398,7 +411,9 @@ def scan(
             numeric[spec.name].add(column.numbers[train])
         if labels:
             with located(b.first_row):
-                y = I.read_labels(frame, labels, source=where, kinds=kinds)
+                y = I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True)
+            if named is not None:
+                named.add(frame[named.column])
             for n in binary:
                 for code, name in enumerate(SPLIT_NAMES):
                     values = y[n][b.codes == code]
@@ -408,6 +423,8 @@ def scan(
         if progress is not None:
             progress.update(len(frame))
     where = "data " + ", ".join(f.path for f in reader.files[:3]) + (", ..." if len(reader.files) > 3 else "")
+    if named is not None:
+        named.check(where)
     fitted = []
     for spec in specs:
         dtype = dtypes.get(spec.name, "float64")

@@ -350,3 +350,31 @@ def test_training_shards_mix_the_input_files_and_keep_every_row(spark, tmp_path:
             assert not np.all(np.diff(part["n"].to_numpy()) > 0)  # not in the input's order
         firsts.append([p["n"].to_numpy().tolist() for p in parts])
     assert firsts[0] == firsts[1]  # seeded: the same rows in the same order
+
+
+@pytest.mark.slow
+def test_positive_class_and_excluded_columns_on_spark(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    frame = synthetic_dataset(3000, 6)
+    frame["outcome"] = np.where(frame.pop("label") == 1, "yes", "no")
+    data = tmp_path / "log"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part-0.parquet")
+    params = pipeline.ExportParams(
+        model="xgb", data_path=str(data), artifacts=tmp_path / "art", seed=5, hparams={"n_estimators": 30},
+        progress=False, label="outcome", positive_class="yes", exclude_columns=["item_cvr", "watch_time", "gmv"],
+    )  # fmt: skip
+    result = run_spark(params, SparkOptions("local[2]", 2))
+    meta = result.artifacts[0].metadata
+    assert meta["training"]["engine"] == "spark" and meta["training"]["positive_class"] == "yes"
+    assert "item_cvr" not in meta["feature_columns"] and "item_ctr" in meta["feature_columns"]
+    assert result.evaluation.metrics["auc"] > 0.6  # 'yes' is 1: an inverted label would rank below 0.5
+    # a third value anywhere in the column is refused, naming the values with their counts
+    frame.loc[frame.index[-1], "outcome"] = "maybe"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part-0.parquet")
+    bad = pipeline.ExportParams(
+        model="xgb", data_path=str(data), artifacts=tmp_path / "bad", seed=5, progress=False, label="outcome",
+        positive_class="yes", exclude_columns=["watch_time", "gmv"],
+    )  # fmt: skip
+    with pytest.raises(ExporterError, match=r"label column 'outcome' holds 3 distinct values \(.*'maybe' \(1\)"):
+        run_spark(bad, SparkOptions("local[2]", 2))
+    assert not (tmp_path / "bad" / "xgb").exists()

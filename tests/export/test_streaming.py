@@ -256,3 +256,97 @@ def test_both_loops_average_every_optimiser_step_and_export_the_average(
     state = torch.load(Path(result.artifacts[0].path) / "checkpoint.pt", weights_only=True)["state_dict"]
     for name, tensor in final.items():
         torch.testing.assert_close(state[name], tensor, rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def yes_no_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The click log with its label as 'yes' / 'no' in a column 'outcome', in three parts: the first holds only
+    'no' rows, so a streamed chunk there has one of the two values."""
+    d = tmp_path_factory.mktemp("yes-no") / "log"
+    d.mkdir()
+    frame = D.synthetic_dataset(6_000, seed=4)
+    frame["outcome"] = np.where(frame.pop("label") == 1, "yes", "no")
+    frame = frame.drop(columns=["watch_time", "gmv"])
+    no_rows = frame[frame["outcome"] == "no"]
+    parts = [no_rows.iloc[:1500], frame.drop(no_rows.index[:1500])]
+    parts = [parts[0], parts[1].iloc[:2000], parts[1].iloc[2000:]]
+    for k, part in enumerate(parts):
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), d / f"part-{k}.parquet")
+    return d
+
+
+def test_positive_class_and_excluded_columns_work_streamed_as_in_memory(yes_no_dir: Path, tmp_path: Path) -> None:
+    from exporter.export import pipeline
+
+    runs = {}
+    for mode in ("on", "off"):
+        params = ExportParams(
+            "xgb", data_path=yes_no_dir, streaming=mode, artifacts=tmp_path / mode, progress=False, label="outcome",
+            positive_class="yes", exclude_columns="item_cvr,user_id", hparams={"n_estimators": 30},
+        )  # fmt: skip
+        runs[mode] = pipeline.run(params).artifacts[0].metadata
+    for mode, meta in runs.items():
+        assert meta["training"]["data_reading"]["path"] == ("streaming" if mode == "on" else "in memory"), mode
+        assert meta["training"]["positive_class"] == "yes", mode
+        assert "item_cvr" not in meta["feature_columns"] and "user_id" not in meta["feature_columns"], mode
+        assert "item_ctr" in meta["feature_columns"], mode
+        assert meta["training"]["metrics"]["auc"] > 0.6, mode  # 'yes' is 1: an inverted label would rank below 0.5
+    # the same labels, split and columns (the trees differ in the order they see the rows: a loose bound)
+    assert runs["on"]["feature_columns"] == runs["off"]["feature_columns"]
+    assert abs(runs["on"]["training"]["metrics"]["auc"] - runs["off"]["training"]["metrics"]["auc"]) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("third", "message"),
+    [
+        ("maybe", "label column 'outcome' holds 3 distinct values ("),
+        (None, "--positive-class 'cp' is not a value of label column 'outcome'; it holds 'yes' (3,144), 'no' (2,856)"),
+    ],
+)
+def test_a_streamed_positive_class_is_checked_over_the_whole_column(
+    yes_no_dir: Path, tmp_path: Path, third: str | None, message: str
+) -> None:
+    data = tmp_path / "log"
+    data.mkdir()
+    for part in sorted(yes_no_dir.glob("*.parquet")):
+        (data / part.name).write_bytes(part.read_bytes())
+    positive = "yes"
+    if third is None:
+        positive = "cp"
+    else:  # one row of the last part holds a third value: only the whole column shows it
+        table = pq.read_table(data / "part-2.parquet").to_pandas()
+        table.loc[table.index[-1], "outcome"] = third
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), data / "part-2.parquet")
+    artifacts = tmp_path / "artifacts"
+    result = run_cli(
+        "export", "xgb", "--data", str(data), "--streaming", "on", "--artifacts", str(artifacts),
+        "--label", "outcome", "--positive-class", positive, "--no-tracking",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    if third is not None:
+        assert "'maybe' (1)" in result.stderr
+    assert not (artifacts / "xgb").exists()
+
+
+def test_a_streamed_two_tower_reads_the_positive_class_as_a_0_1_label(yes_no_dir: Path, tmp_path: Path) -> None:
+    """The same log with 'yes' / 'no' and with 1 / 0: the same positives, so the same towers and metrics."""
+    from exporter.export import pipeline
+
+    ones = tmp_path / "ones"
+    ones.mkdir()
+    for part in sorted(yes_no_dir.glob("*.parquet")):
+        table = pq.read_table(part).to_pandas()
+        table["outcome"] = (table["outcome"] == "yes").astype(np.int64)
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), ones / part.name)
+    metas = []
+    for data, positive in ((yes_no_dir, "yes"), (ones, None)):
+        params = ExportParams(
+            "two_tower", data_path=data, streaming="on", artifacts=tmp_path / str(positive), progress=False,
+            label="outcome", positive_class=positive, hparams={"max_epochs": 1},
+        )  # fmt: skip
+        metas.append(pipeline.run(params).artifacts[0].metadata)
+    named, plain = (m["training"] for m in metas)
+    assert named["positive_class"] == "yes" and "positive_class" not in plain
+    assert named["metrics"] == plain["metrics"] and named["metrics"]["recall@50"] > 0
+    assert metas[0]["sha256"] == metas[1]["sha256"]

@@ -201,9 +201,11 @@ def streamed(
     label: str,
     seed: int,
     max_users: int | None = None,
+    positive_class: Any = None,
 ) -> RetrievalInputs:
     """From one pass over ``batches`` (:class:`~exporter.training.stream_scan.StreamBatch`: a frame and each
-    row's split code): see the module docstring."""
+    row's split code): see the module docstring. ``positive_class``: ``--positive-class`` (the label value that is
+    1), None for a 0/1 label."""
     train_items, other_items = _first_rows_by_key(item), _first_rows_by_key(item)
     # rows per item key hash
     counts = _Reduced(lambda both: both.groupby(level=0, sort=False).sum(), lambda: pd.Series(dtype=np.int64))
@@ -231,7 +233,9 @@ def streamed(
             counts.add(pd.Series(items[codes != S.TEST]).value_counts(sort=False))
         u = uniform(key_hash(frame, user_key, seed + 1))
         if label in labels:
-            y = I.read_labels(frame, {label: labels[label]}, source=f"data file {b.path}", kinds=kinds)[label]
+            source = f"data file {b.path}"
+            read = {label: labels[label]}
+            y = I.read_labels(frame, read, source=source, kinds=kinds, positive=positive_class, partial=True)[label]
             positive = np.asarray(y) == 1
         else:
             positive = np.ones(len(frame), dtype=bool)

@@ -126,6 +126,7 @@ def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evalu
             stream.kinds,
             label,
             prep.params.seed,
+            positive_class=stream.positive,
         )
     else:
         # the validation pairs are known interactions too: excluded from the ranking like the training pairs
