@@ -38,6 +38,7 @@ from exporter.features.schema import read_column
 from exporter.models import Trained, get_spec
 from exporter.models.base import BINARY
 from exporter.models.xgb import keep_best_round
+from exporter.training import column_checks as K
 from exporter.training import data as D
 from exporter.training import hparams as H
 from exporter.training import inputs as I
@@ -159,9 +160,19 @@ def _hashable_spark_columns(df: Any) -> list[str]:
     return sorted(f.name for f in df.schema.fields if isinstance(f.dataType, ok) and f.name != SPLIT_COLUMN)
 
 
-def fit_plan_spark(train: Any, specs: Sequence[F.FeatureSpec], dtypes: Mapping[str, str], *, source: str) -> Any:
+def fit_plan_spark(
+    train: Any,
+    specs: Sequence[F.FeatureSpec],
+    dtypes: Mapping[str, str],
+    *,
+    source: str,
+    origins: Mapping[str, str] | None = None,
+) -> Any:
     """The same :class:`~exporter.features.FeaturePlan` a local fit gives on these training rows, from Spark
-    aggregations: exact vocabulary counts; numeric statistics with the median from ``percentile_approx``."""
+    aggregations: exact vocabulary counts; numeric statistics with the median from ``percentile_approx``. A column
+    without a value in them is, unless ``origins`` says it was declared, optional (numeric: fill 0), as locally."""
+    from dataclasses import replace
+
     from pyspark.sql import functions as Fn
 
     numeric = [s for s in specs if s.kind != F.CATEGORICAL]
@@ -200,11 +211,15 @@ def fit_plan_spark(train: Any, specs: Sequence[F.FeatureSpec], dtypes: Mapping[s
     fitted = []
     for s in specs:
         if s.kind == F.CATEGORICAL:
-            fitted.append(_fit_categorical_spark(train, s, dtypes[s.name], n_rows))
+            feature = _fit_categorical_spark(train, s, dtypes[s.name], n_rows)
+            if feature.stats["missing_rate"] >= 1.0:
+                feature = replace(feature, spec=I.empty_column_spec(s, origins or {}))
+            fitted.append(feature)
             continue
         st = stats[s.name]
         present = int(st["n"])
         if present == 0:
+            s = I.empty_column_spec(s, origins or {})
             if s.fill is None:
                 raise ExporterError(
                     f"{source}: column '{s.name}' has no values in the training rows: give it a 'fill' in the "
@@ -401,7 +416,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         counts["rows"] = sum(counts.values())
         if counts["train_rows"] == 0 or counts["test_rows"] == 0:
             raise ExporterError(f"{where}: {counts['rows']} rows leave no training or no test rows; need more data")
-        plan = fit_plan_spark(df.where(df[SPLIT_COLUMN] == S.TRAIN), specs, dtypes, source=where)
+        plan = fit_plan_spark(df.where(df[SPLIT_COLUMN] == S.TRAIN), specs, dtypes, source=where, origins=origins)
         kinds = {n.name: n.kind for n in needs}
         needed = [*columns, *labels.values(), SPLIT_COLUMN]
         encoder = _encoder(json.dumps(plan.to_dict()), labels, kinds, where)
@@ -460,6 +475,8 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
             note,
             positive_class=positive,
         )
+        # features that carry nothing: the Spark aggregations' statistics, the driver's sample of training rows
+        prep.column_warnings = K.column_warnings(train_frame, plan, x_train, np.arange(counts["train_rows"]))
         prep.evaluation_inputs = spec.spark_evaluation_inputs(
             df, SPLIT_COLUMN, columns, hparams, {s.name: s.tower for s in specs}, labels, params.seed
         )

@@ -36,6 +36,7 @@ from exporter.models import threads as T
 from exporter.models.base import LabelNeed
 from exporter.models.streamed import SHUFFLE_BUFFER_ROWS, Chunk, StreamTrainData
 from exporter.models.torch_base import TorchModel
+from exporter.training import column_checks as K
 from exporter.training import data as D
 from exporter.training import hparams as H
 from exporter.training import inputs as I
@@ -292,6 +293,10 @@ def prepare_streaming(
         reading=report,
         positive_class=positive,
     )
+    if params.mode == "train":  # features that carry nothing: the whole scan's statistics, the sample's values
+        prep.column_warnings = K.column_warnings(
+            scanned.samples["train"], plan, x_tr, np.arange(scanned.split_rows["train"])
+        )
     record_phase(prep, "pass1_scan", time.perf_counter() - start)
     rows = scanned.split_rows
     log(

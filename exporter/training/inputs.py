@@ -383,9 +383,15 @@ def _empty_fill(
     """An undeclared column without a value in the training rows is a warning, not an error: numeric ones get
     :data:`EMPTY_FILL`, and it becomes optional (serving may omit it, as training never saw it); a declared one
     keeps its declaration (a numeric one must say its fill: the plan's error)."""
-    if origins.get(spec.name) == "declared" or spec.name not in frame.columns:
+    if spec.name not in frame.columns or not bool(frame[spec.name].iloc[train_rows].isna().all()):
         return spec
-    if not bool(frame[spec.name].iloc[train_rows].isna().all()):
+    return empty_column_spec(spec, origins)
+
+
+def empty_column_spec(spec: F.FeatureSpec, origins: Mapping[str, str]) -> F.FeatureSpec:
+    """The spec of a column without a value in the training rows (read whole or streamed): an undeclared one
+    becomes optional, a numeric one with the fill :data:`EMPTY_FILL`; a declared one stays as declared."""
+    if origins.get(spec.name) == "declared":
         return spec
     from dataclasses import replace
 

@@ -430,9 +430,13 @@ def scan(
         dtype = dtypes.get(spec.name, "float64")
         if spec.name in counters:
             c = counters[spec.name]
+            if c.present == 0:
+                spec = I.empty_column_spec(spec, origins)
             fitted.append(categorical_from_counts(spec, dtype, c.counts(), rows=c.rows, present=c.present))
         else:
             summary = numeric[spec.name]
+            if summary.stats().get("median") is None:
+                spec = I.empty_column_spec(spec, origins)
             if not summary.finite:
                 raise ExporterError(
                     f"{where}: column '{spec.name}' makes the mean or standard deviation of its training rows "

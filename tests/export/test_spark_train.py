@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -354,27 +355,32 @@ def test_training_shards_mix_the_input_files_and_keep_every_row(spark, tmp_path:
 
 @pytest.mark.slow
 def test_positive_class_and_excluded_columns_on_spark(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    frame = synthetic_dataset(3000, 6)
-    frame["outcome"] = np.where(frame.pop("label") == 1, "yes", "no")
+    # none of the default column names: every column but the label is a feature, --exclude-columns drops some
+    frame = synthetic_dataset(3000, 6).add_prefix("c_")
+    frame["outcome"] = np.where(frame.pop("c_label") == 1, "yes", "no")
+    frame["constant"], frame["empty"] = 7.0, np.nan
     data = tmp_path / "log"
     data.mkdir()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part-0.parquet")
     params = pipeline.ExportParams(
         model="xgb", data_path=str(data), artifacts=tmp_path / "art", seed=5, hparams={"n_estimators": 30},
-        progress=False, label="outcome", positive_class="yes", exclude_columns=["item_cvr", "watch_time", "gmv"],
+        progress=False, label="outcome", positive_class="yes", exclude_columns=["c_item_cvr", "c_watch_time", "c_gmv"],
     )  # fmt: skip
     result = run_spark(params, SparkOptions("local[2]", 2))
     meta = result.artifacts[0].metadata
     assert meta["training"]["engine"] == "spark" and meta["training"]["positive_class"] == "yes"
-    assert "item_cvr" not in meta["feature_columns"] and "item_ctr" in meta["feature_columns"]
+    assert "c_item_cvr" not in meta["feature_columns"] and "c_item_ctr" in meta["feature_columns"]
+    assert "constant" in meta["feature_columns"] and "empty" in meta["feature_columns"]
     assert result.evaluation.metrics["auc"] > 0.6  # 'yes' is 1: an inverted label would rank below 0.5
+    # an all-empty column trains as an optional fill-0 column, and the columns that carry nothing are warned about
+    found = {w["column"]: w["reason"] for w in meta["training"]["column_warnings"]}
+    assert found == {"constant": "constant", "empty": "all_empty"}
+    empty = next(f for f in meta["features"] if f["name"] == "empty")
+    assert empty["optional"] is True and empty["fill"] == 0.0
     # a third value anywhere in the column is refused, naming the values with their counts
     frame.loc[frame.index[-1], "outcome"] = "maybe"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part-0.parquet")
-    bad = pipeline.ExportParams(
-        model="xgb", data_path=str(data), artifacts=tmp_path / "bad", seed=5, progress=False, label="outcome",
-        positive_class="yes", exclude_columns=["watch_time", "gmv"],
-    )  # fmt: skip
+    bad = dataclasses.replace(params, artifacts=tmp_path / "bad")
     with pytest.raises(ExporterError, match=r"label column 'outcome' holds 3 distinct values \(.*'maybe' \(1\)"):
         run_spark(bad, SparkOptions("local[2]", 2))
     assert not (tmp_path / "bad" / "xgb").exists()

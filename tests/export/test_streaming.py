@@ -350,3 +350,32 @@ def test_a_streamed_two_tower_reads_the_positive_class_as_a_0_1_label(yes_no_dir
     assert named["positive_class"] == "yes" and "positive_class" not in plain
     assert named["metrics"] == plain["metrics"] and named["metrics"]["recall@50"] > 0
     assert metas[0]["sha256"] == metas[1]["sha256"]
+
+
+def test_columns_that_carry_nothing_are_warned_about_streamed_as_in_memory(tmp_path: Path) -> None:
+    """An all-empty column trains as an optional fill-0 column (not an error), and the same warnings come out."""
+    from exporter.export import pipeline
+
+    frame = D.synthetic_dataset(3000, seed=8).drop(columns=["watch_time", "gmv"])
+    frame["visitor_name"] = [f"visitor {i}" for i in range(len(frame))]
+    frame["constant"] = 7.0
+    frame["empty"] = np.nan
+    frame["no_city"] = pd.Series([None] * len(frame), dtype=object)
+    columns = ["item_ctr", "item_price", "user_age", "visitor_name", "constant", "empty", "no_city"]
+    data = tmp_path / "log"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part-0.parquet")
+    found = {}
+    for mode in ("on", "off"):
+        params = ExportParams(
+            "xgb", data_path=data, streaming=mode, artifacts=tmp_path / mode, progress=False,
+            hparams={"n_estimators": 10}, feature_columns=[*columns, "item_id"],
+        )  # fmt: skip
+        meta = pipeline.run(params).artifacts[0].metadata
+        found[mode] = {w["column"]: w["reason"] for w in meta["training"]["column_warnings"]}
+        features = {f["name"]: f for f in meta["features"]}
+        assert features["empty"]["optional"] is True and features["empty"]["fill"] == 0.0, mode
+        assert features["no_city"]["optional"] is True, mode
+        assert features["item_ctr"]["optional"] is False, mode
+    expected = {"visitor_name": "unique_per_row", "constant": "constant", "empty": "all_empty", "no_city": "all_empty"}
+    assert found["on"] == found["off"] == expected
