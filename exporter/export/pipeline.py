@@ -214,7 +214,7 @@ def prepare(params: ExportParams) -> Prepared:
             )
     where = f"data file {params.data_path}" if params.data_path is not None else "synthetic data"
     I.check_excluded(frame, exclude, list(labels.values()), columns is not None, source=where)
-    I.check_positive_target(positive, labels)
+    I.check_positive_target(positive, labels, {n.name: n.kind for n in needs})
     columns, note = I.choose_columns(
         frame, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
     )

@@ -387,7 +387,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         positive = I.positive_param(params.positive_class, schema)
         exclude = I.exclude_param(params.exclude_columns)
         I.check_excluded(sample, exclude, list(labels.values()), columns is not None, source=where)
-        I.check_positive_target(positive, labels)
+        I.check_positive_target(positive, labels, {n.name: n.kind for n in needs})
         columns, note = I.choose_columns(
             sample, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
         )
@@ -398,8 +398,9 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         I.check_labels(sample, needs, labels, source=where)
         optional = {n.name for n in needs if not n.required}
         labels = {n: c for n, c in labels.items() if n not in optional or c in sample.columns}
-        if positive is not None and D.LABEL in labels:
-            df = positive_class_label(df, labels[D.LABEL], positive, where)
+        target = I.positive_target(labels, {n.name: n.kind for n in needs}) if positive is not None else None
+        if target is not None:
+            df = positive_class_label(df, labels[target], positive, where)
         specs, origins = F.resolve_specs(sample, columns, schema, I.default_specs())
         F.check_id_range(sample, specs, origins, source=where)
         dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs}

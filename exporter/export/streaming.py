@@ -197,7 +197,7 @@ def prepare_streaming(
     positive = I.positive_param(params.positive_class, schema)
     exclude = I.exclude_param(params.exclude_columns)
     I.check_excluded(head, exclude, list(labels.values()), columns is not None, source=where)
-    I.check_positive_target(positive, labels)
+    I.check_positive_target(positive, labels, {n.name: n.kind for n in needs})
     columns, note = I.choose_columns(
         head, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
     )

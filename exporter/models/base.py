@@ -111,6 +111,8 @@ class LabelNeed:
     role: str = "the label"
     #: ``False``: the model trains without it (two_tower on an interactions table); used when present
     required: bool = True
+    #: what to do when the column is missing, added to the error (e.g. how to name other tasks)
+    hint: str = ""
 
 
 @dataclass(frozen=True)

@@ -112,12 +112,29 @@ def positive_param(value: Any, schema: F.Schema | None) -> Any:
     return value
 
 
-def check_positive_target(positive: Any, labels: Mapping[str, str]) -> None:
-    """``--positive-class`` names a value of the binary ``label`` column; a run that reads none cannot use it."""
-    if positive is not None and D.LABEL not in labels:
+def positive_target(labels: Mapping[str, str], kinds: Mapping[str, str] | None = None) -> str | None:
+    """The label ``--positive-class`` applies to: ``label`` (the column ``--label`` names) when the run reads it,
+    else the run's only binary label (an mmoe task naming its column), else None."""
+    if D.LABEL in labels:
+        return D.LABEL
+    binary = [n for n in labels if (kinds or {}).get(n) == "binary"]
+    return binary[0] if len(binary) == 1 else None
+
+
+def check_positive_target(positive: Any, labels: Mapping[str, str], kinds: Mapping[str, str] | None = None) -> None:
+    """``--positive-class`` names a value of one binary label column (:func:`positive_target`); a run that reads
+    none, or several without ``--label`` saying which, cannot use it."""
+    if positive is not None and positive_target(labels, kinds) is None:
+        binary = [labels[n] for n in labels if (kinds or {}).get(n) == "binary"]
+        which = (
+            f"{len(binary)} binary labels ({', '.join(binary)}), so it cannot tell which: give that task the label "
+            "'label' and name its column with --label"
+            if binary
+            else "none"
+        )
         raise ExporterError(
             f"--positive-class {F.show_value(positive)} applies to the binary label column (--label), but this run "
-            f"reads no such label (its labels: {', '.join(labels.values()) or 'none'})"
+            f"reads {which} (its labels: {', '.join(labels.values()) or 'none'})"
         )
 
 
@@ -318,8 +335,9 @@ def check_labels(frame: pd.DataFrame, needs: Sequence[Any], labels: Mapping[str,
         column = labels.get(need.name, need.name)
         if need.required and column not in frame.columns:
             have = ", ".join(map(str, list(frame.columns)[:30]))
+            hint = f"; {need.hint}" if need.hint else ""
             raise ExporterError(
-                f"{source}: label column '{column}' ({need.role}) is missing; the data has columns: {have}"
+                f"{source}: label column '{column}' ({need.role}) is missing; the data has columns: {have}{hint}"
             )
 
 
@@ -339,11 +357,12 @@ def read_labels(
     ``partial``: ``frame`` is one part of a table read in parts (a chunk may hold one of the two values).
     """
     out: dict[str, np.ndarray] = {}
+    target = positive_target(labels, kinds) if positive is not None else None
     for name, column in labels.items():
         binary = kinds[name] == "binary" if kinds is not None and name in kinds else name in BINARY_LABELS
         if binary:
             out[name] = binary_labels(
-                frame, column, source=source, positive=positive if name == D.LABEL else None, partial=partial
+                frame, column, source=source, positive=positive if name == target else None, partial=partial
             )
         else:
             out[name] = D.numeric_matrix(frame, [column], source=source)[:, 0]

@@ -37,7 +37,6 @@ from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.features.plan import FittedFeature, categorical_from_counts
 from exporter.features.schema import read_column
-from exporter.training import data as D
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training.sketch import MEDIAN_RANK_ERROR, SKETCH_CAPACITY, NumericSummary, ValueCounter
@@ -383,7 +382,8 @@ def scan(
     split_rows = dict.fromkeys(SPLIT_NAMES, 0)
     binary = [n for n, k in kinds.items() if k == "binary" and n in labels]
     classes = {n: {s: [0, 0] for s in SPLIT_NAMES} for n in binary}
-    named = I.PositiveClasses(labels[D.LABEL], positive) if positive is not None and D.LABEL in labels else None
+    target = I.positive_target(labels, kinds) if positive is not None else None
+    named = I.PositiveClasses(labels[target], positive) if target is not None else None
     rows = 0
     for b in reader.batches():
         where = f"data file {b.path}"

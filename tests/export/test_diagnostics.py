@@ -121,6 +121,53 @@ def test_unknown_positive_class_is_exit_2_naming_the_values_seen(capsys, log_csv
     assert not list(tmp_path.iterdir())
 
 
+def test_positive_class_applies_to_an_mmoe_task_naming_its_column(log_csv, tmp_path):
+    tasks = [
+        {"name": "conv", "label": "outcome", "type": "binary"},
+        {"name": "other", "label": "noise", "type": "regression"},
+    ]
+    result = pipeline.run(
+        pipeline.ExportParams(
+            model="mmoe", data_path=log_csv, positive_class="cp", hparams={"tasks": tasks, "max_epochs": 4},
+            exclude_columns="session_id,visitor_name,constant,empty", artifacts=tmp_path, progress=False,
+        )
+    )  # fmt: skip
+    metadata = result.artifacts[0].metadata
+    assert metadata["training"]["positive_class"] == "cp"
+    assert result.evaluation.metrics["conv_auc"] > 0.6  # 'cp' read as 1: the signal ranks it, inverted it would not
+
+
+def test_positive_class_with_two_binary_tasks_and_no_label_is_exit_2(capsys, log_csv, tmp_path):
+    tasks = [{"name": "a", "label": "outcome", "type": "binary"}, {"name": "b", "label": "tier", "type": "binary"}]
+    code, _, err = export_cli(
+        capsys, "mmoe", "--data", str(log_csv), "--positive-class", "cp", "--param", f"tasks={json.dumps(tasks)}",
+        "--artifacts", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2
+    assert "reads 2 binary labels (outcome, tier), so it cannot tell which" in err and "--label" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_label_of_mmoes_default_tasks_says_how_to_name_tasks(capsys, log_csv, tmp_path):
+    code, _, err = export_cli(
+        capsys, "mmoe", "--data", str(log_csv), "--label", "outcome", "--positive-class", "cp",
+        "--artifacts", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2
+    assert "label column 'watch_time'" in err and "these are mmoe's default tasks" in err
+    assert "--param 'tasks=[" in err
+    # tasks of its own: no hint about the defaults
+    tasks = [
+        {"name": "a", "label": "outcome", "type": "binary"},
+        {"name": "r", "label": "revenue", "type": "regression"},
+    ]
+    code, _, err = export_cli(
+        capsys, "mmoe", "--data", str(log_csv), "--positive-class", "cp", "--param", f"tasks={json.dumps(tasks)}",
+        "--artifacts", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2 and "label column 'revenue'" in err and "default tasks" not in err
+
+
 def test_a_two_valued_label_without_positive_class_says_how_to_name_it(capsys, log_csv, tmp_path):
     code, _, err = export_cli(capsys, "xgb", "--data", str(log_csv), "--label", "outcome", "--artifacts", str(tmp_path))
     assert code == 2

@@ -10,6 +10,7 @@ negative in training, the clamp at zero), so the ONNX output is in the labels' o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -175,7 +176,10 @@ class MMoEModel(TorchModel[MMoE]):
     }
 
     def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
-        return T.label_needs(T.from_hparams(hparams))
+        needs = T.label_needs(T.from_hparams(hparams))
+        if hparams.get("tasks") and [dict(t) for t in hparams["tasks"]] != T.DEFAULT_TASKS:
+            return needs
+        return [dataclasses.replace(n, hint=T.DEFAULT_TASKS_HINT) for n in needs]
 
     def metrics(self, predictions: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, float]:
         """The default heads' metrics; a run uses its own tasks' (:meth:`evaluate`)."""

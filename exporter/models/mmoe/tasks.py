@@ -29,6 +29,12 @@ DEFAULT_TASKS: list[dict[str, str]] = [
     {"name": "watch_time", "label": "watch_time", "type": REGRESSION},
     {"name": "gmv", "label": "gmv", "type": REGRESSION},
 ]
+#: added to the error for a missing label column of a default task: mmoe's heads are the data's to name
+DEFAULT_TASKS_HINT = (
+    "these are mmoe's default tasks (ctr: binary on label; watch_time, gmv: regression); name the tasks of this "
+    'data instead, e.g. --param \'tasks=[{"name": "ctr", "label": "label", "type": "binary"}, {"name": "rating", '
+    '"label": "rating", "type": "regression"}]\' (notebook: hparams={"tasks": [...]})'
+)
 _KEYS = ("name", "label", "type", "weight")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 EXAMPLE = (
