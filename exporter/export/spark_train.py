@@ -214,6 +214,8 @@ def fit_plan_spark(
             feature = _fit_categorical_spark(train, s, dtypes[s.name], n_rows)
             if feature.stats["missing_rate"] >= 1.0:
                 feature = replace(feature, spec=I.empty_column_spec(s, origins or {}))
+            elif feature.stats["missing_rate"] > 0:
+                feature = replace(feature, spec=I.gappy_column_spec(s, origins or {}))
             fitted.append(feature)
             continue
         st = stats[s.name]
@@ -229,6 +231,8 @@ def fit_plan_spark(
             record: dict[str, Any] = dict.fromkeys(("mean", "std", "min", "max", "median"))
             record["missing_rate"] = 1.0
         else:
+            if present < n_rows:
+                s = I.gappy_column_spec(s, origins or {})
             median = float(st["median"])
             fill = float(s.fill) if s.fill is not None else median
             record = {k: float(st[k]) for k in ("mean", "std", "min", "max")}
@@ -365,6 +369,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         raise ExporterError(str(C.version_problem(params.version)))
     hparams = H.resolve_hparams(spec, params.hparams)
     schema = F.load_schema(params.schema, source="schema")
+    I.check_no_built_history(schema, "on Spark (--engine spark)")
     label_name = params.label or (schema.label if schema is not None else None)
     needs = spec.label_needs(hparams)
     labels = I.label_map([n.name for n in needs], label_name)

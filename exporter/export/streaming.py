@@ -194,6 +194,7 @@ def prepare_streaming(
     log(params, f"data: streaming ({reading.reason}); {len(files)} file(s)")
     probe = SS.StreamReader(files, [], params.seed)
     head = _head(probe, files)
+    I.check_no_built_history(schema, f"streamed ({reading.reason})")
     positive = I.positive_param(params.positive_class, schema)
     exclude = I.exclude_param(params.exclude_columns)
     I.check_excluded(head, exclude, list(labels.values()), columns is not None, source=where)

@@ -138,6 +138,18 @@ def check_positive_target(positive: Any, labels: Mapping[str, str], kinds: Mappi
         )
 
 
+def check_no_built_history(schema: F.Schema | None, path: str) -> None:
+    """A history the schema builds from the log (``from``) needs the whole table at once (each user's rows in time
+    order, after the split): refused by the streamed and Spark paths, which read the table in parts."""
+    built = F.built_columns(schema)
+    if built:
+        raise ExporterError(
+            f"history column(s) {', '.join(built)} are built from the log ('from' in the schema), which needs the "
+            f"whole table in memory, but this run reads it {path}: use --streaming off, or build the column beforehand "
+            "(exporter.features.build_history) and declare it without 'from'"
+        )
+
+
 def exclude_param(value: Any) -> list[str]:
     """``--exclude-columns``: None, a list of names or one comma-separated string -> distinct names."""
     if value is None:
@@ -399,12 +411,27 @@ EMPTY_FILL = 0.0
 def _empty_fill(
     frame: pd.DataFrame, spec: F.FeatureSpec, origins: Mapping[str, str], train_rows: np.ndarray
 ) -> F.FeatureSpec:
-    """An undeclared column without a value in the training rows is a warning, not an error: numeric ones get
-    :data:`EMPTY_FILL`, and it becomes optional (serving may omit it, as training never saw it); a declared one
-    keeps its declaration (a numeric one must say its fill: the plan's error)."""
-    if spec.name not in frame.columns or not bool(frame[spec.name].iloc[train_rows].isna().all()):
+    """An undeclared column with empty cells in the training rows is optional: serving and scoring may send an
+    empty value, which gets the fill (numeric) or the OOV row (categorical) as those training cells did. Without
+    any value it is a warning, not an error: numeric ones get :data:`EMPTY_FILL`. A declared column keeps its
+    declaration (a numeric one without values must say its fill: the plan's error)."""
+    if spec.name not in frame.columns or spec.kind == F.HISTORY:
         return spec
-    return empty_column_spec(spec, origins)
+    missing = frame[spec.name].iloc[train_rows].isna()
+    if bool(missing.all()):
+        return empty_column_spec(spec, origins)
+    return gappy_column_spec(spec, origins) if bool(missing.any()) else spec
+
+
+def gappy_column_spec(spec: F.FeatureSpec, origins: Mapping[str, str]) -> F.FeatureSpec:
+    """The spec of a column with some empty cells in the training rows (read whole or streamed): an undeclared one
+    becomes optional (an empty value at serving means what it meant in training); a declared one stays as
+    declared."""
+    if origins.get(spec.name) == "declared" or spec.kind == F.HISTORY:
+        return spec
+    from dataclasses import replace
+
+    return replace(spec, optional=True)
 
 
 def empty_column_spec(spec: F.FeatureSpec, origins: Mapping[str, str]) -> F.FeatureSpec:

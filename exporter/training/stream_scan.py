@@ -432,11 +432,16 @@ def scan(
             c = counters[spec.name]
             if c.present == 0:
                 spec = I.empty_column_spec(spec, origins)
+            elif c.present < c.rows:
+                spec = I.gappy_column_spec(spec, origins)
             fitted.append(categorical_from_counts(spec, dtype, c.counts(), rows=c.rows, present=c.present))
         else:
             summary = numeric[spec.name]
-            if summary.stats().get("median") is None:
+            stats = summary.stats()
+            if stats.get("median") is None:
                 spec = I.empty_column_spec(spec, origins)
+            elif stats.get("missing_rate"):
+                spec = I.gappy_column_spec(spec, origins)
             if not summary.finite:
                 raise ExporterError(
                     f"{where}: column '{spec.name}' makes the mean or standard deviation of its training rows "

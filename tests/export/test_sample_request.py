@@ -1,4 +1,5 @@
-"""The sample request an export writes: held-out rows the handler accepts, even when the table has gaps."""
+"""The sample request an export writes: held-out rows the handler accepts, even when the table has gaps in columns
+declared required (an undeclared column with gaps is optional: an empty value is what training saw)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def export(tmp_path: Path, table: pd.DataFrame) -> tuple[pipeline.RunResult, dic
             label="outcome",
             positive_class="yes",
             hparams={"n_estimators": 5},
+            # declared: a, b and c are required although a and b have empty cells
+            schema={
+                "a": {"kind": "numeric"},
+                "b": {"kind": "numeric"},
+                "c": {"kind": "numeric"},
+                "empty": {"kind": "numeric", "fill": 0.0, "optional": True},
+            },
             artifacts=tmp_path / "artifacts",
             progress=False,
         )

@@ -375,8 +375,10 @@ def test_positive_class_and_excluded_columns_on_spark(spark, tmp_path: Path) -> 
     # an all-empty column trains as an optional fill-0 column, and the columns that carry nothing are warned about
     found = {w["column"]: w["reason"] for w in meta["training"]["column_warnings"]}
     assert found == {"constant": "constant", "empty": "all_empty"}
-    empty = next(f for f in meta["features"] if f["name"] == "empty")
-    assert empty["optional"] is True and empty["fill"] == 0.0
+    features = {f["name"]: f for f in meta["features"]}
+    assert features["empty"]["optional"] is True and features["empty"]["fill"] == 0.0
+    # a column with some empty training cells takes an empty value at serving; one without stays required
+    assert features["c_item_price"]["optional"] is True and features["c_item_ctr"]["optional"] is False
     # a third value anywhere in the column is refused, naming the values with their counts
     frame.loc[frame.index[-1], "outcome"] = "maybe"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), data / "part-0.parquet")

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from exporter.errors import ExporterError
 from exporter.export import streaming as ST
 from exporter.export.params import ExportParams
 from exporter.models import threads
@@ -379,3 +380,28 @@ def test_columns_that_carry_nothing_are_warned_about_streamed_as_in_memory(tmp_p
         assert features["item_ctr"]["optional"] is False, mode
     expected = {"visitor_name": "unique_per_row", "constant": "constant", "empty": "all_empty", "no_city": "all_empty"}
     assert found["on"] == found["off"] == expected
+
+
+def test_a_history_built_from_the_log_is_refused_streamed_and_on_spark(log_dir: Path, tmp_path: Path) -> None:
+    """Building a history needs each user's rows in time order, the whole table at once: a clear refusal, before
+    any pass over the data, instead of a missing column."""
+    from exporter.export.spark_train import SparkOptions, run_spark
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps(
+            {"features": {"user_id": {"kind": "categorical"}, "item_id": {"kind": "categorical"},
+                          "recent": {"kind": "history", "from": {"user": "user_id", "item": "item_id"}}}}
+        )
+    )  # fmt: skip
+    artifacts = tmp_path / "artifacts"
+    result = run_cli(
+        "export", "deepfm", "--data", str(log_dir), "--streaming", "on", "--schema", str(schema),
+        "--artifacts", str(artifacts), "--no-tracking",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "history column(s) recent are built from the log" in result.stderr and "--streaming off" in result.stderr
+    assert "Traceback" not in result.stderr and not artifacts.exists()
+    params = ExportParams("deepfm", data_path=log_dir, schema=str(schema), artifacts=artifacts, progress=False)
+    with pytest.raises(ExporterError, match=r"recent are built from the log .* reads it on Spark"):
+        run_spark(params, SparkOptions("local[1]", 1))

@@ -124,9 +124,11 @@ def bad_input(tmp_path_factory):
     bad = table.slice(300)
     ctr = bad.column("item_ctr").to_pylist()
     price = bad.column("item_price").to_pylist()
+    cvr = bad.column("item_cvr").to_pylist()
     ctr[5], ctr[17], price[40], price[41], ctr[299] = float("nan"), None, float("inf"), float("-inf"), float("nan")
-    price[299] = None
+    cvr[299] = None  # item_cvr has no empty cell in training: required (item_price, with some, is optional)
     bad = bad.set_column(bad.schema.get_field_index("item_ctr"), "item_ctr", pa.array(ctr, pa.float64()))
+    bad = bad.set_column(bad.schema.get_field_index("item_cvr"), "item_cvr", pa.array(cvr, pa.float64()))
     bad = bad.set_column(bad.schema.get_field_index("item_price"), "item_price", pa.array(price, pa.float64()))
     pq.write_table(good, root / "a.parquet")
     pq.write_table(bad, root / "b.parquet", row_group_size=100)
