@@ -212,16 +212,12 @@ def fit_plan_spark(
     for s in specs:
         if s.kind == F.CATEGORICAL:
             feature = _fit_categorical_spark(train, s, dtypes[s.name], n_rows)
-            if feature.stats["missing_rate"] >= 1.0:
-                feature = replace(feature, spec=I.empty_column_spec(s, origins or {}))
-            elif feature.stats["missing_rate"] > 0:
-                feature = replace(feature, spec=I.gappy_column_spec(s, origins or {}))
-            fitted.append(feature)
+            fitted.append(replace(feature, spec=I.spec_for_missing(s, origins or {}, feature.stats["missing_rate"])))
             continue
         st = stats[s.name]
         present = int(st["n"])
+        s = I.spec_for_missing(s, origins or {}, 1.0 - present / n_rows)
         if present == 0:
-            s = I.empty_column_spec(s, origins or {})
             if s.fill is None:
                 raise ExporterError(
                     f"{source}: column '{s.name}' has no values in the training rows: give it a 'fill' in the "
@@ -231,8 +227,6 @@ def fit_plan_spark(
             record: dict[str, Any] = dict.fromkeys(("mean", "std", "min", "max", "median"))
             record["missing_rate"] = 1.0
         else:
-            if present < n_rows:
-                s = I.gappy_column_spec(s, origins or {})
             median = float(st["median"])
             fill = float(s.fill) if s.fill is not None else median
             record = {k: float(st[k]) for k in ("mean", "std", "min", "max")}

@@ -423,6 +423,14 @@ def _empty_fill(
     return gappy_column_spec(spec, origins) if bool(missing.any()) else spec
 
 
+def spec_for_missing(spec: F.FeatureSpec, origins: Mapping[str, str], missing_rate: float) -> F.FeatureSpec:
+    """The spec of a column whose training rows miss ``missing_rate`` of their values (a streamed or Spark fit's
+    statistics): as it is without gaps, else :func:`empty_column_spec` or :func:`gappy_column_spec`."""
+    if not missing_rate:
+        return spec
+    return empty_column_spec(spec, origins) if missing_rate >= 1.0 else gappy_column_spec(spec, origins)
+
+
 def gappy_column_spec(spec: F.FeatureSpec, origins: Mapping[str, str]) -> F.FeatureSpec:
     """The spec of a column with some empty cells in the training rows (read whole or streamed): an undeclared one
     becomes optional (an empty value at serving means what it meant in training); a declared one stays as

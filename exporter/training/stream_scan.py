@@ -209,11 +209,7 @@ class StreamReader:
                 frame = b.frame[keep].reset_index(drop=True)
                 where = f"data file {b.path}"
                 xs.append(plan.prepare(plan.encode(frame, source=where)))
-                y = (
-                    I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True)
-                    if labels
-                    else {}
-                )
+                y = I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True)
                 ys.append({k: np.array(v, dtype=np.float64) for k, v in y.items()})
                 held += len(frame)
                 if held >= self.batch_rows:
@@ -430,18 +426,11 @@ def scan(
         dtype = dtypes.get(spec.name, "float64")
         if spec.name in counters:
             c = counters[spec.name]
-            if c.present == 0:
-                spec = I.empty_column_spec(spec, origins)
-            elif c.present < c.rows:
-                spec = I.gappy_column_spec(spec, origins)
+            spec = I.spec_for_missing(spec, origins, 1.0 - c.present / c.rows if c.rows else 1.0)
             fitted.append(categorical_from_counts(spec, dtype, c.counts(), rows=c.rows, present=c.present))
         else:
             summary = numeric[spec.name]
-            stats = summary.stats()
-            if stats.get("median") is None:
-                spec = I.empty_column_spec(spec, origins)
-            elif stats.get("missing_rate"):
-                spec = I.gappy_column_spec(spec, origins)
+            spec = I.spec_for_missing(spec, origins, summary.stats()["missing_rate"])
             if not summary.finite:
                 raise ExporterError(
                     f"{where}: column '{spec.name}' makes the mean or standard deviation of its training rows "

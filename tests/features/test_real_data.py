@@ -198,20 +198,29 @@ def test_handler_rules_for_ids_and_optional_columns(exported, tmp_path):
         (2**60, "not an integer ID"),
         ("1000", 'a string ("1000")'),
         (True, "a boolean"),
-        (None, "is null"),
     ):
         status, body = handler.handle_bytes(json.dumps({"data": [row, dict(row, user_id=value)]}))
         error = json.loads(body)["error"]
         assert status == 400, error
         assert 'data[1]["user_id"]' in error and fragment in error
-    status, body = handler.handle_bytes(json.dumps({"data": [{k: v for k, v in row.items() if k != "price"}]}))
-    assert status == 400 and 'data[0] is missing feature column "price" (not optional)' in json.loads(body)["error"]
+    # user_id, price and item_genre had empty training cells: optional, an empty value is what training filled;
+    # user_segment had none: an empty value there is a client's mistake
+    features = {f["name"]: f["optional"] for f in handler.metadata["features"]}
+    assert features == {"user_id": True, "user_segment": False, "item_id": False, "item_genre": True, "price": True}
+    status, body = handler.handle_bytes(json.dumps({"data": [dict(row, user_id=None)]}))
+    assert status == 200, body
+    status, body = handler.handle_bytes(json.dumps({"data": [row, dict(row, user_segment=None)]}))
+    assert status == 400 and 'data[1]["user_segment"] is null' in json.loads(body)["error"]
+    missing = {k: v for k, v in row.items() if k != "user_segment"}
+    status, body = handler.handle_bytes(json.dumps({"data": [missing]}))
+    error = json.loads(body)["error"]
+    assert status == 400 and 'data[0] is missing feature column "user_segment" (not optional)' in error
     v2 = {"inputs": [{"name": "features", "shape": [1, 5], "datatype": "FP64", "data": [1000.25, 0, 5, 0, 10]}]}
     status, body = handler.handle_bytes(json.dumps(v2))
     error = json.loads(body)["error"]
     assert status == 400 and 'row 0, column "user_id" is 1000.25, not an integer ID' in error
 
-    # the same model with price and item_genre declared optional: absent or null means fill / OOV
+    # the same model with only price and item_genre optional: absent or null means fill / OOV
     meta_path = root / "deepfm" / "1" / "metadata.json"
     meta = json.loads(meta_path.read_text())
     for f in meta["features"]:
