@@ -165,8 +165,8 @@ def prepare(params: ExportParams) -> Prepared:
     schema = F.load_schema(params.schema, source="schema")
     label_name = params.label or (schema.label if schema is not None else None)
     I.label_map([], label_name)  # a bad --label fails before any loading
-    positive = I.positive_param(params.positive_class, schema)
-    exclude = I.exclude_param(params.exclude_columns)
+    I.positive_param(params.positive_class, schema)  # bad options fail before any loading, too
+    I.exclude_param(params.exclude_columns)
     _check_handoff_params(params)
     # before any training: the artifacts tree can take this export (under --model-name's names, if given)
     repo.check_target(Path(params.artifacts), renamed_model_names(spec.model_names, params.model_name), params.version)
@@ -213,11 +213,10 @@ def prepare(params: ExportParams) -> Prepared:
                 f"({', '.join(D.DEFAULT_FEATURES)}): pass --data with a file that has them"
             )
     where = f"data file {params.data_path}" if params.data_path is not None else "synthetic data"
-    I.check_excluded(frame, exclude, list(labels.values()), columns is not None, source=where)
-    I.check_positive_target(positive, labels, {n.name: n.kind for n in needs})
-    columns, note = I.choose_columns(
-        frame, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
-    )
+    columns, note, positive = I.choose_features(
+        frame, spec.default_features, columns, schema, labels, needs,
+        positive_class=params.positive_class, exclude_columns=params.exclude_columns, source=where,
+    )  # fmt: skip
     built = F.built_columns(schema)  # history columns built from the log after the split (features/history.py)
     D.check_columns(
         frame,

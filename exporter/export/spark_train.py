@@ -383,13 +383,10 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         where = f"data {path}"
         df = read_data(spark, path)
         sample = _to_pandas(df.limit(SCHEMA_ROWS))
-        positive = I.positive_param(params.positive_class, schema)
-        exclude = I.exclude_param(params.exclude_columns)
-        I.check_excluded(sample, exclude, list(labels.values()), columns is not None, source=where)
-        I.check_positive_target(positive, labels, {n.name: n.kind for n in needs})
-        columns, note = I.choose_columns(
-            sample, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
-        )
+        columns, note, positive = I.choose_features(
+            sample, spec.default_features, columns, schema, labels, needs,
+            positive_class=params.positive_class, exclude_columns=params.exclude_columns, source=where,
+        )  # fmt: skip
         D.check_columns(sample, columns, what="feature", source=where)
         clash = sorted(set(columns) & set(labels.values()))
         if clash:

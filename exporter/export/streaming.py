@@ -195,13 +195,10 @@ def prepare_streaming(
     probe = SS.StreamReader(files, [], params.seed)
     head = _head(probe, files)
     I.check_no_built_history(schema, f"streamed ({reading.reason})")
-    positive = I.positive_param(params.positive_class, schema)
-    exclude = I.exclude_param(params.exclude_columns)
-    I.check_excluded(head, exclude, list(labels.values()), columns is not None, source=where)
-    I.check_positive_target(positive, labels, {n.name: n.kind for n in needs})
-    columns, note = I.choose_columns(
-        head, spec.default_features, columns, schema, list(labels.values()), source=where, exclude=exclude
-    )
+    columns, note, positive = I.choose_features(
+        head, spec.default_features, columns, schema, labels, needs,
+        positive_class=params.positive_class, exclude_columns=params.exclude_columns, source=where,
+    )  # fmt: skip
     D.check_columns(head, columns, what="feature", source=where)
     clash = sorted(set(columns) & set(labels.values()))
     if clash:

@@ -90,6 +90,31 @@ def choose_columns(
     )
 
 
+def choose_features(
+    frame: pd.DataFrame,
+    default_features: Sequence[str],
+    explicit: Sequence[str] | None,
+    schema: F.Schema | None,
+    labels: Mapping[str, str],
+    needs: Sequence[Any],
+    *,
+    positive_class: Any,
+    exclude_columns: Any,
+    source: str,
+) -> tuple[list[str], str, Any]:
+    """The feature columns, the note saying how they were chosen, and the positive class: ``--exclude-columns`` and
+    ``--positive-class`` checked against the table (its first rows when it is read in parts) and the labels the run
+    ``needs``; one rule for the in-memory, streamed and Spark paths."""
+    positive = positive_param(positive_class, schema)
+    exclude = exclude_param(exclude_columns)
+    check_excluded(frame, exclude, list(labels.values()), explicit is not None, source=source)
+    check_positive_target(positive, labels, {n.name: n.kind for n in needs})
+    columns, note = choose_columns(
+        frame, default_features, explicit, schema, list(labels.values()), source=source, exclude=exclude
+    )
+    return columns, note, positive
+
+
 def _check_some_left(columns: Sequence[str], exclude: Sequence[str], source: str) -> None:
     if not columns and exclude:
         raise ExporterError(
