@@ -151,12 +151,8 @@ def check_positive_target(positive: Any, labels: Mapping[str, str], kinds: Mappi
     none, or several without ``--label`` saying which, cannot use it."""
     if positive is not None and positive_target(labels, kinds) is None:
         binary = [labels[n] for n in labels if (kinds or {}).get(n) == "binary"]
-        which = (
-            f"{len(binary)} binary labels ({', '.join(binary)}), so it cannot tell which: give that task the label "
-            "'label' and name its column with --label"
-            if binary
-            else "none"
-        )
+        which = f"{len(binary)} binary labels ({', '.join(binary)}), so it cannot tell which: give that task the label"
+        which = f"{which} 'label' and name its column with --label" if binary else "none"
         raise ExporterError(
             f"--positive-class {F.show_value(positive)} applies to the binary label column (--label), but this run "
             f"reads {which} (its labels: {', '.join(labels.values()) or 'none'})"
