@@ -394,9 +394,6 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         I.check_labels(sample, needs, labels, source=where)
         optional = {n.name for n in needs if not n.required}
         labels = {n: c for n, c in labels.items() if n not in optional or c in sample.columns}
-        target = I.positive_target(labels, {n.name: n.kind for n in needs}) if positive is not None else None
-        if target is not None:
-            df = positive_class_label(df, labels[target], positive, where)
         specs, origins = F.resolve_specs(sample, columns, schema, I.default_specs())
         F.check_id_range(sample, specs, origins, source=where)
         dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs}
@@ -404,6 +401,10 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         keys = spec.split_keys(columns, hparams, {s.name: s.tower for s in specs}) or _hashable_spark_columns(df)
         expr = S.spark_split_expression(keys, seed=params.seed, validation=S.DEFAULT_VALIDATION, test=S.DEFAULT_TEST)
         df = df.selectExpr("*", f"CAST({expr} AS TINYINT) AS {SPLIT_COLUMN}")
+        # the label as 0/1 after the split, which hashes the table's own values as the local split does
+        target = I.positive_target(labels, {n.name: n.kind for n in needs}) if positive is not None else None
+        if target is not None:
+            df = positive_class_label(df, labels[target], positive, where)
         counted = {int(r[SPLIT_COLUMN]): int(r["count"]) for r in df.groupBy(SPLIT_COLUMN).count().collect()}
         counts = {
             "train_rows": counted.get(S.TRAIN, 0),

@@ -369,6 +369,9 @@ def test_positive_class_and_excluded_columns_on_spark(spark, tmp_path: Path) -> 
     result = run_spark(params, SparkOptions("local[2]", 2))
     meta = result.artifacts[0].metadata
     assert meta["training"]["engine"] == "spark" and meta["training"]["positive_class"] == "yes"
+    # the split hashes the table's own values (the label as written, not as 0/1): the local rule's rows
+    for key, count in _split_counts(data, 5).items():
+        assert meta["training"][key] == count, key
     assert "c_item_cvr" not in meta["feature_columns"] and "c_item_ctr" in meta["feature_columns"]
     assert "constant" in meta["feature_columns"] and "empty" in meta["feature_columns"]
     assert result.evaluation.metrics["auc"] > 0.6  # 'yes' is 1: an inverted label would rank below 0.5
