@@ -402,7 +402,8 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         expr = S.spark_split_expression(keys, seed=params.seed, validation=S.DEFAULT_VALIDATION, test=S.DEFAULT_TEST)
         df = df.selectExpr("*", f"CAST({expr} AS TINYINT) AS {SPLIT_COLUMN}")
         # the label as 0/1 after the split, which hashes the table's own values as the local split does
-        target = I.positive_target(labels, {n.name: n.kind for n in needs}) if positive is not None else None
+        kinds = {n.name: n.kind for n in needs}
+        target = I.positive_target(labels, kinds) if positive is not None else None
         if target is not None:
             df = positive_class_label(df, labels[target], positive, where)
         counted = {int(r[SPLIT_COLUMN]): int(r["count"]) for r in df.groupBy(SPLIT_COLUMN).count().collect()}
@@ -415,7 +416,6 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         if counts["train_rows"] == 0 or counts["test_rows"] == 0:
             raise ExporterError(f"{where}: {counts['rows']} rows leave no training or no test rows; need more data")
         plan = fit_plan_spark(df.where(df[SPLIT_COLUMN] == S.TRAIN), specs, dtypes, source=where, origins=origins)
-        kinds = {n.name: n.kind for n in needs}
         needed = [*columns, *labels.values(), SPLIT_COLUMN]
         encoder = _encoder(json.dumps(plan.to_dict()), labels, kinds, where)
         encoded = df.select(*[f"`{c}`" for c in needed]).mapInArrow(

@@ -439,14 +439,12 @@ def _empty_fill(
     if spec.name not in frame.columns or spec.kind == F.HISTORY:
         return spec
     missing = frame[spec.name].iloc[train_rows].isna()
-    if bool(missing.all()):
-        return empty_column_spec(spec, origins)
-    return gappy_column_spec(spec, origins) if bool(missing.any()) else spec
+    return spec_for_missing(spec, origins, float(missing.mean()) if len(missing) else 1.0)
 
 
 def spec_for_missing(spec: F.FeatureSpec, origins: Mapping[str, str], missing_rate: float) -> F.FeatureSpec:
-    """The spec of a column whose training rows miss ``missing_rate`` of their values (a streamed or Spark fit's
-    statistics): as it is without gaps, else :func:`empty_column_spec` or :func:`gappy_column_spec`."""
+    """The spec of a column whose training rows miss ``missing_rate`` of their values (read whole, or a streamed
+    or Spark fit's statistics): as it is without gaps, else :func:`empty_column_spec` or :func:`gappy_column_spec`."""
     if not missing_rate:
         return spec
     return empty_column_spec(spec, origins) if missing_rate >= 1.0 else gappy_column_spec(spec, origins)
