@@ -20,6 +20,7 @@ import numpy as np
 from exporter.contract import v2_request
 from exporter.export.card_evaluation import column_warnings_section, evaluation_section
 from exporter.export.kserve import service_name
+from exporter.training import refit as RF
 
 CARD_FILE = "README.md"
 SAMPLE_REQUEST_V2 = "sample_request_v2.json"
@@ -276,6 +277,7 @@ def _provenance(metadata: Mapping[str, Any]) -> list[str]:
         ),
         ("seed", _num(t.get("seed"))),
         ("hyper-parameters", _code(json.dumps(t.get("hyperparameters", {}), separators=(",", ":")))),
+        ("training", RF.describe(_section(t, "early_stopping")) or "—"),
         ("final training loss", _num(t.get("final_loss"))),
         ("framework", f"{p.get('framework', '—')} {p.get('framework_version', '')}".strip()),
         ("converted with", ", ".join(f"{k} {v}" for k, v in p.items() if k not in ("framework", "framework_version"))),

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,7 @@ from exporter.training import diagnostics as DG
 from exporter.training import hparams as H
 from exporter.training import inputs as I
 from exporter.training import quality_gate as Q
+from exporter.training import refit as RF
 
 __all__ = [
     "MODES",
@@ -197,6 +199,7 @@ def prepare(params: ExportParams) -> Prepared:
     started = time.perf_counter()
     reading = ST.choose_reading(params)
     if reading.streaming:
+        RF.require_in_memory(hparams, "a streamed run")
         return ST.prepare_streaming(params, spec, hparams, schema, columns, labels, needs, reading)
     if params.data_path is not None:
         ST.log(params, f"data: in memory ({reading.reason})")
@@ -250,7 +253,10 @@ def prepare(params: ExportParams) -> Prepared:
         if stored is None:  # a model trained elsewhere on plain numbers
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
             note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
-    plan, origins = I.fit_plan(frame, columns, schema, train_idx, source=where, stored=stored)
+    # a run that will refit on training + validation rows fits its vocabularies, fills and scales on them too
+    refits = params.mode == "train" and len(valid_idx) > 0 and RF.decide(hparams, len(train_idx) + len(valid_idx))[0]
+    plan_rows = np.sort(np.concatenate([train_idx, valid_idx])) if refits else train_idx
+    plan, origins = I.fit_plan(frame, columns, schema, plan_rows, source=where, stored=stored)
     columns = plan.columns  # a history column is max_length tensor columns
     raw = plan.encode(frame, source=where)
     x_all = plan.prepare(raw)
@@ -270,9 +276,9 @@ def prepare(params: ExportParams) -> Prepared:
         hparams = dict(loaded.hparams)
         loaded.features = plan
     else:  # what the hyper-parameters allocate, against the machine's memory, before training
-        H.check_memory(spec.name, hparams, plan.cardinalities, len(train_idx))
+        H.check_memory(spec.name, hparams, plan.cardinalities, len(plan_rows))
     # features that carry nothing (unique per row, constant, all empty) are trained on, with a warning
-    warnings = K.column_warnings(frame, plan, x_all[train_idx], train_idx) if params.mode == "train" else []
+    warnings = K.column_warnings(frame, plan, x_all[plan_rows], plan_rows) if params.mode == "train" else []
     prep = Prepared(
         spec,
         params,
@@ -321,37 +327,72 @@ def _towers(
 # --------------------------------------------------------------------------- fit / evaluate
 
 
-def fit(prep: Prepared) -> Trained:
-    """Train (with a progress bar) or hand back the model that load mode already read."""
+def fit(prep: Prepared, *, refit: bool = True) -> Trained:
+    """Train (with a progress bar) or hand back the model that load mode already read; then, unless ``refit`` is
+    False (a tuner's trials), :func:`refit_model`."""
     if prep.loaded is not None:
         return prep.loaded
     if prep.stream is not None:
-        return ST.fit_streaming(prep)
+        return _no_refit(ST.fit_streaming(prep), "a streamed run does not refit (it would read the log again)")
     if prep.fit_elsewhere is not None:  # another engine (Spark) prepared this run and trains it
         elsewhere, prep.fit_elsewhere = prep.fit_elsewhere, None
-        return elsewhere(prep)
-    from exporter.training.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
-
+        return _no_refit(elsewhere(prep), "a Spark run does not refit (it would train on the whole log again)")
     started = time.perf_counter()
     total = prep.spec.progress_total(prep.hparams, len(prep.x_train))
-    with progress_bar(total, f"train {prep.spec.name}", enabled=prep.params.progress) as bar:
-        trained = prep.spec.train(
-            TrainData(  # the held-out test rows stay out: they report, never decide
-                x_train=prep.x_train,
-                y_train=prep.y_train,
-                x_valid=prep.x_valid,
-                y_valid=prep.y_valid,
-                columns=prep.columns,
-                hparams=prep.hparams,
-                seed=prep.params.seed,
-                features=prep.features,
-                progress=bar,
-                threads=prep.params.threads,
-                on_epoch=prep.on_epoch,
-            )
-        )
+    with _bar(prep, total, "train") as bar:
+        trained = prep.spec.train(_train_data(prep, bar))
     ST.record_phase(prep, "train", time.perf_counter() - started)
+    return refit_model(prep, trained) if refit else trained
+
+
+def refit_model(prep: Prepared, first: Trained) -> Trained:
+    """``first`` trained again on the training and validation rows for as long as the validation rows chose
+    (:mod:`exporter.training.refit`, by ``refit`` and the rows); how, or why not, in ``stopping["refit"]``."""
+    rows = len(prep.x_train) + len(prep.x_valid)
+    wanted, why = RF.decide(prep.hparams, rows)
+    if wanted and not len(prep.x_valid):
+        wanted, why = False, "no validation rows chose an epoch or round"
+    if not wanted:
+        return _no_refit(first, why)
+    started = time.perf_counter()
+    chosen = int(first.stopping.get("best_epoch") or first.stopping.get("best_round") or 0)
+    total = prep.spec.progress_total({**prep.hparams, "max_epochs": chosen, "n_estimators": chosen}, rows)
+    with _bar(prep, total, "refit") as bar:
+        again = prep.spec.refit(RF.combined(_train_data(prep, bar)), first)
+    if again is None:
+        return _no_refit(first, f"{why}, but the first fit chose no epoch or round to replay")
+    seconds = time.perf_counter() - started
+    again.stopping["refit"] = RF.done(why, rows, seconds, **again.stopping.get("refit", {}))
+    ST.record_phase(prep, "refit", seconds)
+    return again
+
+
+def _no_refit(trained: Trained, why: str) -> Trained:
+    if trained.stopping:  # a loaded model has no training record
+        trained.stopping["refit"] = RF.not_done(why)
     return trained
+
+
+def _bar(prep: Prepared, total: int, what: str) -> Any:
+    from exporter.training.progress_bar import progress_bar  # tqdm in a terminal, one updating line in a notebook
+
+    return progress_bar(total, f"{what} {prep.spec.name}", enabled=prep.params.progress)
+
+
+def _train_data(prep: Prepared, bar: Any) -> TrainData:
+    return TrainData(  # the held-out test rows stay out: they report, never decide
+        x_train=prep.x_train,
+        y_train=prep.y_train,
+        x_valid=prep.x_valid,
+        y_valid=prep.y_valid,
+        columns=prep.columns,
+        hparams=prep.hparams,
+        seed=prep.params.seed,
+        features=prep.features,
+        progress=bar,
+        threads=prep.params.threads,
+        on_epoch=prep.on_epoch,
+    )
 
 
 def evaluate(prep: Prepared, trained: Trained) -> Evaluation:

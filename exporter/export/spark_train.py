@@ -42,6 +42,7 @@ from exporter.training import column_checks as K
 from exporter.training import data as D
 from exporter.training import hparams as H
 from exporter.training import inputs as I
+from exporter.training import refit as RF
 from exporter.training import split as S
 from exporter.training.spark_session import check_master, spark_session
 
@@ -362,6 +363,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
     if params.version is not None and C.version_problem(params.version):
         raise ExporterError(str(C.version_problem(params.version)))
     hparams = H.resolve_hparams(spec, params.hparams)
+    RF.require_in_memory(hparams, "a Spark run")
     schema = F.load_schema(params.schema, source="schema")
     I.check_no_built_history(schema, "on Spark (--engine spark)")
     label_name = params.label or (schema.label if schema is not None else None)

@@ -276,6 +276,12 @@ class Model(ABC):
 
     # ------------------------------------------------------------------ what a model may override
 
+    def refit(self, data: TrainData, first: Trained) -> Trained | None:
+        """A fresh model fitted on ``data`` (training and validation rows together: :mod:`exporter.training.refit`)
+        for as long as the validation rows chose in ``first``; ``None`` when ``first`` chose nothing to replay
+        (or the model cannot refit)."""
+        return None
+
     def label_needs(self, hparams: Mapping[str, Any]) -> list[LabelNeed]:
         """The label columns a run with ``hparams`` needs (the pipeline reads and checks exactly these)."""
         return [

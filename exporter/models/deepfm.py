@@ -84,6 +84,7 @@ class DeepFMModel(TorchModel[DeepFM]):
         "hidden": [64, 32],
         "weight_decay": "auto",
         "ema_decay": tc.DEFAULT_EMA_DECAY,
+        "refit": "auto",
         "dtype": tc.DEFAULT_DTYPE,
         "embedding_gradients": "auto",
     }

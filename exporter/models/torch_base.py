@@ -137,6 +137,32 @@ class TorchModel(Model, Generic[NetT]):
         return max_epochs(hparams) * tc.steps_per_epoch(rows, batch)
 
     def train(self, data: TrainData) -> Trained:
+        return self._fit(data)
+
+    def refit(self, data: TrainData, first: Trained) -> Trained | None:
+        """The network trained afresh on ``data`` (training + validation rows) for ``first``'s best epoch count,
+        at the learning rate each of those epochs had, with the same seed and settings; ``first``'s training curve
+        and stopping record are kept (the refit has no validation rows to draw)."""
+        epochs = int(first.stopping.get("best_epoch") or 0)
+        if epochs < 1:
+            return None
+        rates = [float(p["learning_rate"]) for p in first.history if p.get("step", 0) >= 1][:epochs]
+        again = self._fit(
+            replace(data, hparams={**data.hparams, "max_epochs": epochs, "patience": 0}), learning_rates=rates
+        )
+        again.hparams = dict(first.hparams)
+        again.history = first.history
+        again.stopping = {
+            **first.stopping,
+            "refit": {
+                "epochs": epochs,
+                "optimiser_steps": again.stopping.get("optimiser_steps"),
+                "weight_decay": again.stopping.get("weight_decay"),
+            },
+        }
+        return again
+
+    def _fit(self, data: TrainData, learning_rates: Sequence[float] = ()) -> Trained:
         hparams, seed = data.hparams, data.seed
         batch = tc.effective_batch_size(int(hparams["batch_size"]), len(data.x_train))
         threads = torch_threads(data.threads, batch)
@@ -150,6 +176,7 @@ class TorchModel(Model, Generic[NetT]):
         net = tc.set_compute_dtype(self.build(config), dtype)
         self.fit_scalers(net, data.x_train)
         train = targets_as(self.training_tensors(config, data.x_train, data.y_train), dtype)
+        settings = tc.LoopSettings.of(hparams, rows=len(train[0]), decay_scale=self.weight_decay_scale)
         fitted = tc.fit_loop(
             model=net,
             loss_fn=self.loss,
@@ -159,7 +186,7 @@ class TorchModel(Model, Generic[NetT]):
             progress=data.progress,
             threads=threads,
             on_epoch=data.on_epoch,
-            **asdict(tc.LoopSettings.of(hparams, rows=len(train[0]), decay_scale=self.weight_decay_scale)),
+            **asdict(replace(settings, learning_rates=tuple(learning_rates))),
         )
         trained = self._trained(net, config, columns, dict(hparams), fitted.history, data.features)
         trained.stopping = fitted.stopping

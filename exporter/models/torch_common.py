@@ -272,6 +272,8 @@ class LoopSettings:
     lr_schedule: str
     embedding_gradients: str
     ema_decay: float = 0.0
+    #: the learning rate of each epoch, replayed (a refit's, from its first fit); empty: ``lr_schedule`` decides
+    learning_rates: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, hparams: Mapping[str, Any], *, rows: int, decay_scale: float) -> LoopSettings:
@@ -316,6 +318,7 @@ class LoopSettings:
             first_point=first_point,
             on_epoch=on_epoch,
             ema_decay=self.ema_decay,
+            learning_rates=self.learning_rates,
         )
 
 
@@ -337,6 +340,7 @@ class EarlyStopping:
     positive pair) the train loss is. With ``ema_decay`` the weights judged, kept and exported are a moving
     average of the live ones (:mod:`exporter.models.weight_average`): a loop calls :meth:`after_step` after
     each optimiser step and computes the validation loss and calls :meth:`end_epoch` inside :meth:`judged`.
+    ``learning_rates`` (a refit's) sets each epoch's learning rate, in place of the schedule.
     """
 
     def __init__(
@@ -353,8 +357,10 @@ class EarlyStopping:
         first_point: dict[str, float] | None = None,
         on_epoch: Callable[[int, float], None] | None = None,
         ema_decay: float = 0.0,
+        learning_rates: Sequence[float] = (),
     ) -> None:
         self.model, self.optimizer = model, optimizer
+        self.learning_rates = [float(r) for r in learning_rates]
         self.ema_decay = float(ema_decay)
         self.average = wa.WeightAverage(model, self.ema_decay) if self.ema_decay > 0 else None
         self.max_epochs, self.patience, self.lr_schedule, self.lr = max_epochs, patience, lr_schedule, learning_rate
@@ -364,6 +370,13 @@ class EarlyStopping:
         self.best_state = _copy_state(model)
         self.on_epoch = on_epoch
         self.weight_decay = weight_decay
+        if self.learning_rates:
+            self._set_learning_rate(self.learning_rates[0])
+
+    def _set_learning_rate(self, value: float) -> None:
+        self.lr = value
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
 
     def after_step(self) -> None:
         """After each optimiser step (the weight average folds the new weights in)."""
@@ -379,6 +392,8 @@ class EarlyStopping:
         """Record the epoch's losses; True when training stops here."""
         point = {"step": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "learning_rate": self.lr}
         self.history.append(point)
+        if epoch < len(self.learning_rates):  # a replayed schedule: the next epoch's rate
+            self._set_learning_rate(self.learning_rates[epoch])
         current = point[self.monitor]
         if self.on_epoch is not None:  # a tuner's pruning: raising here ends training
             self.on_epoch(epoch, current)
@@ -390,10 +405,8 @@ class EarlyStopping:
         if self.patience and self.since_best >= self.patience:
             self.reason = STOP_PATIENCE
             return True
-        if self.lr_schedule == "plateau":
-            self.lr *= PLATEAU_FACTOR
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr
+        if self.lr_schedule == "plateau" and not self.learning_rates:
+            self._set_learning_rate(self.lr * PLATEAU_FACTOR)
         return False
 
     def finish(self, **record: Any) -> FitResult:
@@ -450,6 +463,7 @@ def fit_loop(
     on_epoch: Callable[[int, float], None] | None = None,
     embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
     ema_decay: float = 0.0,
+    learning_rates: Sequence[float] = (),
 ) -> FitResult:
     """Mini-batch Adam on ``threads`` intra-op threads (None: every core; the models pass
     :func:`~exporter.models.threads.torch_threads`) with early stopping on the validation
@@ -480,6 +494,7 @@ def fit_loop(
             on_epoch,
             embedding_gradients,
             ema_decay,
+            tuple(learning_rates),
         )
 
 
@@ -514,11 +529,20 @@ def _fit_epochs(
     on_epoch: Callable[[int, float], None] | None = None,
     embedding_gradients: str = opt.DEFAULT_EMBEDDING_GRADIENTS,
     ema_decay: float = 0.0,
+    learning_rates: tuple[float, ...] = (),
 ) -> FitResult:
     n = len(train_tensors[0])
     generator = torch.Generator().manual_seed(seed)
     settings = LoopSettings(
-        max_epochs, batch_size, learning_rate, weight_decay, patience or 0, lr_schedule, embedding_gradients, ema_decay
+        max_epochs,
+        batch_size,
+        learning_rate,
+        weight_decay,
+        patience or 0,
+        lr_schedule,
+        embedding_gradients,
+        ema_decay,
+        learning_rates,
     )
     optimizer = settings.optimizer(model)
     stopping = settings.stopping(

@@ -60,6 +60,7 @@ class XGBoostModel(Model):
         # ends boosting long before the budget, with as much patience in learning-rate terms as 50 rounds at eta 0.1
         "n_estimators": 2000,
         "early_stopping_rounds": 100,
+        "refit": "auto",
         "max_depth": 8,
         "learning_rate": 0.05,
         "subsample": 0.9,
@@ -141,6 +142,24 @@ class XGBoostModel(Model):
         dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
         dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=columns)
         return self.boost(data, params, dtrain, dvalid)
+
+    def refit(self, data: TrainData, first: Trained) -> Trained | None:
+        """Boost afresh on ``data`` (training + validation rows) for exactly ``first``'s best round count, the same
+        parameters and seed; ``first``'s training curve and stopping record are kept."""
+        import xgboost as xgb
+
+        rounds = int(first.stopping.get("best_round") or 0)
+        if rounds < 1:
+            return None
+        columns = list(data.columns)
+        dall = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
+        booster = xgb.train(self.params(data), dall, num_boost_round=rounds, verbose_eval=False)
+        if data.progress is not None:
+            data.progress.update(rounds)
+        again = self._trained(booster, columns, dict(first.hparams), first.history, data.features)
+        again.stopping = {**first.stopping, "refit": {"rounds": rounds}}
+        again.threads = first.threads
+        return again
 
     def params(self, data: TrainData) -> dict[str, Any]:
         """XGBoost's parameters of a run."""

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from exporter.training import refit as RF
 from exporter.training.quality_gate import WARN_AUC
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only: the notebooks import this module before any pipeline
@@ -123,6 +124,9 @@ def format_result(result: RunResult) -> str:
     ]
     lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
     lines += [f"  {line}" for line in evaluation_lines(evaluation.diagnostics)]
+    trained = RF.describe(result.trained.stopping)
+    if trained:
+        lines.append(f"  training: {trained}")
     reading = getattr(result.prepared, "reading", None) or {}
     if reading:
         lines.append(f"  {reading_line(reading)}")

@@ -209,7 +209,7 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         t_prep.on_epoch = report
         start = time.perf_counter()
         try:
-            trained = pipeline.fit(t_prep)
+            trained = pipeline.fit(t_prep, refit=False)  # judged on the validation rows: it must not train on them
         except optuna.TrialPruned as pruned:
             echo(f"trial {trial.number}: pruned: {pruned}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
             raise
@@ -239,6 +239,7 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         raise ExporterError(f"no trial of {study_name} finished with a finite validation metric: nothing to export")
     echo(f"best: trial {best['trial']} {metric_name[0]}={best['value']:.4f}  {_short(best['params'])}")
     b_prep = best["prep"]
+    best["trained"] = pipeline.refit_model(b_prep, best["trained"])  # the chosen trial, on training + validation
     b_prep.params = dataclasses.replace(
         params,
         hparams={**params.hparams, **best["params"]},

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from exporter.errors import ExporterError
+from exporter.training import refit as RF
 
 #: a rule name of :func:`check_hparam_values`, or a model's own check (it may raise a more precise error)
 Rule = str | Callable[[Any, Mapping[str, Any]], bool]
@@ -139,6 +140,7 @@ RULES: dict[str, tuple[str, str]] = {
         "one_of:float32|float64",
         "float32 or float64: what the network trains and computes in (the graph's tensors stay FP64)",
     ),
+    "refit": ("refit", RF.EXPECTED),
     "user_columns": ("columns", "None or a non-empty list of column names"),
     "item_columns": ("columns", "None or a non-empty list of column names"),
 }
@@ -192,6 +194,8 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
             ok = number(value) and value >= 0
         elif rule == "ema_decay":
             ok = number(value) and 0 <= value < 1
+        elif rule == "refit":
+            ok = RF.valid_value(value)
         elif rule == "decay":
             ok = value == "auto" or (number(value) and value >= 0)
         elif rule == "columns":

@@ -247,7 +247,7 @@ def test_both_loops_average_every_optimiser_step_and_export_the_average(
         streaming=streaming,
         artifacts=tmp_path,
         progress=False,
-        hparams={"max_epochs": 2, "patience": 0, "ema_decay": 0.9},
+        hparams={"max_epochs": 2, "patience": 0, "ema_decay": 0.9, "refit": False},  # one loop
     )
     result = pipeline.run(params)
     stopping = result.artifacts[0].metadata["training"]["early_stopping"]

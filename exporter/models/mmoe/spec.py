@@ -126,6 +126,7 @@ class MMoEModel(TorchModel[MMoE]):
         # the synthetic log over none (docs/benchmark-history.md)
         "weight_decay": 1e-4,
         "ema_decay": tc.DEFAULT_EMA_DECAY,
+        "refit": "auto",
         "tasks": [dict(t) for t in T.DEFAULT_TASKS],
         "task_weights": None,
         "dtype": tc.DEFAULT_DTYPE,

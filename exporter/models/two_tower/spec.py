@@ -161,6 +161,7 @@ class TwoTowerModel(TorchModel[TwoTower]):
         # a shorter average than deepfm's: 12 epochs of MovieLens are 1,800 steps, and 0.999 lagged (recall@50
         # 0.5775 against 0.5861 at 0.998, docs/benchmark-history.md)
         "ema_decay": 0.998,
+        "refit": "auto",
         "user_columns": None,
         "item_columns": None,
         "loss": "softmax",
