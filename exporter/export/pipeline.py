@@ -254,7 +254,7 @@ def prepare(params: ExportParams) -> Prepared:
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
             note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
     # a run that will refit on training + validation rows fits its vocabularies, fills and scales on them too
-    refits = params.mode == "train" and len(valid_idx) > 0 and RF.decide(hparams, len(train_idx) + len(valid_idx))[0]
+    refits = params.mode == "train" and RF.planned(hparams, len(train_idx), len(valid_idx))
     plan_rows = np.sort(np.concatenate([train_idx, valid_idx])) if refits else train_idx
     plan, origins = I.fit_plan(frame, columns, schema, plan_rows, source=where, stored=stored)
     columns = plan.columns  # a history column is max_length tensor columns

@@ -35,6 +35,7 @@ from exporter.tools.notebook_params import (
 )
 from exporter.tools.notebook_tracking import export, show_runs, train
 from exporter.tools.summary import column_warning_lines, evaluation_lines, metric_notes, unjudged_auc
+from exporter.training import refit as RF
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time
     from exporter.export.pipeline import Evaluation, ExportedArtifact, Prepared
@@ -98,7 +99,9 @@ def describe_run(prep: Prepared) -> str:
     lines = [
         f"{prep.spec.name}: {what} on {data}",
         (
-            f"  rows: {len(prep.train)} training, {len(prep.validation)} validation (early stopping), "
+            f"  rows: {len(prep.train)} training, {len(prep.validation)} validation (early stopping"
+            + ("; the refit trains on them too" if _refits(prep) else "")
+            + "), "
             f"{len(prep.heldout)} held-out test (seed {p.seed})"
             if p.mode == "train"
             else f"  rows: {len(prep.heldout)} held-out of {total} for evaluation and the parity check"
@@ -113,6 +116,12 @@ def describe_run(prep: Prepared) -> str:
         lines[3] += f" (1 = {prep.positive_class}, the other value 0)"
     lines += [notebook_terms(line) for line in column_warning_lines(prep.column_warnings)]
     return "\n".join(lines)
+
+
+def _refits(prep: Prepared) -> bool:
+    """Whether this in-memory training run will refit on its training and validation rows."""
+    in_memory = getattr(prep, "stream", None) is None and getattr(prep, "fit_elsewhere", None) is None
+    return in_memory and RF.planned(prep.hparams, len(prep.train), len(prep.validation))
 
 
 def _model_dirs(names: Sequence[str]) -> str:

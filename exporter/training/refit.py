@@ -49,6 +49,11 @@ def decide(hparams: Mapping[str, Any], rows: int) -> tuple[bool, str]:
     return True, f"refit: auto, {rows:,} training and validation rows (at most {AUTO_MAX_ROWS:,})"
 
 
+def planned(hparams: Mapping[str, Any], train_rows: int, validation_rows: int) -> bool:
+    """Whether an in-memory training run with these rows will refit (its feature plan is fitted on both parts)."""
+    return validation_rows > 0 and decide(hparams, train_rows + validation_rows)[0]
+
+
 def require_in_memory(hparams: Mapping[str, Any], where: str) -> None:
     """A streamed or Spark run does not refit: ``refit: true`` there fails before any reading."""
     if hparams.get("refit") is True:

@@ -145,6 +145,10 @@ def test_refit_false_exports_the_first_fit_and_says_so(tmp_path: Path) -> None:
     line = f"exported: refit on {rows:,} training + validation rows for {again.trained.stopping['best_epoch']} epochs"
     assert line in format_result(again)
     assert line in (Path(again.artifacts[0].path) / "README.md").read_text()
+    from exporter.tools.notebook_support import describe_run
+
+    assert "the refit trains on them too" in describe_run(again.prepared)
+    assert "the refit trains on them too" not in describe_run(result.prepared)
 
 
 def test_a_refit_run_fits_its_vocabulary_on_the_validation_rows_too(tmp_path: Path) -> None:
