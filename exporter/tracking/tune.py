@@ -7,8 +7,9 @@ out test rows report only the chosen trial, so its reported figure is not optimi
 validation loss after each epoch, and Optuna's median pruner stops one that falls behind the earlier trials. Each
 trial is an MLflow run nested under the tuning run; the study lives in ``optuna.db`` beside the tracking database (a
 file of its own: MLflow and Optuna both keep an ``alembic_version`` table, which one file cannot hold twice). The
-best trial's model is then exported as a normal version, its trial number and parameters in metadata.json's
-``tuning``.
+best trial's model, refit on the training and validation rows as any export is (the trials themselves are not:
+the validation rows judge them), is then exported as a normal version, its trial number and parameters in
+metadata.json's ``tuning``.
 """
 
 from __future__ import annotations
