@@ -30,7 +30,8 @@ AUTO_MAX_ROWS = 500_000
 #: the hyper-parameter's values
 VALUES = ("auto", True, False)
 EXPECTED = (
-    f"auto (refit a run trained in memory on at most {AUTO_MAX_ROWS:,} training and validation rows), true or false"
+    f"auto (train the exported model again on the training + validation rows, for the epochs or rounds they chose, "
+    f"when the run is in memory with at most {AUTO_MAX_ROWS:,} of them), true or false"
 )
 
 
