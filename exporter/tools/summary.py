@@ -124,7 +124,7 @@ def format_result(result: RunResult) -> str:
     ]
     lines += [f"  ({note})" for note in metric_notes(evaluation.metrics, evaluation.quality, result.trained.history)]
     lines += [f"  {line}" for line in evaluation_lines(evaluation.diagnostics)]
-    trained = RF.describe(result.trained.stopping)
+    trained = RF.describe(getattr(result.trained, "stopping", None))
     if trained:
         lines.append(f"  training: {trained}")
     reading = getattr(result.prepared, "reading", None) or {}

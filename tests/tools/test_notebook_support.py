@@ -219,7 +219,10 @@ def test_none_hparams_mean_the_model_default(tmp_path):
     text = nbs.describe_run(prep)
     assert "two_tower: train on built-in synthetic data" in text
     # two_tower holds out user-item pairs (a repeated pair stays on one side): about a fifth of the 200 rows
-    found = re.search(r"rows: (\d+) training, (\d+) validation \(early stopping\), (\d+) held-out test", text)
+    found = re.search(
+        r"rows: (\d+) training, (\d+) validation \(early stopping; the refit trains on them too\), (\d+) held-out test",
+        text,
+    )
     train, valid, held = map(int, found.groups())
     assert train + valid + held == 200 and 25 <= held <= 55 and 8 <= valid <= 35
     assert "max_epochs=1" in text and "user_columns" not in text  # None: the default applies, not worth a mention
