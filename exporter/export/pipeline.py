@@ -254,7 +254,7 @@ def prepare(params: ExportParams) -> Prepared:
             stored = I.numeric_plan(frame, columns, train_idx, source=where)
             note = "a loaded model without a feature plan: every column numeric, missing values passed on as NaN"
     # a run that will refit on training + validation rows fits its vocabularies, fills and scales on them too
-    refits = params.mode == "train" and RF.planned(hparams, len(train_idx), len(valid_idx))
+    refits = params.mode == "train" and RF.decide(hparams, len(train_idx), len(valid_idx))[0]
     plan_rows = np.sort(np.concatenate([train_idx, valid_idx])) if refits else train_idx
     plan, origins = I.fit_plan(frame, columns, schema, plan_rows, source=where, stored=stored)
     columns = plan.columns  # a history column is max_length tensor columns
@@ -349,9 +349,7 @@ def refit_model(prep: Prepared, first: Trained) -> Trained:
     """``first`` trained again on the training and validation rows for as long as the validation rows chose
     (:mod:`exporter.training.refit`, by ``refit`` and the rows); how, or why not, in ``stopping["refit"]``."""
     rows = len(prep.x_train) + len(prep.x_valid)
-    wanted, why = RF.decide(prep.hparams, rows)
-    if wanted and not len(prep.x_valid):
-        wanted, why = False, "no validation rows chose an epoch or round"
+    wanted, why = RF.decide(prep.hparams, len(prep.x_train), len(prep.x_valid))
     if not wanted:
         return _no_refit(first, why)
     started = time.perf_counter()

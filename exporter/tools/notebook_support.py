@@ -121,7 +121,7 @@ def describe_run(prep: Prepared) -> str:
 def _refits(prep: Prepared) -> bool:
     """Whether this in-memory training run will refit on its training and validation rows."""
     in_memory = getattr(prep, "stream", None) is None and getattr(prep, "fit_elsewhere", None) is None
-    return in_memory and RF.planned(prep.hparams, len(prep.train), len(prep.validation))
+    return in_memory and RF.decide(prep.hparams, len(prep.train), len(prep.validation))[0]
 
 
 def _model_dirs(names: Sequence[str]) -> str:

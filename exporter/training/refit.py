@@ -41,21 +41,19 @@ def valid_value(value: Any) -> bool:
     return value == "auto" or isinstance(value, bool)
 
 
-def decide(hparams: Mapping[str, Any], rows: int) -> tuple[bool, str]:
-    """(refit or not, why) for a run in memory with ``rows`` training + validation rows."""
-    value = hparams.get("refit", False)
-    if value is True:
-        return True, "refit: true"
+def decide(hparams: Mapping[str, Any], train_rows: int, validation_rows: int) -> tuple[bool, str]:
+    """(refit or not, why) for a run in memory with these rows; ``pipeline.prepare`` asks it to fit the feature
+    plan on both parts, ``pipeline.refit_model`` to refit, so the two always agree."""
+    value, rows = hparams.get("refit", False), train_rows + validation_rows
     if value is not True and value != "auto":
         return False, "refit: false"
-    if rows > AUTO_MAX_ROWS:
+    if value == "auto" and rows > AUTO_MAX_ROWS:
         return False, f"refit: auto, and {rows:,} training and validation rows are more than {AUTO_MAX_ROWS:,}"
+    if not validation_rows:
+        return False, "no validation rows chose an epoch or round"
+    if value is True:
+        return True, "refit: true"
     return True, f"refit: auto, {rows:,} training and validation rows (at most {AUTO_MAX_ROWS:,})"
-
-
-def planned(hparams: Mapping[str, Any], train_rows: int, validation_rows: int) -> bool:
-    """Whether an in-memory training run with these rows will refit (its feature plan is fitted on both parts)."""
-    return validation_rows > 0 and decide(hparams, train_rows + validation_rows)[0]
 
 
 def require_in_memory(hparams: Mapping[str, Any], where: str) -> None:

@@ -29,12 +29,14 @@ def _params(model: str, tmp_path: Path, **hparams: Any) -> pipeline.ExportParams
 
 
 def test_auto_refits_up_to_the_row_cap_and_true_or_false_decide_alone() -> None:
-    assert RF.decide({"refit": "auto"}, 80_000) == (True, "refit: auto, 80,000 training and validation rows "
-                                                   f"(at most {RF.AUTO_MAX_ROWS:,})")  # fmt: skip
-    wanted, why = RF.decide({"refit": "auto"}, RF.AUTO_MAX_ROWS + 1)
+    assert RF.decide({"refit": "auto"}, 70_000, 10_000) == (True, "refit: auto, 80,000 training and validation rows "
+                                                           f"(at most {RF.AUTO_MAX_ROWS:,})")  # fmt: skip
+    wanted, why = RF.decide({"refit": "auto"}, RF.AUTO_MAX_ROWS, 1)
     assert not wanted and f"more than {RF.AUTO_MAX_ROWS:,}" in why
-    assert RF.decide({"refit": True}, 10 * RF.AUTO_MAX_ROWS)[0] is True
-    assert RF.decide({"refit": False}, 100)[0] is False
+    assert RF.decide({"refit": True}, 10 * RF.AUTO_MAX_ROWS, 1)[0] is True
+    assert RF.decide({"refit": False}, 90, 10)[0] is False
+    # nothing chose an epoch or round without validation rows: no refit, whatever the setting
+    assert RF.decide({"refit": True}, 100, 0) == (False, "no validation rows chose an epoch or round")
 
 
 @pytest.mark.parametrize("model", ["xgb", "deepfm", "mmoe", "two_tower"])
