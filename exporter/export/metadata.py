@@ -248,7 +248,11 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
     required = [c for c in columns if c not in optional]
     # rows complete in every column first, then complete in the required ones, then the fewest required gaps
     gaps = frame[required].isna().sum(axis=1).to_numpy() * (len(columns) + 1) + frame.isna().sum(axis=1).to_numpy()
-    chosen = frame.iloc[np.argsort(gaps, kind="stable")[:rows]].copy()
+    histories = [c for c in columns if c not in prep.features.columns and c in frame.columns]
+    empty = np.zeros(len(frame), dtype=np.int64)  # among equals, rows whose histories hold items show them
+    for c in histories:
+        empty |= frame[c].map(_no_items).to_numpy(dtype=bool)
+    chosen = frame.iloc[np.argsort(gaps * 2 + empty, kind="stable")[:rows]].copy()
     for c in required:
         missing = chosen[c].isna()
         if missing.any():
@@ -259,6 +263,15 @@ def sample_request(prep: Prepared, unit: ExportUnit, rows: int = SAMPLE_ROWS) ->
     for name, ids in F.history_lists(prep.features.subset(columns), chosen).items():  # a JSON list of IDs
         chosen[name] = pd.Series(ids, index=chosen.index, dtype=object)
     return C.torchserve_request(chosen.to_dict("records"), columns)
+
+
+def _no_items(value: Any) -> bool:
+    """A history cell without items: missing, an empty list, or blank text."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return hasattr(value, "__len__") and len(value) == 0
 
 
 def _present_value(prep: Prepared, column: str) -> Any:
