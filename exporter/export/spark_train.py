@@ -365,7 +365,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
     hparams = H.resolve_hparams(spec, params.hparams)
     RF.require_in_memory(hparams, "a Spark run")
     schema = F.load_schema(params.schema, source="schema")
-    I.check_no_built_history(schema, "on Spark (--engine spark)")
+    F.check_no_built_history(schema, "on Spark (--engine spark)")
     label_name = params.label or (schema.label if schema is not None else None)
     needs = spec.label_needs(hparams)
     labels = I.label_map([n.name for n in needs], label_name)
@@ -397,6 +397,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         optional = {n.name for n in needs if not n.required}
         labels = {n: c for n, c in labels.items() if n not in optional or c in sample.columns}
         specs, origins = F.resolve_specs(sample, columns, schema, I.default_specs())
+        F.check_no_history(specs, "on Spark (--engine spark)")
         F.check_id_range(sample, specs, origins, source=where)
         dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs}
 

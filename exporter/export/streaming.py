@@ -194,7 +194,7 @@ def prepare_streaming(
     log(params, f"data: streaming ({reading.reason}); {len(files)} file(s)")
     probe = SS.StreamReader(files, [], params.seed)
     head = _head(probe, files)
-    I.check_no_built_history(schema, f"streamed ({reading.reason})")
+    F.check_no_built_history(schema, f"streamed ({reading.reason})")
     columns, note, positive = I.choose_features(
         head, spec.default_features, columns, schema, labels, needs,
         positive_class=params.positive_class, exclude_columns=params.exclude_columns, source=where,
@@ -208,6 +208,7 @@ def prepare_streaming(
     labels = {n: c for n, c in labels.items() if n not in optional or c in head.columns}
     kinds = {n.name: n.kind for n in needs if n.name in labels}
     specs, origins = F.resolve_specs(head, columns, schema, I.default_specs())
+    F.check_no_history(specs, f"streamed ({reading.reason})")
     towers = {s.name: s.tower for s in specs}
     read = list(dict.fromkeys([*columns, *labels.values()]))
     SS.check_files(files, read, where=where)

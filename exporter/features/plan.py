@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from exporter.errors import ExporterError
-from exporter.features.history import history_matrix
+from exporter.features.history import history_matrix, history_strings, holds_strings
 from exporter.features.schema import (
     CATEGORICAL,
     DTYPES,
@@ -158,6 +158,8 @@ class FittedFeature:
                 out[key] = spec[key]
         if full and not self.hashed and self.keys is not None:
             out["keys"] = list(self.keys)
+        if full and self.vocab is not None:
+            out["vocab"] = list(self.vocab)
         return out
 
     @classmethod
@@ -183,9 +185,13 @@ class FittedFeature:
             if info.get("hash_buckets") is not None:
                 spec = replace(spec, hash_buckets=int(info["hash_buckets"]))
             keys = [int(k) for k in raw.get("keys", [])]
+            vocab = [str(v) for v in raw["vocab"]] if raw.get("vocab") is not None else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ExporterError(f"{source}: unusable history feature entry {str(raw)[:80]}: {exc!r}") from exc
-        return cls(spec, str(raw.get("dtype", "int64")), None, keys, None, dict(raw.get("stats") or {}), position)
+        dtype = str(raw.get("dtype", "int64"))
+        if dtype == "string" and spec.hash_buckets is None and vocab is None and position == 0:
+            raise ExporterError(f"{source}: string history {spec.name!r} has no vocab")
+        return cls(spec, dtype, None, keys, vocab, dict(raw.get("stats") or {}), position)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str) -> FittedFeature:
@@ -408,11 +414,11 @@ class FeaturePlan:
                 )
             }
             if (
-                e.get("kind") == CATEGORICAL
+                e.get("kind") in (CATEGORICAL, HISTORY)
                 and e.get("dtype") == "string"
                 and (e.get("oov") or {}).get("policy") != "hash"
             ):
-                raw["vocab"] = vocab.get(e["name"])
+                raw["vocab"] = vocab.get(str((e.get("vocab") or {}).get("key", e["name"])))
             fitted.append(FittedFeature.from_dict(raw, source=str(meta_path)))
         if [f.name for f in fitted] != columns:
             raise ExporterError(f"{meta_path}: features do not match feature_columns")
@@ -433,7 +439,7 @@ class FeaturePlan:
         for j, feat in enumerate(self.features):
             if feat.history:
                 if feat.position == 0 or j == 0 or self.features[j - 1].spec.name != feat.spec.name:
-                    ids = history_matrix(frame, feat.spec, source=source)
+                    ids = history_matrix(frame, feat.spec, source=source, strings=_string_table(feat))
                 out[:, j] = ids[:, feat.position]
                 continue
             column = read_column(frame[feat.name], feat.spec, source=source)
@@ -484,8 +490,9 @@ class FeaturePlan:
         """The full plan (keys and vocabularies): stored in checkpoints and feature_meta.json."""
         features = [f.to_dict(full=True) for f in self.features]
         for f, entry in zip(self.features, features, strict=True):
-            if f.history and f.position:  # one copy of a history's keys, at its position 0
+            if f.history and f.position:  # one copy of a history's keys and vocabulary, at its position 0
                 entry.pop("keys", None)
+                entry.pop("vocab", None)
         return {"format": PLAN_FORMAT, "features": features}
 
     @classmethod
@@ -497,11 +504,11 @@ class FeaturePlan:
         ):
             raise ExporterError(f"{source}: no fitted feature plan (format '{PLAN_FORMAT}')")
         fitted = [FittedFeature.from_dict(f, source=source) for f in raw["features"]]
-        first: dict[str, list[int]] = {}
+        first: dict[str, FittedFeature] = {}
         for f in fitted:
             if f.history:
-                first.setdefault(f.spec.name, f.keys)
-                f.keys = first[f.spec.name]
+                head = first.setdefault(f.spec.name, f)
+                f.keys, f.vocab = head.keys, head.vocab
         return cls(fitted)
 
     def metadata(self, vocab_file: str | None, vocab_sha256: str | None) -> list[dict[str, Any]]:
@@ -510,13 +517,26 @@ class FeaturePlan:
         for f in self.features:
             entry = f.to_dict(full=False)
             if f.vocab is not None and vocab_file is not None:
-                entry["vocab"] = {"file": vocab_file, "sha256": vocab_sha256, "key": f.name}
+                entry["vocab"] = {"file": vocab_file, "sha256": vocab_sha256, "key": self._vocab_key(f)}
             out.append(entry)
         return out
 
+    def _vocab_key(self, f: FittedFeature) -> str:
+        """The ``vocab.json`` key of a column's vocabulary: its own name; for a history of string IDs the column
+        whose vocabulary it shares when that is a string column here, else the history's name (one copy)."""
+        if not f.history:
+            return f.name
+        shared = self._by_name.get(f.spec.vocab_from or "")
+        same = shared is not None and shared.vocab is not None and (shared.vocab is f.vocab or shared.vocab == f.vocab)
+        return shared.name if same and shared is not None else f.spec.name
+
     def vocab_json(self) -> dict[str, list[str]]:
         """``vocab.json``: string column -> its vocabulary (code i is the i-th string). Empty when none."""
-        return {f.name: list(f.vocab) for f in self.features if f.vocab is not None}
+        out: dict[str, list[str]] = {}
+        for f in self.features:
+            if f.vocab is not None and (not f.history or not f.position):
+                out.setdefault(self._vocab_key(f), list(f.vocab))
+        return out
 
     def describe(self) -> pd.DataFrame:
         """The schema table notebooks show: kind, dtype, vocabulary size, missing rate, fill."""
@@ -571,13 +591,26 @@ def history_rows(col: np.ndarray, feat: FittedFeature) -> np.ndarray:
     return np.where(np.isnan(col), float(PADDING_ROW), category_rows(col, feat))
 
 
+def _string_table(feat: FittedFeature) -> dict[str, int] | str | None:
+    """How the items of a history of string IDs become codes: its vocabulary (string -> code) or ``"hash"``;
+    None for a history of integer IDs."""
+    if feat.dtype != "string":
+        return None
+    if feat.hashed:
+        return "hash"
+    if feat.vocab is None:
+        raise ExporterError(f"history '{feat.spec.name}' holds strings but has no vocabulary")
+    return {w: i for i, w in enumerate(feat.vocab)}
+
+
 def _fit_history(
     frame: pd.DataFrame, spec: FeatureSpec, train: np.ndarray, fitted: Mapping[str, FittedFeature], *, source: str
 ) -> list[FittedFeature]:
-    """One history: its own vocabulary over the training rows' items, or the shared column's, and statistics."""
-    ids = history_matrix(frame, spec, source=source)[train]
-    present = ids[~np.isnan(ids)]
-    lengths = (~np.isnan(ids)).sum(axis=1)
+    """One history: its own vocabulary over the training rows' items, or the shared column's, and statistics.
+
+    Its items are integer IDs, or strings when the column whose vocabulary it shares holds strings (or, with a
+    vocabulary of its own, when some item is text that is not an integer): those travel as their codes."""
+    shared = None
     if spec.vocab_from is not None:
         shared = fitted.get(spec.vocab_from)
         if shared is None:
@@ -588,12 +621,19 @@ def _fit_history(
                 )
             column = read_column(frame[spec.vocab_from], FeatureSpec(spec.vocab_from, CATEGORICAL), source=source)
             shared = _fit_categorical(column, train, FeatureSpec(spec.vocab_from, CATEGORICAL))
-        if not shared.categorical or shared.dtype == "string":
+        if not shared.categorical:
             raise ExporterError(
-                f"{source}: history '{spec.name}' shares the vocabulary of '{spec.vocab_from}', which is "
-                f"{'a string' if shared.dtype == 'string' else 'not a categorical'} column; a history holds "
-                "integer IDs, so it shares the vocabulary of a categorical column of integer IDs"
+                f"{source}: history '{spec.name}' shares the vocabulary of '{spec.vocab_from}', which is not a "
+                "categorical column; a history holds IDs, so it shares the vocabulary of a categorical column of IDs"
             )
+        strings = shared.dtype == "string"
+    else:
+        strings = holds_strings(frame, spec)
+    if strings:
+        return _fit_string_history(frame, spec, train, shared, source=source)
+    ids = history_matrix(frame, spec, source=source)[train]
+    present = ids[~np.isnan(ids)]
+    if shared is not None:
         spec = replace(spec, hash_buckets=shared.spec.hash_buckets)
         keys = list(shared.keys)
         known = set(keys)
@@ -603,14 +643,47 @@ def _fit_history(
         feature = _fit_categorical(Column("int64", numbers=present), np.arange(len(present)), spec)
         keys, distinct = feature.keys, int(feature.stats["distinct"])
         covered = round(float(feature.stats["coverage"]) * len(present))
-    stats = {
+    stats = _history_stats(~np.isnan(ids), spec, distinct, covered)
+    return [FittedFeature(spec, "int64", None, keys, None, stats, p) for p in range(spec.max_length)]
+
+
+def _fit_string_history(
+    frame: pd.DataFrame, spec: FeatureSpec, train: np.ndarray, shared: FittedFeature | None, *, source: str
+) -> list[FittedFeature]:
+    """A history of string IDs: the shared string column's vocabulary (or hash), or its own over the training
+    rows' items (``min_count``, ``max_size``, ``hash_buckets`` as a string column's)."""
+    items = history_strings(frame, spec, source=source)[train]
+    mask = np.array([[v is not None for v in row] for row in items], dtype=bool).reshape(items.shape)
+    present = [str(v) for v in items[mask]]
+    counts: dict[str, int] = {}
+    for v in present:
+        counts[v] = counts.get(v, 0) + 1
+    if shared is not None:
+        spec = replace(spec, hash_buckets=shared.spec.hash_buckets)
+        keys, vocab = list(shared.keys), shared.vocab
+        known = set(vocab or ())
+        covered = len(present) if shared.hashed else sum(n for v, n in counts.items() if v in known)
+    else:
+        own = categorical_from_counts(spec, "string", counts, rows=len(present), present=len(present))
+        keys, vocab = own.keys, own.vocab
+        covered = round(float(own.stats["coverage"]) * len(present))
+    if spec.hash_buckets is not None:
+        keys, vocab = [], None
+    stats = _history_stats(mask, spec, len(counts), covered)
+    return [FittedFeature(spec, "string", None, keys, vocab, stats, p) for p in range(spec.max_length)]
+
+
+def _history_stats(mask: np.ndarray, spec: FeatureSpec, distinct: int, covered: int) -> dict[str, Any]:
+    """A history's statistics over the training rows (``mask``: which positions hold an item)."""
+    lengths = mask.sum(axis=1)
+    present = int(lengths.sum())
+    return {
         "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
         "empty_rate": float((lengths == 0).mean()) if len(lengths) else 0.0,
         "full_rate": float((lengths == spec.max_length).mean()) if len(lengths) else 0.0,
         "distinct": distinct,
-        "coverage": float(covered / len(present)) if len(present) else 0.0,
+        "coverage": float(covered / present) if present else 0.0,
     }
-    return [FittedFeature(spec, "int64", None, keys, None, stats, p) for p in range(spec.max_length)]
 
 
 def fit(

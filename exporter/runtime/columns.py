@@ -73,7 +73,8 @@ class ColumnSpec:
     #: a string categorical column hashed into buckets: a string's code is :func:`rules.hash_code`
     hashed: bool = False
     #: one position of a history column (:mod:`exporter.runtime.history`): the history's name, else None;
-    #: such a column takes integer IDs like a categorical one, NaN (or absent) meaning no item
+    #: such a column takes IDs like a categorical one (integers, or strings with ``vocabulary`` / ``hashed``),
+    #: NaN (or absent) meaning no item
     history: str | None = None
     #: the history's ``max_length`` (its number of columns)
     max_length: int = 0
@@ -148,6 +149,7 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
     """One :class:`ColumnSpec` per ``feature_columns`` entry, in tensor order; ``vocab`` is :func:`read_vocab`'s."""
     by_name = {e.get("name"): e for e in _entries(metadata)}
     specs = []
+    tables: dict[int, dict[str, int]] = {}  # one string -> code table per vocabulary (a history's positions share it)
     for name in metadata["feature_columns"]:
         e = by_name.get(name) or {}
         kind = e.get("kind", "numeric")
@@ -155,12 +157,8 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
             raise ArtifactError(
                 f"metadata feature {name!r} has kind {kind!r}; expected numeric, categorical or history"
             )
-        if kind == "history":
-            specs.append(_history_spec(str(name), e))
-            continue
-        categorical = kind == "categorical"
         vocabulary, hashed = None, False
-        if categorical and e.get("dtype") == "string":
+        if kind != "numeric" and e.get("dtype") == "string":
             raw_oov = e.get("oov")
             oov: Mapping[str, Any] = raw_oov if isinstance(raw_oov, Mapping) else {}
             if oov.get("policy") == "hash":
@@ -169,7 +167,13 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
                 words = (vocab or {}).get(name)
                 if words is None:
                     raise ArtifactError(f"string feature {name!r} has no vocabulary in {VOCAB_FILE}")
-                vocabulary = {str(w): i for i, w in enumerate(words)}
+                if id(words) not in tables:
+                    tables[id(words)] = {str(w): i for i, w in enumerate(words)}
+                vocabulary = tables[id(words)]
+        if kind == "history":
+            specs.append(_history_spec(str(name), e, vocabulary, hashed))
+            continue
+        categorical = kind == "categorical"
         specs.append(
             ColumnSpec(
                 str(name),
@@ -183,8 +187,11 @@ def column_specs(metadata: Mapping[str, Any], vocab: Mapping[str, Sequence[str]]
     return specs
 
 
-def _history_spec(name: str, entry: Mapping[str, Any]) -> ColumnSpec:
-    """One position of a history column: an optional integer-ID column that knows its history."""
+def _history_spec(
+    name: str, entry: Mapping[str, Any], vocabulary: Mapping[str, int] | None, hashed: bool
+) -> ColumnSpec:
+    """One position of a history column: an optional categorical column that knows its history (integer IDs,
+    or strings through the history's ``vocabulary`` or hash)."""
     info = entry.get("history")
     if not isinstance(info, Mapping) or not isinstance(info.get("column"), str):
         raise ArtifactError(f"metadata feature {name!r} of kind history has no history {{column, max_length}}")
@@ -193,7 +200,14 @@ def _history_spec(name: str, entry: Mapping[str, Any]) -> ColumnSpec:
         raise ArtifactError(f"metadata feature {name!r}: history max_length must be a positive integer")
     delimiter = info.get("delimiter") or "|"
     return ColumnSpec(
-        name, "categorical", True, history=str(info["column"]), max_length=length, delimiter=str(delimiter)
+        name,
+        "categorical",
+        True,
+        vocabulary=vocabulary,
+        hashed=hashed,
+        history=str(info["column"]),
+        max_length=length,
+        delimiter=str(delimiter),
     )
 
 
@@ -243,6 +257,8 @@ class FeatureColumns:
         self._getter = itemgetter(*self.columns)
         #: history name -> its columns: rows may send a history as one JSON list (:mod:`.history`)
         self.histories = history_groups(self.specs)
+        #: the histories of string IDs (their items map through a vocabulary or hash, like a string column's)
+        self.string_histories = {s.history for s in self.specs if s.history is not None and s.takes_strings}
         self._fast = FastRows(
             self.columns, [k == "categorical" for k in self.kinds], self.optional, self.booleans, self.strings
         )
@@ -364,7 +380,7 @@ class FeatureColumns:
         a few rows, column by column for many); anything else goes :meth:`_rows_careful`, which words the error.
         """
         if self.histories:
-            rows = expand_rows(rows, self.histories, name)
+            rows = expand_rows(rows, self.histories, name, self.string_histories)
         matrix = self._fast.matrix(rows)
         return matrix if matrix is not None else self._rows_careful(rows, name)
 

@@ -1,10 +1,11 @@
-"""History columns: a list of integer IDs (a user's recent items) as ``max_length`` columns of the FP64 tensor.
+"""History columns: a list of item IDs (a user's recent items) as ``max_length`` columns of the FP64 tensor.
 
 A history feature ``hist_items`` with ``max_length`` L travels as the tensor columns ``hist_items[0]`` ...
 ``hist_items[L-1]`` (docs/features.md): the kept items in their order (oldest first, the most recent last),
 then NaN for "no item". A longer list keeps its last L elements (the most recent). The graph maps each item to
 its embedding row like a categorical ID (unknown, non-integer or beyond 2^53: the OOV row) and masks the NaN
-padding.
+padding. The items are integer IDs, or strings when the history's vocabulary is one of strings (its own, or
+the string column it shares): a string travels as its code, as in a string categorical column.
 
 This module is the one decoder of such a value, shared by the handler (a JSON list in the TorchServe form),
 ``score`` (a Parquet list column or a delimited string in CSV) and the training encoder. Standard library and
@@ -16,22 +17,25 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from exporter.runtime.errors import HandlerError
 from exporter.runtime.messages import describe_bad_value, int_text, quote, type_name
-from exporter.runtime.rules import MAX_EXACT_INT
+from exporter.runtime.rules import MAX_EXACT_INT, UNKNOWN_CODE, hash_code
 
 __all__ = [
     "DEFAULT_DELIMITER",
+    "EXPECTED",
+    "EXPECTED_STRINGS",
     "HistoryProblem",
     "column_name",
     "expand_rows",
     "history_values",
     "split_column_name",
+    "string_codes",
 ]
 
 #: the separator of a history written as text ("12|7|99"), unless the schema names another
@@ -39,6 +43,12 @@ DEFAULT_DELIMITER = "|"
 _POSITION = re.compile(r"^(.*)\[(0|[1-9][0-9]*)\]$")
 _INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+$")
 EXPECTED = "a list of integer IDs (at most 2^53 in magnitude)"
+EXPECTED_STRINGS = "a list of string IDs (or their integer codes)"
+
+
+def expected(strings: bool) -> str:
+    """What a history value should be: integer IDs, or strings for a history of string IDs."""
+    return EXPECTED_STRINGS if strings else EXPECTED
 
 
 class HistoryProblem(ValueError):
@@ -90,6 +100,25 @@ def _element(value: Any, position: int, text_ok: bool) -> float:
     return _bad(value, position)
 
 
+def _string_element(value: Any, position: int) -> str | int:
+    """One item of a string history: the string itself, or an integer (a code, or a number to read as text)."""
+    if isinstance(value, str):
+        if not value:
+            raise HistoryProblem("empty, not a string ID", position)
+        return value
+    if type(value) is int or isinstance(value, np.integer):
+        number = int(value)
+        if abs(number) > MAX_EXACT_INT:
+            raise HistoryProblem(f"{int_text(number)}, beyond 2^53, not an exact integer code", position)
+        return number
+    if isinstance(value, (float, np.floating)) and type(value) is not bool:
+        real = float(value)
+        if math.isfinite(real) and real == math.floor(real) and abs(real) <= MAX_EXACT_INT:
+            return int(real)
+    problem = describe_bad_value(value) or repr(value)
+    raise HistoryProblem(f"{problem}, not a string ID", position)
+
+
 def _bad(value: Any, position: int) -> float:
     if isinstance(value, float) and math.isnan(value):
         raise HistoryProblem("NaN, not an integer ID", position)
@@ -99,21 +128,23 @@ def _bad(value: Any, position: int) -> float:
     raise HistoryProblem(f"{problem or type_name(value)}, not an integer ID", position)
 
 
-def history_values(value: Any, max_length: int, *, delimiter: str | None = None) -> list[float]:
+def history_values(value: Any, max_length: int, *, delimiter: str | None = None, strings: bool = False) -> list[Any]:
     """The kept IDs of one history value (at most ``max_length``, the most recent = the last ones).
 
     Takes a list, tuple or 1-d numpy array of integer IDs; with ``delimiter`` (text sources: CSV, a string
     column) also a delimited string (``"12|7|99"``, blank: empty) and a single number (a one-item history).
-    ``None`` and NaN are an empty history. Raises :class:`HistoryProblem` for anything else.
+    ``None`` and NaN are an empty history. Raises :class:`HistoryProblem` for anything else. Returns floats;
+    with ``strings`` (a history of string IDs) each item is its string, or an ``int`` where an integer was
+    given (a code in a request, text in a data file: the caller decides), and delimited text is split as is.
     """
     text_ok = delimiter is not None
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
     if isinstance(value, str):
         if not text_ok:
-            raise HistoryProblem(f"a string ({quote(value)}), expected {EXPECTED}")
-        text = value.strip()
-        items: Sequence[Any] = [] if not text else text.split(delimiter)
+            raise HistoryProblem(f"a string ({quote(value)}), expected {expected(strings)}")
+        text = value if strings else value.strip()
+        items: Sequence[Any] = [] if not text.strip() else text.split(delimiter)
     elif isinstance(value, (list, tuple)):
         items = value
     elif isinstance(value, np.ndarray) and value.ndim == 1:
@@ -121,9 +152,35 @@ def history_values(value: Any, max_length: int, *, delimiter: str | None = None)
     elif text_ok and (type(value) is int or isinstance(value, (float, np.integer, np.floating))):
         items = [value]
     else:
-        raise HistoryProblem(f"{type_name(value)}, expected {EXPECTED}")
+        raise HistoryProblem(f"{type_name(value)}, expected {expected(strings)}")
     start = max(0, len(items) - max_length)
+    if strings:
+        return [_string_element(items[i], i) for i in range(start, len(items))]
     return [_element(items[i], i, text_ok) for i in range(start, len(items))]
+
+
+def string_codes(
+    kept: Sequence[Any], vocabulary: Mapping[str, int] | None, *, ints_are_codes: bool = True
+) -> list[float]:
+    """The kept items of a string history (:func:`history_values` with ``strings``) -> their FP64 codes, as a
+    string column's: the position in ``vocabulary`` (-1 when unknown), or the hash code when ``vocabulary`` is
+    None (a hashed history). An integer is a code already in a request (``ints_are_codes``); in a data file it
+    is read as its text, as a string column of mixed cells is."""
+    out: list[float] = []
+    for item in kept:
+        if type(item) is int:
+            if ints_are_codes:
+                out.append(float(item))
+                continue
+            item = str(item)
+        if vocabulary is not None:
+            out.append(float(vocabulary.get(item, UNKNOWN_CODE)))
+            continue
+        try:
+            out.append(float(hash_code(item)))
+        except UnicodeEncodeError:
+            raise HistoryProblem(f"an item {quote(item)} that is not valid Unicode text (a lone surrogate)") from None
+    return out
 
 
 def fill_row(out: np.ndarray, values: Sequence[float]) -> None:
@@ -132,13 +189,16 @@ def fill_row(out: np.ndarray, values: Sequence[float]) -> None:
     out[len(values) :] = np.nan
 
 
-def expand_rows(rows: list[Any], groups: Mapping[str, Sequence[str]], name: str = "data") -> list[Any]:
+def expand_rows(
+    rows: list[Any], groups: Mapping[str, Sequence[str]], name: str = "data", strings: Collection[str] = ()
+) -> list[Any]:
     """TorchServe rows with a history as a JSON list (``{"hist_items": [12, 7, 99]}``) -> rows holding its
     expanded columns (``hist_items[0]`` ...; missing positions absent, which means no item).
 
-    ``groups`` maps each history name to its columns in order. A row that already sends the expanded columns
-    passes unchanged; a row with neither means an empty history. A bad value is a 400 naming the row, the
-    column and the position of the element at fault.
+    ``groups`` maps each history name to its columns in order; ``strings`` names the histories of string IDs
+    (their items stay strings, or integer codes, for the columns' vocabulary to map). A row that already sends
+    the expanded columns passes unchanged; a row with neither means an empty history. A bad value is a 400
+    naming the row, the column and the position of the element at fault.
     """
     out: list[Any] = []
     for i, row in enumerate(rows):
@@ -153,10 +213,11 @@ def expand_rows(rows: list[Any], groups: Mapping[str, Sequence[str]], name: str 
             where = f"{name}[{i}][{json.dumps(history)}]"
             if value is None:
                 continue
+            textual = history in strings
             try:
-                kept = history_values(value, len(columns))
+                kept = history_values(value, len(columns), strings=textual)
             except HistoryProblem as exc:
-                tail = "" if exc.position is None else f"; expected {EXPECTED}"
+                tail = "" if exc.position is None else f"; expected {expected(textual)}"
                 raise HandlerError(400, f"{exc.where(where)} is {exc.what}{tail}") from None
             clash = [c for c in columns if c in row]
             if clash:

@@ -3,7 +3,9 @@
 A history (docs/features.md) travels as ``max_length`` columns (``hist_items[0]`` ...); an input file holds it
 as one column named like the history: a list of integer IDs (Parquet ``list<int64>``, ``list<double>`` or
 ``list<string>`` of digits), or text with the IDs separated by the schema's delimiter (``"12|7|99"``; empty:
-no items). A longer list keeps its last ``max_length`` IDs (the most recent). The rules are the handler's
+no items). A history of string IDs takes ``list<string>`` (or the delimited text), each string mapped through
+the vocabulary or hash of the history, an integer being its code, as in a string column. A longer list keeps
+its last ``max_length`` IDs (the most recent). The rules are the handler's
 (:mod:`exporter.runtime.history`); a bad element refuses the row, the reason naming the column and position.
 """
 
@@ -16,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from exporter.runtime.columns import ColumnSpec
-from exporter.runtime.history import EXPECTED, HistoryProblem, history_values
+from exporter.runtime.history import HistoryProblem, expected, history_values, string_codes
 
 __all__ = ["encode_history_column", "history_schema_problems"]
 
@@ -46,7 +48,8 @@ def history_schema_problems(schema: pa.Schema, rule: ColumnSpec) -> list[str]:
     if ok:
         return []
     return [
-        f"column {json.dumps(rule.history)} has type {t}; expected a history: a list of integer IDs, or the IDs "
+        f"column {json.dumps(rule.history)} has type {t}; expected a history: "
+        f"{'a list of string IDs' if rule.takes_strings else 'a list of integer IDs'}, or the IDs "
         f"separated by {rule.delimiter!r} in text"
     ]
 
@@ -69,13 +72,16 @@ def encode_history_column(
     text = not _list_type(column.type)
     block = np.full((len(values), len(columns)), np.nan)
     bad = np.zeros(len(values), dtype=bool)
+    strings = rule.takes_strings
     for row, value in enumerate(values):
         try:
-            kept = history_values(value, rule.max_length, delimiter=rule.delimiter)
+            kept = history_values(value, rule.max_length, delimiter=rule.delimiter, strings=strings)
+            if strings:
+                kept = string_codes(kept, None if rule.hashed else rule.vocabulary)
         except HistoryProblem as exc:
             bad[row] = True
             cell = exc.where(json.dumps(rule.history))
-            reasons[(j, row)] = f"{cell} is {exc.what}; expected {EXPECTED}" + (
+            reasons[(j, row)] = f"{cell} is {exc.what}; expected {expected(strings)}" + (
                 f" separated by {rule.delimiter!r}" if text else ""
             )
             continue

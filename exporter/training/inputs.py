@@ -159,18 +159,6 @@ def check_positive_target(positive: Any, labels: Mapping[str, str], kinds: Mappi
         )
 
 
-def check_no_built_history(schema: F.Schema | None, path: str) -> None:
-    """A history the schema builds from the log (``from``) needs the whole table at once (each user's rows in time
-    order, after the split): refused by the streamed and Spark paths, which read the table in parts."""
-    built = F.built_columns(schema)
-    if built:
-        raise ExporterError(
-            f"history column(s) {', '.join(built)} are built from the log ('from' in the schema), which needs the "
-            f"whole table in memory, but this run reads it {path}: use --streaming off, or build the column beforehand "
-            "(exporter.features.build_history) and declare it without 'from'"
-        )
-
-
 def exclude_param(value: Any) -> list[str]:
     """``--exclude-columns``: None, a list of names or one comma-separated string -> distinct names."""
     if value is None:
