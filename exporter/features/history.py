@@ -29,6 +29,7 @@ from exporter.runtime.history import (
     split_column_name,
     string_codes,
 )
+from exporter.runtime.rules import UNKNOWN_CODE, hash_code
 
 __all__ = [
     "add_built_histories",
@@ -60,14 +61,22 @@ def history_matrix(
     if strings is not None:
         vocabulary = None if isinstance(strings, str) else strings
         items = history_strings(frame, spec, source=source)
-        out = np.full(items.shape, np.nan)
-        for (i, p), item in np.ndenumerate(items):
-            if item is not None:
+        flat = items.ravel().tolist()
+        if vocabulary is not None:
+            codes = [np.nan if v is None else vocabulary.get(v, UNKNOWN_CODE) for v in flat]
+            return np.array(codes, dtype=np.float64).reshape(items.shape)
+        try:
+            codes = [np.nan if v is None else hash_code(v) for v in flat]
+        except UnicodeEncodeError:
+            for k, v in enumerate(flat):
                 try:
-                    out[i, p] = string_codes([item], vocabulary)[0]
+                    string_codes([] if v is None else [v], None)
                 except HistoryProblem as exc:
-                    raise ExporterError(f"{source}: column '{spec.name}' row {i + 1}: value is {exc.what}") from None
-        return out
+                    raise ExporterError(
+                        f"{source}: column '{spec.name}' row {k // spec.max_length + 1}: value is {exc.what}"
+                    ) from None
+            raise
+        return np.array(codes, dtype=np.float64).reshape(items.shape)
     length = spec.max_length
     out = np.full((len(frame), length), np.nan)
     if spec.name in frame.columns:

@@ -96,6 +96,12 @@ def test_a_hashed_string_history_hashes_like_its_column(frame):
     assert prepared[0, 1] == prepared[1, 0] and plan["hist_items[0]"].rows == 9
 
 
+def test_a_string_that_cannot_be_hashed_is_named(frame):
+    bad = frame.assign(hist_items=[["a"], ["b", "\ud800"], [], [], [], [], [], []])
+    with pytest.raises(ExporterError, match="column 'hist_items' row 2: value is an item .* not valid Unicode"):
+        plan_of(bad, HIST, item={"name": "item_id", "kind": "categorical", "hash_buckets": 8}).encode(bad)
+
+
 @pytest.mark.parametrize(
     "value, message",
     [
