@@ -33,6 +33,7 @@ from exporter import contract as C
 from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.export.params import ExportParams, Prepared
+from exporter.export.spark_history import fit_histories_spark
 from exporter.export.spark_metrics import heldout_metrics
 from exporter.features.schema import read_column
 from exporter.models import Trained, get_spec
@@ -168,15 +169,18 @@ def fit_plan_spark(
     *,
     source: str,
     origins: Mapping[str, str] | None = None,
+    sample: pd.DataFrame | None = None,
 ) -> Any:
     """The same :class:`~exporter.features.FeaturePlan` a local fit gives on these training rows, from Spark
     aggregations: exact vocabulary counts; numeric statistics with the median from ``percentile_approx``. A column
-    without a value in them is, unless ``origins`` says it was declared, optional (numeric: fill 0), as locally."""
+    without a value in them is, unless ``origins`` says it was declared, optional (numeric: fill 0), as locally.
+    History columns need ``sample`` (rows of the table: whether their items are strings) and are counted on the
+    executors (:mod:`exporter.export.spark_history`)."""
     from dataclasses import replace
 
     from pyspark.sql import functions as Fn
 
-    numeric = [s for s in specs if s.kind != F.CATEGORICAL]
+    numeric = [s for s in specs if s.kind == F.NUMERIC]
     n_rows = int(train.count())
     if n_rows == 0:
         raise ExporterError(f"{source}: no training rows left after holding out validation and test rows")
@@ -211,6 +215,8 @@ def fit_plan_spark(
             stats[s.name] = {k: row[f"{k}|{s.name}"] for k in ("n", "mean", "std", "min", "max", "median")}
     fitted = []
     for s in specs:
+        if s.kind == F.HISTORY:
+            continue
         if s.kind == F.CATEGORICAL:
             feature = _fit_categorical_spark(train, s, dtypes[s.name], n_rows)
             fitted.append(replace(feature, spec=I.spec_for_missing(s, origins or {}, feature.stats["missing_rate"])))
@@ -235,7 +241,15 @@ def fit_plan_spark(
             record["missing_rate"] = float((n_rows - present) / n_rows)
             record["median_rank_error"] = 1.0 / QUANTILE_ACCURACY
         fitted.append(F.FittedFeature(s, dtypes[s.name], fill, [], None, record))
-    return F.FeaturePlan(fitted)
+    if not any(s.kind == F.HISTORY for s in specs):
+        return F.FeaturePlan(fitted)
+    if sample is None:
+        raise ExporterError(f"{source}: fitting a history column on Spark needs a sample of the table's rows")
+    by_name = {f.name: f for f in fitted}
+    histories = fit_histories_spark(
+        train, specs, by_name, sample, lambda s, dtype: _fit_categorical_spark(train, s, dtype, n_rows), source=source
+    )
+    return F.FeaturePlan([f for s in specs for f in (histories[s.name] if s.kind == F.HISTORY else [by_name[s.name]])])
 
 
 def _fit_categorical_spark(train: Any, spec: F.FeatureSpec, dtype: str, n_rows: int) -> Any:
@@ -397,9 +411,9 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         optional = {n.name for n in needs if not n.required}
         labels = {n: c for n, c in labels.items() if n not in optional or c in sample.columns}
         specs, origins = F.resolve_specs(sample, columns, schema, I.default_specs())
-        F.check_no_history(specs, "on Spark (--engine spark)")
+        spec.check_histories([s.name for s in specs if s.kind == F.HISTORY])
         F.check_id_range(sample, specs, origins, source=where)
-        dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs}
+        dtypes = {s.name: read_column(sample[s.name], s, source=where).dtype for s in specs if s.kind != F.HISTORY}
 
         keys = spec.split_keys(columns, hparams, {s.name: s.tower for s in specs}) or _hashable_spark_columns(df)
         expr = S.spark_split_expression(keys, seed=params.seed, validation=S.DEFAULT_VALIDATION, test=S.DEFAULT_TEST)
@@ -418,17 +432,17 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         counts["rows"] = sum(counts.values())
         if counts["train_rows"] == 0 or counts["test_rows"] == 0:
             raise ExporterError(f"{where}: {counts['rows']} rows leave no training or no test rows; need more data")
-        plan = fit_plan_spark(df.where(df[SPLIT_COLUMN] == S.TRAIN), specs, dtypes, source=where, origins=origins)
+        train_rows = df.where(df[SPLIT_COLUMN] == S.TRAIN)
+        plan = fit_plan_spark(train_rows, specs, dtypes, source=where, origins=origins, sample=sample)
         needed = [*columns, *labels.values(), SPLIT_COLUMN]
         encoder = _encoder(json.dumps(plan.to_dict()), labels, kinds, where)
-        encoded = df.select(*[f"`{c}`" for c in needed]).mapInArrow(
-            encoder, _encoded_schema(len(columns), list(labels))
-        )
+        width = len(plan.columns)  # a history column is max_length tensor columns
+        encoded = df.select(*[f"`{c}`" for c in needed]).mapInArrow(encoder, _encoded_schema(width, list(labels)))
         encoded = encoded.persist()
-        feature_cols = [f"f{j}" for j in range(len(columns))]
+        feature_cols = [f"f{j}" for j in range(width)]
 
         def arrays(part: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-            x = part[feature_cols].to_numpy(dtype=np.float64) if len(part) else np.zeros((0, len(columns)))
+            x = part[feature_cols].to_numpy(dtype=np.float64) if len(part) else np.zeros((0, width))
             y = {n: part[f"y_{n}"].to_numpy(dtype=np.float64) for n in labels}
             for need in needs:
                 if need.name in y and need.kind == BINARY:
@@ -458,7 +472,7 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
         prep = Prepared(
             spec,
             params,
-            list(columns),
+            list(plan.columns),
             hparams,
             path,
             train_frame.drop(columns=[SPLIT_COLUMN]),

@@ -208,13 +208,16 @@ def prepare_streaming(
     labels = {n: c for n, c in labels.items() if n not in optional or c in head.columns}
     kinds = {n.name: n.kind for n in needs if n.name in labels}
     specs, origins = F.resolve_specs(head, columns, schema, I.default_specs())
-    F.check_no_history(specs, f"streamed ({reading.reason})")
     towers = {s.name: s.tower for s in specs}
-    read = list(dict.fromkeys([*columns, *labels.values()]))
+    histories = [s for s in specs if s.kind == F.HISTORY]
+    spec.check_histories([s.name for s in histories])
+    shared = [s.vocab_from for s in histories if s.vocab_from]  # a history's vocabulary column is read too
+    read = list(dict.fromkeys([*columns, *labels.values(), *shared]))
     SS.check_files(files, read, where=where)
     key = spec.split_keys(columns, hparams, towers) or SS.common_key(files)
     read = list(dict.fromkeys([*read, *key]))
-    reader = SS.StreamReader(files, read, params.seed, key=key, types=SS.csv_types(files, read))
+    types = SS.csv_types(files, read, text=[s.name for s in histories])
+    reader = SS.StreamReader(files, read, params.seed, key=key, types=types)
     from exporter.training.progress_bar import progress_bar
 
     limit = min(spec.max_abs_feature or 1e20, 1e20)
@@ -272,7 +275,7 @@ def prepare_streaming(
     prep = Prepared(
         spec,
         params,
-        columns,
+        plan.columns,  # a history column is max_length tensor columns
         hparams,
         str(params.data_path),
         scanned.samples["train"],

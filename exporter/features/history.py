@@ -36,7 +36,6 @@ __all__ = [
     "build_history",
     "built_columns",
     "check_no_built_history",
-    "check_no_history",
     "history_lists",
     "history_matrix",
     "history_strings",
@@ -212,18 +211,6 @@ def check_no_built_history(schema: Schema | None, path: str) -> None:
             f"history column(s) {', '.join(built)} are built from the log ('from' in the schema), which needs the "
             f"whole table in memory, but this run reads it {path}: use --streaming off, or build the column beforehand "
             "(exporter.features.build_history) and declare it without 'from'"
-        )
-
-
-def check_no_history(specs: Sequence[FeatureSpec], path: str) -> None:
-    """History columns (declared, or inferred from a list column) are read by the in-memory path only: the
-    streamed and Spark paths refuse them before training, naming the way out."""
-    histories = [s.name for s in specs if s.kind == HISTORY]
-    if histories:
-        raise ExporterError(
-            f"history column(s) {', '.join(histories)} are read by in-memory training only, but this run reads the "
-            f"table {path}: train in memory (--streaming off, the local engine; the table must fit), or leave them out "
-            f"(--exclude-columns {','.join(histories)})"
         )
 
 

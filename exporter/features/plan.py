@@ -606,10 +606,7 @@ def _string_table(feat: FittedFeature) -> dict[str, int] | str | None:
 def _fit_history(
     frame: pd.DataFrame, spec: FeatureSpec, train: np.ndarray, fitted: Mapping[str, FittedFeature], *, source: str
 ) -> list[FittedFeature]:
-    """One history: its own vocabulary over the training rows' items, or the shared column's, and statistics.
-
-    Its items are integer IDs, or strings when the column whose vocabulary it shares holds strings (or, with a
-    vocabulary of its own, when some item is text that is not an integer): those travel as their codes."""
+    """One history: its own vocabulary over the training rows' items, or the shared column's, and statistics."""
     shared = None
     if spec.vocab_from is not None:
         shared = fitted.get(spec.vocab_from)
@@ -621,69 +618,82 @@ def _fit_history(
                 )
             column = read_column(frame[spec.vocab_from], FeatureSpec(spec.vocab_from, CATEGORICAL), source=source)
             shared = _fit_categorical(column, train, FeatureSpec(spec.vocab_from, CATEGORICAL))
-        if not shared.categorical:
-            raise ExporterError(
-                f"{source}: history '{spec.name}' shares the vocabulary of '{spec.vocab_from}', which is not a "
-                "categorical column; a history holds IDs, so it shares the vocabulary of a categorical column of IDs"
-            )
-        strings = shared.dtype == "string"
-    else:
-        strings = holds_strings(frame, spec)
-    if strings:
-        return _fit_string_history(frame, spec, train, shared, source=source)
-    ids = history_matrix(frame, spec, source=source)[train]
-    present = ids[~np.isnan(ids)]
-    if shared is not None:
-        spec = replace(spec, hash_buckets=shared.spec.hash_buckets)
-        keys = list(shared.keys)
-        known = set(keys)
-        covered = int(sum(1 for v in present if int(v) in known)) if not shared.hashed else len(present)
-        distinct = len(np.unique(present))
-    else:
-        feature = _fit_categorical(Column("int64", numbers=present), np.arange(len(present)), spec)
-        keys, distinct = feature.keys, int(feature.stats["distinct"])
-        covered = round(float(feature.stats["coverage"]) * len(present))
-    stats = _history_stats(~np.isnan(ids), spec, distinct, covered)
-    return [FittedFeature(spec, "int64", None, keys, None, stats, p) for p in range(spec.max_length)]
+    counts = HistoryCounts(spec, history_holds_strings(frame, spec, shared, source=source))
+    counts.add(frame, train, source=source)
+    return counts.fitted(shared)
 
 
-def _fit_string_history(
-    frame: pd.DataFrame, spec: FeatureSpec, train: np.ndarray, shared: FittedFeature | None, *, source: str
-) -> list[FittedFeature]:
-    """A history of string IDs: the shared string column's vocabulary (or hash), or its own over the training
-    rows' items (``min_count``, ``max_size``, ``hash_buckets`` as a string column's)."""
-    items = history_strings(frame, spec, source=source)[train]
-    mask = np.array([[v is not None for v in row] for row in items], dtype=bool).reshape(items.shape)
-    present = [str(v) for v in items[mask]]
-    counts: dict[str, int] = {}
-    for v in present:
-        counts[v] = counts.get(v, 0) + 1
-    if shared is not None:
-        spec = replace(spec, hash_buckets=shared.spec.hash_buckets)
-        keys, vocab = list(shared.keys), shared.vocab
-        known = set(vocab or ())
-        covered = len(present) if shared.hashed else sum(n for v, n in counts.items() if v in known)
-    else:
-        own = categorical_from_counts(spec, "string", counts, rows=len(present), present=len(present))
-        keys, vocab = own.keys, own.vocab
-        covered = round(float(own.stats["coverage"]) * len(present))
-    if spec.hash_buckets is not None:
-        keys, vocab = [], None
-    stats = _history_stats(mask, spec, len(counts), covered)
-    return [FittedFeature(spec, "string", None, keys, vocab, stats, p) for p in range(spec.max_length)]
+def history_holds_strings(frame: pd.DataFrame, spec: FeatureSpec, shared: FittedFeature | None, *, source: str) -> bool:
+    """Whether a history's items are strings: those of the column whose vocabulary it shares; with a vocabulary
+    of its own, when some item in ``frame`` is text that is not an integer (as a CSV reader tells them apart)."""
+    if shared is None:
+        return holds_strings(frame, spec)
+    if not shared.categorical:
+        raise ExporterError(
+            f"{source}: history '{spec.name}' shares the vocabulary of '{spec.vocab_from}', which is not a "
+            "categorical column; a history holds IDs, so it shares the vocabulary of a categorical column of IDs"
+        )
+    return shared.dtype == "string"
 
 
-def _history_stats(mask: np.ndarray, spec: FeatureSpec, distinct: int, covered: int) -> dict[str, Any]:
-    """A history's statistics over the training rows (``mask``: which positions hold an item)."""
-    lengths = mask.sum(axis=1)
-    present = int(lengths.sum())
-    return {
-        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
-        "empty_rate": float((lengths == 0).mean()) if len(lengths) else 0.0,
-        "full_rate": float((lengths == spec.max_length).mean()) if len(lengths) else 0.0,
-        "distinct": distinct,
-        "coverage": float(covered / present) if present else 0.0,
-    }
+@dataclass
+class HistoryCounts:
+    """A history's items and lengths over the training rows, added a table (in memory) or a batch (streamed) at a
+    time; :meth:`fitted` applies the vocabulary rules once, wherever the counts came from."""
+
+    spec: FeatureSpec
+    #: items are strings (codes through a vocabulary or hash), else integer IDs
+    strings: bool
+    counts: dict[Any, int] = field(default_factory=dict)
+    rows: int = 0
+    items: int = 0
+    empty: int = 0
+    full: int = 0
+
+    def add(self, frame: pd.DataFrame, train: np.ndarray, *, source: str) -> None:
+        """Count the items of ``frame``'s ``train`` rows (indices or a boolean mask); every row is validated."""
+        if self.strings:
+            cells = history_strings(frame, self.spec, source=source)[train]
+            mask = np.array([[v is not None for v in row] for row in cells], dtype=bool).reshape(cells.shape)
+            found = pd.Series(cells[mask], dtype=object).value_counts()
+            pairs = zip(found.index.tolist(), found.tolist(), strict=True)
+        else:
+            ids = history_matrix(frame, self.spec, source=source)[train]
+            mask = ~np.isnan(ids)
+            keys, n = np.unique(ids[mask].astype(np.int64), return_counts=True)
+            pairs = zip(keys.tolist(), n.tolist(), strict=True)
+        for key, n in pairs:
+            self.counts[key] = self.counts.get(key, 0) + int(n)
+        lengths = mask.sum(axis=1)
+        self.rows += len(lengths)
+        self.items += int(lengths.sum())
+        self.empty += int((lengths == 0).sum())
+        self.full += int((lengths == self.spec.max_length).sum())
+
+    def fitted(self, shared: FittedFeature | None) -> list[FittedFeature]:
+        """The history's positions: the shared column's vocabulary (or hash), or its own over the counted items
+        (``min_count``, ``max_size``, ``hash_buckets`` as a categorical column's), and its statistics."""
+        spec, dtype = self.spec, "string" if self.strings else "int64"
+        if shared is not None:
+            spec = replace(spec, hash_buckets=shared.spec.hash_buckets)
+            keys, vocab = list(shared.keys), shared.vocab if self.strings else None
+            known = set(vocab if vocab is not None else keys)
+            covered = self.items if shared.hashed else sum(n for v, n in self.counts.items() if v in known)
+        else:
+            own = categorical_from_counts(spec, dtype, self.counts, rows=self.items, present=self.items)
+            keys, vocab = own.keys, own.vocab
+            covered = round(float(own.stats["coverage"]) * self.items)
+        if spec.hash_buckets is not None:
+            keys, vocab = [], None
+        rows = self.rows or 1
+        stats = {
+            "mean_length": self.items / rows,
+            "empty_rate": self.empty / rows,
+            "full_rate": self.full / rows,
+            "distinct": len(self.counts),
+            "coverage": float(covered / self.items) if self.items else 0.0,
+        }
+        return [FittedFeature(spec, dtype, None, keys, vocab, stats, p) for p in range(spec.max_length)]
 
 
 def fit(

@@ -247,6 +247,11 @@ class Model(ABC):
     #: Largest feature magnitude the framework represents (xgboost: float32); larger values fail before training.
     max_abs_feature: ClassVar[float | None] = None
 
+    def check_histories(self, names: Sequence[str]) -> None:
+        """Refuse history columns (``names``) this model cannot embed, before any data is read (every model but
+        xgb embeds them)."""
+        return None
+
     # ------------------------------------------------------------------ what every model implements
 
     @abstractmethod

@@ -126,17 +126,19 @@ class XGBoostModel(Model):
                 out[column] = float(value)
         return "gain", out
 
+    def check_histories(self, names: Sequence[str]) -> None:
+        if names:
+            raise ExporterError(
+                f"xgb takes no history column ({', '.join(names)}): a tree ensemble has no embedding to pool a list "
+                "of item IDs; leave the column out of xgb's features (--exclude-columns), or use deepfm, mmoe or "
+                "two_tower, which embed it"
+            )
+
     def train(self, data: TrainData) -> Trained:
         """Boost on the prepared matrix: a categorical column is its embedding row (frequency rank, 0 = OOV)."""
         import xgboost as xgb
 
-        histories = data.features.histories() if data.features is not None else []
-        if histories:
-            raise ExporterError(
-                f"xgb takes no history column ({', '.join(h['name'] for h in histories)}): a tree ensemble has no "
-                "embedding to pool a list of item IDs; leave the column out of xgb's features (--feature-columns), "
-                "or use deepfm, mmoe or two_tower, which embed it"
-            )
+        self.check_histories([h["name"] for h in (data.features.histories() if data.features is not None else [])])
         columns = list(data.columns)
         params = self.params(data)
         dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)

@@ -35,12 +35,13 @@ import pyarrow.parquet as pq
 
 from exporter import features as F
 from exporter.errors import ExporterError
-from exporter.features.plan import FittedFeature, categorical_from_counts
+from exporter.features.plan import HistoryCounts, categorical_from_counts
 from exporter.features.schema import read_column
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training.sketch import MEDIAN_RANK_ERROR, SKETCH_CAPACITY, NumericSummary, ValueCounter
 from exporter.training.sources import InputFile, file_schema, short_error
+from exporter.training.stream_fit import numeric_from_stats, with_histories
 
 #: rows of one record batch read from a file
 BATCH_ROWS = 65_536
@@ -76,9 +77,12 @@ def located(first: int) -> Iterator[None]:
         raise type(exc)(text) from None
 
 
-def csv_types(files: Sequence[InputFile], columns: Sequence[str]) -> dict[str, pa.DataType] | None:
+def csv_types(
+    files: Sequence[InputFile], columns: Sequence[str], *, text: Sequence[str] = ()
+) -> dict[str, pa.DataType] | None:
     """CSV column types inferred from the first file's first block, then imposed on every file, so a column
-    means the same in every file and every batch (a value that does not parse later is an error naming it)."""
+    means the same in every file and every batch (a value that does not parse later is an error naming it).
+    ``text`` columns (histories: ``12|7|99``) are read as text whatever their first block holds."""
     first = next((f for f in files if f.format == "csv"), None)
     if first is None:
         return None
@@ -90,7 +94,7 @@ def csv_types(files: Sequence[InputFile], columns: Sequence[str]) -> dict[str, p
     out: dict[str, pa.DataType] = {}
     for c in columns:
         kind = schema.field(c).type if schema.get_field_index(c) >= 0 else pa.string()
-        out[c] = pa.float64() if pa.types.is_null(kind) else kind
+        out[c] = pa.string() if c in text else pa.float64() if pa.types.is_null(kind) else kind
     return out
 
 
@@ -371,8 +375,13 @@ def scan(
     """Pass 1: validate every row, fit the plan on the train rows, count splits, keep bounded samples; with
     ``positive`` (``--positive-class``) the label column's values are checked over the whole table."""
     start = time.perf_counter()
-    numeric = {s.name: NumericSummary(reader.seed + j) for j, s in enumerate(specs) if s.kind != F.CATEGORICAL}
+    numeric = {s.name: NumericSummary(reader.seed + j) for j, s in enumerate(specs) if s.kind == F.NUMERIC}
     counters = {s.name: ValueCounter() for s in specs if s.kind == F.CATEGORICAL}
+    histories = [s for s in specs if s.kind == F.HISTORY]
+    shared = {s.vocab_from: F.FeatureSpec(s.vocab_from, F.CATEGORICAL) for s in histories if s.vocab_from}
+    shared = {n: v for n, v in shared.items() if n not in counters}  # a column the history names, not a feature
+    counters.update({n: ValueCounter() for n in shared})
+    history_counts: dict[str, HistoryCounts] = {}
     dtypes: dict[str, str] = {}
     samples = {"train": Sample(TRAIN_SAMPLE_CAP), "validation": Sample(VALIDATION_CAP), "test": Sample(TEST_CAP)}
     split_rows = dict.fromkeys(SPLIT_NAMES, 0)
@@ -391,7 +400,7 @@ def scan(
             samples[name].add(frame[chosen].reset_index(drop=True), b.u[chosen])
         with located(b.first_row):
             F.check_id_range(frame, specs, origins, source=where)
-        for spec in specs:
+        for spec in [*(s for s in specs if s.kind != F.HISTORY), *shared.values()]:
             with located(b.first_row):
                 column = read_column(frame[spec.name], spec, source=where)
             dtypes[spec.name] = _merge_dtype(dtypes.get(spec.name), column.dtype, spec.name, where)
@@ -405,6 +414,13 @@ def scan(
             assert column.numbers is not None
             _check_limit(column.numbers, spec.name, limit, framework, b.path, b.first_row)
             numeric[spec.name].add(column.numbers[train])
+        for spec in histories:
+            with located(b.first_row):
+                if spec.name not in history_counts:  # integer or string items: decided by the first batch
+                    like = dtypes.get(spec.vocab_from or "")
+                    strings = like == "string" if like is not None else F.holds_strings(frame, spec)
+                    history_counts[spec.name] = HistoryCounts(spec, strings)
+                history_counts[spec.name].add(frame, train, source=where)
         if labels:
             with located(b.first_row):
                 y = I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True)
@@ -423,6 +439,8 @@ def scan(
         named.check(where)
     fitted = []
     for spec in specs:
+        if spec.kind == F.HISTORY:
+            continue
         dtype = dtypes.get(spec.name, "float64")
         if spec.name in counters:
             c = counters[spec.name]
@@ -437,6 +455,7 @@ def scan(
                     "overflow; expected numbers of a sane magnitude (rescale the column)"
                 )
             fitted.append(numeric_from_stats(spec, dtype, summary.stats(), source=where))
+    fitted = with_histories(fitted, specs, history_counts, counters, dtypes, where)
     exact = all(s.sketch.exact for s in numeric.values())
     median = {
         "method": "seeded uniform reservoir sample (exact below the capacity)",
@@ -453,20 +472,6 @@ def scan(
         time.perf_counter() - start,
         median,
     )
-
-
-def numeric_from_stats(spec: F.FeatureSpec, dtype: str, stats: Mapping[str, Any], *, source: str) -> FittedFeature:
-    """A numeric column fitted from streamed statistics (mean, std, min, max, median, missing_rate): the fill is
-    the spec's, else the median, as :func:`fit` does in memory."""
-    if stats.get("median") is None:
-        if spec.fill is None:
-            raise ExporterError(
-                f"{source}: column '{spec.name}' has no values in the training rows: give it a 'fill' in the schema "
-                "or leave it out of the features"
-            )
-        return FittedFeature(spec, dtype, spec.fill, [], None, dict(stats))
-    fill = spec.fill if spec.fill is not None else float(stats["median"])
-    return FittedFeature(spec, dtype, float(fill), [], None, dict(stats))
 
 
 def _merge_dtype(seen: str | None, dtype: str, name: str, where: str) -> str:

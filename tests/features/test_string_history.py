@@ -256,17 +256,3 @@ def test_score_reads_lists_of_strings_and_delimited_text(string_exports, tmp_pat
                    "--output", str(tmp_path / "bad-out"), "--quiet")  # fmt: skip
     assert done.returncode == 2 and '"hist_items"[1] is empty, not a string ID' in done.stderr
     assert not (tmp_path / "bad-out").exists()
-
-
-@pytest.mark.parametrize("how", [("--streaming", "on"), ("--engine", "spark")])
-def test_streamed_and_spark_training_refuse_a_history_column_clearly(tmp_path, how):
-    log = string_log(300)
-    log["hist_items"] = F.build_history(log, "user_id", "item_id", "ts", 4)
-    log.to_parquet(tmp_path / "log.parquet", index=False)
-    schema = {"label": "label", "features": [*SCHEMA["features"][:-1], {"name": "hist_items", "kind": "history"}]}
-    (tmp_path / "schema.json").write_text(json.dumps(schema))
-    done = run_cli("export", "deepfm", "--data", str(tmp_path / "log.parquet"), "--schema",
-                   str(tmp_path / "schema.json"), "--artifacts", str(tmp_path / "a"), *how)  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "history column(s) hist_items are read by in-memory training only" in done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "a" / "deepfm").exists()
