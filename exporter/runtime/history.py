@@ -159,20 +159,16 @@ def history_values(value: Any, max_length: int, *, delimiter: str | None = None,
     return [_element(items[i], i, text_ok) for i in range(start, len(items))]
 
 
-def string_codes(
-    kept: Sequence[Any], vocabulary: Mapping[str, int] | None, *, ints_are_codes: bool = True
-) -> list[float]:
+def string_codes(kept: Sequence[Any], vocabulary: Mapping[str, int] | None) -> list[float]:
     """The kept items of a string history (:func:`history_values` with ``strings``) -> their FP64 codes, as a
     string column's: the position in ``vocabulary`` (-1 when unknown), or the hash code when ``vocabulary`` is
-    None (a hashed history). An integer is a code already in a request (``ints_are_codes``); in a data file it
-    is read as its text, as a string column of mixed cells is."""
+    None (a hashed history). An integer is a code already, as in a request to a string column (a data file's
+    reader turns integers into their text first: :func:`exporter.features.history.history_strings`)."""
     out: list[float] = []
     for item in kept:
         if type(item) is int:
-            if ints_are_codes:
-                out.append(float(item))
-                continue
-            item = str(item)
+            out.append(float(item))
+            continue
         if vocabulary is not None:
             out.append(float(vocabulary.get(item, UNKNOWN_CODE)))
             continue
