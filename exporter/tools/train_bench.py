@@ -14,6 +14,11 @@ peak RSS (``ru_maxrss`` from ``wait4``) is its own:
 Reported per run: wall time, training rows/s (train rows x epochs / training phase), peak RSS, and the held-out
 quality (AUC; recall@50 for two_tower). In-memory runs above ``--memory-max-rows`` are skipped (they would need
 about 1.75 KB per row).
+
+With ``--history LENGTH`` the log also holds ``recent``, each user's last LENGTH clicked items before the row
+(:func:`exporter.features.build_history` by row order within each part: only earlier rows, as a log's history
+column would be), and every torch model runs on each path twice on that same log and split: as above, and
+``+ history`` with the column declared (``{"kind": "history", "vocab_from": "item_id"}``) beside the defaults.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 CHUNK_ROWS = 1_000_000
 MODELS = ("deepfm", "mmoe", "two_tower", "xgb")
 QUALITY = {"two_tower": "recall@50", "mmoe": "ctr_auc"}
+#: the history column of ``--history`` logs
+HISTORY = "recent"
 
 
 @dataclass
@@ -71,23 +78,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", type=Path, default=None, help="where the synthetic logs go (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=7200, help="seconds one run may take")
     p.add_argument("--json", type=Path, default=None, help="also write the runs to this JSON file")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="LENGTH",
+        help="also train the torch models with a history column of each user's last LENGTH clicks (default: 0, none)",
+    )
 
 
-def write_log(directory: Path, rows: int, seed: int = 0) -> Path:
+def write_log(directory: Path, rows: int, seed: int = 0, history: int = 0) -> Path:
     """The synthetic click log of ``rows`` rows as Parquet parts of at most :data:`CHUNK_ROWS` rows (reused when
-    a complete one is there)."""
+    a complete one is there); with ``history`` its column ``recent`` (see the module's docstring)."""
+    from exporter import features as F
     from exporter.training import data as D
 
-    out = directory / f"clicks-{rows}"
+    out = directory / (f"clicks-{rows}" + (f"-history{history}" if history else ""))
     if (out / "_SUCCESS").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
     done, part = 0, 0
     while done < rows:
         n = min(CHUNK_ROWS, rows - done)
-        D.synthetic_dataset(n, seed * 1000 + part).to_parquet(
-            out / f"part-{part:05d}.parquet", index=False, row_group_size=131_072
-        )
+        frame = D.synthetic_dataset(n, seed * 1000 + part)
+        if history:
+            frame["ts"] = range(n)
+            frame[HISTORY] = F.build_history(frame, "user_id", "item_id", "ts", history, positive="label")
+        frame.to_parquet(out / f"part-{part:05d}.parquet", index=False, row_group_size=131_072)
         done, part = done + n, part + 1
     (out / "_SUCCESS").write_text("")
     return out
@@ -116,11 +133,28 @@ def _child(args: list[str], timeout: float) -> tuple[int, str, str, float, float
         return child.returncode, out.read(), err.read(), seconds, usage.ru_maxrss / 1024
 
 
+def history_schema(length: int) -> dict[str, Any]:
+    """The defaults of the synthetic log with its history column declared (the ``+ history`` runs)."""
+    from exporter.training import inputs as I
+
+    history = {"name": HISTORY, "kind": "history", "max_length": length, "vocab_from": "item_id"}
+    return {"label": "label", "features": [*(s.to_dict() for s in I.default_specs()), history]}
+
+
 def _export(
-    model: str, data: Path, path: str, epochs: int, timeout: float, rows: int, spark: tuple[str, int] = ("local[2]", 2)
+    model: str,
+    data: Path,
+    path: str,
+    epochs: int,
+    timeout: float,
+    rows: int,
+    spark: tuple[str, int] = ("local[2]", 2),
+    schema: Path | None = None,
 ) -> Run:
     with tempfile.TemporaryDirectory() as artifacts:
         params = ["--param", f"epochs={epochs}"] if model != "xgb" else []
+        if schema is not None:
+            params += ["--schema", str(schema)]
         if path == "spark":
             engine = ["--engine", "spark", "--spark-master", spark[0], "--num-workers", str(spark[1])]
         else:
@@ -131,8 +165,9 @@ def _export(
             timeout,
         )  # fmt: skip
     metric = QUALITY.get(model, "auc")
+    name = model + (" + history" if schema is not None else "")
     if code != 0:
-        return Run(rows, model, path, seconds, None, rss, metric, None, (err.strip().splitlines() or ["?"])[-1][:120])
+        return Run(rows, name, path, seconds, None, rss, metric, None, (err.strip().splitlines() or ["?"])[-1][:120])
     result = json.loads(out)["models"][0]
     reading = result.get("data_reading") or {}
     train = (reading.get("phases") or {}).get("train", {}).get("seconds")
@@ -140,7 +175,7 @@ def _export(
     per_s = train_rows * (1 if model == "xgb" else epochs) / train if train and train_rows else None
     phases = [p.get("peak_rss_mb") for p in (reading.get("phases") or {}).values()]
     driver = max((float(v) for v in phases if v is not None), default=None)
-    return Run(rows, model, path, seconds, per_s, rss, metric, result["metrics"].get(metric), driver_rss_mb=driver)
+    return Run(rows, name, path, seconds, per_s, rss, metric, result["metrics"].get(metric), driver_rss_mb=driver)
 
 
 def _baseline(kind: str, data: Path, epochs: int, timeout: float, rows: int) -> Run:
@@ -192,21 +227,29 @@ def run(args: argparse.Namespace) -> int:
         raise ExporterError(f"--paths takes memory, streaming and spark (comma-separated), got {args.paths!r}")
     if any(s < 1000 for s in sizes) or args.epochs < 1:
         raise ExporterError("--rows sizes must be at least 1000 and --epochs at least 1")
+    if not 0 <= args.history <= 1000:
+        raise ExporterError(f"--history takes a length from 0 (none) to 1000, got {args.history}")
     print(f"# exporter bench train: {environment()}", flush=True)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         for rows in sizes:
             print(f"writing {rows:,} rows of synthetic clicks under {work} ...", file=sys.stderr, flush=True)
-            data = write_log(work, rows)
+            data = write_log(work, rows, history=args.history)
+            schema = None
+            if args.history:
+                schema = data / "_history_schema.json"
+                schema.write_text(json.dumps(history_schema(args.history)))
             for model in models:
                 for path in paths:
                     if path == "memory" and rows > args.memory_max_rows:
                         continue
-                    print(f"{rows:,} rows: {model} {path} ...", file=sys.stderr, flush=True)
                     spark = (args.spark_master, args.num_workers)
-                    runs.append(_export(model, data, path, args.epochs, args.timeout, rows, spark))
-                    print(render(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                    for with_schema in (None, schema) if schema is not None and model != "xgb" else (None,):
+                        label = model + (" + history" if with_schema is not None else "")
+                        print(f"{rows:,} rows: {label} {path} ...", file=sys.stderr, flush=True)
+                        runs.append(_export(model, data, path, args.epochs, args.timeout, rows, spark, with_schema))
+                        print(render(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             if args.baselines == "on" and rows <= args.memory_max_rows:
                 for kind in ("xgb", "torch"):
                     print(f"{rows:,} rows: plain {kind} ...", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO
@@ -61,9 +62,35 @@ def test_the_spark_path_runs_export_engine_spark(tmp_path: Path) -> None:
     assert f"(driver {run['driver_rss_mb']:,.0f})" in done.stdout
 
 
+@pytest.mark.slow
+def test_history_runs_each_torch_model_with_and_without_the_column_on_one_log(tmp_path: Path) -> None:
+    done = bench(tmp_path, "--rows", "3000", "--models", "xgb,mmoe", "--history", "5", "--baselines", "off",
+                 "--json", str(tmp_path / "runs.json"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads((tmp_path / "runs.json").read_text())["runs"]
+    assert [(r["model"], r["path"]) for r in runs] == [
+        ("xgb", "memory"),  # xgb takes no history: once
+        ("xgb", "streaming"),
+        ("mmoe", "memory"),
+        ("mmoe + history", "memory"),
+        ("mmoe", "streaming"),
+        ("mmoe + history", "streaming"),
+    ]
+    assert all(r["note"] == "" and 0.5 < r["quality"] <= 1.0 for r in runs), runs
+    log = tmp_path / "logs" / "clicks-3000-history5"
+    frame = pd.read_parquet(log)
+    assert frame["recent"].map(len).max() == 5 and frame["recent"].map(len).mean() > 1
+    for _, part in frame.groupby("user_id"):  # each history holds only the user's earlier clicks
+        clicked: list[int] = []
+        for items, item, label in zip(part["recent"], part["item_id"], part["label"], strict=True):
+            assert list(items) == clicked[-5:]
+            clicked += [int(item)] if label == 1 else []
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--history", "-1"], "--history takes a length from 0 (none) to 1000"),
         (["--paths", "memory,disk"], "--paths takes memory, streaming and spark"),
         (["--models", "xgb,lightgbm"], "--models: unknown lightgbm"),
         (["--rows", "10"], "--rows sizes must be at least 1000"),
