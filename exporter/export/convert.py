@@ -18,6 +18,8 @@ from exporter.models import ExportUnit
 
 #: parity needs at least this many rows (held-out rows, topped up with synthetic ones)
 PARITY_MIN_ROWS = 1000
+#: rows of one onnxruntime call of the parity gate (as :data:`exporter.models.torch_common.INFERENCE_ROWS`)
+CHUNK_ROWS = 8192
 
 
 @dataclass
@@ -168,7 +170,9 @@ def check_parity(
     import onnxruntime as ort
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = np.asarray(session.run([C.OUTPUT_NAME], {C.INPUT_NAME: x})[0], dtype=np.float64)
+    starts = range(0, max(len(x), 1), CHUNK_ROWS)  # bounded activations whatever the rows (one call when empty)
+    got = np.concatenate([session.run([C.OUTPUT_NAME], {C.INPUT_NAME: x[i : i + CHUNK_ROWS]})[0] for i in starts])
+    got = got.astype(np.float64)
     native = np.asarray(unit.native_predict(plan.prepare(x) if plan is not None else x), dtype=np.float64)
     if got.shape != native.shape:
         raise ParityError(f"{unit.model_name}: onnxruntime returned shape {got.shape}, the native model {native.shape}")

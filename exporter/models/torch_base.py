@@ -237,9 +237,7 @@ class TorchModel(Model, Generic[NetT]):
         net.eval()
 
         def predict(x: np.ndarray) -> dict[str, np.ndarray]:
-            with torch.inference_mode():
-                out = self.heads(net, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)))
-            return {k: v.double().numpy() for k, v in out.items()}
+            return dict(tc.in_chunks(lambda t: self.heads(net, t), x))
 
         return self.trained(columns, hparams, history, predict, model=net, features=features, config=config)
 

@@ -549,7 +549,10 @@ def _fit_epochs(
         model,
         optimizer,
         has_validation=len(validation_tensors[0]) > 0,
-        first_point=_losses_before_training(model, loss_fn, train_tensors, validation_tensors),  # the curve's start
+        # the curve's start: the untrained loss on at most FIRST_POINT_ROWS training rows (a streamed run: its sample)
+        first_point=_losses_before_training(
+            model, loss_fn, [t[:FIRST_POINT_ROWS] for t in train_tensors], validation_tensors
+        ),
         on_epoch=on_epoch,
     )
     steps = 0
@@ -597,13 +600,54 @@ def train_step(
     return float(loss.detach())
 
 
+#: rows of one forward pass outside training (validation loss, evaluation, the parity reference): bounds the
+#: memory of the activations whatever the rows (a DIN history's [rows, max_length, 4 x embed_dim] tensors took
+#: 5 GB for 200,000 held-out rows in one pass); a multiple of every power-of-two batch size, so a model that
+#: splits its held-out loss into training-size batches (two_tower) sees the same batches
+INFERENCE_ROWS = 8192
+
+
+def mean_loss(
+    model: ModuleT,
+    loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
+    tensors: Sequence[torch.Tensor],
+    chunk: int = INFERENCE_ROWS,
+) -> float:
+    """The model's mean loss per row on ``tensors`` in eval mode, :data:`INFERENCE_ROWS` rows at a time (NaN
+    without rows)."""
+    model.eval()
+    n = len(tensors[0])
+    if not n:
+        return float("nan")
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, n, chunk):
+            part = [t[start : start + chunk] for t in tensors]
+            total += float(loss_fn(model, part)) * len(part[0])
+    return total / n
+
+
 def validation_loss(
     model: ModuleT, loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor], tensors: Sequence[torch.Tensor]
 ) -> float:
     """The model's loss on the validation tensors in eval mode (NaN without validation rows)."""
-    model.eval()
+    return mean_loss(model, loss_fn, tensors)
+
+
+def in_chunks(forward: Callable[[torch.Tensor], Any], x: np.ndarray, chunk: int = INFERENCE_ROWS) -> Any:
+    """``forward`` (a network in inference mode: rows are independent) over float64 ``x`` :data:`INFERENCE_ROWS`
+    rows at a time, its tensor outputs (one, or a dict of them) joined as float64 numpy arrays."""
+    parts: list[Any] = []
     with torch.inference_mode():
-        return float(loss_fn(model, tensors)) if len(tensors[0]) else float("nan")
+        for start in range(0, max(len(x), 1), chunk):
+            out = forward(torch.from_numpy(np.ascontiguousarray(x[start : start + chunk], dtype=np.float64)))
+            if isinstance(out, dict):
+                parts.append({k: v.double().numpy() for k, v in out.items()})
+            else:
+                parts.append(out.double().numpy())
+    if isinstance(parts[0], dict):
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
 
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -611,31 +655,27 @@ def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+#: training rows the curve's step 0 (the untrained loss) is measured on: a whole forward pass over a large table
+#: cost most of a one-epoch run (a million rows with a history column); the rows are in split-hash order
+FIRST_POINT_ROWS = 65_536
+
+
 def _losses_before_training(
     model: ModuleT,
     loss_fn: Callable[[ModuleT, Sequence[torch.Tensor]], torch.Tensor],
     train_tensors: Sequence[torch.Tensor],
     validation_tensors: Sequence[torch.Tensor],
-    chunk: int = 65536,
+    chunk: int = INFERENCE_ROWS,
 ) -> dict[str, float]:
     """Step 0 of the training curve: train and validation loss of the untrained model (per row, in chunks).
 
     Without it the curve starts at epoch 1, whose train loss averages the whole first epoch, and every
     torch model's curve looks like a cliff."""
-    model.eval()
-
-    def mean_loss(tensors: Sequence[torch.Tensor]) -> float:
-        n = len(tensors[0])
-        if not n:
-            return float("nan")
-        total = 0.0
-        with torch.inference_mode():
-            for start in range(0, n, chunk):
-                part = [t[start : start + chunk] for t in tensors]
-                total += float(loss_fn(model, part)) * len(part[0])
-        return total / n
-
-    return {"step": 0, "train_loss": mean_loss(train_tensors), "validation_loss": mean_loss(validation_tensors)}
+    return {
+        "step": 0,
+        "train_loss": mean_loss(model, loss_fn, train_tensors, chunk),
+        "validation_loss": mean_loss(model, loss_fn, validation_tensors, chunk),
+    }
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:
@@ -647,8 +687,7 @@ def eager_predictor(module: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     module.eval()
 
     def predict(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
+        return np.asarray(in_chunks(module, x))
 
     return predict
 

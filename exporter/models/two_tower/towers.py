@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from exporter import features as F
+from exporter.models import torch_common as tc
 from exporter.models.base import Evaluated, SideFile, Trained
 from exporter.models.two_tower import eval_inputs as E
 from exporter.models.two_tower import retrieval as R
@@ -87,13 +88,8 @@ def _prepared(plan: Any, table: pd.DataFrame) -> np.ndarray:
     return sub.prepare(sub.encode(table, source="catalogue"))
 
 
-def _embed(module: torch.nn.Module, x: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    with torch.inference_mode():
-        parts = [
-            module(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk]))).double().numpy()
-            for i in range(0, len(x), chunk)
-        ]
-    return np.concatenate(parts) if parts else np.zeros((0, 0))
+def _embed(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return np.asarray(tc.in_chunks(module, x)) if len(x) else np.zeros((0, 0))
 
 
 def evaluate_two_tower(prep: Any, trained: Trained, label: str = LABEL) -> Evaluated:
