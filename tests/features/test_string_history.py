@@ -18,11 +18,9 @@ from exporter.errors import ExporterError
 from exporter.features.plan import PADDING_ROW, probe_rows
 from exporter.handler import ModelHandler
 from exporter.runtime.rules import UNKNOWN_CODE, hash_code
-from exporter.training import data as D
-from exporter.training import inputs as I
 
 from ..conftest import run_cli
-from .test_history import run_prep
+from .test_history import SCHEMA, history_log, run_prep
 
 HIST = {"name": "hist_items", "kind": "history", "max_length": 4, "vocab_from": "item_id"}
 
@@ -149,24 +147,10 @@ def test_the_builder_keeps_string_items():
 
 
 def string_log(rows: int = 1500) -> pd.DataFrame:
-    frame = D.synthetic_dataset(rows, 3)
-    frame["ts"] = np.arange(rows)
+    """The history tests' log with its item IDs as strings (``item-42``)."""
+    frame = history_log(rows)
     frame["item_id"] = "item-" + frame["item_id"].astype(str)
     return frame
-
-
-SCHEMA = {
-    "label": "label",
-    "features": [
-        *(spec.to_dict() for spec in I.default_specs()),
-        {
-            "name": "hist_items",
-            "kind": "history",
-            "max_length": 6,
-            "from": {"user": "user_id", "item": "item_id", "time": "ts", "positive": "label"},
-        },
-    ],
-}
 
 
 @pytest.fixture(scope="module")
