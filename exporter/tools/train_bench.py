@@ -133,12 +133,14 @@ def _child(args: list[str], timeout: float) -> tuple[int, str, str, float, float
         return child.returncode, out.read(), err.read(), seconds, usage.ru_maxrss / 1024
 
 
-def history_schema(length: int) -> dict[str, Any]:
-    """The defaults of the synthetic log with its history column declared (the ``+ history`` runs)."""
+def history_schema(length: int, model: str) -> dict[str, Any]:
+    """The model's default columns of the synthetic log with the history column declared (``+ history``)."""
+    from exporter.models import get_spec
     from exporter.training import inputs as I
 
+    defaults = get_spec(model).default_features
     history = {"name": HISTORY, "kind": "history", "max_length": length, "vocab_from": "item_id"}
-    return {"label": "label", "features": [*(s.to_dict() for s in I.default_specs()), history]}
+    return {"label": "label", "features": [*(s.to_dict() for s in I.default_specs() if s.name in defaults), history]}
 
 
 def _export(
@@ -236,16 +238,16 @@ def run(args: argparse.Namespace) -> int:
         for rows in sizes:
             print(f"writing {rows:,} rows of synthetic clicks under {work} ...", file=sys.stderr, flush=True)
             data = write_log(work, rows, history=args.history)
-            schema = None
-            if args.history:
-                schema = data / "_history_schema.json"
-                schema.write_text(json.dumps(history_schema(args.history)))
             for model in models:
+                schema = None
+                if args.history and model != "xgb":
+                    schema = data / f"_history_schema_{model}.json"  # "_": not read as data
+                    schema.write_text(json.dumps(history_schema(args.history, model)))
                 for path in paths:
                     if path == "memory" and rows > args.memory_max_rows:
                         continue
                     spark = (args.spark_master, args.num_workers)
-                    for with_schema in (None, schema) if schema is not None and model != "xgb" else (None,):
+                    for with_schema in (None, schema) if schema is not None else (None,):
                         label = model + (" + history" if with_schema is not None else "")
                         print(f"{rows:,} rows: {label} {path} ...", file=sys.stderr, flush=True)
                         runs.append(_export(model, data, path, args.epochs, args.timeout, rows, spark, with_schema))
