@@ -430,3 +430,26 @@ def test_a_history_of_string_ids_trains_on_spark_with_the_plan_a_streamed_run_fi
     assert verify(versions["spark"]).ok
     meta = json.loads((versions["spark"] / "metadata.json").read_text())
     assert meta["training"]["engine"] == "spark" and meta["parity"]["passed"]
+
+
+@pytest.mark.slow
+def test_spark_evaluation_collects_a_users_history_once_from_its_latest_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A history column (an array per row) reaches the driver once per evaluated user, the array of one of the
+    user's rows in its latest split part, as first_rows takes the latest row's."""
+    frame = synthetic_dataset(2000, 3)
+    frame["recent"] = [list(range(i % 7)) + [i] for i in range(len(frame))]  # each row's array names its row
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "log.parquet")
+    keys = ["item_id", "user_id"]
+    df = spark.read.parquet(str(tmp_path / "log.parquet"))
+    split = S.spark_split_expression(keys, seed=5, validation=S.DEFAULT_VALIDATION, test=S.DEFAULT_TEST)
+    df = df.selectExpr("*", f"CAST({split} AS TINYINT) AS split")
+    inputs = from_spark(
+        df, "split", ["user_id", "user_age", "recent"], ["item_id"], ["user_id"], ["item_id"], "label", 5
+    )
+    codes = df.select("split").toPandas()["split"].to_numpy()
+    assert len(inputs.users) > 10
+    for _, user in inputs.users.iterrows():
+        row = int(list(user["recent"])[-1])  # the row the array came from
+        mine = np.flatnonzero(frame["user_id"].to_numpy() == user["user_id"])
+        assert row in mine and codes[row] == codes[mine].max()
+        assert list(user["recent"]) == frame["recent"][row]

@@ -90,12 +90,25 @@ def from_spark(
         if len(positives) >= max_users:
             threshold = min(threshold, float(positives[-1]))
         kept = d if not np.isfinite(threshold) else d.where(SF.col("__u") <= float(threshold))
+        # a history (an array per row) is collected once per user, the latest row's as first_rows takes it: every
+        # row's array would make the driver's result many times larger (a million rows did not fit)
+        arrays = [f.name for f in d.schema.fields if f.name in user_cols and type(f.dataType).__name__ == "ArrayType"]
+        latest = SF.struct("__code", "__item")
+        histories = (
+            kept.groupBy("__u").agg(*[SF.max_by(SF.col(f"`{c}`"), latest).alias(c) for c in arrays]).toPandas()
+            if arrays
+            else None
+        )
         # ordered, so a user's row (its columns' first present values) does not depend on the partitions
         rows = (
-            kept.select(*[SF.col(f"`{c}`") for c in user_cols], *E.PAIR_COLUMNS)
+            kept.select(*[SF.col(f"`{c}`") for c in user_cols if c not in arrays], *E.PAIR_COLUMNS)
             .orderBy("__u", "__code", "__item")
             .toPandas()
         )
+        if histories is not None:
+            by_user = histories.set_index("__u")
+            for c in arrays:
+                rows[c] = rows["__u"].map(by_user[c])
     finally:
         d.unpersist()
     rows["__item"] = rows["__item"].to_numpy(np.int64).view(np.uint64)
