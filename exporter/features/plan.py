@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ class FittedFeature:
     @property
     def name(self) -> str:
         return self.spec.name if self.position is None else column_name(self.spec.name, self.position)
+
+    @cached_property
+    def code_of(self) -> dict[str, int]:
+        """string -> code of a vocabulary column, built once per fitted column (encoding each streamed batch
+        rebuilt it: a million-string dict per batch)."""
+        return {w: i for i, w in enumerate(self.vocab or ())}
 
     @property
     def history(self) -> bool:
@@ -455,7 +462,7 @@ class FeaturePlan:
             return np.array([np.nan if s is None else hash_code(s) for s in column.strings], dtype=np.float64)
         if not feat.categorical or feat.vocab is None:
             raise ExporterError(f"column '{feat.name}' holds strings but was fitted as {feat.dtype} numbers")
-        index = {s: i for i, s in enumerate(feat.vocab)}
+        index = feat.code_of
         return np.array([np.nan if s is None else index.get(s, UNKNOWN_CODE) for s in column.strings], dtype=np.float64)
 
     # ---------------------------------------------------------------- FP64 features -> prepared matrix (numpy twin)
@@ -600,7 +607,7 @@ def _string_table(feat: FittedFeature) -> dict[str, int] | str | None:
         return "hash"
     if feat.vocab is None:
         raise ExporterError(f"history '{feat.spec.name}' holds strings but has no vocabulary")
-    return {w: i for i, w in enumerate(feat.vocab)}
+    return feat.code_of
 
 
 def _fit_history(
@@ -628,12 +635,17 @@ def history_holds_strings(frame: pd.DataFrame, spec: FeatureSpec, shared: Fitted
     of its own, when some item in ``frame`` is text that is not an integer (as a CSV reader tells them apart)."""
     if shared is None:
         return holds_strings(frame, spec)
+    check_shared(spec, shared, source=source)
+    return shared.dtype == "string"
+
+
+def check_shared(spec: FeatureSpec, shared: FittedFeature, *, source: str) -> None:
+    """A history shares the vocabulary of a categorical column only."""
     if not shared.categorical:
         raise ExporterError(
             f"{source}: history '{spec.name}' shares the vocabulary of '{spec.vocab_from}', which is not a "
             "categorical column; a history holds IDs, so it shares the vocabulary of a categorical column of IDs"
         )
-    return shared.dtype == "string"
 
 
 @dataclass
@@ -654,7 +666,7 @@ class HistoryCounts:
         """Count the items of ``frame``'s ``train`` rows (indices or a boolean mask); every row is validated."""
         if self.strings:
             cells = history_strings(frame, self.spec, source=source)[train]
-            mask = np.array([[v is not None for v in row] for row in cells], dtype=bool).reshape(cells.shape)
+            mask = pd.notna(cells)
             found = pd.Series(cells[mask], dtype=object).value_counts()
             pairs = zip(found.index.tolist(), found.tolist(), strict=True)
         else:

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
-
 from exporter import features as F
 from exporter.errors import ExporterError
-from exporter.features.plan import FittedFeature, HistoryCounts, categorical_from_counts
+from exporter.features.plan import FittedFeature, HistoryCounts, categorical_from_counts, check_shared
 from exporter.training.sketch import ValueCounter
 
 __all__ = ["numeric_from_stats", "with_histories"]
@@ -42,8 +40,7 @@ def with_histories(
                     F.FeatureSpec(spec.vocab_from, F.CATEGORICAL), dtypes.get(spec.vocab_from, "int64"), c.counts(),
                     rows=c.rows, present=c.present,
                 )  # fmt: skip
-            if not shared.categorical:
-                F.history_holds_strings(pd.DataFrame(), spec, shared, source=where)  # the refusal, worded once
+            check_shared(spec, shared, source=where)
         hc = counts.get(spec.name) or HistoryCounts(spec, shared is not None and shared.dtype == "string")
         out += hc.fitted(shared)
     return out

@@ -52,6 +52,7 @@ def from_spark(
     """``df``: the table with each row's split code in ``split_column``; ``label_column``: the 0/1 label (``None``:
     every row is a positive interaction)."""
     from pyspark.sql import functions as SF
+    from pyspark.sql.types import ArrayType
 
     max_users = E.MAX_EVAL_USERS if max_users is None else max_users
     candidates = E.CANDIDATE_FACTOR * max_users
@@ -92,7 +93,7 @@ def from_spark(
         kept = d if not np.isfinite(threshold) else d.where(SF.col("__u") <= float(threshold))
         # a history (an array per row) is collected once per user, the latest row's as first_rows takes it: every
         # row's array would make the driver's result many times larger (a million rows did not fit)
-        arrays = [f.name for f in d.schema.fields if f.name in user_cols and type(f.dataType).__name__ == "ArrayType"]
+        arrays = [f.name for f in d.schema.fields if f.name in user_cols and isinstance(f.dataType, ArrayType)]
         latest = SF.struct("__code", "__item")
         histories = (
             kept.groupBy("__u").agg(*[SF.max_by(SF.col(f"`{c}`"), latest).alias(c) for c in arrays]).toPandas()
