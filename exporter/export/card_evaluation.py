@@ -1,5 +1,5 @@
 """The model card's evaluation beyond the metrics table: average precision, calibration error, feature importance
-(metadata ``evaluation``) and the features that carried nothing in training (``training.column_warnings``)."""
+(metadata ``evaluation``) and the warnings about features in training (``training.column_warnings``)."""
 
 from __future__ import annotations
 
@@ -83,9 +83,9 @@ def evaluation_section(metadata: Mapping[str, Any]) -> list[str]:
 
 
 def column_warnings_section(metadata: Mapping[str, Any]) -> list[str]:
-    """Features that carried nothing in training (``training.column_warnings``)."""
+    """Features that carried nothing in training, or that the model misused (``training.column_warnings``)."""
     warnings = _section(metadata, "training").get("column_warnings")
     if not isinstance(warnings, list) or not warnings:
         return []
-    lines = ["", "Features that carried nothing in training (the model learned nothing from them):", ""]
+    lines = ["", "Warnings about the features in training (see each one for what the model learned from it):", ""]
     return lines + [f"- **Warning:** {w.get('message')}" for w in warnings if isinstance(w, Mapping)]

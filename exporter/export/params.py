@@ -108,7 +108,8 @@ class Prepared:
     #: what the training record of metadata adds or overrides: the engine that trained and the true row counts
     #: when ``train``/``heldout`` are bounded samples of a larger table
     training_record: dict[str, Any] = field(default_factory=dict)
-    #: features that carry nothing (unique per row, constant, all empty): ``{"column", "reason", "message"}``
+    #: features that carry nothing (unique per row, constant, all empty) or that the model misuses (two_tower: an
+    #: item-tower column that differs within one item's rows): ``{"column", "reason", "message"}``
     column_warnings: list[dict[str, str]] = field(default_factory=list)
     #: the label value that was read as 1 (``--positive-class`` or the schema's), None for a 0/1 label
     positive_class: Any = None

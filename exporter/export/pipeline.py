@@ -277,8 +277,12 @@ def prepare(params: ExportParams) -> Prepared:
         loaded.features = plan
     else:  # what the hyper-parameters allocate, against the machine's memory, before training
         H.check_memory(spec.name, hparams, plan.cardinalities, len(plan_rows))
-    # features that carry nothing (unique per row, constant, all empty) are trained on, with a warning
-    warnings = K.column_warnings(frame, plan, x_all[plan_rows], plan_rows) if params.mode == "train" else []
+    # features that carry nothing (unique per row, constant, all empty), and those the model would misuse (two_tower:
+    # an item-tower column that is not a property of the item), are trained on, with a warning
+    warnings = []
+    if params.mode == "train":
+        warnings = K.column_warnings(frame, plan, x_all[plan_rows], plan_rows)
+        warnings += spec.column_warnings(frame, plan_rows, plan, hparams)
     prep = Prepared(
         spec,
         params,

@@ -490,8 +490,11 @@ def prepare_spark(params: ExportParams, options: SparkOptions) -> tuple[Prepared
             note,
             positive_class=positive,
         )
-        # features that carry nothing: the Spark aggregations' statistics, the driver's sample of training rows
-        prep.column_warnings = K.column_warnings(train_frame, plan, x_train, np.arange(counts["train_rows"]))
+        # features that carry nothing or that the model misuses: the Spark aggregations' statistics, the driver's
+        # sample of training rows
+        prep.column_warnings = K.column_warnings(
+            train_frame, plan, x_train, np.arange(counts["train_rows"])
+        ) + spec.column_warnings(train_frame, None, plan, hparams)
         prep.evaluation_inputs = spec.spark_evaluation_inputs(
             df, SPLIT_COLUMN, columns, hparams, {s.name: s.tower for s in specs}, labels, params.seed
         )

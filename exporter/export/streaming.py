@@ -295,10 +295,11 @@ def prepare_streaming(
         reading=report,
         positive_class=positive,
     )
-    if params.mode == "train":  # features that carry nothing: the whole scan's statistics, the sample's values
+    if params.mode == "train":  # features that carry nothing (the whole scan's statistics, the sample's values) or
+        # that the model would misuse (two_tower: an item-tower column that differs within one item's rows)
         prep.column_warnings = K.column_warnings(
             scanned.samples["train"], plan, x_tr, np.arange(scanned.split_rows["train"])
-        )
+        ) + spec.column_warnings(scanned.samples["train"], None, plan, hparams)
     record_phase(prep, "pass1_scan", time.perf_counter() - start)
     rows = scanned.split_rows
     log(

@@ -252,6 +252,15 @@ class Model(ABC):
         xgb embeds them)."""
         return None
 
+    def column_warnings(
+        self, frame: Any, rows: np.ndarray | None, plan: Any, hparams: Mapping[str, Any]
+    ) -> list[dict[str, str]]:
+        """Warnings (``{"column", "reason", "message"}``) about how this model would use the columns of the
+        training rows ``rows`` of ``frame`` (``None``: all of them) under the fitted feature ``plan``, beside those of
+        :mod:`exporter.training.column_checks`; none by default (two_tower: item-tower columns that are not
+        properties of the item)."""
+        return []
+
     # ------------------------------------------------------------------ what every model implements
 
     @abstractmethod

@@ -112,7 +112,7 @@ def _fmt(value: Any) -> str:
 
 
 def column_warning_lines(warnings: Sequence[Mapping[str, str]]) -> list[str]:
-    """``WARNING: column 'x' carries nothing: ...`` per feature the column checks flagged."""
+    """``WARNING: column 'x' carries nothing: ...`` (or another column warning) per feature the checks flagged."""
     return [f"WARNING: {w['message']}" for w in warnings]
 
 

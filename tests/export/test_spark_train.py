@@ -453,3 +453,15 @@ def test_spark_evaluation_collects_a_users_history_once_from_its_latest_rows(spa
         mine = np.flatnonzero(frame["user_id"].to_numpy() == user["user_id"])
         assert row in mine and codes[row] == codes[mine].max()
         assert list(user["recent"]) == frame["recent"][row]
+
+
+@pytest.mark.slow
+def test_per_row_columns_in_the_item_tower_are_warned_about_on_spark(spark, parquet_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """From the driver's sample of training rows, as in memory: user_age left to the item tower (user_columns
+    names the others) differs between the rows of one item."""
+    from exporter.export.spark_train import prepare_spark
+
+    params = _params("two_tower", parquet_dir, parquet_dir.parent / "unused", user_columns=["user_id", "user_gender"])
+    prep, run = prepare_spark(params, SparkOptions("local[2]", 2))
+    run.close()
+    assert [(w["column"], w["reason"]) for w in prep.column_warnings] == [("user_age", "varies_within_item")]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.models import history_pool as HP
 from exporter.models import torch_common as tc
@@ -262,6 +263,14 @@ class TwoTowerModel(TorchModel[TwoTower]):
 
     def evaluate(self, prep: Any, trained: Trained) -> Evaluated:
         return TW.evaluate_two_tower(prep, trained)
+
+    def column_warnings(
+        self, frame: Any, rows: np.ndarray | None, plan: Any, hparams: Mapping[str, Any]
+    ) -> list[dict[str, str]]:
+        """Item-tower columns that differ between one item's rows (:func:`~.towers.varying_item_columns`)."""
+        _, item = split_columns(list(plan.columns), hparams, {f.name: f.spec.tower for f in plan.features})
+        item = [c for c in F.input_columns(item, list(frame.columns)) if c in frame.columns]
+        return TW.varying_item_columns(frame[item] if rows is None else frame[item].iloc[rows], item)
 
     def make_config(self, data: TrainData) -> dict[str, Any]:
         columns, hp, x, y, plan = list(data.columns), data.hparams, data.x_train, data.y_train, data.features

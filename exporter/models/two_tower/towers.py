@@ -70,6 +70,46 @@ def pair_keys(user: Sequence[str], item: Sequence[str]) -> list[str]:
     return sorted(set(user_key) | set(item_key))
 
 
+#: an item-tower column that differs between the rows of one item in at least this share of the items seen in more
+#: than one row is warned about (a genuine item property, e.g. a price revised now and then, varies in few)
+VARYING_SHARE = 0.1
+VARIES_WITHIN_ITEM = "varies_within_item"
+
+
+def varying_item_columns(frame: pd.DataFrame, item: Sequence[str]) -> list[dict[str, str]]:
+    """A column warning per item-tower column of ``frame`` (the training rows) that is not a property of the item.
+
+    The catalogue embeds each item once, from one row (:func:`catalogue_frame`), and that is how a retrieval
+    system serves it; a column that changes from row to row of one item (a per-pair cross feature, the hour, the
+    device, the user's age when it was not named ``user_*``) trains the item tower on values it is never served,
+    and retrieval quality collapses without an error. A history column and a tower identified by all its
+    columns (no ID column) are not checked.
+    """
+    key = key_columns(item, "item_id")
+    checked = [c for c in item if c not in key and c in frame.columns and not E.is_list_column(frame, c)]
+    if not checked or not len(frame):
+        return []
+    codes = E.entity_codes(frame, key)
+    repeated = int(np.count_nonzero(np.bincount(codes) >= 2))
+    out = []
+    for c in checked:
+        varying = int(np.count_nonzero(frame[c].groupby(codes).nunique(dropna=True).to_numpy() > 1))
+        if repeated and varying >= VARYING_SHARE * repeated:
+            out.append(
+                {
+                    "column": c,
+                    "reason": VARIES_WITHIN_ITEM,
+                    "message": f"column '{c}' feeds the item tower but is not a property of the item: it differs "
+                    f"between the rows of one {'/'.join(key)} for {varying:,} of the {repeated:,} items seen more "
+                    f"than once ({varying / repeated:.0%}); the catalogue ({CATALOGUE_FILE}) embeds each item from "
+                    "one row, so the item tower learns from values it is never served and retrieval suffers. If it "
+                    'describes the user or the request, give it "tower": "user" in the feature schema (or '
+                    f"name it user_*, or list it in user_columns); else leave it out with --exclude-columns {c}",
+                }
+            )
+    return out
+
+
 def catalogue_frame(frame: pd.DataFrame, item: Sequence[str]) -> pd.DataFrame:
     """One raw row per item with the item tower's columns, in order of first appearance (see
     :func:`~exporter.models.two_tower.eval_inputs.first_rows`)."""
