@@ -9,10 +9,23 @@ moments decay only when they are looked up. Weight decay applies to those rows (
 ``weight_decay``). For a small table a dense step is cheaper and the exact Adam of earlier runs, so the
 hyper-parameter ``embedding_gradients`` defaults to ``auto``: sparse from :data:`SPARSE_MIN_PARAMETERS`
 embedding parameters.
+
+Both keep float32 **denormals** (magnitudes below about 1.2e-38) out of the weights and Adam's moments
+(:func:`flush_denormals`, every :data:`FLUSH_EVERY` steps). Adam with weight decay drives a weight that gets no
+gradient from the data (a dead ReLU unit's) geometrically to zero, through the denormal range, where a CPU
+computes about a hundred times slower; a weight merely tiny (1e-30) makes denormal products. On the 1M-row
+synthetic log a deepfm with a 20-item history had 1,436 of its first deep layer's 12,288 weights denormal after
+2,500 steps; setting weights and moments below the square root of the smallest normal number to zero took one
+epoch from 9,218 to 29,792 rows/s (without the history 39,572 to 81,584; AUC 0.7974 against 0.7971 and 0.7808
+against 0.7810; 2026-12-07, this 2-core machine). Zero is what those weights converge to. The CPU's flush-to-zero
+mode (``torch.set_flush_denormal``) is no substitute: it covers only the calling thread, not the threads a matrix
+product runs on (a 5,120 x 64 by 64 x 64 product with denormal weights: 26.8 ms on two threads with it set, 0.44 ms
+on one).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -51,14 +64,62 @@ def embedding_gradients(net: nn.Module) -> str:
     return "sparse" if any(isinstance(m, nn.Embedding) and m.sparse for m in net.modules()) else "dense"
 
 
-class RowWiseAdam(torch.optim.Adam):
-    """Adam (fused) for dense gradients; row-wise Adam for sparse ones (the embedding tables' looked-up rows)."""
+#: the weights and moments are cleared of denormals every this many optimiser steps (a weight takes hundreds of
+#: steps to cross the denormal range; a pass over a dense table of 2M parameters costs a few milliseconds)
+FLUSH_EVERY = 64
+
+
+def flush_below(dtype: torch.dtype) -> float:
+    """Magnitudes below this are set to zero: the square root of ``dtype``'s smallest normal number (about 1.1e-19
+    in float32), so that a flushed value times any value at least as large can never be denormal. A weight that
+    small adds nothing a float32 sum of the network's activations can represent."""
+    return math.sqrt(torch.finfo(dtype).tiny)
+
+
+def flush_denormals(tensors: Iterable[torch.Tensor]) -> None:
+    """Set the values of floating-point ``tensors`` below :func:`flush_below` to zero, in place (sparse tensors are
+    skipped)."""
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_floating_point() and t.layout == torch.strided and t.numel():
+                t.masked_fill_(t.abs() < flush_below(t.dtype), 0.0)
+
+
+class Adam(torch.optim.Adam):
+    """Fused Adam whose weights and moments are cleared of denormals every :data:`FLUSH_EVERY` steps."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay, fused=True)
+        self.steps_taken = 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
+        loss = self._update(closure)
+        self.steps_taken += 1
+        if self.steps_taken % FLUSH_EVERY == 0:
+            flush_denormals(self.dense_tensors())
+        return loss
+
+    def _update(self, closure: Callable[[], float] | None) -> Any:
+        return super().step(closure)
+
+    def dense_tensors(self) -> list[torch.Tensor]:
+        """Each densely updated parameter and its moments (a sparse table's rows move, and decay, only when looked
+        up: scanning it every few steps would cost more than its step)."""
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    continue
+                out.append(p)
+                out += [v for k, v in self.state.get(p, {}).items() if k != "step" and isinstance(v, torch.Tensor)]
+        return out
+
+
+class RowWiseAdam(Adam):
+    """Adam (fused) for dense gradients; row-wise Adam for sparse ones (the embedding tables' looked-up rows)."""
+
+    def _update(self, closure: Callable[[], float] | None) -> Any:
         sparse = []
         for group in self.param_groups:
             for p in group["params"]:
@@ -66,7 +127,7 @@ class RowWiseAdam(torch.optim.Adam):
                     sparse.append((group, p, p.grad))
                     p.grad = None  # the fused step skips a parameter without a gradient
         try:
-            loss = super().step(closure)
+            loss = super()._update(closure)
         finally:
             for _, p, grad in sparse:
                 p.grad = grad
@@ -116,4 +177,4 @@ def make_optimizer(
     set_sparse_gradients(net, sparse)
     if sparse:
         return RowWiseAdam(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    return torch.optim.Adam(net.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
+    return Adam(net.parameters(), lr=learning_rate, weight_decay=weight_decay)

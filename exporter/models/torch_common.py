@@ -420,6 +420,7 @@ class EarlyStopping:
                 self.average.load()
         elif self.best_epoch:
             self.model.load_state_dict(self.best_state)
+        opt.flush_denormals(self.model.state_dict().values())  # the exported weights (optimiser.py)
         self.model.eval()
         stopping = {
             "monitor": monitor,

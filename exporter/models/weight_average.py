@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from exporter.models import optimiser as opt
+
 #: the average folds the weights in every this many optimiser steps
 EVERY = 4
 #: deepfm's and mmoe's default ``ema_decay`` (two_tower's is 0.998; 0 turns averaging off)
@@ -64,6 +66,7 @@ class WeightAverage:
         """The averaged tensors by state-dict name (the live weights, when no step was taken yet)."""
         if self.steps > self.folded:
             self._fold()
+        opt.flush_denormals(self.sums)  # a weight at zero decays its average through them (optimiser.py)
         if self.weight <= 0.0:
             return {k: v.detach().clone() for k, v in self.model.state_dict().items() if k in self.names}
         return {k: s / self.weight for k, s in zip(self.names, self.sums, strict=True)}

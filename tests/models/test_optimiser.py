@@ -77,9 +77,9 @@ def test_a_changed_learning_rate_reaches_the_row_wise_step():
 def test_auto_is_sparse_only_for_large_tables_and_never_where_gradients_are_averaged():
     small = nn.Embedding(1000, 16)
     large = nn.Embedding(opt.SPARSE_MIN_PARAMETERS // 16 + 1, 16)
-    assert type(opt.make_optimizer(small, 0.01)) is torch.optim.Adam and opt.embedding_gradients(small) == "dense"
+    assert type(opt.make_optimizer(small, 0.01)) is opt.Adam and opt.embedding_gradients(small) == "dense"
     assert isinstance(opt.make_optimizer(large, 0.01), opt.RowWiseAdam) and opt.embedding_gradients(large) == "sparse"
-    assert type(opt.make_optimizer(large, 0.01, sparse_allowed=False)) is torch.optim.Adam
+    assert type(opt.make_optimizer(large, 0.01, sparse_allowed=False)) is opt.Adam
     assert opt.embedding_gradients(large) == "dense"  # switched back: the ranks average dense gradients
     assert isinstance(opt.make_optimizer(small, 0.01, embedding_gradients="sparse"), opt.RowWiseAdam)
     with pytest.raises(ValueError, match="auto, sparse, dense"):
@@ -105,3 +105,65 @@ def test_the_default_export_of_a_small_table_stays_dense(exported_artifacts):
 def test_an_unknown_choice_is_refused_before_training(tmp_path):
     with pytest.raises(ExporterError, match="embedding_gradients.*auto"):
         export_small("mmoe", tmp_path, hparams={"epochs": 1, "embedding_gradients": "fast"}, threads=1)
+
+
+def _denormals(t: torch.Tensor) -> int:
+    a = t.detach().abs()
+    return int(((a > 0) & (a < torch.finfo(t.dtype).tiny)).sum())
+
+
+def test_weights_without_a_data_gradient_decay_through_denormals_and_are_flushed_to_zero():
+    """Adam's weight decay drives weights that the data never moves towards zero through the denormal range
+    (plain fused Adam shows it); the exporter's optimisers set them, and their moments, to zero instead."""
+    results = {}
+    for name, make in (
+        ("torch", lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.01, fused=True)),
+        ("dense", lambda p: opt.Adam(p, lr=0.01, weight_decay=0.01)),
+        ("row-wise", lambda p: opt.RowWiseAdam(p, lr=0.01, weight_decay=0.01)),
+    ):
+        torch.manual_seed(0)
+        w = nn.Parameter(torch.randn(1000) * 0.1)
+        optimizer = make([w])
+        for _ in range(32 * opt.FLUSH_EVERY):
+            optimizer.zero_grad()
+            (w * 0.0).sum().backward()
+            optimizer.step()
+        results[name] = (_denormals(w), _denormals(optimizer.state[w]["exp_avg"]), int((w == 0).sum()))
+    assert results["torch"][0] > 100 and results["torch"][1] > 100, results
+    for name in ("dense", "row-wise"):
+        assert results[name][:2] == (0, 0) and results[name][2] > 100, results
+
+
+def test_flush_zeroes_values_whose_products_could_be_denormal_and_skips_sparse_and_integer_tensors():
+    tiny = torch.finfo(torch.float32).tiny
+    assert opt.flush_below(torch.float32) ** 2 == pytest.approx(tiny)
+    t = torch.tensor([tiny / 4, -tiny / 2, 1e-25, -1e-20, 2e-19, -1e-10, 0.5, float("nan")])
+    ids = torch.tensor([1, 2, 3])
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([tiny / 4]), (3,))
+    opt.flush_denormals([t, ids, sparse])
+    assert t[:4].tolist() == [0.0] * 4 and t[4:7].tolist() == torch.tensor([2e-19, -1e-10, 0.5]).tolist()
+    assert torch.isnan(t[7]) and ids.tolist() == [1, 2, 3]
+    assert sparse.coalesce().values().tolist() == [tiny / 4]
+    wide = torch.tensor([1e-100, 1e-160], dtype=torch.float64)  # float64's own bound, about 1.5e-154
+    opt.flush_denormals([wide])
+    assert wide.tolist() == [1e-100, 0.0]
+
+
+def test_the_kept_weights_and_their_average_are_flushed_when_training_ends():
+    """The weights exported (the last epoch's average here; the best epoch's when early stopping restores one)."""
+    from exporter.models import torch_common as tc
+
+    tiny = torch.finfo(torch.float32).tiny
+    net = nn.Linear(4, 2)
+    with torch.no_grad():
+        net.weight.fill_(0.25)
+        net.weight[0, :2] = tiny / 8
+    stopping = tc.EarlyStopping(
+        net, opt.make_optimizer(net, 0.01), max_epochs=1, patience=0, lr_schedule="none", learning_rate=0.01,
+        has_validation=False, ema_decay=0.9,
+    )  # fmt: skip
+    stopping.after_step()  # the average holds the denormal weights too
+    stopping.end_epoch(1, 0.5, float("nan"))
+    stopping.finish()
+    assert _denormals(net.weight) == 0 and net.weight[0, :2].tolist() == [0.0, 0.0]
+    assert net.weight[1].tolist() == pytest.approx([0.25] * 4)
