@@ -91,9 +91,10 @@ def varying_item_columns(frame: pd.DataFrame, item: Sequence[str]) -> list[dict[
         return []
     codes = E.entity_codes(frame, key)
     repeated = int(np.count_nonzero(np.bincount(codes) >= 2))
+    distinct = frame[checked].groupby(codes).nunique(dropna=True)  # one grouping for every column
     out = []
     for c in checked:
-        varying = int(np.count_nonzero(frame[c].groupby(codes).nunique(dropna=True).to_numpy() > 1))
+        varying = int(np.count_nonzero(distinct[c].to_numpy() > 1))
         if repeated and varying >= VARYING_SHARE * repeated:
             out.append(
                 {
