@@ -21,6 +21,7 @@ from torch import nn
 
 from exporter.errors import ExporterError
 from exporter.features import FeaturePlan
+from exporter.models import optimiser as opt
 from exporter.models import torch_common as tc
 from exporter.models.base import ExportUnit, Model, TrainData, Trained
 from exporter.models.threads import torch_threads
@@ -206,6 +207,9 @@ class TorchModel(Model, Generic[NetT]):
         except (KeyError, TypeError, ValueError) as exc:
             raise ExporterError(f"checkpoint {path} has an unusable {self.name} config: {exc!r}") from exc
         tc.restore_state(net, ckpt["state_dict"], path=path)
+        # a checkpoint trained before the optimiser flushed denormals may hold some: they would slow every
+        # product they enter, in the parity probe and in serving; zeroing them moves no output it can represent
+        opt.flush_denormals(net.state_dict().values())
         used = dict(ckpt.get("hparams") or {})
         used["dtype"] = dtype_name  # what the loaded network computes in (older checkpoints: float64)
         used["source_file"] = str(path)

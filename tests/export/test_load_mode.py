@@ -188,3 +188,28 @@ def test_feature_meta_renames_columns_of_a_torch_checkpoint(exported_artifacts, 
 
     with pytest.raises(ExporterError, match="lists 5 columns but checkpoint .* was trained on 10"):
         pipeline.prepare(params)
+
+
+def test_a_loaded_checkpoint_has_its_denormal_weights_zeroed(exported_artifacts, tmp_path):
+    """A checkpoint trained before the optimiser flushed denormals: its tiny weights would slow every product
+    they enter; loading zeroes those below the flush bound and leaves every other weight as stored."""
+    import torch
+
+    from exporter.models import get_spec
+    from exporter.models import optimiser as opt
+
+    ckpt = torch.load(exported_artifacts / "deepfm" / "1" / "checkpoint.pt", weights_only=True)
+    name, weight = next((k, v) for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.dim() == 2)
+    tiny = torch.finfo(weight.dtype).tiny
+    weight = weight.clone()
+    weight[0, :3] = torch.tensor([tiny / 8, -1e-25, 0.125], dtype=weight.dtype)
+    ckpt["state_dict"][name] = weight
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = get_spec("deepfm").load(tmp_path / "old.pt", None, {})
+    state = loaded.model.state_dict()
+    assert state[name][0, :3].tolist() == [0.0, 0.0, 0.125]
+    stored = ckpt["state_dict"]
+    for key, value in stored.items():
+        keep = value.abs() >= opt.flush_below(value.dtype) if value.is_floating_point() else None
+        if keep is not None:
+            torch.testing.assert_close(state[key][keep], value[keep], rtol=0, atol=0)
