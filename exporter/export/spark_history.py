@@ -5,7 +5,8 @@ Each executor reads its training rows' history cells (Parquet lists, or delimite
 length statistics; Spark sums them per item, and the driver applies the vocabulary rules (the shared column's,
 or the history's own ``min_count`` / ``max_size`` / hashing) to the totals. So a Spark run fits the history an
 in-memory run fits on the same training rows. Whether the items are strings follows the column the history shares,
-else the driver's sample of the table (as the streamed path decides on its first batch).
+else the driver's sample of the table, until an executor's batch holds text IDs (as the streamed path decides on
+its first batch until then): the items are then strings everywhere, an integer counted elsewhere as its text.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from exporter.features.schema import read_column
 
 __all__ = ["fit_histories_spark"]
 
-#: columns of the executors' answer: an item and its count, or (item null) one batch's length statistics
+#: columns of the executors' answer: an item (as text) and its count, or (item null) one batch's length statistics
 _STATS = ("rows", "items", "empty", "full")
+#: beside them: 1 when the batch held text IDs of a history guessed to hold integers
+_TEXT = "text"
 
 
 def _counter(spec_json: dict[str, Any], strings: bool, source: str) -> Callable[..., Any]:
@@ -35,15 +38,13 @@ def _counter(spec_json: dict[str, Any], strings: bool, source: str) -> Callable[
             if batch.num_rows == 0:
                 continue
             counts = F.HistoryCounts(spec, strings)
-            counts.add(batch.to_pandas(), np.arange(batch.num_rows), source=source)
+            counts.add_part(batch.to_pandas(), np.arange(batch.num_rows), source=source)
             keys = list(counts.counts)
             n = [counts.counts[k] for k in keys]
-            key_type = pa.string() if strings else pa.int64()
-            arrays = [pa.array([*keys, None], type=key_type), pa.array([*n, 0], type=pa.int64())]
-            for name in _STATS:
-                value = int(getattr(counts, name))
+            arrays = [pa.array([*map(str, keys), None], type=pa.string()), pa.array([*n, 0], type=pa.int64())]
+            for value in [*(int(getattr(counts, name)) for name in _STATS), int(counts.strings and not strings)]:
                 arrays.append(pa.array([0] * len(keys) + [value], type=pa.int64()))
-            yield pa.RecordBatch.from_arrays(arrays, names=["k", "n", *_STATS])
+            yield pa.RecordBatch.from_arrays(arrays, names=["k", "n", *_STATS, _TEXT])
 
     return count
 
@@ -73,16 +74,16 @@ def fit_histories_spark(
                 dtype = read_column(sample[spec.vocab_from], column_spec, source=source).dtype
                 shared = fit_shared(column_spec, dtype)
         strings = F.history_holds_strings(sample, spec, shared, source=source)
-        key = "string" if strings else "bigint"
-        schema = f"k {key}, n bigint, " + ", ".join(f"{s} bigint" for s in _STATS)
+        schema = "k string, n bigint, " + ", ".join(f"{s} bigint" for s in (*_STATS, _TEXT))
         parts = train.select(f"`{spec.name}`").mapInArrow(_counter(spec.to_dict(), strings, source), schema)
         parts = parts.persist()
         try:
-            totals = parts.agg(*(Fn.sum(s).alias(s) for s in _STATS)).collect()[0].asDict()
+            totals = parts.agg(*(Fn.sum(s).alias(s) for s in (*_STATS, _TEXT))).collect()[0].asDict()
             items = parts.where(Fn.col("k").isNotNull()).groupBy("k").agg(Fn.sum("n").alias("n")).collect()
         finally:
             parts.unpersist()
-        counts = F.HistoryCounts(spec, strings, {r["k"]: int(r["n"]) for r in items})
+        strings = strings or bool(totals[_TEXT])
+        counts = F.HistoryCounts(spec, strings, {r["k"] if strings else int(r["k"]): int(r["n"]) for r in items})
         for name in _STATS:
             setattr(counts, name, int(totals[name] or 0))
         out[spec.name] = counts.fitted(shared)

@@ -682,6 +682,20 @@ class HistoryCounts:
         self.empty += int((lengths == 0).sum())
         self.full += int((lengths == self.spec.max_length).sum())
 
+    def add_part(self, frame: pd.DataFrame, train: np.ndarray, *, source: str) -> None:
+        """:meth:`add` for one part of a table read part by part (streamed, on Spark), which decided from an earlier
+        part that the items are integers: at the first part holding text IDs, a history with a vocabulary of its own
+        becomes a history of string IDs, as the whole table read at once would be. The integer items counted so far
+        count as their text (``12`` -> ``"12"``, as a string history reads an integer item)."""
+        try:
+            self.add(frame, train, source=source)
+        except ExporterError:
+            if self.strings or self.spec.vocab_from is not None or not holds_strings(frame, self.spec):
+                raise
+            self.counts = {str(k): n for k, n in self.counts.items()}
+            self.strings = True
+            self.add(frame, train, source=source)
+
     def fitted(self, shared: FittedFeature | None) -> list[FittedFeature]:
         """The history's positions: the shared column's vocabulary (or hash), or its own over the counted items
         (``min_count``, ``max_size``, ``hash_buckets`` as a categorical column's), and its statistics."""

@@ -416,11 +416,11 @@ def scan(
             numeric[spec.name].add(column.numbers[train])
         for spec in histories:
             with located(b.first_row):
-                if spec.name not in history_counts:  # integer or string items: decided by the first batch
+                if spec.name not in history_counts:  # integer or string items: the first batch's, until text
                     like = dtypes.get(spec.vocab_from or "")
                     strings = like == "string" if like is not None else F.holds_strings(frame, spec)
                     history_counts[spec.name] = HistoryCounts(spec, strings)
-                history_counts[spec.name].add(frame, train, source=where)
+                history_counts[spec.name].add_part(frame, train, source=where)
         if labels:
             with located(b.first_row):
                 y = I.read_labels(frame, labels, source=where, kinds=kinds, positive=positive, partial=True)

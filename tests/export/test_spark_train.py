@@ -433,6 +433,60 @@ def test_a_history_of_string_ids_trains_on_spark_with_the_plan_a_streamed_run_fi
 
 
 @pytest.mark.slow
+def test_a_history_with_text_ids_beyond_the_drivers_sample_trains_as_a_string_history(
+    spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The driver's sample (the table's first rows) holds integer items only; an executor's batch with text IDs
+    makes it a history of string IDs, as the streamed run on the same files fits it."""
+    from exporter import features as F
+    from exporter.export import spark_train
+    from exporter.training import inputs as I
+
+    frame = synthetic_dataset(3000, 4)
+    frame["ts"] = np.arange(len(frame))
+    built = F.build_history(frame, "user_id", "item_id", "ts", 5, positive="label")
+    late = frame.index >= 2500  # beyond the first rows of either file
+    built[late] = [[f"sku-{v}" if v % 3 == 0 else v for v in h] for h in built[late]]
+    frame["recent"] = ["|".join(map(str, h)) for h in built]
+    root = tmp_path / "log"
+    root.mkdir()
+    for i in range(2):
+        part = frame.iloc[i * 1500 : (i + 1) * 1500]
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), root / f"part-{i}.parquet")
+    monkeypatch.setattr(spark_train, "SCHEMA_ROWS", 200)
+    guessed: list[bool] = []
+
+    def guess(*args: Any, **kwargs: Any) -> bool:
+        guessed.append(holds_strings(*args, **kwargs))
+        return guessed[-1]
+
+    holds_strings = F.history_holds_strings
+    monkeypatch.setattr(F, "history_holds_strings", guess)
+    schema = {
+        "label": "label",
+        "features": [*(s.to_dict() for s in I.default_specs()), {"name": "recent", "kind": "history", "max_length": 5}],
+    }
+    versions = {}
+    for engine in ("spark", "streaming"):
+        params = dataclasses.replace(_params("deepfm", root, tmp_path / engine, epochs=1, refit=False), schema=schema)
+        if engine == "spark":
+            run_spark(params, SparkOptions("local[2]", 2))
+        else:
+            pipeline.run(dataclasses.replace(params, streaming="on"))
+        versions[engine] = tmp_path / engine / "deepfm" / "1"
+    entries = {
+        engine: [e for e in json.loads((v / "metadata.json").read_text())["features"] if e["name"].startswith("recent")]
+        for engine, v in versions.items()
+    }
+    assert guessed == [False]  # the driver's sample: integer items
+    assert entries["spark"] == entries["streaming"] and entries["spark"][0]["dtype"] == "string"
+    vocab = {engine: json.loads((v / "vocab.json").read_text())["recent"] for engine, v in versions.items()}
+    assert vocab["spark"] == vocab["streaming"]
+    assert any(v.startswith("sku-") for v in vocab["spark"]) and any(v.isdigit() for v in vocab["spark"])
+    assert json.loads((versions["spark"] / "metadata.json").read_text())["parity"]["passed"]
+
+
+@pytest.mark.slow
 def test_spark_evaluation_collects_a_users_history_once_from_its_latest_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A history column (an array per row) reaches the driver once per evaluated user, the array of one of the
     user's rows in its latest split part, as first_rows takes the latest row's."""

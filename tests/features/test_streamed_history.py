@@ -104,3 +104,31 @@ def test_a_csv_history_column_is_read_as_text_whatever_its_first_block_holds(tmp
         "hist_items": pa.string(),
         "empty": pa.string(),
     }
+
+
+@pytest.mark.slow
+def test_a_history_whose_first_part_holds_integer_ids_and_a_later_one_text_is_a_string_history(tmp_path):
+    """Pass 1 guesses integer items from the first part it reads; a later part holding text IDs makes it a history
+    of string IDs, the items counted so far as their text: the history an in-memory run fits on the whole table."""
+    log = string_log(1200)
+    log["item_id"] = log["item_id"].str.removeprefix("item-").astype(int)
+    built = F.build_history(log, "user_id", "item_id", "ts", 5, positive="label")
+    late = log.index >= 600
+    built[late] = [[f"sku-{v}" if v % 3 == 0 else v for v in h] for h in built[late]]  # text IDs from row 601
+    log["hist_items"] = ["|".join(map(str, h)) for h in built]
+    data = tmp_path / "log"
+    data.mkdir()
+    log.iloc[:600].to_parquet(data / "part-0.parquet", index=False)
+    log.iloc[600:].to_parquet(data / "part-1.parquet", index=False)
+    assert not F.holds_strings(log.iloc[:600], F.FeatureSpec("hist_items", F.HISTORY))
+    schema = {"label": "label", "features": [*DEFAULTS, {"name": "hist_items", "kind": "history", "max_length": 5}]}
+    runs = {}
+    for streaming in ("on", "off"):
+        done, version = export(tmp_path, data, schema, streaming)
+        assert done.returncode == 0, done.stderr
+        runs[streaming] = version
+    streamed, in_memory = history_entries(runs["on"]), history_entries(runs["off"])
+    assert streamed == in_memory and streamed[0]["dtype"] == "string"
+    vocab = [json.loads((v / "vocab.json").read_text())["hist_items"] for v in runs.values()]
+    assert vocab[0] == vocab[1]
+    assert any(v.startswith("sku-") for v in vocab[0]) and any(v.isdigit() for v in vocab[0])
