@@ -28,6 +28,7 @@ from exporter.runtime.history import (
     history_values,
     split_column_name,
     string_codes,
+    text_items,
 )
 from exporter.runtime.rules import UNKNOWN_CODE, hash_code
 
@@ -142,7 +143,7 @@ def holds_strings(frame: pd.DataFrame, spec: FeatureSpec) -> bool:
     if spec.name in frame.columns:
         for value in frame[spec.name].to_numpy(dtype=object):
             if isinstance(value, str):
-                if any(textual(piece) for piece in value.split(spec.delimiter) if piece.strip()):
+                if any(textual(piece) for piece in text_items(value, spec.delimiter) if str(piece).strip()):
                     return True
             elif isinstance(value, (list, tuple, np.ndarray)) and any(textual(v) for v in value):
                 return True
@@ -169,7 +170,7 @@ def _cell_error(source: str, spec: FeatureSpec, i: int, exc: HistoryProblem, *, 
     at = "" if exc.position is None else f" position {exc.position}"
     return ExporterError(
         f"{source}: column '{spec.name}' row {i + 1}{at}: value is {exc.what}; expected {expected(strings)} "
-        f"(a list, or the IDs separated by {spec.delimiter!r} in text)"
+        f"(a list; in text, a printed list such as [12, 7] or the IDs separated by {spec.delimiter!r})"
     )
 
 

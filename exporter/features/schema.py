@@ -534,8 +534,11 @@ def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
 
 def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, note: str = "") -> str:
     """A few lines the user sees before training: every feature with its kind and where the kind came from."""
+    columns = len(specs)
+    specs = list({s.name: s for s in specs}.values())  # a history's positions share one spec: one line
     width = max((len(s.name) for s in specs), default=0)
-    lines = [f"feature schema ({len(specs)} columns{'; ' + note if note else ''}):"]
+    size = f"{columns} columns" if columns == len(specs) else f"{len(specs)} features, {columns} tensor columns"
+    lines = [f"feature schema ({size}{'; ' + note if note else ''}):"]
     for s in specs:
         extra = []
         if s.tower:
@@ -543,8 +546,10 @@ def format_schema(specs: Sequence[FeatureSpec], origins: Mapping[str, str], *, n
         if s.optional:
             extra.append("optional")
         if s.kind == HISTORY:
+            last = f" ... {s.name}[{s.max_length - 1}]" if s.max_length > 1 else ""
             extra.append(
-                f"max_length {s.max_length}, " + (f"vocab of {s.vocab_from}" if s.vocab_from else "own vocabulary")
+                f"max_length {s.max_length}: tensor columns {s.name}[0]{last}, "
+                + (f"vocab of {s.vocab_from}" if s.vocab_from else "own vocabulary")
             )
         elif s.kind == CATEGORICAL:
             extra.append(

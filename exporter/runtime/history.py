@@ -14,6 +14,7 @@ numpy only, like the rest of :mod:`exporter.runtime`.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -36,12 +37,17 @@ __all__ = [
     "history_values",
     "split_column_name",
     "string_codes",
+    "text_items",
 ]
 
 #: the separator of a history written as text ("12|7|99"), unless the schema names another
 DEFAULT_DELIMITER = "|"
 _POSITION = re.compile(r"^(.*)\[(0|[1-9][0-9]*)\]$")
 _INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+$")
+#: numpy's repr of a scalar inside a printed list (numpy 2: ``[np.int64(4), np.str_('a')]``)
+_NUMPY_SCALAR = re.compile(r"\bnp\.[A-Za-z_][A-Za-z_0-9]*\(([^()]*)\)")
+#: one element of numpy's printed array (``[4 5 6]``, ``['a' 'b']``): a quoted string or a bare token
+_NUMPY_TOKEN = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|(\S+)")
 EXPECTED = "a list of integer IDs (at most 2^53 in magnitude)"
 EXPECTED_STRINGS = "a list of string IDs (or their integer codes)"
 
@@ -128,11 +134,43 @@ def _bad(value: Any, position: int) -> float:
     raise HistoryProblem(f"{problem or type_name(value)}, not an integer ID", position)
 
 
+def text_items(text: str, delimiter: str) -> list[Any]:
+    """The items of a history written as text: a printed list, as ``DataFrame.to_csv`` writes a column of lists
+    (JSON ``[12, 7]`` / ``["a", "b"]``, Python ``['a', 'b']``, numpy ``[12 7]`` / ``['a' 'b']`` or
+    ``[np.int64(12), np.int64(7)]``), else the IDs joined by ``delimiter`` (``12|7``); blank text: none.
+
+    Text in brackets that does not read as a list is split by ``delimiter`` like any other text."""
+    stripped = text.strip()
+    if not stripped:
+        return []
+    if stripped[0] == "[" and stripped[-1] == "]":
+        listed = _printed_list(stripped)
+        if listed is not None:
+            return listed
+    return text.split(delimiter)
+
+
+def _printed_list(text: str) -> list[Any] | None:
+    inner = text[1:-1]
+    if "," not in inner:  # numpy's array print (no commas), or a list of at most one item
+        tokens = [a or b or c for a, b, c in _NUMPY_TOKEN.findall(inner)]
+        return None if any("[" in t or "]" in t for t in tokens) else tokens
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(_NUMPY_SCALAR.sub(r"\1", text))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
 def history_values(value: Any, max_length: int, *, delimiter: str | None = None, strings: bool = False) -> list[Any]:
     """The kept IDs of one history value (at most ``max_length``, the most recent = the last ones).
 
     Takes a list, tuple or 1-d numpy array of integer IDs; with ``delimiter`` (text sources: CSV, a string
-    column) also a delimited string (``"12|7|99"``, blank: empty) and a single number (a one-item history).
+    column) also a delimited string (``"12|7|99"``, blank: empty), a printed list (``"[12, 7, 99]"``,
+    :func:`text_items`) and a single number (a one-item history).
     ``None`` and NaN are an empty history. Raises :class:`HistoryProblem` for anything else. Returns floats;
     with ``strings`` (a history of string IDs) each item is its string, or an ``int`` where an integer was
     given (a code in a request, text in a data file: the caller decides), and delimited text is split as is.
@@ -143,8 +181,8 @@ def history_values(value: Any, max_length: int, *, delimiter: str | None = None,
     if isinstance(value, str):
         if not text_ok:
             raise HistoryProblem(f"a string ({quote(value)}), expected {expected(strings)}")
-        text = value if strings else value.strip()
-        items: Sequence[Any] = [] if not text.strip() else text.split(delimiter)
+        assert delimiter is not None
+        items: Sequence[Any] = text_items(value if strings else value.strip(), delimiter)
     elif isinstance(value, (list, tuple)):
         items = value
     elif isinstance(value, np.ndarray) and value.ndim == 1:

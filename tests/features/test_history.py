@@ -131,6 +131,56 @@ def test_bad_history_cells_name_column_row_and_position(value, message):
         plan_of(bad, HIST)
 
 
+@pytest.mark.parametrize(
+    "text, items",
+    [
+        ("[5, 6, 7]", [5, 6, 7]),  # DataFrame.to_csv of a column of lists; JSON too
+        ("[7]", ["7"]),
+        ("[]", []),
+        (" [ ] ", []),
+        ("['a', 'b']", ["a", "b"]),
+        ('["a", "b"]', ["a", "b"]),
+        ("[1 2 3]", ["1", "2", "3"]),  # numpy's array print
+        ("[\n 1 2\n 3]", ["1", "2", "3"]),
+        ("['a' 'b']", ["a", "b"]),  # not Python's implicit concatenation 'ab'
+        ("[np.int64(4), np.int64(5)]", [4, 5]),  # numpy 2's scalars inside a printed list
+        ("[np.str_('a'), np.str_('b')]", ["a", "b"]),
+        ("12|7", ["12", "7"]),
+        ("[a]|[b]", ["[a]", "[b]"]),  # brackets that do not make a list: the delimiter's items
+        ("", []),
+    ],
+)
+def test_a_printed_list_in_text_is_read_as_its_items(text, items):
+    from exporter.runtime.history import text_items
+
+    assert text_items(text, "|") == items
+
+
+def test_a_csv_of_printed_lists_fits_the_history_its_lists_fit(frame, tmp_path):
+    """A column of lists written with DataFrame.to_csv and read back: the same plan as the lists themselves."""
+    lists = frame.assign(hist_items=[[1, 2], [3], [], [], [1, 2, 3, 4, 5, 6], [], [2, 2], [7, 1]])
+    lists.to_csv(tmp_path / "lists.csv", index=False)
+    printed = pd.read_csv(tmp_path / "lists.csv")
+    assert printed["hist_items"][0] == "[1, 2]"
+    spec = {"name": "hist_items", "kind": "history", "max_length": 4, "min_count": 1}
+    a, b = plan_of(lists, spec), plan_of(printed, spec)
+    assert a["hist_items[0]"].keys == b["hist_items[0]"].keys and b["hist_items[0]"].dtype == "int64"
+    assert b["hist_items[0]"].stats == a["hist_items[0]"].stats and b["hist_items[0]"].stats["mean_length"] > 1
+    np.testing.assert_array_equal(b.encode(printed), a.encode(lists))
+    words = pd.DataFrame({"item_id": [1, 2], "hist_items": ["['x', 'y']", "['y']"], "price": [1.0, 2.0]})
+    assert plan_of(words, spec)["hist_items[0]"].vocab == ["y", "x"]  # a history of strings, not of "['x', 'y']"
+    with pytest.raises(ExporterError, match=r"row 1 position 1: value is a list, not an integer ID"):
+        plan_of(pd.DataFrame({"item_id": [1], "hist_items": ["[1, [2]]"], "price": [1.0]}), spec)
+
+
+def test_the_schema_shows_a_history_once_with_its_tensor_columns(frame):
+    plan = plan_of(frame, HIST)
+    text = F.format_schema([f.spec for f in plan.features], {"hist_items": "declared"})
+    assert text.splitlines()[0] == "feature schema (3 features, 6 tensor columns):"
+    assert text.count("hist_items") == 3  # its line: name, first and last tensor column
+    assert "max_length 4: tensor columns hist_items[0] ... hist_items[3], vocab of item_id" in text
+
+
 def test_graph_and_twin_agree_on_every_history_probe(frame):
     plan = plan_of(frame, HIST)
     probes = probe_rows(plan, plan.encode(frame), rows=16)
