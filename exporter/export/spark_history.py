@@ -25,6 +25,8 @@ __all__ = ["fit_histories_spark"]
 
 #: columns of the executors' answer: an item (as text) and its count, or (item null) one batch's length statistics
 _STATS = ("rows", "items", "empty", "full")
+#: beside them: the most items a row of the batch holds
+_LONGEST = "longest"
 #: beside them: 1 when the batch held text IDs of a history guessed to hold integers
 _TEXT = "text"
 
@@ -42,9 +44,12 @@ def _counter(spec_json: dict[str, Any], strings: bool, source: str) -> Callable[
             keys = list(counts.counts)
             n = [counts.counts[k] for k in keys]
             arrays = [pa.array([*map(str, keys), None], type=pa.string()), pa.array([*n, 0], type=pa.int64())]
-            for value in [*(int(getattr(counts, name)) for name in _STATS), int(counts.strings and not strings)]:
+            for value in [
+                *(int(getattr(counts, name)) for name in (*_STATS, _LONGEST)),
+                int(counts.strings and not strings),
+            ]:
                 arrays.append(pa.array([0] * len(keys) + [value], type=pa.int64()))
-            yield pa.RecordBatch.from_arrays(arrays, names=["k", "n", *_STATS, _TEXT])
+            yield pa.RecordBatch.from_arrays(arrays, names=["k", "n", *_STATS, _LONGEST, _TEXT])
 
     return count
 
@@ -74,17 +79,18 @@ def fit_histories_spark(
                 dtype = read_column(sample[spec.vocab_from], column_spec, source=source).dtype
                 shared = fit_shared(column_spec, dtype)
         strings = F.history_holds_strings(sample, spec, shared, source=source)
-        schema = "k string, n bigint, " + ", ".join(f"{s} bigint" for s in (*_STATS, _TEXT))
+        schema = "k string, n bigint, " + ", ".join(f"{s} bigint" for s in (*_STATS, _LONGEST, _TEXT))
         parts = train.select(f"`{spec.name}`").mapInArrow(_counter(spec.to_dict(), strings, source), schema)
         parts = parts.persist()
         try:
-            totals = parts.agg(*(Fn.sum(s).alias(s) for s in (*_STATS, _TEXT))).collect()[0].asDict()
+            sums = [Fn.sum(s).alias(s) for s in (*_STATS, _TEXT)]
+            totals = parts.agg(*sums, Fn.max(_LONGEST).alias(_LONGEST)).collect()[0].asDict()
             items = parts.where(Fn.col("k").isNotNull()).groupBy("k").agg(Fn.sum("n").alias("n")).collect()
         finally:
             parts.unpersist()
         strings = strings or bool(totals[_TEXT])
         counts = F.HistoryCounts(spec, strings, {r["k"] if strings else int(r["k"]): int(r["n"]) for r in items})
-        for name in _STATS:
+        for name in (*_STATS, _LONGEST):
             setattr(counts, name, int(totals[name] or 0))
         out[spec.name] = counts.fitted(shared)
     return out

@@ -661,6 +661,8 @@ class HistoryCounts:
     items: int = 0
     empty: int = 0
     full: int = 0
+    #: the most items any counted row holds (at most max_length)
+    longest: int = 0
 
     def add(self, frame: pd.DataFrame, train: np.ndarray, *, source: str) -> None:
         """Count the items of ``frame``'s ``train`` rows (indices or a boolean mask); every row is validated."""
@@ -681,6 +683,7 @@ class HistoryCounts:
         self.items += int(lengths.sum())
         self.empty += int((lengths == 0).sum())
         self.full += int((lengths == self.spec.max_length).sum())
+        self.longest = max(self.longest, int(lengths.max()) if len(lengths) else 0)
 
     def add_part(self, frame: pd.DataFrame, train: np.ndarray, *, source: str) -> None:
         """:meth:`add` for one part of a table read part by part (streamed, on Spark), which decided from an earlier
@@ -716,6 +719,7 @@ class HistoryCounts:
             "mean_length": self.items / rows,
             "empty_rate": self.empty / rows,
             "full_rate": self.full / rows,
+            "longest": self.longest,
             "distinct": len(self.counts),
             "coverage": float(covered / self.items) if self.items else 0.0,
         }

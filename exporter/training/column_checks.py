@@ -20,6 +20,7 @@ UNIQUE = "unique_per_row"
 CONSTANT = "constant"
 EMPTY = "all_empty"
 ROW_NUMBER = "row_number"
+UNUSED_POSITIONS = "unused_positions"
 
 
 def column_warnings(
@@ -31,7 +32,13 @@ def column_warnings(
     rows), ``train_rows`` the rows of ``frame`` it came from.
     """
     out = []
+    seen: set[str] = set()
     for j, feat in enumerate(plan.features):
+        if feat.history:
+            if feat.spec.name not in seen:
+                seen.add(feat.spec.name)
+                out += _history_warning(feat, len(train_rows))
+            continue
         found = _why(frame, feat, x_train[:, j] if x_train.size else np.zeros(0), len(train_rows))
         if found is not None:
             reason, why = found
@@ -44,6 +51,26 @@ def column_warnings(
                 }
             )
     return out
+
+
+def _history_warning(first: F.FittedFeature, n: int) -> list[dict[str, str]]:
+    """One warning for a history (``first``: its first position) that no training row fills, or whose last
+    positions none does (its ``longest`` statistic, over every training row)."""
+    name, length, longest = first.spec.name, first.spec.max_length, first.stats.get("longest")
+    if longest is None or longest >= length or not n:
+        return []
+    if longest == 0:
+        message = (
+            f"history '{name}' carries nothing: it is empty in all {n:,} training rows; the model learns nothing "
+            f"from it (leave it out with --exclude-columns {name})"
+        )
+        return [{"column": name, "reason": EMPTY, "message": message}]
+    message = (
+        f"history '{name}' holds at most {longest} item(s) in every training row, so its columns {name}[{longest}] "
+        f"... {name}[{length - 1}] are always empty: the model trains as with max_length {longest}, at the cost of "
+        f'{length} columns per row (set "max_length": {longest} in the schema unless requests send longer histories)'
+    )
+    return [{"column": name, "reason": UNUSED_POSITIONS, "message": message}]
 
 
 def _why(frame: pd.DataFrame, feat: F.FittedFeature, prepared: np.ndarray, n: int) -> tuple[str, str] | None:

@@ -181,6 +181,29 @@ def test_the_schema_shows_a_history_once_with_its_tensor_columns(frame):
     assert "max_length 4: tensor columns hist_items[0] ... hist_items[3], vocab of item_id" in text
 
 
+@pytest.mark.parametrize(
+    "cells, reason, names",
+    [
+        ([[1, 2], [3], [2, 1], [1], [], [3, 2], [1], [2]], "unused_positions", "hist_items[2] ... hist_items[3]"),
+        ([[], None, "", [], [], [], "", None], "all_empty", "it is empty in all 8 training rows"),
+        ([[1, 2, 3, 1], [3], [], [1], [2], [3], [1], [2]], None, None),
+    ],
+)
+def test_a_history_that_rows_never_fill_is_one_warning_not_one_per_column(frame, cells, reason, names):
+    from exporter.training import column_checks as K
+
+    table = frame.assign(hist_items=pd.Series(cells, dtype=object))
+    plan = plan_of(table, {**HIST, "vocab_from": None})
+    assert plan["hist_items[0]"].stats["longest"] == max(len(c or []) for c in cells)
+    warnings = K.column_warnings(table, plan, plan.prepare(plan.encode(table)), np.arange(len(table)))
+    about = [w for w in warnings if "hist_items" in w["column"]]
+    if reason is None:
+        assert about == []
+        return
+    assert [(w["column"], w["reason"]) for w in about] == [("hist_items", reason)]
+    assert names in about[0]["message"]
+
+
 def test_graph_and_twin_agree_on_every_history_probe(frame):
     plan = plan_of(frame, HIST)
     probes = probe_rows(plan, plan.encode(frame), rows=16)
