@@ -44,6 +44,8 @@ __all__ = [
 DEFAULT_DELIMITER = "|"
 _POSITION = re.compile(r"^(.*)\[(0|[1-9][0-9]*)\]$")
 _INTEGER_TEXT = re.compile(r"^[+-]?[0-9]+$")
+#: integers joined by something else than the history's delimiter (``12,7`` or ``12 7`` read with ``|``)
+_OTHER_SEPARATOR = re.compile(r"^[+-]?[0-9]+\s*([,;:/])\s*[+-]?[0-9]+")
 #: numpy's repr of a scalar inside a printed list (numpy 2: ``[np.int64(4), np.str_('a')]``)
 _NUMPY_SCALAR = re.compile(r"\bnp\.[A-Za-z_][A-Za-z_0-9]*\(([^()]*)\)")
 #: one element of numpy's printed array (``[4 5 6]``, ``['a' 'b']``): a quoted string or a bare token
@@ -103,6 +105,14 @@ def _element(value: Any, position: int, text_ok: bool) -> float:
             raise HistoryProblem(f"{quote(text)}, beyond 2^53, not an exact integer ID", position)
         if not text:
             raise HistoryProblem("empty, not an integer ID", position)
+        separator = _OTHER_SEPARATOR.search(text)
+        if separator is not None:  # "12,7,99" read with the default "|"
+            sep = separator.group(1)
+            raise HistoryProblem(
+                f"the string {quote(text)}, not an integer ID (IDs separated by {sep!r}? the schema's "
+                f'"delimiter" sets the separator of a history in text, e.g. "delimiter": {json.dumps(sep)})',
+                position,
+            )
     return _bad(value, position)
 
 

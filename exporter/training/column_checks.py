@@ -68,8 +68,14 @@ def _history_warning(first: F.FittedFeature, n: int) -> list[dict[str, str]]:
     message = (
         f"history '{name}' holds at most {longest} item(s) in every training row, so its columns {name}[{longest}] "
         f"... {name}[{length - 1}] are always empty: the model trains as with max_length {longest}, at the cost of "
-        f'{length} columns per row (set "max_length": {longest} in the schema unless requests send longer histories)'
+        f"{length} columns per row ("
     )
+    if longest == 1:  # text joined by another separator reads as one item per row
+        message += (
+            f"if its cells list several items joined by another separator than its delimiter "
+            f'{first.spec.delimiter!r}, set the schema\'s "delimiter"; else '
+        )
+    message += f'set "max_length": {longest} in the schema unless requests send longer histories)'
     return [{"column": name, "reason": UNUSED_POSITIONS, "message": message}]
 
 

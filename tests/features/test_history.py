@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +123,17 @@ def test_an_own_vocabulary_is_fitted_on_the_training_rows_items(frame):
         ([1, 2.5], "row 1 position 1: value is 2.5, not an integer ID"),
         ([2**60], "row 1 position 0: value is 1152921504606846976, beyond 2^53"),
         ("1|a", 'row 1 position 1: value is the string "a", not an integer ID'),
+        (
+            "12,7,99",
+            "row 1 position 0: value is the string \"12,7,99\", not an integer ID (IDs separated by ','? "
+            'the schema\'s "delimiter" sets the separator of a history in text, e.g. "delimiter": ",")',
+        ),
         ({"a": 1}, "row 1: value is an object, expected a list of integer IDs"),
     ],
 )
 def test_bad_history_cells_name_column_row_and_position(value, message):
     bad = pd.DataFrame({"item_id": [1], "hist_items": pd.Series([value], dtype=object), "price": [1.0]})
-    with pytest.raises(ExporterError, match=f"column 'hist_items' {message}".replace("(", r"\(").replace("^", r"\^")):
+    with pytest.raises(ExporterError, match=re.escape(f"column 'hist_items' {message}")):
         plan_of(bad, HIST)
 
 
@@ -202,6 +208,17 @@ def test_a_history_that_rows_never_fill_is_one_warning_not_one_per_column(frame,
         return
     assert [(w["column"], w["reason"]) for w in about] == [("hist_items", reason)]
     assert names in about[0]["message"]
+
+
+def test_a_text_history_read_as_one_item_per_row_suggests_its_delimiter(frame):
+    from exporter.training import column_checks as K
+
+    table = frame.assign(hist_items=["a,b", "c", "a,c", "b", "", "c,a,b", "a", "b"])
+    plan = plan_of(table, {**HIST, "vocab_from": None})
+    warnings = K.column_warnings(table, plan, plan.prepare(plan.encode(table)), np.arange(len(table)))
+    (about,) = [w for w in warnings if w["column"] == "hist_items"]
+    assert about["reason"] == "unused_positions"
+    assert "another separator than its delimiter '|', set the schema's \"delimiter\"" in about["message"]
 
 
 def test_graph_and_twin_agree_on_every_history_probe(frame):
