@@ -42,7 +42,7 @@ from exporter.training import hparams as H
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training import stream_scan as SS
-from exporter.training.sources import InputFile, resolve_inputs
+from exporter.training.sources import CsvTypeChange, InputFile, resolve_inputs
 
 #: ``--streaming auto`` streams a table of more cells (estimated rows x columns) than this: about 770,000 rows
 #: of the 13-column click log, ~1.3 GB once read into pandas and prepared (1.75 KB per row measured)
@@ -216,24 +216,39 @@ def prepare_streaming(
     SS.check_files(files, read, where=where)
     key = spec.split_keys(columns, hparams, towers) or SS.common_key(files)
     read = list(dict.fromkeys([*read, *key]))
-    types = SS.csv_types(files, read, text=[s.name for s in histories])
-    reader = SS.StreamReader(files, read, params.seed, key=key, types=types)
     from exporter.training.progress_bar import progress_bar
 
     limit = min(spec.max_abs_feature or 1e20, 1e20)
     total = reading.estimated_rows or 0
-    with progress_bar(total, "pass 1: scan and fit the features", enabled=params.progress, unit="row") as bar:
-        scanned = SS.scan(
-            reader,
-            specs,
-            origins,
-            labels,
-            kinds,
-            limit=limit,
-            framework=spec.framework,
-            progress=bar,
-            positive=positive,
-        )
+    text = [s.name for s in histories]
+    # an ID column whose first rows are numbers and later ones text (12 ... sku-7) is read as text, as a CSV
+    # read whole would; pass 1 starts again (once per such column) with the types pass 2 reads with too
+    ids = {s.name for s in specs if s.kind == F.CATEGORICAL} | set(shared)
+    while True:
+        reader = SS.StreamReader(files, read, params.seed, key=key, types=SS.csv_types(files, read, text=text))
+        try:
+            with progress_bar(total, "pass 1: scan and fit the features", enabled=params.progress, unit="row") as bar:
+                scanned = SS.scan(
+                    reader,
+                    specs,
+                    origins,
+                    labels,
+                    kinds,
+                    limit=limit,
+                    framework=spec.framework,
+                    progress=bar,
+                    positive=positive,
+                )
+            break
+        except CsvTypeChange as change:
+            if change.column not in ids or change.column in text:
+                raise
+            text.append(change.column)
+            log(
+                params,
+                f"pass 1: {change.path}: categorical column '{change.column}' holds text IDs ({change.value!r}) "
+                "after numbers in its first rows: reading it as text (string IDs); pass 1 starts again",
+            )
     if scanned.split_rows["train"] == 0:
         raise ExporterError(f"{where}: no training rows ({scanned.rows_read} rows read, all held out)")
     _check_classes(

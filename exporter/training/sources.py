@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,33 @@ def _what_is(path: str) -> str:
     return f"is {kind}, not a regular file or directory"
 
 
+class CsvTypeChange(ExporterError):
+    """A CSV value that does not parse as the type the first rows gave its column (``12`` ... then ``sku-7``)."""
+
+    def __init__(self, path: str, column: str, typed: str, value: str, after: int) -> None:
+        super().__init__(
+            f"{path}: column '{column}' holds the value {value!r} (in the rows after {after:,}) where the first rows, "
+            f"which typed the column, hold {typed} values; every value of a column must be of one type (write the "
+            "column as text throughout, or fix the value)"
+        )
+        self.path, self.column, self.value = path, column, value
+
+
+_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
+
+
+def _type_change(exc: BaseException, path: str, after: int) -> CsvTypeChange | None:
+    """The column and value of a CSV conversion error (pyarrow numbers the file's columns from 0), else None."""
+    found = _CONVERSION.search(str(exc))
+    if found is None:
+        return None
+    header = _csv_header(path)
+    index = int(found.group(1))
+    if index >= len(header):
+        return None
+    return CsvTypeChange(path, header[index], found.group(2), found.group(3), after)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
@@ -231,6 +259,9 @@ def iter_batches(
                         yield SourceBatch(index, first, part, counter.count)
                         first += part.num_rows
             except (pa.ArrowException, OSError) as exc:
+                change = _type_change(exc, f.path, first) if isinstance(exc, pa.ArrowInvalid) else None
+                if change is not None:
+                    raise change from None
                 raise ExporterError(f"{f.path}: reading failed after {first} rows ({_short(exc)})") from None
             finally:
                 counter.close()

@@ -405,3 +405,47 @@ def test_a_history_built_from_the_log_is_refused_streamed_and_on_spark(log_dir: 
     params = ExportParams("deepfm", data_path=log_dir, schema=str(schema), artifacts=artifacts, progress=False)
     with pytest.raises(ExporterError, match=r"recent are built from the log .* reads it on Spark"):
         run_spark(params, SparkOptions("local[1]", 1))
+
+
+def _csv_with_late_text(tmp_path: Path, column: str, value: str) -> Path:
+    """A CSV whose first block (the rows that type its columns) holds numbers in ``column``, and ``value`` later."""
+    frame = D.synthetic_dataset(30_000, seed=9).drop(columns=["watch_time", "gmv"])
+    frame["note"] = "x" * 200  # wide rows: the first 4 MB block ends long before the text
+    frame[column] = frame[column].astype(object)
+    late = frame.index >= 25_000
+    frame.loc[late, column] = [value.format(v) for v in frame.loc[late, column]]
+    path = tmp_path / "log.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_an_id_column_whose_later_rows_hold_text_is_read_as_string_ids_streamed_as_in_memory(tmp_path: Path) -> None:
+    """item_id holds numbers in the rows that type the CSV's columns and SKUs later: the streamed run reads it as
+    text (pass 1 again), as the in-memory run reads the whole file, instead of stopping at the first SKU."""
+    from exporter.export import pipeline
+
+    path = _csv_with_late_text(tmp_path, "item_id", "sku-{}")
+    columns = ["item_ctr", "item_price", "user_id", "item_id"]
+    lines: list[str] = []
+    found = {}
+    for mode in ("on", "off"):
+        params = ExportParams(
+            "xgb", data_path=path, streaming=mode, artifacts=tmp_path / mode, progress=False,
+            hparams={"n_estimators": 10, "refit": False}, feature_columns=columns, log=lines.append,
+        )  # fmt: skip
+        meta = pipeline.run(params).artifacts[0].metadata
+        found[mode] = next(f for f in meta["features"] if f["name"] == "item_id")
+        assert meta["parity"]["passed"], mode
+    assert found["on"]["dtype"] == found["off"]["dtype"] == "string"
+    assert found["on"]["vocab_size"] > 100
+    assert any("categorical column 'item_id' holds text IDs ('sku-" in line for line in lines)
+
+
+def test_a_numeric_column_whose_later_rows_hold_text_is_an_error_naming_column_and_value(tmp_path: Path) -> None:
+    path = _csv_with_late_text(tmp_path, "item_price", "price {}")
+    done = run_cli("export", "xgb", "--data", str(path), "--streaming", "on", "--artifacts", str(tmp_path / "a"),
+                   "--feature-columns", "item_ctr,item_price,user_id", "--param", "n_estimators=5")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "column 'item_price' holds the value 'price " in done.stderr
+    assert "where the first rows, which typed the column, hold double values" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "a" / "xgb").exists()
