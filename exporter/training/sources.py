@@ -148,6 +148,13 @@ class CsvTypeChange(ExporterError):
         self.path, self.column, self.value = path, column, value
 
 
+#: the cells of a CSV that are missing values: pandas.read_csv's default markers (what a table read in memory
+#: takes as missing, an R export's NA included), so a streamed run, ``score`` and the in-memory fit agree
+CSV_MISSING = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+
 _CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'")
 
 
@@ -249,7 +256,7 @@ def iter_batches(
                         column_types={c: (csv_types or {}).get(c, pa.string()) for c in wanted},
                         include_columns=wanted,
                         strings_can_be_null=True,
-                        null_values=[""],
+                        null_values=list(CSV_MISSING),
                         quoted_strings_can_be_null=True,
                     ),
                 )

@@ -40,7 +40,7 @@ from exporter.features.schema import read_column
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training.sketch import MEDIAN_RANK_ERROR, SKETCH_CAPACITY, NumericSummary, ValueCounter
-from exporter.training.sources import InputFile, file_schema, short_error
+from exporter.training.sources import CSV_MISSING, InputFile, file_schema, short_error
 from exporter.training.stream_fit import numeric_from_stats, with_histories
 
 #: rows of one record batch read from a file
@@ -87,7 +87,10 @@ def csv_types(
     if first is None:
         return None
     try:
-        with pacsv.open_csv(first.path, read_options=pacsv.ReadOptions(block_size=1 << 22)) as reader:
+        missing = pacsv.ConvertOptions(null_values=list(CSV_MISSING), strings_can_be_null=True)
+        with pacsv.open_csv(
+            first.path, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=missing
+        ) as reader:
             schema = reader.schema
     except (pa.ArrowException, OSError) as exc:
         raise ExporterError(f"{first.path}: not a readable CSV file with a header row ({short_error(exc)})") from None

@@ -449,3 +449,38 @@ def test_a_numeric_column_whose_later_rows_hold_text_is_an_error_naming_column_a
     assert "column 'item_price' holds the value 'price " in done.stderr
     assert "where the first rows, which typed the column, hold double values" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "a" / "xgb").exists()
+
+
+def test_csv_missing_markers_are_missing_values_streamed_as_in_memory(tmp_path: Path) -> None:
+    """NA, null, n/a, None ... (pandas.read_csv's markers, an R export's NA) are missing values in a streamed
+    run as in the in-memory one: the same statistics, not an error or a category named "NA"."""
+    from exporter.export import pipeline
+    from exporter.training.sources import CSV_MISSING
+
+    frame = D.synthetic_dataset(3000, seed=12).drop(columns=["watch_time", "gmv"])
+    markers = ["NA", "null", "n/a", "None", "NaN", "#N/A"]
+    assert set(markers) <= set(CSV_MISSING)
+    frame["item_price"] = frame["item_price"].astype(object)
+    frame["item_category"] = frame["item_category"].astype(object)
+    for k, marker in enumerate(markers):
+        frame.loc[frame.index % 50 == k, "item_price"] = marker
+        frame.loc[frame.index % 40 == k, "item_category"] = marker
+    path = tmp_path / "log.csv"
+    frame.to_csv(path, index=False)
+    found = {}
+    for mode in ("on", "off"):
+        params = ExportParams(
+            "xgb", data_path=path, streaming=mode, artifacts=tmp_path / mode, progress=False,
+            hparams={"n_estimators": 5, "refit": False},
+            feature_columns=["item_ctr", "item_price", "item_category"],
+        )  # fmt: skip
+        meta = pipeline.run(params).artifacts[0].metadata
+        found[mode] = {f["name"]: f for f in meta["features"]}
+    for column, share in (("item_price", 6 / 50), ("item_category", 6 / 40)):
+        on, off = found["on"][column], found["off"][column]
+        assert on["stats"]["missing_rate"] == off["stats"]["missing_rate"] == pytest.approx(share, abs=0.02)
+    assert found["on"]["item_category"]["vocab_size"] == found["off"]["item_category"]["vocab_size"]
+    scored = run_cli("score", "xgb", "--artifacts", str(tmp_path / "on"), "--input", str(path),
+                     "--output", str(tmp_path / "scored"), "--json")  # fmt: skip
+    assert scored.returncode == 0, scored.stderr
+    assert pq.read_table(tmp_path / "scored").num_rows == len(frame)
