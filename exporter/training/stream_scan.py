@@ -97,7 +97,8 @@ def csv_types(
     out: dict[str, pa.DataType] = {}
     for c in columns:
         kind = schema.field(c).type if schema.get_field_index(c) >= 0 else pa.string()
-        out[c] = pa.string() if c in text else pa.float64() if pa.types.is_null(kind) else kind
+        temporal = pa.types.is_temporal(kind)  # dates read as text, as pandas reads a CSV in memory
+        out[c] = pa.string() if c in text or temporal else pa.float64() if pa.types.is_null(kind) else kind
     return out
 
 

@@ -484,3 +484,24 @@ def test_csv_missing_markers_are_missing_values_streamed_as_in_memory(tmp_path: 
                      "--output", str(tmp_path / "scored"), "--json")  # fmt: skip
     assert scored.returncode == 0, scored.stderr
     assert pq.read_table(tmp_path / "scored").num_rows == len(frame)
+
+
+def test_a_csv_column_of_dates_is_text_streamed_as_in_memory(tmp_path: Path) -> None:
+    """pyarrow would type ``2026-01-01 08:30:00`` cells as timestamps (refused as a feature); pandas reads them as
+    text in memory: the streamed run reads them as text too, so both runs fit the same string column."""
+    from exporter.export import pipeline
+
+    frame = D.synthetic_dataset(2000, seed=13).drop(columns=["watch_time", "gmv"])
+    frame["day"] = (pd.Timestamp("2026-01-01 08:30") + pd.to_timedelta(frame.index % 7, unit="D")).astype(str)
+    path = tmp_path / "log.csv"
+    frame.to_csv(path, index=False)
+    found = {}
+    for mode in ("on", "off"):
+        params = ExportParams(
+            "xgb", data_path=path, streaming=mode, artifacts=tmp_path / mode, progress=False,
+            hparams={"n_estimators": 5, "refit": False}, feature_columns=["item_ctr", "day"],
+        )  # fmt: skip
+        meta = pipeline.run(params).artifacts[0].metadata
+        found[mode] = next(f for f in meta["features"] if f["name"] == "day")
+    assert found["on"]["dtype"] == found["off"]["dtype"] == "string"
+    assert found["on"]["vocab_size"] == found["off"]["vocab_size"] == 7
