@@ -200,7 +200,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
         if suffix in (".csv", ".txt", ".gz") or suffix == "":
-            return pd.read_csv(path)
+            frame = pd.read_csv(path)
+            from exporter.training.sources import check_csv_header
+
+            check_csv_header(path, list(frame.columns))
+            return frame
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         raise ExporterError(f"cannot read data file {path}: {exc}".splitlines()[0]) from exc
     raise ExporterError(f"unsupported data file type '{suffix}' for {path}: expected .csv or .parquet")

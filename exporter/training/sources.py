@@ -13,6 +13,7 @@ import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -179,9 +180,31 @@ def _csv_header(path: str) -> list[str]:
     """Column names from a CSV header row (reads one small block)."""
     try:
         with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 20)) as reader:
-            return list(reader.schema.names)
+            names = list(reader.schema.names)
     except (pa.ArrowException, OSError) as exc:
         raise ExporterError(f"{path}: not a readable CSV file with a header row ({_short(exc)})") from None
+    check_csv_header(path, names)
+    return names
+
+
+#: separators of a CSV written for another locale or tool, which a comma-separated reader sees as one column
+_OTHER_CSV_SEPARATORS = (";", "\t")
+
+
+def check_csv_header(path: str | os.PathLike[str], names: Sequence[Any]) -> None:
+    """A header read as one column whose name holds ``;`` or a tab is a file separated by them: say so, instead
+    of a missing column listing one long name."""
+    if len(names) != 1:
+        return
+    name = str(names[0])
+    for sep in _OTHER_CSV_SEPARATORS:
+        if name.count(sep) >= 1:
+            shown = "a tab" if sep == "\t" else repr(sep)
+            raise ExporterError(
+                f"{path}: the header row is one column, {name[:80]!r}{'...' if len(name) > 80 else ''}: the file "
+                f"is separated by {shown}, and CSV data here is comma-separated; write it with ',' (pandas: "
+                "to_csv(path, index=False); Excel: CSV UTF-8 (Comma delimited)) or as Parquet"
+            )
 
 
 def file_schema(f: InputFile) -> pa.Schema:

@@ -505,3 +505,20 @@ def test_a_csv_column_of_dates_is_text_streamed_as_in_memory(tmp_path: Path) -> 
         found[mode] = next(f for f in meta["features"] if f["name"] == "day")
     assert found["on"]["dtype"] == found["off"]["dtype"] == "string"
     assert found["on"]["vocab_size"] == found["off"]["vocab_size"] == 7
+
+
+@pytest.mark.parametrize("sep, named", [(";", "';'"), ("\t", "a tab")])
+def test_a_csv_separated_by_another_character_is_named_so_in_memory_streamed_and_scored(
+    tmp_path: Path, sep: str, named: str
+) -> None:
+    path = tmp_path / "log.csv"
+    D.synthetic_dataset(300, seed=3).to_csv(path, index=False, sep=sep)
+    for mode in ("on", "off"):
+        done = run_cli("export", "xgb", "--data", str(path), "--streaming", mode, "--artifacts", str(tmp_path / mode))
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"the header row is one column, 'item_ctr{sep}item_cvr" in done.stderr.replace("\\t", "\t")
+        assert f"the file is separated by {named}, and CSV data here is comma-separated" in done.stderr
+    from exporter.scoring.inputs import file_schema, resolve_inputs  # what score reads a file's columns with
+
+    with pytest.raises(ExporterError, match=f"separated by {named}"):
+        file_schema(resolve_inputs(str(path))[0])
