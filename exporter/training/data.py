@@ -7,6 +7,7 @@ torch or xgboost.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -201,9 +202,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_parquet(path)
         if suffix in (".csv", ".txt", ".gz") or suffix == "":
             frame = pd.read_csv(path)
-            from exporter.training.sources import check_csv_header
+            names = [str(c) for c in frame.columns]
+            renamed = any(n.rsplit(".", 1)[0] in names for n in names if re.fullmatch(r".+\.[0-9]+", n))
+            if len(names) == 1 or renamed:  # one column, or pandas renamed a repeated name x to x.1: check the header
+                from exporter.training.sources import csv_header
 
-            check_csv_header(path, list(frame.columns))
+                csv_header(str(path))
             return frame
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         raise ExporterError(f"cannot read data file {path}: {exc}".splitlines()[0]) from exc

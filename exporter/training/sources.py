@@ -164,7 +164,7 @@ def _type_change(exc: BaseException, path: str, after: int) -> CsvTypeChange | N
     found = _CONVERSION.search(str(exc))
     if found is None:
         return None
-    header = _csv_header(path)
+    header = csv_header(path)
     index = int(found.group(1))
     if index >= len(header):
         return None
@@ -176,10 +176,14 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _csv_header(path: str) -> list[str]:
+def csv_header(path: str) -> list[str]:
     """Column names from a CSV header row (reads one small block)."""
     try:
-        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 20)) as reader:
+        with pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 20),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        ) as reader:
             names = list(reader.schema.names)
     except (pa.ArrowException, OSError) as exc:
         raise ExporterError(f"{path}: not a readable CSV file with a header row ({_short(exc)})") from None
@@ -192,8 +196,15 @@ _OTHER_CSV_SEPARATORS = (";", "\t")
 
 
 def check_csv_header(path: str | os.PathLike[str], names: Sequence[Any]) -> None:
-    """A header read as one column whose name holds ``;`` or a tab is a file separated by them: say so, instead
-    of a missing column listing one long name."""
+    """A header that names a column twice is refused (pandas would rename one, pyarrow keep both); a header read
+    as one column whose name holds ``;`` or a tab is a file separated by them: say so, instead of a missing
+    column listing one long name."""
+    twice = sorted({str(n) for n in names if list(names).count(n) > 1})
+    if twice:
+        raise ExporterError(
+            f"{path}: the header row names column(s) {', '.join(repr(n) for n in twice[:5])} more than once; "
+            "every column needs a name of its own"
+        )
     if len(names) != 1:
         return
     name = str(names[0])
@@ -214,7 +225,7 @@ def file_schema(f: InputFile) -> pa.Schema:
             return pq.read_schema(f.path)
         except (pa.ArrowException, OSError) as exc:
             raise ExporterError(f"{f.path}: not a readable Parquet file ({_short(exc)})") from None
-    return pa.schema([(name, pa.string()) for name in _csv_header(f.path)])
+    return pa.schema([(name, pa.string()) for name in csv_header(f.path)])
 
 
 class _CountingFile:

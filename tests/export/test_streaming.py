@@ -522,3 +522,18 @@ def test_a_csv_separated_by_another_character_is_named_so_in_memory_streamed_and
 
     with pytest.raises(ExporterError, match=f"separated by {named}"):
         file_schema(resolve_inputs(str(path))[0])
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused_in_memory_and_streamed(tmp_path: Path) -> None:
+    """pandas renames the second item_ctr to item_ctr.1 and pyarrow keeps both (a KeyError deep in pass 1 before):
+    both paths refuse the file naming the column; a real column named like pandas' renaming is left alone."""
+    frame = D.synthetic_dataset(300, seed=4)
+    frame.insert(1, "item_ctr.1", frame["item_ctr"])
+    frame.to_csv(tmp_path / "fine.csv", index=False)
+    (tmp_path / "twice.csv").write_text((tmp_path / "fine.csv").read_text().replace("item_ctr.1", "item_ctr", 1))
+    for mode in ("on", "off"):
+        done = run_cli("export", "xgb", "--data", str(tmp_path / "twice.csv"), "--streaming", mode,
+                       "--artifacts", str(tmp_path / mode))  # fmt: skip
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "the header row names column(s) 'item_ctr' more than once" in done.stderr
+    assert list(D.read_table(tmp_path / "fine.csv").columns[:2]) == ["item_ctr", "item_ctr.1"]
