@@ -42,7 +42,7 @@ from exporter.training import hparams as H
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training import stream_scan as SS
-from exporter.training.sources import CsvTypeChange, InputFile, resolve_inputs
+from exporter.training.sources import CsvTypeChange, InputFile, csv_types, resolve_inputs
 
 #: ``--streaming auto`` streams a table of more cells (estimated rows x columns) than this: about 770,000 rows
 #: of the 13-column click log, ~1.3 GB once read into pandas and prepared (1.75 KB per row measured)
@@ -158,7 +158,7 @@ def _head(reader: SS.StreamReader, files: Sequence[InputFile]) -> pd.DataFrame:
     look at (the in-memory path looks at the whole table)."""
     for f in files:
         names = SS.file_schema(f).names
-        sub = SS.StreamReader([f], names, reader.seed, types=SS.csv_types([f], names))
+        sub = SS.StreamReader([f], names, reader.seed, types=csv_types([f], names))
         for batch in sub.batches():
             return batch.frame
     raise ExporterError(f"data {', '.join(f.path for f in files[:3])}: every file is empty (no rows to train on)")
@@ -225,7 +225,7 @@ def prepare_streaming(
     # read whole would; pass 1 starts again (once per such column) with the types pass 2 reads with too
     ids = {s.name for s in specs if s.kind == F.CATEGORICAL} | set(shared)
     while True:
-        reader = SS.StreamReader(files, read, params.seed, key=key, types=SS.csv_types(files, read, text=text))
+        reader = SS.StreamReader(files, read, params.seed, key=key, types=csv_types(files, read, text=text))
         try:
             with progress_bar(total, "pass 1: scan and fit the features", enabled=params.progress, unit="row") as bar:
                 scanned = SS.scan(

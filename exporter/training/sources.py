@@ -26,6 +26,7 @@ __all__ = [
     "InputFile",
     "SourceBatch",
     "resolve_inputs",
+    "csv_types",
     "file_schema",
     "iter_batches",
     "total_rows",
@@ -216,6 +217,31 @@ def check_csv_header(path: str | os.PathLike[str], names: Sequence[Any]) -> None
                 f"is separated by {shown}, and CSV data here is comma-separated; write it with ',' (pandas: "
                 "to_csv(path, index=False); Excel: CSV UTF-8 (Comma delimited)) or as Parquet"
             )
+
+
+def csv_types(
+    files: Sequence[InputFile], columns: Sequence[str], *, text: Sequence[str] = ()
+) -> dict[str, pa.DataType] | None:
+    """CSV column types inferred from the first file's first block, then imposed on every file, so a column
+    means the same in every file and every batch (a value that does not parse later is an error naming it).
+    ``text`` columns (histories: ``12|7|99``) are read as text whatever their first block holds."""
+    first = next((f for f in files if f.format == "csv"), None)
+    if first is None:
+        return None
+    try:
+        missing = pacsv.ConvertOptions(null_values=list(CSV_MISSING), strings_can_be_null=True)
+        with pacsv.open_csv(
+            first.path, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=missing
+        ) as reader:
+            schema = reader.schema
+    except (pa.ArrowException, OSError) as exc:
+        raise ExporterError(f"{first.path}: not a readable CSV file with a header row ({_short(exc)})") from None
+    out: dict[str, pa.DataType] = {}
+    for c in columns:
+        kind = schema.field(c).type if schema.get_field_index(c) >= 0 else pa.string()
+        temporal = pa.types.is_temporal(kind)  # dates read as text, as pandas reads a CSV in memory
+        out[c] = pa.string() if c in text or temporal else pa.float64() if pa.types.is_null(kind) else kind
+    return out
 
 
 def file_schema(f: InputFile) -> pa.Schema:

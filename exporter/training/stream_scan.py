@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from exporter import features as F
@@ -40,7 +39,7 @@ from exporter.features.schema import read_column
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training.sketch import MEDIAN_RANK_ERROR, SKETCH_CAPACITY, NumericSummary, ValueCounter
-from exporter.training.sources import CSV_MISSING, InputFile, file_schema, short_error
+from exporter.training.sources import InputFile, file_schema, short_error
 from exporter.training.stream_fit import numeric_from_stats, with_histories
 
 #: rows of one record batch read from a file
@@ -75,31 +74,6 @@ def located(first: int) -> Iterator[None]:
     except ExporterError as exc:
         text = re.sub(r"\brow (\d+)", lambda m: f"row {int(m.group(1)) + first}", str(exc), count=1)
         raise type(exc)(text) from None
-
-
-def csv_types(
-    files: Sequence[InputFile], columns: Sequence[str], *, text: Sequence[str] = ()
-) -> dict[str, pa.DataType] | None:
-    """CSV column types inferred from the first file's first block, then imposed on every file, so a column
-    means the same in every file and every batch (a value that does not parse later is an error naming it).
-    ``text`` columns (histories: ``12|7|99``) are read as text whatever their first block holds."""
-    first = next((f for f in files if f.format == "csv"), None)
-    if first is None:
-        return None
-    try:
-        missing = pacsv.ConvertOptions(null_values=list(CSV_MISSING), strings_can_be_null=True)
-        with pacsv.open_csv(
-            first.path, read_options=pacsv.ReadOptions(block_size=1 << 22), convert_options=missing
-        ) as reader:
-            schema = reader.schema
-    except (pa.ArrowException, OSError) as exc:
-        raise ExporterError(f"{first.path}: not a readable CSV file with a header row ({short_error(exc)})") from None
-    out: dict[str, pa.DataType] = {}
-    for c in columns:
-        kind = schema.field(c).type if schema.get_field_index(c) >= 0 else pa.string()
-        temporal = pa.types.is_temporal(kind)  # dates read as text, as pandas reads a CSV in memory
-        out[c] = pa.string() if c in text or temporal else pa.float64() if pa.types.is_null(kind) else kind
-    return out
 
 
 def check_files(files: Sequence[InputFile], columns: Sequence[str], *, where: str) -> None:

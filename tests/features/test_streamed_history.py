@@ -93,8 +93,7 @@ def test_xgb_refuses_a_history_before_reading_the_table(tmp_path):
 def test_a_csv_history_column_is_read_as_text_whatever_its_first_block_holds(tmp_path):
     """A CSV whose first block holds single IDs (``12``) or nothing would type the column as numbers, and a later
     ``12|7`` would not parse: pass 1 reads a history column as text."""
-    from exporter.training.sources import InputFile
-    from exporter.training.stream_scan import csv_types
+    from exporter.training.sources import InputFile, csv_types
 
     path = tmp_path / "log.csv"
     pd.DataFrame({"hist_items": [12, None, 7], "empty": [None] * 3}).to_csv(path, index=False)

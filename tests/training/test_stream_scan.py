@@ -17,7 +17,7 @@ from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training import stream_scan as SS
 from exporter.training.sketch import NumericSummary, QuantileSketch, ValueCounter
-from exporter.training.sources import resolve_inputs
+from exporter.training.sources import csv_types, resolve_inputs
 
 
 def test_sketch_is_exact_below_its_capacity_and_close_beyond() -> None:
@@ -164,7 +164,7 @@ def test_csv_files_stream_like_the_same_rows_in_parquet(tmp_path: Path) -> None:
     results = []
     for name in ("pq", "csv"):
         files = resolve_inputs(str(tmp_path / name), option="--data")
-        reader = SS.StreamReader(files, read, 0, batch_rows=400, types=SS.csv_types(files, read))
+        reader = SS.StreamReader(files, read, 0, batch_rows=400, types=csv_types(files, read))
         results.append(
             SS.scan(reader, I.default_specs(), {}, {"label": "label"}, {"label": "binary"}, limit=1e20, framework="t")
         )
