@@ -391,22 +391,11 @@ def test_positive_class_and_excluded_columns_on_spark(spark, tmp_path: Path) -> 
     assert not (tmp_path / "bad" / "xgb").exists()
 
 
-@pytest.mark.slow
-def test_a_history_of_string_ids_trains_on_spark_with_the_plan_a_streamed_run_fits(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The executors count the history's items; the driver fits the same vocabulary and statistics a streamed
-    run fits on the same Parquet files (which hold out the same rows), and the export passes its parity gate."""
-    from exporter import features as F
+def _history_on_spark_and_streamed(root: Path, tmp_path: Path) -> tuple[dict[str, Path], dict[str, list[Any]]]:
+    """deepfm with the history column ``recent`` trained on Spark and streamed from the same files: each engine's
+    version and the metadata entries of the history."""
     from exporter.training import inputs as I
 
-    frame = synthetic_dataset(3000, 3)
-    frame["ts"] = np.arange(len(frame))
-    frame["item_id"] = "item-" + frame["item_id"].astype(str)
-    frame["recent"] = F.build_history(frame, "user_id", "item_id", "ts", 5, positive="label")
-    root = tmp_path / "log"
-    root.mkdir()
-    for i in range(2):
-        part = frame.iloc[i * 1500 : (i + 1) * 1500]
-        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), root / f"part-{i}.parquet")
     schema = {
         "label": "label",
         "features": [*(s.to_dict() for s in I.default_specs()), {"name": "recent", "kind": "history", "max_length": 5}],
@@ -423,6 +412,25 @@ def test_a_history_of_string_ids_trains_on_spark_with_the_plan_a_streamed_run_fi
         engine: [e for e in json.loads((v / "metadata.json").read_text())["features"] if e["name"].startswith("recent")]
         for engine, v in versions.items()
     }
+    return versions, entries
+
+
+@pytest.mark.slow
+def test_a_history_of_string_ids_trains_on_spark_with_the_plan_a_streamed_run_fits(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The executors count the history's items; the driver fits the same vocabulary and statistics a streamed
+    run fits on the same Parquet files (which hold out the same rows), and the export passes its parity gate."""
+    from exporter import features as F
+
+    frame = synthetic_dataset(3000, 3)
+    frame["ts"] = np.arange(len(frame))
+    frame["item_id"] = "item-" + frame["item_id"].astype(str)
+    frame["recent"] = F.build_history(frame, "user_id", "item_id", "ts", 5, positive="label")
+    root = tmp_path / "log"
+    root.mkdir()
+    for i in range(2):
+        part = frame.iloc[i * 1500 : (i + 1) * 1500]
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), root / f"part-{i}.parquet")
+    versions, entries = _history_on_spark_and_streamed(root, tmp_path)
     assert len(entries["spark"]) == 5 and entries["spark"] == entries["streaming"]
     assert entries["spark"][0]["dtype"] == "string" and entries["spark"][0]["stats"]["mean_length"] > 1
     vocab = {engine: json.loads((v / "vocab.json").read_text()) for engine, v in versions.items()}
@@ -440,7 +448,6 @@ def test_a_history_with_text_ids_beyond_the_drivers_sample_trains_as_a_string_hi
     makes it a history of string IDs, as the streamed run on the same files fits it."""
     from exporter import features as F
     from exporter.export import spark_train
-    from exporter.training import inputs as I
 
     frame = synthetic_dataset(3000, 4)
     frame["ts"] = np.arange(len(frame))
@@ -462,22 +469,7 @@ def test_a_history_with_text_ids_beyond_the_drivers_sample_trains_as_a_string_hi
 
     holds_strings = F.history_holds_strings
     monkeypatch.setattr(F, "history_holds_strings", guess)
-    schema = {
-        "label": "label",
-        "features": [*(s.to_dict() for s in I.default_specs()), {"name": "recent", "kind": "history", "max_length": 5}],
-    }
-    versions = {}
-    for engine in ("spark", "streaming"):
-        params = dataclasses.replace(_params("deepfm", root, tmp_path / engine, epochs=1, refit=False), schema=schema)
-        if engine == "spark":
-            run_spark(params, SparkOptions("local[2]", 2))
-        else:
-            pipeline.run(dataclasses.replace(params, streaming="on"))
-        versions[engine] = tmp_path / engine / "deepfm" / "1"
-    entries = {
-        engine: [e for e in json.loads((v / "metadata.json").read_text())["features"] if e["name"].startswith("recent")]
-        for engine, v in versions.items()
-    }
+    versions, entries = _history_on_spark_and_streamed(root, tmp_path)
     assert guessed == [False]  # the driver's sample: integer items
     assert entries["spark"] == entries["streaming"] and entries["spark"][0]["dtype"] == "string"
     vocab = {engine: json.loads((v / "vocab.json").read_text())["recent"] for engine, v in versions.items()}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -419,25 +420,33 @@ def _csv_with_late_text(tmp_path: Path, column: str, value: str) -> Path:
     return path
 
 
-def test_an_id_column_whose_later_rows_hold_text_is_read_as_string_ids_streamed_as_in_memory(tmp_path: Path) -> None:
-    """item_id holds numbers in the rows that type the CSV's columns and SKUs later: the streamed run reads it as
-    text (pass 1 again), as the in-memory run reads the whole file, instead of stopping at the first SKU."""
+def _xgb_features_on_both_paths(path: Path, tmp_path: Path, columns: list[str], **extra: Any) -> dict[str, dict]:
+    """A small xgb export of ``columns`` from ``path``, streamed and in memory: each path's metadata ``features`` by
+    name (the export's parity gate passed, or it would have raised)."""
     from exporter.export import pipeline
 
-    path = _csv_with_late_text(tmp_path, "item_id", "sku-{}")
-    columns = ["item_ctr", "item_price", "user_id", "item_id"]
-    lines: list[str] = []
     found = {}
     for mode in ("on", "off"):
         params = ExportParams(
             "xgb", data_path=path, streaming=mode, artifacts=tmp_path / mode, progress=False,
-            hparams={"n_estimators": 10, "refit": False}, feature_columns=columns, log=lines.append,
+            hparams={"n_estimators": 5, "refit": False}, feature_columns=columns, **extra,
         )  # fmt: skip
         meta = pipeline.run(params).artifacts[0].metadata
-        found[mode] = next(f for f in meta["features"] if f["name"] == "item_id")
         assert meta["parity"]["passed"], mode
-    assert found["on"]["dtype"] == found["off"]["dtype"] == "string"
-    assert found["on"]["vocab_size"] > 100
+        found[mode] = {f["name"]: f for f in meta["features"]}
+    return found
+
+
+def test_an_id_column_whose_later_rows_hold_text_is_read_as_string_ids_streamed_as_in_memory(tmp_path: Path) -> None:
+    """item_id holds numbers in the rows that type the CSV's columns and SKUs later: the streamed run reads it as
+    text (pass 1 again), as the in-memory run reads the whole file, instead of stopping at the first SKU."""
+    path = _csv_with_late_text(tmp_path, "item_id", "sku-{}")
+    lines: list[str] = []
+    found = _xgb_features_on_both_paths(
+        path, tmp_path, ["item_ctr", "item_price", "user_id", "item_id"], log=lines.append
+    )
+    assert found["on"]["item_id"]["dtype"] == found["off"]["item_id"]["dtype"] == "string"
+    assert found["on"]["item_id"]["vocab_size"] > 100
     assert any("categorical column 'item_id' holds text IDs ('sku-" in line for line in lines)
 
 
@@ -454,7 +463,6 @@ def test_a_numeric_column_whose_later_rows_hold_text_is_an_error_naming_column_a
 def test_csv_missing_markers_are_missing_values_streamed_as_in_memory(tmp_path: Path) -> None:
     """NA, null, n/a, None ... (pandas.read_csv's markers, an R export's NA) are missing values in a streamed
     run as in the in-memory one: the same statistics, not an error or a category named "NA"."""
-    from exporter.export import pipeline
     from exporter.training.sources import CSV_MISSING
 
     frame = D.synthetic_dataset(3000, seed=12).drop(columns=["watch_time", "gmv"])
@@ -467,15 +475,7 @@ def test_csv_missing_markers_are_missing_values_streamed_as_in_memory(tmp_path: 
         frame.loc[frame.index % 40 == k, "item_category"] = marker
     path = tmp_path / "log.csv"
     frame.to_csv(path, index=False)
-    found = {}
-    for mode in ("on", "off"):
-        params = ExportParams(
-            "xgb", data_path=path, streaming=mode, artifacts=tmp_path / mode, progress=False,
-            hparams={"n_estimators": 5, "refit": False},
-            feature_columns=["item_ctr", "item_price", "item_category"],
-        )  # fmt: skip
-        meta = pipeline.run(params).artifacts[0].metadata
-        found[mode] = {f["name"]: f for f in meta["features"]}
+    found = _xgb_features_on_both_paths(path, tmp_path, ["item_ctr", "item_price", "item_category"])
     for column, share in (("item_price", 6 / 50), ("item_category", 6 / 40)):
         on, off = found["on"][column], found["off"][column]
         assert on["stats"]["missing_rate"] == off["stats"]["missing_rate"] == pytest.approx(share, abs=0.02)
@@ -489,22 +489,14 @@ def test_csv_missing_markers_are_missing_values_streamed_as_in_memory(tmp_path: 
 def test_a_csv_column_of_dates_is_text_streamed_as_in_memory(tmp_path: Path) -> None:
     """pyarrow would type ``2026-01-01 08:30:00`` cells as timestamps (refused as a feature); pandas reads them as
     text in memory: the streamed run reads them as text too, so both runs fit the same string column."""
-    from exporter.export import pipeline
 
     frame = D.synthetic_dataset(2000, seed=13).drop(columns=["watch_time", "gmv"])
     frame["day"] = (pd.Timestamp("2026-01-01 08:30") + pd.to_timedelta(frame.index % 7, unit="D")).astype(str)
     path = tmp_path / "log.csv"
     frame.to_csv(path, index=False)
-    found = {}
-    for mode in ("on", "off"):
-        params = ExportParams(
-            "xgb", data_path=path, streaming=mode, artifacts=tmp_path / mode, progress=False,
-            hparams={"n_estimators": 5, "refit": False}, feature_columns=["item_ctr", "day"],
-        )  # fmt: skip
-        meta = pipeline.run(params).artifacts[0].metadata
-        found[mode] = next(f for f in meta["features"] if f["name"] == "day")
-    assert found["on"]["dtype"] == found["off"]["dtype"] == "string"
-    assert found["on"]["vocab_size"] == found["off"]["vocab_size"] == 7
+    found = _xgb_features_on_both_paths(path, tmp_path, ["item_ctr", "day"])
+    assert found["on"]["day"]["dtype"] == found["off"]["day"]["dtype"] == "string"
+    assert found["on"]["day"]["vocab_size"] == found["off"]["day"]["vocab_size"] == 7
 
 
 @pytest.mark.parametrize("sep, named", [(";", "';'"), ("\t", "a tab")])

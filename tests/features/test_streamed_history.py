@@ -43,6 +43,16 @@ def export(tmp_path: Path, data: Path, schema: dict, streaming: str, model: str 
     return done, artifacts / model / "1"
 
 
+def export_both(tmp_path: Path, data: Path, schema: dict) -> dict[str, Path]:
+    """The deepfm version exported streamed (``on``) and in memory (``off``) from the same data."""
+    runs = {}
+    for streaming in ("on", "off"):
+        done, version = export(tmp_path, data, schema, streaming)
+        assert done.returncode == 0, done.stderr
+        runs[streaming] = version
+    return runs
+
+
 def history_entries(version: Path) -> list[dict]:
     meta = json.loads((version / "metadata.json").read_text())
     return [e for e in meta["features"] if e["name"].startswith("hist_items[")]
@@ -64,11 +74,7 @@ def test_a_streamed_run_fits_the_history_an_in_memory_run_fits(tmp_path, fmt, st
     data = log_file(tmp_path, fmt, strings)
     schema = {"label": "label", "features": [*features, {"name": "hist_items", "kind": "history", "max_length": 5,
                                                          **history}]}  # fmt: skip
-    runs = {}
-    for streaming in ("on", "off"):
-        done, version = export(tmp_path, data, schema, streaming)
-        assert done.returncode == 0, done.stderr
-        runs[streaming] = version
+    runs = export_both(tmp_path, data, schema)
     streamed, in_memory = history_entries(runs["on"]), history_entries(runs["off"])
     assert len(streamed) == 5 and streamed == in_memory  # dtype, vocabulary size, statistics, vocabulary file key
     assert streamed[0]["dtype"] == ("string" if strings else "int64") and streamed[0]["stats"]["mean_length"] > 1
@@ -121,11 +127,7 @@ def test_a_history_whose_first_part_holds_integer_ids_and_a_later_one_text_is_a_
     log.iloc[600:].to_parquet(data / "part-1.parquet", index=False)
     assert not F.holds_strings(log.iloc[:600], F.FeatureSpec("hist_items", F.HISTORY))
     schema = {"label": "label", "features": [*DEFAULTS, {"name": "hist_items", "kind": "history", "max_length": 5}]}
-    runs = {}
-    for streaming in ("on", "off"):
-        done, version = export(tmp_path, data, schema, streaming)
-        assert done.returncode == 0, done.stderr
-        runs[streaming] = version
+    runs = export_both(tmp_path, data, schema)
     streamed, in_memory = history_entries(runs["on"]), history_entries(runs["off"])
     assert streamed == in_memory and streamed[0]["dtype"] == "string"
     vocab = [json.loads((v / "vocab.json").read_text())["hist_items"] for v in runs.values()]
