@@ -25,6 +25,7 @@ from exporter.training.sources import (
     SourceBatch,
     file_schema,
     iter_batches,
+    repeated_columns,
     resolve_inputs,
     total_rows,
 )
@@ -52,11 +53,7 @@ def check_inputs(files: Sequence[InputFile], plan: EncodingPlan, keep: Sequence[
         schema = file_schema(f)
         repeated = [c for c in dict.fromkeys([*plan.names, *keep]) if schema.get_all_field_indices(c)[1:]]
         if repeated:
-            raise ExporterError(
-                f"{f.path}: column{'s' if len(repeated) > 1 else ''} {', '.join(json.dumps(c) for c in repeated)} "
-                f"appear{'' if len(repeated) > 1 else 's'} more than once in the "
-                f"{'header' if f.format == 'csv' else 'schema'}; expected each column once"
-            )
+            raise repeated_columns(f.path, repeated, f.format)
         problems = check_schema(schema, plan)
         missing_keep = [c for c in keep if schema.get_field_index(c) < 0]
         if missing_keep:

@@ -8,6 +8,7 @@ the shared reader lives here, below both, and :mod:`exporter.scoring.inputs` re-
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import stat
@@ -28,6 +29,7 @@ __all__ = [
     "resolve_inputs",
     "csv_types",
     "file_schema",
+    "repeated_columns",
     "iter_batches",
     "total_rows",
     "short_error",
@@ -196,16 +198,18 @@ def csv_header(path: str) -> list[str]:
 _OTHER_CSV_SEPARATORS = (";", "\t")
 
 
+def repeated_columns(path: str | os.PathLike[str], repeated: Sequence[str], fmt: str) -> ExporterError:
+    """The one error for columns a file names more than once (pandas would rename one, pyarrow keeps both)."""
+    return ExporterError(
+        f"{path}: column{'s' if len(repeated) > 1 else ''} {', '.join(json.dumps(c) for c in repeated)} "
+        f"appear{'' if len(repeated) > 1 else 's'} more than once in the "
+        f"{'header' if fmt == 'csv' else 'schema'}; expected each column once"
+    )
+
+
 def check_csv_header(path: str | os.PathLike[str], names: Sequence[Any]) -> None:
-    """A header that names a column twice is refused (pandas would rename one, pyarrow keep both); a header read
-    as one column whose name holds ``;`` or a tab is a file separated by them: say so, instead of a missing
-    column listing one long name."""
-    twice = sorted({str(n) for n in names if list(names).count(n) > 1})
-    if twice:
-        raise ExporterError(
-            f"{path}: the header row names column(s) {', '.join(repr(n) for n in twice[:5])} more than once; "
-            "every column needs a name of its own"
-        )
+    """A header read as one column whose name holds ``;`` or a tab is a file separated by them: say so, instead
+    of a missing column listing one long name."""
     if len(names) != 1:
         return
     name = str(names[0])
