@@ -205,12 +205,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
             names = [str(c) for c in frame.columns]
             renamed = any(n.rsplit(".", 1)[0] in names for n in names if re.fullmatch(r".+\.[0-9]+", n))
             if len(names) == 1 or renamed:  # one column, or pandas renamed a repeated name x to x.1: check the header
-                from exporter.training.sources import csv_header, repeated_columns
+                from exporter.training.sources import check_unique_columns, csv_header
 
-                header = csv_header(str(path))
-                repeated = [c for c in dict.fromkeys(header) if header.count(c) > 1]
-                if repeated:
-                    raise repeated_columns(path, repeated, "csv")
+                check_unique_columns(path, csv_header(str(path)), "csv")
             return frame
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         raise ExporterError(f"cannot read data file {path}: {exc}".splitlines()[0]) from exc

@@ -27,6 +27,7 @@ __all__ = [
     "InputFile",
     "SourceBatch",
     "resolve_inputs",
+    "check_unique_columns",
     "csv_types",
     "file_schema",
     "repeated_columns",
@@ -205,6 +206,13 @@ def repeated_columns(path: str | os.PathLike[str], repeated: Sequence[str], fmt:
         f"appear{'' if len(repeated) > 1 else 's'} more than once in the "
         f"{'header' if fmt == 'csv' else 'schema'}; expected each column once"
     )
+
+
+def check_unique_columns(path: str | os.PathLike[str], names: Sequence[str], fmt: str) -> None:
+    """Training reads every column of a file (the default split key hashes them all): none may repeat."""
+    repeated = [c for c in dict.fromkeys(names) if list(names).count(c) > 1]
+    if repeated:
+        raise repeated_columns(path, repeated, fmt)
 
 
 def check_csv_header(path: str | os.PathLike[str], names: Sequence[Any]) -> None:

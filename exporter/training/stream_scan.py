@@ -39,7 +39,7 @@ from exporter.features.schema import read_column
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training.sketch import MEDIAN_RANK_ERROR, SKETCH_CAPACITY, NumericSummary, ValueCounter
-from exporter.training.sources import InputFile, file_schema, repeated_columns, short_error
+from exporter.training.sources import InputFile, check_unique_columns, file_schema, short_error
 from exporter.training.stream_fit import numeric_from_stats, with_histories
 
 #: rows of one record batch read from a file
@@ -80,9 +80,7 @@ def check_files(files: Sequence[InputFile], columns: Sequence[str], *, where: st
     """Every file has every column this run reads; a missing one names the file (exit 2 before any work)."""
     for f in files:
         names = file_schema(f).names
-        repeated = [c for c in dict.fromkeys(names) if names.count(c) > 1]
-        if repeated:  # any column: the default split key hashes them all
-            raise repeated_columns(f.path, repeated, f.format)
+        check_unique_columns(f.path, names, f.format)
         missing = [c for c in columns if c not in names]
         if missing:
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
