@@ -496,9 +496,8 @@ def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
                 "expected a number "
                 "(declare the column categorical to use booleans)"
             )
-        numbers = series.map(
-            lambda v: np.nan if v is None or (isinstance(v, float) and np.isnan(v)) else float(bool(v))
-        )
+        # pd.isna: a nullable ``boolean`` column's missing value is pd.NA, whose truth value raises
+        numbers = series.map(lambda v: np.nan if pd.isna(v) else float(bool(v)))
         return Column("bool", numbers=numbers.to_numpy(dtype=np.float64))
     if not pd.api.types.is_numeric_dtype(series):
         converted = pd.to_numeric(series, errors="coerce")

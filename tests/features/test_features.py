@@ -134,6 +134,18 @@ def test_vocabulary_is_frequency_ordered_with_min_count_and_max_size(frame):
     np.testing.assert_array_equal(prepared, [[2, 2, 6.0, 2], [0, 0, 5.0, 1]])
 
 
+@pytest.mark.parametrize("dtype", ["boolean", object])
+def test_a_boolean_column_with_missing_values_is_an_optional_category(dtype):
+    """pandas reads a Parquet bool column with nulls as ``boolean`` (missing = pd.NA, whose truth value raises)."""
+    flags = pd.Series([True, None, False, True, None, True], dtype=dtype)
+    frame = pd.DataFrame({"flag": flags, "label": [1, 0, 0, 1, 0, 1]})
+    plan = F.fit(frame, [F.FeatureSpec("flag", F.CATEGORICAL, min_count=1)])
+    assert plan["flag"].dtype == "bool" and plan["flag"].keys == [1, 0]
+    assert plan["flag"].stats["missing_rate"] == pytest.approx(2 / 6)
+    raw = plan.encode(frame)
+    np.testing.assert_array_equal(raw[:, 0], [1, np.nan, 0, 1, np.nan, 1])
+
+
 def test_training_rows_only_decide_the_vocabulary(frame):
     plan = F.fit(frame, [F.FeatureSpec("user_id", F.CATEGORICAL, min_count=1)], train_rows=[0, 1, 3])
     assert plan["user_id"].keys == [7, 3]
