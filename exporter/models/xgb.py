@@ -141,8 +141,9 @@ class XGBoostModel(Model):
         self.check_histories([h["name"] for h in (data.features.histories() if data.features is not None else [])])
         columns = list(data.columns)
         params = self.params(data)
-        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
-        dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=columns)
+        names = xgboost_names(columns)
+        dtrain = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=names)
+        dvalid = xgb.DMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=names)
         return self.boost(data, params, dtrain, dvalid)
 
     def refit(self, data: TrainData, first: Trained) -> Trained | None:
@@ -154,7 +155,7 @@ class XGBoostModel(Model):
         if rounds < 1:
             return None
         columns = list(data.columns)
-        dall = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=columns)
+        dall = xgb.DMatrix(data.x_train, label=data.y_train[LABEL], feature_names=xgboost_names(columns))
         booster = xgb.train(self.params(data), dall, num_boost_round=rounds, verbose_eval=False)
         if data.progress is not None:
             data.progress.update(rounds)
@@ -239,11 +240,12 @@ class XGBoostModel(Model):
         n = booster.num_features()
         stored = list(booster.feature_names) if booster.feature_names else None
         if columns is None:
-            if stored is None:
+            # a model this exporter wrote without names (a column named like age<30) has them beside it
+            columns = stored or _meta_columns(path.parent / FEATURE_META) or None
+            if columns is None:
                 raise ExporterError(
                     f"xgboost model {path} stores no feature names: pass --feature-meta with its feature_columns"
                 )
-            columns = stored
         columns = list(columns)
         if len(columns) != n:
             raise ExporterError(
@@ -253,7 +255,7 @@ class XGBoostModel(Model):
             raise ExporterError(
                 f"feature-meta columns {columns} differ from the names stored in xgboost model {path}: {stored}"
             )
-        booster.feature_names = columns
+        booster.feature_names = xgboost_names(columns)
         used = {"n_estimators": booster.num_boosted_rounds(), "objective": objective, "source_file": str(path)}
         return self._trained(booster, columns, used, [], _plan_beside(path, columns))
 
@@ -305,7 +307,7 @@ class XGBoostModel(Model):
 
         booster = xgb.Booster()
         booster.load_model(str(Path(version_dir) / "model.ubj"))
-        columns = list(booster.feature_names or [])
+        columns = list(booster.feature_names or _meta_columns(Path(version_dir) / FEATURE_META))
         plan = _plan_beside(Path(version_dir) / "model.ubj", columns)
         if plan is None:
             return lambda x: np.asarray(booster.inplace_predict(x), dtype=np.float64)
@@ -326,7 +328,7 @@ def keep_best_round(
     end here."""
     rounds = booster.num_boosted_rounds()
     kept = booster[: best + 1]
-    kept.feature_names = list(columns) if columns is not None else None
+    kept.feature_names = xgboost_names(columns) if columns is not None else None
     stopping = {
         "monitor": "validation_logloss",
         "best_round": best + 1,
@@ -347,6 +349,23 @@ def _native(booster: Any) -> Callable[[np.ndarray], np.ndarray]:
         return np.asarray(booster.inplace_predict(np.ascontiguousarray(x, dtype=np.float64)), dtype=np.float64)
 
     return native
+
+
+def xgboost_names(columns: Sequence[str]) -> list[str] | None:
+    """The feature names a booster stores: the columns, or none at all (XGBoost then says f0, f1, ...) when a
+    column's name holds a character XGBoost refuses in one (``[``, ``]``, ``<``: ``age<30``); feature_meta.json
+    beside model.ubj names the columns either way."""
+    return None if any(c in name for name in columns for c in "[]<") else list(columns)
+
+
+def _meta_columns(meta_file: Path) -> list[str]:
+    """feature_meta.json's columns (for a booster stored without names), or none when it cannot be read."""
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    columns = meta.get("feature_columns") if isinstance(meta, dict) else None
+    return [str(c) for c in columns] if isinstance(columns, list) else []
 
 
 def _plan_beside(path: Path, columns: list[str]) -> FeaturePlan | None:

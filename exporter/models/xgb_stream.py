@@ -15,7 +15,7 @@ import numpy as np
 
 from exporter.models.base import Trained
 from exporter.models.streamed import Chunk, StreamTrainData
-from exporter.models.xgb import XGBoostModel
+from exporter.models.xgb import XGBoostModel, xgboost_names
 from exporter.training.data import LABEL
 
 
@@ -24,7 +24,7 @@ def train_stream(model: XGBoostModel, stream: StreamTrainData, on_pass: Callable
     import xgboost as xgb
 
     data = stream.data
-    columns = list(data.columns)
+    names = xgboost_names(list(data.columns))
 
     class _Batches(xgb.DataIter):
         def __init__(self) -> None:
@@ -45,11 +45,11 @@ def train_stream(model: XGBoostModel, stream: StreamTrainData, on_pass: Callable
                 x, y = next(self._it)
             except StopIteration:
                 return False
-            input_data(data=x, label=np.asarray(y[LABEL], dtype=np.float32), feature_names=columns)
+            input_data(data=x, label=np.asarray(y[LABEL], dtype=np.float32), feature_names=names)
             return True
 
     params = model.params(data)
     batches = _Batches()
     dtrain = xgb.QuantileDMatrix(batches, max_bin=256, nthread=int(params["nthread"]))
-    dheld = xgb.QuantileDMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=columns, ref=dtrain, max_bin=256)
+    dheld = xgb.QuantileDMatrix(data.x_valid, label=data.y_valid[LABEL], feature_names=names, ref=dtrain, max_bin=256)
     return model.boost(data, params, dtrain, dheld)

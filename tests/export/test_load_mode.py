@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import xgboost as xgb
 
@@ -213,3 +214,34 @@ def test_a_loaded_checkpoint_has_its_denormal_weights_zeroed(exported_artifacts,
         keep = value.abs() >= opt.flush_below(value.dtype) if value.is_floating_point() else None
         if keep is not None:
             torch.testing.assert_close(state[key][keep], value[keep], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("streaming", ["off", "on"])
+def test_columns_named_with_characters_xgboost_refuses_train_export_and_load(tmp_path, streaming):
+    """XGBoost refuses '[', ']' and '<' in feature names (``age<30`` is a common column name): the booster is stored
+    without names, feature_meta.json beside it names the columns, and load mode reads them from there."""
+    from tests.conftest import export_small
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    frame = pd.DataFrame(
+        {"user_id": rng.integers(0, 50, n), "age<30": rng.integers(0, 2, n), "a[0]": rng.normal(size=n)}
+    )
+    frame["label"] = ((frame["age<30"] + rng.normal(size=n)) > 0.8).astype(int)
+    frame.to_parquet(tmp_path / "log.parquet")
+    run = export_small("xgb", tmp_path / "art", data_path=tmp_path / "log.parquet", streaming=streaming)
+    version = run.artifacts[0].path
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["feature_columns"] == ["user_id", "age<30", "a[0]"] and meta["parity"]["passed"]
+    top = meta["evaluation"]["feature_importance"]["heads"]["label"]["top"]
+    assert top[0]["column"] == "age<30"  # gain by the column's own name, not f1
+
+    result = run_cli(
+        "export", "xgb", "--mode", "load", "--checkpoint", str(version / "model.ubj"),
+        "--data", str(tmp_path / "log.parquet"), "--artifacts", str(tmp_path / "again"), "--quiet", "--no-tracking",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    again = tmp_path / "again" / "xgb" / "1"
+    assert json.loads((again / "metadata.json").read_text())["feature_columns"] == meta["feature_columns"]
+    x = frame[meta["feature_columns"]].to_numpy(dtype=np.float64)[:100]
+    np.testing.assert_allclose(_onnx_predict(again, x), _onnx_predict(version, x), atol=1e-6)
