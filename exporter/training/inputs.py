@@ -84,10 +84,27 @@ def choose_columns(
         raise ExporterError(
             f"{source}: no feature columns: the table holds only label columns ({', '.join(map(str, frame.columns))})"
         )
-    return columns, (
-        f"the data has none of the default columns: every column but the label(s) "
-        f"{', '.join(sorted(set(labels)))} is a feature{note}"
+    _check_named(frame, columns, source)
+    held = (
+        f"{len(present)} of the {len(defaults)} default columns (fewer than half)"
+        if present
+        else "none of the default columns"
     )
+    return columns, (
+        f"the data has {held}: every column but the label(s) {', '.join(sorted(set(labels)))} is a feature{note}"
+    )
+
+
+def _check_named(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    """Every column becomes a named model input (metadata, requests, ONNX): a column without a name cannot."""
+    names = [str(c) for c in frame.columns]
+    for name in columns:
+        if not name.strip():
+            raise ExporterError(
+                f"{source}: column {names.index(name) + 1} of {len(names)} has "
+                f"{'an empty name' if not name else f'a name of only spaces ({name!r})'}: every column but the "
+                "label becomes a named model input; rename it, or choose the features with --feature-columns"
+            )
 
 
 def choose_features(
