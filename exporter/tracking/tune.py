@@ -25,6 +25,7 @@ from typing import Any
 from exporter.errors import ExporterError
 from exporter.tracking import runs as R
 from exporter.tracking import store as S
+from exporter.tracking import study as ST
 from exporter.tracking.session import ExportTracking
 from exporter.training import quality_gate as Q
 
@@ -172,28 +173,34 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
             f"({len(prep.x_train)} training rows): give it more rows"
         )
     model = params.model_name or spec.name
-    study_name = options.study_name or f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-
+    counts = split_counts(prep)
+    ident = ST.identity(
+        model,
+        f"{prep.data_source} ({counts['train_rows']} training, {counts['validation_rows']} validation rows, "
+        f"seed {params.seed})",
+    )
+    # Optuna's own warnings print a failed trial's traceback; the search prints one line per trial instead
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, study_name = ST.open_study(
+        options.study_name,
+        model,
+        storage_uri(params.artifacts, options.storage),
+        int(params.seed),
+        ident,
+        # torch trials report their validation loss after each epoch: one worse than the median of the earlier
+        # trials at that epoch stops there (after PRUNE_STARTUP_TRIALS complete trials, from the second epoch)
+        optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=1),
+    )
     parent = ExportTracking(params.artifacts, options.tracking_uri, enabled=options.tracking_enabled, kind="tune")
     parent.warm_up()
     parent_run = _open_parent(parent, prep, study_name)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage_uri(params.artifacts, options.storage),
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=params.seed),
-        # torch trials report their validation loss after each epoch: one worse than the median of the earlier
-        # trials at that epoch stops there (after PRUNE_STARTUP_TRIALS complete trials, from the second epoch)
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=1),
-        load_if_exists=True,
-    )
     if not study.trials:  # a new study: the defaults are its first trial (a continued one already has trials)
-        start = default_point(spec, space, int(split_counts(prep)["train_rows"]))
+        start = default_point(spec, space, int(counts["train_rows"]))
         if start is not None:
             study.enqueue_trial(start)
     best: dict[str, Any] = {}
     metric_name: list[str] = []
+    failed: list[str] = []
 
     def objective(trial: Any) -> float:
         chosen = {k: _suggest(trial, k, *space[k], spec.default_hparams[k]) for k in space}
@@ -214,6 +221,10 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         except optuna.TrialPruned as pruned:
             echo(f"trial {trial.number}: pruned: {pruned}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
             raise
+        except ExporterError as exc:  # this trial's parameters (diverged, too large): the search goes on
+            failed.append(f"trial {trial.number}: {exc}")
+            echo(f"trial {trial.number}: failed: {exc}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
+            raise
         t_prep.on_epoch = None
         # the validation rows choose; the test rows report only the chosen trial (choosing by them would make
         # the reported figure optimistic)
@@ -231,13 +242,17 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         return float(value)
 
     try:
-        study.optimize(objective, n_trials=trials, timeout=options.timeout, catch=())
+        study.optimize(objective, n_trials=trials, timeout=options.timeout, catch=(ExporterError,))
+        _best_of_study(study, best, objective, echo)
     except BaseException:
         parent.failed()
         raise
     if not best:
         parent.failed()
-        raise ExporterError(f"no trial of {study_name} finished with a finite validation metric: nothing to export")
+        why = f" ({len(failed)} failed; {failed[0]})" if failed else ""
+        raise ExporterError(
+            f"no trial of {study_name} finished with a finite validation metric{why}: nothing to export"
+        )
     echo(f"best: trial {best['trial']} {metric_name[0]}={best['value']:.4f}  {_short(best['params'])}")
     b_prep = best["prep"]
     best["trained"] = pipeline.refit_model(b_prep, best["trained"])  # the chosen trial, on training + validation
@@ -265,6 +280,26 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         parent,
         parent_run,
     )
+
+
+def _best_of_study(study: Any, best: dict[str, Any], objective: Callable[[Any], float], echo: Any) -> None:
+    """A continued study's best trial may be an earlier search's, whose model was not kept: its parameters train
+    again here, so the export is the study's best (as Optuna's ``study.best_trial`` says), not this search's."""
+    import optuna
+
+    top = ST.best_trial(study)
+    if top is None or (best and (top.number == best["trial"] or top.value <= best["value"])):
+        return
+    echo(
+        f"the study's best is trial {top.number} of an earlier search ({top.value:.4f}): training its parameters again"
+    )
+    mine = dict(best)
+    best.clear()
+    try:
+        objective(optuna.trial.FixedTrial(top.params, number=top.number))
+    except (ExporterError, ValueError, optuna.TrialPruned) as exc:  # ValueError: a parameter outside this space
+        best.update(mine)
+        echo(f"trial {top.number} could not be trained again ({exc}); keeping this search's best")
 
 
 def tune(params: Any, *, trials: int, options: SearchOptions = SearchOptions()) -> TuneResult:

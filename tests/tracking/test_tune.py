@@ -208,3 +208,82 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert [sorted(t.intermediate_values) for t in study.trials] == [[1], [1]]
     assert not (tmp_path / "pruned" / "deepfm").exists()
+
+
+def _xgb_search(tmp_path: Path, study: str | None, trials: int, lines: list[str], rows: int = 1500) -> object:
+    from exporter.export import pipeline
+    from exporter.tracking import tune as T
+
+    params = pipeline.ExportParams(model="xgb", rows=rows, artifacts=tmp_path / "art", progress=False)
+    options = T.SearchOptions(
+        tracking_enabled=False,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        study_name=study,
+        search={"n_estimators": ("int", 5, 12)},
+        echo=lines.append,
+    )
+    return T.tune(params, trials=trials, options=options)
+
+
+@pytest.mark.slow
+def test_a_continued_study_draws_new_points_exports_its_best_and_refuses_other_data(tmp_path: Path) -> None:
+    import optuna
+
+    lines: list[str] = []
+    _xgb_search(tmp_path, "s", 3, lines)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name="s", storage=storage)
+    first = [t.params for t in study.trials]
+    # an earlier search's trial better than any this search will find
+    top = study.trials[1]
+    study.add_trial(
+        optuna.trial.create_trial(params=top.params, distributions=top.distributions, value=0.999)
+    )  # fmt: skip
+    lines.clear()
+    found = _xgb_search(tmp_path, "s", 2, lines)
+    study = optuna.load_study(study_name="s", storage=storage)
+    again = [t.params for t in study.trials[4:]]
+    assert len(again) == 2 and not any(p in first[1:] for p in again), (first, again)  # the sampler moved on
+    assert found.best_trial == 3 and any("the study's best is trial 3" in line for line in lines)
+    meta = json.loads((found.export.artifacts[0].path / "metadata.json").read_text())
+    assert meta["tuning"]["trial"] == 3 and meta["tuning"]["params"] == top.params
+
+    with pytest.raises(
+        ExporterError, match=r"study 's' holds trials of data synthetic \(\d+ training.*choose another --study"
+    ):
+        _xgb_search(tmp_path, "s", 1, lines, rows=1800)
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_counted_and_the_search_goes_on(tmp_path: Path, monkeypatch) -> None:
+    import optuna
+
+    from exporter.export import pipeline
+
+    real, calls = pipeline.fit, []
+
+    def fit(prep, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ExporterError("training diverged at epoch 1 (loss inf)")
+        return real(prep, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", fit)
+    lines: list[str] = []
+    found = _xgb_search(tmp_path, "f", 3, lines)
+    assert [line.split(":")[1].strip() for line in lines if line.startswith("trial ")][1].startswith("failed")
+    states = [t.state for t in optuna.load_study(study_name="f", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert found.best_trial in (0, 2) and found.export.artifacts
+
+
+def test_unnamed_searches_started_in_the_same_second_get_their_own_study(tmp_path: Path, monkeypatch) -> None:
+    import optuna
+
+    from exporter.tracking import study as ST
+
+    monkeypatch.setattr(ST.time, "strftime", lambda *_: "20261207-120000")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    ident = ST.identity("xgb", "data log.csv")
+    names = [ST.open_study(None, "xgb", storage, 0, ident, optuna.pruners.NopPruner())[1] for _ in range(3)]
+    assert names == ["xgb-20261207-120000", "xgb-20261207-120000-2", "xgb-20261207-120000-3"]
