@@ -106,7 +106,7 @@ def describe_run(prep: Prepared) -> str:
             if p.mode == "train"
             else f"  rows: {len(prep.heldout)} held-out of {total} for evaluation and the parity check"
         ),
-        f"  features ({len(prep.columns)}): {', '.join(prep.columns)}"
+        f"  features ({_count_features(prep)}): {', '.join(_table_columns(prep))}"
         + (f"  [{prep.columns_note}]" if prep.columns_note and prep.columns_note != "default schema" else ""),
         f"  label: {', '.join(prep.label_columns.get(c, c) for c in prep.spec.label_columns)}",
         f"  hyper-parameters: {_short(prep.hparams)}",
@@ -139,7 +139,20 @@ def _short(values: Mapping[str, Any]) -> str:
 def preview(prep: Prepared, rows: int = PREVIEW_ROWS) -> pd.DataFrame:
     """The first training rows, model inputs first, then labels."""
     labels = [c for c in dict.fromkeys(prep.label_columns.values()) if c in prep.train.columns]
-    return prep.train[list(prep.columns) + labels].head(rows)
+    return prep.train[_table_columns(prep) + labels].head(rows)
+
+
+def _count_features(prep: Prepared) -> str:
+    """``5`` or, with a history, ``5; 24 tensor columns``."""
+    shown = len(_table_columns(prep))
+    return str(shown) if shown == len(prep.columns) else f"{shown}; {len(prep.columns)} tensor columns"
+
+
+def _table_columns(prep: Prepared) -> list[str]:
+    """The data's columns the model reads: a history's tensor columns (``recent[0]``, ...) are its one list column."""
+    from exporter.features.history import input_columns
+
+    return input_columns(prep.columns, [str(c) for c in prep.train.columns])
 
 
 #: values :func:`column_summary` shows for a categorical or ID column
@@ -147,16 +160,24 @@ SUMMARY_TOP = 3
 
 
 def column_summary(prep: Prepared) -> pd.DataFrame:
-    """Per column of the data: its role for this model, dtype, and what its values are: range and mean of a
-    numeric column; distinct count and most frequent values of a categorical or ID column (whose mean means
-    nothing)."""
-    frame = pd.concat([prep.train, prep.heldout], ignore_index=True)
+    """Per column of the data (every row: training, validation and held-out): its role for this model, dtype, and
+    what its values are: range and mean of a numeric column; distinct count and most frequent values of a
+    categorical or ID column (whose mean means nothing); of a history, the range and mean of its lengths and its
+    distinct and most frequent items."""
+    parts = [f for f in (prep.train, prep.validation, prep.heldout) if len(f)]
+    frame = pd.concat(parts, ignore_index=True) if parts else prep.train
     labels = set(prep.label_columns.values())
     categorical = {f.name for f in prep.features.features if f.categorical} if prep.features is not None else set()
+    inputs = set(_table_columns(prep))
+    histories = _history_items(prep, frame)
     records = []
     for col in frame.columns:
         series = frame[col]
-        role = "feature" if col in prep.columns else "label" if col in labels else "unused"
+        role = "feature" if col in inputs else "label" if col in labels else "unused"
+        if col in histories:
+            records.append(_history_summary(col, role, series, histories[col]))
+            continue
+        series = series.map(_hashable) if series.dtype == object else series
         numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
         identifier = col in categorical or (role != "feature" and _looks_like_id(col, series))
         numeric = numeric and not identifier
@@ -175,6 +196,37 @@ def column_summary(prep: Prepared) -> pd.DataFrame:
     order = {"feature": 0, "label": 1, "unused": 2}
     out = pd.DataFrame.from_records(records).set_index("column")
     return out.sort_values("role", key=lambda s: s.map(order), kind="stable")
+
+
+def _history_items(prep: Prepared, frame: pd.DataFrame) -> dict[str, list[list[Any]]]:
+    """Each history feature's kept items per row (its text read as the model reads it)."""
+    from exporter.features.history import history_lists
+
+    if prep.features is None or not prep.features.histories():
+        return {}
+    return history_lists(prep.features, frame)
+
+
+def _history_summary(col: str, role: str, series: pd.Series, items: list[list[Any]]) -> dict[str, Any]:
+    """A history column in :func:`column_summary`: min / mean / max of its lengths (items kept per row), its
+    distinct items and the most frequent ones."""
+    lengths = np.array([len(row) for row in items], dtype=np.int64)
+    flat = pd.Series([v for row in items for v in row], dtype=object)
+    return {
+        "column": col,
+        "role": role,
+        "dtype": f"history ({series.dtype})",
+        "min": int(lengths.min()) if len(lengths) else None,
+        "mean": float(lengths.mean()) if len(lengths) else None,
+        "max": int(lengths.max()) if len(lengths) else None,
+        "distinct": int(flat.nunique()),
+        "top values": _top_values(flat),
+    }
+
+
+def _hashable(value: Any) -> Any:
+    """A list or array cell as a tuple, so that an unused list column can be counted like any other."""
+    return tuple(value) if isinstance(value, (list, np.ndarray)) else value
 
 
 def _looks_like_id(name: str, series: pd.Series) -> bool:
@@ -345,9 +397,15 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
 
     units = {u.model_name: u for u in trained.units()}
     held = prep.heldout
-    complete = held[held[list(prep.columns)].notna().all(axis=1)]  # a TorchServe null is for optional columns only
+    columns = _table_columns(prep)  # a history by its own name, sent as a JSON list of its IDs
+    lists = _history_items(prep, held)
+    plain = [c for c in columns if c not in lists]
+    complete = held[held[plain].notna().all(axis=1)]  # a TorchServe null is for optional columns only
     frame = (complete if len(complete) else held).head(rows)
     n = len(frame)
+    sent = frame.copy()
+    for name, items in _history_items(prep, frame).items():
+        sent[name] = pd.Series(items, index=frame.index, dtype=object)
     results: list[SmokeResult] = []
     for artifact in exported:
         unit = units[artifact.metadata.get("model_part") or artifact.model_name]
@@ -360,7 +418,7 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
         fmt = artifact.metadata["prediction_format"]
         out_cols = artifact.metadata.get("output_columns") or []
 
-        answer = handler.predict(torchserve_request(frame, prep.columns))
+        answer = handler.predict(torchserve_request(sent, columns))
         got = torchserve_predictions(answer, fmt, out_cols, n)
         np.testing.assert_allclose(
             got.reshape(native.shape),
@@ -391,7 +449,7 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
 
         width = None
         if fmt == "vector":
-            one = handler.predict(torchserve_request(frame.head(1), prep.columns))
+            one = handler.predict(torchserve_request(sent.head(1), columns))
             vec = torchserve_predictions(one, fmt, out_cols, 1)
             np.testing.assert_allclose(
                 vec, native[:1], rtol=rtol, atol=atol, err_msg=f"{artifact.model_name}: one-row answer != native model"

@@ -269,11 +269,43 @@ def test_column_summary_shows_ids_and_categories_by_their_values_not_a_mean(tmp_
         row = table.loc[column]
         assert pd.isna(row["mean"]) and pd.isna(row["min"]), column
         assert row["distinct"] > 1 and "(" in row["top values"], column
-    frame = pd.concat([prep.train, prep.heldout])
+    frame = pd.concat([prep.train, prep.validation, prep.heldout])  # every row of the data
     top = frame["item_category"].value_counts().index[0]
     assert table.loc["item_category", "top values"].startswith(f"{top} (")
     assert table.loc["item_ctr", "mean"] == pytest.approx(frame["item_ctr"].mean())
     assert table.loc["item_ctr", "top values"] == ""
+
+
+def test_data_tables_show_a_history_as_its_one_list_column(tmp_path):
+    """A history feature is tensor columns ``recent[0..k]`` to the model but one list column of the data: the
+    preview shows that column, the summary its lengths and items; an unused list column is counted too."""
+    rng = np.random.default_rng(1)
+    n = 400
+    recent = [list(rng.integers(1, 30, rng.integers(0, 4))) for _ in range(n)]
+    pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 40, n),
+            "item_id": rng.integers(1, 30, n),
+            "recent": recent,
+            "tags": [["a", "b"][: i % 3] for i in range(n)],
+            "clicked": rng.integers(0, 2, n),
+        }
+    ).to_parquet(tmp_path / "log.parquet")
+    prep = nbs.prepare(
+        "deepfm", data_path=str(tmp_path / "log.parquet"), label="clicked", exclude_columns="tags",
+        artifacts_dir=str(tmp_path / "art"),
+    )  # fmt: skip
+    assert any(c.startswith("recent[") for c in prep.columns)
+    assert list(nbs.preview(prep).columns) == ["user_id", "item_id", "recent", "clicked"]
+    table = nbs.column_summary(prep)
+    row = table.loc["recent"]
+    lengths = [len(r) for r in recent]
+    assert row["role"] == "feature" and row["dtype"].startswith("history")
+    assert (row["min"], row["max"]) == (min(lengths), max(lengths)) and row["mean"] == pytest.approx(np.mean(lengths))
+    counts = pd.Series([v for r in recent for v in r]).value_counts()
+    first = re.fullmatch(r"(\d+) \((\d+)\)", row["top values"].split(", ")[0])
+    assert row["distinct"] == len(counts) and int(first.group(2)) == counts.iloc[0] == counts[int(first.group(1))]
+    assert table.loc["tags", "role"] == "unused" and table.loc["tags", "distinct"] == 3
 
 
 def test_positive_class_and_exclude_columns_parameters(tmp_path):
@@ -581,3 +613,26 @@ def test_cli_errors_before_any_kernel(tmp_path):
     help_text = run_cli("notebooks", "--help").stdout
     assert "-p NAME VALUE" in help_text and "report.ipynb" in help_text
     assert not any(Path(tmp_path).iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["deepfm", "two_tower"])
+def test_smoke_test_and_run_description_with_a_history(tmp_path, model):
+    """The smoke test sends a history as the JSON list serving takes; the run lists it once by its name."""
+    from tests.conftest import export_small
+
+    rng = np.random.default_rng(2)
+    n = 1500
+    pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 60, n),
+            "item_id": rng.integers(1, 40, n),
+            "recent": [list(rng.integers(1, 40, rng.integers(0, 5))) for _ in range(n)],
+            "label": rng.integers(0, 2, n),
+        }
+    ).to_parquet(tmp_path / "log.parquet")
+    r = export_small(model, tmp_path / "art", data_path=tmp_path / "log.parquet")
+    text = nbs.smoke_test(r.prepared, r.trained, r.artifacts)
+    assert text.count("smoke test ") == len(r.artifacts)
+    width = len(r.prepared.columns)
+    assert f"  features (3; {width} tensor columns): user_id, item_id, recent  [" in nbs.describe_run(r.prepared)
