@@ -360,7 +360,10 @@ def infer_kind(series: pd.Series, name: str) -> str:
     """String, bool and pandas category columns, and integer columns named ``*id``, are categorical.
 
     An object column whose values are nearly all numbers (at least 90%) is numeric: it is a numeric column
-    with a few bad cells, which the encoder then reports by row instead of learning them as categories.
+    with a few bad cells (as a CSV reader leaves it), which the encoder then reports by row instead of learning them
+    as categories. Text that is numbers in every cell is categorical: a reader that parses numbers (pandas' and
+    pyarrow's CSV readers do) would have read it as numbers, so the file typed it as text (a Parquet string column
+    of codes such as ``"10"`` or ``"01234"``, whose leading zeros a number would lose).
     """
     if isinstance(series.dtype, pd.CategoricalDtype) or _is_bool_series(series):
         return CATEGORICAL
@@ -371,6 +374,8 @@ def infer_kind(series: pd.Series, name: str) -> str:
     if pd.api.types.is_string_dtype(series) or series.dtype == object:
         present = series.dropna()
         numeric = pd.to_numeric(present, errors="coerce").notna().mean() if len(present) else 0.0
+        if numeric == 1.0 and all(isinstance(v, str) for v in present):
+            return CATEGORICAL  # typed as text by its file: codes
         return NUMERIC if numeric >= 0.9 and not any(isinstance(v, (bool, np.bool_)) for v in present) else CATEGORICAL
     if _integer_valued(series) and name.lower().endswith("id"):
         return CATEGORICAL

@@ -529,3 +529,21 @@ def test_a_csv_header_naming_a_column_twice_is_refused_in_memory_and_streamed(tm
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert 'column "item_ctr" appears more than once in the header; expected each column once' in done.stderr
     assert list(D.read_table(tmp_path / "fine.csv").columns[:2]) == ["item_ctr", "item_ctr.1"]
+
+
+def test_a_parquet_text_column_of_digit_codes_is_categorical_and_its_own_file_scores(tmp_path: Path) -> None:
+    """Codes stored as text ("10", "01234"): the file typed them as text, so they are categories (leading zeros
+    kept), in memory and streamed, and the training file scores without a refused row."""
+    from exporter.scoring import ScoreOptions, score
+
+    rng = np.random.default_rng(4)
+    n = 1200
+    frame = D.synthetic_dataset(n, 4)[["item_ctr", "item_price", "label"]]
+    frame["shelf"] = np.array(["10", "11", "12", "01234"])[rng.integers(0, 4, n)]
+    frame.to_parquet(tmp_path / "codes.parquet")
+    found = _xgb_features_on_both_paths(tmp_path / "codes.parquet", tmp_path, ["item_ctr", "item_price", "shelf"])
+    for mode in ("on", "off"):
+        assert found[mode]["shelf"]["kind"] == "categorical" and found[mode]["shelf"]["dtype"] == "string", mode
+    result = score(ScoreOptions(model="xgb", input=str(tmp_path / "codes.parquet"), output=str(tmp_path / "scored"),
+                                artifacts=str(tmp_path / "off"), progress=False))  # fmt: skip
+    assert (result.rows_scored, result.rows_rejected) == (n, 0)
