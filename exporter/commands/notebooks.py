@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         for p in plans:
             executed = (keep_dir or work) / f"{p.name}.ipynb"
             note = f" (not a parameter here: {', '.join(p.ignored)})" if p.ignored else ""
-            print(f"{p.name}: running {p.source.name} -> version {p.version}{note}", flush=True)
+            target = f"version {p.version}" if p.version is not None else "the next free version"
+            print(f"{p.name}: running {p.source.name} -> {target}{note}", flush=True)
             try:
                 outcome = run_one(p, artifacts, executed, args.kernel)
             except ExporterError:

@@ -8,10 +8,13 @@ and the judged metric across them. ``python -m exporter notebooks`` attaches the
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from exporter.export.repository import write_text_atomic
 from exporter.tools.notebook_params import ParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,6 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: runs shown by :func:`show_runs`
 RUNS_SHOWN = 10
+#: environment variable naming the file where a notebook's export records ``{model name: version}`` for the
+#: notebooks runner (it exports to the next free version when it writes, and the runner stores the report there)
+VERSIONS_ENV = "EXPORTER_NOTEBOOK_VERSIONS"
 
 
 def _check(tracking: Any, tracking_uri: Any) -> None:
@@ -84,12 +90,21 @@ def export(
     except BaseException:
         tracker.failed()
         raise
+    record_versions(exported)  # for the notebooks runner, which stores this notebook beside them
     figures = _figures(trained, evaluation, exported) if tracker.run is not None else {}
     tracker.log([a.path for a in exported], Extras(history=trained.history, figures=figures))
     line = tracker.summary()
     if line:
         print(line)
     return exported
+
+
+def record_versions(exported: Sequence[ExportedArtifact]) -> None:
+    """In a kernel the notebooks runner started: write ``{model name: version}`` of what the export wrote to the
+    file :data:`VERSIONS_ENV` names."""
+    target = os.environ.get(VERSIONS_ENV)
+    if target:
+        write_text_atomic(Path(target), json.dumps({a.model_name: a.version for a in exported}))
 
 
 def _figures(trained: Trained, evaluation: Evaluation, exported: Sequence[ExportedArtifact]) -> dict[str, Any]:

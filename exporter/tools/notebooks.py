@@ -3,9 +3,10 @@
 Each executed notebook is kept as the report beside its artifact.
 
 Every notebook runs in a fresh kernel with its default parameters plus ``-p NAME VALUE`` overrides. The
-runner picks the version to write (the next free one unless ``-p model_version N``) and passes it in, so
-after a successful run it can copy the executed notebook into that version directory as ``report.ipynb``
-(contract section 2). The first failing notebook stops the run with its failing cell's error.
+notebook exports to the next free version at the moment it writes (unless ``-p model_version N``), as ``export``
+does, so runs into one artifacts directory at once never claim the same version; the notebook's export records the
+versions it wrote in the file :data:`VERSIONS_ENV` names, and the runner copies the executed notebook into each as
+``report.ipynb`` (contract section 2). The first failing notebook stops the run with its failing cell's error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from exporter.errors import ExporterError
 from exporter.export.repository import REPORT_FILE, write_text_atomic
+from exporter.tools.notebook_tracking import VERSIONS_ENV
 
 
 def notebook_names() -> dict[str, str]:
@@ -150,13 +152,13 @@ class Plan:
     source: Path
     parameters: dict[str, Any]
     model_names: tuple[str, ...]
-    version: int
+    #: the version asked for (``-p model_version``), or None: the next free one when the notebook exports
+    version: int | None
     ignored: list[str] = field(default_factory=list)
 
 
 def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, directory: Path | None = None) -> list[Plan]:
-    """Check every notebook and parameter before running any kernel; pick each notebook's version."""
-    from exporter.export import repository as repo
+    """Check every notebook and parameter before running any kernel."""
     from exporter.export.write import renamed_model_names
     from exporter.models import get_spec
 
@@ -185,9 +187,7 @@ def plan(names: Sequence[str], overrides: dict[str, Any], artifacts: Path, direc
         params = {k: v for k, v in overrides.items() if k in declared[name]}
         model_names = renamed_model_names(spec.model_names, params.get("model_name"))
         version = params.get("model_version")
-        if version is None:
-            version = repo.next_version(artifacts, model_names)
-        elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
             raise ExporterError(f"model_version must be a positive integer, got {version!r}")
         params.update(artifacts_dir=str(artifacts), model_version=version)
         plans.append(
@@ -235,9 +235,14 @@ def copy_report(executed: Path, version_dir: Path) -> Path:
 
 def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
     """Execute one notebook into ``executed``, then store it as report.ipynb in every version it wrote."""
+    import os
+
     import papermill as pm
 
     start = time.perf_counter()
+    record = executed.with_name(executed.stem + ".versions.json")
+    record.unlink(missing_ok=True)
+    os.environ[VERSIONS_ENV] = str(record)  # the kernel inherits it
     try:
         pm.execute_notebook(
             str(p.source),
@@ -251,14 +256,18 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
         )
     except Exception as exc:  # PapermillExecutionError (a cell failed), a dead kernel, ...: one readable line
         raise _failure(p.name, exc, executed) from exc
+    finally:
+        os.environ.pop(VERSIONS_ENV, None)
     seconds = time.perf_counter() - start
+    written = _written_versions(record)
     reports = []
     for model_name in p.model_names:
-        version_dir = artifacts / model_name / str(p.version)
-        if not (version_dir / "metadata.json").is_file():
+        version = written.get(model_name, p.version)
+        version_dir = artifacts / model_name / str(version)
+        if version is None or not (version_dir / "metadata.json").is_file():
             raise ExporterError(
-                f"notebook {p.name} finished but wrote no version {p.version} of {model_name} "
-                f"under {artifacts}; executed notebook: {executed}"
+                f"notebook {p.name} finished but wrote no {f'version {version}' if version else 'version'} of "
+                f"{model_name} under {artifacts}; executed notebook: {executed}"
             )
         reports.append(copy_report(executed, version_dir))
         if p.parameters.get("tracking", True) is not False:
@@ -268,6 +277,16 @@ def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:
             if problem:
                 print(problem, file=sys.stderr)
     return Outcome(p.name, seconds, reports)
+
+
+def _written_versions(record: Path) -> dict[str, int]:
+    try:
+        raw = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    finally:
+        record.unlink(missing_ok=True)
+    return {str(k): v for k, v in raw.items() if isinstance(v, int)} if isinstance(raw, dict) else {}
 
 
 def check_kernel(name: str) -> None:

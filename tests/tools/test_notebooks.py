@@ -258,7 +258,8 @@ def test_cli_runs_notebooks_and_stores_reports_beside_artifacts(cli_result):
     assert reports["two_tower"] == reports["two_tower_item"]
     nb = nbformat.read(artifacts / "xgb" / "1" / "report.ipynb", as_version=4)
     injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
-    assert "model_version = 1" in injected.source and "n_estimators = 30" in injected.source
+    # no version pinned: the export takes the next free one when it writes, and the runner learns which
+    assert "model_version = None" in injected.source and "n_estimators = 30" in injected.source
     assert "max_epochs" not in injected.source
     assert "smoke test xgb: TorchServe-style and v2 requests" in outputs_text(nb, "smoke")
 
@@ -297,6 +298,58 @@ def test_cli_exports_a_notebook_under_another_model_name(tmp_path):
     for name in ("tt", "tt_item"):
         assert (artifacts / name / "1" / "report.ipynb").is_file(), f"no report for {name}"
     assert not (artifacts / "two_tower").exists()
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_artifacts_directory_at_once_write_two_versions_each_with_its_report(tmp_path):
+    """Two ``notebooks`` runs (a CI job and a person, say) into one tree: each export takes its own version when it
+    writes, and each executed notebook lands in the version its run wrote."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    artifacts = tmp_path / "art"
+    runs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "notebooks",
+                "xgb",
+                "--artifacts",
+                str(artifacts),
+                "-p",
+                "rows",
+                str(rows),
+                "-p",
+                "n_estimators",
+                "10",
+                "-p",
+                "tracking",
+                "false",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rows in (600, 700)
+    ]
+    outputs = [r.communicate(timeout=900)[0] for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outputs
+    versions = sorted(p.name for p in (artifacts / "xgb").iterdir() if p.name.isdigit())
+    assert versions == ["1", "2"]
+    seen = set()
+    for version in versions:
+        rows = json.loads((artifacts / "xgb" / version / "metadata.json").read_text())["training"]["rows"]
+        nb = nbformat.read(artifacts / "xgb" / version / "report.ipynb", as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f"rows = {rows}" in injected.source, (version, rows)
+        seen.add(rows)
+    assert seen == {600, 700}
 
 
 @pytest.mark.parametrize("name, cwd", [("deepfm", REPO), ("mmoe", NOTEBOOKS)])
