@@ -400,7 +400,26 @@ def resolve_specs(
             spec, origin = FeatureSpec(col, kind, tower="user" if kind == HISTORY else None), "inferred"
         specs.append(spec)
         origins[col] = origin
+    check_tensor_names(specs)
     return specs, origins
+
+
+def check_tensor_names(specs: Sequence[FeatureSpec]) -> None:
+    """A history's tensor columns (``a[0]`` ...) are inputs by name in metadata, requests and the graph: a column of
+    the table with the same name would be two inputs under one name."""
+    from exporter.runtime.history import column_name
+
+    owner: dict[str, str] = {}
+    for spec in specs:
+        names = [column_name(spec.name, p) for p in range(spec.max_length)] if spec.kind == HISTORY else [spec.name]
+        for name in names:
+            if name in owner and owner[name] != spec.name:
+                a, b = sorted((owner[name], spec.name), key=lambda n: n != name)
+                raise ExporterError(
+                    f"column '{a}' has the name of tensor column {name} of history '{b}': two model inputs cannot "
+                    "share a name; rename the column (or leave it out with --exclude-columns)"
+                )
+            owner[name] = spec.name
 
 
 def _integer_text(value: Any) -> int | None:

@@ -492,3 +492,13 @@ def test_an_export_builds_its_history_from_training_rows_only(tmp_path):
     )
     with pytest.raises(ExporterError, match="history 'recent' is built from column\\(s\\) u, which the table lacks"):
         pipeline.prepare(pipeline.ExportParams(model="deepfm", data_path=data, schema=bad, artifacts=tmp_path / "a"))
+
+
+def test_a_column_named_like_a_history_tensor_column_is_refused_before_training():
+    """``a[0]`` beside a list column ``a``: two inputs under one name (the numeric one reached the history's
+    embedding lookup unmasked and onnxruntime failed after training)."""
+    frame = pd.DataFrame({"a": [[1, 2], [3], []], "a[0]": [0.5, 1.5, 2.5], "user_id": [1, 2, 3]})
+    with pytest.raises(ExporterError, match=r"column 'a\[0\]' has the name of tensor column a\[0\] of history 'a'"):
+        F.resolve_specs(frame, ["a", "a[0]", "user_id"], None)
+    specs, _ = F.resolve_specs(frame, ["a", "user_id"], None)  # without it: fine
+    assert [s.kind for s in specs] == [F.HISTORY, F.CATEGORICAL]
