@@ -101,6 +101,10 @@ def common_key(files: Sequence[InputFile]) -> list[str]:
     return sorted(n for n in common if S.hashable(first.field(n).type))
 
 
+#: a reading unit: a file and its row groups read together (``None``: a CSV file, read whole)
+Unit = tuple[InputFile, "tuple[int, ...] | None"]
+
+
 @dataclass
 class StreamBatch:
     """One record batch of a file as pandas, with each row's split code and hash position ``u``."""
@@ -126,18 +130,29 @@ class StreamReader:
     batch_rows: int = BATCH_ROWS
     types: dict[str, pa.DataType] | None = None
 
-    def units(self) -> list[tuple[InputFile, int | None]]:
-        """(file, row group) reading units: Parquet row groups, a CSV file whole."""
-        out: list[tuple[InputFile, int | None]] = []
+    def units(self) -> list[Unit]:
+        """(file, row groups) reading units: a Parquet row group, or consecutive small ones together up to
+        ``batch_rows`` rows (a writer that flushed every few rows leaves thousands of row groups, and each unit
+        read costs a file open and a batch: one-row groups read 3,000 rows in two minutes); a CSV file whole."""
+        out: list[Unit] = []
         for f in self.files:
-            if f.format == "parquet":
-                groups = pq.ParquetFile(f.path).metadata.num_row_groups
-                out.extend((f, g) for g in range(groups))
-            else:
+            if f.format != "parquet":
                 out.append((f, None))
+                continue
+            meta = pq.ParquetFile(f.path).metadata
+            run: list[int] = []
+            rows = 0
+            for g in range(meta.num_row_groups):
+                if run and rows + meta.row_group(g).num_rows > self.batch_rows:
+                    out.append((f, tuple(run)))
+                    run, rows = [], 0
+                run.append(g)
+                rows += meta.row_group(g).num_rows
+            if run:
+                out.append((f, tuple(run)))
         return out
 
-    def batches(self, order: Sequence[tuple[InputFile, int | None]] | None = None) -> Iterator[StreamBatch]:
+    def batches(self, order: Sequence[Unit] | None = None) -> Iterator[StreamBatch]:
         """Every batch of the reading units (in file order, or ``order``), with split codes."""
         for f, group in order if order is not None else self.units():
             for first, batch in self._read(f, group):
@@ -147,15 +162,15 @@ class StreamReader:
                 codes[u < self.test] = S.TEST
                 yield StreamBatch(f.path, first, batch.to_pandas(), codes, u)
 
-    def _read(self, f: InputFile, group: int | None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    def _read(self, f: InputFile, group: tuple[int, ...] | None) -> Iterator[tuple[int, pa.RecordBatch]]:
         wanted = list(dict.fromkeys(self.columns))
         first = 0
         try:
             if f.format == "parquet":
                 pf = pq.ParquetFile(f.path, pre_buffer=False)
                 if group is not None:
-                    first = sum(pf.metadata.row_group(g).num_rows for g in range(group))
-                groups = [group] if group is not None else None
+                    first = sum(pf.metadata.row_group(g).num_rows for g in range(group[0]))
+                groups = list(group) if group is not None else None
                 for batch in pf.iter_batches(batch_size=self.batch_rows, columns=wanted, row_groups=groups):
                     yield first, batch
                     first += batch.num_rows
@@ -203,7 +218,7 @@ class StreamReader:
 
         return prefetch(decode())
 
-    def mixed(self, order: Sequence[tuple[InputFile, int | None]]) -> Iterator[StreamBatch]:
+    def mixed(self, order: Sequence[Unit]) -> Iterator[StreamBatch]:
         """Slices (``batch_rows`` / :data:`MIX_SLICES` rows) of the units in ``order``, :meth:`mix_width` units
         open at once and taken in turn (a finished unit is replaced by the next in ``order``); deterministic for
         one order."""
@@ -226,7 +241,7 @@ class StreamReader:
                 else:
                     yield b
 
-    def mix_width(self, order: Sequence[tuple[InputFile, int | None]]) -> int:
+    def mix_width(self, order: Sequence[Unit]) -> int:
         """How many units :meth:`mixed` reads at once: :data:`MIX_UNITS`, fewer when the largest units would
         hold more than :data:`MIX_BYTES` together."""
         footers: dict[str, Any] = {}  # each Parquet file's footer read once, not once per row group
@@ -240,13 +255,13 @@ class StreamReader:
         return max(1, width)
 
 
-def _unit_bytes(f: InputFile, group: int | None, footers: dict[str, Any]) -> int:
-    """The uncompressed size of a Parquet row group's columns (``footers``: the files' metadata read so far); a
+def _unit_bytes(f: InputFile, group: tuple[int, ...] | None, footers: dict[str, Any]) -> int:
+    """The uncompressed size of a unit's Parquet row groups (``footers``: the files' metadata read so far); a
     CSV file's reader block (or the file if smaller)."""
     if group is not None:
         if f.path not in footers:
             footers[f.path] = pq.ParquetFile(f.path).metadata
-        return int(footers[f.path].row_group(group).total_byte_size)
+        return sum(int(footers[f.path].row_group(g).total_byte_size) for g in group)
     with contextlib.suppress(OSError):
         return min(os.path.getsize(f.path), CSV_BLOCK_BYTES)
     return CSV_BLOCK_BYTES

@@ -221,3 +221,26 @@ def test_fewer_units_are_mixed_when_they_would_hold_too_much(tmp_path: Path, mon
     assert reader.mix_width(units) == 2
     monkeypatch.setattr(SS, "MIX_BYTES", 1)
     assert reader.mix_width(units) == 1
+
+
+def test_small_row_groups_are_read_together_and_rows_keep_their_numbers(tmp_path: Path) -> None:
+    """A writer that flushed every few rows leaves a row group per few rows: consecutive ones form one reading unit
+    of up to ``batch_rows`` rows (one-row groups read 3,000 rows in two minutes, one unit at a time)."""
+    directory = tmp_path / "d"
+    directory.mkdir()
+    frame = D.synthetic_dataset(2100, seed=3)
+    frame["user_age"] = np.arange(2100, dtype=np.float64)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table.slice(0, 1500), directory / "a.parquet", row_group_size=300)
+    pq.write_table(table.slice(1500), directory / "b.parquet", row_group_size=1)
+    reader = SS.StreamReader(resolve_inputs(str(directory), option="--data"), ["user_age", D.LABEL], 0, batch_rows=800)
+    units = reader.units()
+    assert [(Path(f.path).name, groups) for f, groups in units] == [
+        ("a.parquet", (0, 1)), ("a.parquet", (2, 3)), ("a.parquet", (4,)), ("b.parquet", tuple(range(600))),
+    ]  # fmt: skip
+    for unit in units:
+        for b in reader.batches([unit]):  # each batch's first row is its row number in its file
+            offset = 0 if Path(b.path).name == "a.parquet" else 1500
+            assert b.frame["user_age"].iloc[0] == b.first_row + offset
+    ages = np.concatenate([b.frame["user_age"].to_numpy() for b in reader.batches()])
+    np.testing.assert_array_equal(np.sort(ages), np.arange(2100))
