@@ -157,11 +157,22 @@ def _head(reader: SS.StreamReader, files: Sequence[InputFile]) -> pd.DataFrame:
     """The first record batch of the first file with rows, every column: what column choice and kind inference
     look at (the in-memory path looks at the whole table)."""
     for f in files:
-        names = SS.file_schema(f).names
-        sub = SS.StreamReader([f], names, reader.seed, types=csv_types([f], names))
+        schema = SS.file_schema(f)
+        names = schema.names
+        sub = SS.StreamReader([f], names, reader.seed, batch_rows=reader.batch_rows, types=csv_types([f], names))
         for batch in sub.batches():
-            return batch.frame
+            frame = batch.frame
+            for column in schema:  # a list column whose first rows are all null is still a list column (a history)
+                if _is_list_type(column.type) and column.name in frame.columns:
+                    frame[column.name] = frame[column.name].map(lambda v: [] if v is None else v)
+            return frame
     raise ExporterError(f"data {', '.join(f.path for f in files[:3])}: every file is empty (no rows to train on)")
+
+
+def _is_list_type(t: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def _check_classes(classes: Mapping[str, Mapping[str, list[int]]], labels: Mapping[str, str], where: str) -> None:

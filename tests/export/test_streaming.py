@@ -547,3 +547,25 @@ def test_a_parquet_text_column_of_digit_codes_is_categorical_and_its_own_file_sc
     result = score(ScoreOptions(model="xgb", input=str(tmp_path / "codes.parquet"), output=str(tmp_path / "scored"),
                                 artifacts=str(tmp_path / "off"), progress=False))  # fmt: skip
     assert (result.rows_scored, result.rows_rejected) == (n, 0)
+
+
+def test_a_list_column_whose_first_rows_are_all_null_is_inferred_a_history_streamed(tmp_path: Path) -> None:
+    """The rows that type a streamed table's columns hold only nulls in a Parquet list column: it is a history
+    (its Arrow type says so), as in memory, not a categorical (which trained, then failed at the export)."""
+    from exporter.training.sources import resolve_inputs
+    from exporter.training.stream_scan import StreamReader
+
+    rng = np.random.default_rng(6)
+    frame = D.synthetic_dataset(1200, 6)[["item_ctr", "label"]]
+    items = [list(rng.integers(1, 50, rng.integers(1, 5))) for _ in range(1200)]
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "recent", pa.array([None if i < 600 else v for i, v in enumerate(items)], type=pa.list_(pa.int64()))
+    )
+    pq.write_table(table, tmp_path / "log.parquet", row_group_size=600)
+    files = resolve_inputs(str(tmp_path / "log.parquet"), option="--data")
+    head = ST._head(StreamReader(files, ["item_ctr", "recent", "label"], 0, batch_rows=500), files)
+    assert len(head) == 500 and head["recent"].map(len).sum() == 0  # every row of the head is empty
+    from exporter import features as F
+
+    specs, _ = F.resolve_specs(head, ["item_ctr", "recent"], None)
+    assert [s.kind for s in specs] == ["numeric", "history"]
