@@ -195,7 +195,8 @@ def build_metadata(
                 "metrics": {
                     k: (None if not np.isfinite(v) else round(float(v), 6)) for k, v in evaluation.metrics.items()
                 },
-                "final_loss": trained.history[-1] if trained.history else None,
+                # a run without validation rows has no validation loss (NaN): null
+                "final_loss": _jsonable(trained.history[-1]) if trained.history else None,
                 **_jsonable(prep.training_record),
                 **_threads_record(trained),
             },
@@ -222,12 +223,15 @@ def triton_tensors(meta: Mapping[str, Any], max_batch_size: int) -> dict[str, li
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` as JSON holds it: numpy scalars as numbers, a NaN or infinity (JSON has neither) as null."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.integer, np.floating)):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

@@ -569,3 +569,22 @@ def test_a_list_column_whose_first_rows_are_all_null_is_inferred_a_history_strea
 
     specs, _ = F.resolve_specs(head, ["item_ctr", "recent"], None)
     assert [s.kind for s in specs] == ["numeric", "history"]
+
+
+def test_a_streamed_table_too_small_for_validation_rows_exports_with_a_null_validation_loss(tmp_path: Path) -> None:
+    """Twelve rows streamed leave no validation row: the loss there is NaN, which JSON cannot hold (the export
+    failed writing metadata.json after training); it is null."""
+    from exporter.export import pipeline
+
+    rng = np.random.default_rng(0)
+    pd.DataFrame(
+        {"user_id": rng.integers(0, 5, 12), "item_id": rng.integers(0, 6, 12), "label": rng.integers(0, 2, 12)}
+    ).to_parquet(tmp_path / "twelve.parquet")
+    params = ExportParams(
+        "two_tower", data_path=tmp_path / "twelve.parquet", streaming="on", artifacts=tmp_path / "a", progress=False,
+        hparams={"max_epochs": 2},
+    )  # fmt: skip
+    meta = pipeline.run(params).artifacts[0].metadata
+    assert meta["training"]["validation_rows"] == 0
+    assert meta["training"]["final_loss"]["validation_loss"] is None
+    json.loads((tmp_path / "a" / "two_tower" / "1" / "metadata.json").read_text(), parse_constant=pytest.fail)
