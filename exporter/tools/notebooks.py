@@ -227,10 +227,35 @@ def _failure(name: str, exc: Exception, executed: Path) -> ExporterError:
 
 
 def copy_report(executed: Path, version_dir: Path) -> Path:
-    """Put the executed notebook into a version directory as report.ipynb in one step (temp file, then rename)."""
+    """Put the executed notebook into a version directory as report.ipynb in one step (temp file, then rename),
+    its local paths made portable (:func:`portable_report`)."""
     target = version_dir / REPORT_FILE
-    write_text_atomic(target, executed.read_text(encoding="utf-8"))
+    write_text_atomic(target, portable_report(executed.read_text(encoding="utf-8")))
     return target
+
+
+def portable_report(text: str) -> str:
+    """The executed notebook as it is handed off with an artifact: papermill's input and output paths as file names,
+    and every path under the working directory or the repository relative to it, under the home directory as
+    ``~/...`` (parameters, printed lines), so a report names no one's directories (metadata.json records none)."""
+    from exporter.tools.notebook_params import repo_root
+
+    try:
+        nb = json.loads(text)
+    except ValueError:
+        return text
+    papermill = nb.get("metadata", {}).get("papermill") if isinstance(nb, dict) else None
+    if isinstance(papermill, dict):
+        for key in ("input_path", "output_path"):
+            if isinstance(papermill.get(key), str):
+                papermill[key] = Path(papermill[key]).name
+    out = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    prefixes = {str(Path.cwd().resolve()): "", str(repo_root().resolve()): "", str(Path.home().resolve()): "~/"}
+    for prefix, replacement in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
+        if len(Path(prefix).parts) < (2 if replacement else 3):  # never "/" (or "/tmp" as a working directory)
+            continue
+        out = out.replace(json.dumps(prefix + "/")[1:-1], replacement)
+    return out
 
 
 def run_one(p: Plan, artifacts: Path, executed: Path, kernel: str) -> Outcome:

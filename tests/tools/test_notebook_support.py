@@ -578,6 +578,31 @@ def test_copy_report_replaces_atomically(tmp_path):
     assert sorted(p.name for p in version_dir.iterdir()) == ["report.ipynb"]
 
 
+def test_the_stored_report_names_no_local_directories(tmp_path, monkeypatch):
+    """report.ipynb travels with the artifact: papermill's paths become file names, paths under the working
+    directory relative to it, paths under the home directory ``~/...``."""
+    home, project = tmp_path / "home" / "ada", tmp_path / "home" / "ada" / "clicks-project"
+    project.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project)
+    notebook = {
+        "metadata": {"papermill": {"input_path": "/opt/repo/notebooks/xgb.ipynb", "output_path": "/tmp/x/xgb.ipynb"}},
+        "cells": [
+            {"source": f'data_path = "{project}/data/clicks.csv"\nartifacts_dir = "{home}/models"'},
+            {"outputs": [{"text": f"xgb: train on data file {project}/data/clicks.csv\n"}]},
+        ],
+    }
+    src = tmp_path / "executed.ipynb"
+    src.write_text(json.dumps(notebook))
+    (tmp_path / "v").mkdir()
+    stored = runner.copy_report(src, tmp_path / "v").read_text()
+    assert str(tmp_path) not in stored and "/opt/repo" not in stored and "/tmp/x" not in stored
+    out = json.loads(stored)
+    assert out["metadata"]["papermill"] == {"input_path": "xgb.ipynb", "output_path": "xgb.ipynb"}
+    assert out["cells"][0]["source"] == 'data_path = "data/clicks.csv"\nartifacts_dir = "~/models"'
+    assert out["cells"][1]["outputs"][0]["text"] == "xgb: train on data file data/clicks.csv\n"
+
+
 def test_failure_exit_codes_follow_the_error_kind(tmp_path):
     class Fake(Exception):
         def __init__(self, ename: str) -> None:
