@@ -215,11 +215,40 @@ def _open_client(store: Store) -> Any:
     mlflow = mlflow_module()
     if store.directory is not None:
         with _init_lock(store.directory):
-            c = mlflow.MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
-            c.search_experiments(max_results=1)  # creates the tables under the lock
+            path = store.sqlite_path
+            if path is not None and not path.exists():
+                _create_sqlite(mlflow, path)
+            try:
+                c = mlflow.MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+                c.search_experiments(max_results=1)  # creates the tables under the lock (a store named elsewhere)
+            except Exception as exc:
+                if path is not None and "already exists" in str(exc):
+                    raise TrackingUnavailable(
+                        f"tracking store {store.shown()} was left half-created (a process stopped while creating its "
+                        f"tables: {str(exc).splitlines()[0][:120]}); if it holds no runs you need, delete {path} and "
+                        "the next run creates it again"
+                    ) from None
+                raise
     else:
         c = mlflow.MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
     return c
+
+
+def _create_sqlite(mlflow: Any, path: Path) -> None:
+    """Create an SQLite store whole or not at all: its tables are made in a file beside it, which is then linked
+    to its name (a process stopped half-way through MLflow's migrations left a store no later run could open);
+    called under :func:`_init_lock`, so any such file left over is a stopped process's."""
+    for stale in path.parent.glob(f".{path.name}.new-*"):
+        stale.unlink(missing_ok=True)
+    fresh = path.with_name(f".{path.name}.new-{os.getpid()}")
+    uri = f"sqlite:///{fresh}"
+    try:
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+        os.link(fresh, path)  # never replaces a store another process made meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        fresh.unlink(missing_ok=True)
 
 
 def experiment_id(c: Any, store: Store, name: str) -> str:

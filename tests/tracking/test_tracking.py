@@ -61,6 +61,29 @@ def test_the_embedded_store_sits_beside_the_artifacts_tree(tmp_path: Path, monke
     assert S.resolve(tmp_path / "artifacts", "sqlite:////x/y.db").directory == Path("/x")
 
 
+def test_a_store_is_created_whole_and_a_half_created_one_says_how_to_recover(tmp_path: Path, monkeypatch) -> None:
+    """A process stopped while MLflow created the store's tables left a store no later run could open (every
+    later export untracked): the tables are now made in a file beside it, linked to its name when complete."""
+    import sqlite3
+
+    store = S.resolve(tmp_path / "artifacts")
+    store.directory.mkdir(parents=True)
+    left = store.directory / f".{S.DB_FILE}.new-99999"  # what a process killed mid-creation leaves
+    with sqlite3.connect(left) as db:
+        db.execute("CREATE TABLE evaluation_datasets (x INTEGER)")
+    monkeypatch.setattr(S, "_clients", {})
+    S.client(store).search_experiments()
+    assert store.sqlite_path.is_file() and not left.exists()
+    assert not list(store.directory.glob(f".{S.DB_FILE}.new-*"))
+
+    broken = S.resolve(tmp_path / "other" / "artifacts")  # a half-made store from before
+    broken.directory.mkdir(parents=True)
+    with sqlite3.connect(broken.sqlite_path) as db:
+        db.execute("CREATE TABLE evaluation_datasets (x INTEGER)")
+    with pytest.raises(S.TrackingUnavailable, match=r"was left half-created .*delete .*mlflow\.db"):
+        S.client(broken)
+
+
 def test_credentials_never_leave_the_uri_shown() -> None:
     assert S.redact("https://user:token@mlflow.example.com/") == "https://mlflow.example.com/"
     assert S.portable_uri(S.Store("https://u:p@h:1"), "artifacts") == "https://h:1"
