@@ -228,7 +228,41 @@ def _read_many(spec: str) -> pd.DataFrame:
                 f"data {spec}: file {f.path} has no column(s) {', '.join(map(str, missing))} that {files[0].path} "
                 "has; every file of the data must hold the same columns"
             )
+    _check_one_type(files, frames, columns)
     return pd.concat([frame[columns] for frame in frames], ignore_index=True)
+
+
+def _check_one_type(files: Sequence[Any], frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> None:
+    """Parquet files that type a column as numbers in one and text in another are refused, as the streamed reader
+    refuses them: read together, the column would be text, and the model's IDs strings, which a later file of
+    integers (scored, or sent by a client) would be read against as vocabulary codes."""
+    seen: dict[str, tuple[str, str]] = {}
+    for f, frame in zip(files, frames, strict=True):
+        if getattr(f, "format", None) != "parquet":
+            continue
+        for c in columns:
+            kind = _value_kind(frame[c])
+            if kind is None:
+                continue
+            first = seen.setdefault(c, (kind, f.path))
+            if first[0] != kind:
+                raise ExporterError(
+                    f"data file {f.path}: column '{c}' holds {kind} values here but {first[0]} values in {first[1]}; "
+                    "expected one type in every file (write the column with one type, e.g. every file's IDs as "
+                    "integers or every file's as text)"
+                )
+
+
+def _value_kind(series: pd.Series) -> str | None:
+    """``number`` or ``text`` (a column of neither, or of nothing, says nothing)."""
+    if pd.api.types.is_bool_dtype(series):
+        return None
+    if pd.api.types.is_numeric_dtype(series):
+        return "number"
+    present = series.dropna()
+    if len(present) and isinstance(present.iloc[0], str):
+        return "text"
+    return None
 
 
 def check_columns(df: pd.DataFrame, required: Sequence[str], *, what: str, source: str) -> None:
