@@ -183,14 +183,26 @@ def judged_metric(meta: Mapping[str, Any]) -> tuple[str, float] | None:
 
 
 def read_version(directory: Path) -> dict[str, Any]:
-    """metadata.json of a version directory, or a clear error."""
+    """metadata.json of a version directory, checked as the handler checks it and for what a run is logged from
+    (its version, and objects where the logging reads objects), or a clear error naming what is wrong."""
+    from exporter.runtime import rules
+
     path = Path(directory) / "metadata.json"
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExporterError(f"{directory}: not an exported version (cannot read metadata.json: {exc})") from None
-    if not isinstance(meta, dict) or "name" not in meta or "sha256" not in meta:
-        raise ExporterError(f"{directory}: metadata.json is not an exporter version's metadata")
+        meta = rules.read_metadata(path)
+    except rules.MetadataError as exc:
+        raise ExporterError(f"{directory}: not an exported version ({exc})") from None
+    problems = []
+    versions = meta.get("versions")
+    if not (isinstance(versions, list) and versions and all(str(v).isdigit() for v in versions)):
+        problems.append('"versions" must be a non-empty list of version numbers')
+    for key in ("tracking", "training", "quality", "evaluation", "parity"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            problems.append(f'"{key}" must be an object')
+    if not isinstance(meta.get("related_models", []), list):
+        problems.append('"related_models" must be a list')
+    if problems:
+        raise ExporterError(f"{path}: not an exported version's metadata: {'; '.join(problems)}")
     return meta
 
 

@@ -133,8 +133,8 @@ def track_versions(directories: Sequence[Path], uri: str | None = None) -> list[
     from exporter.errors import ExporterError
 
     groups: dict[tuple[str, ...], list[tuple[Path, dict[str, Any]]]] = {}
-    for d in directories:
-        d = Path(d)
+    unique = {Path(d).resolve(): Path(d) for d in directories}  # a directory named twice is logged once
+    for d in unique.values():
         if not d.is_dir():
             raise ExporterError(f"{d}: not a version directory (expected e.g. artifacts/xgb/1)")
         meta = R.read_version(d)
@@ -150,11 +150,43 @@ def track_versions(directories: Sequence[Path], uri: str | None = None) -> list[
         run = _existing_run(store, meta, artifacts)
         if run is None:
             model = str((meta.get("related_models") or [meta["name"]])[0]) if meta.get("model_part") else meta["name"]
+            _check_not_logged(store, str(model), [m for _, m in members])
             run = R.start(store, str(model), str(model), artifacts, kind="export")
-        registered = R.log_versions(run, [d for d, _ in members])
+        try:
+            registered = R.log_versions(run, [d for d, _ in members])
+        except BaseException:
+            R.finish(run, "FAILED")  # never a run left RUNNING
+            raise
         R.finish(run)
         done.append((run, registered))
     return done
+
+
+def _check_not_logged(store: S.Store, model: str, metas: Sequence[dict[str, Any]]) -> None:
+    """A version logged before (its model bytes' sha256 tag on a run of this store) is not logged again: a registry
+    would hold two model versions of one artifact."""
+    from exporter.errors import ExporterError
+
+    digests = ",".join(str(m["sha256"]) for m in metas)
+    try:
+        with S.bounded_http():
+            c = S.client(store)
+            experiment = c.get_experiment_by_name(model)
+            found = (
+                c.search_runs([experiment.experiment_id], f"tags.`exporter.sha256` = '{digests}'", max_results=1)
+                if experiment is not None
+                else []
+            )
+    except S.TrackingUnavailable:
+        raise
+    except Exception:
+        return  # a store that cannot search: the run is logged
+    if found:
+        first = metas[0]
+        raise ExporterError(
+            f"{first['name']} version {first['versions'][-1]} is already logged as run {found[0].info.run_id} in "
+            f"{store.shown()} (the same model bytes, sha256 {str(first['sha256'])[:12]})"
+        )
 
 
 def _existing_run(store: S.Store, meta: dict[str, Any], artifacts: Path) -> R.Run | None:

@@ -326,3 +326,30 @@ def test_a_notebook_export_is_a_run_with_its_plots_and_the_executed_notebook(tmp
     report = json.loads((tmp_path / "artifacts" / "xgb" / "1" / "report.ipynb").read_text())
     (runs_cell,) = [cell for cell in report["cells"] if cell.get("id") == "runs"]
     assert run_id in "".join("".join(o.get("text", "")) for o in runs_cell["outputs"])
+
+
+@pytest.mark.slow
+def test_track_logs_a_version_once_and_refuses_damaged_metadata_without_leaving_a_run(tmp_path: Path) -> None:
+    assert cli("export", "xgb", *FAST, "--artifacts", "artifacts", "--no-tracking", cwd=tmp_path).returncode == 0
+    version = "artifacts/xgb/1"
+    first = cli("track", version, version, cwd=tmp_path)  # named twice: one run, one registered version
+    assert first.returncode == 0, first.stderr
+    again = cli("track", version, cwd=tmp_path)  # the same model bytes: not a second registry version
+    assert again.returncode == 2 and "is already logged as run" in again.stderr, again.stderr
+    c = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert len(c.search_model_versions("name='xgb'")) == 1
+
+    meta = json.loads((tmp_path / version / "metadata.json").read_text())
+    for key, value, said in [
+        ("versions", [], '"versions" must be a non-empty list'),
+        ("training", ["x"], '"training" must be an object'),
+        ("tracking", "oops", '"tracking" must be an object'),
+    ]:
+        damaged = tmp_path / "damaged" / "xgb" / "1"
+        damaged.mkdir(parents=True, exist_ok=True)
+        (damaged / "metadata.json").write_text(json.dumps({**meta, key: value}))
+        done = cli("track", str(damaged), cwd=tmp_path)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, (key, done.stderr)
+    assert not (tmp_path / "damaged" / "mlruns").exists()  # refused before any store is opened: no run left
+    experiment = c.get_experiment_by_name("xgb").experiment_id
+    assert [r.info.status for r in c.search_runs([experiment])] == ["FINISHED"]
