@@ -29,10 +29,18 @@ VERSIONS_ENV = "EXPORTER_NOTEBOOK_VERSIONS"
 
 
 def _check(tracking: Any, tracking_uri: Any) -> None:
+    from exporter.errors import ExporterError
+    from exporter.tracking.store import check_uri
+
     if not isinstance(tracking, bool):
         raise ParameterError(f"tracking must be True or False, got {tracking!r}")
     if tracking_uri is not None and (not isinstance(tracking_uri, str) or not tracking_uri.strip()):
         raise ParameterError(f"tracking_uri must be a tracking URI (string) or None, got {tracking_uri!r}")
+    if tracking_uri is not None:
+        try:
+            check_uri(tracking_uri)
+        except ExporterError as exc:
+            raise ParameterError(f"tracking_uri: {exc}") from None
 
 
 def train(prep: Prepared, *, tune_trials: int = 0, tracking: bool = True, tracking_uri: str | None = None) -> Trained:
@@ -47,9 +55,9 @@ def train(prep: Prepared, *, tune_trials: int = 0, tracking: bool = True, tracki
 
     if isinstance(tune_trials, bool) or not isinstance(tune_trials, int) or tune_trials < 0:
         raise ParameterError(f"tune_trials must be 0 (no search) or a positive integer, got {tune_trials!r}")
+    _check(tracking, tracking_uri)  # before training: the export cell uses them after it
     if not tune_trials:
         return pipeline.fit(prep)
-    _check(tracking, tracking_uri)
     if prep.fit_elsewhere is not None:
         raise ParameterError('tune_trials searches on this machine: set engine = "local", or tune_trials = 0')
     try:

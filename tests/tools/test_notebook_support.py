@@ -661,3 +661,17 @@ def test_smoke_test_and_run_description_with_a_history(tmp_path, model):
     assert text.count("smoke test ") == len(r.artifacts)
     width = len(r.prepared.columns)
     assert f"  features (3; {width} tensor columns): user_id, item_id, recent  [" in nbs.describe_run(r.prepared)
+
+
+@pytest.mark.parametrize(
+    ("tracking", "uri", "message"),
+    [("no", None, "tracking must be True or False, got 'no'"), (True, "ftp://nowhere/x", "tracking_uri: ")],
+)
+def test_the_tracking_parameters_are_checked_before_training(tmp_path, monkeypatch, tracking, uri, message):
+    """They are used by the export cell, after training: a typo would cost the whole run."""
+    from exporter.export import pipeline
+
+    prep = nbs.prepare("xgb", rows=300, artifacts_dir=str(tmp_path))
+    monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("trained before checking the parameters"))
+    with pytest.raises(nbs.ParameterError, match=re.escape(message)):
+        nbs.train(prep, tracking=tracking, tracking_uri=uri)
