@@ -147,14 +147,17 @@ def diagnose(
     columns = head_columns(prep, evaluation)
     retrieval = "retrieval" in (evaluation.details or {})
     positive = getattr(prep, "positive_class", None)
+    # --positive-class names a value of the binary ``label`` column (the one --label names), else of the run's only
+    # binary label (an mmoe task naming its column), as training read it
+    label_columns = getattr(prep, "label_columns", None) or {}
+    binary = [columns.get(h, h) for h, k in kinds.items() if k == "binary"]
+    target = label_columns["label"] if "label" in label_columns else binary[0] if len(binary) == 1 else "label"
     heads: dict[str, dict[str, Any]] = {}
     for head, kind in kinds.items():
         entry: dict[str, Any] = {"kind": kind, "column": columns.get(head, head)}
         y, pred = evaluation.labels[head], evaluation.predictions[head]
         if kind == "binary":
-            # --positive-class names a value of the binary ``label`` column (the one --label names)
-            label_column = (getattr(prep, "label_columns", None) or {}).get("label", "label")
-            entry["positive_class"] = positive if entry["column"] == label_column else None
+            entry["positive_class"] = positive if entry["column"] == target else None
             entry["base_rate"] = float(np.mean(y)) if len(y) else float("nan")
             entry["average_precision"] = average_precision(y, pred)
             if not retrieval:  # a retrieval score (sigmoid of a scaled cosine) ranks, it is no probability

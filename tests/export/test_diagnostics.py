@@ -135,6 +135,8 @@ def test_positive_class_applies_to_an_mmoe_task_naming_its_column(log_csv, tmp_p
     metadata = result.artifacts[0].metadata
     assert metadata["training"]["positive_class"] == "cp"
     assert result.evaluation.metrics["conv_auc"] > 0.6  # 'cp' read as 1: the signal ranks it, inverted it would not
+    # the plots and the summary say what 1 means for that task ("outcome = cp"), as for the other models
+    assert result.evaluation.diagnostics["heads"]["conv"]["positive_class"] == "cp"
 
 
 def test_positive_class_with_two_binary_tasks_and_no_label_is_exit_2(capsys, log_csv, tmp_path):

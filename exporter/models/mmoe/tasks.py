@@ -31,9 +31,9 @@ DEFAULT_TASKS: list[dict[str, str]] = [
 ]
 #: added to the error for a missing label column of a default task: mmoe's heads are the data's to name
 DEFAULT_TASKS_HINT = (
-    "these are mmoe's default tasks (ctr: binary on label; watch_time, gmv: regression); name the tasks of this "
-    'data instead, e.g. --param \'tasks=[{"name": "ctr", "label": "label", "type": "binary"}, {"name": "rating", '
-    '"label": "rating", "type": "regression"}]\' (notebook: hparams={"tasks": [...]})'
+    "these are mmoe's default tasks (ctr: binary on the label column; watch_time, gmv: regression); name the "
+    'tasks of this data instead, e.g. --param \'tasks=[{"name": "ctr", "label": "label", "type": "binary"}, '
+    '{"name": "rating", "label": "rating", "type": "regression"}]\' (notebook: the parameter tasks = [...])'
 )
 _KEYS = ("name", "label", "type", "weight")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
