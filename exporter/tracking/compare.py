@@ -3,7 +3,9 @@ last cell) and the judged metric across them as a small plot."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -38,6 +40,11 @@ def runs_frame(store: S.Store, model: str, limit: int = 10) -> pd.DataFrame:
             f"no tracking store at {store.sqlite_path}: no export was tracked there yet "
             "(give the --artifacts tree the exports wrote, or --tracking-uri)"
         )
+    if store.sqlite_path is not None and not _holds_mlflow_tables(store.sqlite_path):  # nor migrate another one
+        raise ExporterError(
+            f"{store.sqlite_path} is not an MLflow tracking store (it has no MLflow tables); reading runs does not "
+            "write them into it: give the --artifacts tree the exports wrote, or --tracking-uri of a store"
+        )
     try:
         with S.bounded_http():
             c = S.client(store)
@@ -52,6 +59,18 @@ def runs_frame(store: S.Store, model: str, limit: int = 10) -> pd.DataFrame:
     except Exception as exc:
         raise S.TrackingUnavailable(f"tracking store {store.shown()} is not usable: {R._one_line(exc)}") from None
     return _frame(found)
+
+
+def _holds_mlflow_tables(path: Path) -> bool:
+    """An SQLite file with MLflow's schema (its ``alembic_version`` and ``experiments`` tables), opened read-only."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return False
+    return {"alembic_version", "experiments"} <= names
 
 
 def _frame(found: list[Any]) -> pd.DataFrame:

@@ -353,3 +353,16 @@ def test_track_logs_a_version_once_and_refuses_damaged_metadata_without_leaving_
     assert not (tmp_path / "damaged" / "mlruns").exists()  # refused before any store is opened: no run left
     experiment = c.get_experiment_by_name("xgb").experiment_id
     assert [r.info.status for r in c.search_runs([experiment])] == ["FINISHED"]
+
+
+def test_runs_never_writes_mlflow_tables_into_a_file_that_is_no_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    store_dir = tmp_path / "mlruns"
+    store_dir.mkdir()
+    with sqlite3.connect(store_dir / S.DB_FILE) as db:  # someone's own database where the store would be
+        db.execute("CREATE TABLE foo (x INTEGER)")
+    before = (store_dir / S.DB_FILE).read_bytes()
+    done = cli("runs", "xgb", "--artifacts", "artifacts", cwd=tmp_path)
+    assert done.returncode == 2 and "is not an MLflow tracking store" in done.stderr, done.stderr
+    assert (store_dir / S.DB_FILE).read_bytes() == before
