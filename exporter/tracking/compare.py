@@ -76,7 +76,8 @@ def _holds_mlflow_tables(path: Path) -> bool:
 def _frame(found: list[Any]) -> pd.DataFrame:
     params = [{k[3:]: v for k, v in r.data.params.items() if k.startswith("hp.")} for r in found]
     keys = sorted({k for p in params for k in p})
-    varying = [k for k in keys if len({p.get(k) for p in params}) > 1]
+    # a run without hyper-parameters (a tuning run logs the chosen trial's as best.*) makes no key vary
+    varying = [k for k in keys if len({p[k] for p in params if k in p}) > 1]
     shown_params = (varying + [k for k in keys if k not in varying])[:MAX_PARAMS]
     metric_keys: list[str] = []
     for r in found:
@@ -100,9 +101,12 @@ def _frame(found: list[Any]) -> pd.DataFrame:
         }
         row.update({k: p.get(k, "") for k in shown_params})
         row.update({k[len("heldout.") :]: r.data.metrics.get(k) for k in metric_keys})
+        row["objective"] = r.data.metrics.get("objective")  # a trial's (and a search's) validation figure
         row["parity_max_diff"] = r.data.metrics.get("parity.max_abs_diff")
         records.append(row)
-    return pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records(records)
+    empty = [c for c in ("objective", "parity_max_diff") if c in frame.columns and frame[c].isna().all()]
+    return frame.drop(columns=empty)
 
 
 def format_table(frame: pd.DataFrame, model: str, store: S.Store) -> str:

@@ -366,3 +366,30 @@ def test_runs_never_writes_mlflow_tables_into_a_file_that_is_no_store(tmp_path: 
     done = cli("runs", "xgb", "--artifacts", "artifacts", cwd=tmp_path)
     assert done.returncode == 2 and "is not an MLflow tracking store" in done.stderr, done.stderr
     assert (store_dir / S.DB_FILE).read_bytes() == before
+
+
+def test_the_runs_table_shows_the_parameters_that_vary_and_a_trials_objective() -> None:
+    """A tuning run logs no hp.* (its choice is best.*): it must not make every constant parameter look varied and
+    push the searched ones out of the table; trials show their validation objective."""
+    from types import SimpleNamespace
+
+    from exporter.tracking import compare
+
+    def run(i: int, kind: str, params: dict, metrics: dict) -> SimpleNamespace:
+        return SimpleNamespace(
+            info=SimpleNamespace(run_id=f"r{i}", start_time=1_765_000_000_000 + i, status="FINISHED"),
+            data=SimpleNamespace(
+                params={f"hp.{k}": v for k, v in params.items()}, metrics=metrics, tags={"exporter.kind": kind}
+            ),
+        )
+
+    constant = {f"knob_{c}": "1" for c in "abcdefgh"}  # more constant knobs than the table shows
+    found = [
+        run(0, "tune", {}, {"objective": 0.74}),
+        run(1, "trial", {**constant, "learning_rate": "0.01"}, {"objective": 0.73}),
+        run(2, "trial", {**constant, "learning_rate": "0.02"}, {"objective": 0.74}),
+    ]
+    frame = compare._frame(found)
+    assert list(frame.columns)[5] == "learning_rate"
+    assert frame["objective"].tolist() == [0.74, 0.73, 0.74]
+    assert "parity_max_diff" not in frame.columns  # no run has it: no column of None
