@@ -21,6 +21,9 @@ CONSTANT = "constant"
 EMPTY = "all_empty"
 ROW_NUMBER = "row_number"
 UNUSED_POSITIONS = "unused_positions"
+LIST_TEXT = "list_text"
+#: share of a text column's cells that must read as several IDs for it to be named a history written as text
+LIST_TEXT_SHARE = 0.5
 
 
 def column_warnings(
@@ -38,6 +41,10 @@ def column_warnings(
             if feat.spec.name not in seen:
                 seen.add(feat.spec.name)
                 out += _history_warning(feat, len(train_rows))
+            continue
+        listed = _list_text(frame, feat)
+        if listed is not None:
+            out.append({"column": feat.name, "reason": LIST_TEXT, "message": listed})
             continue
         found = _why(frame, feat, x_train[:, j] if x_train.size else np.zeros(0), len(train_rows))
         if found is not None:
@@ -77,6 +84,29 @@ def _history_warning(first: F.FittedFeature, n: int) -> list[dict[str, str]]:
         )
     message += f'set "max_length": {longest} in the schema unless requests send longer histories)'
     return [{"column": name, "reason": UNUSED_POSITIONS, "message": message}]
+
+
+def _list_text(frame: pd.DataFrame, feat: F.FittedFeature) -> str | None:
+    """A warning for a categorical text column whose cells mostly read as several IDs (``i_31|i_16``, a printed
+    list): as a category each whole list is one value, most of them seen once; a history embeds its items."""
+    from exporter.runtime.history import text_items
+
+    if not feat.categorical or feat.dtype != "string" or feat.name not in frame.columns:
+        return None
+    cells = [v for v in frame[feat.name].dropna().head(1000) if isinstance(v, str) and v.strip()]
+    if not cells:
+        return None
+    delimiter = F.FeatureSpec(feat.name, F.HISTORY).delimiter
+    several = [v for v in cells if len(text_items(v, delimiter)) >= 2]
+    if len(several) < LIST_TEXT_SHARE * len(cells):
+        return None
+    example = several[0] if len(several[0]) <= 40 else several[0][:37] + "..."
+    return (
+        f"column '{feat.name}' holds lists of IDs written as text ({len(several)} of {len(cells)} cells read have "
+        f"several, e.g. {example!r}): as a categorical each whole list is one value ({feat.rows - 1} in its "
+        f'vocabulary); declare it a history to embed its items (schema: {{"name": "{feat.name}", "kind": "history"}}, '
+        f"docs/features.md), or leave it out with --exclude-columns {feat.name}"
+    )
 
 
 def _why(frame: pd.DataFrame, feat: F.FittedFeature, prepared: np.ndarray, n: int) -> tuple[str, str] | None:

@@ -221,6 +221,30 @@ def test_a_text_history_read_as_one_item_per_row_suggests_its_delimiter(frame):
     assert "another separator than its delimiter '|', set the schema's \"delimiter\"" in about["message"]
 
 
+@pytest.mark.parametrize(
+    ("cells", "warned"),
+    [
+        (["i_3|i_9", "i_1|i_2|i_3", "i_4", "i_5|i_3", "i_7|i_8", "", "i_2|i_1", "i_9|i_4"], True),
+        (["[12, 7]", "[3]", "[1, 2]", "[5, 6, 7]", "[8, 9]", "[4]", "[2, 3]", "[1, 9]"], True),
+        (["rock", "jazz", "rock", "pop|rock", "jazz", "folk", "rock", "pop"], False),  # a category, one '|'
+    ],
+)
+def test_a_text_column_of_id_lists_read_as_a_category_suggests_a_history(frame, cells, warned):
+    """Undeclared, 'i_3|i_9' is a string category (each whole list one value, most seen once); the run says how to
+    declare it a history instead."""
+    from exporter.training import column_checks as K
+
+    table = frame.assign(recent=cells)
+    plan = F.fit(table, [F.FeatureSpec("recent", F.CATEGORICAL)])
+    warnings = K.column_warnings(table, plan, plan.prepare(plan.encode(table)), np.arange(len(table)))
+    about = [w for w in warnings if w["column"] == "recent"]
+    if not warned:
+        assert all(w["reason"] != "list_text" for w in about)
+        return
+    assert [w["reason"] for w in about] == ["list_text"]
+    assert '{"name": "recent", "kind": "history"}' in about[0]["message"]
+
+
 def test_graph_and_twin_agree_on_every_history_probe(frame):
     plan = plan_of(frame, HIST)
     probes = probe_rows(plan, plan.encode(frame), rows=16)
