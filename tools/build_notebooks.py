@@ -124,13 +124,13 @@ def _literal(value: Any) -> str:
 
 
 def hparams_source(model: str, cfg: NotebookInfo) -> str:
-    """``epochs=epochs, ..., **extra_hparams),`` (the body of ``hparams=dict(``) wrapped to the notebook's line
-    length after ``threads=threads, hparams=dict(`` (the cell stays glue)."""
+    """``extra_hparams, epochs=epochs, ...),`` (the body of ``hparams=nbs.knobs(``) wrapped to the notebook's line
+    length after ``threads=threads, hparams=nbs.knobs(`` (the cell stays glue)."""
     import textwrap
 
     names = [n for n, _ in cfg.knobs] + (["user_columns", "item_columns"] if cfg.towers else [])
-    body = ", ".join([f"{n}={n}" for n in names] + ["**extra_hparams"])
-    lead = "    threads=threads, hparams=dict("
+    body = ", ".join(["extra_hparams"] + [f"{n}={n}" for n in names])
+    lead = "    threads=threads, hparams=nbs.knobs("
     return textwrap.fill(body + "),", width=118, initial_indent=lead, subsequent_indent=" " * 8)[len(lead) :]
 
 
@@ -164,7 +164,7 @@ prep = nbs.prepare(
     exclude_columns=exclude_columns, rows=rows, seed=seed, root=nbs.repo_root(), engine=engine,
     spark_master=spark_master, num_workers=num_workers,
     artifacts_dir=artifacts_dir, model_name=model_name, model_version=model_version, atol=atol, parity_atol=parity_atol,
-    threads=threads, hparams=dict({hparams_source(model, cfg)}
+    threads=threads, hparams=nbs.knobs({hparams_source(model, cfg)}
 )
 print(nbs.describe_run(prep))"""
     title = f"{model}: loss per {cfg.step}"

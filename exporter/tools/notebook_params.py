@@ -118,6 +118,23 @@ _CLI_TERMS = {
 }
 
 
+def knobs(extra_hparams: Any, **named: Any) -> dict[str, Any]:
+    """The hyper-parameters of a notebook: its own knob parameters (``named``) and ``extra_hparams``, a dict of
+    any others; a mistake in it is a parameter error, not the glue's TypeError."""
+    if not isinstance(extra_hparams, Mapping):
+        raise ParameterError(
+            f"extra_hparams must be a dict of hyper-parameters (papermill: -p extra_hparams '{{\"key\": value}}'), "
+            f"got {extra_hparams!r}"
+        )
+    own = [k for k in extra_hparams if k in named]
+    if own:
+        raise ParameterError(
+            f"extra_hparams sets {', '.join(map(str, own))}, which the notebook has as its own parameter: set "
+            f"{own[0]} = ... instead"
+        )
+    return {**named, **extra_hparams}
+
+
 def notebook_terms(message: str) -> str:
     """Say ``checkpoint_path`` where a pipeline message says ``--checkpoint`` (the notebook's own words)."""
     import re

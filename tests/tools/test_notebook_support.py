@@ -675,3 +675,12 @@ def test_the_tracking_parameters_are_checked_before_training(tmp_path, monkeypat
     monkeypatch.setattr(pipeline, "fit", lambda *a, **k: pytest.fail("trained before checking the parameters"))
     with pytest.raises(nbs.ParameterError, match=re.escape(message)):
         nbs.train(prep, tracking=tracking, tracking_uri=uri)
+
+
+def test_extra_hparams_mistakes_are_parameter_errors():
+    """The notebook's glue merges its own knobs with extra_hparams: a mistake there was a raw TypeError (exit 1)."""
+    assert nbs.knobs({"subsample": 0.8}, n_estimators=10) == {"n_estimators": 10, "subsample": 0.8}
+    with pytest.raises(nbs.ParameterError, match="extra_hparams must be a dict of hyper-parameters .* got 'notadict'"):
+        nbs.knobs("notadict", n_estimators=10)
+    with pytest.raises(nbs.ParameterError, match="extra_hparams sets n_estimators, which the notebook has as its own"):
+        nbs.knobs({"n_estimators": 5}, n_estimators=10)
