@@ -212,3 +212,15 @@ def test_single_class_labels_are_named_before_training(
     assert code == 2
     assert f"the {part} labels 'label' hold one class (all {value:g}" in line, line
     assert "parity" not in line and "nan" not in line.lower()
+
+
+def test_the_command_line_help_imports_no_training_framework():
+    """``--help`` (and every mistake the parser catches) must not wait for torch: it took 6 s, and a Ctrl-C in
+    those seconds was a traceback."""
+    import subprocess
+    import sys
+
+    code = "import sys; from exporter.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

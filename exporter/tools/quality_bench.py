@@ -46,7 +46,6 @@ import pandas as pd
 
 from exporter.errors import ExporterError
 from exporter.models.two_tower import retrieval as R
-from exporter.models.two_tower.towers import pair_keys
 from exporter.tools import movielens as ml
 from exporter.tools.quality_baselines import EASE_LAMBDA, ease, tower_embeddings, xgb_baseline
 from exporter.tools.quality_data import (
@@ -126,8 +125,6 @@ MMOE_TASKS: list[dict[str, str]] = [
     {"name": "rating", "label": "rating", "type": "regression"},
 ]
 
-#: the key columns of the two-tower model's split by user-item pairs on MovieLens (sorted, as it hashes them)
-PAIR_KEYS: list[str] = pair_keys(USER_TOWER, ITEM_TOWER)
 #: The plain XGBoost baseline (AUC 0.7679 on this split, docs/benchmarks.md); xgboost defaults otherwise.
 XGB_BASELINE: dict[str, Any] = {"n_estimators": 600, "max_depth": 6, "learning_rate": 0.1}
 #: Hyper-parameters passed to the pipeline per model: none but mmoe's tasks, which say what its heads are on
@@ -345,7 +342,10 @@ def run_quality(
     # the pipeline's own splits of the table it reads: by row content (CTR models), by user-item pair (two_tower)
     written = D.read_table(data_path)
     train_rows, valid_rows, held_rows, _ = D.three_way_split(written, seed=SEED)
-    pair_train, pair_valid, held_pairs, _ = D.three_way_split(written, seed=SEED, key_columns=PAIR_KEYS)
+    from exporter.models.two_tower.towers import pair_keys  # torch: not imported to build the CLI's parser
+
+    pair_keys_ = pair_keys(USER_TOWER, ITEM_TOWER)  # the split by user-item pairs (sorted, as it hashes them)
+    pair_train, pair_valid, held_pairs, _ = D.three_way_split(written, seed=SEED, key_columns=pair_keys_)
     known_pairs = np.sort(np.concatenate([pair_train, pair_valid]))  # excluded from the ranking, counted by popularity
 
     # plain XGBoost, trained here on the same columns: every row but the held-out test rows (it stops on nothing)
