@@ -16,6 +16,7 @@ import pytest
 from exporter import cli
 from exporter.export import pipeline
 from exporter.training import data as D
+from tests.conftest import REPO
 
 
 @pytest.fixture()
@@ -224,3 +225,27 @@ def test_the_command_line_help_imports_no_training_framework():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c_with_nothing_half_written(tmp_path):
+    """``kill``, ``docker stop`` and ``timeout`` send SIGTERM: the export stops through its clean-up (exit 143,
+    one line), as on Ctrl-C, instead of dying wherever it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "export", "deepfm", "--rows", "20000", "--param", "max_epochs=200",
+         "--artifacts", str(tmp_path / "art"), "--no-tracking"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(12)  # well into training
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+    assert not [p for p in (tmp_path / "art").rglob("*") if p.name.isdigit() or p.name.startswith(".staging")]
