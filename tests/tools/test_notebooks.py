@@ -310,32 +310,16 @@ def test_two_runs_into_one_artifacts_directory_at_once_write_two_versions_each_w
 
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     artifacts = tmp_path / "art"
+    argv = [sys.executable, "-m", "exporter", *"notebooks xgb -p n_estimators 10 -p tracking false".split()]
     runs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "notebooks",
-                "xgb",
-                "--artifacts",
-                str(artifacts),
-                "-p",
-                "rows",
-                str(rows),
-                "-p",
-                "n_estimators",
-                "10",
-                "-p",
-                "tracking",
-                "false",
-            ],
+            [*argv, "--artifacts", str(artifacts), "-p", "rows", str(rows)],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for rows in (600, 700)
     ]
     outputs = [r.communicate(timeout=900)[0] for r in runs]
