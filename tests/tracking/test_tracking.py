@@ -235,8 +235,8 @@ def test_an_unreachable_server_still_writes_the_artifact_and_track_logs_it_later
     c = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     (mv,) = c.search_model_versions("name='xgb'")
     assert mv.tags["sha256"] == meta["sha256"]
-    again = cli("track", str(version), cwd=tmp_path)
-    assert again.returncode == 0  # without a run id in metadata, a second run: the user asked for it
+    again = cli("track", str(version), cwd=tmp_path)  # the same bytes: not a second registry version
+    assert again.returncode == 2 and "is already logged as run" in again.stderr, again.stderr
     bad = cli("track", str(tmp_path / "artifacts"), cwd=tmp_path)
     assert bad.returncode == 2 and "metadata.json" in bad.stderr
 
