@@ -66,6 +66,7 @@ def test_a_store_is_created_whole_and_a_half_created_one_says_how_to_recover(tmp
     later export untracked): the tables are now made in a file beside it, linked to its name when complete."""
     import sqlite3
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # an earlier test's mlflow.set_tracking_uri sets it
     store = S.resolve(tmp_path / "artifacts")
     store.directory.mkdir(parents=True)
     left = store.directory / f".{S.DB_FILE}.new-99999"  # what a process killed mid-creation leaves
