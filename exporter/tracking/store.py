@@ -244,9 +244,13 @@ def _create_sqlite(mlflow: Any, path: Path) -> None:
     uri = f"sqlite:///{fresh}"
     try:
         mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
-        os.link(fresh, path)  # never replaces a store another process made meanwhile
-    except FileExistsError:
-        pass
+        try:
+            os.link(fresh, path)  # never replaces a store another process made meanwhile
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename, under the lock every exporter takes
+            if not path.exists():
+                os.rename(fresh, path)
     finally:
         fresh.unlink(missing_ok=True)
 

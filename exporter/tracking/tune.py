@@ -174,10 +174,10 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         )
     model = params.model_name or spec.name
     counts = split_counts(prep)
+    data = prep.data_source if prep.data_source == "synthetic" else str(Path(prep.data_source).resolve())
     ident = ST.identity(
         model,
-        f"{prep.data_source} ({counts['train_rows']} training, {counts['validation_rows']} validation rows, "
-        f"seed {params.seed})",
+        f"{data} ({counts['train_rows']} training, {counts['validation_rows']} validation rows, seed {params.seed})",
     )
     # Optuna's own warnings print a failed trial's traceback; the search prints one line per trial instead
     optuna.logging.set_verbosity(optuna.logging.ERROR)
