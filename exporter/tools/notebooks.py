@@ -254,7 +254,7 @@ def portable_report(text: str) -> str:
     for prefix, replacement in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
         if len(Path(prefix).parts) < (2 if replacement else 3):  # never "/" (or "/tmp" as a working directory)
             continue
-        out = out.replace(json.dumps(prefix + "/")[1:-1], replacement)
+        out = out.replace(json.dumps(prefix + "/", ensure_ascii=False)[1:-1], replacement)
     return out
 
 
