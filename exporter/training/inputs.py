@@ -242,13 +242,13 @@ def binary_labels(
         if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and v in (0, 1):
             out[i] = float(v)
             continue
-        shown = "an empty cell" if v is None or (isinstance(v, float) and np.isnan(v)) else F.show_value(v)
+        shown = "an empty cell" if v is None or (isinstance(v, float) and np.isnan(v)) else f"value {F.show_value(v)}"
         present = series.dropna()
         hint = ""
         if v is not None and present.nunique() == 2:  # e.g. yes/no: say how to name the positive one
             hint = f"; or name the value that means 1 with --positive-class (the column holds {_value_counts(present)})"
         raise ExporterError(
-            f"{source}: label column '{column}' row {i + 1}: value {shown} is not a binary label; "
+            f"{source}: label column '{column}' row {i + 1}: {shown} is not a binary label; "
             f"expected 0 or 1 (or true/false){hint}"
         )
     return out

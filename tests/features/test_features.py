@@ -274,7 +274,7 @@ def test_binary_labels_accept_0_1_and_booleans_and_name_the_bad_row():
         ExporterError, match=r"t: label column 'c' row 3: value 2 is not a binary label; expected 0 or 1"
     ):
         I.binary_labels(frame, "c", source="t")
-    with pytest.raises(ExporterError, match=r"label column 'd' row 2: value an empty cell"):
+    with pytest.raises(ExporterError, match=r"label column 'd' row 2: an empty cell is not a binary label"):
         I.binary_labels(frame, "d", source="t")
 
 
