@@ -322,7 +322,8 @@ def check_search_space(spec: HasHparams, space: Mapping[str, Any], fixed: Mappin
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (low, high))
         if not numbers or not low < high:
             raise ExporterError(f"search range of '{key}' must be two numbers LOW < HIGH, got {low!r}:{high!r}")
-        if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        integer = kind == "int" or (isinstance(default, int) and not isinstance(default, bool))
+        if integer and not (float(low).is_integer() and float(high).is_integer()):
             raise ExporterError(f"search range of '{key}' (an integer) must have integer bounds, got {low!r}:{high!r}")
         if kind == "log" and low <= 0:
             raise ExporterError(f"log-scale search range of '{key}' must be above 0, got {low!r}:{high!r}")

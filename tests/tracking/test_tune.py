@@ -60,6 +60,7 @@ def test_search_ranges_parse_with_their_kind() -> None:
         ({"max_depth": ("int", 2, 60)}, {}, "max_depth of xgb must be a positive integer up to 30"),
         ({"learning_rate": ("log", 0, 0.3)}, {}, "above 0"),
         ({"max_depth": ("int", 2.5, 6)}, {}, "integer bounds"),
+        ({"max_depth": ("float", 2.5, 7.5)}, {}, "integer bounds"),  # an integer knob: not truncated silently
         ({"max_depth": ("int", 2, 6)}, {"max_depth": 4}, "both fixed"),
         ({"subsample": ("float", 0.5, 1.5)}, {}, r"subsample of xgb must be a number in \(0, 1\]"),
     ],
