@@ -191,6 +191,8 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         # trials at that epoch stops there (after PRUNE_STARTUP_TRIALS complete trials, from the second epoch)
         optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=1),
     )
+    held = f"continues with {len(study.trials)} trial(s)" if study.trials else "is new"
+    echo(f"study {study_name} {held} (continue it later with --study {study_name})")
     parent = ExportTracking(params.artifacts, options.tracking_uri, enabled=options.tracking_enabled, kind="tune")
     parent.warm_up()
     parent_run = _open_parent(parent, prep, study_name)
