@@ -239,11 +239,11 @@ def test_sigterm_stops_a_run_like_ctrl_c_with_nothing_half_written(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "export", "deepfm", "--rows", "20000", "--param", "max_epochs=200",
-         "--artifacts", str(tmp_path / "art"), "--no-tracking"],
+        [sys.executable, "-m", "exporter", *"export deepfm --rows 20000 --no-tracking".split(),
+         *"--param max_epochs=500 --param patience=0".split(), "--artifacts", str(tmp_path / "art")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(12)  # well into training
+    time.sleep(12)  # well into training (500 epochs, no early stopping: a minute or more)
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 143, err
