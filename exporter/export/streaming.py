@@ -42,7 +42,7 @@ from exporter.training import hparams as H
 from exporter.training import inputs as I
 from exporter.training import split as S
 from exporter.training import stream_scan as SS
-from exporter.training.sources import CsvTypeChange, InputFile, csv_types, resolve_inputs
+from exporter.training.sources import CsvTypeChange, InputFile, csv_types, is_list_type, resolve_inputs
 
 #: ``--streaming auto`` streams a table of more cells (estimated rows x columns) than this: about 770,000 rows
 #: of the 13-column click log, ~1.3 GB once read into pandas and prepared (1.75 KB per row measured)
@@ -163,16 +163,10 @@ def _head(reader: SS.StreamReader, files: Sequence[InputFile]) -> pd.DataFrame:
         for batch in sub.batches():
             frame = batch.frame
             for column in schema:  # a list column whose first rows are all null is still a list column (a history)
-                if _is_list_type(column.type) and column.name in frame.columns:
+                if is_list_type(column.type) and column.name in frame.columns:
                     frame[column.name] = frame[column.name].map(lambda v: [] if v is None else v)
             return frame
     raise ExporterError(f"data {', '.join(f.path for f in files[:3])}: every file is empty (no rows to train on)")
-
-
-def _is_list_type(t: Any) -> bool:
-    import pyarrow as pa
-
-    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def _check_classes(classes: Mapping[str, Mapping[str, list[int]]], labels: Mapping[str, str], where: str) -> None:

@@ -19,12 +19,9 @@ import pyarrow as pa
 
 from exporter.runtime.columns import ColumnSpec
 from exporter.runtime.history import HistoryProblem, expected, history_values, string_codes
+from exporter.training.sources import is_list_type
 
 __all__ = ["encode_history_column", "history_schema_problems"]
-
-
-def _list_type(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def history_schema_problems(schema: pa.Schema, rule: ColumnSpec) -> list[str]:
@@ -38,7 +35,7 @@ def history_schema_problems(schema: pa.Schema, rule: ColumnSpec) -> list[str]:
     if pa.types.is_dictionary(t):
         t = t.value_type
     ok = (
-        _list_type(t)
+        is_list_type(t)
         or pa.types.is_string(t)
         or pa.types.is_large_string(t)
         or pa.types.is_integer(t)
@@ -69,7 +66,7 @@ def encode_history_column(
     columns = [k for k in range(j, len(rules)) if rules[k].history == rule.history]
     column = batch.column(rule.history)  # present: checked by the caller
     values = column.to_pylist()
-    text = not _list_type(column.type)
+    text = not is_list_type(column.type)
     block = np.full((len(values), len(columns)), np.nan)
     bad = np.zeros(len(values), dtype=bool)
     strings = rule.takes_strings

@@ -400,7 +400,7 @@ def smoke_test(prep: Prepared, trained: Trained, exported: Sequence[ExportedArti
     units = {u.model_name: u for u in trained.units()}
     held = prep.heldout
     columns = _table_columns(prep)  # a history by its own name, sent as a JSON list of its IDs
-    lists = _history_items(prep, held)
+    lists = {h["name"] for h in prep.features.histories()} if prep.features is not None else set()
     plain = [c for c in columns if c not in lists]
     complete = held[held[plain].notna().all(axis=1)]  # a TorchServe null is for optional columns only
     frame = (complete if len(complete) else held).head(rows)

@@ -28,6 +28,7 @@ __all__ = [
     "SourceBatch",
     "resolve_inputs",
     "check_unique_columns",
+    "is_list_type",
     "csv_types",
     "file_schema",
     "repeated_columns",
@@ -206,6 +207,11 @@ def repeated_columns(path: str | os.PathLike[str], repeated: Sequence[str], fmt:
         f"appear{'' if len(repeated) > 1 else 's'} more than once in the "
         f"{'header' if fmt == 'csv' else 'schema'}; expected each column once"
     )
+
+
+def is_list_type(t: pa.DataType) -> bool:
+    """An Arrow list column (list, large_list or fixed_size_list): how Parquet holds a history."""
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
 
 
 def check_unique_columns(path: str | os.PathLike[str], names: Sequence[str], fmt: str) -> None:
