@@ -70,9 +70,18 @@ def resolve_hparams(spec: HasHparams, overrides: Mapping[str, Any]) -> dict[str,
         raise ExporterError(
             f"unknown hyper-parameter(s) {', '.join(unknown)} for {spec.name}; known: {', '.join(spec.default_hparams)}"
         )
-    merged = {**spec.default_hparams, **overrides}
+    merged = {**spec.default_hparams, **_split_column_lists(spec, overrides)}
     check_hparam_values(spec, merged)
     return merged
+
+
+def _split_column_lists(spec: HasHparams, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A list of columns given as text, ``"user_id,age"`` (as ``--exclude-columns`` takes it), becomes a list."""
+    out = dict(overrides)
+    for key, value in overrides.items():
+        if key in spec.default_hparams and isinstance(value, str) and rule_for(spec, key)[0] == "columns":
+            out[key] = [c.strip() for c in value.split(",")]
+    return out
 
 
 #: the largest value of each integer hyper-parameter (and of each width of ``hidden``): beyond it a run
@@ -141,8 +150,8 @@ RULES: dict[str, tuple[str, str]] = {
         "float32 or float64: what the network trains and computes in (the graph's tensors stay FP64)",
     ),
     "refit": ("refit", RF.EXPECTED),
-    "user_columns": ("columns", "None or a non-empty list of column names"),
-    "item_columns": ("columns", "None or a non-empty list of column names"),
+    "user_columns": ("columns", "None or a non-empty list of column names (or their names joined by commas)"),
+    "item_columns": ("columns", "None or a non-empty list of column names (or their names joined by commas)"),
 }
 
 
@@ -199,8 +208,9 @@ def check_hparam_values(spec: HasHparams, hparams: Mapping[str, Any]) -> None:
         elif rule == "decay":
             ok = value == "auto" or (number(value) and value >= 0)
         elif rule == "columns":
+            names = value.split(",") if isinstance(value, str) else value
             ok = value is None or (
-                isinstance(value, list) and bool(value) and all(isinstance(c, str) and c.strip() for c in value)
+                isinstance(names, list) and bool(names) and all(isinstance(c, str) and c.strip() for c in names)
             )
         elif rule == "positive_number":
             ok = number(value) and value > 0

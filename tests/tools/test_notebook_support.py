@@ -102,12 +102,19 @@ def test_wrong_parameters_raise_parameter_error_before_training(kwargs, message,
         ("xgb", {"subsample": 3}, "subsample of xgb must be a number in (0, 1]"),
         ("xgb", {"min_child_weight": float("nan")}, "min_child_weight of xgb must be a non-negative number"),
         ("mmoe", {"weight_decay": -0.1}, "weight_decay of mmoe must be a non-negative number, or auto"),
-        ("two_tower", {"user_columns": "user_age"}, "user_columns of two_tower must be None or a non-empty list"),
+        ("two_tower", {"user_columns": 3}, "user_columns of two_tower must be None or a non-empty list"),
+        ("two_tower", {"item_columns": "item_id,,"}, "item_columns of two_tower must be None or a non-empty list"),
     ],
 )
 def test_architecture_hparams_are_checked_before_training(model, hparams, message, tmp_path):
     with pytest.raises(nbs.ParameterError, match=re.escape(message)):
         nbs.prepare(model, rows=200, artifacts_dir=str(tmp_path), hparams=hparams)
+
+
+def test_tower_columns_as_text_are_a_list(tmp_path):
+    """``"a, b"`` (as ``--param user_columns=a,b`` arrives) names two columns, as ``--exclude-columns`` reads it."""
+    prep = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), hparams={"user_columns": "user_id, user_age"})
+    assert prep.hparams["user_columns"] == ["user_id", "user_age"]
 
 
 def test_good_architecture_hparams_pass(tmp_path):
