@@ -142,6 +142,12 @@ def _check_two_classes(
 
 def prepare(params: ExportParams) -> Prepared:
     """Check every parameter and input before any training, so mistakes fail fast and clearly."""
+    parts: D.Parts = []  # a directory or glob read in memory: its files, so that an error names the file's row
+    with D.located_in_files(parts, f"data file {params.data_path}"):
+        return _prepare(params, parts)
+
+
+def _prepare(params: ExportParams, parts: D.Parts) -> Prepared:
     spec = get_spec(params.model)
     if params.mode not in MODES:
         raise ExporterError(f"unknown mode '{params.mode}': expected 'train' or 'load'")
@@ -203,7 +209,8 @@ def prepare(params: ExportParams) -> Prepared:
         return ST.prepare_streaming(params, spec, hparams, schema, columns, labels, needs, reading)
     if params.data_path is not None:
         ST.log(params, f"data: in memory ({reading.reason})")
-        frame = D.read_table(params.data_path)
+        frame, read = D.read_parts(params.data_path)
+        parts.extend(read)
         source = str(params.data_path)
     else:
         D.check_rows(params.rows)

@@ -7,8 +7,9 @@ torch or xgboost.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +189,49 @@ def _zipf(n: int, exponent: float) -> np.ndarray:
     return weights / weights.sum()
 
 
+#: the files of a table read from several, in order, with their rows: ``[(path, rows), ...]``
+Parts = list[tuple[str, int]]
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet file, or every file of a directory or glob (one table), naming the file in every
     error."""
-    if path is not None and (Path(path).is_dir() or (not Path(path).exists() and any(c in str(path) for c in "*?["))):
+    return read_parts(path)[0]
+
+
+def read_parts(path: str | Path) -> tuple[pd.DataFrame, Parts]:
+    """:func:`read_table`, and the files the table's rows came from (:func:`located_in_files` uses them)."""
+    if path is not None and _many(path):
         return _read_many(str(path))
+    frame = _read_one(path)
+    return frame, [(str(path), len(frame))]
+
+
+def _many(path: str | Path) -> bool:
+    return Path(path).is_dir() or (not Path(path).exists() and any(c in str(path) for c in "*?["))
+
+
+@contextlib.contextmanager
+def located_in_files(parts: Parts, where: str) -> Iterator[None]:
+    """An error about ``where`` (a directory or glob) at "row N" of the whole table names the file and its row
+    instead: "data file d/part-1.csv: ... row 6", as a streamed read of the same files says."""
+    try:
+        yield
+    except ExporterError as exc:
+        text = str(exc)
+        found = re.search(r"\brow (\d+)", text)
+        if not text.startswith(f"{where}:") or found is None:
+            raise
+        row, start = int(found.group(1)), 0
+        for file, rows in parts:
+            if row <= start + rows:
+                text = f"data file {file}:{text[len(where) + 1 : found.start()]}row {row - start}{text[found.end() :]}"
+                raise type(exc)(text) from None
+            start += rows
+        raise
+
+
+def _read_one(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ExporterError(f"data file not found: {path}")
@@ -214,12 +253,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     raise ExporterError(f"unsupported data file type '{suffix}' for {path}: expected .csv or .parquet")
 
 
-def _read_many(spec: str) -> pd.DataFrame:
+def _read_many(spec: str) -> tuple[pd.DataFrame, Parts]:
     """The files of a directory or glob as one table; a file that lacks a column of the first names it."""
     from exporter.training.sources import resolve_inputs
 
     files = resolve_inputs(spec, option="--data")
-    frames = [read_table(f.path) for f in files]
+    frames = [_read_one(f.path) for f in files]
     columns = list(frames[0].columns)
     for f, frame in zip(files, frames, strict=True):
         missing = [c for c in columns if c not in frame.columns]
@@ -229,7 +268,8 @@ def _read_many(spec: str) -> pd.DataFrame:
                 "has; every file of the data must hold the same columns"
             )
     _check_one_type(files, frames, columns)
-    return pd.concat([frame[columns] for frame in frames], ignore_index=True)
+    table = pd.concat([frame[columns] for frame in frames], ignore_index=True)
+    return table, [(str(f.path), len(frame)) for f, frame in zip(files, frames, strict=True)]
 
 
 def _check_one_type(files: Sequence[Any], frames: Sequence[pd.DataFrame], columns: Sequence[str]) -> None:

@@ -233,15 +233,12 @@ def binary_labels(
         fast = series.to_numpy(dtype=np.float64, na_value=np.nan)
         if bool(np.all((fast == 0) | (fast == 1))):
             return fast
-    values = series.to_numpy(dtype=object)
-    out = np.empty(len(values), dtype=np.float64)
-    for i, v in enumerate(values):
-        if isinstance(v, (bool, np.bool_)):
-            out[i] = float(bool(v))
-            continue
-        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and v in (0, 1):
-            out[i] = float(v)
-            continue
+    # by distinct value: text "0"/"1"/"true"/"false" (a Parquet string column, labels written as text) is a label too
+    rows, classes, _ = _classes(series)
+    out = np.array([BINARY_KEYS.get(k, np.nan) for k in classes] + [np.nan], dtype=np.float64)[rows]
+    bad = np.flatnonzero(np.isnan(out))
+    for i in bad[:1]:
+        v = series.iloc[i]
         shown = "an empty cell" if v is None or (isinstance(v, float) and np.isnan(v)) else f"value {F.show_value(v)}"
         present = series.dropna()
         hint = ""
@@ -253,6 +250,14 @@ def binary_labels(
         )
     return out
 
+
+#: the values (by :func:`class_key`) a binary label column may hold without --positive-class, and what they mean
+BINARY_KEYS: dict[tuple[str, Any], float] = {
+    ("number", 0.0): 0.0,
+    ("number", 1.0): 1.0,
+    ("bool", False): 0.0,
+    ("bool", True): 1.0,
+}
 
 #: how many of a label column's values an error lists (with their counts)
 SHOWN_VALUES = 5

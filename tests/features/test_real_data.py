@@ -271,6 +271,39 @@ def test_bad_label_is_exit_2_naming_column_row_and_value(tmp_path):
     assert not (tmp_path / "art").exists()
 
 
+@pytest.mark.parametrize("streaming", ["off", "on"])
+def test_bad_label_in_a_directory_names_the_file_and_its_row(tmp_path, streaming):
+    """Read in memory, a directory's files are one table: the error still names the file and the row in it."""
+    data = tmp_path / "log"
+    data.mkdir()
+    first, second = click_log(300, 2), click_log(300, 3)
+    first["clicked"], second["clicked"] = first["clicked"].astype(str), second["clicked"].astype(str)  # "0", "1"
+    second.loc[5, "clicked"] = "maybe"
+    first.to_parquet(data / "part-0.parquet", index=False)
+    second.to_parquet(data / "part-1.parquet", index=False)
+    art = tmp_path / "art"
+    args = ("export", "xgb", "--data", str(data), "--label", "clicked", "--streaming", streaming)
+    result = run_cli(*args, "--artifacts", str(art), "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data file {data / 'part-1.parquet'}: label column 'clicked' row 6: value 'maybe' is not a binary "
+        "label; expected 0 or 1 (or true/false)"
+    )
+    assert not art.exists()
+
+
+@pytest.mark.parametrize("values", [("0", "1"), ("false", "True"), (" 0", "1.0")])
+def test_labels_written_as_text_are_binary_labels(values):
+    """A Parquet string column of "0"/"1" (or true/false) is the label it says, as those values are in a CSV."""
+    from exporter.training.inputs import binary_labels
+
+    frame = pd.DataFrame({"clicked": [values[1], values[0], values[0], values[1], None]})
+    got = binary_labels(frame.iloc[:4], "clicked", source="data file t.parquet")
+    assert got.tolist() == [1.0, 0.0, 0.0, 1.0]
+    with pytest.raises(Exception, match=r"t.parquet: label column 'clicked' row 5: an empty cell is not a binary"):
+        binary_labels(frame, "clicked", source="data file t.parquet")
+
+
 def test_schema_file_names_the_label_and_the_kinds(tmp_path, log_csv):
     schema = {
         "label": "clicked",

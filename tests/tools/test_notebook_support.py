@@ -113,7 +113,8 @@ def test_architecture_hparams_are_checked_before_training(model, hparams, messag
 
 def test_tower_columns_as_text_are_a_list(tmp_path):
     """``"a, b"`` (as ``--param user_columns=a,b`` arrives) names two columns, as ``--exclude-columns`` reads it."""
-    prep = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), hparams={"user_columns": "user_id, user_age"})
+    hparams = {"user_columns": "user_id, user_age"}
+    prep = nbs.prepare("two_tower", rows=200, artifacts_dir=str(tmp_path), hparams=hparams)
     assert prep.hparams["user_columns"] == ["user_id", "user_age"]
 
 
