@@ -121,6 +121,17 @@ def params_of(meta: Mapping[str, Any]) -> dict[str, str]:
     for f in features:
         if isinstance(f, Mapping):
             kinds.setdefault(str(f.get("kind", "numeric")), []).append(str(f.get("name")))
+    stop = t.get("early_stopping") or {}
+    if isinstance(stop, Mapping):  # where training stopped and why, to compare runs by (their curves are metrics)
+        refit = stop.get("refit")
+        out.update(
+            {
+                "stop.best_epoch": stop.get("best_epoch", stop.get("best_round")),
+                "stop.epochs_run": stop.get("epochs_run", stop.get("rounds_run")),
+                "stop.reason": stop.get("stopped_because"),
+                "stop.refit": refit.get("applied") if isinstance(refit, Mapping) else None,
+            }
+        )
     out["features.count"] = len(meta.get("feature_columns") or [])
     for kind, names in sorted(kinds.items()):
         out[f"features.{kind}"] = ",".join(names)

@@ -139,6 +139,9 @@ def test_an_export_is_a_run_with_params_metrics_files_and_a_registered_model(tra
     assert int(p["split.train_rows"]) + int(p["split.validation_rows"]) + int(p["split.test_rows"]) == 2000
     assert int(p["split.validation_rows"]) > 0 and int(p["split.test_rows"]) > int(p["split.validation_rows"])
     assert "user_id" in p["features.categorical"] and "item_ctr" in p["features.numeric"]
+    stop = meta["training"]["early_stopping"]  # where training stopped and why: runs compare by it
+    assert (p["stop.best_epoch"], p["stop.epochs_run"]) == (str(stop["best_round"]), str(stop["rounds_run"]))
+    assert p["stop.reason"] == "n_estimators" and p["stop.refit"] == "true"  # 2,000 rows: refit on train + validation
     assert m["heldout.auc"] == pytest.approx(meta["training"]["metrics"]["auc"], abs=1e-6)
     assert m["parity.max_abs_diff"] == pytest.approx(meta["parity"]["max_abs_diff"])
     assert m["seconds.total"] > 0 and m["objective"] == pytest.approx(m["heldout.auc"], abs=1e-6)
