@@ -545,11 +545,25 @@ def read_column(series: pd.Series, spec: FeatureSpec, *, source: str) -> Column:
     if spec.kind == CATEGORICAL:
         present = ~np.isnan(numbers)
         bad = present & ((numbers != np.floor(numbers)) | (np.abs(numbers) > MAX_EXACT_INT))
+        if pd.api.types.is_integer_dtype(series) and not bad.any():  # 2^53 + 1 rounds to 2^53 as a float: exact test
+            held = series.notna().to_numpy()
+            exact = series[held].to_numpy(dtype=np.uint64 if series.dtype.kind == "u" else np.int64)
+            outside = exact > MAX_EXACT_INT
+            if series.dtype.kind == "i":
+                outside |= exact < -MAX_EXACT_INT
+            bad[np.flatnonzero(held)[outside]] = True
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
+            shown = show_value(series.iloc[i])  # as the file holds it (a uint64 ID is not rounded to a float)
+            if numbers[i] == np.floor(numbers[i]):
+                raise ExporterError(
+                    f"{source}: column '{col}' row {i + 1}: ID {shown} is beyond 2^53, the largest integer the FP64 "
+                    "features tensor carries exactly; remap or hash the IDs into +-2^53 (e.g. a dense index), or "
+                    "store them as strings (text IDs are learnt as strings; requests then send each ID as a string)"
+                )
             raise ExporterError(
-                f"{source}: column '{col}' row {i + 1}: value {numbers[i]!r} is not an integer ID within +-2^53; "
-                "a categorical column of numbers holds integer IDs (declare it numeric, or store it as strings)"
+                f"{source}: column '{col}' row {i + 1}: value {shown} is not an integer ID; a categorical column "
+                "of numbers holds integer IDs (declare it numeric, or store it as strings)"
             )
         return Column("int64", numbers=numbers)
     return Column("int64" if _integer_valued(series) else "float64", numbers=numbers)

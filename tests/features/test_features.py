@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -13,6 +14,7 @@ import pytest
 from exporter import features as F
 from exporter.errors import ExporterError
 from exporter.features import onnx_prep
+from exporter.features.schema import read_column
 from exporter.runtime import rules
 from exporter.training import inputs as I
 from exporter.training import quality_gate as Q
@@ -388,3 +390,18 @@ def test_integer_ids_beyond_2_53_are_refused_not_read_as_strings(big):
     small = pd.DataFrame({"user_id": pd.Series(["47", "3", "-5", None], dtype=object), "price": [1.0, 2, 3, 4]})
     plan, _ = I.fit_plan(small, ["user_id", "price"], None, np.arange(4), source="data file x.csv")
     assert plan.features[0].dtype == "string", "digit strings within 2^53 keep their kind"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        # a uint64 / int64 ID is named as the file holds it, not as a rounded float
+        (pd.Series([7, 2**53 + 1], dtype="uint64"), "row 2: ID 9007199254740993 is beyond 2^53"),
+        (pd.Series([7, -(2**60)], dtype="int64"), "row 2: ID -1152921504606846976 is beyond 2^53"),
+        (pd.Series([7, None, 2**53 + 1], dtype="UInt64"), "row 3: ID 9007199254740993 is beyond 2^53"),
+        (pd.Series([7.0, 3.5]), "row 2: value 3.5 is not an integer ID; a categorical column of numbers"),
+    ],
+)
+def test_a_categorical_number_that_is_no_exact_id_is_named_as_written(values, message):
+    with pytest.raises(ExporterError, match=re.escape(f"data file t.parquet: column 'user_id' {message}")):
+        read_column(values, F.FeatureSpec("user_id", F.CATEGORICAL), source="data file t.parquet")
