@@ -95,7 +95,8 @@ def _frame(found: list[Any]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "run_id": r.info.run_id,
             "start (UTC)": start,
-            "status": r.info.status,
+            # a trial the pruner stopped ran as it should (FINISHED in MLflow) but gave no value: say so
+            "status": "PRUNED" if r.data.tags.get("exporter.trial_state") == "PRUNED" else r.info.status,
             "kind": r.data.tags.get(R.TAG_KIND, ""),
             "version": r.data.tags.get(R.TAG_VERSION, ""),
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,12 @@ def start(
         "experiment": experiment,
     }
     return Run(store, run.info.run_id, exp, record)
+
+
+def ended_status() -> str:
+    """How a run ends that did not finish, called while handling its exception: ``KILLED`` when the user stopped it
+    (Ctrl-C, SIGTERM), else ``FAILED``; MLflow's UI and ``runs`` tell the two apart."""
+    return "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
 
 
 def finish(run: Run, status: str = "FINISHED") -> None:

@@ -99,9 +99,9 @@ class ExportTracking:
         R.finish(self.run)
 
     def failed(self) -> None:
-        """The export did not happen: the run (if open) is closed as FAILED."""
+        """The export did not happen: the run (if open) is closed as FAILED (KILLED when the user stopped it)."""
         if self.run is not None:
-            R.finish(self.run, "FAILED")
+            R.finish(self.run, R.ended_status())
 
     def _warn(self, problem: str, directories: Sequence[Path] | None) -> None:
         self.problem = problem
@@ -155,7 +155,7 @@ def track_versions(directories: Sequence[Path], uri: str | None = None) -> list[
         try:
             registered = R.log_versions(run, [d for d, _ in members])
         except BaseException:
-            R.finish(run, "FAILED")  # never a run left RUNNING
+            R.finish(run, R.ended_status())  # never a run left RUNNING
             raise
         R.finish(run)
         done.append((run, registered))

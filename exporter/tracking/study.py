@@ -17,6 +17,9 @@ from exporter.errors import ExporterError
 
 #: the study's user attributes that say what its trials measured
 IDENTITY_KEYS = ("model", "data")
+#: seconds between a running trial's heartbeats; a trial silent for twice as long belongs to a process that died
+#: (killed, out of memory) and is marked failed when a search of its study next starts a trial
+HEARTBEAT_SECONDS = 60
 
 
 def identity(model: str, data: str) -> dict[str, str]:
@@ -25,7 +28,7 @@ def identity(model: str, data: str) -> dict[str, str]:
 
 
 def open_study(
-    name: str | None, model: str, storage: str, seed: int, ident: Mapping[str, str], pruner: Any
+    name: str | None, model: str, storage: Any, seed: int, ident: Mapping[str, str], pruner: Any
 ) -> tuple[Any, str]:
     """The study (created, or continued when ``name`` is given) and its name.
 
@@ -34,6 +37,7 @@ def open_study(
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed)
+    storage = _with_heartbeats(storage)
     if name is None:
         base = f"{model}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         for n in range(1, 1000):
@@ -61,6 +65,21 @@ def open_study(
     else:
         _record(study, ident)
     return study, name
+
+
+def _with_heartbeats(storage: Any) -> Any:
+    """A database URL as Optuna's storage with heartbeats: without them a trial whose process was killed stays
+    RUNNING in the study for ever (Ctrl-C and SIGTERM fail it themselves)."""
+    if not isinstance(storage, str):
+        return storage
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.storages import RDBStorage
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5 and stable since 2.9
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RDBStorage(storage, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=2 * HEARTBEAT_SECONDS)
 
 
 def check_identity(study: Any, name: str, ident: Mapping[str, str]) -> None:

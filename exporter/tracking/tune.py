@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.errors import ExporterError
+from exporter.tracking import held_signals as HS
 from exporter.tracking import runs as R
 from exporter.tracking import store as S
 from exporter.tracking import study as ST
@@ -222,10 +223,14 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
             trained = pipeline.fit(t_prep, refit=False)  # judged on the validation rows: it must not train on them
         except optuna.TrialPruned as pruned:
             echo(f"trial {trial.number}: pruned: {pruned}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
+            ended = Ended("PRUNED", str(pruned), time.perf_counter() - start)
+            _log_trial(parent, parent_run, model, trial.number, hp, {}, None, ended.seconds, None, ended)
             raise
         except ExporterError as exc:  # this trial's parameters (diverged, too large): the search goes on
             failed.append(f"trial {trial.number}: {exc}")
             echo(f"trial {trial.number}: failed: {exc}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
+            ended = Ended("FAILED", str(exc), time.perf_counter() - start)
+            _log_trial(parent, parent_run, model, trial.number, hp, {}, None, ended.seconds, None, ended)
             raise
         t_prep.on_epoch = None
         # the validation rows choose; the test rows report only the chosen trial (choosing by them would make
@@ -244,7 +249,13 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         return float(value)
 
     try:
-        study.optimize(objective, n_trials=trials, timeout=options.timeout, catch=(ExporterError,))
+        with HS.held_between_trials() as gate:  # a stop inside Optuna's own records waits for the next trial
+
+            def gated(trial: Any) -> float:
+                with gate.trial():
+                    return objective(trial)
+
+            study.optimize(gated, n_trials=trials, timeout=options.timeout, catch=(ExporterError,))
         _best_of_study(study, best, objective, echo)
     except BaseException:
         parent.failed()
@@ -381,6 +392,15 @@ def _open_parent(parent: ExportTracking, prep: Any, study_name: str) -> str | No
     return parent.run.run_id if parent.run is not None else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """A trial that gave no value: ``PRUNED`` (the pruner stopped it) or ``FAILED`` (its parameters failed)."""
+
+    state: str
+    reason: str
+    seconds: float
+
+
 def _log_trial(
     parent: ExportTracking,
     parent_run: str | None,
@@ -390,9 +410,12 @@ def _log_trial(
     validation_metrics: Mapping[str, Any],
     history: Any,
     seconds: float,
-    value: float,
+    value: float | None,
+    ended: Ended | None = None,
 ) -> None:
-    """One trial as a run nested under the tuning run: its parameters, validation metrics, curve, objective."""
+    """One trial as a run nested under the tuning run: its parameters, validation metrics, curve, objective; a
+    pruned or failed one too (its parameters, tags ``exporter.trial_state`` and ``exporter.trial_reason``; a failed
+    one ``FAILED``), so the runs show every point the search tried."""
     if parent_run is None or parent.store is None or parent.run is None:
         return
     from mlflow.entities import Metric, Param
@@ -408,7 +431,8 @@ def _log_trial(
             kind="trial",
         )
         c = S.client(parent.store)
-        metrics = [Metric("objective", value, 0, 0), Metric("seconds.fit", seconds, 0, 0)]
+        metrics = [Metric("seconds.fit", seconds, 0, 0)]
+        metrics += [Metric("objective", value, 0, 0)] if value is not None else []
         metrics += [
             Metric(R.metric_key(f"validation.{k}"), float(v), 0, 0)
             for k, v in validation_metrics.items()
@@ -420,10 +444,15 @@ def _log_trial(
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     metrics.append(Metric(f"curve.{key}", float(v), 0, int(h.get("step", 0))))
         params = [Param(f"hp.{k}", R._param(v)) for k, v in chosen.items()] + [Param("tune.trial", str(number))]
+        state = {"exporter.trial_state": ended.state if ended else "COMPLETE"}
+        if ended is not None:
+            state["exporter.trial_reason"] = ended.reason[:5000]
         with S.bounded_http():
             c.log_batch(trial.run_id, metrics=metrics, params=params)
             c.set_tag(trial.run_id, "exporter.objective", "validation")
-        R.finish(trial)
+            for key, text in state.items():
+                c.set_tag(trial.run_id, key, text)
+        R.finish(trial, "FAILED" if ended is not None and ended.state == "FAILED" else "FINISHED")
     except Exception as exc:  # the search goes on untracked
         parent.warn(f"warning: tracking: trial {number} not logged: {R._one_line(exc)}")
 

@@ -21,17 +21,33 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ("--rows", "2000", "--param", "n_estimators=8", "--quiet")
 
 
-def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    """``python -m exporter ARGS`` with tracking on (the suite turns it off for every other test)."""
+def _tracked_env(**env: str) -> dict[str, str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "EXPORTER_TRACKING": "on", **env}
     full_env.pop("MLFLOW_TRACKING_URI", None)
+    return full_env
+
+
+def cli(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """``python -m exporter ARGS`` with tracking on (the suite turns it off for every other test)."""
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
         cwd=cwd,
-        env=full_env,
+        env=_tracked_env(**env),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def cli_process(*args: str, cwd: Path) -> subprocess.Popen:
+    """:func:`cli` started, not waited for (two at once, or one to be stopped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", *args],
+        cwd=cwd,
+        env=_tracked_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -247,17 +263,8 @@ def test_an_unreachable_server_still_writes_the_artifact_and_track_logs_it_later
 
 @pytest.mark.slow
 def test_two_exports_at_once_log_two_runs(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "EXPORTER_TRACKING": "on"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "exporter", "export", "xgb", "--artifacts", "artifacts", *FAST, "--seed", str(seed)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        cli_process("export", "xgb", "--artifacts", "artifacts", *FAST, "--seed", str(seed), cwd=tmp_path)
         for seed in (1, 2)
     ]
     outs = [p.communicate(timeout=300) for p in procs]

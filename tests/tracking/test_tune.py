@@ -11,7 +11,7 @@ from exporter.errors import ExporterError
 from exporter.models import get_spec, model_names
 from exporter.tracking.tune import parse_search
 from exporter.training.hparams import check_search_space
-from tests.tracking.test_tracking import cli, client
+from tests.tracking.test_tracking import cli, cli_process, client
 
 
 @pytest.mark.parametrize("model", model_names())
@@ -201,9 +201,18 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
     params = pipeline.ExportParams(
         model="deepfm", rows=1500, hparams={"max_epochs": 3}, artifacts=tmp_path / "pruned", progress=False
     )
+    monkeypatch.setenv("EXPORTER_TRACKING", "on")  # pruned trials are runs too: the search's every point shows
     with pytest.raises(ExporterError, match="no trial of pruned finished"):
-        options = T.SearchOptions(tracking_enabled=False, storage=storage, study_name="pruned", echo=lines.append)
+        options = T.SearchOptions(tracking_enabled=True, storage=storage, study_name="pruned", echo=lines.append)
         T.tune(params, trials=2, options=options)
+    store = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    trial_runs = [r for r in runs if r.data.tags.get("exporter.kind") == "trial"]
+    assert sorted(r.data.params["tune.trial"] for r in trial_runs) == ["0", "1"]
+    assert {r.data.tags["exporter.trial_state"] for r in trial_runs} == {"PRUNED"}
+    assert all("worse than the trials' median" in r.data.tags["exporter.trial_reason"] for r in trial_runs)
+    assert all(r.data.params["hp.embed_dim"] and "objective" not in r.data.metrics for r in trial_runs)
+    assert [r.info.status for r in runs if r.data.tags.get("exporter.kind") == "tune"] == ["FAILED"]
     assert [line.split(":")[1] for line in lines if line.startswith("trial ")] == [" pruned", " pruned"]
     study = optuna.load_study(study_name="pruned", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
@@ -211,13 +220,15 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
     assert not (tmp_path / "pruned" / "deepfm").exists()
 
 
-def _xgb_search(tmp_path: Path, study: str | None, trials: int, lines: list[str], rows: int = 1500) -> object:
+def _xgb_search(
+    tmp_path: Path, study: str | None, trials: int, lines: list[str], rows: int = 1500, tracking: bool = False
+) -> object:
     from exporter.export import pipeline
     from exporter.tracking import tune as T
 
     params = pipeline.ExportParams(model="xgb", rows=rows, artifacts=tmp_path / "art", progress=False)
     options = T.SearchOptions(
-        tracking_enabled=False,
+        tracking_enabled=tracking,
         storage=f"sqlite:///{tmp_path / 'optuna.db'}",
         study_name=study,
         search={"n_estimators": ("int", 5, 12)},
@@ -271,12 +282,21 @@ def test_a_failing_trial_is_counted_and_the_search_goes_on(tmp_path: Path, monke
         return real(prep, **kw)
 
     monkeypatch.setattr(pipeline, "fit", fit)
+    monkeypatch.setenv("EXPORTER_TRACKING", "on")
     lines: list[str] = []
-    found = _xgb_search(tmp_path, "f", 3, lines)
+    found = _xgb_search(tmp_path, "f", 3, lines, tracking=True)
     assert [line.split(":")[1].strip() for line in lines if line.startswith("trial ")][1].startswith("failed")
     states = [t.state for t in optuna.load_study(study_name="f", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 2
     assert found.best_trial in (0, 2) and found.export.artifacts
+    store = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    trial_runs = {r.data.params["tune.trial"]: r for r in runs if r.data.tags.get("exporter.kind") == "trial"}
+    assert sorted(trial_runs) == ["0", "1", "2"]  # the failed one too, FAILED with why
+    assert trial_runs["1"].info.status == "FAILED" and trial_runs["1"].data.tags["exporter.trial_state"] == "FAILED"
+    assert trial_runs["1"].data.tags["exporter.trial_reason"] == "training diverged at epoch 1 (loss inf)"
+    assert [trial_runs[n].info.status for n in ("0", "2")] == ["FINISHED", "FINISHED"]
+    assert "objective" in trial_runs["0"].data.metrics and "objective" not in trial_runs["1"].data.metrics
 
 
 def test_unnamed_searches_started_in_the_same_second_get_their_own_study(tmp_path: Path, monkeypatch) -> None:
@@ -289,3 +309,48 @@ def test_unnamed_searches_started_in_the_same_second_get_their_own_study(tmp_pat
     ident = ST.identity("xgb", "data log.csv")
     names = [ST.open_study(None, "xgb", storage, 0, ident, optuna.pruners.NopPruner())[1] for _ in range(3)]
     assert names == ["xgb-20261207-120000", "xgb-20261207-120000-2", "xgb-20261207-120000-3"]
+
+
+@pytest.mark.slow
+def test_a_trial_whose_process_died_is_failed_when_the_study_continues(tmp_path: Path, monkeypatch) -> None:
+    """A search killed outright (SIGKILL, out of memory) cannot close its trial: its heartbeats stop, and the next
+    search of the study marks it failed instead of leaving it RUNNING for ever."""
+    import time
+
+    import optuna
+
+    from exporter.tracking import study as ST
+
+    lines: list[str] = []
+    _xgb_search(tmp_path, "h", 1, lines)
+    monkeypatch.setattr(ST, "HEARTBEAT_SECONDS", 1)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=2)
+    dead = optuna.load_study(study_name="h", storage=storage).ask()  # a process that died in this trial
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(4)  # the database clock counts whole seconds: more than the 2 s grace period for sure
+    _xgb_search(tmp_path, "h", 1, lines)
+    states = [t.state for t in optuna.load_study(study_name="h", storage=storage).trials]
+    assert states[dead.number] == optuna.trial.TrialState.FAIL
+    assert optuna.trial.TrialState.RUNNING not in states and states.count(optuna.trial.TrialState.COMPLETE) == 2
+
+
+@pytest.mark.slow
+def test_a_search_stopped_by_sigterm_closes_its_run_as_killed(tmp_path: Path) -> None:
+    """Stopped by the user (SIGTERM, as Ctrl-C), the tuning run is KILLED in MLflow, not FAILED, and no run is
+    left RUNNING."""
+    import signal
+
+    run = cli_process(
+        *"tune deepfm --trials 50 --rows 20000 --artifacts artifacts --param max_epochs=200".split(), cwd=tmp_path
+    )
+    assert run.stdout is not None
+    for line in run.stdout:  # the first trial done: the second one is training
+        if line.startswith("trial 0:"):
+            break
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 143, err
+    store = client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+    statuses = {r.data.tags.get("exporter.kind"): r.info.status for r in runs}
+    assert statuses["tune"] == "KILLED" and "RUNNING" not in {r.info.status for r in runs}, statuses
