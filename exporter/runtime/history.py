@@ -136,8 +136,10 @@ def _string_element(value: Any, position: int) -> str | int:
 
 
 def _bad(value: Any, position: int) -> float:
-    if isinstance(value, float) and math.isnan(value):
-        raise HistoryProblem("NaN, not an integer ID", position)
+    # a history's item is never missing (a shorter list is): null, and NaN, which is how pandas reads a Parquet
+    # list's null item, are named alike wherever they come from (a request, a scored file, training data)
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        raise HistoryProblem("null or NaN (a missing item: send a shorter list instead), not an integer ID", position)
     if isinstance(value, (float, np.floating)) and math.isfinite(value):
         raise HistoryProblem(f"{float(value)!r}, not an integer ID", position)
     problem = describe_bad_value(value) if not isinstance(value, str) else f"the string {quote(value)}"

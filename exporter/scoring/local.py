@@ -26,7 +26,7 @@ from exporter.errors import ExporterError
 from exporter.scoring.core import score_batch
 from exporter.scoring.encode import EncodingPlan
 from exporter.scoring.inputs import InputFile, SourceBatch, iter_batches, total_rows
-from exporter.scoring.outputs import REJECTS_DIR, PartWriter
+from exporter.scoring.outputs import REJECTS_DIR, PartWriter, reject_place
 from exporter.scoring.progress import Progress
 
 __all__ = ["LocalCounts", "score_local", "default_threads"]
@@ -139,7 +139,7 @@ def score_local(
                 if rejects is not None:
                     if counts.first_reject is None:
                         counts.first_reject = (
-                            f"{rejects.column(0)[0].as_py()} row {rejects.column(1)[0].as_py()}: "
+                            f"{reject_place(rejects.column(0)[0].as_py(), rejects.column(1)[0].as_py())}: "
                             f"{rejects.column(2)[0].as_py()}"
                         )
                     counts.rows_rejected += rejects.num_rows

@@ -55,6 +55,14 @@ __all__ = [
 ]
 
 REJECT_COLUMNS = ("source_file", "source_row", "reason")
+
+
+def reject_place(source_file: str, source_row: int) -> str:
+    """A refused row as a message names it: rows counted from 1 as every training message counts them (the file's
+    first data row is row 1), where ``source_row`` counts from 0 as Spark does."""
+    return f"{source_file} row {int(source_row) + 1}"
+
+
 PREDICTION = "prediction"
 EMBEDDING = "embedding"
 REJECTS_DIR = "_rejects"

@@ -46,6 +46,7 @@ from exporter.scoring.outputs import (
     SUMMARY_FILE,
     is_score_summary,
     prediction_fields,
+    reject_place,
 )
 from exporter.scoring.progress import Progress
 from exporter.scoring.spark_worker import FILE_COLUMN, ROW_COLUMN, BatchTask
@@ -339,8 +340,8 @@ def score_spark(
                 first = spark.read.parquet(rejects_dir).orderBy("source_file", "source_row").first()
                 raise ExporterError(
                     f"{counts.rows_rejected:,} rows refused, more than --max-rejects {options.max_rejects}; first: "
-                    f"{first['source_file']} row {first['source_row']}: {first['reason']}; nothing was written "
-                    "(raise --max-rejects to write the good rows and list the bad ones in _rejects/)"
+                    f"{reject_place(first['source_file'], first['source_row'])}: {first['reason']}; nothing was "
+                    "written (raise --max-rejects to write the good rows and list the bad ones in _rejects/)"
                 )
         counts.rows_read = counts.rows_scored + counts.rows_rejected
         counts.partitions = df.rdd.getNumPartitions()

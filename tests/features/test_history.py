@@ -121,6 +121,8 @@ def test_an_own_vocabulary_is_fitted_on_the_training_rows_items(frame):
     [
         ([1, "x"], 'row 1 position 1: value is the string "x", not an integer ID'),
         ([1, 2.5], "row 1 position 1: value is 2.5, not an integer ID"),
+        ([1, None], "row 1 position 1: value is null or NaN (a missing item: send a shorter list instead)"),
+        ([1, float("nan")], "row 1 position 1: value is null or NaN (a missing item: send a shorter list"),
         ([2**60], "row 1 position 0: value is 1152921504606846976, beyond 2^53"),
         ("1|a", 'row 1 position 1: value is the string "a", not an integer ID'),
         (
@@ -420,6 +422,7 @@ def test_the_handler_takes_a_list_or_the_expanded_columns(history_exports):
         ("3|5", 'data[0]["hist_items"] is a string ("3|5"), expected a list of integer IDs'),
         ([3, "5"], 'data[0]["hist_items"][1] is the string "5", not an integer ID'),
         ([3, 5.5], 'data[0]["hist_items"][1] is 5.5, not an integer ID'),
+        ([3, None], 'data[0]["hist_items"][1] is null or NaN (a missing item: send a shorter list instead)'),
         ([2**60], 'data[0]["hist_items"][0] is 1152921504606846976, beyond 2^53'),
         ([True], 'data[0]["hist_items"][0] is a boolean (true), not an integer ID'),
     ],

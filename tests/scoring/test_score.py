@@ -194,7 +194,7 @@ def test_more_rejects_than_allowed_fails_and_writes_nothing(exported_artifacts, 
     directory, _, _ = bad_input
     out = tmp_path / "out"
     with pytest.raises(
-        ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 5: \"item_ctr\" is NaN"
+        ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 6: \"item_ctr\" is NaN"
     ):
         score(options(exported_artifacts, "deepfm", directory, out, max_rejects=4))
     assert not out.exists() and os.listdir(tmp_path) == []
@@ -533,7 +533,7 @@ def test_spark_engine_rejects_like_the_local_engine(exported_artifacts, bad_inpu
     result = score(options(exported_artifacts, "deepfm", directory, out, engine="spark", max_rejects=5))
     assert read_rejects(out) == expected
     assert (result.rows_scored, result.rows_rejected) == (595, 5)
-    with pytest.raises(ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 5"):
+    with pytest.raises(ExporterError, match=r"more than --max-rejects 4; first: .*b\.parquet row 6"):
         score(options(exported_artifacts, "deepfm", directory, tmp_path / "fail", engine="spark", max_rejects=4))
     assert not (tmp_path / "fail").exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
 
