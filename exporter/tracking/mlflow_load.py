@@ -65,12 +65,10 @@ def signature_columns(mlmodel: dict[str, Any]) -> list[str] | None:
 
 def localize(uri: str, store: S.Store, framework: str, model: str, workdir: Path) -> Localized:
     """Download ``uri`` from ``store`` into ``workdir`` and find the file ``model``'s load reads."""
-    mlflow = S.mlflow_module()
     try:
         with S.bounded_http():
             S.check_reachable(store)
-            mlflow.set_tracking_uri(store.uri)
-            mlflow.set_registry_uri(store.uri)
+        with S.bounded_http(), S.pointed_at(store):
             # what mlflow.pyfunc.load_model downloads with: runs:/ID/NAME resolves to the run's logged model
             from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 

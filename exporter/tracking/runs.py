@@ -241,7 +241,7 @@ def log_versions(run: Run, directories: Sequence[Path], extras: Extras | None = 
 def _log(run: Run, directories: list[Path], metas: list[dict[str, Any]], extras: Extras) -> list[Any]:
     from mlflow.entities import Metric, Param, RunTag
 
-    mlflow = S.mlflow_module()
+    S.mlflow_module()  # quietened, telemetry off, before the first use
     c = S.client(run.store)
     first = metas[0]
     version = str(first["versions"][-1])
@@ -282,10 +282,9 @@ def _log(run: Run, directories: list[Path], metas: list[dict[str, Any]], extras:
                 fig.savefig(path, dpi=90, bbox_inches="tight")
                 c.log_artifact(run.run_id, str(path), "plots")
     registered = []
-    mlflow.set_tracking_uri(run.store.uri)
-    mlflow.set_registry_uri(run.store.uri)
     from exporter.tracking import onnx_model
 
-    for d, meta in zip(directories, metas, strict=True):
-        registered.append(onnx_model.log_and_register(c, run, d, meta))
+    with S.pointed_at(run.store):
+        for d, meta in zip(directories, metas, strict=True):
+            registered.append(onnx_model.log_and_register(c, run, d, meta))
     return registered

@@ -30,6 +30,7 @@ RUN_ARTIFACTS_DIR = "artifacts"
 #: the environment variable that turns tracking off (``off``, ``0``, ``false``, ``no``)
 SWITCH_ENV = "EXPORTER_TRACKING"
 URI_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
 #: how long a tracking server may take to answer one request, and how often MLflow retries it: bounded, so an
 #: unreachable server costs seconds, not MLflow's minutes of back-off (a value set in the environment wins)
 HTTP_TIMEOUT_SECONDS = 10
@@ -161,6 +162,29 @@ def _init_lock(directory: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def pointed_at(store: Store) -> Iterator[Any]:
+    """MLflow's module-level API (``mlflow.onnx.log_model``, artifact downloads) aimed at ``store`` for the calls
+    inside, and back afterwards. ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI`` (and the registry's
+    variable) for the whole process: left set, the next export of the same process (a notebook's kernel) would log
+    into this store instead of the one beside its own artifacts."""
+    mlflow = mlflow_module()
+    saved = {name: os.environ.get(name) for name in (URI_ENV, REGISTRY_ENV)}
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(store.uri)
+    mlflow.set_registry_uri(store.uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def mlflow_module() -> Any:

@@ -9,6 +9,14 @@ import pytest
 from exporter.tracking.held_signals import held_between_trials
 
 
+@pytest.fixture(autouse=True)
+def python_ctrl_c():
+    """Ctrl-C as Python's own handler takes it (an earlier test may have left, e.g., Spark's)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_between_trials_is_held_until_the_next_trial_starts() -> None:
     ran: list[str] = []
     with held_between_trials() as gate:

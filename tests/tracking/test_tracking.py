@@ -136,6 +136,26 @@ def tracked(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 @pytest.mark.slow
+def test_exports_of_one_process_each_log_into_the_store_beside_their_own_tree(tmp_path: Path, monkeypatch) -> None:
+    """A notebook's kernel exports twice, into two trees: each run lands in its own tree's store (MLflow's
+    set_tracking_uri sets $MLFLOW_TRACKING_URI for the whole process; left set, the second export followed it)."""
+    from exporter.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("EXPORTER_TRACKING", "on")
+    for tree in ("first", "second"):
+        assert main(["export", "xgb", "--artifacts", str(tmp_path / tree / "artifacts"), *FAST]) == 0
+        assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    for tree in ("first", "second"):
+        store = client(f"sqlite:///{tmp_path / tree / 'mlruns' / 'mlflow.db'}")
+        runs = store.search_runs([e.experiment_id for e in store.search_experiments()])
+        assert len(runs) == 1, (tree, [r.info.run_id for r in runs])
+        (mv,) = store.search_model_versions("name='xgb'")
+        assert mv.run_id == runs[0].info.run_id
+
+
+@pytest.mark.slow
 def test_an_export_is_a_run_with_params_metrics_files_and_a_registered_model(tracked) -> None:
     root, done = tracked
     version = root / "artifacts" / "xgb" / "1"
