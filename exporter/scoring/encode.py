@@ -362,7 +362,9 @@ def _inexact_ids(text: pa.Array, values: np.ndarray, parsed: np.ndarray) -> np.n
 
 
 def _encode_categories(text: pa.Array, rule: ColumnRule, plan: EncodingPlan) -> tuple[np.ndarray, np.ndarray | None]:
-    """String categories -> vocabulary codes; unknown strings -> :data:`OOV_CODE`; numeric text is a code."""
+    """String categories -> vocabulary codes; unknown strings -> :data:`OOV_CODE`, digits or not: text is the
+    category itself, as a JSON string is in a request ("3", an unseen store code, is not the vocabulary's
+    fourth entry; only an integer cell is a code)."""
     missing = _null_mask(text) | _as_bool(pc.equal(text, ""))
     values = np.full(len(text), OOV_CODE)
     if rule.hashed:
@@ -377,13 +379,6 @@ def _encode_categories(text: pa.Array, rule: ColumnRule, plan: EncodingPlan) -> 
         position = pc.index_in(text, value_set=keys).to_numpy(zero_copy_only=False)
         known = ~np.isnan(position)
         values[known] = codes[position[known].astype(np.int64)]
-    # a code sent as text ("17") is a code, as in the handler; text that is neither stays OOV
-    is_code = ~known & _as_bool(pc.match_substring_regex(text, _NUMBER_TEXT)) & ~missing
-    if is_code.any():
-        parsed = pc.cast(pc.if_else(pa.array(is_code), text, pa.scalar("0")), pa.float64()).to_numpy(
-            zero_copy_only=False
-        )
-        values[is_code] = parsed[is_code]
     bad = None
     if missing.any():
         values[missing] = np.nan

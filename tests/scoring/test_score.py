@@ -425,7 +425,9 @@ def test_encoder_categorical_and_optional_rules():
     ]
     m = encoded.matrix
     assert m.shape == (4, 4)
-    assert m[:, 3].tolist() == [1.0, OOV_CODE, 1.0, 0.0]  # shoes, unknown -> OOV, code "1", bags
+    # shoes, unknown -> OOV, the text "1" -> OOV too (a category written in digits, an unseen store code, is not
+    # the vocabulary's entry 1: a request's JSON "1" is the category "1" as well), bags
+    assert m[:, 3].tolist() == [1.0, OOV_CODE, OOV_CODE, 0.0]
     assert np.isnan(m[1, 1]) and m[:, 2].tolist() == [7.0, 8.0, 10.0, 11.0]
     text_ids = encode_batch(
         pa.record_batch(

@@ -19,16 +19,15 @@ def _store(tmp_path: Path) -> str:
 
 def _log(uri: str, log) -> str:
     """Log a model into a run of the store at ``uri`` (its files beside the database, never in the checkout)."""
-    import mlflow
+    from exporter.tracking import store as S
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     folder = Path(uri[len("sqlite:///") :]).parent / "artifacts"
-    client = mlflow.MlflowClient(uri)
-    found = client.get_experiment_by_name("logged")
-    exp = found.experiment_id if found else client.create_experiment("logged", artifact_location=folder.as_uri())
-    with mlflow.start_run(experiment_id=exp) as run:
-        log(mlflow)
+    with S.pointed_at(S.Store(uri, folder.parent)) as mlflow:  # the process's settings restored afterwards
+        client = mlflow.MlflowClient(uri)
+        found = client.get_experiment_by_name("logged")
+        exp = found.experiment_id if found else client.create_experiment("logged", artifact_location=folder.as_uri())
+        with mlflow.start_run(experiment_id=exp) as run:
+            log(mlflow)
     return str(run.info.run_id)
 
 

@@ -202,6 +202,7 @@ def test_torch_trials_report_each_epoch_and_a_pruned_trial_stops(tmp_path: Path,
         model="deepfm", rows=1500, hparams={"max_epochs": 3}, artifacts=tmp_path / "pruned", progress=False
     )
     monkeypatch.setenv("EXPORTER_TRACKING", "on")  # pruned trials are runs too: the search's every point shows
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store beside the tree
     with pytest.raises(ExporterError, match="no trial of pruned finished"):
         options = T.SearchOptions(tracking_enabled=True, storage=storage, study_name="pruned", echo=lines.append)
         T.tune(params, trials=2, options=options)
@@ -283,6 +284,7 @@ def test_a_failing_trial_is_counted_and_the_search_goes_on(tmp_path: Path, monke
 
     monkeypatch.setattr(pipeline, "fit", fit)
     monkeypatch.setenv("EXPORTER_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store beside the tree
     lines: list[str] = []
     found = _xgb_search(tmp_path, "f", 3, lines, tracking=True)
     assert [line.split(":")[1].strip() for line in lines if line.startswith("trial ")][1].startswith("failed")
