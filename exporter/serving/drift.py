@@ -179,6 +179,13 @@ def _categorical_reference(
     )
 
 
+def _history_reference(j: int, entry: Mapping[str, Any]) -> _Reference:
+    """A history, watched by its first position: a row whose history is empty (``empty_rate`` in training)."""
+    column = str((entry.get("history") or {}).get("column") or entry["name"])
+    empty = float((entry.get("stats") or {}).get("empty_rate") or 0.0)
+    return _Reference(j, column, "history", empty)
+
+
 def _graph_keys(path: Path) -> dict[int, np.ndarray]:
     """k-th categorical column -> the codes its lookup node (``fprep__lookup_k``) maps to embedding rows."""
     try:
@@ -213,6 +220,12 @@ def references(handler: ModelHandler) -> list[_Reference]:
     keys = _graph_keys(handler.directory / str(metadata["model_file"])) if categorical else {}
     out = []
     for j, entry in enumerate(entries):
+        if entry.get("kind") == "history":
+            # a short history leaves its later positions empty (no item, not a missing value): only the first
+            # position says something training recorded, the share of rows without any item
+            if (entry.get("history") or {}).get("position") == 0:
+                out.append(_history_reference(j, entry))
+            continue
         if j in categorical:
             table = handler.features.strings[j]
             out.append(_categorical_reference(j, categorical.index(j), entry, table, train_rows, keys))
@@ -236,6 +249,8 @@ def feature_stats(ref: _Reference, column: np.ndarray) -> dict[str, float | None
     present = column[~missing_mask]
     missing = float(missing_mask.mean()) if n else 0.0
     stats: dict[str, float | None] = {"missing_rate": missing, "missing_increase": missing - ref.missing_rate}
+    if ref.kind == "history":  # the share of rows with no item at all
+        return stats
     if ref.kind == "numeric":
         stats["psi"] = stats["out_of_range"] = None
         if len(present) and ref.edges is not None and ref.shares is not None:
@@ -519,7 +534,7 @@ def _training(ref: _Reference) -> dict[str, Any]:
     if ref.kind == "numeric":
         out["training_range"] = None if ref.low is None else [ref.low, ref.high]
         out["bins"] = None if ref.edges is None else len(ref.edges) + 1
-    else:
+    elif ref.kind == "categorical":
         out["training_oov_rate"] = ref.oov_rate
         out["top_values"] = None if ref.top_codes is None else len(ref.top_codes)
     return out

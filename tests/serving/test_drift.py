@@ -228,3 +228,46 @@ def test_the_command_default_is_the_monitors() -> None:
     from exporter.serving.drift import DEFAULT_WINDOW
 
     assert DEFAULT_DRIFT_WINDOW == DEFAULT_WINDOW == DriftMonitor().window
+
+
+def test_a_history_is_watched_by_its_empty_share_not_per_position(tmp_path: Path) -> None:
+    """Short histories leave later positions empty (no item): the model's own training rows raise nothing; a
+    window of rows without any history crosses the history's missing_increase (training's empty share)."""
+    import json
+
+    import pandas as pd
+
+    from exporter.export import pipeline
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    frame = pd.DataFrame({"user_id": rng.integers(0, 80, n), "item_id": rng.integers(0, 60, n)})
+    frame["price"] = rng.uniform(1, 100, n).round(2)
+    frame["recent"] = [[int(x) for x in rng.integers(0, 60, rng.integers(1, 6))] for _ in range(n)]  # 1-5 items
+    frame["label"] = (rng.random(n) < 0.3).astype(int)
+    frame.to_parquet(tmp_path / "log.parquet", index=False)
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": ["user_id", "item_id", "price", {"name": "recent", "kind": "history",
+                                                                                "max_length": 5}]}))  # fmt: skip
+    params = pipeline.ExportParams(
+        model="deepfm", data_path=tmp_path / "log.parquet", schema=schema, hparams={"max_epochs": 1},
+        artifacts=tmp_path / "art", progress=False,
+    )  # fmt: skip
+    pipeline.run(params)
+    registry = ModelRegistry.from_artifacts(tmp_path / "art")
+    rows = [dict(r, recent=list(r["recent"])) for r in frame.drop(columns=["label"]).to_dict(orient="records")]
+    monitor = DriftMonitor(window=5000, min_rows=200)
+    with _client(registry, monitor) as client:
+        for start in range(0, len(rows), 500):
+            assert client.post("/predictions/deepfm", json={"data": rows[start : start + 500]}).status_code == 200
+        (version,) = client.get("/models/deepfm/drift").json()["versions"]
+        assert version["crossed"] == [], version["crossed"]
+        assert "recent" in version["features"] and not [f for f in version["features"] if f.startswith("recent[")]
+        assert version["features"]["recent"]["kind"] == "history"
+        assert version["features"]["recent"]["missing_rate"] == 0.0
+    empty = [dict(r, recent=[]) for r in rows[:1000]]
+    with _client(registry, DriftMonitor(window=1000, min_rows=200)) as client:
+        assert client.post("/predictions/deepfm", json={"data": empty}).status_code == 200
+        (version,) = client.get("/models/deepfm/drift").json()["versions"]
+    crossed = {(c["feature"], c["statistic"]) for c in version["crossed"]}
+    assert ("recent", "missing_increase") in crossed and version["features"]["recent"]["missing_rate"] == 1.0
