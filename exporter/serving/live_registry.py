@@ -4,7 +4,9 @@ A :class:`ModelRegistry` is one immutable view of the artifacts tree: the loaded
 version, the versions that failed to load (and why), and the answers of ``GET /models`` precomputed.
 :class:`LiveRegistry` holds the current view; :meth:`LiveRegistry.reload` scans the tree again in a worker
 thread, reuses the handler of every version still there (versions are immutable: a version directory is
-renamed into place whole), loads new ones, drops removed ones and swaps the view in one assignment. A request
+renamed into place whole; one whose files were overwritten in place is loaded again, and when it no longer loads
+it is no longer served and is listed as failed, so every worker serves what the tree holds), loads new ones,
+drops removed ones and swaps the view in one assignment. A request
 reads the view once, so it is answered by the handler it started with even if a reload removes that version
 meanwhile: nothing in flight is dropped. A new version that fails to load (bad sha256, unreadable graph,
 inconsistent metadata, text in ``metadata.json`` that is not valid Unicode) and a model directory whose name is
@@ -57,7 +59,7 @@ class ModelRegistry:
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
     #: (model, version) -> directory identity when it was loaded or failed
     keys: dict[tuple[str, str], DirKey] = field(default_factory=dict)
-    #: (model, version) -> its files when it failed
+    #: (model, version) -> its files when it was loaded or failed
     file_keys: dict[tuple[str, str], FilesKey] = field(default_factory=dict)
     # precomputed answers (set by finish())
     models_body: bytes = b""
@@ -166,23 +168,31 @@ def _scan_version(
     if key is None:
         return  # removed while we looked
     registry.keys[ident] = key
+    files = _files_key(vdir)
+    changed = False
     if previous is not None and previous.keys.get(ident) == key:
         handler = previous.versions.get(name, {}).get(vdir.name)
-        if handler is not None:  # a loaded version never changes (it was renamed into place whole)
-            registry.versions.setdefault(name, {})[vdir.name] = handler
-            return
-        files = _files_key(vdir)
-        if ident in previous.failed and previous.file_keys.get(ident) == files:
+        if handler is not None:
+            # a version is renamed into place whole and never changes; one whose files were overwritten in place
+            # is loaded again, so that every worker (a restarted one too) serves what the tree holds
+            if previous.file_keys.get(ident) == files:
+                registry.versions.setdefault(name, {})[vdir.name] = handler
+                registry.file_keys[ident] = files
+                return
+            changed = True
+        elif ident in previous.failed and previous.file_keys.get(ident) == files:
             registry.failed[ident] = previous.failed[ident]
             registry.file_keys[ident] = files
             return
-    else:
-        files = _files_key(vdir)
     problem, handler = _load(name, vdir, max_rows, threads)
+    registry.file_keys[ident] = files  # as before the attempt: a change meanwhile is tried again
     if handler is None:
+        if changed:
+            problem += " (its files changed on disk after it was loaded: the copy loaded before is no longer served)"
         registry.failed[ident] = problem
-        registry.file_keys[ident] = files  # as before the attempt: a change meanwhile is tried again
         return
+    if changed:
+        log.warning("reload: %s/%s: its files changed on disk after it was loaded; loaded again", *ident)
     registry.versions.setdefault(name, {})[vdir.name] = handler
 
 

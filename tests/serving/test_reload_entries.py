@@ -92,6 +92,30 @@ def test_a_half_written_version_loads_once_its_files_are_complete(tmp_path: Path
     assert after.latest["xgb"].version == "3" and after.failed == {}
 
 
+def test_a_served_version_damaged_in_place_is_no_longer_served_and_listed_as_failed(tmp_path: Path) -> None:
+    """Overwritten in place (the directory unchanged), a served version is loaded again: damaged, it is dropped
+    and listed as failed, as a worker started now would find it, so that every worker serves the same versions;
+    restored, it is served again."""
+    tree = build_tree(tmp_path / "artifacts")
+    live = LiveRegistry(ModelRegistry.from_artifacts(tree), tree)
+    vdir = publish(tree, "xgb", "3", tmp_path / "staging")
+    assert live.reload("test").latest["xgb"].version == "3"
+    model = vdir / "model.onnx"
+    whole = model.read_bytes()
+    dir_mtime = os.stat(vdir).st_mtime_ns
+    model.write_bytes(whole[:100])
+    assert os.stat(vdir).st_mtime_ns == dir_mtime
+    damaged = live.reload("test")
+    assert "3" not in damaged.versions["xgb"] and damaged.latest["xgb"].version == "2"
+    assert "files changed on disk after it was loaded" in damaged.failed[("xgb", "3")]
+    with pytest.raises(ExporterError, match="xgb/3"):  # what a worker started now finds: the same failure
+        ModelRegistry.from_artifacts(tree)
+    model.write_bytes(whole)
+    restored = live.reload("test")
+    assert restored.latest["xgb"].version == "3" and restored.failed == {}
+    assert live.reload("test").latest["xgb"] is restored.latest["xgb"]  # unchanged: the same handler, not reloaded
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_serve_refuses_a_bad_entry_at_start_with_exit_2(tmp_path: Path, case: str) -> None:
     import subprocess
