@@ -133,6 +133,24 @@ def test_v2_without_id_or_outputs_and_with_integer_datatypes(handlers: dict[str,
         np.testing.assert_allclose(answer["outputs"][0]["data"], expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("datatype", "value", "expected"),
+    [("INT8", 300, "from -128 to 127"), ("UINT8", -1, "from 0 to 255"), ("INT32", 2.5, "from -2147483648 to")],
+)
+def test_v2_integer_datatypes_refuse_values_outside_them(
+    handlers: dict[str, ModelHandler], datatype: str, value: float, expected: str
+) -> None:
+    """An INT8 tensor holding 300 is no valid tensor (Triton refuses it): a 400 naming the cell and the range."""
+    data = list(range(14))
+    data[9] = value  # row 1, the third column
+    status, answer = call(
+        handlers["xgb"], {"inputs": [{"name": "features", "shape": [2, 7], "datatype": datatype, "data": data}]}
+    )
+    assert status == 400
+    column = handlers["xgb"].feature_columns[2]
+    assert f'row 1, column "{column}" is {value:g}, not a {datatype}; expected an integer {expected}' in answer["error"]
+
+
 def test_both_forms_give_the_same_numbers(handlers: dict[str, ModelHandler]) -> None:
     handler = handlers["mmoe"]
     rows = sample_rows(DEFAULT_COLUMNS, 4)

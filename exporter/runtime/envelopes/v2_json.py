@@ -18,6 +18,12 @@ from exporter.runtime.rules import DATATYPE
 
 __all__ = ["NUMERIC_DATATYPES", "V2JsonEnvelope"]
 
+#: the values an integer datatype holds
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    **{f"INT{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)},
+    **{f"UINT{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)},
+}
+
 #: Open Inference Protocol datatypes accepted for the input tensor; all are cast to FP64.
 NUMERIC_DATATYPES = frozenset(
     {"FP64", "FP32", "FP16", "BF16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -53,7 +59,26 @@ class V2JsonEnvelope:
     def decode(self, payload: dict[str, Any], blob: memoryview | None = None) -> np.ndarray:
         """One ``features`` tensor (flat or nested ``data``) -> the float64 matrix; checks id, parameters, outputs."""
         tensor, n = self.check(payload)
-        return self.matrix(tensor["data"], n)
+        matrix = self.matrix(tensor["data"], n)
+        self._check_integer_datatype(matrix, tensor["datatype"])
+        return matrix
+
+    def _check_integer_datatype(self, matrix: np.ndarray, datatype: str) -> None:
+        """An integer tensor holds integers in its type's range: ``INT8`` 300 or ``UINT8`` -1 is no valid tensor
+        (Triton and KServe refuse it; the binary form cannot even carry it), so it is refused here too."""
+        bounds = INTEGER_RANGES.get(datatype)
+        if bounds is None:
+            return
+        low, high = bounds
+        bad = ~np.isfinite(matrix) | (matrix != np.floor(matrix)) | (matrix < low) | (matrix > high)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise HandlerError(
+                400,
+                f"inputs[0].data value at row {row}, column {json.dumps(self.signature.feature_columns[col])} is "
+                f"{matrix[row, col]:.17g}, not a {datatype}; expected an integer from {low} to {high} (send FP64 "
+                "for other values)",
+            )
 
     def wants_binary(self, payload: dict[str, Any]) -> bool:
         """Never: binary tensor data needs the HTTP extension (:mod:`.v2_binary`)."""
