@@ -315,7 +315,28 @@ class StagedOutput:
             self.staging.mkdir()
         except OSError as exc:
             raise ExporterError(f"--output {str(self.output)!r}: cannot write in {str(parent)!r} ({exc})") from None
+        running = self._others_running()
+        if running:  # checked after our own staging exists: of two jobs started together, never both go on
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+            raise ExporterError(
+                f"--output {str(self.output)!r}: another score job (pid {running[0]}) is writing it now; wait for "
+                "it to finish or choose another --output (one of two jobs would silently replace the other's output)"
+            )
         return self
+
+    def _others_running(self) -> list[int]:
+        """The pids of live jobs on this host staging the same output, besides this one."""
+        host = socket.gethostname()
+        prefix = f".{self.output.name}{STAGING_MARK}{host}-"
+        found = []
+        for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
+            if path == self.staging or not path.name.startswith(prefix):
+                continue
+            pid = path.name[len(prefix) :].split("-", 1)[0]
+            if pid.isascii() and pid.isdigit() and _pid_alive(int(pid)):
+                found.append(int(pid))
+        return found
 
     def _remove_stale(self) -> None:
         """Staging directories of killed runs on this host for the same output (their pid is gone)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -575,3 +576,20 @@ def test_a_staging_name_with_a_non_ascii_pid_is_left_alone(tmp_path: Path) -> No
     with StagedOutput(out) as staged:
         assert staged.path.is_dir()
     assert (odd / "keep.txt").read_text() == "user data"
+
+
+def test_a_second_job_into_an_output_being_written_is_refused(tmp_path: Path) -> None:
+    """Two jobs into one output (with --overwrite) both reported success while one's output replaced the other's:
+    the second is refused while the first runs, and goes ahead once it has finished."""
+    from exporter.scoring.outputs import StagedOutput
+
+    out = tmp_path / "scored"
+    with StagedOutput(out, overwrite=True) as first:
+        with pytest.raises(ExporterError, match=r"another score job \(pid \d+\) is writing it now"):
+            with StagedOutput(out, overwrite=True):
+                pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name]  # the refused one left nothing
+        first.commit()
+    shutil.rmtree(out)
+    with StagedOutput(out) as again:  # the first one done: a new job goes ahead
+        assert again.path.is_dir()
