@@ -251,13 +251,8 @@ def binary_labels(
     return out
 
 
-#: the values (by :func:`class_key`) a binary label column may hold without --positive-class, and what they mean
-BINARY_KEYS: dict[tuple[str, Any], float] = {
-    ("number", 0.0): 0.0,
-    ("number", 1.0): 1.0,
-    ("bool", False): 0.0,
-    ("bool", True): 1.0,
-}
+#: what a binary label's values mean without --positive-class, by :func:`class_key` (0, 1.0, "1", True, "false"...)
+BINARY_KEYS: dict[tuple[str, Any], float] = {(kind, v): float(v) for kind in ("number", "bool") for v in (0, 1)}
 
 #: how many of a label column's values an error lists (with their counts)
 SHOWN_VALUES = 5
