@@ -327,27 +327,25 @@ class StagedOutput:
 
     def _others_running(self) -> list[int]:
         """The pids of live jobs on this host staging the same output, besides this one."""
-        host = socket.gethostname()
-        prefix = f".{self.output.name}{STAGING_MARK}{host}-"
-        found = []
-        for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
-            if path == self.staging or not path.name.startswith(prefix):
-                continue
-            pid = path.name[len(prefix) :].split("-", 1)[0]
-            if pid.isascii() and pid.isdigit() and _pid_alive(int(pid)):
-                found.append(int(pid))
-        return found
+        return [pid for path, pid in self._siblings() if path != self.staging and _pid_alive(pid)]
 
     def _remove_stale(self) -> None:
         """Staging directories of killed runs on this host for the same output (their pid is gone)."""
-        host = socket.gethostname()
-        prefix = f".{self.output.name}{STAGING_MARK}{host}-"
-        for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
-            rest = path.name[len(prefix) :] if path.name.startswith(prefix) else ""
-            pid = rest.split("-", 1)[0]
-            if pid.isascii() and pid.isdigit() and not _pid_alive(int(pid)):
+        for path, pid in self._siblings():
+            if not _pid_alive(pid):
                 print(f"note: removing {path.name}, the partial output of an interrupted run", file=sys.stderr)
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _siblings(self) -> list[tuple[Path, int]]:
+        """The staging directories of this output made on this host, with their process ids (a name whose pid is
+        not ASCII digits is not ours and is left out)."""
+        prefix = f".{self.output.name}{STAGING_MARK}{socket.gethostname()}-"
+        found = []
+        for path in self.output.parent.glob(f".{self.output.name}{STAGING_MARK}*"):
+            pid = path.name[len(prefix) :].split("-", 1)[0] if path.name.startswith(prefix) else ""
+            if pid.isascii() and pid.isdigit():
+                found.append((path, int(pid)))
+        return found
 
     @property
     def path(self) -> Path:
