@@ -68,11 +68,11 @@ def localize(uri: str, store: S.Store, framework: str, model: str, workdir: Path
     try:
         with S.bounded_http():
             S.check_reachable(store)
-        with S.bounded_http(), S.pointed_at(store):
-            # what mlflow.pyfunc.load_model downloads with: runs:/ID/NAME resolves to the run's logged model
-            from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+            with S.pointed_at(store):
+                # what mlflow.pyfunc.load_model downloads with: runs:/ID/NAME resolves to the run's logged model
+                from mlflow.tracking.artifact_utils import _download_artifact_from_uri
 
-            local = Path(_download_artifact_from_uri(artifact_uri=uri, output_path=str(workdir)))
+                local = Path(_download_artifact_from_uri(artifact_uri=uri, output_path=str(workdir)))
     except S.TrackingUnavailable:
         raise
     except Exception as exc:

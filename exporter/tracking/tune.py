@@ -221,15 +221,12 @@ def run_search(prep: Any, *, trials: int, options: SearchOptions = SearchOptions
         start = time.perf_counter()
         try:
             trained = pipeline.fit(t_prep, refit=False)  # judged on the validation rows: it must not train on them
-        except optuna.TrialPruned as pruned:
-            echo(f"trial {trial.number}: pruned: {pruned}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
-            ended = Ended("PRUNED", str(pruned), time.perf_counter() - start)
-            _log_trial(parent, parent_run, model, trial.number, hp, {}, None, ended.seconds, None, ended)
-            raise
-        except ExporterError as exc:  # this trial's parameters (diverged, too large): the search goes on
-            failed.append(f"trial {trial.number}: {exc}")
-            echo(f"trial {trial.number}: failed: {exc}  {_short(chosen)}  ({time.perf_counter() - start:.1f}s)")
-            ended = Ended("FAILED", str(exc), time.perf_counter() - start)
+        except (optuna.TrialPruned, ExporterError) as exc:  # pruned, or its parameters failed: the search goes on
+            state = "PRUNED" if isinstance(exc, optuna.TrialPruned) else "FAILED"
+            ended = Ended(state, str(exc), time.perf_counter() - start)
+            if ended.state == "FAILED":
+                failed.append(f"trial {trial.number}: {exc}")
+            echo(f"trial {trial.number}: {ended.state.lower()}: {exc}  {_short(chosen)}  ({ended.seconds:.1f}s)")
             _log_trial(parent, parent_run, model, trial.number, hp, {}, None, ended.seconds, None, ended)
             raise
         t_prep.on_epoch = None
